@@ -1,0 +1,41 @@
+# Every target the README and .ci/run use. `make test` and `make run` set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard proto/entitlements/v1/*.proto)
+GEN_OUT := clients/python
+
+.PHONY: install proto run run-server test test-fast lint typecheck bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Regenerate the Python stubs from proto/ (committed; tests/test_generated.py checks they match).
+proto: $(STAMP)
+	$(BIN)/python tools/genproto.py
+
+## The service on the embedded Redis in ./var, in insecure development mode (no API keys needed).
+run: $(STAMP)
+	ENTITLEMENTS_INSECURE_DEV_MODE=1 $(BIN)/python -m server
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,687 @@
+"""The clients game servers use: `AsyncEntitlementsClient` (asyncio) and `EntitlementsClient` (blocking).
+
+Both build their requests with the same builders (`_requests`), send the same metadata and channel options
+(`_config`) and translate every `grpc.RpcError` into `entitlements.errors`; each method is a thin call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from grpc import aio
+
+from entitlements import _config, _requests
+from entitlements._config import RetryPolicy, TLSConfig
+from entitlements.errors import CallCancelledError, translate_rpc_error
+from entitlements.v1 import entitlements_pb2 as pb
+from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
+
+__all__ = ["AsyncEntitlementsClient", "AsyncOrderStatusStream", "EntitlementsClient", "OrderStatusStream"]
+
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Re-raises errors from the block as `EntitlementsError`s.
+
+    Translates any `grpc.RpcError`, and the `asyncio.CancelledError` that grpc.aio raises in calls cut short
+    by closing the channel: that one is not a cancellation of the caller's task, and letting it out would
+    look like one (and confuse `asyncio.TaskGroup` or `asyncio.timeout`).
+    """
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise translate_rpc_error(exc) from exc
+    except asyncio.CancelledError:
+        if _task_is_cancelling():
+            raise
+        raise _closed_under_call() from None
+
+
+def _task_is_cancelling() -> bool:
+    """Whether the current task has been asked to cancel (only meaningful inside a coroutine)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _closed_under_call() -> CallCancelledError:
+    return CallCancelledError("the client was closed while the call was running", code=grpc.StatusCode.CANCELLED)
+
+
+class _BaseClient:
+    """What both clients share: the channel settings, the call metadata and the default deadline."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: TLSConfig | bool | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Checks and stores the settings; see `AsyncEntitlementsClient` for the arguments."""
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
+        tls_config = _config.resolve_tls(tls)
+        self._target = target
+        self._credentials = None if tls_config is None else _config.channel_credentials(tls_config)
+        self._options = _config.channel_options(retry_policy, tls_config, channel_options)
+        self._metadata = _config.call_metadata(api_key)
+        self._timeout_s = timeout_s
+        self._closed = False
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return self._timeout_s if timeout_s is None else timeout_s
+
+    def __repr__(self) -> str:
+        # Never the API key.
+        return f"{type(self).__name__}(target={self._target!r}, tls={self._credentials is not None})"
+
+
+class AsyncEntitlementsClient(_BaseClient):
+    """Asyncio client of the entitlement service.
+
+    Use one client for the life of the process (it holds one HTTP/2 connection that all calls share), inside
+    `async with`, or call `close()` at shutdown. The channel is opened on first use, inside the running event
+    loop, and the client then belongs to that loop.
+
+    Every method raises a subclass of `entitlements.errors.EntitlementsError` when the call fails, and
+    `RuntimeError` when the client is closed or used from another event loop.
+
+    Args:
+        target: The service's address, `host:port` or any gRPC target (`dns:///...`, `unix:...`).
+        api_key: Sent as `authorization: Bearer <api_key>` with every call; None sends no key (for a server
+            in insecure development mode). Over a channel without TLS the key travels in clear.
+        tls: A `TLSConfig`; True for TLS with the default root certificates; None or False for a plaintext
+            channel.
+        timeout_s: The deadline of each unary call, in seconds, unless the call passes its own.
+        retry_policy: Which failures gRPC retries by itself (see `RetryPolicy`); None turns this off, leaving
+            only gRPC's transparent retries of requests that never reached the server.
+        channel_options: Extra gRPC channel options; they replace the client's own of the same name.
+
+    Raises:
+        ValueError: `timeout_s` is not positive.
+
+    Example:
+        async with AsyncEntitlementsClient("entitlements:50051", api_key=key, tls=True) as client:
+            if (await client.check_entitlement(player_id, "vip_pass")).active:
+                ...
+    """
+
+    _channel: aio.Channel | None = None
+    _stub: pb_grpc.EntitlementServiceAsyncStub | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> Self:
+        self._get_stub()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Closes the channel. Idempotent.
+
+        Args:
+            grace_s: How long calls in flight may still run, in seconds; None cancels them at once.
+        """
+        self._closed = True
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close(grace_s)
+
+    def _get_stub(self) -> pb_grpc.EntitlementServiceAsyncStub:
+        if self._closed:
+            raise RuntimeError("the client has been closed")
+        # Raises RuntimeError outside a coroutine, rather than letting grpc.aio pick or create a loop.
+        loop = asyncio.get_running_loop()
+        if self._stub is None:
+            # grpc.aio channels are bound to the loop they are created in, hence here and not in __init__:
+            # the client can be built at import time or in synchronous setup code.
+            if self._credentials is None:
+                self._channel = aio.insecure_channel(self._target, options=self._options)
+            else:
+                self._channel = aio.secure_channel(self._target, self._credentials, options=self._options)
+            self._stub = pb_grpc.EntitlementServiceStub(self._channel)
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("the client is bound to the event loop it was first used in")
+        return self._stub
+
+    async def grant(
+        self,
+        user_id: str,
+        sku: str,
+        *,
+        quantity: int | None = None,
+        duration: timedelta | None = None,
+        kind: int | None = None,
+        idempotency_key: str | None = None,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> pb.GrantResponse:
+        """Grants an item: adds to a consumable, owns a permanent item, extends a time-limited one.
+
+        Args:
+            user_id: The player id used with Xsolla.
+            sku: The Xsolla item SKU.
+            quantity: Units (or periods, for time-limited items) to grant; the server's default 1 when None.
+            duration: One period of a time-limited item; setting it makes the grant TIME_LIMITED.
+            kind: An `EntitlementKind` value; None lets the server infer it (see the proto).
+            idempotency_key: Identifies this logical grant, e.g. "order-123:line-1". Replaying a key returns
+                the first response with `replayed` set. None generates a fresh UUID, which covers the client's
+                own retries of this call but not a second call made after an error: pass a key derived
+                from your data when you may call again.
+            reason: Why, for the audit ledger.
+            metadata: Free-form context for the audit ledger.
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            The entitlement after the grant, and whether the call was a replay.
+
+        Raises:
+            InvalidArgumentError: A field is missing or out of range.
+            ConflictError: The key was used for a different request, or the sku is held as another kind.
+            AuthenticationError, PermissionDeniedError: The API key is unknown or lacks the `write` scope.
+            RetryableError: Unavailable or too slow after the retry policy ran out; call again with the
+                same idempotency key.
+        """
+        request = _requests.grant(
+            user_id,
+            sku,
+            quantity=quantity,
+            duration=duration,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            reason=reason,
+            metadata=metadata,
+        )
+        with _translated_errors():
+            return await self._get_stub().Grant(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
+
+    async def revoke(
+        self,
+        user_id: str,
+        sku: str,
+        *,
+        idempotency_key: str | None = None,
+        reason: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.RevokeResponse:
+        """Removes an item from a player completely, whatever its kind or quantity.
+
+        Args:
+            user_id: The player id used with Xsolla.
+            sku: The Xsolla item SKU.
+            idempotency_key: Identifies this logical revoke; see `grant`.
+            reason: Why, for the audit ledger.
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            Whether anything was removed (revoking an item not held is not an error), what the player
+            held before, and whether the call was a replay.
+
+        Raises:
+            InvalidArgumentError, ConflictError, AuthenticationError, PermissionDeniedError, RetryableError:
+                As for `grant`.
+        """
+        request = _requests.revoke(user_id, sku, idempotency_key=idempotency_key, reason=reason)
+        with _translated_errors():
+            return await self._get_stub().Revoke(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
+
+    async def check_entitlement(
+        self, user_id: str, sku: str, *, timeout_s: float | None = None
+    ) -> pb.CheckEntitlementResponse:
+        """Tells whether a player holds an item now.
+
+        Args:
+            user_id: The player id used with Xsolla.
+            sku: The Xsolla item SKU.
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            `active`, and the stored entitlement when there is one (also when it has expired).
+
+        Raises:
+            InvalidArgumentError, AuthenticationError, PermissionDeniedError, RetryableError: See the errors
+                module.
+        """
+        request = _requests.check_entitlement(user_id, sku)
+        with _translated_errors():
+            return await self._get_stub().CheckEntitlement(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    async def list_entitlements(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        include_expired: bool = False,
+        timeout_s: float | None = None,
+    ) -> pb.ListEntitlementsResponse:
+        """Returns one page of a player's entitlements, in sku order.
+
+        Args:
+            user_id: The player id used with Xsolla.
+            page_size: Entitlements per page, 1..500; 0 for the server's default (50).
+            page_token: `next_page_token` of the previous page; empty for the first.
+            include_expired: Also list time-limited items whose period has ended.
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            The page and the token of the next one (empty on the last page).
+
+        Raises:
+            InvalidArgumentError: A field is out of range or the token belongs to another request.
+            AuthenticationError, PermissionDeniedError, RetryableError: See the errors module.
+        """
+        request = _requests.list_entitlements(
+            user_id, page_size=page_size, page_token=page_token, include_expired=include_expired
+        )
+        with _translated_errors():
+            return await self._get_stub().ListEntitlements(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    async def iter_entitlements(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        include_expired: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[pb.Entitlement]:
+        """Yields all of a player's entitlements, fetching page after page as the iteration goes.
+
+        Arguments and errors are those of `list_entitlements`; `timeout_s` applies to each page. No call is
+        open between pages, so stopping early leaves nothing to clean up.
+        """
+        page_token = ""
+        while True:
+            page = await self.list_entitlements(
+                user_id,
+                page_size=page_size,
+                page_token=page_token,
+                include_expired=include_expired,
+                timeout_s=timeout_s,
+            )
+            for entitlement in page.entitlements:
+                yield entitlement
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    async def list_subscriptions(
+        self,
+        user_id: str,
+        *,
+        limit: int = 0,
+        offset: int = 0,
+        locale: str = "",
+        include_inactive: bool = False,
+        timeout_s: float | None = None,
+    ) -> pb.ListSubscriptionsResponse:
+        """Returns a player's subscriptions in the shape of Xsolla's user subscriptions API.
+
+        Args:
+            user_id: The player id used with Xsolla.
+            limit: Subscriptions per page, 1..100; 0 for the server's default (15).
+            offset: How many subscriptions to skip.
+            locale: ISO 639-1 language code; empty for English.
+            include_inactive: Also list canceled and expired subscriptions.
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            Recurring subscriptions first, then non-renewing ones, and whether more follow.
+
+        Raises:
+            InvalidArgumentError, AuthenticationError, PermissionDeniedError, RetryableError: See the errors
+                module.
+        """
+        request = _requests.list_subscriptions(
+            user_id, limit=limit, offset=offset, locale=locale, include_inactive=include_inactive
+        )
+        with _translated_errors():
+            return await self._get_stub().ListSubscriptions(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    def get_order_status(
+        self,
+        order_id: str,
+        user_id: str,
+        *,
+        project_id: int = 0,
+        token: str = "",
+        max_wait: timedelta | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncOrderStatusStream:
+        """Follows one order: yields its stored state, then each status change, until it is done.
+
+        The call starts at once; iterate the result with `async for`. It ends after a terminal status
+        (DONE, CANCELED, EXPIRED) or, once `max_wait` has passed, after a message with `timed_out` set.
+        Close it early with `async with` or `aclose()`, which cancels the call.
+
+        Args:
+            order_id: Xsolla's order id.
+            user_id: The player who placed the order.
+            project_id: Xsolla project id; 0 for the service's configured project.
+            token: The player's Xsolla Login JWT or Pay Station token, so the service can watch the order
+                at Xsolla, not only through webhooks. Never logged by the service.
+            max_wait: How long the server follows the order (up to 1 hour); its default (10 minutes) when
+                None.
+            timeout_s: A deadline for the whole stream, in seconds; None for none (the client's `timeout_s`
+                does not apply: `max_wait` bounds the stream).
+
+        Returns:
+            An async iterator of updates; errors while iterating are `EntitlementsError` subclasses
+            (`UnimplementedError` from servers without this RPC).
+        """
+        request = _requests.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=max_wait)
+        call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
+        return AsyncOrderStatusStream(call)
+
+
+class AsyncOrderStatusStream(AsyncIterator[pb.OrderStatusUpdate]):
+    """The updates of one `get_order_status` call, as an async iterator that can be closed early.
+
+    Iteration raises `EntitlementsError` subclasses for failed calls. After `aclose()` (or leaving
+    `async with`) the call is cancelled and iteration simply stops.
+    """
+
+    def __init__(self, call: aio.UnaryStreamCall[pb.GetOrderStatusRequest, pb.OrderStatusUpdate]) -> None:
+        self._call = call
+        self._closed = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> pb.OrderStatusUpdate:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            message = await self._call.read()
+        except grpc.RpcError as exc:
+            self._closed = True
+            raise translate_rpc_error(exc) from exc
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError for every locally cancelled call. Only a cancellation of the
+            # reading task itself propagates as such; cancel()/aclose() from another task ends the stream;
+            # closing the client under it is an error, as in the sync client.
+            was_closed, self._closed = self._closed, True
+            if _task_is_cancelling():
+                raise
+            if was_closed:
+                raise StopAsyncIteration from None
+            raise _closed_under_call() from None
+        # read() returns grpc.aio.EOF, which the stubs type as object, once the server ends the stream.
+        if not isinstance(message, pb.OrderStatusUpdate):
+            self._closed = True
+            raise StopAsyncIteration
+        return message
+
+    def cancel(self) -> None:
+        """Cancels the call, if still running; iteration then stops. Idempotent."""
+        self._closed = True
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        """Same as `cancel()`, for `contextlib.aclosing` and symmetry with async generators."""
+        self.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+class EntitlementsClient(_BaseClient):
+    """Blocking client of the entitlement service, safe to share between threads.
+
+    Same constructor arguments, methods, return values and errors as `AsyncEntitlementsClient`, without
+    `await`; `get_order_status` returns an `OrderStatusStream`. Use it inside `with`, or call `close()`.
+    The channel is created with the client; it connects on the first call.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: TLSConfig | bool | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Creates the channel; see `AsyncEntitlementsClient` for the arguments."""
+        super().__init__(
+            target,
+            api_key=api_key,
+            tls=tls,
+            timeout_s=timeout_s,
+            retry_policy=retry_policy,
+            channel_options=channel_options,
+        )
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self._target, options=self._options)
+        else:
+            self._channel = grpc.secure_channel(self._target, self._credentials, options=self._options)
+        self._stub = pb_grpc.EntitlementServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel, cancelling calls in flight. Idempotent."""
+        self._closed = True
+        self._channel.close()
+
+    def _get_stub(self) -> pb_grpc.EntitlementServiceStub:
+        # A closed sync channel fails calls with a bare ValueError; say what happened instead.
+        if self._closed:
+            raise RuntimeError("the client has been closed")
+        return self._stub
+
+    def grant(
+        self,
+        user_id: str,
+        sku: str,
+        *,
+        quantity: int | None = None,
+        duration: timedelta | None = None,
+        kind: int | None = None,
+        idempotency_key: str | None = None,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> pb.GrantResponse:
+        """Grants an item to a player; see `AsyncEntitlementsClient.grant`."""
+        request = _requests.grant(
+            user_id,
+            sku,
+            quantity=quantity,
+            duration=duration,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            reason=reason,
+            metadata=metadata,
+        )
+        with _translated_errors():
+            return self._get_stub().Grant(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
+
+    def revoke(
+        self,
+        user_id: str,
+        sku: str,
+        *,
+        idempotency_key: str | None = None,
+        reason: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.RevokeResponse:
+        """Removes an item from a player; see `AsyncEntitlementsClient.revoke`."""
+        request = _requests.revoke(user_id, sku, idempotency_key=idempotency_key, reason=reason)
+        with _translated_errors():
+            return self._get_stub().Revoke(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
+
+    def check_entitlement(
+        self, user_id: str, sku: str, *, timeout_s: float | None = None
+    ) -> pb.CheckEntitlementResponse:
+        """Tells whether a player holds an item now; see `AsyncEntitlementsClient.check_entitlement`."""
+        request = _requests.check_entitlement(user_id, sku)
+        with _translated_errors():
+            return self._get_stub().CheckEntitlement(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    def list_entitlements(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        include_expired: bool = False,
+        timeout_s: float | None = None,
+    ) -> pb.ListEntitlementsResponse:
+        """Returns one page of a player's entitlements; see `AsyncEntitlementsClient.list_entitlements`."""
+        request = _requests.list_entitlements(
+            user_id, page_size=page_size, page_token=page_token, include_expired=include_expired
+        )
+        with _translated_errors():
+            return self._get_stub().ListEntitlements(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    def iter_entitlements(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        include_expired: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[pb.Entitlement]:
+        """Yields all of a player's entitlements; see `AsyncEntitlementsClient.iter_entitlements`."""
+        page_token = ""
+        while True:
+            page = self.list_entitlements(
+                user_id,
+                page_size=page_size,
+                page_token=page_token,
+                include_expired=include_expired,
+                timeout_s=timeout_s,
+            )
+            yield from page.entitlements
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    def list_subscriptions(
+        self,
+        user_id: str,
+        *,
+        limit: int = 0,
+        offset: int = 0,
+        locale: str = "",
+        include_inactive: bool = False,
+        timeout_s: float | None = None,
+    ) -> pb.ListSubscriptionsResponse:
+        """Returns a player's subscriptions; see `AsyncEntitlementsClient.list_subscriptions`."""
+        request = _requests.list_subscriptions(
+            user_id, limit=limit, offset=offset, locale=locale, include_inactive=include_inactive
+        )
+        with _translated_errors():
+            return self._get_stub().ListSubscriptions(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    def get_order_status(
+        self,
+        order_id: str,
+        user_id: str,
+        *,
+        project_id: int = 0,
+        token: str = "",
+        max_wait: timedelta | None = None,
+        timeout_s: float | None = None,
+    ) -> OrderStatusStream:
+        """Follows one order; see `AsyncEntitlementsClient.get_order_status`. Close the stream with `with`."""
+        request = _requests.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=max_wait)
+        call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
+        return OrderStatusStream(call)
+
+
+class OrderStatusStream(Iterator[pb.OrderStatusUpdate]):
+    """The updates of one blocking `get_order_status` call, as an iterator that can be closed early.
+
+    Iteration raises `EntitlementsError` subclasses for failed calls. After `close()` (or leaving `with`),
+    from any thread, the call is cancelled and iteration simply stops.
+    """
+
+    def __init__(self, call: grpc.CallIterator[pb.OrderStatusUpdate]) -> None:
+        self._call = call
+        self._messages = iter(call)
+        self._closed = False
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> pb.OrderStatusUpdate:
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._messages)
+        except grpc.RpcError as exc:
+            # A call we cancelled ourselves (close() from another thread) ends as an RpcError with CANCELLED.
+            if self._closed:
+                raise StopIteration from None
+            self._closed = True
+            raise translate_rpc_error(exc) from exc
+
+    def close(self) -> None:
+        """Cancels the call, if still running; iteration then stops. Idempotent."""
+        self._closed = True
+        self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves RpcContext.cancel unannotated
+
+    cancel = close
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

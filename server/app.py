@@ -1,0 +1,172 @@
+"""The composition root of the service process: settings -> Redis -> store -> gRPC server, start and stop.
+
+Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, the gRPC server
+(EntitlementService, health, reflection). Stop order is the reverse, gracefully: health goes NOT_SERVING, the
+gRPC server stops taking calls and lets in-flight ones finish within the grace period, then Redis closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from entitlements.v1 import entitlements_pb2 as pb
+from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
+from server import connections
+from server.auth import Authenticator
+from server.config import Settings
+from server.embedded import EmbeddedRedis
+from server.errors import StoreUnavailable
+from server.metrics import MetricsEndpoint, ServiceMetrics
+from server.rpc import RpcRuntime
+from server.service import EntitlementServicer
+from server.store import EntitlementStore, RedisClient
+
+log = structlog.get_logger("server.app")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EntitlementService"].full_name
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a started service listens (ports resolved when the settings asked for port 0)."""
+
+    grpc_port: int
+    metrics_port: int
+    redis_url: str
+
+
+class Service:
+    """One service process's parts. Build it inside the running event loop, then `start()` and `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = ServiceMetrics(self.registry)
+        self.embedded: EmbeddedRedis | None = None
+        self.redis: RedisClient | None = None
+        self.store: EntitlementStore | None = None
+        self.health = AsyncHealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_http = MetricsEndpoint(self.registry)
+        self._health_task: asyncio.Task[None] | None = None
+        self.endpoints: Endpoints | None = None
+
+    async def start(self) -> Endpoints:
+        """Starts every part; on failure, stops what was started and re-raises."""
+        settings = self.settings
+        settings.check_servable()
+        try:
+            redis_url = settings.redis_url
+            if redis_url is None:
+                self.embedded = EmbeddedRedis(settings.data_dir, appendfsync=settings.appendfsync)
+                await self.embedded.start()
+                redis_url = self.embedded.url
+            self.redis = connections.connect(
+                redis_url,
+                cluster=settings.redis_cluster,
+                timeout_s=settings.redis_timeout_s,
+                max_connections=settings.redis_max_connections,
+            )
+            self.store = EntitlementStore(
+                self.redis,
+                timeout_s=settings.redis_timeout_s,
+                idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
+            )
+            metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
+            grpc_port = await self._start_grpc(self.store)
+            self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
+        except BaseException:
+            await self.stop()
+            raise
+        self.endpoints = Endpoints(grpc_port, metrics_port, redis_url)
+        log.info(
+            "service_started",
+            grpc=f"{settings.grpc_host}:{grpc_port}",
+            metrics=f"{settings.metrics_host}:{metrics_port}",
+            redis="embedded" if self.embedded else "external",
+            tls=settings.tls is not None,
+            mtls=settings.tls is not None and settings.tls.client_ca_file is not None,
+            api_keys=len(settings.api_keys),
+        )
+        return self.endpoints
+
+    async def _start_grpc(self, store: EntitlementStore) -> int:
+        settings = self.settings
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._grpc = server
+        runtime = RpcRuntime(
+            Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode), self.metrics
+        )
+        pb_grpc.add_EntitlementServiceServicer_to_server(EntitlementServicer(store, runtime, self.metrics), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        if settings.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            client_ca = settings.tls.client_ca_file
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls.key_file.read_bytes(), settings.tls.cert_file.read_bytes())],
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(address, credentials)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port
+
+    async def _watch_store(self) -> None:
+        """Reports NOT_SERVING on the health service while Redis does not answer, SERVING once it does."""
+        assert self.store is not None
+        serving = True
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval_s)
+            try:
+                await self.store.ping()
+                healthy = True
+            except StoreUnavailable:
+                healthy = False
+            if healthy != serving:
+                serving = healthy
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", SERVICE_NAME):
+                    await self.health.set(name, status)
+                log.warning("store_health_changed", serving=healthy)
+
+    async def wait(self) -> None:
+        """Returns when the gRPC server has terminated."""
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stops gracefully: NOT_SERVING, in-flight RPCs finish (up to `grace_s`), then Redis closes."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        if self._grpc is not None:
+            await self.health.enter_graceful_shutdown()
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+            self.embedded = None
+        await self._metrics_http.stop()
+        log.info("service_stopped")

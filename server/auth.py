@@ -1,0 +1,100 @@
+"""API keys: who may call which RPC.
+
+Keys are configured as SHA-256 hashes, never in clear: one entry per line (or separated by `;`) in the form
+`name:sha256-hex:scope[,scope...]`, for example `matchmaker:9f86d0...:read`. `python -m server hash-key` makes a
+new random key and prints its entry. A caller sends the clear key as `authorization: Bearer <key>` metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+SCOPES = frozenset({"read", "write"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A configured key: its name (logged and written to the audit ledger), hash and scopes."""
+
+    name: str
+    sha256: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one RPC."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+DEV_PRINCIPAL = Principal(name="insecure-dev", scopes=SCOPES)
+
+
+def hash_key(key: str) -> str:
+    """Returns the hex SHA-256 of a clear API key, as configured."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_api_keys(text: str) -> tuple[ApiKey, ...]:
+    """Parses key entries; raises ValueError naming the bad entry (without echoing a hash)."""
+    keys: list[ApiKey] = []
+    seen_names: set[str] = set()
+    seen_hashes: set[str] = set()
+    for number, raw in enumerate(re.split(r"[;\n]", text), start=1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        parts = entry.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"entry {number} is not name:sha256-hex:scopes")
+        name, digest, scope_text = (p.strip() for p in parts)
+        digest = digest.lower()
+        if not _NAME.match(name):
+            raise ValueError(f"entry {number}: name must be 1-64 of A-Z a-z 0-9 _ . @ -")
+        if not _HEX64.match(digest):
+            raise ValueError(f"entry {number} ({name}): the hash must be 64 hex characters (SHA-256)")
+        scopes = frozenset(s.strip() for s in scope_text.split(",") if s.strip())
+        if not scopes or not scopes <= SCOPES:
+            raise ValueError(f"entry {number} ({name}): scopes must be a comma list of {sorted(SCOPES)}")
+        if name in seen_names or digest in seen_hashes:
+            raise ValueError(f"entry {number} ({name}): duplicate name or key")
+        seen_names.add(name)
+        seen_hashes.add(digest)
+        keys.append(ApiKey(name=name, sha256=digest, scopes=scopes))
+    return tuple(keys)
+
+
+class Authenticator:
+    """Maps the `authorization` metadata of a call to a Principal.
+
+    With no keys (insecure development mode only), every caller is the all-scopes development principal.
+    """
+
+    def __init__(self, keys: Iterable[ApiKey], *, insecure_dev_mode: bool = False) -> None:
+        self._by_hash: Mapping[str, ApiKey] = {k.sha256: k for k in keys}
+        self._open = insecure_dev_mode and not self._by_hash
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        """Returns the caller, or None when the header is missing, malformed or names no configured key."""
+        if self._open:
+            return DEV_PRINCIPAL
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hash_key(token.strip())
+        # The lookup is by hash, so timing reveals nothing about the clear key; compare_digest guards the
+        # final equality anyway.
+        key = self._by_hash.get(digest)
+        if key is None or not hmac.compare_digest(key.sha256, digest):
+            return None
+        return Principal(name=key.name, scopes=key.scopes)

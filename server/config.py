@@ -1,0 +1,162 @@
+"""The service's settings, read once from the environment at start-up.
+
+Every setting is listed with its default in the README's configuration table. Durations carry their unit in the
+name (`_s`, `_ms`, `_days`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.auth import ApiKey, parse_api_keys
+from server.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Server-side TLS for the gRPC port; with `client_ca_file`, clients must present a certificate (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed configuration of the service process."""
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    # None: start the embedded Redis (Valkey) server persisting to `data_dir`.
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_timeout_s: float = 2.0
+    redis_max_connections: int = 64
+    data_dir: Path = Path("var")
+    appendfsync: str = "everysec"
+    idempotency_ttl_days: float = 7.0
+    api_keys: tuple[ApiKey, ...] = ()
+    insecure_dev_mode: bool = False
+    tls: TLSSettings | None = None
+    shutdown_grace_s: float = 10.0
+    health_check_interval_s: float = 5.0
+    log_level: str = "info"
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads the settings from environment variables.
+
+        Raises:
+            ConfigError: a variable is malformed or the combination is unsafe (no API keys outside
+                development mode, half a TLS configuration).
+        """
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        keys_text = reader.text("ENTITLEMENTS_API_KEYS", "")
+        keys_file = reader.text("ENTITLEMENTS_API_KEYS_FILE", "")
+        if keys_file:
+            try:
+                keys_text = "\n".join([keys_text, Path(keys_file).read_text()])
+            except OSError as exc:
+                raise ConfigError(f"ENTITLEMENTS_API_KEYS_FILE: cannot read {keys_file}: {exc}") from exc
+        try:
+            api_keys = parse_api_keys(keys_text)
+        except ValueError as exc:
+            raise ConfigError(f"ENTITLEMENTS_API_KEYS: {exc}") from exc
+        insecure = reader.boolean("ENTITLEMENTS_INSECURE_DEV_MODE", False)
+        cert = reader.text("ENTITLEMENTS_TLS_CERT_FILE", "")
+        key = reader.text("ENTITLEMENTS_TLS_KEY_FILE", "")
+        client_ca = reader.text("ENTITLEMENTS_TLS_CLIENT_CA_FILE", "")
+        tls: TLSSettings | None = None
+        if cert or key:
+            if not (cert and key):
+                raise ConfigError("ENTITLEMENTS_TLS_CERT_FILE and ENTITLEMENTS_TLS_KEY_FILE must be set together")
+            tls = TLSSettings(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+        elif client_ca:
+            raise ConfigError("ENTITLEMENTS_TLS_CLIENT_CA_FILE needs ENTITLEMENTS_TLS_CERT_FILE and _KEY_FILE")
+        appendfsync = reader.text("ENTITLEMENTS_REDIS_APPENDFSYNC", "everysec")
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ConfigError("ENTITLEMENTS_REDIS_APPENDFSYNC must be always, everysec or no")
+        log_json_text = reader.text("ENTITLEMENTS_LOG_JSON", "")
+        return cls(
+            grpc_host=reader.text("ENTITLEMENTS_GRPC_HOST", "127.0.0.1"),
+            grpc_port=reader.integer("ENTITLEMENTS_GRPC_PORT", 50051, minimum=0, maximum=65535),
+            metrics_host=reader.text("ENTITLEMENTS_METRICS_HOST", "127.0.0.1"),
+            metrics_port=reader.integer("ENTITLEMENTS_METRICS_PORT", 9464, minimum=0, maximum=65535),
+            redis_url=reader.text("REDIS_URL", "") or None,
+            redis_cluster=reader.boolean("REDIS_CLUSTER", False),
+            redis_timeout_s=reader.number("ENTITLEMENTS_REDIS_TIMEOUT_S", 2.0, minimum=0.05),
+            redis_max_connections=reader.integer("ENTITLEMENTS_REDIS_MAX_CONNECTIONS", 64, minimum=1),
+            data_dir=Path(reader.text("ENTITLEMENTS_DATA_DIR", "var")),
+            appendfsync=appendfsync,
+            idempotency_ttl_days=reader.number("ENTITLEMENTS_IDEMPOTENCY_TTL_DAYS", 7.0, minimum=1.0),
+            api_keys=api_keys,
+            insecure_dev_mode=insecure,
+            tls=tls,
+            shutdown_grace_s=reader.number("ENTITLEMENTS_SHUTDOWN_GRACE_S", 10.0, minimum=0.0),
+            health_check_interval_s=reader.number("ENTITLEMENTS_HEALTH_CHECK_INTERVAL_S", 5.0, minimum=0.1),
+            log_level=reader.text("ENTITLEMENTS_LOG_LEVEL", "info").lower(),
+            log_json=None if not log_json_text else reader.boolean("ENTITLEMENTS_LOG_JSON", True),
+        )
+
+    def check_servable(self) -> None:
+        """Refuses to serve without API keys unless insecure development mode is on.
+
+        Raises:
+            ConfigError: no API keys and not in development mode.
+        """
+        if not self.api_keys and not self.insecure_dev_mode:
+            raise ConfigError(
+                "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
+                "or ENTITLEMENTS_INSECURE_DEV_MODE=1 for local development only"
+            )
+
+
+class _Reader:
+    """Parses typed values out of an environment mapping, naming the variable in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name, default).strip()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "").lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+        return value

@@ -1,0 +1,39 @@
+"""The service's exceptions. Each domain error becomes one gRPC status in one place (`server.rpc`).
+
+EntitlementsError
+├── ConfigError                 bad settings; the process refuses to start
+├── InvalidArgument             INVALID_ARGUMENT: a request field is wrong; `field` names it
+├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
+├── FailedPrecondition          FAILED_PRECONDITION: valid request, but the stored state forbids it
+└── StoreUnavailable            UNAVAILABLE: Redis could not be reached or answered too slowly
+"""
+
+from __future__ import annotations
+
+
+class EntitlementsError(Exception):
+    """Base class of every error the service raises on purpose."""
+
+
+class ConfigError(EntitlementsError):
+    """The configuration is invalid or unsafe."""
+
+
+class InvalidArgument(EntitlementsError):
+    """A request argument is invalid; nothing was written."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class IdempotencyConflict(EntitlementsError):
+    """An idempotency key was replayed with a request that differs from the first one."""
+
+
+class FailedPrecondition(EntitlementsError):
+    """The request is well-formed but conflicts with what is stored (e.g. a sku held as another kind)."""
+
+
+class StoreUnavailable(EntitlementsError):
+    """The store did not answer in time; the call may be retried with the same idempotency key."""

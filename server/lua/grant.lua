@@ -1,0 +1,58 @@
+-- Grant (after prologue.lua). ARGV[8] kind (0 unspecified, 1 consumable, 2 permanent, 3 time-limited),
+-- ARGV[9] quantity, ARGV[10] period in ms (0 when none), ARGV[11] maximum consumable total,
+-- ARGV[12] metadata as JSON, ARGV[13] maximum expiry (ms since the epoch).
+local kind = tonumber(ARGV[8])
+local quantity = tonumber(ARGV[9])
+local period = tonumber(ARGV[10])
+if kind == 0 then
+  if period > 0 then
+    kind = 3
+  elseif current then
+    kind = current.k
+  else
+    kind = 1
+  end
+end
+if current and current.k ~= kind then
+  return redis.error_reply('KIND_MISMATCH ' .. current.k .. ' ' .. kind)
+end
+if kind == 3 and period <= 0 then
+  return redis.error_reply('DURATION_REQUIRED')
+end
+if kind == 2 and quantity ~= 1 then
+  return redis.error_reply('PERMANENT_QUANTITY')
+end
+
+local record
+local granted_at = now
+if current then
+  granted_at = current.g
+end
+if kind == 1 then
+  local total = quantity
+  if current then
+    total = total + current.q
+  end
+  if total > tonumber(ARGV[11]) then
+    return redis.error_reply('QUANTITY_LIMIT ' .. total)
+  end
+  record = {k = 1, q = total, g = granted_at, u = now}
+elseif kind == 2 then
+  record = {k = 2, q = 1, g = granted_at, u = now}
+else
+  -- Still active: the periods add up. Expired or never held: a new period starts now.
+  local base = now
+  if current and current.e and current.e > now then
+    base = current.e
+  end
+  local expires = base + quantity * period
+  if expires > tonumber(ARGV[13]) then
+    return redis.error_reply('EXPIRY_LIMIT')
+  end
+  record = {k = 3, q = 1, g = granted_at, u = now, e = expires, p = period}
+end
+
+local record_raw = cjson.encode(record)
+redis.call('HSET', KEYS[1], sku, record_raw)
+redis.call('ZADD', KEYS[2], 0, sku)
+return commit(record_raw, record_raw, {'quantity', ARGV[9], 'metadata', ARGV[12]})

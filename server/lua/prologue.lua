@@ -1,0 +1,45 @@
+-- Shared head of every write script (server/store.py prepends it).
+--
+-- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] idempotency key, KEYS[4] audit ledger stream.
+-- ARGV[1] request fingerprint, ARGV[2] idempotency TTL (ms), ARGV[3] operation name, ARGV[4] sku,
+-- ARGV[5] actor (API key name), ARGV[6] reason, ARGV[7] idempotency key in clear (for the ledger).
+--
+-- Replies "R<json>" for a replay of an earlier call with the same key, "N<json>" for a new result, or an
+-- error reply whose first word is a code that server/store.py translates.
+
+local saved = redis.call('GET', KEYS[3])
+if saved then
+  local fp, op, result = string.match(saved, '^([^\n]*)\n([^\n]*)\n(.*)$')
+  if fp ~= ARGV[1] then
+    return redis.error_reply('IDEMPOTENCY_CONFLICT ' .. (op or '?'))
+  end
+  return 'R' .. result
+end
+
+-- One clock for every replica: the Redis server's (same shard for all of one user's keys).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sku = ARGV[4]
+local current_raw = redis.call('HGET', KEYS[1], sku)
+local current = nil
+if current_raw then
+  current = cjson.decode(current_raw)
+end
+
+-- Remembers the result under the idempotency key and replies with it.
+local function remember(result)
+  redis.call('SET', KEYS[3], ARGV[1] .. '\n' .. ARGV[3] .. '\n' .. result, 'PX', ARGV[2])
+  return 'N' .. result
+end
+
+-- Records the change in the audit ledger, then remembers and replies.
+local function commit(result, after_raw, extra_fields)
+  local fields = {'op', ARGV[3], 'sku', sku, 'idempotency_key', ARGV[7], 'actor', ARGV[5],
+                  'reason', ARGV[6], 'at_ms', tostring(now),
+                  'before', current_raw or '', 'after', after_raw or ''}
+  for _, v in ipairs(extra_fields) do
+    fields[#fields + 1] = v
+  end
+  redis.call('XADD', KEYS[4], '*', unpack(fields))
+  return remember(result)
+end

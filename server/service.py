@@ -1,0 +1,207 @@
+"""The EntitlementService servicer: validates each request, calls the store, and shapes the response.
+
+Authentication, status mapping, logging and metrics are applied by `server.rpc.RpcRuntime`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from entitlements.v1 import entitlements_pb2 as pb
+from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
+from server import validation
+from server.auth import Principal
+from server.metrics import ServiceMetrics
+from server.rpc import RpcRuntime, rpc
+from server.store import TIME_LIMITED, EntitlementRecord, EntitlementStore
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _timestamp(ms: int) -> Timestamp:
+    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def entitlement_message(record: EntitlementRecord, now_ms: int) -> pb.Entitlement:
+    """The protobuf form of a stored entitlement, with `active` evaluated at `now_ms`."""
+    message = pb.Entitlement(
+        user_id=record.user_id,
+        sku=record.sku,
+        kind=record.kind,  # type: ignore[arg-type]  # stored kinds are the enum's values
+        quantity=record.quantity,
+        granted_at=_timestamp(record.granted_at_ms),
+        updated_at=_timestamp(record.updated_at_ms),
+        active=record.active(now_ms),
+    )
+    if record.expires_at_ms is not None:
+        message.expires_at.CopyFrom(_timestamp(record.expires_at_ms))
+    if record.period_ms is not None:
+        message.period.CopyFrom(Duration(seconds=record.period_ms // 1000, nanos=(record.period_ms % 1000) * 10**6))
+    return message
+
+
+_PERIOD_UNITS = ((86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"))
+
+
+def _period(period_ms: int) -> pb.Period:
+    for unit_ms, unit in _PERIOD_UNITS:
+        if period_ms % unit_ms == 0:
+            return pb.Period(value=period_ms // unit_ms, unit=unit)
+    return pb.Period(value=max(1, period_ms // 1000), unit="second")
+
+
+def non_renewing_subscription(record: EntitlementRecord, now_ms: int) -> pb.Subscription:
+    """A time-limited item presented as a non-renewing subscription."""
+    subscription = pb.Subscription(
+        id=record.sku,
+        plan_external_id=record.sku,
+        status="active" if record.active(now_ms) else "expired",
+        date_create=_timestamp(record.granted_at_ms),
+        date_last_charge=_timestamp(record.updated_at_ms),
+        kind=pb.SUBSCRIPTION_KIND_NON_RENEWING,
+    )
+    if record.expires_at_ms is not None:
+        subscription.date_next_charge.CopyFrom(_timestamp(record.expires_at_ms))
+    if record.period_ms:
+        subscription.period.CopyFrom(_period(record.period_ms))
+    return subscription
+
+
+def recurring_subscription(data: Mapping[str, Any]) -> pb.Subscription:
+    """A recurring subscription as recorded from Xsolla's webhooks (times in ms since the epoch)."""
+    subscription = pb.Subscription(
+        id=str(data.get("id", "")),
+        plan_id=int(data.get("plan_id") or 0),
+        plan_external_id=str(data.get("plan_external_id") or ""),
+        plan_name=str(data.get("plan_name") or ""),
+        plan_description=str(data.get("plan_description") or ""),
+        product_id=int(data.get("product_id") or 0),
+        product_external_id=str(data.get("product_external_id") or ""),
+        product_name=str(data.get("product_name") or ""),
+        product_description=str(data.get("product_description") or ""),
+        status=str(data.get("status") or ""),
+        kind=pb.SUBSCRIPTION_KIND_RECURRING,
+    )
+    for name in ("date_create", "date_next_charge", "date_last_charge"):
+        value = data.get(f"{name}_ms")
+        if value is not None:
+            getattr(subscription, name).CopyFrom(_timestamp(int(value)))
+    if data.get("charge_currency"):
+        subscription.charge.CopyFrom(
+            pb.Charge(amount=str(data.get("charge_amount", "")), currency=data["charge_currency"])
+        )
+    if data.get("period_unit"):
+        subscription.period.CopyFrom(pb.Period(value=int(data.get("period_value") or 0), unit=data["period_unit"]))
+    return subscription
+
+
+def _recurring_active(data: Mapping[str, Any]) -> bool:
+    return data.get("status") in ("active", "non_renewing")
+
+
+class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
+    """Implements entitlements.v1.EntitlementService over an EntitlementStore."""
+
+    def __init__(self, store: EntitlementStore, runtime: RpcRuntime, metrics: ServiceMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self.runtime = runtime
+
+    @rpc("Grant", "write")
+    async def Grant(self, request: pb.GrantRequest, context: Context, principal: Principal) -> pb.GrantResponse:
+        command = validation.grant_command(request)
+        result = await self._store.grant(command, principal.name)
+        self._metrics.writes.labels("grant", "replayed" if result.replayed else "applied").inc()
+        return pb.GrantResponse(
+            entitlement=entitlement_message(result.entitlement, _now_ms()), replayed=result.replayed
+        )
+
+    @rpc("Revoke", "write")
+    async def Revoke(self, request: pb.RevokeRequest, context: Context, principal: Principal) -> pb.RevokeResponse:
+        command = validation.revoke_command(request)
+        result = await self._store.revoke(command, principal.name)
+        outcome = "replayed" if result.replayed else ("applied" if result.previous else "nothing_held")
+        self._metrics.writes.labels("revoke", outcome).inc()
+        response = pb.RevokeResponse(revoked=result.previous is not None, replayed=result.replayed)
+        if result.previous is not None:
+            response.previous.CopyFrom(entitlement_message(result.previous, _now_ms()))
+        return response
+
+    @rpc("CheckEntitlement", "read")
+    async def CheckEntitlement(
+        self, request: pb.CheckEntitlementRequest, context: Context, principal: Principal
+    ) -> pb.CheckEntitlementResponse:
+        user_id = validation.identifier("user_id", request.user_id)
+        sku = validation.identifier("sku", request.sku)
+        record = await self._store.get(user_id, sku)
+        if record is None:
+            return pb.CheckEntitlementResponse(active=False)
+        message = entitlement_message(record, _now_ms())
+        return pb.CheckEntitlementResponse(active=message.active, entitlement=message)
+
+    @rpc("ListEntitlements", "read")
+    async def ListEntitlements(
+        self, request: pb.ListEntitlementsRequest, context: Context, principal: Principal
+    ) -> pb.ListEntitlementsResponse:
+        query = validation.page_query(request)
+        now = _now_ms()
+        selected: list[EntitlementRecord] = []
+        after, reading = query.after_sku, True
+        # Expired items are filtered out after reading, so filling a page may take several reads.
+        while reading and len(selected) < query.page_size:
+            records, after = await self._store.list_page(query.user_id, after, query.page_size)
+            reading = after is not None
+            for record in records:
+                if query.include_expired or record.active(now):
+                    selected.append(record)
+                    if len(selected) == query.page_size:
+                        break
+        token = ""
+        if len(selected) == query.page_size and await self._store.has_sku_after(query.user_id, selected[-1].sku):
+            token = validation.encode_page_token(query.user_id, selected[-1].sku, query.include_expired)
+        return pb.ListEntitlementsResponse(
+            entitlements=[entitlement_message(r, now) for r in selected], next_page_token=token
+        )
+
+    @rpc("ListSubscriptions", "read")
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: Context, principal: Principal
+    ) -> pb.ListSubscriptionsResponse:
+        query = validation.subscription_query(request)
+        now = _now_ms()
+        recurring = [
+            s
+            for s in await self._store.recurring_subscriptions(query.user_id)
+            if query.include_inactive or _recurring_active(s)
+        ]
+        recurring.sort(key=lambda s: (-int(s.get("date_create_ms") or 0), str(s.get("id", ""))))
+        timed = [
+            r
+            for r in await self._store.all_entitlements(query.user_id)
+            if r.kind == TIME_LIMITED and (query.include_inactive or r.active(now))
+        ]
+        timed.sort(key=lambda r: (-r.granted_at_ms, r.sku))
+        subscriptions = [recurring_subscription(s) for s in recurring] + [
+            non_renewing_subscription(r, now) for r in timed
+        ]
+        end = query.offset + query.limit
+        return pb.ListSubscriptionsResponse(
+            subscriptions=subscriptions[query.offset : end], has_more=end < len(subscriptions)
+        )
+
+    async def GetOrderStatus(
+        self, request: pb.GetOrderStatusRequest, context: Context
+    ) -> AsyncIterator[pb.OrderStatusUpdate]:
+        """Not implemented in this version."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetOrderStatus is not implemented in this version")
+        yield pb.OrderStatusUpdate()  # pragma: no cover - unreachable; makes this a generator

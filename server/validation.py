@@ -1,0 +1,176 @@
+"""Request validation: protobuf requests in, validated commands out, or InvalidArgument naming the field.
+
+Nothing reaches the store before its request has passed through here, so an invalid request never writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+
+from google.protobuf.duration_pb2 import Duration
+
+from entitlements.v1 import entitlements_pb2 as pb
+from server.errors import InvalidArgument
+from server.logs import user_ref
+from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, GrantCommand, RevokeCommand
+
+MAX_ID_BYTES = 256
+MAX_REASON_BYTES = 1024
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_BYTES = 64
+MAX_METADATA_VALUE_BYTES = 1024
+MAX_GRANT_QUANTITY = 1_000_000
+MAX_PERIOD_MS = 36_500 * 86_400_000
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+DEFAULT_SUBSCRIPTION_LIMIT, MAX_SUBSCRIPTION_LIMIT = 15, 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LOCALE = re.compile(r"^[A-Za-z]{2}$")
+_KINDS = frozenset({0, CONSUMABLE, PERMANENT, TIME_LIMITED})
+
+
+def identifier(name: str, value: str) -> str:
+    """Checks a required id-like field: 1..256 bytes of UTF-8 without control characters."""
+    if not value:
+        raise InvalidArgument(name, "is required")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(name, f"must be at most {MAX_ID_BYTES} bytes")
+    if _CONTROL.search(value):
+        raise InvalidArgument(name, "must not contain control characters")
+    return value
+
+
+def _bounded_text(name: str, value: str, limit: int) -> str:
+    if len(value.encode()) > limit:
+        raise InvalidArgument(name, f"must be at most {limit} bytes")
+    return value
+
+
+def _duration_ms(name: str, duration: Duration) -> int:
+    seconds, nanos = duration.seconds, duration.nanos
+    if not -999_999_999 <= nanos <= 999_999_999 or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument(name, "is not a valid google.protobuf.Duration")
+    ms = seconds * 1000 + int(nanos / 1_000_000)
+    if ms <= 0:
+        raise InvalidArgument(name, "must be positive (at least 1 ms)")
+    if ms > MAX_PERIOD_MS:
+        raise InvalidArgument(name, "must be at most 36,500 days")
+    return ms
+
+
+def grant_command(request: pb.GrantRequest) -> GrantCommand:
+    """Validates a GrantRequest."""
+    user_id = identifier("user_id", request.user_id)
+    sku = identifier("sku", request.sku)
+    key = identifier("idempotency_key", request.idempotency_key)
+    kind = request.kind
+    if kind not in _KINDS:
+        raise InvalidArgument("kind", f"unknown EntitlementKind value {kind}")
+    quantity = request.quantity if request.HasField("quantity") else 1
+    if not 1 <= quantity <= MAX_GRANT_QUANTITY:
+        raise InvalidArgument("quantity", f"must be between 1 and {MAX_GRANT_QUANTITY:,}, not {quantity}")
+    period_ms = 0
+    if request.HasField("duration"):
+        period_ms = _duration_ms("duration", request.duration)
+        if kind in (CONSUMABLE, PERMANENT):
+            raise InvalidArgument("duration", "only time-limited items take a duration")
+        if quantity * period_ms > MAX_PERIOD_MS:
+            raise InvalidArgument("quantity", "quantity x duration must be at most 36,500 days")
+    elif kind == TIME_LIMITED:
+        raise InvalidArgument("duration", "is required for time-limited items")
+    if kind == PERMANENT and quantity != 1:
+        raise InvalidArgument("quantity", "must be 1 for permanent items")
+    reason = _bounded_text("reason", request.reason, MAX_REASON_BYTES)
+    if len(request.metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument("metadata", f"must have at most {MAX_METADATA_ENTRIES} entries")
+    for meta_key, meta_value in request.metadata.items():
+        if not meta_key or len(meta_key.encode()) > MAX_METADATA_KEY_BYTES:
+            raise InvalidArgument("metadata", f"keys must be 1..{MAX_METADATA_KEY_BYTES} bytes")
+        _bounded_text(f"metadata[{meta_key}]", meta_value, MAX_METADATA_VALUE_BYTES)
+    return GrantCommand(
+        user_id=user_id,
+        sku=sku,
+        kind=kind,
+        quantity=quantity,
+        period_ms=period_ms,
+        idempotency_key=key,
+        reason=reason,
+        metadata=dict(request.metadata),
+    )
+
+
+def revoke_command(request: pb.RevokeRequest) -> RevokeCommand:
+    """Validates a RevokeRequest."""
+    return RevokeCommand(
+        user_id=identifier("user_id", request.user_id),
+        sku=identifier("sku", request.sku),
+        idempotency_key=identifier("idempotency_key", request.idempotency_key),
+        reason=_bounded_text("reason", request.reason, MAX_REASON_BYTES),
+    )
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """A validated ListEntitlements request."""
+
+    user_id: str
+    page_size: int
+    after_sku: str | None
+    include_expired: bool
+
+
+def page_query(request: pb.ListEntitlementsRequest) -> PageQuery:
+    """Validates a ListEntitlementsRequest, decoding its page token."""
+    user_id = identifier("user_id", request.user_id)
+    size = request.page_size or DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, not {request.page_size}")
+    after = None
+    if request.page_token:
+        after = _decode_page_token(request.page_token, user_id, request.include_expired)
+    return PageQuery(user_id, size, after, request.include_expired)
+
+
+def encode_page_token(user_id: str, last_sku: str, include_expired: bool) -> str:
+    """An opaque token continuing a listing after `last_sku`, bound to the player and the filter."""
+    data = json.dumps({"u": user_ref(user_id), "a": last_sku, "x": include_expired}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, user_id: str, include_expired: bool) -> str:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        owner, after, expired = data["u"], data["a"], data["x"]
+    except (ValueError, binascii.Error, KeyError, TypeError):
+        raise InvalidArgument("page_token", "is not a token returned by ListEntitlements") from None
+    if owner != user_ref(user_id) or expired != include_expired or not isinstance(after, str):
+        raise InvalidArgument("page_token", "belongs to a different player or include_expired setting")
+    return after
+
+
+@dataclass(frozen=True)
+class SubscriptionQuery:
+    """A validated ListSubscriptions request."""
+
+    user_id: str
+    limit: int
+    offset: int
+    locale: str
+    include_inactive: bool
+
+
+def subscription_query(request: pb.ListSubscriptionsRequest) -> SubscriptionQuery:
+    """Validates a ListSubscriptionsRequest."""
+    user_id = identifier("user_id", request.user_id)
+    limit = request.limit or DEFAULT_SUBSCRIPTION_LIMIT
+    if not 1 <= limit <= MAX_SUBSCRIPTION_LIMIT:
+        raise InvalidArgument("limit", f"must be between 0 and {MAX_SUBSCRIPTION_LIMIT}, not {request.limit}")
+    if request.offset < 0:
+        raise InvalidArgument("offset", f"must not be negative, not {request.offset}")
+    if request.locale and not _LOCALE.match(request.locale):
+        raise InvalidArgument("locale", "must be an ISO 639-1 code such as 'en'")
+    return SubscriptionQuery(user_id, limit, request.offset, request.locale.lower(), request.include_inactive)

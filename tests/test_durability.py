@@ -1,0 +1,156 @@
+"""Nothing is lost across restarts, and a dead or stuck Redis is a prompt, retryable UNAVAILABLE."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from entitlements import AsyncEntitlementsClient, UnavailableError
+from server.app import Service
+from server.embedded import EmbeddedRedis
+from tests.conftest import ClientFactory, ServiceFactory
+
+pytestmark = pytest.mark.slow
+
+
+async def test_data_survives_service_and_embedded_redis_restart(
+    service_factory: ServiceFactory, client_factory: ClientFactory, tmp_path: Path
+) -> None:
+    """Grants and idempotency records survive stopping the service and its embedded Redis, then starting again."""
+    data_dir = tmp_path / "var"
+    first = await service_factory(redis_url=None, data_dir=data_dir)
+    assert first.embedded is not None
+    client = await client_factory(first)
+    await client.grant("player-1", "gold", quantity=5, idempotency_key="order-9")
+    await client.grant("player-1", "pass", duration=timedelta(days=1))
+    await first.stop()
+    assert (data_dir / "appendonlydir").is_dir()
+
+    second = await service_factory(redis_url=None, data_dir=data_dir)
+    client = await client_factory(second)
+    assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 5
+    assert (await client.check_entitlement("player-1", "pass")).active
+    replay = await client.grant("player-1", "gold", quantity=5, idempotency_key="order-9")
+    assert replay.replayed
+    assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 5
+
+
+async def test_two_services_cannot_share_a_data_dir(service_factory: ServiceFactory, tmp_path: Path) -> None:
+    """A second service on the same embedded data directory refuses to start instead of corrupting it."""
+    await service_factory(redis_url=None, data_dir=tmp_path / "var")
+    with pytest.raises(RuntimeError, match="in use by another process"):
+        await service_factory(redis_url=None, data_dir=tmp_path / "var")
+
+
+async def test_redis_crash_and_restart_loses_nothing(
+    service: Service, client: AsyncEntitlementsClient, redis_server: EmbeddedRedis
+) -> None:
+    """After Redis is killed (SIGKILL) and restarted, acknowledged grants are there and the service reconnects."""
+    for i in range(20):
+        await client.grant("player-1", "gold", idempotency_key=f"k{i}")
+    await redis_server.kill()
+    with pytest.raises(UnavailableError):
+        await client.check_entitlement("player-1", "gold", timeout_s=3.0)
+    await redis_server.start()
+    check = await client.check_entitlement("player-1", "gold")
+    assert check.entitlement.quantity == 20
+    assert (await client.grant("player-1", "gold", idempotency_key="k3")).replayed
+
+
+async def test_redis_down_is_unavailable_within_the_deadline(
+    service: Service, client_factory: ClientFactory, redis_server: EmbeddedRedis
+) -> None:
+    """With Redis stopped, calls fail UNAVAILABLE before the caller's deadline; a later retry applies once."""
+    client = await client_factory(service, timeout_s=4.0)
+    await redis_server.stop()
+    for call in (
+        client.check_entitlement("player-1", "gold"),
+        client.grant("player-1", "gold", idempotency_key="retry-me"),
+        client.list_entitlements("player-1"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match="Redis"):
+            await call
+        assert time.monotonic() - started < 4.0
+    await redis_server.start()
+    first = await client.grant("player-1", "gold", idempotency_key="retry-me")
+    again = await client.grant("player-1", "gold", idempotency_key="retry-me")
+    assert not first.replayed
+    assert again.replayed
+    assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 1
+
+
+async def test_stuck_redis_times_out_instead_of_hanging(
+    service: Service, client_factory: ClientFactory, redis_server: EmbeddedRedis
+) -> None:
+    """A Redis that accepts but never answers (SIGSTOP) turns into UNAVAILABLE within the store timeout."""
+    client = await client_factory(service, timeout_s=5.0, retry_policy=None)
+    await client.grant("player-1", "gold")
+    assert redis_server.pid is not None
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match=r"did not answer within 1 s|unavailable"):
+            await client.check_entitlement("player-1", "gold")
+        assert time.monotonic() - started < 3.0
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    assert (await client.check_entitlement("player-1", "gold")).active
+
+
+async def test_health_follows_redis(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> None:
+    """The gRPC health service reports NOT_SERVING while Redis is down and SERVING again once it is back."""
+    service = await service_factory(redis_url=redis_server.url, health_check_interval_s=0.1)
+    assert service.endpoints is not None
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.endpoints.grpc_port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+
+        async def status() -> int:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service="entitlements.v1.EntitlementService"))
+            return int(reply.status)
+
+        async def wait_for(expected: int) -> None:
+            for _ in range(100):
+                if await status() == expected:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"health never became {expected}")
+
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        await redis_server.stop()
+        await wait_for(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await redis_server.start()
+        await wait_for(health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        await channel.close(None)
+
+
+async def test_graceful_stop_lets_in_flight_calls_finish(
+    service: Service, client_factory: ClientFactory, redis_server: EmbeddedRedis
+) -> None:
+    """On stop, health goes NOT_SERVING, new calls are refused, and a call already running completes."""
+    client = await client_factory(service, timeout_s=5.0, retry_policy=None)
+    await client.grant("player-1", "gold")
+    assert redis_server.pid is not None
+    os.kill(redis_server.pid, signal.SIGSTOP)  # hold the next call inside the service
+    try:
+        in_flight = asyncio.ensure_future(client.check_entitlement("player-1", "gold"))
+        await asyncio.sleep(0.2)
+        stopping = asyncio.ensure_future(service.stop(grace_s=5.0))
+        await asyncio.sleep(0.2)
+        assert not stopping.done()
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    assert (await in_flight).active
+    await stopping
+    with pytest.raises(UnavailableError):
+        await client.check_entitlement("player-1", "gold", timeout_s=1.0)
