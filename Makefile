@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 proto: $(STAMP)
 	$(BIN)/python tools/genproto.py
 
-## The service on the embedded Redis in ./var, in insecure development mode (no API keys needed).
+## The service and the webhook gateway on the embedded Redis in ./var, in insecure development mode.
 run: $(STAMP)
-	ENTITLEMENTS_INSECURE_DEV_MODE=1 $(BIN)/python -m server
+	ENTITLEMENTS_INSECURE_DEV_MODE=1 GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret} \
+		$(BIN)/python -m tools.devstack
 
 test: $(STAMP)
 	$(BIN)/pytest

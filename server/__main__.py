@@ -1,18 +1,29 @@
-"""Command line of the service: `python -m server [serve | hash-key | ledger USER_ID]`.
+"""Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events]`.
 
-serve              run the gRPC service (the default); configured by environment variables (README)
-hash-key           make a new random API key and print it with its configuration entry
-ledger USER_ID     print a player's audit ledger, newest first (for support)
+serve                                   run the gRPC service (the default); configured by environment variables
+hash-key                                make a new random API key and print it with its configuration entry
+ledger USER_ID                          print a player's audit ledger, newest first (for support)
+dead-letters list                       print the webhook events set aside after failing too often
+dead-letters replay (ID | --all)        put dead letters back on their event stream, once the cause is fixed
+dead-letters discard (ID | --all)       delete dead letters that must never be applied
+events status                           per partition: stream length, pending and undelivered entries, consumers
+
+The operator commands reach Redis as the service does (REDIS_URL, or the embedded server's data directory, which
+a running service holds locked: use REDIS_URL to inspect a live system).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import re
 import secrets
 import signal
 import sys
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
 
 import structlog
 
@@ -20,9 +31,11 @@ from server import connections, logs
 from server.app import Service
 from server.auth import SCOPES, hash_key
 from server.config import Settings
+from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from server.store import EntitlementStore
+from server.keys import CONSUMER_GROUP
+from server.store import EntitlementStore, RedisClient
 
 log = structlog.get_logger("server")
 
@@ -47,8 +60,9 @@ async def serve(settings: Settings) -> None:
     await service.stop()
 
 
-async def print_ledger(settings: Settings, user_id: str, count: int) -> None:
-    """Prints the newest `count` ledger entries of a player as JSON lines."""
+@contextlib.asynccontextmanager
+async def operator_redis(settings: Settings) -> AsyncIterator[RedisClient]:
+    """A Redis client for a one-off operator command: REDIS_URL, or the embedded server started for the command."""
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -59,13 +73,92 @@ async def print_ledger(settings: Settings, user_id: str, count: int) -> None:
         url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s, max_connections=2
     )
     try:
-        store = EntitlementStore(redis, timeout_s=settings.redis_timeout_s, idempotency_ttl_ms=1)
-        for entry in await store.ledger(user_id, count):
-            print(json.dumps({"id": entry.entry_id, **entry.fields}, ensure_ascii=False))
+        yield redis
     finally:
         await redis.aclose()
         if embedded is not None:
             await embedded.stop()
+
+
+async def print_ledger(settings: Settings, user_id: str, count: int) -> None:
+    """Prints the newest `count` ledger entries of a player as JSON lines."""
+    async with operator_redis(settings) as redis:
+        store = EntitlementStore(redis, timeout_s=settings.redis_timeout_s, idempotency_ttl_ms=1)
+        for entry in await store.ledger(user_id, count):
+            print(json.dumps({"id": entry.entry_id, **entry.fields}, ensure_ascii=False))
+
+
+async def dead_letters_command(
+    settings: Settings, action: str, entry_id: str | None, *, count: int = 100, out: TextIO | None = None
+) -> int:
+    """Runs `dead-letters list|replay|discard` and prints JSON lines; returns the exit status (1: no such id).
+
+    Args:
+        action: "list", "replay" or "discard".
+        entry_id: the dead letter's id (as listed), or None for all of them (replay, discard).
+        count: list at most this many per partition.
+    """
+    out = out or sys.stdout
+    async with operator_redis(settings) as redis:
+        letters = DeadLetters(redis, settings.event_partitions)
+        if action == "list":
+            for letter in await letters.read(count):
+                print(json.dumps(letter.as_dict(), ensure_ascii=False), file=out)
+            return 0
+        if action == "replay":
+            replayed = await letters.replay(entry_id)
+            for item in replayed:
+                print(
+                    json.dumps(
+                        {"replayed": item.dead_letter_id, "partition": item.partition, "new_id": item.new_entry_id}
+                    ),
+                    file=out,
+                )
+            return 1 if entry_id is not None and not replayed else 0
+        deleted = await letters.discard(entry_id)
+        print(json.dumps({"discarded": deleted}), file=out)
+        return 1 if entry_id is not None and not deleted else 0
+
+
+async def events_status(settings: Settings, *, out: TextIO | None = None) -> int:
+    """Prints, per partition, the event stream's length, the consumer group's pending and undelivered entries,
+    its consumers, and the dead letters waiting, as JSON lines."""
+    out = out or sys.stdout
+    async with operator_redis(settings) as redis:
+        letters = DeadLetters(redis, settings.event_partitions)
+        for keys in letters.partitions:
+            row: dict[str, Any] = {
+                "partition": keys.partition,
+                "stream": keys.stream,
+                "length": int(await redis.xlen(keys.stream)),
+                "dead_letters": await letters.waiting(keys),
+            }
+            if row["length"] or await redis.exists(keys.stream):
+                for group in await redis.xinfo_groups(keys.stream):
+                    if _text(group["name"]) != CONSUMER_GROUP:
+                        continue
+                    row.update(
+                        pending=int(group["pending"]),
+                        undelivered=group.get("lag"),
+                        last_delivered_id=_text(group["last-delivered-id"]),
+                        consumers=[
+                            {"name": _text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+                            for c in await redis.xinfo_consumers(keys.stream, CONSUMER_GROUP)
+                        ],
+                    )
+            print(json.dumps(row, ensure_ascii=False), file=out)
+    return 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_id(text: str) -> str:
+    """A stream entry id, `<ms>-<seq>` (argparse type)."""
+    if not re.fullmatch(r"\d+-\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a stream entry id like 1785478223000-0")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     ledger_parser = commands.add_parser("ledger", help="print a player's audit ledger, newest first")
     ledger_parser.add_argument("user_id")
     ledger_parser.add_argument("--count", type=int, default=100)
+    dead_parser = commands.add_parser("dead-letters", help="list, replay or discard webhook events that kept failing")
+    dead_actions = dead_parser.add_subparsers(dest="action", required=True)
+    dead_list = dead_actions.add_parser("list", help="print the dead letters as JSON lines, oldest first")
+    dead_list.add_argument("--count", type=int, default=100, help="at most this many per partition")
+    for action, text in (("replay", "put back on the event stream"), ("discard", "delete for good")):
+        action_parser = dead_actions.add_parser(action, help=f"{text}: one dead letter by id, or --all")
+        which = action_parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("id", nargs="?", type=_entry_id, help="the dead letter's id, as `list` prints it")
+        which.add_argument("--all", action="store_true", help="every dead letter of every partition")
+    events_parser = commands.add_parser("events", help="inspect the webhook event streams")
+    events_actions = events_parser.add_subparsers(dest="action", required=True)
+    events_actions.add_parser("status", help="per partition: length, pending, undelivered, consumers, dead letters")
     args = parser.parse_args(argv)
 
     if args.command == "hash-key":
@@ -97,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ledger":
         asyncio.run(print_ledger(settings, args.user_id, args.count))
         return 0
+    if args.command == "dead-letters":
+        entry_id = None if args.action == "list" or args.all else args.id
+        return asyncio.run(dead_letters_command(settings, args.action, entry_id, count=getattr(args, "count", 100)))
+    if args.command == "events":
+        return asyncio.run(events_status(settings))
     asyncio.run(serve(settings))
     return 0
 

@@ -1,8 +1,9 @@
 """The composition root of the service process: settings -> Redis -> store -> gRPC server, start and stop.
 
 Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, the gRPC server
-(EntitlementService, health, reflection). Stop order is the reverse, gracefully: health goes NOT_SERVING, the
-gRPC server stops taking calls and lets in-flight ones finish within the grace period, then Redis closes.
+(EntitlementService, health, reflection), then the webhook event consumer. Stop order is the reverse,
+gracefully: the consumer stops reading and finishes the batch it is applying, health goes NOT_SERVING, the gRPC
+server stops taking calls and lets in-flight ones finish within the grace period, then Redis closes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 from server import connections
 from server.auth import Authenticator
 from server.config import Settings
+from server.consumer import Consumer, ConsumerHooks
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
+from server.fulfillment import Fulfillment
 from server.metrics import MetricsEndpoint, ServiceMetrics
+from server.orders import OrderStatusPublisher
 from server.rpc import RpcRuntime
 from server.service import EntitlementServicer
 from server.store import EntitlementStore, RedisClient
@@ -45,9 +49,14 @@ class Endpoints:
 
 
 class Service:
-    """One service process's parts. Build it inside the running event loop, then `start()` and `stop()`."""
+    """One service process's parts. Build it inside the running event loop, then `start()` and `stop()`.
 
-    def __init__(self, settings: Settings) -> None:
+    Args:
+        settings: the configuration.
+        consumer_hooks: fault-injection seams for the event consumer (tests only).
+    """
+
+    def __init__(self, settings: Settings, *, consumer_hooks: ConsumerHooks | None = None) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
@@ -59,6 +68,9 @@ class Service:
         self._metrics_http = MetricsEndpoint(self.registry)
         self._health_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
+        self.consumer: Consumer | None = None
+        self._consumer_redis: RedisClient | None = None
+        self._consumer_hooks = consumer_hooks
 
     async def start(self) -> Endpoints:
         """Starts every part; on failure, stops what was started and re-raises."""
@@ -84,6 +96,8 @@ class Service:
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
             grpc_port = await self._start_grpc(self.store)
             self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
+            if settings.consumer.enabled:
+                await self._start_consumer(redis_url, self.redis, self.store)
         except BaseException:
             await self.stop()
             raise
@@ -96,8 +110,31 @@ class Service:
             tls=settings.tls is not None,
             mtls=settings.tls is not None and settings.tls.client_ca_file is not None,
             api_keys=len(settings.api_keys),
+            consumer=self.consumer.name if self.consumer else None,
+            catalog_items=len(settings.catalog),
         )
         return self.endpoints
+
+    async def _start_consumer(self, redis_url: str, redis: RedisClient, store: EntitlementStore) -> None:
+        settings = self.settings
+        # Its own client: blocking reads hold a connection for up to block_ms, and need a socket timeout
+        # longer than that.
+        self._consumer_redis = connections.connect(
+            redis_url,
+            cluster=settings.redis_cluster,
+            timeout_s=settings.redis_timeout_s + settings.consumer.block_ms / 1000,
+            max_connections=settings.event_partitions + 4,
+        )
+        publisher = OrderStatusPublisher(redis, cluster=settings.redis_cluster)
+        self.consumer = Consumer(
+            self._consumer_redis,
+            Fulfillment(store, settings.catalog, publisher),
+            self.metrics,
+            settings.consumer,
+            partitions=settings.event_partitions,
+            hooks=self._consumer_hooks,
+        )
+        await self.consumer.start()
 
     async def _start_grpc(self, store: EntitlementStore) -> int:
         settings = self.settings
@@ -151,8 +188,15 @@ class Service:
             await self._grpc.wait_for_termination()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stops gracefully: NOT_SERVING, in-flight RPCs finish (up to `grace_s`), then Redis closes."""
+        """Stops gracefully: the consumer finishes the batch it is applying (up to `grace_s`), NOT_SERVING,
+        in-flight RPCs finish (up to `grace_s`), then Redis closes."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.consumer is not None:
+            await self.consumer.stop(grace)
+            self.consumer = None
+        if self._consumer_redis is not None:
+            await self._consumer_redis.aclose()
+            self._consumer_redis = None
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.auth import ApiKey, parse_api_keys
+from server.catalog import Catalog
 from server.errors import ConfigError
 
 
@@ -22,6 +23,24 @@ class TLSSettings:
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How the service consumes the webhook event streams (see docs/CONSUMER.md)."""
+
+    # Run the consumer in this process. Off: this replica serves gRPC only; another one must consume.
+    enabled: bool = True
+    # Entries read per XREADGROUP / XAUTOCLAIM call.
+    batch: int = 64
+    # How long one XREADGROUP waits for new entries. Stopping does not wait for it (a blocked read is cancelled).
+    block_ms: int = 1000
+    # A delivered entry unacknowledged this long (its consumer died or failed it) is claimed by another consumer.
+    claim_idle_s: float = 30.0
+    # Deliveries after which an entry that still fails is moved to the dead-letter stream.
+    max_deliveries: int = 5
+    # Acknowledged entries older than this are trimmed from the event streams (0: never trimmed).
+    retention_days: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,11 @@ class Settings:
     health_check_interval_s: float = 5.0
     log_level: str = "info"
     log_json: bool | None = None  # None: JSON unless stderr is a terminal
+    # How many streams the webhook events are spread over; must equal the gateway's.
+    event_partitions: int = 1
+    # sku -> kind and period, from ENTITLEMENTS_CATALOG_FILE; empty: every sku is a plain item.
+    catalog: Catalog = field(default_factory=Catalog)
+    consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +108,16 @@ class Settings:
         if appendfsync not in ("always", "everysec", "no"):
             raise ConfigError("ENTITLEMENTS_REDIS_APPENDFSYNC must be always, everysec or no")
         log_json_text = reader.text("ENTITLEMENTS_LOG_JSON", "")
+        catalog_file = reader.text("ENTITLEMENTS_CATALOG_FILE", "")
+        catalog = Catalog.load(Path(catalog_file)) if catalog_file else Catalog()
+        consumer = ConsumerSettings(
+            enabled=reader.boolean("ENTITLEMENTS_CONSUMER_ENABLED", True),
+            batch=reader.integer("ENTITLEMENTS_CONSUMER_BATCH", 64, minimum=1, maximum=10_000),
+            block_ms=reader.integer("ENTITLEMENTS_CONSUMER_BLOCK_MS", 1000, minimum=1, maximum=60_000),
+            claim_idle_s=reader.number("ENTITLEMENTS_CONSUMER_CLAIM_IDLE_S", 30.0, minimum=0.01),
+            max_deliveries=reader.integer("ENTITLEMENTS_CONSUMER_MAX_DELIVERIES", 5, minimum=1, maximum=1000),
+            retention_days=reader.number("ENTITLEMENTS_EVENT_RETENTION_DAYS", 7.0, minimum=0.0),
+        )
         return cls(
             grpc_host=reader.text("ENTITLEMENTS_GRPC_HOST", "127.0.0.1"),
             grpc_port=reader.integer("ENTITLEMENTS_GRPC_PORT", 50051, minimum=0, maximum=65535),
@@ -103,6 +137,9 @@ class Settings:
             health_check_interval_s=reader.number("ENTITLEMENTS_HEALTH_CHECK_INTERVAL_S", 5.0, minimum=0.1),
             log_level=reader.text("ENTITLEMENTS_LOG_LEVEL", "info").lower(),
             log_json=None if not log_json_text else reader.boolean("ENTITLEMENTS_LOG_JSON", True),
+            event_partitions=reader.integer("ENTITLEMENTS_EVENT_PARTITIONS", 1, minimum=1, maximum=1024),
+            catalog=catalog,
+            consumer=consumer,
         )
 
     def check_servable(self) -> None:

@@ -5,7 +5,8 @@ EntitlementsError
 ├── InvalidArgument             INVALID_ARGUMENT: a request field is wrong; `field` names it
 ├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
 ├── FailedPrecondition          FAILED_PRECONDITION: valid request, but the stored state forbids it
-└── StoreUnavailable            UNAVAILABLE: Redis could not be reached or answered too slowly
+├── StoreUnavailable            UNAVAILABLE: Redis could not be reached or answered too slowly
+└── InvalidEvent                an event-stream entry cannot be applied as it is (the consumer dead-letters it)
 """
 
 from __future__ import annotations
@@ -37,3 +38,7 @@ class FailedPrecondition(EntitlementsError):
 
 class StoreUnavailable(EntitlementsError):
     """The store did not answer in time; the call may be retried with the same idempotency key."""
+
+
+class InvalidEvent(EntitlementsError):
+    """An event-stream entry is malformed or lacks what applying it needs; retrying cannot help."""

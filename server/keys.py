@@ -21,7 +21,16 @@ def _tag(user_id: str) -> str:
 class UserKeys:
     """The keys of one player's data."""
 
-    __slots__ = ("idempotency_prefix", "items", "ledger", "skus", "subscriptions", "tag")
+    __slots__ = (
+        "event_prefix",
+        "idempotency_prefix",
+        "items",
+        "ledger",
+        "order_prefix",
+        "skus",
+        "subscriptions",
+        "tag",
+    )
 
     def __init__(self, user_id: str) -> None:
         self.tag = _tag(user_id)
@@ -35,7 +44,49 @@ class UserKeys:
         #: hash subscription id -> JSON recurring subscription (written from Xsolla webhooks)
         self.subscriptions = f"{base}:subs"
         self.idempotency_prefix = f"{base}:idem:"
+        self.order_prefix = f"{base}:order:"
+        self.event_prefix = f"{base}:evt:"
 
     def idempotency(self, key: str) -> str:
         """The key remembering one idempotency key's request fingerprint and response."""
         return self.idempotency_prefix + key
+
+    def order(self, order_id: str) -> str:
+        """Hash: one order's status and the grants it made (so a cancel can undo exactly those)."""
+        return self.order_prefix + order_id
+
+    def applied_event(self, event_id: str) -> str:
+        """String with a TTL: marks a provider event (transaction, subscription) as applied to this player.
+
+        Kept apart from `idempotency` so a game server's idempotency key can never collide with an event id.
+        """
+        return self.event_prefix + event_id
+
+
+class EventKeys:
+    """The keys of one partition of the event log. They share the hash tag `{ev:<partition>}`, so the dedup
+    check and the XADD run in one atomic script on Redis Cluster too."""
+
+    __slots__ = ("dead_letters", "dedup_prefix", "partition", "stream", "tag")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.tag = "{ev:" + str(partition) + "}"
+        base = f"{PREFIX}:{self.tag}"
+        #: stream of accepted notifications (fields: event, raw, type)
+        self.stream = f"{base}:events"
+        #: stream of entries that kept failing, moved aside after N deliveries
+        self.dead_letters = f"{base}:dead"
+        self.dedup_prefix = f"{base}:dedup:"
+
+    def dedup(self, event_id: str) -> str:
+        """The key marking an event id as already stored."""
+        return self.dedup_prefix + event_id
+
+
+#: The consumer group every service replica joins on each event stream.
+CONSUMER_GROUP = "entitlements"
+
+#: Pub/sub channel on which every applied order event announces the order's new status (see `server.orders`).
+#: On Redis Cluster it is a sharded channel (SPUBLISH/SSUBSCRIBE), served by the node owning its slot.
+ORDER_STATUS_CHANNEL = f"{PREFIX}:order-status"

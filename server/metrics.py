@@ -1,6 +1,6 @@
 """Every Prometheus metric of the service process, on a registry the composition root owns.
 
-Labels are bounded (method, code, operation): never a player, sku or order id.
+Labels are bounded (method, code, operation, event type, result, partition): never a player, sku or order id.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# From the gateway's acceptance of a webhook to its effect: normally milliseconds, minutes when retried.
+_DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
 class ServiceMetrics:
@@ -45,6 +47,81 @@ class ServiceMetrics:
             "entitlements_writes_total",
             "Grant and Revoke calls that reached the store, by operation and outcome.",
             ["operation", "outcome"],
+            registry=registry,
+        )
+        # The webhook event consumer (server/consumer.py). `type` is the event type ("order_paid", ...,
+        # "unknown", "invalid"); gauges are per partition of the event log (bounded by the configuration) and
+        # describe the whole consumer group, so every replica reports the same values.
+        self.events = Counter(
+            "entitlements_events_total",
+            "Event deliveries handled by this replica's consumer, by event type and result (applied, replayed, "
+            "ignored, stale, canceled_before_paid, error, dead_lettered, missing).",
+            ["type", "result"],
+            registry=registry,
+        )
+        self.event_apply = Histogram(
+            "entitlements_event_apply_seconds",
+            "Time to apply one event (store scripts and status publication), by event type.",
+            ["type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.event_delay = Histogram(
+            "entitlements_event_delay_seconds",
+            "From the gateway accepting a webhook to its event being applied, by event type.",
+            ["type"],
+            buckets=_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "entitlements_consumer_lag_seconds",
+            "Age of the oldest event not yet acknowledged by the consumer group (0 when caught up).",
+            ["partition"],
+            registry=registry,
+        )
+        self.consumer_lag_entries = Gauge(
+            "entitlements_consumer_lag_entries",
+            "Events in the stream not yet delivered to any consumer.",
+            ["partition"],
+            registry=registry,
+        )
+        self.consumer_pending = Gauge(
+            "entitlements_consumer_pending",
+            "Events delivered but not yet acknowledged (being applied, failed, or held by a dead consumer).",
+            ["partition"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "entitlements_dead_letters_total",
+            "Events this replica moved to the dead-letter stream after too many failed deliveries, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.dead_letters_waiting = Gauge(
+            "entitlements_dead_letters_waiting",
+            "Events in the dead-letter stream (until replayed or discarded by an operator).",
+            ["partition"],
+            registry=registry,
+        )
+        self.grants_applied = Counter(
+            "entitlements_grants_applied_total",
+            "Order lines granted to players by order_paid events.",
+            registry=registry,
+        )
+        self.grants_undone = Counter(
+            "entitlements_grants_undone_total",
+            "Order lines whose grant was undone by order_canceled events.",
+            registry=registry,
+        )
+        self.kind_conflicts = Counter(
+            "entitlements_order_kind_conflicts_total",
+            "Order lines granted as the kind the player already held, not the catalog's kind.",
+            registry=registry,
+        )
+        self.consumer_errors = Counter(
+            "entitlements_consumer_errors_total",
+            "Redis errors in the consumer loop, by stage (read, claim, ack, maintain); the loop backs off.",
+            ["stage"],
             registry=registry,
         )
 

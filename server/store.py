@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -127,6 +127,42 @@ class RevokeResult:
 
 
 @dataclass(frozen=True)
+class OrderLine:
+    """One line of a paid order to grant: the catalog's kind (0 for a plain item) and period, and the units."""
+
+    sku: str
+    kind: int
+    period_ms: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """What applying an order event did, and the order's stored state afterwards.
+
+    `result`: "applied"; "replayed" (the event had been applied before: nothing changed); "ignored" (an
+    order_paid after the order's cancel: nothing granted); "canceled_before_paid" (a cancel recorded ahead of
+    its order_paid).
+    """
+
+    result: str
+    status: str
+    entitlements_granted: bool
+    updated_at_ms: int
+    lines_changed: int = 0
+    kind_conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class SubscriptionOutcome:
+    """What recording a subscription event did: "applied", "stale" (older than the stored state, ignored) or
+    "replayed"; and the stored record (None only for a replay of an event whose record was since removed)."""
+
+    result: str
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     """One line of a player's audit ledger."""
 
@@ -157,8 +193,14 @@ class EntitlementStore:
         self._redis = redis
         self._timeout_s = timeout_s
         self._idempotency_ttl_ms = idempotency_ttl_ms
-        self._grant: AsyncScript = redis.register_script(_load_script("prologue.lua", "grant.lua"))
+        self._grant: AsyncScript = redis.register_script(_load_script("kinds.lua", "prologue.lua", "grant.lua"))
         self._revoke: AsyncScript = redis.register_script(_load_script("prologue.lua", "revoke.lua"))
+        self._order_paid: AsyncScript = redis.register_script(_load_script("kinds.lua", "order.lua", "order_paid.lua"))
+        self._order_canceled: AsyncScript = redis.register_script(
+            _load_script("kinds.lua", "order.lua", "order_canceled.lua")
+        )
+        self._subscription: AsyncScript = redis.register_script(_load_script("kinds.lua", "subscription.lua"))
+        self._event_ledger: AsyncScript = redis.register_script(_load_script("kinds.lua", "event_ledger.lua"))
         self._reads = _ReadCoalescer(redis)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
@@ -258,6 +300,114 @@ class EntitlementStore:
             for entry_id, values in rows
         ]
 
+    async def apply_order_paid(
+        self,
+        user_id: str,
+        order_id: str,
+        event_id: str,
+        actor: str,
+        lines: Sequence[OrderLine],
+        record: Mapping[str, str],
+    ) -> OrderOutcome:
+        """Grants a paid order's lines atomically, once: the order hash (`UserKeys.order`) is its idempotency
+        record. Kinds follow the Grant rules; a sku held as another kind than the catalog says is granted as the
+        held kind (counted in `kind_conflicts`). Each line's change is on the ledger with `event_id` as its key.
+
+        Args:
+            record: order fields kept in the order hash for operators (transaction id, amount, lines, ...).
+
+        Raises:
+            FailedPrecondition: a line would pass the quantity or expiry limit; nothing was written.
+            StoreUnavailable: Redis did not answer in time.
+        """
+        payload = [{"s": line.sku, "k": line.kind, "p": line.period_ms, "q": line.quantity} for line in lines]
+        args = [
+            *self._order_args(order_id, event_id, actor, record),
+            _json(payload) if payload else "[]",
+            MAX_CONSUMABLE_TOTAL,
+            MAX_EXPIRES_AT_MS,
+        ]
+        return await self._run_order(self._order_paid, user_id, order_id, args)
+
+    async def apply_order_canceled(
+        self, user_id: str, order_id: str, event_id: str, actor: str, record: Mapping[str, str]
+    ) -> OrderOutcome:
+        """Undoes exactly what the order's order_paid granted and marks the order canceled, atomically, once.
+        A cancel ahead of its order_paid is recorded, and that order_paid will grant nothing.
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        args = self._order_args(order_id, event_id, actor, record)
+        return await self._run_order(self._order_canceled, user_id, order_id, args)
+
+    async def order(self, user_id: str, order_id: str) -> dict[str, str] | None:
+        """The stored order hash (status, granted, grants, timestamps, ...), or None if no event named it."""
+        raw = await self._run(self._redis.hgetall(UserKeys(user_id).order(order_id)))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    async def record_subscription_event(
+        self, user_id: str, event_id: str, actor: str, action: str, subscription_id: str, fields: Mapping[str, Any]
+    ) -> SubscriptionOutcome:
+        """Creates or updates a recurring subscription from a provider event, once per `event_id`.
+
+        Args:
+            action: "created", "updated", "non_renewing" or "canceled".
+            fields: the record's keys the event knows (see `server.service.recurring_subscription`).
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        keys = UserKeys(user_id)
+        args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, subscription_id, _json(dict(fields))]
+        reply = await self._run(
+            self._subscription(keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger], args=args)
+        )
+        data = json.loads(reply)
+        record = data.get("record")
+        return SubscriptionOutcome(str(data["r"]), record if isinstance(record, dict) else None)
+
+    async def record_event(self, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
+        """Appends a ledger entry for an event that grants nothing (payment, refund), once per `event_id`.
+
+        Returns:
+            True if appended now, False if the event had been recorded before.
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        keys = UserKeys(user_id)
+        args: list[Any] = [self._idempotency_ttl_ms]
+        for name, value in fields.items():
+            args += [name, value]
+        reply = await self._run(self._event_ledger(keys=[keys.applied_event(event_id), keys.ledger], args=args))
+        return _text(reply) == "applied"
+
+    @staticmethod
+    def _order_args(order_id: str, event_id: str, actor: str, record: Mapping[str, str]) -> list[Any]:
+        return [event_id, order_id, actor, _json(dict(record)) if record else "{}"]
+
+    async def _run_order(self, script: AsyncScript, user_id: str, order_id: str, args: list[Any]) -> OrderOutcome:
+        keys = UserKeys(user_id)
+        try:
+            reply = await self._run(script(keys=[keys.items, keys.skus, keys.ledger, keys.order(order_id)], args=args))
+        except FailedPrecondition as exc:
+            # The store's generic message lacks the sku: name it from the script's error.
+            cause = exc.__cause__
+            words = str(cause).split() if cause is not None else []
+            if words and words[0] in ("QUANTITY_LIMIT", "EXPIRY_LIMIT"):
+                raise FailedPrecondition(f"order {order_id}: sku {words[-1]!r}: {exc}") from cause
+            raise
+        data = json.loads(reply)
+        return OrderOutcome(
+            result=str(data["r"]),
+            status=str(data.get("status") or ""),
+            entitlements_granted=bool(data.get("granted")),
+            updated_at_ms=int(data.get("at") or 0),
+            lines_changed=int(data.get("n") or 0),
+            kind_conflicts=int(data.get("c") or 0),
+        )
+
     async def ping(self) -> None:
         """Raises StoreUnavailable unless Redis answers."""
         await self._run(self._redis.ping())
@@ -281,6 +431,10 @@ class EntitlementStore:
         except (redis_errors.RedisError, OSError) as exc:
             # ConnectionError, TimeoutError, BusyLoadingError, cluster errors: all transient from the caller's side.
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,5 +1,5 @@
--- Grant (after prologue.lua). ARGV[8] kind (0 unspecified, 1 consumable, 2 permanent, 3 time-limited),
--- ARGV[9] quantity, ARGV[10] period in ms (0 when none), ARGV[11] maximum consumable total,
+-- Grant (after kinds.lua and prologue.lua). ARGV[8] kind (0 unspecified, 1 consumable, 2 permanent,
+-- 3 time-limited), ARGV[9] quantity, ARGV[10] period in ms (0 when none), ARGV[11] maximum consumable total,
 -- ARGV[12] metadata as JSON, ARGV[13] maximum expiry (ms since the epoch).
 local kind = tonumber(ARGV[8])
 local quantity = tonumber(ARGV[9])
@@ -23,33 +23,9 @@ if kind == 2 and quantity ~= 1 then
   return redis.error_reply('PERMANENT_QUANTITY')
 end
 
-local record
-local granted_at = now
-if current then
-  granted_at = current.g
-end
-if kind == 1 then
-  local total = quantity
-  if current then
-    total = total + current.q
-  end
-  if total > tonumber(ARGV[11]) then
-    return redis.error_reply('QUANTITY_LIMIT ' .. total)
-  end
-  record = {k = 1, q = total, g = granted_at, u = now}
-elseif kind == 2 then
-  record = {k = 2, q = 1, g = granted_at, u = now}
-else
-  -- Still active: the periods add up. Expired or never held: a new period starts now.
-  local base = now
-  if current and current.e and current.e > now then
-    base = current.e
-  end
-  local expires = base + quantity * period
-  if expires > tonumber(ARGV[13]) then
-    return redis.error_reply('EXPIRY_LIMIT')
-  end
-  record = {k = 3, q = 1, g = granted_at, u = now, e = expires, p = period}
+local record, err = granted_record(current, kind, quantity, period, now, tonumber(ARGV[11]), tonumber(ARGV[13]))
+if not record then
+  return redis.error_reply(err)
 end
 
 local record_raw = cjson.encode(record)

@@ -1,0 +1,543 @@
+"""The webhook event consumer: applies what the gateway appends to the event streams, each event once in effect.
+
+How it runs (one `Consumer` per service process, started and stopped by `server.app.Service`):
+
+- Every replica joins the consumer group `entitlements` of each partition's stream (`ent:{ev:<p>}:events`)
+  under a name unique to its process (host:pid:random). One reader task per partition loops: claim entries
+  other consumers left unacknowledged for `claim_idle_s` (XAUTOCLAIM), read new ones (XREADGROUP with BLOCK and
+  COUNT), apply each entry (`server.fulfillment`), then XACK it. A partition's entries are applied one at a time.
+- An entry is acknowledged only after its effect is committed. A consumer that dies in between leaves it
+  pending; another consumer (or this one, restarted) claims it and applies it again, and since every write is
+  idempotent on the event id, that second application changes nothing.
+- A failing entry stays pending and is retried when claimed. If it fails on its `max_deliveries`-th delivery it
+  moves to the dead-letter stream, atomically with its XACK (`server.deadletters`). Redis being unreachable is
+  not the entry's fault: the loop backs off (`BackoffPolicy`) and retries its own pending entries, and never
+  dead-letters for that reason.
+- Events of types this version does not apply are acknowledged and counted, never dead-lettered.
+- The consumer does not create the streams: until the gateway's first append creates one, it checks again every
+  `block_ms` (at most a second). It then creates its group at id 0, so events appended before any consumer
+  started are applied.
+- Every few seconds it updates the lag and pending gauges; every minute it trims acknowledged entries older than
+  the retention and removes group members of processes gone for good (holding nothing pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis.exceptions as redis_errors
+import structlog
+
+from server.config import ConsumerSettings
+from server.deadletters import DeadLetters
+from server.errors import EntitlementsError, StoreUnavailable
+from server.fulfillment import Applied, Fulfillment, decode_event, label_of_entry, type_label
+from server.keys import CONSUMER_GROUP, EventKeys
+from server.logs import user_ref
+from server.metrics import ServiceMetrics
+from server.store import RedisClient
+
+log = structlog.get_logger("server.consumer")
+
+# Failures that say nothing about the entry: Redis unreachable, slow, restarting or resharding. Every RedisError
+# but a ResponseError (an error reply to a valid connection: NOGROUP, a script's error) is one of them.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, redis_errors.RedisError, OSError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is Redis's rather than the entry's: retry it, never dead-letter for it."""
+    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, redis_errors.ResponseError)
+
+
+CLAIM_INTERVAL_MAX_S = 5.0
+# Until the gateway creates a partition's stream, check for it at least this often.
+JOIN_POLL_MAX_S = 1.0
+HOUSEKEEPING_INTERVAL_S = 60.0
+# A group member idle this long and holding nothing is a process that is gone: it is removed from the group.
+STALE_CONSUMER_MS = 3_600_000
+# Bound on the best-effort clean-up when stopping (Redis may be the reason we stop).
+RELEASE_TIMEOUT_S = 0.5
+# During an outage, log the first failure and then every 20th in a row.
+_FAILURE_LOG_EVERY = 20
+
+
+def default_consumer_name() -> str:
+    """A consumer name unique to this process: host, pid and a random suffix (pids are reused by containers)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One delivery of an event-stream entry to this consumer."""
+
+    partition: int
+    entry_id: str
+    fields: dict[bytes, bytes]
+    # How many times the group has delivered the entry, this delivery included.
+    deliveries: int
+
+
+Hook = Callable[[StreamEntry], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerHooks:
+    """Seams for fault-injection tests. A hook that raises fails the delivery (as a bad entry would); one that
+    never returns leaves the consumer stuck at that point, to be stopped (cancelled) there.
+
+    Attributes:
+        before_apply: runs after the entry was read, before anything is applied.
+        before_ack: runs after the effect is committed, before the XACK.
+    """
+
+    before_apply: Hook | None = None
+    before_ack: Hook | None = None
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Exponential backoff with equal jitter after consecutive Redis failures: attempt n (from 0) waits between
+    half and all of min(cap_s, base_s * 2**n)."""
+
+    base_s: float = 0.05
+    cap_s: float = 5.0
+
+    def delay_s(self, attempt: int) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(attempt, 30))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class _Partition:
+    """A reader task's state for one partition."""
+
+    keys: EventKeys
+    task: asyncio.Task[None] | None = None
+    group_ready: bool = False
+    # Re-read this consumer's own pending entries (after a Redis failure) before new ones, from after this id.
+    own_backlog: bool = False
+    backlog_cursor: str = "0"
+    claim_cursor: str = "0-0"
+    next_claim: float = 0.0
+    next_gauges: float = 0.0
+    next_housekeeping: float = 0.0
+    failures: int = 0
+    # True while waiting on Redis for new entries: stopping cancels the wait at once.
+    blocked: bool = False
+    stage: str = "read"
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Consumer:
+    """Consumes the event log's partitions with the consumer group `CONSUMER_GROUP`.
+
+    Args:
+        redis: a client for the stream commands, owned by the caller; its socket timeout must exceed `block_ms`.
+        fulfillment: applies decoded events.
+        metrics: the service's metrics.
+        settings: batch size, block time, claim idle time, delivery limit, retention.
+        partitions: the event log's partition count (must equal the gateway's).
+        name: this consumer's name in the group; unique per process by default.
+        hooks: fault-injection seams for tests.
+        backoff: the wait after consecutive Redis failures.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        fulfillment: Fulfillment,
+        metrics: ServiceMetrics,
+        settings: ConsumerSettings,
+        *,
+        partitions: int,
+        name: str | None = None,
+        hooks: ConsumerHooks | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
+        self.name = name or default_consumer_name()
+        self.settings = settings
+        self._redis = redis
+        self._fulfillment = fulfillment
+        self._metrics = metrics
+        self._hooks = hooks or ConsumerHooks()
+        self._backoff = backoff or BackoffPolicy()
+        self._dead_letters = DeadLetters(redis, partitions)
+        self._release = redis.register_script((resources.files("server") / "lua" / "release_consumers.lua").read_text())
+        self._parts = [_Partition(keys) for keys in self._dead_letters.partitions]
+        self._stopping = asyncio.Event()
+        self._claim_idle_ms = max(1, int(settings.claim_idle_s * 1000))
+        self._claim_interval_s = min(max(settings.claim_idle_s / 2, 0.01), CLAIM_INTERVAL_MAX_S)
+        self._gauge_interval_s = min(CLAIM_INTERVAL_MAX_S, max(0.2, self._claim_interval_s))
+
+    @property
+    def running(self) -> bool:
+        return any(part.task is not None and not part.task.done() for part in self._parts)
+
+    async def start(self) -> None:
+        """Starts one reader task per partition. Returns at once; Redis need not be reachable yet."""
+        loop = asyncio.get_running_loop()
+        self._stopping.clear()
+        for part in self._parts:
+            part.task = loop.create_task(self._run(part), name=f"consumer-{part.keys.partition}")
+        log.info("consumer_started", consumer=self.name, partitions=len(self._parts))
+
+    async def stop(self, grace_s: float) -> None:
+        """Stops reading. A reader applying entries it has read finishes them within `grace_s`, then is cancelled;
+        whatever it had not acknowledged stays pending and is claimed by another consumer."""
+        self._stopping.set()
+        tasks = [part.task for part in self._parts if part.task is not None]
+        for part in self._parts:
+            if part.blocked and part.task is not None:
+                part.task.cancel()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for part in self._parts:
+            part.task = None
+        await self._release_name()
+        log.info("consumer_stopped", consumer=self.name)
+
+    async def maintain(self) -> None:
+        """Runs the periodic maintenance now on every joined partition: gauges, stale consumers, retention trim."""
+        for part in self._parts:
+            if part.group_ready:
+                await self._observe(part)
+                await self._housekeeping(part)
+
+    async def _release_name(self) -> None:
+        """Leaves the group if this consumer holds nothing pending (best effort, bounded)."""
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                for part in self._parts:
+                    if part.group_ready:
+                        await self._release(
+                            keys=[part.keys.stream], args=[CONSUMER_GROUP, self.name, STALE_CONSUMER_MS]
+                        )
+        except (redis_errors.RedisError, OSError, TimeoutError):
+            pass  # the name stays; the next housekeeping anywhere removes it once it has been idle an hour
+
+    # The reader loop.
+
+    async def _run(self, part: _Partition) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                if not part.group_ready:
+                    part.stage = "join"
+                    if not await self._join_group(part):
+                        await self._pause(min(self.settings.block_ms / 1000, JOIN_POLL_MAX_S))
+                        continue
+                now = loop.time()
+                if now >= part.next_claim:
+                    part.stage = "claim"
+                    part.next_claim = now + self._claim_interval_s
+                    await self._claim(part)
+                if now >= part.next_gauges:
+                    part.stage = "maintain"
+                    part.next_gauges = now + self._gauge_interval_s
+                    await self._observe(part)
+                if now >= part.next_housekeeping:
+                    part.stage = "maintain"
+                    part.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+                    await self._housekeeping(part)
+                if self._stopping.is_set():
+                    break
+                part.stage = "read"
+                if part.own_backlog:
+                    # One pass over this consumer's pending list; entries that fail again wait for a claim.
+                    entries = await self._read(part, part.backlog_cursor, None)
+                    part.own_backlog = bool(entries)
+                    part.backlog_cursor = _text(entries[-1][0]) if entries else "0"
+                    await self._process(part, entries, fresh=False)
+                else:
+                    wait_ms = max(1, min(self.settings.block_ms, int((part.next_claim - loop.time()) * 1000)))
+                    await self._process(part, await self._read(part, ">", wait_ms), fresh=True)
+                if part.failures:
+                    log.info("consumer_recovered", partition=part.keys.partition, failures=part.failures)
+                    part.failures = 0
+            except redis_errors.ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    # The stream or the group was deleted (or Redis restarted without its data): join again.
+                    log.warning("consumer_group_missing", partition=part.keys.partition, stream=part.keys.stream)
+                    part.group_ready = False
+                    continue
+                await self._failed(part, exc)
+            except Exception as exc:
+                if is_transient(exc):
+                    part.own_backlog, part.backlog_cursor = True, "0"
+                else:  # a bug: keep consuming, loudly
+                    log.error("consumer_loop_error", partition=part.keys.partition, stage=part.stage, exc_info=exc)
+                await self._failed(part, exc)
+
+    async def _failed(self, part: _Partition, exc: BaseException) -> None:
+        part.failures += 1
+        self._metrics.consumer_errors.labels(part.stage).inc()
+        if part.failures == 1 or part.failures % _FAILURE_LOG_EVERY == 0:
+            log.warning(
+                "consumer_redis_error",
+                partition=part.keys.partition,
+                stage=part.stage,
+                error=f"{type(exc).__name__}: {exc}",
+                consecutive_failures=part.failures,
+            )
+        await self._pause(self._backoff.delay_s(part.failures - 1))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps up to `seconds`, returning early when the consumer stops."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _join_group(self, part: _Partition) -> bool:
+        """Creates the group at id 0 if missing. Returns False while the stream does not exist yet."""
+        try:
+            await self._redis.xgroup_create(part.keys.stream, CONSUMER_GROUP, id="0")
+        except redis_errors.ResponseError as exc:
+            message = str(exc)
+            if "requires the key to exist" in message:
+                return False
+            if not message.startswith("BUSYGROUP"):
+                raise
+        part.group_ready = True
+        part.claim_cursor = "0-0"
+        log.info("consumer_joined", partition=part.keys.partition, stream=part.keys.stream, consumer=self.name)
+        return True
+
+    async def _read(self, part: _Partition, from_id: str, block_ms: int | None) -> list[tuple[Any, Any]]:
+        part.blocked = block_ms is not None
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                CONSUMER_GROUP,
+                self.name,
+                {part.keys.stream: from_id},
+                count=self.settings.batch,
+                block=block_ms,
+            )
+        finally:
+            part.blocked = False
+        if not reply:
+            return []
+        # RESP2: [[stream, [(id, fields), ...]]]; RESP3: {stream: [[(id, fields), ...]]}
+        if isinstance(reply, dict):
+            streams = list(reply.values())
+            return list(streams[0][0]) if streams and streams[0] else []
+        return list(reply[0][1])
+
+    async def _claim(self, part: _Partition) -> None:
+        """Claims entries idle longer than `claim_idle_s` (from any consumer, this one included) and applies them."""
+        reply = await self._redis.xautoclaim(
+            part.keys.stream,
+            CONSUMER_GROUP,
+            self.name,
+            self._claim_idle_ms,
+            start_id=part.claim_cursor,
+            count=self.settings.batch,
+        )
+        cursor = _text(reply[0])
+        claimed = list(reply[1])
+        deleted = list(reply[2]) if len(reply) > 2 else []
+        part.claim_cursor = cursor
+        if cursor != "0-0":
+            part.next_claim = 0.0  # more of the pending list to scan: continue on the next turn
+        if deleted:
+            # Removed from the stream (trimmed by a length cap) before anyone applied them.
+            self._metrics.events.labels("invalid", "missing").inc(len(deleted))
+            log.error(
+                "event_entries_missing",
+                partition=part.keys.partition,
+                entry_ids=[_text(i) for i in deleted][:20],
+                count=len(deleted),
+            )
+        if claimed:
+            log.info("events_claimed", partition=part.keys.partition, count=len(claimed), consumer=self.name)
+            await self._process(part, claimed, fresh=False)
+
+    async def _delivery_counts(self, part: _Partition, entry_ids: Sequence[str]) -> dict[str, int]:
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xpending_range(part.keys.stream, CONSUMER_GROUP, entry_id, entry_id, 1)
+        counts: dict[str, int] = {}
+        for rows in await pipe.execute():
+            for row in rows or []:
+                counts[_text(row["message_id"])] = int(row["times_delivered"])
+        return counts
+
+    async def _process(self, part: _Partition, entries: list[tuple[Any, Any]], *, fresh: bool) -> None:
+        """Applies entries in order. `fresh`: first deliveries (XREADGROUP >), otherwise their counts are read."""
+        if not entries:
+            return
+        ids = [_text(entry_id) for entry_id, _ in entries]
+        counts = {} if fresh else await self._delivery_counts(part, ids)
+        for entry_id, (_, fields) in zip(ids, entries, strict=True):
+            if not fields:
+                # Deleted from the stream while pending: nothing to apply, drop it from the pending list.
+                await self._redis.xack(part.keys.stream, CONSUMER_GROUP, entry_id)
+                self._metrics.events.labels("invalid", "missing").inc()
+                log.error("event_entry_missing", partition=part.keys.partition, entry_id=entry_id)
+                continue
+            deliveries = 1 if fresh else counts.get(entry_id, 1)
+            await self._handle(part, StreamEntry(part.keys.partition, entry_id, dict(fields), deliveries))
+
+    async def _handle(self, part: _Partition, entry: StreamEntry) -> None:
+        """Applies one entry and acknowledges it; on a failure that is the entry's, retries or dead-letters it.
+
+        Raises:
+            Redis errors and StoreUnavailable: Redis failed; the entry stays pending for a retry.
+        """
+        label = label_of_entry(entry.fields)
+        started = time.perf_counter()
+        part.stage = "apply"
+        try:
+            if self._hooks.before_apply is not None:
+                await self._hooks.before_apply(entry)
+            event = decode_event(entry.fields)
+            label = type_label(event.type)
+            applied = await self._fulfillment.apply(event)
+            if self._hooks.before_ack is not None:
+                await self._hooks.before_ack(entry)
+        except Exception as exc:
+            self._metrics.events.labels(label, "error").inc()
+            if is_transient(exc):
+                raise
+            await self._reject(part, entry, label, exc)
+            return
+        elapsed = time.perf_counter() - started
+        part.stage = "ack"
+        await self._redis.xack(part.keys.stream, CONSUMER_GROUP, entry.entry_id)
+        received_at_ms = event.received_at.ToMilliseconds() if event.HasField("received_at") else 0
+        self._record(applied, elapsed, received_at_ms)
+        log.info(
+            "event_applied",
+            type=applied.type,
+            result=applied.result,
+            event_id=event.event_id,
+            user=user_ref(event.user_id),
+            order_id=applied.order.order_id if applied.order else None,
+            lines_changed=applied.lines_changed,
+            partition=entry.partition,
+            entry_id=entry.entry_id,
+            deliveries=entry.deliveries,
+            apply_ms=round(elapsed * 1000, 3),
+        )
+        if applied.kind_conflicts:
+            log.warning(
+                "order_kind_conflict",
+                event_id=event.event_id,
+                order_id=applied.order.order_id if applied.order else None,
+                lines=applied.kind_conflicts,
+                note="granted as the kind the player holds, not the catalog's",
+            )
+
+    def _record(self, applied: Applied, elapsed_s: float, received_at_ms: int) -> None:
+        metrics = self._metrics
+        metrics.events.labels(applied.type, applied.result).inc()
+        metrics.event_apply.labels(applied.type).observe(elapsed_s)
+        if received_at_ms and applied.result != "replayed":
+            metrics.event_delay.labels(applied.type).observe(max(0.0, time.time() - received_at_ms / 1000))
+        if applied.type == "order_paid" and applied.result == "applied":
+            metrics.grants_applied.inc(applied.lines_changed)
+        elif applied.type == "order_canceled" and applied.result == "applied":
+            metrics.grants_undone.inc(applied.lines_changed)
+        if applied.kind_conflicts:
+            metrics.kind_conflicts.inc(applied.kind_conflicts)
+
+    async def _reject(self, part: _Partition, entry: StreamEntry, label: str, exc: Exception) -> None:
+        """A delivery failed because of the entry (or a bug): leave it pending, or dead-letter it at the limit."""
+        error = f"{type(exc).__name__}: {exc}"
+        context = {
+            "type": label,
+            "partition": entry.partition,
+            "entry_id": entry.entry_id,
+            "deliveries": entry.deliveries,
+            "error": error,
+        }
+        if not isinstance(exc, EntitlementsError):
+            context["exc_info"] = exc  # unexpected: keep the traceback in the log
+        if entry.deliveries < self.settings.max_deliveries:
+            log.warning("event_failed", retry_after_s=self.settings.claim_idle_s, **context)
+            return
+        part.stage = "dead_letter"
+        dead_id = await self._dead_letters.move(part.keys, entry.entry_id, self.name, error, entry.deliveries)
+        if dead_id is None:
+            return  # claimed by another consumer meanwhile; it decides
+        self._metrics.events.labels(label, "dead_lettered").inc()
+        self._metrics.dead_letters.labels(label).inc()
+        log.error("event_dead_lettered", dead_letter_id=dead_id, stream=part.keys.dead_letters, **context)
+
+    # Maintenance.
+
+    async def _observe(self, part: _Partition) -> None:
+        """Updates the pending, lag and dead-letter gauges of a partition (group-wide values)."""
+        keys, partition = part.keys, str(part.keys.partition)
+        group = await self._group_info(part)
+        if group is None:
+            return
+        pending = int(group.get("pending") or 0)
+        lag = group.get("lag")
+        last_delivered = _text(group.get("last-delivered-id") or b"0-0")
+        oldest_ms: int | None = None
+        if pending:
+            summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
+            if summary and summary.get("min"):
+                oldest_ms = _id_ms(_text(summary["min"]))
+        if lag is None or int(lag) > 0:
+            first: Any = await self._redis.xrange(keys.stream, min=f"({last_delivered}", count=1)
+            if first:
+                undelivered_ms = _id_ms(_text(first[0][0]))
+                oldest_ms = undelivered_ms if oldest_ms is None else min(oldest_ms, undelivered_ms)
+        lag_s = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+        self._metrics.consumer_pending.labels(partition).set(pending)
+        self._metrics.consumer_lag_entries.labels(partition).set(int(lag) if lag is not None else 0)
+        self._metrics.consumer_lag.labels(partition).set(lag_s)
+        self._metrics.dead_letters_waiting.labels(partition).set(await self._dead_letters.waiting(keys))
+
+    async def _group_info(self, part: _Partition) -> dict[str, Any] | None:
+        for group in await self._redis.xinfo_groups(part.keys.stream):
+            if _text(group.get("name", b"")) == CONSUMER_GROUP:
+                return dict(group)
+        return None
+
+    async def _housekeeping(self, part: _Partition) -> None:
+        """Trims acknowledged entries past the retention; removes group members of processes gone for good."""
+        keys = part.keys
+        removed = await self._release(keys=[keys.stream], args=[CONSUMER_GROUP, "", STALE_CONSUMER_MS])
+        if removed:
+            log.info("stale_consumers_removed", partition=keys.partition, count=int(removed))
+        retention_ms = int(self.settings.retention_days * 86_400_000)
+        if retention_ms <= 0:
+            return
+        group = await self._group_info(part)
+        if group is None:
+            return
+        # Only entries every consumer is done with: older than the oldest pending one and already delivered.
+        bound_ms = int(time.time() * 1000) - retention_ms
+        bound_ms = min(bound_ms, _id_ms(_text(group.get("last-delivered-id") or b"0-0")))
+        if int(group.get("pending") or 0):
+            summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
+            if summary and summary.get("min"):
+                bound_ms = min(bound_ms, _id_ms(_text(summary["min"])))
+        if bound_ms > 0:
+            trimmed = await self._redis.xtrim(keys.stream, minid=f"{bound_ms}-0", approximate=True)
+            if trimmed:
+                log.info("event_stream_trimmed", partition=keys.partition, entries=int(trimmed))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_ms(entry_id: str) -> int:
+    """The millisecond part of a stream entry id (the Redis server's clock when it was added)."""
+    return int(entry_id.split("-", 1)[0])

@@ -1,0 +1,283 @@
+"""Fulfillment: what each provider-neutral webhook event does to a player, applied once.
+
+- `order_paid`: grants every line except `bundle` lines (a bundle's contents arrive as lines of their own), with
+  the kind and period the catalog gives the sku; the order hash remembers what each line changed.
+- `order_canceled`: undoes exactly what that order granted; a cancel that comes first makes the late
+  `order_paid` grant nothing.
+- Subscription events: create or update the player's recurring subscription (shown by ListSubscriptions).
+- `payment`, `refund`, `partial_refund`: one entry on the player's ledger; no grants.
+- Anything else: ignored (acknowledged and counted by the consumer).
+
+Each write carries the event id as its idempotency key, so a redelivered event changes nothing. Applied order
+events publish the order's state (`server.orders`), replays included, so a publication lost to a crash before
+the acknowledgement is made good on redelivery.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from entitlements.v1 import events_pb2
+from server import validation
+from server.catalog import Catalog
+from server.errors import InvalidArgument, InvalidEvent
+from server.orders import OrderState, OrderStatusPublisher
+from server.store import MAX_CONSUMABLE_TOTAL, EntitlementStore, OrderLine, OrderOutcome
+
+ET = events_pb2.EventType
+_TYPE_LABELS: dict[int, str] = {
+    ET.EVENT_TYPE_ORDER_PAID: "order_paid",
+    ET.EVENT_TYPE_ORDER_CANCELED: "order_canceled",
+    ET.EVENT_TYPE_PAYMENT: "payment",
+    ET.EVENT_TYPE_REFUND: "refund",
+    ET.EVENT_TYPE_PARTIAL_REFUND: "partial_refund",
+    ET.EVENT_TYPE_SUBSCRIPTION_CREATED: "subscription_created",
+    ET.EVENT_TYPE_SUBSCRIPTION_UPDATED: "subscription_updated",
+    ET.EVENT_TYPE_SUBSCRIPTION_NON_RENEWING: "subscription_non_renewing",
+    ET.EVENT_TYPE_SUBSCRIPTION_CANCELED: "subscription_canceled",
+}
+_SUBSCRIPTION_ACTIONS = {
+    ET.EVENT_TYPE_SUBSCRIPTION_CREATED: "created",
+    ET.EVENT_TYPE_SUBSCRIPTION_UPDATED: "updated",
+    ET.EVENT_TYPE_SUBSCRIPTION_NON_RENEWING: "non_renewing",
+    ET.EVENT_TYPE_SUBSCRIPTION_CANCELED: "canceled",
+}
+_TRANSACTION_OPS = {
+    ET.EVENT_TYPE_PAYMENT: "payment",
+    ET.EVENT_TYPE_REFUND: "refund",
+    ET.EVENT_TYPE_PARTIAL_REFUND: "partial_refund",
+}
+_LABEL_BY_NAME = {name: _TYPE_LABELS.get(int(value), "unknown") for name, value in ET.items()}
+BUNDLE = "bundle"
+
+
+def type_label(event_type: int) -> str:
+    """The metric/log label of an event type: "order_paid", ..., or "unknown" for anything not applied."""
+    return _TYPE_LABELS.get(int(event_type), "unknown")
+
+
+def label_of_entry(fields: Mapping[bytes, bytes]) -> str:
+    """The type label of a raw stream entry, from its `type` field, without trusting it to be well formed."""
+    raw = fields.get(b"type", b"")
+    return _LABEL_BY_NAME.get(raw.decode(errors="replace"), "invalid")
+
+
+def decode_event(fields: Mapping[bytes, bytes]) -> events_pb2.WebhookEvent:
+    """Parses a stream entry's `event` field.
+
+    Raises:
+        InvalidEvent: the field is missing or is not a serialized WebhookEvent.
+    """
+    data = fields.get(b"event")
+    if data is None:
+        raise InvalidEvent("the entry has no `event` field")
+    try:
+        return events_pb2.WebhookEvent.FromString(data)
+    except DecodeError as exc:
+        raise InvalidEvent(f"the `event` field is not a serialized WebhookEvent: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one event did.
+
+    Attributes:
+        type: the event's type label (see `type_label`).
+        result: "applied", "replayed", "ignored", "stale" or "canceled_before_paid".
+        order: for order events, the order's state afterwards (as published).
+        lines_changed: order lines granted (order_paid) or undone (order_canceled) by this delivery.
+        kind_conflicts: order lines granted as the kind the player held rather than the catalog's.
+    """
+
+    type: str
+    result: str
+    order: OrderState | None = None
+    lines_changed: int = 0
+    kind_conflicts: int = 0
+
+    @property
+    def replayed(self) -> bool:
+        return self.result == "replayed"
+
+
+def _ms(timestamp: Timestamp) -> int:
+    return timestamp.seconds * 1000 + timestamp.nanos // 1_000_000
+
+
+def _identifier(name: str, value: str) -> str:
+    try:
+        return validation.identifier(name, value)
+    except InvalidArgument as exc:
+        raise InvalidEvent(str(exc)) from None
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Fulfillment:
+    """Applies events to the store.
+
+    Args:
+        store: the entitlement store.
+        catalog: sku -> kind and period; skus not in it are plain items.
+        publisher: where order states are announced; None publishes nothing (tools, benchmarks).
+    """
+
+    def __init__(self, store: EntitlementStore, catalog: Catalog, publisher: OrderStatusPublisher | None) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._publisher = publisher
+
+    async def apply(self, event: events_pb2.WebhookEvent) -> Applied:
+        """Applies one event, once per event id.
+
+        Raises:
+            InvalidEvent: the event lacks what applying it needs (event id, player, order or subscription id) or
+                carries an invalid order line.
+            FailedPrecondition: an order line would pass the store's quantity or expiry limit.
+            StoreUnavailable: Redis did not answer in time (the event may be retried).
+        """
+        label = type_label(event.type)
+        if label == "unknown":
+            return Applied(label, "ignored")
+        event_id = _identifier("event_id", event.event_id)
+        user_id = _identifier("user_id", event.user_id)
+        actor = f"{event.provider or 'provider'}-webhook"
+        if event.type in (ET.EVENT_TYPE_ORDER_PAID, ET.EVENT_TYPE_ORDER_CANCELED):
+            return await self._apply_order(label, event, event_id, user_id, actor)
+        if event.type in _SUBSCRIPTION_ACTIONS:
+            return await self._apply_subscription(label, event, event_id, user_id, actor)
+        return await self._apply_transaction(label, event, event_id, user_id, actor)
+
+    async def _apply_order(
+        self, label: str, event: events_pb2.WebhookEvent, event_id: str, user_id: str, actor: str
+    ) -> Applied:
+        if event.WhichOneof("payload") != "order":
+            raise InvalidEvent(f"{label} event {event_id} carries no order")
+        order = event.order
+        order_id = _identifier("order.order_id", order.order_id)
+        lines = [
+            {"sku": line.sku, "type": line.type, "quantity": line.quantity, "amount": line.amount}
+            for line in order.lines
+        ]
+        record = {
+            "user_id": user_id,
+            "provider": event.provider,
+            "project_id": str(event.project_id),
+            "sandbox": "1" if event.sandbox else "0",
+            "currency": order.currency,
+            "amount": order.amount,
+            "invoice_id": order.invoice_id,
+            "transaction_id": order.transaction_id,
+        }
+        outcome: OrderOutcome
+        if event.type == ET.EVENT_TYPE_ORDER_PAID:
+            record["lines"] = _json(lines)
+            outcome = await self._store.apply_order_paid(
+                user_id, order_id, event_id, actor, self._grantable_lines(order), record
+            )
+        else:
+            record["canceled_lines"] = _json(lines)
+            outcome = await self._store.apply_order_canceled(user_id, order_id, event_id, actor, record)
+        state = OrderState(
+            order_id=order_id,
+            user_id=user_id,
+            status=outcome.status,
+            entitlements_granted=outcome.entitlements_granted,
+            observed_at_ms=outcome.updated_at_ms,
+        )
+        if self._publisher is not None:
+            await self._publisher.publish(state)
+        return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts)
+
+    def _grantable_lines(self, order: events_pb2.OrderEvent) -> list[OrderLine]:
+        lines: list[OrderLine] = []
+        for index, line in enumerate(order.lines):
+            if line.type == BUNDLE:
+                continue  # recorded, not granted: its contents are lines of their own
+            sku = _identifier(f"order.lines[{index}].sku", line.sku)
+            if not 1 <= line.quantity <= MAX_CONSUMABLE_TOTAL:
+                raise InvalidEvent(
+                    f"order.lines[{index}].quantity must be 1..{MAX_CONSUMABLE_TOTAL}, not {line.quantity}"
+                )
+            item = self._catalog.lookup(sku)
+            kind, period_ms = (item.kind, item.period_ms) if item is not None else (0, 0)
+            lines.append(OrderLine(sku, kind, period_ms, line.quantity))
+        return lines
+
+    async def _apply_subscription(
+        self, label: str, event: events_pb2.WebhookEvent, event_id: str, user_id: str, actor: str
+    ) -> Applied:
+        if event.WhichOneof("payload") != "subscription":
+            raise InvalidEvent(f"{label} event {event_id} carries no subscription")
+        sub = event.subscription
+        sub_id = _identifier("subscription.subscription_id", sub.subscription_id)
+        outcome = await self._store.record_subscription_event(
+            user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], sub_id, subscription_fields(sub)
+        )
+        return Applied(label, outcome.result)
+
+    async def _apply_transaction(
+        self, label: str, event: events_pb2.WebhookEvent, event_id: str, user_id: str, actor: str
+    ) -> Applied:
+        op = _TRANSACTION_OPS[event.type]
+        txn = event.transaction
+        fields = {
+            "op": op,
+            "sku": "",
+            "idempotency_key": event_id,
+            "actor": actor,
+            "reason": f"{op} {txn.transaction_id}".strip(),
+            "before": "",
+            "after": "",
+            "transaction_id": txn.transaction_id,
+            "external_id": txn.external_id,
+            "amount": txn.amount,
+            "currency": txn.currency,
+            "order_id": txn.order_id,
+            "subscription_id": txn.subscription_id,
+            "sandbox": "1" if event.sandbox else "0",
+        }
+        if event.type != ET.EVENT_TYPE_PAYMENT:
+            fields["refund_code"] = str(txn.refund_code)
+            fields["refund_reason"] = txn.refund_reason
+        if txn.lines:
+            fields["items"] = _json([{"sku": line.sku, "quantity": line.quantity} for line in txn.lines])
+        applied = await self._store.record_event(user_id, event_id, fields)
+        return Applied(label, "applied" if applied else "replayed")
+
+
+def subscription_fields(sub: events_pb2.SubscriptionEvent) -> dict[str, Any]:
+    """The recurring-subscription record fields a subscription event knows (the keys
+    `server.service.recurring_subscription` reads, plus `date_end_ms`, trial and gift details)."""
+    fields: dict[str, Any] = {"id": sub.subscription_id}
+    # Xsolla sends plan and product ids as numbers or as external ids (strings); keep both forms readable.
+    for name, value in (("plan", sub.plan_id), ("product", sub.product_id)):
+        if value:
+            fields[f"{name}_external_id"] = value
+            if value.isdigit() and int(value) < 2**63:
+                fields[f"{name}_id"] = int(value)
+    if sub.HasField("date_create"):
+        fields["date_create_ms"] = _ms(sub.date_create)
+    if sub.HasField("date_next_charge"):
+        fields["date_next_charge_ms"] = _ms(sub.date_next_charge)
+    if sub.HasField("date_end"):
+        fields["date_end_ms"] = _ms(sub.date_end)
+    if sub.currency:
+        fields["charge_amount"] = sub.amount
+        fields["charge_currency"] = sub.currency
+    if sub.tags:
+        fields["tags"] = list(sub.tags)
+    if sub.is_gift:
+        fields["is_gift"] = True
+    if sub.trial_value:
+        fields["trial_value"] = sub.trial_value
+        fields["trial_unit"] = sub.trial_unit
+    return fields

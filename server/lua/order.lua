@@ -1,0 +1,68 @@
+-- Shared head of the order scripts (after kinds.lua; server/store.py prepends both). The order hash is the
+-- order's idempotency record: its `status` says which events were applied, its `grants` what a cancel undoes.
+--
+-- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] ledger stream, KEYS[4] order hash.
+-- ARGV[1] event id (the idempotency key written to the ledger), ARGV[2] order id, ARGV[3] actor,
+-- ARGV[4] order fields to record as JSON {name: string}; the scripts' own arguments follow.
+--
+-- Both scripts reply JSON {r = result, status, granted, at = updated_at_ms, n = lines changed, c = conflicts}.
+
+local order_key = KEYS[4]
+local order_id = ARGV[2]
+local now = server_now()
+
+local function reply(result, n, c)
+  local stored = redis.call('HMGET', order_key, 'status', 'granted', 'updated_at_ms')
+  return cjson.encode({r = result, status = stored[1], granted = stored[2] == '1',
+                       at = tonumber(stored[3]) or 0, n = n or 0, c = c or 0})
+end
+
+-- Writes the order hash: the recorded order fields, then `fields` (name, value, ...).
+local function save_order(fields)
+  local all = {'order_id', order_id, 'updated_at_ms', tostring(now)}
+  for name, value in pairs(cjson.decode(ARGV[4])) do
+    all[#all + 1] = name
+    all[#all + 1] = tostring(value)
+  end
+  for _, v in ipairs(fields) do
+    all[#all + 1] = v
+  end
+  redis.call('HSET', order_key, unpack(all))
+end
+
+-- Appends one ledger entry in the format of prologue.lua's, plus the order id.
+local function ledger(op, reason, sku, before, after, extra)
+  local fields = {'op', op, 'sku', sku, 'idempotency_key', ARGV[1], 'actor', ARGV[3], 'reason', reason,
+                  'at_ms', tostring(now), 'before', before or '', 'after', after or '', 'order_id', order_id}
+  for _, v in ipairs(extra or {}) do
+    fields[#fields + 1] = v
+  end
+  redis.call('XADD', KEYS[3], '*', unpack(fields))
+end
+
+-- Reads a sku's record once per script; later reads see this script's own changes (`state`).
+local state, touched = {}, {}
+local function held(sku)
+  local entry = state[sku]
+  if not entry then
+    local raw = redis.call('HGET', KEYS[1], sku)
+    entry = {raw = raw or nil, rec = raw and cjson.decode(raw) or nil}
+    state[sku] = entry
+    touched[#touched + 1] = sku
+  end
+  return entry
+end
+
+-- Writes every sku `held` saw, as this script left it (removed when its record is nil).
+local function write_items()
+  for _, sku in ipairs(touched) do
+    local entry = state[sku]
+    if entry.raw then
+      redis.call('HSET', KEYS[1], sku, entry.raw)
+      redis.call('ZADD', KEYS[2], 0, sku)
+    else
+      redis.call('HDEL', KEYS[1], sku)
+      redis.call('ZREM', KEYS[2], sku)
+    end
+  end
+end

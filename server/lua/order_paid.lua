@@ -1,0 +1,74 @@
+-- order_paid (after kinds.lua and order.lua): grants the order's lines unless the order was paid already
+-- (replay) or canceled first (its cancel arrived before this event: nothing is granted).
+-- ARGV[5] grantable lines as JSON [{s = sku, k = catalog kind (0 plain), p = catalog period ms, q = quantity}],
+-- ARGV[6] maximum consumable total, ARGV[7] maximum expiry (ms since the epoch).
+-- Results: "applied", "replayed", "ignored" (paid after canceled). Errors "QUANTITY_LIMIT <total> <sku>" and
+-- "EXPIRY_LIMIT <sku>" are raised before anything is written.
+
+local status = redis.call('HGET', order_key, 'status')
+if status == 'paid' then
+  return reply('replayed')
+end
+if status == 'canceled' then
+  if redis.call('HEXISTS', order_key, 'paid_event_id') == 1 then
+    return reply('replayed')
+  end
+  redis.call('HSET', order_key, 'paid_event_id', ARGV[1], 'paid_after_cancel', '1', 'paid_seen_at_ms',
+             tostring(now))
+  ledger('order_paid', 'order_paid ' .. order_id .. ' after its order_canceled: nothing granted', '')
+  return reply('ignored')
+end
+
+-- Plan every line before writing anything, so a limit error leaves no partial order behind.
+local max_total, max_expires = tonumber(ARGV[6]), tonumber(ARGV[7])
+local grants, conflicts = {}, 0
+for _, line in ipairs(cjson.decode(ARGV[5])) do
+  local entry = held(line.s)
+  local current = entry.rec
+  local kind, period, quantity = line.k, line.p, line.q
+  local conflict = false
+  if current then
+    -- The kind the player holds wins over the catalog: games read that record, and re-kinding it would drop
+    -- what the player had. The consumer counts and logs the conflict.
+    if kind ~= 0 and kind ~= current.k then
+      conflict = true
+      conflicts = conflicts + 1
+    end
+    if current.k == 3 and (kind ~= 3 or period <= 0) then
+      period = current.p
+    end
+    kind = current.k
+  elseif kind == 0 then
+    kind = 1
+  end
+  if kind == 2 then
+    quantity = 1
+  end
+  local record, err = granted_record(current, kind, quantity, period, now, max_total, max_expires)
+  if not record then
+    return redis.error_reply(err .. ' ' .. line.s)
+  end
+  local after = cjson.encode(record)
+  -- What a cancel needs to undo exactly this line: the record before it, and what the line added.
+  local grant = {s = line.s, k = kind, n = quantity, b = entry.raw, a = after}
+  if conflict then
+    grant.conflict = true
+  end
+  if kind == 1 then
+    grant.q = quantity
+  elseif kind == 2 then
+    grant.new = current == nil
+  else
+    grant.ms = quantity * period
+  end
+  grants[#grants + 1] = grant
+  entry.raw, entry.rec = after, record
+end
+
+write_items()
+for _, grant in ipairs(grants) do
+  ledger('grant', 'order_paid ' .. order_id, grant.s, grant.b, grant.a, {'quantity', string.format('%d', grant.n)})
+end
+save_order({'status', 'paid', 'granted', '1', 'paid_event_id', ARGV[1], 'paid_at_ms', tostring(now),
+            'grants', #grants > 0 and cjson.encode(grants) or '[]'})
+return reply('applied', #grants, conflicts)

@@ -1,0 +1,208 @@
+"""Helpers for the consumer tests: build WebhookEvents as the gateway would, put them on the event streams (through
+the gateway's EventLog, or with a bare XADD that skips its dedup), and wait until the consumer group has applied
+everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from entitlements.v1 import events_pb2 as ev
+from server.app import Service
+from server.catalog import Catalog, CatalogItem
+from server.config import ConsumerSettings
+from server.consumer import Consumer
+from server.eventlog import EventLog, partition_for
+from server.keys import CONSUMER_GROUP, EventKeys
+from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore
+
+PARTITIONS = 2
+DAY_MS = 86_400_000
+CATALOG = Catalog.from_mapping(
+    {
+        "items": {
+            "gold": {"kind": "consumable"},
+            "castle": {"kind": "permanent"},
+            "sword": {"kind": "permanent"},
+            "vip_pass": {"kind": "time_limited", "period": "30d"},
+        }
+    }
+)
+assert CATALOG.lookup("vip_pass") == CatalogItem(TIME_LIMITED, 30 * DAY_MS)
+assert CATALOG.lookup("gold") == CatalogItem(CONSUMABLE)
+assert CATALOG.lookup("castle") == CatalogItem(PERMANENT)
+
+# Short timings: a stuck entry is claimed after 0.2 s; reads block 50 ms.
+FAST = ConsumerSettings(block_ms=50, claim_idle_s=0.2, max_deliveries=3)
+
+
+def consumer_settings(**overrides: Any) -> dict[str, Any]:
+    """Service overrides for a consuming service with the test catalog and fast consumer timings."""
+    consumer = replace(FAST, **overrides)
+    return {"event_partitions": PARTITIONS, "catalog": CATALOG, "consumer": consumer}
+
+
+Line = tuple[str, int] | tuple[str, int, str]
+
+
+def order_event(
+    status: str,
+    order_id: str,
+    user_id: str,
+    lines: Sequence[Line] = (),
+    *,
+    event_id: str | None = None,
+) -> ev.WebhookEvent:
+    """An order_paid ("paid") or order_canceled ("canceled") event; lines are (sku, quantity[, type])."""
+    event_type = ev.EVENT_TYPE_ORDER_PAID if status == "paid" else ev.EVENT_TYPE_ORDER_CANCELED
+    event = ev.WebhookEvent(
+        event_id=event_id or f"xsolla:308077:order:{order_id}:{status}",
+        type=event_type,
+        provider="xsolla",
+        project_id=308077,
+        user_id=user_id,
+        notification_type=f"order_{status}",
+        order=ev.OrderEvent(order_id=order_id, status=status, currency="USD", amount="9.99", invoice_id="77"),
+    )
+    for line in lines:
+        sku, quantity = line[0], line[1]
+        item_type = str(line[2]) if len(line) > 2 else "virtual_good"
+        event.order.lines.add(sku=sku, quantity=quantity, type=item_type, amount="1.00")
+    event.received_at.GetCurrentTime()
+    return event
+
+
+def subscription_event(
+    event_type: int,
+    user_id: str,
+    subscription_id: str,
+    *,
+    next_charge: datetime | None = None,
+    date_end: datetime | None = None,
+    plan_id: str = "b5dac9c8",
+    event_id: str | None = None,
+) -> ev.WebhookEvent:
+    """A subscription event as the gateway builds it from Xsolla's subscription webhooks."""
+    sub = ev.SubscriptionEvent(subscription_id=subscription_id, plan_id=plan_id, product_id="42")
+    sub.date_create.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC))
+    if next_charge is not None:
+        sub.date_next_charge.FromDatetime(next_charge)
+    if date_end is not None:
+        sub.date_end.FromDatetime(date_end)
+    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    dates = f"{next_charge.isoformat() if next_charge else ''}/{date_end.isoformat() if date_end else ''}"
+    return ev.WebhookEvent(
+        event_id=event_id or f"xsolla:308077:sub:{subscription_id}:{name}:{dates}",
+        type=event_type,  # type: ignore[arg-type]
+        provider="xsolla",
+        project_id=308077,
+        user_id=user_id,
+        notification_type=name,
+        subscription=sub,
+    )
+
+
+def transaction_event(event_type: int, user_id: str, transaction_id: str, amount: str = "1.99") -> ev.WebhookEvent:
+    """A payment, refund or partial_refund event."""
+    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    return ev.WebhookEvent(
+        event_id=f"xsolla:308077:txn:{transaction_id}:{name}",
+        type=event_type,  # type: ignore[arg-type]
+        provider="xsolla",
+        project_id=308077,
+        user_id=user_id,
+        notification_type=name,
+        transaction=ev.TransactionEvent(
+            transaction_id=transaction_id,
+            amount=amount,
+            currency="USD",
+            refund_code=1 if name != "payment" else 0,
+            refund_reason="Cancellation by the user request" if name != "payment" else "",
+        ),
+    )
+
+
+def store_of(service: Service) -> EntitlementStore:
+    """The started service's store."""
+    assert service.store is not None
+    return service.store
+
+
+def consumer_of(service: Service) -> Consumer:
+    """The started service's consumer."""
+    assert service.consumer is not None
+    return service.consumer
+
+
+def event_log(redis: aioredis.Redis) -> EventLog:
+    """The gateway's event log on the test Redis, with the tests' partition count."""
+    return EventLog(redis, partitions=PARTITIONS)
+
+
+async def xadd(redis: aioredis.Redis, event: ev.WebhookEvent, *, raw: bytes = b"{}") -> str:
+    """Appends an entry the way the gateway does but without its dedup check: a redelivery of the same event."""
+    keys = EventKeys(partition_for(event.user_id, PARTITIONS))
+    fields: dict[str | bytes, bytes | str] = {
+        "event": event.SerializeToString(),
+        "raw": raw,
+        "type": ev.EventType.Name(event.type),
+    }
+    entry_id = await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[str, bytes | str]) -> str:
+    """Appends an arbitrary entry to the partition of `user_id` (for malformed entries)."""
+    keys = EventKeys(partition_for(user_id, PARTITIONS))
+    entry_id = await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Polls `check` until it is true; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def group_state(redis: aioredis.Redis) -> tuple[int, int]:
+    """(pending, undelivered) summed over the partitions' consumer groups; streams not created yet count as 0."""
+    pending = undelivered = 0
+    for partition in range(PARTITIONS):
+        stream = EventKeys(partition).stream
+        if not await redis.exists(stream):
+            continue
+        groups = [g for g in await redis.xinfo_groups(stream) if g["name"] == CONSUMER_GROUP.encode()]
+        if not groups:
+            undelivered += int(await redis.xlen(stream))
+            continue
+        pending += int(groups[0]["pending"])
+        undelivered += int(groups[0]["lag"] or 0)
+    return pending, undelivered
+
+
+async def drained(redis: aioredis.Redis, timeout_s: float = 10.0) -> None:
+    """Waits until every entry of every partition was delivered and acknowledged."""
+
+    async def done() -> bool:
+        return await group_state(redis) == (0, 0)
+
+    await eventually(done, timeout_s, "the consumer group to apply and acknowledge every entry")
+
+
+async def dead_letters(redis: aioredis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Every dead letter of every partition."""
+    found: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for partition in range(PARTITIONS):
+        rows: Any = await redis.xrange(EventKeys(partition).dead_letters)
+        found.extend(rows)
+    return found

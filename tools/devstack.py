@@ -1,0 +1,65 @@
+"""`make run`: the service and the webhook gateway in one process, on one embedded Redis.
+
+The service starts first (with its embedded Valkey when REDIS_URL is unset); the gateway then shares its Redis
+client and Prometheus registry, so `/metrics` on the service's port shows both. Each can also run on its own:
+`python -m server` and `python -m webhook_gateway`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import replace
+
+import structlog
+
+from server import logs
+from server.app import Service
+from server.config import Settings
+from server.errors import ConfigError
+from webhook_gateway.app import Gateway
+from webhook_gateway.config import GatewaySettings
+from webhook_gateway.errors import ConfigError as GatewayConfigError
+
+log = structlog.get_logger("devstack")
+
+
+async def run(settings: Settings, gateway_settings: GatewaySettings) -> None:
+    """Runs both until SIGTERM or SIGINT, then stops the gateway first (no new events), then the service."""
+    if settings.insecure_dev_mode:
+        log.warning("INSECURE_DEV_MODE", message="no API keys are checked. Never run this in production.")
+    service = Service(settings)
+    await service.start()
+    gateway = Gateway(gateway_settings, redis=service.redis, registry=service.registry)
+    try:
+        await gateway.start()
+    except BaseException:
+        await service.stop()
+        raise
+    log.info("devstack_ready", webhook_url=gateway.url, grpc_port=service.endpoints and service.endpoints.grpc_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await gateway.stop()
+    await service.stop()
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        settings.check_servable()
+        # The gateway's metrics are served by the service's endpoint (shared registry).
+        gateway_settings = replace(GatewaySettings.from_env(), metrics_port=None)
+    except (ConfigError, GatewayConfigError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    asyncio.run(run(settings, gateway_settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

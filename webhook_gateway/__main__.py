@@ -1,0 +1,70 @@
+"""Command line of the webhook gateway: `python -m webhook_gateway`, configured by environment variables.
+
+Runs until SIGTERM or SIGINT, then stops gracefully (in-flight webhooks finish within GATEWAY_SHUTDOWN_GRACE_S).
+Exit code 2 on a configuration error. Every variable is listed in docs/WEBHOOKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from server import logs
+from webhook_gateway.app import Gateway
+from webhook_gateway.config import GatewaySettings
+from webhook_gateway.errors import ConfigError
+
+log = structlog.get_logger("webhook_gateway")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Runs the gateway until SIGTERM or SIGINT."""
+    if settings.user_directory == "allow_all":
+        log.warning(
+            "USER_DIRECTORY_ALLOW_ALL",
+            message="GATEWAY_USER_DIRECTORY is allow_all: every user_validation is answered 'exists'. "
+            "Set it to http (GATEWAY_USER_DIRECTORY_URL) outside development.",
+        )
+    gateway = Gateway(settings)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
+    await gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m webhook_gateway",
+        description="Xsolla webhook gateway: verifies webhooks and stores them in a Redis stream. "
+        "Configured by environment variables (docs/WEBHOOKS.md).",
+    )
+    parser.parse_args(argv)
+    try:
+        settings = GatewaySettings.from_env()
+        if settings.redis_url is None:
+            raise ConfigError(
+                "REDIS_URL is not set: point it at the service's Redis "
+                "(with the service's embedded one: REDIS_URL=unix://$PWD/var/valkey.sock)"
+            )
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The gateway's composition root: settings -> Redis client -> event log -> user directory -> HTTP server.
+
+`Gateway` runs the whole gateway on the current event loop, either as its own process (`python -m
+webhook_gateway`) or inside another one (the service's `make run`, end-to-end tests), where the caller may hand
+it an existing Redis client and Prometheus registry. `create_app` builds the aiohttp application alone, for
+callers that bring their own runner.
+
+Routes on the main port:
+
+    POST <path>                 a webhook; the project is found in the body (or a default secret is used)
+    POST <path>/<project_id>    a webhook for that Xsolla project (its secret verifies the signature)
+    GET  /healthz               200 while the process runs
+    GET  /readyz                200 while Redis answers PING, 503 otherwise and during shutdown
+
+`/metrics` is served on its own port (`GATEWAY_METRICS_PORT`, loopback by default), so that exposing the webhook
+port to Xsolla does not expose the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import redis.exceptions as redis_errors
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from server import connections
+from server.eventlog import EventLog
+from server.metrics import MetricsEndpoint
+from server.store import RedisClient
+from webhook_gateway.config import GatewaySettings
+from webhook_gateway.errors import ConfigError, http_error_answer, internal_error_answer
+from webhook_gateway.metrics import GatewayMetrics
+from webhook_gateway.receiver import EventSink, WebhookReceiver
+from webhook_gateway.sources import SourceFilter
+from webhook_gateway.users import UserDirectory, build_directory
+from webhook_gateway.xsolla import XsollaProvider
+
+log = structlog.get_logger("webhook_gateway")
+
+Readiness = Callable[[], Awaitable[bool]]
+
+_LINGERING_S = 1.0
+
+
+def create_app(receiver: WebhookReceiver, *, path: str, readiness: Readiness, max_body_bytes: int) -> web.Application:
+    """The aiohttp application: the webhook routes under `path`, /healthz and /readyz.
+
+    Args:
+        receiver: handles the webhooks.
+        path: the webhook path, e.g. "/webhooks/xsolla" (no trailing slash).
+        readiness: answers whether the gateway can store events now (for /readyz).
+        max_body_bytes: aiohttp's own body limit, a second fence behind the receiver's.
+    """
+    app = web.Application(middlewares=[_http_errors], client_max_size=max_body_bytes)
+    app.router.add_post(path, receiver.handle)
+    # Xsolla's webhook URL is set per project, so the URL can say which project's secret applies.
+    app.router.add_post(path + "/{project_id:[0-9]{1,18}}", receiver.handle)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if await readiness():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "unavailable"}, status=503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@web.middleware
+async def _http_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Router errors (404, 405, ...) in Xsolla's error shape; a failing handler as a bare 500, never a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.Response(
+            status=exc.status,
+            body=http_error_answer(exc.status, exc.reason),
+            content_type="application/json",
+            headers=headers,
+        )
+    except Exception:
+        log.exception("http_handler_failed", path=request.path, method=request.method)
+        answer = internal_error_answer()
+        return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+
+
+class Gateway:
+    """One webhook gateway: build it inside the running event loop, then `await start()` and `await stop()`.
+
+    Args:
+        settings: the configuration (`GatewaySettings.from_env()`, or built by hand).
+        redis: a Redis client to use, owned by the caller (not closed by `stop`). None: connect to
+            `settings.redis_url` and close that client on `stop`.
+        registry: the Prometheus registry for the gateway's metrics (e.g. the service's, when embedded).
+            None: a registry of its own.
+        user_directory: overrides the directory named by `settings.user_directory`.
+        event_sink: overrides the event log built on `redis` (tests inject failures through it).
+
+    Attributes (set by `start`):
+        port: the bound webhook port. metrics_port: the bound metrics port (None when not served).
+        event_log: the event log the gateway appends to.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        redis: RedisClient | None = None,
+        registry: CollectorRegistry | None = None,
+        user_directory: UserDirectory | None = None,
+        event_sink: EventSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.metrics = GatewayMetrics(self.registry)
+        self.redis = redis
+        self._owns_redis = redis is None
+        self._event_sink = event_sink
+        self.event_log: EventLog | None = None
+        self._user_directory = user_directory
+        self.users: UserDirectory | None = None
+        self._runner: web.AppRunner | None = None
+        self._metrics_http = MetricsEndpoint(self.registry) if settings.metrics_port is not None else None
+        self._accepting = False
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The webhook URL of the started gateway (loopback form when bound to all interfaces)."""
+        if self.port is None:
+            raise RuntimeError("the gateway is not started")
+        host = self.settings.host if self.settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}{self.settings.path}"
+
+    async def start(self) -> int:
+        """Connects, starts serving and returns the bound webhook port (useful with port 0).
+
+        On failure, stops what was started and re-raises.
+
+        Raises:
+            ConfigError: the settings are unusable (no secret; no Redis client and no REDIS_URL; ...).
+        """
+        settings = self.settings
+        settings.check()
+        if self.redis is None and settings.redis_url is None and self._event_sink is None:
+            raise ConfigError("REDIS_URL is not set (the gateway stores events in Redis)")
+        try:
+            if self.redis is None and settings.redis_url is not None:
+                self.redis = connections.connect(
+                    settings.redis_url,
+                    cluster=settings.redis_cluster,
+                    timeout_s=settings.redis_timeout_s,
+                    max_connections=settings.redis_max_connections,
+                )
+            sink = self._event_sink
+            if sink is None:
+                assert self.redis is not None
+                self.event_log = EventLog(
+                    self.redis,
+                    partitions=settings.event_partitions,
+                    dedup_ttl_s=settings.dedup_ttl_s,
+                    timeout_s=settings.redis_timeout_s,
+                )
+                sink = self.event_log
+            self.users = self._user_directory or build_directory(
+                settings.user_directory,
+                url=settings.user_directory_url,
+                timeout_s=settings.user_directory_timeout_s,
+                token=settings.user_directory_token,
+            )
+            await self.users.start()
+            receiver = WebhookReceiver(
+                provider=XsollaProvider(settings.secrets_for),
+                sink=sink,
+                users=self.users,
+                metrics=self.metrics,
+                sources=SourceFilter(
+                    settings.allowed_networks, settings.trusted_proxy_header, settings.trusted_proxy_hops
+                ),
+                max_body_bytes=settings.max_body_bytes,
+                request_timeout_s=settings.request_timeout_s,
+                # One connection stays free for /readyz's PING during a burst.
+                max_concurrent_stores=max(1, settings.redis_max_connections - 1),
+            )
+            app = create_app(receiver, path=settings.path, readiness=self.ready, max_body_bytes=settings.max_body_bytes)
+            # Handlers are not cancelled when the sender hangs up: an event being stored is stored, and
+            # Xsolla's retry then finds it a duplicate. After refusing a body (413, 408, 403) aiohttp reads and
+            # discards what keeps arriving for at most `_LINGERING_S` before closing, so that the sender gets
+            # the answer rather than a connection reset, without the gateway reading a huge body to its end.
+            # Bodies are not decompressed: the signature covers the bytes as sent (Xsolla does not compress),
+            # and a compressed body cannot inflate past the size limit.
+            self._runner = web.AppRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=settings.shutdown_grace_s,
+                lingering_time=_LINGERING_S,
+                auto_decompress=False,
+            )
+            await self._runner.setup()
+            await web.TCPSite(self._runner, settings.host, settings.port).start()
+            self.port = int(self._runner.addresses[0][1])
+            if self._metrics_http is not None and settings.metrics_port is not None:
+                self.metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
+        except BaseException:
+            await self.stop()
+            raise
+        self._accepting = True
+        log.info(
+            "gateway_started",
+            host=settings.host,
+            port=self.port,
+            path=settings.path,
+            metrics_port=self.metrics_port,
+            redis="shared" if not self._owns_redis else ("cluster" if settings.redis_cluster else "standalone"),
+            partitions=settings.event_partitions,
+            dedup_ttl_h=settings.dedup_ttl_h,
+            projects_with_own_secret=len(settings.project_secrets),
+            default_secret=settings.default_secret is not None,
+            user_directory=self.users.name,
+            allow_list=len(settings.allowed_networks) > 0,
+        )
+        return self.port
+
+    async def ready(self) -> bool:
+        """True while the gateway takes webhooks and Redis answers PING within the Redis timeout."""
+        if not self._accepting:
+            return False
+        if self.redis is None:
+            return True  # an injected event sink: nothing to ping
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout_s):
+                await self.redis.ping()
+        except (TimeoutError, redis_errors.RedisError, OSError):
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stops gracefully: /readyz turns 503, in-flight webhooks finish (up to the shutdown grace), then
+        the HTTP server, the user directory and the Redis client (when owned) close."""
+        self._accepting = False
+        was_serving = self._runner is not None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.users is not None:
+            await self.users.close()
+        if self.redis is not None and self._owns_redis:
+            await self.redis.aclose()
+            self.redis = None
+        if self._metrics_http is not None:
+            await self._metrics_http.stop()
+        if was_serving:
+            log.info("gateway_stopped", port=self.port)
