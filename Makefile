@@ -35,8 +35,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## Speed against a bare grpc.aio server (docs/benchmarks.md); installs h2load when it can. BENCH_ARGS=--help
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	sh bench/ensure_h2load.sh
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ user id can never break out of its hash tag or collide with another.
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote
 
 PREFIX = "ent"
@@ -14,8 +15,14 @@ PREFIX = "ent"
 _SAFE = "!#$&'()*+,-./:;<=>?@[]^_`|~"
 
 
+@functools.lru_cache(maxsize=65_536)
 def _tag(user_id: str) -> str:
     return "{u:" + quote(user_id, safe=_SAFE) + "}"
+
+
+def items_key(user_id: str) -> str:
+    """The player's items hash (`UserKeys(user_id).items`), without building the other keys: the read path."""
+    return f"{PREFIX}:{_tag(user_id)}:items"
 
 
 class UserKeys:

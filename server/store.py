@@ -5,8 +5,8 @@ player's ledger and remembers the result, atomically: concurrent writers, on any
 an update, and a replayed key never applies twice. All of one player's keys share a hash tag (`server.keys`), so
 the same scripts run unchanged on Redis Cluster.
 
-Reads of single entitlements issued in the same event-loop turn are coalesced into one pipeline, which is what
-keeps CheckEntitlement's cost per call well under one Redis round trip under load.
+Reads of single entitlements share round trips under load: while one is in flight, the next ones queue and go
+together in one pipeline (`_ReadBatcher`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from server.errors import FailedPrecondition, IdempotencyConflict, StoreUnavailable
-from server.keys import UserKeys
+from server.keys import UserKeys, items_key
 
 T = TypeVar("T")
 
@@ -201,7 +201,7 @@ class EntitlementStore:
         )
         self._subscription: AsyncScript = redis.register_script(_load_script("kinds.lua", "subscription.lua"))
         self._event_ledger: AsyncScript = redis.register_script(_load_script("kinds.lua", "event_ledger.lua"))
-        self._reads = _ReadCoalescer(redis)
+        self._reads = _ReadBatcher(redis, timeout_s)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
         """Applies a grant atomically, or replays the result stored under its idempotency key.
@@ -246,7 +246,7 @@ class EntitlementStore:
 
     async def get(self, user_id: str, sku: str) -> EntitlementRecord | None:
         """Returns the stored entitlement of one sku, expired or not, or None."""
-        raw = await self._run(self._reads.hget(UserKeys(user_id).items, sku))
+        raw = await self._run(self._reads.hget(items_key(user_id), sku), bounded=True)
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
 
     async def list_page(
@@ -419,9 +419,15 @@ class EntitlementStore:
     def _write_keys(keys: UserKeys, idempotency_key: str) -> list[str]:
         return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger]
 
-    async def _run(self, operation: Awaitable[T]) -> T:
-        """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors."""
+    async def _run(self, operation: Awaitable[T], *, bounded: bool = False) -> T:
+        """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.
+
+        `bounded`: the operation enforces the timeout itself (the read batcher does, once per round trip rather
+        than once per read).
+        """
         try:
+            if bounded:
+                return await operation
             async with asyncio.timeout(self._timeout_s):
                 return await operation
         except TimeoutError as exc:
@@ -474,38 +480,70 @@ def _translate_script_error(exc: redis_errors.ResponseError) -> Exception:
     return exc
 
 
-class _ReadCoalescer:
-    """Batches HGETs issued in the same event-loop turn into one pipeline (one round trip for all of them)."""
+class _ReadBatcher:
+    """Keeps one HGET round trip in flight per process; reads that arrive meanwhile go together in the next one.
 
-    def __init__(self, redis: RedisClient) -> None:
+    Idle, a read is a plain HGET: no extra task, no pipeline, no added latency. Under load, every read queued
+    while a round trip is in flight is sent in the next pipeline, so the per-read cost of redis-py (pool checkout,
+    command packing, socket reads) and of the event loop is shared by the whole batch. Batching by "what arrived
+    during the previous round trip" rather than by event-loop turn matters: gRPC hands requests to the loop in
+    different turns, so per-turn batches hold a single read.
+
+    Every round trip runs under `timeout_s`, so a read waits at most for the round trip in flight when it arrived
+    and then its own: under two timeouts, never indefinitely. Expiry raises TimeoutError.
+    """
+
+    def __init__(self, redis: RedisClient, timeout_s: float) -> None:
         self._redis = redis
-        self._pending: list[tuple[str, str, asyncio.Future[bytes | None]]] = []
+        self._timeout_s = timeout_s
+        self._busy = False
+        self._queue: list[tuple[str, str, asyncio.Future[bytes | None]]] = []
 
-    def hget(self, key: str, field_name: str) -> asyncio.Future[bytes | None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((key, field_name, future))
-        return future
+    async def hget(self, key: str, field_name: str) -> bytes | None:
+        if self._busy:
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._queue.append((key, field_name, future))
+            return await future
+        self._busy = True
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await self._redis.hget(key, field_name)
+            return result.encode() if isinstance(result, str) else result
+        finally:
+            self._hand_over()
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._execute(batch))
+    def _hand_over(self) -> None:
+        if not self._queue:
+            self._busy = False
+            return
+        task = asyncio.get_running_loop().create_task(self._drain())
         # Keep a reference until done: the loop holds tasks only weakly.
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
 
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # Callers that gave up (deadline, cancellation) while queued are not read for.
+                batch = [item for item in batch if not item[2].done()]
+                if batch:
+                    await self._execute(batch)
+        except BaseException:
+            for _, _, future in self._queue:
+                future.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._busy = False
+
     async def _execute(self, batch: list[tuple[str, str, asyncio.Future[bytes | None]]]) -> None:
         try:
-            if len(batch) == 1:
-                key, field_name, _ = batch[0]
-                results: list[Any] = [await self._redis.hget(key, field_name)]
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                for key, field_name, _ in batch:
-                    pipe.hget(key, field_name)
-                results = await pipe.execute(raise_on_error=False)
+            pipe = self._redis.pipeline(transaction=False)
+            for key, field_name, _ in batch:
+                pipe.hget(key, field_name)
+            async with asyncio.timeout(self._timeout_s):
+                results: list[Any] = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             for _, _, future in batch:
                 if not future.done():

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from redis.crc import key_slot
 
@@ -17,7 +18,7 @@ from server import logs
 from server.app import Service
 from server.config import Settings
 from server.errors import ConfigError
-from server.keys import UserKeys
+from server.keys import UserKeys, items_key
 
 
 def _scrape(service: Service) -> str:
@@ -65,12 +66,14 @@ async def test_one_log_line_per_rpc_without_player_ids(
     service: Service, client: AsyncEntitlementsClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each RPC logs one JSON line with method, code and duration; the player id appears only hashed."""
+    previous = structlog.get_config()
     logs.configure("info", json=True, cache_loggers=False)
     try:
         await client.grant("player-secret-id", "gold")
         await client.check_entitlement("player-secret-id", "gold")
     finally:
-        logs.configure("warning", json=True, cache_loggers=False)
+        # Back to the suite's configuration, writing to the real stderr: capsys's stream closes with this test.
+        structlog.configure(**previous)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     rpc_lines = [line for line in lines if line.get("event") == "rpc"]
     assert [(line["method"], line["code"]) for line in rpc_lines] == [
@@ -120,6 +123,7 @@ def test_all_keys_of_a_player_share_one_cluster_slot(user_id: str) -> None:
         key_slot(k.encode()) for k in (keys.items, keys.skus, keys.ledger, keys.subscriptions, keys.idempotency("k"))
     }
     assert len(slots) == 1
+    assert items_key(user_id) == keys.items
     assert keys.items.count("{") == 1
     assert keys.items.count("}") == 1
 

@@ -1,0 +1,179 @@
+"""Webhook events applied per second by the service's consumer, against applying the same events directly.
+
+`measure_consumer_throughput()` starts a private Valkey, stores `events` distinct order_paid events on the
+event streams (as the gateway does, through `EventLog`), then starts the real service and times how long its
+consumer takes to apply and acknowledge all of them. The baseline, measured in the same run on another set of
+as many events, applies them straight through `Fulfillment.apply` with one worker per partition (the consumer's
+own concurrency): same Lua scripts and status publication, without the stream read, claim and XACK. The ratio is
+what the stream costs.
+
+    result = asyncio.run(measure_consumer_throughput(events=5000))
+    result.events_per_s, result.baseline_events_per_s, result.ratio
+
+`python -m bench.consumer [--events N] [--partitions P]` prints the result as one JSON object (so the bench
+runner can start it as a child process pinned to a core). The service's per-event log lines are at info level;
+the command runs at warning, so they are not part of the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from entitlements.v1 import events_pb2 as ev
+from server import logs
+from server.app import Service
+from server.catalog import Catalog
+from server.config import ConsumerSettings, Settings
+from server.embedded import EmbeddedRedis
+from server.eventlog import EventLog
+from server.fulfillment import Fulfillment
+from server.keys import CONSUMER_GROUP
+from server.orders import OrderStatusPublisher
+from server.store import EntitlementStore
+
+CATALOG = Catalog.from_mapping(
+    {"items": {"gold": {"kind": "consumable"}, "vip_pass": {"kind": "time_limited", "period": "30d"}}}
+)
+
+
+@dataclass(frozen=True)
+class ConsumerBenchResult:
+    """Events applied per second by the consumer, and by direct application (the baseline)."""
+
+    events: int
+    partitions: int
+    seconds: float
+    events_per_s: float
+    baseline_seconds: float
+    baseline_events_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        """Consumer throughput over the baseline's (1.0: the stream costs nothing)."""
+        return self.events_per_s / self.baseline_events_per_s if self.baseline_events_per_s else 0.0
+
+
+def _order(n: int, prefix: str, users: int) -> ev.WebhookEvent:
+    event = ev.WebhookEvent(
+        event_id=f"xsolla:1:order:{prefix}{n}:paid",
+        type=ev.EVENT_TYPE_ORDER_PAID,
+        provider="xsolla",
+        project_id=1,
+        user_id=f"bench-player-{n % users}",
+        notification_type="order_paid",
+        order=ev.OrderEvent(order_id=f"{prefix}{n}", status="paid", currency="USD", amount="4.99"),
+    )
+    event.order.lines.add(sku="gold", type="virtual_currency", quantity=100, amount="1.99")
+    event.order.lines.add(sku="vip_pass", type="virtual_good", quantity=1, amount="3.00")
+    event.received_at.GetCurrentTime()
+    return event
+
+
+async def _append_all(log: EventLog, events: list[ev.WebhookEvent], concurrency: int = 64) -> None:
+    for start in range(0, len(events), concurrency):
+        await asyncio.gather(*(log.append(event, b"{}") for event in events[start : start + concurrency]))
+
+
+async def _drained(redis: aioredis.Redis, streams: list[str]) -> bool:
+    for stream in streams:
+        if not await redis.exists(stream):
+            return False
+        groups = [g for g in await redis.xinfo_groups(stream) if g["name"] == CONSUMER_GROUP.encode()]
+        if not groups or int(groups[0]["pending"]) or int(groups[0]["lag"] or 0):
+            return False
+    return True
+
+
+async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partitions: int) -> float:
+    store = EntitlementStore(redis, timeout_s=5.0, idempotency_ttl_ms=86_400_000)
+    fulfillment = Fulfillment(store, CATALOG, OrderStatusPublisher(redis, cluster=False))
+
+    async def worker(share: list[ev.WebhookEvent]) -> None:
+        for event in share:
+            await fulfillment.apply(event)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(events[p::partitions]) for p in range(partitions)))
+    return time.perf_counter() - started
+
+
+async def measure_consumer_throughput(
+    events: int = 5000, *, partitions: int = 4, users: int = 1000, timeout_s: float = 300.0
+) -> ConsumerBenchResult:
+    """Times the consumer applying `events` stored order_paid events (two lines each) for `users` players.
+
+    Args:
+        events: how many events each of the two measurements applies.
+        partitions: event-log partitions (the consumer runs one reader per partition).
+        users: distinct players the events are spread over.
+        timeout_s: give up if the consumer has not drained the streams by then.
+
+    Raises:
+        TimeoutError: the consumer did not apply everything within `timeout_s`.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-consumer-") as workdir:
+        server = EmbeddedRedis(Path(workdir) / "redis", appendfsync="everysec")
+        await server.start()
+        redis = aioredis.Redis.from_url(server.url)
+        service: Service | None = None
+        try:
+            baseline_s = await _baseline(redis, [_order(n, "b", users) for n in range(events)], partitions)
+            log = EventLog(redis, partitions=partitions)
+            await _append_all(log, [_order(n, "c", users) for n in range(events)])
+            streams = [keys.stream for keys in log.all_partitions()]
+            settings = replace(
+                Settings(),
+                redis_url=server.url,
+                grpc_port=0,
+                metrics_port=0,
+                insecure_dev_mode=True,
+                event_partitions=partitions,
+                catalog=CATALOG,
+                consumer=ConsumerSettings(block_ms=100, batch=128),
+            )
+            service = Service(settings)
+            started = time.perf_counter()
+            await service.start()
+            deadline = started + timeout_s
+            while not await _drained(redis, streams):
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"the consumer did not apply {events} events within {timeout_s:g} s")
+                await asyncio.sleep(0.005)
+            seconds = time.perf_counter() - started
+        finally:
+            if service is not None:
+                await service.stop(grace_s=1.0)
+            await redis.aclose()
+            await server.stop()
+    return ConsumerBenchResult(
+        events=events,
+        partitions=partitions,
+        seconds=round(seconds, 4),
+        events_per_s=round(events / seconds, 1),
+        baseline_seconds=round(baseline_s, 4),
+        baseline_events_per_s=round(events / baseline_s, 1),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.consumer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--users", type=int, default=1000)
+    args = parser.parse_args(argv)
+    logs.configure("warning", json=True)
+    result = asyncio.run(measure_consumer_throughput(args.events, partitions=args.partitions, users=args.users))
+    print(json.dumps({**asdict(result), "ratio": round(result.ratio, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

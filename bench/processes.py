@@ -1,0 +1,162 @@
+"""Child processes of the benchmark: pinned to cores, in their own process group, never left behind.
+
+Every server and load generator runs through `Child`, which starts it under `taskset -c <cores>` in a new
+session (so one signal reaches it and whatever it forked), and whose `stop()` ends the whole group:
+SIGTERM, a grace period, then SIGKILL. Descendants that left the group (the service starts its embedded
+Valkey in a session of its own) are remembered with `adopt_descendants()` and killed too if they outlive
+their parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from bench.cores import cpu_list
+
+TASKSET = shutil.which("taskset")
+
+
+def pinned_argv(argv: Sequence[str], cores: Sequence[int] | None) -> list[str]:
+    """`argv` prefixed with `taskset -c <cores>` (unchanged when `cores` is empty or taskset is missing)."""
+    if not cores or TASKSET is None:
+        return list(argv)
+    return [TASKSET, "-c", cpu_list(cores), *argv]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces; the rest follows the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else fields[19]  # starttime, field 22 of /proc/<pid>/stat
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of every living descendant of `pid`, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+class Child:
+    """One child process, started under `taskset` in a new session.
+
+    Args:
+        name: what the process is, for messages.
+        argv: the command.
+        cores: the cores it may run on; None or empty for no pinning.
+        env: its environment (the parent's when None).
+        stdout: where its standard output goes (a pipe when None).
+        log_path: a file receiving its standard error (inherited when None).
+        cwd: its working directory (the parent's when None).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cores: Sequence[int] | None,
+        env: Mapping[str, str] | None = None,
+        stdout: IO[str] | int | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.cores = tuple(cores or ())
+        self._log = log_path.open("a") if log_path is not None else None
+        self._adopted: list[tuple[int, str | None]] = []
+        # The commands are built by the benchmark itself, never from outside input.
+        self.process: subprocess.Popen[str] = subprocess.Popen(  # noqa: S603
+            pinned_argv(argv, self.cores),
+            env=dict(env) if env is not None else None,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=self._log,
+            text=True,
+            start_new_session=True,
+            cwd=cwd,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def adopt_descendants(self) -> list[int]:
+        """Remembers the process's current descendants so `stop()` kills any that outlive it."""
+        pids = descendants(self.pid)
+        self._adopted = [(pid, _start_ticks(pid)) for pid in pids]
+        return pids
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """Ends the process group (SIGTERM, then SIGKILL after `grace_s`) and adopted descendants.
+
+        Returns:
+            The process's exit code (None only if it could not be reaped).
+        """
+        try:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.pid, signal.SIGKILL)
+                    self.process.wait(5.0)
+            # Whatever is left of the group (a worker that ignored SIGTERM while its parent exited).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            for pid, ticks in self._adopted:
+                # Only the same process: the pid may have been reused since.
+                if ticks is not None and _start_ticks(pid) == ticks:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            return self.process.returncode
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            if self._log is not None:
+                self._log.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, *, child: Child | None = None) -> None:
+    """Polls `predicate()` every 20 ms until it is true.
+
+    Raises:
+        RuntimeError: `timeout_s` passed, or `child` exited meanwhile.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if child is not None and not child.running():
+            raise RuntimeError(f"{child.name} exited with code {child.process.returncode} before {what}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.02)
