@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/entitlements/v1/*.proto)
 GEN_OUT := clients/python
 
-.PHONY: install proto run run-server test test-fast lint typecheck bench clean
+.PHONY: install proto run demo test lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ proto: $(STAMP)
 run: $(STAMP)
 	ENTITLEMENTS_INSECURE_DEV_MODE=1 GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret} \
 		$(BIN)/python -m tools.devstack
+
+## One purchase end to end: embedded Redis, service, gateway and the Xsolla simulator (tools/demo.py).
+demo: $(STAMP)
+	$(BIN)/python -m tools.demo
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -1,9 +1,11 @@
 """The composition root of the service process: settings -> Redis -> store -> gRPC server, start and stop.
 
-Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, the gRPC server
-(EntitlementService, health, reflection), then the webhook event consumer. Stop order is the reverse,
-gracefully: the consumer stops reading and finishes the batch it is applying, health goes NOT_SERVING, the gRPC
-server stops taking calls and lets in-flight ones finish within the grace period, then Redis closes.
+Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, order tracking
+(its Redis subscription), the gRPC server (EntitlementService, health, reflection), then the webhook event
+consumer. Stop order is the reverse, gracefully: the consumer stops reading and finishes the batch it is
+applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health
+goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period,
+order tracking closes its sockets and subscription, then Redis closes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from server.orders import OrderStatusPublisher
 from server.rpc import RpcRuntime
 from server.service import EntitlementServicer
 from server.store import EntitlementStore, RedisClient
+from server.tracking import OrderTracking
 
 log = structlog.get_logger("server.app")
 
@@ -46,6 +49,22 @@ class Endpoints:
     grpc_port: int
     metrics_port: int
     redis_url: str
+
+
+def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments.
+
+    `grpc.server.max_pending_requests` and `..._hard_limit` bound gRPC core's backlog of calls that arrived but
+    that the server's loop has not picked up yet (`src/core/server/server.h`, defaults 1000 and 3000): past the
+    first, new calls are refused at random ("Too many pending requests for this server"), and all past the
+    second. grpc.aio picks up one call per loop turn, so a reconnect storm of thousands of GetOrderStatus streams
+    fills that backlog within milliseconds; the defaults would refuse part of it.
+    """
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
+    ]
 
 
 class Service:
@@ -69,6 +88,7 @@ class Service:
         self._health_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
         self.consumer: Consumer | None = None
+        self.tracking: OrderTracking | None = None
         self._consumer_redis: RedisClient | None = None
         self._consumer_hooks = consumer_hooks
 
@@ -94,7 +114,15 @@ class Service:
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
             )
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
-            grpc_port = await self._start_grpc(self.store)
+            self.tracking = OrderTracking(
+                self.redis,
+                settings.tracking,
+                self.metrics,
+                cluster=settings.redis_cluster,
+                redis_timeout_s=settings.redis_timeout_s,
+            )
+            self.tracking.start()
+            grpc_port = await self._start_grpc(self.store, self.tracking)
             self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
             if settings.consumer.enabled:
                 await self._start_consumer(redis_url, self.redis, self.store)
@@ -136,14 +164,16 @@ class Service:
         )
         await self.consumer.start()
 
-    async def _start_grpc(self, store: EntitlementStore) -> int:
+    async def _start_grpc(self, store: EntitlementStore, tracking: OrderTracking) -> int:
         settings = self.settings
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=grpc_server_options(settings))
         self._grpc = server
         runtime = RpcRuntime(
             Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode), self.metrics
         )
-        pb_grpc.add_EntitlementServiceServicer_to_server(EntitlementServicer(store, runtime, self.metrics), server)
+        pb_grpc.add_EntitlementServiceServicer_to_server(
+            EntitlementServicer(store, runtime, self.metrics, tracking), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
@@ -202,10 +232,16 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
             self._health_task = None
+        if self.tracking is not None:
+            # Streams would otherwise hold the grace period (they last minutes) and then be cut off CANCELLED.
+            self.tracking.close_streams()
         if self._grpc is not None:
             await self.health.enter_graceful_shutdown()
             await self._grpc.stop(grace)
             self._grpc = None
+        if self.tracking is not None:
+            await self.tracking.stop()
+            self.tracking = None
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

@@ -6,10 +6,12 @@ name (`_s`, `_ms`, `_days`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
@@ -43,6 +45,40 @@ class ConsumerSettings:
     retention_days: float = 7.0
 
 
+XSOLLA_STORE_API = "https://store.xsolla.com/api"
+XSOLLA_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
+#: The longest `max_wait` a GetOrderStatus request may ask for.
+MAX_ORDER_WAIT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """How GetOrderStatus follows orders at Xsolla (see docs/ORDER_STATUS.md)."""
+
+    # Xsolla project used when a request leaves project_id at 0; 0: none configured.
+    project_id: int = 0
+    # Base URL of Xsolla's Store API (Get order: {store_api}/v2/project/{project}/order/{order}).
+    store_api: str = XSOLLA_STORE_API
+    # Xsolla's order-status WebSocket (Centrifugo).
+    ws_url: str = XSOLLA_WS_URL
+    # Off: follow orders at Xsolla by polling only.
+    ws_enabled: bool = True
+    # A socket not connected this long after it was opened counts as failed: its orders fall back to polling.
+    ws_connect_timeout_s: float = 10.0
+    # No status from the socket for an order this long (and no terminal status): that order falls back to polling.
+    ws_silence_s: float = 300.0
+    # Time between two Get order requests for one order (Xsolla's SDKs: 3 s).
+    poll_interval_s: float = 3.0
+    # Timeout of one Get order request.
+    http_timeout_s: float = 10.0
+    # How long a stream follows an order when the request does not say (Xsolla recommends 10 minutes).
+    max_wait_s: float = 600.0
+    # Orders followed at once by this replica; a stream that would need one more is RESOURCE_EXHAUSTED.
+    max_trackers: int = 10_000
+    # After DONE from Xsolla, how long to wait for this service's grant of the order before ending (0: not at all).
+    grant_wait_s: float = 30.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed configuration of the service process."""
@@ -71,6 +107,12 @@ class Settings:
     # sku -> kind and period, from ENTITLEMENTS_CATALOG_FILE; empty: every sku is a plain item.
     catalog: Catalog = field(default_factory=Catalog)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
+    # and `..._hard_limit`). Past the first, new calls are refused at random, more often as the backlog nears the
+    # second; all are refused beyond it. gRPC's defaults (1000/3000) refuse part of a reconnect storm of streams.
+    grpc_max_pending_requests: int = 20_000
+    grpc_max_pending_requests_hard_limit: int = 40_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +160,26 @@ class Settings:
             max_deliveries=reader.integer("ENTITLEMENTS_CONSUMER_MAX_DELIVERIES", 5, minimum=1, maximum=1000),
             retention_days=reader.number("ENTITLEMENTS_EVENT_RETENTION_DAYS", 7.0, minimum=0.0),
         )
+        tracking = TrackingSettings(
+            project_id=reader.integer("ENTITLEMENTS_XSOLLA_PROJECT_ID", 0, minimum=0, maximum=2**63 - 1),
+            store_api=reader.url("ENTITLEMENTS_XSOLLA_STORE_API", XSOLLA_STORE_API, schemes=("http", "https")),
+            ws_url=reader.url("ENTITLEMENTS_XSOLLA_WS_URL", XSOLLA_WS_URL, schemes=("ws", "wss")),
+            ws_enabled=reader.boolean("ENTITLEMENTS_XSOLLA_WS_ENABLED", True),
+            ws_connect_timeout_s=reader.number("ENTITLEMENTS_XSOLLA_WS_CONNECT_TIMEOUT_S", 10.0, minimum=0.1),
+            ws_silence_s=reader.number("ENTITLEMENTS_ORDER_WS_SILENCE_S", 300.0, minimum=0.1),
+            poll_interval_s=reader.number("ENTITLEMENTS_ORDER_POLL_INTERVAL_S", 3.0, minimum=0.01),
+            http_timeout_s=reader.number("ENTITLEMENTS_XSOLLA_HTTP_TIMEOUT_S", 10.0, minimum=0.1),
+            max_wait_s=reader.number("ENTITLEMENTS_ORDER_MAX_WAIT_S", 600.0, minimum=1.0, maximum=MAX_ORDER_WAIT_S),
+            max_trackers=reader.integer("ENTITLEMENTS_MAX_ORDER_TRACKERS", 10_000, minimum=1),
+            grant_wait_s=reader.number("ENTITLEMENTS_ORDER_GRANT_WAIT_S", 30.0, minimum=0.0),
+        )
+        pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
+        pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)
+        if pending_hard < pending:
+            raise ConfigError(
+                "ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT must be at least "
+                "ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS"
+            )
         return cls(
             grpc_host=reader.text("ENTITLEMENTS_GRPC_HOST", "127.0.0.1"),
             grpc_port=reader.integer("ENTITLEMENTS_GRPC_PORT", 50051, minimum=0, maximum=65535),
@@ -140,6 +202,9 @@ class Settings:
             event_partitions=reader.integer("ENTITLEMENTS_EVENT_PARTITIONS", 1, minimum=1, maximum=1024),
             catalog=catalog,
             consumer=consumer,
+            tracking=tracking,
+            grpc_max_pending_requests=pending,
+            grpc_max_pending_requests_hard_limit=pending_hard,
         )
 
     def check_servable(self) -> None:
@@ -186,7 +251,7 @@ class _Reader:
             raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {value}")
         return value
 
-    def number(self, name: str, default: float, *, minimum: float) -> float:
+    def number(self, name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
         raw = self.text(name, "")
         if not raw:
             return default
@@ -194,6 +259,15 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-        if value < minimum:
+        if not math.isfinite(value) or value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, not {value}")
         return value
+
+    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+        raw = self.text(name, "") or default
+        parsed = urlsplit(raw)
+        if parsed.scheme not in schemes or not parsed.netloc:
+            raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, not {raw!r}")
+        return raw.rstrip("/")

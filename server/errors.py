@@ -6,6 +6,10 @@ EntitlementsError
 ├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
 ├── FailedPrecondition          FAILED_PRECONDITION: valid request, but the stored state forbids it
 ├── StoreUnavailable            UNAVAILABLE: Redis could not be reached or answered too slowly
+├── ServiceStopping             UNAVAILABLE: this replica is shutting down; the call may be retried on another
+├── NotFound                    NOT_FOUND: the payment provider does not know the object (an order)
+├── TokenRejected               UNAUTHENTICATED: the payment provider rejected the player's token
+├── CapacityExceeded            RESOURCE_EXHAUSTED: a per-replica limit was reached (order trackers)
 └── InvalidEvent                an event-stream entry cannot be applied as it is (the consumer dead-letters it)
 """
 
@@ -38,6 +42,22 @@ class FailedPrecondition(EntitlementsError):
 
 class StoreUnavailable(EntitlementsError):
     """The store did not answer in time; the call may be retried with the same idempotency key."""
+
+
+class ServiceStopping(EntitlementsError):
+    """The replica is shutting down; a long call it was serving may be reopened on another replica."""
+
+
+class NotFound(EntitlementsError):
+    """The payment provider does not know what the request names (an order in a project)."""
+
+
+class TokenRejected(EntitlementsError):
+    """The payment provider rejected the player token given in the request."""
+
+
+class CapacityExceeded(EntitlementsError):
+    """A limit of this replica was reached (for example the number of orders it tracks at once)."""
 
 
 class InvalidEvent(EntitlementsError):

@@ -10,6 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # From the gateway's acceptance of a webhook to its effect: normally milliseconds, minutes when retried.
+# How long a stream stays open: from a stored state answered at once to the one-hour maximum wait.
+_STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -122,6 +124,93 @@ class ServiceMetrics:
             "entitlements_consumer_errors_total",
             "Redis errors in the consumer loop, by stage (read, claim, ack, maintain); the loop backs off.",
             ["stage"],
+            registry=registry,
+        )
+        # Server-streaming RPCs (GetOrderStatus): counted in rpc_requests/rpc_in_flight like the others, timed here
+        # rather than in rpc_duration, whose buckets are for unary latencies.
+        self.stream_duration = Histogram(
+            "entitlements_stream_duration_seconds",
+            "How long server-streaming RPCs stayed open, by method and gRPC status code.",
+            ["method", "code"],
+            buckets=_STREAM_BUCKETS,
+            registry=registry,
+        )
+        self.stream_messages = Counter(
+            "entitlements_stream_messages_total",
+            "Messages sent on server-streaming RPCs, by method.",
+            ["method"],
+            registry=registry,
+        )
+        # Order tracking for GetOrderStatus (server/tracking).
+        self.order_trackers = Gauge(
+            "entitlements_order_trackers",
+            "Orders this replica follows now (one tracker per order, shared by its streams).",
+            registry=registry,
+        )
+        self.order_watchers = Gauge(
+            "entitlements_order_watchers",
+            "GetOrderStatus streams following an order on this replica.",
+            registry=registry,
+        )
+        self.order_trackers_refused = Counter(
+            "entitlements_order_trackers_refused_total",
+            "Streams refused RESOURCE_EXHAUSTED because the replica already follows its maximum of orders.",
+            registry=registry,
+        )
+        self.order_updates = Counter(
+            "entitlements_order_updates_total",
+            "Order updates sent to watchers (once per tracker, not per stream), by the source that saw them.",
+            ["source"],
+            registry=registry,
+        )
+        self.order_fallbacks = Counter(
+            "entitlements_order_polling_fallbacks_total",
+            "Orders that switched from Xsolla's WebSocket to polling, by reason (connect_timeout, connect_error, "
+            "closed, broken, silent).",
+            ["reason"],
+            registry=registry,
+        )
+        self.order_sockets = Gauge(
+            "entitlements_order_sockets",
+            "Connections to Xsolla's order-status WebSocket open now (one per player with orders followed).",
+            registry=registry,
+        )
+        self.order_socket_failures = Counter(
+            "entitlements_order_socket_failures_total",
+            "Xsolla WebSocket connections given up, by reason (connect_timeout, connect_error, closed, broken).",
+            ["reason"],
+            registry=registry,
+        )
+        self.order_feed_messages = Counter(
+            "entitlements_order_feed_messages_total",
+            "Order-status publications received from the webhook consumers, by result (dispatched, unfollowed, "
+            "invalid).",
+            ["result"],
+            registry=registry,
+        )
+        self.order_feed_subscribes = Counter(
+            "entitlements_order_feed_subscribes_total",
+            "Times the order-status subscription to Redis was confirmed (at start and after every reconnect); each "
+            "one re-reads the state of every order followed.",
+            registry=registry,
+        )
+        self.order_feed_reconnects = Counter(
+            "entitlements_order_feed_reconnects_total",
+            "Times the order-status subscription failed and was set up again from scratch (after a backoff).",
+            registry=registry,
+        )
+        self.xsolla_requests = Counter(
+            "entitlements_xsolla_requests_total",
+            "Requests to Xsolla's APIs, by operation and result (ok, 401, 403, 404, 429, 4xx, 5xx, network, "
+            "unreadable).",
+            ["operation", "result"],
+            registry=registry,
+        )
+        self.xsolla_request_duration = Histogram(
+            "entitlements_xsolla_request_seconds",
+            "Time of requests to Xsolla's APIs, by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
 

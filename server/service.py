@@ -1,12 +1,14 @@
-"""The EntitlementService servicer: validates each request, calls the store, and shapes the response.
+"""The EntitlementService servicer: validates each request, calls the store (or the order trackers), and shapes
+the response.
 
 Authentication, status mapping, logging and metrics are applied by `server.rpc.RpcRuntime`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import grpc
@@ -17,9 +19,11 @@ from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 from server import validation
 from server.auth import Principal
+from server.config import MAX_ORDER_WAIT_S
 from server.metrics import ServiceMetrics
-from server.rpc import RpcRuntime, rpc
+from server.rpc import RpcRuntime, rpc, stream_rpc
 from server.store import TIME_LIMITED, EntitlementRecord, EntitlementStore
+from server.tracking import OrderTracking
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -112,9 +116,12 @@ def _recurring_active(data: Mapping[str, Any]) -> bool:
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     """Implements entitlements.v1.EntitlementService over an EntitlementStore."""
 
-    def __init__(self, store: EntitlementStore, runtime: RpcRuntime, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, store: EntitlementStore, runtime: RpcRuntime, metrics: ServiceMetrics, tracking: OrderTracking
+    ) -> None:
         self._store = store
         self._metrics = metrics
+        self._tracking = tracking
         self.runtime = runtime
 
     @rpc("Grant", "write")
@@ -199,9 +206,35 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             subscriptions=subscriptions[query.offset : end], has_more=end < len(subscriptions)
         )
 
+    @stream_rpc("GetOrderStatus", "read")
     async def GetOrderStatus(
-        self, request: pb.GetOrderStatusRequest, context: Context
-    ) -> AsyncIterator[pb.OrderStatusUpdate]:
-        """Not implemented in this version."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetOrderStatus is not implemented in this version")
-        yield pb.OrderStatusUpdate()  # pragma: no cover - unreachable; makes this a generator
+        self, request: pb.GetOrderStatusRequest, context: Context, principal: Principal
+    ) -> AsyncGenerator[pb.OrderStatusUpdate, None]:
+        settings = self._tracking.settings
+        watch = validation.order_watch(
+            request,
+            default_project_id=settings.project_id,
+            default_max_wait_s=settings.max_wait_s,
+            max_wait_limit_s=MAX_ORDER_WAIT_S,
+        )
+        deadline = asyncio.get_running_loop().time() + watch.max_wait_s
+        watcher = self._tracking.watch(watch)
+        # However the call ends (even while a message is being written), the tracker forgets this stream.
+        context.add_done_callback(lambda _: watcher.close())  # type: ignore[arg-type]  # grpc-stubs: a class
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        update = await watcher.next()
+                except TimeoutError:
+                    latest = watcher.latest
+                    if latest is None:
+                        yield pb.OrderStatusUpdate(order_id=watch.order_id, timed_out=True)
+                    else:
+                        yield latest.to_message(watch.order_id, timed_out=True)
+                    return
+                if update is None:
+                    return
+                yield update.to_message(watch.order_id)
+        finally:
+            watcher.close()

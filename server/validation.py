@@ -9,7 +9,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -174,3 +174,60 @@ def subscription_query(request: pb.ListSubscriptionsRequest) -> SubscriptionQuer
     if request.locale and not _LOCALE.match(request.locale):
         raise InvalidArgument("locale", "must be an ISO 639-1 code such as 'en'")
     return SubscriptionQuery(user_id, limit, request.offset, request.locale.lower(), request.include_inactive)
+
+
+MAX_TOKEN_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class OrderWatch:
+    """A validated GetOrderStatus request.
+
+    Attributes:
+        project_id: the Xsolla project: the request's, else the configured one, else 0 (possible only without a
+            token, when webhooks alone feed the stream).
+        token: the player's token, or "" (then only webhooks feed the stream). Kept out of `repr()`.
+        max_wait_s: how long this stream follows the order.
+    """
+
+    order_id: str
+    user_id: str
+    project_id: int
+    token: str = field(repr=False)
+    max_wait_s: float
+
+
+def order_watch(
+    request: pb.GetOrderStatusRequest, *, default_project_id: int, default_max_wait_s: float, max_wait_limit_s: float
+) -> OrderWatch:
+    """Validates a GetOrderStatusRequest.
+
+    Args:
+        default_project_id: the configured Xsolla project (0: none).
+        default_max_wait_s: `max_wait` when the request does not set it.
+        max_wait_limit_s: the longest `max_wait` a request may ask for.
+    """
+    order_id = identifier("order_id", request.order_id)
+    user_id = identifier("user_id", request.user_id)
+    if request.project_id < 0:
+        raise InvalidArgument("project_id", f"must not be negative, not {request.project_id}")
+    project_id = request.project_id or default_project_id
+    token = request.token
+    if token:
+        if len(token.encode()) > MAX_TOKEN_BYTES:
+            raise InvalidArgument("token", f"must be at most {MAX_TOKEN_BYTES} bytes")
+        if _CONTROL.search(token) or token != token.strip():
+            raise InvalidArgument("token", "must not contain control characters or surrounding spaces")
+        if not project_id:
+            raise InvalidArgument("project_id", "is required with a token: no Xsolla project is configured")
+    max_wait_s = default_max_wait_s
+    if request.HasField("max_wait"):
+        seconds, nanos = request.max_wait.seconds, request.max_wait.nanos
+        if not -999_999_999 <= nanos <= 999_999_999 or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+            raise InvalidArgument("max_wait", "is not a valid google.protobuf.Duration")
+        max_wait_s = seconds + nanos / 1e9
+        if max_wait_s <= 0:
+            raise InvalidArgument("max_wait", "must be positive")
+        if max_wait_s > max_wait_limit_s:
+            raise InvalidArgument("max_wait", f"must be at most {max_wait_limit_s:g} s, not {max_wait_s:g} s")
+    return OrderWatch(order_id, user_id, project_id, token, max_wait_s)

@@ -13,7 +13,7 @@ from entitlements import (
     AsyncEntitlementsClient,
     ConflictError,
     EntitlementKind,
-    UnimplementedError,
+    InvalidArgumentError,
 )
 from server.app import Service
 from server.keys import UserKeys
@@ -315,10 +315,10 @@ async def test_list_subscriptions_includes_recurring_first(
     assert (vip.period.value, vip.period.unit) == (1, "month")
 
 
-async def test_get_order_status_is_unimplemented(client: AsyncEntitlementsClient) -> None:
-    """GetOrderStatus answers UNIMPLEMENTED in this version."""
-    with pytest.raises(UnimplementedError, match="not implemented"):
-        async for _ in client.get_order_status("order-1", "player-1"):
+async def test_get_order_status_checks_its_arguments(client: AsyncEntitlementsClient) -> None:
+    """GetOrderStatus without an order id is INVALID_ARGUMENT, naming the field."""
+    with pytest.raises(InvalidArgumentError, match="order_id"):
+        async for _ in client.get_order_status("", "player-1"):
             pass
 
 

@@ -102,12 +102,16 @@ class _OrderStatus:
 class _OrderStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ORDER_STATUS_UNSPECIFIED: _OrderStatus.ValueType  # 0
+    """Not known: only in the `timed_out` message of a stream that learnt nothing about the order."""
     ORDER_STATUS_NEW: _OrderStatus.ValueType  # 1
     """Created, not paid."""
     ORDER_STATUS_PAID: _OrderStatus.ValueType  # 2
     """Paid at Xsolla."""
     ORDER_STATUS_DONE: _OrderStatus.ValueType  # 3
-    """Delivered: Xsolla finished its side of the order."""
+    """Delivered: Xsolla finished its side of the order. On a stream without a token (webhooks only) it means this
+    service applied the order's `order_paid` webhook and granted its items, which is when Xsolla counts the
+    order delivered; the source is then WEBHOOK or STORED.
+    """
     ORDER_STATUS_CANCELED: _OrderStatus.ValueType  # 4
     """Canceled or refunded."""
     ORDER_STATUS_EXPIRED: _OrderStatus.ValueType  # 5
@@ -119,12 +123,16 @@ class OrderStatus(_OrderStatus, metaclass=_OrderStatusEnumTypeWrapper):
     """
 
 ORDER_STATUS_UNSPECIFIED: OrderStatus.ValueType  # 0
+"""Not known: only in the `timed_out` message of a stream that learnt nothing about the order."""
 ORDER_STATUS_NEW: OrderStatus.ValueType  # 1
 """Created, not paid."""
 ORDER_STATUS_PAID: OrderStatus.ValueType  # 2
 """Paid at Xsolla."""
 ORDER_STATUS_DONE: OrderStatus.ValueType  # 3
-"""Delivered: Xsolla finished its side of the order."""
+"""Delivered: Xsolla finished its side of the order. On a stream without a token (webhooks only) it means this
+service applied the order's `order_paid` webhook and granted its items, which is when Xsolla counts the
+order delivered; the source is then WEBHOOK or STORED.
+"""
 ORDER_STATUS_CANCELED: OrderStatus.ValueType  # 4
 """Canceled or refunded."""
 ORDER_STATUS_EXPIRED: OrderStatus.ValueType  # 5
@@ -139,7 +147,7 @@ class _OrderStatusSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ord
     DESCRIPTOR: _descriptor.EnumDescriptor
     ORDER_STATUS_SOURCE_UNSPECIFIED: _OrderStatusSource.ValueType  # 0
     ORDER_STATUS_SOURCE_STORED: _OrderStatusSource.ValueType  # 1
-    """The state this service had already stored when the stream opened."""
+    """The state this service had already stored when the stream opened (from order webhooks: paid or canceled)."""
     ORDER_STATUS_SOURCE_WEBHOOK: _OrderStatusSource.ValueType  # 2
     """An order webhook applied by this service (on any replica)."""
     ORDER_STATUS_SOURCE_WEBSOCKET: _OrderStatusSource.ValueType  # 3
@@ -152,7 +160,7 @@ class OrderStatusSource(_OrderStatusSource, metaclass=_OrderStatusSourceEnumType
 
 ORDER_STATUS_SOURCE_UNSPECIFIED: OrderStatusSource.ValueType  # 0
 ORDER_STATUS_SOURCE_STORED: OrderStatusSource.ValueType  # 1
-"""The state this service had already stored when the stream opened."""
+"""The state this service had already stored when the stream opened (from order webhooks: paid or canceled)."""
 ORDER_STATUS_SOURCE_WEBHOOK: OrderStatusSource.ValueType  # 2
 """An order webhook applied by this service (on any replica)."""
 ORDER_STATUS_SOURCE_WEBSOCKET: OrderStatusSource.ValueType  # 3
@@ -709,14 +717,20 @@ class GetOrderStatusRequest(_message.Message):
     user_id: _builtins.str
     """The player who placed the order. Required, 1..256 bytes."""
     project_id: _builtins.int
-    """Xsolla project id; the service's configured project when 0."""
+    """Xsolla project id; the service's configured project when 0. Negative is INVALID_ARGUMENT, and so is 0 with
+    a `token` when the service has no project configured.
+    """
     token: _builtins.str
-    """The player's Xsolla Login JWT or Pay Station token, needed by the WebSocket and Get order. Without it,
-    only webhooks feed the stream. Never logged.
+    """The player's Xsolla Login JWT or Pay Station token, needed by the WebSocket and Get order; up to 8,192
+    bytes, no control characters. Without it, only webhooks feed the stream (see ORDER_STATUS_DONE). Never
+    logged. Streams on the same order that give different tokens share the tracker: it uses the first token,
+    and when Xsolla rejects a token only the streams that gave it end UNAUTHENTICATED.
     """
     @_builtins.property
     def max_wait(self) -> _duration_pb2.Duration:
-        """How long to follow the order, up to 1 hour; 10 minutes when unset."""
+        """How long to follow the order: more than 0, up to 1 hour; the service's default (10 minutes unless
+        configured otherwise) when unset. Anything else is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
@@ -746,19 +760,27 @@ class OrderStatusUpdate(_message.Message):
     ENTITLEMENTS_GRANTED_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
+    """The order, as the request named it."""
     status: Global___OrderStatus.ValueType
+    """The order's status; never lower than in an earlier message of the stream."""
     source: Global___OrderStatusSource.ValueType
+    """Who saw it first. A stream that joins an order other streams already follow starts with the current state
+    and its original source.
+    """
     entitlements_granted: _builtins.bool
     """True once this service has granted the order's items to the player: "paid at Xsolla" is not yet "in the
-    player's inventory".
+    player's inventory". When it turns true while the status stays the same, one more message repeats the
+    status with the source WEBHOOK and this set.
     """
     timed_out: _builtins.bool
-    """True on the last message of a stream that ended because `max_wait` passed; `status` then repeats the last
-    status known.
+    """True on the last message of a stream that ended because `max_wait` passed; the other fields then repeat the
+    last state known (status UNSPECIFIED, and no source or time, when none is).
     """
     @_builtins.property
     def observed_at(self) -> _timestamp_pb2.Timestamp:
-        """When the source saw the status."""
+        """When the source saw the status: for webhooks and the stored state, when this service applied the event;
+        for the WebSocket and polling, when this service received it.
+        """
 
     def __init__(
         self,

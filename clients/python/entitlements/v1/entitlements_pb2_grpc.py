@@ -122,11 +122,21 @@ class EntitlementServiceServicer:
     def GetOrderStatus(self, request, context):
         """Follows one order until it is done or canceled: the first message is the state already stored, if any,
         then each change of status as soon as any source (webhook, Xsolla's order-status WebSocket, polling of
-        Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once. The stream ends
-        after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final message whose
-        `timed_out` is true.
+        Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once; one more message with
+        the same status is sent when this service grants the order's items (`entitlements_granted` turns true).
+        The stream ends OK after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final
+        message whose `timed_out` is true. After DONE from Xsolla, the stream stays open a little longer (30 s by
+        default) for the grant, if it has not happened yet.
 
-        Not implemented in this version: the call answers UNIMPLEMENTED.
+        Streams on the same order share one tracker on the replica: one WebSocket per player and one Get order
+        request per poll interval, however many streams follow it. Cancelling the call stops following.
+
+        Errors, besides those of every RPC:
+        NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
+        UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
+        RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+        UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
+        state and Xsolla's current status).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

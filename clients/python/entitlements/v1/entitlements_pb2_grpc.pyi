@@ -84,11 +84,21 @@ class EntitlementServiceStub:
     GetOrderStatus: _grpc.UnaryStreamMultiCallable[_entitlements_pb2.GetOrderStatusRequest, _entitlements_pb2.OrderStatusUpdate]
     """Follows one order until it is done or canceled: the first message is the state already stored, if any,
     then each change of status as soon as any source (webhook, Xsolla's order-status WebSocket, polling of
-    Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once. The stream ends
-    after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final message whose
-    `timed_out` is true.
+    Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once; one more message with
+    the same status is sent when this service grants the order's items (`entitlements_granted` turns true).
+    The stream ends OK after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final
+    message whose `timed_out` is true. After DONE from Xsolla, the stream stays open a little longer (30 s by
+    default) for the grant, if it has not happened yet.
 
-    Not implemented in this version: the call answers UNIMPLEMENTED.
+    Streams on the same order share one tracker on the replica: one WebSocket per player and one Get order
+    request per poll interval, however many streams follow it. Cancelling the call stops following.
+
+    Errors, besides those of every RPC:
+      NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
+      UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
+      RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+      UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
+                          state and Xsolla's current status).
     """
 
 @_typing.type_check_only
@@ -127,11 +137,21 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     GetOrderStatus: _aio.UnaryStreamMultiCallable[_entitlements_pb2.GetOrderStatusRequest, _entitlements_pb2.OrderStatusUpdate]  # type: ignore[assignment]
     """Follows one order until it is done or canceled: the first message is the state already stored, if any,
     then each change of status as soon as any source (webhook, Xsolla's order-status WebSocket, polling of
-    Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once. The stream ends
-    after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final message whose
-    `timed_out` is true.
+    Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once; one more message with
+    the same status is sent when this service grants the order's items (`entitlements_granted` turns true).
+    The stream ends OK after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final
+    message whose `timed_out` is true. After DONE from Xsolla, the stream stays open a little longer (30 s by
+    default) for the grant, if it has not happened yet.
 
-    Not implemented in this version: the call answers UNIMPLEMENTED.
+    Streams on the same order share one tracker on the replica: one WebSocket per player and one Get order
+    request per poll interval, however many streams follow it. Cancelling the call stops following.
+
+    Errors, besides those of every RPC:
+      NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
+      UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
+      RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+      UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
+                          state and Xsolla's current status).
     """
 
 class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,11 +223,21 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_entitlements_pb2.OrderStatusUpdate], _abc.AsyncIterator[_entitlements_pb2.OrderStatusUpdate]]:
         """Follows one order until it is done or canceled: the first message is the state already stored, if any,
         then each change of status as soon as any source (webhook, Xsolla's order-status WebSocket, polling of
-        Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once. The stream ends
-        after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final message whose
-        `timed_out` is true.
+        Xsolla's Get order API) sees it. Statuses only move forward, and each is sent once; one more message with
+        the same status is sent when this service grants the order's items (`entitlements_granted` turns true).
+        The stream ends OK after a terminal status (DONE, CANCELED, EXPIRED) or, after `max_wait`, with a final
+        message whose `timed_out` is true. After DONE from Xsolla, the stream stays open a little longer (30 s by
+        default) for the grant, if it has not happened yet.
 
-        Not implemented in this version: the call answers UNIMPLEMENTED.
+        Streams on the same order share one tracker on the replica: one WebSocket per player and one Get order
+        request per poll interval, however many streams follow it. Cancelling the call stops following.
+
+        Errors, besides those of every RPC:
+          NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
+          UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
+          RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+          UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
+                              state and Xsolla's current status).
         """
 
 def add_EntitlementServiceServicer_to_server(servicer: EntitlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

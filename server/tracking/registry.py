@@ -1,0 +1,153 @@
+"""The replica's order trackers: at most one per order, shared by every stream watching it, within a cap.
+
+`OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription), the pool of Xsolla
+sockets (one per player) and the Get order client (one HTTP session). The composition root starts and stops it;
+GetOrderStatus calls `watch()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import structlog
+
+from server.config import TrackingSettings
+from server.errors import CapacityExceeded, ServiceStopping
+from server.metrics import ServiceMetrics
+from server.orders import OrderState
+from server.store import RedisClient
+from server.tracking.provider import OrderLookup, SocketPool
+from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
+from server.tracking.webhooks import OrderRef, WebhookFeed
+from server.tracking.xsolla_orders import XsollaOrders
+from server.tracking.xsolla_socket import XsollaSockets
+from server.validation import OrderWatch
+
+log = structlog.get_logger("server.tracking")
+
+
+class OrderTracking:
+    """Every order followed on this replica.
+
+    Args:
+        redis: the process's Redis client (stored states, the webhook feed).
+        settings: tracking settings.
+        metrics: the service's metrics.
+        cluster: whether `redis` is a Redis Cluster client.
+        redis_timeout_s: bound on one stored-state read.
+        lookup: Get order; Xsolla's by default.
+        sockets: the per-player sockets; Xsolla's by default.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        settings: TrackingSettings,
+        metrics: ServiceMetrics,
+        *,
+        cluster: bool,
+        redis_timeout_s: float,
+        lookup: OrderLookup | None = None,
+        sockets: SocketPool | None = None,
+    ) -> None:
+        self.settings = settings
+        self._redis = redis
+        self._metrics = metrics
+        self._redis_timeout_s = redis_timeout_s
+        self._orders = XsollaOrders(settings.store_api, timeout_s=settings.http_timeout_s, metrics=metrics)
+        self._lookup: OrderLookup = lookup if lookup is not None else self._orders
+        self._sockets: SocketPool = (
+            sockets
+            if sockets is not None
+            else XsollaSockets(settings.ws_url, connect_timeout_s=settings.ws_connect_timeout_s, metrics=metrics)
+        )
+        self._trackers: dict[TrackerKey, OrderTracker] = {}
+        # (player, order) -> trackers, for the webhook feed (which does not know the project).
+        self._by_order: dict[OrderRef, list[OrderTracker]] = {}
+        self._stopping = False
+        self.feed = WebhookFeed(
+            redis, cluster=cluster, dispatch=self._dispatch, followed=self._followed, metrics=metrics
+        )
+
+    def __len__(self) -> int:
+        """How many orders are followed now."""
+        return len(self._trackers)
+
+    def trackers(self) -> Iterator[OrderTracker]:
+        return iter(list(self._trackers.values()))
+
+    def start(self) -> None:
+        """Subscribes to the webhook feed (in the background; it re-reads what it missed once subscribed)."""
+        self.feed.start()
+
+    def watch(self, request: OrderWatch) -> Watcher:
+        """Starts watching an order: joins its tracker, or starts one.
+
+        Raises:
+            CapacityExceeded: a new tracker is needed and the replica follows its maximum of orders already.
+            ServiceStopping: the replica is shutting down.
+        """
+        if self._stopping:
+            raise ServiceStopping("the service is shutting down; open the stream again")
+        key = (request.project_id, request.user_id, request.order_id)
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            if len(self._trackers) >= self.settings.max_trackers:
+                self._metrics.order_trackers_refused.inc()
+                raise CapacityExceeded(
+                    f"this replica follows its maximum of {self.settings.max_trackers} orders; retry later or "
+                    "on another replica"
+                )
+            tracker = OrderTracker(
+                key,
+                redis=self._redis,
+                settings=self.settings,
+                lookup=self._lookup,
+                sockets=self._sockets,
+                metrics=self._metrics,
+                on_stopped=self._forget,
+                redis_timeout_s=self._redis_timeout_s,
+            )
+            self._trackers[key] = tracker
+            self._by_order.setdefault((request.user_id, request.order_id), []).append(tracker)
+            self._metrics.order_trackers.inc()
+            tracker.start()
+        return tracker.join(request.token)
+
+    def _forget(self, tracker: OrderTracker) -> None:
+        if self._trackers.get(tracker.key) is tracker:
+            del self._trackers[tracker.key]
+            self._metrics.order_trackers.dec()
+        ref = (tracker.user_id, tracker.order_id)
+        siblings = self._by_order.get(ref)
+        if siblings is not None:
+            if tracker in siblings:
+                siblings.remove(tracker)
+            if not siblings:
+                del self._by_order[ref]
+
+    def _dispatch(self, state: OrderState) -> int:
+        trackers = self._by_order.get((state.user_id, state.order_id), ())
+        for tracker in list(trackers):
+            tracker.webhook(state)
+        return len(trackers)
+
+    def _followed(self) -> list[OrderRef]:
+        return list(self._by_order)
+
+    def close_streams(self) -> None:
+        """Ends every stream with UNAVAILABLE and refuses new ones: the replica is stopping."""
+        self._stopping = True
+        for tracker in list(self._trackers.values()):
+            tracker.shut_down()
+
+    async def stop(self) -> None:
+        """Ends every stream, then closes the feed, the sockets and the HTTP session."""
+        running = [task for tracker in self._trackers.values() if (task := tracker.task) is not None]
+        self.close_streams()
+        # Cancelled by close_streams; they release their sockets as they unwind.
+        await asyncio.gather(*running, return_exceptions=True)
+        await self.feed.stop()
+        await self._sockets.close()
+        await self._orders.close()

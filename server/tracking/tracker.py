@@ -1,0 +1,439 @@
+"""One order followed on this replica: its sources, its best known state, and the streams watching it.
+
+A tracker starts with the first stream that asks for an order and stops with the last one, or when the order
+reaches a terminal status. Everything it learns goes through `OrderProgress.offer` (forward-only, no repeats)
+and, when new, to every watcher at once. Its sources:
+
+1. The stored state (the order hash the webhook consumer writes), read once when the tracker starts.
+2. Webhook updates, pushed by the replica's `WebhookFeed` for the whole life of the tracker.
+3. With a player token: Xsolla's WebSocket first; if it cannot connect, fails, or says nothing about the order
+   for `ws_silence_s`, polling of Get order every `poll_interval_s` until a terminal status. Polling alone when
+   the WebSocket is turned off.
+
+Without a token nothing can report Xsolla's DONE; the tracker then takes the applied `order_paid` webhook (paid,
+items granted) as the order's completion and reports DONE from that source.
+
+All of it runs on the event loop: the callbacks (`webhook`, `socket_status`, `socket_failed`) do not await, so
+state changes never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from server.config import TrackingSettings
+from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
+from server.logs import user_ref
+from server.metrics import ServiceMetrics
+from server.orders import OrderState, read_order_state
+from server.store import RedisClient
+from server.tracking.provider import (
+    LookupFailed,
+    OrderLookup,
+    OrderUnknown,
+    Player,
+    SocketPool,
+    TokenRefused,
+)
+from server.tracking.status import (
+    CANCELED,
+    DONE,
+    EXPIRED,
+    PAID,
+    POLLING,
+    SOURCE_NAMES,
+    STATUS_NAMES,
+    STORED,
+    WEBHOOK,
+    WEBSOCKET,
+    Observation,
+    OrderProgress,
+    now_ms,
+    parse_status,
+)
+
+log = structlog.get_logger("server.tracking")
+
+#: (project id, player id, order id): what one tracker follows.
+TrackerKey = tuple[int, str, str]
+
+
+@dataclass(frozen=True)
+class PollBackoff:
+    """How long polling waits after the n-th Get order failure in a row: the poll interval doubled per failure
+    up to `max_s`, with "equal jitter" (between half and all of it), so many orders failing together spread out."""
+
+    interval_s: float
+    multiplier: float = 2.0
+    max_s: float = 30.0
+
+    def delay_s(self, failures: int) -> float:
+        ceiling = min(max(self.max_s, self.interval_s), self.interval_s * self.multiplier ** min(failures, 30))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Watcher:
+    """One stream's view of a tracker: the updates not yet sent, then how the stream ends.
+
+    `next()` returns the updates in order, then None once the tracker has finished (the order reached its end),
+    or raises the error the tracker ended this stream with. `close()` leaves the tracker; it is idempotent.
+    """
+
+    __slots__ = ("_ended", "_error", "_items", "_tracker", "_waiter", "last", "token")
+
+    def __init__(self, tracker: OrderTracker, token: str) -> None:
+        self._tracker: OrderTracker | None = tracker
+        self._items: deque[Observation] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+        self._error: EntitlementsError | None = None
+        self.token = token
+        #: The last update `next()` returned.
+        self.last: Observation | None = None
+
+    @property
+    def latest(self) -> Observation | None:
+        """The best state known for the order: the tracker's, or the last one delivered once it is gone."""
+        tracker = self._tracker
+        if tracker is not None and tracker.progress.current is not None:
+            return tracker.progress.current
+        return self._items[-1] if self._items else self.last
+
+    def push(self, observation: Observation) -> None:
+        self._items.append(observation)
+        self._wake()
+
+    def end(self, error: EntitlementsError | None = None) -> None:
+        """Ends the stream after the updates already queued, normally or with `error`."""
+        if not self._ended:
+            self._ended, self._error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> Observation | None:
+        """The next update, or None when the stream is over.
+
+        Raises:
+            NotFound, TokenRejected, ServiceStopping: the tracker ended this stream with an error.
+        """
+        while not self._items:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self.last = self._items.popleft()
+        return self.last
+
+    def close(self) -> None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.leave(self)
+
+
+class OrderTracker:
+    """Follows one order for every stream watching it on this replica.
+
+    Args:
+        key: (project id, player id, order id).
+        redis: for the stored state.
+        settings: timings.
+        lookup: Xsolla's Get order.
+        sockets: Xsolla's WebSocket, shared per player.
+        metrics: counters and gauges.
+        on_stopped: called once when the tracker stops (finished, or no watcher left).
+        redis_timeout_s: bound on the stored-state read.
+    """
+
+    def __init__(
+        self,
+        key: TrackerKey,
+        *,
+        redis: RedisClient,
+        settings: TrackingSettings,
+        lookup: OrderLookup,
+        sockets: SocketPool,
+        metrics: ServiceMetrics,
+        on_stopped: Callable[[OrderTracker], None],
+        redis_timeout_s: float,
+    ) -> None:
+        self.key = key
+        self.project_id, self.user_id, self.order_id = key
+        self.progress = OrderProgress()
+        self._redis = redis
+        self._settings = settings
+        self._lookup = lookup
+        self._sockets = sockets
+        self._metrics = metrics
+        self._on_stopped = on_stopped
+        self._redis_timeout_s = redis_timeout_s
+        self._watchers: dict[Watcher, None] = {}  # insertion-ordered set
+        self._player: Player | None = None
+        self._refused_tokens: set[str] = set()
+        self._unknown_seen: set[tuple[str, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stored_read = False
+        self._grant_timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+        # The WebSocket phase: woken by every status or failure the socket reports for this order.
+        self._socket_wakeup = asyncio.Event()
+        self._socket_failure: str | None = None
+        self._socket_heard_at = 0.0
+        self._log = log.bind(order_id=self.order_id, project_id=self.project_id, user=user_ref(self.user_id))
+
+    # --- watchers ------------------------------------------------------------------------------------------
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """What follows the order now (reading the stored state, the socket, polling), if anything."""
+        return self._task
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._guarded(self._run()))
+
+    def join(self, token: str) -> Watcher:
+        """A new stream: it first gets the best state known, then every update."""
+        watcher = Watcher(self, token)
+        self._watchers[watcher] = None
+        self._metrics.order_watchers.inc()
+        if self.progress.current is not None:
+            watcher.push(self.progress.current)
+        if token and self._player is None and token not in self._refused_tokens:
+            self._player = Player(self.project_id, self.user_id, token)
+            if self._stored_read and (self._task is None or self._task.done()):
+                self._task = asyncio.get_running_loop().create_task(self._guarded(self._follow()))
+        return watcher
+
+    def leave(self, watcher: Watcher) -> None:
+        if self._watchers.pop(watcher, False) is not False:
+            self._metrics.order_watchers.dec()
+        if not self._watchers:
+            self._stop()
+
+    def _end_watchers(self, error: EntitlementsError | None, *, token: str | None = None) -> None:
+        """Ends every stream (or only those that gave `token`) after what they already have."""
+        for watcher in list(self._watchers):
+            if token is None or watcher.token == token:
+                watcher.end(error)
+                del self._watchers[watcher]
+                self._metrics.order_watchers.dec()
+        if not self._watchers:
+            self._stop()
+
+    def shut_down(self) -> None:
+        """Ends every stream with UNAVAILABLE: the replica is stopping (the client reopens elsewhere)."""
+        self._end_watchers(ServiceStopping("the service is shutting down; open the stream again"))
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._grant_timer is not None:
+            self._grant_timer.cancel()
+            self._grant_timer = None
+        self._cancel_task()
+        self._on_stopped(self)
+
+    def _cancel_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    # --- what sources report -------------------------------------------------------------------------------
+
+    def webhook(self, state: OrderState, *, stored: bool = False) -> None:
+        """A state from the webhook consumer: a publication, a re-read after a resubscribe, or the stored state."""
+        status = parse_status(state.status)
+        if status is None:
+            self._unknown_status("webhook", state.status)
+            return
+        if status == PAID and state.entitlements_granted and self._player is None:
+            # Nothing else can tell this tracker that Xsolla delivered the order, and Xsolla considers an order
+            # delivered once its order_paid webhook is acknowledged: the grant completes it.
+            status = DONE
+        self._offer(status, STORED if stored else WEBHOOK, state.observed_at_ms or now_ms(), state.entitlements_granted)
+
+    def socket_status(self, status: str) -> None:
+        self._socket_heard_at = asyncio.get_running_loop().time()
+        parsed = parse_status(status)
+        if parsed is None:
+            self._unknown_status("websocket", status)
+        else:
+            self._offer(parsed, WEBSOCKET, now_ms())
+        self._socket_wakeup.set()
+
+    def socket_failed(self, reason: str) -> None:
+        self._socket_failure = reason
+        self._socket_wakeup.set()
+
+    def _unknown_status(self, source: str, text: str) -> None:
+        # Once per source and string: polling would otherwise repeat it every interval.
+        if (source, text) not in self._unknown_seen:
+            self._unknown_seen.add((source, text))
+            self._log.warning("order_status_unknown", source=source, status=text[:32])
+
+    def _offer(self, status: int, source: int, observed_at_ms: int, granted: bool | None = None) -> None:
+        if self._stopped:
+            return
+        update = self.progress.offer(status, source, observed_at_ms, granted)
+        if update is None:
+            return
+        self._metrics.order_updates.labels(SOURCE_NAMES[source]).inc()
+        for watcher in self._watchers:
+            watcher.push(update)
+        if update.status in (CANCELED, EXPIRED) or (
+            update.status == DONE and (update.entitlements_granted or self._settings.grant_wait_s <= 0)
+        ):
+            self._log.info("order_tracking_finished", status=STATUS_NAMES[update.status], source=SOURCE_NAMES[source])
+            self._end_watchers(None)
+        elif update.status == DONE and self._grant_timer is None:
+            # Xsolla is done with the order; only this service's grant (a webhook) can still change the picture.
+            self._cancel_task()
+            self._grant_timer = asyncio.get_running_loop().call_later(
+                self._settings.grant_wait_s, self._end_watchers, None
+            )
+
+    # --- following the order at Xsolla ---------------------------------------------------------------------
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not a condition of the order: the streams keep their webhook updates and their max wait.
+            self._log.exception("order_tracker_failed")
+
+    async def _run(self) -> None:
+        await self._read_stored()
+        self._stored_read = True
+        if self._player is not None and not self._finished:
+            await self._follow()
+
+    @property
+    def _finished(self) -> bool:
+        current = self.progress.current
+        return self._stopped or (current is not None and current.terminal)
+
+    async def _read_stored(self) -> None:
+        try:
+            async with asyncio.timeout(self._redis_timeout_s * 2):
+                state = await read_order_state(self._redis, self.user_id, self.order_id)
+        except Exception as exc:  # the feed re-reads it after (re)subscribing; sources still run
+            self._log.warning("order_stored_state_unavailable", error=repr(exc))
+            return
+        if state is not None:
+            self.webhook(state, stored=True)
+
+    async def _follow(self) -> None:
+        use_socket = self._settings.ws_enabled
+        while self._player is not None and not self._finished:
+            player = self._player
+            try:
+                if use_socket:
+                    reason = await self._follow_socket(player)
+                    use_socket = False
+                    if reason is not None:
+                        self._metrics.order_fallbacks.labels(reason).inc()
+                        self._log.info("order_polling_fallback", reason=reason)
+                    continue
+                await self._poll(player)
+            except TokenRefused:
+                self._drop_token(player.token, TokenRejected("Xsolla rejected the token"))
+            except OrderUnknown:
+                self._drop_token(
+                    player.token,
+                    NotFound(f"Xsolla does not know order {self.order_id} in project {self.project_id}"),
+                )
+
+    def _drop_token(self, token: str, error: EntitlementsError) -> None:
+        """Ends the streams that gave `token`, and goes on with another stream's token, if any."""
+        self._log.info("order_token_refused", error=str(error))
+        self._refused_tokens.add(token)
+        self._player = None
+        self._end_watchers(error, token=token)
+        for watcher in self._watchers:
+            if watcher.token and watcher.token not in self._refused_tokens:
+                self._player = Player(self.project_id, self.user_id, watcher.token)
+                break
+
+    async def _follow_socket(self, player: Player) -> str | None:
+        """Follows the order on the player's socket; returns why to fall back to polling, or None when done."""
+        loop = asyncio.get_running_loop()
+        self._socket_failure = None
+        self._socket_heard_at = loop.time()
+        self._socket_wakeup.clear()
+        try:
+            lease = self._sockets.acquire(player, self.order_id, self)
+        except Exception as exc:
+            self._log.warning("order_socket_unusable", error=repr(exc))
+            return "connect_error"
+        try:
+            while not self._finished:
+                if self._socket_failure is not None:
+                    return self._socket_failure
+                remaining = self._socket_heard_at + self._settings.ws_silence_s - loop.time()
+                if remaining <= 0:
+                    return "silent"
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._socket_wakeup.wait()
+                except TimeoutError:
+                    continue
+                self._socket_wakeup.clear()
+            return None
+        finally:
+            lease.release()
+
+    async def _poll(self, player: Player) -> None:
+        """Polls Get order until a terminal status.
+
+        Raises:
+            TokenRefused, OrderUnknown: from Get order.
+        """
+        backoff = PollBackoff(self._settings.poll_interval_s)
+        failures = 0
+        while not self._finished:
+            try:
+                text = await self._lookup.status(player, self.order_id)
+            except LookupFailed as exc:
+                failures += 1
+                delay = backoff.delay_s(failures)
+                self._log.info("order_poll_failed", error=str(exc), failures=failures, retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            status = parse_status(text)
+            if status is None:
+                self._unknown_status("polling", text)
+            else:
+                self._offer(status, POLLING, now_ms())
+            if self._finished:
+                return
+            await asyncio.sleep(self._settings.poll_interval_s)
+
+
+__all__: Final = ["OrderTracker", "PollBackoff", "TrackerKey", "Watcher"]

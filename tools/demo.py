@@ -1,0 +1,130 @@
+"""`make demo`: one purchase, end to end, on loopback.
+
+Starts the embedded Redis, the service, the webhook gateway and the Xsolla simulator (all on free ports, data in a
+temporary directory), creates an order in the simulator, opens a GetOrderStatus stream with the project's Python
+client, pays the order, and prints what each part saw: the stream's updates with their sources, the webhook's
+delivery, and the player's entitlement at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from entitlements import AsyncEntitlementsClient, OrderStatus, OrderStatusSource, OrderStatusUpdate
+from server import logs
+from server.app import Service
+from server.config import ConsumerSettings, Settings, TrackingSettings
+from server.embedded import EmbeddedRedis
+from webhook_gateway.app import Gateway
+from webhook_gateway.config import GatewaySettings
+from xsolla_simulator import XsollaSimulator
+
+PROJECT_ID = 300_001
+PLAYER = "player-42"
+SECRET = "demo-webhook-secret"  # noqa: S105 - the simulator and gateway of the demo share it
+_started = time.monotonic()
+
+
+def say(who: str, text: str) -> None:
+    """One line of the demo's story, with the time since the start."""
+    print(f"{time.monotonic() - _started:6.2f}s  {who:<10} {text}", flush=True)
+
+
+def describe(update: OrderStatusUpdate) -> str:
+    status = OrderStatus.Name(update.status).removeprefix("ORDER_STATUS_")
+    source = OrderStatusSource.Name(update.source).removeprefix("ORDER_STATUS_SOURCE_").lower()
+    granted = "items granted" if update.entitlements_granted else "items not granted yet"
+    suffix = " (timed out)" if update.timed_out else ""
+    return f"{status:<9} from {source:<9} {granted}{suffix}"
+
+
+async def follow(client: AsyncEntitlementsClient, order_id: int, token: str, opened: asyncio.Event) -> None:
+    """Prints every update of the order's GetOrderStatus stream until it ends."""
+    stream = client.get_order_status(str(order_id), PLAYER, project_id=PROJECT_ID, token=token)
+    opened.set()
+    async for update in stream:
+        say("stream", describe(update))
+    say("stream", "ended")
+
+
+async def run(workdir: Path) -> None:
+    redis = EmbeddedRedis(workdir / "var")
+    await redis.start()
+    gateway = Gateway(
+        replace(
+            GatewaySettings.from_env({"GATEWAY_XSOLLA_SECRET": SECRET, "REDIS_URL": redis.url}),
+            port=0,
+            metrics_port=None,
+        )
+    )
+    sim: XsollaSimulator | None = None
+    service: Service | None = None
+    try:
+        await gateway.start()
+        webhook_url = f"{gateway.url}/{PROJECT_ID}"
+        sim = XsollaSimulator(project_id=PROJECT_ID, webhook_url=webhook_url, webhook_secret=SECRET)
+        await sim.start()
+        service = Service(
+            Settings(
+                grpc_port=0,
+                metrics_port=0,
+                redis_url=redis.url,
+                insecure_dev_mode=True,
+                consumer=ConsumerSettings(block_ms=100),
+                tracking=TrackingSettings(
+                    project_id=PROJECT_ID, store_api=sim.store_api_url, ws_url=sim.ws_url, poll_interval_s=1.0
+                ),
+            )
+        )
+        endpoints = await service.start()
+        say("setup", f"embedded Redis at {redis.url}")
+        say("setup", f"service on 127.0.0.1:{endpoints.grpc_port}, gateway at {webhook_url}")
+        say("setup", f"Xsolla simulator at {sim.base_url} (WebSocket {sim.ws_url})")
+
+        token = sim.issue_token(PLAYER)
+        order = sim.create_order(PLAYER, items=[{"sku": "gold_100", "quantity": 1, "type": "virtual_currency"}])
+        say("xsolla", f"order {order.order_id} created for {PLAYER}: 1 x gold_100 (status new)")
+
+        async with AsyncEntitlementsClient(f"127.0.0.1:{endpoints.grpc_port}") as client:
+            opened = asyncio.Event()
+            following = asyncio.create_task(follow(client, order.order_id, token, opened))
+            await opened.wait()
+            await asyncio.sleep(1.0)  # the player is on the payment page
+
+            say("xsolla", "player pays: status paid (WebSocket publication + order_paid webhook)")
+            await sim.set_status(order.order_id, "paid")
+            await asyncio.sleep(1.0)
+            say("xsolla", "Xsolla delivers the order: status done")
+            await sim.set_status(order.order_id, "done")
+            await asyncio.wait_for(following, timeout=30)
+
+            for delivery in sim.webhook_deliveries:
+                say("webhook", f"{delivery.type} attempt {delivery.attempt}: HTTP {delivery.status}")
+            check = await client.check_entitlement(PLAYER, "gold_100")
+            say(
+                "inventory",
+                f"{PLAYER} holds gold_100: active={check.active}, quantity={check.entitlement.quantity}",
+            )
+    finally:
+        if service is not None:
+            await service.stop()
+        await gateway.stop()
+        if sim is not None:
+            await sim.stop()
+        await redis.stop()
+
+
+def main() -> int:
+    logs.configure("warning", json=False)
+    with tempfile.TemporaryDirectory(prefix="entitlements-demo-") as workdir:
+        asyncio.run(run(Path(workdir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The simulator's HTTP control API, for demos and tests in other processes: the Python API over JSON.
+
+Nothing here is Xsolla's; it lives under `/_sim` on the simulator's loopback port, without authentication.
+
+    POST   /_sim/tokens                       {"user_id"}                          -> {"token"}
+    POST   /_sim/orders                       {"user_id", "items", "currency"?, "sandbox"?} -> order
+    GET    /_sim/orders                                                            -> [order]
+    GET    /_sim/orders/{order_id}                                                 -> order
+    POST   /_sim/orders/{order_id}/status     {"status", "channels"?}              -> announcement
+    POST   /_sim/orders/{order_id}/publish    {"status"}                           -> {"offset"}
+    POST   /_sim/orders/{order_id}/webhook    {"type"?}                            -> first attempt
+    POST   /_sim/websockets/break             {"code"?, "reason"?, "refuse_for_s"?, "user_id"?} -> {"closed"}
+    POST   /_sim/silence                      {"channels", "silent"?}              -> {"silenced"}
+    POST   /_sim/get-order/faults             {"times"?, "status"?, "delay_s"?, "order_id"?} -> {}
+    DELETE /_sim/get-order/faults                                                  -> {}
+    GET    /_sim/stats                                                             -> counters
+
+Errors: 400 `{"error": ...}` for a malformed request, 404 for an unknown order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from xsolla_simulator.errors import InvalidRequest, UnknownOrder
+from xsolla_simulator.orders import SimOrder, plain
+
+if TYPE_CHECKING:
+    from xsolla_simulator.simulator import Announcement, XsollaSimulator
+    from xsolla_simulator.webhooks import WebhookDelivery
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_control_routes(app: web.Application, sim: XsollaSimulator) -> None:
+    """Adds the `/_sim` routes, acting on `sim`, to `app`."""
+    routes = _Routes(sim)
+    router = app.router
+    router.add_post("/_sim/tokens", _guard(routes.issue_token))
+    router.add_post("/_sim/orders", _guard(routes.create_order))
+    router.add_get("/_sim/orders", _guard(routes.list_orders))
+    router.add_get("/_sim/orders/{order_id}", _guard(routes.get_order))
+    router.add_post("/_sim/orders/{order_id}/status", _guard(routes.set_status))
+    router.add_post("/_sim/orders/{order_id}/publish", _guard(routes.publish_status))
+    router.add_post("/_sim/orders/{order_id}/webhook", _guard(routes.send_webhook))
+    router.add_post("/_sim/websockets/break", _guard(routes.break_websockets))
+    router.add_post("/_sim/silence", _guard(routes.silence))
+    router.add_post("/_sim/get-order/faults", _guard(routes.fail_get_order))
+    router.add_delete("/_sim/get-order/faults", _guard(routes.clear_get_order_faults))
+    router.add_get("/_sim/stats", _guard(routes.stats))
+
+
+def order_view(sim: XsollaSimulator, order: SimOrder) -> dict[str, Any]:
+    """An order as the control API shows it."""
+    return {
+        "order_id": order.order_id,
+        "user_id": order.user_id,
+        "status": order.status,
+        "polling_status": order.polling_status,
+        "invoice_id": order.invoice_id,
+        "currency": order.currency,
+        "amount": plain(order.amount),
+        "sandbox": order.sandbox,
+        "items": [
+            {"sku": i.sku, "quantity": i.quantity, "type": i.type, "price": plain(i.price), "is_free": i.is_free}
+            for i in order.items
+        ],
+        "changes": [{"status": c.status, "channels": list(c.channels), "at": c.at.isoformat()} for c in order.changes],
+        "get_order_requests": sim.get_order_requests(order.order_id),
+        "webhook_deliveries": [delivery_view(d) for d in sim.webhook_deliveries if d.order_id == order.order_id],
+    }
+
+
+def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
+    """A webhook delivery attempt as the control API shows it."""
+    return dataclasses.asdict(delivery)
+
+
+class _Routes:
+    def __init__(self, sim: XsollaSimulator) -> None:
+        self._sim = sim
+
+    async def issue_token(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        return web.json_response({"token": self._sim.issue_token(_str(body, "user_id"))})
+
+    async def create_order(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        items = body.get("items")
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise InvalidRequest("items must be a list of objects")
+        order = self._sim.create_order(
+            _str(body, "user_id"),
+            items,
+            currency=str(body.get("currency", "USD")),
+            sandbox=bool(body.get("sandbox", False)),
+        )
+        return web.json_response(order_view(self._sim, order), status=201)
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        return web.json_response([order_view(self._sim, order) for order in self._sim.orders])
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        return web.json_response(order_view(self._sim, self._sim.order(_order_id(request))))
+
+    async def set_status(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        channels = body.get("channels")
+        if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
+            raise InvalidRequest("channels must be a list of strings")
+        order_id, status = _order_id(request), _str(body, "status")
+        if channels is None:
+            announcement = await self._sim.set_status(order_id, status)
+        else:
+            announcement = await self._sim.set_status(order_id, status, channels)
+        return web.json_response(_announcement_view(announcement))
+
+    async def publish_status(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        publication = await self._sim.publish_status(_order_id(request), _str(body, "status"))
+        return web.json_response({"offset": publication.offset})
+
+    async def send_webhook(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        chosen = body.get("type")
+        delivery = await self._sim.send_webhook(_order_id(request), chosen if isinstance(chosen, str) else None)
+        return web.json_response(delivery_view(delivery))
+
+    async def break_websockets(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        user_id = body.get("user_id")
+        closed = await self._sim.break_websockets(
+            _int(body, "code", 3001),
+            str(body.get("reason", "shutdown")),
+            _float(body, "refuse_for_s", 0.0),
+            user_id=user_id if isinstance(user_id, str) else None,
+        )
+        return web.json_response({"closed": closed})
+
+    async def silence(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        channels = body.get("channels", [])
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise InvalidRequest("channels must be a list of strings")
+        if body.get("silent", True):
+            self._sim.silence(*channels)
+        else:
+            self._sim.unsilence(*channels)
+        return web.json_response({"silenced": sorted(self._sim.silenced)})
+
+    async def fail_get_order(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        times = body.get("times", 1)
+        if times is not None and (not isinstance(times, int) or isinstance(times, bool)):
+            raise InvalidRequest("times must be an integer or null")
+        order_id = body.get("order_id")
+        if order_id is not None and (not isinstance(order_id, int) or isinstance(order_id, bool)):
+            raise InvalidRequest("order_id must be an integer")
+        status = body.get("status")
+        if status is None and "delay_s" in body:
+            self._sim.delay_get_order(_float(body, "delay_s", 0.0), times=times, order_id=order_id)
+        else:
+            self._sim.fail_get_order(
+                times, _int(body, "status", 503), delay_s=_float(body, "delay_s", 0.0), order_id=order_id
+            )
+        return web.json_response({})
+
+    async def clear_get_order_faults(self, request: web.Request) -> web.Response:
+        self._sim.clear_get_order_faults()
+        return web.json_response({})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        sim = self._sim
+        return web.json_response(
+            {
+                "websocket": {"connections": sim.websocket_connections, **dataclasses.asdict(sim.websocket_stats)},
+                "get_order_requests_total": sim.get_order_requests_total,
+                "webhook_attempts_total": len(sim.webhook_deliveries),
+                "orders_total": len(sim.orders),
+                "silenced": sorted(sim.silenced),
+            }
+        )
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turns the control API's errors into 400/404 answers."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except UnknownOrder as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except InvalidRequest as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
+    return guarded
+
+
+def _announcement_view(announcement: Announcement) -> dict[str, Any]:
+    return {
+        "order_id": announcement.order_id,
+        "status": announcement.status,
+        "channels": list(announcement.channels),
+        "offset": announcement.publication.offset if announcement.publication else None,
+        "sockets": announcement.sockets,
+        "webhook": delivery_view(announcement.webhook) if announcement.webhook else None,
+    }
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def _order_id(request: web.Request) -> int:
+    text = request.match_info["order_id"]
+    if not text.isdigit():
+        raise InvalidRequest("order_id must be a number")
+    return int(text)
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{key} must be a non-empty string")
+    return value
+
+
+def _int(body: dict[str, Any], key: str, default: int) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be an integer")
+    return value
+
+
+def _float(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be a number")
+    return float(value)
