@@ -10,14 +10,16 @@ their parent.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bench.cores import cpu_list
 
@@ -72,6 +74,7 @@ class Child:
         cores: the cores it may run on; None or empty for no pinning.
         env: its environment (the parent's when None).
         stdout: where its standard output goes (a pipe when None).
+        stdin: what its standard input is: `subprocess.PIPE` to talk to it (`send`), else inherited.
         log_path: a file receiving its standard error (inherited when None).
         cwd: its working directory (the parent's when None).
     """
@@ -84,6 +87,7 @@ class Child:
         cores: Sequence[int] | None,
         env: Mapping[str, str] | None = None,
         stdout: IO[str] | int | None = None,
+        stdin: int | None = None,
         log_path: Path | None = None,
         cwd: Path | None = None,
     ) -> None:
@@ -91,11 +95,13 @@ class Child:
         self.cores = tuple(cores or ())
         self._log = log_path.open("a") if log_path is not None else None
         self._adopted: list[tuple[int, str | None]] = []
+        self._received = b""
         # The commands are built by the benchmark itself, never from outside input.
         self.process: subprocess.Popen[str] = subprocess.Popen(  # noqa: S603
             pinned_argv(argv, self.cores),
             env=dict(env) if env is not None else None,
             stdout=subprocess.PIPE if stdout is None else stdout,
+            stdin=stdin,
             stderr=self._log,
             text=True,
             start_new_session=True,
@@ -105,6 +111,42 @@ class Child:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        """Writes `message` as one JSON line to the process's standard input (started with `stdin=PIPE`)."""
+        stream = self.process.stdin
+        if stream is None:
+            raise RuntimeError(f"{self.name} was started without a pipe on its standard input")
+        stream.write(json.dumps(message) + "\n")
+        stream.flush()
+
+    def receive(self, timeout_s: float) -> dict[str, Any]:
+        """The next JSON object the process writes on its standard output, one per line.
+
+        Raises:
+            RuntimeError: nothing within `timeout_s`, the process exited first, or the line is not an object.
+        """
+        stream = self.process.stdout
+        if stream is None:
+            raise RuntimeError(f"{self.name} was started without a pipe on its standard output")
+        deadline = time.monotonic() + timeout_s
+        # Read the descriptor directly: a buffered readline could hold a second line that select() then
+        # never reports.
+        while b"\n" not in self._received:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{self.name} said nothing within {timeout_s:g} s")
+            ready, _, _ = select.select([stream.fileno()], [], [], remaining)
+            if ready:
+                chunk = os.read(stream.fileno(), 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"{self.name} exited with code {self.process.wait()} before answering")
+                self._received += chunk
+        line, _, self._received = self._received.partition(b"\n")
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise RuntimeError(f"{self.name} wrote {line[:200]!r}, not a JSON object")
+        return message
 
     def adopt_descendants(self) -> list[int]:
         """Remembers the process's current descendants so `stop()` kills any that outlive it."""
@@ -141,8 +183,10 @@ class Child:
                         os.kill(pid, signal.SIGKILL)
             return self.process.returncode
         finally:
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+            for stream in (self.process.stdin, self.process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
             if self._log is not None:
                 self._log.close()
 

@@ -20,7 +20,6 @@ import contextlib
 import json
 import re
 import secrets
-import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
@@ -35,6 +34,7 @@ from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from server.keys import CONSUMER_GROUP
+from server.lifecycle import wait_for_stop_signal
 from server.store import EntitlementStore, RedisClient
 
 log = structlog.get_logger("server")
@@ -51,11 +51,7 @@ async def serve(settings: Settings) -> None:
         )
     service = Service(settings)
     await service.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
     await service.stop()
 

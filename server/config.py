@@ -6,15 +6,14 @@ name (`_s`, `_ms`, `_days`).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
+from server.environ import EnvReader
 from server.errors import ConfigError
 
 
@@ -123,7 +122,7 @@ class Settings:
                 development mode, half a TLS configuration).
         """
         env = os.environ if env is None else env
-        reader = _Reader(env)
+        reader = EnvReader(env)
         keys_text = reader.text("ENTITLEMENTS_API_KEYS", "")
         keys_file = reader.text("ENTITLEMENTS_API_KEYS_FILE", "")
         if keys_file:
@@ -218,56 +217,3 @@ class Settings:
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
                 "or ENTITLEMENTS_INSECURE_DEV_MODE=1 for local development only"
             )
-
-
-class _Reader:
-    """Parses typed values out of an environment mapping, naming the variable in every error."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def text(self, name: str, default: str) -> str:
-        return self._env.get(name, default).strip()
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.text(name, "").lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, not {raw!r}")
-
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {value}")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-        if not math.isfinite(value) or value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, not {value}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{name} must be at most {maximum}, not {value}")
-        return value
-
-    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
-        raw = self.text(name, "") or default
-        parsed = urlsplit(raw)
-        if parsed.scheme not in schemes or not parsed.netloc:
-            raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, not {raw!r}")
-        return raw.rstrip("/")

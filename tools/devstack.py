@@ -8,7 +8,6 @@ client and Prometheus registry, so `/metrics` on the service's port shows both. 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from dataclasses import replace
 
@@ -18,6 +17,7 @@ from server import logs
 from server.app import Service
 from server.config import Settings
 from server.errors import ConfigError
+from server.lifecycle import wait_for_stop_signal
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError as GatewayConfigError
@@ -38,11 +38,7 @@ async def run(settings: Settings, gateway_settings: GatewaySettings) -> None:
         await service.stop()
         raise
     log.info("devstack_ready", webhook_url=gateway.url, grpc_port=service.endpoints and service.endpoints.grpc_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     await gateway.stop()
     await service.stop()
 

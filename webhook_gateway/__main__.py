@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 import structlog
 
 from server import logs
+from server.lifecycle import wait_for_stop_signal
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError
@@ -31,11 +31,7 @@ async def serve(settings: GatewaySettings) -> None:
         )
     gateway = Gateway(settings)
     await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
     await gateway.stop()
 

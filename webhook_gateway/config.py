@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 
+from server.environ import EnvReader
 from webhook_gateway.errors import ConfigError
 from webhook_gateway.sources import Network, parse_networks
 
@@ -72,7 +72,7 @@ class GatewaySettings:
             ConfigError: a variable is malformed or a file it names cannot be read.
         """
         env = os.environ if env is None else env
-        reader = _Reader(env)
+        reader = EnvReader(env, ConfigError)
         default_secret = reader.text("GATEWAY_XSOLLA_SECRET", "")
         secret_file = reader.text("GATEWAY_XSOLLA_SECRET_FILE", "")
         if secret_file:
@@ -181,55 +181,3 @@ def parse_project_secrets(text: str) -> Mapping[int, tuple[str, ...]]:
         if secret not in found[project_id]:
             found[project_id].append(secret)
     return MappingProxyType({project: tuple(values) for project, values in found.items()})
-
-
-class _Reader:
-    """Parses typed values out of an environment mapping, naming the variable in every error."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def text(self, name: str, default: str) -> str:
-        return self._env.get(name, default).strip()
-
-    def file_text(self, name: str) -> str:
-        path = self.text(name, "")
-        try:
-            return Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.text(name, "").lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, not {raw!r}")
-
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise ConfigError(f"{name} must be {bound}, not {value}")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float) -> float:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-        if not value >= minimum or value == float("inf"):
-            raise ConfigError(f"{name} must be a finite number of at least {minimum:g}, not {raw!r}")
-        return value
