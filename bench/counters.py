@@ -37,3 +37,14 @@ def increase(before: Counts, after: Counts, method: str) -> Mapping[str, int]:
     codes = {code for (name, code) in after if name == method}
     result = {code: int(after.get((method, code), 0) - before.get((method, code), 0)) for code in codes}
     return {code: n for code, n in sorted(result.items()) if n}
+
+
+def gauge(metrics_url: str, name: str, timeout_s: float = 5.0) -> float:
+    """The current value of an unlabelled gauge (e.g. `entitlements_order_watchers`); NaN when absent."""
+    with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:  # noqa: S310 - our own http URL
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return float("nan")

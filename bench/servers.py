@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -54,6 +55,8 @@ class ServiceEndpoints:
     target: str
     metrics_url: str
     valkey_pid: int | None
+    #: The embedded Valkey's unix socket, for seeding data and reading INFO behind the service's back.
+    redis_socket: Path
 
 
 def _read_line(child: Child, prefix: str, timeout_s: float) -> str:
@@ -109,7 +112,13 @@ def _serving(target: str) -> bool:
 
 
 def start_service(
-    placement: Placement, workdir: Path, api_key: str, *, log_level: str = "info"
+    placement: Placement,
+    workdir: Path,
+    api_key: str,
+    *,
+    log_level: str = "info",
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "service",
 ) -> tuple[Child, ServiceEndpoints]:
     """Starts `python -m server` on the server core with embedded Valkey, one API key and free ports.
 
@@ -118,6 +127,8 @@ def start_service(
         workdir: holds the data directory and the service's log file.
         api_key: the clear key; the service is configured with its hash and both scopes.
         log_level: the service's ENTITLEMENTS_LOG_LEVEL ("info" writes one line per RPC).
+        extra_env: more settings (e.g. ENTITLEMENTS_MAX_ORDER_TRACKERS), over the ones above.
+        name: what to call the process in messages.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLEMENTS_", "REDIS_"))}
     # Ports chosen here rather than 0: the service announces the ports it bound only in an info log line,
@@ -132,9 +143,10 @@ def start_service(
         ENTITLEMENTS_LOG_LEVEL=log_level,
         ENTITLEMENTS_SHUTDOWN_GRACE_S="2",
     )
+    env.update(extra_env or {})
     target = f"127.0.0.1:{grpc_port}"
     child = Child(
-        "service",
+        name,
         [sys.executable, "-m", "server"],
         cores=placement.server,
         env=env,
@@ -152,7 +164,10 @@ def start_service(
         child.stop()
         raise
     return child, ServiceEndpoints(
-        target=target, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", valkey_pid=valkey_pid
+        target=target,
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        valkey_pid=valkey_pid,
+        redis_socket=workdir / "data" / "valkey.sock",
     )
 
 

@@ -1,0 +1,18 @@
+"""The clients game servers use: `AsyncEntitlementsClient` (asyncio) and `EntitlementsClient` (blocking).
+
+Both build their requests with the same builders (`_requests`), send the same metadata and channel options
+(`_config`) and translate every `grpc.RpcError` into `entitlements.errors`; each method is a thin call.
+"""
+
+from entitlements.client._async import AsyncEntitlementsClient, AsyncOrderStatusStream
+from entitlements.client._base import DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_S
+from entitlements.client._sync import EntitlementsClient, OrderStatusStream
+
+__all__ = [
+    "DEFAULT_RETRY_POLICY",
+    "DEFAULT_TIMEOUT_S",
+    "AsyncEntitlementsClient",
+    "AsyncOrderStatusStream",
+    "EntitlementsClient",
+    "OrderStatusStream",
+]
