@@ -1,5 +1,7 @@
 """The baseline server: EntitlementService on grpc.aio with handlers that answer a fixed response.
 
+GetOrderStatus sends one fixed update and holds the stream open until the caller cancels it.
+
 It is the floor of what any grpc.aio service can do on this machine: the same service name, the same request
 and response messages, the same server options as the real service, but no authentication, no validation, no
 Redis, no log line and no metrics. Dividing the real service's figures by this server's shows what the
@@ -21,6 +23,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
+from server.app import grpc_server_options
+from server.config import Settings
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -40,7 +44,8 @@ GRANT_RESPONSE = pb.GrantResponse(entitlement=_ENTITLEMENT, replayed=False)
 
 
 class BareServicer(pb_grpc.EntitlementServiceServicer):
-    """Answers CheckEntitlement and Grant with a fixed response; the other RPCs answer UNIMPLEMENTED."""
+    """Answers CheckEntitlement and Grant with a fixed response and holds GetOrderStatus streams; the other RPCs
+    answer UNIMPLEMENTED."""
 
     async def CheckEntitlement(
         self, request: pb.CheckEntitlementRequest, context: Context
@@ -66,14 +71,18 @@ class BareServicer(pb_grpc.EntitlementServiceServicer):
     async def GetOrderStatus(
         self, request: pb.GetOrderStatusRequest, context: Context
     ) -> AsyncIterator[pb.OrderStatusUpdate]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
-        yield pb.OrderStatusUpdate()  # unreachable; makes this an async generator, as streaming handlers are
+        """Sends one fixed update (the order paid, from the store), then holds the stream until the caller
+        cancels it: the floor of a held GetOrderStatus stream."""
+        yield pb.OrderStatusUpdate(
+            order_id=request.order_id, status=pb.ORDER_STATUS_PAID, source=pb.ORDER_STATUS_SOURCE_STORED
+        )
+        await asyncio.get_running_loop().create_future()
 
 
 async def serve(host: str, port: int) -> None:
     """Serves until SIGTERM or SIGINT; prints the bound port first."""
-    # The same options as server.app, so the two servers differ only in what the handlers do.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # The same options as the service (server.app), so the two servers differ only in what the handlers do.
+    server = grpc.aio.server(options=grpc_server_options(Settings()))
     pb_grpc.add_EntitlementServiceServicer_to_server(BareServicer(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

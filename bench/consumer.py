@@ -10,23 +10,33 @@ what the stream costs.
     result = asyncio.run(measure_consumer_throughput(events=5000))
     result.events_per_s, result.baseline_events_per_s, result.ratio
 
-`python -m bench.consumer [--events N] [--partitions P]` prints the result as one JSON object (so the bench
-runner can start it as a child process pinned to a core). The service's per-event log lines are at info level;
-the command runs at warning, so they are not part of the measurement.
+`python -m bench.consumer [--events N] [--partitions P] [--valkey-core C]` prints the result as one JSON object.
+`run_consumer()`, which `python -m bench` calls, starts that command as a child process pinned to the server core,
+with its Valkey moved to the load core, as the rest of the benchmark places the service and its store. The
+service's per-event log lines are at info level; the command runs at warning, so they are not part of the
+measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import signal
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bench.cores import pin_process
+from bench.processes import Child
+from bench.report import simple_table
+from bench.servers import ROOT, Placement
 from entitlements.v1 import events_pb2 as ev
 from server import logs
 from server.app import Service
@@ -106,7 +116,12 @@ async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partit
 
 
 async def measure_consumer_throughput(
-    events: int = 5000, *, partitions: int = 4, users: int = 1000, timeout_s: float = 300.0
+    events: int = 5000,
+    *,
+    partitions: int = 4,
+    users: int = 1000,
+    timeout_s: float = 300.0,
+    valkey_cores: Sequence[int] | None = None,
 ) -> ConsumerBenchResult:
     """Times the consumer applying `events` stored order_paid events (two lines each) for `users` players.
 
@@ -115,6 +130,7 @@ async def measure_consumer_throughput(
         partitions: event-log partitions (the consumer runs one reader per partition).
         users: distinct players the events are spread over.
         timeout_s: give up if the consumer has not drained the streams by then.
+        valkey_cores: the cores to move the private Valkey to once started (None: where this process runs).
 
     Raises:
         TimeoutError: the consumer did not apply everything within `timeout_s`.
@@ -122,6 +138,8 @@ async def measure_consumer_throughput(
     with tempfile.TemporaryDirectory(prefix="bench-consumer-") as workdir:
         server = EmbeddedRedis(Path(workdir) / "redis", appendfsync="everysec")
         await server.start()
+        if valkey_cores and server.pid is not None:
+            pin_process(server.pid, valkey_cores)
         redis = aioredis.Redis.from_url(server.url)
         service: Service | None = None
         try:
@@ -163,15 +181,85 @@ async def measure_consumer_throughput(
     )
 
 
+def run_consumer(
+    *,
+    placement: Placement,
+    workdir: Path,
+    events: int = 5000,
+    partitions: int = 4,
+    timeout_s: float = 300.0,
+) -> ConsumerBenchResult:
+    """Runs `python -m bench.consumer` pinned to the server core, its Valkey on the load core; returns its result.
+
+    Raises:
+        RuntimeError: the child failed or did not finish within `timeout_s`.
+    """
+    argv = [sys.executable, "-m", "bench.consumer", f"--events={events}", f"--partitions={partitions}"]
+    if placement.valkey:
+        argv.append(f"--valkey-core={placement.valkey[0]}")
+    child = Child("consumer benchmark", argv, cores=placement.server, log_path=workdir / "consumer.log", cwd=ROOT)
+    try:
+        answer = child.receive(timeout_s)
+    finally:
+        # Its Valkey runs in a session of its own: remembered here so that it is killed even if the child
+        # dies without stopping it.
+        child.adopt_descendants()
+        child.stop()
+    fields = {field.name for field in dataclasses.fields(ConsumerBenchResult)}
+    return ConsumerBenchResult(**{name: value for name, value in answer.items() if name in fields})
+
+
+def consumer_table(result: ConsumerBenchResult) -> str:
+    """The consumer's result next to its baseline, as a fixed-width text table."""
+    header = ("webhook events applied", "events", "seconds", "events/s", "ratio")
+    rows = [
+        (
+            f"service consumer ({result.partitions} partitions)",
+            f"{result.events:,}",
+            f"{result.seconds:.2f}",
+            f"{result.events_per_s:,.0f}",
+            f"{result.ratio:.2f}",
+        ),
+        (
+            "baseline: Fulfillment.apply, one worker per partition",
+            f"{result.events:,}",
+            f"{result.baseline_seconds:.2f}",
+            f"{result.baseline_events_per_s:,.0f}",
+            "",
+        ),
+    ]
+    return simple_table(header, rows)
+
+
+async def _main(args: argparse.Namespace) -> ConsumerBenchResult:
+    # SIGTERM or SIGINT (the runner stopping us) cancel the measurement, so that its `finally` stops Valkey,
+    # which runs in a session of its own and would outlive us.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    return await measure_consumer_throughput(
+        args.events,
+        partitions=args.partitions,
+        users=args.users,
+        valkey_cores=None if args.valkey_core is None else (args.valkey_core,),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.consumer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--valkey-core", type=int, default=None, help="move the private Valkey to this core")
     args = parser.parse_args(argv)
     logs.configure("warning", json=True)
-    result = asyncio.run(measure_consumer_throughput(args.events, partitions=args.partitions, users=args.users))
-    print(json.dumps({**asdict(result), "ratio": round(result.ratio, 3)}))
+    try:
+        result = asyncio.run(_main(args))
+    except asyncio.CancelledError:
+        return 130
+    print(json.dumps({**asdict(result), "ratio": round(result.ratio, 3)}), flush=True)
     return 0
 
 

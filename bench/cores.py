@@ -39,6 +39,21 @@ def _core_times() -> dict[int, tuple[int, int]]:
     return times
 
 
+def core_times() -> dict[int, tuple[int, int]]:
+    """A reading of every core's (busy, total) jiffies, for `core_busy_between`."""
+    return _core_times()
+
+
+def core_busy_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[int, float]:
+    """How busy each core was between two `core_times()` readings (0..1)."""
+    busy: dict[int, float] = {}
+    for core, (busy_after, total_after) in after.items():
+        busy_before, total_before = before.get(core, (busy_after, total_after))
+        if total_after > total_before:
+            busy[core] = round((busy_after - busy_before) / (total_after - total_before), 3)
+    return busy
+
+
 def _process_ticks(pid: int) -> int | None:
     """CPU time of process `pid`, all its threads, user plus system, in clock ticks (None once it is gone)."""
     try:
@@ -81,10 +96,7 @@ class BusyWindow:
         if first_process is not None and second_process is not None and second_at > first_at:
             ticks_per_s = os.sysconf("SC_CLK_TCK")
             self.process_busy = round((second_process - first_process) / ticks_per_s / (second_at - first_at), 3)
-        for core, (busy, total) in second.items():
-            busy_before, total_before = first.get(core, (busy, total))
-            if total > total_before:
-                self._result[core] = round((busy - busy_before) / (total - total_before), 3)
+        self._result.update(core_busy_between(first, second))
 
     def _ticks(self) -> int | None:
         return None if self._pid is None else _process_ticks(self._pid)

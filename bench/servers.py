@@ -40,6 +40,22 @@ class Placement:
     load: tuple[int, ...] | None
     valkey: tuple[int, ...] | None
 
+    @classmethod
+    def for_cores(cls, server_core: int, load_core: int, valkey_core: int | None) -> Placement:
+        """The server alone on `server_core`; load, orchestration and Valkey (unless `valkey_core` says
+        otherwise) on `load_core`. Nothing is pinned on a machine with a single core.
+
+        Raises:
+            SystemExit: the two cores are the same or not available to this process.
+        """
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < 2:
+            return cls(None, None, None)
+        if server_core == load_core or not {server_core, load_core} <= set(available):
+            raise SystemExit(f"the server core and the load core must be two different cores among {available}")
+        valkey = load_core if valkey_core is None else valkey_core
+        return cls((server_core,), (load_core,), (valkey,))
+
     def describe(self) -> dict[str, str]:
         return {
             "server_under_test": cpu_list(self.server),

@@ -11,7 +11,7 @@ It talks with the orchestrator (`Watchers`) in JSON lines, on its standard input
     parent  -> {"open_at": t}                     open every stream at monotonic time t
     watcher -> {"issued": n}                      the calls are started (without --await-first), or
     watcher -> {"opened": n, "errors": {...},     every stream got its first message or failed, or
-                "first_message_s": [...]}         --first-timeout-s passed (--await-first)
+                "first_message_at": [...]}        --first-timeout-s passed (--await-first); monotonic times
     parent  -> {"finish_within_s": w}             let the streams end by themselves for up to w s, then cancel
     watcher -> {"streams": [[[t, status, source], ...], ...], "errors": {...}}   and it exits
 
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -74,10 +73,8 @@ class _Streams:
         self._tasks: list[asyncio.Task[None]] = []
         self._settled = 0  # streams that got a first message or failed
         self.all_settled = asyncio.Event()
-        self.opened_at = math.nan
 
     def open(self) -> None:
-        self.opened_at = time.monotonic()
         loop = asyncio.get_running_loop()
         for index, (order_id, user_id) in enumerate(self._orders):
             stream = self._clients[index % len(self._clients)].get_order_status(order_id, user_id)
@@ -111,8 +108,9 @@ class _Streams:
             stream.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def first_message_s(self) -> list[float]:
-        return [received[0][0] - self.opened_at for received in self.messages if received]
+    def first_message_at(self) -> list[float]:
+        """When each stream that got a message got its first one (monotonic)."""
+        return [received[0][0] for received in self.messages if received]
 
 
 async def _lines() -> asyncio.StreamReader:
@@ -132,8 +130,7 @@ async def _next_command(reader: asyncio.StreamReader) -> dict[str, Any]:
     return command
 
 
-async def _watch(args: argparse.Namespace) -> None:
-    orders = [(str(order), str(user)) for order, user in json.loads(Path(args.orders).read_text())]
+async def _watch(args: argparse.Namespace, orders: Sequence[tuple[str, str]]) -> None:
     # A local subchannel pool gives each client its own connection (gRPC shares one between identical
     # channels of a process otherwise).
     options = [("grpc.use_local_subchannel_pool", 1)]
@@ -156,11 +153,13 @@ async def _watch(args: argparse.Namespace) -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(args.first_timeout_s):
                     await streams.all_settled.wait()
-            missing = len(orders) - len(streams.first_message_s()) - len(streams.errors)
-            errors = Counter(streams.errors.values())
+            firsts = streams.first_message_at()
+            # Only the streams that failed before their first message: opening them is what failed.
+            errors = Counter(name for index, name in streams.errors.items() if not streams.messages[index])
+            missing = len(orders) - len(firsts) - sum(errors.values())
             if missing:
                 errors["no first message"] += missing
-            _say({"opened": len(orders), "errors": dict(errors), "first_message_s": streams.first_message_s()})
+            _say({"opened": len(orders), "errors": dict(errors), "first_message_at": firsts})
         else:
             _say({"issued": len(orders)})
         command = await _next_command(reader)
@@ -172,14 +171,14 @@ async def _watch(args: argparse.Namespace) -> None:
             await client.close()
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, orders: Sequence[tuple[str, str]]) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
     with contextlib.suppress(asyncio.CancelledError, EOFError):
-        await _watch(args)
+        await _watch(args, orders)
 
 
 class Watchers:
@@ -276,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument("--await-first", action="store_true")
     parser.add_argument("--first-timeout-s", type=float, default=60.0)
-    asyncio.run(_main(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    orders = [(str(order), str(user)) for order, user in json.loads(Path(args.orders).read_text())]
+    asyncio.run(_main(args, orders))
     return 0
 
 
