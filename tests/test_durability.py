@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements import AsyncEntitlementsClient, UnavailableError
 from server.app import Service
-from server.embedded import EmbeddedRedis
+from server.embedded import EmbeddedRedis, server_binary
 from tests.conftest import ClientFactory, ServiceFactory
 
 pytestmark = pytest.mark.slow
@@ -154,3 +156,91 @@ async def test_graceful_stop_lets_in_flight_calls_finish(
     await stopping
     with pytest.raises(UnavailableError):
         await client.check_entitlement("player-1", "gold", timeout_s=1.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"valkey-server" in cmdline.read()
+    except OSError:
+        return False
+
+
+async def _wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    for _ in range(int(timeout_s / 0.05)):
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+OWNER_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+import redis.asyncio as aioredis
+from server import logs
+from server.embedded import EmbeddedRedis
+
+async def main():
+    logs.configure("warning", json=True)  # stdout carries only the pid
+    server = EmbeddedRedis(Path(sys.argv[1]), appendfsync="always")
+    await server.start()
+    client = aioredis.Redis.from_url(server.url)
+    await client.set("kept", "yes")
+    print(server.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_embedded_redis_dies_with_a_killed_service(tmp_path: Path) -> None:
+    """When the process that started the embedded Valkey is killed (SIGKILL), Valkey stops too, data kept."""
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OWNER_SCRIPT, str(tmp_path / "var"), stdout=asyncio.subprocess.PIPE
+    )
+    assert owner.stdout is not None
+    try:
+        valkey_pid = int(await asyncio.wait_for(owner.stdout.readline(), 20))
+    finally:
+        owner.kill()
+        await owner.wait()
+    assert await _wait_gone(valkey_pid), "valkey-server outlived the process that started it"
+    server = EmbeddedRedis(tmp_path / "var")
+    await server.start()
+    try:
+        client = aioredis.Redis.from_url(server.url)
+        assert await client.get("kept") == b"yes"
+        await client.aclose()
+    finally:
+        await server.stop()
+
+
+async def test_an_orphaned_embedded_redis_is_stopped_before_a_new_one_starts(tmp_path: Path) -> None:
+    """A Valkey still running on the data directory without its service is stopped first, never doubled."""
+    first = EmbeddedRedis(tmp_path / "var")
+    await first.start()
+    await first.stop()
+    # An orphan: the same server started on the same config, with nobody holding the data directory.
+    orphan = await asyncio.create_subprocess_exec(
+        server_binary(), str(tmp_path / "var" / "valkey.conf"), start_new_session=True
+    )
+    try:
+        for _ in range(100):
+            if (tmp_path / "var" / "valkey.sock").exists():
+                break
+            await asyncio.sleep(0.05)
+        second = EmbeddedRedis(tmp_path / "var")
+        await second.start()
+        try:
+            assert await asyncio.wait_for(orphan.wait(), 5) == 0, "the orphan was not stopped"
+            assert second.pid != orphan.pid
+            client = aioredis.Redis.from_url(second.url)
+            assert await client.ping()
+            await client.aclose()
+        finally:
+            await second.stop()
+    finally:
+        if orphan.returncode is None:
+            orphan.kill()
+            await orphan.wait()
