@@ -39,7 +39,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## Speed against a bare grpc.aio server (docs/benchmarks.md); installs h2load when it can. BENCH_ARGS=--help
+## Speed: RPCs against a bare grpc.aio server, gateway ingest, consumer, streams, webhook-to-stream latency
+## (docs/benchmarks.md); installs h2load when it can. BENCH_ARGS="--only core" or --help
 bench: $(STAMP)
 	sh bench/ensure_h2load.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
