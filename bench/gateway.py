@@ -54,7 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cores import BusyWindow
 from bench.processes import Child, signals_interrupt, wait_until
-from bench.report import Comparison, Latency, Run, merge, table
+from bench.report import Comparison, Latency, Run, merge, table, tally
 from bench.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,11 +243,7 @@ def _load(
             "server_core": by_core.get(server_core, math.nan),
             "load_core": by_core.get(load_core, math.nan),
         }
-    statuses: Counter[str] = Counter()
-    latencies: list[float] = []
-    for result in results:
-        statuses.update(result["statuses"])
-        latencies.extend(result["latencies_us"])
+    statuses, latencies = tally(results, "statuses")
     completed = sum(statuses.values())
     return Run(
         scenario=scenario,

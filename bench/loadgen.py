@@ -33,7 +33,7 @@ import grpc
 
 from bench.dataset import GRANT_SKU, user_id
 from bench.processes import Child
-from bench.report import Latency, Run
+from bench.report import Latency, Run, tally
 from entitlements.v1 import entitlements_pb2 as pb
 
 SERVICE = "/entitlements.v1.EntitlementService/"
@@ -184,11 +184,7 @@ def run(
     finally:
         for child in workers:
             child.stop(grace_s=2)
-    codes: Counter[str] = Counter()
-    latencies: list[float] = []
-    for result in results:
-        codes.update(result["codes"])
-        latencies.extend(result["latencies_us"])
+    codes, latencies = tally(results, "codes")
     completed = sum(codes.values())
     return Run(
         scenario=scenario,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,16 @@ from typing import Any
 NOT_ERRORS = frozenset({"OK", "CANCELLED"})
 # Share of the server core used by other processes above which a run is flagged as disturbed.
 NOISE_THRESHOLD = 0.05
+
+
+def tally(results: Iterable[Mapping[str, Any]], counts_key: str) -> tuple[Counter[str], list[float]]:
+    """Adds up the load workers' JSON results: their answer counts under `counts_key`, and every latency (µs)."""
+    counts: Counter[str] = Counter()
+    latencies: list[float] = []
+    for result in results:
+        counts.update(result[counts_key])
+        latencies.extend(result["latencies_us"])
+    return counts, latencies
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
