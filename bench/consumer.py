@@ -37,15 +37,15 @@ from bench.cores import pin_process
 from bench.processes import Child
 from bench.report import simple_table
 from bench.servers import ROOT, Placement
+from core import logs
+from core.eventlog import EventLog
+from core.keys import CONSUMER_GROUP, EventKeys
 from entitlements.v1 import events_pb2 as ev
-from server import logs
 from server.app import Service
 from server.catalog import Catalog
 from server.config import ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
-from server.eventlog import EventLog
 from server.fulfillment import Fulfillment
-from server.keys import CONSUMER_GROUP
 from server.orders import OrderStatusPublisher
 from server.store import EntitlementStore
 
@@ -146,7 +146,7 @@ async def measure_consumer_throughput(
             baseline_s = await _baseline(redis, [_order(n, "b", users) for n in range(events)], partitions)
             log = EventLog(redis, partitions=partitions)
             await _append_all(log, [_order(n, "c", users) for n in range(events)])
-            streams = [keys.stream for keys in log.all_partitions()]
+            streams = [EventKeys(partition).stream for partition in range(partitions)]
             settings = replace(
                 Settings(),
                 redis_url=server.url,

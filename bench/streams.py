@@ -50,8 +50,8 @@ from bench.report import simple_table
 from bench.servers import Placement, start_bare, start_service
 from bench.usage import cpu_seconds, rss_bytes
 from bench.watchers import Watchers
+from core.keys import UserKeys
 from entitlements import EntitlementsClient
-from server.keys import UserKeys
 
 DEFAULT_SIZES = (1000, 5000, 10_000)
 SERVERS = ("bare", "service")

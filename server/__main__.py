@@ -26,16 +26,17 @@ from typing import Any, TextIO
 
 import structlog
 
-from server import connections, logs
+from core import connections, logs
+from core.connections import RedisClient
+from core.keys import CONSUMER_GROUP
+from core.lifecycle import wait_for_stop_signal
 from server.app import Service
 from server.auth import SCOPES, hash_key
 from server.config import Settings
 from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from server.keys import CONSUMER_GROUP
-from server.lifecycle import wait_for_stop_signal
-from server.store import EntitlementStore, RedisClient
+from server.store import EntitlementStore
 
 log = structlog.get_logger("server")
 

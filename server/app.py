@@ -21,20 +21,22 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from core import connections
+from core.connections import RedisClient
+from core.metrics import MetricsEndpoint
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
-from server import connections
 from server.auth import Authenticator
 from server.config import Settings
 from server.consumer import Consumer, ConsumerHooks
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
-from server.metrics import MetricsEndpoint, ServiceMetrics
+from server.metrics import ServiceMetrics
 from server.orders import OrderStatusPublisher
 from server.rpc import RpcRuntime
 from server.service import EntitlementServicer
-from server.store import EntitlementStore, RedisClient
+from server.store import EntitlementStore
 from server.tracking import OrderTracking
 
 log = structlog.get_logger("server.app")

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.environ import EnvReader
 from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
-from server.environ import EnvReader
 from server.errors import ConfigError
 
 
@@ -122,7 +122,7 @@ class Settings:
                 development mode, half a TLS configuration).
         """
         env = os.environ if env is None else env
-        reader = EnvReader(env)
+        reader = EnvReader(env, ConfigError)
         keys_text = reader.text("ENTITLEMENTS_API_KEYS", "")
         keys_file = reader.text("ENTITLEMENTS_API_KEYS_FILE", "")
         if keys_file:

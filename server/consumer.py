@@ -11,7 +11,7 @@ How it runs (one `Consumer` per service process, started and stopped by `server.
   idempotent on the event id, that second application changes nothing.
 - A failing entry stays pending and is retried when claimed. If it fails on its `max_deliveries`-th delivery it
   moves to the dead-letter stream, atomically with its XACK (`server.deadletters`). Redis being unreachable is
-  not the entry's fault: the loop backs off (`BackoffPolicy`) and retries its own pending entries, and never
+  not the entry's fault: the loop backs off (`core.backoff.Backoff`) and retries its own pending entries, and never
   dead-letters for that reason.
 - Events of types this version does not apply are acknowledged and counted, never dead-lettered.
 - The consumer does not create the streams: until the gateway's first append creates one, it checks again every
@@ -26,26 +26,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis.exceptions as redis_errors
 import structlog
 
+from core import scripts
+from core.backoff import Backoff
+from core.connections import RedisClient
+from core.eventlog import MalformedEntry, decode_event
+from core.keys import CONSUMER_GROUP, EventKeys
+from core.logs import user_ref
 from server.config import ConsumerSettings
 from server.deadletters import DeadLetters
-from server.errors import EntitlementsError, StoreUnavailable
-from server.fulfillment import Applied, Fulfillment, decode_event, label_of_entry, type_label
-from server.keys import CONSUMER_GROUP, EventKeys
-from server.logs import user_ref
+from server.errors import EntitlementsError, InvalidEvent, StoreUnavailable
+from server.fulfillment import Applied, Fulfillment, label_of_entry, type_label
 from server.metrics import ServiceMetrics
-from server.store import RedisClient
 
 log = structlog.get_logger("server.consumer")
 
@@ -104,17 +105,8 @@ class ConsumerHooks:
     before_ack: Hook | None = None
 
 
-@dataclass(frozen=True)
-class BackoffPolicy:
-    """Exponential backoff with equal jitter after consecutive Redis failures: attempt n (from 0) waits between
-    half and all of min(cap_s, base_s * 2**n)."""
-
-    base_s: float = 0.05
-    cap_s: float = 5.0
-
-    def delay_s(self, attempt: int) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(attempt, 30))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+#: The wait after consecutive Redis failures: 25-50 ms after the first, doubling up to 2.5-5 s.
+DEFAULT_BACKOFF = Backoff(base_s=0.05, cap_s=5.0)
 
 
 @dataclass
@@ -162,7 +154,7 @@ class Consumer:
         partitions: int,
         name: str | None = None,
         hooks: ConsumerHooks | None = None,
-        backoff: BackoffPolicy | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         self.name = name or default_consumer_name()
         self.settings = settings
@@ -170,9 +162,9 @@ class Consumer:
         self._fulfillment = fulfillment
         self._metrics = metrics
         self._hooks = hooks or ConsumerHooks()
-        self._backoff = backoff or BackoffPolicy()
+        self._backoff = backoff
         self._dead_letters = DeadLetters(redis, partitions)
-        self._release = redis.register_script((resources.files("server") / "lua" / "release_consumers.lua").read_text())
+        self._release = scripts.register(redis, "server", "release_consumers.lua")
         self._parts = [_Partition(keys) for keys in self._dead_letters.partitions]
         self._stopping = asyncio.Event()
         self._claim_idle_ms = max(1, int(settings.claim_idle_s * 1000))
@@ -402,7 +394,10 @@ class Consumer:
         try:
             if self._hooks.before_apply is not None:
                 await self._hooks.before_apply(entry)
-            event = decode_event(entry.fields)
+            try:
+                event = decode_event(entry.fields)
+            except MalformedEntry as exc:
+                raise InvalidEvent(str(exc)) from exc
             label = type_label(event.type)
             applied = await self._fulfillment.apply(event)
             if self._hooks.before_ack is not None:

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
+from core import scripts
+from core.connections import RedisClient
+from core.keys import CONSUMER_GROUP, EventKeys
 from entitlements.v1 import events_pb2
-from server.keys import CONSUMER_GROUP, EventKeys
-from server.store import RedisClient
-
-
-def _script(name: str) -> str:
-    return (resources.files("server") / "lua" / name).read_text()
 
 
 def _text(value: bytes | str) -> str:
@@ -76,8 +72,8 @@ class DeadLetters:
     def __init__(self, redis: RedisClient, partitions: int) -> None:
         self._redis = redis
         self.partitions = [EventKeys(p) for p in range(partitions)]
-        self._move = redis.register_script(_script("dead_letter.lua"))
-        self._replay = redis.register_script(_script("replay_dead_letter.lua"))
+        self._move = scripts.register(redis, "server", "dead_letter.lua")
+        self._replay = scripts.register(redis, "server", "replay_dead_letter.lua")
 
     async def move(self, keys: EventKeys, entry_id: str, consumer: str, error: str, deliveries: int) -> str | None:
         """Moves a pending entry held by `consumer` to the dead letters and acknowledges it, atomically.

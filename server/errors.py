@@ -1,11 +1,11 @@
 """The service's exceptions. Each domain error becomes one gRPC status in one place (`server.rpc`).
 
+StoreUnavailable (core.errors)  UNAVAILABLE: Redis could not be reached or answered too slowly
 EntitlementsError
-├── ConfigError                 bad settings; the process refuses to start
+├── ConfigError                 bad settings; the process refuses to start (also a core.errors.ConfigError)
 ├── InvalidArgument             INVALID_ARGUMENT: a request field is wrong; `field` names it
 ├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
 ├── FailedPrecondition          FAILED_PRECONDITION: valid request, but the stored state forbids it
-├── StoreUnavailable            UNAVAILABLE: Redis could not be reached or answered too slowly
 ├── ServiceStopping             UNAVAILABLE: this replica is shutting down; the call may be retried on another
 ├── NotFound                    NOT_FOUND: the payment provider does not know the object (an order)
 ├── TokenRejected               UNAUTHENTICATED: the payment provider rejected the player's token
@@ -15,12 +15,29 @@ EntitlementsError
 
 from __future__ import annotations
 
+from core import errors as core_errors
+from core.errors import StoreUnavailable
+
+__all__ = [
+    "CapacityExceeded",
+    "ConfigError",
+    "EntitlementsError",
+    "FailedPrecondition",
+    "IdempotencyConflict",
+    "InvalidArgument",
+    "InvalidEvent",
+    "NotFound",
+    "ServiceStopping",
+    "StoreUnavailable",
+    "TokenRejected",
+]
+
 
 class EntitlementsError(Exception):
     """Base class of every error the service raises on purpose."""
 
 
-class ConfigError(EntitlementsError):
+class ConfigError(EntitlementsError, core_errors.ConfigError):
     """The configuration is invalid or unsafe."""
 
 
@@ -38,10 +55,6 @@ class IdempotencyConflict(EntitlementsError):
 
 class FailedPrecondition(EntitlementsError):
     """The request is well-formed but conflicts with what is stored (e.g. a sku held as another kind)."""
-
-
-class StoreUnavailable(EntitlementsError):
-    """The store did not answer in time; the call may be retried with the same idempotency key."""
 
 
 class ServiceStopping(EntitlementsError):

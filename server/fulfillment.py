@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import events_pb2
@@ -66,21 +65,6 @@ def label_of_entry(fields: Mapping[bytes, bytes]) -> str:
     """The type label of a raw stream entry, from its `type` field, without trusting it to be well formed."""
     raw = fields.get(b"type", b"")
     return _LABEL_BY_NAME.get(raw.decode(errors="replace"), "invalid")
-
-
-def decode_event(fields: Mapping[bytes, bytes]) -> events_pb2.WebhookEvent:
-    """Parses a stream entry's `event` field.
-
-    Raises:
-        InvalidEvent: the field is missing or is not a serialized WebhookEvent.
-    """
-    data = fields.get(b"event")
-    if data is None:
-        raise InvalidEvent("the entry has no `event` field")
-    try:
-        return events_pb2.WebhookEvent.FromString(data)
-    except DecodeError as exc:
-        raise InvalidEvent(f"the `event` field is not a serialized WebhookEvent: {exc}") from exc
 
 
 @dataclass(frozen=True)

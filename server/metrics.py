@@ -5,13 +5,13 @@ Labels are bounded (method, code, operation, event type, result, partition): nev
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# From the gateway's acceptance of a webhook to its effect: normally milliseconds, minutes when retried.
+from core.metrics import LATENCY_BUCKETS
+
 # How long a stream stays open: from a stored state answered at once to the one-hour maximum wait.
 _STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+# From the gateway's acceptance of a webhook to its effect: normally milliseconds, minutes when retried.
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -30,7 +30,7 @@ class ServiceMetrics:
             "entitlements_rpc_duration_seconds",
             "RPC handling time, by method and gRPC status code.",
             ["method", "code"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.rpc_in_flight = Gauge(
@@ -65,7 +65,7 @@ class ServiceMetrics:
             "entitlements_event_apply_seconds",
             "Time to apply one event (store scripts and status publication), by event type.",
             ["type"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.event_delay = Histogram(
@@ -210,35 +210,6 @@ class ServiceMetrics:
             "entitlements_xsolla_request_seconds",
             "Time of requests to Xsolla's APIs, by operation.",
             ["operation"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-
-
-class MetricsEndpoint:
-    """Serves `registry` at GET /metrics on the running event loop (no extra thread, stops at once)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
-
-    async def start(self, host: str, port: int) -> int:
-        """Starts listening and returns the bound port (useful with port 0)."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -23,8 +23,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from server.keys import ORDER_STATUS_CHANNEL, UserKeys
-from server.store import RedisClient
+from core.connections import RedisClient
+from core.keys import ORDER_STATUS_CHANNEL, UserKeys
 
 __all__ = ["ORDER_STATUS_CHANNEL", "OrderState", "OrderStatusPublisher", "read_order_state"]
 

@@ -19,6 +19,7 @@ import grpc
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.logs import user_ref
 from server.auth import Authenticator, Principal
 from server.errors import (
     CapacityExceeded,
@@ -30,7 +31,6 @@ from server.errors import (
     StoreUnavailable,
     TokenRejected,
 )
-from server.logs import user_ref
 from server.metrics import ServiceMetrics
 
 log = structlog.get_logger("server.rpc")

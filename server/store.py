@@ -16,16 +16,15 @@ import hashlib
 import json
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from server.errors import FailedPrecondition, IdempotencyConflict, StoreUnavailable
-from server.keys import UserKeys, items_key
+from core import scripts
+from core.connections import RedisClient, bounded, reply_code
+from core.keys import UserKeys, items_key
+from server.errors import FailedPrecondition, IdempotencyConflict
 
 T = TypeVar("T")
 
@@ -35,8 +34,6 @@ MAX_CONSUMABLE_TOTAL = 1_000_000_000_000
 # Timestamps travel through Lua's cjson, which prints 14 significant digits: keep expiries below 10**14 ms
 # (the year 5138) so they stay exact.
 MAX_EXPIRES_AT_MS = 10**14 - 1
-
-RedisClient = aioredis.Redis | RedisCluster
 
 
 @dataclass(frozen=True)
@@ -175,11 +172,6 @@ def _fingerprint(operation: str, parts: list[Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _load_script(*names: str) -> str:
-    folder = resources.files("server") / "lua"
-    return "\n".join((folder / name).read_text() for name in names)
-
-
 class EntitlementStore:
     """Reads and writes entitlements. Every method raises StoreUnavailable when Redis does not answer in time.
 
@@ -193,14 +185,14 @@ class EntitlementStore:
         self._redis = redis
         self._timeout_s = timeout_s
         self._idempotency_ttl_ms = idempotency_ttl_ms
-        self._grant: AsyncScript = redis.register_script(_load_script("kinds.lua", "prologue.lua", "grant.lua"))
-        self._revoke: AsyncScript = redis.register_script(_load_script("prologue.lua", "revoke.lua"))
-        self._order_paid: AsyncScript = redis.register_script(_load_script("kinds.lua", "order.lua", "order_paid.lua"))
-        self._order_canceled: AsyncScript = redis.register_script(
-            _load_script("kinds.lua", "order.lua", "order_canceled.lua")
+        self._grant: AsyncScript = scripts.register(redis, "server", "kinds.lua", "prologue.lua", "grant.lua")
+        self._revoke: AsyncScript = scripts.register(redis, "server", "prologue.lua", "revoke.lua")
+        self._order_paid: AsyncScript = scripts.register(redis, "server", "kinds.lua", "order.lua", "order_paid.lua")
+        self._order_canceled: AsyncScript = scripts.register(
+            redis, "server", "kinds.lua", "order.lua", "order_canceled.lua"
         )
-        self._subscription: AsyncScript = redis.register_script(_load_script("kinds.lua", "subscription.lua"))
-        self._event_ledger: AsyncScript = redis.register_script(_load_script("kinds.lua", "event_ledger.lua"))
+        self._subscription: AsyncScript = scripts.register(redis, "server", "kinds.lua", "subscription.lua")
+        self._event_ledger: AsyncScript = scripts.register(redis, "server", "kinds.lua", "event_ledger.lua")
         self._reads = _ReadBatcher(redis, timeout_s)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
@@ -246,7 +238,7 @@ class EntitlementStore:
 
     async def get(self, user_id: str, sku: str) -> EntitlementRecord | None:
         """Returns the stored entitlement of one sku, expired or not, or None."""
-        raw = await self._run(self._reads.hget(items_key(user_id), sku), bounded=True)
+        raw = await self._run(self._reads.hget(items_key(user_id), sku), self_bounded=True)
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
 
     async def list_page(
@@ -419,24 +411,16 @@ class EntitlementStore:
     def _write_keys(keys: UserKeys, idempotency_key: str) -> list[str]:
         return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger]
 
-    async def _run(self, operation: Awaitable[T], *, bounded: bool = False) -> T:
+    async def _run(self, operation: Awaitable[T], *, self_bounded: bool = False) -> T:
         """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.
 
-        `bounded`: the operation enforces the timeout itself (the read batcher does, once per round trip rather
-        than once per read).
+        `self_bounded`: the operation enforces the timeout itself (the read batcher does, once per round trip
+        rather than once per read).
         """
         try:
-            if bounded:
-                return await operation
-            async with asyncio.timeout(self._timeout_s):
-                return await operation
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"Redis did not answer within {self._timeout_s:g} s") from exc
+            return await bounded(operation, self._timeout_s, self_bounded=self_bounded)
         except redis_errors.ResponseError as exc:
             raise _translate_script_error(exc) from exc
-        except (redis_errors.RedisError, OSError) as exc:
-            # ConnectionError, TimeoutError, BusyLoadingError, cluster errors: all transient from the caller's side.
-            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
 
 
 def _json(value: Any) -> str:
@@ -458,7 +442,7 @@ def _split_reply(reply: bytes | str) -> tuple[bool, str]:
 
 def _translate_script_error(exc: redis_errors.ResponseError) -> Exception:
     words = str(exc).split()
-    code = words[0] if words else ""
+    code = reply_code(exc)
     if code == "IDEMPOTENCY_CONFLICT":
         first = words[1] if len(words) > 1 else "another"
         return IdempotencyConflict(
@@ -475,8 +459,6 @@ def _translate_script_error(exc: redis_errors.ResponseError) -> Exception:
         return FailedPrecondition(f"the grant would raise the quantity above {MAX_CONSUMABLE_TOTAL}")
     if code == "EXPIRY_LIMIT":
         return FailedPrecondition("the grant would move expires_at beyond the year 5138")
-    if code in ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY"):
-        return StoreUnavailable(f"Redis is unavailable: {code}")
     return exc
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from google.protobuf.duration_pb2 import Duration
 
+from core.logs import user_ref
 from entitlements.v1 import entitlements_pb2 as pb
 from server.errors import InvalidArgument
-from server.logs import user_ref
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, GrantCommand, RevokeCommand
 
 MAX_ID_BYTES = 256

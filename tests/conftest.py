@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core import logs
 from entitlements import AsyncEntitlementsClient
-from server import logs
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
 from server.config import Settings

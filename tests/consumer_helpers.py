@@ -14,13 +14,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from core.eventlog import EventLog, partition_for
+from core.keys import CONSUMER_GROUP, EventKeys
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings
 from server.consumer import Consumer
-from server.eventlog import EventLog, partition_for
-from server.keys import CONSUMER_GROUP, EventKeys
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore
 
 PARTITIONS = 2

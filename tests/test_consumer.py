@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.keys import ORDER_STATUS_CHANNEL, UserKeys
 from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
@@ -21,7 +22,6 @@ from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from server.keys import ORDER_STATUS_CHANNEL, UserKeys
 from server.orders import OrderState, read_order_state
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED
 from tests.conftest import ClientFactory, ServiceFactory

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.keys import CONSUMER_GROUP, EventKeys, UserKeys
 from server.__main__ import dead_letters_command, events_status
 from server.app import Service
 from server.config import Settings
 from server.consumer import ConsumerHooks, StreamEntry
 from server.embedded import EmbeddedRedis
-from server.keys import CONSUMER_GROUP, EventKeys, UserKeys
 from tests.conftest import base_settings
 from tests.consumer_helpers import (
     PARTITIONS,
@@ -104,7 +104,7 @@ async def test_poison_event_is_dead_lettered_then_replayed_once_after_the_fix(
     deliveries: list[int] = []
 
     async def fail_while_broken(entry: StreamEntry) -> None:
-        from server.fulfillment import decode_event
+        from core.eventlog import decode_event
 
         if decode_event(entry.fields).event_id in broken:
             deliveries.append(entry.deliveries)
@@ -228,7 +228,7 @@ async def test_retention_trims_only_acknowledged_entries(
     held = asyncio.Event()
 
     async def hold_last(entry: StreamEntry) -> None:
-        from server.fulfillment import decode_event
+        from core.eventlog import decode_event
 
         if decode_event(entry.fields).event_id.endswith(f":c{count - 1}:paid"):
             held.set()

@@ -178,7 +178,7 @@ OWNER_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
 import redis.asyncio as aioredis
-from server import logs
+from core import logs
 from server.embedded import EmbeddedRedis
 
 async def main():

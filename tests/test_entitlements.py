@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
+from core.keys import UserKeys
 from entitlements import (
     AsyncEntitlementsClient,
     ConflictError,
@@ -16,7 +17,6 @@ from entitlements import (
     InvalidArgumentError,
 )
 from server.app import Service
-from server.keys import UserKeys
 from tests.conftest import ClientFactory, ServiceFactory
 
 HOUR = timedelta(hours=1)

@@ -25,11 +25,11 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.eventlog import AppendResult, partition_for
+from core.keys import EventKeys
+from core.logs import user_ref
 from entitlements.v1 import events_pb2 as ev
 from server.embedded import EmbeddedRedis
-from server.eventlog import AppendResult, partition_for
-from server.keys import EventKeys
-from server.logs import user_ref
 from webhook_gateway import Gateway, GatewaySettings
 from webhook_gateway.testing import Answer, StoredEvent, post, stored_events
 

@@ -13,12 +13,12 @@ import structlog
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from redis.crc import key_slot
 
+from core import logs
+from core.keys import UserKeys, items_key
 from entitlements import AsyncEntitlementsClient, InvalidArgumentError
-from server import logs
 from server.app import Service
 from server.config import Settings
 from server.errors import ConfigError
-from server.keys import UserKeys, items_key
 
 
 def _scrape(service: Service) -> str:

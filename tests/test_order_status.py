@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient
 from entitlements.errors import (
     AuthenticationError,
@@ -33,7 +34,6 @@ from server.auth import hash_key
 from server.config import Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from server.keys import UserKeys
 from server.orders import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking, parse_status
 from tests.conftest import READER_KEY, ClientFactory, ServiceFactory

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
+from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
 from server.config import TrackingSettings
 from server.embedded import EmbeddedRedis
-from server.keys import UserKeys
 from tests.conftest import READER_KEY, ServiceFactory
 from tests.consumer_helpers import PARTITIONS, consumer_settings, eventually
 from webhook_gateway import GatewaySettings

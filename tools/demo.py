@@ -15,8 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from core import logs
 from entitlements import AsyncEntitlementsClient, OrderStatus, OrderStatusSource, OrderStatusUpdate
-from server import logs
 from server.app import Service
 from server.config import ConsumerSettings, Settings, TrackingSettings
 from server.embedded import EmbeddedRedis

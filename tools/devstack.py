@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import structlog
 
-from server import logs
+from core import logs
+from core.lifecycle import wait_for_stop_signal
 from server.app import Service
 from server.config import Settings
 from server.errors import ConfigError
-from server.lifecycle import wait_for_stop_signal
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError as GatewayConfigError

@@ -12,8 +12,8 @@ import sys
 
 import structlog
 
-from server import logs
-from server.lifecycle import wait_for_stop_signal
+from core import logs
+from core.lifecycle import wait_for_stop_signal
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError

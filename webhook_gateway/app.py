@@ -26,10 +26,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from server import connections
-from server.eventlog import EventLog
-from server.metrics import MetricsEndpoint
-from server.store import RedisClient
+from core import connections
+from core.connections import RedisClient
+from core.eventlog import EventLog
+from core.metrics import MetricsEndpoint
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError, http_error_answer, internal_error_answer
 from webhook_gateway.metrics import GatewayMetrics

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from server.environ import EnvReader
+from core.environ import EnvReader
 from webhook_gateway.errors import ConfigError
 from webhook_gateway.sources import Network, parse_networks
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from core import errors as core_errors
+
 #: Xsolla's generic code for a server-side failure (official PHP SDK: SERVER_ERROR -> 5xx).
 SERVER_ERROR = "SERVER_ERROR"
 
@@ -32,7 +34,7 @@ class GatewayError(Exception):
     """Base class of every error the gateway raises on purpose."""
 
 
-class ConfigError(GatewayError):
+class ConfigError(GatewayError, core_errors.ConfigError):
     """The configuration is invalid or unsafe. The message never contains a secret."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from core.metrics import LATENCY_BUCKETS
+
 #: Every value of the `result` label, and what it means.
 RESULTS = {
     "stored": "a new event was appended to the event log (answered 204)",
@@ -26,8 +28,6 @@ RESULTS = {
 
 UNVERIFIED = "unverified"
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
 
 class GatewayMetrics:
     """The gateway's metrics, registered on `registry` (which may be shared with the service's)."""
@@ -44,7 +44,7 @@ class GatewayMetrics:
             "gateway_webhook_duration_seconds",
             "Time from the request's arrival to its answer, by notification type.",
             ["type"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.unknown_types = Counter(

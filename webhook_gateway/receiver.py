@@ -26,10 +26,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from core.eventlog import AppendResult
+from core.logs import user_ref
 from entitlements.v1 import events_pb2
 from server.errors import StoreUnavailable
-from server.eventlog import AppendResult
-from server.logs import user_ref
 from webhook_gateway.errors import (
     BodyTimeout,
     BodyTooLarge,

@@ -19,9 +19,9 @@ from typing import Any, cast
 
 import aiohttp
 
+from core.connections import RedisClient
+from core.keys import EventKeys
 from entitlements.v1 import events_pb2
-from server.keys import EventKeys
-from server.store import RedisClient
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.signature import sign

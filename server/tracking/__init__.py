@@ -11,7 +11,7 @@ Xsolla's order-status WebSocket and polling of Xsolla's Get order API. See docs/
 from server.tracking.provider import OrderLookup, Player, SocketPool
 from server.tracking.registry import OrderTracking
 from server.tracking.status import Observation, OrderProgress, parse_status
-from server.tracking.tracker import OrderTracker, PollBackoff, Watcher
+from server.tracking.tracker import OrderTracker, Watcher
 
 __all__ = [
     "Observation",
@@ -20,7 +20,6 @@ __all__ = [
     "OrderTracker",
     "OrderTracking",
     "Player",
-    "PollBackoff",
     "SocketPool",
     "Watcher",
     "parse_status",

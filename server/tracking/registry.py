@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import structlog
 
+from core.connections import RedisClient
 from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
 from server.orders import OrderState
-from server.store import RedisClient
 from server.tracking.provider import OrderLookup, SocketPool
 from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
 from server.tracking.webhooks import OrderRef, WebhookFeed

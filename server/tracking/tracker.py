@@ -20,20 +20,19 @@ state changes never interleave.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
 
+from core.backoff import Backoff
+from core.connections import RedisClient
+from core.logs import user_ref
 from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
-from server.logs import user_ref
 from server.metrics import ServiceMetrics
 from server.orders import OrderState, read_order_state
-from server.store import RedisClient
 from server.tracking.provider import (
     LookupFailed,
     OrderLookup,
@@ -61,22 +60,11 @@ from server.tracking.status import (
 
 log = structlog.get_logger("server.tracking")
 
+#: The longest wait between two Get order attempts after failures (unless the poll interval is longer).
+_POLL_BACKOFF_CAP_S = 30.0
+
 #: (project id, player id, order id): what one tracker follows.
 TrackerKey = tuple[int, str, str]
-
-
-@dataclass(frozen=True)
-class PollBackoff:
-    """How long polling waits after the n-th Get order failure in a row: the poll interval doubled per failure
-    up to `max_s`, with "equal jitter" (between half and all of it), so many orders failing together spread out."""
-
-    interval_s: float
-    multiplier: float = 2.0
-    max_s: float = 30.0
-
-    def delay_s(self, failures: int) -> float:
-        ceiling = min(max(self.max_s, self.interval_s), self.interval_s * self.multiplier ** min(failures, 30))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 class Watcher:
@@ -414,7 +402,10 @@ class OrderTracker:
         Raises:
             TokenRefused, OrderUnknown: from Get order.
         """
-        backoff = PollBackoff(self._settings.poll_interval_s)
+        # After n failures in a row: the poll interval doubled per failure, up to 30 s, with equal jitter, so
+        # many orders failing together spread out.
+        interval = self._settings.poll_interval_s
+        backoff = Backoff(base_s=interval, cap_s=max(_POLL_BACKOFF_CAP_S, interval))
         failures = 0
         while not self._finished:
             try:
@@ -436,4 +427,4 @@ class OrderTracker:
             await asyncio.sleep(self._settings.poll_interval_s)
 
 
-__all__: Final = ["OrderTracker", "PollBackoff", "TrackerKey", "Watcher"]
+__all__: Final = ["OrderTracker", "TrackerKey", "Watcher"]

@@ -10,16 +10,16 @@ order followed here, which is the truth. A lost connection is set up again with 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
-from server.keys import ORDER_STATUS_CHANNEL
+from core.backoff import Backoff
+from core.connections import RedisClient
+from core.keys import ORDER_STATUS_CHANNEL
 from server.metrics import ServiceMetrics
 from server.orders import OrderState, read_order_state
-from server.store import RedisClient
 
 log = structlog.get_logger("server.tracking.webhooks")
 
@@ -28,7 +28,8 @@ OrderRef = tuple[str, str]
 
 _READ_TIMEOUT_S = 1.0
 _RESYNC_BATCH = 100
-_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.1, 5.0
+# Before subscribing again: 0.1-0.2 s after the first failure, doubling up to 2.5-5 s.
+_BACKOFF = Backoff(base_s=0.1, cap_s=5.0)
 
 
 class WebhookFeed:
@@ -100,8 +101,7 @@ class WebhookFeed:
             except Exception as exc:  # any Redis or connection failure: subscribe again
                 self.subscribed.clear()
                 failures += 1
-                delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** min(failures, 16))
-                delay = delay / 2 + random.uniform(0, delay / 2)
+                delay = _BACKOFF.delay_s(failures)
                 self._metrics.order_feed_reconnects.inc()
                 log.warning("order_feed_lost", error=repr(exc), failures=failures, retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from centrifuge import Client, StreamPosition
 
-from server.logs import user_ref
+from core.logs import user_ref
 from server.metrics import ServiceMetrics
 from server.tracking.provider import Player, SocketListener
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from server.errors import ConfigError
+from core.errors import ConfigError
 
 
 class EnvReader:
@@ -19,7 +19,7 @@ class EnvReader:
 
     Args:
         env: the variables (normally `os.environ`).
-        error: the exception raised for a bad value (each process has its own ConfigError).
+        error: the exception raised for a bad value (each process has its own ConfigError subclass).
     """
 
     def __init__(self, env: Mapping[str, str], error: type[Exception] = ConfigError) -> None:

@@ -1,25 +1,28 @@
 """The event log: accepted provider notifications, as WebhookEvents in partitioned Redis streams.
 
 The webhook gateway appends (`EventLog.append`); the service's consumer reads with a consumer group
-(`server.consumer`). An event goes to the partition of its player, so one player's events stay in order on one
-stream and a Redis Cluster can spread partitions over its nodes. The dedup check and the XADD are one Lua script
-on keys that share the partition's hash tag: a notification delivered fifty times at once is stored once.
+(`server.consumer`) and decodes each entry with `decode_event`. An entry's fields: `event` (the serialized
+`entitlements.v1.WebhookEvent`), `raw` (the body as the provider sent it) and `type` (the EventType's name).
+An event goes to the partition of its player, so one player's events stay in order on one stream and a Redis
+Cluster can spread partitions over its nodes. The dedup check and the XADD are one Lua script on keys that share
+the partition's hash tag: a notification delivered fifty times at once is stored once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 
 import redis.exceptions as redis_errors
+from google.protobuf.message import DecodeError
 from redis.commands.core import AsyncScript
 
+from core import scripts
+from core.connections import RedisClient, bounded
+from core.errors import StoreUnavailable
+from core.keys import EventKeys
 from entitlements.v1 import events_pb2
-from server.errors import StoreUnavailable
-from server.keys import EventKeys
-from server.store import RedisClient
 
 DEFAULT_DEDUP_TTL_S = 72 * 3600
 
@@ -70,15 +73,11 @@ class EventLog:
         self._dedup_ttl_ms = dedup_ttl_s * 1000
         self._timeout_s = timeout_s
         self._max_stream_length = max_stream_length
-        source = (resources.files("server") / "lua" / "append_event.lua").read_text()
-        self._append: AsyncScript = redis.register_script(source)
+        self._append: AsyncScript = scripts.register(redis, "core", "append_event.lua")
 
     def keys_for(self, user_id: str) -> EventKeys:
         """The keys of the partition that holds `user_id`'s events."""
         return EventKeys(partition_for(user_id, self.partitions))
-
-    def all_partitions(self) -> list[EventKeys]:
-        return [EventKeys(p) for p in range(self.partitions)]
 
     async def append(self, event: events_pb2.WebhookEvent, raw: bytes) -> AppendResult:
         """Stores `event` with its raw body unless its `event_id` was stored within the dedup window.
@@ -95,12 +94,31 @@ class EventLog:
             self._max_stream_length,
         ]
         try:
-            async with asyncio.timeout(self._timeout_s):
-                entry = await self._append(keys=[keys.dedup(event.event_id), keys.stream], args=args)
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"Redis did not answer within {self._timeout_s:g} s") from exc
-        except (redis_errors.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+            entry = await bounded(
+                self._append(keys=[keys.dedup(event.event_id), keys.stream], args=args), self._timeout_s
+            )
+        except redis_errors.ResponseError as exc:
+            # Any error reply (out of memory, a replica that refuses writes): nothing was stored.
+            raise StoreUnavailable(f"Redis refused the append: {type(exc).__name__}") from exc
         if entry is None:
             return AppendResult(None, keys.partition)
         return AppendResult(entry.decode() if isinstance(entry, bytes) else str(entry), keys.partition)
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that does not hold a serialized WebhookEvent."""
+
+
+def decode_event(fields: Mapping[bytes, bytes]) -> events_pb2.WebhookEvent:
+    """Parses a stream entry's `event` field.
+
+    Raises:
+        MalformedEntry: the field is missing or is not a serialized WebhookEvent.
+    """
+    data = fields.get(b"event")
+    if data is None:
+        raise MalformedEntry("the entry has no `event` field")
+    try:
+        return events_pb2.WebhookEvent.FromString(data)
+    except DecodeError as exc:
+        raise MalformedEntry(f"the `event` field is not a serialized WebhookEvent: {exc}") from exc
