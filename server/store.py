@@ -2,7 +2,7 @@
 
 Every write is one Lua script (`server/lua/`) that checks the idempotency key, applies the change, appends to the
 player's ledger and remembers the result, atomically: concurrent writers, on any number of replicas, never lose
-an update, and a replayed key never applies twice. All of one player's keys share a hash tag (`server.keys`), so
+an update, and a replayed key never applies twice. All of one player's keys share a hash tag (`core.keys`), so
 the same scripts run unchanged on Redis Cluster.
 
 Reads of single entitlements share round trips under load: while one is in flight, the next ones queue and go

@@ -2,7 +2,7 @@
 
 Xsolla's notifications are verified (signature over the raw body, per-project secrets), translated into
 provider-neutral `entitlements.v1.WebhookEvent`s, and appended with their raw body to the event log
-(`server.eventlog`) in one atomic dedup-and-XADD step, before Xsolla is answered 204. The service's consumer
+(`core.eventlog`) in one atomic dedup-and-XADD step, before Xsolla is answered 204. The service's consumer
 applies them. See docs/WEBHOOKS.md.
 
 Modules:

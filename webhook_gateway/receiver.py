@@ -26,10 +26,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from core.errors import StoreUnavailable
 from core.eventlog import AppendResult
 from core.logs import user_ref
 from entitlements.v1 import events_pb2
-from server.errors import StoreUnavailable
 from webhook_gateway.errors import (
     BodyTimeout,
     BodyTooLarge,
@@ -53,7 +53,7 @@ _MAX_LOGGED_TYPE_CHARS = 64
 
 
 class EventSink(Protocol):
-    """Where accepted events go: `server.eventlog.EventLog` (dedup and XADD in one atomic step)."""
+    """Where accepted events go: `core.eventlog.EventLog` (dedup and XADD in one atomic step)."""
 
     async def append(self, event: events_pb2.WebhookEvent, raw: bytes) -> AppendResult:
         """Stores `event` with its raw body unless its event id was stored before.
