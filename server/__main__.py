@@ -28,21 +28,22 @@ import structlog
 
 from core import connections, logs
 from core.connections import RedisClient
+from core.errors import ConfigError
 from core.keys import CONSUMER_GROUP
 from core.lifecycle import wait_for_stop_signal
+from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
 from server.auth import SCOPES, hash_key
 from server.config import Settings
 from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
-from server.errors import ConfigError
 from server.store import EntitlementStore
 
 log = structlog.get_logger("server")
 
 
-async def serve(settings: Settings) -> None:
-    """Runs the service until SIGTERM or SIGINT, then shuts down gracefully."""
+async def serve(settings: Settings, xsolla: XsollaOrderSettings) -> None:
+    """Runs the service, following orders at Xsolla, until SIGTERM or SIGINT, then shuts down gracefully."""
     if settings.insecure_dev_mode:
         log.warning(
             "INSECURE_DEV_MODE",
@@ -50,7 +51,7 @@ async def serve(settings: Settings) -> None:
             + ("every caller has every scope" if not settings.api_keys else "API keys are still checked")
             + ". Never run this in production.",
         )
-    service = Service(settings)
+    service = Service(settings, xsolla)
     await service.start()
     await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env()
+        xsolla = XsollaOrderSettings.from_env()
         if args.command in (None, "serve"):
             settings.check_servable()
     except ConfigError as exc:
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(dead_letters_command(settings, args.action, entry_id, count=getattr(args, "count", 100)))
     if args.command == "events":
         return asyncio.run(events_status(settings))
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, xsolla))
     return 0
 
 

@@ -1,5 +1,8 @@
 """The composition root of the service process: settings -> Redis -> store -> gRPC server, start and stop.
 
+It chooses the payment provider whose orders GetOrderStatus follows: Xsolla's (`providers.xsolla`), built from its
+settings, unless a caller hands in other `core.order_sources.OrderSources`.
+
 Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, order tracking
 (its Redis subscription), the gRPC server (EntitlementService, health, reflection), then the webhook event
 consumer. Stop order is the reverse, gracefully: the consumer stops reading and finishes the batch it is
@@ -24,8 +27,10 @@ from prometheus_client import CollectorRegistry
 from core import connections
 from core.connections import RedisClient
 from core.metrics import MetricsEndpoint
+from core.order_sources import OrderSources
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
+from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
 from server.config import Settings
 from server.consumer import Consumer, ConsumerHooks
@@ -74,11 +79,22 @@ class Service:
 
     Args:
         settings: the configuration.
+        xsolla: how to reach Xsolla's order APIs, when the provider is Xsolla's (the default).
+        order_sources: another provider's order sources, instead of Xsolla's (closed by `stop`).
         consumer_hooks: fault-injection seams for the event consumer (tests only).
     """
 
-    def __init__(self, settings: Settings, *, consumer_hooks: ConsumerHooks | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        xsolla: xsolla_provider.OrderSettings | None = None,
+        *,
+        order_sources: OrderSources | None = None,
+        consumer_hooks: ConsumerHooks | None = None,
+    ) -> None:
         self.settings = settings
+        self._xsolla = xsolla or xsolla_provider.OrderSettings()
+        self._order_sources = order_sources
         self.registry = CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
         self.embedded: EmbeddedRedis | None = None
@@ -116,12 +132,14 @@ class Service:
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
             )
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
+            sources = self._order_sources or xsolla_provider.order_sources(self._xsolla, self.registry)
             self.tracking = OrderTracking(
                 self.redis,
                 settings.tracking,
                 self.metrics,
                 cluster=settings.redis_cluster,
                 redis_timeout_s=settings.redis_timeout_s,
+                sources=sources,
             )
             self.tracking.start()
             grpc_port = await self._start_grpc(self.store, self.tracking)

@@ -44,32 +44,19 @@ class ConsumerSettings:
     retention_days: float = 7.0
 
 
-XSOLLA_STORE_API = "https://store.xsolla.com/api"
-XSOLLA_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 #: The longest `max_wait` a GetOrderStatus request may ask for.
 MAX_ORDER_WAIT_S = 3600.0
 
 
 @dataclass(frozen=True)
 class TrackingSettings:
-    """How GetOrderStatus follows orders at Xsolla (see docs/ORDER_STATUS.md)."""
+    """How GetOrderStatus follows orders at the payment provider (see docs/ORDER_STATUS.md). Where to reach the
+    provider is the provider's own settings (`providers.xsolla.OrderSettings`)."""
 
-    # Xsolla project used when a request leaves project_id at 0; 0: none configured.
-    project_id: int = 0
-    # Base URL of Xsolla's Store API (Get order: {store_api}/v2/project/{project}/order/{order}).
-    store_api: str = XSOLLA_STORE_API
-    # Xsolla's order-status WebSocket (Centrifugo).
-    ws_url: str = XSOLLA_WS_URL
-    # Off: follow orders at Xsolla by polling only.
-    ws_enabled: bool = True
-    # A socket not connected this long after it was opened counts as failed: its orders fall back to polling.
-    ws_connect_timeout_s: float = 10.0
     # No status from the socket for an order this long (and no terminal status): that order falls back to polling.
     ws_silence_s: float = 300.0
-    # Time between two Get order requests for one order (Xsolla's SDKs: 3 s).
+    # Time between two status lookups (Get order) for one order (Xsolla's SDKs: 3 s).
     poll_interval_s: float = 3.0
-    # Timeout of one Get order request.
-    http_timeout_s: float = 10.0
     # How long a stream follows an order when the request does not say (Xsolla recommends 10 minutes).
     max_wait_s: float = 600.0
     # Orders followed at once by this replica; a stream that would need one more is RESOURCE_EXHAUSTED.
@@ -160,14 +147,8 @@ class Settings:
             retention_days=reader.number("ENTITLEMENTS_EVENT_RETENTION_DAYS", 7.0, minimum=0.0),
         )
         tracking = TrackingSettings(
-            project_id=reader.integer("ENTITLEMENTS_XSOLLA_PROJECT_ID", 0, minimum=0, maximum=2**63 - 1),
-            store_api=reader.url("ENTITLEMENTS_XSOLLA_STORE_API", XSOLLA_STORE_API, schemes=("http", "https")),
-            ws_url=reader.url("ENTITLEMENTS_XSOLLA_WS_URL", XSOLLA_WS_URL, schemes=("ws", "wss")),
-            ws_enabled=reader.boolean("ENTITLEMENTS_XSOLLA_WS_ENABLED", True),
-            ws_connect_timeout_s=reader.number("ENTITLEMENTS_XSOLLA_WS_CONNECT_TIMEOUT_S", 10.0, minimum=0.1),
             ws_silence_s=reader.number("ENTITLEMENTS_ORDER_WS_SILENCE_S", 300.0, minimum=0.1),
             poll_interval_s=reader.number("ENTITLEMENTS_ORDER_POLL_INTERVAL_S", 3.0, minimum=0.01),
-            http_timeout_s=reader.number("ENTITLEMENTS_XSOLLA_HTTP_TIMEOUT_S", 10.0, minimum=0.1),
             max_wait_s=reader.number("ENTITLEMENTS_ORDER_MAX_WAIT_S", 600.0, minimum=1.0, maximum=MAX_ORDER_WAIT_S),
             max_trackers=reader.integer("ENTITLEMENTS_MAX_ORDER_TRACKERS", 10_000, minimum=1),
             grant_wait_s=reader.number("ENTITLEMENTS_ORDER_GRANT_WAIT_S", 30.0, minimum=0.0),

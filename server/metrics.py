@@ -165,19 +165,8 @@ class ServiceMetrics:
         )
         self.order_fallbacks = Counter(
             "entitlements_order_polling_fallbacks_total",
-            "Orders that switched from Xsolla's WebSocket to polling, by reason (connect_timeout, connect_error, "
+            "Orders that switched from the provider's WebSocket to polling, by reason (connect_timeout, connect_error, "
             "closed, broken, silent).",
-            ["reason"],
-            registry=registry,
-        )
-        self.order_sockets = Gauge(
-            "entitlements_order_sockets",
-            "Connections to Xsolla's order-status WebSocket open now (one per player with orders followed).",
-            registry=registry,
-        )
-        self.order_socket_failures = Counter(
-            "entitlements_order_socket_failures_total",
-            "Xsolla WebSocket connections given up, by reason (connect_timeout, connect_error, closed, broken).",
             ["reason"],
             registry=registry,
         )
@@ -197,19 +186,5 @@ class ServiceMetrics:
         self.order_feed_reconnects = Counter(
             "entitlements_order_feed_reconnects_total",
             "Times the order-status subscription failed and was set up again from scratch (after a backoff).",
-            registry=registry,
-        )
-        self.xsolla_requests = Counter(
-            "entitlements_xsolla_requests_total",
-            "Requests to Xsolla's APIs, by operation and result (ok, 401, 403, 404, 429, 4xx, 5xx, network, "
-            "unreadable).",
-            ["operation", "result"],
-            registry=registry,
-        )
-        self.xsolla_request_duration = Histogram(
-            "entitlements_xsolla_request_seconds",
-            "Time of requests to Xsolla's APIs, by operation.",
-            ["operation"],
-            buckets=LATENCY_BUCKETS,
             registry=registry,
         )

@@ -82,7 +82,7 @@ def non_renewing_subscription(record: EntitlementRecord, now_ms: int) -> pb.Subs
 
 
 def recurring_subscription(data: Mapping[str, Any]) -> pb.Subscription:
-    """A recurring subscription as recorded from Xsolla's webhooks (times in ms since the epoch)."""
+    """A recurring subscription as recorded from the provider's webhooks (times in ms since the epoch)."""
     subscription = pb.Subscription(
         id=str(data.get("id", "")),
         plan_id=int(data.get("plan_id") or 0),
@@ -210,12 +210,13 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
     async def GetOrderStatus(
         self, request: pb.GetOrderStatusRequest, context: Context, principal: Principal
     ) -> AsyncGenerator[pb.OrderStatusUpdate, None]:
-        settings = self._tracking.settings
+        tracking = self._tracking
         watch = validation.order_watch(
             request,
-            default_project_id=settings.project_id,
-            default_max_wait_s=settings.max_wait_s,
+            default_project_id=tracking.sources.default_project_id,
+            default_max_wait_s=tracking.settings.max_wait_s,
             max_wait_limit_s=MAX_ORDER_WAIT_S,
+            provider=tracking.sources.name,
         )
         deadline = asyncio.get_running_loop().time() + watch.max_wait_s
         watcher = self._tracking.watch(watch)

@@ -184,8 +184,8 @@ class OrderWatch:
     """A validated GetOrderStatus request.
 
     Attributes:
-        project_id: the Xsolla project: the request's, else the configured one, else 0 (possible only without a
-            token, when webhooks alone feed the stream).
+        project_id: the provider's project: the request's, else the configured one, else 0 (possible only
+            without a token, when webhooks alone feed the stream).
         token: the player's token, or "" (then only webhooks feed the stream). Kept out of `repr()`.
         max_wait_s: how long this stream follows the order.
     """
@@ -198,14 +198,20 @@ class OrderWatch:
 
 
 def order_watch(
-    request: pb.GetOrderStatusRequest, *, default_project_id: int, default_max_wait_s: float, max_wait_limit_s: float
+    request: pb.GetOrderStatusRequest,
+    *,
+    default_project_id: int,
+    default_max_wait_s: float,
+    max_wait_limit_s: float,
+    provider: str,
 ) -> OrderWatch:
     """Validates a GetOrderStatusRequest.
 
     Args:
-        default_project_id: the configured Xsolla project (0: none).
+        default_project_id: the configured project of the provider (0: none).
         default_max_wait_s: `max_wait` when the request does not set it.
         max_wait_limit_s: the longest `max_wait` a request may ask for.
+        provider: the provider's name, for the message when a project is missing.
     """
     order_id = identifier("order_id", request.order_id)
     user_id = identifier("user_id", request.user_id)
@@ -219,7 +225,7 @@ def order_watch(
         if _CONTROL.search(token) or token != token.strip():
             raise InvalidArgument("token", "must not contain control characters or surrounding spaces")
         if not project_id:
-            raise InvalidArgument("project_id", "is required with a token: no Xsolla project is configured")
+            raise InvalidArgument("project_id", f"is required with a token: no {provider} project is configured")
     max_wait_s = default_max_wait_s
     if request.HasField("max_wait"):
         seconds, nanos = request.max_wait.seconds, request.max_wait.nanos

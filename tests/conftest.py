@@ -61,11 +61,13 @@ def base_settings(**overrides: Any) -> Settings:
 
 @pytest.fixture
 async def service_factory() -> AsyncIterator[ServiceFactory]:
-    """Starts services with `base_settings(**overrides)`; stops them all at the end of the test."""
+    """Starts services with `base_settings(**overrides)` (and `xsolla=`/`order_sources=` for the provider); stops
+    them all at the end of the test."""
     started: list[Service] = []
 
     async def start(**overrides: Any) -> Service:
-        service = Service(base_settings(**overrides))
+        provider = {key: overrides.pop(key) for key in ("xsolla", "order_sources") if key in overrides}
+        service = Service(base_settings(**overrides), **provider)
         await service.start()
         started.append(service)
         return service

@@ -505,15 +505,17 @@ async def test_webhook_through_the_gateway_is_granted_once(
     """End to end: Xsolla's order_paid (the sandbox capture), posted twice to the real gateway, is granted once."""
     import aiohttp
 
+    from providers.xsolla import WebhookSettings
+    from tests.helpers.gateway import post, running_gateway
     from webhook_gateway import GatewaySettings
-    from webhook_gateway.testing import post, running_gateway
 
     body = (Path(__file__).parent / "fixtures" / "xsolla" / "order_paid_combined.json").read_bytes()
     secret = "e2e-secret-0123456789"
-    settings = GatewaySettings(
-        port=0, metrics_port=None, default_secret=secret, redis_url=redis_server.url, event_partitions=2
-    )
-    async with running_gateway(settings) as gateway, aiohttp.ClientSession() as http:
+    settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=2)
+    async with (
+        running_gateway(settings, WebhookSettings(default_secret=secret)) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
         for _ in range(2):
             assert (await post(http, gateway.url, body, secret=secret)).status == 204
     await drained(redis_client)

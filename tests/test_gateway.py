@@ -12,9 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from types import MappingProxyType
 from typing import Any
 
@@ -30,39 +28,21 @@ from core.keys import EventKeys
 from core.logs import user_ref
 from entitlements.v1 import events_pb2 as ev
 from server.embedded import EmbeddedRedis
-from webhook_gateway import Gateway, GatewaySettings
-from webhook_gateway.testing import Answer, StoredEvent, post, stored_events
-
-FIXTURES = Path(__file__).parent / "fixtures" / "xsolla"
-SECRET = "default-secret-0123456789abcdef"
-PROJECT = 308077
-PROJECT_SECRET = "project-308077-secret-fedcba9876"
-
-GatewayFactory = Callable[..., Awaitable[Gateway]]
-
-
-def fixture(name: str) -> bytes:
-    """A fact-sheet payload's exact bytes."""
-    return (FIXTURES / f"{name}.json").read_bytes()
-
-
-def signed(body: bytes, secret: str = SECRET) -> str:
-    """Xsolla's header, computed here independently of the gateway's code."""
-    return "Signature " + hashlib.sha1(body + secret.encode()).hexdigest()  # noqa: S324 - Xsolla's scheme
-
-
-def gateway_settings(**overrides: Any) -> GatewaySettings:
-    """Settings for a test gateway: free ports, a default secret, project 308077 with its own, short timeouts."""
-    settings = GatewaySettings(
-        port=0,
-        metrics_port=0,
-        default_secret=SECRET,
-        project_secrets=MappingProxyType({PROJECT: (PROJECT_SECRET,)}),
-        redis_timeout_s=0.5,
-        request_timeout_s=5.0,
-        shutdown_grace_s=1.0,
-    )
-    return replace(settings, **overrides)
+from tests.helpers.gateway import (
+    PROJECT,
+    PROJECT_SECRET,
+    SECRET,
+    GatewayFactory,
+    StoredEvent,
+    fixture,
+    gateway_settings,
+    post,
+    send,
+    signed,
+    stored_events,
+    xsolla_settings,
+)
+from webhook_gateway import Gateway
 
 
 @pytest.fixture
@@ -72,7 +52,10 @@ async def gateway_factory(redis_server: EmbeddedRedis) -> AsyncIterator[GatewayF
 
     async def start(**overrides: Any) -> Gateway:
         kwargs = {key: overrides.pop(key) for key in ("event_sink", "user_directory") if key in overrides}
-        gateway = Gateway(gateway_settings(redis_url=redis_server.url, **overrides), **kwargs)
+        secrets = {key: overrides.pop(key) for key in ("default_secret", "project_secrets") if key in overrides}
+        gateway = Gateway(
+            gateway_settings(redis_url=redis_server.url, **overrides), xsolla_settings(**secrets), **kwargs
+        )
         await gateway.start()
         started.append(gateway)
         return gateway
@@ -93,13 +76,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session, closed afterwards."""
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def send(http: aiohttp.ClientSession, url: str, body: bytes, secret: str = SECRET, **kwargs: Any) -> Answer:
-    """Posts `body` signed with `secret` (or with `authorization=...` as given)."""
-    if "authorization" not in kwargs:
-        kwargs["authorization"] = signed(body, secret)
-    return await post(http, url, body, **kwargs)
 
 
 async def only_event(redis_client: aioredis.Redis, partitions: int = 1) -> StoredEvent:
@@ -732,13 +708,13 @@ async def test_redis_down_answers_503_and_the_retry_is_stored_once_it_is_back(
         503,
         error("SERVER_ERROR", "The notification could not be stored; retry later"),
     )
-    async with http.get(gateway.url.replace(gateway.settings.path, "/readyz")) as response:
+    async with http.get(gateway.url.replace(gateway.path, "/readyz")) as response:
         assert response.status == 503
     await redis_server.start()
     for _ in range(2):
         assert (await send(http, gateway.url, body, PROJECT_SECRET)).status == 204
     await only_event(redis_client)
-    async with http.get(gateway.url.replace(gateway.settings.path, "/readyz")) as response:
+    async with http.get(gateway.url.replace(gateway.path, "/readyz")) as response:
         assert (response.status, await response.json()) == (200, {"status": "ready"})
     samples = await metric_samples(http, gateway)
     assert samples[("gateway_webhooks_total", (("result", "unavailable"), ("type", "order_paid")))] == 1
@@ -771,7 +747,7 @@ async def test_unexpected_error_is_a_generic_500_logged_with_its_traceback(
 
 async def test_healthz_and_readyz(gateway: Gateway, http: aiohttp.ClientSession) -> None:
     """/healthz answers while the process runs, /readyz while Redis answers."""
-    base = gateway.url.removesuffix(gateway.settings.path)
+    base = gateway.url.removesuffix(gateway.path)
     async with http.get(base + "/healthz") as response:
         assert (response.status, await response.json()) == (200, {"status": "ok"})
     async with http.get(base + "/readyz") as response:
@@ -832,7 +808,7 @@ async def test_gateway_shares_a_callers_redis_client_and_registry(
     registry = CollectorRegistry()
     shared = aioredis.Redis.from_url(redis_server.url)
     try:
-        gateway = Gateway(gateway_settings(metrics_port=None), redis=shared, registry=registry)
+        gateway = Gateway(gateway_settings(metrics_port=None), xsolla_settings(), redis=shared, registry=registry)
         await gateway.start()
         try:
             assert gateway.metrics_port is None

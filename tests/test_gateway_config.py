@@ -15,21 +15,28 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from core.errors import ConfigError
+from providers.xsolla import NAMED_NETWORKS, WebhookSettings
+from providers.xsolla.networks import XSOLLA_NETWORKS
+from providers.xsolla.settings import parse_project_secrets
 from server.embedded import EmbeddedRedis
-from tests.test_gateway import SECRET, fixture, send
-from webhook_gateway.config import GatewaySettings, parse_project_secrets
-from webhook_gateway.errors import ConfigError
-from webhook_gateway.sources import XSOLLA_NETWORKS
-from webhook_gateway.testing import stored_events
+from tests.helpers.gateway import SECRET, fixture, send, stored_events
+from webhook_gateway.config import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def read_env(env: dict[str, str]) -> tuple[GatewaySettings, WebhookSettings]:
+    """Both halves of the gateway's configuration, read as `python -m webhook_gateway` reads them."""
+    return GatewaySettings.from_env(env, named_networks=NAMED_NETWORKS), WebhookSettings.from_env(env)
+
+
 def test_defaults() -> None:
     """With only a secret set, every other setting has its documented default."""
-    settings = GatewaySettings.from_env({"GATEWAY_XSOLLA_SECRET": "s3cret"})
-    assert (settings.host, settings.port, settings.path) == ("127.0.0.1", 8080, "/webhooks/xsolla")
-    assert (settings.default_secret, dict(settings.project_secrets)) == ("s3cret", {})
+    settings, xsolla = read_env({"GATEWAY_XSOLLA_SECRET": "s3cret"})
+    # No path: the provider's, `/webhooks/xsolla` (test_gateway checks the served URL).
+    assert (settings.host, settings.port, settings.path) == ("127.0.0.1", 8080, None)
+    assert (xsolla.default_secret, dict(xsolla.project_secrets)) == ("s3cret", {})
     assert (settings.redis_url, settings.redis_cluster, settings.redis_timeout_s) == (None, False, 2.0)
     assert (settings.max_body_bytes, settings.request_timeout_s) == (1024 * 1024, 10.0)
     assert (settings.event_partitions, settings.dedup_ttl_h, settings.dedup_ttl_s) == (1, 72.0, 72 * 3600)
@@ -45,7 +52,7 @@ def test_defaults() -> None:
 
 def test_every_variable_is_read() -> None:
     """Each documented variable reaches its setting."""
-    settings = GatewaySettings.from_env(
+    settings, xsolla = read_env(
         {
             "GATEWAY_HOST": "192.0.2.10",
             "GATEWAY_PORT": "9000",
@@ -75,10 +82,10 @@ def test_every_variable_is_read() -> None:
         }
     )
     assert (settings.host, settings.port, settings.path) == ("192.0.2.10", 9000, "/hooks/xsolla")
-    assert settings.secrets_for(308077) == ("live",)
-    assert settings.secrets_for(18404) == ("sandbox",)
-    assert settings.secrets_for(1) == ("default",)
-    assert settings.secrets_for(None) == ("default",)
+    assert xsolla.secrets_for(308077) == ("live",)
+    assert xsolla.secrets_for(18404) == ("sandbox",)
+    assert xsolla.secrets_for(1) == ("default",)
+    assert xsolla.secrets_for(None) == ("default",)
     assert (settings.redis_url, settings.redis_cluster, settings.redis_timeout_s) == ("redis://redis:6379/0", True, 1.5)
     assert (settings.redis_max_connections, settings.max_body_bytes, settings.request_timeout_s) == (8, 65536, 3.0)
     assert (settings.event_partitions, settings.dedup_ttl_h) == (16, 96.0)
@@ -100,15 +107,15 @@ def test_secret_files(tmp_path: Path) -> None:
     """The _FILE variants read the default secret and the project secrets from files (e.g. mounted secrets)."""
     (tmp_path / "secret").write_text("from-file\n")
     (tmp_path / "projects").write_text("# projects\n308077=p1\n18404=p2\n")
-    settings = GatewaySettings.from_env(
+    xsolla = WebhookSettings.from_env(
         {
             "GATEWAY_XSOLLA_SECRET_FILE": str(tmp_path / "secret"),
             "GATEWAY_XSOLLA_PROJECT_SECRETS": "1=inline",
             "GATEWAY_XSOLLA_PROJECT_SECRETS_FILE": str(tmp_path / "projects"),
         }
     )
-    assert settings.default_secret == "from-file"
-    assert dict(settings.project_secrets) == {1: ("inline",), 308077: ("p1",), 18404: ("p2",)}
+    assert xsolla.default_secret == "from-file"
+    assert dict(xsolla.project_secrets) == {1: ("inline",), 308077: ("p1",), 18404: ("p2",)}
 
 
 @pytest.mark.parametrize(
@@ -139,7 +146,7 @@ def test_bad_configuration_is_refused_without_echoing_secrets(env: dict[str, str
     if "SECRET" not in "".join(env):
         env = {"GATEWAY_XSOLLA_SECRET": "topsecret", **env}
     with pytest.raises(ConfigError, match=re.escape(message)) as caught:
-        GatewaySettings.from_env(env)
+        read_env(env)
     assert "topsecret" not in str(caught.value)
 
 

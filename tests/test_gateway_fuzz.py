@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.embedded import EmbeddedRedis
-from tests.test_gateway import FIXTURES, PROJECT_SECRET, SECRET, gateway_settings, signed
+from tests.helpers.gateway import FIXTURES, PROJECT_SECRET, SECRET, gateway_settings, running_gateway, signed
 from webhook_gateway import Gateway
-from webhook_gateway.testing import running_gateway
 
 SECRETS = (SECRET, PROJECT_SECRET)
 PAYLOADS = [json.loads(path.read_bytes()) for path in sorted(FIXTURES.glob("*.json"))]

@@ -11,11 +11,20 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from providers.xsolla import NAMED_NETWORKS
 from server.embedded import EmbeddedRedis
-from tests.test_gateway import PROJECT_SECRET, SECRET, fixture, gateway_settings, send, signed
+from tests.helpers.gateway import (
+    PROJECT_SECRET,
+    SECRET,
+    fixture,
+    gateway_settings,
+    running_gateway,
+    send,
+    signed,
+    stored_events,
+)
 from webhook_gateway import Gateway
 from webhook_gateway.sources import SourceFilter, parse_address, parse_networks
-from webhook_gateway.testing import running_gateway, stored_events
 
 LIMIT = 2048
 
@@ -110,7 +119,7 @@ async def test_chunked_oversized_body_is_413(
 
 async def test_huge_announced_body_is_refused_without_reading_it(gateway: Gateway) -> None:
     """Content-Length of 10 GiB: 413 at once, and the connection closes without the body being waited for."""
-    answer, took_s = await raw_exchange(gateway, head(gateway.settings.path, 10 * 2**30, "Signature " + "0" * 40))
+    answer, took_s = await raw_exchange(gateway, head(gateway.path, 10 * 2**30, "Signature " + "0" * 40))
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"code":"INVALID_PARAMETER"' in answer
     assert took_s < 3  # the answer at once, then at most the lingering second before the close
@@ -122,7 +131,7 @@ async def test_huge_announced_body_is_refused_without_reading_it(gateway: Gatewa
 async def test_body_that_does_not_arrive_in_time_is_408(gateway: Gateway, redis_client: aioredis.Redis) -> None:
     """A sender that stalls mid-body gets 408 after the request timeout, and the connection is closed."""
     body = fixture("order_paid_separate")
-    request = head(gateway.settings.path, len(body), signed(body)) + body[:20]
+    request = head(gateway.path, len(body), signed(body)) + body[:20]
     answer, took_s = await raw_exchange(gateway, request)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'{"error":{"code":"INVALID_PARAMETER","message":"The request body was not received in time"}}' in answer
@@ -183,7 +192,7 @@ async def test_path_is_configurable(
 @pytest.fixture
 async def xsolla_only(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
     """A gateway that only takes webhooks from Xsolla's published networks, seen by the socket peer."""
-    settings = gateway_settings(redis_url=redis_server.url, allowed_networks=parse_networks("xsolla"))
+    settings = gateway_settings(redis_url=redis_server.url, allowed_networks=parse_networks("xsolla", NAMED_NETWORKS))
     async with running_gateway(settings) as gateway:
         yield gateway
 
@@ -193,7 +202,7 @@ async def behind_proxy(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
     """The same allow-list behind two trusted proxies that append to X-Forwarded-For."""
     settings = gateway_settings(
         redis_url=redis_server.url,
-        allowed_networks=parse_networks("xsolla"),
+        allowed_networks=parse_networks("xsolla", NAMED_NETWORKS),
         trusted_proxy_header="X-Forwarded-For",
         trusted_proxy_hops=2,
     )
@@ -249,7 +258,7 @@ async def test_allow_list_is_off_by_default(
 
 def test_networks_and_addresses_parse() -> None:
     """`xsolla` expands to the published list; addresses with ports, brackets and IPv4-mapped forms parse."""
-    networks = parse_networks("xsolla, 10.0.0.0/8 2001:db8::/32")
+    networks = parse_networks("xsolla, 10.0.0.0/8 2001:db8::/32", NAMED_NETWORKS)
     assert len(networks) == 11
     allowed = SourceFilter(networks)
     for text, expected in [
@@ -265,4 +274,4 @@ def test_networks_and_addresses_parse() -> None:
         assert allowed.allows(parse_address(text)) is expected, text
     assert SourceFilter(()).allows(None)
     with pytest.raises(ValueError, match="not a network"):
-        parse_networks("xsolla, 300.1.1.1")
+        parse_networks("xsolla, 300.1.1.1", NAMED_NETWORKS)

@@ -14,9 +14,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.embedded import EmbeddedRedis
-from tests.test_gateway import SECRET, fixture, gateway_settings, send
+from tests.helpers.gateway import SECRET, fixture, gateway_settings, running_gateway, send, stored_events
 from webhook_gateway import Gateway
-from webhook_gateway.testing import running_gateway, stored_events
 
 TOKEN = "directory-token-0123456789"
 

@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.errors import ConfigError as CoreConfigError
 from core.keys import UserKeys
+from core.order_sources import ReportedStatus
 from entitlements import AsyncEntitlementsClient
 from entitlements.errors import (
     AuthenticationError,
@@ -29,18 +31,19 @@ from entitlements.errors import (
     UnavailableError,
 )
 from entitlements.v1 import entitlements_pb2 as pb
+from providers.xsolla import OrderSettings, WebhookSettings
+from providers.xsolla.status import reported as xsolla_status
 from server.app import Service
 from server.auth import hash_key
 from server.config import Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
-from server.errors import ConfigError
 from server.orders import read_order_state
-from server.tracking import Observation, OrderProgress, OrderTracking, parse_status
+from server.tracking import Observation, OrderProgress, OrderTracking
 from tests.conftest import READER_KEY, ClientFactory, ServiceFactory
 from tests.consumer_helpers import PARTITIONS, consumer_settings
+from tests.helpers.gateway import running_gateway
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
-from webhook_gateway.testing import running_gateway
 from xsolla_simulator import XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -53,15 +56,8 @@ NEW, PAID, DONE, CANCELED = pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_PAID, pb.ORDER_
 STORED, WEBHOOK = pb.ORDER_STATUS_SOURCE_STORED, pb.ORDER_STATUS_SOURCE_WEBHOOK
 WEBSOCKET, POLLING = pb.ORDER_STATUS_SOURCE_WEBSOCKET, pb.ORDER_STATUS_SOURCE_POLLING
 
-FAST = TrackingSettings(
-    project_id=PROJECT,
-    ws_connect_timeout_s=2.0,
-    ws_silence_s=1.0,
-    poll_interval_s=0.1,
-    http_timeout_s=2.0,
-    max_wait_s=15.0,
-    grant_wait_s=2.0,
-)
+FAST = TrackingSettings(ws_silence_s=1.0, poll_interval_s=0.1, max_wait_s=15.0, grant_wait_s=2.0)
+FAST_XSOLLA = OrderSettings(project_id=PROJECT, ws_connect_timeout_s=2.0, http_timeout_s=2.0)
 
 # Tasks that exist whether or not a stream ran: grpc.aio's wait for the next call (a new task per call), and the
 # simulator's end of the keep-alive connections the service's HTTP session keeps for the next poll.
@@ -89,12 +85,20 @@ class Rig:
     client_factory: ClientFactory
 
     async def service(self, *, consumer: bool = True, **tracking: Any) -> Service:
-        """A service on the test's Valkey following orders at the simulator, with `tracking` overrides."""
-        settings = replace(FAST, store_api=self.sim.store_api_url, ws_url=self.sim.ws_url, **tracking)
+        """A service on the test's Valkey following orders at the simulator, with overrides of its tracking
+        settings and of Xsolla's (`OrderSettings`) by field name."""
+        xsolla_fields = {f.name for f in fields(OrderSettings)}
+        xsolla = replace(
+            FAST_XSOLLA,
+            store_api=self.sim.store_api_url,
+            ws_url=self.sim.ws_url,
+            **{name: value for name, value in tracking.items() if name in xsolla_fields},
+        )
+        settings = replace(FAST, **{name: value for name, value in tracking.items() if name not in xsolla_fields})
         overrides = consumer_settings()
         if not consumer:
             overrides["consumer"] = replace(overrides["consumer"], enabled=False)
-        return await self.start_service(redis_url=self.redis_server.url, tracking=settings, **overrides)
+        return await self.start_service(redis_url=self.redis_server.url, tracking=settings, xsolla=xsolla, **overrides)
 
     async def client(self, service: Service) -> AsyncEntitlementsClient:
         return await self.client_factory(service)
@@ -118,11 +122,10 @@ async def rig(
     settings = GatewaySettings(
         port=0,
         metrics_port=None,
-        default_secret=SECRET,
         redis_url=redis_server.url,
         event_partitions=PARTITIONS,
     )
-    async with running_gateway(settings) as gateway:
+    async with running_gateway(settings, WebhookSettings(default_secret=SECRET)) as gateway:
         sim = await simulators(project_id=PROJECT, webhook_url=gateway.url, webhook_secret=SECRET, time_scale=0.001)
         yield Rig(sim, gateway, redis_server, service_factory, client_factory)
 
@@ -751,48 +754,54 @@ def test_statuses_only_move_forward_and_the_grant_is_news_once() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("new", NEW), ("PAID", PAID), (" Done ", DONE), ("canceled", CANCELED), ("expired", pb.ORDER_STATUS_EXPIRED)],
+    [
+        ("new", NEW),
+        ("PAID", PAID),
+        (" Done ", DONE),
+        ("canceled", CANCELED),
+        ("cancelled", CANCELED),
+        ("expired", pb.ORDER_STATUS_EXPIRED),
+    ],
 )
 def test_xsolla_status_strings_map_case_insensitively(text: str, expected: int) -> None:
     """Xsolla's status strings map to OrderStatus whatever their case."""
-    assert parse_status(text) == expected
+    assert xsolla_status(text) == ReportedStatus(expected, text)
 
 
-@pytest.mark.parametrize("text", ["", "refunded", "pending", None, 3])
-def test_unknown_status_strings_map_to_nothing(text: object) -> None:
+@pytest.mark.parametrize("text", ["", "refunded", "pending"])
+def test_unknown_status_strings_map_to_nothing(text: str) -> None:
     """Anything else is not a status (the tracker logs and ignores it)."""
-    assert parse_status(text) is None
+    assert xsolla_status(text) == ReportedStatus(None, text)
 
 
 def test_tracking_settings_come_from_the_environment() -> None:
     """Every ENTITLEMENTS_ tracking variable is read, with its unit, and checked."""
-    settings = Settings.from_env(
-        {
-            "ENTITLEMENTS_XSOLLA_PROJECT_ID": "308077",
-            "ENTITLEMENTS_XSOLLA_STORE_API": "https://store.example/api/",
-            "ENTITLEMENTS_XSOLLA_WS_URL": "wss://ws.example/connection/websocket",
-            "ENTITLEMENTS_XSOLLA_WS_ENABLED": "false",
-            "ENTITLEMENTS_ORDER_POLL_INTERVAL_S": "1.5",
-            "ENTITLEMENTS_ORDER_WS_SILENCE_S": "60",
-            "ENTITLEMENTS_ORDER_MAX_WAIT_S": "3600",
-            "ENTITLEMENTS_MAX_ORDER_TRACKERS": "5",
-            "ENTITLEMENTS_ORDER_GRANT_WAIT_S": "0",
-            "ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS": "5000",
-        }
-    )
-    tracking = settings.tracking
-    assert (tracking.project_id, tracking.store_api, tracking.ws_enabled) == (
-        308077,
-        "https://store.example/api",
-        False,
-    )
+    env = {
+        "ENTITLEMENTS_XSOLLA_PROJECT_ID": "308077",
+        "ENTITLEMENTS_XSOLLA_STORE_API": "https://store.example/api/",
+        "ENTITLEMENTS_XSOLLA_WS_URL": "wss://ws.example/connection/websocket",
+        "ENTITLEMENTS_XSOLLA_WS_ENABLED": "false",
+        "ENTITLEMENTS_ORDER_POLL_INTERVAL_S": "1.5",
+        "ENTITLEMENTS_ORDER_WS_SILENCE_S": "60",
+        "ENTITLEMENTS_ORDER_MAX_WAIT_S": "3600",
+        "ENTITLEMENTS_MAX_ORDER_TRACKERS": "5",
+        "ENTITLEMENTS_ORDER_GRANT_WAIT_S": "0",
+        "ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS": "5000",
+    }
+    settings = Settings.from_env(env)
+    tracking, xsolla = settings.tracking, OrderSettings.from_env(env)
+    assert (xsolla.project_id, xsolla.store_api, xsolla.ws_enabled) == (308077, "https://store.example/api", False)
+    assert xsolla.ws_url == "wss://ws.example/connection/websocket"
     assert (tracking.poll_interval_s, tracking.ws_silence_s, tracking.max_wait_s) == (1.5, 60.0, 3600.0)
     assert (tracking.max_trackers, tracking.grant_wait_s) == (5, 0.0)
     assert (settings.grpc_max_pending_requests, settings.grpc_max_pending_requests_hard_limit) == (5000, 10000)
     defaults = Settings.from_env({}).tracking
     assert defaults == TrackingSettings()
     assert (defaults.poll_interval_s, defaults.ws_silence_s, defaults.max_wait_s) == (3.0, 300.0, 600.0)
-    assert defaults.ws_url == "wss://ws-store.xsolla.com/connection/websocket"
+    xsolla_defaults = OrderSettings.from_env({})
+    assert xsolla_defaults == OrderSettings()
+    assert xsolla_defaults.ws_url == "wss://ws-store.xsolla.com/connection/websocket"
+    assert xsolla_defaults.store_api == "https://store.xsolla.com/api"
 
 
 @pytest.mark.parametrize(
@@ -808,8 +817,13 @@ def test_tracking_settings_come_from_the_environment() -> None:
 )
 def test_bad_tracking_settings_are_refused(env: dict[str, str]) -> None:
     """Out-of-range or malformed tracking variables stop the service at start, naming the variable."""
-    with pytest.raises(ConfigError, match=next(iter(env)) if len(env) == 1 else "HARD_LIMIT"):
+
+    def read() -> None:
         Settings.from_env(env)
+        OrderSettings.from_env(env)
+
+    with pytest.raises(CoreConfigError, match=next(iter(env)) if len(env) == 1 else "HARD_LIMIT"):
+        read()
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

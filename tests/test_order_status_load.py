@@ -21,12 +21,13 @@ import redis.asyncio as aioredis
 
 from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
+from providers.xsolla import WebhookSettings
 from server.config import TrackingSettings
 from server.embedded import EmbeddedRedis
 from tests.conftest import READER_KEY, ServiceFactory
 from tests.consumer_helpers import PARTITIONS, consumer_settings, eventually
+from tests.helpers.gateway import running_gateway
 from webhook_gateway import GatewaySettings
-from webhook_gateway.testing import running_gateway
 from xsolla_simulator import XsollaSimulator
 from xsolla_simulator.testing import running_simulator
 
@@ -154,10 +155,10 @@ async def test_webhook_to_update_latency_is_measurable(
     """The helper the benchmark uses: the order_paid's 204 at the gateway is followed by the stream's update."""
     secret = "latency-secret"
     gateway_settings = GatewaySettings(
-        port=0, metrics_port=None, default_secret=secret, redis_url=redis_server.url, event_partitions=PARTITIONS
+        port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=PARTITIONS
     )
     async with (
-        running_gateway(gateway_settings) as gateway,
+        running_gateway(gateway_settings, WebhookSettings(default_secret=secret)) as gateway,
         running_simulator(webhook_url=gateway.url, webhook_secret=secret) as sim,
     ):
         service = await service_factory(redis_url=redis_server.url, **consumer_settings())

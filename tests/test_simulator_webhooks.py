@@ -11,13 +11,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from entitlements.v1 import events_pb2 as ev
-from webhook_gateway.xsolla import XsollaProvider
+from providers.xsolla import WebhookSettings, XsollaWebhooks
 from xsolla_simulator import ORDER_RETRY_SCHEDULE, RetrySchedule, SimOrder, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -154,7 +155,7 @@ async def test_webhook_bodies_are_accepted_by_the_gateways_parser(
     order = sim.create_order("player-1", items=ITEMS, sandbox=True)
     await sim.set_status(order.order_id, "paid")
     await sim.set_status(order.order_id, "canceled")
-    provider = XsollaProvider(lambda project: (SECRET,) if project == PROJECT else ())
+    provider = XsollaWebhooks(WebhookSettings(project_secrets=MappingProxyType({PROJECT: (SECRET,)})))
 
     events: list[ev.WebhookEvent] = []
     for request in receiver.received:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core import logs
 from entitlements import AsyncEntitlementsClient, OrderStatus, OrderStatusSource, OrderStatusUpdate
+from providers import xsolla
 from server.app import Service
 from server.config import ConsumerSettings, Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
@@ -56,11 +57,8 @@ async def run(workdir: Path) -> None:
     redis = EmbeddedRedis(workdir / "var")
     await redis.start()
     gateway = Gateway(
-        replace(
-            GatewaySettings.from_env({"GATEWAY_XSOLLA_SECRET": SECRET, "REDIS_URL": redis.url}),
-            port=0,
-            metrics_port=None,
-        )
+        replace(GatewaySettings.from_env({"REDIS_URL": redis.url}), port=0, metrics_port=None),
+        xsolla.WebhookSettings.from_env({"GATEWAY_XSOLLA_SECRET": SECRET}),
     )
     sim: XsollaSimulator | None = None
     service: Service | None = None
@@ -76,10 +74,9 @@ async def run(workdir: Path) -> None:
                 redis_url=redis.url,
                 insecure_dev_mode=True,
                 consumer=ConsumerSettings(block_ms=100),
-                tracking=TrackingSettings(
-                    project_id=PROJECT_ID, store_api=sim.store_api_url, ws_url=sim.ws_url, poll_interval_s=1.0
-                ),
-            )
+                tracking=TrackingSettings(poll_interval_s=1.0),
+            ),
+            xsolla.OrderSettings(project_id=PROJECT_ID, store_api=sim.store_api_url, ws_url=sim.ws_url),
         )
         endpoints = await service.start()
         say("setup", f"embedded Redis at {redis.url}")

@@ -14,24 +14,29 @@ from dataclasses import replace
 import structlog
 
 from core import logs
+from core.errors import ConfigError
 from core.lifecycle import wait_for_stop_signal
+from providers import xsolla
 from server.app import Service
 from server.config import Settings
-from server.errors import ConfigError
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
-from webhook_gateway.errors import ConfigError as GatewayConfigError
 
 log = structlog.get_logger("devstack")
 
 
-async def run(settings: Settings, gateway_settings: GatewaySettings) -> None:
+async def run(
+    settings: Settings,
+    gateway_settings: GatewaySettings,
+    xsolla_orders: xsolla.OrderSettings,
+    xsolla_webhooks: xsolla.WebhookSettings,
+) -> None:
     """Runs both until SIGTERM or SIGINT, then stops the gateway first (no new events), then the service."""
     if settings.insecure_dev_mode:
         log.warning("INSECURE_DEV_MODE", message="no API keys are checked. Never run this in production.")
-    service = Service(settings)
+    service = Service(settings, xsolla_orders)
     await service.start()
-    gateway = Gateway(gateway_settings, redis=service.redis, registry=service.registry)
+    gateway = Gateway(gateway_settings, xsolla_webhooks, redis=service.redis, registry=service.registry)
     try:
         await gateway.start()
     except BaseException:
@@ -48,12 +53,14 @@ def main() -> int:
         settings = Settings.from_env()
         settings.check_servable()
         # The gateway's metrics are served by the service's endpoint (shared registry).
-        gateway_settings = replace(GatewaySettings.from_env(), metrics_port=None)
-    except (ConfigError, GatewayConfigError) as exc:
+        gateway_settings = replace(GatewaySettings.from_env(named_networks=xsolla.NAMED_NETWORKS), metrics_port=None)
+        xsolla_orders = xsolla.OrderSettings.from_env()
+        xsolla_webhooks = xsolla.WebhookSettings.from_env()
+    except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(run(settings, gateway_settings))
+    asyncio.run(run(settings, gateway_settings, xsolla_orders, xsolla_webhooks))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Command line of the webhook gateway: `python -m webhook_gateway`, configured by environment variables.
 
-Runs until SIGTERM or SIGINT, then stops gracefully (in-flight webhooks finish within GATEWAY_SHUTDOWN_GRACE_S).
+The composition root of the gateway process: it reads the gateway's settings and Xsolla's (the webhook provider)
+and runs until SIGTERM or SIGINT, then stops gracefully (in-flight webhooks finish within GATEWAY_SHUTDOWN_GRACE_S).
 Exit code 2 on a configuration error. Every variable is listed in docs/WEBHOOKS.md.
 """
 
@@ -13,23 +14,25 @@ import sys
 import structlog
 
 from core import logs
+from core.errors import ConfigError
 from core.lifecycle import wait_for_stop_signal
+from providers.xsolla import NAMED_NETWORKS
+from providers.xsolla import WebhookSettings as XsollaWebhookSettings
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
-from webhook_gateway.errors import ConfigError
 
 log = structlog.get_logger("webhook_gateway")
 
 
-async def serve(settings: GatewaySettings) -> None:
-    """Runs the gateway until SIGTERM or SIGINT."""
+async def serve(settings: GatewaySettings, xsolla: XsollaWebhookSettings) -> None:
+    """Runs the gateway, with Xsolla as its webhook provider, until SIGTERM or SIGINT."""
     if settings.user_directory == "allow_all":
         log.warning(
             "USER_DIRECTORY_ALLOW_ALL",
             message="GATEWAY_USER_DIRECTORY is allow_all: every user_validation is answered 'exists'. "
             "Set it to http (GATEWAY_USER_DIRECTORY_URL) outside development.",
         )
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, xsolla)
     await gateway.start()
     await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     try:
-        settings = GatewaySettings.from_env()
+        settings = GatewaySettings.from_env(named_networks=NAMED_NETWORKS)
+        xsolla = XsollaWebhookSettings.from_env()
         if settings.redis_url is None:
             raise ConfigError(
                 "REDIS_URL is not set: point it at the service's Redis "
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_json)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, xsolla))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,8 @@
 """The gateway's composition root: settings -> Redis client -> event log -> user directory -> HTTP server.
 
-`Gateway` runs the whole gateway on the current event loop, either as its own process (`python -m
+The composition root chooses the webhook provider: Xsolla's (`providers.xsolla`), built from its settings,
+unless a caller hands in another `core.webhooks.WebhookProvider`. `Gateway` runs the whole gateway on the
+current event loop, either as its own process (`python -m
 webhook_gateway`) or inside another one (the service's `make run`, end-to-end tests), where the caller may hand
 it an existing Redis client and Prometheus registry. `create_app` builds the aiohttp application alone, for
 callers that bring their own runner.
@@ -8,7 +10,7 @@ callers that bring their own runner.
 Routes on the main port:
 
     POST <path>                 a webhook; the project is found in the body (or a default secret is used)
-    POST <path>/<project_id>    a webhook for that Xsolla project (its secret verifies the signature)
+    POST <path>/<project_id>    a webhook for that project of the provider (its secret verifies the signature)
     GET  /healthz               200 while the process runs
     GET  /readyz                200 while Redis answers PING, 503 otherwise and during shutdown
 
@@ -24,19 +26,21 @@ from collections.abc import Awaitable, Callable
 import redis.exceptions as redis_errors
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 
 from core import connections
 from core.connections import RedisClient
 from core.eventlog import EventLog
 from core.metrics import MetricsEndpoint
+from core.webhooks import WebhookProvider
+from providers import xsolla as xsolla_provider
 from webhook_gateway.config import GatewaySettings
-from webhook_gateway.errors import ConfigError, http_error_answer, internal_error_answer
+from webhook_gateway.errors import ConfigError, ErrorBody, http_error_answer, internal_error_answer
 from webhook_gateway.metrics import GatewayMetrics
 from webhook_gateway.receiver import EventSink, WebhookReceiver
 from webhook_gateway.sources import SourceFilter
 from webhook_gateway.users import UserDirectory, build_directory
-from webhook_gateway.xsolla import XsollaProvider
 
 log = structlog.get_logger("webhook_gateway")
 
@@ -45,7 +49,9 @@ Readiness = Callable[[], Awaitable[bool]]
 _LINGERING_S = 1.0
 
 
-def create_app(receiver: WebhookReceiver, *, path: str, readiness: Readiness, max_body_bytes: int) -> web.Application:
+def create_app(
+    receiver: WebhookReceiver, *, path: str, readiness: Readiness, max_body_bytes: int, error_body: ErrorBody
+) -> web.Application:
     """The aiohttp application: the webhook routes under `path`, /healthz and /readyz.
 
     Args:
@@ -53,10 +59,11 @@ def create_app(receiver: WebhookReceiver, *, path: str, readiness: Readiness, ma
         path: the webhook path, e.g. "/webhooks/xsolla" (no trailing slash).
         readiness: answers whether the gateway can store events now (for /readyz).
         max_body_bytes: aiohttp's own body limit, a second fence behind the receiver's.
+        error_body: the provider's error body, for the router's own errors (404, 405, ...).
     """
-    app = web.Application(middlewares=[_http_errors], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[_http_errors(error_body)], client_max_size=max_body_bytes)
     app.router.add_post(path, receiver.handle)
-    # Xsolla's webhook URL is set per project, so the URL can say which project's secret applies.
+    # A provider's webhook URL is set per project (Xsolla's is), so the URL can say which project's secret applies.
     app.router.add_post(path + "/{project_id:[0-9]{1,18}}", receiver.handle)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -72,27 +79,33 @@ def create_app(receiver: WebhookReceiver, *, path: str, readiness: Readiness, ma
     return app
 
 
-@web.middleware
-async def _http_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Router errors (404, 405, ...) in Xsolla's error shape; a failing handler as a bare 500, never a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.Response(
-            status=exc.status,
-            body=http_error_answer(exc.status, exc.reason),
-            content_type="application/json",
-            headers=headers,
-        )
-    except Exception:
-        log.exception("http_handler_failed", path=request.path, method=request.method)
-        answer = internal_error_answer()
-        return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _http_errors(error_body: ErrorBody) -> Middleware:
+    """A middleware answering router errors (404, 405, ...) in the provider's error shape, and a failing handler
+    with a bare 500, never a traceback."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.Response(
+                status=exc.status,
+                body=http_error_answer(exc.status, exc.reason, error_body),
+                content_type="application/json",
+                headers=headers,
+            )
+        except Exception:
+            log.exception("http_handler_failed", path=request.path, method=request.method)
+            answer = internal_error_answer(error_body)
+            return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+
+    return middleware
 
 
 class Gateway:
@@ -100,6 +113,8 @@ class Gateway:
 
     Args:
         settings: the configuration (`GatewaySettings.from_env()`, or built by hand).
+        xsolla: Xsolla's webhook settings (its secrets), when the provider is Xsolla's (the default).
+        provider: another webhook provider, instead of Xsolla's.
         redis: a Redis client to use, owned by the caller (not closed by `stop`). None: connect to
             `settings.redis_url` and close that client on `stop`.
         registry: the Prometheus registry for the gateway's metrics (e.g. the service's, when embedded).
@@ -109,19 +124,24 @@ class Gateway:
 
     Attributes (set by `start`):
         port: the bound webhook port. metrics_port: the bound metrics port (None when not served).
-        event_log: the event log the gateway appends to.
+        event_log: the event log the gateway appends to. provider: the webhook provider.
     """
 
     def __init__(
         self,
         settings: GatewaySettings,
+        xsolla: xsolla_provider.WebhookSettings | None = None,
         *,
+        provider: WebhookProvider | None = None,
         redis: RedisClient | None = None,
         registry: CollectorRegistry | None = None,
         user_directory: UserDirectory | None = None,
         event_sink: EventSink | None = None,
     ) -> None:
         self.settings = settings
+        self._xsolla = xsolla
+        self.provider = provider
+        self._path = settings.path
         self.registry = CollectorRegistry() if registry is None else registry
         self.metrics = GatewayMetrics(self.registry)
         self.redis = redis
@@ -137,13 +157,20 @@ class Gateway:
         self.metrics_port: int | None = None
 
     @property
+    def path(self) -> str:
+        """The webhook path: `settings.path`, or `/webhooks/<provider name>` (known once started)."""
+        if self._path is None:
+            raise RuntimeError("the gateway is not started")
+        return self._path
+
+    @property
     def url(self) -> str:
         """The webhook URL of the started gateway (loopback form when bound to all interfaces)."""
         if self.port is None:
             raise RuntimeError("the gateway is not started")
         host = self.settings.host if self.settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}{self.settings.path}"
+        return f"http://{host}:{self.port}{self.path}"
 
     async def start(self) -> int:
         """Connects, starts serving and returns the bound webhook port (useful with port 0).
@@ -155,6 +182,10 @@ class Gateway:
         """
         settings = self.settings
         settings.check()
+        if self.provider is None:
+            self.provider = xsolla_provider.webhook_provider(self._xsolla or xsolla_provider.WebhookSettings())
+        provider = self.provider
+        self._path = settings.path or f"/webhooks/{provider.name}"
         if self.redis is None and settings.redis_url is None and self._event_sink is None:
             raise ConfigError("REDIS_URL is not set (the gateway stores events in Redis)")
         try:
@@ -183,7 +214,7 @@ class Gateway:
             )
             await self.users.start()
             receiver = WebhookReceiver(
-                provider=XsollaProvider(settings.secrets_for),
+                provider=provider,
                 sink=sink,
                 users=self.users,
                 metrics=self.metrics,
@@ -195,9 +226,15 @@ class Gateway:
                 # One connection stays free for /readyz's PING during a burst.
                 max_concurrent_stores=max(1, settings.redis_max_connections - 1),
             )
-            app = create_app(receiver, path=settings.path, readiness=self.ready, max_body_bytes=settings.max_body_bytes)
+            app = create_app(
+                receiver,
+                path=self.path,
+                readiness=self.ready,
+                max_body_bytes=settings.max_body_bytes,
+                error_body=provider.error_body,
+            )
             # Handlers are not cancelled when the sender hangs up: an event being stored is stored, and
-            # Xsolla's retry then finds it a duplicate. After refusing a body (413, 408, 403) aiohttp reads and
+            # the sender's retry then finds it a duplicate. After refusing a body (413, 408, 403) aiohttp reads and
             # discards what keeps arriving for at most `_LINGERING_S` before closing, so that the sender gets
             # the answer rather than a connection reset, without the gateway reading a huge body to its end.
             # Bodies are not decompressed: the signature covers the bytes as sent (Xsolla does not compress),
@@ -222,13 +259,13 @@ class Gateway:
             "gateway_started",
             host=settings.host,
             port=self.port,
-            path=settings.path,
+            path=self.path,
             metrics_port=self.metrics_port,
             redis="shared" if not self._owns_redis else ("cluster" if settings.redis_cluster else "standalone"),
             partitions=settings.event_partitions,
             dedup_ttl_h=settings.dedup_ttl_h,
-            projects_with_own_secret=len(settings.project_secrets),
-            default_secret=settings.default_secret is not None,
+            provider=provider.name,
+            **provider.describe(),
             user_directory=self.users.name,
             allow_list=len(settings.allowed_networks) > 0,
         )

@@ -1,14 +1,15 @@
 """The gateway's settings, read once from the environment at start-up.
 
 Every variable is listed with its default in `docs/WEBHOOKS.md`. They are prefixed `GATEWAY_`, except
-`REDIS_URL` and `REDIS_CLUSTER`, which the gateway shares with the service. Secrets are kept out of `repr()`
-and out of every error message.
+`REDIS_URL` and `REDIS_CLUSTER`, which the gateway shares with the service. The provider's own settings (its
+webhook secrets) are the provider's (`providers.xsolla.settings`); the composition root reads both. Secrets are
+kept out of `repr()` and out of every error message.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -17,26 +18,16 @@ from webhook_gateway.errors import ConfigError
 from webhook_gateway.sources import Network, parse_networks
 
 USER_DIRECTORIES = ("allow_all", "http")
-_MAX_PROJECT_ID = 2**63 - 1
-
-
-def _no_project_secrets() -> Mapping[int, tuple[str, ...]]:
-    return MappingProxyType({})
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """Typed configuration of the webhook gateway.
-
-    The project a webhook belongs to picks its secret: `project_secrets[project]` when that project is
-    configured (several secrets are accepted while one is being rotated), otherwise `default_secret`.
-    """
+    """Typed configuration of the webhook gateway (the provider's secrets are its own settings)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    path: str = "/webhooks/xsolla"
-    default_secret: str | None = field(default=None, repr=False)
-    project_secrets: Mapping[int, tuple[str, ...]] = field(default_factory=_no_project_secrets, repr=False)
+    # None: `/webhooks/<provider name>`.
+    path: str | None = None
     # None: the caller passes a Redis client to `Gateway` (in-process use); `python -m webhook_gateway` needs it.
     redis_url: str | None = None
     redis_cluster: bool = False
@@ -65,29 +56,27 @@ class GatewaySettings:
         return int(self.dedup_ttl_h * 3600)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        named_networks: Mapping[str, Sequence[str]] = MappingProxyType({}),
+    ) -> GatewaySettings:
         """Reads the settings from environment variables.
+
+        Args:
+            env: the variables (default `os.environ`).
+            named_networks: names `GATEWAY_ALLOWED_NETWORKS` may use for lists of networks (the provider's
+                published sender networks, e.g. `xsolla`).
 
         Raises:
             ConfigError: a variable is malformed or a file it names cannot be read.
         """
         env = os.environ if env is None else env
         reader = EnvReader(env, ConfigError)
-        default_secret = reader.text("GATEWAY_XSOLLA_SECRET", "")
-        secret_file = reader.text("GATEWAY_XSOLLA_SECRET_FILE", "")
-        if secret_file:
-            if default_secret:
-                raise ConfigError("set GATEWAY_XSOLLA_SECRET or GATEWAY_XSOLLA_SECRET_FILE, not both")
-            default_secret = reader.file_text("GATEWAY_XSOLLA_SECRET_FILE").strip()
-            if not default_secret:
-                raise ConfigError(f"GATEWAY_XSOLLA_SECRET_FILE: {secret_file} is empty")
-        secrets_text = reader.text("GATEWAY_XSOLLA_PROJECT_SECRETS", "")
-        if reader.text("GATEWAY_XSOLLA_PROJECT_SECRETS_FILE", ""):
-            secrets_text += "\n" + reader.file_text("GATEWAY_XSOLLA_PROJECT_SECRETS_FILE")
-        path = reader.text("GATEWAY_PATH", "/webhooks/xsolla")
         directory = reader.text("GATEWAY_USER_DIRECTORY", "allow_all").lower()
         try:
-            networks = parse_networks(reader.text("GATEWAY_ALLOWED_NETWORKS", ""))
+            networks = parse_networks(reader.text("GATEWAY_ALLOWED_NETWORKS", ""), named_networks)
         except ValueError as exc:
             raise ConfigError(f"GATEWAY_ALLOWED_NETWORKS: {exc}") from None
         metrics_port_text = reader.text("GATEWAY_METRICS_PORT", "").lower()
@@ -95,9 +84,7 @@ class GatewaySettings:
         settings = cls(
             host=reader.text("GATEWAY_HOST", "127.0.0.1"),
             port=reader.integer("GATEWAY_PORT", 8080, minimum=0, maximum=65535),
-            path=path,
-            default_secret=default_secret or None,
-            project_secrets=parse_project_secrets(secrets_text),
+            path=reader.text("GATEWAY_PATH", "") or None,
             redis_url=reader.text("REDIS_URL", "") or None,
             redis_cluster=reader.boolean("REDIS_CLUSTER", False),
             redis_timeout_s=reader.number("GATEWAY_REDIS_TIMEOUT_S", 2.0, minimum=0.05),
@@ -128,14 +115,10 @@ class GatewaySettings:
         """Checks the combination of settings (`from_env` calls it; call it for hand-built settings).
 
         Raises:
-            ConfigError: no secret at all, a malformed path, or an `http` directory without a URL.
+            ConfigError: a malformed path, or an `http` directory without a URL.
         """
-        if not self.default_secret and not self.project_secrets:
-            raise ConfigError(
-                "no Xsolla secret configured: set GATEWAY_XSOLLA_SECRET (the project's webhook secret key) "
-                "and/or GATEWAY_XSOLLA_PROJECT_SECRETS"
-            )
-        if not self.path.startswith("/") or self.path.endswith("/") or "{" in self.path or "}" in self.path:
+        path = self.path
+        if path is not None and (not path.startswith("/") or path.endswith("/") or "{" in path or "}" in path):
             raise ConfigError("GATEWAY_PATH must start with '/', must not end with '/' and must not hold braces")
         if self.user_directory not in USER_DIRECTORIES:
             raise ConfigError(f"GATEWAY_USER_DIRECTORY must be one of {', '.join(USER_DIRECTORIES)}")
@@ -145,39 +128,3 @@ class GatewaySettings:
             raise ConfigError("GATEWAY_USER_DIRECTORY_URL must be an http:// or https:// URL")
         if self.trusted_proxy_header is not None and not self.trusted_proxy_header.isascii():
             raise ConfigError("GATEWAY_TRUSTED_PROXY_HEADER must be a header name")
-
-    def secrets_for(self, project_id: int | None) -> tuple[str, ...]:
-        """The secrets a webhook of `project_id` may be signed with (empty when none is configured)."""
-        if project_id is not None:
-            configured = self.project_secrets.get(project_id)
-            if configured:
-                return configured
-        return (self.default_secret,) if self.default_secret else ()
-
-
-def parse_project_secrets(text: str) -> Mapping[int, tuple[str, ...]]:
-    """Parses `projectid=secret` entries separated by `;` or newlines (`#` starts a comment line).
-
-    A project listed twice accepts both secrets, which is how a secret is rotated without refusing webhooks.
-
-    Raises:
-        ConfigError: an entry is malformed. The message names the entry's position, never its text.
-    """
-    found: dict[int, list[str]] = {}
-    entries = [part.strip() for line in text.splitlines() for part in line.split(";")]
-    number = 0
-    for entry in entries:
-        if not entry or entry.startswith("#"):
-            continue
-        number += 1
-        project, sep, secret = entry.partition("=")
-        project, secret = project.strip(), secret.strip()
-        if not sep or not project.isdigit() or not project.isascii() or not secret:
-            raise ConfigError(f"GATEWAY_XSOLLA_PROJECT_SECRETS: entry {number} is not of the form projectid=secret")
-        project_id = int(project)
-        if project_id > _MAX_PROJECT_ID:
-            raise ConfigError(f"GATEWAY_XSOLLA_PROJECT_SECRETS: entry {number} has an out-of-range project id")
-        found.setdefault(project_id, [])
-        if secret not in found[project_id]:
-            found[project_id].append(secret)
-    return MappingProxyType({project: tuple(values) for project, values in found.items()})

@@ -22,7 +22,7 @@ RESULTS = {
     "forbidden": "sender outside the allowed networks (403)",
     "timeout": "the body did not arrive in time (408)",
     "too_large": "the body is over the limit (413)",
-    "unavailable": "Redis or the user directory could not answer in time (503; Xsolla retries)",
+    "unavailable": "Redis or the user directory could not answer in time (503; the sender retries)",
     "error": "an unexpected error (500; logged with its traceback)",
 }
 

@@ -10,13 +10,13 @@ The order of the checks is the contract:
    the user directory (204 / 200, 400 INVALID_USER, 503 when it cannot answer).
 
 So a correctly signed order is never refused with a 4xx for a transient reason: everything transient is a 503
-that Xsolla retries. Nothing is stored unless every check passed.
+that the sender retries. Nothing is stored unless every check passed. The provider (`core.webhooks`) verifies and
+interprets the body and shapes the answers; the receiver knows nothing else about it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from core.errors import StoreUnavailable
 from core.eventlog import AppendResult
 from core.logs import user_ref
+from core.webhooks import Action, Notification, WebhookProvider
 from entitlements.v1 import events_pb2
 from webhook_gateway.errors import (
     BodyTimeout,
@@ -43,7 +44,6 @@ from webhook_gateway.errors import (
     internal_error_answer,
 )
 from webhook_gateway.metrics import UNVERIFIED, GatewayMetrics
-from webhook_gateway.notifications import Action, FoundUser, Notification, Provider
 from webhook_gateway.sources import SourceFilter
 from webhook_gateway.users import UserDirectory
 
@@ -102,7 +102,7 @@ class WebhookReceiver:
     def __init__(
         self,
         *,
-        provider: Provider,
+        provider: WebhookProvider,
         sink: EventSink,
         users: UserDirectory,
         metrics: GatewayMetrics,
@@ -127,14 +127,14 @@ class WebhookReceiver:
         try:
             response = await self._handle(request, record)
         except (Rejected, Temporary) as exc:
-            answer = answer_for(exc)
+            answer = answer_for(exc, self._provider.error_body)
             record.result = answer.result
             record.reason = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             response = web.Response(status=answer.status, body=answer.body, content_type="application/json")
         except Exception as exc:
             # A bug: the traceback goes to the log line, a generic 500 to the sender (Xsolla retries it).
             record.exc_info = exc
-            answer = internal_error_answer()
+            answer = internal_error_answer(self._provider.error_body)
             record.result = answer.result
             response = web.Response(status=answer.status, body=answer.body, content_type="application/json")
         if not record.body_complete:
@@ -212,7 +212,7 @@ class WebhookReceiver:
             return web.Response(status=204)
         found = await self._users.search(query)
         record.result = "answered"
-        return web.Response(status=200, body=_user_answer(found), content_type="application/json")
+        return web.Response(status=200, body=self._provider.user_answer(found), content_type="application/json")
 
     def _log(self, record: _Record, status: int, duration_s: float) -> None:
         fields: dict[str, Any] = {
@@ -239,19 +239,3 @@ class WebhookReceiver:
             log.warning("webhook", **fields)
         else:
             log.info("webhook", **fields)
-
-
-def _user_answer(found: FoundUser) -> bytes:
-    """Xsolla's user search answer: `{"user": {"id": ..., "public_id": ..., ...}}`, empty fields left out."""
-    user = {
-        key: value
-        for key, value in (
-            ("id", found.id),
-            ("public_id", found.public_id),
-            ("name", found.name),
-            ("email", found.email),
-            ("phone", found.phone),
-        )
-        if value
-    }
-    return json.dumps({"user": user}, separators=(",", ":")).encode()

@@ -9,43 +9,32 @@ explicit settings, because a header the proxy does not overwrite is whatever the
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: The networks Xsolla publishes for its webhook senders (official PHP SDK's list, which extends the one on
-#: developers.xsolla.com/webhooks/overview with 185.30.22.0/24 and the single Web Shop addresses).
-XSOLLA_NETWORKS = (
-    "185.30.20.0/24",
-    "185.30.21.0/24",
-    "185.30.22.0/24",
-    "185.30.23.0/24",
-    "34.102.38.178/32",
-    "34.94.43.207/32",
-    "35.236.73.234/32",
-    "34.94.69.44/32",
-    "34.102.22.197/32",
-)
 
-
-def parse_networks(text: str) -> tuple[Network, ...]:
+def parse_networks(text: str, named: Mapping[str, Sequence[str]] = MappingProxyType({})) -> tuple[Network, ...]:
     """Parses a comma or space separated list of networks (CIDR or single addresses).
 
-    The word `xsolla` stands for `XSOLLA_NETWORKS`. An empty text means no allow-list.
+    A name of `named` (e.g. the provider's `xsolla`) stands for its list. An empty text means no allow-list.
 
     Raises:
-        ValueError: an entry is neither `xsolla` nor a network.
+        ValueError: an entry is neither a name of `named` nor a network.
     """
     networks: list[Network] = []
     for entry in text.replace(",", " ").split():
-        if entry.lower() == "xsolla":
-            networks.extend(ipaddress.ip_network(net) for net in XSOLLA_NETWORKS)
+        listed = named.get(entry.lower())
+        if listed is not None:
+            networks.extend(ipaddress.ip_network(net) for net in listed)
             continue
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
-            raise ValueError(f"{entry!r} is not a network (CIDR), an address or 'xsolla'") from None
+            names = "".join(f" or {name!r}" for name in sorted(named))
+            raise ValueError(f"{entry!r} is not a network (CIDR), an address{names}") from None
     return tuple(dict.fromkeys(networks))
 
 

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from core.webhooks import FoundUser, UserQuery
 from webhook_gateway.errors import InvalidUser, UserDirectoryUnavailable
-from webhook_gateway.notifications import FoundUser, UserQuery
 
 # A search answer larger than this is not a user record.
 _MAX_ANSWER_BYTES = 64 * 1024

@@ -1,26 +1,22 @@
-"""Order tracking for GetOrderStatus: one tracker per order per replica, fed by webhooks (through Redis pub/sub),
-Xsolla's order-status WebSocket and polling of Xsolla's Get order API. See docs/ORDER_STATUS.md.
+"""Order tracking for GetOrderStatus: one tracker per order per replica, fed by webhooks (through Redis pub/sub)
+and by the payment provider's order sources (`core.order_sources`: Xsolla's order-status WebSocket and polling
+of its Get order API). See docs/ORDER_STATUS.md.
 
 - `status`: statuses, sources and the forward-only rule.
 - `tracker`: one order's tracker and the watchers (streams) it feeds.
 - `registry`: the replica's trackers (`OrderTracking`), with the cap.
 - `webhooks`: the replica's single Redis subscription to the consumer's order-status publications.
-- `provider`: what a tracker needs from a payment provider; `xsolla_orders` and `xsolla_socket` implement it.
 """
 
-from server.tracking.provider import OrderLookup, Player, SocketPool
 from server.tracking.registry import OrderTracking
-from server.tracking.status import Observation, OrderProgress, parse_status
+from server.tracking.status import Observation, OrderProgress, status_named
 from server.tracking.tracker import OrderTracker, Watcher
 
 __all__ = [
     "Observation",
-    "OrderLookup",
     "OrderProgress",
     "OrderTracker",
     "OrderTracking",
-    "Player",
-    "SocketPool",
     "Watcher",
-    "parse_status",
+    "status_named",
 ]

@@ -1,8 +1,8 @@
 """The replica's order trackers: at most one per order, shared by every stream watching it, within a cap.
 
-`OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription), the pool of Xsolla
-sockets (one per player) and the Get order client (one HTTP session). The composition root starts and stops it;
-GetOrderStatus calls `watch()`.
+`OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription) and the provider's order
+sources (`core.order_sources`: its sockets, one per player, and its lookup, one HTTP session), which the
+composition root chooses. The composition root starts and stops it; GetOrderStatus calls `watch()`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from collections.abc import Iterator
 import structlog
 
 from core.connections import RedisClient
+from core.order_sources import OrderSources
 from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
 from server.orders import OrderState
-from server.tracking.provider import OrderLookup, SocketPool
 from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
 from server.tracking.webhooks import OrderRef, WebhookFeed
-from server.tracking.xsolla_orders import XsollaOrders
-from server.tracking.xsolla_socket import XsollaSockets
 from server.validation import OrderWatch
 
 log = structlog.get_logger("server.tracking")
@@ -36,8 +34,7 @@ class OrderTracking:
         metrics: the service's metrics.
         cluster: whether `redis` is a Redis Cluster client.
         redis_timeout_s: bound on one stored-state read.
-        lookup: Get order; Xsolla's by default.
-        sockets: the per-player sockets; Xsolla's by default.
+        sources: the provider's order lookup and sockets; `stop()` closes them.
     """
 
     def __init__(
@@ -48,20 +45,13 @@ class OrderTracking:
         *,
         cluster: bool,
         redis_timeout_s: float,
-        lookup: OrderLookup | None = None,
-        sockets: SocketPool | None = None,
+        sources: OrderSources,
     ) -> None:
         self.settings = settings
         self._redis = redis
         self._metrics = metrics
         self._redis_timeout_s = redis_timeout_s
-        self._orders = XsollaOrders(settings.store_api, timeout_s=settings.http_timeout_s, metrics=metrics)
-        self._lookup: OrderLookup = lookup if lookup is not None else self._orders
-        self._sockets: SocketPool = (
-            sockets
-            if sockets is not None
-            else XsollaSockets(settings.ws_url, connect_timeout_s=settings.ws_connect_timeout_s, metrics=metrics)
-        )
+        self.sources = sources
         self._trackers: dict[TrackerKey, OrderTracker] = {}
         # (player, order) -> trackers, for the webhook feed (which does not know the project).
         self._by_order: dict[OrderRef, list[OrderTracker]] = {}
@@ -103,8 +93,7 @@ class OrderTracking:
                 key,
                 redis=self._redis,
                 settings=self.settings,
-                lookup=self._lookup,
-                sockets=self._sockets,
+                sources=self.sources,
                 metrics=self._metrics,
                 on_stopped=self._forget,
                 redis_timeout_s=self._redis_timeout_s,
@@ -143,11 +132,10 @@ class OrderTracking:
             tracker.shut_down()
 
     async def stop(self) -> None:
-        """Ends every stream, then closes the feed, the sockets and the HTTP session."""
+        """Ends every stream, then closes the feed and the provider's sockets and lookup."""
         running = [task for tracker in self._trackers.values() if (task := tracker.task) is not None]
         self.close_streams()
         # Cancelled by close_streams; they release their sockets as they unwind.
         await asyncio.gather(*running, return_exceptions=True)
         await self.feed.stop()
-        await self._sockets.close()
-        await self._orders.close()
+        await self.sources.close()

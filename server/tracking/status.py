@@ -30,25 +30,17 @@ POLLING: Final = int(pb.ORDER_STATUS_SOURCE_POLLING)
 # Both terminal failures share the top rank: neither follows the other.
 _RANK: Final = {NEW: 1, PAID: 2, DONE: 3, CANCELED: 4, EXPIRED: 4}
 TERMINAL: Final = frozenset({DONE, CANCELED, EXPIRED})
-_BY_NAME: Final = {
-    "new": NEW,
-    "paid": PAID,
-    "done": DONE,
-    "canceled": CANCELED,
-    "cancelled": CANCELED,
-    "expired": EXPIRED,
-}
 
 SOURCE_NAMES: Final = {STORED: "stored", WEBHOOK: "webhook", WEBSOCKET: "websocket", POLLING: "polling"}
+#: The service's own names of the statuses: in logs, and in the order hash the webhook consumer writes.
 STATUS_NAMES: Final = {NEW: "new", PAID: "paid", DONE: "done", CANCELED: "canceled", EXPIRED: "expired"}
+_BY_NAME: Final = {name: status for status, name in STATUS_NAMES.items()}
 
 
-def parse_status(text: object) -> int | None:
-    """Xsolla's status string ("new", "paid", "done", "canceled", "expired"; any case) as an OrderStatus value,
-    or None for anything else (the caller logs and ignores it)."""
-    if not isinstance(text, str):
-        return None
-    return _BY_NAME.get(text.strip().lower())
+def status_named(name: str) -> int | None:
+    """The OrderStatus value of one of the service's own status names (`STATUS_NAMES`, as the webhook consumer
+    stores them), or None for anything else (the caller logs and ignores it)."""
+    return _BY_NAME.get(name.strip().lower())
 
 
 def now_ms() -> int:

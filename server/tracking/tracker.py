@@ -6,11 +6,12 @@ and, when new, to every watcher at once. Its sources:
 
 1. The stored state (the order hash the webhook consumer writes), read once when the tracker starts.
 2. Webhook updates, pushed by the replica's `WebhookFeed` for the whole life of the tracker.
-3. With a player token: Xsolla's WebSocket first; if it cannot connect, fails, or says nothing about the order
-   for `ws_silence_s`, polling of Get order every `poll_interval_s` until a terminal status. Polling alone when
-   the WebSocket is turned off.
+3. With a player token: the provider's socket first (Xsolla's WebSocket); if it cannot connect, fails, or says
+   nothing about the order for `ws_silence_s`, polling of the provider's lookup (Get order) every
+   `poll_interval_s` until a terminal status. Polling alone when the provider has no socket (or it is turned off).
 
-Without a token nothing can report Xsolla's DONE; the tracker then takes the applied `order_paid` webhook (paid,
+What a tracker needs from the provider is `core.order_sources.OrderSources`. Without a token nothing can report
+the provider's DONE; the tracker then takes the applied `order_paid` webhook (paid,
 items granted) as the order's completion and reports DONE from that source.
 
 All of it runs on the event loop: the callbacks (`webhook`, `socket_status`, `socket_failed`) do not await, so
@@ -29,18 +30,11 @@ import structlog
 from core.backoff import Backoff
 from core.connections import RedisClient
 from core.logs import user_ref
+from core.order_sources import LookupFailed, OrderSources, OrderUnknown, Player, ReportedStatus, TokenRefused
 from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
 from server.orders import OrderState, read_order_state
-from server.tracking.provider import (
-    LookupFailed,
-    OrderLookup,
-    OrderUnknown,
-    Player,
-    SocketPool,
-    TokenRefused,
-)
 from server.tracking.status import (
     CANCELED,
     DONE,
@@ -55,7 +49,7 @@ from server.tracking.status import (
     Observation,
     OrderProgress,
     now_ms,
-    parse_status,
+    status_named,
 )
 
 log = structlog.get_logger("server.tracking")
@@ -141,8 +135,7 @@ class OrderTracker:
         key: (project id, player id, order id).
         redis: for the stored state.
         settings: timings.
-        lookup: Xsolla's Get order.
-        sockets: Xsolla's WebSocket, shared per player.
+        sources: the provider's order lookup and sockets (the sockets shared per player).
         metrics: counters and gauges.
         on_stopped: called once when the tracker stops (finished, or no watcher left).
         redis_timeout_s: bound on the stored-state read.
@@ -154,8 +147,7 @@ class OrderTracker:
         *,
         redis: RedisClient,
         settings: TrackingSettings,
-        lookup: OrderLookup,
-        sockets: SocketPool,
+        sources: OrderSources,
         metrics: ServiceMetrics,
         on_stopped: Callable[[OrderTracker], None],
         redis_timeout_s: float,
@@ -165,8 +157,7 @@ class OrderTracker:
         self.progress = OrderProgress()
         self._redis = redis
         self._settings = settings
-        self._lookup = lookup
-        self._sockets = sockets
+        self._sources = sources
         self._metrics = metrics
         self._on_stopped = on_stopped
         self._redis_timeout_s = redis_timeout_s
@@ -254,23 +245,22 @@ class OrderTracker:
 
     def webhook(self, state: OrderState, *, stored: bool = False) -> None:
         """A state from the webhook consumer: a publication, a re-read after a resubscribe, or the stored state."""
-        status = parse_status(state.status)
+        status = status_named(state.status)
         if status is None:
             self._unknown_status("webhook", state.status)
             return
         if status == PAID and state.entitlements_granted and self._player is None:
-            # Nothing else can tell this tracker that Xsolla delivered the order, and Xsolla considers an order
-            # delivered once its order_paid webhook is acknowledged: the grant completes it.
+            # Nothing else can tell this tracker that the provider delivered the order, and the provider (Xsolla)
+            # considers an order delivered once its order_paid webhook is acknowledged: the grant completes it.
             status = DONE
         self._offer(status, STORED if stored else WEBHOOK, state.observed_at_ms or now_ms(), state.entitlements_granted)
 
-    def socket_status(self, status: str) -> None:
+    def socket_status(self, reported: ReportedStatus) -> None:
         self._socket_heard_at = asyncio.get_running_loop().time()
-        parsed = parse_status(status)
-        if parsed is None:
-            self._unknown_status("websocket", status)
+        if reported.status is None:
+            self._unknown_status("websocket", reported.word)
         else:
-            self._offer(parsed, WEBSOCKET, now_ms())
+            self._offer(reported.status, WEBSOCKET, now_ms())
         self._socket_wakeup.set()
 
     def socket_failed(self, reason: str) -> None:
@@ -298,13 +288,13 @@ class OrderTracker:
             self._log.info("order_tracking_finished", status=STATUS_NAMES[update.status], source=SOURCE_NAMES[source])
             self._end_watchers(None)
         elif update.status == DONE and self._grant_timer is None:
-            # Xsolla is done with the order; only this service's grant (a webhook) can still change the picture.
+            # The provider is done with the order; only this service's grant (a webhook) can still change the picture.
             self._cancel_task()
             self._grant_timer = asyncio.get_running_loop().call_later(
                 self._settings.grant_wait_s, self._end_watchers, None
             )
 
-    # --- following the order at Xsolla ---------------------------------------------------------------------
+    # --- following the order at the provider ---------------------------------------------------------------
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -337,7 +327,7 @@ class OrderTracker:
             self.webhook(state, stored=True)
 
     async def _follow(self) -> None:
-        use_socket = self._settings.ws_enabled
+        use_socket = self._sources.sockets is not None
         while self._player is not None and not self._finished:
             player = self._player
             try:
@@ -350,11 +340,11 @@ class OrderTracker:
                     continue
                 await self._poll(player)
             except TokenRefused:
-                self._drop_token(player.token, TokenRejected("Xsolla rejected the token"))
+                self._drop_token(player.token, TokenRejected(f"{self._sources.name} rejected the token"))
             except OrderUnknown:
                 self._drop_token(
                     player.token,
-                    NotFound(f"Xsolla does not know order {self.order_id} in project {self.project_id}"),
+                    NotFound(f"{self._sources.name} does not know order {self.order_id} in project {self.project_id}"),
                 )
 
     def _drop_token(self, token: str, error: EntitlementsError) -> None:
@@ -375,7 +365,8 @@ class OrderTracker:
         self._socket_heard_at = loop.time()
         self._socket_wakeup.clear()
         try:
-            lease = self._sockets.acquire(player, self.order_id, self)
+            assert self._sources.sockets is not None  # `_follow` asks for the socket only when there is one
+            lease = self._sources.sockets.acquire(player, self.order_id, self)
         except Exception as exc:
             self._log.warning("order_socket_unusable", error=repr(exc))
             return "connect_error"
@@ -409,7 +400,7 @@ class OrderTracker:
         failures = 0
         while not self._finished:
             try:
-                text = await self._lookup.status(player, self.order_id)
+                reported = await self._sources.lookup.status(player, self.order_id)
             except LookupFailed as exc:
                 failures += 1
                 delay = backoff.delay_s(failures)
@@ -417,11 +408,10 @@ class OrderTracker:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            status = parse_status(text)
-            if status is None:
-                self._unknown_status("polling", text)
+            if reported.status is None:
+                self._unknown_status("polling", reported.word)
             else:
-                self._offer(status, POLLING, now_ms())
+                self._offer(reported.status, POLLING, now_ms())
             if self._finished:
                 return
             await asyncio.sleep(self._settings.poll_interval_s)

@@ -12,7 +12,7 @@ import hmac
 import re
 from collections.abc import Iterable
 
-from webhook_gateway.errors import InvalidSignature
+from core.webhooks import InvalidSignature
 
 # As Xsolla's own PHP SDK matches it: the scheme word, one space, exactly 40 lower-case hex digits.
 _HEADER = re.compile(r"Signature ([0-9a-f]{40})")

@@ -12,15 +12,17 @@ from urllib.parse import quote
 
 import aiohttp
 
-from server.metrics import ServiceMetrics
-from server.tracking.provider import LookupFailed, OrderUnknown, Player, TokenRefused
+from core.order_sources import LookupFailed, OrderUnknown, Player, ReportedStatus, TokenRefused
+from providers.xsolla.metrics import XsollaMetrics
+from providers.xsolla.status import reported
 
 # Enough for thousands of orders polled every 3 s over keep-alive connections; beyond it requests queue.
 _MAX_CONNECTIONS = 256
 
 
 class XsollaOrders:
-    """Reads order statuses from Xsolla's Store API over one HTTP session per process.
+    """Reads order statuses from Xsolla's Store API over one HTTP session per process (a `core.order_sources`
+    `OrderLookup`).
 
     Args:
         store_api: the API's base URL, e.g. "https://store.xsolla.com/api".
@@ -28,7 +30,7 @@ class XsollaOrders:
         metrics: where requests are counted (by result, never by order or player).
     """
 
-    def __init__(self, store_api: str, *, timeout_s: float, metrics: ServiceMetrics) -> None:
+    def __init__(self, store_api: str, *, timeout_s: float, metrics: XsollaMetrics) -> None:
         self._base = store_api.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._metrics = metrics
@@ -49,8 +51,8 @@ class XsollaOrders:
             await self._session.close()
             self._session = None
 
-    async def status(self, player: Player, order_id: str) -> str:
-        """Returns the order's status string at Xsolla.
+    async def status(self, player: Player, order_id: str) -> ReportedStatus:
+        """Returns the order's status at Xsolla.
 
         Raises:
             TokenRefused: 401 or 403.
@@ -70,7 +72,7 @@ class XsollaOrders:
                         result = "unreadable"
                         raise LookupFailed("Get order answered 200 without a status")
                     result = "ok"
-                    return status
+                    return reported(status)
                 result = str(code) if code in (401, 403, 404, 429) else f"{code // 100}xx"
                 if code in (401, 403):
                     raise TokenRefused(f"Get order answered {code}")
@@ -81,5 +83,5 @@ class XsollaOrders:
             result = "network" if not isinstance(exc, ValueError) else "unreadable"
             raise LookupFailed(f"Get order failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            self._metrics.xsolla_requests.labels("get_order", result).inc()
-            self._metrics.xsolla_request_duration.labels("get_order").observe(time.perf_counter() - started)
+            self._metrics.requests.labels("get_order", result).inc()
+            self._metrics.request_duration.labels("get_order").observe(time.perf_counter() - started)

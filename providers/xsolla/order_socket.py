@@ -31,10 +31,11 @@ import structlog
 from centrifuge import Client, StreamPosition
 
 from core.logs import user_ref
-from server.metrics import ServiceMetrics
-from server.tracking.provider import Player, SocketListener
+from core.order_sources import Player, ReportedStatus, SocketListener
+from providers.xsolla.metrics import XsollaMetrics
+from providers.xsolla.status import reported
 
-log = structlog.get_logger("server.tracking.socket")
+log = structlog.get_logger("providers.xsolla.socket")
 
 # Bounds on what one socket remembers: publications are tiny and a player has few orders in flight.
 _MAX_SEEN = 4096
@@ -54,7 +55,7 @@ class XsollaSockets:
         metrics: the open-socket gauge and failure counter live there.
     """
 
-    def __init__(self, url: str, *, connect_timeout_s: float, metrics: ServiceMetrics) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float, metrics: XsollaMetrics) -> None:
         self._url = url
         self._connect_timeout_s = connect_timeout_s
         self._metrics = metrics
@@ -72,7 +73,7 @@ class XsollaSockets:
         if socket is None:
             socket = _PlayerSocket(self, key, player, self._url, self._connect_timeout_s)
             self._sockets[key] = socket
-            self._metrics.order_sockets.inc()
+            self._metrics.sockets.inc()
             socket.open()
         return socket.register(order_id, listener)
 
@@ -125,7 +126,7 @@ class _PlayerSocket:
         self._connect_timeout_s = connect_timeout_s
         self._listeners: dict[str, list[SocketListener]] = {}
         self._seen: set[tuple[str, int]] = set()
-        self._statuses: dict[str, list[str]] = {}
+        self._statuses: dict[str, list[ReportedStatus]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._was_connected = False
@@ -177,7 +178,7 @@ class _PlayerSocket:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._pool._metrics.order_sockets.dec()
+            self._pool._metrics.sockets.dec()
 
     # --- connection ------------------------------------------------------------------------------------------
 
@@ -201,7 +202,7 @@ class _PlayerSocket:
             return
         self._failed = True
         self._pool._forget(self)
-        self._pool._metrics.order_socket_failures.labels(reason).inc()
+        self._pool._metrics.socket_failures.labels(reason).inc()
         log.info(
             "order_socket_failed",
             project_id=self._project_id,
@@ -282,10 +283,11 @@ class _PlayerSocket:
             self._seen.add(position)
         if not isinstance(data, dict):
             return
-        order_id, status = data.get("order_id"), data.get("status")
-        if order_id is None or isinstance(order_id, (dict, list)) or not isinstance(status, str):
+        order_id, word = data.get("order_id"), data.get("status")
+        if order_id is None or isinstance(order_id, (dict, list)) or not isinstance(word, str):
             return
         key = str(order_id)
+        status = reported(word)
         statuses = self._statuses.get(key)
         if statuses is None and len(self._statuses) < _MAX_ORDERS_REMEMBERED:
             statuses = self._statuses[key] = []

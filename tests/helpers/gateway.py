@@ -1,7 +1,7 @@
-"""Helpers for tests that drive a real gateway: sign and post webhooks as Xsolla does, read back what was stored.
+"""Helpers for tests that drive a real gateway: test settings and secrets, the fact sheet's payloads, signing
+and posting webhooks as Xsolla does, reading back what was stored.
 
-Used by this repository's gateway tests and by end-to-end tests of the service's consumer; nothing in the
-gateway itself imports it.
+Used by the gateway tests and by end-to-end tests of the service's consumer and order tracking.
 
     async with running_gateway(settings) as gateway, aiohttp.ClientSession() as http:
         answer = await post(http, gateway.url, body, secret="...")
@@ -12,9 +12,12 @@ gateway itself imports it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, cast
 
 import aiohttp
@@ -22,11 +25,47 @@ import aiohttp
 from core.connections import RedisClient
 from core.keys import EventKeys
 from entitlements.v1 import events_pb2
+from providers.xsolla import WebhookSettings
+from providers.xsolla.signature import sign
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
-from webhook_gateway.signature import sign
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "xsolla"
+SECRET = "default-secret-0123456789abcdef"
+PROJECT = 308077
+PROJECT_SECRET = "project-308077-secret-fedcba9876"
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 _UNSET: Any = object()
+
+
+def fixture(name: str) -> bytes:
+    """A fact-sheet payload's exact bytes."""
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def signed(body: bytes, secret: str = SECRET) -> str:
+    """Xsolla's header, computed here independently of the gateway's code."""
+    return "Signature " + hashlib.sha1(body + secret.encode()).hexdigest()  # noqa: S324  # Xsolla's scheme
+
+
+def gateway_settings(**overrides: Any) -> GatewaySettings:
+    """Settings for a test gateway: free ports, short timeouts."""
+    settings = GatewaySettings(
+        port=0,
+        metrics_port=0,
+        redis_timeout_s=0.5,
+        request_timeout_s=5.0,
+        shutdown_grace_s=1.0,
+    )
+    return replace(settings, **overrides)
+
+
+def xsolla_settings(**overrides: Any) -> WebhookSettings:
+    """Xsolla's secrets for a test gateway: a default secret, and project 308077 with its own."""
+    settings = WebhookSettings(default_secret=SECRET, project_secrets=MappingProxyType({PROJECT: (PROJECT_SECRET,)}))
+    return replace(settings, **overrides)
 
 
 @dataclass(frozen=True)
@@ -53,9 +92,11 @@ class StoredEvent:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: GatewaySettings, **kwargs: Any) -> AsyncIterator[Gateway]:
-    """A started `Gateway(settings, **kwargs)`, stopped on exit."""
-    gateway = Gateway(settings, **kwargs)
+async def running_gateway(
+    settings: GatewaySettings, xsolla: WebhookSettings | None = None, **kwargs: Any
+) -> AsyncIterator[Gateway]:
+    """A started `Gateway(settings, xsolla, **kwargs)` (Xsolla's test secrets by default), stopped on exit."""
+    gateway = Gateway(settings, xsolla or xsolla_settings(), **kwargs)
     await gateway.start()
     try:
         yield gateway
@@ -109,3 +150,10 @@ async def stored_events(redis: RedisClient, *, partitions: int = 1) -> list[Stor
                 )
             )
     return found
+
+
+async def send(http: aiohttp.ClientSession, url: str, body: bytes, secret: str = SECRET, **kwargs: Any) -> Answer:
+    """Posts `body` signed with `secret` (or with `authorization=...` as given)."""
+    if "authorization" not in kwargs:
+        kwargs["authorization"] = signed(body, secret)
+    return await post(http, url, body, **kwargs)

@@ -1,0 +1,340 @@
+"""Xsolla as a webhook provider: its signature, its project ids, and what each notification type means.
+
+Every Xsolla notification becomes one of three things (see `Action`): an event to store (order, transaction,
+subscription and every type this version does not interpret), a user validation, or a user search. The parsing
+is liberal where Xsolla's own examples disagree (ids as integers or strings, `plan_id` either way, `dry_run`
+absent or 1, amounts written as "[null]") and strict only about what an event cannot exist without, naming the
+field when it is missing.
+
+Event ids (the dedup key and the idempotency key of what the event causes), free-form parts percent-encoded:
+
+    order_paid / order_canceled     xsolla:<project>:order:<order.id>:paid | :canceled
+    payment / refund                xsolla:<project>:txn:<transaction.id>:payment | :refund
+    partial_refund                  xsolla:<project>:txn:<transaction.id>:partial_refund:<body hash, 16 hex>
+    subscription events             xsolla:<project>:sub:<subscription_id>:<type>:plan=<plan_id>[:<date>=<UTC>...]
+    anything else                   xsolla:<project>:raw:<sha256 of the body>
+
+A transaction can be partially refunded more than once and nothing in the notification identifies one partial
+refund, so its id carries a hash of the body: a retry (same body) is a duplicate, a second partial refund is not.
+Subscription ids carry the plan and every date present (`date_create`, `date_next_charge`, `date_end`),
+because `update_subscription` has no id of its own and is sent again on every renewal and plan change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from core.webhooks import Action, FoundUser, InvalidParameter, InvalidSignature, Notification, UserQuery, Verified
+from entitlements.v1 import events_pb2 as ev
+from providers.xsolla import answers, fields
+from providers.xsolla.settings import WebhookSettings
+from providers.xsolla.signature import verify
+
+PROVIDER = "xsolla"
+
+_ORDER_TYPES: dict[str, tuple[ev.EventType.ValueType, str]] = {
+    "order_paid": (ev.EVENT_TYPE_ORDER_PAID, "paid"),
+    "order_canceled": (ev.EVENT_TYPE_ORDER_CANCELED, "canceled"),
+}
+_TRANSACTION_TYPES: dict[str, ev.EventType.ValueType] = {
+    "payment": ev.EVENT_TYPE_PAYMENT,
+    "refund": ev.EVENT_TYPE_REFUND,
+    "partial_refund": ev.EVENT_TYPE_PARTIAL_REFUND,
+}
+_SUBSCRIPTION_TYPES: dict[str, ev.EventType.ValueType] = {
+    "create_subscription": ev.EVENT_TYPE_SUBSCRIPTION_CREATED,
+    "update_subscription": ev.EVENT_TYPE_SUBSCRIPTION_UPDATED,
+    "non_renewal_subscription": ev.EVENT_TYPE_SUBSCRIPTION_NON_RENEWING,
+    "cancel_subscription": ev.EVENT_TYPE_SUBSCRIPTION_CANCELED,
+}
+_USER_TYPES = {"user_validation": Action.VALIDATE_USER, "user_search": Action.SEARCH_USER}
+
+#: Every type Xsolla documents (PHP SDK dictionary, webhook docs, opt-in events). Metric labels use these
+#: names; anything else is labelled "other", so a sender cannot grow the label set.
+DOCUMENTED_TYPES = frozenset(
+    {
+        *_ORDER_TYPES,
+        *_TRANSACTION_TYPES,
+        *_SUBSCRIPTION_TYPES,
+        *_USER_TYPES,
+        "user_balance_operation",
+        "payment_account_add",
+        "payment_account_remove",
+        "partner_side_catalog",
+        "redeem_key",
+        "get_pincode",
+        "afs_reject",
+        "afs_black_list",
+        "ps_declined",
+        "dispute",
+        "upgrade_refund",
+        "keys_availability",
+    }
+)
+
+_SUBSCRIPTION_DATES = ("date_create", "date_next_charge", "date_end")
+
+
+class XsollaWebhooks:
+    """Xsolla's webhook protocol (implements `core.webhooks.WebhookProvider`).
+
+    Args:
+        settings: the secrets; `settings.secrets_for` is asked with None when neither the URL nor the body
+            names a project (then only a default secret can verify).
+
+    Raises:
+        ConfigError: no secret is configured at all (a gateway that could verify nothing must not start).
+    """
+
+    name = PROVIDER
+
+    def __init__(self, settings: WebhookSettings) -> None:
+        settings.check()
+        self._settings = settings
+        self._secrets_for = settings.secrets_for
+
+    def authenticate(self, raw: bytes, headers: Mapping[str, str], route_project: str | None) -> Verified:
+        """Verifies `Authorization: Signature ...` over `raw` with the secret of the request's project.
+
+        The project comes from the URL (`<path>/<project_id>`, since Xsolla's webhook URL is set per project),
+        failing that from the body's `settings.project_id` (`billing.settings.project_id` in combined-mode
+        order webhooks, which have no top-level `settings`). The body is parsed here only to find that hint;
+        nothing in it is trusted before the signature checks out.
+
+        Raises:
+            InvalidSignature: missing, malformed or wrong signature, or no secret for the project.
+        """
+        document = fields.parse_body(raw)
+        if route_project is not None:
+            project: int | None = int(route_project)
+        else:
+            project = _project_hint(document)
+        secrets = self._secrets_for(project)
+        if not secrets:
+            # Only when there is no default secret: tell the operator why, not the sender.
+            which = f"project {project}" if project is not None else "webhooks that name no project"
+            raise InvalidSignature("Invalid signature", detail=f"no secret is configured for {which}")
+        verify(raw, headers.get("Authorization"), secrets)
+        return Verified(raw, document, project)
+
+    def interpret(self, verified: Verified, received_at_ns: int) -> Notification:
+        """Turns a verified body into what the gateway must do with it.
+
+        Raises:
+            InvalidParameter: not a JSON object, or a required field is missing or malformed.
+        """
+        doc = verified.document
+        if doc is None:
+            raise InvalidParameter("", "The body is not a JSON object")
+        notification_type = doc.get("notification_type")
+        if not isinstance(notification_type, str) or not notification_type:
+            raise InvalidParameter("notification_type", "is required (a string)")
+        fields.check_unicode(notification_type, "notification_type")
+        project = verified.project_id if verified.project_id is not None else _body_project(doc)
+        label = type_label(notification_type)
+
+        action = _USER_TYPES.get(notification_type)
+        if action is not None:
+            return Notification(action, notification_type, label, project, query=_user_query(doc, action, project))
+
+        event = ev.WebhookEvent(provider=PROVIDER, project_id=project, notification_type=notification_type)
+        event.received_at.FromNanoseconds(received_at_ns)
+        known = True
+        if notification_type in _ORDER_TYPES:
+            event.type, suffix = _ORDER_TYPES[notification_type]
+            _fill_order(event, doc, suffix)
+        elif notification_type in _TRANSACTION_TYPES:
+            event.type = _TRANSACTION_TYPES[notification_type]
+            _fill_transaction(event, doc, verified.raw)
+        elif notification_type in _SUBSCRIPTION_TYPES:
+            event.type = _SUBSCRIPTION_TYPES[notification_type]
+            _fill_subscription(event, doc)
+        else:
+            known = False
+            event.type = ev.EVENT_TYPE_UNKNOWN
+            _fill_unknown(event, doc, verified.raw)
+        return Notification(Action.STORE, notification_type, label, project, event=event, known=known)
+
+    def type_label(self, verified: Verified) -> str:
+        """The metric label of a verified body's type: a documented name, "other", or "none"."""
+        doc = verified.document
+        value = doc.get("notification_type") if doc is not None else None
+        return type_label(value) if isinstance(value, str) else "none"
+
+    def error_body(self, status: int, result: str, message: str) -> bytes:
+        """Xsolla's error body (`providers.xsolla.answers`)."""
+        return answers.error_body(status, result, message)
+
+    def user_answer(self, found: FoundUser) -> bytes:
+        """Xsolla's `user_search` answer."""
+        return answers.user_answer(found)
+
+    def describe(self) -> Mapping[str, object]:
+        """How many projects have a secret of their own, and whether a default secret is set."""
+        return {
+            "projects_with_own_secret": len(self._settings.project_secrets),
+            "default_secret": self._settings.default_secret is not None,
+        }
+
+
+def type_label(notification_type: str) -> str:
+    """`notification_type` when Xsolla documents it, otherwise "other" (bounded metric labels)."""
+    return notification_type if notification_type in DOCUMENTED_TYPES else "other"
+
+
+# --- projects ---------------------------------------------------------------------------------------------------
+
+
+def _project_hint(doc: dict[str, Any] | None) -> int | None:
+    """The project named in an unverified body, for choosing a secret; None when absent or malformed."""
+    if doc is None:
+        return None
+    for holder in (doc, fields.section(doc, "billing")):
+        value = fields.section(holder, "settings").get("project_id")
+        project = fields.integer(value, 0, fields.INT64_MAX)
+        if project is not None:
+            return project
+    return None
+
+
+def _body_project(doc: dict[str, Any]) -> int:
+    """The project named in a verified body (0 when none); a malformed one is an error."""
+    for path, holder in (("settings", doc), ("billing.settings", fields.section(doc, "billing"))):
+        settings = fields.section(holder, "settings")
+        if "project_id" in settings and settings["project_id"] is not None:
+            project = fields.integer(settings["project_id"], 0, fields.INT64_MAX)
+            if project is None:
+                raise InvalidParameter(f"{path}.project_id", "must be a non-negative integer")
+            return project
+    return 0
+
+
+# --- event builders ---------------------------------------------------------------------------------------------
+
+
+def _fill_order(event: ev.WebhookEvent, doc: dict[str, Any], suffix: str) -> None:
+    order = fields.required_section(doc, "order")
+    user = fields.required_section(doc, "user")
+    order_id = fields.required_id(order.get("id"), "order.id")
+    event.user_id = fields.required_id(user.get("external_id"), "user.external_id")
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise InvalidParameter("items", "is required (a list)")
+    # Combined mode: the payment rides along in `billing`. Separate mode has none (the `payment` webhook
+    # carried it); a project with "add order object" on may put `transaction` at the top level.
+    billing = fields.section(doc, "billing")
+    transaction = fields.section(billing, "transaction") or fields.section(doc, "transaction")
+    event.sandbox = order.get("mode") == "sandbox" or fields.flag(transaction.get("dry_run"))
+    event.order.CopyFrom(
+        ev.OrderEvent(
+            order_id=order_id,
+            status=fields.text(order.get("status")),
+            currency=fields.text(order.get("currency")),
+            amount=fields.decimal(order.get("amount")),
+            invoice_id=fields.text(order.get("invoice_id")),
+            transaction_id=fields.text(transaction.get("id")),
+            lines=[_order_line(item, f"items[{number}]") for number, item in enumerate(items)],
+        )
+    )
+    event.event_id = f"{PROVIDER}:{event.project_id}:order:{fields.key(order_id)}:{suffix}"
+
+
+def _order_line(item: Any, path: str) -> ev.OrderLine:
+    if not isinstance(item, dict):
+        raise InvalidParameter(path, "must be an object")
+    quantity = fields.integer(item.get("quantity"), 1, fields.INT64_MAX)
+    if quantity is None:
+        raise InvalidParameter(f"{path}.quantity", "must be an integer >= 1")
+    return ev.OrderLine(
+        sku=fields.required_id(item.get("sku"), f"{path}.sku"),
+        type=fields.text(item.get("type")),
+        quantity=quantity,
+        amount=fields.decimal(item.get("amount")),
+        is_pre_order=fields.flag(item.get("is_pre_order")),
+        is_free=fields.flag(item.get("is_free")),
+        is_bonus=fields.flag(item.get("is_bonus")),
+        is_bundle_content=fields.flag(item.get("is_bundle_content")),
+    )
+
+
+def _fill_transaction(event: ev.WebhookEvent, doc: dict[str, Any], raw: bytes) -> None:
+    transaction = fields.required_section(doc, "transaction")
+    user = fields.required_section(doc, "user")
+    transaction_id = fields.required_id(transaction.get("id"), "transaction.id")
+    event.user_id = fields.required_id(user.get("id"), "user.id")
+    event.sandbox = fields.flag(transaction.get("dry_run"))
+    purchase = fields.section(doc, "purchase")
+    total = fields.section(purchase, "total") or fields.section(purchase, "checkout")
+    refund = fields.section(doc, "refund_details")
+    # Informational only (grants come from order events): malformed lines are skipped, not refused.
+    lines = []
+    items = fields.section(purchase, "virtual_items").get("items")
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict):
+            sku, quantity = fields.text(item.get("sku")), fields.integer(item.get("amount"), 1, fields.INT64_MAX)
+            if sku and quantity is not None:
+                lines.append(ev.OrderLine(sku=sku, type="virtual_good", quantity=quantity))
+    event.transaction.CopyFrom(
+        ev.TransactionEvent(
+            transaction_id=transaction_id,
+            external_id=fields.text(transaction.get("external_id")),
+            amount=fields.decimal(total.get("amount")),
+            currency=fields.text(total.get("currency")),
+            refund_code=fields.integer(refund.get("code"), 0, fields.INT32_MAX) or 0,
+            refund_reason=fields.text(refund.get("reason")),
+            order_id=fields.text(fields.section(doc, "order").get("id")),
+            lines=lines,
+            subscription_id=fields.text(fields.section(purchase, "subscription").get("subscription_id")),
+        )
+    )
+    event.event_id = f"{PROVIDER}:{event.project_id}:txn:{fields.key(transaction_id)}:{event.notification_type}"
+    if event.type == ev.EVENT_TYPE_PARTIAL_REFUND:
+        event.event_id += ":" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _fill_subscription(event: ev.WebhookEvent, doc: dict[str, Any]) -> None:
+    subscription = fields.required_section(doc, "subscription")
+    user = fields.required_section(doc, "user")
+    subscription_id = fields.required_id(subscription.get("subscription_id"), "subscription.subscription_id")
+    event.user_id = fields.required_id(user.get("id"), "user.id")
+    payload = ev.SubscriptionEvent(
+        subscription_id=subscription_id,
+        plan_id=fields.text(subscription.get("plan_id")),
+        product_id=fields.text(subscription.get("product_id")),
+        amount=fields.decimal(subscription.get("amount")),
+        currency=fields.text(subscription.get("currency")),
+        is_gift=fields.flag(subscription.get("is_gift")),
+    )
+    tags = subscription.get("tags")
+    payload.tags.extend(tag for tag in (fields.text(t) for t in (tags if isinstance(tags, list) else ())) if tag)
+    trial = fields.section(subscription, "trial")
+    payload.trial_value = fields.integer(trial.get("value"), 0, fields.INT32_MAX) or 0
+    payload.trial_unit = fields.text(trial.get("type"))
+    id_parts = [f"plan={fields.key(payload.plan_id)}"]
+    for name in _SUBSCRIPTION_DATES:
+        moment = fields.date(subscription.get(name), f"subscription.{name}")
+        if moment is not None:
+            getattr(payload, name).FromDatetime(moment)
+            id_parts.append(f"{name}={fields.utc_text(moment)}")
+    event.subscription.CopyFrom(payload)
+    event.event_id = ":".join(
+        (PROVIDER, str(event.project_id), "sub", fields.key(subscription_id), event.notification_type, *id_parts)
+    )
+
+
+def _fill_unknown(event: ev.WebhookEvent, doc: dict[str, Any], raw: bytes) -> None:
+    # Stored for audit, never applied; the player (when one is named) only chooses the partition.
+    user = fields.section(doc, "user")
+    event.user_id = fields.text(user.get("id")) or fields.text(user.get("external_id"))
+    event.sandbox = fields.flag(fields.section(doc, "transaction").get("dry_run"))
+    event.event_id = f"{PROVIDER}:{event.project_id}:raw:{hashlib.sha256(raw).hexdigest()}"
+
+
+def _user_query(doc: dict[str, Any], action: Action, project: int) -> UserQuery:
+    user = fields.required_section(doc, "user")
+    if action is Action.VALIDATE_USER:
+        return UserQuery(PROVIDER, project, user_id=fields.required_id(user.get("id"), "user.id"), user=user)
+    public_id = fields.required_id(user.get("public_id"), "user.public_id")
+    return UserQuery(PROVIDER, project, user_id=fields.text(user.get("id")), public_id=public_id, user=user)
