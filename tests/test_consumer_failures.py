@@ -19,8 +19,7 @@ from server.app import Service
 from server.config import Settings
 from server.consumer import ConsumerHooks, StreamEntry
 from server.embedded import EmbeddedRedis
-from tests.conftest import base_settings
-from tests.consumer_helpers import (
+from tests.helpers.events import (
     PARTITIONS,
     consumer_of,
     consumer_settings,
@@ -32,6 +31,7 @@ from tests.consumer_helpers import (
     order_event,
     store_of,
 )
+from tests.helpers.services import base_settings
 
 pytestmark = pytest.mark.slow
 

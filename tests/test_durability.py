@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from entitlements import AsyncEntitlementsClient, UnavailableError
 from server.app import Service
 from server.embedded import EmbeddedRedis, server_binary
-from tests.conftest import ClientFactory, ServiceFactory
+from tests.helpers.services import ClientFactory, ServiceFactory
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from entitlements import (
     InvalidArgumentError,
 )
 from server.app import Service
-from tests.conftest import ClientFactory, ServiceFactory
+from tests.helpers.services import ClientFactory, ServiceFactory
 
 HOUR = timedelta(hours=1)
 

@@ -36,8 +36,8 @@ from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from server.orders import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking, parse_status
-from tests.conftest import READER_KEY, ClientFactory, ServiceFactory
-from tests.consumer_helpers import PARTITIONS, consumer_settings
+from tests.helpers.events import PARTITIONS, consumer_settings
+from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
 from webhook_gateway.testing import running_gateway

@@ -23,8 +23,8 @@ from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
 from server.config import TrackingSettings
 from server.embedded import EmbeddedRedis
-from tests.conftest import READER_KEY, ServiceFactory
-from tests.consumer_helpers import PARTITIONS, consumer_settings, eventually
+from tests.helpers.events import PARTITIONS, consumer_settings, eventually
+from tests.helpers.services import READER_KEY, ServiceFactory
 from webhook_gateway import GatewaySettings
 from webhook_gateway.testing import running_gateway
 from xsolla_simulator import XsollaSimulator

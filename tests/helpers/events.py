@@ -1,6 +1,6 @@
-"""Helpers for the consumer tests: build WebhookEvents as the gateway would, put them on the event streams (through
-the gateway's EventLog, or with a bare XADD that skips its dedup), and wait until the consumer group has applied
-everything.
+"""Webhook events for the consumer tests: WebhookEvents built as the gateway builds them, put on the event streams
+(through the gateway's EventLog, or with a bare XADD that skips its dedup), and the consumer group's state read
+back (waiting until it has applied everything, its dead letters).
 """
 
 from __future__ import annotations

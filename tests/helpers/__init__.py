@@ -1,0 +1,7 @@
+"""Helpers the tests share. Fixtures stay in `tests/conftest.py`; what they and the tests build on lives here.
+
+* `services`: the test API keys, `base_settings` for a test service, and the types of the service and client
+  factory fixtures.
+* `events`: WebhookEvents as the gateway builds them, putting them on the event streams, and reading the
+  consumer group's state and dead letters back.
+"""
