@@ -23,8 +23,9 @@ from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
 from server.config import TrackingSettings
 from server.embedded import EmbeddedRedis
-from tests.helpers.events import PARTITIONS, consumer_settings, eventually
+from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.services import READER_KEY, ServiceFactory
+from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from webhook_gateway.testing import running_gateway
 from xsolla_simulator import XsollaSimulator
@@ -138,11 +139,7 @@ async def test_a_reconnect_storm_of_5000_streams_is_served(
             assert service.registry.get_sample_value("entitlements_order_watchers") == 5000
         finally:
             storm.close()
-
-        async def all_stopped() -> bool:
-            return len(tracking) == 0
-
-        await eventually(all_stopped, 20.0, "every tracker to stop")
+        await eventually(lambda: len(tracking) == 0, timeout_s=20.0, what="every tracker to stop")
     finally:
         for client in clients:
             await client.close()

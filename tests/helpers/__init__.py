@@ -4,4 +4,5 @@
   factory fixtures.
 * `events`: WebhookEvents as the gateway builds them, putting them on the event streams, and reading the
   consumer group's state and dead letters back.
+* `waiting`: `eventually`, the one way a test waits for something to become true.
 """

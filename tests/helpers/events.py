@@ -5,9 +5,7 @@ back (waiting until it has applied everything, its dead letters).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +20,7 @@ from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings
 from server.consumer import Consumer
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore
+from tests.helpers.waiting import eventually
 
 PARTITIONS = 2
 DAY_MS = 86_400_000
@@ -165,15 +164,6 @@ async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[str, bytes 
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Polls `check` until it is true; fails the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def group_state(redis: aioredis.Redis) -> tuple[int, int]:
     """(pending, undelivered) summed over the partitions' consumer groups; streams not created yet count as 0."""
     pending = undelivered = 0
@@ -196,7 +186,7 @@ async def drained(redis: aioredis.Redis, timeout_s: float = 10.0) -> None:
     async def done() -> bool:
         return await group_state(redis) == (0, 0)
 
-    await eventually(done, timeout_s, "the consumer group to apply and acknowledge every entry")
+    await eventually(done, timeout_s=timeout_s, what="the consumer group to apply and acknowledge every entry")
 
 
 async def dead_letters(redis: aioredis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
