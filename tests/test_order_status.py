@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient
@@ -560,8 +561,8 @@ async def test_the_webhook_feed_rereads_what_it_missed_after_losing_redis(rig: R
     redis = aioredis.Redis.from_url(rig.redis_server.url)
     try:
         # A state written while nobody announces it (as if its publication was lost), then the connection drops.
-        fields = {"status": "paid", "granted": "1", "updated_at_ms": "1767225600000"}
-        await redis.hset(UserKeys(PLAYER).order("777"), mapping=fields)  # type: ignore[arg-type]
+        fields: dict[FieldT, EncodableT] = {"status": "paid", "granted": "1", "updated_at_ms": "1767225600000"}
+        await redis.hset(UserKeys(PLAYER).order("777"), mapping=fields)
         assert await redis.client_kill_filter(_type="pubsub") >= 1
     finally:
         await redis.aclose()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from core.eventlog import EventLog, partition_for
 from core.keys import CONSUMER_GROUP, EventKeys
@@ -79,7 +80,7 @@ def order_event(
 
 
 def subscription_event(
-    event_type: int,
+    event_type: ev.EventType.ValueType,
     user_id: str,
     subscription_id: str,
     *,
@@ -95,11 +96,11 @@ def subscription_event(
         sub.date_next_charge.FromDatetime(next_charge)
     if date_end is not None:
         sub.date_end.FromDatetime(date_end)
-    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
     dates = f"{next_charge.isoformat() if next_charge else ''}/{date_end.isoformat() if date_end else ''}"
     return ev.WebhookEvent(
         event_id=event_id or f"xsolla:308077:sub:{subscription_id}:{name}:{dates}",
-        type=event_type,  # type: ignore[arg-type]
+        type=event_type,
         provider="xsolla",
         project_id=308077,
         user_id=user_id,
@@ -108,12 +109,14 @@ def subscription_event(
     )
 
 
-def transaction_event(event_type: int, user_id: str, transaction_id: str, amount: str = "1.99") -> ev.WebhookEvent:
+def transaction_event(
+    event_type: ev.EventType.ValueType, user_id: str, transaction_id: str, amount: str = "1.99"
+) -> ev.WebhookEvent:
     """A payment, refund or partial_refund event."""
-    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
     return ev.WebhookEvent(
         event_id=f"xsolla:308077:txn:{transaction_id}:{name}",
-        type=event_type,  # type: ignore[arg-type]
+        type=event_type,
         provider="xsolla",
         project_id=308077,
         user_id=user_id,
@@ -148,19 +151,19 @@ def event_log(redis: aioredis.Redis) -> EventLog:
 async def xadd(redis: aioredis.Redis, event: ev.WebhookEvent, *, raw: bytes = b"{}") -> str:
     """Appends an entry the way the gateway does but without its dedup check: a redelivery of the same event."""
     keys = EventKeys(partition_for(event.user_id, PARTITIONS))
-    fields: dict[str | bytes, bytes | str] = {
+    fields: dict[FieldT, EncodableT] = {
         "event": event.SerializeToString(),
         "raw": raw,
         "type": ev.EventType.Name(event.type),
     }
-    entry_id = await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    entry_id = await redis.xadd(keys.stream, fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[str, bytes | str]) -> str:
+async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[FieldT, EncodableT]) -> str:
     """Appends an arbitrary entry to the partition of `user_id` (for malformed entries)."""
     keys = EventKeys(partition_for(user_id, PARTITIONS))
-    entry_id = await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    entry_id = await redis.xadd(keys.stream, fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
