@@ -142,11 +142,6 @@ class WebhookSender:
         task.add_done_callback(self._tasks.discard)
         return await first
 
-    @property
-    def pending(self) -> int:
-        """Webhooks whose delivery is not over."""
-        return len(self._tasks)
-
     async def settled(self, timeout_s: float) -> None:
         """Waits until every webhook's delivery is over.
 
