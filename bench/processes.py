@@ -99,8 +99,7 @@ class Child:
         self._log = log_path.open("a") if log_path is not None else None
         self._adopted: list[tuple[int, str | None]] = []
         self._received = b""
-        # The commands are built by the benchmark itself, never from outside input.
-        self.process: subprocess.Popen[str] = subprocess.Popen(  # noqa: S603
+        self.process: subprocess.Popen[str] = subprocess.Popen(  # noqa: S603  # argv built here, never from input
             pinned_argv(argv, self.cores),
             env=dict(env) if env is not None else None,
             stdout=subprocess.PIPE if stdout is None else stdout,

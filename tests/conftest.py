@@ -1,12 +1,12 @@
 """Shared fixtures: a real Valkey server (the binary the project ships with), the real service on free ports,
-and the project's own Python client pointed at it. Every factory closes what it made.
+and the project's own Python client pointed at it. Every factory closes what it made. What they build on (API keys,
+settings, the factories' types) is in `tests.helpers.services`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,13 @@ import redis.asyncio as aioredis
 from core import logs
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
-from server.auth import hash_key, parse_api_keys
-from server.config import Settings
 from server.embedded import EmbeddedRedis
+from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
 
-WRITER_KEY = "writer-key-0123456789"
-READER_KEY = "reader-key-0123456789"
-API_KEYS = parse_api_keys(f"writer:{hash_key(WRITER_KEY)}:read,write\nreader:{hash_key(READER_KEY)}:read")
 
-logs.configure("warning", json=True, cache_loggers=False)
-
-ServiceFactory = Callable[..., Awaitable[Service]]
-ClientFactory = Callable[..., Awaitable[AsyncEntitlementsClient]]
+def pytest_configure(config: pytest.Config) -> None:
+    """Services started in tests log warnings and errors only, as JSON."""
+    logs.configure("warning", json=True, cache_loggers=False)
 
 
 @pytest.fixture
@@ -45,18 +40,6 @@ async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Re
     client = aioredis.Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
-
-
-def base_settings(**overrides: Any) -> Settings:
-    """Settings for a test service: free ports, the test API keys, short timeouts."""
-    settings = Settings(
-        grpc_port=0,
-        metrics_port=0,
-        api_keys=API_KEYS,
-        redis_timeout_s=1.0,
-        shutdown_grace_s=2.0,
-    )
-    return replace(settings, **overrides)
 
 
 @pytest.fixture

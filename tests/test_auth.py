@@ -24,7 +24,7 @@ from server.auth import parse_api_keys
 from server.config import Settings, TLSSettings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from tests.conftest import READER_KEY, WRITER_KEY, ClientFactory, ServiceFactory
+from tests.helpers.services import READER_KEY, WRITER_KEY, ClientFactory, ServiceFactory
 
 
 async def test_missing_key_is_unauthenticated(service: Service, client_factory: ClientFactory) -> None:

@@ -364,7 +364,7 @@ async def test_duration_must_be_a_timedelta(
     client = make_async_client()
 
     with pytest.raises(TypeError, match="duration"):
-        await client.grant("player-1", "season_pass", duration=30)  # type: ignore[arg-type]
+        await client.grant("player-1", "season_pass", duration=30)  # type: ignore[arg-type]  # deliberately wrong
 
 
 async def test_default_deadline_raises_deadline_exceeded(

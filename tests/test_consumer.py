@@ -24,8 +24,7 @@ from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from server.orders import OrderState, read_order_state
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED
-from tests.conftest import ClientFactory, ServiceFactory
-from tests.consumer_helpers import (
+from tests.helpers.events import (
     DAY_MS,
     consumer_settings,
     dead_letters,
@@ -38,6 +37,7 @@ from tests.consumer_helpers import (
     xadd,
     xadd_raw,
 )
+from tests.helpers.services import ClientFactory, ServiceFactory
 
 
 @pytest.fixture

@@ -19,19 +19,19 @@ from server.app import Service
 from server.config import Settings
 from server.consumer import ConsumerHooks, StreamEntry
 from server.embedded import EmbeddedRedis
-from tests.conftest import base_settings
-from tests.consumer_helpers import (
+from tests.helpers.events import (
     PARTITIONS,
     consumer_of,
     consumer_settings,
     dead_letters,
     drained,
     event_log,
-    eventually,
     group_state,
     order_event,
     store_of,
 )
+from tests.helpers.services import base_settings
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -280,7 +280,7 @@ async def test_consumer_waits_for_redis_at_start(
     await asyncio.sleep(0.2)
     await redis_server.start()
     await event_log(redis_client).append(order_event("paid", "e1", "player-1", [("gold", 3)]), b"{}")
-    await eventually(lambda: _gold_is(service, 3), 20, "the order to be applied")
+    await eventually(lambda: _gold_is(service, 3), timeout_s=20, what="the order to be applied")
     await drained(redis_client)
 
 

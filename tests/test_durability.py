@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from entitlements import AsyncEntitlementsClient, UnavailableError
 from server.app import Service
 from server.embedded import EmbeddedRedis, server_binary
-from tests.conftest import ClientFactory, ServiceFactory
+from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -120,18 +121,20 @@ async def test_health_follows_redis(service_factory: ServiceFactory, redis_serve
             reply = await stub.Check(health_pb2.HealthCheckRequest(service="entitlements.v1.EntitlementService"))
             return int(reply.status)
 
-        async def wait_for(expected: int) -> None:
-            for _ in range(100):
-                if await status() == expected:
-                    return
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"health never became {expected}")
+        async def health_is(expected: int) -> bool:
+            return await status() == expected
 
         assert await status() == health_pb2.HealthCheckResponse.SERVING
         await redis_server.stop()
-        await wait_for(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await eventually(
+            lambda: health_is(health_pb2.HealthCheckResponse.NOT_SERVING),
+            timeout_s=5.0,
+            what="health to report NOT_SERVING",
+        )
         await redis_server.start()
-        await wait_for(health_pb2.HealthCheckResponse.SERVING)
+        await eventually(
+            lambda: health_is(health_pb2.HealthCheckResponse.SERVING), timeout_s=5.0, what="health to report SERVING"
+        )
     finally:
         await channel.close(None)
 
@@ -166,14 +169,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def _wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
-    for _ in range(int(timeout_s / 0.05)):
-        if not _alive(pid):
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 OWNER_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
@@ -205,7 +200,9 @@ async def test_embedded_redis_dies_with_a_killed_service(tmp_path: Path) -> None
     finally:
         owner.kill()
         await owner.wait()
-    assert await _wait_gone(valkey_pid), "valkey-server outlived the process that started it"
+    await eventually(
+        lambda: not _alive(valkey_pid), timeout_s=5.0, what="valkey-server to stop with the process that started it"
+    )
     server = EmbeddedRedis(tmp_path / "var")
     await server.start()
     try:
@@ -226,10 +223,7 @@ async def test_an_orphaned_embedded_redis_is_stopped_before_a_new_one_starts(tmp
         server_binary(), str(tmp_path / "var" / "valkey.conf"), start_new_session=True
     )
     try:
-        for _ in range(100):
-            if (tmp_path / "var" / "valkey.sock").exists():
-                break
-            await asyncio.sleep(0.05)
+        await eventually((tmp_path / "var" / "valkey.sock").exists, timeout_s=5.0, what="the orphan's socket")
         second = EmbeddedRedis(tmp_path / "var")
         await second.start()
         try:

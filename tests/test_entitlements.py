@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.keys import UserKeys
 from entitlements import (
@@ -17,14 +18,15 @@ from entitlements import (
     InvalidArgumentError,
 )
 from server.app import Service
-from tests.conftest import ClientFactory, ServiceFactory
+from server.embedded import EmbeddedRedis
+from tests.helpers.services import ClientFactory, ServiceFactory
 
 HOUR = timedelta(hours=1)
 
 
-def ms(timestamp: object) -> int:
+def ms(timestamp: Timestamp) -> int:
     """Milliseconds since the epoch of a protobuf Timestamp."""
-    return int(timestamp.seconds) * 1000 + int(timestamp.nanos) // 1_000_000  # type: ignore[attr-defined]
+    return timestamp.seconds * 1000 + timestamp.nanos // 1_000_000
 
 
 async def test_grant_consumable_adds_up(client: AsyncEntitlementsClient) -> None:
@@ -170,10 +172,10 @@ async def test_concurrent_grants_from_four_clients_add_up_exactly(
 
 
 async def test_concurrent_grants_across_two_replicas(
-    service_factory: ServiceFactory, redis_server: object, client_factory: ClientFactory
+    service_factory: ServiceFactory, redis_server: EmbeddedRedis, client_factory: ClientFactory
 ) -> None:
     """Two service replicas on one Redis, hammered concurrently, never lose an update."""
-    url = redis_server.url  # type: ignore[attr-defined]
+    url = redis_server.url
     replicas = [await service_factory(redis_url=url) for _ in range(2)]
     clients = [await client_factory(r) for r in replicas for _ in range(2)]
     await asyncio.gather(*(c.grant("player-1", "gold_1") for c in clients for _ in range(50)))

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from core.errors import ConfigError as CoreConfigError
 from core.keys import UserKeys
@@ -39,9 +40,10 @@ from server.config import Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
 from server.orders import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
-from tests.conftest import READER_KEY, ClientFactory, ServiceFactory
-from tests.consumer_helpers import PARTITIONS, consumer_settings
+from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
+from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory
+from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
 from xsolla_simulator import XsollaSimulator
@@ -136,14 +138,6 @@ async def collect(stream: AsyncIterator[pb.OrderStatusUpdate], timeout_s: float 
         return [update async for update in stream]
 
 
-async def eventually(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def tracking_of(service: Service) -> OrderTracking:
     assert service.tracking is not None
     return service.tracking
@@ -165,7 +159,7 @@ class Reader:
             self.error = exc
 
     async def count(self, n: int, timeout_s: float = 10.0) -> None:
-        await eventually(lambda: len(self.updates) >= n or self.task.done(), timeout_s, f"{n} updates")
+        await eventually(lambda: len(self.updates) >= n or self.task.done(), timeout_s=timeout_s, what=f"{n} updates")
         assert len(self.updates) >= n, (summary(self.updates), self.error)
 
     async def end(self, timeout_s: float = 20.0) -> list[pb.OrderStatusUpdate]:
@@ -238,7 +232,7 @@ async def test_stored_state_comes_first(rig: Rig) -> None:
     token = rig.sim.issue_token(PLAYER)
     order = rig.sim.create_order(PLAYER, ITEMS)
     await rig.sim.set_status(order.order_id, "paid")
-    await eventually_async(lambda: stored_status(rig, order.order_id), "the order_paid webhook to be applied")
+    await eventually(lambda: stored_status(rig, order.order_id), what="the order_paid webhook to be applied")
     reader = Reader(client.get_order_status(str(order.order_id), PLAYER, token=token))
     await reader.count(1)
     await rig.sim.set_status(order.order_id, "done", channels=("websocket",))
@@ -253,7 +247,7 @@ async def test_a_stream_opened_on_a_canceled_order_sends_it_and_ends(rig: Rig) -
     order = rig.sim.create_order(PLAYER, ITEMS)
     await rig.sim.set_status(order.order_id, "paid", channels=("webhook",))
     await rig.sim.set_status(order.order_id, "canceled", channels=("webhook",))
-    await eventually_async(lambda: stored_status(rig, order.order_id, "canceled"), "the cancel to be applied")
+    await eventually(lambda: stored_status(rig, order.order_id, "canceled"), what="the cancel to be applied")
     token = rig.sim.issue_token(PLAYER)
     updates = await collect(client.get_order_status(str(order.order_id), PLAYER, token=token))
     assert summary(updates) == [(CANCELED, STORED, False)]
@@ -548,7 +542,7 @@ async def test_a_webhook_applied_on_one_replica_reaches_a_stream_on_another(rig:
     replica_b = await start_replica_process(rig.redis_server.url, tmp_path / "replica-b.log")
     try:
         async with AsyncEntitlementsClient(replica_b.target, api_key=READER_KEY) as client:
-            await wait_until_serving(client)
+            await eventually(lambda: serving(client), timeout_s=20.0, what="replica B to serve")
             order = rig.sim.create_order(PLAYER, ITEMS)
             reader = Reader(client.get_order_status(str(order.order_id), PLAYER))
             await asyncio.sleep(0.3)  # the stream is open on B
@@ -570,8 +564,8 @@ async def test_the_webhook_feed_rereads_what_it_missed_after_losing_redis(rig: R
     redis = aioredis.Redis.from_url(rig.redis_server.url)
     try:
         # A state written while nobody announces it (as if its publication was lost), then the connection drops.
-        fields = {"status": "paid", "granted": "1", "updated_at_ms": "1767225600000"}
-        await redis.hset(UserKeys(PLAYER).order("777"), mapping=fields)  # type: ignore[arg-type]
+        fields: dict[FieldT, EncodableT] = {"status": "paid", "granted": "1", "updated_at_ms": "1767225600000"}
+        await redis.hset(UserKeys(PLAYER).order("777"), mapping=fields)
         assert await redis.client_kill_filter(_type="pubsub") >= 1
     finally:
         await redis.aclose()
@@ -833,14 +827,6 @@ def sample(service: Service, name: str, **labels: str) -> float:
     return service.registry.get_sample_value(name, labels) or 0.0
 
 
-async def eventually_async(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def stored_status(rig: Rig, order_id: int, status: str = "paid") -> bool:
     redis = aioredis.Redis.from_url(rig.redis_server.url)
     try:
@@ -895,13 +881,10 @@ async def start_replica_process(redis_url: str, log_file: Path) -> ReplicaProces
     return ReplicaProcess(process, f"127.0.0.1:{port}")
 
 
-async def wait_until_serving(client: AsyncEntitlementsClient, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            await client.check_entitlement(PLAYER, "gold", timeout_s=1.0)
-            return
-        except UnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+async def serving(client: AsyncEntitlementsClient) -> bool:
+    """Whether the client's service answers a call (False while it is UNAVAILABLE, as when still starting)."""
+    try:
+        await client.check_entitlement(PLAYER, "gold", timeout_s=1.0)
+    except UnavailableError:
+        return False
+    return True

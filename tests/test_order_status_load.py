@@ -24,9 +24,10 @@ from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
 from providers.xsolla import WebhookSettings
 from server.config import TrackingSettings
 from server.embedded import EmbeddedRedis
-from tests.conftest import READER_KEY, ServiceFactory
-from tests.consumer_helpers import PARTITIONS, consumer_settings, eventually
+from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
+from tests.helpers.services import READER_KEY, ServiceFactory
+from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from xsolla_simulator import XsollaSimulator
 from xsolla_simulator.testing import running_simulator
@@ -139,11 +140,7 @@ async def test_a_reconnect_storm_of_5000_streams_is_served(
             assert service.registry.get_sample_value("entitlements_order_watchers") == 5000
         finally:
             storm.close()
-
-        async def all_stopped() -> bool:
-            return len(tracking) == 0
-
-        await eventually(all_stopped, 20.0, "every tracker to stop")
+        await eventually(lambda: len(tracking) == 0, timeout_s=20.0, what="every tracker to stop")
     finally:
         for client in clients:
             await client.close()

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -33,17 +33,16 @@ from core.webhooks import (
     UserQuery,
     Verified,
 )
-from entitlements import AsyncEntitlementsClient, NotFoundError
 from entitlements import AuthenticationError as ClientAuthenticationError
+from entitlements import NotFoundError
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.config import ConsumerSettings, TrackingSettings
 from server.embedded import EmbeddedRedis
+from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.waiting import eventually
 from webhook_gateway import Gateway, GatewaySettings
-
-ServiceFactory = Callable[..., Awaitable[Service]]
-ClientFactory = Callable[..., Awaitable[AsyncEntitlementsClient]]
 
 ACME_SECRET = b"acme-signing-key"
 PLAYER = "player-7"
@@ -222,13 +221,12 @@ async def test_a_second_providers_webhooks_are_stored_answered_and_granted(
     lookup, _ = acme
     service = await service_with(service_factory, redis_server, OrderSources("Acme", lookup, None))
     client = await client_factory(service)
-    async with asyncio.timeout(10):
-        while True:  # until the consumer has applied the event
-            check = await client.check_entitlement(PLAYER, "gold")
-            if check.active:
-                break
-            await asyncio.sleep(0.05)
-    assert check.entitlement.quantity == 5
+
+    async def granted() -> bool:
+        return (await client.check_entitlement(PLAYER, "gold")).active
+
+    await eventually(granted, what="the consumer to apply Acme's purchase")
+    assert (await client.check_entitlement(PLAYER, "gold")).entitlement.quantity == 5
 
 
 async def test_a_second_providers_socket_and_lookup_feed_the_tracker(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from centrifuge import (
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosedError
 
+from tests.helpers.waiting import eventually
 from xsolla_simulator import InvalidRequest, SimOrder, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -31,13 +31,8 @@ PROJECT = 12345
 ITEMS = [{"sku": "gold", "quantity": 100, "type": "virtual_currency", "price": "0.05"}]
 
 
-async def eventually(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    """Waits until `check()` holds; fails the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition still false after {timeout_s} s")
-        await asyncio.sleep(0.01)
+#: How long a test waits for the simulator or a client to react: everything is on loopback.
+WAIT_S = 3.0
 
 
 class Recorder(ClientEventHandler):  # type: ignore[misc]  # the base class is untyped (see the import)
@@ -170,7 +165,7 @@ async def test_connect_announces_the_players_order_channel(
     client, recorder = await connect(sim, token, user_id="player-1" if send_user_id else None)
 
     assert client.state == ClientState.CONNECTED
-    await eventually(lambda: len(recorder.subscribed) == 1)
+    await eventually(lambda: len(recorder.subscribed) == 1, timeout_s=WAIT_S, what="the server-side subscription")
     subscribed = recorder.subscribed[0]
     assert subscribed.channel == sim.channel_for("player-1") == f"orders:{PROJECT}:player-1"
     assert subscribed.recoverable
@@ -197,7 +192,7 @@ async def test_every_order_of_the_player_is_published_with_increasing_offsets(
     assert paid.publication is not None
     assert paid.publication.offset == 1
     assert paid.sockets == 1
-    await eventually(lambda: len(recorder.publications) == 3)
+    await eventually(lambda: len(recorder.publications) == 3, timeout_s=WAIT_S, what="the three publications")
     assert recorder.publications == [
         (1, {"order_id": first.order_id, "status": "paid"}),
         (2, {"order_id": second.order_id, "status": "paid"}),
@@ -216,7 +211,7 @@ async def test_history_since_offset_zero_with_limit_minus_one_returns_everything
     await sim.set_status(order.order_id, "done")
     client, recorder = await connect(sim, sim.issue_token("player-1"), fetch_history=True)
 
-    await eventually(lambda: len(recorder.histories) == 1)
+    await eventually(lambda: len(recorder.histories) == 1, timeout_s=WAIT_S, what="the history")
     history = recorder.histories[0]
     assert [(p.offset, p.data["status"]) for p in history.publications] == [(1, "paid"), (2, "done")]
     assert history.offset == 2
@@ -258,7 +253,7 @@ async def test_bad_credentials_end_the_client_disconnected_with_101(
         ready=False,
     )
 
-    await eventually(lambda: client.state == ClientState.DISCONNECTED)
+    await eventually(lambda: client.state == ClientState.DISCONNECTED, timeout_s=WAIT_S, what="the client to give up")
     assert recorder.disconnected == [(101, "unauthorized")]
     await asyncio.sleep(0.3)  # longer than the client's reconnect delays
     assert sim.websocket_stats.handshakes_total == 1
@@ -274,15 +269,17 @@ async def test_reconnectable_break_reconnects_and_recovers_what_was_missed(
     order = new_order(sim)
     client, recorder = await connect(sim, sim.issue_token("player-1"), fetch_history=True)
     await sim.set_status(order.order_id, "paid")
-    await eventually(lambda: len(recorder.publications) == 1)
+    await eventually(lambda: len(recorder.publications) == 1, timeout_s=WAIT_S, what="the publication")
 
     closed = await sim.break_websockets(3001, "shutdown", refuse_for_s=0.3)
     missed = await sim.set_status(order.order_id, "done")
 
     assert closed == 1
     assert missed.sockets == 0
-    await eventually(lambda: sim.websocket_connects_total == 2)
-    await eventually(lambda: len(recorder.publications) == 2)
+    await eventually(lambda: sim.websocket_connects_total == 2, timeout_s=WAIT_S, what="the reconnect")
+    await eventually(
+        lambda: len(recorder.publications) == 2, timeout_s=WAIT_S, what="the missed publication, recovered"
+    )
     assert recorder.connecting[-1] == (3001, "shutdown")
     assert sim.websocket_stats.refused_total >= 1
     assert [offset for offset, _ in recorder.publications] == [1, 2]
@@ -290,7 +287,7 @@ async def test_reconnectable_break_reconnects_and_recovers_what_was_missed(
     again = recorder.subscribed[-1]
     assert again.was_recovering
     assert again.recovered
-    await eventually(lambda: len(recorder.histories) == 2)
+    await eventually(lambda: len(recorder.histories) == 2, timeout_s=WAIT_S, what="the history after the reconnect")
     assert [p.data["status"] for p in recorder.histories[-1].publications] == ["paid", "done"]
     assert client.state == ClientState.CONNECTED
 
@@ -300,12 +297,12 @@ async def test_recovery_from_a_lost_epoch_is_reported_unrecovered(sim: XsollaSim
     order = new_order(sim)
     _, recorder = await connect(sim, sim.issue_token("player-1"))
     await sim.set_status(order.order_id, "paid")
-    await eventually(lambda: len(recorder.publications) == 1)
+    await eventually(lambda: len(recorder.publications) == 1, timeout_s=WAIT_S, what="the publication")
 
     sim.reset_history("player-1")
     await sim.break_websockets(3001, "shutdown")
 
-    await eventually(lambda: len(recorder.subscribed) == 2)
+    await eventually(lambda: len(recorder.subscribed) == 2, timeout_s=WAIT_S, what="the resubscription")
     again = recorder.subscribed[-1]
     assert again.was_recovering
     assert not again.recovered
@@ -318,7 +315,7 @@ async def test_terminal_break_leaves_the_client_disconnected(sim: XsollaSimulato
 
     await sim.break_websockets(3500, "invalid token")
 
-    await eventually(lambda: client.state == ClientState.DISCONNECTED)
+    await eventually(lambda: client.state == ClientState.DISCONNECTED, timeout_s=WAIT_S, what="the client to stop")
     assert recorder.disconnected == [(3500, "invalid token")]
     await asyncio.sleep(0.3)
     assert sim.websocket_connects_total == 1
@@ -333,7 +330,9 @@ async def test_break_for_one_player_leaves_the_others_connected(sim: XsollaSimul
     closed = await sim.break_websockets(3500, "force disconnect", user_id="player-1")
 
     assert closed == 1
-    await eventually(lambda: first.state == ClientState.DISCONNECTED)
+    await eventually(
+        lambda: first.state == ClientState.DISCONNECTED, timeout_s=WAIT_S, what="the first client to be disconnected"
+    )
     assert second.state == ClientState.CONNECTED
     assert sim.websocket_connections == 1
 
@@ -348,9 +347,9 @@ async def test_refusing_one_player_answers_their_connects_with_a_temporary_error
     await sim.break_websockets(3001, "shutdown", refuse_for_s=0.3, user_id="player-1")
     other, _ = await connect(sim, sim.issue_token("player-2"))
 
-    await eventually(lambda: sim.websocket_stats.connect_errors_total >= 1)
+    await eventually(lambda: sim.websocket_stats.connect_errors_total >= 1, timeout_s=WAIT_S, what="a refused connect")
     assert client.state != ClientState.CONNECTED
-    await eventually(lambda: client.state == ClientState.CONNECTED)
+    await eventually(lambda: client.state == ClientState.CONNECTED, timeout_s=WAIT_S, what="the client to get in")
     assert recorder.disconnected == []
     assert other.state == ClientState.CONNECTED
 
@@ -361,7 +360,7 @@ async def test_pings_are_advertised_sent_and_answered(sim_factory: SimulatorFact
     # max_server_ping_delay is the client's slack past the advertised interval (1 s, whole seconds)
     client, recorder = await connect(sim, sim.issue_token("player-1"), max_server_ping_delay=0.5)
 
-    await eventually(lambda: sim.websocket_stats.pongs_total >= 5)
+    await eventually(lambda: sim.websocket_stats.pongs_total >= 5, timeout_s=WAIT_S, what="five pongs")
     assert sim.websocket_stats.pings_total >= sim.websocket_stats.pongs_total
     assert client.state == ClientState.CONNECTED
     assert recorder.connecting == [(0, "connect called")]
@@ -390,7 +389,7 @@ async def test_silenced_websocket_publishes_nothing(sim: XsollaSimulator, connec
 
     assert announcement.channels == ("webhook", "polling")
     assert announcement.publication is None
-    await eventually(lambda: len(recorder.publications) == 1)
+    await eventually(lambda: len(recorder.publications) == 1, timeout_s=WAIT_S, what="the publication")
     assert recorder.publications == [(1, {"order_id": order.order_id, "status": "done"})]
     assert order.changes[1].channels == ("webhook", "polling")
 
@@ -404,7 +403,7 @@ async def test_publish_status_sends_a_raw_stale_publication(sim: XsollaSimulator
     await sim.publish_status(order.order_id, "new")
     await sim.publish_status(order.order_id, "done")
 
-    await eventually(lambda: len(recorder.publications) == 3)
+    await eventually(lambda: len(recorder.publications) == 3, timeout_s=WAIT_S, what="the three publications")
     assert [data["status"] for _, data in recorder.publications] == ["done", "new", "done"]
     assert order.status == order.polling_status == "done"
 
@@ -493,7 +492,7 @@ async def test_a_client_vanishing_mid_session_is_cleaned_up(sim: XsollaSimulator
         assert sim.websocket_connections == 1
         ws.transport.abort()
 
-    await eventually(lambda: sim.websocket_connections == 0)
+    await eventually(lambda: sim.websocket_connections == 0, timeout_s=WAIT_S, what="the session to be forgotten")
     announcement = await sim.set_status(order.order_id, "paid")
     assert announcement.sockets == 0
 

@@ -168,7 +168,7 @@ class Gateway:
         """The webhook URL of the started gateway (loopback form when bound to all interfaces)."""
         if self.port is None:
             raise RuntimeError("the gateway is not started")
-        host = self.settings.host if self.settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        host = self.settings.host if self.settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104  # compared with, not bound to
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}{self.path}"
 

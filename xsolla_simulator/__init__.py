@@ -15,10 +15,11 @@
 See docs/SIMULATOR.md for what is simulated and the choices made where Xsolla documents nothing.
 """
 
+from xsolla_simulator.announcements import CHANNELS, Announcement
 from xsolla_simulator.connections import SocketCounters
 from xsolla_simulator.errors import InvalidRequest, SimulatorError, UnknownOrder, UnknownToken
 from xsolla_simulator.orders import STATUSES, OrderItem, SimOrder, StatusChange
-from xsolla_simulator.simulator import CHANNELS, Announcement, XsollaSimulator
+from xsolla_simulator.simulator import XsollaSimulator
 from xsolla_simulator.store_api import GetOrderRequest
 from xsolla_simulator.streams import Publication, order_channel
 from xsolla_simulator.webhooks import ORDER_RETRY_SCHEDULE, RetrySchedule, Webhook, WebhookDelivery, signature

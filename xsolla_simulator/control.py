@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from xsolla_simulator.announcements import Announcement
 from xsolla_simulator.errors import InvalidRequest, UnknownOrder
 from xsolla_simulator.orders import SimOrder, plain
+from xsolla_simulator.webhooks import WebhookDelivery
 
 if TYPE_CHECKING:
-    from xsolla_simulator.simulator import Announcement, XsollaSimulator
-    from xsolla_simulator.webhooks import WebhookDelivery
+    # For annotations only: the simulator imports this module to add these routes when it starts.
+    from xsolla_simulator.simulator import XsollaSimulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

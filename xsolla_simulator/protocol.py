@@ -29,11 +29,6 @@ CLOSE_INVALID_TOKEN: Final = 3500
 CLOSE_BAD_REQUEST: Final = 3501
 
 
-def is_terminal(code: int) -> bool:
-    """Whether a client must not reconnect after a disconnect with `code` (3500-3999 and 4500-4999)."""
-    return 3500 <= code < 4000 or 4500 <= code < 5000
-
-
 def encode(frames: Iterable[Mapping[str, Any]]) -> str:
     """One WebSocket text message holding `frames`, newline-separated.
 

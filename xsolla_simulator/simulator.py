@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from xsolla_simulator import protocol
+from xsolla_simulator.announcements import CHANNELS, Announcement, check_channels
 from xsolla_simulator.connections import SocketCounters, SocketHub
 from xsolla_simulator.control import add_control_routes
 from xsolla_simulator.errors import InvalidRequest
@@ -30,7 +31,7 @@ from xsolla_simulator.notifications import NOTIFICATION_FOR_STATUS, order_notifi
 from xsolla_simulator.orders import OrderBook, OrderItem, SimOrder, StatusChange, check_status
 from xsolla_simulator.store_api import GetOrderRequest, StoreApi
 from xsolla_simulator.streams import Publication, order_channel
-from xsolla_simulator.tokens import TokenClaims, TokenIssuer
+from xsolla_simulator.tokens import TokenIssuer
 from xsolla_simulator.webhooks import (
     ORDER_RETRY_SCHEDULE,
     RetrySchedule,
@@ -39,31 +40,9 @@ from xsolla_simulator.webhooks import (
     WebhookSender,
 )
 
-#: The channels a status change can be announced on (all of them by default).
-CHANNELS: Final = ("websocket", "webhook", "polling")
-
 WEBSOCKET_PATH: Final = "/connection/websocket"
 
 _log = structlog.get_logger("xsolla_simulator")
-
-
-@dataclass(frozen=True)
-class Announcement:
-    """How a status change was announced.
-
-    Attributes:
-        channels: the channels that announced it (those asked for, minus silenced ones).
-        publication: the WebSocket publication, when `websocket` announced it.
-        sockets: how many WebSocket sessions the publication was written to.
-        webhook: the first delivery attempt of the webhook, when one was sent.
-    """
-
-    order_id: int
-    status: str
-    channels: tuple[str, ...]
-    publication: Publication | None = None
-    sockets: int = 0
-    webhook: WebhookDelivery | None = None
 
 
 class XsollaSimulator:
@@ -121,7 +100,7 @@ class XsollaSimulator:
         self._orders = OrderBook()
         self._hub = SocketHub(
             project_id=project_id,
-            authenticate=self._authenticate_socket,
+            authenticate=self._tokens.authenticate,
             ping_interval_s=ws_ping_interval_s,
             history_size=history_size,
         )
@@ -280,7 +259,7 @@ class XsollaSimulator:
         """
         order = self._orders.get(order_id)
         check_status(status)
-        active = tuple(channel for channel in _check_channels(channels) if channel not in self._silenced)
+        active = tuple(channel for channel in check_channels(channels) if channel not in self._silenced)
         order.status = status
         order.changes.append(StatusChange(status, active, datetime.now(UTC)))
         announcement = Announcement(order_id, status, active)
@@ -363,11 +342,11 @@ class XsollaSimulator:
         A silent `websocket` publishes nothing (pings go on, history has nothing new); a silent `polling`
         keeps Get order answering the last status it announced; a silent `webhook` sends nothing.
         """
-        self._silenced.update(_check_channels(channels))
+        self._silenced.update(check_channels(channels))
 
     def unsilence(self, *channels: str) -> None:
         """Lets channels (all when none are named) announce status changes again; what they missed stays missed."""
-        self._silenced.difference_update(_check_channels(channels) if channels else CHANNELS)
+        self._silenced.difference_update(check_channels(channels) if channels else CHANNELS)
 
     @property
     def silenced(self) -> frozenset[str]:
@@ -446,24 +425,6 @@ class XsollaSimulator:
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def _authenticate_socket(self, data: Any) -> TokenClaims | None:
-        """Checks a connect command's `data`: `auth` (an issued token), `project_id` (ours), and `user_external_id`
-        (the token's player) when present; current Xsolla SDKs leave it out."""
-        if not isinstance(data, dict):
-            return None
-        claims = self._tokens.claims(data.get("auth"))
-        if claims is None or claims.project_id != self.project_id:
-            return None
-        project = data.get("project_id")
-        if isinstance(project, str) and project.isdigit():
-            project = int(project)  # SDKs send a number; a numeric string names the same project
-        if isinstance(project, bool) or project != self.project_id:
-            return None
-        user = data.get("user_external_id")
-        if user is not None and user != claims.user_id:
-            return None
-        return claims
-
     async def _send_notification(
         self, order: SimOrder, notification_type: str, *, body: bytes | None = None
     ) -> WebhookDelivery:
@@ -485,13 +446,3 @@ class XsollaSimulator:
         if order.status != "canceled":
             _log.info("order_auto_refunded", order_id=order.order_id, outcome=delivery.outcome)
             await self.set_status(order.order_id, "canceled")
-
-
-def _check_channels(channels: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(channels, str):  # a lone "websocket" would otherwise read as its letters
-        channels = (channels,)
-    chosen = tuple(channels)
-    unknown = [channel for channel in chosen if channel not in CHANNELS]
-    if unknown:
-        raise InvalidRequest(f"unknown channels {unknown}; choose from {', '.join(CHANNELS)}")
-    return chosen

@@ -15,6 +15,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from xsolla_simulator.errors import InvalidRequest, UnknownToken
 
@@ -66,6 +67,27 @@ class TokenIssuer:
         if not isinstance(token, str):
             return None
         return self._issued.get(token)
+
+    def authenticate(self, data: Any) -> TokenClaims | None:
+        """Who a WebSocket connect command's `data` speaks for; None to refuse it.
+
+        `auth` must be a token issued for this issuer's project, `project_id` that project, and
+        `user_external_id` the token's player when present (current Xsolla SDKs leave it out).
+        """
+        if not isinstance(data, dict):
+            return None
+        claims = self.claims(data.get("auth"))
+        if claims is None or claims.project_id != self._project_id:
+            return None
+        project = data.get("project_id")
+        if isinstance(project, str) and project.isdigit():
+            project = int(project)  # SDKs send a number; a numeric string names the same project
+        if isinstance(project, bool) or project != self._project_id:
+            return None
+        user = data.get("user_external_id")
+        if user is not None and user != claims.user_id:
+            return None
+        return claims
 
     def revoke(self, token: str) -> None:
         """Makes `token` invalid from now on (open WebSocket sessions are not closed: break them for that).

@@ -97,8 +97,7 @@ class Webhook:
 
 def signature(body: bytes, secret: str) -> str:
     """The Authorization header Xsolla sends with `body`: `Signature <sha1(body + secret) hex>`."""
-    # S324: SHA-1 is what Xsolla's webhook protocol uses.
-    return "Signature " + hashlib.sha1(body + secret.encode()).hexdigest()  # noqa: S324
+    return "Signature " + hashlib.sha1(body + secret.encode()).hexdigest()  # noqa: S324  # Xsolla's protocol mandates SHA-1
 
 
 class WebhookSender:
@@ -142,11 +141,6 @@ class WebhookSender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return await first
-
-    @property
-    def pending(self) -> int:
-        """Webhooks whose delivery is not over."""
-        return len(self._tasks)
 
     async def settled(self, timeout_s: float) -> None:
         """Waits until every webhook's delivery is over.

@@ -1,18 +1,17 @@
-"""Helpers for the consumer tests: build WebhookEvents as the gateway would, put them on the event streams (through
-the gateway's EventLog, or with a bare XADD that skips its dedup), and wait until the consumer group has applied
-everything.
+"""Webhook events for the consumer tests: WebhookEvents built as the gateway builds them, put on the event streams
+(through the gateway's EventLog, or with a bare XADD that skips its dedup), and the consumer group's state read
+back (waiting until it has applied everything, its dead letters).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from core.eventlog import EventLog, partition_for
 from core.keys import CONSUMER_GROUP, EventKeys
@@ -22,6 +21,7 @@ from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings
 from server.consumer import Consumer
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore
+from tests.helpers.waiting import eventually
 
 PARTITIONS = 2
 DAY_MS = 86_400_000
@@ -80,7 +80,7 @@ def order_event(
 
 
 def subscription_event(
-    event_type: int,
+    event_type: ev.EventType.ValueType,
     user_id: str,
     subscription_id: str,
     *,
@@ -96,11 +96,11 @@ def subscription_event(
         sub.date_next_charge.FromDatetime(next_charge)
     if date_end is not None:
         sub.date_end.FromDatetime(date_end)
-    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
     dates = f"{next_charge.isoformat() if next_charge else ''}/{date_end.isoformat() if date_end else ''}"
     return ev.WebhookEvent(
         event_id=event_id or f"xsolla:308077:sub:{subscription_id}:{name}:{dates}",
-        type=event_type,  # type: ignore[arg-type]
+        type=event_type,
         provider="xsolla",
         project_id=308077,
         user_id=user_id,
@@ -109,12 +109,14 @@ def subscription_event(
     )
 
 
-def transaction_event(event_type: int, user_id: str, transaction_id: str, amount: str = "1.99") -> ev.WebhookEvent:
+def transaction_event(
+    event_type: ev.EventType.ValueType, user_id: str, transaction_id: str, amount: str = "1.99"
+) -> ev.WebhookEvent:
     """A payment, refund or partial_refund event."""
-    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
     return ev.WebhookEvent(
         event_id=f"xsolla:308077:txn:{transaction_id}:{name}",
-        type=event_type,  # type: ignore[arg-type]
+        type=event_type,
         provider="xsolla",
         project_id=308077,
         user_id=user_id,
@@ -149,29 +151,20 @@ def event_log(redis: aioredis.Redis) -> EventLog:
 async def xadd(redis: aioredis.Redis, event: ev.WebhookEvent, *, raw: bytes = b"{}") -> str:
     """Appends an entry the way the gateway does but without its dedup check: a redelivery of the same event."""
     keys = EventKeys(partition_for(event.user_id, PARTITIONS))
-    fields: dict[str | bytes, bytes | str] = {
+    fields: dict[FieldT, EncodableT] = {
         "event": event.SerializeToString(),
         "raw": raw,
         "type": ev.EventType.Name(event.type),
     }
-    entry_id = await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    entry_id = await redis.xadd(keys.stream, fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[str, bytes | str]) -> str:
+async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[FieldT, EncodableT]) -> str:
     """Appends an arbitrary entry to the partition of `user_id` (for malformed entries)."""
     keys = EventKeys(partition_for(user_id, PARTITIONS))
-    entry_id = await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+    entry_id = await redis.xadd(keys.stream, fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Polls `check` until it is true; fails the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def group_state(redis: aioredis.Redis) -> tuple[int, int]:
@@ -196,7 +189,7 @@ async def drained(redis: aioredis.Redis, timeout_s: float = 10.0) -> None:
     async def done() -> bool:
         return await group_state(redis) == (0, 0)
 
-    await eventually(done, timeout_s, "the consumer group to apply and acknowledge every entry")
+    await eventually(done, timeout_s=timeout_s, what="the consumer group to apply and acknowledge every entry")
 
 
 async def dead_letters(redis: aioredis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -1,0 +1,32 @@
+"""What a test needs to start the service and call it: the test API keys, `base_settings`, and the types of the
+`service_factory` and `client_factory` fixtures (tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from entitlements import AsyncEntitlementsClient
+from server.app import Service
+from server.auth import hash_key, parse_api_keys
+from server.config import Settings
+
+WRITER_KEY = "writer-key-0123456789"
+READER_KEY = "reader-key-0123456789"
+API_KEYS = parse_api_keys(f"writer:{hash_key(WRITER_KEY)}:read,write\nreader:{hash_key(READER_KEY)}:read")
+
+ServiceFactory = Callable[..., Awaitable[Service]]
+ClientFactory = Callable[..., Awaitable[AsyncEntitlementsClient]]
+
+
+def base_settings(**overrides: Any) -> Settings:
+    """Settings for a test service: free ports, the test API keys, short timeouts."""
+    settings = Settings(
+        grpc_port=0,
+        metrics_port=0,
+        api_keys=API_KEYS,
+        redis_timeout_s=1.0,
+        shutdown_grace_s=2.0,
+    )
+    return replace(settings, **overrides)
