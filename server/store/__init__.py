@@ -2,6 +2,7 @@
 records, in Redis.
 
 - `records`: entitlement kinds and limits, the commands a write takes and what reads and writes return.
+- `subscriptions`: the recurring-subscription record and the change one provider event makes to it.
 - `entitlement_store`: `EntitlementStore`, every read and write (each write one Lua script of `server/lua/`).
 - `replies`: Redis replies read as text, and the scripts' error replies translated to `server.errors`.
 - `batcher`: single-entitlement reads sharing round trips under load.
@@ -23,8 +24,8 @@ from server.store.records import (
     OrderOutcome,
     RevokeCommand,
     RevokeResult,
-    SubscriptionOutcome,
 )
+from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
 
 __all__ = [
     "CONSUMABLE",
@@ -40,7 +41,9 @@ __all__ = [
     "LedgerEntry",
     "OrderLine",
     "OrderOutcome",
+    "RecurringSubscription",
     "RevokeCommand",
     "RevokeResult",
+    "SubscriptionChange",
     "SubscriptionOutcome",
 ]

@@ -34,9 +34,9 @@ from server.store.records import (
     OrderOutcome,
     RevokeCommand,
     RevokeResult,
-    SubscriptionOutcome,
 )
 from server.store.replies import reply_text, script_error, split_reply
+from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
 
 T = TypeVar("T")
 
@@ -148,10 +148,10 @@ class EntitlementStore:
             key=lambda r: r.sku.encode(),
         )
 
-    async def recurring_subscriptions(self, user_id: str) -> list[dict[str, Any]]:
-        """Returns the player's recurring subscriptions as recorded from Xsolla's webhooks."""
+    async def recurring_subscriptions(self, user_id: str) -> list[RecurringSubscription]:
+        """Returns the player's recurring subscriptions as recorded from the provider's webhooks, in no order."""
         raw = await self._run(self._redis.hgetall(UserKeys(user_id).subscriptions))
-        return [json.loads(value) for value in raw.values()]
+        return [RecurringSubscription.from_json(value) for value in raw.values()]
 
     async def ledger(self, user_id: str, count: int = 100) -> list[LedgerEntry]:
         """Returns the newest `count` ledger entries of a player, newest first."""
@@ -208,25 +208,27 @@ class EntitlementStore:
         return {reply_text(k): reply_text(v) for k, v in raw.items()} or None
 
     async def record_subscription_event(
-        self, user_id: str, event_id: str, actor: str, action: str, subscription_id: str, fields: Mapping[str, Any]
+        self, user_id: str, event_id: str, actor: str, action: str, change: SubscriptionChange
     ) -> SubscriptionOutcome:
         """Creates or updates a recurring subscription from a provider event, once per `event_id`.
 
         Args:
             action: "created", "updated", "non_renewing" or "canceled".
-            fields: the record's keys the event knows (see `server.service.recurring_subscription`).
+            change: what the event says about the subscription (`change.id` names it).
 
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
         keys = UserKeys(user_id)
-        args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, subscription_id, _json(dict(fields))]
+        args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, _json(change.fields())]
         reply = await self._run(
             self._subscription(keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger], args=args)
         )
         data = json.loads(reply)
         record = data.get("record")
-        return SubscriptionOutcome(str(data["r"]), record if isinstance(record, dict) else None)
+        return SubscriptionOutcome(
+            str(data["r"]), RecurringSubscription.from_mapping(record) if isinstance(record, dict) else None
+        )
 
     async def record_event(self, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
         """Appends a ledger entry for an event that grants nothing (payment, refund), once per `event_id`.

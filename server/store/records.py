@@ -134,15 +134,6 @@ class OrderOutcome:
 
 
 @dataclass(frozen=True)
-class SubscriptionOutcome:
-    """What recording a subscription event did: "applied", "stale" (older than the stored state, ignored) or
-    "replayed"; and the stored record (None only for a replay of an event whose record was since removed)."""
-
-    result: str
-    record: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
 class LedgerEntry:
     """One line of a player's audit ledger."""
 
