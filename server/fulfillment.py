@@ -9,7 +9,7 @@
 - Anything else: ignored (acknowledged and counted by the consumer).
 
 Each write carries the event id as its idempotency key, so a redelivered event changes nothing. Applied order
-events publish the order's state (`server.orders`), replays included, so a publication lost to a crash before
+events publish the order's state (`server.status_channel`), replays included, so a publication lost to a crash before
 the acknowledgement is made good on redelivery.
 """
 
@@ -26,7 +26,7 @@ from entitlements.v1 import events_pb2
 from server import validation
 from server.catalog import Catalog
 from server.errors import InvalidArgument, InvalidEvent
-from server.orders import OrderState, OrderStatusPublisher
+from server.status_channel import OrderState, OrderStatusPublisher
 from server.store import MAX_CONSUMABLE_TOTAL, EntitlementStore, OrderLine, OrderOutcome, SubscriptionChange
 
 ET = events_pb2.EventType

@@ -34,7 +34,7 @@ from server.auth import hash_key
 from server.config import Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from server.orders import read_order_state
+from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking, parse_status
 from tests.conftest import READER_KEY, ClientFactory, ServiceFactory
 from tests.consumer_helpers import PARTITIONS, consumer_settings

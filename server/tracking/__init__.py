@@ -4,8 +4,10 @@ Xsolla's order-status WebSocket and polling of Xsolla's Get order API. See docs/
 - `status`: statuses, sources and the forward-only rule.
 - `tracker`: one order's tracker and the watchers (streams) it feeds.
 - `registry`: the replica's trackers (`OrderTracking`), with the cap.
-- `webhooks`: the replica's single Redis subscription to the consumer's order-status publications.
 - `provider`: what a tracker needs from a payment provider; `xsolla_orders` and `xsolla_socket` implement it.
+
+The webhook source is the replica's single subscription to the consumer's order-status publications
+(`server.status_channel.OrderStatusFeed`), which `OrderTracking` owns.
 """
 
 from server.tracking.provider import OrderLookup, Player, SocketPool

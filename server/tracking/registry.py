@@ -16,10 +16,9 @@ from core.connections import RedisClient
 from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
-from server.orders import OrderState
+from server.status_channel import OrderRef, OrderState, OrderStatusFeed
 from server.tracking.provider import OrderLookup, SocketPool
 from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
-from server.tracking.webhooks import OrderRef, WebhookFeed
 from server.tracking.xsolla_orders import XsollaOrders
 from server.tracking.xsolla_socket import XsollaSockets
 from server.validation import OrderWatch
@@ -66,7 +65,7 @@ class OrderTracking:
         # (player, order) -> trackers, for the webhook feed (which does not know the project).
         self._by_order: dict[OrderRef, list[OrderTracker]] = {}
         self._stopping = False
-        self.feed = WebhookFeed(
+        self.feed = OrderStatusFeed(
             redis, cluster=cluster, dispatch=self._dispatch, followed=self._followed, metrics=metrics
         )
 

@@ -32,7 +32,7 @@ from core.logs import user_ref
 from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
-from server.orders import OrderState, read_order_state
+from server.status_channel import OrderState, read_order_state
 from server.tracking.provider import (
     LookupFailed,
     OrderLookup,
