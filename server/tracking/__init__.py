@@ -3,7 +3,7 @@ Xsolla's order-status WebSocket and polling of Xsolla's Get order API. See docs/
 
 - `status`: statuses, sources and the forward-only rule.
 - `tracker`: one order's tracker and the watchers (streams) it feeds.
-- `registry`: the replica's trackers (`OrderTracking`), with the cap.
+- `trackers`: the replica's trackers (`OrderTracking`), with the cap.
 - `provider`: what a tracker needs from a payment provider; `xsolla_orders` and `xsolla_socket` implement it.
 
 The webhook source is the replica's single subscription to the consumer's order-status publications
@@ -11,9 +11,9 @@ The webhook source is the replica's single subscription to the consumer's order-
 """
 
 from server.tracking.provider import OrderLookup, Player, SocketPool
-from server.tracking.registry import OrderTracking
 from server.tracking.status import Observation, OrderProgress, parse_status
 from server.tracking.tracker import OrderTracker, Watcher
+from server.tracking.trackers import OrderTracking
 
 __all__ = [
     "Observation",
