@@ -33,6 +33,7 @@ from core.backoff import Backoff
 from core.connections import RedisClient
 from core.keys import ORDER_STATUS_CHANNEL, UserKeys
 from server.metrics import ServiceMetrics
+from server.store.replies import reply_text
 
 __all__ = [
     "ORDER_STATUS_CHANNEL",
@@ -117,7 +118,7 @@ async def read_order_state(redis: RedisClient, user_id: str, order_id: str) -> O
     """Reads an order's stored state, or None if no order event named it yet."""
     raw = await redis.hmget(UserKeys(user_id).order(order_id), ["status", "granted", "updated_at_ms"])
     fields = {
-        name: value.decode() if isinstance(value, bytes) else str(value)
+        name: reply_text(value)
         for name, value in zip(("status", "granted", "updated_at_ms"), raw, strict=True)
         if value is not None
     }
