@@ -224,11 +224,7 @@ class EntitlementStore:
         reply = await self._run(
             self._subscription(keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger], args=args)
         )
-        data = json.loads(reply)
-        record = data.get("record")
-        return SubscriptionOutcome(
-            str(data["r"]), RecurringSubscription.from_mapping(record) if isinstance(record, dict) else None
-        )
+        return SubscriptionOutcome.from_reply(reply)
 
     async def record_event(self, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
         """Appends a ledger entry for an event that grants nothing (payment, refund), once per `event_id`.
@@ -261,15 +257,7 @@ class EntitlementStore:
             if words and words[0] in ("QUANTITY_LIMIT", "EXPIRY_LIMIT"):
                 raise FailedPrecondition(f"order {order_id}: sku {words[-1]!r}: {exc}") from cause
             raise
-        data = json.loads(reply)
-        return OrderOutcome(
-            result=str(data["r"]),
-            status=str(data.get("status") or ""),
-            entitlements_granted=bool(data.get("granted")),
-            updated_at_ms=int(data.get("at") or 0),
-            lines_changed=int(data.get("n") or 0),
-            kind_conflicts=int(data.get("c") or 0),
-        )
+        return OrderOutcome.from_reply(reply)
 
     async def ping(self) -> None:
         """Raises StoreUnavailable unless Redis answers."""

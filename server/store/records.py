@@ -132,6 +132,19 @@ class OrderOutcome:
     lines_changed: int = 0
     kind_conflicts: int = 0
 
+    @classmethod
+    def from_reply(cls, reply: bytes | str) -> OrderOutcome:
+        """Reads an order script's reply (`server/lua/order.lua`): JSON {r, status, granted, at, n, c}."""
+        data = json.loads(reply)
+        return cls(
+            result=str(data["r"]),
+            status=str(data.get("status") or ""),
+            entitlements_granted=bool(data.get("granted")),
+            updated_at_ms=int(data.get("at") or 0),
+            lines_changed=int(data.get("n") or 0),
+            kind_conflicts=int(data.get("c") or 0),
+        )
+
 
 @dataclass(frozen=True)
 class LedgerEntry:

@@ -187,6 +187,13 @@ class SubscriptionOutcome:
     result: str
     record: RecurringSubscription | None
 
+    @classmethod
+    def from_reply(cls, reply: bytes | str) -> SubscriptionOutcome:
+        """Reads `server/lua/subscription.lua`'s reply: JSON {r, record}."""
+        data = json.loads(reply)
+        record = data.get("record")
+        return cls(str(data["r"]), RecurringSubscription.from_mapping(record) if isinstance(record, dict) else None)
+
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
