@@ -46,7 +46,7 @@ from server.catalog import Catalog
 from server.config import ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
-from server.orders import OrderStatusPublisher
+from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
 
 CATALOG = Catalog.from_mapping(

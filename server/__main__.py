@@ -38,6 +38,7 @@ from server.config import Settings
 from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
 from server.store import EntitlementStore
+from server.store.replies import reply_text
 
 log = structlog.get_logger("server")
 
@@ -133,23 +134,19 @@ async def events_status(settings: Settings, *, out: TextIO | None = None) -> int
             }
             if row["length"] or await redis.exists(keys.stream):
                 for group in await redis.xinfo_groups(keys.stream):
-                    if _text(group["name"]) != CONSUMER_GROUP:
+                    if reply_text(group["name"]) != CONSUMER_GROUP:
                         continue
                     row.update(
                         pending=int(group["pending"]),
                         undelivered=group.get("lag"),
-                        last_delivered_id=_text(group["last-delivered-id"]),
+                        last_delivered_id=reply_text(group["last-delivered-id"]),
                         consumers=[
-                            {"name": _text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+                            {"name": reply_text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
                             for c in await redis.xinfo_consumers(keys.stream, CONSUMER_GROUP)
                         ],
                     )
             print(json.dumps(row, ensure_ascii=False), file=out)
     return 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _entry_id(text: str) -> str:

@@ -38,9 +38,9 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import ServiceMetrics
-from server.orders import OrderStatusPublisher
 from server.rpc import RpcRuntime
 from server.service import EntitlementServicer
+from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
 from server.tracking import OrderTracking
 

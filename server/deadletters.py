@@ -10,6 +10,7 @@ nothing. `python -m server dead-letters ...` drives these operations.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,10 @@ from core import scripts
 from core.connections import RedisClient
 from core.keys import CONSUMER_GROUP, EventKeys
 from entitlements.v1 import events_pb2
+from server.store.replies import reply_text
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
+# Dead letters keep entries as they were appended, bad bytes included: listing them must not fail on those.
+_lenient_text = functools.partial(reply_text, errors="replace")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class DeadLetters:
             keys=[keys.stream, keys.dead_letters],
             args=[CONSUMER_GROUP, entry_id, consumer, error[:2000], deliveries, int(time.time() * 1000)],
         )
-        return None if reply is None else _text(reply)
+        return None if reply is None else _lenient_text(reply)
 
     async def read(self, count: int = 100) -> list[DeadLetter]:
         """The oldest `count` dead letters of each partition, oldest first within a partition."""
@@ -94,7 +95,7 @@ class DeadLetters:
         for keys in self.partitions:
             rows: Any = await self._redis.xrange(keys.dead_letters, count=count)
             for entry_id, fields in rows or []:
-                letters.append(_dead_letter(keys.partition, _text(entry_id), fields or {}))
+                letters.append(_dead_letter(keys.partition, _lenient_text(entry_id), fields or {}))
         return letters
 
     async def replay(self, entry_id: str | None) -> list[Replayed]:
@@ -105,11 +106,11 @@ class DeadLetters:
         """
         replayed: list[Replayed] = []
         for keys in self.partitions:
-            ids = [entry_id] if entry_id is not None else [_text(i) for i in await self._ids(keys)]
+            ids = [entry_id] if entry_id is not None else [_lenient_text(i) for i in await self._ids(keys)]
             for dead_id in ids:
                 new_id = await self._replay(keys=[keys.dead_letters, keys.stream], args=[dead_id])
                 if new_id is not None:
-                    replayed.append(Replayed(keys.partition, dead_id, _text(new_id)))
+                    replayed.append(Replayed(keys.partition, dead_id, _lenient_text(new_id)))
         return replayed
 
     async def discard(self, entry_id: str | None) -> int:
@@ -138,7 +139,7 @@ class DeadLetters:
 
 
 def _dead_letter(partition: int, entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
-    fields = {_text(k): v for k, v in raw.items()}
+    fields = {_lenient_text(k): v for k, v in raw.items()}
     event_id = user_id = ""
     try:
         event = events_pb2.WebhookEvent.FromString(fields.get("event", b""))
@@ -148,9 +149,9 @@ def _dead_letter(partition: int, entry_id: str, raw: dict[bytes, bytes]) -> Dead
     return DeadLetter(
         partition=partition,
         entry_id=entry_id,
-        original_id=_text(fields.get("original_id", b"")),
-        type=_text(fields.get("type", b"")),
-        error=_text(fields.get("error", b"")),
+        original_id=_lenient_text(fields.get("original_id", b"")),
+        type=_lenient_text(fields.get("type", b"")),
+        error=_lenient_text(fields.get("error", b"")),
         deliveries=int(fields.get("deliveries", b"0") or 0),
         dead_lettered_at_ms=int(fields.get("dead_lettered_at_ms", b"0") or 0),
         event_id=event_id,

@@ -9,7 +9,7 @@
 - Anything else: ignored (acknowledged and counted by the consumer).
 
 Each write carries the event id as its idempotency key, so a redelivered event changes nothing. Applied order
-events publish the order's state (`server.orders`), replays included, so a publication lost to a crash before
+events publish the order's state (`server.status_channel`), replays included, so a publication lost to a crash before
 the acknowledgement is made good on redelivery.
 """
 
@@ -26,8 +26,8 @@ from entitlements.v1 import events_pb2
 from server import validation
 from server.catalog import Catalog
 from server.errors import InvalidArgument, InvalidEvent
-from server.orders import OrderState, OrderStatusPublisher
-from server.store import MAX_CONSUMABLE_TOTAL, EntitlementStore, OrderLine, OrderOutcome
+from server.status_channel import OrderState, OrderStatusPublisher
+from server.store import MAX_CONSUMABLE_TOTAL, EntitlementStore, OrderLine, OrderOutcome, SubscriptionChange
 
 ET = events_pb2.EventType
 _TYPE_LABELS: dict[int, str] = {
@@ -202,9 +202,9 @@ class Fulfillment:
         if event.WhichOneof("payload") != "subscription":
             raise InvalidEvent(f"{label} event {event_id} carries no subscription")
         sub = event.subscription
-        sub_id = _identifier("subscription.subscription_id", sub.subscription_id)
+        _identifier("subscription.subscription_id", sub.subscription_id)
         outcome = await self._store.record_subscription_event(
-            user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], sub_id, subscription_fields(sub)
+            user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], subscription_change(sub)
         )
         return Applied(label, outcome.result)
 
@@ -238,30 +238,26 @@ class Fulfillment:
         return Applied(label, "applied" if applied else "replayed")
 
 
-def subscription_fields(sub: events_pb2.SubscriptionEvent) -> dict[str, Any]:
-    """The recurring-subscription record fields a subscription event knows (the keys
-    `server.service.recurring_subscription` reads, plus `date_end_ms`, trial and gift details)."""
-    fields: dict[str, Any] = {"id": sub.subscription_id}
+def subscription_change(sub: events_pb2.SubscriptionEvent) -> SubscriptionChange:
+    """What a subscription event says about the player's recurring subscription (`server.store.subscriptions`)."""
     # Xsolla sends plan and product ids as numbers or as external ids (strings); keep both forms readable.
-    for name, value in (("plan", sub.plan_id), ("product", sub.product_id)):
-        if value:
-            fields[f"{name}_external_id"] = value
-            if value.isdigit() and int(value) < 2**63:
-                fields[f"{name}_id"] = int(value)
-    if sub.HasField("date_create"):
-        fields["date_create_ms"] = _ms(sub.date_create)
-    if sub.HasField("date_next_charge"):
-        fields["date_next_charge_ms"] = _ms(sub.date_next_charge)
-    if sub.HasField("date_end"):
-        fields["date_end_ms"] = _ms(sub.date_end)
-    if sub.currency:
-        fields["charge_amount"] = sub.amount
-        fields["charge_currency"] = sub.currency
-    if sub.tags:
-        fields["tags"] = list(sub.tags)
-    if sub.is_gift:
-        fields["is_gift"] = True
-    if sub.trial_value:
-        fields["trial_value"] = sub.trial_value
-        fields["trial_unit"] = sub.trial_unit
-    return fields
+    ids = {
+        name: int(value) if value.isdigit() and int(value) < 2**63 else None
+        for name, value in (("plan", sub.plan_id), ("product", sub.product_id))
+    }
+    return SubscriptionChange(
+        id=sub.subscription_id,
+        plan_external_id=sub.plan_id,
+        plan_id=ids["plan"],
+        product_external_id=sub.product_id,
+        product_id=ids["product"],
+        date_create_ms=_ms(sub.date_create) if sub.HasField("date_create") else None,
+        date_next_charge_ms=_ms(sub.date_next_charge) if sub.HasField("date_next_charge") else None,
+        date_end_ms=_ms(sub.date_end) if sub.HasField("date_end") else None,
+        charge_amount=sub.amount,
+        charge_currency=sub.currency,
+        tags=tuple(sub.tags),
+        is_gift=sub.is_gift,
+        trial_value=sub.trial_value,
+        trial_unit=sub.trial_unit,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -22,7 +22,7 @@ from server.auth import Principal
 from server.config import MAX_ORDER_WAIT_S
 from server.metrics import ServiceMetrics
 from server.rpc import RpcRuntime, rpc, stream_rpc
-from server.store import TIME_LIMITED, EntitlementRecord, EntitlementStore
+from server.store import TIME_LIMITED, EntitlementRecord, EntitlementStore, RecurringSubscription
 from server.tracking import OrderTracking
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -81,36 +81,32 @@ def non_renewing_subscription(record: EntitlementRecord, now_ms: int) -> pb.Subs
     return subscription
 
 
-def recurring_subscription(data: Mapping[str, Any]) -> pb.Subscription:
-    """A recurring subscription as recorded from the provider's webhooks (times in ms since the epoch)."""
+def recurring_subscription(record: RecurringSubscription) -> pb.Subscription:
+    """The protobuf form of a recurring subscription recorded from the provider's webhooks."""
     subscription = pb.Subscription(
-        id=str(data.get("id", "")),
-        plan_id=int(data.get("plan_id") or 0),
-        plan_external_id=str(data.get("plan_external_id") or ""),
-        plan_name=str(data.get("plan_name") or ""),
-        plan_description=str(data.get("plan_description") or ""),
-        product_id=int(data.get("product_id") or 0),
-        product_external_id=str(data.get("product_external_id") or ""),
-        product_name=str(data.get("product_name") or ""),
-        product_description=str(data.get("product_description") or ""),
-        status=str(data.get("status") or ""),
+        id=record.id,
+        plan_id=record.plan_id,
+        plan_external_id=record.plan_external_id,
+        plan_name=record.plan_name,
+        plan_description=record.plan_description,
+        product_id=record.product_id,
+        product_external_id=record.product_external_id,
+        product_name=record.product_name,
+        product_description=record.product_description,
+        status=record.status,
         kind=pb.SUBSCRIPTION_KIND_RECURRING,
     )
-    for name in ("date_create", "date_next_charge", "date_last_charge"):
-        value = data.get(f"{name}_ms")
-        if value is not None:
-            getattr(subscription, name).CopyFrom(_timestamp(int(value)))
-    if data.get("charge_currency"):
-        subscription.charge.CopyFrom(
-            pb.Charge(amount=str(data.get("charge_amount", "")), currency=data["charge_currency"])
-        )
-    if data.get("period_unit"):
-        subscription.period.CopyFrom(pb.Period(value=int(data.get("period_value") or 0), unit=data["period_unit"]))
+    if record.date_create_ms is not None:
+        subscription.date_create.CopyFrom(_timestamp(record.date_create_ms))
+    if record.date_next_charge_ms is not None:
+        subscription.date_next_charge.CopyFrom(_timestamp(record.date_next_charge_ms))
+    if record.date_last_charge_ms is not None:
+        subscription.date_last_charge.CopyFrom(_timestamp(record.date_last_charge_ms))
+    if record.charge_currency:
+        subscription.charge.CopyFrom(pb.Charge(amount=record.charge_amount, currency=record.charge_currency))
+    if record.period_unit:
+        subscription.period.CopyFrom(pb.Period(value=record.period_value, unit=record.period_unit))
     return subscription
-
-
-def _recurring_active(data: Mapping[str, Any]) -> bool:
-    return data.get("status") in ("active", "non_renewing")
 
 
 class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
@@ -187,11 +183,9 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
         query = validation.subscription_query(request)
         now = _now_ms()
         recurring = [
-            s
-            for s in await self._store.recurring_subscriptions(query.user_id)
-            if query.include_inactive or _recurring_active(s)
+            s for s in await self._store.recurring_subscriptions(query.user_id) if query.include_inactive or s.active
         ]
-        recurring.sort(key=lambda s: (-int(s.get("date_create_ms") or 0), str(s.get("id", ""))))
+        recurring.sort(key=lambda s: (-(s.date_create_ms or 0), s.id))
         timed = [
             r
             for r in await self._store.all_entitlements(query.user_id)

@@ -22,7 +22,7 @@ from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
-from server.orders import OrderState, read_order_state
+from server.status_channel import OrderState, read_order_state
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED
 from tests.helpers.events import (
     DAY_MS,

@@ -38,7 +38,7 @@ from server.app import Service
 from server.auth import hash_key
 from server.config import Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
-from server.orders import read_order_state
+from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway

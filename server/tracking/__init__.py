@@ -4,13 +4,15 @@ of its Get order API). See docs/ORDER_STATUS.md.
 
 - `status`: statuses, sources and the forward-only rule.
 - `tracker`: one order's tracker and the watchers (streams) it feeds.
-- `registry`: the replica's trackers (`OrderTracking`), with the cap.
-- `webhooks`: the replica's single Redis subscription to the consumer's order-status publications.
+- `trackers`: the replica's trackers (`OrderTracking`), with the cap.
+
+The webhook source is the replica's single subscription to the consumer's order-status publications
+(`server.status_channel.OrderStatusFeed`), which `OrderTracking` owns.
 """
 
-from server.tracking.registry import OrderTracking
 from server.tracking.status import Observation, OrderProgress, status_named
 from server.tracking.tracker import OrderTracker, Watcher
+from server.tracking.trackers import OrderTracking
 
 __all__ = [
     "Observation",

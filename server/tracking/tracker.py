@@ -34,7 +34,7 @@ from core.order_sources import LookupFailed, OrderSources, OrderUnknown, Player,
 from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
-from server.orders import OrderState, read_order_state
+from server.status_channel import OrderState, read_order_state
 from server.tracking.status import (
     CANCELED,
     DONE,

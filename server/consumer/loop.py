@@ -1,24 +1,5 @@
-"""The webhook event consumer: applies what the gateway appends to the event streams, each event once in effect.
-
-How it runs (one `Consumer` per service process, started and stopped by `server.app.Service`):
-
-- Every replica joins the consumer group `entitlements` of each partition's stream (`ent:{ev:<p>}:events`)
-  under a name unique to its process (host:pid:random). One reader task per partition loops: claim entries
-  other consumers left unacknowledged for `claim_idle_s` (XAUTOCLAIM), read new ones (XREADGROUP with BLOCK and
-  COUNT), apply each entry (`server.fulfillment`), then XACK it. A partition's entries are applied one at a time.
-- An entry is acknowledged only after its effect is committed. A consumer that dies in between leaves it
-  pending; another consumer (or this one, restarted) claims it and applies it again, and since every write is
-  idempotent on the event id, that second application changes nothing.
-- A failing entry stays pending and is retried when claimed. If it fails on its `max_deliveries`-th delivery it
-  moves to the dead-letter stream, atomically with its XACK (`server.deadletters`). Redis being unreachable is
-  not the entry's fault: the loop backs off (`core.backoff.Backoff`) and retries its own pending entries, and never
-  dead-letters for that reason.
-- Events of types this version does not apply are acknowledged and counted, never dead-lettered.
-- The consumer does not create the streams: until the gateway's first append creates one, it checks again every
-  `block_ms` (at most a second). It then creates its group at id 0, so events appended before any consumer
-  started are applied.
-- Every few seconds it updates the lag and pending gauges; every minute it trims acknowledged entries older than
-  the retention and removes group members of processes gone for good (holding nothing pending).
+"""The consumer's reader loop: one task per partition reads, claims, applies and acknowledges entries, and
+dead-letters those that keep failing (see `server.consumer` for how it runs as a whole).
 """
 
 from __future__ import annotations
@@ -29,45 +10,31 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions as redis_errors
 import structlog
 
-from core import scripts
 from core.backoff import Backoff
 from core.connections import RedisClient
 from core.eventlog import MalformedEntry, decode_event
 from core.keys import CONSUMER_GROUP, EventKeys
-from core.logs import user_ref
 from server.config import ConsumerSettings
+from server.consumer.deliveries import ConsumerHooks, StreamEntry, is_transient, report_applied
+from server.consumer.upkeep import HOUSEKEEPING_INTERVAL_S, StreamUpkeep
 from server.deadletters import DeadLetters
-from server.errors import EntitlementsError, InvalidEvent, StoreUnavailable
-from server.fulfillment import Applied, Fulfillment, label_of_entry, type_label
+from server.errors import EntitlementsError, InvalidEvent
+from server.fulfillment import Fulfillment, label_of_entry, type_label
 from server.metrics import ServiceMetrics
+from server.store.replies import reply_text
 
 log = structlog.get_logger("server.consumer")
-
-# Failures that say nothing about the entry: Redis unreachable, slow, restarting or resharding. Every RedisError
-# but a ResponseError (an error reply to a valid connection: NOGROUP, a script's error) is one of them.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, redis_errors.RedisError, OSError, TimeoutError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failure is Redis's rather than the entry's: retry it, never dead-letter for it."""
-    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, redis_errors.ResponseError)
-
 
 CLAIM_INTERVAL_MAX_S = 5.0
 # Until the gateway creates a partition's stream, check for it at least this often.
 JOIN_POLL_MAX_S = 1.0
-HOUSEKEEPING_INTERVAL_S = 60.0
-# A group member idle this long and holding nothing is a process that is gone: it is removed from the group.
-STALE_CONSUMER_MS = 3_600_000
-# Bound on the best-effort clean-up when stopping (Redis may be the reason we stop).
-RELEASE_TIMEOUT_S = 0.5
 # During an outage, log the first failure and then every 20th in a row.
 _FAILURE_LOG_EVERY = 20
 
@@ -75,34 +42,6 @@ _FAILURE_LOG_EVERY = 20
 def default_consumer_name() -> str:
     """A consumer name unique to this process: host, pid and a random suffix (pids are reused by containers)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """One delivery of an event-stream entry to this consumer."""
-
-    partition: int
-    entry_id: str
-    fields: dict[bytes, bytes]
-    # How many times the group has delivered the entry, this delivery included.
-    deliveries: int
-
-
-Hook = Callable[[StreamEntry], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ConsumerHooks:
-    """Seams for fault-injection tests. A hook that raises fails the delivery (as a bad entry would); one that
-    never returns leaves the consumer stuck at that point, to be stopped (cancelled) there.
-
-    Attributes:
-        before_apply: runs after the entry was read, before anything is applied.
-        before_ack: runs after the effect is committed, before the XACK.
-    """
-
-    before_apply: Hook | None = None
-    before_ack: Hook | None = None
 
 
 #: The wait after consecutive Redis failures: 25-50 ms after the first, doubling up to 2.5-5 s.
@@ -127,7 +66,6 @@ class _Partition:
     # True while waiting on Redis for new entries: stopping cancels the wait at once.
     blocked: bool = False
     stage: str = "read"
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class Consumer:
@@ -164,7 +102,7 @@ class Consumer:
         self._hooks = hooks or ConsumerHooks()
         self._backoff = backoff
         self._dead_letters = DeadLetters(redis, partitions)
-        self._release = scripts.register(redis, "server", "release_consumers.lua")
+        self._upkeep = StreamUpkeep(redis, metrics, self._dead_letters, settings)
         self._parts = [_Partition(keys) for keys in self._dead_letters.partitions]
         self._stopping = asyncio.Event()
         self._claim_idle_ms = max(1, int(settings.claim_idle_s * 1000))
@@ -198,27 +136,15 @@ class Consumer:
             await asyncio.gather(*tasks, return_exceptions=True)
         for part in self._parts:
             part.task = None
-        await self._release_name()
+        await self._upkeep.release([part.keys for part in self._parts if part.group_ready], self.name)
         log.info("consumer_stopped", consumer=self.name)
 
     async def maintain(self) -> None:
         """Runs the periodic maintenance now on every joined partition: gauges, stale consumers, retention trim."""
         for part in self._parts:
             if part.group_ready:
-                await self._observe(part)
-                await self._housekeeping(part)
-
-    async def _release_name(self) -> None:
-        """Leaves the group if this consumer holds nothing pending (best effort, bounded)."""
-        try:
-            async with asyncio.timeout(RELEASE_TIMEOUT_S):
-                for part in self._parts:
-                    if part.group_ready:
-                        await self._release(
-                            keys=[part.keys.stream], args=[CONSUMER_GROUP, self.name, STALE_CONSUMER_MS]
-                        )
-        except (redis_errors.RedisError, OSError, TimeoutError):
-            pass  # the name stays; the next housekeeping anywhere removes it once it has been idle an hour
+                await self._upkeep.observe(part.keys)
+                await self._upkeep.housekeeping(part.keys)
 
     # The reader loop.
 
@@ -239,11 +165,11 @@ class Consumer:
                 if now >= part.next_gauges:
                     part.stage = "maintain"
                     part.next_gauges = now + self._gauge_interval_s
-                    await self._observe(part)
+                    await self._upkeep.observe(part.keys)
                 if now >= part.next_housekeeping:
                     part.stage = "maintain"
                     part.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-                    await self._housekeeping(part)
+                    await self._upkeep.housekeeping(part.keys)
                 if self._stopping.is_set():
                     break
                 part.stage = "read"
@@ -251,7 +177,7 @@ class Consumer:
                     # One pass over this consumer's pending list; entries that fail again wait for a claim.
                     entries = await self._read(part, part.backlog_cursor, None)
                     part.own_backlog = bool(entries)
-                    part.backlog_cursor = _text(entries[-1][0]) if entries else "0"
+                    part.backlog_cursor = reply_text(entries[-1][0]) if entries else "0"
                     await self._process(part, entries, fresh=False)
                 else:
                     wait_ms = max(1, min(self.settings.block_ms, int((part.next_claim - loop.time()) * 1000)))
@@ -337,7 +263,7 @@ class Consumer:
             start_id=part.claim_cursor,
             count=self.settings.batch,
         )
-        cursor = _text(reply[0])
+        cursor = reply_text(reply[0])
         claimed = list(reply[1])
         deleted = list(reply[2]) if len(reply) > 2 else []
         part.claim_cursor = cursor
@@ -349,7 +275,7 @@ class Consumer:
             log.error(
                 "event_entries_missing",
                 partition=part.keys.partition,
-                entry_ids=[_text(i) for i in deleted][:20],
+                entry_ids=[reply_text(i) for i in deleted][:20],
                 count=len(deleted),
             )
         if claimed:
@@ -363,14 +289,14 @@ class Consumer:
         counts: dict[str, int] = {}
         for rows in await pipe.execute():
             for row in rows or []:
-                counts[_text(row["message_id"])] = int(row["times_delivered"])
+                counts[reply_text(row["message_id"])] = int(row["times_delivered"])
         return counts
 
     async def _process(self, part: _Partition, entries: list[tuple[Any, Any]], *, fresh: bool) -> None:
         """Applies entries in order. `fresh`: first deliveries (XREADGROUP >), otherwise their counts are read."""
         if not entries:
             return
-        ids = [_text(entry_id) for entry_id, _ in entries]
+        ids = [reply_text(entry_id) for entry_id, _ in entries]
         counts = {} if fresh else await self._delivery_counts(part, ids)
         for entry_id, (_, fields) in zip(ids, entries, strict=True):
             if not fields:
@@ -411,42 +337,7 @@ class Consumer:
         elapsed = time.perf_counter() - started
         part.stage = "ack"
         await self._redis.xack(part.keys.stream, CONSUMER_GROUP, entry.entry_id)
-        received_at_ms = event.received_at.ToMilliseconds() if event.HasField("received_at") else 0
-        self._record(applied, elapsed, received_at_ms)
-        log.info(
-            "event_applied",
-            type=applied.type,
-            result=applied.result,
-            event_id=event.event_id,
-            user=user_ref(event.user_id),
-            order_id=applied.order.order_id if applied.order else None,
-            lines_changed=applied.lines_changed,
-            partition=entry.partition,
-            entry_id=entry.entry_id,
-            deliveries=entry.deliveries,
-            apply_ms=round(elapsed * 1000, 3),
-        )
-        if applied.kind_conflicts:
-            log.warning(
-                "order_kind_conflict",
-                event_id=event.event_id,
-                order_id=applied.order.order_id if applied.order else None,
-                lines=applied.kind_conflicts,
-                note="granted as the kind the player holds, not the catalog's",
-            )
-
-    def _record(self, applied: Applied, elapsed_s: float, received_at_ms: int) -> None:
-        metrics = self._metrics
-        metrics.events.labels(applied.type, applied.result).inc()
-        metrics.event_apply.labels(applied.type).observe(elapsed_s)
-        if received_at_ms and applied.result != "replayed":
-            metrics.event_delay.labels(applied.type).observe(max(0.0, time.time() - received_at_ms / 1000))
-        if applied.type == "order_paid" and applied.result == "applied":
-            metrics.grants_applied.inc(applied.lines_changed)
-        elif applied.type == "order_canceled" and applied.result == "applied":
-            metrics.grants_undone.inc(applied.lines_changed)
-        if applied.kind_conflicts:
-            metrics.kind_conflicts.inc(applied.kind_conflicts)
+        report_applied(self._metrics, entry, event, applied, elapsed)
 
     async def _reject(self, part: _Partition, entry: StreamEntry, label: str, exc: Exception) -> None:
         """A delivery failed because of the entry (or a bug): leave it pending, or dead-letter it at the limit."""
@@ -470,69 +361,3 @@ class Consumer:
         self._metrics.events.labels(label, "dead_lettered").inc()
         self._metrics.dead_letters.labels(label).inc()
         log.error("event_dead_lettered", dead_letter_id=dead_id, stream=part.keys.dead_letters, **context)
-
-    # Maintenance.
-
-    async def _observe(self, part: _Partition) -> None:
-        """Updates the pending, lag and dead-letter gauges of a partition (group-wide values)."""
-        keys, partition = part.keys, str(part.keys.partition)
-        group = await self._group_info(part)
-        if group is None:
-            return
-        pending = int(group.get("pending") or 0)
-        lag = group.get("lag")
-        last_delivered = _text(group.get("last-delivered-id") or b"0-0")
-        oldest_ms: int | None = None
-        if pending:
-            summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
-            if summary and summary.get("min"):
-                oldest_ms = _id_ms(_text(summary["min"]))
-        if lag is None or int(lag) > 0:
-            first: Any = await self._redis.xrange(keys.stream, min=f"({last_delivered}", count=1)
-            if first:
-                undelivered_ms = _id_ms(_text(first[0][0]))
-                oldest_ms = undelivered_ms if oldest_ms is None else min(oldest_ms, undelivered_ms)
-        lag_s = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
-        self._metrics.consumer_pending.labels(partition).set(pending)
-        self._metrics.consumer_lag_entries.labels(partition).set(int(lag) if lag is not None else 0)
-        self._metrics.consumer_lag.labels(partition).set(lag_s)
-        self._metrics.dead_letters_waiting.labels(partition).set(await self._dead_letters.waiting(keys))
-
-    async def _group_info(self, part: _Partition) -> dict[str, Any] | None:
-        for group in await self._redis.xinfo_groups(part.keys.stream):
-            if _text(group.get("name", b"")) == CONSUMER_GROUP:
-                return dict(group)
-        return None
-
-    async def _housekeeping(self, part: _Partition) -> None:
-        """Trims acknowledged entries past the retention; removes group members of processes gone for good."""
-        keys = part.keys
-        removed = await self._release(keys=[keys.stream], args=[CONSUMER_GROUP, "", STALE_CONSUMER_MS])
-        if removed:
-            log.info("stale_consumers_removed", partition=keys.partition, count=int(removed))
-        retention_ms = int(self.settings.retention_days * 86_400_000)
-        if retention_ms <= 0:
-            return
-        group = await self._group_info(part)
-        if group is None:
-            return
-        # Only entries every consumer is done with: older than the oldest pending one and already delivered.
-        bound_ms = int(time.time() * 1000) - retention_ms
-        bound_ms = min(bound_ms, _id_ms(_text(group.get("last-delivered-id") or b"0-0")))
-        if int(group.get("pending") or 0):
-            summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
-            if summary and summary.get("min"):
-                bound_ms = min(bound_ms, _id_ms(_text(summary["min"])))
-        if bound_ms > 0:
-            trimmed = await self._redis.xtrim(keys.stream, minid=f"{bound_ms}-0", approximate=True)
-            if trimmed:
-                log.info("event_stream_trimmed", partition=keys.partition, entries=int(trimmed))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id_ms(entry_id: str) -> int:
-    """The millisecond part of a stream entry id (the Redis server's clock when it was added)."""
-    return int(entry_id.split("-", 1)[0])

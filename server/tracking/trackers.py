@@ -17,9 +17,8 @@ from core.order_sources import OrderSources
 from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
-from server.orders import OrderState
+from server.status_channel import OrderRef, OrderState, OrderStatusFeed
 from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
-from server.tracking.webhooks import OrderRef, WebhookFeed
 from server.validation import OrderWatch
 
 log = structlog.get_logger("server.tracking")
@@ -56,7 +55,7 @@ class OrderTracking:
         # (player, order) -> trackers, for the webhook feed (which does not know the project).
         self._by_order: dict[OrderRef, list[OrderTracker]] = {}
         self._stopping = False
-        self.feed = WebhookFeed(
+        self.feed = OrderStatusFeed(
             redis, cluster=cluster, dispatch=self._dispatch, followed=self._followed, metrics=metrics
         )
 

@@ -1,0 +1,99 @@
+"""One delivery of an event-stream entry: what it is, the fault-injection seams around applying it, which failures
+are Redis's rather than the entry's (those are retried, never dead-lettered), and how an applied one is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.exceptions as redis_errors
+import structlog
+
+from core.logs import user_ref
+from entitlements.v1 import events_pb2
+from server.errors import StoreUnavailable
+from server.fulfillment import Applied
+from server.metrics import ServiceMetrics
+
+log = structlog.get_logger("server.consumer")
+
+# Failures that say nothing about the entry: Redis unreachable, slow, restarting or resharding. Every RedisError
+# but a ResponseError (an error reply to a valid connection: NOGROUP, a script's error) is one of them.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, redis_errors.RedisError, OSError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is Redis's rather than the entry's: retry it, never dead-letter for it."""
+    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, redis_errors.ResponseError)
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One delivery of an event-stream entry to this consumer."""
+
+    partition: int
+    entry_id: str
+    fields: dict[bytes, bytes]
+    # How many times the group has delivered the entry, this delivery included.
+    deliveries: int
+
+
+Hook = Callable[[StreamEntry], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerHooks:
+    """Seams for fault-injection tests. A hook that raises fails the delivery (as a bad entry would); one that
+    never returns leaves the consumer stuck at that point, to be stopped (cancelled) there.
+
+    Attributes:
+        before_apply: runs after the entry was read, before anything is applied.
+        before_ack: runs after the effect is committed, before the XACK.
+    """
+
+    before_apply: Hook | None = None
+    before_ack: Hook | None = None
+
+
+def report_applied(
+    metrics: ServiceMetrics, entry: StreamEntry, event: events_pb2.WebhookEvent, applied: Applied, elapsed_s: float
+) -> None:
+    """Counts an acknowledged delivery in the metrics and logs it (one `event_applied` line per delivery).
+
+    Args:
+        elapsed_s: how long applying it took, acknowledgement excluded.
+    """
+    received_at_ms = event.received_at.ToMilliseconds() if event.HasField("received_at") else 0
+    metrics.events.labels(applied.type, applied.result).inc()
+    metrics.event_apply.labels(applied.type).observe(elapsed_s)
+    if received_at_ms and applied.result != "replayed":
+        metrics.event_delay.labels(applied.type).observe(max(0.0, time.time() - received_at_ms / 1000))
+    if applied.type == "order_paid" and applied.result == "applied":
+        metrics.grants_applied.inc(applied.lines_changed)
+    elif applied.type == "order_canceled" and applied.result == "applied":
+        metrics.grants_undone.inc(applied.lines_changed)
+    if applied.kind_conflicts:
+        metrics.kind_conflicts.inc(applied.kind_conflicts)
+    log.info(
+        "event_applied",
+        type=applied.type,
+        result=applied.result,
+        event_id=event.event_id,
+        user=user_ref(event.user_id),
+        order_id=applied.order.order_id if applied.order else None,
+        lines_changed=applied.lines_changed,
+        partition=entry.partition,
+        entry_id=entry.entry_id,
+        deliveries=entry.deliveries,
+        apply_ms=round(elapsed_s * 1000, 3),
+    )
+    if applied.kind_conflicts:
+        log.warning(
+            "order_kind_conflict",
+            event_id=event.event_id,
+            order_id=applied.order.order_id if applied.order else None,
+            lines=applied.kind_conflicts,
+            note="granted as the kind the player holds, not the catalog's",
+        )

@@ -1,0 +1,49 @@
+"""The entitlement store: players' items, the audit ledger, orders, recurring subscriptions and idempotency
+records, in Redis.
+
+- `records`: entitlement kinds and limits, the commands a write takes and what reads and writes return.
+- `subscriptions`: the recurring-subscription record and the change one provider event makes to it.
+- `entitlement_store`: `EntitlementStore`, every read and write (each write one Lua script of `server/lua/`).
+- `replies`: Redis replies read as text, and the scripts' error replies translated to `server.errors`.
+- `batcher`: single-entitlement reads sharing round trips under load.
+"""
+
+from server.store.entitlement_store import EntitlementStore
+from server.store.records import (
+    CONSUMABLE,
+    KIND_NAMES,
+    MAX_CONSUMABLE_TOTAL,
+    MAX_EXPIRES_AT_MS,
+    PERMANENT,
+    TIME_LIMITED,
+    EntitlementRecord,
+    GrantCommand,
+    GrantResult,
+    LedgerEntry,
+    OrderLine,
+    OrderOutcome,
+    RevokeCommand,
+    RevokeResult,
+)
+from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
+
+__all__ = [
+    "CONSUMABLE",
+    "KIND_NAMES",
+    "MAX_CONSUMABLE_TOTAL",
+    "MAX_EXPIRES_AT_MS",
+    "PERMANENT",
+    "TIME_LIMITED",
+    "EntitlementRecord",
+    "EntitlementStore",
+    "GrantCommand",
+    "GrantResult",
+    "LedgerEntry",
+    "OrderLine",
+    "OrderOutcome",
+    "RecurringSubscription",
+    "RevokeCommand",
+    "RevokeResult",
+    "SubscriptionChange",
+    "SubscriptionOutcome",
+]

@@ -1,0 +1,100 @@
+"""Batching of single-entitlement reads (`ReadBatcher`): under load, reads that arrive while one is in flight
+go together in the next pipeline, so CheckEntitlement's round trips are shared."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from core.connections import RedisClient
+
+
+class ReadBatcher:
+    """Keeps one HGET round trip in flight per process; reads that arrive meanwhile go together in the next one.
+
+    Idle, a read is a plain HGET: no extra task, no pipeline, no added latency. Under load, every read queued
+    while a round trip is in flight is sent in the next pipeline, so the per-read cost of redis-py (pool checkout,
+    command packing, socket reads) and of the event loop is shared by the whole batch. Batching by "what arrived
+    during the previous round trip" rather than by event-loop turn matters: gRPC hands requests to the loop in
+    different turns, so per-turn batches hold a single read.
+
+    Every round trip runs under `timeout_s`, so a read waits at most for the round trip in flight when it arrived
+    and then its own: under two timeouts, never indefinitely. Expiry raises TimeoutError.
+    """
+
+    def __init__(self, redis: RedisClient, timeout_s: float) -> None:
+        self._redis = redis
+        self._timeout_s = timeout_s
+        self._busy = False
+        self._queue: list[tuple[str, str, asyncio.Future[bytes | None]]] = []
+
+    async def hget(self, key: str, field_name: str) -> bytes | None:
+        """The value of `field_name` in hash `key`, or None.
+
+        Raises:
+            TimeoutError: a round trip it waited for, or its own, passed `timeout_s`.
+            redis.exceptions.RedisError: Redis failed the read (the whole batch's, or this read's).
+        """
+        if self._busy:
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._queue.append((key, field_name, future))
+            return await future
+        self._busy = True
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await self._redis.hget(key, field_name)
+            return result.encode() if isinstance(result, str) else result
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._queue:
+            self._busy = False
+            return
+        task = asyncio.get_running_loop().create_task(self._drain())
+        # Keep a reference until done: the loop holds tasks only weakly.
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # Callers that gave up (deadline, cancellation) while queued are not read for.
+                batch = [item for item in batch if not item[2].done()]
+                if batch:
+                    await self._execute(batch)
+        except BaseException:
+            for _, _, future in self._queue:
+                future.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._busy = False
+
+    async def _execute(self, batch: list[tuple[str, str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, field_name, _ in batch:
+                pipe.hget(key, field_name)
+            async with asyncio.timeout(self._timeout_s):
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():  # the caller gave up (deadline, cancellation)
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()

@@ -1,0 +1,159 @@
+"""The store's records: entitlement kinds and limits, the commands a write takes, and what reads and writes return.
+
+Times are milliseconds since the Unix epoch on the Redis server's clock, as the Lua scripts write them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CONSUMABLE, PERMANENT, TIME_LIMITED = 1, 2, 3
+KIND_NAMES = {CONSUMABLE: "consumable", PERMANENT: "permanent", TIME_LIMITED: "time-limited"}
+MAX_CONSUMABLE_TOTAL = 1_000_000_000_000
+# Timestamps travel through Lua's cjson, which prints 14 significant digits: keep expiries below 10**14 ms
+# (the year 5138) so they stay exact.
+MAX_EXPIRES_AT_MS = 10**14 - 1
+
+
+@dataclass(frozen=True)
+class EntitlementRecord:
+    """One stored entitlement. Times are milliseconds since the Unix epoch (Redis server clock)."""
+
+    user_id: str
+    sku: str
+    kind: int
+    quantity: int
+    granted_at_ms: int
+    updated_at_ms: int
+    expires_at_ms: int | None = None
+    period_ms: int | None = None
+
+    def active(self, now_ms: int) -> bool:
+        """True when the entitlement is in force at `now_ms`."""
+        if self.quantity <= 0:
+            return False
+        return self.expires_at_ms is None or now_ms < self.expires_at_ms
+
+    @classmethod
+    def decode(cls, user_id: str, sku: str, raw: bytes | str) -> EntitlementRecord:
+        data = json.loads(raw)
+        return cls(
+            user_id=user_id,
+            sku=sku,
+            kind=int(data["k"]),
+            quantity=int(data["q"]),
+            granted_at_ms=int(data["g"]),
+            updated_at_ms=int(data["u"]),
+            expires_at_ms=int(data["e"]) if "e" in data else None,
+            period_ms=int(data["p"]) if "p" in data else None,
+        )
+
+
+@dataclass(frozen=True)
+class GrantCommand:
+    """A validated grant. `kind` 0 lets the store infer it (see EntitlementKind in the .proto)."""
+
+    user_id: str
+    sku: str
+    kind: int
+    quantity: int
+    period_ms: int
+    idempotency_key: str
+    reason: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        return _fingerprint(
+            "grant",
+            [
+                self.user_id,
+                self.sku,
+                self.kind,
+                self.quantity,
+                self.period_ms,
+                self.reason,
+                sorted(self.metadata.items()),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class RevokeCommand:
+    """A validated revoke."""
+
+    user_id: str
+    sku: str
+    idempotency_key: str
+    reason: str = ""
+
+    def fingerprint(self) -> str:
+        return _fingerprint("revoke", [self.user_id, self.sku, self.reason])
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    entitlement: EntitlementRecord
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    previous: EntitlementRecord | None
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    """One line of a paid order to grant: the catalog's kind (0 for a plain item) and period, and the units."""
+
+    sku: str
+    kind: int
+    period_ms: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """What applying an order event did, and the order's stored state afterwards.
+
+    `result`: "applied"; "replayed" (the event had been applied before: nothing changed); "ignored" (an
+    order_paid after the order's cancel: nothing granted); "canceled_before_paid" (a cancel recorded ahead of
+    its order_paid).
+    """
+
+    result: str
+    status: str
+    entitlements_granted: bool
+    updated_at_ms: int
+    lines_changed: int = 0
+    kind_conflicts: int = 0
+
+    @classmethod
+    def from_reply(cls, reply: bytes | str) -> OrderOutcome:
+        """Reads an order script's reply (`server/lua/order.lua`): JSON {r, status, granted, at, n, c}."""
+        data = json.loads(reply)
+        return cls(
+            result=str(data["r"]),
+            status=str(data.get("status") or ""),
+            entitlements_granted=bool(data.get("granted")),
+            updated_at_ms=int(data.get("at") or 0),
+            lines_changed=int(data.get("n") or 0),
+            kind_conflicts=int(data.get("c") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One line of a player's audit ledger."""
+
+    entry_id: str
+    fields: dict[str, str]
+
+
+def _fingerprint(operation: str, parts: list[Any]) -> str:
+    canonical = json.dumps([operation, *parts], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
