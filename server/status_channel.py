@@ -209,14 +209,21 @@ class OrderStatusFeed:
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.subscribed = asyncio.Event()
 
     def start(self) -> None:
         """Subscribes in the background, again after every failure; `subscribed` is set while subscribed."""
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Cancels the subscription and any re-read in flight, and waits for them to end."""
+        """Cancels the subscription and any re-read in flight, and waits for them to end (at most a read's
+        timeout, `_READ_TIMEOUT_S`, even when redis-py swallows the cancellation)."""
+        # redis-py 8.1 can swallow a cancellation that arrives while a subscription is being set up: the task
+        # then carries on reading. The flag ends the loop at its next read timeout whatever happened to the
+        # cancellation.
+        self._stopping = True
         for task in (self._resync_task, self._task):
             if task is not None:
                 task.cancel()
@@ -227,11 +234,11 @@ class OrderStatusFeed:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             pubsub = self._channel.pubsub()
             try:
                 await self._channel.subscribe(pubsub)
-                while True:
+                while not self._stopping:
                     message = await self._channel.next_message(pubsub)
                     if message is None:
                         continue

@@ -1,0 +1,56 @@
+"""The order-status channel on a real Valkey: its subscriber stops promptly however early it is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from core import connections
+from server.embedded import EmbeddedRedis
+from server.metrics import ServiceMetrics
+from server.status_channel import OrderState, OrderStatusFeed, OrderStatusPublisher
+from tests.helpers.waiting import eventually
+
+
+async def test_the_feed_stops_at_once_even_while_it_subscribes(redis_server: EmbeddedRedis) -> None:
+    """Stopped at every point of setting up its subscription, the feed ends within its read timeout.
+
+    A cancellation that reaches redis-py while the subscription is being confirmed can be swallowed; the feed
+    must still end, or a service told to stop right after starting would hang.
+    """
+    redis = connections.connect(redis_server.url, cluster=False, timeout_s=1.0, max_connections=8)
+    metrics = ServiceMetrics(CollectorRegistry())
+    try:
+        for turns in [n % 8 for n in range(40)]:
+            feed = OrderStatusFeed(redis, cluster=False, dispatch=lambda state: 0, followed=list, metrics=metrics)
+            feed.start()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            async with asyncio.timeout(3.0):
+                await feed.stop()
+    finally:
+        await redis.aclose()
+
+
+async def test_a_published_state_reaches_the_feed(redis_server: EmbeddedRedis) -> None:
+    """What the consumer publishes is dispatched to the subscriber, unchanged."""
+    redis = connections.connect(redis_server.url, cluster=False, timeout_s=1.0, max_connections=8)
+    heard: list[OrderState] = []
+
+    def dispatch(state: OrderState) -> int:
+        heard.append(state)
+        return 1
+
+    feed = OrderStatusFeed(
+        redis, cluster=False, dispatch=dispatch, followed=list, metrics=ServiceMetrics(CollectorRegistry())
+    )
+    feed.start()
+    try:
+        await eventually(feed.subscribed.is_set, what="the subscription")
+        state = OrderState("42", "player-1", "paid", True, 1_767_225_600_000)
+        assert await OrderStatusPublisher(redis, cluster=False).publish(state) == 1
+        await eventually(lambda: heard == [state], what="the published state")
+    finally:
+        await feed.stop()
+        await redis.aclose()
