@@ -94,6 +94,6 @@ class EventKeys:
 #: The consumer group every service replica joins on each event stream.
 CONSUMER_GROUP = "entitlements"
 
-#: Pub/sub channel on which every applied order event announces the order's new status (see `server.orders`).
+#: Pub/sub channel on which every applied order event announces the order's new status (see `server.status_channel`).
 #: On Redis Cluster it is a sharded channel (SPUBLISH/SSUBSCRIBE), served by the node owning its slot.
 ORDER_STATUS_CHANNEL = f"{PREFIX}:order-status"

@@ -93,10 +93,12 @@ class Service:
         consumer_hooks: ConsumerHooks | None = None,
     ) -> None:
         self.settings = settings
-        self._xsolla = xsolla or xsolla_provider.OrderSettings()
-        self._order_sources = order_sources
         self.registry = CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
+        # Nothing opens until an order is followed (sessions and sockets are made on first use).
+        self.order_sources = order_sources or xsolla_provider.order_sources(
+            xsolla or xsolla_provider.OrderSettings(), self.registry
+        )
         self.embedded: EmbeddedRedis | None = None
         self.redis: RedisClient | None = None
         self.store: EntitlementStore | None = None
@@ -132,14 +134,13 @@ class Service:
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
             )
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
-            sources = self._order_sources or xsolla_provider.order_sources(self._xsolla, self.registry)
             self.tracking = OrderTracking(
                 self.redis,
                 settings.tracking,
                 self.metrics,
                 cluster=settings.redis_cluster,
                 redis_timeout_s=settings.redis_timeout_s,
-                sources=sources,
+                sources=self.order_sources,
             )
             self.tracking.start()
             grpc_port = await self._start_grpc(self.store, self.tracking)

@@ -51,7 +51,7 @@ class ServiceMetrics:
             ["operation", "outcome"],
             registry=registry,
         )
-        # The webhook event consumer (server/consumer.py). `type` is the event type ("order_paid", ...,
+        # The webhook event consumer (server/consumer/). `type` is the event type ("order_paid", ...,
         # "unknown", "invalid"); gauges are per partition of the event log (bounded by the configuration) and
         # describe the whole consumer group, so every replica reports the same values.
         self.events = Counter(

@@ -2,9 +2,9 @@
 
 The composition root chooses the webhook provider: Xsolla's (`providers.xsolla`), built from its settings,
 unless a caller hands in another `core.webhooks.WebhookProvider`. `Gateway` runs the whole gateway on the
-current event loop, either as its own process (`python -m
-webhook_gateway`) or inside another one (the service's `make run`, end-to-end tests), where the caller may hand
-it an existing Redis client and Prometheus registry. `create_app` builds the aiohttp application alone, for
+current event loop, either as its own process (`python -m webhook_gateway`) or inside another one (the
+service's `make run`, end-to-end tests), where the caller may hand it an existing Redis client and Prometheus
+registry. `create_app` builds the aiohttp application alone, for
 callers that bring their own runner.
 
 Routes on the main port:
@@ -47,6 +47,8 @@ log = structlog.get_logger("webhook_gateway")
 Readiness = Callable[[], Awaitable[bool]]
 
 _LINGERING_S = 1.0
+# The host values that mean "every interface", for which the URL names loopback instead.
+_ALL_INTERFACES = ("", "0.0.0.0", "::")  # noqa: S104  # compared with, never bound to
 
 
 def create_app(
@@ -168,7 +170,7 @@ class Gateway:
         """The webhook URL of the started gateway (loopback form when bound to all interfaces)."""
         if self.port is None:
             raise RuntimeError("the gateway is not started")
-        host = self.settings.host if self.settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104  # compared with, not bound to
+        host = self.settings.host if self.settings.host not in _ALL_INTERFACES else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}{self.path}"
 

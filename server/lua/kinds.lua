@@ -1,11 +1,12 @@
--- The kind rules every grant follows, shared by grant.lua and the order scripts (server/store.py prepends this
--- file). Kinds: 1 consumable (quantities add up), 2 permanent (owned once), 3 time-limited (active until `e`).
+-- The kind rules every grant follows, shared by grant.lua and the order scripts
+-- (server/store/entitlement_store.py prepends this file). Kinds: 1 consumable (quantities add up), 2 permanent
+-- (owned once), 3 time-limited (active until `e`).
 -- Records are the JSON kept in the items hash: {k kind, q quantity, g granted_at, u updated_at, e expires_at,
 -- p period}, times in ms since the epoch on the Redis server's clock.
 
 -- The record after granting `quantity` units of `kind` (time-limited: `quantity` periods of `period` ms) on top
 -- of `current` (the decoded stored record of the same kind, or nil). Returns the new record, or nil and an
--- error code for server/store.py.
+-- error code for server/store/replies.py.
 local function granted_record(current, kind, quantity, period, now, max_total, max_expires)
   local granted_at = now
   if current then

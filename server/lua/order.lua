@@ -1,5 +1,5 @@
--- Shared head of the order scripts (after kinds.lua; server/store.py prepends both). The order hash is the
--- order's idempotency record: its `status` says which events were applied, its `grants` what a cancel undoes.
+-- Shared head of the order scripts (after kinds.lua; server/store/entitlement_store.py prepends both). The order
+-- hash is the order's idempotency record: its `status` says which events were applied, its `grants` what a cancel undoes.
 --
 -- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] ledger stream, KEYS[4] order hash.
 -- ARGV[1] event id (the idempotency key written to the ledger), ARGV[2] order id, ARGV[3] actor,

@@ -1,11 +1,11 @@
--- Shared head of every write script (server/store.py prepends it).
+-- Shared head of every write script (server/store/entitlement_store.py prepends it).
 --
 -- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] idempotency key, KEYS[4] audit ledger stream.
 -- ARGV[1] request fingerprint, ARGV[2] idempotency TTL (ms), ARGV[3] operation name, ARGV[4] sku,
 -- ARGV[5] actor (API key name), ARGV[6] reason, ARGV[7] idempotency key in clear (for the ledger).
 --
 -- Replies "R<json>" for a replay of an earlier call with the same key, "N<json>" for a new result, or an
--- error reply whose first word is a code that server/store.py translates.
+-- error reply whose first word is a code that server/store/replies.py translates.
 
 local saved = redis.call('GET', KEYS[3])
 if saved then

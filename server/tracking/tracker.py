@@ -5,7 +5,8 @@ reaches a terminal status. Everything it learns goes through `OrderProgress.offe
 and, when new, to every watcher at once. Its sources:
 
 1. The stored state (the order hash the webhook consumer writes), read once when the tracker starts.
-2. Webhook updates, pushed by the replica's `WebhookFeed` for the whole life of the tracker.
+2. Webhook updates, pushed by the replica's `OrderStatusFeed` (`server.status_channel`) for the whole life
+   of the tracker.
 3. With a player token: the provider's socket first (Xsolla's WebSocket); if it cannot connect, fails, or says
    nothing about the order for `ws_silence_s`, polling of the provider's lookup (Get order) every
    `poll_interval_s` until a terminal status. Polling alone when the provider has no socket (or it is turned off).
