@@ -58,6 +58,19 @@ def connect(url: str, *, cluster: bool, timeout_s: float, max_connections: int) 
     return aioredis.Redis.from_pool(pool)
 
 
+def reply_text(value: bytes | str, errors: str = "strict") -> str:
+    """A Redis reply (or one of its fields) as text: the clients do not decode responses, so it is bytes, or str
+    where a caller passed text through.
+
+    Args:
+        errors: how undecodable bytes are handled, as in `bytes.decode` ("replace" for fields a client wrote).
+
+    Raises:
+        UnicodeDecodeError: the bytes are not UTF-8 and `errors` is "strict".
+    """
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
+
+
 def reply_code(exc: redis_errors.ResponseError) -> str:
     """The first word of an error reply (`NOGROUP`, `BUSYGROUP`, a script's own code, ...)."""
     words = str(exc).split(maxsplit=1)

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import structlog
 
 from core import connections, logs
-from core.connections import RedisClient
+from core.connections import RedisClient, reply_text
 from core.errors import ConfigError
 from core.keys import CONSUMER_GROUP
 from core.lifecycle import wait_for_stop_signal
@@ -38,7 +38,6 @@ from server.config import Settings
 from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
 from server.store import EntitlementStore
-from server.store.replies import reply_text
 
 log = structlog.get_logger("server")
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import scripts
-from core.connections import RedisClient
+from core.connections import RedisClient, reply_text
 from core.keys import CONSUMER_GROUP, EventKeys
 from entitlements.v1 import events_pb2
-from server.store.replies import reply_text
 
 # Dead letters keep entries as they were appended, bad bytes included: listing them must not fail on those.
 _lenient_text = functools.partial(reply_text, errors="replace")

@@ -15,10 +15,8 @@ the acknowledgement is made good on redelivery.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -27,7 +25,14 @@ from server import validation
 from server.catalog import Catalog
 from server.errors import InvalidArgument, InvalidEvent
 from server.status_channel import OrderState, OrderStatusPublisher
-from server.store import MAX_CONSUMABLE_TOTAL, EntitlementStore, OrderLine, OrderOutcome, SubscriptionChange
+from server.store import (
+    MAX_CONSUMABLE_TOTAL,
+    EntitlementStore,
+    OrderLine,
+    OrderOutcome,
+    SubscriptionChange,
+    compact_json,
+)
 
 ET = events_pb2.EventType
 _TYPE_LABELS: dict[int, str] = {
@@ -101,10 +106,6 @@ def _identifier(name: str, value: str) -> str:
         raise InvalidEvent(str(exc)) from None
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 class Fulfillment:
     """Applies events to the store.
 
@@ -163,12 +164,12 @@ class Fulfillment:
         }
         outcome: OrderOutcome
         if event.type == ET.EVENT_TYPE_ORDER_PAID:
-            record["lines"] = _json(lines)
+            record["lines"] = compact_json(lines)
             outcome = await self._store.apply_order_paid(
                 user_id, order_id, event_id, actor, self._grantable_lines(order), record
             )
         else:
-            record["canceled_lines"] = _json(lines)
+            record["canceled_lines"] = compact_json(lines)
             outcome = await self._store.apply_order_canceled(user_id, order_id, event_id, actor, record)
         state = OrderState(
             order_id=order_id,
@@ -233,7 +234,7 @@ class Fulfillment:
             fields["refund_code"] = str(txn.refund_code)
             fields["refund_reason"] = txn.refund_reason
         if txn.lines:
-            fields["items"] = _json([{"sku": line.sku, "quantity": line.quantity} for line in txn.lines])
+            fields["items"] = compact_json([{"sku": line.sku, "quantity": line.quantity} for line in txn.lines])
         applied = await self._store.record_event(user_id, event_id, fields)
         return Applied(label, "applied" if applied else "replayed")
 

@@ -30,10 +30,9 @@ from typing import Any
 import structlog
 
 from core.backoff import Backoff
-from core.connections import RedisClient
+from core.connections import RedisClient, reply_text
 from core.keys import ORDER_STATUS_CHANNEL, UserKeys
 from server.metrics import ServiceMetrics
-from server.store.replies import reply_text
 
 __all__ = [
     "ORDER_STATUS_CHANNEL",

@@ -18,7 +18,7 @@ import redis.exceptions as redis_errors
 import structlog
 
 from core.backoff import Backoff
-from core.connections import RedisClient
+from core.connections import RedisClient, reply_text
 from core.eventlog import MalformedEntry, decode_event
 from core.keys import CONSUMER_GROUP, EventKeys
 from server.config import ConsumerSettings
@@ -28,7 +28,6 @@ from server.deadletters import DeadLetters
 from server.errors import EntitlementsError, InvalidEvent
 from server.fulfillment import Fulfillment, label_of_entry, type_label
 from server.metrics import ServiceMetrics
-from server.store.replies import reply_text
 
 log = structlog.get_logger("server.consumer")
 

@@ -17,12 +17,11 @@ import redis.exceptions as redis_errors
 import structlog
 
 from core import scripts
-from core.connections import RedisClient
+from core.connections import RedisClient, reply_text
 from core.keys import CONSUMER_GROUP, EventKeys
 from server.config import ConsumerSettings
 from server.deadletters import DeadLetters
 from server.metrics import ServiceMetrics
-from server.store.replies import reply_text
 
 log = structlog.get_logger("server.consumer")
 

@@ -4,7 +4,7 @@ records, in Redis.
 - `records`: entitlement kinds and limits, the commands a write takes and what reads and writes return.
 - `subscriptions`: the recurring-subscription record and the change one provider event makes to it.
 - `entitlement_store`: `EntitlementStore`, every read and write (each write one Lua script of `server/lua/`).
-- `replies`: Redis replies read as text, and the scripts' error replies translated to `server.errors`.
+- `replies`: the write scripts' flagged replies, and their error replies translated to `server.errors`.
 - `batcher`: single-entitlement reads sharing round trips under load.
 """
 
@@ -24,6 +24,7 @@ from server.store.records import (
     OrderOutcome,
     RevokeCommand,
     RevokeResult,
+    compact_json,
 )
 from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
 
@@ -46,4 +47,5 @@ __all__ = [
     "RevokeResult",
     "SubscriptionChange",
     "SubscriptionOutcome",
+    "compact_json",
 ]

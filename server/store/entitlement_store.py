@@ -11,7 +11,6 @@ together in one pipeline (`server.store.batcher`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -19,7 +18,7 @@ import redis.exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from core import scripts
-from core.connections import RedisClient, bounded
+from core.connections import RedisClient, bounded, reply_text
 from core.keys import UserKeys, items_key
 from server.errors import FailedPrecondition
 from server.store.batcher import ReadBatcher
@@ -34,8 +33,9 @@ from server.store.records import (
     OrderOutcome,
     RevokeCommand,
     RevokeResult,
+    compact_json,
 )
-from server.store.replies import reply_text, script_error, split_reply
+from server.store.replies import script_error, split_reply
 from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class EntitlementStore:
             command.quantity,
             command.period_ms,
             MAX_CONSUMABLE_TOTAL,
-            json.dumps(dict(command.metadata), separators=(",", ":"), ensure_ascii=False),
+            compact_json(dict(command.metadata)),
             MAX_EXPIRES_AT_MS,
         ]
         reply = await self._run(self._grant(keys=self._write_keys(keys, command.idempotency_key), args=args))
@@ -184,7 +184,7 @@ class EntitlementStore:
         payload = [{"s": line.sku, "k": line.kind, "p": line.period_ms, "q": line.quantity} for line in lines]
         args = [
             *self._order_args(order_id, event_id, actor, record),
-            _json(payload) if payload else "[]",
+            compact_json(payload) if payload else "[]",
             MAX_CONSUMABLE_TOTAL,
             MAX_EXPIRES_AT_MS,
         ]
@@ -220,7 +220,7 @@ class EntitlementStore:
             StoreUnavailable: Redis did not answer in time.
         """
         keys = UserKeys(user_id)
-        args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, _json(change.fields())]
+        args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, compact_json(change.fields())]
         reply = await self._run(
             self._subscription(keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger], args=args)
         )
@@ -244,7 +244,7 @@ class EntitlementStore:
 
     @staticmethod
     def _order_args(order_id: str, event_id: str, actor: str, record: Mapping[str, str]) -> list[Any]:
-        return [event_id, order_id, actor, _json(dict(record)) if record else "{}"]
+        return [event_id, order_id, actor, compact_json(dict(record)) if record else "{}"]
 
     async def _run_order(self, script: AsyncScript, user_id: str, order_id: str, args: list[Any]) -> OrderOutcome:
         keys = UserKeys(user_id)
@@ -280,10 +280,6 @@ class EntitlementStore:
             return await bounded(operation, self._timeout_s, self_bounded=self_bounded)
         except redis_errors.ResponseError as exc:
             raise script_error(exc) from exc
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _lex_after(sku: str | None) -> bytes:

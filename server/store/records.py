@@ -155,5 +155,10 @@ class LedgerEntry:
 
 
 def _fingerprint(operation: str, parts: list[Any]) -> str:
-    canonical = json.dumps([operation, *parts], separators=(",", ":"), ensure_ascii=False)
+    canonical = compact_json([operation, *parts])
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def compact_json(value: Any) -> str:
+    """`value` as the store writes JSON: no spaces, non-ASCII kept as it is (what Lua's cjson reads back)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -1,7 +1,7 @@
 """What Redis answers, read: reply text, the write scripts' flagged payloads, and their error replies as domain errors.
 
-The service's clients do not decode responses (`core.connections`), so a reply is bytes, or str where a caller
-passed text through; `reply_text` reads either. The grant and revoke scripts reply `N<json>` (a new result) or
+The service's clients do not decode responses, so a reply is bytes, or str where a caller passed text through;
+`core.connections.reply_text` reads either. The grant and revoke scripts reply `N<json>` (a new result) or
 `R<json>` (replayed from the idempotency record; `server/lua/prologue.lua`). A script refuses a write with an
 error reply whose first word is a code (`IDEMPOTENCY_CONFLICT`, `KIND_MISMATCH <held> <asked>`, ...);
 `script_error` turns it into the `server.errors` exception a caller can act on.
@@ -11,21 +11,9 @@ from __future__ import annotations
 
 import redis.exceptions as redis_errors
 
-from core.connections import reply_code
+from core.connections import reply_code, reply_text
 from server.errors import FailedPrecondition, IdempotencyConflict
 from server.store.records import KIND_NAMES, MAX_CONSUMABLE_TOTAL
-
-
-def reply_text(value: bytes | str, errors: str = "strict") -> str:
-    """A Redis reply (or one of its fields) as text.
-
-    Args:
-        errors: how undecodable bytes are handled, as in `bytes.decode` ("replace" for fields a client wrote).
-
-    Raises:
-        UnicodeDecodeError: the bytes are not UTF-8 and `errors` is "strict".
-    """
-    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
 
 
 def split_reply(reply: bytes | str) -> tuple[bool, str]:
