@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from redis.commands.core import AsyncScript
 
 from core import scripts
-from core.connections import RedisClient, bounded
+from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.keys import EventKeys
 from entitlements.v1 import events_pb2
@@ -102,7 +102,7 @@ class EventLog:
             raise StoreUnavailable(f"Redis refused the append: {type(exc).__name__}") from exc
         if entry is None:
             return AppendResult(None, keys.partition)
-        return AppendResult(entry.decode() if isinstance(entry, bytes) else str(entry), keys.partition)
+        return AppendResult(reply_text(entry), keys.partition)
 
 
 class MalformedEntry(ValueError):

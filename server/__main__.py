@@ -35,6 +35,7 @@ from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
 from server.auth import SCOPES, hash_key
 from server.config import Settings
+from server.consumer import group_info
 from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
 from server.store import EntitlementStore
@@ -131,19 +132,17 @@ async def events_status(settings: Settings, *, out: TextIO | None = None) -> int
                 "length": int(await redis.xlen(keys.stream)),
                 "dead_letters": await letters.waiting(keys),
             }
-            if row["length"] or await redis.exists(keys.stream):
-                for group in await redis.xinfo_groups(keys.stream):
-                    if reply_text(group["name"]) != CONSUMER_GROUP:
-                        continue
-                    row.update(
-                        pending=int(group["pending"]),
-                        undelivered=group.get("lag"),
-                        last_delivered_id=reply_text(group["last-delivered-id"]),
-                        consumers=[
-                            {"name": reply_text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
-                            for c in await redis.xinfo_consumers(keys.stream, CONSUMER_GROUP)
-                        ],
-                    )
+            group = await group_info(redis, keys) if row["length"] or await redis.exists(keys.stream) else None
+            if group is not None:
+                row.update(
+                    pending=int(group["pending"]),
+                    undelivered=group.get("lag"),
+                    last_delivered_id=reply_text(group["last-delivered-id"]),
+                    consumers=[
+                        {"name": reply_text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+                        for c in await redis.xinfo_consumers(keys.stream, CONSUMER_GROUP)
+                    ],
+                )
             print(json.dumps(row, ensure_ascii=False), file=out)
     return 0
 

@@ -36,7 +36,13 @@ from server.consumer.loop import (
     Consumer,
     default_consumer_name,
 )
-from server.consumer.upkeep import HOUSEKEEPING_INTERVAL_S, RELEASE_TIMEOUT_S, STALE_CONSUMER_MS, StreamUpkeep
+from server.consumer.upkeep import (
+    HOUSEKEEPING_INTERVAL_S,
+    RELEASE_TIMEOUT_S,
+    STALE_CONSUMER_MS,
+    StreamUpkeep,
+    group_info,
+)
 
 __all__ = [
     "CLAIM_INTERVAL_MAX_S",
@@ -52,5 +58,6 @@ __all__ = [
     "StreamEntry",
     "StreamUpkeep",
     "default_consumer_name",
+    "group_info",
     "is_transient",
 ]

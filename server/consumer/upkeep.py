@@ -58,17 +58,13 @@ class StreamUpkeep:
             redis.exceptions.RedisError: Redis failed (NOGROUP when the group is gone).
         """
         partition = str(keys.partition)
-        group = await self._group_info(keys)
+        group = await group_info(self._redis, keys)
         if group is None:
             return
         pending = int(group.get("pending") or 0)
         lag = group.get("lag")
         last_delivered = reply_text(group.get("last-delivered-id") or b"0-0")
-        oldest_ms: int | None = None
-        if pending:
-            summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
-            if summary and summary.get("min"):
-                oldest_ms = _id_ms(reply_text(summary["min"]))
+        oldest_ms = await self._oldest_pending_ms(keys, group)
         if lag is None or int(lag) > 0:
             first: Any = await self._redis.xrange(keys.stream, min=f"({last_delivered}", count=1)
             if first:
@@ -92,16 +88,15 @@ class StreamUpkeep:
         retention_ms = int(self._settings.retention_days * 86_400_000)
         if retention_ms <= 0:
             return
-        group = await self._group_info(keys)
+        group = await group_info(self._redis, keys)
         if group is None:
             return
         # Only entries every consumer is done with: older than the oldest pending one and already delivered.
         bound_ms = int(time.time() * 1000) - retention_ms
         bound_ms = min(bound_ms, _id_ms(reply_text(group.get("last-delivered-id") or b"0-0")))
-        if int(group.get("pending") or 0):
-            summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
-            if summary and summary.get("min"):
-                bound_ms = min(bound_ms, _id_ms(reply_text(summary["min"])))
+        oldest_pending_ms = await self._oldest_pending_ms(keys, group)
+        if oldest_pending_ms is not None:
+            bound_ms = min(bound_ms, oldest_pending_ms)
         if bound_ms > 0:
             trimmed = await self._redis.xtrim(keys.stream, minid=f"{bound_ms}-0", approximate=True)
             if trimmed:
@@ -117,11 +112,22 @@ class StreamUpkeep:
         except (redis_errors.RedisError, OSError, TimeoutError):
             pass  # the name stays; the next housekeeping anywhere removes it once it has been idle an hour
 
-    async def _group_info(self, keys: EventKeys) -> dict[str, Any] | None:
-        for group in await self._redis.xinfo_groups(keys.stream):
-            if reply_text(group.get("name", b"")) == CONSUMER_GROUP:
-                return dict(group)
+    async def _oldest_pending_ms(self, keys: EventKeys, group: dict[str, Any]) -> int | None:
+        """When the oldest entry delivered but not acknowledged was added (ms), or None when nothing is pending."""
+        if not int(group.get("pending") or 0):
+            return None
+        summary = await self._redis.xpending(keys.stream, CONSUMER_GROUP)
+        if summary and summary.get("min"):
+            return _id_ms(reply_text(summary["min"]))
         return None
+
+
+async def group_info(redis: RedisClient, keys: EventKeys) -> dict[str, Any] | None:
+    """XINFO GROUPS' entry of the consumer group `CONSUMER_GROUP` on a partition's stream, or None without one."""
+    for group in await redis.xinfo_groups(keys.stream):
+        if reply_text(group.get("name", b"")) == CONSUMER_GROUP:
+            return dict(group)
+    return None
 
 
 def _id_ms(entry_id: str) -> int:
