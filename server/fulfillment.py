@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.limits import MAX_CONSUMABLE_TOTAL, quantity_problem
 from entitlements.v1 import events_pb2
 from server import validation
 from server.catalog import Catalog
 from server.errors import InvalidArgument, InvalidEvent
 from server.status_channel import OrderState, OrderStatusPublisher
 from server.store import (
-    MAX_CONSUMABLE_TOTAL,
     EntitlementStore,
     OrderLine,
     OrderOutcome,
@@ -188,10 +188,9 @@ class Fulfillment:
             if line.type == BUNDLE:
                 continue  # recorded, not granted: its contents are lines of their own
             sku = _identifier(f"order.lines[{index}].sku", line.sku)
-            if not 1 <= line.quantity <= MAX_CONSUMABLE_TOTAL:
-                raise InvalidEvent(
-                    f"order.lines[{index}].quantity must be 1..{MAX_CONSUMABLE_TOTAL}, not {line.quantity}"
-                )
+            problem = quantity_problem(line.quantity, MAX_CONSUMABLE_TOTAL)
+            if problem is not None:
+                raise InvalidEvent(f"order.lines[{index}].quantity {problem}")
             item = self._catalog.lookup(sku)
             kind, period_ms = (item.kind, item.period_ms) if item is not None else (0, 0)
             lines.append(OrderLine(sku, kind, period_ms, line.quantity))

@@ -13,33 +13,28 @@ from dataclasses import dataclass, field
 
 from google.protobuf.duration_pb2 import Duration
 
+from core.limits import CONTROL_CHARACTERS, MAX_GRANT_QUANTITY, identifier_problem, quantity_problem
 from core.logs import user_ref
 from entitlements.v1 import entitlements_pb2 as pb
 from server.errors import InvalidArgument
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, GrantCommand, RevokeCommand
 
-MAX_ID_BYTES = 256
 MAX_REASON_BYTES = 1024
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_BYTES = 64
 MAX_METADATA_VALUE_BYTES = 1024
-MAX_GRANT_QUANTITY = 1_000_000
 MAX_PERIOD_MS = 36_500 * 86_400_000
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 DEFAULT_SUBSCRIPTION_LIMIT, MAX_SUBSCRIPTION_LIMIT = 15, 100
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOCALE = re.compile(r"^[A-Za-z]{2}$")
 _KINDS = frozenset({0, CONSUMABLE, PERMANENT, TIME_LIMITED})
 
 
 def identifier(name: str, value: str) -> str:
-    """Checks a required id-like field: 1..256 bytes of UTF-8 without control characters."""
-    if not value:
-        raise InvalidArgument(name, "is required")
-    if len(value.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(name, f"must be at most {MAX_ID_BYTES} bytes")
-    if _CONTROL.search(value):
-        raise InvalidArgument(name, "must not contain control characters")
+    """Checks a required id-like field against `core.limits` (1..256 bytes of UTF-8, no control characters)."""
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise InvalidArgument(name, problem)
     return value
 
 
@@ -70,8 +65,9 @@ def grant_command(request: pb.GrantRequest) -> GrantCommand:
     if kind not in _KINDS:
         raise InvalidArgument("kind", f"unknown EntitlementKind value {kind}")
     quantity = request.quantity if request.HasField("quantity") else 1
-    if not 1 <= quantity <= MAX_GRANT_QUANTITY:
-        raise InvalidArgument("quantity", f"must be between 1 and {MAX_GRANT_QUANTITY:,}, not {quantity}")
+    problem = quantity_problem(quantity, MAX_GRANT_QUANTITY)
+    if problem is not None:
+        raise InvalidArgument("quantity", problem)
     period_ms = 0
     if request.HasField("duration"):
         period_ms = _duration_ms("duration", request.duration)
@@ -222,7 +218,7 @@ def order_watch(
     if token:
         if len(token.encode()) > MAX_TOKEN_BYTES:
             raise InvalidArgument("token", f"must be at most {MAX_TOKEN_BYTES} bytes")
-        if _CONTROL.search(token) or token != token.strip():
+        if CONTROL_CHARACTERS.search(token) or token != token.strip():
             raise InvalidArgument("token", "must not contain control characters or surrounding spaces")
         if not project_id:
             raise InvalidArgument("project_id", f"is required with a token: no {provider} project is configured")

@@ -543,11 +543,48 @@ def _edit(name: str, change: Callable[[dict[str, Any]], object]) -> bytes:
         (_edit("order_canceled", lambda d: d.update(items={"sku": "x"})), "items is required (a list)"),
         (
             _edit("order_paid_separate", lambda d: d["items"][1].update(quantity=0)),
-            "items[1].quantity must be an integer >= 1",
+            "items[1].quantity must be an integer between 1 and 1,000,000,000,000",
         ),
         (
             _edit("order_paid_separate", lambda d: d["items"][2].update(quantity="lots")),
-            "items[2].quantity must be an integer >= 1",
+            "items[2].quantity must be an integer between 1 and 1,000,000,000,000",
+        ),
+        # What the service could never apply is refused at the door (core.limits), never acknowledged.
+        (
+            _edit("order_paid_separate", lambda d: d["items"][1].update(quantity=10**12 + 1)),
+            "items[1].quantity must be an integer between 1 and 1,000,000,000,000",
+        ),
+        (
+            _edit("order_paid_separate", lambda d: d["user"].update(external_id="p" * 257)),
+            "user.external_id must be at most 256 bytes",
+        ),
+        (
+            _edit("order_paid_separate", lambda d: d["user"].update(external_id="é" * 129)),
+            "user.external_id must be at most 256 bytes",
+        ),
+        (
+            _edit("order_paid_separate", lambda d: d["user"].update(external_id="player\u0085one")),
+            "user.external_id must not contain control characters",
+        ),
+        (
+            _edit("order_paid_separate", lambda d: d["user"].update(external_id="player\nname")),
+            "user.external_id must not contain control characters",
+        ),
+        (
+            _edit("order_paid_separate", lambda d: d["items"][0].update(sku="gold\u009f")),
+            "items[0].sku must not contain control characters",
+        ),
+        (
+            _edit("order_paid_separate", lambda d: d["order"].update(id=10**300)),
+            "order.id must be at most 256 bytes",
+        ),
+        (
+            _edit("refund", lambda d: d["transaction"].update(id="t\x7f")),
+            "transaction.id must not contain control characters",
+        ),
+        (
+            _edit("cancel_subscription", lambda d: d["subscription"].update(subscription_id="s" * 300)),
+            "subscription.subscription_id must be at most 256 bytes",
         ),
         (
             _edit("order_paid_separate", lambda d: d["items"][0].pop("sku")),

@@ -20,6 +20,8 @@ GRANT_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("long user", {"user_id": LONG}, "user_id: must be at most 256 bytes"),
     ("long multibyte user", {"user_id": "é" * 129}, "user_id: must be at most 256 bytes"),
     ("control char user", {"user_id": "a\nb"}, "user_id: must not contain control characters"),
+    ("C1 control user", {"user_id": "a\u0085b"}, "user_id: must not contain control characters"),
+    ("DEL in sku", {"sku": "gold\x7f"}, "sku: must not contain control characters"),
     ("empty sku", {"sku": ""}, "sku: is required"),
     ("long sku", {"sku": LONG}, "sku: must be at most 256 bytes"),
     ("zero quantity", {"quantity": 0}, "quantity: must be between 1 and 1,000,000"),

@@ -12,9 +12,9 @@ from decimal import Decimal
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+from core.limits import MAX_ID_BYTES, identifier_problem
 from core.webhooks import InvalidParameter
 
-MAX_ID_CHARS = 512
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 
@@ -50,15 +50,20 @@ def required_section(holder: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def required_id(value: Any, path: str) -> str:
-    """An identifier: a non-empty string or a non-negative integer (Xsolla sends both), as a string."""
+    """An identifier: a non-empty string or a non-negative integer (Xsolla sends both), as a string, within the
+    limits the service applies to every identifier (`core.limits`): an id the service could never store is
+    refused here, before its event is acknowledged."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        check_unicode(value, path)
-        if len(value) > MAX_ID_CHARS:
-            raise InvalidParameter(path, f"is longer than {MAX_ID_CHARS} characters")
-        return value
-    raise InvalidParameter(path, "is required (a non-empty string or an integer)")
+        # An integer of more than 1,024 bits has more than 256 digits: too long, and not worth writing out.
+        written = str(value) if value.bit_length() <= 1024 else "9" * (MAX_ID_BYTES + 1)
+    elif isinstance(value, str) and value.strip():
+        written = value
+    else:
+        raise InvalidParameter(path, "is required (a non-empty string or an integer)")
+    problem = identifier_problem(written)
+    if problem is not None:
+        raise InvalidParameter(path, problem)
+    return written
 
 
 def text(value: Any) -> str:

@@ -17,7 +17,14 @@ Event ids (the dedup key and the idempotency key of what the event causes), free
 A transaction can be partially refunded more than once and nothing in the notification identifies one partial
 refund, so its id carries a hash of the body: a retry (same body) is a duplicate, a second partial refund is not.
 Subscription ids carry the plan and every date present (`date_create`, `date_next_charge`, `date_end`),
-because `update_subscription` has no id of its own and is sent again on every renewal and plan change.
+because `update_subscription` has no id of its own and is sent again on every renewal and plan change. An id
+longer than an identifier may be (256 bytes, `core.limits`: long plan ids, long non-ASCII order ids) keeps its
+first three parts and replaces the rest by its SHA-256 (`bounded_event_id`).
+
+Every identifier the service will store (player, order, sku, transaction, subscription) and every quantity is
+checked here against the service's own limits (`core.limits`), so an event the gateway acknowledges is one the
+service can apply; one it never could is refused with INVALID_PARAMETER naming the field (Xsolla then refunds
+the order) instead of being acknowledged and dead-lettered.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES
 from core.webhooks import Action, FoundUser, InvalidParameter, InvalidSignature, Notification, UserQuery, Verified
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import answers, fields
@@ -155,6 +163,7 @@ class XsollaWebhooks:
             known = False
             event.type = ev.EVENT_TYPE_UNKNOWN
             _fill_unknown(event, doc, verified.raw)
+        event.event_id = bounded_event_id(event.event_id)
         return Notification(Action.STORE, notification_type, label, project, event=event, known=known)
 
     def type_label(self, verified: Verified) -> str:
@@ -182,6 +191,16 @@ class XsollaWebhooks:
 def type_label(notification_type: str) -> str:
     """`notification_type` when Xsolla documents it, otherwise "other" (bounded metric labels)."""
     return notification_type if notification_type in DOCUMENTED_TYPES else "other"
+
+
+def bounded_event_id(event_id: str) -> str:
+    """`event_id`, or when it is longer than an identifier may be (`core.limits`), its first three parts (provider,
+    project, family) and a SHA-256 of the whole: the same notification still gets the same id, and the event can
+    still be applied."""
+    if len(event_id.encode()) <= MAX_ID_BYTES:
+        return event_id
+    family = ":".join(event_id.split(":", 3)[:3])
+    return f"{family}:sha256={hashlib.sha256(event_id.encode()).hexdigest()}"
 
 
 # --- projects ---------------------------------------------------------------------------------------------------
@@ -244,9 +263,9 @@ def _fill_order(event: ev.WebhookEvent, doc: dict[str, Any], suffix: str) -> Non
 def _order_line(item: Any, path: str) -> ev.OrderLine:
     if not isinstance(item, dict):
         raise InvalidParameter(path, "must be an object")
-    quantity = fields.integer(item.get("quantity"), 1, fields.INT64_MAX)
+    quantity = fields.integer(item.get("quantity"), 1, MAX_CONSUMABLE_TOTAL)
     if quantity is None:
-        raise InvalidParameter(f"{path}.quantity", "must be an integer >= 1")
+        raise InvalidParameter(f"{path}.quantity", f"must be an integer between 1 and {MAX_CONSUMABLE_TOTAL:,}")
     return ev.OrderLine(
         sku=fields.required_id(item.get("sku"), f"{path}.sku"),
         type=fields.text(item.get("type")),

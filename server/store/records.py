@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.limits import MAX_CONSUMABLE_TOTAL
+
 CONSUMABLE, PERMANENT, TIME_LIMITED = 1, 2, 3
 KIND_NAMES = {CONSUMABLE: "consumable", PERMANENT: "permanent", TIME_LIMITED: "time-limited"}
-MAX_CONSUMABLE_TOTAL = 1_000_000_000_000
+__all__ = ["MAX_CONSUMABLE_TOTAL"]  # re-exported: the store's own limit, defined with the others in core.limits
 # Timestamps travel through Lua's cjson, which prints 14 significant digits: keep expiries below 10**14 ms
 # (the year 5138) so they stay exact.
 MAX_EXPIRES_AT_MS = 10**14 - 1
