@@ -225,12 +225,12 @@ class EmbeddedRedis:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             return
-        if not _is_valkey(pid):
+        if not _is_valkey(pid, self.data_dir):
             return
         log.warning("embedded_redis_orphan", pid=pid, data_dir=str(self.data_dir))
         os.kill(pid, signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while _is_valkey(pid):
+        while _is_valkey(pid, self.data_dir):
             if asyncio.get_running_loop().time() > deadline:
                 os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.05)
@@ -285,10 +285,13 @@ def _die_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
-def _is_valkey(pid: int) -> bool:
-    """Whether `pid` is a running valkey-server (not a process that reused the pid)."""
+def _is_valkey(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` is a running valkey-server working in `data_dir` (not a process that reused the pid, nor the
+    server of another data directory: Valkey changes into its `dir` when it starts)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"valkey-server" in cmdline.read()
+            if b"valkey-server" not in cmdline.read():
+                return False
+        return os.readlink(f"/proc/{pid}/cwd") == str(data_dir)
     except OSError:
         return False

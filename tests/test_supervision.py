@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from core import logs
 from entitlements.v1 import entitlements_pb2 as pb
 from server.app import SERVICE_NAME, Service
+from server.embedded import EmbeddedRedis
 from server.supervisor import RESTART_BACKOFF
 from tests.helpers.events import consumer_settings, drained, order_event, xadd
 from tests.helpers.services import ClientFactory, ServiceFactory
@@ -357,3 +358,24 @@ async def test_a_restarted_store_still_dies_with_its_service(tmp_path: Path) -> 
         await service.wait()
     await eventually(lambda: not valkeys_on(data_dir), what="the restarted valkey-server to stop with its service")
     assert lock_is_free(data_dir)
+
+
+async def test_a_stale_pid_file_never_stops_another_directorys_server(tmp_path: Path) -> None:
+    """A pid file left by a killed server whose pid now belongs to another data directory's Valkey is not taken
+    for an orphan: starting on the first directory leaves the other server running."""
+    other = EmbeddedRedis(tmp_path / "other")
+    await other.start()
+    try:
+        assert other.pid is not None
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "valkey.pid").write_text(f"{other.pid}\n")
+        mine = EmbeddedRedis(tmp_path / "mine")
+        await mine.start()
+        await mine.stop()
+        client = aioredis.Redis.from_url(other.url)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+    finally:
+        await other.stop()
