@@ -9,6 +9,8 @@ consumer. Stop order is the reverse, gracefully: the consumer stops reading and 
 applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health
 goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period,
 order tracking closes its sockets and subscription, then Redis closes.
+The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
+supervisor stops first, so a stop never races a restart.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from server.consumer import Consumer, ConsumerHooks
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
-from server.metrics import ServiceMetrics
+from server.metrics import EmbeddedStoreMetrics, ServiceMetrics
 from server.rpc import RpcRuntime
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
+from server.supervisor import EmbeddedSupervisor
 from server.tracking import OrderTracking
 
 log = structlog.get_logger("server.app")
@@ -100,6 +103,10 @@ class Service:
             xsolla or xsolla_provider.OrderSettings(), self.registry
         )
         self.embedded: EmbeddedRedis | None = None
+        self.supervisor: EmbeddedSupervisor | None = None
+        self._embedded_metrics = EmbeddedStoreMetrics(self.registry) if settings.redis_url is None else None
+        # Set when the supervisor finds the embedded store dead or back: the health check runs at once.
+        self._store_changed = asyncio.Event()
         self.redis: RedisClient | None = None
         self.store: EntitlementStore | None = None
         self.health = AsyncHealthServicer()
@@ -122,6 +129,11 @@ class Service:
                 self.embedded = EmbeddedRedis(settings.data_dir, appendfsync=settings.appendfsync)
                 await self.embedded.start()
                 redis_url = self.embedded.url
+                assert self._embedded_metrics is not None
+                self.supervisor = EmbeddedSupervisor(
+                    self.embedded, self._embedded_metrics, on_change=lambda up: self._store_changed.set()
+                )
+                self.supervisor.start()
             self.redis = connections.connect(
                 redis_url,
                 cluster=settings.redis_cluster,
@@ -214,14 +226,19 @@ class Service:
         return port
 
     async def _watch_store(self) -> None:
-        """Reports NOT_SERVING on the health service while Redis does not answer, SERVING once it does."""
+        """Reports NOT_SERVING on the health service while Redis does not answer (or the embedded one is being
+        restarted), SERVING once it does; checked every interval, and at once when the supervisor reports."""
         assert self.store is not None
         serving = True
         while True:
-            await asyncio.sleep(self.settings.health_check_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.health_check_interval_s):
+                    await self._store_changed.wait()
+            self._store_changed.clear()
+            healthy = self.supervisor is None or self.supervisor.up
             try:
-                await self.store.ping()
-                healthy = True
+                if healthy:
+                    await self.store.ping()
             except StoreUnavailable:
                 healthy = False
             if healthy != serving:
@@ -266,6 +283,9 @@ class Service:
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            self.supervisor = None
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None

@@ -9,6 +9,10 @@ The server must never outlive its service unnoticed: a second server on the same
 it. On Linux it is started with a parent-death signal, so it gets SIGTERM when the service process dies, however
 it dies; and on every start, a server still running from the data directory's pid file (an orphan of a service
 that was killed) is stopped before a new one starts.
+
+When the server dies on its own (a crash, a SIGKILL, the out-of-memory killer), `server.supervisor` notices it
+through `wait_exit` and starts it again with `restart`, on the same data directory, configuration and socket,
+while this object keeps holding the data directory's lock.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def owns_data_dir(self) -> bool:
+        """Whether this object holds the data directory's lock: from `start` until `stop` or `kill`."""
+        return self._lock is not None
+
     async def start(self, timeout_s: float = 20.0) -> None:
         """Starts the server and waits until it has loaded its data and answers PING.
 
@@ -78,12 +87,81 @@ class EmbeddedRedis:
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)  # left by a server that was killed
+            await self._stop_orphan()
+            process = await self._launch()
+            await self._wait_ready(process, timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("embedded_redis_started", pid=process.pid, data_dir=str(self.data_dir), socket=self.socket_path)
+
+    async def wait_exit(self) -> int | None:
+        """Waits until the running server exits.
+
+        Returns:
+            Its return code (negative: the signal that ended it) when it exited on its own; None when it was
+            stopped by `stop` or `kill`, or none was running.
+        """
+        process = self._process
+        if process is None:
+            return None
+        returncode = await process.wait()
+        if self._process is not process:
+            return None  # stopped (or killed) by its owner
+        self._process = None
+        self._forget_pid_file(process.pid)
+        return returncode
+
+    async def restart(self, timeout_s: float = 20.0) -> int:
+        """Starts the server again after it exited on its own (see `wait_exit`): same configuration, data and
+        socket, the data directory's lock held throughout. Returns the new server's pid.
+
+        Raises:
+            RuntimeError: the server was stopped by its owner, is still running, or did not come up in time (then
+                it is stopped again; the caller may retry).
+        """
+        if self._lock is None:
+            raise RuntimeError("the embedded Redis was stopped; it is not restarted")
+        if self._process is not None:
+            raise RuntimeError("the embedded Redis is still running")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)  # left by a server that was killed
-        await self._stop_orphan()
+            os.unlink(self.socket_path)  # left by the server that died
+        process = await self._launch()
+        try:
+            await self._wait_ready(process, timeout_s)
+        except RuntimeError:
+            if self._process is process:  # not stopped meanwhile by its owner: stop the server that failed
+                self._process = None
+                await _terminate(process, timeout_s=10.0)
+                self._forget_pid_file(process.pid)
+            raise
+        return process.pid
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stops the server (SIGTERM: Valkey writes out the AOF first), then SIGKILL after `timeout_s`."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            await _terminate(process, timeout_s)
+            log.info("embedded_redis_stopped", pid=process.pid, returncode=process.returncode)
+        self._release_lock()
+
+    async def kill(self) -> None:
+        """Kills the server abruptly (SIGKILL), as a crash would, and gives up the data directory: for failure
+        tests. Not restarted by a supervisor."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        self._release_lock()
+
+    async def _launch(self) -> asyncio.subprocess.Process:
+        """Writes the configuration and starts the server process (not ready yet), recorded as the running one."""
         config = self.data_dir / "valkey.conf"
         config.write_text(self._config_text())
-        self._process = await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             *_die_with_parent(),
             server_binary(),
             str(config),
@@ -91,39 +169,8 @@ class EmbeddedRedis:
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to the service, which then stops Valkey itself
         )
-        try:
-            await self._wait_ready(timeout_s)
-        except BaseException:
-            await self.stop()
-            raise
-        log.info(
-            "embedded_redis_started",
-            pid=self._process.pid,
-            data_dir=str(self.data_dir),
-            socket=self.socket_path,
-        )
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stops the server (SIGTERM: Valkey writes out the AOF first), then SIGKILL after `timeout_s`."""
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout_s)
-            except TimeoutError:
-                log.warning("embedded_redis_kill", pid=process.pid)
-                process.kill()
-                await process.wait()
-            log.info("embedded_redis_stopped", pid=process.pid, returncode=process.returncode)
-        self._release_lock()
-
-    async def kill(self) -> None:
-        """Kills the server abruptly (SIGKILL), as a crash would: for failure tests."""
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
-        self._release_lock()
+        self._process = process
+        return process
 
     def _config_text(self) -> str:
         lines = [
@@ -151,13 +198,12 @@ class EmbeddedRedis:
         self._socket_dir = tempfile.mkdtemp(prefix="ent-valkey-")
         return os.path.join(self._socket_dir, "valkey.sock")
 
-    async def _wait_ready(self, timeout_s: float) -> None:
-        assert self._process is not None
+    async def _wait_ready(self, process: asyncio.subprocess.Process, timeout_s: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
-            if self._process.returncode is not None:
+            if process.returncode is not None:
                 raise RuntimeError(
-                    f"valkey-server exited with code {self._process.returncode}; see {self.data_dir / 'valkey.log'}"
+                    f"valkey-server exited with code {process.returncode}; see {self.data_dir / 'valkey.log'}"
                 )
             if os.path.exists(self.socket_path):  # noqa: ASYNC240 - a stat() of a local socket, once per poll
                 client = aioredis.Redis(unix_socket_path=self.socket_path, socket_timeout=1.0)
@@ -179,15 +225,25 @@ class EmbeddedRedis:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             return
-        if not _is_valkey(pid):
+        if not _is_valkey(pid, self.data_dir):
             return
         log.warning("embedded_redis_orphan", pid=pid, data_dir=str(self.data_dir))
         os.kill(pid, signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while _is_valkey(pid):
+        while _is_valkey(pid, self.data_dir):
             if asyncio.get_running_loop().time() > deadline:
                 os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.05)
+
+    def _forget_pid_file(self, pid: int) -> None:
+        """Removes the pid file of a server that is gone, so that a later start never mistakes another process
+        that reuses the pid for an orphan of this directory."""
+        pid_file = self.data_dir / "valkey.pid"
+        try:
+            if int(pid_file.read_text().strip()) == pid:
+                pid_file.unlink()
+        except (OSError, ValueError):
+            pass
 
     def _acquire_lock(self) -> None:
         lock = (self.data_dir / "service.lock").open("w")
@@ -205,6 +261,19 @@ class EmbeddedRedis:
             self._lock = None
 
 
+async def _terminate(process: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """SIGTERM (Valkey writes out the AOF, or abandons loading it), then SIGKILL after `timeout_s`."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout_s)
+    except TimeoutError:
+        log.warning("embedded_redis_kill", pid=process.pid)
+        process.kill()
+        await process.wait()
+
+
 def _die_with_parent() -> list[str]:
     """A command prefix that makes Linux send the server SIGTERM when the service process dies.
 
@@ -216,10 +285,13 @@ def _die_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
-def _is_valkey(pid: int) -> bool:
-    """Whether `pid` is a running valkey-server (not a process that reused the pid)."""
+def _is_valkey(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` is a running valkey-server working in `data_dir` (not a process that reused the pid, nor the
+    server of another data directory: Valkey changes into its `dir` when it starts)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"valkey-server" in cmdline.read()
+            if b"valkey-server" not in cmdline.read():
+                return False
+        return os.readlink(f"/proc/{pid}/cwd") == str(data_dir)
     except OSError:
         return False

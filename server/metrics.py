@@ -188,3 +188,27 @@ class ServiceMetrics:
             "Times the order-status subscription failed and was set up again from scratch (after a backoff).",
             registry=registry,
         )
+
+
+class EmbeddedStoreMetrics:
+    """The embedded Valkey server's supervision (`server/supervisor.py`), registered on `registry` only when the
+    service runs one (no REDIS_URL): an external Redis is watched by whoever runs it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge(
+            "entitlements_embedded_store_up",
+            "1 while the embedded Valkey server runs; 0 from its unexpected exit until a restart answers.",
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "entitlements_embedded_store_restarts_total",
+            "Times the embedded Valkey server exited on its own (crash, kill, out of memory) and was started again "
+            "on the same data (counted once the restarted server answers).",
+            registry=registry,
+        )
+        self.restart_failures = Counter(
+            "entitlements_embedded_store_restart_failures_total",
+            "Restart attempts whose server did not come up (exited while loading, or no answer in time); each is "
+            "tried again after a backoff.",
+            registry=registry,
+        )
