@@ -158,6 +158,8 @@ def start_service(
         ENTITLEMENTS_LOG_JSON="1",
         ENTITLEMENTS_LOG_LEVEL=log_level,
         ENTITLEMENTS_SHUTDOWN_GRACE_S="2",
+        # The benchmark's one API key opens every stream.
+        ENTITLEMENTS_ORDER_STREAMS_PER_KEY="1000000",
     )
     env.update(extra_env or {})
     target = f"127.0.0.1:{grpc_port}"

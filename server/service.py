@@ -213,7 +213,7 @@ class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
             provider=tracking.sources.name,
         )
         deadline = asyncio.get_running_loop().time() + watch.max_wait_s
-        watcher = self._tracking.watch(watch)
+        watcher = self._tracking.watch(watch, principal.name)
         # However the call ends (even while a message is being written), the tracker forgets this stream.
         context.add_done_callback(lambda _: watcher.close())  # type: ignore[arg-type]  # grpc-stubs: a class
         try:

@@ -134,7 +134,9 @@ class EntitlementServiceServicer:
         Errors, besides those of every RPC:
         NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
         UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
-        RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+        RESOURCE_EXHAUSTED  the replica follows its maximum of orders, or the API key holds its maximum of
+        streams open on the replica (ENTITLEMENTS_ORDER_STREAMS_PER_KEY); close a stream,
+        retry later or on another replica.
         UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
         state and Xsolla's current status).
         """
