@@ -105,6 +105,10 @@ class EntitlementServiceServicer:
     def ListEntitlements(self, request, context):
         """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
         left out unless `include_expired` is set.
+
+        A page's cost is bounded by its size, not by the player's history: without `include_expired`, one call
+        skips at most a fixed number of expired items (500). A page may therefore hold fewer entitlements than
+        `page_size`, even none, while `next_page_token` is set (AIP-158): keep paging until the token is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
