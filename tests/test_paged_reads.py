@@ -337,3 +337,16 @@ async def test_every_write_script_keeps_the_indexes(store: EntitlementStore, red
     await store.record_subscription_event("w", "s1", "t", "created", SubscriptionChange("sub", date_create_ms=5))
     await store.record_subscription_event("w", "s2", "t", "canceled", SubscriptionChange("sub"))
     await assert_indexes_right(redis_client, "w")
+
+
+async def test_listing_a_player_without_data_leaves_no_key(
+    store: EntitlementStore, redis_client: aioredis.Redis
+) -> None:
+    """Listings of a player the store knows nothing about are empty and write nothing (no index key per id)."""
+    before = await redis_client.dbsize()
+    page = await store.list_page("nobody", None, 10, include_expired=False)
+    subscriptions = await store.subscriptions_page("nobody", 0, 15, include_inactive=True)
+    assert (page.records, page.next_after) == ([], None)
+    assert (subscriptions.recurring, subscriptions.timed, subscriptions.total) == ([], [], 0)
+    assert await store.build_index("nobody")
+    assert await redis_client.dbsize() == before

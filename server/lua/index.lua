@@ -29,6 +29,9 @@ end
 -- right); a player with no data yet starts with complete ones. Read before this script writes anything.
 local index_state = redis.call('GET', IX.state)
 local index_kept = index_state ~= false or redis.call('EXISTS', IX.items, IX.subs) == 0
+-- Whether the indexes can be read: complete, or the player has no data at all (then nothing is written: a read
+-- of an unknown player leaves no key behind).
+local index_ready = index_state == 'ready' or (not index_state and index_kept)
 
 local function score(value)
   return string.format('%.17g', value)

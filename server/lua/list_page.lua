@@ -29,7 +29,7 @@ if ARGV[1] == 'all' then
   return reply('end', nil, skus)
 end
 
-if index_state ~= 'ready' then
+if not index_ready then
   return {'unindexed'}
 end
 local now = server_now()
