@@ -74,7 +74,7 @@ class EntitlementStore:
         self._index_build: AsyncScript = self._script("kinds.lua", "index.lua", "index_build.lua")
         self._list_page: AsyncScript = self._script("kinds.lua", "index.lua", "list_page.lua")
         self._list_subscriptions: AsyncScript = self._script("kinds.lua", "index.lua", "list_subscriptions.lua")
-        self._event_ledger: AsyncScript = scripts.register(redis, "server", "kinds.lua", "event_ledger.lua")
+        self._event_ledger: AsyncScript = self._script("kinds.lua", "event_ledger.lua")
         self._reads = ReadBatcher(redis, timeout_s)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
