@@ -11,7 +11,9 @@ Parts, in the order they run (`--only` picks some; all by default):
 - `streams`: N GetOrderStatus streams opened at once on one service process, for each N: the time to open them,
   errors, memory per stream and CPU while holding them (`bench.streams`);
 - `latency`: from a webhook's 204 to the update on every stream watching its order, under a steady webhook rate
-  (`bench.latency`).
+  (`bench.latency`);
+- `history`: ListEntitlements and ListSubscriptions of a player holding 20,000 expired items, and the latency a
+  concurrent caller sees meanwhile (`bench.history`; `--history-root` measures another checkout's service).
 
 Every part keeps the same discipline: the server under test alone on the server core (0), everything else
 (load generators, clients, this process, Valkey) on the load core (1), every child process pinned with taskset,
@@ -36,14 +38,14 @@ from typing import Any
 
 import grpc
 
-from bench import consumer, gateway, latency, report, streams
+from bench import consumer, gateway, history, latency, report, streams
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
 from bench.servers import ROOT, Placement, tail
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
-PARTS = ("core", "gateway", "consumer", "streams", "latency")
+PARTS = ("core", "gateway", "consumer", "streams", "latency", "history")
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -107,6 +109,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     order_status.add_argument("--latency-rate", type=float, default=200.0, help="webhooks per second (default 200)")
     order_status.add_argument("--latency-duration-s", type=float, default=10.0, help="webhook time (default 10)")
     order_status.add_argument("--streams-per-order", type=int, default=2, help="for the latency part (default 2)")
+    long_history = parser.add_argument_group("history (a player with many expired items)")
+    long_history.add_argument("--history-items", type=int, default=20_000, help="expired items (default 20000)")
+    long_history.add_argument("--history-calls", type=int, default=20, help="calls per scenario (default 20)")
+    long_history.add_argument(
+        "--history-root",
+        type=Path,
+        default=None,
+        help="measure the service of another checkout of the project (e.g. an older commit), with this virtualenv",
+    )
     placement = parser.add_argument_group("placement and output")
     placement.add_argument("--server-core", type=int, default=0)
     placement.add_argument("--load-core", type=int, default=1)
@@ -133,6 +144,7 @@ class Results:
     consumer_result: consumer.ConsumerBenchResult | None = None
     stream_results: list[streams.StreamsResult] = dataclasses.field(default_factory=list)
     latency_result: latency.LatencyResult | None = None
+    history_result: history.HistoryResult | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
@@ -145,6 +157,8 @@ class Results:
             document["streams"] = [dataclasses.asdict(result) for result in self.stream_results]
         if self.latency_result is not None:
             document["latency"] = dataclasses.asdict(self.latency_result)
+        if self.history_result is not None:
+            document["history"] = dataclasses.asdict(self.history_result)
         return document
 
 
@@ -218,12 +232,25 @@ def _latency(args: argparse.Namespace, placement: Placement, workdir: Path, resu
     )
 
 
+def _history(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
+    results.history_result = history.run_history(
+        workdir=workdir,
+        placement=placement,
+        items=args.history_items,
+        calls=args.history_calls,
+        server_root=args.history_root,
+        log_level=args.service_log_level,
+        say=_print,
+    )
+
+
 RUNNERS: dict[str, tuple[str, Callable[[argparse.Namespace, Placement, Path, Results], None]]] = {
     "core": ("gRPC, service against bare (in the order bare, service, service, bare; halves merged)", _core),
     "gateway": ("webhook ingest, gateway against bare aiohttp (bare, gateway, gateway, bare)", _gateway),
     "consumer": ("webhook events applied by the consumer", _consumer),
     "streams": ("GetOrderStatus streams opened at once, one service process", _streams),
     "latency": ("webhook 204 -> update on the streams", _latency),
+    "history": ("listings of a player with a long history of expired items", _history),
 }
 
 
@@ -261,6 +288,8 @@ def _print_tables(results: Results) -> None:
         _print("\n" + streams.streams_table(results.stream_results))
     if results.latency_result is not None:
         _print("\n" + latency.latency_table(results.latency_result))
+    if results.history_result is not None:
+        _print("\n" + history.history_table(results.history_result))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,6 +135,7 @@ def start_service(
     log_level: str = "info",
     extra_env: Mapping[str, str] | None = None,
     name: str = "service",
+    root: Path | None = None,
 ) -> tuple[Child, ServiceEndpoints]:
     """Starts `python -m server` on the server core with embedded Valkey, one API key and free ports.
 
@@ -145,6 +146,8 @@ def start_service(
         log_level: the service's ENTITLEMENTS_LOG_LEVEL ("info" writes one line per RPC).
         extra_env: more settings (e.g. ENTITLEMENTS_MAX_ORDER_TRACKERS), over the ones above.
         name: what to call the process in messages.
+        root: run the service of another checkout of the project (its `server/`, `core/`, ... and generated
+            client) with this virtualenv, to compare two versions in one run; None for this tree.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLEMENTS_", "REDIS_"))}
     # Ports chosen here rather than 0: the service announces the ports it bound only in an info log line,
@@ -158,8 +161,12 @@ def start_service(
         ENTITLEMENTS_LOG_JSON="1",
         ENTITLEMENTS_LOG_LEVEL=log_level,
         ENTITLEMENTS_SHUTDOWN_GRACE_S="2",
+        # The benchmark's one API key opens every stream.
+        ENTITLEMENTS_ORDER_STREAMS_PER_KEY="1000000",
     )
     env.update(extra_env or {})
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "clients" / "python")])
     target = f"127.0.0.1:{grpc_port}"
     child = Child(
         name,
@@ -168,7 +175,7 @@ def start_service(
         env=env,
         stdout=subprocess.DEVNULL,
         log_path=workdir / "service.log",
-        cwd=ROOT,
+        cwd=root or ROOT,
     )
     try:
         wait_until(lambda: _serving(target), STARTUP_TIMEOUT_S, "the service to serve", child=child)

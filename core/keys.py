@@ -30,13 +30,19 @@ class UserKeys:
 
     __slots__ = (
         "event_prefix",
+        "expiry",
         "idempotency_prefix",
+        "index_state",
         "items",
         "ledger",
+        "live",
         "order_prefix",
         "skus",
         "subscriptions",
+        "subscriptions_active",
+        "subscriptions_order",
         "tag",
+        "timed",
     )
 
     def __init__(self, user_id: str) -> None:
@@ -44,15 +50,44 @@ class UserKeys:
         base = f"{PREFIX}:{self.tag}"
         #: hash sku -> JSON entitlement record
         self.items = f"{base}:items"
-        #: sorted set of skus (all scores 0) for paging in sku order
+        #: sorted set of every held sku (all scores 0) for paging in sku order
         self.skus = f"{base}:skus"
         #: stream: the audit ledger of every change
         self.ledger = f"{base}:ledger"
         #: hash subscription id -> JSON recurring subscription (written from Xsolla webhooks)
         self.subscriptions = f"{base}:subs"
+        # The read indexes (server/lua/index.lua keeps them): a listing reads what its page needs, however long
+        # the player's history.
+        #: string: "ready" once the indexes below are complete; the build's position while they are being built
+        self.index_state = f"{base}:index"
+        #: sorted set (scores 0) of the held skus not known to be expired, for paging active items in sku order
+        self.live = f"{base}:live"
+        #: sorted set: the time-limited skus of `live`, scored by their expiry (ms)
+        self.expiry = f"{base}:expiry"
+        #: sorted set: every held time-limited sku, scored by -granted_at (ms): newest first, then by sku
+        self.timed = f"{base}:timed"
+        #: sorted set: every recurring subscription id, scored by -date_create (ms)
+        self.subscriptions_order = f"{base}:subs_order"
+        #: sorted set: the recurring subscriptions in force (active, non-renewing), scored as above
+        self.subscriptions_active = f"{base}:subs_active"
         self.idempotency_prefix = f"{base}:idem:"
         self.order_prefix = f"{base}:order:"
         self.event_prefix = f"{base}:evt:"
+
+    @property
+    def indexes(self) -> list[str]:
+        """The keys `server/lua/index.lua` reads, in its order: always the last ones of a script's KEYS."""
+        return [
+            self.index_state,
+            self.items,
+            self.subscriptions,
+            self.skus,
+            self.live,
+            self.expiry,
+            self.timed,
+            self.subscriptions_order,
+            self.subscriptions_active,
+        ]
 
     def idempotency(self, key: str) -> str:
         """The key remembering one idempotency key's request fingerprint and response."""

@@ -61,8 +61,18 @@ class TrackingSettings:
     max_wait_s: float = 600.0
     # Orders followed at once by this replica; a stream that would need one more is RESOURCE_EXHAUSTED.
     max_trackers: int = 10_000
+    # GetOrderStatus streams one API key may hold open at once on this replica, so that one caller cannot take
+    # every tracker; None: half of `max_trackers`. A stream beyond it is RESOURCE_EXHAUSTED.
+    streams_per_key: int | None = None
     # After DONE from Xsolla, how long to wait for this service's grant of the order before ending (0: not at all).
     grant_wait_s: float = 30.0
+
+    @property
+    def stream_limit_per_key(self) -> int:
+        """The streams one API key may hold open at once on this replica (`streams_per_key` or its default)."""
+        if self.streams_per_key is not None:
+            return self.streams_per_key
+        return max(1, self.max_trackers // 2)
 
 
 @dataclass(frozen=True)
@@ -146,11 +156,13 @@ class Settings:
             max_deliveries=reader.integer("ENTITLEMENTS_CONSUMER_MAX_DELIVERIES", 5, minimum=1, maximum=1000),
             retention_days=reader.number("ENTITLEMENTS_EVENT_RETENTION_DAYS", 7.0, minimum=0.0),
         )
+        streams_per_key = reader.integer("ENTITLEMENTS_ORDER_STREAMS_PER_KEY", 0, minimum=1)
         tracking = TrackingSettings(
             ws_silence_s=reader.number("ENTITLEMENTS_ORDER_WS_SILENCE_S", 300.0, minimum=0.1),
             poll_interval_s=reader.number("ENTITLEMENTS_ORDER_POLL_INTERVAL_S", 3.0, minimum=0.01),
             max_wait_s=reader.number("ENTITLEMENTS_ORDER_MAX_WAIT_S", 600.0, minimum=1.0, maximum=MAX_ORDER_WAIT_S),
             max_trackers=reader.integer("ENTITLEMENTS_MAX_ORDER_TRACKERS", 10_000, minimum=1),
+            streams_per_key=streams_per_key or None,
             grant_wait_s=reader.number("ENTITLEMENTS_ORDER_GRANT_WAIT_S", 30.0, minimum=0.0),
         )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)

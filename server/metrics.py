@@ -1,6 +1,7 @@
 """Every Prometheus metric of the service process, on a registry the composition root owns.
 
-Labels are bounded (method, code, operation, event type, result, partition): never a player, sku or order id.
+Labels are bounded (method, code, operation, event type, result, partition, API key name): never a player, sku or
+order id.
 """
 
 from __future__ import annotations
@@ -155,6 +156,20 @@ class ServiceMetrics:
         self.order_trackers_refused = Counter(
             "entitlements_order_trackers_refused_total",
             "Streams refused RESOURCE_EXHAUSTED because the replica already follows its maximum of orders.",
+            registry=registry,
+        )
+        # Per API key: the key names are the operator's configuration, a bounded set.
+        self.order_streams = Gauge(
+            "entitlements_order_streams",
+            "GetOrderStatus streams open on this replica, by API key name.",
+            ["key"],
+            registry=registry,
+        )
+        self.order_streams_refused = Counter(
+            "entitlements_order_streams_refused_total",
+            "GetOrderStatus streams refused RESOURCE_EXHAUSTED because their API key already held its maximum of "
+            "streams open on this replica (ENTITLEMENTS_ORDER_STREAMS_PER_KEY), by API key name.",
+            ["key"],
             registry=registry,
         )
         self.order_updates = Counter(

@@ -119,10 +119,9 @@ def test_settings_from_env_defaults_and_overrides() -> None:
 def test_all_keys_of_a_player_share_one_cluster_slot(user_id: str) -> None:
     """Every key of one player hashes to the same Redis Cluster slot, whatever the id holds."""
     keys = UserKeys(user_id)
-    slots = {
-        key_slot(k.encode()) for k in (keys.items, keys.skus, keys.ledger, keys.subscriptions, keys.idempotency("k"))
-    }
-    assert len(slots) == 1
+    every = [keys.ledger, keys.idempotency("k"), keys.order("o"), keys.applied_event("e"), *keys.indexes]
+    assert {keys.items, keys.skus, keys.subscriptions, keys.live, keys.expiry, keys.timed} <= set(every)
+    assert len({key_slot(k.encode()) for k in every}) == 1
     assert items_key(user_id) == keys.items
     assert keys.items.count("{") == 1
     assert keys.items.count("}") == 1

@@ -652,7 +652,7 @@ async def test_a_refused_token_ends_only_the_streams_that_gave_it(rig: Rig) -> N
 
 async def test_the_tracker_cap_refuses_new_orders_but_not_new_watchers(rig: Rig) -> None:
     """At the cap a stream on a new order is RESOURCE_EXHAUSTED; one on a followed order is served."""
-    service = await rig.service(max_trackers=2)
+    service = await rig.service(max_trackers=2, streams_per_key=10)  # the key's own cap would be 1
     client = await rig.client(service)
     first = Reader(client.get_order_status("1001", PLAYER))
     second = Reader(client.get_order_status("1002", PLAYER))

@@ -1,4 +1,4 @@
--- Grant (after kinds.lua and prologue.lua). ARGV[8] kind (0 unspecified, 1 consumable, 2 permanent,
+-- Grant (after kinds.lua, index.lua and prologue.lua). ARGV[8] kind (0 unspecified, 1 consumable, 2 permanent,
 -- 3 time-limited), ARGV[9] quantity, ARGV[10] period in ms (0 when none), ARGV[11] maximum consumable total,
 -- ARGV[12] metadata as JSON, ARGV[13] maximum expiry (ms since the epoch).
 local kind = tonumber(ARGV[8])
@@ -29,6 +29,5 @@ if not record then
 end
 
 local record_raw = cjson.encode(record)
-redis.call('HSET', KEYS[1], sku, record_raw)
-redis.call('ZADD', KEYS[2], 0, sku)
+put_item(sku, record_raw, record, now)
 return commit(record_raw, record_raw, {'quantity', ARGV[9], 'metadata', ARGV[12]})

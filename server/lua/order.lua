@@ -1,7 +1,8 @@
--- Shared head of the order scripts (after kinds.lua; server/store/entitlement_store.py prepends both). The order
+-- Shared head of the order scripts (after kinds.lua and index.lua; server/store/entitlement_store.py prepends them). The order
 -- hash is the order's idempotency record: its `status` says which events were applied, its `grants` what a cancel undoes.
 --
--- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] ledger stream, KEYS[4] order hash.
+-- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] ledger stream, KEYS[4] order hash, then the index keys
+-- (index.lua).
 -- ARGV[1] event id (the idempotency key written to the ledger), ARGV[2] order id, ARGV[3] actor,
 -- ARGV[4] order fields to record as JSON {name: string}; the scripts' own arguments follow.
 --
@@ -57,12 +58,6 @@ end
 local function write_items()
   for _, sku in ipairs(touched) do
     local entry = state[sku]
-    if entry.raw then
-      redis.call('HSET', KEYS[1], sku, entry.raw)
-      redis.call('ZADD', KEYS[2], 0, sku)
-    else
-      redis.call('HDEL', KEYS[1], sku)
-      redis.call('ZREM', KEYS[2], sku)
-    end
+    put_item(sku, entry.raw, entry.rec, now)
   end
 end

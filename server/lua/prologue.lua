@@ -1,6 +1,7 @@
 -- Shared head of every write script (server/store/entitlement_store.py prepends it).
 --
--- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] idempotency key, KEYS[4] audit ledger stream.
+-- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] idempotency key, KEYS[4] audit ledger stream, then the
+-- index keys (index.lua, prepended before this file).
 -- ARGV[1] request fingerprint, ARGV[2] idempotency TTL (ms), ARGV[3] operation name, ARGV[4] sku,
 -- ARGV[5] actor (API key name), ARGV[6] reason, ARGV[7] idempotency key in clear (for the ledger).
 --

@@ -1,7 +1,8 @@
 -- Records a recurring-subscription event (create, update, non-renewal, cancel) on the player's subscriptions
 -- hash, once per event id, atomically.
 --
--- KEYS[1] subscriptions hash, KEYS[2] applied-event marker, KEYS[3] ledger stream.
+-- (After kinds.lua and index.lua.) KEYS[1] subscriptions hash, KEYS[2] applied-event marker, KEYS[3] ledger
+-- stream, then the index keys (index.lua).
 -- ARGV[1] event id, ARGV[2] marker TTL (ms), ARGV[3] actor, ARGV[4] action (created, updated, non_renewing,
 -- canceled), ARGV[5] subscription id, ARGV[6] the event's fields as JSON (the record's keys; absent = unknown).
 --
@@ -51,7 +52,7 @@ if fresh then
 end
 local after = cjson.encode(record)
 if fresh then
-  redis.call('HSET', KEYS[1], sub_id, after)
+  put_subscription(sub_id, after, record)
 end
 local reason = action .. ' subscription ' .. sub_id
 if not fresh then

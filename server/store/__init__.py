@@ -4,11 +4,13 @@ records, in Redis.
 - `records`: entitlement kinds and limits, the commands a write takes and what reads and writes return.
 - `subscriptions`: the recurring-subscription record and the change one provider event makes to it.
 - `entitlement_store`: `EntitlementStore`, every read and write (each write one Lua script of `server/lua/`).
+- `pages`: what the listings return, one page of entitlements or subscriptions read through the player's indexes.
 - `replies`: the write scripts' flagged replies, and their error replies translated to `server.errors`.
 - `batcher`: single-entitlement reads sharing round trips under load.
 """
 
 from server.store.entitlement_store import EntitlementStore
+from server.store.pages import EntitlementPage, SubscriptionPage
 from server.store.records import (
     CONSUMABLE,
     KIND_NAMES,
@@ -35,6 +37,7 @@ __all__ = [
     "MAX_EXPIRES_AT_MS",
     "PERMANENT",
     "TIME_LIMITED",
+    "EntitlementPage",
     "EntitlementRecord",
     "EntitlementStore",
     "GrantCommand",
@@ -47,5 +50,6 @@ __all__ = [
     "RevokeResult",
     "SubscriptionChange",
     "SubscriptionOutcome",
+    "SubscriptionPage",
     "compact_json",
 ]

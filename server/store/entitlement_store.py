@@ -6,22 +6,28 @@ an update, and a replayed key never applies twice. All of one player's keys shar
 the same scripts run unchanged on Redis Cluster.
 
 Reads of single entitlements share round trips under load: while one is in flight, the next ones queue and go
-together in one pipeline (`server.store.batcher`).
+together in one pipeline (`server.store.batcher`). Listings read one page through the player's indexes
+(`server/lua/index.lua`, kept by every write script), one script per page, so that their work is bounded by the
+page, not by the player's history; a player written before the indexes existed is indexed on its first listing,
+in bounded steps (`build_index`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import redis.exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from core import scripts
 from core.connections import RedisClient, bounded, reply_text
+from core.errors import StoreUnavailable
 from core.keys import UserKeys, items_key
+from core.logs import user_ref
 from server.errors import FailedPrecondition
 from server.store.batcher import ReadBatcher
+from server.store.pages import EntitlementPage, SubscriptionPage
 from server.store.records import (
     MAX_CONSUMABLE_TOTAL,
     MAX_EXPIRES_AT_MS,
@@ -36,9 +42,14 @@ from server.store.records import (
     compact_json,
 )
 from server.store.replies import script_error, split_reply
-from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
+from server.store.subscriptions import SubscriptionChange, SubscriptionOutcome
 
 T = TypeVar("T")
+
+#: How many entries of a player's items (then subscriptions) one step of `build_index` scans, about.
+INDEX_BUILD_STEP = 250
+#: How many expired entries one ListEntitlements page may prune from the indexes, and skip while walking them.
+EXPIRED_BUDGET = 500
 
 
 class EntitlementStore:
@@ -54,14 +65,16 @@ class EntitlementStore:
         self._redis = redis
         self._timeout_s = timeout_s
         self._idempotency_ttl_ms = idempotency_ttl_ms
-        self._grant: AsyncScript = scripts.register(redis, "server", "kinds.lua", "prologue.lua", "grant.lua")
-        self._revoke: AsyncScript = scripts.register(redis, "server", "prologue.lua", "revoke.lua")
-        self._order_paid: AsyncScript = scripts.register(redis, "server", "kinds.lua", "order.lua", "order_paid.lua")
-        self._order_canceled: AsyncScript = scripts.register(
-            redis, "server", "kinds.lua", "order.lua", "order_canceled.lua"
-        )
-        self._subscription: AsyncScript = scripts.register(redis, "server", "kinds.lua", "subscription.lua")
-        self._event_ledger: AsyncScript = scripts.register(redis, "server", "kinds.lua", "event_ledger.lua")
+        # index.lua goes before every script that writes the items or subscriptions hash, and reads the indexes.
+        self._grant: AsyncScript = self._script("kinds.lua", "index.lua", "prologue.lua", "grant.lua")
+        self._revoke: AsyncScript = self._script("index.lua", "prologue.lua", "revoke.lua")
+        self._order_paid: AsyncScript = self._script("kinds.lua", "index.lua", "order.lua", "order_paid.lua")
+        self._order_canceled: AsyncScript = self._script("kinds.lua", "index.lua", "order.lua", "order_canceled.lua")
+        self._subscription: AsyncScript = self._script("kinds.lua", "index.lua", "subscription.lua")
+        self._index_build: AsyncScript = self._script("kinds.lua", "index.lua", "index_build.lua")
+        self._list_page: AsyncScript = self._script("kinds.lua", "index.lua", "list_page.lua")
+        self._list_subscriptions: AsyncScript = self._script("kinds.lua", "index.lua", "list_subscriptions.lua")
+        self._event_ledger: AsyncScript = self._script("kinds.lua", "event_ledger.lua")
         self._reads = ReadBatcher(redis, timeout_s)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
@@ -111,47 +124,63 @@ class EntitlementStore:
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
 
     async def list_page(
-        self, user_id: str, after_sku: str | None, count: int
-    ) -> tuple[list[EntitlementRecord], str | None]:
-        """Reads up to `count` entitlements with skus after `after_sku` (byte order), expired ones included.
+        self, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
+    ) -> EntitlementPage:
+        """Reads one page of a player's entitlements with skus after `after_sku` (byte order), in one script.
 
-        Returns:
-            The entitlements, and the sku to continue after, or None once the end was reached.
+        With `include_expired`, every held sku, `page_size` of them unless the end comes first. Without, the active
+        ones: expired items are skipped through the indexes without being read, at most `EXPIRED_BUDGET` of them
+        per call (and as many pruned from the indexes), so the page may be short, even empty, while more follow.
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
         """
         keys = UserKeys(user_id)
+        args = ["all" if include_expired else "live", _lex_after(after_sku), page_size, EXPIRED_BUDGET]
+        reply = await self._read_indexed(user_id, lambda: self._list_page(keys=keys.indexes, args=args))
+        return EntitlementPage.from_reply(user_id, reply)
 
-        async def page() -> tuple[list[EntitlementRecord], str | None]:
-            found = await self._redis.zrangebylex(keys.skus, _lex_after(after_sku), b"+", start=0, num=count)
-            skus = [reply_text(sku) for sku in found]
-            if not skus:
-                return [], None
-            raws = await self._redis.hmget(keys.items, skus)
-            records = [
-                EntitlementRecord.decode(user_id, sku, raw)
-                for sku, raw in zip(skus, raws, strict=True)
-                if raw is not None  # revoked between the two reads
-            ]
-            return records, skus[-1] if len(skus) == count else None
+    async def subscriptions_page(
+        self, user_id: str, offset: int, limit: int, *, include_inactive: bool
+    ) -> SubscriptionPage:
+        """Reads one page of a player's subscriptions (recurring ones, then time-limited items), by offset.
 
-        return await self._run(page())
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        keys = UserKeys(user_id)
+        args = ["1" if include_inactive else "0", offset, limit]
+        reply = await self._read_indexed(user_id, lambda: self._list_subscriptions(keys=keys.indexes, args=args))
+        return SubscriptionPage.from_reply(user_id, reply)
 
-    async def has_sku_after(self, user_id: str, sku: str) -> bool:
-        """Whether the player holds any sku after `sku` in byte order."""
-        found = await self._run(self._redis.zrangebylex(UserKeys(user_id).skus, _lex_after(sku), b"+", start=0, num=1))
-        return bool(found)
+    async def build_index(self, user_id: str, *, max_steps: int | None = None) -> bool:
+        """Indexes the data of a player written before the indexes existed, one bounded script per step
+        (`INDEX_BUILD_STEP` entries each), so that Redis is never held long whatever the player's history; a
+        no-op once they are complete. The listings call it when they need it.
 
-    async def all_entitlements(self, user_id: str) -> list[EntitlementRecord]:
-        """Returns every stored entitlement of a player, in sku order."""
-        raw = await self._run(self._redis.hgetall(UserKeys(user_id).items))
-        return sorted(
-            (EntitlementRecord.decode(user_id, reply_text(sku), value) for sku, value in raw.items()),
-            key=lambda r: r.sku.encode(),
-        )
+        Returns:
+            True once the indexes are complete; False when `max_steps` steps were not enough.
 
-    async def recurring_subscriptions(self, user_id: str) -> list[RecurringSubscription]:
-        """Returns the player's recurring subscriptions as recorded from the provider's webhooks, in no order."""
-        raw = await self._run(self._redis.hgetall(UserKeys(user_id).subscriptions))
-        return [RecurringSubscription.from_json(value) for value in raw.values()]
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        keys = UserKeys(user_id).indexes
+        steps = 0
+        while max_steps is None or steps < max_steps:
+            steps += 1
+            if int(await self._run(self._index_build(keys=keys, args=[INDEX_BUILD_STEP]))) == 1:
+                return True
+        return False
+
+    async def _read_indexed(self, user_id: str, read: Callable[[], Awaitable[Any]]) -> Sequence[Any]:
+        """Runs a listing script, building the player's indexes first when it answers that they are not."""
+        reply = await self._run(read())
+        if reply_text(reply[0]) == "unindexed":
+            await self.build_index(user_id)
+            reply = await self._run(read())
+            if reply_text(reply[0]) == "unindexed":  # the state key was removed meanwhile (an operator)
+                raise StoreUnavailable(f"the indexes of player {user_ref(user_id)} were removed while being read")
+        return cast(Sequence[Any], reply)
 
     async def ledger(self, user_id: str, count: int = 100) -> list[LedgerEntry]:
         """Returns the newest `count` ledger entries of a player, newest first."""
@@ -222,7 +251,9 @@ class EntitlementStore:
         keys = UserKeys(user_id)
         args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, compact_json(change.fields())]
         reply = await self._run(
-            self._subscription(keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger], args=args)
+            self._subscription(
+                keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger, *keys.indexes], args=args
+            )
         )
         return SubscriptionOutcome.from_reply(reply)
 
@@ -249,7 +280,9 @@ class EntitlementStore:
     async def _run_order(self, script: AsyncScript, user_id: str, order_id: str, args: list[Any]) -> OrderOutcome:
         keys = UserKeys(user_id)
         try:
-            reply = await self._run(script(keys=[keys.items, keys.skus, keys.ledger, keys.order(order_id)], args=args))
+            reply = await self._run(
+                script(keys=[keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args=args)
+            )
         except FailedPrecondition as exc:
             # The store's generic message lacks the sku: name it from the script's error.
             cause = exc.__cause__
@@ -263,12 +296,15 @@ class EntitlementStore:
         """Raises StoreUnavailable unless Redis answers."""
         await self._run(self._redis.ping())
 
+    def _script(self, *names: str) -> AsyncScript:
+        return scripts.register(self._redis, "server", *names)
+
     def _common_args(self, fingerprint: str, operation: str, sku: str, actor: str, reason: str) -> list[Any]:
         return [fingerprint, self._idempotency_ttl_ms, operation, sku, actor, reason]
 
     @staticmethod
     def _write_keys(keys: UserKeys, idempotency_key: str) -> list[str]:
-        return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger]
+        return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger, *keys.indexes]
 
     async def _run(self, operation: Awaitable[T], *, self_bounded: bool = False) -> T:
         """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.

@@ -66,13 +66,15 @@ class Watcher:
     """One stream's view of a tracker: the updates not yet sent, then how the stream ends.
 
     `next()` returns the updates in order, then None once the tracker has finished (the order reached its end),
-    or raises the error the tracker ended this stream with. `close()` leaves the tracker; it is idempotent.
+    or raises the error the tracker ended this stream with. `close()` leaves the tracker and runs the `on_close`
+    callback given to `release_with`; it is idempotent.
     """
 
-    __slots__ = ("_ended", "_error", "_items", "_tracker", "_waiter", "last", "token")
+    __slots__ = ("_ended", "_error", "_items", "_on_close", "_tracker", "_waiter", "last", "token")
 
     def __init__(self, tracker: OrderTracker, token: str) -> None:
         self._tracker: OrderTracker | None = tracker
+        self._on_close: Callable[[], None] | None = None
         self._items: deque[Observation] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
@@ -123,10 +125,17 @@ class Watcher:
         self.last = self._items.popleft()
         return self.last
 
+    def release_with(self, on_close: Callable[[], None]) -> None:
+        """Has `close()` call `on_close` once (what the stream holds beyond its place in the tracker)."""
+        self._on_close = on_close
+
     def close(self) -> None:
         tracker, self._tracker = self._tracker, None
         if tracker is not None:
             tracker.leave(self)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 class OrderTracker:

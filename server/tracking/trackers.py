@@ -1,4 +1,5 @@
-"""The replica's order trackers: at most one per order, shared by every stream watching it, within a cap.
+"""The replica's order trackers: at most one per order, shared by every stream watching it, within a cap; and the
+streams each API key holds open, within a cap of their own, so that one caller cannot take every tracker.
 
 `OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription) and the provider's order
 sources (`core.order_sources`: its sockets, one per player, and its lookup, one HTTP session), which the
@@ -54,6 +55,8 @@ class OrderTracking:
         self._trackers: dict[TrackerKey, OrderTracker] = {}
         # (player, order) -> trackers, for the webhook feed (which does not know the project).
         self._by_order: dict[OrderRef, list[OrderTracker]] = {}
+        # API key name -> streams it holds open on this replica (a key is absent at 0).
+        self._streams_by_key: dict[str, int] = {}
         self._stopping = False
         self.feed = OrderStatusFeed(
             redis, cluster=cluster, dispatch=self._dispatch, followed=self._followed, metrics=metrics
@@ -70,15 +73,29 @@ class OrderTracking:
         """Subscribes to the webhook feed (in the background; it re-reads what it missed once subscribed)."""
         self.feed.start()
 
-    def watch(self, request: OrderWatch) -> Watcher:
-        """Starts watching an order: joins its tracker, or starts one.
+    def streams_of(self, caller: str) -> int:
+        """How many streams the API key named `caller` holds open on this replica now."""
+        return self._streams_by_key.get(caller, 0)
+
+    def watch(self, request: OrderWatch, caller: str) -> Watcher:
+        """Starts watching an order for the API key named `caller`: joins the order's tracker, or starts one.
+        The stream counts against the key's cap until its watcher is closed.
 
         Raises:
-            CapacityExceeded: a new tracker is needed and the replica follows its maximum of orders already.
+            CapacityExceeded: the key holds its maximum of streams open already, or a new tracker is needed and
+                the replica follows its maximum of orders already.
             ServiceStopping: the replica is shutting down.
         """
         if self._stopping:
             raise ServiceStopping("the service is shutting down; open the stream again")
+        held = self._streams_by_key.get(caller, 0)
+        limit = self.settings.stream_limit_per_key
+        if held >= limit:
+            self._metrics.order_streams_refused.labels(caller).inc()
+            raise CapacityExceeded(
+                f"API key '{caller}' holds its maximum of {limit} GetOrderStatus streams open on this replica; "
+                "close one, or retry later"
+            )
         key = (request.project_id, request.user_id, request.order_id)
         tracker = self._trackers.get(key)
         if tracker is None:
@@ -101,7 +118,19 @@ class OrderTracking:
             self._by_order.setdefault((request.user_id, request.order_id), []).append(tracker)
             self._metrics.order_trackers.inc()
             tracker.start()
-        return tracker.join(request.token)
+        watcher = tracker.join(request.token)
+        self._streams_by_key[caller] = held + 1
+        self._metrics.order_streams.labels(caller).inc()
+        watcher.release_with(lambda: self._release_stream(caller))
+        return watcher
+
+    def _release_stream(self, caller: str) -> None:
+        held = self._streams_by_key.get(caller, 0) - 1
+        if held > 0:
+            self._streams_by_key[caller] = held
+        else:
+            self._streams_by_key.pop(caller, None)
+        self._metrics.order_streams.labels(caller).dec()
 
     def _forget(self, tracker: OrderTracker) -> None:
         if self._trackers.get(tracker.key) is tracker:

@@ -222,7 +222,9 @@ class AsyncEntitlementsClient(_BaseClient):
             timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
 
         Returns:
-            The page and the token of the next one (empty on the last page).
+            The page and the token of the next one (empty on the last page). A page may hold fewer than
+            `page_size` entitlements, even none, while more follow (the server skips a bounded number of
+            expired items per call): only an empty `next_page_token` ends the listing.
 
         Raises:
             InvalidArgumentError: A field is out of range or the token belongs to another request.

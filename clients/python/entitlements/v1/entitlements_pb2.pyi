@@ -496,7 +496,9 @@ class ListEntitlementsResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass it as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
-    def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]: ...
+    def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]:
+        """At most `page_size`; fewer (even none) does not mean the end: only an empty `next_page_token` does."""
+
     def __init__(
         self,
         *,

@@ -105,6 +105,10 @@ class EntitlementServiceServicer:
     def ListEntitlements(self, request, context):
         """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
         left out unless `include_expired` is set.
+
+        A page's cost is bounded by its size, not by the player's history: without `include_expired`, one call
+        skips at most a fixed number of expired items (500). A page may therefore hold fewer entitlements than
+        `page_size`, even none, while `next_page_token` is set (AIP-158): keep paging until the token is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,7 +138,9 @@ class EntitlementServiceServicer:
         Errors, besides those of every RPC:
         NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
         UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
-        RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+        RESOURCE_EXHAUSTED  the replica follows its maximum of orders, or the API key holds its maximum of
+        streams open on the replica (ENTITLEMENTS_ORDER_STREAMS_PER_KEY); close a stream,
+        retry later or on another replica.
         UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
         state and Xsolla's current status).
         """

@@ -75,6 +75,10 @@ class EntitlementServiceStub:
     ListEntitlements: _grpc.UnaryUnaryMultiCallable[_entitlements_pb2.ListEntitlementsRequest, _entitlements_pb2.ListEntitlementsResponse]
     """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
     left out unless `include_expired` is set.
+
+    A page's cost is bounded by its size, not by the player's history: without `include_expired`, one call
+    skips at most a fixed number of expired items (500). A page may therefore hold fewer entitlements than
+    `page_size`, even none, while `next_page_token` is set (AIP-158): keep paging until the token is empty.
     """
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_entitlements_pb2.ListSubscriptionsRequest, _entitlements_pb2.ListSubscriptionsResponse]
     """Lists a player's subscriptions, in the shape of Xsolla's user subscriptions API: recurring subscriptions
@@ -96,7 +100,9 @@ class EntitlementServiceStub:
     Errors, besides those of every RPC:
       NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
       UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
-      RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+      RESOURCE_EXHAUSTED  the replica follows its maximum of orders, or the API key holds its maximum of
+                          streams open on the replica (ENTITLEMENTS_ORDER_STREAMS_PER_KEY); close a stream,
+                          retry later or on another replica.
       UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
                           state and Xsolla's current status).
     """
@@ -128,6 +134,10 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     ListEntitlements: _aio.UnaryUnaryMultiCallable[_entitlements_pb2.ListEntitlementsRequest, _entitlements_pb2.ListEntitlementsResponse]  # type: ignore[assignment]
     """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
     left out unless `include_expired` is set.
+
+    A page's cost is bounded by its size, not by the player's history: without `include_expired`, one call
+    skips at most a fixed number of expired items (500). A page may therefore hold fewer entitlements than
+    `page_size`, even none, while `next_page_token` is set (AIP-158): keep paging until the token is empty.
     """
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_entitlements_pb2.ListSubscriptionsRequest, _entitlements_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
     """Lists a player's subscriptions, in the shape of Xsolla's user subscriptions API: recurring subscriptions
@@ -149,7 +159,9 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     Errors, besides those of every RPC:
       NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
       UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
-      RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+      RESOURCE_EXHAUSTED  the replica follows its maximum of orders, or the API key holds its maximum of
+                          streams open on the replica (ENTITLEMENTS_ORDER_STREAMS_PER_KEY); close a stream,
+                          retry later or on another replica.
       UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
                           state and Xsolla's current status).
     """
@@ -202,6 +214,10 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_entitlements_pb2.ListEntitlementsResponse, _abc.Awaitable[_entitlements_pb2.ListEntitlementsResponse]]:
         """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
         left out unless `include_expired` is set.
+
+        A page's cost is bounded by its size, not by the player's history: without `include_expired`, one call
+        skips at most a fixed number of expired items (500). A page may therefore hold fewer entitlements than
+        `page_size`, even none, while `next_page_token` is set (AIP-158): keep paging until the token is empty.
         """
 
     @_abc_1.abstractmethod
@@ -235,7 +251,9 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors, besides those of every RPC:
           NOT_FOUND           Xsolla does not know the order in that project (Get order answered 404).
           UNAUTHENTICATED     Xsolla rejected `token` (Get order answered 401 or 403), or no API key.
-          RESOURCE_EXHAUSTED  the replica follows its maximum of orders; retry later or on another replica.
+          RESOURCE_EXHAUSTED  the replica follows its maximum of orders, or the API key holds its maximum of
+                              streams open on the replica (ENTITLEMENTS_ORDER_STREAMS_PER_KEY); close a stream,
+                              retry later or on another replica.
           UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
                               state and Xsolla's current status).
         """

@@ -1,0 +1,104 @@
+-- A player's read indexes, kept by every script that writes the items or recurring-subscriptions hash
+-- (server/store/entitlement_store.py prepends this file to them, and to the scripts that build and read the
+-- indexes). With them a listing reads what its page needs, however many expired items the player's history holds.
+--
+-- The last nine KEYS of such a script are always, in this order (core.keys.UserKeys.indexes):
+--   state        string: "ready" once the indexes are complete; "items <cursor>" or "subs <cursor>" while the
+--                data of a player written before they existed is being indexed (index_build.lua); absent before
+--   items, subs  the items hash and the recurring-subscriptions hash
+--   skus         sorted set, scores 0: every held sku (ListEntitlements with include_expired)
+--   live         sorted set, scores 0: the held skus not known to be expired. A time-limited sku leaves it when a
+--                write or a listing sees it expired, or when `expiry` is pruned (list_page.lua)
+--   expiry       sorted set: the time-limited skus of `live`, scored by expires_at (ms)
+--   timed        sorted set: every held time-limited sku, scored by -granted_at (ms), so that it reads newest
+--                first, then by sku
+--   subs_order   sorted set: every recurring subscription id, scored by -date_create (ms; 0 when unknown)
+--   subs_active  sorted set: the recurring subscriptions in force (active, non_renewing), scored as subs_order
+--
+-- Scores are written with %.17g: exact for any double (expiries stay below 10^14 ms).
+
+local IX = {}
+do
+  local n = #KEYS - 9
+  IX.state, IX.items, IX.subs, IX.skus = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
+  IX.live, IX.expiry, IX.timed = KEYS[n + 5], KEYS[n + 6], KEYS[n + 7]
+  IX.subs_order, IX.subs_active = KEYS[n + 8], KEYS[n + 9]
+end
+
+-- Writes keep the indexes once they exist, complete or being built (a record the build already passed stays
+-- right); a player with no data yet starts with complete ones. Read before this script writes anything.
+local index_state = redis.call('GET', IX.state)
+local index_kept = index_state ~= false or redis.call('EXISTS', IX.items, IX.subs) == 0
+-- Whether the indexes can be read: complete, or the player has no data at all (then nothing is written: a read
+-- of an unknown player leaves no key behind).
+local index_ready = index_state == 'ready' or (not index_state and index_kept)
+
+local function score(value)
+  return string.format('%.17g', value)
+end
+
+local function index_started()
+  if not index_state then
+    redis.call('SET', IX.state, 'ready')
+    index_state = 'ready'
+  end
+end
+
+-- Puts one sku in the indexes as `record` (the decoded record; nil: no longer held) says, at `now` (ms).
+local function index_item(sku, record, now)
+  if record and record.k == 3 then
+    redis.call('ZADD', IX.timed, score(-(tonumber(record.g) or 0)), sku)
+    local expires = tonumber(record.e)
+    if expires and expires > now then
+      redis.call('ZADD', IX.live, 0, sku)
+      redis.call('ZADD', IX.expiry, score(expires), sku)
+      return
+    end
+  else
+    redis.call('ZREM', IX.timed, sku)
+    if record then
+      redis.call('ZADD', IX.live, 0, sku)
+      redis.call('ZREM', IX.expiry, sku)
+      return
+    end
+  end
+  redis.call('ZREM', IX.live, sku)
+  redis.call('ZREM', IX.expiry, sku)
+end
+
+-- Puts one recurring subscription in the indexes (`record` decoded; nil: unreadable, listed only with the
+-- inactive ones).
+local function index_subscription(id, record)
+  local created = record and tonumber(record.date_create_ms) or 0
+  redis.call('ZADD', IX.subs_order, score(-created), id)
+  if record and (record.status == 'active' or record.status == 'non_renewing') then
+    redis.call('ZADD', IX.subs_active, score(-created), id)
+  else
+    redis.call('ZREM', IX.subs_active, id)
+  end
+end
+
+-- The one way the write scripts change the items hash: writes `raw` (the record's JSON, `record` decoded) for
+-- `sku`, or removes the sku when `raw` is nil, and keeps `skus` and the indexes right.
+local function put_item(sku, raw, record, now)
+  if raw then
+    redis.call('HSET', IX.items, sku, raw)
+    redis.call('ZADD', IX.skus, 0, sku)
+  else
+    redis.call('HDEL', IX.items, sku)
+    redis.call('ZREM', IX.skus, sku)
+  end
+  if index_kept then
+    index_started()
+    index_item(sku, raw and record or nil, now)
+  end
+end
+
+-- The one way a script changes the subscriptions hash: writes `raw` (`record` decoded) for subscription `id`.
+local function put_subscription(id, raw, record)
+  redis.call('HSET', IX.subs, id, raw)
+  if index_kept then
+    index_started()
+    index_subscription(id, record)
+  end
+end
