@@ -31,7 +31,6 @@ from core.connections import RedisClient
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
 from entitlements.v1 import entitlements_pb2 as pb
-from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
 from server.config import Settings
@@ -40,7 +39,7 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import EmbeddedStoreMetrics, ServiceMetrics
-from server.rpc import RpcRuntime
+from server.rpc import RpcRuntime, add_service
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
@@ -49,7 +48,8 @@ from server.tracking import OrderTracking
 
 log = structlog.get_logger("server.app")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EntitlementService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["EntitlementService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,12 @@ class Service:
         server = grpc.aio.server(options=grpc_server_options(settings))
         self._grpc = server
         runtime = RpcRuntime(
-            Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode), self.metrics
+            Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode),
+            self.metrics,
+            SERVICE,
         )
-        pb_grpc.add_EntitlementServiceServicer_to_server(
-            EntitlementServicer(store, runtime, self.metrics, tracking), server
-        )
+        # Not the generated add_EntitlementServiceServicer_to_server: the requests are decoded after authentication.
+        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.grpc_host}:{settings.grpc_port}"

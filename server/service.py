@@ -16,7 +16,6 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlements_pb2 as pb
-from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 from server import validation
 from server.auth import Principal
 from server.config import MAX_ORDER_WAIT_S
@@ -109,8 +108,9 @@ def recurring_subscription(record: RecurringSubscription) -> pb.Subscription:
     return subscription
 
 
-class EntitlementServicer(pb_grpc.EntitlementServiceServicer):
-    """Implements entitlements.v1.EntitlementService over an EntitlementStore."""
+class EntitlementServicer:
+    """Implements entitlements.v1.EntitlementService over an EntitlementStore (registered by `server.rpc.add_service`;
+    each method takes the request's bytes, and its body gets them decoded once the caller is authorized)."""
 
     def __init__(
         self, store: EntitlementStore, runtime: RpcRuntime, metrics: ServiceMetrics, tracking: OrderTracking

@@ -6,7 +6,6 @@ Nothing reaches the store before its request has passed through here, so an inva
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,10 @@ MAX_METADATA_KEY_BYTES = 64
 MAX_METADATA_VALUE_BYTES = 1024
 MAX_PERIOD_MS = 36_500 * 86_400_000
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+# The longest token ListEntitlements makes is about 2,100 characters (a 256-byte sku of characters JSON escapes
+# as \uXXXX); anything longer was not made here.
+MAX_PAGE_TOKEN_CHARS = 4096
+_PAGE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_SUBSCRIPTION_LIMIT, MAX_SUBSCRIPTION_LIMIT = 15, 100
 _LOCALE = re.compile(r"^[A-Za-z]{2}$")
 _KINDS = frozenset({0, CONSUMABLE, PERMANENT, TIME_LIMITED})
@@ -137,14 +140,18 @@ def encode_page_token(user_id: str, last_sku: str, include_expired: bool) -> str
 
 
 def _decode_page_token(token: str, user_id: str, include_expired: bool) -> str:
+    # The bound comes first: what follows is base64 and JSON, whose work (and nesting) grows with the input.
+    if len(token) > MAX_PAGE_TOKEN_CHARS or not _PAGE_TOKEN.fullmatch(token):
+        raise InvalidArgument("page_token", "is not a token returned by ListEntitlements")
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        owner, after, expired = data["u"], data["a"], data["x"]
-    except (ValueError, binascii.Error, KeyError, TypeError):
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    except (ValueError, RecursionError):  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidArgument("page_token", "is not a token returned by ListEntitlements") from None
-    if owner != user_ref(user_id) or expired != include_expired or not isinstance(after, str):
+    if not isinstance(data, dict) or not isinstance(data.get("a"), str) or not isinstance(data.get("x"), bool):
+        raise InvalidArgument("page_token", "is not a token returned by ListEntitlements")
+    if data.get("u") != user_ref(user_id) or data["x"] != include_expired:
         raise InvalidArgument("page_token", "belongs to a different player or include_expired setting")
+    after: str = data["a"]
     return after
 
 

@@ -16,7 +16,10 @@ Identifiers: `user_id` is the player id the studio uses with Xsolla (the `user.i
 control characters; anything else is INVALID_ARGUMENT and nothing is written.
 
 Errors every RPC may return:
-  INVALID_ARGUMENT   a field is missing or out of range; the message names the field. Do not retry.
+  INVALID_ARGUMENT   a field is missing or out of range; the message names the field. Do not retry. Bytes
+                     that are not the RPC's request message (malformed protobuf, a string field that is not
+                     UTF-8) are INVALID_ARGUMENT too, "request: is not a valid entitlements.v1.<Request> ...".
+                     The API key and its scope are checked first: without them, nothing else is said.
   UNAUTHENTICATED    no or unknown API key.
   PERMISSION_DENIED  the key lacks the scope the RPC needs.
   UNAVAILABLE        the store (Redis) could not be reached in time. Retry with the same idempotency key.
