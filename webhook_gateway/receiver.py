@@ -3,14 +3,20 @@
 The order of the checks is the contract:
 
 1. the sender's network, when an allow-list is configured (403), before anything is read;
-2. the body's size, from Content-Length and again while reading (413), and its arrival in time (408);
-3. the signature over the raw bytes (400 INVALID_SIGNATURE), before anything in the body is believed;
-4. the body's meaning (400 INVALID_PARAMETER naming the field);
-5. the action: store the event (204 once Redis holds it, also for a duplicate; 503 when Redis cannot), or ask
+2. the signature header's presence and form (400 INVALID_SIGNATURE), before the body is read;
+3. the body's size, from Content-Length and again while reading (413), and its arrival in time (408);
+4. the signature over the raw bytes (400 INVALID_SIGNATURE), hashed as they arrive: nothing in the body is
+   parsed, let alone believed, before a configured secret is found to have signed it;
+5. the body's meaning (400 INVALID_PARAMETER naming the field);
+6. the action: store the event (204 once Redis holds it, also for a duplicate; 503 when Redis cannot), or ask
    the user directory (204 / 200, 400 INVALID_USER, 503 when it cannot answer).
 
 So a correctly signed order is never refused with a 4xx for a transient reason: everything transient is a 503
-that the sender retries. Nothing is stored unless every check passed. The provider (`core.webhooks`) verifies and
+that the sender retries. Nothing is stored unless every check passed. What a sender without a secret can cost
+is bounded: a request refused at 1-3 is answered at once and its connection closed without the rest of its
+body being read (aiohttp only drains it for at most a second, so that the sender gets the answer); one refused
+at 4 costs reading at most `max_body_bytes` and hashing them once, in steps no larger than a read from the
+socket, plus one short hash per configured secret; never a parse. The provider (`core.webhooks`) verifies and
 interprets the body and shapes the answers; the receiver knows nothing else about it.
 """
 
@@ -29,7 +35,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from core.errors import StoreUnavailable
 from core.eventlog import AppendResult
 from core.logs import user_ref
-from core.webhooks import Action, Notification, WebhookProvider
+from core.webhooks import Action, Authentication, Notification, WebhookProvider
 from entitlements.v1 import events_pb2
 from webhook_gateway.errors import (
     BodyTimeout,
@@ -151,10 +157,11 @@ class WebhookReceiver:
         record.remote = None if address is None else str(address)
         if not self._sources.allows(address):
             raise ForbiddenSource()
-        raw = await self._read_body(request, deadline, record)
+        authentication = self._provider.authentication(request.headers, request.match_info.get("project_id"))
+        raw = await self._read_body(request, deadline, record, authentication)
         received_at_ns = time.time_ns()
 
-        verified = self._provider.authenticate(raw, request.headers, request.match_info.get("project_id"))
+        verified = authentication.verify(raw)
         record.type_label = self._provider.type_label(verified)
         record.project_id = verified.project_id
         notification = self._provider.interpret(verified, received_at_ns)
@@ -166,7 +173,9 @@ class WebhookReceiver:
         except TimeoutError as exc:
             raise ProcessingTimeout() from exc
 
-    async def _read_body(self, request: web.Request, deadline: float, record: _Record) -> bytes:
+    async def _read_body(
+        self, request: web.Request, deadline: float, record: _Record, authentication: Authentication
+    ) -> bytes:
         limit = self._max_body_bytes
         too_large = f"The request body is larger than {limit} bytes"
         if request.content_length is not None and request.content_length > limit:
@@ -178,6 +187,8 @@ class WebhookReceiver:
                     body += chunk
                     if len(body) > limit:  # a chunked body (no Content-Length to check up front)
                         raise BodyTooLarge(too_large)
+                    # Hashed as it arrives: a chunk is at most what one read from the socket brought in.
+                    authentication.update(chunk)
         except TimeoutError:
             raise BodyTimeout() from None
         except (HttpProcessingError, RequestPayloadError, ConnectionError):
