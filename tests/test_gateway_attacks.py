@@ -41,6 +41,7 @@ from tests.helpers.gateway import (
     xsolla_settings,
 )
 from webhook_gateway import Gateway
+from webhook_gateway.bodies import BodyReader, Pace
 
 ROOT = Path(__file__).resolve().parent.parent
 MEGABYTE = 1024 * 1024
@@ -160,6 +161,87 @@ async def test_missing_or_malformed_signature_is_refused_before_the_body(
     error = {"error": {"code": "INVALID_SIGNATURE", "message": message}}
     assert rest.endswith(json.dumps(error, separators=(",", ":")).encode())
     assert parses == []
+
+
+# --- large bodies: a few at a time, at a bounded rate ------------------------------------------------------------
+
+
+class Arriving:
+    """A body arriving in the chunks a test hands it (`arrive`), read with `next_chunk` as aiohttp's `readany`."""
+
+    def __init__(self, *chunks: bytes, end: bool = True) -> None:
+        self._chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self.arrive(*chunks, end=end)
+
+    def arrive(self, *chunks: bytes, end: bool = False) -> None:
+        for chunk in chunks:
+            self._chunks.put_nowait(chunk)
+        if end:
+            self._chunks.put_nowait(b"")
+
+    async def next_chunk(self) -> bytes:
+        return await self._chunks.get()
+
+
+async def settle() -> None:
+    """Lets every task that can run, run."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_large_bodies_wait_for_one_another_small_ones_do_not() -> None:
+    """Past the small size a body is read only while it holds a slot; a small body never waits for one."""
+    reader = BodyReader(MEGABYTE, small_body_bytes=1024, large_body_slots=1, pace=Pace(1e12))
+    deadline = asyncio.get_running_loop().time() + 30
+    fed: list[tuple[str, int]] = []
+
+    async def read(name: str, body: Arriving) -> bytes:
+        return await reader.read(body.next_chunk, None, deadline, lambda chunk: fed.append((name, len(chunk))))
+
+    first = Arriving(b"a" * 2048, end=False)  # holds the slot, waiting for the rest of its body
+    holding = asyncio.create_task(read("first", first))
+    await settle()
+    second = Arriving(b"b" * 2048, b"b")
+    waiting = asyncio.create_task(read("second", second))
+    await settle()
+    small = await read("small", Arriving(b"c" * 1000))
+    await settle()
+    assert (len(small), holding.done(), waiting.done()) == (1000, False, False)
+    first.arrive(b"a", end=True)
+    assert len(await holding) == 2049
+    assert len(await waiting) == 2049
+    # The second was hashed as its first read came in, then waited for the first body to be done.
+    assert fed == [("first", 2048), ("second", 2048), ("small", 1000), ("first", 1), ("second", 1)]
+
+
+async def test_bytes_past_the_small_size_are_paced() -> None:
+    """Every byte past the small size books time on one pace shared by all large bodies, in arrival order."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    pace = Pace(1000, sleep=sleep)
+    await pace.take(500)
+    await pace.take(500)  # booked after the first: a second from the first call
+    assert [round(wait, 2) for wait in waits] == [0.5, 1.0]
+
+    reader = BodyReader(MEGABYTE, small_body_bytes=1024, pace=pace)  # the same pace, watched
+    waits.clear()
+    deadline = asyncio.get_running_loop().time() + 30
+    body = Arriving(b"x" * 1500, b"y" * 200)
+    assert await reader.read(body.next_chunk, None, deadline, lambda chunk: None) == b"x" * 1500 + b"y" * 200
+    # Booked after the second above (one second from the first): 476 bytes past the small size, then 200.
+    assert [round(wait, 1) for wait in waits] == [1.0 + 0.5, 1.0 + 0.5 + 0.2]
+
+
+async def test_a_signed_body_larger_than_any_webhook_is_still_accepted(
+    gateway: Gateway, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+) -> None:
+    """A correctly signed 600 KiB order (past the small size, so slotted and paced) is stored."""
+    body = fixture("order_paid_combined") + b" " * (600 * 1024)
+    assert (await send(http, gateway.url, body, PROJECT_SECRET)).status == 204
+    assert [stored.raw for stored in await stored_events(redis_client)] == [body]
 
 
 # --- the bare path: the candidates and the project the body names ------------------------------------------------

@@ -35,6 +35,7 @@ from core.eventlog import EventLog
 from core.metrics import MetricsEndpoint
 from core.webhooks import WebhookProvider
 from providers import xsolla as xsolla_provider
+from webhook_gateway.bodies import BodyReader
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError, ErrorBody, http_error_answer, internal_error_answer
 from webhook_gateway.metrics import GatewayMetrics
@@ -223,7 +224,7 @@ class Gateway:
                 sources=SourceFilter(
                     settings.allowed_networks, settings.trusted_proxy_header, settings.trusted_proxy_hops
                 ),
-                max_body_bytes=settings.max_body_bytes,
+                bodies=BodyReader(settings.max_body_bytes),
                 request_timeout_s=settings.request_timeout_s,
                 # One connection stays free for /readyz's PING during a burst.
                 max_concurrent_stores=max(1, settings.redis_max_connections - 1),
