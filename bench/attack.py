@@ -90,8 +90,9 @@ class AttackResult:
     Attributes:
         rate_per_s, duration_s: the valid webhooks' rate and each window's length.
         attackers, body_bytes: requests the attackers keep in flight, and each one's body size.
+        signature: the attackers' signature header, "wrong" or "missing".
         quiet, attacked: the valid webhooks of each window.
-        attack_requests_per_s, attack_mib_per_s: the attackers' completed requests and bytes sent, per second.
+        attack_requests_per_s: the attackers' completed requests per second.
         attack_answers: the attackers' answers by status (or error).
         gateway_results: the gateway's own `gateway_webhooks_total` increase by result, over both windows.
     """
@@ -100,10 +101,10 @@ class AttackResult:
     duration_s: float
     attackers: int
     body_bytes: int
+    signature: str
     quiet: Window
     attacked: Window
     attack_requests_per_s: float
-    attack_mib_per_s: float
     attack_answers: dict[str, int]
     gateway_results: dict[str, int]
 
@@ -147,20 +148,23 @@ async def send_valid(
     return {"statuses": dict(statuses), "latencies_us": latencies_us}
 
 
-async def flood(url: str, *, attackers: int, body_bytes: int, start_at: float, end_at: float) -> dict[str, Any]:
-    """Keeps `attackers` badly signed `body_bytes` bodies in flight from `start_at` to `end_at`."""
+async def flood(
+    url: str, *, attackers: int, body_bytes: int, start_at: float, end_at: float, signature: str = "wrong"
+) -> dict[str, Any]:
+    """Keeps `attackers` badly signed (`signature` "wrong") or unsigned ("missing") `body_bytes` bodies in flight
+    from `start_at` to `end_at`."""
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # after everything else on its core
     body = b"[" + b"1.5," * ((body_bytes - 3) // 4) + b"1]"  # each decimal becomes a Decimal when parsed
     statuses: Counter[str] = Counter()
-    sent_bytes = 0
     timeout = aiohttp.ClientTimeout(total=ATTACK_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=attackers), timeout=timeout) as http:
         await asyncio.sleep(max(0.0, start_at - time.time()))
 
         async def attacker() -> None:
-            nonlocal sent_bytes
             while time.time() < end_at:
-                headers = {"Authorization": "Signature " + secrets.token_hex(20), "Content-Type": "application/json"}
+                headers = {"Content-Type": "application/json"}
+                if signature == "wrong":
+                    headers["Authorization"] = "Signature " + secrets.token_hex(20)
                 try:
                     async with http.post(url, data=body, headers=headers) as response:
                         await response.read()
@@ -169,10 +173,9 @@ async def flood(url: str, *, attackers: int, body_bytes: int, start_at: float, e
                     status = type(exc).__name__
                 if time.time() <= end_at:
                     statuses[status] += 1
-                    sent_bytes += len(body)
 
         await asyncio.gather(*(attacker() for _ in range(attackers)))
-    return {"statuses": dict(statuses), "sent_bytes": sent_bytes, "seconds": end_at - start_at}
+    return {"statuses": dict(statuses), "seconds": end_at - start_at}
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -212,6 +215,7 @@ def run_attack(
     duration_s: float = 5.0,
     attackers: int = 32,
     body_bytes: int = 1024 * 1024,
+    signature: str = "wrong",
     gateway_tree: Path | None = None,
     log_level: str = "info",
 ) -> AttackResult:
@@ -223,6 +227,8 @@ def run_attack(
         rate_per_s, duration_s: the valid webhooks' rate, and each window's length in seconds.
         attackers, body_bytes: requests the attackers keep in flight, and their bodies' size (the gateway's
             default limit is 1 MiB, so the default is the largest body it reads).
+        signature: the attackers' Authorization header: "wrong" (well-formed, made by no secret: the body must
+            be read to find out) or "missing" (refused from the headers).
         gateway_tree: a checkout of the project to run the gateway from (None: this one).
         log_level: the gateway's log level (one line per webhook at `info`, refusals included).
     """
@@ -255,7 +261,11 @@ def run_attack(
             flooder = None
             if attacked:
                 argv = [sys.executable, "-m", "bench.attack", "flood", f"--url={url}", f"--attackers={attackers}"]
-                argv += [f"--body-bytes={body_bytes}", f"--start-at={start_at - ATTACK_LEAD_S!r}"]
+                argv += [
+                    f"--body-bytes={body_bytes}",
+                    f"--signature={signature}",
+                    f"--start-at={start_at - ATTACK_LEAD_S!r}",
+                ]
                 flooder = Child("attackers", [*argv, f"--end-at={end_at!r}"], cores=placement.load, cwd=ROOT)
                 children.append(flooder)
             sender = valid("valid sender" + (" (attacked)" if attacked else ""), FIRST_ORDER * (1 + attacked), start_at)
@@ -275,10 +285,10 @@ def run_attack(
         duration_s=duration_s,
         attackers=attackers,
         body_bytes=body_bytes,
+        signature=signature,
         quiet=windows[0],
         attacked=windows[1],
         attack_requests_per_s=sum(attack["statuses"].values()) / seconds,
-        attack_mib_per_s=attack["sent_bytes"] / seconds / 2**20,
         attack_answers=dict(attack["statuses"]),
         gateway_results=dict(sorted(increase.items())),
     )
@@ -310,8 +320,8 @@ def attack_table(result: AttackResult) -> str:
     )
     answers = ", ".join(f"{status} x{count:,}" for status, count in sorted(result.attack_answers.items()))
     return (
-        f"{table}\nattackers: {result.attack_requests_per_s:,.0f} requests/s of {result.body_bytes / 2**20:g} MiB "
-        f"({result.attack_mib_per_s:,.0f} MiB/s), answered {answers}; goal: p99 < 100 ms while attacked"
+        f"{table}\nattackers ({result.signature} signature, {result.body_bytes / 2**20:g} MiB bodies): "
+        f"{result.attack_requests_per_s:,.0f} requests/s, answered {answers}; goal: p99 < 100 ms while attacked"
     )
 
 
@@ -329,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     attack.add_argument("--url", required=True)
     attack.add_argument("--attackers", type=int, required=True)
     attack.add_argument("--body-bytes", type=int, required=True)
+    attack.add_argument("--signature", choices=("wrong", "missing"), required=True)
     attack.add_argument("--start-at", type=float, required=True)
     attack.add_argument("--end-at", type=float, required=True)
     for command in (parser, run):
@@ -336,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--duration-s", type=float, default=5.0, help="each window (default 5)")
         command.add_argument("--attackers", type=int, default=32, help="attack requests in flight (default 32)")
         command.add_argument("--body-bytes", type=int, default=1024 * 1024, help="attack body size (default 1 MiB)")
+        command.add_argument(
+            "--signature", choices=("wrong", "missing"), default="wrong", help="the attackers' header (default wrong)"
+        )
         command.add_argument("--gateway-tree", type=Path, default=None, help="run the gateway from this checkout")
         command.add_argument("--server-core", type=int, default=0)
         command.add_argument("--load-core", type=int, default=1)
@@ -357,7 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "flood":
         attack_run = flood(
-            args.url, attackers=args.attackers, body_bytes=args.body_bytes, start_at=args.start_at, end_at=args.end_at
+            args.url,
+            attackers=args.attackers,
+            body_bytes=args.body_bytes,
+            start_at=args.start_at,
+            end_at=args.end_at,
+            signature=args.signature,
         )
         json.dump(asyncio.run(attack_run), sys.stdout)
         return 0
@@ -373,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.duration_s,
             attackers=args.attackers,
             body_bytes=args.body_bytes,
+            signature=args.signature,
             gateway_tree=args.gateway_tree,
         )
     print(attack_table(outcome))

@@ -163,6 +163,33 @@ async def test_missing_or_malformed_signature_is_refused_before_the_body(
     assert parses == []
 
 
+async def test_a_refused_body_is_not_drained(gateway: Gateway) -> None:
+    """After refusing from the headers, the gateway closes the connection instead of reading the body it is sent."""
+    announced = 64 * MEGABYTE
+    head = f"POST {gateway.path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {announced}\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    written = 0
+    try:
+        writer.write(head.encode())
+        answer = await asyncio.wait_for(reader.readuntil(b'"}}'), timeout=10)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        reset = False
+        try:  # reset once what the two sockets' buffers hold is full
+            while written < announced:
+                writer.write(b" " * MEGABYTE)
+                await asyncio.wait_for(writer.drain(), timeout=10)
+                written += MEGABYTE
+        except ConnectionError:
+            reset = True
+        assert reset
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+    # A lingering close would have read and discarded all of it, at the speed of loopback.
+    assert written < announced // 4
+
+
 # --- large bodies: a few at a time, at a bounded rate ------------------------------------------------------------
 
 

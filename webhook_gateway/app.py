@@ -47,7 +47,6 @@ log = structlog.get_logger("webhook_gateway")
 
 Readiness = Callable[[], Awaitable[bool]]
 
-_LINGERING_S = 1.0
 # The host values that mean "every interface", for which the URL names loopback instead.
 _ALL_INTERFACES = ("", "0.0.0.0", "::")  # noqa: S104  # compared with, never bound to
 
@@ -237,16 +236,19 @@ class Gateway:
                 error_body=provider.error_body,
             )
             # Handlers are not cancelled when the sender hangs up: an event being stored is stored, and
-            # the sender's retry then finds it a duplicate. After refusing a body (413, 408, 403) aiohttp reads and
-            # discards what keeps arriving for at most `_LINGERING_S` before closing, so that the sender gets
-            # the answer rather than a connection reset, without the gateway reading a huge body to its end.
+            # the sender's retry then finds it a duplicate. A request answered before its body was read to the
+            # end (a refused signature header, 413, 408, 403, 404, 405) has its connection closed as soon as the
+            # answer is written: no lingering close, in which aiohttp would read and discard what keeps arriving,
+            # as fast as it arrives, for up to a second per connection, which a crowd of senders without a
+            # secret would turn into the event loop's whole time. A sender still sending may then see a reset
+            # rather than the answer; a provider's webhooks are a few KiB, sent whole before any answer.
             # Bodies are not decompressed: the signature covers the bytes as sent (Xsolla does not compress),
             # and a compressed body cannot inflate past the size limit.
             self._runner = web.AppRunner(
                 app,
                 access_log=None,
                 shutdown_timeout=settings.shutdown_grace_s,
-                lingering_time=_LINGERING_S,
+                lingering_time=0,
                 auto_decompress=False,
             )
             await self._runner.setup()

@@ -13,8 +13,8 @@ The order of the checks is the contract:
 
 So a correctly signed order is never refused with a 4xx for a transient reason: everything transient is a 503
 that the sender retries. Nothing is stored unless every check passed. What a sender without a secret can cost
-is bounded: a request refused at 1-3 is answered at once and its connection closed without the rest of its
-body being read (aiohttp only drains it for at most a second, so that the sender gets the answer); one refused
+is bounded: a request refused at 1-3 is answered at once and its connection closed as soon as the answer is
+written, the rest of its body never read (no lingering close: see `webhook_gateway.app`); one refused
 at 4 costs reading at most the body limit and hashing it once, in steps no larger than a read from the socket,
 plus one short hash per configured secret, and never a parse; bodies larger than any webhook are read a few
 at a time at a bounded rate (`webhook_gateway.bodies`). The provider (`core.webhooks`) verifies and
