@@ -47,6 +47,8 @@ log = structlog.get_logger("webhook_gateway")
 
 Readiness = Callable[[], Awaitable[bool]]
 
+# aiohttp's buffer of unread body per connection (its default is 64 KiB); see `Gateway.start`.
+_READ_BUFFER_BYTES = 16 * 1024
 # The host values that mean "every interface", for which the URL names loopback instead.
 _ALL_INTERFACES = ("", "0.0.0.0", "::")  # noqa: S104  # compared with, never bound to
 
@@ -242,6 +244,8 @@ class Gateway:
             # as fast as it arrives, for up to a second per connection, which a crowd of senders without a
             # secret would turn into the event loop's whole time. A sender still sending may then see a reset
             # rather than the answer; a provider's webhooks are a few KiB, sent whole before any answer.
+            # aiohttp stops reading a connection once `_READ_BUFFER_BYTES` x 2 of its body wait unread: small,
+            # so that a request refused from its headers costs one read from the socket, not several.
             # Bodies are not decompressed: the signature covers the bytes as sent (Xsolla does not compress),
             # and a compressed body cannot inflate past the size limit.
             self._runner = web.AppRunner(
@@ -249,6 +253,7 @@ class Gateway:
                 access_log=None,
                 shutdown_timeout=settings.shutdown_grace_s,
                 lingering_time=0,
+                read_bufsize=_READ_BUFFER_BYTES,
                 auto_decompress=False,
             )
             await self._runner.setup()
