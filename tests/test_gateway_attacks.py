@@ -1,5 +1,6 @@
 """The gateway against senders without a secret: nothing is parsed before a configured secret has signed the body,
-refusals from the headers alone never wait for the body, and HTTP-level garbage leaves one JSON log line each.
+refusals from the headers alone neither wait for the body nor read it, large bodies are read a few at a time at
+a bounded pace, and HTTP-level garbage leaves one JSON log line each.
 
 The bare path's choice of secret is checked against the rule it replaced (parse the body, take the project it
 names, try that project's secrets): for any configuration, body and signing secret, the same requests are
@@ -32,6 +33,7 @@ from tests.helpers.gateway import (
     PROJECT,
     PROJECT_SECRET,
     SECRET,
+    Answer,
     fixture,
     gateway_settings,
     running_gateway,
@@ -80,7 +82,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def error_code(answer: Any) -> tuple[int, str]:
+def error_code(answer: Answer) -> tuple[int, str]:
     return answer.status, answer.json()["error"]["code"]
 
 
