@@ -5,7 +5,8 @@ Parts, in the order they run (`--only` picks some; all by default):
 - `core`: the service's CheckEntitlement and Grant against a bare grpc.aio server under the same load
   (`bench.rpcs`): QPS, latency, CPU per call, their ratio, and how well its Valkey reads were pipelined;
 - `gateway`: signed, distinct order_paid webhooks into the real gateway against a bare aiohttp handler
-  (`bench.gateway`): the ingest rate and its ratio;
+  (`bench.gateway`): the ingest rate and its ratio; then valid webhooks at a steady rate, alone and while 32
+  senders post 1 MiB badly signed bodies (`bench.attack`): their p50/p99 and the attackers' rate;
 - `consumer`: webhook events applied per second by the service's consumer, against applying them directly
   (`bench.consumer`, a pinned child process);
 - `streams`: N GetOrderStatus streams opened at once on one service process, for each N: the time to open them,
@@ -38,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from bench import consumer, gateway, history, latency, report, streams
+from bench import attack, consumer, gateway, history, latency, report, streams
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
@@ -97,6 +98,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     hooks.add_argument(
         "--gateway-duration-s", type=float, default=10.0, help="measured time per server, in two halves (default 10)"
     )
+    hooks.add_argument(
+        "--attack-duration-s",
+        type=float,
+        default=5.0,
+        help="each window of the gateway's attack run, alone and attacked (default 5)",
+    )
     hooks.add_argument("--consumer-events", type=int, default=5000, help="events per measurement (default 5000)")
     order_status = parser.add_argument_group("streams and latency (GetOrderStatus)")
     order_status.add_argument(
@@ -145,6 +152,7 @@ class Results:
     stream_results: list[streams.StreamsResult] = dataclasses.field(default_factory=list)
     latency_result: latency.LatencyResult | None = None
     history_result: history.HistoryResult | None = None
+    attack_result: attack.AttackResult | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
@@ -159,6 +167,8 @@ class Results:
             document["latency"] = dataclasses.asdict(self.latency_result)
         if self.history_result is not None:
             document["history"] = dataclasses.asdict(self.history_result)
+        if self.attack_result is not None:
+            document["gateway_attack"] = dataclasses.asdict(self.attack_result)
         return document
 
 
@@ -198,6 +208,17 @@ def _gateway(args: argparse.Namespace, placement: Placement, workdir: Path, resu
         if run is not None:
             print_run(run.server, run)
     results.comparisons.append(comparison)
+    results.attack_result = attack.run_attack(
+        workdir=workdir / "attack",
+        placement=placement,
+        duration_s=args.attack_duration_s,
+        log_level=args.service_log_level,
+    )
+    _print(
+        f"  under attack: valid p50/p99 {results.attack_result.attacked.p50_ms:.1f}/"
+        f"{results.attack_result.attacked.p99_ms:.1f} ms "
+        f"(alone {results.attack_result.quiet.p50_ms:.1f}/{results.attack_result.quiet.p99_ms:.1f} ms)"
+    )
 
 
 def _consumer(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
@@ -282,6 +303,8 @@ def _print_tables(results: Results) -> None:
         if pipelined:
             _print("\nValkey commands per client-socket read, service's CheckEntitlement runs (INFO stats):")
             _print("\n".join(pipelined))
+    if results.attack_result is not None:
+        _print("\n" + attack.attack_table(results.attack_result))
     if results.consumer_result is not None:
         _print("\n" + consumer.consumer_table(results.consumer_result))
     if results.stream_results:

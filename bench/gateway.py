@@ -279,7 +279,7 @@ def _read_port(child: Child, timeout_s: float) -> int:
     raise RuntimeError(f"{child.name} printed no port within {timeout_s:g} s")
 
 
-def _start_valkey(workdir: Path, cores: Sequence[int] | None) -> tuple[Child, str]:
+def start_valkey(workdir: Path, cores: Sequence[int] | None) -> tuple[Child, str]:
     """A private valkey-server on a unix socket in `workdir`; returns it and its redis-py URL."""
     data = workdir / "valkey"
     data.mkdir()
@@ -332,10 +332,20 @@ def _ready(url: str) -> bool:
 
 
 def start_gateway(
-    workdir: Path, redis_url: str, secret: str, cores: Sequence[int] | None, *, log_level: str = "info"
+    workdir: Path,
+    redis_url: str,
+    secret: str,
+    cores: Sequence[int] | None,
+    *,
+    log_level: str = "info",
+    tree: Path | None = None,
 ) -> tuple[Child, str, str]:
     """`python -m webhook_gateway` on free ports, as deployed (JSON log lines to a file, one per webhook at level
-    info); returns it once `/readyz` answers 200, with its webhook URL and its metrics URL."""
+    info); returns it once `/readyz` answers 200, with its webhook URL and its metrics URL.
+
+    `tree`: another checkout of the project to run the gateway from (its packages come first on the path,
+    being the working directory), e.g. an older commit for a before/after comparison; None for this one.
+    """
     # Ports chosen here rather than 0: the gateway announces the ports it bound only in an info log line.
     port, metrics_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
@@ -355,7 +365,7 @@ def start_gateway(
         env=env,
         stdout=subprocess.DEVNULL,
         log_path=workdir / "gateway.log",
-        cwd=ROOT,
+        cwd=ROOT if tree is None else tree,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -366,7 +376,7 @@ def start_gateway(
     return child, f"{base}/webhooks/xsolla", f"http://127.0.0.1:{metrics_port}/metrics"
 
 
-def _gateway_results(metrics_url: str) -> Counter[str]:
+def gateway_results(metrics_url: str) -> Counter[str]:
     """The gateway's own count of webhooks by result (`gateway_webhooks_total`)."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - our own http URL
         text = response.read().decode()
@@ -438,7 +448,7 @@ def run_ingest(
 
     children: list[Child] = []
     try:
-        valkey, redis_url = _start_valkey(workdir, valkey_cores if valkey_cores is not None else load_cores)
+        valkey, redis_url = start_valkey(workdir, valkey_cores if valkey_cores is not None else load_cores)
         children.append(valkey)
         gateway, gateway_url, metrics_url = start_gateway(workdir, redis_url, secret, server_cores)
         children.append(gateway)
@@ -454,10 +464,10 @@ def run_ingest(
 
         targets = {"bare": (bare_url, bare.pid), "gateway": (gateway_url, gateway.pid)}
         runs: dict[str, list[Run]] = {"bare": [], "gateway": []}
-        before = _gateway_results(metrics_url)
+        before = gateway_results(metrics_url)
         for server in ("bare", "gateway", "gateway", "bare"):
             runs[server].append(measure(server, *targets[server]))
-        increase = _gateway_results(metrics_url) - before
+        increase = gateway_results(metrics_url) - before
         bare_run, gateway_run = merge(runs["bare"]), merge(runs["gateway"])
     finally:
         for child in reversed(children):

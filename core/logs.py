@@ -1,7 +1,11 @@
 """structlog configuration, done once per process by its composition root.
 
 Context variables first (so per-RPC bindings reach every line), ISO UTC timestamps, JSON when stderr is not a
-terminal. Player ids are never logged in clear: `user_ref` gives a short stable hash for correlating lines.
+terminal. The standard library's logging, which the libraries use (aiohttp's server errors, grpc, asyncio,
+warnings), goes through the same renderer (`structlog.stdlib.ProcessorFormatter`): in JSON, every line of a
+library is one JSON object too, with its logger's name and any traceback inside it, never a plain-text
+traceback between the JSON lines. Player ids are never logged in clear: `user_ref` gives a short stable hash
+for correlating lines.
 """
 
 from __future__ import annotations
@@ -12,33 +16,57 @@ import sys
 
 import structlog
 
+# The handler `configure` put on the root logger, replaced when it is called again (tests reconfigure).
+_library_handler: logging.Handler | None = None
+
 
 def configure(level: str = "info", json: bool | None = None, *, cache_loggers: bool = True) -> None:
-    """Configures structlog (and the standard library's root logger, for libraries) for this process.
+    """Configures structlog, and the standard library's root logger for libraries, for this process.
+
+    Libraries log at warning level and above; the process's own lines at `level` and above.
 
     Args:
         level: the lowest level logged.
         json: JSON lines, or a console format; None picks JSON unless stderr is a terminal.
         cache_loggers: freeze each logger's configuration on first use (fast); tests that reconfigure turn it off.
     """
+    global _library_handler
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     render_json = (not sys.stderr.isatty()) if json is None else json
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if render_json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: structlog.typing.Processor
+    # In JSON a traceback becomes the "exception" string; the console renderer draws it itself.
+    tracebacks: list[structlog.typing.Processor]
+    if render_json:
+        renderer, tracebacks = structlog.processors.JSONRenderer(), [structlog.processors.format_exc_info]
+    else:
+        renderer, tracebacks = structlog.dev.ConsoleRenderer(), []
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, *tracebacks, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=cache_loggers,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tracebacks, renderer],
+        )
+    )
+    root = logging.getLogger()
+    if _library_handler is not None:
+        root.removeHandler(_library_handler)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
+    _library_handler = handler
+    # Python's warnings (e.g. a library's DeprecationWarning at run time) become log lines of "py.warnings".
+    logging.captureWarnings(True)
 
 
 def user_ref(user_id: str) -> str:

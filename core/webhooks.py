@@ -1,6 +1,7 @@
 """The seam between the webhook gateway and a payment provider: what the gateway asks of a provider.
 
-A provider package (today `providers.xsolla`) implements `WebhookProvider`: it authenticates a raw request body,
+A provider package (today `providers.xsolla`) implements `WebhookProvider`: it authenticates a request (from its
+headers before the body is read, then over the raw body bytes as they arrive, and only then parses them),
 turns it into a `Notification` (store a provider-neutral `entitlements.v1.WebhookEvent`, or ask the studio's
 user directory about a player), and shapes the answers its sender expects (error bodies, a found player). The
 gateway (`webhook_gateway`) knows nothing else about the provider, so a second provider is a new package
@@ -159,6 +160,26 @@ class Notification:
     known: bool = True
 
 
+class Authentication(Protocol):
+    """One request's authentication in progress: begun from its headers, fed its body as it arrives, decided
+    once the whole body is in. Nothing in the body is parsed before `verify` has checked the signature."""
+
+    def update(self, chunk: bytes) -> None:
+        """Takes the next part of the body, as received (e.g. to hash it while the rest arrives)."""
+        ...
+
+    def verify(self, raw: bytes) -> Verified:
+        """Checks the signature over the whole body, and only then parses it.
+
+        Args:
+            raw: the whole body: every chunk given to `update`, in order.
+
+        Raises:
+            InvalidSignature: the signature does not match the body under a secret that may sign it.
+        """
+        ...
+
+
 class WebhookProvider(Protocol):
     """One provider's webhook protocol: how it signs, what its notifications mean, how it wants answers.
 
@@ -168,16 +189,17 @@ class WebhookProvider(Protocol):
 
     name: str
 
-    def authenticate(self, raw: bytes, headers: Mapping[str, str], route_project: str | None) -> Verified:
-        """Verifies the request's signature over `raw`.
+    def authentication(self, headers: Mapping[str, str], route_project: str | None) -> Authentication:
+        """Begins authenticating a request from its headers alone, before its body is read.
+
+        A cheap check: a request refused here is answered without its body being read.
 
         Args:
-            raw: the body bytes.
             headers: the request headers (case-insensitive mapping).
             route_project: the project id taken from the URL path, when the URL carried one.
 
         Raises:
-            InvalidSignature: missing, malformed or wrong signature.
+            InvalidSignature: the signature is missing or malformed, or no secret could verify the request.
         """
         ...
 

@@ -438,9 +438,14 @@ async def test_without_default_secret_unknown_projects_are_refused(
     gateway = await gateway_factory(default_secret=None)
     with captured_logs() as logs:
         answer = await send(http, gateway.url, fixture("refund"))
-    assert (answer.status, answer.json()) == (400, error("INVALID_SIGNATURE", "Invalid signature"))
-    (line,) = [line for line in logs if line["event"] == "webhook"]
-    assert line["reason"] == "no secret is configured for webhooks that name no project"
+        # Signed by a configured secret, so the body is read: it names no project, and no secret is for that.
+        project_signed = await send(http, gateway.url, fixture("refund"), PROJECT_SECRET)
+    for refused in (answer, project_signed):
+        assert (refused.status, refused.json()) == (400, error("INVALID_SIGNATURE", "Invalid signature"))
+    unsigned, other = [line["reason"] for line in logs if line["event"] == "webhook"]
+    # No configured secret signed the first: its body is never read, so the reason cannot name its project.
+    assert unsigned == "no configured secret matches, and there is no default secret for webhooks that name no project"
+    assert other == "no secret is configured for webhooks that name no project"
     assert (await send(http, gateway.url, fixture("payment"), PROJECT_SECRET)).status == 204
 
 

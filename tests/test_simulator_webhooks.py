@@ -159,7 +159,9 @@ async def test_webhook_bodies_are_accepted_by_the_gateways_parser(
 
     events: list[ev.WebhookEvent] = []
     for request in receiver.received:
-        verified = provider.authenticate(request.body, {"Authorization": request.headers["Authorization"]}, None)
+        authentication = provider.authentication({"Authorization": request.headers["Authorization"]}, None)
+        authentication.update(request.body)
+        verified = authentication.verify(request.body)
         event = provider.interpret(verified, time.time_ns()).event
         assert event is not None
         events.append(event)

@@ -35,6 +35,7 @@ from core.eventlog import EventLog
 from core.metrics import MetricsEndpoint
 from core.webhooks import WebhookProvider
 from providers import xsolla as xsolla_provider
+from webhook_gateway.bodies import BodyReader
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError, ErrorBody, http_error_answer, internal_error_answer
 from webhook_gateway.metrics import GatewayMetrics
@@ -46,7 +47,8 @@ log = structlog.get_logger("webhook_gateway")
 
 Readiness = Callable[[], Awaitable[bool]]
 
-_LINGERING_S = 1.0
+# aiohttp's buffer of unread body per connection (its default is 64 KiB); see `Gateway.start`.
+_READ_BUFFER_BYTES = 16 * 1024
 # The host values that mean "every interface", for which the URL names loopback instead.
 _ALL_INTERFACES = ("", "0.0.0.0", "::")  # noqa: S104  # compared with, never bound to
 
@@ -223,7 +225,7 @@ class Gateway:
                 sources=SourceFilter(
                     settings.allowed_networks, settings.trusted_proxy_header, settings.trusted_proxy_hops
                 ),
-                max_body_bytes=settings.max_body_bytes,
+                bodies=BodyReader(settings.max_body_bytes),
                 request_timeout_s=settings.request_timeout_s,
                 # One connection stays free for /readyz's PING during a burst.
                 max_concurrent_stores=max(1, settings.redis_max_connections - 1),
@@ -236,16 +238,22 @@ class Gateway:
                 error_body=provider.error_body,
             )
             # Handlers are not cancelled when the sender hangs up: an event being stored is stored, and
-            # the sender's retry then finds it a duplicate. After refusing a body (413, 408, 403) aiohttp reads and
-            # discards what keeps arriving for at most `_LINGERING_S` before closing, so that the sender gets
-            # the answer rather than a connection reset, without the gateway reading a huge body to its end.
+            # the sender's retry then finds it a duplicate. A request answered before its body was read to the
+            # end (a refused signature header, 413, 408, 403, 404, 405) has its connection closed as soon as the
+            # answer is written: no lingering close, in which aiohttp would read and discard what keeps arriving,
+            # as fast as it arrives, for up to a second per connection, which a crowd of senders without a
+            # secret would turn into the event loop's whole time. A sender still sending may then see a reset
+            # rather than the answer; a provider's webhooks are a few KiB, sent whole before any answer.
+            # aiohttp stops reading a connection once `_READ_BUFFER_BYTES` x 2 of its body wait unread: small,
+            # so that a request refused from its headers costs one read from the socket, not several.
             # Bodies are not decompressed: the signature covers the bytes as sent (Xsolla does not compress),
             # and a compressed body cannot inflate past the size limit.
             self._runner = web.AppRunner(
                 app,
                 access_log=None,
                 shutdown_timeout=settings.shutdown_grace_s,
-                lingering_time=_LINGERING_S,
+                lingering_time=0,
+                read_bufsize=_READ_BUFFER_BYTES,
                 auto_decompress=False,
             )
             await self._runner.setup()

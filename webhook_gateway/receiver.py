@@ -3,14 +3,21 @@
 The order of the checks is the contract:
 
 1. the sender's network, when an allow-list is configured (403), before anything is read;
-2. the body's size, from Content-Length and again while reading (413), and its arrival in time (408);
-3. the signature over the raw bytes (400 INVALID_SIGNATURE), before anything in the body is believed;
-4. the body's meaning (400 INVALID_PARAMETER naming the field);
-5. the action: store the event (204 once Redis holds it, also for a duplicate; 503 when Redis cannot), or ask
+2. the signature header's presence and form (400 INVALID_SIGNATURE), before the body is read;
+3. the body's size, from Content-Length and again while reading (413), and its arrival in time (408);
+4. the signature over the raw bytes (400 INVALID_SIGNATURE), hashed as they arrive: nothing in the body is
+   parsed, let alone believed, before a configured secret is found to have signed it;
+5. the body's meaning (400 INVALID_PARAMETER naming the field);
+6. the action: store the event (204 once Redis holds it, also for a duplicate; 503 when Redis cannot), or ask
    the user directory (204 / 200, 400 INVALID_USER, 503 when it cannot answer).
 
 So a correctly signed order is never refused with a 4xx for a transient reason: everything transient is a 503
-that the sender retries. Nothing is stored unless every check passed. The provider (`core.webhooks`) verifies and
+that the sender retries. Nothing is stored unless every check passed. What a sender without a secret can cost
+is bounded: a request refused at 1-3 is answered at once and its connection closed as soon as the answer is
+written, the rest of its body never read (no lingering close: see `webhook_gateway.app`); one refused
+at 4 costs reading at most the body limit and hashing it once, in steps no larger than a read from the socket,
+plus one short hash per configured secret, and never a parse; bodies larger than any webhook are read a few
+at a time at a bounded rate (`webhook_gateway.bodies`). The provider (`core.webhooks`) verifies and
 interprets the body and shapes the answers; the receiver knows nothing else about it.
 """
 
@@ -23,20 +30,16 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from core.errors import StoreUnavailable
 from core.eventlog import AppendResult
 from core.logs import user_ref
 from core.webhooks import Action, Notification, WebhookProvider
 from entitlements.v1 import events_pb2
+from webhook_gateway.bodies import BodyReader
 from webhook_gateway.errors import (
-    BodyTimeout,
-    BodyTooLarge,
     EventStoreUnavailable,
     ForbiddenSource,
-    InvalidParameter,
     ProcessingTimeout,
     Rejected,
     Temporary,
@@ -91,7 +94,7 @@ class WebhookReceiver:
         users: the user directory, started by the caller.
         metrics: where requests are counted.
         sources: the allow-list and client address rules.
-        max_body_bytes: the largest body accepted.
+        bodies: reads the bodies (the size limit, and the bound on what large bodies cost).
         request_timeout_s: the time one request may take, from arrival to answer; past it, 408 while the body
             is still arriving, 503 afterwards.
         max_concurrent_stores: appends in flight at once (the Redis connection pool's size). Further requests
@@ -107,7 +110,7 @@ class WebhookReceiver:
         users: UserDirectory,
         metrics: GatewayMetrics,
         sources: SourceFilter,
-        max_body_bytes: int,
+        bodies: BodyReader,
         request_timeout_s: float,
         max_concurrent_stores: int = 32,
     ) -> None:
@@ -116,7 +119,7 @@ class WebhookReceiver:
         self._users = users
         self._metrics = metrics
         self._sources = sources
-        self._max_body_bytes = max_body_bytes
+        self._bodies = bodies
         self._request_timeout_s = request_timeout_s
         self._store_slots = asyncio.Semaphore(max_concurrent_stores)
 
@@ -151,10 +154,12 @@ class WebhookReceiver:
         record.remote = None if address is None else str(address)
         if not self._sources.allows(address):
             raise ForbiddenSource()
-        raw = await self._read_body(request, deadline, record)
+        authentication = self._provider.authentication(request.headers, request.match_info.get("project_id"))
+        raw = await self._bodies.read(request.content.readany, request.content_length, deadline, authentication.update)
+        record.body_complete = True
         received_at_ns = time.time_ns()
 
-        verified = self._provider.authenticate(raw, request.headers, request.match_info.get("project_id"))
+        verified = authentication.verify(raw)
         record.type_label = self._provider.type_label(verified)
         record.project_id = verified.project_id
         notification = self._provider.interpret(verified, received_at_ns)
@@ -165,25 +170,6 @@ class WebhookReceiver:
                 return await self._act(notification, raw, record)
         except TimeoutError as exc:
             raise ProcessingTimeout() from exc
-
-    async def _read_body(self, request: web.Request, deadline: float, record: _Record) -> bytes:
-        limit = self._max_body_bytes
-        too_large = f"The request body is larger than {limit} bytes"
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLarge(too_large)
-        body = bytearray()
-        try:
-            async with asyncio.timeout_at(deadline):
-                while chunk := await request.content.readany():
-                    body += chunk
-                    if len(body) > limit:  # a chunked body (no Content-Length to check up front)
-                        raise BodyTooLarge(too_large)
-        except TimeoutError:
-            raise BodyTimeout() from None
-        except (HttpProcessingError, RequestPayloadError, ConnectionError):
-            raise InvalidParameter("", "The request body could not be read") from None
-        record.body_complete = True
-        return bytes(body)
 
     async def _act(self, notification: Notification, raw: bytes, record: _Record) -> web.Response:
         if notification.action is Action.STORE:

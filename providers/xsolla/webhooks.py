@@ -30,7 +30,7 @@ the order) instead of being acknowledged and dead-lettered.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES
@@ -38,7 +38,7 @@ from core.webhooks import Action, FoundUser, InvalidParameter, InvalidSignature,
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import answers, fields
 from providers.xsolla.settings import WebhookSettings
-from providers.xsolla.signature import verify
+from providers.xsolla.signature import BodyHash, given_digest
 
 PROVIDER = "xsolla"
 
@@ -102,30 +102,31 @@ class XsollaWebhooks:
         settings.check()
         self._settings = settings
         self._secrets_for = settings.secrets_for
+        every = [settings.default_secret] if settings.default_secret else []
+        every += [secret for secrets in settings.project_secrets.values() for secret in secrets]
+        self._all_secrets = tuple(dict.fromkeys(every))  # each once, in order
 
-    def authenticate(self, raw: bytes, headers: Mapping[str, str], route_project: str | None) -> Verified:
-        """Verifies `Authorization: Signature ...` over `raw` with the secret of the request's project.
+    def authentication(self, headers: Mapping[str, str], route_project: str | None) -> SignedBody:
+        """Begins verifying `Authorization: Signature ...` from the headers alone, before the body is read.
 
-        The project comes from the URL (`<path>/<project_id>`, since Xsolla's webhook URL is set per project),
-        failing that from the body's `settings.project_id` (`billing.settings.project_id` in combined-mode
-        order webhooks, which have no top-level `settings`). The body is parsed here only to find that hint;
-        nothing in it is trusted before the signature checks out.
+        On `<path>/<project_id>` (Xsolla's webhook URL is set per project) only that project's secrets verify
+        (the default secret when it has none of its own). On the bare path every configured secret is a
+        candidate, and the body, once one of them has verified it, must name a project that secret may sign
+        for (`SignedBody.verify`): the body is never parsed to choose a secret.
 
         Raises:
-            InvalidSignature: missing, malformed or wrong signature, or no secret for the project.
+            InvalidSignature: the header is missing or malformed, or no secret is configured for the URL's
+                project.
         """
-        document = fields.parse_body(raw)
-        if route_project is not None:
-            project: int | None = int(route_project)
-        else:
-            project = _project_hint(document)
+        given = given_digest(headers)
+        if route_project is None:
+            return SignedBody(given, self._all_secrets, None, self._secrets_for)
+        project = int(route_project)
         secrets = self._secrets_for(project)
         if not secrets:
             # Only when there is no default secret: tell the operator why, not the sender.
-            which = f"project {project}" if project is not None else "webhooks that name no project"
-            raise InvalidSignature("Invalid signature", detail=f"no secret is configured for {which}")
-        verify(raw, headers.get("Authorization"), secrets)
-        return Verified(raw, document, project)
+            raise InvalidSignature("Invalid signature", detail=f"no secret is configured for project {project}")
+        return SignedBody(given, secrets, project, self._secrets_for)
 
     def interpret(self, verified: Verified, received_at_ns: int) -> Notification:
         """Turns a verified body into what the gateway must do with it.
@@ -188,6 +189,63 @@ class XsollaWebhooks:
         }
 
 
+class SignedBody:
+    """One request's signature check (implements `core.webhooks.Authentication`): the body is hashed as it
+    arrives, then finished with each candidate secret.
+
+    Args:
+        given: the signature the request carries (40 lower-case hex digits).
+        candidates: the secrets that may have signed it.
+        route_project: the URL's project; None on the bare path, where the body names the project.
+        secrets_for: the secrets a project's webhooks may be signed with (`WebhookSettings.secrets_for`).
+    """
+
+    def __init__(
+        self,
+        given: bytes,
+        candidates: tuple[str, ...],
+        route_project: int | None,
+        secrets_for: Callable[[int | None], tuple[str, ...]],
+    ) -> None:
+        self._given = given
+        self._candidates = candidates
+        self._route_project = route_project
+        self._secrets_for = secrets_for
+        self._hash = BodyHash()
+
+    def update(self, chunk: bytes) -> None:
+        """Hashes the next part of the body."""
+        self._hash.update(chunk)
+
+    def verify(self, raw: bytes) -> Verified:
+        """Checks the signature over the body (every chunk given to `update`, which is `raw`), then parses it.
+
+        Raises:
+            InvalidSignature: no candidate secret signed the body; or, on the bare path, none of those that did
+                may sign for the project the body names (or, naming none, the default secret did not).
+        """
+        matched = self._hash.matching(self._given, self._candidates)
+        if not matched:
+            raise InvalidSignature("Invalid signature", detail=self._unmatched_detail())
+        # A configured secret signed the body: its sender holds a secret, so the body may be parsed now.
+        document = fields.parse_body(raw)
+        if self._route_project is not None:
+            return Verified(raw, document, self._route_project)
+        project = _project_hint(document)
+        allowed = self._secrets_for(project)
+        which = f"project {project}" if project is not None else "webhooks that name no project"
+        if not allowed:
+            raise InvalidSignature("Invalid signature", detail=f"no secret is configured for {which}")
+        if matched.isdisjoint(allowed):
+            raise InvalidSignature("Invalid signature", detail=f"signed with a secret that is not one for {which}")
+        return Verified(raw, document, project)
+
+    def _unmatched_detail(self) -> str | None:
+        if self._route_project is None and not self._secrets_for(None):
+            return "no configured secret matches, and there is no default secret for webhooks that name no project"
+        return None
+
+
 def type_label(notification_type: str) -> str:
     """`notification_type` when Xsolla documents it, otherwise "other" (bounded metric labels)."""
     return notification_type if notification_type in DOCUMENTED_TYPES else "other"
@@ -207,7 +265,8 @@ def bounded_event_id(event_id: str) -> str:
 
 
 def _project_hint(doc: dict[str, Any] | None) -> int | None:
-    """The project named in an unverified body, for choosing a secret; None when absent or malformed."""
+    """The project a signed body names, whose secrets must include one that signed it; None when absent or
+    malformed (then the default secret must have signed it, and `interpret` reports a malformed one)."""
     if doc is None:
         return None
     for holder in (doc, fields.section(doc, "billing")):
