@@ -4,7 +4,10 @@ Context variables first (so per-RPC bindings reach every line), ISO UTC timestam
 terminal. The standard library's logging, which the libraries use (aiohttp's server errors, grpc, asyncio,
 warnings), goes through the same renderer (`structlog.stdlib.ProcessorFormatter`): in JSON, every line of a
 library is one JSON object too, with its logger's name and any traceback inside it, never a plain-text
-traceback between the JSON lines. Player ids are never logged in clear: `user_ref` gives a short stable hash
+traceback between the JSON lines. A malformed HTTP request (an over-long URL, too many headers, a bad chunk) is the
+sender's doing, not a fault of the server: aiohttp logs it as an error with a traceback, and it becomes one
+warning line naming the error instead (`_CallerHttpErrors`), so that garbage from the network neither floods the
+logs with tracebacks nor pages anyone. Player ids are never logged in clear: `user_ref` gives a short stable hash
 for correlating lines.
 """
 
@@ -15,6 +18,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 # The handler `configure` put on the root logger, replaced when it is called again (tests reconfigure).
 _library_handler: logging.Handler | None = None
@@ -65,8 +69,28 @@ def configure(level: str = "info", json: bool | None = None, *, cache_loggers: b
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
     _library_handler = handler
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(existing, _CallerHttpErrors) for existing in server_logger.filters):
+        server_logger.addFilter(_CallerHttpErrors())
     # Python's warnings (e.g. a library's DeprecationWarning at run time) become log lines of "py.warnings".
     logging.captureWarnings(True)
+
+
+_MAX_HTTP_ERROR_CHARS = 200
+
+
+class _CallerHttpErrors(logging.Filter):
+    """Turns aiohttp's error-with-traceback for a request it could not parse into one warning naming the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            detail = " ".join(str(error.message).split())[:_MAX_HTTP_ERROR_CHARS]
+            record.msg = f"{record.getMessage()}: {type(error).__name__} ({error.code}): {detail}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def user_ref(user_id: str) -> str:

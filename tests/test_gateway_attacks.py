@@ -475,11 +475,15 @@ async def test_http_level_errors_are_one_json_line_each(
         except ValueError:
             pytest.fail(f"a log line is not JSON: {line[:200]!r}")
     library = [record for record in records if record.get("logger") == "aiohttp.server"]
-    # aiohttp logs each malformed request with its traceback, except bytes that are not HTTP at all on a new
-    # connection (a TLS hello, a scanner), which it logs at debug level.
+    # One warning per malformed request, naming aiohttp's error, with no traceback: the sender's fault, not the
+    # server's. Bytes that are not HTTP at all on a new connection (a TLS hello, a scanner) aiohttp logs at debug
+    # level, below what the gateway logs.
     assert len(library) == len(HTTP_GARBAGE) - 1
     for record in library:
-        assert record["level"] == "error"
-        assert record["exception"].startswith("Traceback (most recent call last):")
+        assert record["level"] == "warning"
+        assert "exception" not in record
+        assert record["event"].startswith("Error handling request from 127.0.0.1: ")
+    assert {record["event"].split(": ")[1].split(" ")[0] for record in library} >= {"LineTooLong", "BadHttpMessage"}
+    assert not [record for record in records if record["level"] == "error"]
     assert records[-1]["event"] == "gateway_stopped"
     assert len(await stored_events(redis_client)) == 1
