@@ -25,13 +25,21 @@ do
   IX.subs_order, IX.subs_active = KEYS[n + 8], KEYS[n + 9]
 end
 
--- Writes keep the indexes once they exist, complete or being built (a record the build already passed stays
--- right); a player with no data yet starts with complete ones. Read before this script writes anything.
-local index_state = redis.call('GET', IX.state)
-local index_kept = index_state ~= false or redis.call('EXISTS', IX.items, IX.subs) == 0
--- Whether the indexes can be read: complete, or the player has no data at all (then nothing is written: a read
--- of an unknown player leaves no key behind).
-local index_ready = index_state == 'ready' or (not index_state and index_kept)
+-- index_state: the state key's value (false when absent). index_kept: writes keep the indexes once they exist,
+-- complete or being built (a record the build already passed stays right); a player with no data yet starts
+-- with complete ones. index_ready: the indexes can be read: complete, or the player has no data at all (then
+-- nothing is written: a read of an unknown player leaves no key behind).
+-- Read by index_status() on first use, which comes before the script's first write to the items or
+-- subscriptions hash (put_item and put_subscription ask first): a replayed write never pays for it.
+local index_state, index_kept, index_ready
+
+local function index_status()
+  if index_kept == nil then
+    index_state = redis.call('GET', IX.state)
+    index_kept = index_state ~= false or redis.call('EXISTS', IX.items, IX.subs) == 0
+    index_ready = index_state == 'ready' or (not index_state and index_kept)
+  end
+end
 
 local function score(value)
   return string.format('%.17g', value)
@@ -81,6 +89,7 @@ end
 -- The one way the write scripts change the items hash: writes `raw` (the record's JSON, `record` decoded) for
 -- `sku`, or removes the sku when `raw` is nil, and keeps `skus` and the indexes right.
 local function put_item(sku, raw, record, now)
+  index_status()
   if raw then
     redis.call('HSET', IX.items, sku, raw)
     redis.call('ZADD', IX.skus, 0, sku)
@@ -96,6 +105,7 @@ end
 
 -- The one way a script changes the subscriptions hash: writes `raw` (`record` decoded) for subscription `id`.
 local function put_subscription(id, raw, record)
+  index_status()
   redis.call('HSET', IX.subs, id, raw)
   if index_kept then
     index_started()

@@ -5,6 +5,7 @@
 -- after the scan passed it is right too, and one the scan meets twice is simply indexed again. (`skus` is older
 -- than the indexes: every write has kept it.)
 -- Replies 1 once the indexes are complete, 0 while more steps are needed.
+index_status()
 if index_ready then
   return 1
 end

@@ -29,6 +29,7 @@ if ARGV[1] == 'all' then
   return reply('end', nil, skus)
 end
 
+index_status()
 if not index_ready then
   return {'unindexed'}
 end

@@ -6,6 +6,7 @@
 -- ARGV[1] "1" to include what is no longer in force, ARGV[2] offset, ARGV[3] limit.
 -- Replies {"unindexed"} (build the indexes first, index_build.lua), or {recurring total, time-limited total,
 -- number of recurring in the page, id, record, ..., sku, record, ...}.
+index_status()
 if not index_ready then
   return {'unindexed'}
 end
