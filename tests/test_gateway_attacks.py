@@ -13,10 +13,8 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -39,13 +37,13 @@ from tests.helpers.gateway import (
     running_gateway,
     send,
     signed,
+    start_gateway_command,
     stored_events,
     xsolla_settings,
 )
 from webhook_gateway import Gateway
 from webhook_gateway.bodies import BodyReader, Pace
 
-ROOT = Path(__file__).resolve().parent.parent
 MEGABYTE = 1024 * 1024
 OTHER = 18404
 OTHER_SECRET = "project-18404-secret-0a1b2c3d4e"
@@ -401,12 +399,6 @@ HTTP_GARBAGE = {
 }
 
 
-def _command_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
-    env.update(extra)
-    return env
-
-
 async def _exchange(port: int, request: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -424,21 +416,7 @@ async def test_http_level_errors_are_one_json_line_each(
     redis_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
     """`python -m webhook_gateway` answers HTTP garbage 400, logs each as one JSON line, and still stores webhooks."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "webhook_gateway",
-        env=_command_env(
-            GATEWAY_XSOLLA_SECRET=SECRET,
-            REDIS_URL=redis_server.url,
-            GATEWAY_PORT="0",
-            GATEWAY_METRICS_PORT="0",
-            GATEWAY_LOG_JSON="1",
-        ),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_gateway_command(redis_server.url)
     assert process.stderr is not None
     lines: list[bytes] = []
     started = asyncio.get_running_loop().create_future()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sys
@@ -20,10 +19,8 @@ from providers.xsolla import NAMED_NETWORKS, WebhookSettings
 from providers.xsolla.networks import XSOLLA_NETWORKS
 from providers.xsolla.settings import parse_project_secrets
 from server.embedded import EmbeddedRedis
-from tests.helpers.gateway import SECRET, fixture, send, stored_events
+from tests.helpers.gateway import ROOT, command_env, fixture, send, start_gateway_command, stored_events
 from webhook_gateway.config import GatewaySettings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_env(env: dict[str, str]) -> tuple[GatewaySettings, WebhookSettings]:
@@ -150,12 +147,6 @@ def test_bad_configuration_is_refused_without_echoing_secrets(env: dict[str, str
     assert "topsecret" not in str(caught.value)
 
 
-def _command_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
-    env.update(extra)
-    return env
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -169,7 +160,7 @@ async def test_command_refuses_to_start_without_secret_or_redis(extra: dict[str,
         sys.executable,
         "-m",
         "webhook_gateway",
-        env=_command_env(**extra),
+        env=command_env(**extra),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -184,21 +175,7 @@ async def test_command_serves_alone_and_stops_on_sigterm(
     redis_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
     """`python -m webhook_gateway` serves webhooks on its own, logs JSON, and exits 0 on SIGTERM."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "webhook_gateway",
-        env=_command_env(
-            GATEWAY_XSOLLA_SECRET=SECRET,
-            REDIS_URL=redis_server.url,
-            GATEWAY_PORT="0",
-            GATEWAY_METRICS_PORT="0",
-            GATEWAY_LOG_JSON="1",
-        ),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_gateway_command(redis_server.url)
     assert process.stderr is not None
     lines: list[dict[str, Any]] = []
     try:

@@ -11,9 +11,12 @@ Used by the gateway tests and by end-to-end tests of the service's consumer and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +34,7 @@ from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "xsolla"
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "default-secret-0123456789abcdef"
 PROJECT = 308077
 PROJECT_SECRET = "project-308077-secret-fedcba9876"
@@ -157,3 +161,30 @@ async def send(http: aiohttp.ClientSession, url: str, body: bytes, secret: str =
     if "authorization" not in kwargs:
         kwargs["authorization"] = signed(body, secret)
     return await post(http, url, body, **kwargs)
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any GATEWAY_ or REDIS_ variable, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
+    env.update(extra)
+    return env
+
+
+async def start_gateway_command(redis_url: str) -> asyncio.subprocess.Process:
+    """`python -m webhook_gateway` on `redis_url` with the test secret, free ports and JSON logs; stderr piped (its
+    first lines end with `gateway_started`, which names the port and the path). The caller stops it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webhook_gateway",
+        env=command_env(
+            GATEWAY_XSOLLA_SECRET=SECRET,
+            REDIS_URL=redis_url,
+            GATEWAY_PORT="0",
+            GATEWAY_METRICS_PORT="0",
+            GATEWAY_LOG_JSON="1",
+        ),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
