@@ -7,6 +7,8 @@ the cap, and many clients failing together spread out instead of retrying in loc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -31,3 +33,23 @@ class Backoff:
         """A wait between half and all of `ceiling_s(attempt)`."""
         ceiling = self.ceiling_s(attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Wakeup:
+    """A backoff wait that can be cut short: `wake()` ends every `sleep` in progress at once (later sleeps wait
+    again). Whoever knows that the thing being waited for is back (the supervisor of the embedded Redis) wakes the
+    loops that back off from it, instead of letting them sleep out their wait."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        """Ends the sleeps in progress."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        """Waits `seconds`, or less if `wake()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._event.wait()

@@ -119,6 +119,17 @@ class Service:
         self._consumer_redis: RedisClient | None = None
         self._consumer_hooks = consumer_hooks
 
+    def _store_change(self, up: bool) -> None:
+        """The supervisor found the embedded store dead or back: health is checked at once, and once it is back the
+        loops that wait after Redis failures (the consumer, the order-status subscription) retry without waiting
+        out their backoff."""
+        self._store_changed.set()
+        if up:
+            if self.consumer is not None:
+                self.consumer.retry_now()
+            if self.tracking is not None:
+                self.tracking.feed.retry_now()
+
     async def start(self) -> Endpoints:
         """Starts every part; on failure, stops what was started and re-raises."""
         settings = self.settings
@@ -131,7 +142,7 @@ class Service:
                 redis_url = self.embedded.url
                 assert self._embedded_metrics is not None
                 self.supervisor = EmbeddedSupervisor(
-                    self.embedded, self._embedded_metrics, on_change=lambda up: self._store_changed.set()
+                    self.embedded, self._embedded_metrics, on_change=self._store_change
                 )
                 self.supervisor.start()
             self.redis = connections.connect(

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from core.backoff import Backoff
+from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient, reply_text
 from core.keys import ORDER_STATUS_CHANNEL, UserKeys
 from server.metrics import ServiceMetrics
@@ -209,12 +209,17 @@ class OrderStatusFeed:
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._wakeup = Wakeup()
         self.subscribed = asyncio.Event()
 
     def start(self) -> None:
         """Subscribes in the background, again after every failure; `subscribed` is set while subscribed."""
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def retry_now(self) -> None:
+        """Ends the wait before subscribing again at once: Redis is known to be back (the embedded store restarted)."""
+        self._wakeup.wake()
 
     async def stop(self) -> None:
         """Cancels the subscription and any re-read in flight, and waits for them to end (at most a read's
@@ -259,7 +264,7 @@ class OrderStatusFeed:
                 delay = _BACKOFF.delay_s(failures)
                 self._metrics.order_feed_reconnects.inc()
                 log.warning("order_feed_lost", error=repr(exc), failures=failures, retry_in_s=round(delay, 3))
-                await asyncio.sleep(delay)
+                await self._wakeup.sleep(delay)
             finally:
                 await self._close(pubsub)
 

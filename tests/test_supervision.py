@@ -22,10 +22,12 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core import logs
+from core.backoff import Backoff
 from entitlements.v1 import entitlements_pb2 as pb
 from server.app import SERVICE_NAME, Service
+from server.consumer import Consumer
 from server.embedded import EmbeddedRedis
-from server.supervisor import RESTART_BACKOFF
+from server.supervisor import RESTART_BACKOFF, EmbeddedSupervisor
 from tests.helpers.events import consumer_settings, drained, order_event, xadd
 from tests.helpers.services import ClientFactory, ServiceFactory
 from tests.helpers.waiting import eventually
@@ -379,3 +381,39 @@ async def test_a_stale_pid_file_never_stops_another_directorys_server(tmp_path: 
             await client.aclose()
     finally:
         await other.stop()
+
+
+async def test_once_the_store_is_back_the_waiting_loops_retry_at_once(
+    service_factory: ServiceFactory,
+    health: Callable[[Service], Health],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The consumer and the order-status subscription back off for an hour after a Redis failure here, and the
+    store stays down for a second or two: only the supervisor's word that it is back can bring them back in time."""
+    hour = Backoff(base_s=3600.0, cap_s=3600.0)
+    monkeypatch.setattr("server.app.Consumer", partial(Consumer, backoff=hour))
+    monkeypatch.setattr("server.status_channel._BACKOFF", hour)
+    monkeypatch.setattr("server.app.EmbeddedSupervisor", partial(EmbeddedSupervisor, backoff=Backoff(2.0, 2.0)))
+    service = await service_factory(redis_url=None, data_dir=tmp_path / "var", **consumer_settings())
+    assert service.tracking is not None
+    watch = health(service)
+    await eventually(service.tracking.feed.subscribed.is_set, what="the order-status subscription")
+
+    os.kill(valkey_pid(service), signal.SIGKILL)
+    await watch.becomes(NOT_SERVING)
+    await watch.becomes(SERVING)
+
+    await eventually(
+        lambda: sample(service, "entitlements_order_feed_subscribes_total") >= 2,
+        timeout_s=20.0,
+        what="the order-status subscription to be confirmed again",
+    )
+    assert sample(service, "entitlements_order_feed_reconnects_total") >= 1
+    assert service.embedded is not None
+    redis = aioredis.Redis.from_url(service.embedded.url)
+    try:
+        await xadd(redis, order_event("paid", "order-2", PLAYER, [("gold", 1)]))
+        await drained(redis, timeout_s=20.0)
+    finally:
+        await redis.aclose()

@@ -5,7 +5,6 @@ dead-letters those that keep failing (see `server.consumer` for how it runs as a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -17,7 +16,7 @@ from typing import Any
 import redis.exceptions as redis_errors
 import structlog
 
-from core.backoff import Backoff
+from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient, reply_text
 from core.eventlog import MalformedEntry, decode_event
 from core.keys import CONSUMER_GROUP, EventKeys
@@ -104,6 +103,7 @@ class Consumer:
         self._upkeep = StreamUpkeep(redis, metrics, self._dead_letters, settings)
         self._parts = [_Partition(keys) for keys in self._dead_letters.partitions]
         self._stopping = asyncio.Event()
+        self._wakeup = Wakeup()
         self._claim_idle_ms = max(1, int(settings.claim_idle_s * 1000))
         self._claim_interval_s = min(max(settings.claim_idle_s / 2, 0.01), CLAIM_INTERVAL_MAX_S)
         self._gauge_interval_s = min(CLAIM_INTERVAL_MAX_S, max(0.2, self._claim_interval_s))
@@ -124,6 +124,7 @@ class Consumer:
         """Stops reading. A reader applying entries it has read finishes them within `grace_s`, then is cancelled;
         whatever it had not acknowledged stays pending and is claimed by another consumer."""
         self._stopping.set()
+        self._wakeup.wake()
         tasks = [part.task for part in self._parts if part.task is not None]
         for part in self._parts:
             if part.blocked and part.task is not None:
@@ -137,6 +138,10 @@ class Consumer:
             part.task = None
         await self._upkeep.release([part.keys for part in self._parts if part.group_ready], self.name)
         log.info("consumer_stopped", consumer=self.name)
+
+    def retry_now(self) -> None:
+        """Ends the readers' waits after failures at once: Redis is known to be back (the embedded store restarted)."""
+        self._wakeup.wake()
 
     async def maintain(self) -> None:
         """Runs the periodic maintenance now on every joined partition: gauges, stale consumers, retention trim."""
@@ -212,10 +217,9 @@ class Consumer:
         await self._pause(self._backoff.delay_s(part.failures - 1))
 
     async def _pause(self, seconds: float) -> None:
-        """Sleeps up to `seconds`, returning early when the consumer stops."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+        """Sleeps up to `seconds`, returning early when the consumer stops or `retry_now` is called."""
+        if not self._stopping.is_set():
+            await self._wakeup.sleep(seconds)
 
     async def _join_group(self, part: _Partition) -> bool:
         """Creates the group at id 0 if missing. Returns False while the stream does not exist yet."""
