@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -88,3 +89,10 @@ async def client_factory() -> AsyncIterator[ClientFactory]:
 async def client(service: Service, client_factory: ClientFactory) -> AsyncEntitlementsClient:
     """A client with the read+write key on the test's service."""
     return await client_factory(service)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, closed afterwards."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -24,7 +24,7 @@ from server.app import Service
 from server.embedded import EmbeddedRedis
 from tests.helpers.events import PARTITIONS, consumer_settings, dead_letters, drained
 from tests.helpers.gateway import fixture, gateway_settings, running_gateway, send, stored_events
-from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.services import ServiceFactory
 from webhook_gateway import Gateway
 
 AT_LIMIT = "é" * (MAX_ID_BYTES // 2)  # 128 characters, 256 bytes
@@ -38,19 +38,9 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def consuming(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+    """The service on the test's Valkey, consuming with the test catalog and fast timings (`client` calls it)."""
     return await service_factory(redis_url=redis_server.url, **consumer_settings())
-
-
-@pytest.fixture
-async def client(consuming: Service, client_factory: ClientFactory) -> AsyncEntitlementsClient:
-    return await client_factory(consuming)
 
 
 def order_paid(user: Any, order_id: Any, lines: list[tuple[Any, Any]]) -> bytes:

@@ -71,13 +71,6 @@ async def gateway(gateway_factory: GatewayFactory) -> Gateway:
     return await gateway_factory()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed afterwards."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def only_event(redis_client: aioredis.Redis, partitions: int = 1) -> StoredEvent:
     """The one entry in the event log."""
     events = await stored_events(redis_client, partitions=partitions)

@@ -73,13 +73,6 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed afterwards."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def error_code(answer: Answer) -> tuple[int, str]:
     return answer.status, answer.json()["error"]["code"]
 

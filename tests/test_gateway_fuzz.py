@@ -40,13 +40,6 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed afterwards."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 # --- strategies ---------------------------------------------------------------------------------------------------
 
 json_leaves = st.one_of(

@@ -37,13 +37,6 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed afterwards."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def raw_exchange(gateway: Gateway, request: bytes, *, hold_open_s: float = 0.0) -> tuple[bytes, float]:
     """Writes `request` on a fresh connection, keeps it open (not sending the rest) and reads the answer.
 

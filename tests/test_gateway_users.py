@@ -83,13 +83,6 @@ async def gateway(redis_server: EmbeddedRedis, backend: DirectoryBackend) -> Asy
         yield gateway
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed afterwards."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 UNAVAILABLE = {"error": {"code": "SERVER_ERROR", "message": "The user directory is unavailable; retry later"}}
 INVALID_USER = {"error": {"code": "INVALID_USER", "message": "Invalid user"}}
 

@@ -142,13 +142,6 @@ async def connect() -> AsyncIterator[Connect]:
         await recorder.drain()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain HTTP client."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def new_order(sim: XsollaSimulator, user_id: str = "player-1") -> SimOrder:
     return sim.create_order(user_id, items=ITEMS)
 
