@@ -119,16 +119,18 @@ async def test_badly_signed_megabyte_bodies_are_refused_unparsed(
     assert parses == [body]
 
 
-async def raw_exchange(gateway: Gateway, request: bytes) -> bytes:
-    """Writes `request` on a fresh connection, sends nothing more, and reads until the gateway closes it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    """Writes `request` on a fresh connection to the gateway on `port`, sends nothing more, and reads until the
+    gateway closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
         return await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
-        await writer.wait_closed()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 @pytest.mark.parametrize(
@@ -147,7 +149,8 @@ async def test_missing_or_malformed_signature_is_refused_before_the_body(
     head = f"POST {gateway.path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {10 * 2**30}\r\n"
     if authorization is not None:
         head += f"Authorization: {authorization}\r\n"
-    answer = await raw_exchange(gateway, (head + "\r\n").encode())
+    assert gateway.port is not None
+    answer = await raw_exchange(gateway.port, (head + "\r\n").encode())
     status, _, rest = answer.partition(b"\r\n")
     assert status.startswith(b"HTTP/1.1 400 ")
     assert b"Connection: close" in rest
@@ -392,18 +395,6 @@ HTTP_GARBAGE = {
 }
 
 
-async def _exchange(port: int, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        with suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 @pytest.mark.slow
 async def test_http_level_errors_are_one_json_line_each(
     redis_server: EmbeddedRedis, redis_client: aioredis.Redis
@@ -425,7 +416,7 @@ async def test_http_level_errors_are_one_json_line_each(
     try:
         gateway = await asyncio.wait_for(started, timeout=30)
         for name, request in HTTP_GARBAGE.items():
-            answer = await _exchange(gateway["port"], request)
+            answer = await raw_exchange(gateway["port"], request)
             assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", name
         url = f"http://127.0.0.1:{gateway['port']}{gateway['path']}"
         async with aiohttp.ClientSession() as http:
