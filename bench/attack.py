@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -48,7 +47,7 @@ from typing import Any
 import aiohttp
 
 from bench.cores import BusyWindow
-from bench.gateway import gateway_results, order_paid_body, start_gateway, start_valkey
+from bench.gateway import gateway_results, order_paid_body, signed_headers, start_gateway, start_valkey
 from bench.processes import Child, signals_interrupt
 from bench.report import percentile, simple_table
 from bench.servers import ROOT, Placement
@@ -119,14 +118,12 @@ async def send_valid(
     count = round(rate_per_s * duration_s)
     statuses: Counter[str] = Counter()
     latencies_us: list[float] = []
-    secret_bytes = secret.encode()
     timeout = aiohttp.ClientTimeout(total=VALID_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=timeout) as http:
 
         async def one(number: int) -> None:
             body = order_paid_body(number, f"bench-player-{number % PLAYERS:05d}")
-            digest = hashlib.sha1(body + secret_bytes).hexdigest()  # noqa: S324 - Xsolla's signature scheme
-            headers = {"Authorization": f"Signature {digest}", "Content-Type": "application/json"}
+            headers = signed_headers(body, secret)
             started = time.perf_counter()
             try:
                 async with http.post(url, data=body, headers=headers) as response:

@@ -56,6 +56,7 @@ from bench.cores import BusyWindow
 from bench.processes import Child, signals_interrupt, wait_until
 from bench.report import Comparison, Latency, Run, merge, table, tally
 from bench.servers import free_port
+from providers.xsolla.signature import sign
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
@@ -91,6 +92,11 @@ async def serve_bare(host: str, port: int, path: str) -> None:
 
 
 # --- the load -----------------------------------------------------------------------------------------------------
+
+
+def signed_headers(body: bytes, secret: str) -> dict[str, str]:
+    """The headers of a webhook signed with `secret` as Xsolla signs it."""
+    return {"Authorization": sign(body, secret), "Content-Type": "application/json"}
 
 
 def order_paid_body(order_id: int, player: str) -> bytes:
@@ -155,7 +161,6 @@ async def _load_worker(
     latencies_us: list[float] = []
     # Distinct order ids across workers, and across the runs on one gateway (`first_order`).
     numbers = iter(range(first_order + worker * 1_000_000_000, sys.maxsize))
-    secret_bytes = secret.encode()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
@@ -165,8 +170,7 @@ async def _load_worker(
             while time.time() < window_end:
                 number = next(numbers)
                 body = order_paid_body(number, f"bench-player-{number % PLAYERS:05d}")
-                digest = hashlib.sha1(body + secret_bytes).hexdigest()  # noqa: S324 - Xsolla's signature scheme
-                headers = {"Authorization": f"Signature {digest}", "Content-Type": "application/json"}
+                headers = signed_headers(body, secret)
                 began_at = time.time()
                 started = time.perf_counter()
                 try:

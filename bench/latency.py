@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -47,7 +46,7 @@ import aiohttp
 
 from bench import counters
 from bench.cores import BusyWindow
-from bench.gateway import order_paid_body, start_gateway
+from bench.gateway import order_paid_body, signed_headers, start_gateway
 from bench.processes import Child, signals_interrupt
 from bench.report import percentile, simple_table
 from bench.servers import ROOT, Placement, start_service
@@ -107,15 +106,13 @@ async def _send(url: str, secret: str, *, count: int, rate_per_s: float, start_a
     Returns:
         [[order number, scheduled at, sent at, 204 received at, status], ...], times on time.monotonic().
     """
-    secret_bytes = secret.encode()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     results: list[list[Any]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections), timeout=timeout) as http:
 
         async def one(number: int, scheduled_at: float, *, record: bool = True) -> None:
             body = order_paid_body(number, player_of(number))
-            digest = hashlib.sha1(body + secret_bytes).hexdigest()  # noqa: S324 - Xsolla's signature scheme
-            headers = {"Authorization": f"Signature {digest}", "Content-Type": "application/json"}
+            headers = signed_headers(body, secret)
             sent_at = time.monotonic()
             try:
                 async with http.post(url, data=body, headers=headers) as response:
