@@ -47,10 +47,16 @@ def _bounded_text(name: str, value: str, limit: int) -> str:
     return value
 
 
-def _duration_ms(name: str, duration: Duration) -> int:
+def _duration_parts(name: str, duration: Duration) -> tuple[int, int]:
+    """The seconds and nanos of a well-formed Duration (nanos within ±999,999,999, of the seconds' sign)."""
     seconds, nanos = duration.seconds, duration.nanos
     if not -999_999_999 <= nanos <= 999_999_999 or (seconds > 0 > nanos) or (seconds < 0 < nanos):
         raise InvalidArgument(name, "is not a valid google.protobuf.Duration")
+    return seconds, nanos
+
+
+def _duration_ms(name: str, duration: Duration) -> int:
+    seconds, nanos = _duration_parts(name, duration)
     ms = seconds * 1000 + int(nanos / 1_000_000)
     if ms <= 0:
         raise InvalidArgument(name, "must be positive (at least 1 ms)")
@@ -231,9 +237,7 @@ def order_watch(
             raise InvalidArgument("project_id", f"is required with a token: no {provider} project is configured")
     max_wait_s = default_max_wait_s
     if request.HasField("max_wait"):
-        seconds, nanos = request.max_wait.seconds, request.max_wait.nanos
-        if not -999_999_999 <= nanos <= 999_999_999 or (seconds > 0 > nanos) or (seconds < 0 < nanos):
-            raise InvalidArgument("max_wait", "is not a valid google.protobuf.Duration")
+        seconds, nanos = _duration_parts("max_wait", request.max_wait)
         max_wait_s = seconds + nanos / 1e9
         if max_wait_s <= 0:
             raise InvalidArgument("max_wait", "must be positive")
