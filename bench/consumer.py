@@ -40,6 +40,7 @@ from bench.servers import ROOT, Placement
 from core import logs
 from core.eventlog import EventLog
 from core.keys import CONSUMER_GROUP, EventKeys
+from core.projects import Projects
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog
@@ -104,7 +105,7 @@ async def _drained(redis: aioredis.Redis, streams: list[str]) -> bool:
 
 async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partitions: int) -> float:
     store = EntitlementStore(redis, timeout_s=5.0, idempotency_ttl_ms=86_400_000)
-    fulfillment = Fulfillment(store, CATALOG, OrderStatusPublisher(redis, cluster=False))
+    fulfillment = Fulfillment(store, CATALOG, Projects(), OrderStatusPublisher(redis, cluster=False))
 
     async def worker(share: list[ev.WebhookEvent]) -> None:
         for event in share:

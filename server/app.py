@@ -200,7 +200,7 @@ class Service:
         publisher = OrderStatusPublisher(redis, cluster=settings.redis_cluster)
         self.consumer = Consumer(
             self._consumer_redis,
-            Fulfillment(store, settings.catalog, publisher),
+            Fulfillment(store, settings.catalog, settings.projects, publisher),
             self.metrics,
             settings.consumer,
             partitions=settings.event_partitions,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.environ import EnvReader
+from core.projects import SANDBOX_IGNORE, SANDBOX_POLICIES, Project, Projects
 from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
 from server.errors import ConfigError
@@ -102,6 +103,8 @@ class Settings:
     event_partitions: int = 1
     # sku -> kind and period, from ENTITLEMENTS_CATALOG_FILE; empty: every sku is a plain item.
     catalog: Catalog = field(default_factory=Catalog)
+    # The projects served and their settings (sandbox policy, ...); by default any project, sandbox orders ignored.
+    projects: Projects = field(default_factory=Projects)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
@@ -148,6 +151,10 @@ class Settings:
         log_json_text = reader.text("ENTITLEMENTS_LOG_JSON", "")
         catalog_file = reader.text("ENTITLEMENTS_CATALOG_FILE", "")
         catalog = Catalog.load(Path(catalog_file)) if catalog_file else Catalog()
+        sandbox = reader.text("ENTITLEMENTS_SANDBOX_POLICY", SANDBOX_IGNORE)
+        if sandbox not in SANDBOX_POLICIES:
+            raise ConfigError(f"ENTITLEMENTS_SANDBOX_POLICY must be {' or '.join(SANDBOX_POLICIES)}, not {sandbox!r}")
+        projects = Projects.single(None, template=Project(0, sandbox=sandbox))
         consumer = ConsumerSettings(
             enabled=reader.boolean("ENTITLEMENTS_CONSUMER_ENABLED", True),
             batch=reader.integer("ENTITLEMENTS_CONSUMER_BATCH", 64, minimum=1, maximum=10_000),
@@ -193,6 +200,7 @@ class Settings:
             log_json=None if not log_json_text else reader.boolean("ENTITLEMENTS_LOG_JSON", True),
             event_partitions=reader.integer("ENTITLEMENTS_EVENT_PARTITIONS", 1, minimum=1, maximum=1024),
             catalog=catalog,
+            projects=projects,
             consumer=consumer,
             tracking=tracking,
             grpc_max_pending_requests=pending,

@@ -4,8 +4,15 @@
   the kind and period the catalog gives the sku; the order hash remembers what each line changed.
 - `order_canceled`: undoes exactly what that order granted; a cancel that comes first makes the late
   `order_paid` grant nothing.
-- Subscription events: create or update the player's recurring subscription (shown by ListSubscriptions).
+- Subscription events: create or update the player's recurring subscription (shown by ListSubscriptions), in the
+  order the provider's dates place them (`server.store.subscriptions`): a late older event changes nothing.
 - `payment`, `refund`, `partial_refund`: one entry on the player's ledger; no grants.
+
+Test payments (`event.sandbox`: a sandbox order, a dry-run transaction) follow the project's sandbox policy
+(`core.projects`): "ignore", the default, records a sandbox `order_paid` as paid with nothing granted (the order
+hash says `withheld` = "sandbox", the ledger lists its lines), so its `order_canceled` has nothing to undo;
+"grant" treats it as a live order. A live order never depends on the policy. Either way test payments are
+counted by type and policy (`entitlements_sandbox_events_total`).
 - Anything else: ignored (acknowledged and counted by the consumer).
 
 Each write carries the event id as its idempotency key, so a redelivered event changes nothing. Applied order
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.limits import MAX_CONSUMABLE_TOTAL, quantity_problem
+from core.projects import SANDBOX_GRANT, SANDBOX_IGNORE, Projects
 from entitlements.v1 import events_pb2
 from server import validation
 from server.catalog import Catalog
@@ -78,10 +86,13 @@ class Applied:
 
     Attributes:
         type: the event's type label (see `type_label`).
-        result: "applied", "replayed", "ignored", "stale" or "canceled_before_paid".
+        result: "applied", "replayed", "ignored", "stale", "withheld" or "canceled_before_paid".
         order: for order events, the order's state afterwards (as published).
         lines_changed: order lines granted (order_paid) or undone (order_canceled) by this delivery.
         kind_conflicts: order lines granted as the kind the player held rather than the catalog's.
+        sandbox_policy: for a test payment, the project's sandbox policy that applied ("ignore", "grant");
+            "" for a live event.
+        note: why the event changed nothing, when the store says (a stale subscription event).
     """
 
     type: str
@@ -89,6 +100,8 @@ class Applied:
     order: OrderState | None = None
     lines_changed: int = 0
     kind_conflicts: int = 0
+    sandbox_policy: str = ""
+    note: str = ""
 
     @property
     def replayed(self) -> bool:
@@ -112,13 +125,28 @@ class Fulfillment:
     Args:
         store: the entitlement store.
         catalog: sku -> kind and period; skus not in it are plain items.
+        projects: the projects served, for their sandbox policy (a project it does not know: "ignore").
         publisher: where order states are announced; None publishes nothing (tools, benchmarks).
     """
 
-    def __init__(self, store: EntitlementStore, catalog: Catalog, publisher: OrderStatusPublisher | None) -> None:
+    def __init__(
+        self,
+        store: EntitlementStore,
+        catalog: Catalog,
+        projects: Projects,
+        publisher: OrderStatusPublisher | None,
+    ) -> None:
         self._store = store
         self._catalog = catalog
+        self._projects = projects
         self._publisher = publisher
+
+    def _sandbox_policy(self, event: events_pb2.WebhookEvent) -> str:
+        """The sandbox policy that applies to `event`: "" for a live event, else its project's policy."""
+        if not event.sandbox:
+            return ""
+        project = self._projects.get(event.project_id)
+        return project.sandbox if project is not None else SANDBOX_IGNORE
 
     async def apply(self, event: events_pb2.WebhookEvent) -> Applied:
         """Applies one event, once per event id.
@@ -163,7 +191,18 @@ class Fulfillment:
             "transaction_id": order.transaction_id,
         }
         outcome: OrderOutcome
-        if event.type == ET.EVENT_TYPE_ORDER_PAID:
+        policy = self._sandbox_policy(event)
+        if event.type == ET.EVENT_TYPE_ORDER_PAID and policy not in ("", SANDBOX_GRANT):
+            # A test payment the project does not grant: recorded, lines listed, nothing granted.
+            record["lines"] = compact_json(lines)
+            reason = (
+                f"order_paid {order_id}: sandbox order, nothing granted "
+                f"(the sandbox policy of project {event.project_id} is {policy!r})"
+            )
+            outcome = await self._store.apply_order_paid(
+                user_id, order_id, event_id, actor, [], record, withheld="sandbox", withheld_reason=reason
+            )
+        elif event.type == ET.EVENT_TYPE_ORDER_PAID:
             record["lines"] = compact_json(lines)
             outcome = await self._store.apply_order_paid(
                 user_id, order_id, event_id, actor, self._grantable_lines(order), record
@@ -177,10 +216,11 @@ class Fulfillment:
             status=outcome.status,
             entitlements_granted=outcome.entitlements_granted,
             observed_at_ms=outcome.updated_at_ms,
+            withheld=outcome.withheld,
         )
         if self._publisher is not None:
             await self._publisher.publish(state)
-        return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts)
+        return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts, policy)
 
     def _grantable_lines(self, order: events_pb2.OrderEvent) -> list[OrderLine]:
         lines: list[OrderLine] = []
@@ -206,7 +246,7 @@ class Fulfillment:
         outcome = await self._store.record_subscription_event(
             user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], subscription_change(sub)
         )
-        return Applied(label, outcome.result)
+        return Applied(label, outcome.result, sandbox_policy=self._sandbox_policy(event))
 
     async def _apply_transaction(
         self, label: str, event: events_pb2.WebhookEvent, event_id: str, user_id: str, actor: str
@@ -235,7 +275,7 @@ class Fulfillment:
         if txn.lines:
             fields["items"] = compact_json([{"sku": line.sku, "quantity": line.quantity} for line in txn.lines])
         applied = await self._store.record_event(user_id, event_id, fields)
-        return Applied(label, "applied" if applied else "replayed")
+        return Applied(label, "applied" if applied else "replayed", sandbox_policy=self._sandbox_policy(event))
 
 
 def subscription_change(sub: events_pb2.SubscriptionEvent) -> SubscriptionChange:

@@ -58,7 +58,7 @@ class ServiceMetrics:
         self.events = Counter(
             "entitlements_events_total",
             "Event deliveries handled by this replica's consumer, by event type and result (applied, replayed, "
-            "ignored, stale, canceled_before_paid, error, dead_lettered, missing).",
+            "ignored, stale, withheld, canceled_before_paid, error, dead_lettered, missing).",
             ["type", "result"],
             registry=registry,
         )
@@ -119,6 +119,13 @@ class ServiceMetrics:
         self.kind_conflicts = Counter(
             "entitlements_order_kind_conflicts_total",
             "Order lines granted as the kind the player already held, not the catalog's kind.",
+            registry=registry,
+        )
+        self.sandbox_events = Counter(
+            "entitlements_sandbox_events_total",
+            "Test payments applied (sandbox orders, dry-run transactions), by event type and the project's sandbox "
+            "policy: ignore (recorded, nothing granted) or grant (granted as a live order).",
+            ["type", "policy"],
             registry=registry,
         )
         self.consumer_errors = Counter(

@@ -7,7 +7,10 @@ redelivery of one, the consumer publishes the hash's new state as a small JSON m
 `ORDER_STATUS_CHANNEL` (`ent:order-status`) with `OrderStatusPublisher`:
 
     {"order_id": "689810880", "user_id": "a1b2c3", "status": "paid", "entitlements_granted": true,
-     "observed_at_ms": 1767225600000, "source": "webhook"}
+     "observed_at_ms": 1767225600000, "source": "webhook", "withheld": ""}
+
+`withheld` names why a paid order grants nothing by policy ("sandbox": a test payment the project's sandbox policy
+ignores): no grant will follow, so a stream following the order need not wait for one.
 
 `PUBLISH`/`SUBSCRIBE` on a standalone Redis, `SPUBLISH`/`SSUBSCRIBE` (sharded pub/sub, served by the node owning
 the channel's slot) on a Redis Cluster. Every replica subscribes once (`OrderStatusFeed`) and hands each message
@@ -66,6 +69,7 @@ class OrderState:
         entitlements_granted: True while the order's items are granted to the player (false once canceled).
         observed_at_ms: when the consumer applied the event that set this state (Redis server clock, ms).
         source: always "webhook" here.
+        withheld: why the paid order grants nothing by policy ("sandbox"); "" when it grants as usual.
     """
 
     order_id: str
@@ -74,6 +78,7 @@ class OrderState:
     entitlements_granted: bool
     observed_at_ms: int
     source: str = "webhook"
+    withheld: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
@@ -94,6 +99,7 @@ class OrderState:
                 entitlements_granted=bool(raw["entitlements_granted"]),
                 observed_at_ms=int(raw["observed_at_ms"]),
                 source=str(raw.get("source", "webhook")),
+                withheld=str(raw.get("withheld") or ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an order status message: {exc}") from exc
@@ -110,17 +116,15 @@ class OrderState:
             status=status,
             entitlements_granted=fields.get("granted") == "1",
             observed_at_ms=int(fields.get("updated_at_ms") or 0),
+            withheld=fields.get("withheld", ""),
         )
 
 
 async def read_order_state(redis: RedisClient, user_id: str, order_id: str) -> OrderState | None:
     """Reads an order's stored state, or None if no order event named it yet."""
-    raw = await redis.hmget(UserKeys(user_id).order(order_id), ["status", "granted", "updated_at_ms"])
-    fields = {
-        name: reply_text(value)
-        for name, value in zip(("status", "granted", "updated_at_ms"), raw, strict=True)
-        if value is not None
-    }
+    names = ("status", "granted", "updated_at_ms", "withheld")
+    raw = await redis.hmget(UserKeys(user_id).order(order_id), list(names))
+    fields = {name: reply_text(value) for name, value in zip(names, raw, strict=True) if value is not None}
     return OrderState.from_hash(user_id, order_id, fields)
 
 

@@ -502,14 +502,18 @@ async def test_malformed_entry_is_listed_with_its_error(
 async def test_webhook_through_the_gateway_is_granted_once(
     consuming: Service, client: AsyncEntitlementsClient, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
-    """End to end: Xsolla's order_paid (the sandbox capture), posted twice to the real gateway, is granted once."""
+    """End to end: Xsolla's order_paid (the sandbox capture, paid for real), posted twice to the gateway, is granted
+    once."""
     import aiohttp
 
     from providers.xsolla import WebhookSettings
     from tests.helpers.gateway import post, running_gateway
     from webhook_gateway import GatewaySettings
 
-    body = (Path(__file__).parent / "fixtures" / "xsolla" / "order_paid_combined.json").read_bytes()
+    capture = json.loads((Path(__file__).parent / "fixtures" / "xsolla" / "order_paid_combined.json").read_bytes())
+    capture["order"]["mode"] = "default"  # a live payment: sandbox orders follow the sandbox policy (test_sandbox)
+    del capture["billing"]["transaction"]["dry_run"]
+    body = json.dumps(capture).encode()
     secret = "e2e-secret-0123456789"
     settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=2)
     async with (

@@ -413,6 +413,51 @@ async def test_done_without_the_grant_ends_after_the_grant_wait(rig: Rig) -> Non
     assert 0.4 < time.monotonic() - started < 5.0
 
 
+async def test_an_ignored_sandbox_order_completes_a_stream_without_token_ungranted(rig: Rig) -> None:
+    """A sandbox order the project ignores: its order_paid webhook ends a token-less stream as done, not granted."""
+    service = await rig.service()
+    client = await rig.client(service)
+    order = rig.sim.create_order(PLAYER, ITEMS, sandbox=True)
+    reader = Reader(client.get_order_status(str(order.order_id), PLAYER))
+    await eventually(lambda: len(tracking_of(service)) == 1, what="the tracker")
+    await rig.sim.set_status(order.order_id, "paid", channels=("webhook",))
+    updates = await reader.end()
+    assert summary(updates) == [(DONE, WEBHOOK, False)]
+    assert not (await client.check_entitlement(PLAYER, "gold")).HasField("entitlement")
+
+
+async def test_a_sandbox_order_done_at_xsolla_does_not_wait_for_a_grant(rig: Rig) -> None:
+    """DONE from Xsolla, then the ignored sandbox order's webhook: the stream ends then, not after grant_wait_s."""
+    service = await rig.service(grant_wait_s=600.0)
+    client = await rig.client(service)
+    token = rig.sim.issue_token(PLAYER)
+    order = rig.sim.create_order(PLAYER, ITEMS, sandbox=True)
+    reader = Reader(client.get_order_status(str(order.order_id), PLAYER, token=token))
+    await eventually(lambda: rig.sim.websocket_connections == 1, what="the socket")
+    await rig.sim.set_status(order.order_id, "done", channels=("websocket",))
+    await reader.count(1)
+    await rig.sim.set_status(order.order_id, "paid", channels=("webhook",))  # the order_paid webhook, late
+    updates = await reader.end()
+    assert summary(updates) == [(DONE, WEBSOCKET, False)]
+    assert not any(update.timed_out for update in updates)
+
+
+async def test_an_ignored_sandbox_order_ends_the_stream_at_xsolla_done(rig: Rig) -> None:
+    """The ignored sandbox order's webhook first (paid, not granted), then Xsolla's DONE ends the stream at once."""
+    service = await rig.service(grant_wait_s=600.0)
+    client = await rig.client(service)
+    token = rig.sim.issue_token(PLAYER)
+    order = rig.sim.create_order(PLAYER, ITEMS, sandbox=True)
+    reader = Reader(client.get_order_status(str(order.order_id), PLAYER, token=token))
+    await eventually(lambda: rig.sim.websocket_connections == 1, what="the socket")
+    await rig.sim.set_status(order.order_id, "paid", channels=("webhook",))
+    await reader.count(1)
+    await rig.sim.set_status(order.order_id, "done", channels=("websocket",))
+    updates = await reader.end()
+    assert summary(updates) == [(PAID, WEBHOOK, False), (DONE, WEBSOCKET, False)]
+    assert not any(update.timed_out for update in updates)
+
+
 # --- sharing ----------------------------------------------------------------------------------------------------
 
 

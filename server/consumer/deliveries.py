@@ -76,6 +76,8 @@ def report_applied(
         metrics.grants_undone.inc(applied.lines_changed)
     if applied.kind_conflicts:
         metrics.kind_conflicts.inc(applied.kind_conflicts)
+    if applied.sandbox_policy and applied.result != "replayed":
+        metrics.sandbox_events.labels(applied.type, applied.sandbox_policy).inc()
     log.info(
         "event_applied",
         type=applied.type,
@@ -84,6 +86,8 @@ def report_applied(
         user=user_ref(event.user_id),
         order_id=applied.order.order_id if applied.order else None,
         lines_changed=applied.lines_changed,
+        sandbox_policy=applied.sandbox_policy or None,
+        note=applied.note or None,
         partition=entry.partition,
         entry_id=entry.entry_id,
         deliveries=entry.deliveries,

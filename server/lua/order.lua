@@ -6,16 +6,17 @@
 -- ARGV[1] event id (the idempotency key written to the ledger), ARGV[2] order id, ARGV[3] actor,
 -- ARGV[4] order fields to record as JSON {name: string}; the scripts' own arguments follow.
 --
--- Both scripts reply JSON {r = result, status, granted, at = updated_at_ms, n = lines changed, c = conflicts}.
+-- Both scripts reply JSON {r = result, status, granted, at = updated_at_ms, n = lines changed, c = conflicts,
+-- w = why the paid order grants nothing by policy ("sandbox"; "" when it grants)}.
 
 local order_key = KEYS[4]
 local order_id = ARGV[2]
 local now = server_now()
 
 local function reply(result, n, c)
-  local stored = redis.call('HMGET', order_key, 'status', 'granted', 'updated_at_ms')
+  local stored = redis.call('HMGET', order_key, 'status', 'granted', 'updated_at_ms', 'withheld')
   return cjson.encode({r = result, status = stored[1], granted = stored[2] == '1',
-                       at = tonumber(stored[3]) or 0, n = n or 0, c = c or 0})
+                       at = tonumber(stored[3]) or 0, n = n or 0, c = c or 0, w = stored[4] or ''})
 end
 
 -- Writes the order hash: the recorded order fields, then `fields` (name, value, ...).

@@ -1,7 +1,8 @@
 -- order_canceled (after kinds.lua and order.lua): undoes exactly what the order's order_paid granted, newest
 -- line first, and marks the order canceled. A cancel that arrives before its order_paid is remembered
 -- (`canceled_before_paid`), so the late order_paid grants nothing.
--- Results: "applied", "replayed", "canceled_before_paid".
+-- Results: "applied", "replayed", "canceled_before_paid". The cancel of an order whose order_paid granted nothing by
+-- policy (`withheld`) undoes nothing and says so on the ledger.
 --
 -- Undoing a line, against the record as it is now (other grants may have happened since):
 --   consumable     the quantity the order added is taken back, not below 0; at 0 the sku is removed;
@@ -64,6 +65,11 @@ for i = #grants, 1, -1 do
   end
 end
 
+local withheld = redis.call('HGET', order_key, 'withheld')
+if withheld then
+  ledger('order_canceled', 'order_canceled ' .. order_id .. ' of a ' .. withheld .. ' order that granted nothing: '
+         .. 'nothing to undo', '', '', '', {'withheld', withheld})
+end
 write_items()
 save_order({'status', 'canceled', 'granted', '0', 'canceled_event_id', ARGV[1], 'canceled_at_ms', tostring(now)})
 return reply('applied', undone)

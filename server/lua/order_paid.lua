@@ -1,9 +1,12 @@
 -- order_paid (after kinds.lua and order.lua): grants the order's lines unless the order was paid already
 -- (replay) or canceled first (its cancel arrived before this event: nothing is granted).
 -- ARGV[5] grantable lines as JSON [{s = sku, k = catalog kind (0 plain), p = catalog period ms, q = quantity}],
--- ARGV[6] maximum consumable total, ARGV[7] maximum expiry (ms since the epoch).
--- Results: "applied", "replayed", "ignored" (paid after canceled). Errors "QUANTITY_LIMIT <total> <sku>" and
--- "EXPIRY_LIMIT <sku>" are raised before anything is written.
+-- ARGV[6] maximum consumable total, ARGV[7] maximum expiry (ms since the epoch), ARGV[8] why the order is to
+-- grant nothing by policy ("sandbox": a test payment the project's policy ignores; "" to grant), ARGV[9] the
+-- ledger's reason for that.
+-- Results: "applied", "replayed", "ignored" (paid after canceled), "withheld" (paid, nothing granted by policy:
+-- the order hash says `withheld`, its grants are empty, so its cancel undoes nothing). Errors
+-- "QUANTITY_LIMIT <total> <sku>" and "EXPIRY_LIMIT <sku>" are raised before anything is written.
 
 local status = redis.call('HGET', order_key, 'status')
 if status == 'paid' then
@@ -17,6 +20,15 @@ if status == 'canceled' then
              tostring(now))
   ledger('order_paid', 'order_paid ' .. order_id .. ' after its order_canceled: nothing granted', '')
   return reply('ignored')
+end
+
+local withheld = ARGV[8]
+if withheld ~= '' then
+  local lines = cjson.decode(ARGV[4]).lines or '[]'
+  ledger('order_paid', ARGV[9], '', '', '', {'withheld', withheld, 'lines', lines})
+  save_order({'status', 'paid', 'granted', '0', 'withheld', withheld, 'paid_event_id', ARGV[1],
+              'paid_at_ms', tostring(now), 'grants', '[]'})
+  return reply('withheld')
 end
 
 -- Plan every line before writing anything, so a limit error leaves no partial order behind.

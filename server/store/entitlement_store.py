@@ -198,6 +198,9 @@ class EntitlementStore:
         actor: str,
         lines: Sequence[OrderLine],
         record: Mapping[str, str],
+        *,
+        withheld: str = "",
+        withheld_reason: str = "",
     ) -> OrderOutcome:
         """Grants a paid order's lines atomically, once: the order hash (`UserKeys.order`) is its idempotency
         record. Kinds follow the Grant rules; a sku held as another kind than the catalog says is granted as the
@@ -205,6 +208,9 @@ class EntitlementStore:
 
         Args:
             record: order fields kept in the order hash for operators (transaction id, amount, lines, ...).
+            withheld: when set ("sandbox"), the order grants nothing by policy: it is recorded as paid with
+                `withheld` and no grants (result "withheld"), with one ledger entry saying `withheld_reason` and
+                listing the record's `lines`; `lines` are then not needed.
 
         Raises:
             FailedPrecondition: a line would pass the quantity or expiry limit; nothing was written.
@@ -216,6 +222,8 @@ class EntitlementStore:
             compact_json(payload) if payload else "[]",
             MAX_CONSUMABLE_TOTAL,
             MAX_EXPIRES_AT_MS,
+            withheld,
+            withheld_reason,
         ]
         return await self._run_order(self._order_paid, user_id, order_id, args)
 

@@ -123,8 +123,9 @@ class OrderOutcome:
     """What applying an order event did, and the order's stored state afterwards.
 
     `result`: "applied"; "replayed" (the event had been applied before: nothing changed); "ignored" (an
-    order_paid after the order's cancel: nothing granted); "canceled_before_paid" (a cancel recorded ahead of
-    its order_paid).
+    order_paid after the order's cancel: nothing granted); "withheld" (a paid order that grants nothing by
+    policy, e.g. a sandbox order the project ignores); "canceled_before_paid" (a cancel recorded ahead of its
+    order_paid). `withheld` is the stored reason the order grants nothing by policy ("sandbox"), "" otherwise.
     """
 
     result: str
@@ -133,10 +134,11 @@ class OrderOutcome:
     updated_at_ms: int
     lines_changed: int = 0
     kind_conflicts: int = 0
+    withheld: str = ""
 
     @classmethod
     def from_reply(cls, reply: bytes | str) -> OrderOutcome:
-        """Reads an order script's reply (`server/lua/order.lua`): JSON {r, status, granted, at, n, c}."""
+        """Reads an order script's reply (`server/lua/order.lua`): JSON {r, status, granted, at, n, c, w}."""
         data = json.loads(reply)
         return cls(
             result=str(data["r"]),
@@ -145,6 +147,7 @@ class OrderOutcome:
             updated_at_ms=int(data.get("at") or 0),
             lines_changed=int(data.get("n") or 0),
             kind_conflicts=int(data.get("c") or 0),
+            withheld=str(data.get("w") or ""),
         )
 
 

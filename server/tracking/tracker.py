@@ -15,6 +15,10 @@ What a tracker needs from the provider is `core.order_sources.OrderSources`. Wit
 the provider's DONE; the tracker then takes the applied `order_paid` webhook (paid,
 items granted) as the order's completion and reports DONE from that source.
 
+An order paid but withheld by policy (a sandbox order the project's policy ignores: `OrderState.withheld`) will
+never be granted: its webhook completes it the same way (DONE, `entitlements_granted` false), and a provider DONE
+does not wait `grant_wait_s` for a grant that cannot come.
+
 All of it runs on the event loop: the callbacks (`webhook`, `socket_status`, `socket_failed`) do not await, so
 state changes never interleave.
 """
@@ -178,6 +182,8 @@ class OrderTracker:
         self._task: asyncio.Task[None] | None = None
         self._stored_read = False
         self._grant_timer: asyncio.TimerHandle | None = None
+        # The consumer recorded the order as paid and granting nothing by policy: no grant will follow.
+        self._withheld = False
         self._stopped = False
         # The WebSocket phase: woken by every status or failure the socket reports for this order.
         self._socket_wakeup = asyncio.Event()
@@ -259,11 +265,19 @@ class OrderTracker:
         if status is None:
             self._unknown_status("webhook", state.status)
             return
-        if status == PAID and state.entitlements_granted and self._player is None:
+        if state.withheld:
+            self._withheld = True
+        if status == PAID and (state.entitlements_granted or state.withheld) and self._player is None:
             # Nothing else can tell this tracker that the provider delivered the order, and the provider (Xsolla)
-            # considers an order delivered once its order_paid webhook is acknowledged: the grant completes it.
+            # considers an order delivered once its order_paid webhook is acknowledged: the grant (or the policy's
+            # decision to grant nothing) completes it.
             status = DONE
         self._offer(status, STORED if stored else WEBHOOK, state.observed_at_ms or now_ms(), state.entitlements_granted)
+        current = self.progress.current
+        if self._withheld and not self._stopped and current is not None and current.status == DONE:
+            # The provider's DONE came first and its streams wait for a grant this order will never get.
+            self._log.info("order_tracking_finished", status="done", source="webhook", withheld=state.withheld)
+            self._end_watchers(None)
 
     def socket_status(self, reported: ReportedStatus) -> None:
         self._socket_heard_at = asyncio.get_running_loop().time()
@@ -293,7 +307,8 @@ class OrderTracker:
         for watcher in self._watchers:
             watcher.push(update)
         if update.status in (CANCELED, EXPIRED) or (
-            update.status == DONE and (update.entitlements_granted or self._settings.grant_wait_s <= 0)
+            update.status == DONE
+            and (update.entitlements_granted or self._withheld or self._settings.grant_wait_s <= 0)
         ):
             self._log.info("order_tracking_finished", status=STATUS_NAMES[update.status], source=SOURCE_NAMES[source])
             self._end_watchers(None)
