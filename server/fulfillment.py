@@ -246,7 +246,7 @@ class Fulfillment:
         outcome = await self._store.record_subscription_event(
             user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], subscription_change(sub)
         )
-        return Applied(label, outcome.result, sandbox_policy=self._sandbox_policy(event))
+        return Applied(label, outcome.result, sandbox_policy=self._sandbox_policy(event), note=outcome.why)
 
     async def _apply_transaction(
         self, label: str, event: events_pb2.WebhookEvent, event_id: str, user_id: str, actor: str

@@ -1,9 +1,38 @@
-"""A player's recurring subscriptions: the stored record, and the change one provider event makes to it.
+"""A player's recurring subscriptions: the stored record, the change one provider event makes to it, and the rule
+that keeps the record from going backwards.
 
 Each recurring subscription is one field of the player's subscriptions hash (`UserKeys.subscriptions`), keyed by
 its id and holding JSON that only `server/lua/subscription.lua` writes: it merges the keys an event carries
-(`SubscriptionChange.fields`) into the stored ones, once per event id, ignoring events older than the stored
-state. ListSubscriptions reads the records back (`RecurringSubscription`).
+(`SubscriptionChange.fields`) into the stored ones, once per event id. ListSubscriptions reads the records back
+(`RecurringSubscription`).
+
+**Order.** Events arrive out of order: a retry after a 503, a dead-letter replay, two consumers. They carry no
+time of their own (Xsolla's subscription webhooks have `date_create`, `date_next_charge`, which a renewal moves
+on and a non-renewal keeps, and a cancel's `date_end`), so the script places each one by its dates against the
+state in force, and applies it only when it comes later. The record keeps, besides the dates, `period_start_ms`
+(when the period in force began: the create's `date_create`, or the charge of the renewal that set the next
+charge date, which is the next charge date it replaced) and `period_estimate_ms` (the last renewal's step, or a
+create's first period when it has no trial):
+
+- create: applies only to a subscription with no record; later it is older than anything recorded (it only fills
+  in details the record never had, such as `date_create`).
+- update, non-renewal, by `date_next_charge` N against the stored one S:
+  N < S: older. N = S: the same period; applies over `active` (a plan change; a non-renewal), and a non-renewal
+  over `non_renewing`; otherwise (an update over `non_renewing`, anything over `canceled`) it is older, because a
+  late delivery cannot be told from a later change: the next renewal, which moves the date, decides. N > S: a
+  renewal to N, charged
+  at S. It applies over `active` and `non_renewing`; over `canceled` only when that charge comes after the cancel:
+  S after its `date_end` E (and S already passed: a date still to come was moved, not charged), or, when S is not
+  after E, N minus the period estimate more than four days after E (calendar months differ by up to three). A
+  renewal that cannot be shown to come after the cancel is older: a canceled subscription is never re-activated
+  by a guess.
+- cancel, by `date_end` E (the Redis clock when it has none): older when E is before `period_start_ms` (a renewal
+  charged after it was applied first); over another cancel, only a later E applies.
+- An update or non-renewal without `date_next_charge` applies only to a subscription with no record.
+
+An event found older changes nothing and is on the ledger with `applied` = 0 and `why`; the consumer counts it
+as `stale`. The known limit: a subscription re-activated without a new charge (same next charge date) reads
+canceled until its next renewal.
 """
 
 from __future__ import annotations
@@ -34,6 +63,8 @@ class RecurringSubscription:
         period_value: the billing period, `period_value` times `period_unit` ("day", "month", ...).
         charge_amount: the charge of a period (a decimal string) in `charge_currency`; both or neither.
         tags: the provider's tags; `is_gift`, `trial_value` units of `trial_unit` as the provider sent them.
+        period_start_ms: when the period in force began (create's date, or its renewal's charge); see the module.
+        period_estimate_ms: the billing period as the events showed it (the last renewal's step), if known.
         updated_at_ms: when the last event that changed the record was applied (Redis server clock).
         event_id: that event's id.
     """
@@ -60,6 +91,8 @@ class RecurringSubscription:
     is_gift: bool = False
     trial_value: int = 0
     trial_unit: str = ""
+    period_start_ms: int | None = None
+    period_estimate_ms: int | None = None
     updated_at_ms: int | None = None
     event_id: str = ""
 
@@ -113,6 +146,8 @@ class RecurringSubscription:
             is_gift=bool(data.get("is_gift")),
             trial_value=int(data.get("trial_value") or 0),
             trial_unit=str(data.get("trial_unit") or ""),
+            period_start_ms=_optional_int(data.get("period_start_ms")),
+            period_estimate_ms=_optional_int(data.get("period_estimate_ms")),
             updated_at_ms=_optional_int(data.get("updated_at_ms")),
             event_id=str(data.get("event_id") or ""),
         )
@@ -181,18 +216,29 @@ class SubscriptionChange:
 
 @dataclass(frozen=True)
 class SubscriptionOutcome:
-    """What recording a subscription event did: "applied", "stale" (older than the stored state, ignored) or
-    "replayed"; and the stored record (None only for a replay of an event whose record was since removed)."""
+    """What recording a subscription event did.
+
+    Attributes:
+        result: "applied", "stale" (older than the stored state: nothing changed but details the record lacked)
+            or "replayed".
+        record: the stored record (None only for a replay of an event whose record was since removed).
+        why: for "stale", why the event was found older (also on the ledger).
+    """
 
     result: str
     record: RecurringSubscription | None
+    why: str = ""
 
     @classmethod
     def from_reply(cls, reply: bytes | str) -> SubscriptionOutcome:
-        """Reads `server/lua/subscription.lua`'s reply: JSON {r, record}."""
+        """Reads `server/lua/subscription.lua`'s reply: JSON {r, record, why}."""
         data = json.loads(reply)
         record = data.get("record")
-        return cls(str(data["r"]), RecurringSubscription.from_mapping(record) if isinstance(record, dict) else None)
+        return cls(
+            str(data["r"]),
+            RecurringSubscription.from_mapping(record) if isinstance(record, dict) else None,
+            str(data.get("why") or ""),
+        )
 
 
 def _optional_int(value: Any) -> int | None:

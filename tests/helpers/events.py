@@ -88,10 +88,12 @@ def subscription_event(
     date_end: datetime | None = None,
     plan_id: str = "b5dac9c8",
     event_id: str | None = None,
+    date_create: datetime | None = datetime(2026, 1, 1, tzinfo=UTC),
 ) -> ev.WebhookEvent:
     """A subscription event as the gateway builds it from Xsolla's subscription webhooks."""
     sub = ev.SubscriptionEvent(subscription_id=subscription_id, plan_id=plan_id, product_id="42")
-    sub.date_create.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC))
+    if date_create is not None:
+        sub.date_create.FromDatetime(date_create)
     if next_charge is not None:
         sub.date_next_charge.FromDatetime(next_charge)
     if date_end is not None:
