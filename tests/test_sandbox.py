@@ -17,7 +17,9 @@ from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import WebhookSettings
 from server.app import Service
+from server.config import Settings
 from server.embedded import EmbeddedRedis
+from server.errors import ConfigError
 from server.status_channel import read_order_state
 from tests.helpers.events import (
     PARTITIONS,
@@ -196,3 +198,13 @@ async def test_dry_run_payments_are_recorded_and_counted(
     assert sorted((e.fields["op"], e.fields["sandbox"]) for e in ledger) == [("payment", "1"), ("refund", "1")]
     assert sample(service, "entitlements_sandbox_events_total", type="payment", policy="ignore") == 1
     assert sample(service, "entitlements_sandbox_events_total", type="refund", policy="ignore") == 1
+
+
+def test_the_sandbox_policy_of_the_single_project_comes_from_the_environment() -> None:
+    """ENTITLEMENTS_SANDBOX_POLICY sets the policy of projects served without a projects file; a bad value is named."""
+    assert Settings.from_env({}).projects.get(308077) == Project(308077)
+    granting = Settings.from_env({"ENTITLEMENTS_SANDBOX_POLICY": "grant"}).projects.get(308077)
+    assert granting is not None
+    assert granting.sandbox == SANDBOX_GRANT
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_SANDBOX_POLICY must be ignore or grant, not 'maybe'"):
+        Settings.from_env({"ENTITLEMENTS_SANDBOX_POLICY": "maybe"})
