@@ -277,6 +277,7 @@ async def test_statuses_without_a_webhook_send_none_and_duplicates_can_be_sent(
     duplicate = await sim.send_webhook(order.order_id, "order_paid")
     await sim.set_status(new_order(sim).order_id, "expired")
 
+    assert duplicate is not None
     assert duplicate.webhook_id == 2
     assert duplicate.outcome == "delivered"
     first, again = receiver.received

@@ -1,11 +1,15 @@
-"""A local Xsolla for tests and demos: it plays Xsolla on loopback, speaking the real protocols.
+"""A local Xsolla for tests and demos: it plays Xsolla on loopback for one or more projects, speaking the real
+protocols.
 
 * the order-status WebSocket, a Centrifuge protocol v2 (JSON) server that the real `centrifuge-python` client
   and Xsolla's SDKs connect to (`XsollaSimulator.ws_url`);
 * the Store API's Get order, with the player's Bearer token (`XsollaSimulator.store_api_url`);
-* `order_paid` / `order_canceled` webhooks, signed like Xsolla's and retried on its schedule (compressible);
-* a control API (Python, and HTTP under `/_sim`) to issue tokens, create orders, move them through their
-  statuses on chosen channels, and break things on purpose.
+* webhooks, signed with each project's secret and sent to its URL in its delivery mode (combined: `order_paid` /
+  `order_canceled`; separate: `payment` / `refund` first), plus `partial_refund` and the subscription webhooks,
+  retried on Xsolla's schedule (compressible), and held, released or resent on demand;
+* a control API (Python, and HTTP under `/_sim`) to add projects, issue tokens, create orders (sandbox ones
+  too), move them through their statuses on chosen channels, refund them, drive subscriptions, and break things
+  on purpose.
 
     async with XsollaSimulator(project_id=12345, webhook_url=url, webhook_secret="secret") as sim:
         token = sim.issue_token("player-1")
@@ -17,17 +21,21 @@ See docs/SIMULATOR.md for what is simulated and the choices made where Xsolla do
 
 from xsolla_simulator.announcements import CHANNELS, Announcement
 from xsolla_simulator.connections import SocketCounters
-from xsolla_simulator.errors import InvalidRequest, SimulatorError, UnknownOrder, UnknownToken
+from xsolla_simulator.errors import InvalidRequest, SimulatorError, UnknownOrder, UnknownSubscription, UnknownToken
 from xsolla_simulator.orders import STATUSES, OrderItem, SimOrder, StatusChange
+from xsolla_simulator.projects import WEBHOOK_MODES, SimProject
 from xsolla_simulator.simulator import XsollaSimulator
 from xsolla_simulator.store_api import GetOrderRequest
 from xsolla_simulator.streams import Publication, order_channel
+from xsolla_simulator.subscriptions import SUBSCRIPTION_NOTIFICATIONS, SimSubscription, Subscriptions
 from xsolla_simulator.webhooks import ORDER_RETRY_SCHEDULE, RetrySchedule, Webhook, WebhookDelivery, signature
 
 __all__ = [
     "CHANNELS",
     "ORDER_RETRY_SCHEDULE",
     "STATUSES",
+    "SUBSCRIPTION_NOTIFICATIONS",
+    "WEBHOOK_MODES",
     "Announcement",
     "GetOrderRequest",
     "InvalidRequest",
@@ -35,10 +43,14 @@ __all__ = [
     "Publication",
     "RetrySchedule",
     "SimOrder",
+    "SimProject",
+    "SimSubscription",
     "SimulatorError",
     "SocketCounters",
     "StatusChange",
+    "Subscriptions",
     "UnknownOrder",
+    "UnknownSubscription",
     "UnknownToken",
     "Webhook",
     "WebhookDelivery",

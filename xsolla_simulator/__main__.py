@@ -1,6 +1,7 @@
 """Runs the simulator on its own, for demos: `python -m xsolla_simulator --port 8900 --webhook-url URL`.
 
-It prints its addresses and serves until interrupted; drive it through the HTTP control API under `/_sim`.
+It prints its addresses and serves until interrupted; drive it through the HTTP control API under `/_sim` (more
+projects: `POST /_sim/projects`).
 The webhook secret is read from `XSOLLA_SIM_WEBHOOK_SECRET` (default "secret") so it stays off the command line.
 """
 
@@ -12,6 +13,7 @@ import contextlib
 import os
 import signal
 
+from xsolla_simulator.projects import WEBHOOK_MODES
 from xsolla_simulator.simulator import XsollaSimulator
 
 
@@ -20,7 +22,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     parser.add_argument("--project-id", type=int, default=12345, help="the simulated project (default 12345)")
-    parser.add_argument("--webhook-url", default=None, help="where to send order webhooks (default: nowhere)")
+    parser.add_argument("--webhook-url", default=None, help="where to send its webhooks (default: nowhere)")
+    parser.add_argument(
+        "--webhook-mode", choices=WEBHOOK_MODES, default="combined", help="its webhook delivery mode (default combined)"
+    )
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiplies webhook retry waits")
     parser.add_argument("--ping-interval-s", type=float, default=25.0, help="WebSocket ping interval; 0 disables")
     parser.add_argument("--auto-refund", action="store_true", help="cancel orders whose order_paid fails for good")
@@ -32,6 +37,7 @@ async def _serve(arguments: argparse.Namespace) -> None:
         project_id=arguments.project_id,
         webhook_url=arguments.webhook_url,
         webhook_secret=os.environ.get("XSOLLA_SIM_WEBHOOK_SECRET", "secret"),
+        webhook_mode=arguments.webhook_mode,
         time_scale=arguments.time_scale,
         ws_ping_interval_s=arguments.ping_interval_s,
         auto_refund=arguments.auto_refund,

@@ -5,7 +5,8 @@ A client connects with `{"connect": {"data": {"auth": <token>, "project_id": <in
 The server checks the token, then announces one server-side subscription, the player's order channel, in the
 connect reply (recoverable and positioned, with its epoch and offset). Every status of every order of that player
 is published there as `{"order_id": <int>, "status": <str>}`, so a client tracking one order filters by id. The
-client may ask for the channel's history and, on reconnect, for the publications it missed (recovery).
+client may ask for the channel's history and, on reconnect, for the publications it missed (recovery). Channels
+are per (project, player): a token of one project never sees another project's orders.
 
 Sessions never raise into aiohttp: a peer that goes away mid-write, sends garbage or binary frames ends its own
 session (with a close code where the protocol has one) and nothing else.
@@ -28,6 +29,7 @@ from xsolla_simulator.streams import Publication, Stream, UnrecoverablePosition,
 from xsolla_simulator.tokens import TokenClaims
 
 SERVER_VERSION: Final = "xsolla-simulator"
+WEBSOCKET_PATH: Final = "/connection/websocket"
 
 #: Checks a connect command's `data`; returns who it is for, or None to refuse it.
 Authenticate = Callable[[Any], TokenClaims | None]
@@ -51,8 +53,7 @@ class SocketHub:
     """Every open session of the order-status WebSocket, and the channel streams they read.
 
     Args:
-        project_id: the project whose players may connect.
-        authenticate: checks a connect command's `data`.
+        authenticate: checks a connect command's `data` (and so which projects' players may connect).
         ping_interval_s: how often to ping each session (`{}`); 0 disables pings. The connect reply advertises
             it rounded up to whole seconds, as the protocol counts them.
         close_timeout_s: how long closing a socket waits for the client's close frame.
@@ -62,13 +63,11 @@ class SocketHub:
     def __init__(
         self,
         *,
-        project_id: int,
         authenticate: Authenticate,
         ping_interval_s: float = 25.0,
         close_timeout_s: float = 2.0,
         history_size: int | None = None,
     ) -> None:
-        self.project_id = project_id
         self.ping_interval_s = ping_interval_s
         self.counters = SocketCounters()
         self._authenticate = authenticate
@@ -76,7 +75,7 @@ class SocketHub:
         self._history_size = history_size
         self._streams: dict[str, Stream] = {}
         self._sessions: set[Session] = set()
-        self._by_user: dict[str, set[Session]] = {}
+        self._by_user: dict[tuple[int, str], set[Session]] = {}
         self._refuse_all_until = 0.0
         self._refuse_user_until: dict[str, float] = {}
         self._closing = False
@@ -88,37 +87,46 @@ class SocketHub:
         """Sessions that completed a connect and are still open."""
         return sum(len(sessions) for sessions in self._by_user.values())
 
-    def stream(self, user_id: str) -> Stream:
-        """The stream of a player's order channel (created empty on first use)."""
-        channel = order_channel(self.project_id, user_id)
+    def stream(self, project_id: int, user_id: str) -> Stream:
+        """The stream of a player's order channel in a project (created empty on first use)."""
+        channel = order_channel(project_id, user_id)
         stream = self._streams.get(channel)
         if stream is None:
             stream = self._streams[channel] = Stream(channel, max_size=self._history_size)
         return stream
 
-    async def publish(self, user_id: str, data: Mapping[str, Any]) -> tuple[Publication, int]:
-        """Appends `data` to the player's channel and pushes it to each of their connected sessions.
+    async def publish(self, project_id: int, user_id: str, data: Mapping[str, Any]) -> tuple[Publication, int]:
+        """Appends `data` to the player's channel in a project and pushes it to each of their sessions there.
 
         Returns:
             The publication, and how many sessions it was written to (a session that closes meanwhile is not
             counted).
         """
-        stream = self.stream(user_id)
+        stream = self.stream(project_id, user_id)
         publication = stream.append(data)
         self.counters.publications_total += 1
         push = protocol.publication_push(stream.channel, publication.wire())
         # Enqueued synchronously after the append: a session connecting now either got this offset in its
         # connect reply's position, or gets the push after that reply, never both and never neither.
-        writes = [session.send([push]) for session in self._by_user.get(user_id, ())]
+        writes = [session.send([push]) for session in self._by_user.get((project_id, user_id), ())]
         written = sum(await asyncio.gather(*writes)) if writes else 0
         self.counters.pushes_total += written
         return publication, written
 
-    async def disconnect(self, code: int, reason: str, *, user_id: str | None = None, refuse_for_s: float = 0.0) -> int:
+    async def disconnect(
+        self,
+        code: int,
+        reason: str,
+        *,
+        user_id: str | None = None,
+        project_id: int | None = None,
+        refuse_for_s: float = 0.0,
+    ) -> int:
         """Closes sessions with a WebSocket close `code` and `reason`.
 
         Args:
-            user_id: only that player's sessions; None for every open socket (connected or not).
+            user_id: only that player's sessions (in any project); None for every open socket (connected or not).
+            project_id: only sessions connected to that project.
             refuse_for_s: then refuse new connections for that long: every upgrade is answered 503 (for
                 everyone), or that player's connect commands get a temporary error (for one player).
 
@@ -132,7 +140,7 @@ class SocketHub:
                 self._refuse_all_until = until
             else:
                 self._refuse_user_until[user_id] = until
-        targets = [s for s in self._sessions if user_id is None or s.user_id == user_id]
+        targets = [s for s in self._sessions if user_id in (None, s.user_id) and project_id in (None, s.project_id)]
         await asyncio.gather(*(session.close(code, reason) for session in targets))
         return len(targets)
 
@@ -142,6 +150,10 @@ class SocketHub:
         await self.disconnect(protocol.CLOSE_SHUTDOWN, "shutdown")
 
     # --- the aiohttp side -----------------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        """Adds the WebSocket endpoint (`WEBSOCKET_PATH`) to `app`."""
+        app.router.add_get(WEBSOCKET_PATH, self.handle)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The `/connection/websocket` handler."""
@@ -175,17 +187,19 @@ class SocketHub:
     def register(self, session: Session) -> None:
         """Adds a connected session to its player's (publications reach it from now on)."""
         assert session.user_id is not None
-        self._by_user.setdefault(session.user_id, set()).add(session)
+        assert session.project_id is not None
+        self._by_user.setdefault((session.project_id, session.user_id), set()).add(session)
 
     def forget(self, session: Session) -> None:
         """Drops a session that is closing or closed."""
         self._sessions.discard(session)
-        if session.user_id is not None:
-            sessions = self._by_user.get(session.user_id)
+        if session.user_id is not None and session.project_id is not None:
+            key = (session.project_id, session.user_id)
+            sessions = self._by_user.get(key)
             if sessions is not None:
                 sessions.discard(session)
                 if not sessions:
-                    del self._by_user[session.user_id]
+                    del self._by_user[key]
 
 
 class Session:
@@ -198,6 +212,7 @@ class Session:
     def __init__(self, hub: SocketHub, ws: web.WebSocketResponse) -> None:
         self.client_id = str(uuid.uuid4())
         self.user_id: str | None = None
+        self.project_id: int | None = None
         self.channel: str | None = None
         self._hub = hub
         self._ws = ws
@@ -310,7 +325,7 @@ class Session:
             counters.connect_errors_total += 1
             self.send([protocol.error_reply(command_id, protocol.ERROR_NOT_AVAILABLE, "not available", temporary=True)])
             return
-        stream = self._hub.stream(claims.user_id)
+        stream = self._hub.stream(claims.project_id, claims.user_id)
         subscription: dict[str, Any] = {
             "recoverable": True,
             "positioned": True,
@@ -334,7 +349,7 @@ class Session:
             # The protocol counts whole seconds; pings may come more often than advertised, never less.
             result["ping"] = max(1, math.ceil(self._hub.ping_interval_s))
             result["pong"] = True
-        self.user_id, self.channel = claims.user_id, stream.channel
+        self.user_id, self.project_id, self.channel = claims.user_id, claims.project_id, stream.channel
         counters.connects_total += 1
         # The reply is queued and the session registered with no await in between: see SocketHub.publish.
         self.send([{"id": command_id, "connect": result}])
@@ -366,7 +381,8 @@ class Session:
             self.send([protocol.error_reply(command_id, protocol.ERROR_BAD_REQUEST, "bad request")])
             return
         assert self.user_id is not None
-        stream = self._hub.stream(self.user_id)
+        assert self.project_id is not None
+        stream = self._hub.stream(self.project_id, self.user_id)
         try:
             publications = stream.history(limit=limit, since=position, reverse=reverse)
         except UnrecoverablePosition:

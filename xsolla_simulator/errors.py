@@ -3,6 +3,7 @@
     SimulatorError
      ├── UnknownOrder      (also a LookupError) no order has that id
      ├── UnknownToken      (also a LookupError) the token was never issued, or was revoked
+     ├── UnknownSubscription (also a LookupError) no subscription has that id
      └── InvalidRequest    (also a ValueError) a status, channel, item or argument the simulator cannot act on
 
 Only the control API raises: the simulated protocols answer their peers the way Xsolla does (a Store API error
@@ -29,4 +30,12 @@ class UnknownToken(SimulatorError, LookupError):
 
 
 class InvalidRequest(SimulatorError, ValueError):
-    """An argument the simulator cannot act on (unknown status or channel, malformed item, bad count)."""
+    """An argument the simulator cannot act on (unknown status, channel or project, malformed item, bad count)."""
+
+
+class UnknownSubscription(SimulatorError, LookupError):
+    """No subscription with that id was created on this simulator."""
+
+    def __init__(self, subscription_id: str) -> None:
+        super().__init__(f"no subscription {subscription_id!r} on this simulator")
+        self.subscription_id = subscription_id

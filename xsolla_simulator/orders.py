@@ -85,15 +85,19 @@ class SimOrder:
     """An order on the simulator: a live view, updated as its status changes.
 
     Attributes:
-        order_id: Xsolla's order id (`order.id` in webhooks, `order_id` in Get order and WebSocket messages).
-        user_id: the player (`user.external_id` in order webhooks).
+        order_id: Xsolla's order id (`order.id` in webhooks, `order_id` in Get order and WebSocket messages),
+            unique across the simulator's projects.
+        project_id: the project the order belongs to (only its Get order, channels and webhooks see it).
+        user_id: the player (`user.external_id` in order webhooks, `user.id` in payment webhooks).
         status: the latest status set.
         polling_status: the status Get order answers.
         invoice_id: the payment's transaction id (`order.invoice_id`, `billing.transaction.id`).
         changes: every status change, oldest first (creation counts as the first, "new").
+        refund_code, refund_reason: what the refund of a cancellation says (`refund_details`).
     """
 
     order_id: int
+    project_id: int
     user_id: str
     items: tuple[OrderItem, ...]
     invoice_id: int
@@ -103,6 +107,8 @@ class SimOrder:
     polling_status: str = "new"
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     changes: list[StatusChange] = field(default_factory=list)
+    refund_code: int = 1
+    refund_reason: str = "Cancellation by the request of user / game"
 
     @property
     def amount(self) -> Decimal:
@@ -115,7 +121,7 @@ class SimOrder:
 
 
 class OrderBook:
-    """Every order of one simulator, by id.
+    """Every order of one simulator (all its projects), by id.
 
     Args:
         first_order_id: the id of the first order; the next ones count up from it.
@@ -131,10 +137,11 @@ class OrderBook:
         user_id: str,
         items: Iterable[OrderItem | Mapping[str, Any]],
         *,
+        project_id: int,
         currency: str = "USD",
         sandbox: bool = False,
     ) -> SimOrder:
-        """A new order in status `new`.
+        """A new order of `project_id` in status `new`.
 
         Raises:
             InvalidRequest: no items, a malformed item, or an empty user id.
@@ -146,6 +153,7 @@ class OrderBook:
             raise InvalidRequest("an order needs at least one item")
         order = SimOrder(
             order_id=next(self._order_ids),
+            project_id=project_id,
             user_id=user_id,
             items=parsed,
             invoice_id=next(self._invoice_ids),

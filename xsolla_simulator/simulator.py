@@ -1,63 +1,65 @@
-"""`XsollaSimulator`: Xsolla's order-status surfaces on one loopback port, and the control over them.
+"""`XsollaSimulator`: Xsolla's surfaces for one or more projects on one loopback port, and the control over them.
 
 One aiohttp server hosts the order-status WebSocket (`/connection/websocket`, Centrifuge protocol v2 JSON), the
 Store API's Get order (`/api/v2/project/{project_id}/order/{order_id}`) and, optionally, an HTTP control API
-(`/_sim/...`). Webhooks go out to `webhook_url` with an aiohttp client. A status change can be announced on any
-of three channels:
+(`/_sim/...`); `_route_tables` is the one place where route tables are added. Webhooks go out to each project's
+URL, signed with its secret, in its delivery mode (combined or separate). A status change can be announced on
+any of three channels:
 
-* `websocket`: a publication `{"order_id", "status"}` on the player's order channel;
-* `webhook`: `order_paid` (for `paid`) or `order_canceled` (for `canceled`); other statuses have no webhook;
+* `websocket`: a publication `{"order_id", "status"}` on the player's order channel in the order's project;
+* `webhook`: the webhooks of `paid` and `canceled` (see `xsolla_simulator.notifier`); other statuses have none;
 * `polling`: Get order answers the new status.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from xsolla_simulator import protocol
 from xsolla_simulator.announcements import CHANNELS, Announcement, check_channels
-from xsolla_simulator.connections import SocketCounters, SocketHub
+from xsolla_simulator.connections import WEBSOCKET_PATH, SocketHub
 from xsolla_simulator.control import add_control_routes
+from xsolla_simulator.control_webhooks import add_webhook_control_routes
 from xsolla_simulator.errors import InvalidRequest
-from xsolla_simulator.notifications import NOTIFICATION_FOR_STATUS, order_notification
+from xsolla_simulator.faults import FaultInjection
+from xsolla_simulator.notifications import PARTIAL_REFUND_CODES, REFUND_REASONS
+from xsolla_simulator.notifier import Notifier, WebhookControls
 from xsolla_simulator.orders import OrderBook, OrderItem, SimOrder, StatusChange, check_status
-from xsolla_simulator.store_api import GetOrderRequest, StoreApi
+from xsolla_simulator.projects import ProjectBook, SimProject
+from xsolla_simulator.store_api import StoreApi
 from xsolla_simulator.streams import Publication, order_channel
+from xsolla_simulator.subscriptions import SimSubscription, Subscriptions
 from xsolla_simulator.tokens import TokenIssuer
-from xsolla_simulator.webhooks import (
-    ORDER_RETRY_SCHEDULE,
-    RetrySchedule,
-    Webhook,
-    WebhookDelivery,
-    WebhookSender,
-)
+from xsolla_simulator.webhooks import ORDER_RETRY_SCHEDULE, RetrySchedule, WebhookDelivery, WebhookSender
 
-WEBSOCKET_PATH: Final = "/connection/websocket"
+#: Adds one surface's routes to the simulator's app.
+RouteTable = Callable[[web.Application], None]
 
 _log = structlog.get_logger("xsolla_simulator")
 
 
-class XsollaSimulator:
-    """Plays Xsolla on loopback for one project, speaking the real protocols.
+class XsollaSimulator(FaultInjection, WebhookControls):
+    """Plays Xsolla on loopback for one or more projects, speaking the real protocols.
 
     Create it anywhere; `start()` (inside the running loop) binds the server, `stop()` closes every connection
-    and background task. `async with XsollaSimulator(...) as sim:` does both.
+    and background task. `async with XsollaSimulator(...) as sim:` does both. The first arguments describe the
+    first project (the default of every method that takes `project_id=`); `projects=` and `add_project` add more.
 
     Args:
-        project_id: the project whose players, orders and webhooks these are.
-        webhook_url: where to send order webhooks; None sends none.
-        webhook_secret: the project's webhook secret key (signs every body).
+        project_id: the first project.
+        webhook_url: where to send the first project's webhooks; None sends none.
+        webhook_secret: the first project's webhook secret key (signs every body of it).
         time_scale: multiplies the waits between webhook retries (0.001: 5 minutes become 0.3 s).
         ws_ping_interval_s: how often the WebSocket pings each session; 0 disables pings (not advertised).
-        merchant_id: written in webhooks' `billing.settings`.
+        webhook_mode: the first project's delivery mode, `combined` or `separate`.
+        merchant_id: written in the first project's webhooks (`settings.merchant_id`).
         webhook_timeout_s: how long one delivery attempt may take before it counts as failed (not scaled).
         retry_schedule: the waits between webhook attempts before scaling (Xsolla's order schedule by default).
         auto_refund: when an `order_paid` webhook is rejected (a 4xx of the documented list) or given up on,
@@ -65,6 +67,7 @@ class XsollaSimulator:
         history_size: how many publications each order channel keeps (None: all).
         control_api: serve the HTTP control API under `/_sim`.
         host, port: where to listen (port 0: a free port).
+        projects: more projects.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class XsollaSimulator:
         time_scale: float = 1.0,
         ws_ping_interval_s: float = 25.0,
         *,
+        webhook_mode: str = "combined",
         merchant_id: int = 100001,
         webhook_timeout_s: float = 10.0,
         retry_schedule: RetrySchedule = ORDER_RETRY_SCHEDULE,
@@ -83,32 +87,32 @@ class XsollaSimulator:
         control_api: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        projects: Iterable[SimProject] = (),
     ) -> None:
         if time_scale < 0 or ws_ping_interval_s < 0 or webhook_timeout_s <= 0:
             raise InvalidRequest("time_scale and ws_ping_interval_s must be >= 0, webhook_timeout_s > 0")
-        self.project_id = project_id
-        self.webhook_url = webhook_url
-        self.merchant_id = merchant_id
+        self._projects = ProjectBook()
+        first = SimProject(project_id, webhook_url, webhook_secret, webhook_mode, merchant_id)
+        for project in (first, *projects):
+            self._projects.add(project)
         self.auto_refund = auto_refund
-        self._webhook_secret = webhook_secret
         self._time_scale = time_scale
         self._webhook_timeout_s = webhook_timeout_s
         self._retry_schedule = retry_schedule
         self._control_api = control_api
         self._host, self._port = host, port
-        self._tokens = TokenIssuer(project_id)
+        self._tokens = TokenIssuer(project_id, serves=self._projects.serves)
         self._orders = OrderBook()
         self._hub = SocketHub(
-            project_id=project_id,
-            authenticate=self._tokens.authenticate,
-            ping_interval_s=ws_ping_interval_s,
-            history_size=history_size,
+            authenticate=self._tokens.authenticate, ping_interval_s=ws_ping_interval_s, history_size=history_size
         )
-        self._store = StoreApi(project_id=project_id, orders=self._orders, tokens=self._tokens)
+        self._store = StoreApi(orders=self._orders, tokens=self._tokens)
+        self.subscriptions = Subscriptions(self._projects, self._send_subscription_webhook)
         self._silenced: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
         self._sender: WebhookSender | None = None
+        self._notifier: Notifier | None = None
         self._base_url: str | None = None
         self._stopped = False
 
@@ -119,10 +123,8 @@ class XsollaSimulator:
         if self._runner is not None or self._stopped:
             raise RuntimeError("a simulator starts once: make a new one")
         app = web.Application()
-        app.router.add_get(WEBSOCKET_PATH, self._hub.handle)
-        self._store.add_routes(app)
-        if self._control_api:
-            add_control_routes(app, self)
+        for add_routes in self._route_tables():
+            add_routes(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:
@@ -131,20 +133,25 @@ class XsollaSimulator:
             await runner.cleanup()
             raise
         self._runner = runner
-        port = int(runner.addresses[0][1])
-        self._base_url = f"http://{self._host}:{port}"
-        if self.webhook_url is not None:
-            self._http = aiohttp.ClientSession()
-            self._sender = WebhookSender(
-                self._http,
-                self.webhook_url,
-                self._webhook_secret,
-                schedule=self._retry_schedule,
-                time_scale=self._time_scale,
-                timeout_s=self._webhook_timeout_s,
-                on_final=self._webhook_final,
-            )
-        _log.info("simulator_started", base_url=self._base_url, project_id=self.project_id)
+        self._base_url = f"http://{self._host}:{int(runner.addresses[0][1])}"
+        self._http = aiohttp.ClientSession()
+        self._sender = WebhookSender(
+            self._http,
+            schedule=self._retry_schedule,
+            time_scale=self._time_scale,
+            timeout_s=self._webhook_timeout_s,
+            on_final=self._webhook_final,
+        )
+        self._notifier = Notifier(self._projects, self._sender)
+        _log.info("simulator_started", base_url=self._base_url, projects=[p.project_id for p in self._projects])
+
+    def _route_tables(self) -> list[RouteTable]:
+        """Every surface's routes: a new Xsolla API served by the simulator adds its table here."""
+        tables: list[RouteTable] = [self._hub.add_routes, self._store.add_routes]
+        if self._control_api:
+            tables.append(lambda app: add_control_routes(app, self))
+            tables.append(lambda app: add_webhook_control_routes(app, self))
+        return tables
 
     async def stop(self) -> None:
         """Closes every WebSocket (3001 "shutdown"), stops webhook retries, and closes the server and client.
@@ -193,23 +200,58 @@ class XsollaSimulator:
         """The HTTP control API: `http://127.0.0.1:<port>/_sim`."""
         return self.base_url + "/_sim"
 
+    # --- projects -------------------------------------------------------------------------------------------
+
+    @property
+    def project_id(self) -> int:
+        """The first project's id."""
+        return self._projects.default.project_id
+
+    @property
+    def projects(self) -> list[SimProject]:
+        """Every project served, the first one first."""
+        return list(self._projects)
+
+    def project(self, project_id: int | None = None) -> SimProject:
+        """A project served (the first by default).
+
+        Raises:
+            InvalidRequest: it is not served.
+        """
+        return self._projects.get(project_id)
+
+    def add_project(
+        self,
+        project_id: int,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str = "secret",  # noqa: S107 - a test double's default, as in the documented API
+        webhook_mode: str = "combined",
+        merchant_id: int = 100001,
+    ) -> SimProject:
+        """Serves one more project (before or after `start()`), with its own secret, URL and delivery mode.
+
+        Raises:
+            InvalidRequest: the project is already served, or an argument is malformed.
+        """
+        project = SimProject(project_id, webhook_url, webhook_secret, webhook_mode, merchant_id)
+        return self._projects.add(project)
+
     # --- players and orders ---------------------------------------------------------------------------------
 
     def issue_token(self, user_id: str, *, project_id: int | None = None) -> str:
-        """A token for `user_id`, valid for the WebSocket's `auth` and as Get order's Bearer token.
-
-        Args:
-            project_id: issue it for another project (which this simulator then refuses).
-        """
+        """A token for `user_id` in a project (the first by default), valid for the WebSocket's `auth` and as
+        Get order's Bearer token of that project only. A project the simulator does not serve may be named: its
+        tokens are refused everywhere."""
         return self._tokens.issue(user_id, project_id=project_id)
 
     def revoke_token(self, token: str) -> None:
         """Makes a token invalid (sessions already connected with it stay open; break them for that)."""
         self._tokens.revoke(token)
 
-    def channel_for(self, user_id: str) -> str:
-        """The name of a player's order channel (`orders:<project_id>:<user_id>`)."""
-        return order_channel(self.project_id, user_id)
+    def channel_for(self, user_id: str, *, project_id: int | None = None) -> str:
+        """The name of a player's order channel in a project (`orders:<project_id>:<user_id>`)."""
+        return order_channel(self._projects.get(project_id).project_id, user_id)
 
     def create_order(
         self,
@@ -218,18 +260,21 @@ class XsollaSimulator:
         *,
         currency: str = "USD",
         sandbox: bool = False,
+        project_id: int | None = None,
     ) -> SimOrder:
         """A new order in status `new` (announced nowhere: Xsolla publishes nothing when an order is created).
 
         Args:
             items: `{"sku", "quantity", "type"?, "price"?, "is_free"?}` mappings or `OrderItem`s; `type` is one of
                 the webhook item types (default `virtual_good`), `price` the unit price (default 1.99).
-            sandbox: mark it a test payment (`order.mode: sandbox`, `dry_run: 1` in webhooks).
+            sandbox: a test payment: `order.mode: sandbox` and `transaction.dry_run: 1` in its webhooks.
+            project_id: its project (the first by default).
 
         Raises:
-            InvalidRequest: no items, or a malformed one.
+            InvalidRequest: no items, a malformed one, or a project the simulator does not serve.
         """
-        return self._orders.create(user_id, items, currency=currency, sandbox=sandbox)
+        project = self._projects.get(project_id)
+        return self._orders.create(user_id, items, project_id=project.project_id, currency=currency, sandbox=sandbox)
 
     def order(self, order_id: int) -> SimOrder:
         """The order with that id (a live view).
@@ -241,7 +286,7 @@ class XsollaSimulator:
 
     @property
     def orders(self) -> list[SimOrder]:
-        """Every order, oldest first."""
+        """Every order of every project, oldest first."""
         return list(self._orders)
 
     async def set_status(self, order_id: int, status: str, channels: Iterable[str] = CHANNELS) -> Announcement:
@@ -249,9 +294,9 @@ class XsollaSimulator:
 
         Any move is allowed (the simulator does not police Xsolla's state machine), so tests can replay odd
         sequences. In order: Get order starts answering it (`polling`), the publication is written to every
-        connected session of the player (`websocket`), the webhook's first attempt is made (`webhook`, for
-        `paid` and `canceled` only, when a webhook URL is set). Returns when all that is done; webhook retries
-        go on in the background.
+        connected session of the player in the order's project (`websocket`), the first webhook's first attempt
+        is made (`webhook`, for `paid` and `canceled` only, when the project has a webhook URL). Returns when all
+        that is done; retries and the separate mode's second webhook follow in the background.
 
         Raises:
             UnknownOrder: no such order.
@@ -266,14 +311,50 @@ class XsollaSimulator:
         if "polling" in active:
             order.polling_status = status
         if "websocket" in active:
-            publication, sockets = await self._hub.publish(order.user_id, {"order_id": order_id, "status": status})
+            data = {"order_id": order_id, "status": status}
+            publication, sockets = await self._hub.publish(order.project_id, order.user_id, data)
             announcement = replace(announcement, publication=publication, sockets=sockets)
-        notification_type = NOTIFICATION_FOR_STATUS.get(status)
-        if "webhook" in active and notification_type is not None and self._sender is not None:
-            delivery = await self._send_notification(order, notification_type)
-            announcement = replace(announcement, webhook=delivery)
+        if "webhook" in active:
+            announcement = replace(announcement, webhook=await self._ready().order_status(order, status))
         _log.debug("order_status_set", order_id=order_id, status=status, channels=active)
         return announcement
+
+    async def refund(
+        self, order_id: int, *, code: int = 1, reason: str | None = None, channels: Iterable[str] = CHANNELS
+    ) -> Announcement:
+        """Refunds an order: it is canceled with that refund code (`refund_details`), announced as `set_status`
+        does (combined: `order_canceled`; separate: `refund`, then `order_canceled`).
+
+        Raises:
+            UnknownOrder: no such order.
+            InvalidRequest: a refund code Xsolla does not list, or an unknown channel.
+        """
+        order = self._orders.get(order_id)
+        order.refund_code, order.refund_reason = _refund(code, reason, REFUND_REASONS)
+        return await self.set_status(order_id, "canceled", channels)
+
+    async def partial_refund(
+        self, order_id: int, amount: Decimal | str, *, code: int = 1, reason: str | None = None
+    ) -> WebhookDelivery | None:
+        """Sends a `partial_refund` of `amount` for the order's transaction (its status is unchanged).
+
+        Returns:
+            The webhook's first attempt; None when it is held.
+
+        Raises:
+            UnknownOrder: no such order.
+            InvalidRequest: an amount not between 0 and the order's total (exclusive), a code a partial refund
+                cannot have, or no webhook URL.
+        """
+        order = self._orders.get(order_id)
+        try:
+            refunded = Decimal(str(amount))
+        except InvalidOperation:
+            raise InvalidRequest("amount must be a decimal number") from None
+        if not refunded.is_finite() or not 0 < refunded < order.amount:
+            raise InvalidRequest(f"a partial refund is between 0 and the order's total {order.amount}, exclusive")
+        allowed = {c: r for c, r in REFUND_REASONS.items() if c in PARTIAL_REFUND_CODES}
+        return await self._ready().partial_refund(order, refunded, _refund(code, reason, allowed))
 
     async def publish_status(self, order_id: int, status: str) -> Publication:
         """Publishes `{"order_id", "status"}` on the player's channel only, changing nothing else.
@@ -285,164 +366,56 @@ class XsollaSimulator:
             UnknownOrder: no such order.
         """
         order = self._orders.get(order_id)
-        publication, _ = await self._hub.publish(order.user_id, {"order_id": order_id, "status": status})
+        data = {"order_id": order_id, "status": status}
+        publication, _ = await self._hub.publish(order.project_id, order.user_id, data)
         return publication
 
-    async def send_webhook(self, order_id: int, notification_type: str | None = None) -> WebhookDelivery:
-        """Sends an order webhook again: the same bytes as the last one of that type for the order (a duplicate,
-        as Xsolla's retries are), or a new body when none was sent yet.
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    async def send_webhook(self, order_id: int, notification_type: str | None = None) -> WebhookDelivery | None:
+        """Sends one webhook of an order again: the same bytes as the last one of that type for the order (a
+        duplicate, as Xsolla's retries are), or a new body when none was sent yet. No follow-up is sent.
 
         Args:
-            notification_type: `order_paid` or `order_canceled`; by default the one of the order's status.
+            notification_type: `order_paid`, `order_canceled`, `payment` or `refund`; by default the order
+                webhook of the order's status.
 
         Returns:
-            Its first delivery attempt; retries go on in the background.
+            Its first delivery attempt (retries go on in the background); None when it is held.
 
         Raises:
             UnknownOrder: no such order.
-            InvalidRequest: no webhook URL, or no webhook for the order's status.
+            InvalidRequest: no webhook URL, or no such webhook for the order.
         """
         order = self._orders.get(order_id)
-        if self._sender is None:
-            raise InvalidRequest("the simulator has no webhook_url")
-        chosen = notification_type or NOTIFICATION_FOR_STATUS.get(order.status)
-        if chosen not in ("order_paid", "order_canceled"):
-            raise InvalidRequest(f"no order webhook for {notification_type or order.status!r}")
-        sent = [w for w in self._sender.webhooks if w.order_id == order_id and w.type == chosen]
-        return await self._send_notification(order, chosen, body=sent[-1].body if sent else None)
-
-    # --- faults ---------------------------------------------------------------------------------------------
-
-    async def break_websockets(
-        self,
-        code: int = protocol.CLOSE_SHUTDOWN,
-        reason: str = "shutdown",
-        refuse_for_s: float = 0.0,
-        *,
-        user_id: str | None = None,
-    ) -> int:
-        """Closes WebSocket connections with a close code: 3000-3499 and 4000-4499 make clients reconnect,
-        3500-3999 and 4500-4999 stop them for good.
-
-        Args:
-            refuse_for_s: then refuse new connections for that long: upgrades are answered HTTP 503 (all
-                players), or the player's connect commands get a temporary error 108 (one player).
-            user_id: only that player's sessions; None for every open socket.
-
-        Returns:
-            How many sockets were closed.
-        """
-        if not 1000 <= code <= 4999 or len(reason.encode()) > 123:
-            raise InvalidRequest("code must be a WebSocket close code; reason at most 123 bytes")
-        return await self._hub.disconnect(code, reason, user_id=user_id, refuse_for_s=refuse_for_s)
-
-    def silence(self, *channels: str) -> None:
-        """Makes channels say nothing from now on: status changes skip them (publish_status still publishes).
-
-        A silent `websocket` publishes nothing (pings go on, history has nothing new); a silent `polling`
-        keeps Get order answering the last status it announced; a silent `webhook` sends nothing.
-        """
-        self._silenced.update(check_channels(channels))
-
-    def unsilence(self, *channels: str) -> None:
-        """Lets channels (all when none are named) announce status changes again; what they missed stays missed."""
-        self._silenced.difference_update(check_channels(channels) if channels else CHANNELS)
-
-    @property
-    def silenced(self) -> frozenset[str]:
-        return frozenset(self._silenced)
-
-    def fail_get_order(
-        self, times: int | None = 1, status: int = 503, *, delay_s: float = 0.0, order_id: int | None = None
-    ) -> None:
-        """Answers the next `times` Get order requests (None: all until cleared) with `status`, after `delay_s`.
-
-        Args:
-            order_id: only requests for that order.
-        """
-        self._store.fail(times, status, delay_s=delay_s, order_id=order_id)
-
-    def delay_get_order(self, delay_s: float, *, times: int | None = None, order_id: int | None = None) -> None:
-        """Delays the next `times` Get order requests (None: all until cleared); they are answered normally."""
-        self._store.delay(delay_s, times=times, order_id=order_id)
-
-    def clear_get_order_faults(self) -> None:
-        """Forgets every Get order failure and delay not yet consumed."""
-        self._store.clear_faults()
-
-    def reset_history(self, user_id: str) -> None:
-        """Empties a player's order channel under a new epoch, as a Centrifugo restart without persistence does:
-        clients recovering from the old position get `recovered: false`, history since it fails with 112."""
-        self._hub.stream(user_id).reset()
-
-    # --- observations ---------------------------------------------------------------------------------------
-
-    def get_order_requests(self, order_id: int) -> int:
-        """Get order requests seen for an order, however they were answered."""
-        return self._store.requests(order_id)
-
-    def get_order_requests_for(self, order_id: int) -> list[GetOrderRequest]:
-        """Every Get order request seen for an order (arrival time, status answered), oldest first."""
-        return self._store.requests_for(order_id)
-
-    @property
-    def get_order_requests_total(self) -> int:
-        return len(self._store.log)
-
-    @property
-    def websocket_connections(self) -> int:
-        """WebSocket sessions connected (connect accepted) and still open."""
-        return self._hub.connections
-
-    @property
-    def websocket_connects_total(self) -> int:
-        """Connect commands accepted since start."""
-        return self._hub.counters.connects_total
-
-    @property
-    def websocket_stats(self) -> SocketCounters:
-        """Every WebSocket counter (handshakes, refusals, connects, connect errors, pings, pongs, pushes)."""
-        return self._hub.counters
-
-    @property
-    def webhook_deliveries(self) -> list[WebhookDelivery]:
-        """Every webhook delivery attempt so far, in the order they finished."""
-        return list(self._sender.deliveries) if self._sender is not None else []
-
-    @property
-    def webhooks(self) -> list[Webhook]:
-        """Every webhook sent (its exact body), in the order they were first sent."""
-        return list(self._sender.webhooks) if self._sender is not None else []
-
-    async def wait_webhooks_settled(self, timeout_s: float = 10.0) -> None:
-        """Waits until no webhook is being delivered or waiting for a retry.
-
-        Raises:
-            TimeoutError: some still were after `timeout_s`.
-        """
-        if self._sender is not None:
-            await self._sender.settled(timeout_s)
+        chosen = notification_type or {"paid": "order_paid", "canceled": "order_canceled"}.get(order.status)
+        if chosen is None:
+            raise InvalidRequest(f"no order webhook for {order.status!r}")
+        return await self._ready().order_webhook(order, chosen)
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    async def _send_notification(
-        self, order: SimOrder, notification_type: str, *, body: bytes | None = None
-    ) -> WebhookDelivery:
-        assert self._sender is not None
-        if self._stopped:
-            raise RuntimeError("the simulator is stopped")
-        if body is None:
-            document = order_notification(
-                order, notification_type, project_id=self.project_id, merchant_id=self.merchant_id
-            )
-            body = json.dumps(document, separators=(",", ":")).encode()
-        return await self._sender.send(order.order_id, notification_type, body)
+    def _ready(self) -> Notifier:
+        if self._notifier is None or self._stopped:
+            raise RuntimeError("webhooks are sent between start() and stop()")
+        return self._notifier
+
+    async def _send_subscription_webhook(
+        self, project: SimProject, subscription: SimSubscription, notification_type: str, body: dict[str, Any]
+    ) -> WebhookDelivery | None:
+        return await self._ready().subscription(project, subscription, notification_type, body)
 
     async def _webhook_final(self, delivery: WebhookDelivery) -> None:
         """Auto-refund: an `order_paid` the game rejected or never acknowledged cancels the order."""
-        if not self.auto_refund or delivery.type != "order_paid":
+        if not self.auto_refund or delivery.type != "order_paid" or delivery.order_id is None:
             return
         order = self._orders.get(delivery.order_id)
         if order.status != "canceled":
             _log.info("order_auto_refunded", order_id=order.order_id, outcome=delivery.outcome)
             await self.set_status(order.order_id, "canceled")
+
+
+def _refund(code: int, reason: str | None, allowed: Mapping[int, str]) -> tuple[int, str]:
+    if isinstance(code, bool) or code not in allowed:
+        raise InvalidRequest(f"refund code must be one of {', '.join(map(str, allowed))}")
+    return code, reason or allowed[code]

@@ -53,14 +53,12 @@ class GetOrderRequest:
 
 
 class StoreApi:
-    """Get order over the simulator's orders and tokens.
+    """Get order over the simulator's orders and tokens, for every project it serves.
 
-    Args:
-        project_id: the only project that has orders.
+    An order is found only under its own project's path, with a token of that project and of its player.
     """
 
-    def __init__(self, *, project_id: int, orders: OrderBook, tokens: TokenIssuer) -> None:
-        self.project_id = project_id
+    def __init__(self, *, orders: OrderBook, tokens: TokenIssuer) -> None:
         self.log: list[GetOrderRequest] = []
         self._orders = orders
         self._tokens = tokens
@@ -152,8 +150,8 @@ class StoreApi:
         order = self._orders.find(order_id) if order_id is not None else None
         if (
             order is None
-            or project_id != self.project_id
-            or claims.project_id != self.project_id
+            or project_id != order.project_id
+            or claims.project_id != order.project_id
             or order.user_id != claims.user_id
         ):
             return _error(404, *_NOT_FOUND)

@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +32,16 @@ class TokenClaims:
 class TokenIssuer:
     """Issues, checks and revokes player tokens for one simulator.
 
+    A token belongs to one project: it opens that project's WebSocket and Get order, never another's.
+
     Args:
         project_id: the project tokens are issued for unless told otherwise.
+        serves: whether the simulator serves a project (a token of a project it does not serve is refused).
     """
 
-    def __init__(self, project_id: int) -> None:
+    def __init__(self, project_id: int, serves: Callable[[object], bool] | None = None) -> None:
         self._project_id = project_id
+        self._serves = serves or (lambda project: project == project_id)
         self._key = secrets.token_bytes(32)
         self._issued: dict[str, TokenClaims] = {}
 
@@ -71,18 +76,18 @@ class TokenIssuer:
     def authenticate(self, data: Any) -> TokenClaims | None:
         """Who a WebSocket connect command's `data` speaks for; None to refuse it.
 
-        `auth` must be a token issued for this issuer's project, `project_id` that project, and
-        `user_external_id` the token's player when present (current Xsolla SDKs leave it out).
+        `auth` must be a token issued for a project the simulator serves, `project_id` that token's project,
+        and `user_external_id` the token's player when present (current Xsolla SDKs leave it out).
         """
         if not isinstance(data, dict):
             return None
         claims = self.claims(data.get("auth"))
-        if claims is None or claims.project_id != self._project_id:
+        if claims is None or not self._serves(claims.project_id):
             return None
         project = data.get("project_id")
         if isinstance(project, str) and project.isdigit():
             project = int(project)  # SDKs send a number; a numeric string names the same project
-        if isinstance(project, bool) or project != self._project_id:
+        if isinstance(project, bool) or project != claims.project_id:
             return None
         user = data.get("user_external_id")
         if user is not None and user != claims.user_id:

@@ -7,14 +7,21 @@ Answers (the `order_paid` page's table): 200, 201 and 204 end the delivery; 400,
 and 422 end it too, as a rejection (with auto-refund on, Xsolla refunds the player); any other answer, no
 answer, a connection error or a timeout is retried on the order webhooks' schedule, "2 times with an interval of
 5 minutes, 7 times with an interval of 15 minutes, 10 times with an interval of 60 minutes" (20 attempts in
-all). `time_scale` shrinks the waits between attempts (0.001 turns 5 minutes into 0.3 s), never the timeout of
-one attempt.
+all). Xsolla documents "12 retries at increasing intervals" for `payment` and `refund` without the intervals,
+so every family is retried on that one schedule. `time_scale` shrinks the waits between attempts (0.001 turns 5
+minutes into 0.3 s), never the timeout of one attempt.
+
+Every webhook belongs to a project and goes to that project's URL, signed with its secret. For tests of
+out-of-order delivery, webhooks can be held (created and recorded, not sent) and released later, and any
+webhook can be sent again byte for byte. A webhook may carry a follow-up, sent only once it was delivered (a 2xx):
+that is how the separate mode sends `order_paid` after the `payment` was acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -23,6 +30,9 @@ from typing import Final, Literal
 
 import aiohttp
 import structlog
+
+from xsolla_simulator.errors import InvalidRequest
+from xsolla_simulator.projects import SimProject
 
 SUCCESS_STATUSES: Final = frozenset({200, 201, 204})
 REJECTION_STATUSES: Final = frozenset({400, 401, 402, 403, 404, 409, 415, 422})
@@ -55,7 +65,8 @@ class RetrySchedule:
         return self.intervals_s[attempt - 1] if attempt <= len(self.intervals_s) else None
 
 
-#: The schedule of `order_paid` / `order_canceled` (and the In-Game Store's universal protocol).
+#: The schedule of `order_paid` / `order_canceled` (and the In-Game Store's universal protocol), used for every
+#: family.
 ORDER_RETRY_SCHEDULE: Final = RetrySchedule.from_steps(((2, 300.0), (7, 900.0), (10, 3600.0)))
 
 
@@ -65,16 +76,20 @@ class WebhookDelivery:
 
     Attributes:
         webhook_id: the webhook it is an attempt of (shared by all its attempts).
-        type: the notification type (`order_paid`, `order_canceled`).
+        project_id: the project whose webhook it is.
+        order_id: the order it is about; None for a subscription webhook.
+        type: the notification type (`order_paid`, `payment`, `update_subscription`, ...).
         attempt: 1 for the first attempt, 2 for the first retry, and so on.
         at: when the attempt started, on the event loop's clock (`loop.time()`).
         status: the HTTP status answered; None when there was no answer.
         error: why there was no answer ("timeout", or the connection error); None when there was one.
         outcome: see `Outcome`.
+        subscription_id: the subscription it is about; None for an order webhook.
     """
 
     webhook_id: int
-    order_id: int
+    project_id: int
+    order_id: int | None
     type: str
     attempt: int
     at: float
@@ -82,17 +97,29 @@ class WebhookDelivery:
     error: str | None
     outcome: Outcome
     elapsed_s: float
+    subscription_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Webhook:
-    """A webhook as sent: its exact body bytes (every attempt sends the same) and where to."""
+    """A webhook as made: its exact body bytes (every attempt sends the same), where to, and what about.
+
+    Attributes:
+        held: it was held when made (see `WebhookSender.hold`); it stays True after its release.
+    """
 
     webhook_id: int
-    order_id: int
+    project_id: int
+    order_id: int | None
     type: str
     url: str
     body: bytes
+    subscription_id: str | None = None
+    held: bool = False
+
+
+#: What to send once a webhook was delivered (the separate mode's `order_paid` after its `payment`).
+FollowUp = Callable[[], Awaitable[object]]
 
 
 def signature(body: bytes, secret: str) -> str:
@@ -100,8 +127,27 @@ def signature(body: bytes, secret: str) -> str:
     return "Signature " + hashlib.sha1(body + secret.encode()).hexdigest()  # noqa: S324  # Xsolla's protocol mandates SHA-1
 
 
+@dataclass
+class _Hold:
+    """Holds the next `remaining` webhooks (None: all until cleared) of `types` (empty: any) of a project."""
+
+    types: frozenset[str]
+    project_id: int | None
+    remaining: int | None
+
+    def matches(self, webhook: Webhook) -> bool:
+        return (not self.types or webhook.type in self.types) and self.project_id in (None, webhook.project_id)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    webhook: Webhook
+    secret: str
+    then: FollowUp | None
+
+
 class WebhookSender:
-    """Sends webhooks to one URL and retries them in the background.
+    """Sends every project's webhooks and retries them in the background.
 
     Args:
         session: the HTTP client (owned by the caller).
@@ -111,39 +157,127 @@ class WebhookSender:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        url: str,
-        secret: str,
         *,
         schedule: RetrySchedule = ORDER_RETRY_SCHEDULE,
         time_scale: float = 1.0,
         timeout_s: float = 10.0,
         on_final: Callable[[WebhookDelivery], Awaitable[None]] | None = None,
     ) -> None:
-        self.url = url
         self.deliveries: list[WebhookDelivery] = []
         self.webhooks: list[Webhook] = []
         self._session = session
-        self._secret = secret
         self._schedule = schedule
         self._time_scale = time_scale
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._on_final = on_final
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outgoing: dict[int, _Outgoing] = {}
+        self._holds: list[_Hold] = []
+        self._held: dict[int, _Outgoing] = {}
 
-    async def send(self, order_id: int, notification_type: str, body: bytes) -> WebhookDelivery:
-        """Sends a webhook with exactly `body`; returns once its first attempt is done, retries go on in the
-        background."""
-        webhook = Webhook(next(self._ids), order_id, notification_type, self.url, body)
+    async def send(
+        self,
+        project: SimProject,
+        notification_type: str,
+        body: bytes,
+        *,
+        order_id: int | None = None,
+        subscription_id: str | None = None,
+        then: FollowUp | None = None,
+    ) -> WebhookDelivery | None:
+        """Makes a webhook with exactly `body` for `project`'s URL and secret, and sends it.
+
+        Args:
+            then: sent once this webhook was delivered (never when it is rejected or given up on).
+
+        Returns:
+            Its first attempt, once done (retries go on in the background); None when it is held.
+
+        Raises:
+            InvalidRequest: the project has no webhook URL.
+        """
+        if project.webhook_url is None:
+            raise InvalidRequest(f"project {project.project_id} has no webhook_url")
+        webhook = Webhook(
+            next(self._ids), project.project_id, order_id, notification_type, project.webhook_url, body, subscription_id
+        )
+        return await self._submit(webhook, project.webhook_secret, then)
+
+    async def _submit(self, webhook: Webhook, secret: str, then: FollowUp | None) -> WebhookDelivery | None:
+        hold = next((rule for rule in self._holds if rule.matches(webhook)), None)
+        if hold is not None:
+            webhook = dataclasses.replace(webhook, held=True)
+            if hold.remaining is not None:
+                hold.remaining -= 1
+                if hold.remaining == 0:
+                    self._holds.remove(hold)
+        outgoing = _Outgoing(webhook, secret, then)
         self.webhooks.append(webhook)
-        first: asyncio.Future[WebhookDelivery] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._deliver(webhook, first), name=f"webhook-{webhook.webhook_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return await first
+        self._outgoing[webhook.webhook_id] = outgoing
+        if webhook.held:
+            self._held[webhook.webhook_id] = outgoing
+            _log.debug("webhook_held", webhook_id=webhook.webhook_id, type=webhook.type)
+            return None
+        return await self._start(outgoing)
+
+    # --- holding, releasing, sending again ------------------------------------------------------------------
+
+    def hold(self, types: Iterable[str] = (), *, project_id: int | None = None, times: int | None = None) -> None:
+        """Holds the next `times` webhooks (None: every one until `clear_holds`) of `types` (none named: any
+        type) of `project_id` (None: any project): they are made and recorded, not sent, until released.
+
+        Raises:
+            InvalidRequest: `times` < 1.
+        """
+        if times is not None and times < 1:
+            raise InvalidRequest("times must be >= 1 (or None for every webhook)")
+        chosen = frozenset((types,) if isinstance(types, str) else types)
+        self._holds.append(_Hold(chosen, project_id, times))
+
+    def clear_holds(self) -> None:
+        """Holds no more webhooks from now on (those already held stay held until released)."""
+        self._holds.clear()
+
+    @property
+    def held(self) -> list[Webhook]:
+        """The webhooks held and not yet released, oldest first."""
+        return [outgoing.webhook for outgoing in self._held.values()]
+
+    async def release(self, webhook_id: int) -> WebhookDelivery:
+        """Sends a held webhook now (with its follow-up, if it had one).
+
+        Returns:
+            Its first attempt; retries go on in the background.
+
+        Raises:
+            InvalidRequest: no webhook with that id is held.
+        """
+        outgoing = self._held.pop(webhook_id, None)
+        if outgoing is None:
+            raise InvalidRequest(f"webhook {webhook_id} is not held")
+        return await self._start(outgoing)
+
+    async def resend(self, webhook_id: int) -> WebhookDelivery | None:
+        """Sends a webhook already made again, as a new webhook with the same bytes, URL and signature (a
+        duplicate, as a retry or a replay at Xsolla's side is), without its follow-up. Holds apply to it.
+
+        Returns:
+            Its first attempt; None when it is held.
+
+        Raises:
+            InvalidRequest: no webhook has that id.
+        """
+        outgoing = self._outgoing.get(webhook_id)
+        if outgoing is None:
+            raise InvalidRequest(f"no webhook {webhook_id} on this simulator")
+        again = dataclasses.replace(outgoing.webhook, webhook_id=next(self._ids), held=False)
+        return await self._submit(again, outgoing.secret, None)
+
+    # --- waiting and closing --------------------------------------------------------------------------------
 
     async def settled(self, timeout_s: float) -> None:
-        """Waits until every webhook's delivery is over.
+        """Waits until every webhook's delivery is over (held webhooks are not being delivered).
 
         Raises:
             TimeoutError: some were still being retried after `timeout_s`.
@@ -153,21 +287,32 @@ class WebhookSender:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stops every retry still scheduled."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stops every delivery and retry still going (and the follow-ups they were starting)."""
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-    async def _deliver(self, webhook: Webhook, first: asyncio.Future[WebhookDelivery]) -> None:
+    # --- delivery -------------------------------------------------------------------------------------------
+
+    async def _start(self, outgoing: _Outgoing) -> WebhookDelivery:
+        first: asyncio.Future[WebhookDelivery] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._deliver(outgoing, first), name=f"webhook-{outgoing.webhook.webhook_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await first
+
+    async def _deliver(self, outgoing: _Outgoing, first: asyncio.Future[WebhookDelivery]) -> None:
         loop = asyncio.get_running_loop()
-        headers = {"Content-Type": "application/json", "Authorization": signature(webhook.body, self._secret)}
+        webhook = outgoing.webhook
+        headers = {"Content-Type": "application/json", "Authorization": signature(webhook.body, outgoing.secret)}
         try:
             for attempt in itertools.count(1):
                 started = loop.time()
-                status, error = await self._attempt(webhook.body, headers)
+                status, error = await self._attempt(webhook.url, webhook.body, headers)
                 wait = self._schedule.wait_after(attempt)
                 outcome: Outcome
                 if status in SUCCESS_STATUSES:
@@ -177,25 +322,23 @@ class WebhookSender:
                 else:
                     outcome = "gave_up" if wait is None else "retry"
                 record = WebhookDelivery(
-                    webhook.webhook_id,
-                    webhook.order_id,
-                    webhook.type,
-                    attempt,
-                    started,
-                    status,
-                    error,
-                    outcome,
-                    loop.time() - started,
+                    webhook_id=webhook.webhook_id,
+                    project_id=webhook.project_id,
+                    order_id=webhook.order_id,
+                    type=webhook.type,
+                    attempt=attempt,
+                    at=started,
+                    status=status,
+                    error=error,
+                    outcome=outcome,
+                    elapsed_s=loop.time() - started,
+                    subscription_id=webhook.subscription_id,
                 )
                 self.deliveries.append(record)
                 if not first.done():
                     first.set_result(record)
                 if outcome != "retry":
-                    if outcome != "delivered" and self._on_final is not None:
-                        try:
-                            await self._on_final(record)
-                        except Exception:  # a background task: nobody else would see it
-                            _log.exception("webhook_final_callback_failed", webhook_id=webhook.webhook_id)
+                    await self._finished(outgoing, record)
                     return
                 assert wait is not None
                 await asyncio.sleep(wait * self._time_scale)
@@ -203,9 +346,20 @@ class WebhookSender:
             if not first.done():  # cancelled before the first attempt finished
                 first.cancel()
 
-    async def _attempt(self, body: bytes, headers: Mapping[str, str]) -> tuple[int | None, str | None]:
+    async def _finished(self, outgoing: _Outgoing, record: WebhookDelivery) -> None:
+        # Background work: nobody else would see an exception, so it is logged here.
         try:
-            async with self._session.post(self.url, data=body, headers=headers, timeout=self._timeout) as answer:
+            if record.outcome == "delivered":
+                if outgoing.then is not None:
+                    await outgoing.then()
+            elif self._on_final is not None:
+                await self._on_final(record)
+        except Exception:
+            _log.exception("webhook_final_step_failed", webhook_id=record.webhook_id, outcome=record.outcome)
+
+    async def _attempt(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int | None, str | None]:
+        try:
+            async with self._session.post(url, data=body, headers=headers, timeout=self._timeout) as answer:
                 await answer.read()
                 return answer.status, None
         except TimeoutError:
