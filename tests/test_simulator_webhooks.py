@@ -9,16 +9,15 @@ import itertools
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from types import MappingProxyType
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import WebhookSettings, XsollaWebhooks
+from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from xsolla_simulator import ORDER_RETRY_SCHEDULE, RetrySchedule, SimOrder, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -30,55 +29,11 @@ ITEMS = [
 ]
 
 
-@dataclass
-class Received:
-    at: float
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint: answers each request with the next of `answers` (then `default`), after `delay_s`."""
-
-    answers: list[int] = field(default_factory=list)
-    default: int = 204
-    delay_s: float = 0.0
-    received: list[Received] = field(default_factory=list)
-    url: str = ""  # set once listening
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.received.append(Received(asyncio.get_running_loop().time(), dict(request.headers), await request.read()))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        status = self.answers.pop(0) if self.answers else self.default
-        if status == 204:
-            return web.Response(status=204)
-        return web.json_response({"error": {"code": "INVALID_PARAMETER", "message": "no"}}, status=status)
-
-
-ReceiverFactory = Callable[..., Awaitable[Receiver]]
-
-
 @pytest.fixture
 async def receiver_factory() -> AsyncIterator[ReceiverFactory]:
     """Starts webhook receivers on free ports; stops them at the end."""
-    runners: list[web.AppRunner] = []
-
-    async def start(**kwargs: Any) -> Receiver:
-        receiver = Receiver(**kwargs)
-        app = web.Application()
-        app.router.add_post("/webhooks/xsolla", receiver.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/xsolla"
-        return receiver
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    async with receiver_factory_context() as start:
+        yield start
 
 
 @pytest.fixture
