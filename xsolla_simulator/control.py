@@ -118,8 +118,8 @@ class _Routes:
         project = self._sim.add_project(
             integer(body, "project_id", 0),
             webhook_url=url,
-            webhook_secret=str(body.get("webhook_secret", "secret")),
-            webhook_mode=str(body.get("webhook_mode", "combined")),
+            webhook_secret=text(body, "webhook_secret") if "webhook_secret" in body else "secret",
+            webhook_mode=text(body, "webhook_mode") if "webhook_mode" in body else "combined",
             merchant_id=integer(body, "merchant_id", 100001),
         )
         return web.json_response(project_view(project), status=201)

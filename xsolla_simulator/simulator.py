@@ -314,7 +314,7 @@ class XsollaSimulator(FaultInjection, WebhookControls):
             data = {"order_id": order_id, "status": status}
             publication, sockets = await self._hub.publish(order.project_id, order.user_id, data)
             announcement = replace(announcement, publication=publication, sockets=sockets)
-        if "webhook" in active:
+        if "webhook" in active and self._notifier is not None:  # before start() nothing is sent
             announcement = replace(announcement, webhook=await self._ready().order_status(order, status))
         _log.debug("order_status_set", order_id=order_id, status=status, channels=active)
         return announcement
@@ -403,6 +403,8 @@ class XsollaSimulator(FaultInjection, WebhookControls):
     async def _send_subscription_webhook(
         self, project: SimProject, subscription: SimSubscription, notification_type: str, body: dict[str, Any]
     ) -> WebhookDelivery | None:
+        if self._notifier is None:  # before start() nothing is sent
+            return None
         return await self._ready().subscription(project, subscription, notification_type, body)
 
     async def _webhook_final(self, delivery: WebhookDelivery) -> None:
