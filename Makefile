@@ -22,8 +22,9 @@ proto: $(STAMP)
 
 ## The service and the webhook gateway on the embedded Redis in ./var, in insecure development mode.
 run: $(STAMP)
-	ENTITLEMENTS_INSECURE_DEV_MODE=1 GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret} \
-		$(BIN)/python -m tools.devstack
+	if [ -z "$${ENTITLEMENTS_PROJECTS_FILE:-}" ]; then \
+		export GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret}; fi; \
+	ENTITLEMENTS_INSECURE_DEV_MODE=1 $(BIN)/python -m tools.devstack
 
 ## One purchase end to end: embedded Redis, service, gateway and the Xsolla simulator (tools/demo.py).
 demo: $(STAMP)

@@ -129,7 +129,9 @@ class Verified:
     Attributes:
         raw: the body bytes as received.
         document: the parsed body, or None when it is not a JSON object (reported after verification).
-        project_id: the project whose secret verified it (None: the default secret, project not known yet).
+        project_id: the project the signature decided (the URL's, or one that the secret which signed the body
+            signs for); None when it decided none: an event to store is then refused, a question for the user
+            directory is still answered.
     """
 
     raw: bytes
@@ -145,7 +147,8 @@ class Notification:
         action: what to do with it.
         notification_type: the provider's type as sent (e.g. "order_paid").
         type_label: a bounded version of it for metric labels (unknown names become "other").
-        project_id: the provider's project (0 when the notification carried none).
+        project_id: the provider's project, as the signature decided it (`Verified.project_id`); 0 only for a
+            question for the user directory whose project the signature did not decide.
         event: the event to store (STORE only).
         query: the question for the user directory (VALIDATE_USER and SEARCH_USER only).
         known: False for a type this version stores without interpreting it.
@@ -232,4 +235,9 @@ class WebhookProvider(Protocol):
 
     def describe(self) -> Mapping[str, object]:
         """What the gateway's start-up log line says about the provider's configuration (never a secret)."""
+        ...
+
+    def warnings(self) -> Mapping[str, str]:
+        """What an operator should fix in the provider's configuration, by a short upper-case code: the gateway
+        logs each once at start-up (never a secret)."""
         ...

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 
 from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES, identifier_problem, quantity_problem
 from entitlements import AsyncEntitlementsClient
+from providers.xsolla import WebhookSettings
 from server.app import Service
 from server.embedded import EmbeddedRedis
 from tests.helpers.events import PARTITIONS, consumer_settings, dead_letters, drained
-from tests.helpers.gateway import fixture, gateway_settings, running_gateway, send, stored_events
+from tests.helpers.gateway import PROJECT, SECRET, fixture, gateway_settings, running_gateway, send, stored_events
 from tests.helpers.services import ServiceFactory
 from webhook_gateway import Gateway
 
@@ -32,8 +33,9 @@ AT_LIMIT = "é" * (MAX_ID_BYTES // 2)  # 128 characters, 256 bytes
 
 @pytest.fixture
 async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+    """A gateway whose default secret signs for the service's project, the one a webhook naming none is."""
     settings = gateway_settings(redis_url=redis_server.url, event_partitions=PARTITIONS)
-    async with running_gateway(settings) as gateway:
+    async with running_gateway(settings, WebhookSettings(default_secret=SECRET, default_project=PROJECT)) as gateway:
         yield gateway
 
 
@@ -64,7 +66,7 @@ async def test_identifiers_and_quantities_at_the_limit_are_granted(
         assert (await send(http, gateway.url, body)).status == 204
     (stored,) = await stored_events(redis_client, partitions=PARTITIONS)
     assert identifier_problem(stored.event.event_id) is None
-    assert stored.event.event_id.startswith("xsolla:0:order:sha256=")
+    assert stored.event.event_id.startswith(f"xsolla:{PROJECT}:order:sha256=")
     await drained(redis_client)
     assert await dead_letters(redis_client) == []
     check = await client.check_entitlement(AT_LIMIT, AT_LIMIT)

@@ -29,6 +29,7 @@ from core.logs import user_ref
 from entitlements.v1 import events_pb2 as ev
 from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import (
+    DEFAULT_PROJECT,
     PROJECT,
     PROJECT_SECRET,
     SECRET,
@@ -125,13 +126,21 @@ STORED_PAYLOADS = [
         "a1b2c3d4-0000-4000-8000-019fb6caa51e",
         True,
     ),
-    ("order_paid_separate", SECRET, ev.EVENT_TYPE_ORDER_PAID, "xsolla:0:order:1:paid", 0, "id_xsolla_login_1", False),
+    (
+        "order_paid_separate",
+        SECRET,
+        ev.EVENT_TYPE_ORDER_PAID,
+        "xsolla:310000:order:1:paid",
+        DEFAULT_PROJECT,
+        "id_xsolla_login_1",
+        False,
+    ),
     (
         "order_canceled",
         SECRET,
         ev.EVENT_TYPE_ORDER_CANCELED,
-        "xsolla:0:order:1:canceled",
-        0,
+        "xsolla:310000:order:1:canceled",
+        DEFAULT_PROJECT,
         "id_xsolla_login_1",
         False,
     ),
@@ -144,7 +153,7 @@ STORED_PAYLOADS = [
         "a1b2c3d4-0000-4000-8000-019fad89ee91",
         True,
     ),
-    ("refund", SECRET, ev.EVENT_TYPE_REFUND, "xsolla:0:txn:1:refund", 0, "1234567", True),
+    ("refund", SECRET, ev.EVENT_TYPE_REFUND, "xsolla:310000:txn:1:refund", DEFAULT_PROJECT, "1234567", True),
     (
         "create_subscription",
         SECRET,
@@ -168,8 +177,8 @@ STORED_PAYLOADS = [
         "cancel_subscription",
         SECRET,
         ev.EVENT_TYPE_SUBSCRIPTION_CANCELED,
-        "xsolla:0:sub:10:cancel_subscription:plan=1:date_create=2014-09-22T15:25:25Z:date_end=2015-01-22T15:25:25Z",
-        0,
+        "xsolla:310000:sub:10:cancel_subscription:plan=1:date_create=2014-09-22T15:25:25Z:date_end=2015-01-22T15:25:25Z",
+        DEFAULT_PROJECT,
         "1234567",
         False,
     ),
@@ -291,7 +300,7 @@ async def test_partial_refunds_of_one_transaction_are_each_kept_once(
         assert (await send(http, gateway.url, body)).status == 204
     events = [stored.event for stored in await stored_events(redis_client)]
     assert [event.type for event in events] == [ev.EVENT_TYPE_PARTIAL_REFUND] * 2
-    assert all(event.event_id.startswith("xsolla:0:txn:1:partial_refund:") for event in events)
+    assert all(event.event_id.startswith("xsolla:310000:txn:1:partial_refund:") for event in events)
     assert events[0].event_id != events[1].event_id
 
 
@@ -424,22 +433,25 @@ async def test_rotation_accepts_both_secrets_of_a_project(
     assert len(await stored_events(redis_client)) == 2
 
 
-async def test_without_default_secret_unknown_projects_are_refused(
+async def test_without_default_secret_a_projects_own_secret_decides_a_body_naming_none(
     gateway_factory: GatewayFactory, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
-    """With only per-project secrets, a webhook of another project cannot verify: 400 INVALID_SIGNATURE."""
+    """With only per-project secrets, an unconfigured secret is refused; a project's own secret signing a body that
+    names no project makes it that project's webhook."""
     gateway = await gateway_factory(default_secret=None)
     with captured_logs() as logs:
         answer = await send(http, gateway.url, fixture("refund"))
-        # Signed by a configured secret, so the body is read: it names no project, and no secret is for that.
-        project_signed = await send(http, gateway.url, fixture("refund"), PROJECT_SECRET)
-    for refused in (answer, project_signed):
+        routed = await send(http, f"{gateway.url}/777", fixture("refund"), PROJECT_SECRET)
+    for refused in (answer, routed):
         assert (refused.status, refused.json()) == (400, error("INVALID_SIGNATURE", "Invalid signature"))
-    unsigned, other = [line["reason"] for line in logs if line["event"] == "webhook"]
-    # No configured secret signed the first: its body is never read, so the reason cannot name its project.
-    assert unsigned == "no configured secret matches, and there is no default secret for webhooks that name no project"
-    assert other == "no secret is configured for webhooks that name no project"
-    assert (await send(http, gateway.url, fixture("payment"), PROJECT_SECRET)).status == 204
+    # No configured secret signed the first, so its body is never read; no secret at all is one of project 777's.
+    assert [line.get("reason") for line in logs if line["event"] == "webhook"] == [
+        "Invalid signature",
+        "no secret is configured for project 777",
+    ]
+    assert await nothing_stored(redis_client)
+    assert (await send(http, gateway.url, fixture("refund"), PROJECT_SECRET)).status == 204
+    assert (await only_event(redis_client)).event.project_id == PROJECT
 
 
 # --- signature errors -------------------------------------------------------------------------------------------
@@ -681,7 +693,7 @@ async def test_dedup_key_is_kept_for_the_configured_window(
 ) -> None:
     """The event id is remembered for 72 hours by default (Xsolla retries for up to 48)."""
     assert (await send(http, gateway.url, fixture("order_paid_separate"))).status == 204
-    ttl_ms = int(await redis_client.pttl(EventKeys(0).dedup("xsolla:0:order:1:paid")))
+    ttl_ms = int(await redis_client.pttl(EventKeys(0).dedup("xsolla:310000:order:1:paid")))
     assert 72 * 3600 * 1000 - 60_000 < ttl_ms <= 72 * 3600 * 1000
 
 

@@ -2,9 +2,10 @@
 refusals from the headers alone neither wait for the body nor read it, large bodies are read a few at a time at
 a bounded pace, and HTTP-level garbage leaves one JSON log line each.
 
-The bare path's choice of secret is checked against the rule it replaced (parse the body, take the project it
-names, try that project's secrets): for any configuration, body and signing secret, the same requests are
-accepted and refused.
+The bare path's decision (which project a webhook is, from the secret that signed it) is checked against the rule
+written out plainly (parse the body, take the project it names, check that the signing secret is one of that
+project's, or let the secret name the project when the body names none): for any configuration, body and signing
+secret, the same requests are accepted, for the same project, and the same refused.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.webhooks import InvalidSignature
+from core.webhooks import Action, Rejected, Verified
 from providers.xsolla import WebhookSettings, XsollaWebhooks, fields
 from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import (
+    DEFAULT_PROJECT,
     PROJECT,
     PROJECT_SECRET,
     SECRET,
@@ -271,15 +273,15 @@ async def test_a_signed_body_larger_than_any_webhook_is_still_accepted(
 
 
 @pytest.mark.parametrize(
-    ("body", "secret", "status"),
+    ("body", "secret", "project"),
     [
-        (naming(PROJECT), PROJECT_SECRET, 204),  # the project's own secret
-        (naming(PROJECT), OTHER_SECRET, 400),  # another project's secret
-        (naming(PROJECT), SECRET, 400),  # the default, for a project with its own
-        (naming(None), SECRET, 204),  # a body naming no project: the default secret
-        (naming(None), PROJECT_SECRET, 400),  # ... and no project's
-        (naming(777), SECRET, 204),  # a project without a secret of its own: the default
-        (naming(777), OTHER_SECRET, 400),
+        (naming(PROJECT), PROJECT_SECRET, PROJECT),  # the project's own secret
+        (naming(PROJECT), OTHER_SECRET, None),  # another project's secret
+        (naming(PROJECT), SECRET, None),  # the default, for a project with its own
+        (naming(None), SECRET, DEFAULT_PROJECT),  # a body naming no project, the default secret: the default project
+        (naming(None), PROJECT_SECRET, PROJECT),  # ... a project's own secret: that project
+        (naming(777), SECRET, 777),  # a project without a secret of its own: the default
+        (naming(777), OTHER_SECRET, None),
     ],
     ids=["own", "other-projects", "default-for-own", "none-default", "none-project", "unconfigured", "unconf-other"],
 )
@@ -290,13 +292,14 @@ async def test_bare_path_accepts_only_a_secret_of_the_project_the_body_names(
     parses: list[bytes],
     body: bytes,
     secret: str,
-    status: int,
+    project: int | None,
 ) -> None:
-    """On the bare path a configured secret must sign the body, and be one the project the body names may use."""
+    """On the bare path a configured secret must sign the body and sign for the project the body names (or, when it
+    names none, decide one); the event records that project."""
     answer = await send(http, gateway.url, body, secret)
-    if status == 204:
+    if project is not None:
         assert answer.status == 204
-        assert len(await stored_events(redis_client)) == 1
+        assert [stored.event.project_id for stored in await stored_events(redis_client)] == [project]
     else:
         assert error_code(answer) == (400, "INVALID_SIGNATURE")
         assert int(await redis_client.dbsize()) == 0
@@ -317,65 +320,103 @@ async def test_bare_path_rotation_and_a_secret_shared_by_two_projects(
             (naming(OTHER), "new-secret", 204),
             (naming(OTHER, "refund"), "old-secret", 400),
             (naming(5), "old-secret", 400),
-            (naming(None), "new-secret", 400),  # no default secret: a body naming no project never verifies
+            (naming(None), "new-secret", 400),  # a shared secret does not tell which project a body naming none is
         ]:
             assert (await send(http, gateway.url, body, secret)).status == status, (body[:60], secret)
     assert len(await stored_events(redis_client)) == 3
 
 
-# The rule the bare path replaced, written out: parse the body, take the project it names, try its secrets.
-def parse_then_verify(webhook_settings: WebhookSettings, body: bytes, signature: str) -> bool:
+# The bare path's rule, written out plainly over the configuration as given: parse the body, take the project it
+# names, and check the signing secret against it; the project of the stored event, or None when refused.
+def parse_then_decide(
+    default: str | None, projects: dict[int, list[str]], default_project: int | None, body: bytes, signer: str
+) -> int | None:
+    configured = {default} | {name for names in projects.values() for name in names}
+    if signer not in configured:
+        return None
     document = fields.parse_body(body)
-    project = None
-    for holder in (document or {}, fields.section(document or {}, "billing")):
-        project = fields.integer(fields.section(holder, "settings").get("project_id"), 0, fields.INT64_MAX)
-        if project is not None:
-            break
-    return any(signed(body, secret) == signature for secret in webhook_settings.secrets_for(project))
+    if document is None:
+        return None
+    named = set()
+    for holder in (document, fields.section(document, "billing")):
+        value = fields.section(holder, "settings").get("project_id")
+        if value is not None:
+            project = fields.integer(value, 0, fields.INT64_MAX)
+            if project is None:
+                return None  # a malformed project id
+            if project:
+                named.add(project)
+
+    def signs_for(project: int) -> bool:
+        return signer in projects.get(project, ()) or (project not in projects and signer == default)
+
+    if len(named) > 1:
+        return None
+    if named:
+        project = named.pop()
+        return project if signs_for(project) else None
+    if signer != default:
+        owners = [project for project, names in projects.items() if signer in names]
+        return owners[0] if len(owners) == 1 else None
+    return default_project if default_project is not None and signs_for(default_project) else None
 
 
 project_ids = st.sampled_from([1, 2, 3])
 secret_names = st.sampled_from(["a", "b", "c", "d"])
 project_values = st.one_of(
-    st.none(), project_ids, project_ids.map(str), st.just("abc"), st.just(-1), st.just(1.5), st.just(2**64)
+    st.none(), project_ids, project_ids.map(str), st.just(0), st.just("abc"), st.just(-1), st.just(1.5), st.just(2**64)
 )
+PAYMENT = json.loads(fixture("payment"))
 
 
 @st.composite
-def bare_path_cases(draw: st.DrawFn) -> tuple[WebhookSettings, bytes, str]:
-    """A configuration, a body naming any project (or none, or garbage), and the secret it is signed with."""
+def bare_path_cases(draw: st.DrawFn) -> tuple[str | None, dict[int, list[str]], int | None, bytes, str]:
+    """A configuration (default secret, projects' secrets, default project), a body naming any project (or none, or
+    garbage, or two), and the secret that signs it."""
     default = draw(st.one_of(st.none(), secret_names))
     projects = draw(st.dictionaries(project_ids, st.lists(secret_names, min_size=1, max_size=2, unique=True)))
     if default is None and not projects:
         projects = {1: ["a"]}
-    document: dict[str, Any] = {"notification_type": "payment"}
+    default_project = draw(st.one_of(st.none(), project_ids, st.just(4)))
+    document: dict[str, Any] = {key: value for key, value in PAYMENT.items() if key != "settings"}
     for path in draw(st.lists(st.sampled_from(["settings", "billing"]), max_size=2, unique=True)):
         value = {"project_id": draw(project_values)}
         document[path] = value if path == "settings" else {"settings": value}
     body = draw(st.sampled_from([json.dumps(document).encode(), b"not json", b"[1]"]))
-    webhook_settings = WebhookSettings(
-        default_secret=default,
-        project_secrets=MappingProxyType({project: tuple(names) for project, names in projects.items()}),
-    )
-    return webhook_settings, body, signed(body, draw(secret_names))
+    return default, projects, default_project, body, draw(secret_names)
+
+
+def decided_project(webhooks: XsollaWebhooks, body: bytes, signature: str, chunk_size: int) -> int | None:
+    """The project of the event the provider makes of `body` on the bare path, fed in chunks; None when refused."""
+    authentication = webhooks.authentication({"Authorization": signature}, None)
+    for start in range(0, len(body), chunk_size):
+        authentication.update(body[start : start + chunk_size])
+    try:
+        verified: Verified = authentication.verify(body)
+        notification = webhooks.interpret(verified, 0)
+    except Rejected:
+        return None
+    assert notification.action is Action.STORE
+    return notification.project_id
 
 
 @settings(max_examples=400, deadline=None)
 @given(bare_path_cases(), st.integers(min_value=1, max_value=64))
-def test_bare_path_accepts_exactly_what_parse_then_verify_accepted(
-    case: tuple[WebhookSettings, bytes, str], chunk_size: int
+def test_bare_path_decides_what_the_rule_written_out_decides(
+    case: tuple[str | None, dict[int, list[str]], int | None, bytes, str], chunk_size: int
 ) -> None:
-    """For any configuration, body and signing secret, the bare path accepts exactly what the old rule accepted."""
-    webhook_settings, body, signature = case
-    authentication = XsollaWebhooks(webhook_settings).authentication({"Authorization": signature}, None)
-    for start in range(0, len(body), chunk_size):
-        authentication.update(body[start : start + chunk_size])
-    try:
-        authentication.verify(body)
-        accepted = True
-    except InvalidSignature:
-        accepted = False
-    assert accepted == parse_then_verify(webhook_settings, body, signature)
+    """For any configuration, body and signing secret, the bare path stores the webhook for the project the plain
+    rule gives, and refuses it when the rule does."""
+    default, projects, default_project, body, signer = case
+    webhooks = XsollaWebhooks(
+        WebhookSettings(
+            default_secret=default,
+            project_secrets=MappingProxyType({project: tuple(names) for project, names in projects.items()}),
+            default_project=default_project,
+        )
+    )
+    expected = parse_then_decide(default, projects, default_project, body, signer)
+    assert decided_project(webhooks, body, signed(body, signer), chunk_size) == expected
 
 
 # --- HTTP-level garbage: one JSON log line each ----------------------------------------------------------------

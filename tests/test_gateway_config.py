@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from core.errors import ConfigError
 from providers.xsolla import NAMED_NETWORKS, WebhookSettings
 from providers.xsolla.networks import XSOLLA_NETWORKS
-from providers.xsolla.settings import parse_project_secrets
+from providers.xsolla.settings import SINGLE_PROJECT_VARIABLES, parse_project_secrets
 from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import ROOT, command_env, fixture, send, start_gateway_command, stored_events
 from webhook_gateway.config import GatewaySettings
@@ -33,7 +33,8 @@ def test_defaults() -> None:
     settings, xsolla = read_env({"GATEWAY_XSOLLA_SECRET": "s3cret"})
     # No path: the provider's, `/webhooks/xsolla` (test_gateway checks the served URL).
     assert (settings.host, settings.port, settings.path) == ("127.0.0.1", 8080, None)
-    assert (xsolla.default_secret, dict(xsolla.project_secrets)) == ("s3cret", {})
+    assert (xsolla.default_secret, dict(xsolla.project_secrets), xsolla.default_project) == ("s3cret", {}, None)
+    assert settings.projects_file is None
     assert (settings.redis_url, settings.redis_cluster, settings.redis_timeout_s) == (None, False, 2.0)
     assert (settings.max_body_bytes, settings.request_timeout_s) == (1024 * 1024, 10.0)
     assert (settings.event_partitions, settings.dedup_ttl_h, settings.dedup_ttl_s) == (1, 72.0, 72 * 3600)
@@ -56,6 +57,7 @@ def test_every_variable_is_read() -> None:
             "GATEWAY_PATH": "/hooks/xsolla",
             "GATEWAY_XSOLLA_SECRET": "default",
             "GATEWAY_XSOLLA_PROJECT_SECRETS": "308077=live;18404=sandbox",
+            "ENTITLEMENTS_XSOLLA_PROJECT_ID": "308077",
             "REDIS_URL": "redis://redis:6379/0",
             "REDIS_CLUSTER": "true",
             "GATEWAY_REDIS_TIMEOUT_S": "1.5",
@@ -79,10 +81,10 @@ def test_every_variable_is_read() -> None:
         }
     )
     assert (settings.host, settings.port, settings.path) == ("192.0.2.10", 9000, "/hooks/xsolla")
-    assert xsolla.secrets_for(308077) == ("live",)
-    assert xsolla.secrets_for(18404) == ("sandbox",)
-    assert xsolla.secrets_for(1) == ("default",)
-    assert xsolla.secrets_for(None) == ("default",)
+    assert [secret.value for secret in xsolla.secrets_for(308077)] == ["live"]
+    assert [secret.value for secret in xsolla.secrets_for(18404)] == ["sandbox"]
+    assert [secret.value for secret in xsolla.secrets_for(1)] == ["default"]
+    assert xsolla.default_project == 308077
     assert (settings.redis_url, settings.redis_cluster, settings.redis_timeout_s) == ("redis://redis:6379/0", True, 1.5)
     assert (settings.redis_max_connections, settings.max_body_bytes, settings.request_timeout_s) == (8, 65536, 3.0)
     assert (settings.event_partitions, settings.dedup_ttl_h) == (16, 96.0)
@@ -200,5 +202,253 @@ async def test_command_serves_alone_and_stops_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert [record["event"] for record in lines] == ["USER_DIRECTORY_ALLOW_ALL", "gateway_started"]
+    assert [record["event"] for record in lines] == [
+        "USER_DIRECTORY_ALLOW_ALL",
+        "XSOLLA_UNLISTED_PROJECTS_OPEN",
+        "gateway_started",
+    ]
     assert len(await stored_events(redis_client)) == 1
+
+
+# --- the projects file ------------------------------------------------------------------------------------------
+
+LIVE_SECRET, STAGING_SECRET, SHARED_SECRET = "live-topsecret", "staging-topsecret", "shared-topsecret"
+# Project 1 with its secret, and what project 2 may add to it.
+LIVE = f'[projects.1.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n'
+TWICE = LIVE + f'[projects.2.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n'
+SHARED_BY = '[projects.1]\n[projects.2]\n[xsolla]\nshared_webhook_secrets = [{ projects = %s, secret = "%s" }]\n'
+
+
+def projects_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "projects.toml"
+    path.write_text(text)
+    return path
+
+
+def from_file(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> WebhookSettings:
+    """Xsolla's webhook settings as `python -m webhook_gateway` reads them from ENTITLEMENTS_PROJECTS_FILE."""
+    return WebhookSettings.from_env({"ENTITLEMENTS_PROJECTS_FILE": str(projects_file(tmp_path, text)), **(env or {})})
+
+
+def test_projects_file_gives_each_secret_its_projects(tmp_path: Path) -> None:
+    """Each project's secrets (inline, from a file, from a variable) and a shared secret belong to their projects."""
+    (tmp_path / "old").write_text("live-old\n")
+    xsolla = from_file(
+        tmp_path,
+        f"""
+        default_project = 1
+        [projects.1.xsolla]
+        webhook_secrets = ["{LIVE_SECRET}", {{ file = "{tmp_path / "old"}" }}]
+        api_key = {{ env = "UNSET_AND_NOT_READ_HERE" }}
+        api_user = 887981
+        [projects.2.xsolla]
+        webhook_secrets = [{{ env = "STAGING" }}, {{ env = "STAGING" }}]
+        [projects.3]
+        [xsolla]
+        shared_webhook_secrets = [{{ projects = [2, 3], secret = "{SHARED_SECRET}" }}]
+        """,
+        {"STAGING": STAGING_SECRET},
+    )
+    assert {(secret.value, secret.projects, secret.unlisted) for secret in xsolla.secrets} == {
+        (LIVE_SECRET, frozenset({1}), False),
+        ("live-old", frozenset({1}), False),
+        (STAGING_SECRET, frozenset({2}), False),
+        (SHARED_SECRET, frozenset({2, 3}), False),
+    }
+    assert [secret.value for secret in xsolla.secrets_for(3)] == [SHARED_SECRET]
+    assert xsolla.secrets_for(4) == ()
+    assert (xsolla.default_project, xsolla.default_secret, xsolla.warnings()) == (1, None, {})
+
+
+@pytest.mark.parametrize("variable", SINGLE_PROJECT_VARIABLES)
+def test_single_project_variables_beside_the_projects_file_are_refused(tmp_path: Path, variable: str) -> None:
+    """With a projects file, a single-project variable is a ConfigError that names it (and shows no secret)."""
+    text = LIVE
+    with pytest.raises(ConfigError) as caught:
+        from_file(tmp_path, text, {variable: "1"})
+    assert (
+        str(caught.value) == f"{variable}: not read when ENTITLEMENTS_PROJECTS_FILE is set; put it in the projects file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            f'[projects.1.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n'
+            f'[projects.2.xsolla]\nwebhook_secrets = ["x", "{LIVE_SECRET}"]\n',
+            "projects.2.xsolla.webhook_secrets[1] is the same secret as projects.1.xsolla.webhook_secrets[0]. A secret "
+            "two projects share must be configured as shared, once: [xsolla] shared_webhook_secrets = "
+            "[{ projects = [1, 2], secret = ... }]",
+        ),
+        (
+            f'[projects.1.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n[projects.2]\n'
+            f'[xsolla]\nshared_webhook_secrets = [{{ projects = [1, 2], secret = "{LIVE_SECRET}" }}]\n',
+            "projects.1.xsolla.webhook_secrets[0] is the same secret as xsolla.shared_webhook_secrets[0].secret",
+        ),
+        (
+            f'[projects.1.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\nsecret = "{LIVE_SECRET}"\n',
+            "projects.1.xsolla: unknown keys ['secret']; it may hold webhook_secrets, api_key, api_user",
+        ),
+        (
+            f'[projects.1.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n[xsolla]\nwebhook_secret = "{LIVE_SECRET}"\n',
+            "[xsolla]: unknown keys ['webhook_secret']; it may hold shared_webhook_secrets",
+        ),
+        ("[projects.1]\nname = 'live'\n", "projects.1.xsolla.webhook_secrets is missing"),
+        (
+            f'[projects.1.xsolla]\nwebhook_secrets = "{LIVE_SECRET}"\n',
+            "projects.1.xsolla.webhook_secrets must be a list",
+        ),
+        ('[projects.1.xsolla]\nwebhook_secrets = [""]\n', "projects.1.xsolla.webhook_secrets[0]: the secret is empty"),
+        (
+            '[projects.1.xsolla]\nwebhook_secrets = [{ env = "NOT_SET_ANYWHERE" }]\n',
+            "projects.1.xsolla.webhook_secrets[0]: the variable NOT_SET_ANYWHERE is not set",
+        ),
+        ("[projects.1.xsolla]\nwebhook_secrets = []\n", "no project has a webhook secret"),
+        (
+            SHARED_BY % ("[1]", SHARED_SECRET),
+            "xsolla.shared_webhook_secrets[0].projects must name at least two projects",
+        ),
+        (
+            f'[projects.1]\n[xsolla]\nshared_webhook_secrets = [{{ projects = [1, 9], secret = "{SHARED_SECRET}" }}]\n',
+            "xsolla.shared_webhook_secrets[0].projects: [9] not listed as [projects.<id>]",
+        ),
+        (
+            f'[projects.1]\n[xsolla]\nshared_webhook_secrets = [{{ secret = "{SHARED_SECRET}" }}]\n',
+            "xsolla.shared_webhook_secrets[0] must be { projects = [<id>, <id>, ...], secret = ... }",
+        ),
+    ],
+    ids=[
+        "unshared-duplicate",
+        "own-and-shared",
+        "unknown-project-key",
+        "unknown-top-key",
+        "no-secrets",
+        "not-a-list",
+        "empty",
+        "unset-variable",
+        "all-empty",
+        "shared-by-one",
+        "shared-with-stranger",
+        "shared-shape",
+    ],
+)
+def test_bad_projects_file_entries_are_refused_naming_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    """Each malformed or unsafe entry of the projects file is a ConfigError naming it, never showing a secret."""
+    with pytest.raises(ConfigError) as caught:
+        from_file(tmp_path, text)
+    assert message in str(caught.value)
+    assert str(tmp_path / "projects.toml") in str(caught.value)
+    assert "topsecret" not in str(caught.value)
+
+
+def test_a_project_with_an_empty_secret_list_is_refused_with_a_warning(tmp_path: Path) -> None:
+    """`webhook_secrets = []` is explicit: the project's webhooks are refused, and the start-up says so."""
+    xsolla = from_file(
+        tmp_path,
+        f'[projects.1.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n[projects.2.xsolla]\nwebhook_secrets = []\n',
+    )
+    assert (xsolla.secrets_for(2), xsolla.unsigned_projects) == ((), frozenset({2}))
+    assert list(xsolla.warnings()) == ["XSOLLA_PROJECTS_REFUSED"]
+
+
+@pytest.mark.parametrize(
+    ("env", "warnings"),
+    [
+        ({"GATEWAY_XSOLLA_SECRET": "s"}, ["XSOLLA_UNLISTED_PROJECTS_OPEN", "XSOLLA_NO_DEFAULT_PROJECT"]),
+        ({"GATEWAY_XSOLLA_SECRET": "s", "ENTITLEMENTS_XSOLLA_PROJECT_ID": "7"}, ["XSOLLA_UNLISTED_PROJECTS_OPEN"]),
+        ({"GATEWAY_XSOLLA_PROJECT_SECRETS": "7=s"}, []),
+    ],
+)
+def test_the_single_project_variables_warn_while_a_secret_is_open(env: dict[str, str], warnings: list[str]) -> None:
+    """GATEWAY_XSOLLA_SECRET, which signs for every unlisted project, is warned about (and a missing default project
+    with it); projects listed with their own secrets are not."""
+    assert list(WebhookSettings.from_env(env).warnings()) == warnings
+
+
+def test_the_gateway_reads_the_projects_file_variable(tmp_path: Path) -> None:
+    """ENTITLEMENTS_PROJECTS_FILE, shared with the service, reaches the gateway's settings."""
+    settings = GatewaySettings.from_env({"ENTITLEMENTS_PROJECTS_FILE": str(tmp_path / "projects.toml")})
+    assert settings.projects_file == tmp_path / "projects.toml"
+
+
+async def run_command(env: dict[str, str]) -> tuple[int | None, str]:
+    """`python -m webhook_gateway` with `env` (and nothing else of this process's settings): exit code, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webhook_gateway",
+        env=command_env(**env),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    return process.returncode, stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("text", "extra", "message"),
+    [
+        (
+            TWICE,
+            {},
+            "projects.2.xsolla.webhook_secrets[0] is the same secret as projects.1.xsolla.webhook_secrets[0]",
+        ),
+        (
+            LIVE,
+            {"GATEWAY_XSOLLA_SECRET": "topsecret"},
+            "GATEWAY_XSOLLA_SECRET: not read when ENTITLEMENTS_PROJECTS_FILE is set; put it in the projects file",
+        ),
+    ],
+    ids=["duplicate", "old-variable"],
+)
+async def test_command_refuses_a_bad_projects_file(
+    tmp_path: Path, text: str, extra: dict[str, str], message: str
+) -> None:
+    """`python -m webhook_gateway` exits 2 naming the projects file's bad entry, never showing the secret."""
+    path = projects_file(tmp_path, text)
+    code, stderr = await run_command({"ENTITLEMENTS_PROJECTS_FILE": str(path), "REDIS_URL": "redis://x", **extra})
+    assert code == 2
+    assert message in stderr
+    assert "topsecret" not in stderr
+
+
+@pytest.mark.slow
+async def test_command_serves_the_projects_of_its_projects_file(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+) -> None:
+    """`python -m webhook_gateway` reads ENTITLEMENTS_PROJECTS_FILE: its start line counts the projects and secrets
+    (showing none), each project's secret verifies only its webhooks, and the event records the project."""
+    path = projects_file(
+        tmp_path,
+        f'[projects.308077.xsolla]\nwebhook_secrets = ["{LIVE_SECRET}"]\n'
+        f'[projects.18404.xsolla]\nwebhook_secrets = ["{STAGING_SECRET}"]\n',
+    )
+    process = await start_gateway_command(redis_server.url, projects_file=path)
+    assert process.stderr is not None
+    try:
+        started: dict[str, Any] | None = None
+        while started is None:
+            line = await asyncio.wait_for(process.stderr.readline(), timeout=30)
+            assert line, "the gateway exited before serving"
+            record = json.loads(line)
+            if record["event"] == "gateway_started":
+                started = record
+        assert (started["projects"], started["secrets"], started["secret_for_unlisted_projects"]) == (2, 2, False)
+        assert started["settings"] == f"projects file {path}"
+        url = f"http://127.0.0.1:{started['port']}{started['path']}"
+        order = fixture("order_paid_combined")  # names project 308077
+        async with aiohttp.ClientSession() as http:
+            assert (await send(http, f"{url}/308077", order, STAGING_SECRET)).status == 400
+            assert (await send(http, url, order, STAGING_SECRET)).status == 400
+            assert (await send(http, url, order, LIVE_SECRET)).status == 204
+        process.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert "topsecret" not in json.dumps(started) + rest.decode()
+    assert [stored.event.project_id for stored in await stored_events(redis_client)] == [308077]

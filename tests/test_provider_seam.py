@@ -120,6 +120,9 @@ class AcmeWebhooks:
     def describe(self) -> Mapping[str, object]:
         return {"acme": True}
 
+    def warnings(self) -> Mapping[str, str]:
+        return {}
+
 
 # --- the provider: order status -------------------------------------------------------------------------------
 

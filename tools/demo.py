@@ -58,7 +58,7 @@ async def run(workdir: Path) -> None:
     await redis.start()
     gateway = Gateway(
         replace(GatewaySettings.from_env({"REDIS_URL": redis.url}), port=0, metrics_port=None),
-        xsolla.WebhookSettings.from_env({"GATEWAY_XSOLLA_SECRET": SECRET}),
+        xsolla.WebhookSettings.from_env({"GATEWAY_XSOLLA_PROJECT_SECRETS": f"{PROJECT_ID}={SECRET}"}),
     )
     sim: XsollaSimulator | None = None
     service: Service | None = None

@@ -1,8 +1,9 @@
 """Command line of the webhook gateway: `python -m webhook_gateway`, configured by environment variables.
 
-The composition root of the gateway process: it reads the gateway's settings and Xsolla's (the webhook provider)
-and runs until SIGTERM or SIGINT, then stops gracefully (in-flight webhooks finish within GATEWAY_SHUTDOWN_GRACE_S).
-Exit code 2 on a configuration error. Every variable is listed in docs/WEBHOOKS.md.
+The composition root of the gateway process: it reads the gateway's settings and Xsolla's (the webhook provider:
+its secrets, from the projects file `ENTITLEMENTS_PROJECTS_FILE` that the service reads too, or from the
+single-project variables) and runs until SIGTERM or SIGINT, then stops gracefully (in-flight webhooks finish
+within GATEWAY_SHUTDOWN_GRACE_S). Exit code 2 on a configuration error. Every variable is listed in the README.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import structlog
 from core import logs
 from core.errors import ConfigError
 from core.lifecycle import wait_for_stop_signal
-from providers.xsolla import NAMED_NETWORKS
+from providers.xsolla import NAMED_NETWORKS, load_projects
 from providers.xsolla import WebhookSettings as XsollaWebhookSettings
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     try:
         settings = GatewaySettings.from_env(named_networks=NAMED_NETWORKS)
-        xsolla = XsollaWebhookSettings.from_env()
+        projects = load_projects(settings.projects_file) if settings.projects_file is not None else None
+        xsolla = XsollaWebhookSettings.from_env(projects=projects)
         if settings.redis_url is None:
             raise ConfigError(
                 "REDIS_URL is not set: point it at the service's Redis "

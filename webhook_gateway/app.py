@@ -189,6 +189,8 @@ class Gateway:
         if self.provider is None:
             self.provider = xsolla_provider.webhook_provider(self._xsolla or xsolla_provider.WebhookSettings())
         provider = self.provider
+        for code, message in provider.warnings().items():
+            log.warning(code, provider=provider.name, message=message)
         self._path = settings.path or f"/webhooks/{provider.name}"
         if self.redis is None and settings.redis_url is None and self._event_sink is None:
             raise ConfigError("REDIS_URL is not set (the gateway stores events in Redis)")

@@ -1,9 +1,10 @@
 """The gateway's settings, read once from the environment at start-up.
 
-Every variable is listed with its default in `docs/WEBHOOKS.md`. They are prefixed `GATEWAY_`, except
-`REDIS_URL` and `REDIS_CLUSTER`, which the gateway shares with the service. The provider's own settings (its
-webhook secrets) are the provider's (`providers.xsolla.settings`); the composition root reads both. Secrets are
-kept out of `repr()` and out of every error message.
+Every variable is listed with its default in the README. They are prefixed `GATEWAY_`, except `REDIS_URL`,
+`REDIS_CLUSTER` and `ENTITLEMENTS_PROJECTS_FILE`, which the gateway shares with the service. The provider's own
+settings (its webhook secrets, from the projects file or its own variables) are the provider's
+(`providers.xsolla.settings`); the composition root reads both. Secrets are kept out of `repr()` and out of
+every error message.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from core.environ import EnvReader
@@ -28,6 +30,8 @@ class GatewaySettings:
     port: int = 8080
     # None: `/webhooks/<provider name>`.
     path: str | None = None
+    # The projects file the service reads too (`core.projects`); None: the provider's single-project variables.
+    projects_file: Path | None = None
     # None: the caller passes a Redis client to `Gateway` (in-process use); `python -m webhook_gateway` needs it.
     redis_url: str | None = None
     redis_cluster: bool = False
@@ -80,11 +84,13 @@ class GatewaySettings:
         except ValueError as exc:
             raise ConfigError(f"GATEWAY_ALLOWED_NETWORKS: {exc}") from None
         metrics_port_text = reader.text("GATEWAY_METRICS_PORT", "").lower()
+        projects_file = reader.text("ENTITLEMENTS_PROJECTS_FILE", "")
         log_json_text = reader.text("GATEWAY_LOG_JSON", "")
         settings = cls(
             host=reader.text("GATEWAY_HOST", "127.0.0.1"),
             port=reader.integer("GATEWAY_PORT", 8080, minimum=0, maximum=65535),
             path=reader.text("GATEWAY_PATH", "") or None,
+            projects_file=Path(projects_file) if projects_file else None,
             redis_url=reader.text("REDIS_URL", "") or None,
             redis_cluster=reader.boolean("REDIS_CLUSTER", False),
             redis_timeout_s=reader.number("GATEWAY_REDIS_TIMEOUT_S", 2.0, minimum=0.05),

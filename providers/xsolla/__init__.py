@@ -3,7 +3,8 @@
 (the service); nothing else imports this package.
 
 Modules:
-    settings        `WebhookSettings` (webhook secrets) and `OrderSettings` (Store API, WebSocket), from the env
+    settings        `WebhookSettings` (webhook secrets, from the projects file or the env) and `OrderSettings`
+                    (Store API, WebSocket)
     webhooks        `XsollaWebhooks`: signature and project, notification types -> WebhookEvent, user questions
     fields          readers of the fields of Xsolla's notification bodies
     signature       Xsolla's `Authorization: Signature` scheme
@@ -17,14 +18,17 @@ Modules:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 
 from core.order_sources import OrderSources
+from core.projects import Projects
 from providers.xsolla.metrics import XsollaMetrics
 from providers.xsolla.networks import NAMED_NETWORKS
 from providers.xsolla.order_api import XsollaOrders
 from providers.xsolla.order_socket import XsollaSockets
-from providers.xsolla.settings import OrderSettings, WebhookSettings
+from providers.xsolla.settings import PROVIDER, OrderSettings, WebhookSettings, check_projects
 from providers.xsolla.webhooks import XsollaWebhooks
 
 #: Xsolla's name as players and operators know it (error messages).
@@ -33,14 +37,27 @@ NAME = "Xsolla"
 __all__ = [
     "NAME",
     "NAMED_NETWORKS",
+    "PROVIDER",
     "OrderSettings",
     "WebhookSettings",
     "XsollaOrders",
     "XsollaSockets",
     "XsollaWebhooks",
+    "load_projects",
     "order_sources",
     "webhook_provider",
 ]
+
+
+def load_projects(path: Path) -> Projects:
+    """The projects file (`ENTITLEMENTS_PROJECTS_FILE`), with its Xsolla tables checked.
+
+    Raises:
+        core.errors.ConfigError: the file cannot be read, or an entry is invalid (named, never a secret).
+    """
+    projects = Projects.load(path, PROVIDER)
+    check_projects(projects)
+    return projects
 
 
 def webhook_provider(settings: WebhookSettings) -> XsollaWebhooks:

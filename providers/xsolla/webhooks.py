@@ -30,17 +30,15 @@ the order) instead of being acknowledged and dead-lettered.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES
 from core.webhooks import Action, FoundUser, InvalidParameter, InvalidSignature, Notification, UserQuery, Verified
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import answers, fields
-from providers.xsolla.settings import WebhookSettings
+from providers.xsolla.settings import PROVIDER, WebhookSecret, WebhookSettings
 from providers.xsolla.signature import BodyHash, given_digest
-
-PROVIDER = "xsolla"
 
 _ORDER_TYPES: dict[str, tuple[ev.EventType.ValueType, str]] = {
     "order_paid": (ev.EVENT_TYPE_ORDER_PAID, "paid"),
@@ -89,8 +87,7 @@ class XsollaWebhooks:
     """Xsolla's webhook protocol (implements `core.webhooks.WebhookProvider`).
 
     Args:
-        settings: the secrets; `settings.secrets_for` is asked with None when neither the URL nor the body
-            names a project (then only a default secret can verify).
+        settings: the secrets, each with the projects it belongs to, and the default project.
 
     Raises:
         ConfigError: no secret is configured at all (a gateway that could verify nothing must not start).
@@ -101,18 +98,14 @@ class XsollaWebhooks:
     def __init__(self, settings: WebhookSettings) -> None:
         settings.check()
         self._settings = settings
-        self._secrets_for = settings.secrets_for
-        every = [settings.default_secret] if settings.default_secret else []
-        every += [secret for secrets in settings.project_secrets.values() for secret in secrets]
-        self._all_secrets = tuple(dict.fromkeys(every))  # each once, in order
 
     def authentication(self, headers: Mapping[str, str], route_project: str | None) -> SignedBody:
         """Begins verifying `Authorization: Signature ...` from the headers alone, before the body is read.
 
-        On `<path>/<project_id>` (Xsolla's webhook URL is set per project) only that project's secrets verify
-        (the default secret when it has none of its own). On the bare path every configured secret is a
-        candidate, and the body, once one of them has verified it, must name a project that secret may sign
-        for (`SignedBody.verify`): the body is never parsed to choose a secret.
+        On `<path>/<project_id>` (Xsolla's webhook URL is set per project) only the secrets of that project are
+        candidates. On the bare path every configured secret is one, and the one that signed the body decides
+        which projects the webhook may be from (`SignedBody.verify`): the body is never parsed to choose a
+        secret.
 
         Raises:
             InvalidSignature: the header is missing or malformed, or no secret is configured for the URL's
@@ -120,13 +113,13 @@ class XsollaWebhooks:
         """
         given = given_digest(headers)
         if route_project is None:
-            return SignedBody(given, self._all_secrets, None, self._secrets_for)
+            return SignedBody(given, self._settings.secrets, None, self._settings)
         project = int(route_project)
-        secrets = self._secrets_for(project)
+        secrets = self._settings.secrets_for(project)
         if not secrets:
-            # Only when there is no default secret: tell the operator why, not the sender.
+            # Tell the operator why, not the sender.
             raise InvalidSignature("Invalid signature", detail=f"no secret is configured for project {project}")
-        return SignedBody(given, secrets, project, self._secrets_for)
+        return SignedBody(given, secrets, project, self._settings)
 
     def interpret(self, verified: Verified, received_at_ns: int) -> Notification:
         """Turns a verified body into what the gateway must do with it.
@@ -141,12 +134,20 @@ class XsollaWebhooks:
         if not isinstance(notification_type, str) or not notification_type:
             raise InvalidParameter("notification_type", "is required (a string)")
         fields.check_unicode(notification_type, "notification_type")
-        project = verified.project_id if verified.project_id is not None else _body_project(doc)
+        _check_named_projects(doc)
+        project = verified.project_id or 0
         label = type_label(notification_type)
 
         action = _USER_TYPES.get(notification_type)
         if action is not None:
+            # A question stores nothing: it is answered even when the signature decided no project (then 0).
             return Notification(action, notification_type, label, project, query=_user_query(doc, action, project))
+        if not project:
+            raise InvalidParameter(
+                "settings.project_id",
+                "is required: the secret that signed this webhook is not one project's alone; "
+                "post it to the project's own webhook URL, ending in /<project id>",
+            )
 
         event = ev.WebhookEvent(provider=PROVIDER, project_id=project, notification_type=notification_type)
         event.received_at.FromNanoseconds(received_at_ns)
@@ -182,11 +183,12 @@ class XsollaWebhooks:
         return answers.user_answer(found)
 
     def describe(self) -> Mapping[str, object]:
-        """How many projects have a secret of their own, and whether a default secret is set."""
-        return {
-            "projects_with_own_secret": len(self._settings.project_secrets),
-            "default_secret": self._settings.default_secret is not None,
-        }
+        """How many projects and secrets are configured, and where from (never a secret)."""
+        return self._settings.describe()
+
+    def warnings(self) -> Mapping[str, str]:
+        """What the operator should fix in the secrets' configuration (`WebhookSettings.warnings`)."""
+        return self._settings.warnings()
 
 
 class SignedBody:
@@ -195,22 +197,22 @@ class SignedBody:
 
     Args:
         given: the signature the request carries (40 lower-case hex digits).
-        candidates: the secrets that may have signed it.
-        route_project: the URL's project; None on the bare path, where the body names the project.
-        secrets_for: the secrets a project's webhooks may be signed with (`WebhookSettings.secrets_for`).
+        candidates: the secrets that may have signed it, each once.
+        route_project: the URL's project; None on the bare path.
+        settings: what each secret signs for.
     """
 
     def __init__(
         self,
         given: bytes,
-        candidates: tuple[str, ...],
+        candidates: tuple[WebhookSecret, ...],
         route_project: int | None,
-        secrets_for: Callable[[int | None], tuple[str, ...]],
+        settings: WebhookSettings,
     ) -> None:
         self._given = given
         self._candidates = candidates
         self._route_project = route_project
-        self._secrets_for = secrets_for
+        self._settings = settings
         self._hash = BodyHash()
 
     def update(self, chunk: bytes) -> None:
@@ -218,32 +220,42 @@ class SignedBody:
         self._hash.update(chunk)
 
     def verify(self, raw: bytes) -> Verified:
-        """Checks the signature over the body (every chunk given to `update`, which is `raw`), then parses it.
+        """Checks the signature over the body (every chunk given to `update`, which is `raw`), then parses it and
+        decides the webhook's project from what signed it.
+
+        The project is the URL's, on `<path>/<project id>`; on the bare path, the one the body names, which
+        the secret must sign for, or, when the body names none, the one the secret implies
+        (`WebhookSettings.implied_project`; None when it implies none).
 
         Raises:
-            InvalidSignature: no candidate secret signed the body; or, on the bare path, none of those that did
-                may sign for the project the body names (or, naming none, the default secret did not).
+            InvalidSignature: no candidate secret signed the body; or the body names a project other than the
+                URL's; or, on the bare path, one the secret that signed it does not sign for.
         """
-        matched = self._hash.matching(self._given, self._candidates)
+        matched = self._hash.matching(self._given, [secret.value for secret in self._candidates])
         if not matched:
-            raise InvalidSignature("Invalid signature", detail=self._unmatched_detail())
+            raise InvalidSignature("Invalid signature")
+        # Every configured value is one secret, so one matched (two would be a SHA-1 collision).
+        secret = next(secret for secret in self._candidates if secret.value in matched)
         # A configured secret signed the body: its sender holds a secret, so the body may be parsed now.
         document = fields.parse_body(raw)
-        if self._route_project is not None:
-            return Verified(raw, document, self._route_project)
-        project = _project_hint(document)
-        allowed = self._secrets_for(project)
-        which = f"project {project}" if project is not None else "webhooks that name no project"
-        if not allowed:
-            raise InvalidSignature("Invalid signature", detail=f"no secret is configured for {which}")
-        if matched.isdisjoint(allowed):
-            raise InvalidSignature("Invalid signature", detail=f"signed with a secret that is not one for {which}")
-        return Verified(raw, document, project)
-
-    def _unmatched_detail(self) -> str | None:
-        if self._route_project is None and not self._secrets_for(None):
-            return "no configured secret matches, and there is no default secret for webhooks that name no project"
-        return None
+        named = sorted({project for project in _named_projects(document).values() if project is not None})
+        route = self._route_project
+        if route is not None:
+            for project in named:
+                if project != route:
+                    raise InvalidSignature(
+                        "Invalid signature", detail=f"the body names project {project}, posted to project {route}'s URL"
+                    )
+            return Verified(raw, document, route)
+        for project in named:
+            if not self._settings.signs_for(secret, project):
+                raise InvalidSignature(
+                    "Invalid signature", detail=f"signed with a secret that is not one for project {project}"
+                )
+        if named:
+            # Two different projects (settings and billing.settings): `interpret` refuses the body.
+            return Verified(raw, document, named[0] if len(named) == 1 else None)
+        return Verified(raw, document, self._settings.implied_project(secret))
 
 
 def type_label(notification_type: str) -> str:
@@ -264,29 +276,30 @@ def bounded_event_id(event_id: str) -> str:
 # --- projects ---------------------------------------------------------------------------------------------------
 
 
-def _project_hint(doc: dict[str, Any] | None) -> int | None:
-    """The project a signed body names, whose secrets must include one that signed it; None when absent or
-    malformed (then the default secret must have signed it, and `interpret` reports a malformed one)."""
+def _named_projects(doc: dict[str, Any] | None) -> dict[str, int | None]:
+    """The projects a body names, by field (`settings.project_id`, `billing.settings.project_id`): the id, or None
+    when the field holds something that is not one. Absent, null and 0 (Xsolla's "none", as in `user_search`)
+    are left out."""
+    named: dict[str, int | None] = {}
     if doc is None:
-        return None
-    for holder in (doc, fields.section(doc, "billing")):
-        value = fields.section(holder, "settings").get("project_id")
-        project = fields.integer(value, 0, fields.INT64_MAX)
-        if project is not None:
-            return project
-    return None
-
-
-def _body_project(doc: dict[str, Any]) -> int:
-    """The project named in a verified body (0 when none); a malformed one is an error."""
+        return named
     for path, holder in (("settings", doc), ("billing.settings", fields.section(doc, "billing"))):
-        settings = fields.section(holder, "settings")
-        if "project_id" in settings and settings["project_id"] is not None:
-            project = fields.integer(settings["project_id"], 0, fields.INT64_MAX)
-            if project is None:
-                raise InvalidParameter(f"{path}.project_id", "must be a non-negative integer")
-            return project
-    return 0
+        value = fields.section(holder, "settings").get("project_id")
+        if value is not None:
+            project = fields.integer(value, 0, fields.INT64_MAX)
+            if project != 0:
+                named[f"{path}.project_id"] = project
+    return named
+
+
+def _check_named_projects(doc: dict[str, Any]) -> None:
+    """Refuses a body whose project fields are malformed or name two different projects."""
+    named = _named_projects(doc)
+    for path, project in named.items():
+        if project is None:
+            raise InvalidParameter(path, "must be a non-negative integer")
+    if len(set(named.values())) > 1:
+        raise InvalidParameter("billing.settings.project_id", "names another project than settings.project_id")
 
 
 # --- event builders ---------------------------------------------------------------------------------------------

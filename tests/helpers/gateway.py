@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "default-secret-0123456789abcdef"
 PROJECT = 308077
 PROJECT_SECRET = "project-308077-secret-fedcba9876"
+# The default project of the test gateways: no secret of its own, so the default secret signs for it, and a webhook
+# naming no project signed with the default secret is its.
+DEFAULT_PROJECT = 310000
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
@@ -67,8 +70,13 @@ def gateway_settings(**overrides: Any) -> GatewaySettings:
 
 
 def xsolla_settings(**overrides: Any) -> WebhookSettings:
-    """Xsolla's secrets for a test gateway: a default secret, and project 308077 with its own."""
-    settings = WebhookSettings(default_secret=SECRET, project_secrets=MappingProxyType({PROJECT: (PROJECT_SECRET,)}))
+    """Xsolla's secrets for a test gateway: a default secret, project 308077 with its own, and the default project
+    310000 (signed for by the default secret)."""
+    settings = WebhookSettings(
+        default_secret=SECRET,
+        project_secrets=MappingProxyType({PROJECT: (PROJECT_SECRET,)}),
+        default_project=DEFAULT_PROJECT,
+    )
     return replace(settings, **overrides)
 
 
@@ -164,25 +172,35 @@ async def send(http: aiohttp.ClientSession, url: str, body: bytes, secret: str =
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any GATEWAY_ or REDIS_ variable, plus `extra`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "REDIS_"))}
+    """This process's environment without any GATEWAY_, REDIS_ or ENTITLEMENTS_ variable, plus `extra`."""
+    prefixes = ("GATEWAY_", "REDIS_", "ENTITLEMENTS_")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     env.update(extra)
     return env
 
 
-async def start_gateway_command(redis_url: str) -> asyncio.subprocess.Process:
-    """`python -m webhook_gateway` on `redis_url` with the test secret, free ports and JSON logs; stderr piped (its
-    first lines end with `gateway_started`, which names the port and the path). The caller stops it."""
+async def start_gateway_command(redis_url: str, projects_file: Path | None = None) -> asyncio.subprocess.Process:
+    """`python -m webhook_gateway` on `redis_url`, free ports and JSON logs; stderr piped (its first lines end with
+    `gateway_started`, which names the port and the path). The caller stops it.
+
+    Args:
+        projects_file: its projects file (ENTITLEMENTS_PROJECTS_FILE). None: the test's default secret
+            (GATEWAY_XSOLLA_SECRET) with the default project (ENTITLEMENTS_XSOLLA_PROJECT_ID).
+    """
+    if projects_file is None:
+        xsolla = {"GATEWAY_XSOLLA_SECRET": SECRET, "ENTITLEMENTS_XSOLLA_PROJECT_ID": str(DEFAULT_PROJECT)}
+    else:
+        xsolla = {"ENTITLEMENTS_PROJECTS_FILE": str(projects_file)}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "webhook_gateway",
         env=command_env(
-            GATEWAY_XSOLLA_SECRET=SECRET,
             REDIS_URL=redis_url,
             GATEWAY_PORT="0",
             GATEWAY_METRICS_PORT="0",
             GATEWAY_LOG_JSON="1",
+            **xsolla,
         ),
         cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
