@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from bench.cores import pin_process
 from bench.processes import Child
@@ -40,19 +41,22 @@ from bench.servers import ROOT, Placement
 from core import logs
 from core.eventlog import EventLog
 from core.keys import CONSUMER_GROUP, EventKeys
-from core.projects import Projects
+from core.projects import CATALOG_FILE, Project, Projects
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
-from server.catalog import Catalog
+from server.catalog import Catalog, Catalogs
 from server.config import ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
+from server.metrics import CatalogMetrics
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
 
 CATALOG = Catalog.from_mapping(
     {"items": {"gold": {"kind": "consumable"}, "vip_pass": {"kind": "time_limited", "period": "30d"}}}
 )
+#: Every project with CATALOG as its local catalog file.
+PROJECTS = Projects.single(None, Project(0, catalog_source=CATALOG_FILE))
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,16 @@ async def _drained(redis: aioredis.Redis, streams: list[str]) -> bool:
 
 async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partitions: int) -> float:
     store = EntitlementStore(redis, timeout_s=5.0, idempotency_ttl_ms=86_400_000)
-    fulfillment = Fulfillment(store, CATALOG, Projects(), OrderStatusPublisher(redis, cluster=False))
+    catalogs = Catalogs(
+        redis,
+        PROJECTS,
+        {0: CATALOG},
+        None,
+        CatalogMetrics(CollectorRegistry(), by_project=False),
+        refresh_interval_s=600.0,
+        timeout_s=5.0,
+    )
+    fulfillment = Fulfillment(store, catalogs, PROJECTS, OrderStatusPublisher(redis, cluster=False))
 
     async def worker(share: list[ev.WebhookEvent]) -> None:
         for event in share:
@@ -155,7 +168,8 @@ async def measure_consumer_throughput(
                 metrics_port=0,
                 insecure_dev_mode=True,
                 event_partitions=partitions,
-                catalog=CATALOG,
+                projects=PROJECTS,
+                local_catalogs={0: CATALOG},
                 consumer=ConsumerSettings(block_ms=100, batch=128),
             )
             service = Service(settings)

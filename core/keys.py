@@ -132,3 +132,9 @@ CONSUMER_GROUP = "entitlements"
 #: Pub/sub channel on which every applied order event announces the order's new status (see `server.status_channel`).
 #: On Redis Cluster it is a sharded channel (SPUBLISH/SSUBSCRIBE), served by the node owning its slot.
 ORDER_STATUS_CHANNEL = f"{PREFIX}:order-status"
+
+
+def catalog_key(project_id: int) -> str:
+    """String: the last catalog read from the project's provider, JSON with when it was read
+    (`server.catalog.Catalog.to_json`), so that a restart without the provider still knows it."""
+    return f"{PREFIX}:{{p:{project_id}}}:catalog"

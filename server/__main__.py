@@ -1,4 +1,4 @@
-"""Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events]`.
+"""Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events | catalog]`.
 
 serve                                   run the gRPC service (the default); configured by environment variables
 hash-key                                make a new random API key and print it with its configuration entry
@@ -7,6 +7,8 @@ dead-letters list                       print the webhook events set aside after
 dead-letters replay (ID | --all)        put dead letters back on their event stream, once the cause is fixed
 dead-letters discard (ID | --all)       delete dead letters that must never be applied
 events status                           per partition: stream length, pending and undelivered entries, consumers
+catalog refresh [--project N]           read the projects' catalogs from Xsolla now and keep them for the service
+catalog show [--project N]              print the catalog the service uses for a project (items, then bundles)
 
 The operator commands reach Redis as the service does (REDIS_URL, or the embedded server's data directory, which
 a running service holds locked: use REDIS_URL to inspect a live system).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import secrets
@@ -25,25 +28,31 @@ from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from core import connections, logs
 from core.connections import RedisClient, reply_text
 from core.errors import ConfigError
 from core.keys import CONSUMER_GROUP
 from core.lifecycle import wait_for_stop_signal
+from providers import xsolla as xsolla_provider
 from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
 from server.auth import SCOPES, hash_key
+from server.catalog import Catalogs
 from server.config import Settings
 from server.consumer import group_info
 from server.deadletters import DeadLetters
 from server.embedded import EmbeddedRedis
-from server.store import EntitlementStore
+from server.metrics import CatalogMetrics
+from server.store import KIND_NAMES, EntitlementStore
 
 log = structlog.get_logger("server")
 
 
-async def serve(settings: Settings, xsolla: XsollaOrderSettings) -> None:
+async def serve(
+    settings: Settings, xsolla: XsollaOrderSettings, xsolla_catalog: xsolla_provider.CatalogSettings
+) -> None:
     """Runs the service, following orders at Xsolla, until SIGTERM or SIGINT, then shuts down gracefully."""
     if settings.insecure_dev_mode:
         log.warning(
@@ -52,7 +61,7 @@ async def serve(settings: Settings, xsolla: XsollaOrderSettings) -> None:
             + ("every caller has every scope" if not settings.api_keys else "API keys are still checked")
             + ". Never run this in production.",
         )
-    service = Service(settings, xsolla)
+    service = Service(settings, xsolla, xsolla_catalog=xsolla_catalog)
     await service.start()
     await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
@@ -147,6 +156,65 @@ async def events_status(settings: Settings, *, out: TextIO | None = None) -> int
     return 0
 
 
+async def catalog_command(
+    settings: Settings,
+    xsolla_catalog: xsolla_provider.CatalogSettings,
+    action: str,
+    project_id: int | None,
+    *,
+    out: TextIO | None = None,
+) -> int:
+    """Runs `catalog refresh|show` and prints JSON lines; returns the exit status (1: a refresh failed, 2: no
+    project to act on).
+
+    Args:
+        action: "refresh" (read from Xsolla now and store it, for every listed project unless one is named) or
+            "show" (the catalog in use: a line with the project and when it was read, then one per item and
+            bundle).
+        project_id: the project, or None for the listed ones (refresh) or the default one (show).
+    """
+    out = out or sys.stdout
+    projects = settings.projects
+    ids = [project_id] if project_id else list(projects.ids) if action == "refresh" else [projects.default_project]
+    if not all(ids) or not ids:
+        print("configuration error: name the project with --project", file=sys.stderr)
+        return 2
+    failed = False
+    async with operator_redis(settings) as redis:
+        catalogs = Catalogs(
+            redis,
+            projects,
+            settings.local_catalogs,
+            xsolla_provider.catalog_source(xsolla_catalog, CollectorRegistry()),
+            CatalogMetrics(CollectorRegistry(), by_project=False),
+            refresh_interval_s=settings.catalog_refresh_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+        try:
+            for pid in ids:
+                assert pid is not None
+                if action == "refresh":
+                    refresh = await catalogs.refresh(pid)
+                    failed = failed or refresh.result != "ok"
+                    print(json.dumps(dataclasses.asdict(refresh)), file=out)
+                    continue
+                catalog = await catalogs.catalog(pid)
+                print(json.dumps({"project_id": pid, "fetched_at_ms": catalog.fetched_at_ms}), file=out)
+                for sku, item in sorted(catalog.items.items()):
+                    row: dict[str, Any] = {
+                        "sku": sku,
+                        "kind": KIND_NAMES[item.kind],
+                        "period": item.period_text or None,
+                    }
+                    print(json.dumps(row, ensure_ascii=False), file=out)
+                for sku, contents in sorted(catalog.bundles.items()):
+                    bundle = {"bundle": sku, "content": [{"sku": s, "quantity": q} for s, q in contents]}
+                    print(json.dumps(bundle, ensure_ascii=False), file=out)
+        finally:
+            await catalogs.stop()
+    return 1 if failed else 0
+
+
 def _entry_id(text: str) -> str:
     """A stream entry id, `<ms>-<seq>` (argparse type)."""
     if not re.fullmatch(r"\d+-\d+", text):
@@ -176,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     events_parser = commands.add_parser("events", help="inspect the webhook event streams")
     events_actions = events_parser.add_subparsers(dest="action", required=True)
     events_actions.add_parser("status", help="per partition: length, pending, undelivered, consumers, dead letters")
+    catalog_parser = commands.add_parser("catalog", help="read or print the projects' catalogs")
+    catalog_actions = catalog_parser.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("refresh", "read the catalogs from Xsolla now (every listed project, or --project) and store them"),
+        ("show", "print the catalog in use for a project (the default one unless --project)"),
+    ):
+        catalog_actions.add_parser(action, help=text).add_argument("--project", type=int, default=None)
     args = parser.parse_args(argv)
 
     if args.command == "hash-key":
@@ -185,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(provider=xsolla_provider.PROVIDER)
+        settings = dataclasses.replace(settings, projects=xsolla_provider.with_env_credentials(settings.projects))
         xsolla = XsollaOrderSettings.from_env()
+        xsolla_catalog = xsolla_provider.CatalogSettings.from_env()
         if args.command in (None, "serve"):
             settings.check_servable()
     except ConfigError as exc:
@@ -201,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(dead_letters_command(settings, args.action, entry_id, count=getattr(args, "count", 100)))
     if args.command == "events":
         return asyncio.run(events_status(settings))
-    asyncio.run(serve(settings, xsolla))
+    if args.command == "catalog":
+        return asyncio.run(catalog_command(settings, xsolla_catalog, args.action, args.project))
+    asyncio.run(serve(settings, xsolla, xsolla_catalog))
     return 0
 
 

@@ -1,14 +1,16 @@
 """The composition root of the service process: settings -> Redis -> store -> gRPC server, start and stop.
 
-It chooses the payment provider whose orders GetOrderStatus follows: Xsolla's (`providers.xsolla`), built from its
-settings, unless a caller hands in other `core.order_sources.OrderSources`.
+It chooses the payment provider whose orders GetOrderStatus follows and whose admin catalog the projects' catalogs
+are read from: Xsolla's (`providers.xsolla`), built from its settings, unless a caller hands in other
+`core.order_sources.OrderSources` or another `core.catalogs.CatalogSource`.
 
-Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, order tracking
-(its Redis subscription), the gRPC server (EntitlementService, health, reflection), then the webhook event
-consumer. Stop order is the reverse, gracefully: the consumer stops reading and finishes the batch it is
-applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health
-goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period,
-order tracking closes its sockets and subscription, then Redis closes.
+Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, the catalogs (read
+in the background), order tracking (its Redis subscription), the gRPC server (EntitlementService, health,
+reflection), then the webhook event consumer. Stop order is the reverse, gracefully: the consumer stops reading
+and finishes the batch it is applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on
+another replica), health goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish
+within the grace period, order tracking closes its sockets and subscription, the catalogs stop their reads, then
+Redis closes.
 The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
 supervisor stops first, so a stop never races a restart.
 """
@@ -27,18 +29,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from core import connections
+from core.catalogs import CatalogSource
 from core.connections import RedisClient
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
 from entitlements.v1 import entitlements_pb2 as pb
 from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
+from server.catalog import Catalogs
 from server.config import Settings
 from server.consumer import Consumer, ConsumerHooks
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
-from server.metrics import EmbeddedStoreMetrics, ServiceMetrics
+from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
 from server.rpc import RpcRuntime, add_service
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
@@ -84,6 +88,8 @@ class Service:
         settings: the configuration.
         xsolla: how to reach Xsolla's order APIs, when the provider is Xsolla's (the default).
         order_sources: another provider's order sources, instead of Xsolla's (closed by `stop`).
+        xsolla_catalog: how to reach Xsolla's admin catalog API, when the provider is Xsolla's (the default).
+        catalog_source: another provider's catalog source, instead of Xsolla's (closed by `stop`).
         consumer_hooks: fault-injection seams for the event consumer (tests only).
     """
 
@@ -93,6 +99,8 @@ class Service:
         xsolla: xsolla_provider.OrderSettings | None = None,
         *,
         order_sources: OrderSources | None = None,
+        xsolla_catalog: xsolla_provider.CatalogSettings | None = None,
+        catalog_source: CatalogSource | None = None,
         consumer_hooks: ConsumerHooks | None = None,
     ) -> None:
         self.settings = settings
@@ -102,6 +110,10 @@ class Service:
         self.order_sources = order_sources or xsolla_provider.order_sources(
             xsolla or xsolla_provider.OrderSettings(), self.registry
         )
+        self.catalog_source = catalog_source or xsolla_provider.catalog_source(
+            xsolla_catalog or xsolla_provider.CatalogSettings(), self.registry
+        )
+        self.catalogs: Catalogs | None = None
         self.embedded: EmbeddedRedis | None = None
         self.supervisor: EmbeddedSupervisor | None = None
         self._embedded_metrics = EmbeddedStoreMetrics(self.registry) if settings.redis_url is None else None
@@ -157,6 +169,16 @@ class Service:
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
             )
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
+            self.catalogs = Catalogs(
+                self.redis,
+                settings.projects,
+                settings.local_catalogs,
+                self.catalog_source,
+                CatalogMetrics(self.registry, by_project=settings.projects.listed),
+                refresh_interval_s=settings.catalog_refresh_s,
+                timeout_s=settings.redis_timeout_s,
+            )
+            self.catalogs.start()
             self.tracking = OrderTracking(
                 self.redis,
                 settings.tracking,
@@ -166,10 +188,10 @@ class Service:
                 sources=self.order_sources,
             )
             self.tracking.start()
-            grpc_port = await self._start_grpc(self.store, self.tracking)
+            grpc_port = await self._start_grpc(self.store, self.tracking, self.catalogs)
             self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
             if settings.consumer.enabled:
-                await self._start_consumer(redis_url, self.redis, self.store)
+                await self._start_consumer(redis_url, self.redis, self.store, self.catalogs)
         except BaseException:
             await self.stop()
             raise
@@ -183,11 +205,13 @@ class Service:
             mtls=settings.tls is not None and settings.tls.client_ca_file is not None,
             api_keys=len(settings.api_keys),
             consumer=self.consumer.name if self.consumer else None,
-            catalog_items=len(settings.catalog),
+            projects=list(settings.projects.ids) or "any",
         )
         return self.endpoints
 
-    async def _start_consumer(self, redis_url: str, redis: RedisClient, store: EntitlementStore) -> None:
+    async def _start_consumer(
+        self, redis_url: str, redis: RedisClient, store: EntitlementStore, catalogs: Catalogs
+    ) -> None:
         settings = self.settings
         # Its own client: blocking reads hold a connection for up to block_ms, and need a socket timeout
         # longer than that.
@@ -200,7 +224,7 @@ class Service:
         publisher = OrderStatusPublisher(redis, cluster=settings.redis_cluster)
         self.consumer = Consumer(
             self._consumer_redis,
-            Fulfillment(store, settings.catalog, settings.projects, publisher),
+            Fulfillment(store, catalogs, settings.projects, publisher),
             self.metrics,
             settings.consumer,
             partitions=settings.event_partitions,
@@ -208,7 +232,7 @@ class Service:
         )
         await self.consumer.start()
 
-    async def _start_grpc(self, store: EntitlementStore, tracking: OrderTracking) -> int:
+    async def _start_grpc(self, store: EntitlementStore, tracking: OrderTracking, catalogs: Catalogs) -> int:
         settings = self.settings
         server = grpc.aio.server(options=grpc_server_options(settings))
         self._grpc = server
@@ -218,7 +242,7 @@ class Service:
             SERVICE,
         )
         # Not the generated add_EntitlementServiceServicer_to_server: the requests are decoded after authentication.
-        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking))
+        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking, catalogs))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.grpc_host}:{settings.grpc_port}"
@@ -292,6 +316,11 @@ class Service:
         if self.tracking is not None:
             await self.tracking.stop()
             self.tracking = None
+        if self.catalogs is not None:
+            await self.catalogs.stop()
+            self.catalogs = None
+        elif self.catalog_source is not None:
+            await self.catalog_source.close()
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

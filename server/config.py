@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.environ import EnvReader
-from core.projects import SANDBOX_IGNORE, SANDBOX_POLICIES, Project, Projects
+from core.projects import CATALOG_FILE, CATALOG_NONE, SANDBOX_POLICIES, Project, Projects
 from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
 from server.errors import ConfigError
@@ -101,10 +101,12 @@ class Settings:
     log_json: bool | None = None  # None: JSON unless stderr is a terminal
     # How many streams the webhook events are spread over; must equal the gateway's.
     event_partitions: int = 1
-    # sku -> kind and period, from ENTITLEMENTS_CATALOG_FILE; empty: every sku is a plain item.
-    catalog: Catalog = field(default_factory=Catalog)
-    # The projects served and their settings (sandbox policy, ...); by default any project, sandbox orders ignored.
+    # The projects served (ENTITLEMENTS_PROJECTS_FILE, or the single-project variables): see core.projects.
     projects: Projects = field(default_factory=Projects)
+    # Project id -> its local catalog file, read (0: the catalog of the projects not listed). See server.catalog.
+    local_catalogs: Mapping[int, Catalog] = field(default_factory=dict)
+    # How often a project's catalog is read again from the provider's admin catalog API.
+    catalog_refresh_s: float = 600.0
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
@@ -114,8 +116,11 @@ class Settings:
     grpc_max_pending_requests_hard_limit: int = 40_000
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, provider: str = "") -> Settings:
         """Reads the settings from environment variables.
+
+        Args:
+            provider: the payment provider's name, which names its tables in the projects file.
 
         Raises:
             ConfigError: a variable is malformed or the combination is unsafe (no API keys outside
@@ -149,12 +154,7 @@ class Settings:
         if appendfsync not in ("always", "everysec", "no"):
             raise ConfigError("ENTITLEMENTS_REDIS_APPENDFSYNC must be always, everysec or no")
         log_json_text = reader.text("ENTITLEMENTS_LOG_JSON", "")
-        catalog_file = reader.text("ENTITLEMENTS_CATALOG_FILE", "")
-        catalog = Catalog.load(Path(catalog_file)) if catalog_file else Catalog()
-        sandbox = reader.text("ENTITLEMENTS_SANDBOX_POLICY", SANDBOX_IGNORE)
-        if sandbox not in SANDBOX_POLICIES:
-            raise ConfigError(f"ENTITLEMENTS_SANDBOX_POLICY must be {' or '.join(SANDBOX_POLICIES)}, not {sandbox!r}")
-        projects = Projects.single(None, template=Project(0, sandbox=sandbox))
+        projects = _projects(reader, provider, env)
         consumer = ConsumerSettings(
             enabled=reader.boolean("ENTITLEMENTS_CONSUMER_ENABLED", True),
             batch=reader.integer("ENTITLEMENTS_CONSUMER_BATCH", 64, minimum=1, maximum=10_000),
@@ -199,8 +199,9 @@ class Settings:
             log_level=reader.text("ENTITLEMENTS_LOG_LEVEL", "info").lower(),
             log_json=None if not log_json_text else reader.boolean("ENTITLEMENTS_LOG_JSON", True),
             event_partitions=reader.integer("ENTITLEMENTS_EVENT_PARTITIONS", 1, minimum=1, maximum=1024),
-            catalog=catalog,
             projects=projects,
+            local_catalogs=_local_catalogs(projects),
+            catalog_refresh_s=reader.number("ENTITLEMENTS_CATALOG_REFRESH_S", 600.0, minimum=1.0),
             consumer=consumer,
             tracking=tracking,
             grpc_max_pending_requests=pending,
@@ -218,3 +219,42 @@ class Settings:
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
                 "or ENTITLEMENTS_INSECURE_DEV_MODE=1 for local development only"
             )
+
+
+def _projects(reader: EnvReader, provider: str, env: Mapping[str, str]) -> Projects:
+    """The projects file, or the single-project variables' template (the composition root adds the provider's)."""
+    path = reader.text("ENTITLEMENTS_PROJECTS_FILE", "")
+    catalog_file = reader.text("ENTITLEMENTS_CATALOG_FILE", "")
+    if path:
+        if catalog_file:
+            raise ConfigError(
+                "ENTITLEMENTS_CATALOG_FILE cannot be used with ENTITLEMENTS_PROJECTS_FILE: put it in the projects "
+                "file (catalog_file of each project)"
+            )
+        return Projects.load(Path(path), provider or "provider", env=env)
+    sandbox = reader.text("ENTITLEMENTS_SANDBOX_POLICY", "ignore")
+    if sandbox not in SANDBOX_POLICIES:
+        raise ConfigError(f"ENTITLEMENTS_SANDBOX_POLICY must be {' or '.join(SANDBOX_POLICIES)}, not {sandbox!r}")
+    template = Project(
+        0,
+        sandbox=sandbox,
+        catalog_source=CATALOG_FILE if catalog_file else CATALOG_NONE,
+        catalog_file=Path(catalog_file) if catalog_file else None,
+    )
+    return Projects.single(None, template)
+
+
+def _local_catalogs(projects: Projects) -> dict[int, Catalog]:
+    """Reads every project's local catalog file (each file once), so a bad one stops the start with its message.
+
+    Raises:
+        ConfigError: a file cannot be read or has an invalid entry.
+    """
+    read: dict[Path, Catalog] = {}
+    catalogs: dict[int, Catalog] = {}
+    for project in [projects.template, *projects.projects.values()]:
+        if project.catalog_file is not None:
+            if project.catalog_file not in read:
+                read[project.catalog_file] = Catalog.load(project.catalog_file)
+            catalogs[project.id] = read[project.catalog_file]
+    return catalogs

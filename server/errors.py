@@ -10,7 +10,9 @@ EntitlementsError
 ├── NotFound                    NOT_FOUND: the payment provider does not know the object (an order)
 ├── TokenRejected               UNAUTHENTICATED: the payment provider rejected the player's token
 ├── CapacityExceeded            RESOURCE_EXHAUSTED: a per-replica limit was reached (order trackers)
-└── InvalidEvent                an event-stream entry cannot be applied as it is (the consumer dead-letters it)
+├── InvalidEvent                an event-stream entry cannot be applied as it is (the consumer dead-letters it)
+└── SkuNotInCatalog             an order line's sku is unknown to its project's catalog, even after a refresh (the
+                                consumer retries the event, then dead-letters it)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "InvalidEvent",
     "NotFound",
     "ServiceStopping",
+    "SkuNotInCatalog",
     "StoreUnavailable",
     "TokenRejected",
 ]
@@ -75,3 +78,12 @@ class CapacityExceeded(EntitlementsError):
 
 class InvalidEvent(EntitlementsError):
     """An event-stream entry is malformed or lacks what applying it needs; retrying cannot help."""
+
+
+class SkuNotInCatalog(EntitlementsError):
+    """An order line names a sku its project's catalog does not know, even after a refresh: never granted as a
+    guess. Retrying can help (the catalog may learn it), so the consumer retries, then dead-letters the event."""
+
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"sku not in catalog: {sku}")
+        self.sku = sku

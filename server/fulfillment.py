@@ -1,7 +1,10 @@
 """Fulfillment: what each provider-neutral webhook event does to a player, applied once.
 
 - `order_paid`: grants every line except `bundle` lines (a bundle's contents arrive as lines of their own), with
-  the kind and period the catalog gives the sku; the order hash remembers what each line changed.
+  the kind and period the project's catalog gives the sku (`server.catalog`); the order hash remembers what each
+  line changed. A sku the catalog does not know, even after a refresh, fails the event (`SkuNotInCatalog`: retried,
+  then dead-lettered), unless the project has no catalog (then it is a plain item) or the line is a virtual
+  currency (a consumable by nature).
 - `order_canceled`: undoes exactly what that order granted; a cancel that comes first makes the late
   `order_paid` grant nothing.
 - Subscription events: create or update the player's recurring subscription (shown by ListSubscriptions), in the
@@ -31,7 +34,7 @@ from core.limits import MAX_CONSUMABLE_TOTAL, quantity_problem
 from core.projects import SANDBOX_GRANT, SANDBOX_IGNORE, Projects
 from entitlements.v1 import events_pb2
 from server import validation
-from server.catalog import Catalog
+from server.catalog import Catalogs
 from server.errors import InvalidArgument, InvalidEvent
 from server.status_channel import OrderState, OrderStatusPublisher
 from server.store import (
@@ -67,6 +70,7 @@ _TRANSACTION_OPS = {
 }
 _LABEL_BY_NAME = {name: _TYPE_LABELS.get(int(value), "unknown") for name, value in ET.items()}
 BUNDLE = "bundle"
+VIRTUAL_CURRENCY = "virtual_currency"
 
 
 def type_label(event_type: int) -> str:
@@ -124,7 +128,7 @@ class Fulfillment:
 
     Args:
         store: the entitlement store.
-        catalog: sku -> kind and period; skus not in it are plain items.
+        catalogs: each project's catalog (sku -> kind and period).
         projects: the projects served, for their sandbox policy (a project it does not know: "ignore").
         publisher: where order states are announced; None publishes nothing (tools, benchmarks).
     """
@@ -132,12 +136,12 @@ class Fulfillment:
     def __init__(
         self,
         store: EntitlementStore,
-        catalog: Catalog,
+        catalogs: Catalogs,
         projects: Projects,
         publisher: OrderStatusPublisher | None,
     ) -> None:
         self._store = store
-        self._catalog = catalog
+        self._catalogs = catalogs
         self._projects = projects
         self._publisher = publisher
 
@@ -154,6 +158,7 @@ class Fulfillment:
         Raises:
             InvalidEvent: the event lacks what applying it needs (event id, player, order or subscription id) or
                 carries an invalid order line.
+            SkuNotInCatalog: an order line's sku is unknown to the project's catalog, even after a refresh.
             FailedPrecondition: an order line would pass the store's quantity or expiry limit.
             StoreUnavailable: Redis did not answer in time (the event may be retried).
         """
@@ -205,7 +210,7 @@ class Fulfillment:
         elif event.type == ET.EVENT_TYPE_ORDER_PAID:
             record["lines"] = compact_json(lines)
             outcome = await self._store.apply_order_paid(
-                user_id, order_id, event_id, actor, self._grantable_lines(order), record
+                user_id, order_id, event_id, actor, await self._grantable_lines(event.project_id, order), record
             )
         else:
             record["canceled_lines"] = compact_json(lines)
@@ -222,7 +227,7 @@ class Fulfillment:
             await self._publisher.publish(state)
         return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts, policy)
 
-    def _grantable_lines(self, order: events_pb2.OrderEvent) -> list[OrderLine]:
+    async def _grantable_lines(self, project_id: int, order: events_pb2.OrderEvent) -> list[OrderLine]:
         lines: list[OrderLine] = []
         for index, line in enumerate(order.lines):
             if line.type == BUNDLE:
@@ -231,9 +236,14 @@ class Fulfillment:
             problem = quantity_problem(line.quantity, MAX_CONSUMABLE_TOTAL)
             if problem is not None:
                 raise InvalidEvent(f"order.lines[{index}].quantity {problem}")
-            item = self._catalog.lookup(sku)
-            kind, period_ms = (item.kind, item.period_ms) if item is not None else (0, 0)
-            lines.append(OrderLine(sku, kind, period_ms, line.quantity))
+            if line.type == VIRTUAL_CURRENCY:
+                item = await self._catalogs.known(project_id, sku)
+            else:
+                item = await self._catalogs.for_order(project_id, sku)
+            if item is None:
+                lines.append(OrderLine(sku, 0, 0, line.quantity))
+            else:
+                lines.append(OrderLine(sku, item.kind, item.period_ms, line.quantity, item.period_months))
         return lines
 
     async def _apply_subscription(

@@ -234,3 +234,40 @@ class EmbeddedStoreMetrics:
             "tried again after a backoff.",
             registry=registry,
         )
+
+
+class CatalogMetrics:
+    """The projects' catalogs (`server/catalog/`), registered on `registry`.
+
+    Args:
+        by_project: label the item gauge by project id. Only when the projects are a configured list (the label's
+            values are then bounded by the configuration); otherwise the gauge has no label.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, by_project: bool) -> None:
+        self.refreshes = Counter(
+            "entitlements_catalog_refreshes_total",
+            "Reads of a project's catalog from the payment provider, by result (ok, refused: credentials refused, "
+            "unavailable: network, rate limit or 5xx, error: credentials missing or unreadable).",
+            ["result"],
+            registry=registry,
+        )
+        self.items = Gauge(
+            "entitlements_catalog_items",
+            "Items the catalog in use knows (the provider's and the local file's)"
+            + (", by project." if by_project else ", for the last project loaded."),
+            ["project"] if by_project else [],
+            registry=registry,
+        )
+        self.unknown_skus = Counter(
+            "entitlements_catalog_unknown_skus_total",
+            "Order lines whose sku the catalog did not know, by outcome (learned: known after a refresh; "
+            "not_in_catalog: the event fails, to be retried and then dead-lettered).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._by_project = by_project
+
+    def set_items(self, project_id: int, count: int) -> None:
+        """Records how many items the project's catalog knows."""
+        (self.items.labels(str(project_id)) if self._by_project else self.items).set(count)

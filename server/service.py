@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements.v1 import entitlements_pb2 as pb
 from server import validation
 from server.auth import Principal
+from server.catalog import Catalogs
 from server.config import MAX_ORDER_WAIT_S
 from server.metrics import ServiceMetrics
 from server.rpc import RpcRuntime, rpc, stream_rpc
@@ -77,6 +78,8 @@ def non_renewing_subscription(record: EntitlementRecord, now_ms: int) -> pb.Subs
         subscription.date_next_charge.CopyFrom(_timestamp(record.expires_at_ms))
     if record.period_ms:
         subscription.period.CopyFrom(_period(record.period_ms))
+    elif record.period_months:
+        subscription.period.CopyFrom(pb.Period(value=record.period_months, unit="month"))
     return subscription
 
 
@@ -113,16 +116,26 @@ class EntitlementServicer:
     each method takes the request's bytes, and its body gets them decoded once the caller is authorized)."""
 
     def __init__(
-        self, store: EntitlementStore, runtime: RpcRuntime, metrics: ServiceMetrics, tracking: OrderTracking
+        self,
+        store: EntitlementStore,
+        runtime: RpcRuntime,
+        metrics: ServiceMetrics,
+        tracking: OrderTracking,
+        catalogs: Catalogs,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._tracking = tracking
+        self._catalogs = catalogs
         self.runtime = runtime
 
     @rpc("Grant", "write")
     async def Grant(self, request: pb.GrantRequest, context: Context, principal: Principal) -> pb.GrantResponse:
         command = validation.grant_command(request)
+        if validation.takes_catalog_period(command):
+            # A time-limited sku the catalog knows may come without a duration: the catalog's period is used.
+            item = await self._catalogs.known(0, command.sku)
+            command = validation.with_catalog_period(command, item)
         result = await self._store.grant(command, principal.name)
         self._metrics.writes.labels("grant", "replayed" if result.replayed else "applied").inc()
         return pb.GrantResponse(

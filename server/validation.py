@@ -8,13 +8,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from google.protobuf.duration_pb2 import Duration
 
 from core.limits import CONTROL_CHARACTERS, MAX_GRANT_QUANTITY, identifier_problem, quantity_problem
 from core.logs import user_ref
 from entitlements.v1 import entitlements_pb2 as pb
+from server.catalog import CatalogItem
 from server.errors import InvalidArgument
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, GrantCommand, RevokeCommand
 
@@ -66,7 +67,7 @@ def _duration_ms(name: str, duration: Duration) -> int:
 
 
 def grant_command(request: pb.GrantRequest) -> GrantCommand:
-    """Validates a GrantRequest."""
+    """Validates a GrantRequest. A time-limited grant without a duration is left for `with_catalog_period`."""
     user_id = identifier("user_id", request.user_id)
     sku = identifier("sku", request.sku)
     key = identifier("idempotency_key", request.idempotency_key)
@@ -84,8 +85,6 @@ def grant_command(request: pb.GrantRequest) -> GrantCommand:
             raise InvalidArgument("duration", "only time-limited items take a duration")
         if quantity * period_ms > MAX_PERIOD_MS:
             raise InvalidArgument("quantity", "quantity x duration must be at most 36,500 days")
-    elif kind == TIME_LIMITED:
-        raise InvalidArgument("duration", "is required for time-limited items")
     if kind == PERMANENT and quantity != 1:
         raise InvalidArgument("quantity", "must be 1 for permanent items")
     reason = _bounded_text("reason", request.reason, MAX_REASON_BYTES)
@@ -105,6 +104,29 @@ def grant_command(request: pb.GrantRequest) -> GrantCommand:
         reason=reason,
         metadata=dict(request.metadata),
     )
+
+
+def takes_catalog_period(command: GrantCommand) -> bool:
+    """Whether a validated grant may take its period from the catalog: no duration, kind unspecified or
+    time-limited."""
+    return command.period_ms == 0 and command.kind in (0, TIME_LIMITED)
+
+
+def with_catalog_period(command: GrantCommand, item: CatalogItem | None) -> GrantCommand:
+    """The grant with the catalog's period when the catalog knows the sku as time-limited (a request's duration
+    always wins; the other kinds keep the Grant rules).
+
+    Raises:
+        InvalidArgument: a time-limited grant without a duration whose sku the catalog does not know as
+            time-limited.
+    """
+    if item is not None and item.kind == TIME_LIMITED:
+        if command.quantity * item.period_ms > MAX_PERIOD_MS or command.quantity * item.period_months > 1200:
+            raise InvalidArgument("quantity", "quantity x the catalog's period must be at most 36,500 days")
+        return replace(command, period_ms=item.period_ms, period_months=item.period_months, period_from_catalog=True)
+    if command.kind == TIME_LIMITED:
+        raise InvalidArgument("duration", "is required for time-limited items the catalog does not know")
+    return command
 
 
 def revoke_command(request: pb.RevokeRequest) -> RevokeCommand:

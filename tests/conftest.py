@@ -45,12 +45,13 @@ async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Re
 
 @pytest.fixture
 async def service_factory() -> AsyncIterator[ServiceFactory]:
-    """Starts services with `base_settings(**overrides)` (and `xsolla=`/`order_sources=` for the provider); stops
-    them all at the end of the test."""
+    """Starts services with `base_settings(**overrides)` (and `xsolla=`, `order_sources=`, `xsolla_catalog=`,
+    `catalog_source=` for the provider); stops them all at the end of the test."""
     started: list[Service] = []
 
     async def start(**overrides: Any) -> Service:
-        provider = {key: overrides.pop(key) for key in ("xsolla", "order_sources") if key in overrides}
+        provider_keys = ("xsolla", "order_sources", "xsolla_catalog", "catalog_source")
+        provider = {key: overrides.pop(key) for key in provider_keys if key in overrides}
         service = Service(base_settings(**overrides), **provider)
         await service.start()
         started.append(service)

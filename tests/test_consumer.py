@@ -427,10 +427,20 @@ def test_catalog_toml_and_json_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("period", "months"), [("1mo", 1), ("3 months", 3), ("P1M", 1), ("1y", 12), ("2 years", 24), ("P1Y6M", 18)]
+)
+def test_catalog_calendar_periods(period: str, months: int) -> None:
+    """Months and years are calendar periods, kept as a number of months rather than a length."""
+    catalog = Catalog.from_mapping({"items": {"pass": {"kind": "time_limited", "period": period}}})
+    assert catalog.lookup("pass") == CatalogItem(TIME_LIMITED, 0, months)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[items.vip]\nkind = 'time_limited'\n", "items.vip: a time_limited item needs a period"),
-        ("[items.vip]\nkind = 'time_limited'\nperiod = 'P1M'\n", "months and years have no fixed length"),
+        ("[items.vip]\nkind = 'time_limited'\nperiod = 'P1M2D'\n", "in months/years or in fixed units, not both"),
+        ("[items.vip]\nkind = 'time_limited'\nperiod = '1201mo'\n", "at most 36,500 days"),
         ("[items.vip]\nkind = 'time_limited'\nperiod = '-3d'\n", "items.vip: period must be"),
         ("[items.gold]\nkind = 'consumable'\nperiod = '1d'\n", "only time_limited items take a period"),
         ("[items.gold]\nkind = 'coins'\n", "items.gold: kind must be consumable, permanent or time_limited"),
@@ -450,7 +460,7 @@ def test_consumer_settings_from_env(tmp_path: Path) -> None:
     """The consumer's settings come from ENTITLEMENTS_* variables with documented defaults."""
     defaults = Settings.from_env({})
     assert defaults.consumer == ConsumerSettings()
-    assert (defaults.event_partitions, len(defaults.catalog)) == (1, 0)
+    assert (defaults.event_partitions, defaults.local_catalogs) == (1, {})
     assert (defaults.consumer.claim_idle_s, defaults.consumer.max_deliveries) == (30.0, 5)
     path = tmp_path / "c.toml"
     path.write_text("[items.gold]\nkind = 'consumable'\n")
@@ -468,7 +478,7 @@ def test_consumer_settings_from_env(tmp_path: Path) -> None:
     assert custom.consumer == ConsumerSettings(
         enabled=False, batch=10, block_ms=250, claim_idle_s=5.0, max_deliveries=2, retention_days=0.0
     )
-    assert (custom.event_partitions, len(custom.catalog)) == (8, 1)
+    assert (custom.event_partitions, len(custom.local_catalogs[0])) == (8, 1)
     for name, value in [("ENTITLEMENTS_CONSUMER_BLOCK_MS", "0"), ("ENTITLEMENTS_CONSUMER_MAX_DELIVERIES", "x")]:
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: value})

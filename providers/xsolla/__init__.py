@@ -11,6 +11,7 @@ Modules:
     answers         Xsolla's error body and `user_search` answer
     networks        the networks Xsolla sends webhooks from (the allow-list's `xsolla`)
     order_api       Get order (the polling half of order tracking)
+    catalog         the admin catalog API (items and bundles), the service's catalog source
     order_socket    the order-status WebSocket (Centrifugo), one connection per player
     status          Xsolla's status words as the service's order statuses
     metrics         the metrics of Xsolla's order APIs
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from core.order_sources import OrderSources
 from core.projects import Projects
+from providers.xsolla.catalog import CatalogSettings, XsollaCatalog, with_env_credentials
 from providers.xsolla.metrics import XsollaMetrics
 from providers.xsolla.networks import NAMED_NETWORKS
 from providers.xsolla.order_api import XsollaOrders
@@ -38,14 +40,18 @@ __all__ = [
     "NAME",
     "NAMED_NETWORKS",
     "PROVIDER",
+    "CatalogSettings",
     "OrderSettings",
     "WebhookSettings",
+    "XsollaCatalog",
     "XsollaOrders",
     "XsollaSockets",
     "XsollaWebhooks",
+    "catalog_source",
     "load_projects",
     "order_sources",
     "webhook_provider",
+    "with_env_credentials",
 ]
 
 
@@ -71,7 +77,7 @@ def webhook_provider(settings: WebhookSettings) -> XsollaWebhooks:
 
 def order_sources(settings: OrderSettings, registry: CollectorRegistry) -> OrderSources:
     """Get order and (unless turned off) the order-status WebSocket, with their metrics on `registry`."""
-    metrics = XsollaMetrics(registry)
+    metrics = XsollaMetrics.on(registry)
     lookup = XsollaOrders(settings.store_api, timeout_s=settings.http_timeout_s, metrics=metrics)
     sockets = (
         XsollaSockets(settings.ws_url, connect_timeout_s=settings.ws_connect_timeout_s, metrics=metrics)
@@ -79,3 +85,8 @@ def order_sources(settings: OrderSettings, registry: CollectorRegistry) -> Order
         else None
     )
     return OrderSources(NAME, lookup, sockets, settings.project_id)
+
+
+def catalog_source(settings: CatalogSettings, registry: CollectorRegistry) -> XsollaCatalog:
+    """The admin catalog API (a `core.catalogs.CatalogSource`), with its metrics on `registry`."""
+    return XsollaCatalog(settings, XsollaMetrics.on(registry))

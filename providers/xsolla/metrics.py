@@ -3,13 +3,24 @@ registry. Labels are bounded (operation, result, reason): never a player, token 
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.metrics import LATENCY_BUCKETS
 
 
 class XsollaMetrics:
-    """Xsolla's metrics, registered on `registry` (the service's)."""
+    """Xsolla's metrics, registered on `registry` (the service's). `XsollaMetrics.on(registry)` gives the one
+    instance of a registry, shared by the order APIs and the catalog API."""
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> XsollaMetrics:
+        """The registry's instance, made on first use (a metric registers once per registry)."""
+        metrics = _BY_REGISTRY.get(registry)
+        if metrics is None:
+            metrics = _BY_REGISTRY[registry] = cls(registry)
+        return metrics
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -37,3 +48,6 @@ class XsollaMetrics:
             ["reason"],
             registry=registry,
         )
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, XsollaMetrics] = weakref.WeakKeyDictionary()

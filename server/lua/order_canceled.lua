@@ -47,7 +47,7 @@ for i = #grants, 1, -1 do
       if expires <= now or (previous and previous.e and expires <= previous.e) then
         restore = true
       else
-        record = {k = 3, q = 1, g = current.g, u = now, e = expires, p = current.p}
+        record = {k = 3, q = 1, g = current.g, u = now, e = expires, p = current.p, m = current.m}
       end
     end
     if restore then

@@ -1,6 +1,7 @@
 -- order_paid (after kinds.lua and order.lua): grants the order's lines unless the order was paid already
 -- (replay) or canceled first (its cancel arrived before this event: nothing is granted).
--- ARGV[5] grantable lines as JSON [{s = sku, k = catalog kind (0 plain), p = catalog period ms, q = quantity}],
+-- ARGV[5] grantable lines as JSON [{s = sku, k = catalog kind (0 plain), p = catalog period ms, m = catalog period
+-- in calendar months (0 when `p` applies), q = quantity}],
 -- ARGV[6] maximum consumable total, ARGV[7] maximum expiry (ms since the epoch), ARGV[8] why the order is to
 -- grant nothing by policy ("sandbox": a test payment the project's policy ignores; "" to grant), ARGV[9] the
 -- ledger's reason for that.
@@ -37,7 +38,7 @@ local grants, conflicts = {}, 0
 for _, line in ipairs(cjson.decode(ARGV[5])) do
   local entry = held(line.s)
   local current = entry.rec
-  local kind, period, quantity = line.k, line.p, line.q
+  local kind, period, months, quantity = line.k, line.p, line.m or 0, line.q
   local conflict = false
   if current then
     -- The kind the player holds wins over the catalog: games read that record, and re-kinding it would drop
@@ -46,8 +47,8 @@ for _, line in ipairs(cjson.decode(ARGV[5])) do
       conflict = true
       conflicts = conflicts + 1
     end
-    if current.k == 3 and (kind ~= 3 or period <= 0) then
-      period = current.p
+    if current.k == 3 and (kind ~= 3 or (period <= 0 and months <= 0)) then
+      period, months = current.p or 0, current.m or 0
     end
     kind = current.k
   elseif kind == 0 then
@@ -56,7 +57,7 @@ for _, line in ipairs(cjson.decode(ARGV[5])) do
   if kind == 2 then
     quantity = 1
   end
-  local record, err = granted_record(current, kind, quantity, period, now, max_total, max_expires)
+  local record, err = granted_record(current, kind, quantity, period, months, now, max_total, max_expires)
   if not record then
     return redis.error_reply(err .. ' ' .. line.s)
   end
@@ -71,7 +72,12 @@ for _, line in ipairs(cjson.decode(ARGV[5])) do
   elseif kind == 2 then
     grant.new = current == nil
   else
-    grant.ms = quantity * period
+    -- The time this line added (a calendar month's length depends on where it starts): a cancel takes it back.
+    local base = now
+    if current and current.e and current.e > now then
+      base = current.e
+    end
+    grant.ms = record.e - base
   end
   grants[#grants + 1] = grant
   entry.raw, entry.rec = after, record

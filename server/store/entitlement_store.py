@@ -96,6 +96,7 @@ class EntitlementStore:
             MAX_CONSUMABLE_TOTAL,
             compact_json(dict(command.metadata)),
             MAX_EXPIRES_AT_MS,
+            command.period_months,
         ]
         reply = await self._run(self._grant(keys=self._write_keys(keys, command.idempotency_key), args=args))
         replayed, payload = split_reply(reply)
@@ -216,7 +217,10 @@ class EntitlementStore:
             FailedPrecondition: a line would pass the quantity or expiry limit; nothing was written.
             StoreUnavailable: Redis did not answer in time.
         """
-        payload = [{"s": line.sku, "k": line.kind, "p": line.period_ms, "q": line.quantity} for line in lines]
+        payload = [
+            {"s": line.sku, "k": line.kind, "p": line.period_ms, "m": line.period_months, "q": line.quantity}
+            for line in lines
+        ]
         args = [
             *self._order_args(order_id, event_id, actor, record),
             compact_json(payload) if payload else "[]",

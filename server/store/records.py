@@ -33,6 +33,9 @@ class EntitlementRecord:
     updated_at_ms: int
     expires_at_ms: int | None = None
     period_ms: int | None = None
+    # A time-limited item whose period is calendar months (a catalog's "month" or "year") has this instead of
+    # `period_ms`.
+    period_months: int | None = None
 
     def active(self, now_ms: int) -> bool:
         """True when the entitlement is in force at `now_ms`."""
@@ -52,12 +55,18 @@ class EntitlementRecord:
             updated_at_ms=int(data["u"]),
             expires_at_ms=int(data["e"]) if "e" in data else None,
             period_ms=int(data["p"]) if "p" in data else None,
+            period_months=int(data["m"]) if "m" in data else None,
         )
 
 
 @dataclass(frozen=True)
 class GrantCommand:
-    """A validated grant. `kind` 0 lets the store infer it (see EntitlementKind in the .proto)."""
+    """A validated grant. `kind` 0 lets the store infer it (see EntitlementKind in the .proto).
+
+    The period is `period_ms`, or `period_months` calendar months. `period_from_catalog`: the request gave no
+    duration and the period is the catalog's; the request's fingerprint is then the request's own (no period), so
+    a retry after the catalog changed replays instead of conflicting.
+    """
 
     user_id: str
     sku: str
@@ -67,6 +76,8 @@ class GrantCommand:
     idempotency_key: str
     reason: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    period_months: int = 0
+    period_from_catalog: bool = False
 
     def fingerprint(self) -> str:
         return _fingerprint(
@@ -76,7 +87,7 @@ class GrantCommand:
                 self.sku,
                 self.kind,
                 self.quantity,
-                self.period_ms,
+                0 if self.period_from_catalog else self.period_ms,
                 self.reason,
                 sorted(self.metadata.items()),
             ],
@@ -110,12 +121,14 @@ class RevokeResult:
 
 @dataclass(frozen=True)
 class OrderLine:
-    """One line of a paid order to grant: the catalog's kind (0 for a plain item) and period, and the units."""
+    """One line of a paid order to grant: the catalog's kind (0 for a plain item) and period (`period_ms`, or
+    `period_months` calendar months), and the units."""
 
     sku: str
     kind: int
     period_ms: int
     quantity: int
+    period_months: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from redis.typing import EncodableT, FieldT
 
 from core.eventlog import EventLog, partition_for
 from core.keys import CONSUMER_GROUP, EventKeys
+from core.projects import CATALOG_FILE, Project, Projects
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog, CatalogItem
@@ -32,6 +33,8 @@ CATALOG = Catalog.from_mapping(
             "castle": {"kind": "permanent"},
             "sword": {"kind": "permanent"},
             "vip_pass": {"kind": "time_limited", "period": "30d"},
+            # The item of the real order_paid captured in tests/fixtures/xsolla.
+            "artifact_centaurs_axe": {"kind": "consumable"},
         }
     }
 )
@@ -43,10 +46,19 @@ assert CATALOG.lookup("castle") == CatalogItem(PERMANENT)
 FAST = ConsumerSettings(block_ms=50, claim_idle_s=0.2, max_deliveries=3)
 
 
+#: Every project with the test catalog as its local catalog file (a sku it does not know is not granted).
+CATALOG_PROJECTS = Projects.single(None, Project(0, catalog_source=CATALOG_FILE))
+
+
 def consumer_settings(**overrides: Any) -> dict[str, Any]:
     """Service overrides for a consuming service with the test catalog and fast consumer timings."""
     consumer = replace(FAST, **overrides)
-    return {"event_partitions": PARTITIONS, "catalog": CATALOG, "consumer": consumer}
+    return {
+        "event_partitions": PARTITIONS,
+        "projects": CATALOG_PROJECTS,
+        "local_catalogs": {0: CATALOG},
+        "consumer": consumer,
+    }
 
 
 Line = tuple[str, int] | tuple[str, int, str]
