@@ -4,6 +4,7 @@ protocols.
 * the order-status WebSocket, a Centrifuge protocol v2 (JSON) server that the real `centrifuge-python` client
   and Xsolla's SDKs connect to (`XsollaSimulator.ws_url`);
 * the Store API's Get order, with the player's Bearer token (`XsollaSimulator.store_api_url`);
+* the admin catalog API (virtual items, bundles) with Basic auth, under the same base (`XsollaSimulator.catalog`);
 * webhooks, signed with each project's secret and sent to its URL in its delivery mode (combined: `order_paid` /
   `order_canceled`; separate: `payment` / `refund` first), plus `partial_refund` and the subscription webhooks,
   retried on Xsolla's schedule (compressible), and held, released or resent on demand;
@@ -20,6 +21,7 @@ See docs/SIMULATOR.md for what is simulated and the choices made where Xsolla do
 """
 
 from xsolla_simulator.announcements import CHANNELS, Announcement
+from xsolla_simulator.catalog_api import CatalogApi, CatalogCall, admin_bundle, admin_item
 from xsolla_simulator.connections import SocketCounters
 from xsolla_simulator.errors import InvalidRequest, SimulatorError, UnknownOrder, UnknownSubscription, UnknownToken
 from xsolla_simulator.orders import STATUSES, OrderItem, SimOrder, StatusChange
@@ -37,6 +39,8 @@ __all__ = [
     "SUBSCRIPTION_NOTIFICATIONS",
     "WEBHOOK_MODES",
     "Announcement",
+    "CatalogApi",
+    "CatalogCall",
     "GetOrderRequest",
     "InvalidRequest",
     "OrderItem",
@@ -55,6 +59,8 @@ __all__ = [
     "Webhook",
     "WebhookDelivery",
     "XsollaSimulator",
+    "admin_bundle",
+    "admin_item",
     "order_channel",
     "signature",
 ]

@@ -1,10 +1,10 @@
 """`XsollaSimulator`: Xsolla's surfaces for one or more projects on one loopback port, and the control over them.
 
 One aiohttp server hosts the order-status WebSocket (`/connection/websocket`, Centrifuge protocol v2 JSON), the
-Store API's Get order (`/api/v2/project/{project_id}/order/{order_id}`) and, optionally, an HTTP control API
-(`/_sim/...`); `_route_tables` is the one place where route tables are added. Webhooks go out to each project's
-URL, signed with its secret, in its delivery mode (combined or separate). A status change can be announced on
-any of three channels:
+Store API's Get order (`/api/v2/project/{project_id}/order/{order_id}`), the admin catalog (`.catalog`,
+`xsolla_simulator.catalog_api`) and, optionally, an HTTP control API (`/_sim/...`); `_route_tables` is the one
+place where route tables are added. Webhooks go out to each project's URL, signed with its secret, in its
+delivery mode (combined or separate). A status change can be announced on any of three channels:
 
 * `websocket`: a publication `{"order_id", "status"}` on the player's order channel in the order's project;
 * `webhook`: the webhooks of `paid` and `canceled` (see `xsolla_simulator.notifier`); other statuses have none;
@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from xsolla_simulator.announcements import CHANNELS, Announcement, check_channels
+from xsolla_simulator.catalog_api import CatalogApi
 from xsolla_simulator.connections import WEBSOCKET_PATH, SocketHub
 from xsolla_simulator.control import add_control_routes
 from xsolla_simulator.control_webhooks import add_webhook_control_routes
@@ -108,6 +109,7 @@ class XsollaSimulator(FaultInjection, WebhookControls):
         )
         self._store = StoreApi(orders=self._orders, tokens=self._tokens)
         self.subscriptions = Subscriptions(self._projects, self._send_subscription_webhook)
+        self.catalog = CatalogApi(merchant_id=merchant_id)
         self._silenced: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -148,6 +150,7 @@ class XsollaSimulator(FaultInjection, WebhookControls):
     def _route_tables(self) -> list[RouteTable]:
         """Every surface's routes: a new Xsolla API served by the simulator adds its table here."""
         tables: list[RouteTable] = [self._hub.add_routes, self._store.add_routes]
+        tables.append(lambda app: self.catalog.add_routes(app, control=self._control_api))
         if self._control_api:
             tables.append(lambda app: add_control_routes(app, self))
             tables.append(lambda app: add_webhook_control_routes(app, self))

@@ -23,6 +23,7 @@ page, then `CatalogUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from collections.abc import Mapping
@@ -131,8 +132,8 @@ def with_env_credentials(projects: Projects, env: Mapping[str, str] | None = Non
     return replace(projects, projects=MappingProxyType(listed), template=credited(projects.template))
 
 
-def credentials(project: Project) -> aiohttp.BasicAuth:
-    """The Basic auth of a project's admin API calls.
+def credentials(project: Project) -> str:
+    """The `Authorization` header of a project's admin API calls: Basic `<api_user>:<api_key>` in base64.
 
     Raises:
         ConfigError: no `api_key`, or it or `api_user` is malformed or cannot be read.
@@ -144,7 +145,7 @@ def credentials(project: Project) -> aiohttp.BasicAuth:
     user = project.provider.get("api_user", project.id)
     if isinstance(user, bool) or not isinstance(user, int | str) or not str(user).isdigit():
         raise ConfigError(f"project {project.id}: api_user must be the merchant or project id")
-    return aiohttp.BasicAuth(str(user), key)
+    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
 
 
 def source_item(raw: Any) -> SourceItem | None:
@@ -235,7 +236,7 @@ class XsollaCatalog:
                 bundles[bundle[0]] = bundle[1]
         return SourceCatalog(MappingProxyType(items), MappingProxyType(bundles))
 
-    async def _list(self, project_id: int, kind: str, auth: aiohttp.BasicAuth) -> list[Any]:
+    async def _list(self, project_id: int, kind: str, auth: str) -> list[Any]:
         """Every entry of an admin list, page by page until a short page."""
         url = f"{self._base}/v2/project/{project_id}/admin/items/{kind}"
         entries: list[Any] = []
@@ -246,14 +247,15 @@ class XsollaCatalog:
                 return entries
         raise CatalogUnavailable(f"{kind}: more than {MAX_PAGES} pages of {PAGE_SIZE}")
 
-    async def _page(self, url: str, kind: str, auth: aiohttp.BasicAuth, offset: int) -> list[Any]:
+    async def _page(self, url: str, kind: str, auth: str, offset: int) -> list[Any]:
         operation = f"catalog_{kind}"
         for attempt in range(ATTEMPTS):
             started = time.perf_counter()
             result, wait_s, problem = "error", 0.0, ""
             try:
                 params = {"limit": PAGE_SIZE, "offset": offset}
-                async with self._get_session().get(url, params=params, auth=auth) as response:
+                headers = {"Authorization": auth}
+                async with self._get_session().get(url, params=params, headers=headers) as response:
                     code = response.status
                     result = str(code) if code in (401, 403, 404, 429) else f"{code // 100}xx"
                     if code == 200:
