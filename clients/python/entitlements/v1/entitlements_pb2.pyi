@@ -51,8 +51,8 @@ class _EntitlementKind:
 class _EntitlementKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntitlementKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ENTITLEMENT_KIND_UNSPECIFIED: _EntitlementKind.ValueType  # 0
-    """Not set. In a GrantRequest: TIME_LIMITED when `duration` is set, otherwise the kind the player already
-    holds the sku as, otherwise CONSUMABLE.
+    """Not set. In a GrantRequest: TIME_LIMITED when `duration` is set or the project's catalog knows the sku as
+    time-limited, otherwise the kind the player already holds the sku as, otherwise CONSUMABLE.
     """
     ENTITLEMENT_KIND_CONSUMABLE: _EntitlementKind.ValueType  # 1
     """Quantities add up (currency packs, boosters)."""
@@ -65,8 +65,8 @@ class EntitlementKind(_EntitlementKind, metaclass=_EntitlementKindEnumTypeWrappe
     """How an item behaves when granted again."""
 
 ENTITLEMENT_KIND_UNSPECIFIED: EntitlementKind.ValueType  # 0
-"""Not set. In a GrantRequest: TIME_LIMITED when `duration` is set, otherwise the kind the player already
-holds the sku as, otherwise CONSUMABLE.
+"""Not set. In a GrantRequest: TIME_LIMITED when `duration` is set or the project's catalog knows the sku as
+time-limited, otherwise the kind the player already holds the sku as, otherwise CONSUMABLE.
 """
 ENTITLEMENT_KIND_CONSUMABLE: EntitlementKind.ValueType  # 1
 """Quantities add up (currency packs, boosters)."""
@@ -208,7 +208,10 @@ class Entitlement(_message.Message):
 
     @_builtins.property
     def period(self) -> _duration_pb2.Duration:
-        """TIME_LIMITED only: the period of the most recent grant (used as the subscription period)."""
+        """TIME_LIMITED only: the period of the most recent grant (used as the subscription period). Unset when that
+        period is in calendar months or years (a catalog's "month"/"year"), which have no fixed length; the
+        subscription's period then says "month".
+        """
 
     def __init__(
         self,
@@ -284,8 +287,10 @@ class GrantRequest(_message.Message):
     """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """TIME_LIMITED only, and required for it: the length of one period, from 1 ms to 36,500 days. Sub-millisecond
-        parts are dropped. Setting it for another kind is INVALID_ARGUMENT.
+        """TIME_LIMITED only: the length of one period, from 1 ms to 36,500 days. Sub-millisecond parts are dropped.
+        Setting it for another kind is INVALID_ARGUMENT. Unset, the project's catalog gives the period of a sku it
+        knows as time-limited (calendar months and years included), and kind may then be UNSPECIFIED; a TIME_LIMITED
+        grant of a sku the catalog does not know as time-limited needs it (INVALID_ARGUMENT naming `duration`).
         """
 
     @_builtins.property
