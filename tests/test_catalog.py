@@ -17,11 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from core.backoff import Backoff
 from core.catalogs import CONSUMABLE, PERMANENT, TIME_LIMITED, CatalogRefused, CatalogUnavailable, Period
+from core.errors import ConfigError
 from core.keys import catalog_key
 from core.projects import CATALOG_PROVIDER, Project, Projects
 from entitlements.errors import InvalidArgumentError
 from entitlements.v1 import entitlements_pb2 as pb
-from providers.xsolla import CatalogSettings, WebhookSettings, XsollaCatalog
+from providers.xsolla import CatalogSettings, WebhookSettings, XsollaCatalog, with_env_credentials
 from providers.xsolla.metrics import XsollaMetrics
 from server.__main__ import catalog_command
 from server.app import Service
@@ -392,6 +393,26 @@ def test_settings_read_the_refresh_interval_and_refuse_the_old_file_with_a_proje
     projects_file = tmp_path / "projects.toml"
     projects_file.write_text('[projects.308077]\ncatalog = "none"\n')
     env = {"ENTITLEMENTS_PROJECTS_FILE": str(projects_file), "ENTITLEMENTS_CATALOG_FILE": "c.toml"}
-    with pytest.raises(Exception, match="put it in the projects file"):
+    with pytest.raises(ConfigError, match="put it in the projects file"):
         Settings.from_env(env, provider="xsolla")
     assert base_settings().projects.listed is False
+
+
+def test_single_project_credentials_come_from_the_environment(tmp_path: Path) -> None:
+    """Without a projects file, ENTITLEMENTS_XSOLLA_API_KEY[_FILE] and _API_USER make the catalog Xsolla's; with
+    a projects file they are refused, and a malformed user is named."""
+    single = Projects.single(PROJECT, Project(0))
+    key_file = tmp_path / "key"
+    key_file.write_text("from-a-file\n")
+    credited = with_env_credentials(single, {"ENTITLEMENTS_XSOLLA_API_KEY_FILE": str(key_file)})
+    listed = credited.projects[PROJECT]
+    assert (listed.catalog_source, dict(listed.provider)) == (CATALOG_PROVIDER, {"api_key": "from-a-file"})
+    assert credited.template.catalog_source == CATALOG_PROVIDER
+    env = {"ENTITLEMENTS_XSOLLA_API_KEY": "k", "ENTITLEMENTS_XSOLLA_API_USER": "887981"}
+    assert with_env_credentials(single, env).projects[PROJECT].provider["api_user"] == 887981
+    assert with_env_credentials(single, {}) is single
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_XSOLLA_API_USER must be"):
+        with_env_credentials(single, {"ENTITLEMENTS_XSOLLA_API_KEY": "k", "ENTITLEMENTS_XSOLLA_API_USER": "me"})
+    from_file = Projects.from_mapping({"projects": {"1": {}}}, "xsolla", source="projects file p.toml")
+    with pytest.raises(ConfigError, match="put api_key and api_user in the projects file"):
+        with_env_credentials(from_file, {"ENTITLEMENTS_XSOLLA_API_KEY": "k"})

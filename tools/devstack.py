@@ -30,11 +30,12 @@ async def run(
     gateway_settings: GatewaySettings,
     xsolla_orders: xsolla.OrderSettings,
     xsolla_webhooks: xsolla.WebhookSettings,
+    xsolla_catalog: xsolla.CatalogSettings,
 ) -> None:
     """Runs both until SIGTERM or SIGINT, then stops the gateway first (no new events), then the service."""
     if settings.insecure_dev_mode:
         log.warning("INSECURE_DEV_MODE", message="no API keys are checked. Never run this in production.")
-    service = Service(settings, xsolla_orders)
+    service = Service(settings, xsolla_orders, xsolla_catalog=xsolla_catalog)
     await service.start()
     gateway = Gateway(gateway_settings, xsolla_webhooks, redis=service.redis, registry=service.registry)
     try:
@@ -50,17 +51,19 @@ async def run(
 
 def main() -> int:
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(provider=xsolla.KEY)
+        settings = replace(settings, projects=xsolla.with_env_credentials(settings.projects))
         settings.check_servable()
         # The gateway's metrics are served by the service's endpoint (shared registry).
         gateway_settings = replace(GatewaySettings.from_env(named_networks=xsolla.NAMED_NETWORKS), metrics_port=None)
         xsolla_orders = xsolla.OrderSettings.from_env()
         xsolla_webhooks = xsolla.WebhookSettings.from_env()
+        xsolla_catalog = xsolla.CatalogSettings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(run(settings, gateway_settings, xsolla_orders, xsolla_webhooks))
+    asyncio.run(run(settings, gateway_settings, xsolla_orders, xsolla_webhooks, xsolla_catalog))
     return 0
 
 
