@@ -171,7 +171,7 @@ async def test_merchant_credentials_open_the_project_catalog(sim: XsollaSimulato
     sim.catalog.merchant_api_key = "merchant-key-0123"
     reader = source(sim)
     try:
-        fetched = await reader.fetch(project(api_key="merchant-key-0123", api_user=sim.merchant_id))
+        fetched = await reader.fetch(project(api_key="merchant-key-0123", api_user=sim.catalog.merchant_id))
     finally:
         await reader.close()
     assert set(fetched.items) == {"vip_30d", "vip_month", "gold", "castle"}
