@@ -51,7 +51,7 @@ async def run(
 
 def main() -> int:
     try:
-        settings = Settings.from_env(provider=xsolla.KEY)
+        settings = Settings.from_env(provider=xsolla.PROVIDER)
         settings = replace(settings, projects=xsolla.with_env_credentials(settings.projects))
         settings.check_servable()
         # The gateway's metrics are served by the service's endpoint (shared registry).
