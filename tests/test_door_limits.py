@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES, identifier_problem, quantity_problem
+from core.projects import Projects
 from entitlements import AsyncEntitlementsClient
 from providers.xsolla import WebhookSettings
 from server.app import Service
@@ -41,8 +42,9 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
 
 @pytest.fixture
 async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
-    """The service on the test's Valkey, consuming with the test catalog and fast timings (`client` calls it)."""
-    return await service_factory(redis_url=redis_server.url, **consumer_settings())
+    """The service on the test's Valkey, consuming with fast timings, for projects without a catalog (any sku is
+    a plain item, so a sku at the limit is granted; `client` calls it)."""
+    return await service_factory(redis_url=redis_server.url, **consumer_settings(Projects()))
 
 
 def order_paid(user: Any, order_id: Any, lines: list[tuple[Any, Any]]) -> bytes:

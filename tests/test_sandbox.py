@@ -128,7 +128,7 @@ async def test_a_project_that_grants_sandbox_orders_grants_them_once(
 ) -> None:
     """With the policy "grant" a sandbox order_paid is granted as a live one (once, though posted twice)."""
     projects = Projects.single(None, template=Project(0, sandbox=SANDBOX_GRANT))
-    service = await service_factory(redis_url=redis_server.url, projects=projects, **consumer_settings())
+    service = await service_factory(redis_url=redis_server.url, **consumer_settings(projects))
     client = await client_factory(service)
     for _ in range(2):
         assert (await post(http, gateway.url, fixture("order_paid_combined"), secret=SECRET)).status == 204
@@ -171,7 +171,7 @@ async def test_each_project_has_its_own_policy(
     projects = Projects(
         MappingProxyType({live: Project(live), test: Project(test, sandbox=SANDBOX_GRANT)}), live, listed=True
     )
-    service = await service_factory(redis_url=redis_server.url, projects=projects, **consumer_settings())
+    service = await service_factory(redis_url=redis_server.url, **consumer_settings(projects))
     client = await client_factory(service)
     for project, player in ((live, "player-live"), (test, "player-test")):
         event = order_event("paid", f"{project}-1", player, [("gold", 10)], event_id=f"xsolla:{project}:order:1:paid")

@@ -50,12 +50,17 @@ FAST = ConsumerSettings(block_ms=50, claim_idle_s=0.2, max_deliveries=3)
 CATALOG_PROJECTS = Projects.single(None, Project(0, catalog_source=CATALOG_FILE))
 
 
-def consumer_settings(**overrides: Any) -> dict[str, Any]:
-    """Service overrides for a consuming service with the test catalog and fast consumer timings."""
+def consumer_settings(projects: Projects = CATALOG_PROJECTS, **overrides: Any) -> dict[str, Any]:
+    """Service overrides for a consuming service with the test catalog and fast consumer timings.
+
+    Args:
+        projects: the projects served (by default any, with the test catalog as their catalog file).
+        overrides: ConsumerSettings fields.
+    """
     consumer = replace(FAST, **overrides)
     return {
         "event_partitions": PARTITIONS,
-        "projects": CATALOG_PROJECTS,
+        "projects": projects,
         "local_catalogs": {0: CATALOG},
         "consumer": consumer,
     }
