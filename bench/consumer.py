@@ -160,7 +160,7 @@ async def measure_consumer_throughput(
             baseline_s = await _baseline(redis, [_order(n, "b", users) for n in range(events)], partitions)
             log = EventLog(redis, partitions=partitions)
             await _append_all(log, [_order(n, "c", users) for n in range(events)])
-            streams = [EventKeys(partition).stream for partition in range(partitions)]
+            streams = [EventKeys(1, partition).stream for partition in range(partitions)]
             settings = replace(
                 Settings(),
                 redis_url=server.url,

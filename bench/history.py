@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 
 from bench.processes import signals_interrupt
 from bench.report import simple_table
-from bench.servers import Placement, start_service, tail
+from bench.servers import BENCH_PROJECT, Placement, start_service, tail
 from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient
 
@@ -142,7 +142,7 @@ async def _seed(client: AsyncEntitlementsClient, redis: aioredis.Redis, items: i
     await client.grant(TICKER_USER, "gold")
     # The same history for LEGACY, written as the store wrote it before the read indexes existed.
     now = time.time_ns() // 1_000_000
-    keys = UserKeys(LEGACY)
+    keys = UserKeys(BENCH_PROJECT, LEGACY)
     records: dict[Any, Any] = {
         f"pass_{i:05d}": json.dumps(
             {"k": 3, "q": 1, "g": now - DAY_MS + i, "u": now - DAY_MS + i, "e": now - i - 1, "p": DAY_MS}

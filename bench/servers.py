@@ -31,6 +31,9 @@ from server.auth import hash_key
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 30.0
 
+#: The project the benchmarks' service serves as its default (the simulator's test project).
+BENCH_PROJECT = 308077
+
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
@@ -155,6 +158,7 @@ def start_service(
     grpc_port, metrics_port = free_port(), free_port()
     env.update(
         ENTITLEMENTS_API_KEYS=f"bench:{hash_key(api_key)}:read,write",
+        ENTITLEMENTS_XSOLLA_PROJECT_ID=str(BENCH_PROJECT),
         ENTITLEMENTS_GRPC_PORT=str(grpc_port),
         ENTITLEMENTS_METRICS_PORT=str(metrics_port),
         ENTITLEMENTS_DATA_DIR=str(workdir / "data"),

@@ -47,7 +47,7 @@ from bench import counters
 from bench.cores import core_busy_between, core_times
 from bench.processes import Child, signals_interrupt
 from bench.report import simple_table
-from bench.servers import Placement, start_bare, start_service
+from bench.servers import BENCH_PROJECT, Placement, start_bare, start_service
 from bench.usage import cpu_seconds, rss_bytes
 from bench.watchers import Watchers
 from core.keys import UserKeys
@@ -118,7 +118,8 @@ def seed_orders(socket_path: Path, count: int, prefix: str) -> list[tuple[str, s
             pipe = client.pipeline(transaction=False)
             for order_id, user_id in orders[start : start + 1000]:
                 pipe.hset(
-                    UserKeys(user_id).order(order_id), mapping={"status": "paid", "granted": "0", "updated_at_ms": 1}
+                    UserKeys(BENCH_PROJECT, user_id).order(order_id),
+                    mapping={"status": "paid", "granted": "0", "updated_at_ms": 1},
                 )
             pipe.execute()
     finally:

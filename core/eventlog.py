@@ -3,9 +3,12 @@
 The webhook gateway appends (`EventLog.append`); the service's consumer reads with a consumer group
 (`server.consumer`) and decodes each entry with `decode_event`. An entry's fields: `event` (the serialized
 `entitlements.v1.WebhookEvent`), `raw` (the body as the provider sent it) and `type` (the EventType's name).
-An event goes to the partition of its player, so one player's events stay in order on one stream and a Redis
-Cluster can spread partitions over its nodes. The dedup check and the XADD are one Lua script on keys that share
-the partition's hash tag: a notification delivered fifty times at once is stored once.
+Each project has its own partitions (`core.keys.EventKeys`); an event goes to the partition of its player in its
+project, so one player's events stay in order on one stream and a Redis Cluster can spread partitions over its
+nodes. The first time a process appends for a project it adds the project to `PROJECTS_KEY` (before the XADD,
+so a consumer that lists the projects can never miss a stream that has entries). The dedup check and the XADD
+are one Lua script on keys that share the partition's hash tag: a notification delivered fifty times at once is
+stored once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from redis.commands.core import AsyncScript
 from core import scripts
 from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
-from core.keys import EventKeys
+from core.keys import PROJECTS_KEY, EventKeys
+from core.layout import LayoutGate, LayoutMismatch
 from entitlements.v1 import events_pb2
 
 DEFAULT_DEDUP_TTL_S = 72 * 3600
@@ -55,6 +59,7 @@ class EventLog:
         timeout_s: upper bound of one append, retries included.
         max_stream_length: approximate cap on each stream (0: no cap). Entries past the cap are trimmed oldest
             first whether or not they were consumed, so leave it 0 unless the consumer keeps up by a wide margin.
+        layout: the process's layout check, passed before the first append (None: the caller checked).
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class EventLog:
         dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S,
         timeout_s: float = 2.0,
         max_stream_length: int = 0,
+        layout: LayoutGate | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
@@ -74,18 +80,33 @@ class EventLog:
         self._timeout_s = timeout_s
         self._max_stream_length = max_stream_length
         self._append: AsyncScript = scripts.register(redis, "core", "append_event.lua")
+        # The projects this process has registered in PROJECTS_KEY (a set never loses members, so once is enough).
+        self._registered: set[int] = set()
+        self._layout = layout
 
-    def keys_for(self, user_id: str) -> EventKeys:
-        """The keys of the partition that holds `user_id`'s events."""
-        return EventKeys(partition_for(user_id, self.partitions))
+    def keys_for(self, project_id: int, user_id: str) -> EventKeys:
+        """The keys of the partition that holds `user_id`'s events in `project_id`."""
+        return EventKeys(project_id, partition_for(user_id, self.partitions))
 
     async def append(self, event: events_pb2.WebhookEvent, raw: bytes) -> AppendResult:
-        """Stores `event` with its raw body unless its `event_id` was stored within the dedup window.
+        """Stores `event` with its raw body in its project's event log unless its `event_id` was stored within the
+        dedup window.
 
         Raises:
-            StoreUnavailable: Redis did not answer in time; the caller must not acknowledge the notification.
+            ValueError: the event names no project (`project_id` 0); the caller decides the project first.
+            StoreUnavailable: Redis did not answer in time, or the store has another key layout; the caller must
+                not acknowledge the notification.
         """
-        keys = self.keys_for(event.user_id)
+        if event.project_id <= 0:
+            raise ValueError("an event is appended to its project's event log: set its project_id")
+        keys = self.keys_for(event.project_id, event.user_id)
+        if self._layout is not None and not self._layout.passed:
+            try:
+                await bounded(self._layout.ensure(), self._timeout_s)
+            except LayoutMismatch as exc:
+                raise StoreUnavailable(f"the store is refused: {exc}") from exc
+        if event.project_id not in self._registered:
+            await self._register(event.project_id)
         args: list[bytes | str | int] = [
             self._dedup_ttl_ms,
             event.SerializeToString(),
@@ -103,6 +124,13 @@ class EventLog:
         if entry is None:
             return AppendResult(None, keys.partition)
         return AppendResult(reply_text(entry), keys.partition)
+
+    async def _register(self, project_id: int) -> None:
+        try:
+            await bounded(self._redis.sadd(PROJECTS_KEY, str(project_id)), self._timeout_s)
+        except redis_errors.ResponseError as exc:
+            raise StoreUnavailable(f"Redis refused the append: {type(exc).__name__}") from exc
+        self._registered.add(project_id)
 
 
 class MalformedEntry(ValueError):

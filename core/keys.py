@@ -1,8 +1,13 @@
-"""Every Redis key the service uses, built in one place.
+"""Every Redis key the service uses, built in one place: layout version 2, where every record belongs to a project.
 
-All keys of one player share the hash tag `{u:<user>}`, so they live in one Redis Cluster slot and a Lua script
-can touch them together. User ids are percent-encoded where they hold `{`, `}`, `%` or non-printable bytes, so a
-user id can never break out of its hash tag or collide with another.
+All keys of one player of one project share the hash tag `{u:<project>:<user>}`, so they live in one Redis Cluster
+slot and a Lua script can touch them together; the same player id in two projects is two players. User ids are
+percent-encoded where they hold `{`, `}`, `%` or non-printable bytes, so a user id can never break out of its hash
+tag or collide with another; the project is digits, so `{u:1:a:b}` is player `a:b` of project 1. Each partition of
+a project's event log shares `{ev:<project>:<partition>}`; what concerns a project as a whole shares `{p:<project>}`.
+
+The layout's version is stored under `LAYOUT_KEY` (`core.layout` checks it at start and migrates a store written
+by version 1, where keys had no project: `{u:<user>}`, `{ev:<partition>}`).
 """
 
 from __future__ import annotations
@@ -11,22 +16,35 @@ import functools
 from urllib.parse import quote
 
 PREFIX = "ent"
+#: The version of the layout below; a store written with another one is refused at start (`core.layout`).
+LAYOUT_VERSION = 2
+#: String: the layout version the store was written with.
+LAYOUT_KEY = f"{PREFIX}:layout"
+#: Set: every project that has events (the gateway adds a project before its first append; the consumer reads the
+#: event streams of each).
+PROJECTS_KEY = f"{PREFIX}:projects"
 # Characters kept as they are in a key; everything else (notably `{`, `}` and `%`) is percent-encoded.
 _SAFE = "!#$&'()*+,-./:;<=>?@[]^_`|~"
 
 
+def encode_user(user_id: str) -> str:
+    """A user id as it appears in a hash tag: percent-encoded where it holds `{`, `}`, `%` or non-printables."""
+    return quote(user_id, safe=_SAFE)
+
+
 @functools.lru_cache(maxsize=65_536)
-def _tag(user_id: str) -> str:
-    return "{u:" + quote(user_id, safe=_SAFE) + "}"
+def _tag(project_id: int, user_id: str) -> str:
+    return "{u:" + str(int(project_id)) + ":" + encode_user(user_id) + "}"
 
 
-def items_key(user_id: str) -> str:
-    """The player's items hash (`UserKeys(user_id).items`), without building the other keys: the read path."""
-    return f"{PREFIX}:{_tag(user_id)}:items"
+def items_key(project_id: int, user_id: str) -> str:
+    """The player's items hash (`UserKeys(project_id, user_id).items`), without building the other keys: the read
+    path."""
+    return f"{PREFIX}:{_tag(project_id, user_id)}:items"
 
 
 class UserKeys:
-    """The keys of one player's data."""
+    """The keys of one player's data in one project."""
 
     __slots__ = (
         "event_prefix",
@@ -45,8 +63,8 @@ class UserKeys:
         "timed",
     )
 
-    def __init__(self, user_id: str) -> None:
-        self.tag = _tag(user_id)
+    def __init__(self, project_id: int, user_id: str) -> None:
+        self.tag = _tag(project_id, user_id)
         base = f"{PREFIX}:{self.tag}"
         #: hash sku -> JSON entitlement record
         self.items = f"{base}:items"
@@ -106,14 +124,15 @@ class UserKeys:
 
 
 class EventKeys:
-    """The keys of one partition of the event log. They share the hash tag `{ev:<partition>}`, so the dedup
-    check and the XADD run in one atomic script on Redis Cluster too."""
+    """The keys of one partition of one project's event log. They share the hash tag `{ev:<project>:<partition>}`,
+    so the dedup check and the XADD run in one atomic script on Redis Cluster too."""
 
-    __slots__ = ("dead_letters", "dedup_prefix", "partition", "stream", "tag")
+    __slots__ = ("dead_letters", "dedup_prefix", "partition", "project_id", "stream", "tag")
 
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-        self.tag = "{ev:" + str(partition) + "}"
+    def __init__(self, project_id: int, partition: int) -> None:
+        self.project_id = int(project_id)
+        self.partition = int(partition)
+        self.tag = "{ev:" + str(self.project_id) + ":" + str(self.partition) + "}"
         base = f"{PREFIX}:{self.tag}"
         #: stream of accepted notifications (fields: event, raw, type)
         self.stream = f"{base}:events"
@@ -129,9 +148,12 @@ class EventKeys:
 #: The consumer group every service replica joins on each event stream.
 CONSUMER_GROUP = "entitlements"
 
-#: Pub/sub channel on which every applied order event announces the order's new status (see `server.status_channel`).
-#: On Redis Cluster it is a sharded channel (SPUBLISH/SSUBSCRIBE), served by the node owning its slot.
-ORDER_STATUS_CHANNEL = f"{PREFIX}:order-status"
+
+def order_status_channel(project_id: int) -> str:
+    """The pub/sub channel on which every applied order event of a project announces the order's new status (see
+    `server.status_channel`). On Redis Cluster it is a sharded channel (SPUBLISH/SSUBSCRIBE), served by the node
+    owning its slot."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:order-status"
 
 
 def catalog_key(project_id: int) -> str:

@@ -9,9 +9,12 @@ dead-letters discard (ID | --all)       delete dead letters that must never be a
 events status                           per partition: stream length, pending and undelivered entries, consumers
 catalog refresh [--project N]           read the projects' catalogs from Xsolla now and keep them for the service
 catalog show [--project N]              print the catalog the service uses for a project (items, then bundles)
+migrate-layout --project ID             move a store written by key layout 1 into project ID (service stopped)
 
-The operator commands reach Redis as the service does (REDIS_URL, or the embedded server's data directory, which
-a running service holds locked: use REDIS_URL to inspect a live system).
+`ledger`, `dead-letters` and `events` act on one project: `--project`, by default the default project. The
+operator commands reach Redis as the service does (REDIS_URL, or the embedded server's data directory, which
+a running service holds locked: use REDIS_URL to inspect a live system), and refuse a store of another key layout
+as the service does (`core.layout`), except `migrate-layout`, which moves one.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any, TextIO
 
 import structlog
@@ -34,7 +39,9 @@ from core import connections, logs
 from core.connections import RedisClient, reply_text
 from core.errors import ConfigError
 from core.keys import CONSUMER_GROUP
+from core.layout import LayoutMismatch, check_layout, migrate_layout
 from core.lifecycle import wait_for_stop_signal
+from core.projects import Projects, project_id_problem
 from providers import xsolla as xsolla_provider
 from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
@@ -48,6 +55,28 @@ from server.metrics import CatalogMetrics
 from server.store import KIND_NAMES, EntitlementStore
 
 log = structlog.get_logger("server")
+
+#: Xsolla's single-project variable, refused beside a projects file.
+PROJECT_VARIABLE = "ENTITLEMENTS_XSOLLA_PROJECT_ID"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, XsollaOrderSettings]:
+    """The service's settings and Xsolla's, with one default project: the projects file's, or without one the
+    project of `ENTITLEMENTS_XSOLLA_PROJECT_ID`, then the one project served (any project when it is unset).
+
+    Raises:
+        ConfigError: a setting is malformed, or a single-project variable is set beside a projects file.
+    """
+    env = os.environ if env is None else env
+    xsolla = XsollaOrderSettings.from_env(env)
+    if env.get("ENTITLEMENTS_PROJECTS_FILE", "").strip() and env.get(PROJECT_VARIABLE, "").strip():
+        raise ConfigError(f"{PROJECT_VARIABLE} is set beside ENTITLEMENTS_PROJECTS_FILE: put it in the projects file")
+    settings = Settings.from_env(env, provider=xsolla_provider.PROVIDER)
+    projects = xsolla_provider.with_env_credentials(settings.projects, env)
+    if xsolla.project_id and not projects.listed:
+        projects = Projects.single(xsolla.project_id, template=projects.template)
+    settings = replace(settings, projects=projects)
+    return settings, replace(xsolla, project_id=projects.default_project or 0)
 
 
 async def serve(
@@ -69,8 +98,15 @@ async def serve(
 
 
 @contextlib.asynccontextmanager
-async def operator_redis(settings: Settings) -> AsyncIterator[RedisClient]:
-    """A Redis client for a one-off operator command: REDIS_URL, or the embedded server started for the command."""
+async def operator_redis(settings: Settings, *, check: bool = True) -> AsyncIterator[RedisClient]:
+    """A Redis client for a one-off operator command: REDIS_URL, or the embedded server started for the command.
+
+    Args:
+        check: refuse a store of another key layout (`core.layout.check_layout`), as the service does.
+
+    Raises:
+        LayoutMismatch: `check` and the store has another key layout.
+    """
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -81,6 +117,8 @@ async def operator_redis(settings: Settings) -> AsyncIterator[RedisClient]:
         url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s, max_connections=2
     )
     try:
+        if check:
+            await check_layout(redis)
         yield redis
     finally:
         await redis.aclose()
@@ -88,18 +126,40 @@ async def operator_redis(settings: Settings) -> AsyncIterator[RedisClient]:
             await embedded.stop()
 
 
-async def print_ledger(settings: Settings, user_id: str, count: int) -> None:
-    """Prints the newest `count` ledger entries of a player as JSON lines."""
+def command_project(settings: Settings, project_id: int | None) -> int:
+    """The project an operator command acts on: `--project`, else the default project.
+
+    Raises:
+        ConfigError: no `--project` and no default project, or a project the service does not serve.
+    """
+    if project_id is None:
+        if settings.projects.default_project is None:
+            raise ConfigError("--project is required: no default project is configured")
+        return settings.projects.default_project
+    if not settings.projects.serves(project_id):
+        raise ConfigError(f"--project {project_id} is not one of the projects of {settings.projects.source}")
+    return project_id
+
+
+async def print_ledger(settings: Settings, project_id: int, user_id: str, count: int) -> None:
+    """Prints the newest `count` ledger entries of a player of a project as JSON lines."""
     async with operator_redis(settings) as redis:
         store = EntitlementStore(redis, timeout_s=settings.redis_timeout_s, idempotency_ttl_ms=1)
-        for entry in await store.ledger(user_id, count):
+        for entry in await store.ledger(project_id, user_id, count):
             print(json.dumps({"id": entry.entry_id, **entry.fields}, ensure_ascii=False))
 
 
 async def dead_letters_command(
-    settings: Settings, action: str, entry_id: str | None, *, count: int = 100, out: TextIO | None = None
+    settings: Settings,
+    project_id: int,
+    action: str,
+    entry_id: str | None,
+    *,
+    count: int = 100,
+    out: TextIO | None = None,
 ) -> int:
-    """Runs `dead-letters list|replay|discard` and prints JSON lines; returns the exit status (1: no such id).
+    """Runs `dead-letters list|replay|discard` on a project's dead letters and prints JSON lines; returns the exit
+    status (1: no such id).
 
     Args:
         action: "list", "replay" or "discard".
@@ -110,32 +170,29 @@ async def dead_letters_command(
     async with operator_redis(settings) as redis:
         letters = DeadLetters(redis, settings.event_partitions)
         if action == "list":
-            for letter in await letters.read(count):
+            for letter in await letters.read(project_id, count):
                 print(json.dumps(letter.as_dict(), ensure_ascii=False), file=out)
             return 0
         if action == "replay":
-            replayed = await letters.replay(entry_id)
+            replayed = await letters.replay(project_id, entry_id)
             for item in replayed:
-                print(
-                    json.dumps(
-                        {"replayed": item.dead_letter_id, "partition": item.partition, "new_id": item.new_entry_id}
-                    ),
-                    file=out,
-                )
+                row = {"replayed": item.dead_letter_id, "project_id": item.project_id, "partition": item.partition}
+                print(json.dumps({**row, "new_id": item.new_entry_id}), file=out)
             return 1 if entry_id is not None and not replayed else 0
-        deleted = await letters.discard(entry_id)
-        print(json.dumps({"discarded": deleted}), file=out)
+        deleted = await letters.discard(project_id, entry_id)
+        print(json.dumps({"discarded": deleted, "project_id": project_id}), file=out)
         return 1 if entry_id is not None and not deleted else 0
 
 
-async def events_status(settings: Settings, *, out: TextIO | None = None) -> int:
-    """Prints, per partition, the event stream's length, the consumer group's pending and undelivered entries,
-    its consumers, and the dead letters waiting, as JSON lines."""
+async def events_status(settings: Settings, project_id: int, *, out: TextIO | None = None) -> int:
+    """Prints, per partition of a project, the event stream's length, the consumer group's pending and undelivered
+    entries, its consumers, and the dead letters waiting, as JSON lines."""
     out = out or sys.stdout
     async with operator_redis(settings) as redis:
         letters = DeadLetters(redis, settings.event_partitions)
-        for keys in letters.partitions:
+        for keys in letters.keys_of(project_id):
             row: dict[str, Any] = {
+                "project_id": keys.project_id,
                 "partition": keys.partition,
                 "stream": keys.stream,
                 "length": int(await redis.xlen(keys.stream)),
@@ -215,6 +272,31 @@ async def catalog_command(
     return 1 if failed else 0
 
 
+async def migrate_layout_command(settings: Settings, project_id: int, *, out: TextIO | None = None) -> int:
+    """Runs `migrate-layout`: moves a layout-1 store into `project_id` and prints what it did as JSON lines."""
+    out = out or sys.stdout
+    async with operator_redis(settings, check=False) as redis:
+
+        def progress(moved: int) -> None:
+            print(json.dumps({"moved": moved}), file=out, flush=True)
+
+        result = await migrate_layout(redis, project_id, progress=progress)
+    done = {"project_id": result.project_id, "moved": result.moved, "layout": "current"}
+    if result.already_current:
+        done["note"] = "the store already has the current layout: nothing to move"
+    print(json.dumps(done), file=out)
+    return 0
+
+
+def _project_id(text: str) -> int:
+    """A project id (argparse type)."""
+    value = int(text) if text.isascii() and text.isdigit() else -1
+    problem = project_id_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a project id {problem}")
+    return value
+
+
 def _entry_id(text: str) -> str:
     """A stream entry id, `<ms>-<seq>` (argparse type)."""
     if not re.fullmatch(r"\d+-\d+", text):
@@ -229,10 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     hash_parser = commands.add_parser("hash-key", help="make a new API key and print its configuration entry")
     hash_parser.add_argument("--name", default="gameserver", help="the key's name (logged, in the ledger)")
     hash_parser.add_argument("--scopes", default="read,write", help=f"comma list of {sorted(SCOPES)}")
+    project_help = "the project (default: the default project)"
     ledger_parser = commands.add_parser("ledger", help="print a player's audit ledger, newest first")
     ledger_parser.add_argument("user_id")
     ledger_parser.add_argument("--count", type=int, default=100)
+    ledger_parser.add_argument("--project", type=_project_id, help=project_help)
     dead_parser = commands.add_parser("dead-letters", help="list, replay or discard webhook events that kept failing")
+    dead_parser.add_argument("--project", type=_project_id, help=project_help)
     dead_actions = dead_parser.add_subparsers(dest="action", required=True)
     dead_list = dead_actions.add_parser("list", help="print the dead letters as JSON lines, oldest first")
     dead_list.add_argument("--count", type=int, default=100, help="at most this many per partition")
@@ -240,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         action_parser = dead_actions.add_parser(action, help=f"{text}: one dead letter by id, or --all")
         which = action_parser.add_mutually_exclusive_group(required=True)
         which.add_argument("id", nargs="?", type=_entry_id, help="the dead letter's id, as `list` prints it")
-        which.add_argument("--all", action="store_true", help="every dead letter of every partition")
+        which.add_argument("--all", action="store_true", help="every dead letter of every partition of the project")
     events_parser = commands.add_parser("events", help="inspect the webhook event streams")
+    events_parser.add_argument("--project", type=_project_id, help=project_help)
     events_actions = events_parser.add_subparsers(dest="action", required=True)
     events_actions.add_parser("status", help="per partition: length, pending, undelivered, consumers, dead letters")
     catalog_parser = commands.add_parser("catalog", help="read or print the projects' catalogs")
@@ -251,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         ("show", "print the catalog in use for a project (the default one unless --project)"),
     ):
         catalog_actions.add_parser(action, help=text).add_argument("--project", type=int, default=None)
+    migrate_parser = commands.add_parser(
+        "migrate-layout",
+        help="move a store written by key layout 1 (no projects) into one project's namespace",
+        description="Moves every player and event-log key of a store written by key layout 1 into the namespace "
+        "of --project, then marks the store with the current layout. Stop the service and the gateway first "
+        "(every replica): they would write meanwhile. Safe to run again after an interruption: it carries on "
+        "where it stopped.",
+    )
+    migrate_parser.add_argument("--project", type=_project_id, required=True, help="the project the data belongs to")
     args = parser.parse_args(argv)
 
     if args.command == "hash-key":
@@ -260,27 +355,35 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        settings = Settings.from_env(provider=xsolla_provider.PROVIDER)
-        settings = dataclasses.replace(settings, projects=xsolla_provider.with_env_credentials(settings.projects))
-        xsolla = XsollaOrderSettings.from_env()
+        settings, xsolla = load_settings()
         xsolla_catalog = xsolla_provider.CatalogSettings.from_env()
         if args.command in (None, "serve"):
             settings.check_servable()
+        project_id = 0
+        if args.command in ("ledger", "dead-letters", "events"):
+            project_id = command_project(settings, args.project)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
-    if args.command == "ledger":
-        asyncio.run(print_ledger(settings, args.user_id, args.count))
-        return 0
-    if args.command == "dead-letters":
-        entry_id = None if args.action == "list" or args.all else args.id
-        return asyncio.run(dead_letters_command(settings, args.action, entry_id, count=getattr(args, "count", 100)))
-    if args.command == "events":
-        return asyncio.run(events_status(settings))
-    if args.command == "catalog":
-        return asyncio.run(catalog_command(settings, xsolla_catalog, args.action, args.project))
-    asyncio.run(serve(settings, xsolla, xsolla_catalog))
+    try:
+        if args.command == "ledger":
+            asyncio.run(print_ledger(settings, project_id, args.user_id, args.count))
+            return 0
+        if args.command == "dead-letters":
+            entry_id = None if args.action == "list" or args.all else args.id
+            count = getattr(args, "count", 100)
+            return asyncio.run(dead_letters_command(settings, project_id, args.action, entry_id, count=count))
+        if args.command == "events":
+            return asyncio.run(events_status(settings, project_id))
+        if args.command == "migrate-layout":
+            return asyncio.run(migrate_layout_command(settings, args.project))
+        if args.command == "catalog":
+            return asyncio.run(catalog_command(settings, xsolla_catalog, args.action, args.project))
+        asyncio.run(serve(settings, xsolla, xsolla_catalog))
+    except LayoutMismatch as exc:
+        print(f"store refused: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,13 +4,13 @@ It chooses the payment provider whose orders GetOrderStatus follows and whose ad
 are read from: Xsolla's (`providers.xsolla`), built from its settings, unless a caller hands in other
 `core.order_sources.OrderSources` or another `core.catalogs.CatalogSource`.
 
-Start order: the embedded Redis (when no REDIS_URL), the Redis client, the metrics endpoint, the catalogs (read
-in the background), order tracking (its Redis subscription), the gRPC server (EntitlementService, health,
-reflection), then the webhook event consumer. Stop order is the reverse, gracefully: the consumer stops reading
-and finishes the batch it is applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on
-another replica), health goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish
-within the grace period, order tracking closes its sockets and subscription, the catalogs stop their reads, then
-Redis closes.
+Start order: the embedded Redis (when no REDIS_URL), the Redis client, the key layout's check (`core.layout`: a
+store written with another layout is refused), the metrics endpoint, the catalogs (read in the background), order
+tracking (its Redis subscription), the gRPC server (EntitlementService, health, reflection), then the webhook
+event consumer. Stop order is the reverse, gracefully: the consumer stops reading and finishes the batch it is
+applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health goes
+NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period, order
+tracking closes its sockets and subscription, the catalogs stop their reads, then Redis closes.
 The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
 supervisor stops first, so a stop never races a restart.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import structlog
@@ -30,9 +30,12 @@ from prometheus_client import CollectorRegistry
 
 from core import connections
 from core.catalogs import CatalogSource
-from core.connections import RedisClient
+from core.connections import RedisClient, bounded
+from core.keys import PROJECTS_KEY
+from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
+from core.projects import Projects
 from entitlements.v1 import entitlements_pb2 as pb
 from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
@@ -51,6 +54,9 @@ from server.supervisor import EmbeddedSupervisor
 from server.tracking import OrderTracking
 
 log = structlog.get_logger("server.app")
+
+#: Projects beyond those known at start for which the consumer's pool keeps room (their events' readers).
+PROJECTS_HEADROOM = 16
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EntitlementService"]
 SERVICE_NAME = SERVICE.full_name
@@ -103,13 +109,18 @@ class Service:
         catalog_source: CatalogSource | None = None,
         consumer_hooks: ConsumerHooks | None = None,
     ) -> None:
+        # One default project for the service and Xsolla's order sources: the projects', or else (settings made
+        # in code with no project) Xsolla's configured project, which then becomes the one project served.
+        xsolla = xsolla or xsolla_provider.OrderSettings()
+        projects = settings.projects
+        if projects.default_project is None and not projects.listed and xsolla.project_id:
+            settings = replace(settings, projects=Projects.single(xsolla.project_id, template=projects.template))
+        xsolla = replace(xsolla, project_id=settings.projects.default_project or 0)
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
         # Nothing opens until an order is followed (sessions and sockets are made on first use).
-        self.order_sources = order_sources or xsolla_provider.order_sources(
-            xsolla or xsolla_provider.OrderSettings(), self.registry
-        )
+        self.order_sources = order_sources or xsolla_provider.order_sources(xsolla, self.registry)
         self.catalog_source = catalog_source or xsolla_provider.catalog_source(
             xsolla_catalog or xsolla_provider.CatalogSettings(), self.registry
         )
@@ -163,10 +174,18 @@ class Service:
                 timeout_s=settings.redis_timeout_s,
                 max_connections=settings.redis_max_connections,
             )
+            # Before anything is written: a store of another key layout is refused (LayoutMismatch, a ConfigError).
+            layout = LayoutGate(self.redis)
+            try:
+                await bounded(layout.ensure(), settings.redis_timeout_s * 4)
+            except StoreUnavailable as exc:
+                # Started anyway, as with Redis down at any time; the store checks before its first operation.
+                log.warning("store_layout_unchecked", error=str(exc), note="checked before the first operation")
             self.store = EntitlementStore(
                 self.redis,
                 timeout_s=settings.redis_timeout_s,
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
+                layout=layout,
             )
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
             self.catalogs = Catalogs(
@@ -206,6 +225,7 @@ class Service:
             api_keys=len(settings.api_keys),
             consumer=self.consumer.name if self.consumer else None,
             projects=list(settings.projects.ids) or "any",
+            default_project=settings.projects.default_project,
         )
         return self.endpoints
 
@@ -214,12 +234,17 @@ class Service:
     ) -> None:
         settings = self.settings
         # Its own client: blocking reads hold a connection for up to block_ms, and need a socket timeout
-        # longer than that.
+        # longer than that. One connection per reader (a partition of a project): those of the projects known
+        # now, and room for projects that appear later (connections open only when used).
+        known = set(settings.projects.ids)
+        with contextlib.suppress(StoreUnavailable):
+            members = await bounded(redis.smembers(PROJECTS_KEY), settings.redis_timeout_s)
+            known |= {int(m) for m in members if m.isdigit()}
         self._consumer_redis = connections.connect(
             redis_url,
             cluster=settings.redis_cluster,
             timeout_s=settings.redis_timeout_s + settings.consumer.block_ms / 1000,
-            max_connections=settings.event_partitions + 4,
+            max_connections=settings.event_partitions * (len(known) + PROJECTS_HEADROOM) + 4,
         )
         publisher = OrderStatusPublisher(redis, cluster=settings.redis_cluster)
         self.consumer = Consumer(
@@ -228,6 +253,7 @@ class Service:
             self.metrics,
             settings.consumer,
             partitions=settings.event_partitions,
+            projects=settings.projects.ids,
             hooks=self._consumer_hooks,
         )
         await self.consumer.start()
@@ -242,7 +268,7 @@ class Service:
             SERVICE,
         )
         # Not the generated add_EntitlementServiceServicer_to_server: the requests are decoded after authentication.
-        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking, catalogs))
+        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking, catalogs, settings.projects))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.grpc_host}:{settings.grpc_port}"

@@ -43,6 +43,8 @@ class ConsumerSettings:
     max_deliveries: int = 5
     # Acknowledged entries older than this are trimmed from the event streams (0: never trimmed).
     retention_days: float = 7.0
+    # How often the consumer looks for projects whose events it does not read yet (registered by the gateway).
+    projects_refresh_s: float = 5.0
 
 
 #: The longest `max_wait` a GetOrderStatus request may ask for.
@@ -162,6 +164,7 @@ class Settings:
             claim_idle_s=reader.number("ENTITLEMENTS_CONSUMER_CLAIM_IDLE_S", 30.0, minimum=0.01),
             max_deliveries=reader.integer("ENTITLEMENTS_CONSUMER_MAX_DELIVERIES", 5, minimum=1, maximum=1000),
             retention_days=reader.number("ENTITLEMENTS_EVENT_RETENTION_DAYS", 7.0, minimum=0.0),
+            projects_refresh_s=reader.number("ENTITLEMENTS_CONSUMER_PROJECTS_REFRESH_S", 5.0, minimum=0.01),
         )
         streams_per_key = reader.integer("ENTITLEMENTS_ORDER_STREAMS_PER_KEY", 0, minimum=1)
         tracking = TrackingSettings(

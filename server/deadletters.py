@@ -1,6 +1,7 @@
 """The dead-letter streams: event-stream entries that kept failing, set aside for an operator.
 
-Each partition of the event log has one (`EventKeys.dead_letters`, same hash tag as its event stream). A dead
+Each partition of each project's event log has one (`EventKeys.dead_letters`, same hash tag as its event stream);
+an operator lists, replays and discards them per project. A dead
 letter keeps the entry's fields (`event`, `raw`, `type`) and adds `original_id`, `error`, `deliveries`,
 `consumer` and `dead_lettered_at_ms`. Moving an entry there acknowledges it in the same script; replaying one
 appends its original fields to the event stream as a new entry (plus `replay_of`) and deletes the dead letter,
@@ -28,6 +29,7 @@ _lenient_text = functools.partial(reply_text, errors="replace")
 class DeadLetter:
     """One dead letter, as an operator sees it."""
 
+    project_id: int
     partition: int
     entry_id: str
     original_id: str
@@ -40,6 +42,7 @@ class DeadLetter:
 
     def as_dict(self) -> dict[str, str | int]:
         return {
+            "project_id": self.project_id,
             "partition": self.partition,
             "id": self.entry_id,
             "original_id": self.original_id,
@@ -56,13 +59,14 @@ class DeadLetter:
 class Replayed:
     """A dead letter put back on its event stream."""
 
+    project_id: int
     partition: int
     dead_letter_id: str
     new_entry_id: str
 
 
 class DeadLetters:
-    """Moves entries to the dead-letter streams, and lists, replays or discards them.
+    """Moves entries to the dead-letter streams, and lists, replays or discards those of a project.
 
     Args:
         redis: a connected client, owned by the caller.
@@ -71,7 +75,7 @@ class DeadLetters:
 
     def __init__(self, redis: RedisClient, partitions: int) -> None:
         self._redis = redis
-        self.partitions = [EventKeys(p) for p in range(partitions)]
+        self.partitions = partitions
         self._move = scripts.register(redis, "server", "dead_letter.lua")
         self._replay = scripts.register(redis, "server", "replay_dead_letter.lua")
 
@@ -88,38 +92,44 @@ class DeadLetters:
         )
         return None if reply is None else _lenient_text(reply)
 
-    async def read(self, count: int = 100) -> list[DeadLetter]:
-        """The oldest `count` dead letters of each partition, oldest first within a partition."""
+    def keys_of(self, project_id: int) -> list[EventKeys]:
+        """The keys of every partition of a project's event log."""
+        return [EventKeys(project_id, p) for p in range(self.partitions)]
+
+    async def read(self, project_id: int, count: int = 100) -> list[DeadLetter]:
+        """The oldest `count` dead letters of each partition of a project, oldest first within a partition."""
         letters: list[DeadLetter] = []
-        for keys in self.partitions:
+        for keys in self.keys_of(project_id):
             rows: Any = await self._redis.xrange(keys.dead_letters, count=count)
             for entry_id, fields in rows or []:
-                letters.append(_dead_letter(keys.partition, _lenient_text(entry_id), fields or {}))
+                letters.append(_dead_letter(keys, _lenient_text(entry_id), fields or {}))
         return letters
 
-    async def replay(self, entry_id: str | None) -> list[Replayed]:
-        """Replays one dead letter (by its id, in whichever partition holds it) or, with None, all of them.
+    async def replay(self, project_id: int, entry_id: str | None) -> list[Replayed]:
+        """Replays one dead letter of a project (by its id, in whichever partition holds it) or, with None, all
+        of them, each onto the event stream it came from.
 
         Returns:
             What was replayed; empty if no such dead letter exists.
         """
         replayed: list[Replayed] = []
-        for keys in self.partitions:
+        for keys in self.keys_of(project_id):
             ids = [entry_id] if entry_id is not None else [_lenient_text(i) for i in await self._ids(keys)]
             for dead_id in ids:
                 new_id = await self._replay(keys=[keys.dead_letters, keys.stream], args=[dead_id])
                 if new_id is not None:
-                    replayed.append(Replayed(keys.partition, dead_id, _lenient_text(new_id)))
+                    replayed.append(Replayed(keys.project_id, keys.partition, dead_id, _lenient_text(new_id)))
         return replayed
 
-    async def discard(self, entry_id: str | None) -> int:
-        """Deletes one dead letter (by id) or, with None, all of them, for events that must never be applied.
+    async def discard(self, project_id: int, entry_id: str | None) -> int:
+        """Deletes one dead letter of a project (by id) or, with None, all of them, for events that must never be
+        applied.
 
         Returns:
             How many were deleted.
         """
         deleted = 0
-        for keys in self.partitions:
+        for keys in self.keys_of(project_id):
             if entry_id is not None:
                 deleted += int(await self._redis.xdel(keys.dead_letters, entry_id))
             else:
@@ -137,7 +147,7 @@ class DeadLetters:
         return [entry_id for entry_id, _ in rows or []]
 
 
-def _dead_letter(partition: int, entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
+def _dead_letter(keys: EventKeys, entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
     fields = {_lenient_text(k): v for k, v in raw.items()}
     event_id = user_id = ""
     try:
@@ -146,7 +156,8 @@ def _dead_letter(partition: int, entry_id: str, raw: dict[bytes, bytes]) -> Dead
     except Exception:  # noqa: S110 - a malformed event is often why it is here; list it anyway
         pass
     return DeadLetter(
-        partition=partition,
+        project_id=keys.project_id,
+        partition=keys.partition,
         entry_id=entry_id,
         original_id=_lenient_text(fields.get("original_id", b"")),
         type=_lenient_text(fields.get("type", b"")),

@@ -18,9 +18,11 @@ hash says `withheld` = "sandbox", the ledger lists its lines), so its `order_can
 counted by type and policy (`entitlements_sandbox_events_total`).
 - Anything else: ignored (acknowledged and counted by the consumer).
 
-Each write carries the event id as its idempotency key, so a redelivered event changes nothing. Applied order
-events publish the order's state (`server.status_channel`), replays included, so a publication lost to a crash before
-the acknowledgement is made good on redelivery.
+Every event is applied in its project's namespace (`event.project_id`, which the gateway set from what verified
+the notification's signature). Each write carries the event id as its idempotency key, so a redelivered event
+changes nothing. Applied order events publish the order's state (`server.status_channel`) on the project's
+channel, replays included, so a publication lost to a crash before the acknowledgement is made good on
+redelivery.
 """
 
 from __future__ import annotations
@@ -153,11 +155,11 @@ class Fulfillment:
         return project.sandbox if project is not None else SANDBOX_IGNORE
 
     async def apply(self, event: events_pb2.WebhookEvent) -> Applied:
-        """Applies one event, once per event id.
+        """Applies one event in its project, once per event id.
 
         Raises:
-            InvalidEvent: the event lacks what applying it needs (event id, player, order or subscription id) or
-                carries an invalid order line.
+            InvalidEvent: the event lacks what applying it needs (project, event id, player, order or subscription
+                id) or carries an invalid order line.
             SkuNotInCatalog: an order line's sku is unknown to the project's catalog, even after a refresh.
             FailedPrecondition: an order line would pass the store's quantity or expiry limit.
             StoreUnavailable: Redis did not answer in time (the event may be retried).
@@ -166,6 +168,8 @@ class Fulfillment:
         if label == "unknown":
             return Applied(label, "ignored")
         event_id = _identifier("event_id", event.event_id)
+        if event.project_id <= 0:
+            raise InvalidEvent(f"event {event_id} names no project")
         user_id = _identifier("user_id", event.user_id)
         actor = f"{event.provider or 'provider'}-webhook"
         if event.type in (ET.EVENT_TYPE_ORDER_PAID, ET.EVENT_TYPE_ORDER_CANCELED):
@@ -177,6 +181,7 @@ class Fulfillment:
     async def _apply_order(
         self, label: str, event: events_pb2.WebhookEvent, event_id: str, user_id: str, actor: str
     ) -> Applied:
+        project_id = event.project_id
         if event.WhichOneof("payload") != "order":
             raise InvalidEvent(f"{label} event {event_id} carries no order")
         order = event.order
@@ -205,17 +210,24 @@ class Fulfillment:
                 f"(the sandbox policy of project {event.project_id} is {policy!r})"
             )
             outcome = await self._store.apply_order_paid(
-                user_id, order_id, event_id, actor, [], record, withheld="sandbox", withheld_reason=reason
+                project_id, user_id, order_id, event_id, actor, [], record, withheld="sandbox", withheld_reason=reason
             )
         elif event.type == ET.EVENT_TYPE_ORDER_PAID:
             record["lines"] = compact_json(lines)
             outcome = await self._store.apply_order_paid(
-                user_id, order_id, event_id, actor, await self._grantable_lines(event.project_id, order), record
+                project_id,
+                user_id,
+                order_id,
+                event_id,
+                actor,
+                await self._grantable_lines(project_id, order),
+                record,
             )
         else:
             record["canceled_lines"] = compact_json(lines)
-            outcome = await self._store.apply_order_canceled(user_id, order_id, event_id, actor, record)
+            outcome = await self._store.apply_order_canceled(project_id, user_id, order_id, event_id, actor, record)
         state = OrderState(
+            project_id=project_id,
             order_id=order_id,
             user_id=user_id,
             status=outcome.status,
@@ -254,7 +266,7 @@ class Fulfillment:
         sub = event.subscription
         _identifier("subscription.subscription_id", sub.subscription_id)
         outcome = await self._store.record_subscription_event(
-            user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], subscription_change(sub)
+            event.project_id, user_id, event_id, actor, _SUBSCRIPTION_ACTIONS[event.type], subscription_change(sub)
         )
         return Applied(label, outcome.result, sandbox_policy=self._sandbox_policy(event), note=outcome.why)
 
@@ -284,7 +296,7 @@ class Fulfillment:
             fields["refund_reason"] = txn.refund_reason
         if txn.lines:
             fields["items"] = compact_json([{"sku": line.sku, "quantity": line.quantity} for line in txn.lines])
-        applied = await self._store.record_event(user_id, event_id, fields)
+        applied = await self._store.record_event(event.project_id, user_id, event_id, fields)
         return Applied(label, "applied" if applied else "replayed", sandbox_policy=self._sandbox_policy(event))
 
 

@@ -79,19 +79,19 @@ class ServiceMetrics:
         self.consumer_lag = Gauge(
             "entitlements_consumer_lag_seconds",
             "Age of the oldest event not yet acknowledged by the consumer group (0 when caught up).",
-            ["partition"],
+            ["project", "partition"],
             registry=registry,
         )
         self.consumer_lag_entries = Gauge(
             "entitlements_consumer_lag_entries",
             "Events in the stream not yet delivered to any consumer.",
-            ["partition"],
+            ["project", "partition"],
             registry=registry,
         )
         self.consumer_pending = Gauge(
             "entitlements_consumer_pending",
             "Events delivered but not yet acknowledged (being applied, failed, or held by a dead consumer).",
-            ["partition"],
+            ["project", "partition"],
             registry=registry,
         )
         self.dead_letters = Counter(
@@ -103,7 +103,7 @@ class ServiceMetrics:
         self.dead_letters_waiting = Gauge(
             "entitlements_dead_letters_waiting",
             "Events in the dead-letter stream (until replayed or discarded by an operator).",
-            ["partition"],
+            ["project", "partition"],
             registry=registry,
         )
         self.grants_applied = Counter(

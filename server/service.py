@@ -15,11 +15,13 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.projects import Projects
 from entitlements.v1 import entitlements_pb2 as pb
 from server import validation
 from server.auth import Principal
 from server.catalog import Catalogs
 from server.config import MAX_ORDER_WAIT_S
+from server.errors import InvalidArgument
 from server.metrics import ServiceMetrics
 from server.rpc import RpcRuntime, rpc, stream_rpc
 from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription
@@ -122,19 +124,36 @@ class EntitlementServicer:
         metrics: ServiceMetrics,
         tracking: OrderTracking,
         catalogs: Catalogs,
+        projects: Projects,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._tracking = tracking
         self._catalogs = catalogs
+        self._projects = projects
         self.runtime = runtime
+
+    def _project(self, requested: int = 0) -> int:
+        """The project a request acts on: the one it names, else the default project.
+
+        Raises:
+            InvalidArgument: none is named or configured, or the service does not serve it.
+        """
+        if requested < 0:
+            raise InvalidArgument("project_id", f"must not be negative, not {requested}")
+        project_id = requested or self._projects.default_project
+        if not project_id:
+            raise InvalidArgument("project_id", "is required: the service has no default project")
+        if not self._projects.serves(project_id):
+            raise InvalidArgument("project_id", f"{project_id} is not a project this service serves")
+        return project_id
 
     @rpc("Grant", "write")
     async def Grant(self, request: pb.GrantRequest, context: Context, principal: Principal) -> pb.GrantResponse:
-        command = validation.grant_command(request)
+        command = validation.grant_command(request, self._project())
         if validation.takes_catalog_period(command):
             # A time-limited sku the catalog knows may come without a duration: the catalog's period is used.
-            item = await self._catalogs.known(0, command.sku)
+            item = await self._catalogs.known(command.project_id, command.sku)
             command = validation.with_catalog_period(command, item)
         result = await self._store.grant(command, principal.name)
         self._metrics.writes.labels("grant", "replayed" if result.replayed else "applied").inc()
@@ -144,7 +163,7 @@ class EntitlementServicer:
 
     @rpc("Revoke", "write")
     async def Revoke(self, request: pb.RevokeRequest, context: Context, principal: Principal) -> pb.RevokeResponse:
-        command = validation.revoke_command(request)
+        command = validation.revoke_command(request, self._project())
         result = await self._store.revoke(command, principal.name)
         outcome = "replayed" if result.replayed else ("applied" if result.previous else "nothing_held")
         self._metrics.writes.labels("revoke", outcome).inc()
@@ -159,7 +178,7 @@ class EntitlementServicer:
     ) -> pb.CheckEntitlementResponse:
         user_id = validation.identifier("user_id", request.user_id)
         sku = validation.identifier("sku", request.sku)
-        record = await self._store.get(user_id, sku)
+        record = await self._store.get(self._project(), user_id, sku)
         if record is None:
             return pb.CheckEntitlementResponse(active=False)
         message = entitlement_message(record, _now_ms())
@@ -171,7 +190,7 @@ class EntitlementServicer:
     ) -> pb.ListEntitlementsResponse:
         query = validation.page_query(request)
         page = await self._store.list_page(
-            query.user_id, query.after_sku, query.page_size, include_expired=query.include_expired
+            self._project(), query.user_id, query.after_sku, query.page_size, include_expired=query.include_expired
         )
         now = _now_ms()
         # The store skipped what had expired by the Redis server's clock; this host's may be a little ahead.
@@ -189,7 +208,7 @@ class EntitlementServicer:
     ) -> pb.ListSubscriptionsResponse:
         query = validation.subscription_query(request)
         page = await self._store.subscriptions_page(
-            query.user_id, query.offset, query.limit, include_inactive=query.include_inactive
+            self._project(), query.user_id, query.offset, query.limit, include_inactive=query.include_inactive
         )
         now = _now_ms()
         subscriptions = [recurring_subscription(s) for s in page.recurring] + [
@@ -204,6 +223,7 @@ class EntitlementServicer:
         self, request: pb.GetOrderStatusRequest, context: Context, principal: Principal
     ) -> AsyncGenerator[pb.OrderStatusUpdate, None]:
         tracking = self._tracking
+        project_id = self._project(request.project_id)
         watch = validation.order_watch(
             request,
             default_project_id=tracking.sources.default_project_id,
@@ -212,7 +232,7 @@ class EntitlementServicer:
             provider=tracking.sources.name,
         )
         deadline = asyncio.get_running_loop().time() + watch.max_wait_s
-        watcher = self._tracking.watch(watch, principal.name)
+        watcher = self._tracking.watch(watch, principal.name, project_id=project_id)
         # However the call ends (even while a message is being written), the tracker forgets this stream.
         context.add_done_callback(lambda _: watcher.close())  # type: ignore[arg-type]  # grpc-stubs: a class
         try:

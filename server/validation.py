@@ -66,8 +66,9 @@ def _duration_ms(name: str, duration: Duration) -> int:
     return ms
 
 
-def grant_command(request: pb.GrantRequest) -> GrantCommand:
-    """Validates a GrantRequest. A time-limited grant without a duration is left for `with_catalog_period`."""
+def grant_command(request: pb.GrantRequest, project_id: int) -> GrantCommand:
+    """Validates a GrantRequest in `project_id`. A time-limited grant without a duration is left for
+    `with_catalog_period`."""
     user_id = identifier("user_id", request.user_id)
     sku = identifier("sku", request.sku)
     key = identifier("idempotency_key", request.idempotency_key)
@@ -95,6 +96,7 @@ def grant_command(request: pb.GrantRequest) -> GrantCommand:
             raise InvalidArgument("metadata", f"keys must be 1..{MAX_METADATA_KEY_BYTES} bytes")
         _bounded_text(f"metadata[{meta_key}]", meta_value, MAX_METADATA_VALUE_BYTES)
     return GrantCommand(
+        project_id=project_id,
         user_id=user_id,
         sku=sku,
         kind=kind,
@@ -129,9 +131,10 @@ def with_catalog_period(command: GrantCommand, item: CatalogItem | None) -> Gran
     return command
 
 
-def revoke_command(request: pb.RevokeRequest) -> RevokeCommand:
+def revoke_command(request: pb.RevokeRequest, project_id: int) -> RevokeCommand:
     """Validates a RevokeRequest."""
     return RevokeCommand(
+        project_id=project_id,
         user_id=identifier("user_id", request.user_id),
         sku=identifier("sku", request.sku),
         idempotency_key=identifier("idempotency_key", request.idempotency_key),

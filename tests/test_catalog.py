@@ -34,7 +34,7 @@ from server.store import TIME_LIMITED as STORED_TIME_LIMITED
 from server.store import GrantCommand
 from tests.helpers.events import FAST, PARTITIONS, dead_letters, drained, order_event, xadd
 from tests.helpers.gateway import gateway_settings, running_gateway
-from tests.helpers.services import ClientFactory, ServiceFactory, base_settings
+from tests.helpers.services import ClientFactory, ServiceFactory
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator, admin_bundle, admin_item
 from xsolla_simulator.testing import SimulatorFactory, running_simulator, simulator_factory_context
@@ -250,12 +250,12 @@ async def test_a_monthly_grant_extends_by_calendar_months_through_the_store(
     service = await service_factory(redis_url=redis_server.url)
     assert service.store is not None
     first = await service.store.grant(
-        GrantCommand("p1", "pass", STORED_TIME_LIMITED, 2, 0, "k1", period_months=1), "test"
+        GrantCommand(PROJECT, "p1", "pass", STORED_TIME_LIMITED, 2, 0, "k1", period_months=1), "test"
     )
     record = first.entitlement
     assert (record.period_months, record.period_ms) == (1, None)
     assert record.expires_at_ms == python_add_months(record.granted_at_ms, 2)
-    second = await service.store.grant(GrantCommand("p1", "pass", 0, 1, 0, "k2", period_months=1), "test")
+    second = await service.store.grant(GrantCommand(PROJECT, "p1", "pass", 0, 1, 0, "k2", period_months=1), "test")
     assert second.entitlement.expires_at_ms == python_add_months(python_add_months(record.granted_at_ms, 2), 1)
 
 
@@ -311,7 +311,7 @@ async def test_unknown_sku_is_dead_lettered_then_granted_after_the_catalog_learn
     operator = Settings(redis_url=redis_server.url, projects=catalog_projects(), event_partitions=PARTITIONS)
     admin = CatalogSettings(admin_api=sim.store_api_url)
     assert await catalog_command(operator, admin, "refresh", None) == 0
-    assert len(await DeadLetters(redis_client, PARTITIONS).replay(None)) == 1
+    assert len(await DeadLetters(redis_client, PARTITIONS).replay(PROJECT, None)) == 1
     await drained(redis_client)
     assert (await client.check_entitlement("p1", "gem_pack")).entitlement.quantity == 3
 
@@ -395,7 +395,7 @@ def test_settings_read_the_refresh_interval_and_refuse_the_old_file_with_a_proje
     env = {"ENTITLEMENTS_PROJECTS_FILE": str(projects_file), "ENTITLEMENTS_CATALOG_FILE": "c.toml"}
     with pytest.raises(ConfigError, match="put it in the projects file"):
         Settings.from_env(env, provider="xsolla")
-    assert base_settings().projects.listed is False
+    assert Settings.from_env({}).projects.listed is False  # without a project id: any project is served
 
 
 def test_single_project_credentials_come_from_the_environment(tmp_path: Path) -> None:

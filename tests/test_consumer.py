@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from core.keys import ORDER_STATUS_CHANNEL, UserKeys
+from core.keys import UserKeys, order_status_channel
 from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
@@ -37,7 +37,7 @@ from tests.helpers.events import (
     xadd,
     xadd_raw,
 )
-from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
 
 
 @pytest.fixture
@@ -92,12 +92,12 @@ async def test_order_paid_grants_lines_but_not_bundle_lines(
     assert vip.active
     assert abs(vip.expires_at.ToMilliseconds() - (now_ms() + 30 * DAY_MS)) < 60_000
 
-    order = await store_of(consuming).order("player-1", "1001")
+    order = await store_of(consuming).order(PROJECT, "player-1", "1001")
     assert order is not None
     assert (order["status"], order["granted"], order["paid_event_id"]) == ("paid", "1", event.event_id)
     assert [line["sku"] for line in json.loads(order["lines"])] == ["starter_bundle", "gold", "castle", "vip_pass"]
     assert [grant["s"] for grant in json.loads(order["grants"])] == ["gold", "castle", "vip_pass"]
-    ledger = await store_of(consuming).ledger("player-1")
+    ledger = await store_of(consuming).ledger(PROJECT, "player-1")
     assert {(e.fields["sku"], e.fields["op"]) for e in ledger} == {
         ("gold", "grant"),
         ("castle", "grant"),
@@ -131,7 +131,7 @@ async def test_redelivered_event_with_a_new_entry_id_grants_once(
     await xadd(redis_client, event)
     await drained(redis_client)
     assert await quantity(client, "player-1", "gold") == 10
-    assert len(await store_of(consuming).ledger("player-1")) == 1
+    assert len(await store_of(consuming).ledger(PROJECT, "player-1")) == 1
     assert sample(consuming, "entitlements_events_total", type="order_paid", result="replayed") == 2
 
 
@@ -155,7 +155,7 @@ async def test_fifty_concurrent_copies_on_two_replicas_grant_once(
     client = await client_factory(first)
     assert await quantity(client, "player-1", "gold") == 100
     assert abs(await expires_ms(client, "player-1", "vip_pass") - (now_ms() + 30 * DAY_MS)) < 60_000
-    assert len(await store_of(first).ledger("player-1")) == 3
+    assert len(await store_of(first).ledger(PROJECT, "player-1")) == 3
 
 
 async def test_cancel_after_paid_undoes_exactly_that_order(
@@ -179,10 +179,10 @@ async def test_cancel_after_paid_undoes_exactly_that_order(
     assert (await client.check_entitlement("player-1", "sword")).active  # held before the order: kept
     assert not (await client.check_entitlement("player-1", "castle")).HasField("entitlement")
     assert await expires_ms(client, "player-1", "vip_pass") == vip_before
-    order = await store_of(consuming).order("player-1", "2001")
+    order = await store_of(consuming).order(PROJECT, "player-1", "2001")
     assert order is not None
     assert (order["status"], order["granted"]) == ("canceled", "0")
-    cancels = [e for e in await store_of(consuming).ledger("player-1") if e.fields["op"] == "cancel"]
+    cancels = [e for e in await store_of(consuming).ledger(PROJECT, "player-1") if e.fields["op"] == "cancel"]
     assert {e.fields["sku"] for e in cancels} == {"gold", "castle", "vip_pass"}
     assert sample(consuming, "entitlements_grants_undone_total") == 3
 
@@ -216,7 +216,7 @@ async def test_cancel_before_paid_means_the_late_paid_grants_nothing(
     await log.append(order_event("paid", "3001", "player-1", [("gold", 50)]), b"{}")
     await drained(redis_client)
     assert await quantity(client, "player-1", "gold") == 0
-    order = await store_of(consuming).order("player-1", "3001")
+    order = await store_of(consuming).order(PROJECT, "player-1", "3001")
     assert order is not None
     assert (order["status"], order["canceled_before_paid"], order["paid_after_cancel"]) == ("canceled", "1", "1")
     assert sample(consuming, "entitlements_events_total", type="order_paid", result="ignored") == 1
@@ -227,7 +227,7 @@ async def test_each_applied_order_event_publishes_the_order_status(
 ) -> None:
     """Paid and canceled are published on the order-status channel as JSON, and kept in the order hash."""
     async with redis_client.pubsub() as pubsub:
-        await pubsub.subscribe(ORDER_STATUS_CHANNEL)
+        await pubsub.subscribe(order_status_channel(PROJECT))
         assert (await pubsub.get_message(timeout=1.0) or {}).get("type") == "subscribe"
         log = event_log(redis_client)
         await log.append(order_event("paid", "4001", "player-1", [("gold", 1)]), b"{}")
@@ -243,8 +243,8 @@ async def test_each_applied_order_event_publishes_the_order_status(
         ("4001", "player-1", "canceled", False, "webhook"),
     ]
     assert states[0].observed_at_ms <= states[1].observed_at_ms
-    assert await read_order_state(redis_client, "player-1", "4001") == states[1]
-    assert await read_order_state(redis_client, "player-1", "no-such-order") is None
+    assert await read_order_state(redis_client, (PROJECT, "player-1", "4001")) == states[1]
+    assert await read_order_state(redis_client, (PROJECT, "player-1", "no-such-order")) is None
 
 
 async def test_subscription_lifecycle_shows_in_list_subscriptions(
@@ -301,7 +301,7 @@ async def test_payments_and_refunds_are_on_the_ledger_and_grant_nothing(
         await log.append(event, b"{}")
     await xadd(redis_client, events[0])  # redelivered
     await drained(redis_client)
-    ledger = await store_of(consuming).ledger("player-1")
+    ledger = await store_of(consuming).ledger(PROJECT, "player-1")
     assert sorted(e.fields["op"] for e in ledger) == ["partial_refund", "payment", "refund"]
     refund = next(e for e in ledger if e.fields["op"] == "refund")
     assert (refund.fields["transaction_id"], refund.fields["amount"], refund.fields["refund_code"]) == (
@@ -318,7 +318,11 @@ async def test_unknown_event_types_are_acknowledged_and_counted(
 ) -> None:
     """An event of a type this version does not apply is acknowledged and counted, never dead-lettered."""
     event = ev.WebhookEvent(
-        event_id="xsolla:308077:raw:abc", type=ev.EVENT_TYPE_UNKNOWN, provider="xsolla", user_id="player-1"
+        event_id="xsolla:308077:raw:abc",
+        type=ev.EVENT_TYPE_UNKNOWN,
+        provider="xsolla",
+        project_id=PROJECT,
+        user_id="player-1",
     )
     await event_log(redis_client).append(event, b'{"notification_type":"user_search"}')
     await drained(redis_client)
@@ -359,7 +363,7 @@ async def test_events_written_before_the_service_started_are_applied(
     await event_log(redis_client).append(order_event("paid", "6001", "player-1", [("gold", 4)]), b"{}")
     service = await service_factory(redis_url=redis_server.url, **consumer_settings())
     await drained(redis_client)
-    record = await store_of(service).get("player-1", "gold")
+    record = await store_of(service).get(PROJECT, "player-1", "gold")
     assert record is not None
     assert record.quantity == 4
 
@@ -398,7 +402,7 @@ async def group_undelivered(redis: aioredis.Redis) -> int:
 
 def test_user_keys_of_orders_and_events_share_the_player_slot() -> None:
     """Order hashes and applied-event markers carry the player's hash tag, like every other player key."""
-    keys = UserKeys("a}b")
+    keys = UserKeys(PROJECT, "a}b")
     assert keys.order("1").startswith(f"ent:{keys.tag}:")
     assert keys.applied_event("e").startswith(f"ent:{keys.tag}:")
 
@@ -498,14 +502,14 @@ async def test_malformed_entry_is_listed_with_its_error(
     await drained(redis_client)
     settings = Settings(redis_url=redis_server.url, event_partitions=2)
     out = io.StringIO()
-    assert await dead_letters_command(settings, "list", None, out=out) == 0
+    assert await dead_letters_command(settings, PROJECT, "list", None, out=out) == 0
     (row,) = [json.loads(line) for line in out.getvalue().splitlines()]
     assert row["error"].startswith("InvalidEvent: the `event` field is not a serialized WebhookEvent")
     assert (row["type"], row["deliveries"]) == ("?", 3)
     assert sample(consuming, "entitlements_dead_letters_total", type="invalid") == 1
     out = io.StringIO()
-    assert await dead_letters_command(settings, "discard", None, out=out) == 0
-    assert json.loads(out.getvalue()) == {"discarded": 1}
+    assert await dead_letters_command(settings, PROJECT, "discard", None, out=out) == 0
+    assert json.loads(out.getvalue()) == {"discarded": 1, "project_id": PROJECT}
     assert await dead_letters(redis_client) == []
 
 
@@ -535,6 +539,6 @@ async def test_webhook_through_the_gateway_is_granted_once(
     await drained(redis_client)
     user = "a1b2c3d4-0000-4000-8000-019fb6caa51e"
     assert await quantity(client, user, "artifact_centaurs_axe") == 1
-    state = await read_order_state(redis_client, user, "689810880")
+    state = await read_order_state(redis_client, (PROJECT, user, "689810880"))
     assert state is not None
     assert (state.status, state.entitlements_granted) == ("paid", True)

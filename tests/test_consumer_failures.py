@@ -30,7 +30,7 @@ from tests.helpers.events import (
     order_event,
     store_of,
 )
-from tests.helpers.services import base_settings
+from tests.helpers.services import PROJECT, base_settings
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ async def hooked_service_factory(redis_server: EmbeddedRedis) -> AsyncIterator[H
 
 
 async def gold(service: Service, user: str = "player-1") -> int:
-    record = await store_of(service).get(user, "gold")
+    record = await store_of(service).get(PROJECT, user, "gold")
     return 0 if record is None else record.quantity
 
 
@@ -84,13 +84,13 @@ async def test_consumer_killed_between_read_and_ack_is_applied_exactly_once(
     await first.stop(grace_s=0)
     assert time.monotonic() - started < 1.0
     assert await group_state(redis_client) == (1, 0)  # read, never acknowledged
-    committed = await redis_client.hget(UserKeys("player-1").items, "gold")
+    committed = await redis_client.hget(UserKeys(PROJECT, "player-1").items, "gold")
     assert (committed is not None) == (stage == "before_ack")
 
     second = await hooked_service_factory()
     await drained(redis_client)
     assert await gold(second) == 25
-    ledger = await store_of(second).ledger("player-1")
+    ledger = await store_of(second).ledger(PROJECT, "player-1")
     assert sorted(e.fields["sku"] for e in ledger) == ["castle", "gold"]
     expected = "applied" if stage == "before_apply" else "replayed"
     assert second.registry.get_sample_value("entitlements_events_total", {"type": "order_paid", "result": expected})
@@ -131,12 +131,14 @@ async def test_poison_event_is_dead_lettered_then_replayed_once_after_the_fix(
 
     broken.clear()
     out = io.StringIO()
-    assert await dead_letters_command(operator_settings(redis_server), "replay", letter[0].decode(), out=out) == 0
+    assert (
+        await dead_letters_command(operator_settings(redis_server), PROJECT, "replay", letter[0].decode(), out=out) == 0
+    )
     assert json.loads(out.getvalue())["replayed"] == letter[0].decode()
     await drained(redis_client)
     assert await gold(service) == 40
     assert await dead_letters(redis_client) == []
-    assert await dead_letters_command(operator_settings(redis_server), "replay", letter[0].decode()) == 1
+    assert await dead_letters_command(operator_settings(redis_server), PROJECT, "replay", letter[0].decode()) == 1
     # Replaying an event that was in fact applied already changes nothing.
     await log.append(order_event("paid", "8003", "player-1", [("gold", 1)]), b"{}")
     await drained(redis_client)
@@ -161,13 +163,13 @@ async def test_replay_all_and_events_status(
     assert len(await dead_letters(redis_client)) == 4
     failing = False
     out = io.StringIO()
-    assert await dead_letters_command(operator_settings(redis_server), "replay", None, out=out) == 0
+    assert await dead_letters_command(operator_settings(redis_server), PROJECT, "replay", None, out=out) == 0
     assert len(out.getvalue().splitlines()) == 4
     await drained(redis_client)
     for user in ["player-1", "player-2", "player-3", "player-4"]:
         assert await gold(service, user) == 1
     out = io.StringIO()
-    await events_status(operator_settings(redis_server), out=out)
+    await events_status(operator_settings(redis_server), PROJECT, out=out)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [row["partition"] for row in rows] == list(range(PARTITIONS))
     assert sum(row["length"] for row in rows) == 8
@@ -200,7 +202,7 @@ async def test_redis_restart_while_consuming_loses_nothing(
         await log.append(order_event("paid", f"a{n}", f"player-{n % 3}", [("gold", 1)]), b"{}")
     await drained(redis_client, timeout_s=20)
     assert sum([await gold(service, f"player-{n}") for n in range(3)]) == 40
-    ledgers = [await store_of(service).ledger(f"player-{n}") for n in range(3)]
+    ledgers = [await store_of(service).ledger(PROJECT, f"player-{n}") for n in range(3)]
     assert sum(len(entries) for entries in ledgers) == 40
     assert service.registry.get_sample_value("entitlements_events_total", {"type": "order_paid", "result": "replayed"})
 
@@ -213,7 +215,7 @@ async def test_deleted_stream_is_joined_again(
     log = event_log(redis_client)
     await log.append(order_event("paid", "b1", "player-1", [("gold", 1)]), b"{}")
     await drained(redis_client)
-    await redis_client.delete(*[EventKeys(p).stream for p in range(PARTITIONS)])
+    await redis_client.delete(*[EventKeys(PROJECT, p).stream for p in range(PARTITIONS)])
     await asyncio.sleep(0.2)
     await log.append(order_event("paid", "b2", "player-1", [("gold", 1)]), b"{}")
     await drained(redis_client)
@@ -237,7 +239,7 @@ async def test_retention_trims_only_acknowledged_entries(
     # A retention of 0.1 s.
     service = await hooked_service_factory(ConsumerHooks(before_apply=hold_last), retention_days=0.1 / 86_400)
     log = event_log(redis_client)
-    stream = log.keys_for("player-1").stream
+    stream = log.keys_for(PROJECT, "player-1").stream
     for n in range(count):
         await log.append(order_event("paid", f"c{n}", "player-1", [("gold", 1)]), b"{}")
     await asyncio.wait_for(held.wait(), 10)
@@ -267,7 +269,7 @@ async def test_stop_is_prompt_and_leaves_no_consumer_tasks(
     assert time.monotonic() - started < 1.0
     assert not consumer.running
     assert not [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("consumer-")]
-    stream = event_log(redis_client).keys_for("player-1").stream
+    stream = event_log(redis_client).keys_for(PROJECT, "player-1").stream
     assert await redis_client.xinfo_consumers(stream, CONSUMER_GROUP) == []
 
 

@@ -19,7 +19,7 @@ from entitlements import (
 )
 from server.app import Service
 from server.embedded import EmbeddedRedis
-from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
 
 HOUR = timedelta(hours=1)
 
@@ -128,7 +128,7 @@ async def test_key_reuse_with_different_request_is_rejected(
 ) -> None:
     """An idempotency key replayed with a different request is ALREADY_EXISTS and writes nothing."""
     await client.grant("player-1", "gold_100", quantity=5, idempotency_key="k-1")
-    ledger_before = await redis_client.xlen(UserKeys("player-1").ledger)
+    ledger_before = await redis_client.xlen(UserKeys(PROJECT, "player-1").ledger)
     with pytest.raises(ConflictError, match="idempotency_key was already used") as caught:
         await client.grant("player-1", "gold_100", quantity=6, idempotency_key="k-1")
     assert caught.value.code is not None
@@ -136,7 +136,7 @@ async def test_key_reuse_with_different_request_is_rejected(
     with pytest.raises(ConflictError):
         await client.revoke("player-1", "gold_100", idempotency_key="k-1")
     assert (await client.check_entitlement("player-1", "gold_100")).entitlement.quantity == 5
-    assert await redis_client.xlen(UserKeys("player-1").ledger) == ledger_before
+    assert await redis_client.xlen(UserKeys(PROJECT, "player-1").ledger) == ledger_before
 
 
 async def test_kind_mismatch_is_failed_precondition(client: AsyncEntitlementsClient) -> None:
@@ -156,7 +156,7 @@ async def test_grant_idempotency_survives_key_ttl_setting(
 ) -> None:
     """An idempotency record is kept for the configured window (7 days by default)."""
     await client.grant("player-1", "gold_100", idempotency_key="ttl-check")
-    ttl_ms = await redis_client.pttl(UserKeys("player-1").idempotency("ttl-check"))
+    ttl_ms = await redis_client.pttl(UserKeys(PROJECT, "player-1").idempotency("ttl-check"))
     assert 7 * 86_400_000 - 60_000 < ttl_ms <= 7 * 86_400_000
 
 
@@ -200,7 +200,7 @@ async def test_ledger_records_every_change(client: AsyncEntitlementsClient, serv
     await client.revoke("player-1", "gold", reason="refund", idempotency_key="b")
     await client.revoke("player-1", "gold", reason="refund", idempotency_key="c")  # nothing held
     assert service.store is not None
-    entries = await service.store.ledger("player-1")
+    entries = await service.store.ledger(PROJECT, "player-1")
     assert [e.fields["op"] for e in entries] == ["revoke", "grant"]
     revoke, grant = entries
     assert grant.fields["actor"] == "writer"
@@ -302,7 +302,7 @@ async def test_list_subscriptions_includes_recurring_first(
         "period_value": 1,
         "period_unit": "month",
     }
-    await redis_client.hset(UserKeys("player-1").subscriptions, "10", json.dumps(record))
+    await redis_client.hset(UserKeys(PROJECT, "player-1").subscriptions, "10", json.dumps(record))
     await client.grant("player-1", "pass", duration=HOUR)
     listing = await client.list_subscriptions("player-1", locale="en")
     assert [s.id for s in listing.subscriptions] == ["10", "pass"]

@@ -43,6 +43,7 @@ from tests.helpers.gateway import (
     stored_events,
     xsolla_settings,
 )
+from tests.helpers.services import data_keys
 from webhook_gateway import Gateway
 
 
@@ -81,7 +82,7 @@ async def only_event(redis_client: aioredis.Redis, partitions: int = 1) -> Store
 
 async def nothing_stored(redis_client: aioredis.Redis) -> bool:
     """True when the gateway wrote nothing at all to Redis (no stream entry, no dedup key)."""
-    return int(await redis_client.dbsize()) == 0
+    return await data_keys(redis_client) == 0
 
 
 @contextlib.contextmanager
@@ -693,7 +694,7 @@ async def test_dedup_key_is_kept_for_the_configured_window(
 ) -> None:
     """The event id is remembered for 72 hours by default (Xsolla retries for up to 48)."""
     assert (await send(http, gateway.url, fixture("order_paid_separate"))).status == 204
-    ttl_ms = int(await redis_client.pttl(EventKeys(0).dedup("xsolla:310000:order:1:paid")))
+    ttl_ms = int(await redis_client.pttl(EventKeys(310000, 0).dedup("xsolla:310000:order:1:paid")))
     assert 72 * 3600 * 1000 - 60_000 < ttl_ms <= 72 * 3600 * 1000
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import SECRET, fixture, gateway_settings, running_gateway, send, stored_events
+from tests.helpers.services import data_keys
 from webhook_gateway import Gateway
 
 TOKEN = "directory-token-0123456789"
@@ -104,7 +105,7 @@ async def test_known_user_is_valid_and_the_backend_gets_the_documented_request(
         "user": json.loads(body)["user"],
     }
     assert authorization == f"Bearer {TOKEN}"
-    assert int(await redis_client.dbsize()) == 0
+    assert await data_keys(redis_client) == 0
 
 
 async def test_unknown_user_is_400_invalid_user(

@@ -19,6 +19,7 @@ from entitlements import AsyncEntitlementsClient, InvalidArgumentError
 from server.app import Service
 from server.config import Settings
 from server.errors import ConfigError
+from tests.helpers.services import PROJECT
 
 
 def _scrape(service: Service) -> str:
@@ -118,11 +119,11 @@ def test_settings_from_env_defaults_and_overrides() -> None:
 @pytest.mark.parametrize("user_id", ["player-1", "a}b", "{x}", "%7B", "a b/c", "日本"])
 def test_all_keys_of_a_player_share_one_cluster_slot(user_id: str) -> None:
     """Every key of one player hashes to the same Redis Cluster slot, whatever the id holds."""
-    keys = UserKeys(user_id)
+    keys = UserKeys(PROJECT, user_id)
     every = [keys.ledger, keys.idempotency("k"), keys.order("o"), keys.applied_event("e"), *keys.indexes]
     assert {keys.items, keys.skus, keys.subscriptions, keys.live, keys.expiry, keys.timed} <= set(every)
     assert len({key_slot(k.encode()) for k in every}) == 1
-    assert items_key(user_id) == keys.items
+    assert items_key(PROJECT, user_id) == keys.items
     assert keys.items.count("{") == 1
     assert keys.items.count("}") == 1
 
@@ -130,4 +131,4 @@ def test_all_keys_of_a_player_share_one_cluster_slot(user_id: str) -> None:
 def test_distinct_players_get_distinct_keys() -> None:
     """Percent-encoding keeps ids that differ only in escaped characters apart."""
     ids = ["a}b", "a%7Db", "a", "{a}", "%7Ba%7D"]
-    assert len({UserKeys(i).items for i in ids}) == len(ids)
+    assert len({UserKeys(PROJECT, i).items for i in ids}) == len(ids)

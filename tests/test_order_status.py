@@ -23,6 +23,7 @@ from redis.typing import EncodableT, FieldT
 from core.errors import ConfigError as CoreConfigError
 from core.keys import UserKeys
 from core.order_sources import ReportedStatus
+from core.projects import Projects
 from entitlements import AsyncEntitlementsClient
 from entitlements.errors import (
     AuthenticationError,
@@ -98,6 +99,8 @@ class Rig:
         )
         settings = replace(FAST, **{name: value for name, value in tracking.items() if name not in xsolla_fields})
         overrides = consumer_settings()
+        # The simulator's project, unless the test asks for none (project_id=0).
+        overrides["projects"] = Projects.single(xsolla.project_id or None)
         if not consumer:
             overrides["consumer"] = replace(overrides["consumer"], enabled=False)
         return await self.start_service(redis_url=self.redis_server.url, tracking=settings, xsolla=xsolla, **overrides)
@@ -610,7 +613,7 @@ async def test_the_webhook_feed_rereads_what_it_missed_after_losing_redis(rig: R
     try:
         # A state written while nobody announces it (as if its publication was lost), then the connection drops.
         fields: dict[FieldT, EncodableT] = {"status": "paid", "granted": "1", "updated_at_ms": "1767225600000"}
-        await redis.hset(UserKeys(PLAYER).order("777"), mapping=fields)
+        await redis.hset(UserKeys(PROJECT, PLAYER).order("777"), mapping=fields)
         assert await redis.client_kill_filter(_type="pubsub") >= 1
     finally:
         await redis.aclose()
@@ -738,14 +741,15 @@ async def test_bad_arguments_are_invalid_argument(rig: Rig, kwargs: dict[str, An
     assert len(tracking_of(service)) == 0
 
 
-async def test_a_token_needs_a_project(rig: Rig) -> None:
-    """No project configured or given: INVALID_ARGUMENT with a token; served from webhooks alone without one."""
+async def test_an_order_needs_a_project(rig: Rig) -> None:
+    """No project configured or given: INVALID_ARGUMENT naming project_id, with a token or without one."""
     service = await rig.service(project_id=0)
     client = await rig.client(service)
     with pytest.raises(InvalidArgumentError, match="project_id"):
         await collect(client.get_order_status("1", PLAYER, token="some-token"))
-    updates = await collect(client.get_order_status("1", PLAYER, max_wait=timedelta(seconds=0.2)))
-    assert updates[-1].timed_out
+    with pytest.raises(InvalidArgumentError, match="project_id"):
+        await collect(client.get_order_status("1", PLAYER, max_wait=timedelta(seconds=0.2)))
+    assert len(tracking_of(service)) == 0
 
 
 async def test_streams_need_the_read_scope(rig: Rig, client_factory: ClientFactory) -> None:
@@ -875,7 +879,7 @@ def sample(service: Service, name: str, **labels: str) -> float:
 async def stored_status(rig: Rig, order_id: int, status: str = "paid") -> bool:
     redis = aioredis.Redis.from_url(rig.redis_server.url)
     try:
-        state = await read_order_state(redis, PLAYER, str(order_id))
+        state = await read_order_state(redis, (PROJECT, PLAYER, str(order_id)))
     finally:
         await redis.aclose()
     return state is not None and state.status == status

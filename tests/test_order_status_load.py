@@ -26,7 +26,7 @@ from server.config import TrackingSettings
 from server.embedded import EmbeddedRedis
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
-from tests.helpers.services import READER_KEY, ServiceFactory
+from tests.helpers.services import PROJECT, READER_KEY, ServiceFactory
 from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from xsolla_simulator import XsollaSimulator
@@ -55,7 +55,10 @@ async def seed_stored_orders(redis: aioredis.Redis, orders: int, *, prefix: str 
     seeded = [(f"{prefix}-order-{i}", f"{prefix}-player-{i}") for i in range(orders)]
     async with redis.pipeline(transaction=False) as pipe:
         for order_id, user_id in seeded:
-            pipe.hset(UserKeys(user_id).order(order_id), mapping={"status": "paid", "granted": "0", "updated_at_ms": 1})
+            pipe.hset(
+                UserKeys(PROJECT, user_id).order(order_id),
+                mapping={"status": "paid", "granted": "0", "updated_at_ms": 1},
+            )
         await pipe.execute()
     return seeded
 

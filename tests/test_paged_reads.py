@@ -17,6 +17,7 @@ from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient
 from server.store import GrantCommand, OrderLine, RevokeCommand, SubscriptionChange
 from server.store.entitlement_store import EXPIRED_BUDGET, INDEX_BUILD_STEP, EntitlementStore
+from tests.helpers.services import PROJECT, data_keys
 
 HOARDER = "hoarder"
 EXPIRED = 20_000
@@ -39,7 +40,7 @@ def plain(granted_ms: int, quantity: int = 5) -> str:
 
 async def write_old_layout(redis: aioredis.Redis, user_id: str, records: Mapping[str, str]) -> None:
     """Writes records as the store did before the indexes existed: the items hash and `skus`, nothing else."""
-    keys = UserKeys(user_id)
+    keys = UserKeys(PROJECT, user_id)
     items = list(records.items())
     async with redis.pipeline(transaction=False) as pipe:
         for start in range(0, len(items), 1000):
@@ -52,7 +53,7 @@ async def write_old_layout(redis: aioredis.Redis, user_id: str, records: Mapping
 async def write_indexed(redis: aioredis.Redis, user_id: str, records: Mapping[str, str]) -> None:
     """Writes records with their indexes as the store's scripts leave them when each record was written while in
     force: time-limited items that have expired since are still in `live` and `expiry` (nothing looked since)."""
-    keys = UserKeys(user_id)
+    keys = UserKeys(PROJECT, user_id)
     await write_old_layout(redis, user_id, records)
     decoded = {sku: json.loads(raw) for sku, raw in records.items()}
     async with redis.pipeline(transaction=False) as pipe:
@@ -100,7 +101,7 @@ async def hoarder(request: pytest.FixtureRequest, redis_client: aioredis.Redis) 
 
 
 async def index_view(redis: aioredis.Redis, user_id: str) -> dict[str, dict[str, float]]:
-    keys = UserKeys(user_id)
+    keys = UserKeys(PROJECT, user_id)
     view = {}
     for name in ("skus", "live", "expiry", "timed", "subscriptions_order", "subscriptions_active"):
         pairs: Any = await redis.zrange(getattr(keys, name), 0, -1, withscores=True)
@@ -116,7 +117,7 @@ async def hash_of(redis: aioredis.Redis, key: str) -> dict[str, str]:
 async def assert_indexes_right(redis: aioredis.Redis, user_id: str) -> None:
     """The indexes say what the items and subscriptions hashes say (an expired pass may still wait in `live` and
     `expiry`, with its expiry, until a listing or a write sees it)."""
-    keys = UserKeys(user_id)
+    keys = UserKeys(PROJECT, user_id)
     assert await redis.get(keys.index_state) == b"ready"
     items = {k: json.loads(v) for k, v in (await hash_of(redis, keys.items)).items()}
     subs = {k: json.loads(v) for k, v in (await hash_of(redis, keys.subscriptions)).items()}
@@ -147,12 +148,14 @@ async def test_a_page_reads_a_bounded_amount_however_many_items_expired(
     says where to go on."""
     await write_indexed(redis_client, HOARDER, hoard(now_ms()))
     await assert_indexes_right(redis_client, HOARDER)
-    live = UserKeys(HOARDER).live
+    live = UserKeys(PROJECT, HOARDER).live
     before = await redis_client.zcard(live)
-    await store.list_page("warm-up", None, 1, include_expired=False)  # the script is loaded: one EVALSHA a call
+    await store.list_page(
+        PROJECT, "warm-up", None, 1, include_expired=False
+    )  # the script is loaded: one EVALSHA a call
     await redis_client.config_resetstat()
 
-    first = await store.list_page(HOARDER, None, 1, include_expired=False)
+    first = await store.list_page(PROJECT, HOARDER, None, 1, include_expired=False)
     calls = await counted(redis_client)
     assert [r.sku for r in first.records] == ["a_gold"]
     assert (first.next_after or "") >= "a_gold"
@@ -160,7 +163,7 @@ async def test_a_page_reads_a_bounded_amount_however_many_items_expired(
     assert sum(calls.values()) <= 40, calls
     assert not {"hgetall", "hscan", "hkeys", "hvals", "zrange"} & set(calls)
 
-    second = await store.list_page(HOARDER, first.next_after, 1, include_expired=False)
+    second = await store.list_page(PROJECT, HOARDER, first.next_after, 1, include_expired=False)
     calls = await counted(redis_client)
     assert second.records == []  # 10,000 expired passes lie between a_gold and the next live item
     assert (second.next_after or "") > "a_gold"
@@ -200,14 +203,18 @@ async def test_list_subscriptions_reads_only_its_page(
 ) -> None:
     """ListSubscriptions of the hoarder reads the page's records only, through the indexes, in the order the
     listing always had: recurring first, then time-limited items newest grant first; offsets reach anywhere."""
-    await store.record_subscription_event(HOARDER, "e1", "t", "created", SubscriptionChange("s-old", date_create_ms=1))
-    await store.record_subscription_event(HOARDER, "e2", "t", "created", SubscriptionChange("s-new", date_create_ms=2))
-    await store.record_subscription_event(HOARDER, "e3", "t", "canceled", SubscriptionChange("s-old"))
-    await store.build_index(HOARDER)
-    await store.subscriptions_page("warm-up", 0, 1, include_inactive=False)  # the script is loaded
+    await store.record_subscription_event(
+        PROJECT, HOARDER, "e1", "t", "created", SubscriptionChange("s-old", date_create_ms=1)
+    )
+    await store.record_subscription_event(
+        PROJECT, HOARDER, "e2", "t", "created", SubscriptionChange("s-new", date_create_ms=2)
+    )
+    await store.record_subscription_event(PROJECT, HOARDER, "e3", "t", "canceled", SubscriptionChange("s-old"))
+    await store.build_index(PROJECT, HOARDER)
+    await store.subscriptions_page(PROJECT, "warm-up", 0, 1, include_inactive=False)  # the script is loaded
     await redis_client.config_resetstat()
 
-    active = await store.subscriptions_page(HOARDER, 0, 15, include_inactive=False)
+    active = await store.subscriptions_page(PROJECT, HOARDER, 0, 15, include_inactive=False)
     calls = await counted(redis_client)
     assert [s.id for s in active.recurring] == ["s-new"]
     assert [r.sku for r in active.timed] == ["pass_09999_live", "zz_season"]  # granted 10 s and 20 s ago
@@ -220,13 +227,13 @@ async def test_list_subscriptions_reads_only_its_page(
         (sku for sku, raw in hoarder.items() if json.loads(raw)["k"] == 3),
         key=lambda sku: (-json.loads(hoarder[sku])["g"], sku.encode()),
     )
-    deep = await store.subscriptions_page(HOARDER, 10_000, 5, include_inactive=True)
+    deep = await store.subscriptions_page(PROJECT, HOARDER, 10_000, 5, include_inactive=True)
     calls = await counted(redis_client)
     assert deep.recurring == []
     assert [r.sku for r in deep.timed] == timed[10_000 - 2 : 10_000 + 3]
     assert deep.total == 2 + len(timed)
     assert sum(calls.values()) <= 20, calls
-    head = await store.subscriptions_page(HOARDER, 0, 3, include_inactive=True)
+    head = await store.subscriptions_page(PROJECT, HOARDER, 0, 3, include_inactive=True)
     assert [s.id for s in head.recurring] == ["s-new", "s-old"]
     assert [r.sku for r in head.timed] == timed[:1]
 
@@ -237,10 +244,10 @@ async def test_a_player_written_before_the_indexes_is_indexed_once_in_bounded_st
     """The first listing of a player in the old layout builds the indexes, one bounded script per step (about
     INDEX_BUILD_STEP entries each), and lists right; the next listing is one script."""
     await write_old_layout(redis_client, HOARDER, hoard(now_ms()))
-    await store.list_page("warm-up", None, 1, include_expired=False)
-    await store.build_index("warm-up")
+    await store.list_page(PROJECT, "warm-up", None, 1, include_expired=False)
+    await store.build_index(PROJECT, "warm-up")
     await redis_client.config_resetstat()
-    page = await store.list_page(HOARDER, None, 10, include_expired=False)
+    page = await store.list_page(PROJECT, HOARDER, None, 10, include_expired=False)
     calls = await counted(redis_client)
     assert [r.sku for r in page.records] == LIVE
     steps = calls["evalsha"] - 2  # the listing ran twice: before and after the build
@@ -248,8 +255,8 @@ async def test_a_player_written_before_the_indexes_is_indexed_once_in_bounded_st
     assert calls["hscan"] == steps
     assert "hgetall" not in calls
     await assert_indexes_right(redis_client, HOARDER)
-    assert await redis_client.zcard(UserKeys(HOARDER).live) == len(LIVE)  # the build left out what had expired
-    await store.list_page(HOARDER, None, 10, include_expired=False)
+    assert await redis_client.zcard(UserKeys(PROJECT, HOARDER).live) == len(LIVE)  # the build left out what had expired
+    await store.list_page(PROJECT, HOARDER, None, 10, include_expired=False)
     assert (await counted(redis_client))["evalsha"] == 1
 
 
@@ -261,18 +268,18 @@ async def test_writes_during_a_partial_build_end_in_right_indexes(
     records = {f"old_{i:04d}": timed(now - DAY_MS, now + (DAY_MS if i >= 200 else -1)) for i in range(600)}
     records |= {f"gem_{i:03d}": plain(now - DAY_MS) for i in range(100)}
     await write_old_layout(redis_client, "p", records)
-    assert not await store.build_index("p", max_steps=1)
-    await store.revoke(RevokeCommand("p", "old_0599", "r1"), "t")
-    await store.revoke(RevokeCommand("p", "gem_000", "r2"), "t")
-    await store.grant(GrantCommand("p", "old_0000", 3, 1, DAY_MS, "g1"), "t")  # expired: a new period
-    await store.grant(GrantCommand("p", "new_pass", 3, 1, DAY_MS, "g2"), "t")
-    await store.grant(GrantCommand("p", "gem_099", 1, 1, 0, "g3"), "t")
-    assert not await store.build_index("p", max_steps=1)
-    await store.grant(GrantCommand("p", "old_0001", 3, 1, DAY_MS, "g4"), "t")
+    assert not await store.build_index(PROJECT, "p", max_steps=1)
+    await store.revoke(RevokeCommand(PROJECT, "p", "old_0599", "r1"), "t")
+    await store.revoke(RevokeCommand(PROJECT, "p", "gem_000", "r2"), "t")
+    await store.grant(GrantCommand(PROJECT, "p", "old_0000", 3, 1, DAY_MS, "g1"), "t")  # expired: a new period
+    await store.grant(GrantCommand(PROJECT, "p", "new_pass", 3, 1, DAY_MS, "g2"), "t")
+    await store.grant(GrantCommand(PROJECT, "p", "gem_099", 1, 1, 0, "g3"), "t")
+    assert not await store.build_index(PROJECT, "p", max_steps=1)
+    await store.grant(GrantCommand(PROJECT, "p", "old_0001", 3, 1, DAY_MS, "g4"), "t")
     await asyncio.sleep(0.01)
     held, after = [], None
     while True:
-        page = await store.list_page("p", after, 50, include_expired=False)
+        page = await store.list_page(PROJECT, "p", after, 50, include_expired=False)
         held += [r.sku for r in page.records]
         if page.next_after is None:
             break
@@ -280,7 +287,7 @@ async def test_writes_during_a_partial_build_end_in_right_indexes(
     now = now_ms()
     expected = sorted(
         sku
-        for sku, raw in (await hash_of(redis_client, UserKeys("p").items)).items()
+        for sku, raw in (await hash_of(redis_client, UserKeys(PROJECT, "p").items)).items()
         if json.loads(raw).get("e", now + 1) > now
     )
     assert held == expected
@@ -296,16 +303,16 @@ async def test_the_build_indexes_an_old_player_as_the_writes_would(
     indexes (but for expired passes the writes have not seen expire yet)."""
     for i in range(200):
         kind, period = [(1, 0), (2, 0), (3, 1), (3, DAY_MS)][i % 4]
-        await store.grant(GrantCommand("now", f"sku_{i:03d}", kind, 1, period, f"k{i}"), "t")
+        await store.grant(GrantCommand(PROJECT, "now", f"sku_{i:03d}", kind, 1, period, f"k{i}"), "t")
     for n, (action, sub) in enumerate([("created", "a"), ("created", "b"), ("canceled", "a"), ("non_renewing", "c")]):
         change = SubscriptionChange(sub, date_create_ms=1_700_000_000_000 + n)
-        await store.record_subscription_event("now", f"e{n}", "t", action, change)
+        await store.record_subscription_event(PROJECT, "now", f"e{n}", "t", action, change)
     await asyncio.sleep(0.01)  # the 1 ms passes have expired
-    keys = UserKeys("now")
+    keys = UserKeys(PROJECT, "now")
     await write_old_layout(redis_client, "old", await hash_of(redis_client, keys.items))
     subscriptions: Any = await hash_of(redis_client, keys.subscriptions)
-    await redis_client.hset(UserKeys("old").subscriptions, mapping=subscriptions)
-    assert await store.build_index("old")
+    await redis_client.hset(UserKeys(PROJECT, "old").subscriptions, mapping=subscriptions)
+    assert await store.build_index(PROJECT, "old")
     written, built = await index_view(redis_client, "now"), await index_view(redis_client, "old")
     expired = {f"sku_{i:03d}" for i in range(2, 200, 4)}
     assert set(written["live"]) - expired == set(built["live"])
@@ -318,24 +325,26 @@ async def test_the_build_indexes_an_old_player_as_the_writes_would(
 
 async def test_every_write_script_keeps_the_indexes(store: EntitlementStore, redis_client: aioredis.Redis) -> None:
     """Grant, revoke, order_paid, order_canceled and subscription events each leave the indexes right."""
-    await store.grant(GrantCommand("w", "pass", 3, 1, 1, "a"), "t")
+    await store.grant(GrantCommand(PROJECT, "w", "pass", 3, 1, 1, "a"), "t")
     await assert_indexes_right(redis_client, "w")
     await asyncio.sleep(0.01)
-    await store.grant(GrantCommand("w", "pass", 3, 1, DAY_MS, "b"), "t")  # expired: a new period
-    assert (await redis_client.zscore(UserKeys("w").expiry, "pass") or 0) > now_ms()
+    await store.grant(GrantCommand(PROJECT, "w", "pass", 3, 1, DAY_MS, "b"), "t")  # expired: a new period
+    assert (await redis_client.zscore(UserKeys(PROJECT, "w").expiry, "pass") or 0) > now_ms()
     await assert_indexes_right(redis_client, "w")
     lines = [OrderLine("pass", 3, DAY_MS, 1), OrderLine("gold", 0, 0, 10), OrderLine("skin", 2, 0, 1)]
-    await store.apply_order_paid("w", "o1", "ev1", "t", lines, {})
+    await store.apply_order_paid(PROJECT, "w", "o1", "ev1", "t", lines, {})
     await assert_indexes_right(redis_client, "w")
-    await store.apply_order_canceled("w", "o1", "ev2", "t", {})
+    await store.apply_order_canceled(PROJECT, "w", "o1", "ev2", "t", {})
     await assert_indexes_right(redis_client, "w")
     assert set((await index_view(redis_client, "w"))["live"]) == {"pass"}
-    await store.revoke(RevokeCommand("w", "pass", "c"), "t")
+    await store.revoke(RevokeCommand(PROJECT, "w", "pass", "c"), "t")
     await assert_indexes_right(redis_client, "w")
     view = await index_view(redis_client, "w")
     assert not any(view[name] for name in ("skus", "live", "expiry", "timed"))
-    await store.record_subscription_event("w", "s1", "t", "created", SubscriptionChange("sub", date_create_ms=5))
-    await store.record_subscription_event("w", "s2", "t", "canceled", SubscriptionChange("sub"))
+    await store.record_subscription_event(
+        PROJECT, "w", "s1", "t", "created", SubscriptionChange("sub", date_create_ms=5)
+    )
+    await store.record_subscription_event(PROJECT, "w", "s2", "t", "canceled", SubscriptionChange("sub"))
     await assert_indexes_right(redis_client, "w")
 
 
@@ -343,10 +352,10 @@ async def test_listing_a_player_without_data_leaves_no_key(
     store: EntitlementStore, redis_client: aioredis.Redis
 ) -> None:
     """Listings of a player the store knows nothing about are empty and write nothing (no index key per id)."""
-    before = await redis_client.dbsize()
-    page = await store.list_page("nobody", None, 10, include_expired=False)
-    subscriptions = await store.subscriptions_page("nobody", 0, 15, include_inactive=True)
+    before = await data_keys(redis_client)
+    page = await store.list_page(PROJECT, "nobody", None, 10, include_expired=False)
+    subscriptions = await store.subscriptions_page(PROJECT, "nobody", 0, 15, include_inactive=True)
     assert (page.records, page.next_after) == ([], None)
     assert (subscriptions.recurring, subscriptions.timed, subscriptions.total) == ([], [], 0)
-    assert await store.build_index("nobody")
-    assert await redis_client.dbsize() == before
+    assert await store.build_index(PROJECT, "nobody")
+    assert await data_keys(redis_client) == before

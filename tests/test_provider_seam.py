@@ -25,6 +25,7 @@ from core.order_sources import (
     SocketListener,
     TokenRefused,
 )
+from core.projects import Projects
 from core.webhooks import (
     Action,
     FoundUser,
@@ -207,6 +208,7 @@ async def post(url: str, document: dict[str, Any], *, signature: str | None = No
 async def service_with(
     service_factory: ServiceFactory, redis_server: EmbeddedRedis, sources: OrderSources, **overrides: Any
 ) -> Service:
+    overrides.setdefault("projects", Projects.single(PROJECT))
     return await service_factory(
         redis_url=redis_server.url,
         order_sources=sources,
@@ -284,7 +286,10 @@ async def test_without_a_socket_the_tracker_polls_the_providers_lookup(
     """A provider without sockets is polled; its refusals end the stream with the provider's name."""
     lookup, _ = acme
     lookup.statuses["A-3"] = "shipped"
-    service = await service_with(service_factory, redis_server, OrderSources("Acme", lookup, None))
+    # Any project served (no list), none by default: the request names it.
+    service = await service_with(
+        service_factory, redis_server, OrderSources("Acme", lookup, None), projects=Projects.single(None)
+    )
     client = await client_factory(service)
     async with asyncio.timeout(10):
         updates = [(u.status, u.source) async for u in client.get_order_status("A-3", PLAYER, project_id=9, token="t")]

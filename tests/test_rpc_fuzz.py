@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from core.logs import user_ref
+from core.projects import Projects
 from providers.xsolla import OrderSettings
 from server.app import Service
 from server.config import Settings, TrackingSettings
@@ -83,6 +84,7 @@ async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis, 
     return await service_factory(
         redis_url=redis_server.url,
         xsolla=xsolla,
+        projects=Projects.single(PROJECT),
         tracking=TrackingSettings(max_wait_s=0.05, poll_interval_s=0.02, grant_wait_s=0.0),
         consumer=replace(Settings().consumer, enabled=False),
     )

@@ -31,7 +31,7 @@ from tests.helpers.events import (
     transaction_event,
 )
 from tests.helpers.gateway import fixture, post, running_gateway
-from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
 
@@ -84,7 +84,7 @@ async def test_ignored_sandbox_order_grants_nothing_and_is_recorded(
     await drained(redis_client)
 
     assert await quantity(client, PLAYER, SKU) == 0
-    order = await store_of(service).order(PLAYER, ORDER)
+    order = await store_of(service).order(PROJECT, PLAYER, ORDER)
     assert order is not None
     assert (order["status"], order["granted"], order["withheld"], order["sandbox"], order["grants"]) == (
         "paid",
@@ -93,11 +93,11 @@ async def test_ignored_sandbox_order_grants_nothing_and_is_recorded(
         "1",
         "[]",
     )
-    (entry,) = await store_of(service).ledger(PLAYER)
+    (entry,) = await store_of(service).ledger(PROJECT, PLAYER)
     assert (entry.fields["op"], entry.fields["withheld"], entry.fields["order_id"]) == ("order_paid", "sandbox", ORDER)
     assert "sandbox order, nothing granted" in entry.fields["reason"]
     assert [line["sku"] for line in json.loads(entry.fields["lines"])] == [SKU]
-    state = await read_order_state(redis_client, PLAYER, ORDER)
+    state = await read_order_state(redis_client, (PROJECT, PLAYER, ORDER))
     assert state is not None
     assert (state.status, state.entitlements_granted, state.withheld) == ("paid", False, "sandbox")
     assert sample(service, "entitlements_sandbox_events_total", type="order_paid", policy="ignore") == 1
@@ -108,10 +108,10 @@ async def test_ignored_sandbox_order_grants_nothing_and_is_recorded(
     cancel.sandbox = True
     await event_log(redis_client).append(cancel, b"{}")
     await drained(redis_client)
-    order = await store_of(service).order(PLAYER, ORDER)
+    order = await store_of(service).order(PROJECT, PLAYER, ORDER)
     assert order is not None
     assert (order["status"], order["granted"], order["withheld"]) == ("canceled", "0", "sandbox")
-    newest = (await store_of(service).ledger(PLAYER))[0]
+    newest = (await store_of(service).ledger(PROJECT, PLAYER))[0]
     assert (newest.fields["op"], newest.fields["idempotency_key"]) == ("order_canceled", cancel.event_id)
     assert "nothing to undo" in newest.fields["reason"]
     assert sample(service, "entitlements_sandbox_events_total", type="order_canceled", policy="ignore") == 1
@@ -127,14 +127,14 @@ async def test_a_project_that_grants_sandbox_orders_grants_them_once(
     http: aiohttp.ClientSession,
 ) -> None:
     """With the policy "grant" a sandbox order_paid is granted as a live one (once, though posted twice)."""
-    projects = Projects.single(None, template=Project(0, sandbox=SANDBOX_GRANT))
+    projects = Projects.single(PROJECT, template=Project(0, sandbox=SANDBOX_GRANT))
     service = await service_factory(redis_url=redis_server.url, **consumer_settings(projects))
     client = await client_factory(service)
     for _ in range(2):
         assert (await post(http, gateway.url, fixture("order_paid_combined"), secret=SECRET)).status == 204
     await drained(redis_client)
     assert await quantity(client, PLAYER, SKU) == 1
-    state = await read_order_state(redis_client, PLAYER, ORDER)
+    state = await read_order_state(redis_client, (PROJECT, PLAYER, ORDER))
     assert state is not None
     assert (state.status, state.entitlements_granted, state.withheld) == ("paid", True, "")
     assert sample(service, "entitlements_sandbox_events_total", type="order_paid", policy="grant") == 1
@@ -154,7 +154,7 @@ async def test_a_live_order_is_granted_whatever_the_policy(
     assert (await post(http, gateway.url, live_capture(), secret=SECRET)).status == 204
     await drained(redis_client)
     assert await quantity(client, PLAYER, SKU) == 1
-    order = await store_of(service).order(PLAYER, ORDER)
+    order = await store_of(service).order(PROJECT, PLAYER, ORDER)
     assert order is not None
     assert (order["granted"], order["sandbox"], "withheld" in order) == ("1", "0", False)
     assert sample(service, "entitlements_sandbox_events_total", type="order_paid", policy="ignore") == 0
@@ -162,7 +162,6 @@ async def test_a_live_order_is_granted_whatever_the_policy(
 
 async def test_each_project_has_its_own_policy(
     service_factory: ServiceFactory,
-    client_factory: ClientFactory,
     redis_server: EmbeddedRedis,
     redis_client: aioredis.Redis,
 ) -> None:
@@ -172,14 +171,15 @@ async def test_each_project_has_its_own_policy(
         MappingProxyType({live: Project(live), test: Project(test, sandbox=SANDBOX_GRANT)}), live, listed=True
     )
     service = await service_factory(redis_url=redis_server.url, **consumer_settings(projects))
-    client = await client_factory(service)
     for project, player in ((live, "player-live"), (test, "player-test")):
         event = order_event("paid", f"{project}-1", player, [("gold", 10)], event_id=f"xsolla:{project}:order:1:paid")
         event.project_id, event.sandbox = project, True
         await event_log(redis_client).append(event, b"{}")
-    await drained(redis_client)
-    assert await quantity(client, "player-live", "gold") == 0
-    assert await quantity(client, "player-test", "gold") == 10
+    await drained(redis_client, projects=(live, test))
+    assert await store_of(service).get(live, "player-live", "gold") is None
+    granted = await store_of(service).get(test, "player-test", "gold")
+    assert granted is not None
+    assert granted.quantity == 10
     assert sample(service, "entitlements_sandbox_events_total", type="order_paid", policy="ignore") == 1
     assert sample(service, "entitlements_sandbox_events_total", type="order_paid", policy="grant") == 1
 
@@ -194,7 +194,7 @@ async def test_dry_run_payments_are_recorded_and_counted(
         event.sandbox = True
         await event_log(redis_client).append(event, b"{}")
     await drained(redis_client)
-    ledger = await store_of(service).ledger("player-1")
+    ledger = await store_of(service).ledger(PROJECT, "player-1")
     assert sorted((e.fields["op"], e.fields["sandbox"]) for e in ledger) == [("payment", "1"), ("refund", "1")]
     assert sample(service, "entitlements_sandbox_events_total", type="payment", policy="ignore") == 1
     assert sample(service, "entitlements_sandbox_events_total", type="refund", policy="ignore") == 1

@@ -10,6 +10,7 @@ from core import connections
 from server.embedded import EmbeddedRedis
 from server.metrics import ServiceMetrics
 from server.status_channel import OrderState, OrderStatusFeed, OrderStatusPublisher
+from tests.helpers.services import PROJECT
 from tests.helpers.waiting import eventually
 
 
@@ -23,7 +24,10 @@ async def test_the_feed_stops_at_once_even_while_it_subscribes(redis_server: Emb
     metrics = ServiceMetrics(CollectorRegistry())
     try:
         for turns in [n % 8 for n in range(40)]:
-            feed = OrderStatusFeed(redis, cluster=False, dispatch=lambda state: 0, followed=list, metrics=metrics)
+            feed = OrderStatusFeed(
+                redis, cluster=False, dispatch=lambda state: 0, followed=lambda project_id: [], metrics=metrics
+            )
+            feed.follow(PROJECT)
             feed.start()
             for _ in range(turns):
                 await asyncio.sleep(0)
@@ -43,12 +47,17 @@ async def test_a_published_state_reaches_the_feed(redis_server: EmbeddedRedis) -
         return 1
 
     feed = OrderStatusFeed(
-        redis, cluster=False, dispatch=dispatch, followed=list, metrics=ServiceMetrics(CollectorRegistry())
+        redis,
+        cluster=False,
+        dispatch=dispatch,
+        followed=lambda project_id: [],
+        metrics=ServiceMetrics(CollectorRegistry()),
     )
+    feed.follow(PROJECT)
     feed.start()
     try:
         await eventually(feed.subscribed.is_set, what="the subscription")
-        state = OrderState("42", "player-1", "paid", True, 1_767_225_600_000)
+        state = OrderState(PROJECT, "42", "player-1", "paid", True, 1_767_225_600_000)
         assert await OrderStatusPublisher(redis, cluster=False).publish(state) == 1
         await eventually(lambda: heard == [state], what="the published state")
     finally:

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.store import EntitlementStore, GrantCommand
+from tests.helpers.services import PROJECT
 
 
 async def _reads_processed(redis: aioredis.Redis) -> int:
@@ -30,9 +31,9 @@ async def test_concurrent_reads_share_round_trips_and_get_their_own_answer(
 ) -> None:
     """200 concurrent reads each get their own entitlement, in far fewer round trips than reads."""
     for i in range(20):
-        await store.grant(GrantCommand(f"p{i}", "gold", 0, i + 1, 0, f"k{i}"), "test")
+        await store.grant(GrantCommand(PROJECT, f"p{i}", "gold", 0, i + 1, 0, f"k{i}"), "test")
     before = await _reads_processed(redis_client)
-    records = await asyncio.gather(*(store.get(f"p{i % 20}", "gold") for i in range(200)))
+    records = await asyncio.gather(*(store.get(PROJECT, f"p{i % 20}", "gold") for i in range(200)))
     socket_reads = await _reads_processed(redis_client) - before - 1  # the INFO call itself
     assert [r.quantity if r else None for r in records] == [i % 20 + 1 for i in range(200)]
     assert socket_reads < 50, f"{socket_reads} socket reads for 200 reads: not batched"
@@ -40,8 +41,8 @@ async def test_concurrent_reads_share_round_trips_and_get_their_own_answer(
 
 async def test_reads_of_absent_skus_are_none(store: EntitlementStore) -> None:
     """A batch mixing held and absent skus answers None for the absent ones."""
-    await store.grant(GrantCommand("p", "gold", 0, 1, 0, "k"), "test")
-    results = await asyncio.gather(*(store.get("p", sku) for sku in ("gold", "none", "gold", "x")))
+    await store.grant(GrantCommand(PROJECT, "p", "gold", 0, 1, 0, "k"), "test")
+    results = await asyncio.gather(*(store.get(PROJECT, "p", sku) for sku in ("gold", "none", "gold", "x")))
     assert [r is not None for r in results] == [True, False, True, False]
 
 
@@ -49,15 +50,15 @@ async def test_stuck_redis_fails_every_queued_read_then_recovers(
     store: EntitlementStore, redis_server: EmbeddedRedis
 ) -> None:
     """Reads queued behind a stuck round trip fail with StoreUnavailable in time, and reads work again after."""
-    await store.grant(GrantCommand("p", "gold", 0, 3, 0, "k"), "test")
+    await store.grant(GrantCommand(PROJECT, "p", "gold", 0, 3, 0, "k"), "test")
     assert redis_server.pid is not None
     os.kill(redis_server.pid, signal.SIGSTOP)
     try:
         results = await asyncio.wait_for(
-            asyncio.gather(*(store.get("p", "gold") for _ in range(20)), return_exceptions=True), timeout=5
+            asyncio.gather(*(store.get(PROJECT, "p", "gold") for _ in range(20)), return_exceptions=True), timeout=5
         )
     finally:
         os.kill(redis_server.pid, signal.SIGCONT)
     assert all(isinstance(r, StoreUnavailable) for r in results)
-    records = await asyncio.gather(*(store.get("p", "gold") for _ in range(20)))
+    records = await asyncio.gather(*(store.get(PROJECT, "p", "gold") for _ in range(20)))
     assert {r.quantity for r in records if r} == {3}

@@ -19,7 +19,7 @@ from server.app import Service
 from server.embedded import EmbeddedRedis
 from server.store import LedgerEntry
 from tests.helpers.events import consumer_settings, drained, event_log, store_of, subscription_event, xadd
-from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
 
 PLAYER = "player-1"
 SUB = "10"
@@ -70,7 +70,7 @@ class Subscription:
         return subscription
 
     async def last_entry(self) -> LedgerEntry:
-        return (await store_of(self.service).ledger(PLAYER, count=1))[0]
+        return (await store_of(self.service).ledger(PROJECT, PLAYER, count=1))[0]
 
     def events(self, kind: str, result: str) -> float:
         return (

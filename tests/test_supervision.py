@@ -385,6 +385,7 @@ async def test_a_stale_pid_file_never_stops_another_directorys_server(tmp_path: 
 
 async def test_once_the_store_is_back_the_waiting_loops_retry_at_once(
     service_factory: ServiceFactory,
+    client_factory: ClientFactory,
     health: Callable[[Service], Health],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -398,7 +399,12 @@ async def test_once_the_store_is_back_the_waiting_loops_retry_at_once(
     service = await service_factory(redis_url=None, data_dir=tmp_path / "var", **consumer_settings())
     assert service.tracking is not None
     watch = health(service)
-    await eventually(service.tracking.feed.subscribed.is_set, what="the order-status subscription")
+    # An order followed, so that the replica subscribes to its project's order-status channel.
+    client = await client_factory(service)
+    stream = client.get_order_status("order-1", PLAYER)
+    reader = asyncio.get_running_loop().create_task(anext(aiter(stream)))
+    await eventually(lambda: len(service.tracking or ()) == 1, what="the order's tracker")
+    await eventually(lambda: sample(service, "entitlements_order_feed_subscribes_total") >= 1, what="the channel")
 
     os.kill(valkey_pid(service), signal.SIGKILL)
     await watch.becomes(NOT_SERVING)
@@ -417,3 +423,5 @@ async def test_once_the_store_is_back_the_waiting_loops_retry_at_once(
         await drained(redis, timeout_s=20.0)
     finally:
         await redis.aclose()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

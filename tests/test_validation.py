@@ -13,6 +13,7 @@ from entitlements import AsyncEntitlementsClient, InvalidArgumentError
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 from server.app import Service
+from tests.helpers.services import data_keys
 
 LONG = "x" * 257
 GRANT_CASES: list[tuple[str, dict[str, Any], str]] = [
@@ -96,7 +97,7 @@ async def test_invalid_grant_is_rejected_and_writes_nothing(
         await raw_stub.Grant(pb.GrantRequest(**request), metadata=WRITE_METADATA)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
-    assert await redis_client.dbsize() == 0
+    assert await data_keys(redis_client) == 0
 
 
 async def test_client_reports_invalid_argument(client: AsyncEntitlementsClient) -> None:
@@ -163,7 +164,7 @@ async def test_invalid_request_is_rejected(
         await getattr(raw_stub, method)(REQUEST_TYPES[method](**fields), metadata=WRITE_METADATA)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
-    assert await redis_client.dbsize() == 0
+    assert await data_keys(redis_client) == 0
 
 
 async def test_page_token_is_bound_to_player_and_filter(client: AsyncEntitlementsClient) -> None:

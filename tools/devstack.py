@@ -17,6 +17,7 @@ from core import logs
 from core.errors import ConfigError
 from core.lifecycle import wait_for_stop_signal
 from providers import xsolla
+from server.__main__ import load_settings
 from server.app import Service
 from server.config import Settings
 from webhook_gateway.app import Gateway
@@ -51,12 +52,10 @@ async def run(
 
 def main() -> int:
     try:
-        settings = Settings.from_env(provider=xsolla.PROVIDER)
-        settings = replace(settings, projects=xsolla.with_env_credentials(settings.projects))
+        settings, xsolla_orders = load_settings()
         settings.check_servable()
         # The gateway's metrics are served by the service's endpoint (shared registry).
         gateway_settings = replace(GatewaySettings.from_env(named_networks=xsolla.NAMED_NETWORKS), metrics_port=None)
-        xsolla_orders = xsolla.OrderSettings.from_env()
         xsolla_webhooks = xsolla.WebhookSettings.from_env()
         xsolla_catalog = xsolla.CatalogSettings.from_env()
     except ConfigError as exc:

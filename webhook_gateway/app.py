@@ -30,8 +30,10 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 
 from core import connections
-from core.connections import RedisClient
+from core.connections import RedisClient, bounded
+from core.errors import StoreUnavailable
 from core.eventlog import EventLog
+from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.webhooks import WebhookProvider
 from providers import xsolla as xsolla_provider
@@ -205,11 +207,19 @@ class Gateway:
             sink = self._event_sink
             if sink is None:
                 assert self.redis is not None
+                # Before anything is appended: a store of another key layout is refused (`core.layout`). With
+                # Redis down, the gateway starts anyway and the event log checks before its first append.
+                layout = LayoutGate(self.redis)
+                try:
+                    await bounded(layout.ensure(), settings.redis_timeout_s * 4)
+                except StoreUnavailable as exc:
+                    log.warning("store_layout_unchecked", error=str(exc), note="checked before the first append")
                 self.event_log = EventLog(
                     self.redis,
                     partitions=settings.event_partitions,
                     dedup_ttl_s=settings.dedup_ttl_s,
                     timeout_s=settings.redis_timeout_s,
+                    layout=layout,
                 )
                 sink = self.event_log
             self.users = self._user_directory or build_directory(

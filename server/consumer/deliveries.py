@@ -1,5 +1,6 @@
-"""One delivery of an event-stream entry: what it is, the fault-injection seams around applying it, which failures
-are Redis's rather than the entry's (those are retried, never dead-lettered), and how an applied one is reported.
+"""One delivery of an event-stream entry: what it is, whether its event belongs on its project's stream, the
+fault-injection seams around applying it, which failures are Redis's rather than the entry's (those are retried,
+never dead-lettered), and how an applied one is reported.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import structlog
 
 from core.logs import user_ref
 from entitlements.v1 import events_pb2
-from server.errors import StoreUnavailable
+from server.errors import InvalidEvent, StoreUnavailable
 from server.fulfillment import Applied
 from server.metrics import ServiceMetrics
 
@@ -33,11 +34,27 @@ def is_transient(exc: BaseException) -> bool:
 class StreamEntry:
     """One delivery of an event-stream entry to this consumer."""
 
+    project_id: int
     partition: int
     entry_id: str
     fields: dict[bytes, bytes]
     # How many times the group has delivered the entry, this delivery included.
     deliveries: int
+
+
+def check_project(event: events_pb2.WebhookEvent, project_id: int) -> None:
+    """An event is applied in the project of the stream it is on, where the gateway appended it because of its
+    `project_id`. Entries moved by `migrate-layout` from a layout-1 stream may name no project: they take the
+    stream's.
+
+    Raises:
+        InvalidEvent: the event names another project than its stream's (the gateway did not append it there;
+            applying it would write outside the stream's project).
+    """
+    if event.project_id == 0:
+        event.project_id = project_id
+    elif event.project_id != project_id:
+        raise InvalidEvent(f"the event names project {event.project_id} but is on the stream of project {project_id}")
 
 
 Hook = Callable[[StreamEntry], Awaitable[None]]
@@ -88,6 +105,7 @@ def report_applied(
         lines_changed=applied.lines_changed,
         sandbox_policy=applied.sandbox_policy or None,
         note=applied.note or None,
+        project_id=entry.project_id,
         partition=entry.partition,
         entry_id=entry.entry_id,
         deliveries=entry.deliveries,

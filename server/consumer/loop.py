@@ -1,5 +1,5 @@
-"""The consumer's reader loop: one task per partition reads, claims, applies and acknowledges entries, and
-dead-letters those that keep failing (see `server.consumer` for how it runs as a whole).
+"""The consumer's reader loop: one task per partition of each project reads, claims, applies and acknowledges
+entries, and dead-letters those that keep failing (see `server.consumer` for how it runs as a whole).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,9 @@ import structlog
 from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient, reply_text
 from core.eventlog import MalformedEntry, decode_event
-from core.keys import CONSUMER_GROUP, EventKeys
+from core.keys import CONSUMER_GROUP, PROJECTS_KEY, EventKeys
 from server.config import ConsumerSettings
-from server.consumer.deliveries import ConsumerHooks, StreamEntry, is_transient, report_applied
+from server.consumer.deliveries import ConsumerHooks, StreamEntry, check_project, is_transient, report_applied
 from server.consumer.upkeep import HOUSEKEEPING_INTERVAL_S, StreamUpkeep
 from server.deadletters import DeadLetters
 from server.errors import EntitlementsError, InvalidEvent
@@ -67,14 +67,20 @@ class _Partition:
 
 
 class Consumer:
-    """Consumes the event log's partitions with the consumer group `CONSUMER_GROUP`.
+    """Consumes the partitions of every project's event log with the consumer group `CONSUMER_GROUP`.
+
+    The projects are those configured (`projects`) and those in `PROJECTS_KEY` (where the gateway registers a
+    project before its first event), re-read every `settings.projects_refresh_s`: a project's first webhook is
+    consumed without a restart.
 
     Args:
-        redis: a client for the stream commands, owned by the caller; its socket timeout must exceed `block_ms`.
+        redis: a client for the stream commands, owned by the caller; its socket timeout must exceed `block_ms`,
+            and its pool must hold a connection for each reader (partitions x projects).
         fulfillment: applies decoded events.
         metrics: the service's metrics.
-        settings: batch size, block time, claim idle time, delivery limit, retention.
+        settings: batch size, block time, claim idle time, delivery limit, retention, projects refresh.
         partitions: the event log's partition count (must equal the gateway's).
+        projects: the configured projects, read from the start.
         name: this consumer's name in the group; unique per process by default.
         hooks: fault-injection seams for tests.
         backoff: the wait after consecutive Redis failures.
@@ -88,6 +94,7 @@ class Consumer:
         settings: ConsumerSettings,
         *,
         partitions: int,
+        projects: Collection[int] = (),
         name: str | None = None,
         hooks: ConsumerHooks | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -101,7 +108,10 @@ class Consumer:
         self._backoff = backoff
         self._dead_letters = DeadLetters(redis, partitions)
         self._upkeep = StreamUpkeep(redis, metrics, self._dead_letters, settings)
-        self._parts = [_Partition(keys) for keys in self._dead_letters.partitions]
+        self._configured = tuple(sorted(set(projects)))
+        # (project, partition) -> its reader's state.
+        self._parts: dict[tuple[int, int], _Partition] = {}
+        self._discovery: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._wakeup = Wakeup()
         self._claim_idle_ms = max(1, int(settings.claim_idle_s * 1000))
@@ -110,23 +120,73 @@ class Consumer:
 
     @property
     def running(self) -> bool:
-        return any(part.task is not None and not part.task.done() for part in self._parts)
+        """Whether a reader, or the task that finds new projects, runs."""
+        discovering = self._discovery is not None and not self._discovery.done()
+        return discovering or any(part.task is not None and not part.task.done() for part in self._parts.values())
+
+    @property
+    def projects(self) -> frozenset[int]:
+        """The projects whose event streams this consumer reads now."""
+        return frozenset(project for project, _ in self._parts)
 
     async def start(self) -> None:
-        """Starts one reader task per partition. Returns at once; Redis need not be reachable yet."""
-        loop = asyncio.get_running_loop()
+        """Starts one reader task per partition of each configured project, and the task that finds the projects
+        added since. Returns at once; Redis need not be reachable yet."""
         self._stopping.clear()
-        for part in self._parts:
-            part.task = loop.create_task(self._run(part), name=f"consumer-{part.keys.partition}")
-        log.info("consumer_started", consumer=self.name, partitions=len(self._parts))
+        for project_id in self._configured:
+            self._add_project(project_id)
+        self._discovery = asyncio.get_running_loop().create_task(self._discover(), name="consumer-projects")
+        log.info(
+            "consumer_started",
+            consumer=self.name,
+            partitions=self._dead_letters.partitions,
+            projects=list(self._configured),
+        )
+
+    def _add_project(self, project_id: int) -> None:
+        """Starts the readers of a project's partitions (once)."""
+        loop = asyncio.get_running_loop()
+        for keys in self._dead_letters.keys_of(project_id):
+            if (project_id, keys.partition) in self._parts:
+                continue
+            part = _Partition(keys)
+            self._parts[(project_id, keys.partition)] = part
+            part.task = loop.create_task(self._run(part), name=f"consumer-{project_id}-{keys.partition}")
+
+    async def _discover(self) -> None:
+        """Every `projects_refresh_s`, starts reading the projects that appeared in `PROJECTS_KEY`."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                members = await self._redis.smembers(PROJECTS_KEY)
+                failures = 0
+            except Exception as exc:  # Redis down: the readers report it; try again at the next turn
+                failures += 1
+                if failures == 1 or failures % _FAILURE_LOG_EVERY == 0:
+                    log.warning("consumer_projects_unread", error=f"{type(exc).__name__}: {exc}")
+                members = set()
+            for member in members:
+                text = reply_text(member, errors="replace")
+                if not text.isdigit() or int(text) <= 0:
+                    log.error("consumer_project_invalid", member=text[:64], key=PROJECTS_KEY)
+                    continue
+                if (int(text), 0) not in self._parts:
+                    log.info("consumer_project_found", project_id=int(text), consumer=self.name)
+                    self._add_project(int(text))
+            await self._pause(self.settings.projects_refresh_s)
 
     async def stop(self, grace_s: float) -> None:
         """Stops reading. A reader applying entries it has read finishes them within `grace_s`, then is cancelled;
         whatever it had not acknowledged stays pending and is claimed by another consumer."""
         self._stopping.set()
         self._wakeup.wake()
-        tasks = [part.task for part in self._parts if part.task is not None]
-        for part in self._parts:
+        if self._discovery is not None:
+            self._discovery.cancel()
+            await asyncio.gather(self._discovery, return_exceptions=True)
+            self._discovery = None
+        parts = list(self._parts.values())
+        tasks = [part.task for part in parts if part.task is not None]
+        for part in parts:
             if part.blocked and part.task is not None:
                 part.task.cancel()
         if tasks:
@@ -134,9 +194,10 @@ class Consumer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        for part in self._parts:
+        for part in parts:
             part.task = None
-        await self._upkeep.release([part.keys for part in self._parts if part.group_ready], self.name)
+        await self._upkeep.release([part.keys for part in parts if part.group_ready], self.name)
+        self._parts.clear()
         log.info("consumer_stopped", consumer=self.name)
 
     def retry_now(self) -> None:
@@ -145,7 +206,7 @@ class Consumer:
 
     async def maintain(self) -> None:
         """Runs the periodic maintenance now on every joined partition: gauges, stale consumers, retention trim."""
-        for part in self._parts:
+        for part in list(self._parts.values()):
             if part.group_ready:
                 await self._upkeep.observe(part.keys)
                 await self._upkeep.housekeeping(part.keys)
@@ -187,12 +248,12 @@ class Consumer:
                     wait_ms = max(1, min(self.settings.block_ms, int((part.next_claim - loop.time()) * 1000)))
                     await self._process(part, await self._read(part, ">", wait_ms), fresh=True)
                 if part.failures:
-                    log.info("consumer_recovered", partition=part.keys.partition, failures=part.failures)
+                    log.info("consumer_recovered", **_where(part), failures=part.failures)
                     part.failures = 0
             except redis_errors.ResponseError as exc:
                 if str(exc).startswith("NOGROUP"):
                     # The stream or the group was deleted (or Redis restarted without its data): join again.
-                    log.warning("consumer_group_missing", partition=part.keys.partition, stream=part.keys.stream)
+                    log.warning("consumer_group_missing", **_where(part), stream=part.keys.stream)
                     part.group_ready = False
                     continue
                 await self._failed(part, exc)
@@ -200,7 +261,7 @@ class Consumer:
                 if is_transient(exc):
                     part.own_backlog, part.backlog_cursor = True, "0"
                 else:  # a bug: keep consuming, loudly
-                    log.error("consumer_loop_error", partition=part.keys.partition, stage=part.stage, exc_info=exc)
+                    log.error("consumer_loop_error", **_where(part), stage=part.stage, exc_info=exc)
                 await self._failed(part, exc)
 
     async def _failed(self, part: _Partition, exc: BaseException) -> None:
@@ -209,7 +270,7 @@ class Consumer:
         if part.failures == 1 or part.failures % _FAILURE_LOG_EVERY == 0:
             log.warning(
                 "consumer_redis_error",
-                partition=part.keys.partition,
+                **_where(part),
                 stage=part.stage,
                 error=f"{type(exc).__name__}: {exc}",
                 consecutive_failures=part.failures,
@@ -233,7 +294,7 @@ class Consumer:
                 raise
         part.group_ready = True
         part.claim_cursor = "0-0"
-        log.info("consumer_joined", partition=part.keys.partition, stream=part.keys.stream, consumer=self.name)
+        log.info("consumer_joined", **_where(part), stream=part.keys.stream, consumer=self.name)
         return True
 
     async def _read(self, part: _Partition, from_id: str, block_ms: int | None) -> list[tuple[Any, Any]]:
@@ -277,12 +338,12 @@ class Consumer:
             self._metrics.events.labels("invalid", "missing").inc(len(deleted))
             log.error(
                 "event_entries_missing",
-                partition=part.keys.partition,
+                **_where(part),
                 entry_ids=[reply_text(i) for i in deleted][:20],
                 count=len(deleted),
             )
         if claimed:
-            log.info("events_claimed", partition=part.keys.partition, count=len(claimed), consumer=self.name)
+            log.info("events_claimed", **_where(part), count=len(claimed), consumer=self.name)
             await self._process(part, claimed, fresh=False)
 
     async def _delivery_counts(self, part: _Partition, entry_ids: Sequence[str]) -> dict[str, int]:
@@ -306,10 +367,11 @@ class Consumer:
                 # Deleted from the stream while pending: nothing to apply, drop it from the pending list.
                 await self._redis.xack(part.keys.stream, CONSUMER_GROUP, entry_id)
                 self._metrics.events.labels("invalid", "missing").inc()
-                log.error("event_entry_missing", partition=part.keys.partition, entry_id=entry_id)
+                log.error("event_entry_missing", **_where(part), entry_id=entry_id)
                 continue
             deliveries = 1 if fresh else counts.get(entry_id, 1)
-            await self._handle(part, StreamEntry(part.keys.partition, entry_id, dict(fields), deliveries))
+            entry = StreamEntry(part.keys.project_id, part.keys.partition, entry_id, dict(fields), deliveries)
+            await self._handle(part, entry)
 
     async def _handle(self, part: _Partition, entry: StreamEntry) -> None:
         """Applies one entry and acknowledges it; on a failure that is the entry's, retries or dead-letters it.
@@ -328,6 +390,7 @@ class Consumer:
             except MalformedEntry as exc:
                 raise InvalidEvent(str(exc)) from exc
             label = type_label(event.type)
+            check_project(event, entry.project_id)
             applied = await self._fulfillment.apply(event)
             if self._hooks.before_ack is not None:
                 await self._hooks.before_ack(entry)
@@ -347,6 +410,7 @@ class Consumer:
         error = f"{type(exc).__name__}: {exc}"
         context = {
             "type": label,
+            "project_id": entry.project_id,
             "partition": entry.partition,
             "entry_id": entry.entry_id,
             "deliveries": entry.deliveries,
@@ -364,3 +428,8 @@ class Consumer:
         self._metrics.events.labels(label, "dead_lettered").inc()
         self._metrics.dead_letters.labels(label).inc()
         log.error("event_dead_lettered", dead_letter_id=dead_id, stream=part.keys.dead_letters, **context)
+
+
+def _where(part: _Partition) -> dict[str, int]:
+    """The log fields naming a reader's stream."""
+    return {"project_id": part.keys.project_id, "partition": part.keys.partition}

@@ -1,6 +1,7 @@
 """The event streams' upkeep, done by every consumer beside its reading: gauges, retention, group membership.
 
-- Every few seconds (`StreamUpkeep.observe`): the pending, lag and dead-letter gauges of a partition, group-wide.
+- Every few seconds (`StreamUpkeep.observe`): the pending, lag and dead-letter gauges of a project's partition,
+  group-wide.
 - Every minute (`StreamUpkeep.housekeeping`): trims entries every consumer is done with once they are older than
   the retention, and removes group members of processes gone for good (idle an hour, holding nothing pending).
 - When a consumer stops (`StreamUpkeep.release`): it leaves the group if it holds nothing pending, best effort.
@@ -57,7 +58,7 @@ class StreamUpkeep:
         Raises:
             redis.exceptions.RedisError: Redis failed (NOGROUP when the group is gone).
         """
-        partition = str(keys.partition)
+        labels = (str(keys.project_id), str(keys.partition))
         group = await group_info(self._redis, keys)
         if group is None:
             return
@@ -71,10 +72,10 @@ class StreamUpkeep:
                 undelivered_ms = _id_ms(reply_text(first[0][0]))
                 oldest_ms = undelivered_ms if oldest_ms is None else min(oldest_ms, undelivered_ms)
         lag_s = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
-        self._metrics.consumer_pending.labels(partition).set(pending)
-        self._metrics.consumer_lag_entries.labels(partition).set(int(lag) if lag is not None else 0)
-        self._metrics.consumer_lag.labels(partition).set(lag_s)
-        self._metrics.dead_letters_waiting.labels(partition).set(await self._dead_letters.waiting(keys))
+        self._metrics.consumer_pending.labels(*labels).set(pending)
+        self._metrics.consumer_lag_entries.labels(*labels).set(int(lag) if lag is not None else 0)
+        self._metrics.consumer_lag.labels(*labels).set(lag_s)
+        self._metrics.dead_letters_waiting.labels(*labels).set(await self._dead_letters.waiting(keys))
 
     async def housekeeping(self, keys: EventKeys) -> None:
         """Trims acknowledged entries past the retention; removes group members of processes gone for good.
@@ -84,7 +85,9 @@ class StreamUpkeep:
         """
         removed = await self._release(keys=[keys.stream], args=[CONSUMER_GROUP, "", STALE_CONSUMER_MS])
         if removed:
-            log.info("stale_consumers_removed", partition=keys.partition, count=int(removed))
+            log.info(
+                "stale_consumers_removed", project_id=keys.project_id, partition=keys.partition, count=int(removed)
+            )
         retention_ms = int(self._settings.retention_days * 86_400_000)
         if retention_ms <= 0:
             return
@@ -100,7 +103,9 @@ class StreamUpkeep:
         if bound_ms > 0:
             trimmed = await self._redis.xtrim(keys.stream, minid=f"{bound_ms}-0", approximate=True)
             if trimmed:
-                log.info("event_stream_trimmed", partition=keys.partition, entries=int(trimmed))
+                log.info(
+                    "event_stream_trimmed", project_id=keys.project_id, partition=keys.partition, entries=int(trimmed)
+                )
 
     async def release(self, joined: Sequence[EventKeys], name: str) -> None:
         """Takes consumer `name` out of the group of each partition in `joined` where it holds nothing pending.

@@ -2,8 +2,9 @@
 
 Every write is one Lua script (`server/lua/`) that checks the idempotency key, applies the change, appends to the
 player's ledger and remembers the result, atomically: concurrent writers, on any number of replicas, never lose
-an update, and a replayed key never applies twice. All of one player's keys share a hash tag (`core.keys`), so
-the same scripts run unchanged on Redis Cluster.
+an update, and a replayed key never applies twice. Every method takes the project first: the same player id in
+two projects is two players. All of one player's keys in a project share a hash tag (`core.keys`), so the same
+scripts run unchanged on Redis Cluster.
 
 Reads of single entitlements share round trips under load: while one is in flight, the next ones queue and go
 together in one pipeline (`server.store.batcher`). Listings read one page through the player's indexes
@@ -14,6 +15,7 @@ in bounded steps (`build_index`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -24,6 +26,7 @@ from core import scripts
 from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.keys import UserKeys, items_key
+from core.layout import LayoutGate, LayoutMismatch
 from core.logs import user_ref
 from server.errors import FailedPrecondition
 from server.store.batcher import ReadBatcher
@@ -59,10 +62,14 @@ class EntitlementStore:
         redis: a connected client (standalone or cluster), owned by the caller.
         timeout_s: the upper bound of any one store operation, retries included.
         idempotency_ttl_ms: how long a write's idempotency key is remembered.
+        layout: the process's layout check, passed before the first operation (None: the caller checked).
     """
 
-    def __init__(self, redis: RedisClient, *, timeout_s: float, idempotency_ttl_ms: int) -> None:
+    def __init__(
+        self, redis: RedisClient, *, timeout_s: float, idempotency_ttl_ms: int, layout: LayoutGate | None = None
+    ) -> None:
         self._redis = redis
+        self._layout = layout
         self._timeout_s = timeout_s
         self._idempotency_ttl_ms = idempotency_ttl_ms
         # index.lua goes before every script that writes the items or subscriptions hash, and reads the indexes.
@@ -86,7 +93,7 @@ class EntitlementStore:
                 held time-limited sku was granted without a duration.
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(command.user_id)
+        keys = UserKeys(command.project_id, command.user_id)
         args = [
             *self._common_args(command.fingerprint(), "grant", command.sku, actor, command.reason),
             command.idempotency_key,
@@ -109,7 +116,7 @@ class EntitlementStore:
             IdempotencyConflict: the key was used for a different request.
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(command.user_id)
+        keys = UserKeys(command.project_id, command.user_id)
         args = [
             *self._common_args(command.fingerprint(), "revoke", command.sku, actor, command.reason),
             command.idempotency_key,
@@ -119,13 +126,13 @@ class EntitlementStore:
         previous = None if payload == "{}" else EntitlementRecord.decode(command.user_id, command.sku, payload)
         return RevokeResult(previous, replayed)
 
-    async def get(self, user_id: str, sku: str) -> EntitlementRecord | None:
+    async def get(self, project_id: int, user_id: str, sku: str) -> EntitlementRecord | None:
         """Returns the stored entitlement of one sku, expired or not, or None."""
-        raw = await self._run(self._reads.hget(items_key(user_id), sku), self_bounded=True)
+        raw = await self._run(self._reads.hget(items_key(project_id, user_id), sku), self_bounded=True)
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
 
     async def list_page(
-        self, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
+        self, project_id: int, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
     ) -> EntitlementPage:
         """Reads one page of a player's entitlements with skus after `after_sku` (byte order), in one script.
 
@@ -136,25 +143,27 @@ class EntitlementStore:
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(user_id)
+        keys = UserKeys(project_id, user_id)
         args = ["all" if include_expired else "live", _lex_after(after_sku), page_size, EXPIRED_BUDGET]
-        reply = await self._read_indexed(user_id, lambda: self._list_page(keys=keys.indexes, args=args))
+        reply = await self._read_indexed(project_id, user_id, lambda: self._list_page(keys=keys.indexes, args=args))
         return EntitlementPage.from_reply(user_id, reply)
 
     async def subscriptions_page(
-        self, user_id: str, offset: int, limit: int, *, include_inactive: bool
+        self, project_id: int, user_id: str, offset: int, limit: int, *, include_inactive: bool
     ) -> SubscriptionPage:
         """Reads one page of a player's subscriptions (recurring ones, then time-limited items), by offset.
 
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(user_id)
+        keys = UserKeys(project_id, user_id)
         args = ["1" if include_inactive else "0", offset, limit]
-        reply = await self._read_indexed(user_id, lambda: self._list_subscriptions(keys=keys.indexes, args=args))
+        reply = await self._read_indexed(
+            project_id, user_id, lambda: self._list_subscriptions(keys=keys.indexes, args=args)
+        )
         return SubscriptionPage.from_reply(user_id, reply)
 
-    async def build_index(self, user_id: str, *, max_steps: int | None = None) -> bool:
+    async def build_index(self, project_id: int, user_id: str, *, max_steps: int | None = None) -> bool:
         """Indexes the data of a player written before the indexes existed, one bounded script per step
         (`INDEX_BUILD_STEP` entries each), so that Redis is never held long whatever the player's history; a
         no-op once they are complete. The listings call it when they need it.
@@ -165,7 +174,7 @@ class EntitlementStore:
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(user_id).indexes
+        keys = UserKeys(project_id, user_id).indexes
         steps = 0
         while max_steps is None or steps < max_steps:
             steps += 1
@@ -173,19 +182,19 @@ class EntitlementStore:
                 return True
         return False
 
-    async def _read_indexed(self, user_id: str, read: Callable[[], Awaitable[Any]]) -> Sequence[Any]:
+    async def _read_indexed(self, project_id: int, user_id: str, read: Callable[[], Awaitable[Any]]) -> Sequence[Any]:
         """Runs a listing script, building the player's indexes first when it answers that they are not."""
         reply = await self._run(read())
         if reply_text(reply[0]) == "unindexed":
-            await self.build_index(user_id)
+            await self.build_index(project_id, user_id)
             reply = await self._run(read())
             if reply_text(reply[0]) == "unindexed":  # the state key was removed meanwhile (an operator)
                 raise StoreUnavailable(f"the indexes of player {user_ref(user_id)} were removed while being read")
         return cast(Sequence[Any], reply)
 
-    async def ledger(self, user_id: str, count: int = 100) -> list[LedgerEntry]:
+    async def ledger(self, project_id: int, user_id: str, count: int = 100) -> list[LedgerEntry]:
         """Returns the newest `count` ledger entries of a player, newest first."""
-        rows = await self._run(self._redis.xrevrange(UserKeys(user_id).ledger, count=count)) or []
+        rows = await self._run(self._redis.xrevrange(UserKeys(project_id, user_id).ledger, count=count)) or []
         return [
             LedgerEntry(reply_text(entry_id or b""), {reply_text(k): reply_text(v) for k, v in (values or {}).items()})
             for entry_id, values in rows
@@ -193,6 +202,7 @@ class EntitlementStore:
 
     async def apply_order_paid(
         self,
+        project_id: int,
         user_id: str,
         order_id: str,
         event_id: str,
@@ -229,10 +239,10 @@ class EntitlementStore:
             withheld,
             withheld_reason,
         ]
-        return await self._run_order(self._order_paid, user_id, order_id, args)
+        return await self._run_order(self._order_paid, project_id, user_id, order_id, args)
 
     async def apply_order_canceled(
-        self, user_id: str, order_id: str, event_id: str, actor: str, record: Mapping[str, str]
+        self, project_id: int, user_id: str, order_id: str, event_id: str, actor: str, record: Mapping[str, str]
     ) -> OrderOutcome:
         """Undoes exactly what the order's order_paid granted and marks the order canceled, atomically, once.
         A cancel ahead of its order_paid is recorded, and that order_paid will grant nothing.
@@ -241,15 +251,15 @@ class EntitlementStore:
             StoreUnavailable: Redis did not answer in time.
         """
         args = self._order_args(order_id, event_id, actor, record)
-        return await self._run_order(self._order_canceled, user_id, order_id, args)
+        return await self._run_order(self._order_canceled, project_id, user_id, order_id, args)
 
-    async def order(self, user_id: str, order_id: str) -> dict[str, str] | None:
+    async def order(self, project_id: int, user_id: str, order_id: str) -> dict[str, str] | None:
         """The stored order hash (status, granted, grants, timestamps, ...), or None if no event named it."""
-        raw = await self._run(self._redis.hgetall(UserKeys(user_id).order(order_id)))
+        raw = await self._run(self._redis.hgetall(UserKeys(project_id, user_id).order(order_id)))
         return {reply_text(k): reply_text(v) for k, v in raw.items()} or None
 
     async def record_subscription_event(
-        self, user_id: str, event_id: str, actor: str, action: str, change: SubscriptionChange
+        self, project_id: int, user_id: str, event_id: str, actor: str, action: str, change: SubscriptionChange
     ) -> SubscriptionOutcome:
         """Creates or updates a recurring subscription from a provider event, once per `event_id`.
 
@@ -260,7 +270,7 @@ class EntitlementStore:
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(user_id)
+        keys = UserKeys(project_id, user_id)
         args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, compact_json(change.fields())]
         reply = await self._run(
             self._subscription(
@@ -269,7 +279,7 @@ class EntitlementStore:
         )
         return SubscriptionOutcome.from_reply(reply)
 
-    async def record_event(self, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
+    async def record_event(self, project_id: int, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
         """Appends a ledger entry for an event that grants nothing (payment, refund), once per `event_id`.
 
         Returns:
@@ -278,7 +288,7 @@ class EntitlementStore:
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        keys = UserKeys(user_id)
+        keys = UserKeys(project_id, user_id)
         args: list[Any] = [self._idempotency_ttl_ms]
         for name, value in fields.items():
             args += [name, value]
@@ -289,8 +299,10 @@ class EntitlementStore:
     def _order_args(order_id: str, event_id: str, actor: str, record: Mapping[str, str]) -> list[Any]:
         return [event_id, order_id, actor, compact_json(dict(record)) if record else "{}"]
 
-    async def _run_order(self, script: AsyncScript, user_id: str, order_id: str, args: list[Any]) -> OrderOutcome:
-        keys = UserKeys(user_id)
+    async def _run_order(
+        self, script: AsyncScript, project_id: int, user_id: str, order_id: str, args: list[Any]
+    ) -> OrderOutcome:
+        keys = UserKeys(project_id, user_id)
         try:
             reply = await self._run(
                 script(keys=[keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args=args)
@@ -324,6 +336,14 @@ class EntitlementStore:
         `self_bounded`: the operation enforces the timeout itself (the read batcher does, once per round trip
         rather than once per read).
         """
+        if self._layout is not None and not self._layout.passed:
+            try:
+                await bounded(self._layout.ensure(), self._timeout_s)
+            except LayoutMismatch as exc:
+                raise StoreUnavailable(f"the store is refused: {exc}") from exc
+            finally:
+                if not self._layout.passed and inspect.iscoroutine(operation):
+                    operation.close()  # never started
         try:
             return await bounded(operation, self._timeout_s, self_bounded=self_bounded)
         except redis_errors.ResponseError as exc:

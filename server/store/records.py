@@ -61,13 +61,14 @@ class EntitlementRecord:
 
 @dataclass(frozen=True)
 class GrantCommand:
-    """A validated grant. `kind` 0 lets the store infer it (see EntitlementKind in the .proto).
+    """A validated grant in one project. `kind` 0 lets the store infer it (see EntitlementKind in the .proto).
 
     The period is `period_ms`, or `period_months` calendar months. `period_from_catalog`: the request gave no
     duration and the period is the catalog's; the request's fingerprint is then the request's own (no period), so
     a retry after the catalog changed replays instead of conflicting.
     """
 
+    project_id: int
     user_id: str
     sku: str
     kind: int
@@ -96,8 +97,9 @@ class GrantCommand:
 
 @dataclass(frozen=True)
 class RevokeCommand:
-    """A validated revoke."""
+    """A validated revoke in one project."""
 
+    project_id: int
     user_id: str
     sku: str
     idempotency_key: str

@@ -344,7 +344,7 @@ class OrderTracker:
     async def _read_stored(self) -> None:
         try:
             async with asyncio.timeout(self._redis_timeout_s * 2):
-                state = await read_order_state(self._redis, self.user_id, self.order_id)
+                state = await read_order_state(self._redis, self.key)
         except Exception as exc:  # the feed re-reads it after (re)subscribing; sources still run
             self._log.warning("order_stored_state_unavailable", error=repr(exc))
             return

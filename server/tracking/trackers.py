@@ -1,7 +1,8 @@
 """The replica's order trackers: at most one per order, shared by every stream watching it, within a cap; and the
 streams each API key holds open, within a cap of their own, so that one caller cannot take every tracker.
 
-`OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription) and the provider's order
+`OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription, to the channels of the
+projects it follows orders of) and the provider's order
 sources (`core.order_sources`: its sockets, one per player, and its lookup, one HTTP session), which the
 composition root chooses. The composition root starts and stops it; GetOrderStatus calls `watch()`.
 """
@@ -52,9 +53,8 @@ class OrderTracking:
         self._metrics = metrics
         self._redis_timeout_s = redis_timeout_s
         self.sources = sources
+        # (project, player, order) -> its tracker; the webhook feed's states name the same triple.
         self._trackers: dict[TrackerKey, OrderTracker] = {}
-        # (player, order) -> trackers, for the webhook feed (which does not know the project).
-        self._by_order: dict[OrderRef, list[OrderTracker]] = {}
         # API key name -> streams it holds open on this replica (a key is absent at 0).
         self._streams_by_key: dict[str, int] = {}
         self._stopping = False
@@ -77,9 +77,10 @@ class OrderTracking:
         """How many streams the API key named `caller` holds open on this replica now."""
         return self._streams_by_key.get(caller, 0)
 
-    def watch(self, request: OrderWatch, caller: str) -> Watcher:
-        """Starts watching an order for the API key named `caller`: joins the order's tracker, or starts one.
-        The stream counts against the key's cap until its watcher is closed.
+    def watch(self, request: OrderWatch, caller: str, *, project_id: int) -> Watcher:
+        """Starts watching an order of `project_id` (the request's project, resolved by the servicer) for the API
+        key named `caller`: joins the order's tracker, or starts one. The stream counts against the key's cap
+        until its watcher is closed.
 
         Raises:
             CapacityExceeded: the key holds its maximum of streams open already, or a new tracker is needed and
@@ -96,7 +97,7 @@ class OrderTracking:
                 f"API key '{caller}' holds its maximum of {limit} GetOrderStatus streams open on this replica; "
                 "close one, or retry later"
             )
-        key = (request.project_id, request.user_id, request.order_id)
+        key: TrackerKey = (project_id, request.user_id, request.order_id)
         tracker = self._trackers.get(key)
         if tracker is None:
             if len(self._trackers) >= self.settings.max_trackers:
@@ -115,7 +116,9 @@ class OrderTracking:
                 redis_timeout_s=self._redis_timeout_s,
             )
             self._trackers[key] = tracker
-            self._by_order.setdefault((request.user_id, request.order_id), []).append(tracker)
+            # Subscribes to the project's channel if no other order of it is followed here; the tracker reads
+            # the stored state, and the feed re-reads it once subscribed: no publication falls in between.
+            self.feed.follow(project_id)
             self._metrics.order_trackers.inc()
             tracker.start()
         watcher = tracker.join(request.token)
@@ -135,23 +138,18 @@ class OrderTracking:
     def _forget(self, tracker: OrderTracker) -> None:
         if self._trackers.get(tracker.key) is tracker:
             del self._trackers[tracker.key]
+            self.feed.unfollow(tracker.project_id)
             self._metrics.order_trackers.dec()
-        ref = (tracker.user_id, tracker.order_id)
-        siblings = self._by_order.get(ref)
-        if siblings is not None:
-            if tracker in siblings:
-                siblings.remove(tracker)
-            if not siblings:
-                del self._by_order[ref]
 
     def _dispatch(self, state: OrderState) -> int:
-        trackers = self._by_order.get((state.user_id, state.order_id), ())
-        for tracker in list(trackers):
-            tracker.webhook(state)
-        return len(trackers)
+        tracker = self._trackers.get(state.ref)
+        if tracker is None:
+            return 0
+        tracker.webhook(state)
+        return 1
 
-    def _followed(self) -> list[OrderRef]:
-        return list(self._by_order)
+    def _followed(self, project_id: int) -> list[OrderRef]:
+        return [key for key in self._trackers if key[0] == project_id]
 
     def close_streams(self) -> None:
         """Ends every stream with UNAVAILABLE and refuses new ones: the replica is stopping."""

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from core.eventlog import EventLog, partition_for
-from core.keys import CONSUMER_GROUP, EventKeys
+from core.keys import CONSUMER_GROUP, PROJECTS_KEY, EventKeys
 from core.projects import CATALOG_FILE, Project, Projects
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
@@ -22,6 +22,7 @@ from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings
 from server.consumer import Consumer
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore
+from tests.helpers.services import PROJECT
 from tests.helpers.waiting import eventually
 
 PARTITIONS = 2
@@ -46,15 +47,16 @@ assert CATALOG.lookup("castle") == CatalogItem(PERMANENT)
 FAST = ConsumerSettings(block_ms=50, claim_idle_s=0.2, max_deliveries=3)
 
 
-#: Every project with the test catalog as its local catalog file (a sku it does not know is not granted).
-CATALOG_PROJECTS = Projects.single(None, Project(0, catalog_source=CATALOG_FILE))
+#: The tests' project (the default one) with the test catalog as its local catalog file (a sku it does not know is
+#: not granted).
+CATALOG_PROJECTS = Projects.single(PROJECT, Project(0, catalog_source=CATALOG_FILE))
 
 
 def consumer_settings(projects: Projects = CATALOG_PROJECTS, **overrides: Any) -> dict[str, Any]:
     """Service overrides for a consuming service with the test catalog and fast consumer timings.
 
     Args:
-        projects: the projects served (by default any, with the test catalog as their catalog file).
+        projects: the projects served (by default the tests' project, with the test catalog as its catalog file).
         overrides: ConsumerSettings fields.
     """
     consumer = replace(FAST, **overrides)
@@ -76,14 +78,16 @@ def order_event(
     lines: Sequence[Line] = (),
     *,
     event_id: str | None = None,
+    project_id: int = PROJECT,
 ) -> ev.WebhookEvent:
-    """An order_paid ("paid") or order_canceled ("canceled") event; lines are (sku, quantity[, type])."""
+    """An order_paid ("paid") or order_canceled ("canceled") event of a project (the tests' by default); lines are
+    (sku, quantity[, type])."""
     event_type = ev.EVENT_TYPE_ORDER_PAID if status == "paid" else ev.EVENT_TYPE_ORDER_CANCELED
     event = ev.WebhookEvent(
-        event_id=event_id or f"xsolla:308077:order:{order_id}:{status}",
+        event_id=event_id or f"xsolla:{project_id}:order:{order_id}:{status}",
         type=event_type,
         provider="xsolla",
-        project_id=308077,
+        project_id=project_id,
         user_id=user_id,
         notification_type=f"order_{status}",
         order=ev.OrderEvent(order_id=order_id, status=status, currency="USD", amount="9.99", invoice_id="77"),
@@ -106,6 +110,7 @@ def subscription_event(
     plan_id: str = "b5dac9c8",
     event_id: str | None = None,
     date_create: datetime | None = datetime(2026, 1, 1, tzinfo=UTC),
+    project_id: int = PROJECT,
 ) -> ev.WebhookEvent:
     """A subscription event as the gateway builds it from Xsolla's subscription webhooks."""
     sub = ev.SubscriptionEvent(subscription_id=subscription_id, plan_id=plan_id, product_id="42")
@@ -118,10 +123,10 @@ def subscription_event(
     name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
     dates = f"{next_charge.isoformat() if next_charge else ''}/{date_end.isoformat() if date_end else ''}"
     return ev.WebhookEvent(
-        event_id=event_id or f"xsolla:308077:sub:{subscription_id}:{name}:{dates}",
+        event_id=event_id or f"xsolla:{project_id}:sub:{subscription_id}:{name}:{dates}",
         type=event_type,
         provider="xsolla",
-        project_id=308077,
+        project_id=project_id,
         user_id=user_id,
         notification_type=name,
         subscription=sub,
@@ -129,15 +134,20 @@ def subscription_event(
 
 
 def transaction_event(
-    event_type: ev.EventType.ValueType, user_id: str, transaction_id: str, amount: str = "1.99"
+    event_type: ev.EventType.ValueType,
+    user_id: str,
+    transaction_id: str,
+    amount: str = "1.99",
+    *,
+    project_id: int = PROJECT,
 ) -> ev.WebhookEvent:
     """A payment, refund or partial_refund event."""
     name = ev.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
     return ev.WebhookEvent(
-        event_id=f"xsolla:308077:txn:{transaction_id}:{name}",
+        event_id=f"xsolla:{project_id}:txn:{transaction_id}:{name}",
         type=event_type,
         provider="xsolla",
-        project_id=308077,
+        project_id=project_id,
         user_id=user_id,
         notification_type=name,
         transaction=ev.TransactionEvent(
@@ -169,7 +179,8 @@ def event_log(redis: aioredis.Redis) -> EventLog:
 
 async def xadd(redis: aioredis.Redis, event: ev.WebhookEvent, *, raw: bytes = b"{}") -> str:
     """Appends an entry the way the gateway does but without its dedup check: a redelivery of the same event."""
-    keys = EventKeys(partition_for(event.user_id, PARTITIONS))
+    keys = EventKeys(event.project_id, partition_for(event.user_id, PARTITIONS))
+    await redis.sadd(PROJECTS_KEY, event.project_id)
     fields: dict[FieldT, EncodableT] = {
         "event": event.SerializeToString(),
         "raw": raw,
@@ -179,18 +190,21 @@ async def xadd(redis: aioredis.Redis, event: ev.WebhookEvent, *, raw: bytes = b"
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def xadd_raw(redis: aioredis.Redis, user_id: str, fields: dict[FieldT, EncodableT]) -> str:
-    """Appends an arbitrary entry to the partition of `user_id` (for malformed entries)."""
-    keys = EventKeys(partition_for(user_id, PARTITIONS))
+async def xadd_raw(
+    redis: aioredis.Redis, user_id: str, fields: dict[FieldT, EncodableT], *, project_id: int = PROJECT
+) -> str:
+    """Appends an arbitrary entry to the partition of `user_id` in a project (for malformed entries)."""
+    keys = EventKeys(project_id, partition_for(user_id, PARTITIONS))
     entry_id = await redis.xadd(keys.stream, fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def group_state(redis: aioredis.Redis) -> tuple[int, int]:
-    """(pending, undelivered) summed over the partitions' consumer groups; streams not created yet count as 0."""
+async def group_state(redis: aioredis.Redis, projects: Sequence[int] = (PROJECT,)) -> tuple[int, int]:
+    """(pending, undelivered) summed over the consumer groups of the projects' partitions; streams not created yet
+    count as 0."""
     pending = undelivered = 0
-    for partition in range(PARTITIONS):
-        stream = EventKeys(partition).stream
+    for project_id, partition in [(p, n) for p in projects for n in range(PARTITIONS)]:
+        stream = EventKeys(project_id, partition).stream
         if not await redis.exists(stream):
             continue
         groups = [g for g in await redis.xinfo_groups(stream) if g["name"] == CONSUMER_GROUP.encode()]
@@ -202,19 +216,19 @@ async def group_state(redis: aioredis.Redis) -> tuple[int, int]:
     return pending, undelivered
 
 
-async def drained(redis: aioredis.Redis, timeout_s: float = 10.0) -> None:
-    """Waits until every entry of every partition was delivered and acknowledged."""
+async def drained(redis: aioredis.Redis, timeout_s: float = 10.0, projects: Sequence[int] = (PROJECT,)) -> None:
+    """Waits until every entry of every partition of the projects was delivered and acknowledged."""
 
     async def done() -> bool:
-        return await group_state(redis) == (0, 0)
+        return await group_state(redis, projects) == (0, 0)
 
     await eventually(done, timeout_s=timeout_s, what="the consumer group to apply and acknowledge every entry")
 
 
-async def dead_letters(redis: aioredis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Every dead letter of every partition."""
+async def dead_letters(redis: aioredis.Redis, project_id: int = PROJECT) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Every dead letter of every partition of a project."""
     found: list[tuple[bytes, dict[bytes, bytes]]] = []
     for partition in range(PARTITIONS):
-        rows: Any = await redis.xrange(EventKeys(partition).dead_letters)
+        rows: Any = await redis.xrange(EventKeys(project_id, partition).dead_letters)
         found.extend(rows)
     return found

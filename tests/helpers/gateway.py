@@ -26,7 +26,7 @@ from typing import Any, cast
 import aiohttp
 
 from core.connections import RedisClient
-from core.keys import EventKeys
+from core.keys import PROJECTS_KEY, EventKeys
 from entitlements.v1 import events_pb2
 from providers.xsolla import WebhookSettings
 from providers.xsolla.signature import sign
@@ -144,11 +144,14 @@ async def post(
 
 
 async def stored_events(redis: RedisClient, *, partitions: int = 1) -> list[StoredEvent]:
-    """Every entry of every partition's event stream, oldest first within a partition."""
+    """Every entry of every partition's event stream of every project that has events, by project, then
+    partition, oldest first within a partition."""
     found: list[StoredEvent] = []
-    for partition in range(partitions):
+    projects = sorted(int(member) for member in await redis.smembers(PROJECTS_KEY))
+    for project_id, partition in [(p, n) for p in projects for n in range(partitions)]:
         # redis-py types stream replies loosely; without decode_responses they are bytes.
-        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(EventKeys(partition).stream))
+        stream = EventKeys(project_id, partition).stream
+        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(stream))
         for entry_id, fields in entries:
             event = events_pb2.WebhookEvent()
             event.ParseFromString(fields[b"event"])

@@ -7,6 +7,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from core.keys import LAYOUT_KEY
+from core.projects import Projects
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
@@ -16,13 +20,18 @@ WRITER_KEY = "writer-key-0123456789"
 READER_KEY = "reader-key-0123456789"
 API_KEYS = parse_api_keys(f"writer:{hash_key(WRITER_KEY)}:read,write\nreader:{hash_key(READER_KEY)}:read")
 
+#: The simulator's test project: the default project of the tests' services.
+PROJECT = 308077
+
 ServiceFactory = Callable[..., Awaitable[Service]]
 ClientFactory = Callable[..., Awaitable[AsyncEntitlementsClient]]
 
 
 def base_settings(**overrides: Any) -> Settings:
-    """Settings for a test service: free ports, the test API keys, short timeouts."""
+    """Settings for a test service: free ports, the test API keys, short timeouts, the simulator's test project as
+    the one project served (and the default)."""
     settings = Settings(
+        projects=Projects.single(PROJECT),
         grpc_port=0,
         metrics_port=0,
         api_keys=API_KEYS,
@@ -30,3 +39,9 @@ def base_settings(**overrides: Any) -> Settings:
         shutdown_grace_s=2.0,
     )
     return replace(settings, **overrides)
+
+
+async def data_keys(redis: aioredis.Redis) -> int:
+    """How many keys Redis holds besides the key layout's mark (`ent:layout`, which each process writes into an
+    empty store when it starts)."""
+    return int(await redis.dbsize()) - int(await redis.exists(LAYOUT_KEY))
