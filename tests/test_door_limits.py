@@ -44,7 +44,7 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
 async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
     """The service on the test's Valkey, consuming with fast timings, for projects without a catalog (any sku is
     a plain item, so a sku at the limit is granted; `client` calls it)."""
-    return await service_factory(redis_url=redis_server.url, **consumer_settings(Projects()))
+    return await service_factory(redis_url=redis_server.url, **consumer_settings(Projects.single(PROJECT)))
 
 
 def order_paid(user: Any, order_id: Any, lines: list[tuple[Any, Any]]) -> bytes:
@@ -85,6 +85,7 @@ async def test_a_subscription_with_a_long_plan_id_is_applied(
     """Plan, subscription id and three dates make an event id past 256 bytes: shortened, applied, listed."""
     document = json.loads(fixture("create_subscription"))
     document["subscription"]["plan_id"] = "plan-" + "x" * 200
+    document["settings"]["project_id"] = PROJECT  # the service's project, whose subscriptions the client lists
     assert (await send(http, gateway.url, json.dumps(document).encode())).status == 204
     await drained(redis_client)
     assert await dead_letters(redis_client) == []

@@ -19,6 +19,7 @@ from core.webhooks import FoundUser, UserQuery
 from providers.xsolla import WebhookSettings, load_projects
 from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import Answer, fixture, gateway_settings, running_gateway, send, stored_events
+from tests.helpers.services import data_keys
 from webhook_gateway import Gateway
 
 LIVE, STAGING, EVENT_A, EVENT_B = 308077, 18404, 320001, 320002
@@ -126,7 +127,7 @@ async def test_an_order_signed_with_another_projects_secret_is_refused_on_every_
     body = fixture("order_paid_combined")  # names project 308077 in billing.settings
     for url in (gateway.url, f"{gateway.url}/{LIVE}", f"{gateway.url}/{STAGING}"):
         assert refusal(await send(http, url, body, STAGING_SECRET)) == (400, "INVALID_SIGNATURE"), url
-    assert int(await redis_client.dbsize()) == 0
+    assert await data_keys(redis_client) == 0
     assert (await send(http, gateway.url, body, LIVE_NEW)).status == 204
     assert await stored_projects(redis_client) == [LIVE]
 
@@ -138,7 +139,7 @@ async def test_a_body_naming_another_project_than_its_url_is_refused(
     project is the only one its secrets may sign for."""
     answer = await send(http, f"{gateway.url}/{STAGING}", naming(LIVE), STAGING_SECRET)
     assert refusal(answer) == (400, "INVALID_SIGNATURE")
-    assert int(await redis_client.dbsize()) == 0
+    assert await data_keys(redis_client) == 0
     assert (await send(http, f"{gateway.url}/{STAGING}", naming(STAGING), STAGING_SECRET)).status == 204
     assert await stored_projects(redis_client) == [STAGING]
 
@@ -178,7 +179,7 @@ async def test_a_shared_secret_does_not_decide_the_project_of_an_event_naming_no
     answer = await send(http, gateway.url, fixture("order_paid_separate"), SHARED)
     assert refusal(answer) == (400, "INVALID_PARAMETER")
     assert answer.json()["error"]["message"].startswith("settings.project_id is required")
-    assert int(await redis_client.dbsize()) == 0
+    assert await data_keys(redis_client) == 0
 
 
 async def test_both_secrets_of_a_project_in_rotation_verify(
@@ -196,7 +197,7 @@ async def test_a_project_not_in_the_file_is_refused(
     """A project the file does not list has no secret: its URL and a body naming it are refused, whatever signed it."""
     assert refusal(await send(http, f"{gateway.url}/777", naming(None), LIVE_NEW)) == (400, "INVALID_SIGNATURE")
     assert refusal(await send(http, gateway.url, naming(777), LIVE_NEW)) == (400, "INVALID_SIGNATURE")
-    assert int(await redis_client.dbsize()) == 0
+    assert await data_keys(redis_client) == 0
 
 
 async def test_user_questions_are_answered_with_the_project_the_signature_decided(
@@ -216,7 +217,7 @@ async def test_user_questions_are_answered_with_the_project_the_signature_decide
         (EVENT_B, "1234567"),
         (LIVE, "1234567"),
     ]
-    assert int(await redis_client.dbsize()) == 0
+    assert await data_keys(redis_client) == 0
 
 
 async def test_the_start_line_counts_projects_and_secrets_and_shows_none(tmp_path: Path) -> None:

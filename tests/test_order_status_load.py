@@ -159,7 +159,7 @@ async def test_webhook_to_update_latency_is_measurable(
     )
     async with (
         running_gateway(gateway_settings, WebhookSettings(default_secret=secret)) as gateway,
-        running_simulator(webhook_url=gateway.url, webhook_secret=secret) as sim,
+        running_simulator(project_id=PROJECT, webhook_url=gateway.url, webhook_secret=secret) as sim,
     ):
         service = await service_factory(redis_url=redis_server.url, **consumer_settings())
         assert service.endpoints is not None

@@ -144,8 +144,8 @@ async def post(
 
 
 async def stored_events(redis: RedisClient, *, partitions: int = 1) -> list[StoredEvent]:
-    """Every entry of every partition's event stream of every project that has events, by project, then
-    partition, oldest first within a partition."""
+    """Every entry of every partition's event stream of every project that has events, by partition, oldest first
+    within a partition (the projects' streams merged by entry id)."""
     found: list[StoredEvent] = []
     projects = sorted(int(member) for member in await redis.smembers(PROJECTS_KEY))
     for project_id, partition in [(p, n) for p in projects for n in range(partitions)]:
@@ -164,7 +164,7 @@ async def stored_events(redis: RedisClient, *, partitions: int = 1) -> list[Stor
                     type_name=fields[b"type"].decode(),
                 )
             )
-    return found
+    return sorted(found, key=lambda e: (e.partition, *map(int, e.entry_id.split("-"))))
 
 
 async def send(http: aiohttp.ClientSession, url: str, body: bytes, secret: str = SECRET, **kwargs: Any) -> Answer:
