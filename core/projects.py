@@ -27,7 +27,8 @@ every stored record is namespaced by project (`core.keys`), so nothing of one pr
 The provider's table (`[projects.<id>.<provider>]`, and `[<provider>]` at the top level for what concerns several
 projects, such as a webhook secret shared by two of them) is kept as parsed TOML in `Project.provider` and
 `Projects.provider`; the provider's settings read it (`providers.xsolla.settings`). Any secret there may be
-given inline, as `{ file = "<path>" }` or as `{ env = "<VARIABLE>" }` (`secret_value`).
+given inline, as `{ file = "<path>" }` (relative to the projects file's folder, like `catalog_file`) or as
+`{ env = "<VARIABLE>" }` (`secret_value`).
 
 Without the file, each process builds its `Projects` from its older single-project variables (documented in the
 README): then no project list may be known at all (`Projects.listed` is False) and any project id is served with
@@ -199,7 +200,7 @@ class Projects:
             projects=MappingProxyType(projects),
             default_project=default_id,
             listed=True,
-            provider=MappingProxyType(dict(provider)),
+            provider=MappingProxyType(_resolve_files(provider, base_dir)),
             source=source,
         )
 
@@ -242,6 +243,23 @@ def secret_value(value: Any, where: str, env: Mapping[str, str] | None = None) -
     if not text:
         raise ConfigError(f"{where}: the secret is empty")
     return text
+
+
+def _resolve_files(table: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """`table` with every `{ file = "<relative path>" }` secret made relative to the projects file's folder, as
+    `catalog_file` is, so a file means the same whatever directory the process starts in."""
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            if base_dir is not None and set(value) == {"file"} and isinstance(value["file"], str):
+                target = Path(value["file"])
+                return {"file": str(target if target.is_absolute() else base_dir / target)}
+            return {key: resolved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [resolved(item) for item in value]
+        return value
+
+    return {key: resolved(value) for key, value in table.items()}
 
 
 def _project(source: str, key: Any, table: Any, provider_name: str, base_dir: Path | None) -> Project:
@@ -292,5 +310,5 @@ def _project(source: str, key: Any, table: Any, provider_name: str, base_dir: Pa
         sandbox=sandbox,
         catalog_source=catalog_source,
         catalog_file=path,
-        provider=MappingProxyType(dict(provider)),
+        provider=MappingProxyType(_resolve_files(provider, base_dir)),
     )

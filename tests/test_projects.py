@@ -131,6 +131,17 @@ def test_errors_name_the_entry(tmp_path: Path, text: str, message: str) -> None:
     assert str(path) in str(error.value)
 
 
+def test_secret_files_beside_the_projects_file(tmp_path: Path) -> None:
+    """A relative `{ file = ... }` secret is read beside the projects file, wherever the process started."""
+    (tmp_path / "live.secret").write_text("from-beside\n")
+    text = '[projects.1.xsolla]\nwebhook_secrets = [{ file = "live.secret" }, { file = "/abs/s" }, "inline"]\n'
+    project = Projects.load(write(tmp_path, text), "xsolla").get(1)
+    assert project is not None
+    secrets = project.provider["webhook_secrets"]
+    assert secrets == [{"file": str(tmp_path / "live.secret")}, {"file": "/abs/s"}, "inline"]
+    assert secret_value(secrets[0], "where") == "from-beside"
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     """A missing file names the variable and the path."""
     with pytest.raises(ConfigError, match=r"ENTITLEMENTS_PROJECTS_FILE: cannot read .*missing\.toml"):
