@@ -72,6 +72,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, Xsoll
     if env.get("ENTITLEMENTS_PROJECTS_FILE", "").strip() and env.get(PROJECT_VARIABLE, "").strip():
         raise ConfigError(f"{PROJECT_VARIABLE} is set beside ENTITLEMENTS_PROJECTS_FILE: put it in the projects file")
     settings = Settings.from_env(env, provider=xsolla_provider.PROVIDER)
+    if settings.projects.listed:
+        xsolla_provider.check_projects(settings.projects)  # the gateway checks the same file the same way
     projects = xsolla_provider.with_env_credentials(settings.projects, env)
     if xsolla.project_id and not projects.listed:
         projects = Projects.single(xsolla.project_id, template=projects.template)

@@ -17,6 +17,8 @@ from core.projects import (
     Projects,
     secret_value,
 )
+from providers.xsolla import load_projects
+from server.__main__ import load_settings
 
 TWO_PROJECTS = """
 default_project = 308077
@@ -174,3 +176,29 @@ def test_secret_errors_never_echo(value: object, message: str) -> None:
         secret_value(value, "where", {"SET": "hunter2"})
     assert message in str(error.value)
     assert "hunter2" not in str(error.value)
+
+
+def test_both_processes_refuse_an_unknown_provider_key(tmp_path: Path) -> None:
+    """The service refuses a projects file whose provider table the gateway would refuse, with the same message."""
+    path = write(tmp_path, '[projects.1.xsolla]\nwebhook_secrets = ["s"]\nwebhok_secret = "typo"\n')
+    with pytest.raises(ConfigError) as gateway_error:
+        load_projects(path)
+    with pytest.raises(ConfigError) as service_error:
+        load_settings({"ENTITLEMENTS_PROJECTS_FILE": str(path), "ENTITLEMENTS_INSECURE_DEV_MODE": "1"})
+    assert "projects.1.xsolla: unknown keys ['webhok_secret']" in str(gateway_error.value)
+    assert str(service_error.value) == str(gateway_error.value)
+
+
+def test_the_service_reads_the_projects_file(tmp_path: Path) -> None:
+    """The service serves the file's projects, its default project is Xsolla's, and a project id variable beside
+    the file is refused."""
+    path = write(
+        tmp_path, TWO_PROJECTS.replace('catalog_file = "/etc/staging.toml"', 'catalog_file = "live-catalog.toml"')
+    )
+    (tmp_path / "live-catalog.toml").write_text('[items.vip]\nkind = "time_limited"\nperiod = "30d"\n')
+    env = {"ENTITLEMENTS_PROJECTS_FILE": str(path), "LIVE_API_KEY": "k"}
+    settings, xsolla = load_settings(env)
+    assert settings.projects.ids == (308077, 310000)
+    assert xsolla.project_id == 308077
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_XSOLLA_PROJECT_ID is set beside ENTITLEMENTS_PROJECTS_FILE"):
+        load_settings({**env, "ENTITLEMENTS_XSOLLA_PROJECT_ID": "308077"})

@@ -48,6 +48,7 @@ __all__ = [
     "XsollaSockets",
     "XsollaWebhooks",
     "catalog_source",
+    "check_projects",
     "load_projects",
     "order_sources",
     "webhook_provider",
