@@ -11,17 +11,27 @@ Authentication: every call carries `authorization: Bearer <api key>` metadata. K
 `read` for CheckEntitlement, ListEntitlements, ListSubscriptions and GetOrderStatus; `write` for Grant
 and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
+Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
+subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
+project in `project_id`; 0 means the project the API key is bound to when it is bound to exactly one, else the
+service's default project (the only project, or `default_project` in its projects file). When neither gives
+one, the request is INVALID_ARGUMENT naming `project_id`, and so is a negative id or a project the service does
+not serve. API keys are bound to projects (all by default); a key used on a project it is not bound to is
+PERMISSION_DENIED. None of these writes anything.
+
 Identifiers: `user_id` is the player id the studio uses with Xsolla (the `user.id` of the payment token,
 `user.external_id` in order webhooks). `sku` is the Xsolla item SKU. Both are 1..256 bytes of UTF-8 with no
 control characters; anything else is INVALID_ARGUMENT and nothing is written.
 
 Errors every RPC may return:
-  INVALID_ARGUMENT   a field is missing or out of range; the message names the field. Do not retry. Bytes
-                     that are not the RPC's request message (malformed protobuf, a string field that is not
-                     UTF-8) are INVALID_ARGUMENT too, "request: is not a valid entitlements.v1.<Request> ...".
+  INVALID_ARGUMENT   a field is missing or out of range, or `project_id` names no project this service
+                     serves (or is 0 and neither the key nor the service's default gives one); the message
+                     names the field. Do not retry. Bytes that are not the RPC's request message (malformed
+                     protobuf, a string field that is not UTF-8) are INVALID_ARGUMENT too, "request: is not
+                     a valid entitlements.v1.<Request> ...".
                      The API key and its scope are checked first: without them, nothing else is said.
   UNAUTHENTICATED    no or unknown API key.
-  PERMISSION_DENIED  the key lacks the scope the RPC needs.
+  PERMISSION_DENIED  the key lacks the scope the RPC needs, or is not bound to the request's project.
   UNAVAILABLE        the store (Redis) could not be reached in time. Retry with the same idempotency key.
   DEADLINE_EXCEEDED  the caller's deadline passed first. Retry with the same idempotency key.
 """
@@ -266,6 +276,7 @@ class GrantRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The player. Required, 1..256 bytes."""
     sku: _builtins.str
@@ -284,6 +295,11 @@ class GrantRequest(_message.Message):
     kind: Global___EntitlementKind.ValueType
     """The item's kind; see EntitlementKind for what UNSPECIFIED means. Values outside the enum are
     INVALID_ARGUMENT.
+    """
+    project_id: _builtins.int
+    """The Xsolla project. 0: the API key's project when it is bound to exactly one, else the service's default
+    project. INVALID_ARGUMENT when still none, when negative, or when the service does not serve it;
+    PERMISSION_DENIED when the API key is not bound to it.
     """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
@@ -310,10 +326,11 @@ class GrantRequest(_message.Message):
         reason: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         kind: Global___EntitlementKind.ValueType = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "duration", b"duration", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "duration", b"duration", "idempotency_key", b"idempotency_key", "kind", b"kind", "metadata", b"metadata", "quantity", b"quantity", "reason", b"reason", "sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "duration", b"duration", "idempotency_key", b"idempotency_key", "kind", b"kind", "metadata", b"metadata", "project_id", b"project_id", "quantity", b"quantity", "reason", b"reason", "sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
@@ -327,8 +344,13 @@ class GrantResponse(_message.Message):
 
     ENTITLEMENT_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     replayed: _builtins.bool
     """True when this call replayed an earlier one with the same idempotency key and changed nothing."""
+    project_id: _builtins.int
+    """The project the write was applied in: the request's `project_id`, or the one 0 resolved to. Callers that
+    leave `project_id` at 0 can log where the item went.
+    """
     @_builtins.property
     def entitlement(self) -> Global___Entitlement:
         """The entitlement after this grant (for a replay: after the original grant)."""
@@ -338,10 +360,11 @@ class GrantResponse(_message.Message):
         *,
         entitlement: Global___Entitlement | None = ...,
         replayed: _builtins.bool = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement", "replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement", "project_id", b"project_id", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,6 +378,7 @@ class RevokeRequest(_message.Message):
     SKU_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The player. Required, 1..256 bytes."""
     sku: _builtins.str
@@ -363,6 +387,11 @@ class RevokeRequest(_message.Message):
     """Required, 1..256 bytes; see GrantRequest.idempotency_key."""
     reason: _builtins.str
     """Why the item is taken away, for the audit ledger. Up to 1,024 bytes."""
+    project_id: _builtins.int
+    """The Xsolla project. 0: the API key's project when it is bound to exactly one, else the service's default
+    project. INVALID_ARGUMENT when still none, when negative, or when the service does not serve it;
+    PERMISSION_DENIED when the API key is not bound to it.
+    """
     def __init__(
         self,
         *,
@@ -370,10 +399,11 @@ class RevokeRequest(_message.Message):
         sku: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "reason", b"reason", "sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "project_id", b"project_id", "reason", b"reason", "sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,10 +416,15 @@ class RevokeResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     revoked: _builtins.bool
     """True when the player held the sku and it was removed; false when there was nothing to remove."""
     replayed: _builtins.bool
     """True when this call replayed an earlier one with the same idempotency key and changed nothing."""
+    project_id: _builtins.int
+    """The project the write was applied in: the request's `project_id`, or the one 0 resolved to. Callers that
+    leave `project_id` at 0 can log where the item went.
+    """
     @_builtins.property
     def previous(self) -> Global___Entitlement:
         """What the player held before the revoke; unset when `revoked` is false."""
@@ -400,10 +435,11 @@ class RevokeResponse(_message.Message):
         revoked: _builtins.bool = ...,
         previous: Global___Entitlement | None = ...,
         replayed: _builtins.bool = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "replayed", b"replayed", "revoked", b"revoked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "project_id", b"project_id", "replayed", b"replayed", "revoked", b"revoked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,19 +451,26 @@ class CheckEntitlementRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     SKU_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The player. Required, 1..256 bytes."""
     sku: _builtins.str
     """The item. Required, 1..256 bytes."""
+    project_id: _builtins.int
+    """The Xsolla project. 0: the API key's project when it is bound to exactly one, else the service's default
+    project. INVALID_ARGUMENT when still none, when negative, or when the service does not serve it;
+    PERMISSION_DENIED when the API key is not bound to it.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         sku: _builtins.str = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id", "sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,6 +512,7 @@ class ListEntitlementsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_EXPIRED_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The player. Required, 1..256 bytes."""
     page_size: _builtins.int
@@ -480,6 +524,11 @@ class ListEntitlementsRequest(_message.Message):
     """
     include_expired: _builtins.bool
     """Also list time-limited items whose period has ended."""
+    project_id: _builtins.int
+    """The Xsolla project. 0: the API key's project when it is bound to exactly one, else the service's default
+    project. INVALID_ARGUMENT when still none, when negative, or when the service does not serve it;
+    PERMISSION_DENIED when the API key is not bound to it.
+    """
     def __init__(
         self,
         *,
@@ -487,10 +536,11 @@ class ListEntitlementsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include_expired: _builtins.bool = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_expired", b"include_expired", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_expired", b"include_expired", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -531,6 +581,7 @@ class ListSubscriptionsRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     INCLUDE_INACTIVE_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The player. Required, 1..256 bytes."""
     limit: _builtins.int
@@ -543,6 +594,11 @@ class ListSubscriptionsRequest(_message.Message):
     """
     include_inactive: _builtins.bool
     """Also list subscriptions that are no longer in force (canceled recurring ones, expired time-limited items)."""
+    project_id: _builtins.int
+    """The Xsolla project. 0: the API key's project when it is bound to exactly one, else the service's default
+    project. INVALID_ARGUMENT when still none, when negative, or when the service does not serve it;
+    PERMISSION_DENIED when the API key is not bound to it.
+    """
     def __init__(
         self,
         *,
@@ -551,10 +607,11 @@ class ListSubscriptionsRequest(_message.Message):
         offset: _builtins.int = ...,
         locale: _builtins.str = ...,
         include_inactive: _builtins.bool = ...,
+        project_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_inactive", b"include_inactive", "limit", b"limit", "locale", b"locale", "offset", b"offset", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_inactive", b"include_inactive", "limit", b"limit", "locale", b"locale", "offset", b"offset", "project_id", b"project_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -728,8 +785,10 @@ class GetOrderStatusRequest(_message.Message):
     user_id: _builtins.str
     """The player who placed the order. Required, 1..256 bytes."""
     project_id: _builtins.int
-    """Xsolla project id; the service's configured project when 0. Negative is INVALID_ARGUMENT, and so is 0 with
-    a `token` when the service has no project configured.
+    """The Xsolla project the order belongs to (its Get order API and order-status WebSocket are per project).
+    0: the API key's project when it is bound to exactly one, else the service's default project.
+    INVALID_ARGUMENT when still none, when negative, or when the service does not serve it; PERMISSION_DENIED
+    when the API key is not bound to it. Order updates of one project never reach a stream of another.
     """
     token: _builtins.str
     """The player's Xsolla Login JWT or Pay Station token, needed by the WebSocket and Get order; up to 8,192

@@ -11,17 +11,27 @@ Authentication: every call carries `authorization: Bearer <api key>` metadata. K
 `read` for CheckEntitlement, ListEntitlements, ListSubscriptions and GetOrderStatus; `write` for Grant
 and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
+Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
+subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
+project in `project_id`; 0 means the project the API key is bound to when it is bound to exactly one, else the
+service's default project (the only project, or `default_project` in its projects file). When neither gives
+one, the request is INVALID_ARGUMENT naming `project_id`, and so is a negative id or a project the service does
+not serve. API keys are bound to projects (all by default); a key used on a project it is not bound to is
+PERMISSION_DENIED. None of these writes anything.
+
 Identifiers: `user_id` is the player id the studio uses with Xsolla (the `user.id` of the payment token,
 `user.external_id` in order webhooks). `sku` is the Xsolla item SKU. Both are 1..256 bytes of UTF-8 with no
 control characters; anything else is INVALID_ARGUMENT and nothing is written.
 
 Errors every RPC may return:
-  INVALID_ARGUMENT   a field is missing or out of range; the message names the field. Do not retry. Bytes
-                     that are not the RPC's request message (malformed protobuf, a string field that is not
-                     UTF-8) are INVALID_ARGUMENT too, "request: is not a valid entitlements.v1.<Request> ...".
+  INVALID_ARGUMENT   a field is missing or out of range, or `project_id` names no project this service
+                     serves (or is 0 and neither the key nor the service's default gives one); the message
+                     names the field. Do not retry. Bytes that are not the RPC's request message (malformed
+                     protobuf, a string field that is not UTF-8) are INVALID_ARGUMENT too, "request: is not
+                     a valid entitlements.v1.<Request> ...".
                      The API key and its scope are checked first: without them, nothing else is said.
   UNAUTHENTICATED    no or unknown API key.
-  PERMISSION_DENIED  the key lacks the scope the RPC needs.
+  PERMISSION_DENIED  the key lacks the scope the RPC needs, or is not bound to the request's project.
   UNAVAILABLE        the store (Redis) could not be reached in time. Retry with the same idempotency key.
   DEADLINE_EXCEEDED  the caller's deadline passed first. Retry with the same idempotency key.
 """
