@@ -1,7 +1,7 @@
 """Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events | catalog]`.
 
 serve                                   run the gRPC service (the default); configured by environment variables
-hash-key                                make a new random API key and print it with its configuration entry
+hash-key [--projects IDS]               make a new random API key and print it with its configuration entry
 ledger USER_ID                          print a player's audit ledger, newest first (for support)
 dead-letters list                       print the webhook events set aside after failing too often
 dead-letters replay (ID | --all)        put dead letters back on their event stream, once the cause is fixed
@@ -45,7 +45,7 @@ from core.projects import Projects, project_id_problem
 from providers import xsolla as xsolla_provider
 from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
-from server.auth import SCOPES, hash_key
+from server.auth import ALL_PROJECTS, SCOPES, hash_key, parse_api_keys
 from server.catalog import Catalogs
 from server.config import Settings
 from server.consumer import group_info
@@ -313,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     hash_parser = commands.add_parser("hash-key", help="make a new API key and print its configuration entry")
     hash_parser.add_argument("--name", default="gameserver", help="the key's name (logged, in the ledger)")
     hash_parser.add_argument("--scopes", default="read,write", help=f"comma list of {sorted(SCOPES)}")
+    hash_parser.add_argument(
+        "--projects",
+        default=None,
+        help=f"the project ids the key may be used on, comma-separated, or {ALL_PROJECTS} (default: every project)",
+    )
     project_help = "the project (default: the default project)"
     ledger_parser = commands.add_parser("ledger", help="print a player's audit ledger, newest first")
     ledger_parser.add_argument("user_id")
@@ -352,8 +357,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "hash-key":
         key = secrets.token_urlsafe(32)
+        entry = f"{args.name}:{hash_key(key)}:{args.scopes}"
+        if args.projects is not None:
+            entry += f":{args.projects}"
+        try:
+            # The entry printed is one the service accepts, or nothing is printed.
+            parse_api_keys(entry)
+        except ValueError as exc:
+            print(f"hash-key: {exc}", file=sys.stderr)
+            return 2
         print(f"API key (give it to the caller, store it nowhere else): {key}")
-        print(f"ENTITLEMENTS_API_KEYS entry: {args.name}:{hash_key(key)}:{args.scopes}")
+        print(f"ENTITLEMENTS_API_KEYS entry: {entry}")
         return 0
 
     try:
