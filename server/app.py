@@ -266,9 +266,10 @@ class Service:
             Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode),
             self.metrics,
             SERVICE,
+            settings.projects,
         )
         # Not the generated add_EntitlementServiceServicer_to_server: the requests are decoded after authentication.
-        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking, catalogs, settings.projects))
+        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking, catalogs))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.grpc_host}:{settings.grpc_port}"

@@ -212,16 +212,24 @@ class Settings:
         )
 
     def check_servable(self) -> None:
-        """Refuses to serve without API keys unless insecure development mode is on.
+        """Refuses to serve without API keys unless insecure development mode is on, or with a key bound to a
+        project the service does not serve (a typo that would refuse every call of that key).
 
         Raises:
-            ConfigError: no API keys and not in development mode.
+            ConfigError: no API keys and not in development mode, or a key bound to a project not served.
         """
         if not self.api_keys and not self.insecure_dev_mode:
             raise ConfigError(
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
                 "or ENTITLEMENTS_INSECURE_DEV_MODE=1 for local development only"
             )
+        for key in self.api_keys:
+            unknown = sorted(p for p in key.projects or () if not self.projects.serves(p))
+            if unknown:
+                raise ConfigError(
+                    f"ENTITLEMENTS_API_KEYS: key '{key.name}' is bound to project(s) {', '.join(map(str, unknown))}, "
+                    f"which the service does not serve ({self.projects.source})"
+                )
 
 
 def _projects(reader: EnvReader, provider: str, env: Mapping[str, str]) -> Projects:

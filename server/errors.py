@@ -4,6 +4,7 @@ StoreUnavailable (core.errors)  UNAVAILABLE: Redis could not be reached or answe
 EntitlementsError
 ├── ConfigError                 bad settings; the process refuses to start (also a core.errors.ConfigError)
 ├── InvalidArgument             INVALID_ARGUMENT: a request field is wrong; `field` names it
+├── PermissionDenied            PERMISSION_DENIED: the API key may not act on the request's project
 ├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
 ├── FailedPrecondition          FAILED_PRECONDITION: valid request, but the stored state forbids it
 ├── ServiceStopping             UNAVAILABLE: this replica is shutting down; the call may be retried on another
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidEvent",
     "NotFound",
+    "PermissionDenied",
     "ServiceStopping",
     "SkuNotInCatalog",
     "StoreUnavailable",
@@ -50,6 +52,10 @@ class InvalidArgument(EntitlementsError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+class PermissionDenied(EntitlementsError):
+    """The caller's API key is valid but may not act on what the request names (another project)."""
 
 
 class IdempotencyConflict(EntitlementsError):

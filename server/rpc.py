@@ -1,5 +1,5 @@
-"""What every RPC goes through: authentication, the scope check, decoding the request, the status mapping, one
-log line and metrics.
+"""What every RPC goes through: authentication, the scope check, decoding the request, resolving its project, the
+status mapping, one log line and metrics.
 
 `rpc` decorates a unary servicer method and `stream_rpc` a server-streaming one (an async generator); the
 servicer's `runtime` (an RpcRuntime) does the work, and `add_service` registers the servicer on a grpc.aio server.
@@ -7,6 +7,11 @@ The request reaches the decorated method as the bytes that arrived, and is decod
 authorized: a caller without a valid key learns nothing about how its bytes parse, and bytes that do not decode are
 INVALID_ARGUMENT, logged and counted like any other answer (grpc's own decoding would answer UNKNOWN with the
 parser's message before the key is checked, and log a plain-text traceback outside the metrics).
+
+Every request carries `project_id`; the runtime resolves it (`server.validation.resolve_project`: 0 is the key's or
+the default project; a project the key is not bound to is PERMISSION_DENIED) before the handler runs, so no RPC
+touches Redis for a project its caller may not use. The handler receives the resolved project, and the RPC's log
+line names it (never a metric label: the number of projects is the operator's, not bounded by the code).
 
 Domain errors (server.errors) become gRPC statuses here and only here; anything unexpected is logged with its
 traceback and answered INTERNAL with no details on the wire. A stream gets one log line when it ends, with the
@@ -30,6 +35,7 @@ from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.logs import user_ref
+from core.projects import Projects
 from server.auth import Authenticator, Principal
 from server.errors import (
     CapacityExceeded,
@@ -37,11 +43,13 @@ from server.errors import (
     IdempotencyConflict,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ServiceStopping,
     StoreUnavailable,
     TokenRejected,
 )
 from server.metrics import ServiceMetrics
+from server.validation import resolve_project
 
 log = structlog.get_logger("server.rpc")
 
@@ -59,25 +67,25 @@ class HasRuntime(Protocol):
 S = TypeVar("S", bound=HasRuntime)
 
 
-def rpc(
-    method: str, scope: str
-) -> Callable[
-    [Callable[[S, Req, Context, Principal], Awaitable[Resp]]], Callable[[S, bytes, Context], Awaitable[Resp]]
-]:
-    """Makes `handler(self, request, context, principal)` the gRPC method `method`, requiring `scope`.
+Handler = Callable[[S, Req, Context, Principal, int], Awaitable[Resp]]
 
-    The decorated method takes the request's bytes; `handler` gets them decoded as the method's request type.
+
+def rpc(method: str, scope: str) -> Callable[[Handler[S, Req, Resp]], Callable[[S, bytes, Context], Awaitable[Resp]]]:
+    """Makes `handler(self, request, context, principal, project_id)` the gRPC method `method`, requiring `scope`.
+
+    The decorated method takes the request's bytes; `handler` gets them decoded as the method's request type, and
+    the request's resolved project.
     """
 
-    def decorate(
-        handler: Callable[[S, Req, Context, Principal], Awaitable[Resp]],
-    ) -> Callable[[S, bytes, Context], Awaitable[Resp]]:
+    def decorate(handler: Handler[S, Req, Resp]) -> Callable[[S, bytes, Context], Awaitable[Resp]]:
         @functools.wraps(handler)
         async def wrapper(servicer: S, request: bytes, context: Context) -> Resp:
             return await servicer.runtime.call(
                 method,
                 scope,
-                lambda decoded, principal: handler(servicer, cast(Req, decoded), context, principal),
+                lambda decoded, principal, project_id: handler(
+                    servicer, cast(Req, decoded), context, principal, project_id
+                ),
                 request,
                 context,
             )
@@ -87,16 +95,17 @@ def rpc(
     return decorate
 
 
-StreamHandler = Callable[[S, Req, Context, Principal], AsyncGenerator[Resp, None]]
+StreamHandler = Callable[[S, Req, Context, Principal, int], AsyncGenerator[Resp, None]]
 
 
 def stream_rpc(
     method: str, scope: str
 ) -> Callable[[StreamHandler[S, Req, Resp]], Callable[[S, bytes, Context], AsyncIterator[Resp]]]:
-    """Makes the async generator `handler(self, request, context, principal)` the server-streaming gRPC method
-    `method`, requiring `scope`.
+    """Makes the async generator `handler(self, request, context, principal, project_id)` the server-streaming gRPC
+    method `method`, requiring `scope`.
 
-    The decorated method takes the request's bytes; `handler` gets them decoded as the method's request type.
+    The decorated method takes the request's bytes; `handler` gets them decoded as the method's request type, and
+    the request's resolved project.
     """
 
     def decorate(
@@ -111,7 +120,9 @@ def stream_rpc(
                 call.principal = principal.name
                 request = cast(Req, runtime.decode(method, raw))
                 call.request = request
-                async with contextlib.aclosing(handler(servicer, request, context, principal)) as messages:
+                call.project_id = runtime.project_of(request, principal)
+                stream = handler(servicer, request, context, principal, call.project_id)
+                async with contextlib.aclosing(stream) as messages:
                     async for message in messages:
                         call.sent()
                         yield message
@@ -133,6 +144,7 @@ def stream_rpc(
 
 _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
@@ -182,15 +194,25 @@ class RpcRuntime:
         authenticator: the API keys.
         metrics: where the RPCs are counted.
         service: the gRPC service the servicer implements; its methods' request types decode the requests.
+        projects: the projects the service serves, and its default project.
+
+    Raises:
+        TypeError: a request type of the service has no `project_id` field.
     """
 
-    def __init__(self, authenticator: Authenticator, metrics: ServiceMetrics, service: ServiceDescriptor) -> None:
+    def __init__(
+        self, authenticator: Authenticator, metrics: ServiceMetrics, service: ServiceDescriptor, projects: Projects
+    ) -> None:
         self._authenticator = authenticator
         self._metrics = metrics
+        self._projects = projects
         self.service = service
         self._request_types: dict[str, type[Message]] = {
             method.name: GetMessageClass(method.input_type) for method in service.methods
         }
+        for method in service.methods:
+            if "project_id" not in method.input_type.fields_by_name:
+                raise TypeError(f"{method.input_type.full_name} has no project_id field")
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._in_flight: dict[str, Gauge] = {}
 
@@ -198,15 +220,16 @@ class RpcRuntime:
         self,
         method: str,
         scope: str,
-        invoke: Callable[[Message, Principal], Awaitable[Resp]],
+        invoke: Callable[[Message, Principal, int], Awaitable[Resp]],
         raw: bytes,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Resp:
-        """Authorizes the caller for `scope`, decodes `raw`, runs `invoke(request, principal)`, and maps, logs and
-        counts the outcome."""
+        """Authorizes the caller for `scope`, decodes `raw`, resolves its project, runs `invoke(request, principal,
+        project_id)`, and maps, logs and counts the outcome."""
         started = time.perf_counter()
         user = ""
         principal_name = ""
+        project_id = 0
         in_flight = self._in_flight.get(method)
         if in_flight is None:
             in_flight = self._in_flight[method] = self._metrics.rpc_in_flight.labels(method)
@@ -216,18 +239,24 @@ class RpcRuntime:
             principal_name = principal.name
             request = self.decode(method, raw)
             user = getattr(request, "user_id", "")
-            response = await invoke(request, principal)
+            project_id = self.project_of(request, principal)
+            response = await invoke(request, principal, project_id)
         except asyncio.CancelledError:
-            self._finish(method, "CANCELLED", started, user, principal_name)
+            self._finish(method, "CANCELLED", started, user, principal_name, project_id)
             raise
         except Exception as exc:
             code, message = self.status_for(method, exc)
-            self._finish(method, code.name, started, user, principal_name, error=message)
+            self._finish(method, code.name, started, user, principal_name, project_id, error=message)
             await context.abort(code, message)
         finally:
             in_flight.dec()
-        self._finish(method, "OK", started, user, principal_name)
+        self._finish(method, "OK", started, user, principal_name, project_id)
         return response
+
+    def project_of(self, request: Message, principal: Principal) -> int:
+        """The project `request` acts on, resolved for `principal` (see `server.validation.resolve_project`)."""
+        requested: int = getattr(request, "project_id", 0)  # every request type has it (checked in __init__)
+        return resolve_project(requested, principal, self._projects)
 
     def decode(self, method: str, raw: bytes) -> Message:
         """`raw` decoded as `method`'s request type; InvalidArgument when it is not one (malformed protobuf, a
@@ -267,6 +296,8 @@ class RpcRuntime:
         order_id = getattr(call.request, "order_id", "")
         if order_id:
             fields["order_id"] = order_id[:256]
+        if call.project_id:
+            fields["project_id"] = call.project_id
         if call.principal:
             fields["principal"] = call.principal
         if error is not None:
@@ -302,7 +333,14 @@ class RpcRuntime:
         return grpc.StatusCode.INTERNAL, "internal error; the service logged the details"
 
     def _finish(
-        self, method: str, code: str, started: float, user: str, principal: str, error: str | None = None
+        self,
+        method: str,
+        code: str,
+        started: float,
+        user: str,
+        principal: str,
+        project_id: int,
+        error: str | None = None,
     ) -> None:
         elapsed = time.perf_counter() - started
         children = self._children.get((method, code))
@@ -317,6 +355,8 @@ class RpcRuntime:
         fields: dict[str, Any] = {"method": method, "code": code, "duration_ms": round(elapsed * 1000, 3)}
         if user:
             fields["user"] = user_ref(user)
+        if project_id:
+            fields["project_id"] = project_id
         if principal:
             fields["principal"] = principal
         if error is not None:
@@ -327,13 +367,24 @@ class RpcRuntime:
 class StreamCall:
     """One server-streaming call's bookkeeping: counted in flight from `RpcRuntime.open_stream` to `close`."""
 
-    __slots__ = ("_closed", "_in_flight", "_runtime", "messages", "method", "principal", "request", "started")
+    __slots__ = (
+        "_closed",
+        "_in_flight",
+        "_runtime",
+        "messages",
+        "method",
+        "principal",
+        "project_id",
+        "request",
+        "started",
+    )
 
     def __init__(self, runtime: RpcRuntime, method: str, in_flight: Gauge) -> None:
         self._runtime = runtime
         self.method = method
         self.request: object = None
         self.principal = ""
+        self.project_id = 0
         self.messages = 0
         self.started = time.perf_counter()
         self._in_flight = in_flight

@@ -1,7 +1,8 @@
 """The EntitlementService servicer: validates each request, calls the store (or the order trackers), and shapes
 the response.
 
-Authentication, status mapping, logging and metrics are applied by `server.rpc.RpcRuntime`.
+Authentication, the request's project, status mapping, logging and metrics are applied by `server.rpc.RpcRuntime`:
+each method runs in the project it is given, which its caller is bound to and the service serves.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core.projects import Projects
 from entitlements.v1 import entitlements_pb2 as pb
 from server import validation
 from server.auth import Principal
 from server.catalog import Catalogs
 from server.config import MAX_ORDER_WAIT_S
-from server.errors import InvalidArgument
 from server.metrics import ServiceMetrics
 from server.rpc import RpcRuntime, rpc, stream_rpc
 from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription
@@ -124,61 +123,52 @@ class EntitlementServicer:
         metrics: ServiceMetrics,
         tracking: OrderTracking,
         catalogs: Catalogs,
-        projects: Projects,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._tracking = tracking
         self._catalogs = catalogs
-        self._projects = projects
         self.runtime = runtime
 
-    def _project(self, requested: int = 0) -> int:
-        """The project a request acts on: the one it names, else the default project.
-
-        Raises:
-            InvalidArgument: none is named or configured, or the service does not serve it.
-        """
-        if requested < 0:
-            raise InvalidArgument("project_id", f"must not be negative, not {requested}")
-        project_id = requested or self._projects.default_project
-        if not project_id:
-            raise InvalidArgument("project_id", "is required: the service has no default project")
-        if not self._projects.serves(project_id):
-            raise InvalidArgument("project_id", f"{project_id} is not a project this service serves")
-        return project_id
-
     @rpc("Grant", "write")
-    async def Grant(self, request: pb.GrantRequest, context: Context, principal: Principal) -> pb.GrantResponse:
-        command = validation.grant_command(request, self._project())
+    async def Grant(
+        self, request: pb.GrantRequest, context: Context, principal: Principal, project_id: int
+    ) -> pb.GrantResponse:
+        command = validation.grant_command(request, project_id)
         if validation.takes_catalog_period(command):
-            # A time-limited sku the catalog knows may come without a duration: the catalog's period is used.
-            item = await self._catalogs.known(command.project_id, command.sku)
+            # A time-limited sku the project's catalog knows may come without a duration: its period is used.
+            item = await self._catalogs.known(project_id, command.sku)
             command = validation.with_catalog_period(command, item)
         result = await self._store.grant(command, principal.name)
         self._metrics.writes.labels("grant", "replayed" if result.replayed else "applied").inc()
         return pb.GrantResponse(
-            entitlement=entitlement_message(result.entitlement, _now_ms()), replayed=result.replayed
+            entitlement=entitlement_message(result.entitlement, _now_ms()),
+            replayed=result.replayed,
+            project_id=project_id,
         )
 
     @rpc("Revoke", "write")
-    async def Revoke(self, request: pb.RevokeRequest, context: Context, principal: Principal) -> pb.RevokeResponse:
-        command = validation.revoke_command(request, self._project())
+    async def Revoke(
+        self, request: pb.RevokeRequest, context: Context, principal: Principal, project_id: int
+    ) -> pb.RevokeResponse:
+        command = validation.revoke_command(request, project_id)
         result = await self._store.revoke(command, principal.name)
         outcome = "replayed" if result.replayed else ("applied" if result.previous else "nothing_held")
         self._metrics.writes.labels("revoke", outcome).inc()
-        response = pb.RevokeResponse(revoked=result.previous is not None, replayed=result.replayed)
+        response = pb.RevokeResponse(
+            revoked=result.previous is not None, replayed=result.replayed, project_id=project_id
+        )
         if result.previous is not None:
             response.previous.CopyFrom(entitlement_message(result.previous, _now_ms()))
         return response
 
     @rpc("CheckEntitlement", "read")
     async def CheckEntitlement(
-        self, request: pb.CheckEntitlementRequest, context: Context, principal: Principal
+        self, request: pb.CheckEntitlementRequest, context: Context, principal: Principal, project_id: int
     ) -> pb.CheckEntitlementResponse:
         user_id = validation.identifier("user_id", request.user_id)
         sku = validation.identifier("sku", request.sku)
-        record = await self._store.get(self._project(), user_id, sku)
+        record = await self._store.get(project_id, user_id, sku)
         if record is None:
             return pb.CheckEntitlementResponse(active=False)
         message = entitlement_message(record, _now_ms())
@@ -186,29 +176,29 @@ class EntitlementServicer:
 
     @rpc("ListEntitlements", "read")
     async def ListEntitlements(
-        self, request: pb.ListEntitlementsRequest, context: Context, principal: Principal
+        self, request: pb.ListEntitlementsRequest, context: Context, principal: Principal, project_id: int
     ) -> pb.ListEntitlementsResponse:
-        query = validation.page_query(request)
+        query = validation.page_query(request, project_id)
         page = await self._store.list_page(
-            self._project(), query.user_id, query.after_sku, query.page_size, include_expired=query.include_expired
+            project_id, query.user_id, query.after_sku, query.page_size, include_expired=query.include_expired
         )
         now = _now_ms()
         # The store skipped what had expired by the Redis server's clock; this host's may be a little ahead.
         selected = [r for r in page.records if query.include_expired or r.active(now)]
         token = ""
         if page.next_after is not None:
-            token = validation.encode_page_token(query.user_id, page.next_after, query.include_expired)
+            token = validation.encode_page_token(project_id, query.user_id, page.next_after, query.include_expired)
         return pb.ListEntitlementsResponse(
             entitlements=[entitlement_message(r, now) for r in selected], next_page_token=token
         )
 
     @rpc("ListSubscriptions", "read")
     async def ListSubscriptions(
-        self, request: pb.ListSubscriptionsRequest, context: Context, principal: Principal
+        self, request: pb.ListSubscriptionsRequest, context: Context, principal: Principal, project_id: int
     ) -> pb.ListSubscriptionsResponse:
-        query = validation.subscription_query(request)
+        query = validation.subscription_query(request, project_id)
         page = await self._store.subscriptions_page(
-            self._project(), query.user_id, query.offset, query.limit, include_inactive=query.include_inactive
+            project_id, query.user_id, query.offset, query.limit, include_inactive=query.include_inactive
         )
         now = _now_ms()
         subscriptions = [recurring_subscription(s) for s in page.recurring] + [
@@ -220,16 +210,16 @@ class EntitlementServicer:
 
     @stream_rpc("GetOrderStatus", "read")
     async def GetOrderStatus(
-        self, request: pb.GetOrderStatusRequest, context: Context, principal: Principal
+        self, request: pb.GetOrderStatusRequest, context: Context, principal: Principal, project_id: int
     ) -> AsyncGenerator[pb.OrderStatusUpdate, None]:
         tracking = self._tracking
-        project_id = self._project(request.project_id)
+        # The tracker follows (project, player, order): the provider's lookups and socket are the project's, and
+        # only that project's order-status channel feeds it.
         watch = validation.order_watch(
             request,
-            default_project_id=tracking.sources.default_project_id,
+            project_id,
             default_max_wait_s=tracking.settings.max_wait_s,
             max_wait_limit_s=MAX_ORDER_WAIT_S,
-            provider=tracking.sources.name,
         )
         deadline = asyncio.get_running_loop().time() + watch.max_wait_s
         watcher = self._tracking.watch(watch, principal.name, project_id=project_id)

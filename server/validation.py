@@ -1,6 +1,7 @@
 """Request validation: protobuf requests in, validated commands out, or InvalidArgument naming the field.
 
-Nothing reaches the store before its request has passed through here, so an invalid request never writes.
+Nothing reaches the store before its request has passed through here, so an invalid request never writes. The
+request's project is resolved first, for every RPC (`resolve_project`, called by `server.rpc`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from google.protobuf.duration_pb2 import Duration
 
 from core.limits import CONTROL_CHARACTERS, MAX_GRANT_QUANTITY, identifier_problem, quantity_problem
 from core.logs import user_ref
+from core.projects import Projects, project_id_problem
 from entitlements.v1 import entitlements_pb2 as pb
+from server.auth import Principal
 from server.catalog import CatalogItem
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, PermissionDenied
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, GrantCommand, RevokeCommand
 
 MAX_REASON_BYTES = 1024
@@ -32,6 +35,54 @@ _PAGE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_SUBSCRIPTION_LIMIT, MAX_SUBSCRIPTION_LIMIT = 15, 100
 _LOCALE = re.compile(r"^[A-Za-z]{2}$")
 _KINDS = frozenset({0, CONSUMABLE, PERMANENT, TIME_LIMITED})
+
+
+#: A request's "not served" message lists the served projects when there are at most this many.
+_LISTED_PROJECTS_IN_MESSAGES = 8
+
+
+def resolve_project(requested: int, principal: Principal, projects: Projects) -> int:
+    """The project a request acts on: `requested`, or for 0 the caller's single project, else the default one.
+
+    Args:
+        requested: the request's `project_id`.
+        principal: the authenticated caller, with the projects its key is bound to.
+        projects: the projects this service serves, and its default project.
+
+    Raises:
+        InvalidArgument: `project_id` is negative, is 0 and neither the key nor the default gives a project, or
+            names a project the service does not serve.
+        PermissionDenied: the key is not bound to the project.
+    """
+    if requested == 0:
+        project_id = principal.single_project
+        if project_id is None:
+            project_id = projects.default_project
+            if project_id is None:
+                bound = "several projects" if principal.projects is not None else "every project"
+                raise InvalidArgument(
+                    "project_id",
+                    f"is 0, the API key is bound to {bound} and the service has no default project; set project_id",
+                )
+            if not principal.may_use(project_id):
+                raise InvalidArgument(
+                    "project_id",
+                    f"is 0, and the API key is not bound to the service's default project {project_id}; set project_id",
+                )
+    else:
+        problem = project_id_problem(requested)
+        if problem is not None:
+            raise InvalidArgument("project_id", f"{problem}, not {requested} (0: the key's or default project)")
+        project_id = requested
+    # The key's binding is checked before the project list: a key learns nothing about projects it may not use.
+    if not principal.may_use(project_id):
+        raise PermissionDenied(f"API key '{principal.name}' is not bound to project {project_id}")
+    if not projects.serves(project_id):
+        served = ""
+        if projects.listed and len(projects.ids) <= _LISTED_PROJECTS_IN_MESSAGES:
+            served = f" (it serves {', '.join(map(str, projects.ids))})"
+        raise InvalidArgument("project_id", f"{project_id} is not a project this service serves{served}")
+    return project_id
 
 
 def identifier(name: str, value: str) -> str:
@@ -67,8 +118,8 @@ def _duration_ms(name: str, duration: Duration) -> int:
 
 
 def grant_command(request: pb.GrantRequest, project_id: int) -> GrantCommand:
-    """Validates a GrantRequest in `project_id`. A time-limited grant without a duration is left for
-    `with_catalog_period`."""
+    """Validates a GrantRequest, to be applied in `project_id` (resolved by `resolve_project`). A time-limited grant
+    without a duration is left for `with_catalog_period`."""
     user_id = identifier("user_id", request.user_id)
     sku = identifier("sku", request.sku)
     key = identifier("idempotency_key", request.idempotency_key)
@@ -132,7 +183,7 @@ def with_catalog_period(command: GrantCommand, item: CatalogItem | None) -> Gran
 
 
 def revoke_command(request: pb.RevokeRequest, project_id: int) -> RevokeCommand:
-    """Validates a RevokeRequest."""
+    """Validates a RevokeRequest, to be applied in `project_id` (resolved by `resolve_project`)."""
     return RevokeCommand(
         project_id=project_id,
         user_id=identifier("user_id", request.user_id),
@@ -146,31 +197,33 @@ def revoke_command(request: pb.RevokeRequest, project_id: int) -> RevokeCommand:
 class PageQuery:
     """A validated ListEntitlements request."""
 
+    project_id: int
     user_id: str
     page_size: int
     after_sku: str | None
     include_expired: bool
 
 
-def page_query(request: pb.ListEntitlementsRequest) -> PageQuery:
-    """Validates a ListEntitlementsRequest, decoding its page token."""
+def page_query(request: pb.ListEntitlementsRequest, project_id: int) -> PageQuery:
+    """Validates a ListEntitlementsRequest in `project_id`, decoding its page token."""
     user_id = identifier("user_id", request.user_id)
     size = request.page_size or DEFAULT_PAGE_SIZE
     if not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, not {request.page_size}")
     after = None
     if request.page_token:
-        after = _decode_page_token(request.page_token, user_id, request.include_expired)
-    return PageQuery(user_id, size, after, request.include_expired)
+        after = _decode_page_token(request.page_token, project_id, user_id, request.include_expired)
+    return PageQuery(project_id, user_id, size, after, request.include_expired)
 
 
-def encode_page_token(user_id: str, last_sku: str, include_expired: bool) -> str:
-    """An opaque token continuing a listing after `last_sku`, bound to the player and the filter."""
-    data = json.dumps({"u": user_ref(user_id), "a": last_sku, "x": include_expired}, separators=(",", ":"))
+def encode_page_token(project_id: int, user_id: str, last_sku: str, include_expired: bool) -> str:
+    """An opaque token continuing a listing after `last_sku`, bound to the project, the player and the filter."""
+    fields = {"p": project_id, "u": user_ref(user_id), "a": last_sku, "x": include_expired}
+    data = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, user_id: str, include_expired: bool) -> str:
+def _decode_page_token(token: str, project_id: int, user_id: str, include_expired: bool) -> str:
     # The bound comes first: what follows is base64 and JSON, whose work (and nesting) grows with the input.
     if len(token) > MAX_PAGE_TOKEN_CHARS or not _PAGE_TOKEN.fullmatch(token):
         raise InvalidArgument("page_token", "is not a token returned by ListEntitlements")
@@ -180,8 +233,8 @@ def _decode_page_token(token: str, user_id: str, include_expired: bool) -> str:
         raise InvalidArgument("page_token", "is not a token returned by ListEntitlements") from None
     if not isinstance(data, dict) or not isinstance(data.get("a"), str) or not isinstance(data.get("x"), bool):
         raise InvalidArgument("page_token", "is not a token returned by ListEntitlements")
-    if data.get("u") != user_ref(user_id) or data["x"] != include_expired:
-        raise InvalidArgument("page_token", "belongs to a different player or include_expired setting")
+    if data.get("p") != project_id or data.get("u") != user_ref(user_id) or data["x"] != include_expired:
+        raise InvalidArgument("page_token", "belongs to a different project, player or include_expired setting")
     after: str = data["a"]
     return after
 
@@ -190,6 +243,7 @@ def _decode_page_token(token: str, user_id: str, include_expired: bool) -> str:
 class SubscriptionQuery:
     """A validated ListSubscriptions request."""
 
+    project_id: int
     user_id: str
     limit: int
     offset: int
@@ -197,8 +251,8 @@ class SubscriptionQuery:
     include_inactive: bool
 
 
-def subscription_query(request: pb.ListSubscriptionsRequest) -> SubscriptionQuery:
-    """Validates a ListSubscriptionsRequest."""
+def subscription_query(request: pb.ListSubscriptionsRequest, project_id: int) -> SubscriptionQuery:
+    """Validates a ListSubscriptionsRequest in `project_id`."""
     user_id = identifier("user_id", request.user_id)
     limit = request.limit or DEFAULT_SUBSCRIPTION_LIMIT
     if not 1 <= limit <= MAX_SUBSCRIPTION_LIMIT:
@@ -207,7 +261,9 @@ def subscription_query(request: pb.ListSubscriptionsRequest) -> SubscriptionQuer
         raise InvalidArgument("offset", f"must not be negative, not {request.offset}")
     if request.locale and not _LOCALE.match(request.locale):
         raise InvalidArgument("locale", "must be an ISO 639-1 code such as 'en'")
-    return SubscriptionQuery(user_id, limit, request.offset, request.locale.lower(), request.include_inactive)
+    return SubscriptionQuery(
+        project_id, user_id, limit, request.offset, request.locale.lower(), request.include_inactive
+    )
 
 
 MAX_TOKEN_BYTES = 8192
@@ -218,8 +274,7 @@ class OrderWatch:
     """A validated GetOrderStatus request.
 
     Attributes:
-        project_id: the provider's project: the request's, else the configured one, else 0 (possible only
-            without a token, when webhooks alone feed the stream).
+        project_id: the provider's project the order belongs to (resolved by `resolve_project`).
         token: the player's token, or "" (then only webhooks feed the stream). Kept out of `repr()`.
         max_wait_s: how long this stream follows the order.
     """
@@ -233,33 +288,26 @@ class OrderWatch:
 
 def order_watch(
     request: pb.GetOrderStatusRequest,
+    project_id: int,
     *,
-    default_project_id: int,
     default_max_wait_s: float,
     max_wait_limit_s: float,
-    provider: str,
 ) -> OrderWatch:
-    """Validates a GetOrderStatusRequest.
+    """Validates a GetOrderStatusRequest in `project_id`.
 
     Args:
-        default_project_id: the configured project of the provider (0: none).
+        project_id: the request's project, resolved by `resolve_project`.
         default_max_wait_s: `max_wait` when the request does not set it.
         max_wait_limit_s: the longest `max_wait` a request may ask for.
-        provider: the provider's name, for the message when a project is missing.
     """
     order_id = identifier("order_id", request.order_id)
     user_id = identifier("user_id", request.user_id)
-    if request.project_id < 0:
-        raise InvalidArgument("project_id", f"must not be negative, not {request.project_id}")
-    project_id = request.project_id or default_project_id
     token = request.token
     if token:
         if len(token.encode()) > MAX_TOKEN_BYTES:
             raise InvalidArgument("token", f"must be at most {MAX_TOKEN_BYTES} bytes")
         if CONTROL_CHARACTERS.search(token) or token != token.strip():
             raise InvalidArgument("token", "must not contain control characters or surrounding spaces")
-        if not project_id:
-            raise InvalidArgument("project_id", f"is required with a token: no {provider} project is configured")
     max_wait_s = default_max_wait_s
     if request.HasField("max_wait"):
         seconds, nanos = _duration_parts("max_wait", request.max_wait)
