@@ -19,6 +19,7 @@ def grant(
     user_id: str,
     sku: str,
     *,
+    project_id: int,
     quantity: int | None,
     duration: timedelta | None,
     kind: int | None,
@@ -28,6 +29,7 @@ def grant(
 ) -> pb.GrantRequest:
     """Builds a GrantRequest; a new idempotency key when none is given."""
     request = pb.GrantRequest(
+        project_id=project_id,
         user_id=user_id,
         sku=sku,
         idempotency_key=_idempotency_key(idempotency_key),
@@ -46,31 +48,46 @@ def grant(
     return request
 
 
-def revoke(user_id: str, sku: str, *, idempotency_key: str | None, reason: str) -> pb.RevokeRequest:
+def revoke(user_id: str, sku: str, *, project_id: int, idempotency_key: str | None, reason: str) -> pb.RevokeRequest:
     """Builds a RevokeRequest; a new idempotency key when none is given."""
-    return pb.RevokeRequest(user_id=user_id, sku=sku, idempotency_key=_idempotency_key(idempotency_key), reason=reason)
+    return pb.RevokeRequest(
+        project_id=project_id,
+        user_id=user_id,
+        sku=sku,
+        idempotency_key=_idempotency_key(idempotency_key),
+        reason=reason,
+    )
 
 
-def check_entitlement(user_id: str, sku: str) -> pb.CheckEntitlementRequest:
+def check_entitlement(user_id: str, sku: str, *, project_id: int) -> pb.CheckEntitlementRequest:
     """Builds a CheckEntitlementRequest."""
-    return pb.CheckEntitlementRequest(user_id=user_id, sku=sku)
+    return pb.CheckEntitlementRequest(project_id=project_id, user_id=user_id, sku=sku)
 
 
 def list_entitlements(
-    user_id: str, *, page_size: int, page_token: str, include_expired: bool
+    user_id: str, *, project_id: int, page_size: int, page_token: str, include_expired: bool
 ) -> pb.ListEntitlementsRequest:
     """Builds a ListEntitlementsRequest."""
     return pb.ListEntitlementsRequest(
-        user_id=user_id, page_size=page_size, page_token=page_token, include_expired=include_expired
+        project_id=project_id,
+        user_id=user_id,
+        page_size=page_size,
+        page_token=page_token,
+        include_expired=include_expired,
     )
 
 
 def list_subscriptions(
-    user_id: str, *, limit: int, offset: int, locale: str, include_inactive: bool
+    user_id: str, *, project_id: int, limit: int, offset: int, locale: str, include_inactive: bool
 ) -> pb.ListSubscriptionsRequest:
     """Builds a ListSubscriptionsRequest."""
     return pb.ListSubscriptionsRequest(
-        user_id=user_id, limit=limit, offset=offset, locale=locale, include_inactive=include_inactive
+        project_id=project_id,
+        user_id=user_id,
+        limit=limit,
+        offset=offset,
+        locale=locale,
+        include_inactive=include_inactive,
     )
 
 
@@ -82,6 +99,14 @@ def get_order_status(
     if max_wait is not None:
         request.max_wait.CopyFrom(_duration("max_wait", max_wait))
     return request
+
+
+def project(given: int, default: int) -> int:
+    """The project of a call: `given`, or the client's `default` when it is 0 (and the server's choice when both
+    are: see the proto's `project_id`)."""
+    if isinstance(given, bool) or not isinstance(given, int):
+        raise TypeError(f"project_id must be an int, not {type(given).__name__}")
+    return given or default
 
 
 def _idempotency_key(given: str | None) -> str:

@@ -43,9 +43,13 @@ class AsyncEntitlementsClient(_BaseClient):
         retry_policy: Which failures gRPC retries by itself (see `RetryPolicy`); None turns this off, leaving
             only gRPC's transparent retries of requests that never reached the server.
         channel_options: Extra gRPC channel options; they replace the client's own of the same name.
+        project_id: The Xsolla project of the calls that leave their own `project_id` at 0. When both are 0,
+            the service picks: the project the API key is bound to when it is bound to one, else its default
+            project (else the call is InvalidArgumentError naming `project_id`).
 
     Raises:
         ValueError: `timeout_s` is not positive.
+        TypeError: `project_id` is not an int.
 
     Example:
         async with AsyncEntitlementsClient("entitlements:50051", api_key=key, tls=True) as client:
@@ -103,6 +107,7 @@ class AsyncEntitlementsClient(_BaseClient):
         user_id: str,
         sku: str,
         *,
+        project_id: int = 0,
         quantity: int | None = None,
         duration: timedelta | None = None,
         kind: int | None = None,
@@ -116,6 +121,7 @@ class AsyncEntitlementsClient(_BaseClient):
         Args:
             user_id: The player id used with Xsolla.
             sku: The Xsolla item SKU.
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
             quantity: Units (or periods, for time-limited items) to grant; the server's default 1 when None.
             duration: One period of a time-limited item; setting it makes the grant TIME_LIMITED.
             kind: An `EntitlementKind` value; None lets the server infer it (see the proto).
@@ -131,15 +137,18 @@ class AsyncEntitlementsClient(_BaseClient):
             The entitlement after the grant, and whether the call was a replay.
 
         Raises:
-            InvalidArgumentError: A field is missing or out of range.
+            InvalidArgumentError: A field is missing or out of range, or the project is not one the service
+                serves.
             ConflictError: The key was used for a different request, or the sku is held as another kind.
-            AuthenticationError, PermissionDeniedError: The API key is unknown or lacks the `write` scope.
+            AuthenticationError, PermissionDeniedError: The API key is unknown, lacks the `write` scope, or is
+                not bound to the project.
             RetryableError: Unavailable or too slow after the retry policy ran out; call again with the
                 same idempotency key.
         """
         request = _requests.grant(
             user_id,
             sku,
+            project_id=self._project(project_id),
             quantity=quantity,
             duration=duration,
             kind=kind,
@@ -155,6 +164,7 @@ class AsyncEntitlementsClient(_BaseClient):
         user_id: str,
         sku: str,
         *,
+        project_id: int = 0,
         idempotency_key: str | None = None,
         reason: str = "",
         timeout_s: float | None = None,
@@ -164,6 +174,7 @@ class AsyncEntitlementsClient(_BaseClient):
         Args:
             user_id: The player id used with Xsolla.
             sku: The Xsolla item SKU.
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
             idempotency_key: Identifies this logical revoke; see `grant`.
             reason: Why, for the audit ledger.
             timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
@@ -176,18 +187,21 @@ class AsyncEntitlementsClient(_BaseClient):
             InvalidArgumentError, ConflictError, AuthenticationError, PermissionDeniedError, RetryableError:
                 As for `grant`.
         """
-        request = _requests.revoke(user_id, sku, idempotency_key=idempotency_key, reason=reason)
+        request = _requests.revoke(
+            user_id, sku, project_id=self._project(project_id), idempotency_key=idempotency_key, reason=reason
+        )
         with _translated_errors():
             return await self._get_stub().Revoke(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
 
     async def check_entitlement(
-        self, user_id: str, sku: str, *, timeout_s: float | None = None
+        self, user_id: str, sku: str, *, project_id: int = 0, timeout_s: float | None = None
     ) -> pb.CheckEntitlementResponse:
         """Tells whether a player holds an item now.
 
         Args:
             user_id: The player id used with Xsolla.
             sku: The Xsolla item SKU.
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
             timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
 
         Returns:
@@ -197,7 +211,7 @@ class AsyncEntitlementsClient(_BaseClient):
             InvalidArgumentError, AuthenticationError, PermissionDeniedError, RetryableError: See the errors
                 module.
         """
-        request = _requests.check_entitlement(user_id, sku)
+        request = _requests.check_entitlement(user_id, sku, project_id=self._project(project_id))
         with _translated_errors():
             return await self._get_stub().CheckEntitlement(
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
@@ -207,6 +221,7 @@ class AsyncEntitlementsClient(_BaseClient):
         self,
         user_id: str,
         *,
+        project_id: int = 0,
         page_size: int = 0,
         page_token: str = "",
         include_expired: bool = False,
@@ -216,6 +231,7 @@ class AsyncEntitlementsClient(_BaseClient):
 
         Args:
             user_id: The player id used with Xsolla.
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
             page_size: Entitlements per page, 1..500; 0 for the server's default (50).
             page_token: `next_page_token` of the previous page; empty for the first.
             include_expired: Also list time-limited items whose period has ended.
@@ -231,7 +247,11 @@ class AsyncEntitlementsClient(_BaseClient):
             AuthenticationError, PermissionDeniedError, RetryableError: See the errors module.
         """
         request = _requests.list_entitlements(
-            user_id, page_size=page_size, page_token=page_token, include_expired=include_expired
+            user_id,
+            project_id=self._project(project_id),
+            page_size=page_size,
+            page_token=page_token,
+            include_expired=include_expired,
         )
         with _translated_errors():
             return await self._get_stub().ListEntitlements(
@@ -242,6 +262,7 @@ class AsyncEntitlementsClient(_BaseClient):
         self,
         user_id: str,
         *,
+        project_id: int = 0,
         page_size: int = 0,
         include_expired: bool = False,
         timeout_s: float | None = None,
@@ -255,6 +276,7 @@ class AsyncEntitlementsClient(_BaseClient):
         while True:
             page = await self.list_entitlements(
                 user_id,
+                project_id=project_id,
                 page_size=page_size,
                 page_token=page_token,
                 include_expired=include_expired,
@@ -270,6 +292,7 @@ class AsyncEntitlementsClient(_BaseClient):
         self,
         user_id: str,
         *,
+        project_id: int = 0,
         limit: int = 0,
         offset: int = 0,
         locale: str = "",
@@ -280,6 +303,7 @@ class AsyncEntitlementsClient(_BaseClient):
 
         Args:
             user_id: The player id used with Xsolla.
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
             limit: Subscriptions per page, 1..100; 0 for the server's default (15).
             offset: How many subscriptions to skip.
             locale: ISO 639-1 language code; empty for English.
@@ -294,7 +318,12 @@ class AsyncEntitlementsClient(_BaseClient):
                 module.
         """
         request = _requests.list_subscriptions(
-            user_id, limit=limit, offset=offset, locale=locale, include_inactive=include_inactive
+            user_id,
+            project_id=self._project(project_id),
+            limit=limit,
+            offset=offset,
+            locale=locale,
+            include_inactive=include_inactive,
         )
         with _translated_errors():
             return await self._get_stub().ListSubscriptions(
@@ -320,7 +349,7 @@ class AsyncEntitlementsClient(_BaseClient):
         Args:
             order_id: Xsolla's order id.
             user_id: The player who placed the order.
-            project_id: Xsolla project id; 0 for the service's configured project.
+            project_id: The Xsolla project of the order; 0 for the client's `project_id` (see the constructor).
             token: The player's Xsolla Login JWT or Pay Station token, so the service can watch the order
                 at Xsolla, not only through webhooks. Never logged by the service.
             max_wait: How long the server follows the order (up to 1 hour); its default (10 minutes) when
@@ -332,7 +361,9 @@ class AsyncEntitlementsClient(_BaseClient):
             An async iterator of updates; errors while iterating are `EntitlementsError` subclasses
             (`UnimplementedError` from servers without this RPC).
         """
-        request = _requests.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=max_wait)
+        request = _requests.get_order_status(
+            order_id, user_id, project_id=self._project(project_id), token=token, max_wait=max_wait
+        )
         call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
         return AsyncOrderStatusStream(call)
 

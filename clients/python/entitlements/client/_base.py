@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from entitlements import _config
+from entitlements import _config, _requests
 from entitlements._config import RetryPolicy, TLSConfig
 from entitlements.errors import CallCancelledError, translate_rpc_error
 
@@ -57,10 +57,12 @@ class _BaseClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         channel_options: Sequence[tuple[str, Any]] = (),
+        project_id: int = 0,
     ) -> None:
         """Checks and stores the settings; see `AsyncEntitlementsClient` for the arguments."""
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
+        self._project_id = _requests.project(project_id, 0)
         tls_config = _config.resolve_tls(tls)
         self._target = target
         self._credentials = None if tls_config is None else _config.channel_credentials(tls_config)
@@ -72,6 +74,12 @@ class _BaseClient:
     def _deadline(self, timeout_s: float | None) -> float:
         return self._timeout_s if timeout_s is None else timeout_s
 
+    def _project(self, project_id: int) -> int:
+        return _requests.project(project_id, self._project_id)
+
     def __repr__(self) -> str:
         # Never the API key.
-        return f"{type(self).__name__}(target={self._target!r}, tls={self._credentials is not None})"
+        return (
+            f"{type(self).__name__}(target={self._target!r}, tls={self._credentials is not None}, "
+            f"project_id={self._project_id})"
+        )

@@ -34,6 +34,7 @@ class EntitlementsClient(_BaseClient):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         channel_options: Sequence[tuple[str, Any]] = (),
+        project_id: int = 0,
     ) -> None:
         """Creates the channel; see `AsyncEntitlementsClient` for the arguments."""
         super().__init__(
@@ -43,6 +44,7 @@ class EntitlementsClient(_BaseClient):
             timeout_s=timeout_s,
             retry_policy=retry_policy,
             channel_options=channel_options,
+            project_id=project_id,
         )
         if self._credentials is None:
             self._channel = grpc.insecure_channel(self._target, options=self._options)
@@ -77,6 +79,7 @@ class EntitlementsClient(_BaseClient):
         user_id: str,
         sku: str,
         *,
+        project_id: int = 0,
         quantity: int | None = None,
         duration: timedelta | None = None,
         kind: int | None = None,
@@ -89,6 +92,7 @@ class EntitlementsClient(_BaseClient):
         request = _requests.grant(
             user_id,
             sku,
+            project_id=self._project(project_id),
             quantity=quantity,
             duration=duration,
             kind=kind,
@@ -104,20 +108,23 @@ class EntitlementsClient(_BaseClient):
         user_id: str,
         sku: str,
         *,
+        project_id: int = 0,
         idempotency_key: str | None = None,
         reason: str = "",
         timeout_s: float | None = None,
     ) -> pb.RevokeResponse:
         """Removes an item from a player; see `AsyncEntitlementsClient.revoke`."""
-        request = _requests.revoke(user_id, sku, idempotency_key=idempotency_key, reason=reason)
+        request = _requests.revoke(
+            user_id, sku, project_id=self._project(project_id), idempotency_key=idempotency_key, reason=reason
+        )
         with _translated_errors():
             return self._get_stub().Revoke(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
 
     def check_entitlement(
-        self, user_id: str, sku: str, *, timeout_s: float | None = None
+        self, user_id: str, sku: str, *, project_id: int = 0, timeout_s: float | None = None
     ) -> pb.CheckEntitlementResponse:
         """Tells whether a player holds an item now; see `AsyncEntitlementsClient.check_entitlement`."""
-        request = _requests.check_entitlement(user_id, sku)
+        request = _requests.check_entitlement(user_id, sku, project_id=self._project(project_id))
         with _translated_errors():
             return self._get_stub().CheckEntitlement(
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
@@ -127,6 +134,7 @@ class EntitlementsClient(_BaseClient):
         self,
         user_id: str,
         *,
+        project_id: int = 0,
         page_size: int = 0,
         page_token: str = "",
         include_expired: bool = False,
@@ -134,7 +142,11 @@ class EntitlementsClient(_BaseClient):
     ) -> pb.ListEntitlementsResponse:
         """Returns one page of a player's entitlements; see `AsyncEntitlementsClient.list_entitlements`."""
         request = _requests.list_entitlements(
-            user_id, page_size=page_size, page_token=page_token, include_expired=include_expired
+            user_id,
+            project_id=self._project(project_id),
+            page_size=page_size,
+            page_token=page_token,
+            include_expired=include_expired,
         )
         with _translated_errors():
             return self._get_stub().ListEntitlements(
@@ -145,6 +157,7 @@ class EntitlementsClient(_BaseClient):
         self,
         user_id: str,
         *,
+        project_id: int = 0,
         page_size: int = 0,
         include_expired: bool = False,
         timeout_s: float | None = None,
@@ -154,6 +167,7 @@ class EntitlementsClient(_BaseClient):
         while True:
             page = self.list_entitlements(
                 user_id,
+                project_id=project_id,
                 page_size=page_size,
                 page_token=page_token,
                 include_expired=include_expired,
@@ -168,6 +182,7 @@ class EntitlementsClient(_BaseClient):
         self,
         user_id: str,
         *,
+        project_id: int = 0,
         limit: int = 0,
         offset: int = 0,
         locale: str = "",
@@ -176,7 +191,12 @@ class EntitlementsClient(_BaseClient):
     ) -> pb.ListSubscriptionsResponse:
         """Returns a player's subscriptions; see `AsyncEntitlementsClient.list_subscriptions`."""
         request = _requests.list_subscriptions(
-            user_id, limit=limit, offset=offset, locale=locale, include_inactive=include_inactive
+            user_id,
+            project_id=self._project(project_id),
+            limit=limit,
+            offset=offset,
+            locale=locale,
+            include_inactive=include_inactive,
         )
         with _translated_errors():
             return self._get_stub().ListSubscriptions(
@@ -194,7 +214,9 @@ class EntitlementsClient(_BaseClient):
         timeout_s: float | None = None,
     ) -> OrderStatusStream:
         """Follows one order; see `AsyncEntitlementsClient.get_order_status`. Close the stream with `with`."""
-        request = _requests.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=max_wait)
+        request = _requests.get_order_status(
+            order_id, user_id, project_id=self._project(project_id), token=token, max_wait=max_wait
+        )
         call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
         return OrderStatusStream(call)
 
