@@ -1,6 +1,7 @@
-"""Requests our client would never build: bytes that are not the RPC's request message, and page tokens that
-ListEntitlements did not make. Each is INVALID_ARGUMENT naming what is wrong, answered only after the API key
-and its scope were checked, logged as one JSON line and counted like any other call."""
+"""Requests our client would never build: bytes that are not the RPC's request message, project ids at the edges of
+int64 and beyond, and page tokens that ListEntitlements did not make. Each is INVALID_ARGUMENT naming what is wrong,
+answered only after the API key and its scope were checked, logged as one JSON line and counted like any other
+call."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 import structlog
+from google.protobuf.message_factory import GetMessageClass
 
 from core import logs
 from entitlements import AsyncEntitlementsClient, InvalidArgumentError
 from entitlements.v1 import entitlements_pb2 as pb
 from server.app import Service
+from server.embedded import EmbeddedRedis
 from server.validation import MAX_PAGE_TOKEN_CHARS, encode_page_token, page_query
+from tests.helpers.gateway import PROJECT
 from tests.helpers.raw import METHODS, SERVICE, RawChannel, bearer, raw_channel
-from tests.helpers.services import READER_KEY, WRITER_KEY
+from tests.helpers.services import READER_KEY, WRITER_KEY, ServiceFactory, served, store_changes
 
 WRITER = bearer(WRITER_KEY)
 
@@ -113,6 +118,68 @@ async def test_undecodable_request_is_one_json_log_line_and_counted(
     assert service.registry.get_sample_value("entitlements_rpc_in_flight", {"method": method}) == 0
 
 
+# --- project ids --------------------------------------------------------------------------------------------------
+
+
+def varint(value: int) -> bytes:
+    """`value` as a base-128 varint, with no length cap; a negative one in 64-bit two's complement, as protobuf writes
+    negative int64s."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def with_project(method: str, wire: bytes) -> bytes:
+    """A valid request of `method` for player-1 followed by `wire` as its project_id field's value."""
+    request_type = SERVICE.methods_by_name[method].input_type
+    number = request_type.fields_by_name["project_id"].number
+    fields = {"user_id": "player-1", "sku": "gold", "idempotency_key": "k", "order_id": "1"}
+    request = GetMessageClass(request_type)(**{k: v for k, v in fields.items() if k in request_type.fields_by_name})
+    return request.SerializeToString() + varint(number << 3) + wire
+
+
+PROJECT_IDS = {
+    "-1": (varint(-1), "must be between 1 and"),
+    "int64 minimum": (varint(-(2**63)), "must be between 1 and"),
+    "int64 maximum": (varint(2**63 - 1), "is not a project this service serves"),
+    "2**63 (wraps to the minimum)": (varint(2**63), "must be between 1 and"),
+    "2**64 - 1 (wraps to -1)": (varint(2**64 - 1), "must be between 1 and"),
+}
+
+
+@pytest.fixture
+async def one_project(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> AsyncIterator[RawChannel]:
+    """A raw channel to a service that serves PROJECT only."""
+    service = await service_factory(redis_url=redis_server.url, projects=served(PROJECT, default=PROJECT))
+    async with raw_channel(service) as channel:
+        yield channel
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", sorted(PROJECT_IDS))
+async def test_extreme_project_ids_are_invalid_argument(
+    one_project: RawChannel, redis_client: aioredis.Redis, method: str, case: str
+) -> None:
+    """project_id at and past the edges of int64 on the wire is INVALID_ARGUMENT naming project_id (a varint longer
+    than ten bytes names the request), never UNKNOWN or INTERNAL, and writes nothing."""
+    raw = one_project
+    wire, problem = PROJECT_IDS[case]
+    before = await store_changes(redis_client)
+    outcome = await raw.call(method, with_project(method, wire), WRITER)
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert outcome.details.startswith("project_id: "), outcome
+    assert problem in outcome.details, outcome
+    overlong = await raw.call(method, with_project(method, b"\xff" * 10 + b"\x01"), WRITER)
+    assert overlong.code == grpc.StatusCode.INVALID_ARGUMENT, overlong
+    assert overlong.details == expected_message(method)
+    assert await store_changes(redis_client) == before
+
+
 # --- page tokens --------------------------------------------------------------------------------------------------
 
 
@@ -122,7 +189,7 @@ def token_of(data: bytes) -> str:
 
 def owned_token(**fields: object) -> str:
     """A token of player-1's shape with `fields` replaced."""
-    document = {"u": logs.user_ref("player-1"), "a": "gold", "x": False, **fields}
+    document = {"p": PROJECT, "u": logs.user_ref("player-1"), "a": "gold", "x": False, **fields}
     return token_of(json.dumps(document).encode())
 
 
@@ -169,7 +236,7 @@ async def test_longest_sku_pages_through(client: AsyncEntitlementsClient) -> Non
 def test_every_token_the_service_makes_is_within_the_bound() -> None:
     """Even a token for a 256-byte sku of characters JSON escapes (6 characters each) fits the length bound."""
     user, sku = "u" * 256, "\x7f" * 256
-    token = encode_page_token(user, sku, True)
+    token = encode_page_token(2**63 - 1, user, sku, True)
     assert len(token) <= MAX_PAGE_TOKEN_CHARS
-    query = page_query(pb.ListEntitlementsRequest(user_id=user, page_token=token, include_expired=True))
+    query = page_query(pb.ListEntitlementsRequest(user_id=user, page_token=token, include_expired=True), 2**63 - 1)
     assert query.after_sku == sku

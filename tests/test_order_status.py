@@ -87,9 +87,9 @@ class Rig:
     start_service: Callable[..., Awaitable[Service]]
     client_factory: ClientFactory
 
-    async def service(self, *, consumer: bool = True, **tracking: Any) -> Service:
+    async def service(self, *, consumer: bool = True, projects: Projects | None = None, **tracking: Any) -> Service:
         """A service on the test's Valkey following orders at the simulator, with overrides of its tracking
-        settings and of Xsolla's (`OrderSettings`) by field name."""
+        settings and of Xsolla's (`OrderSettings`) by field name, and of the projects it serves."""
         xsolla_fields = {f.name for f in fields(OrderSettings)}
         xsolla = replace(
             FAST_XSOLLA,
@@ -99,8 +99,8 @@ class Rig:
         )
         settings = replace(FAST, **{name: value for name, value in tracking.items() if name not in xsolla_fields})
         overrides = consumer_settings()
-        # The simulator's project, unless the test asks for none (project_id=0).
-        overrides["projects"] = Projects.single(xsolla.project_id or None)
+        # The simulator's project, unless the test asks for none (project_id=0) or for other projects.
+        overrides["projects"] = projects or Projects.single(xsolla.project_id or None)
         if not consumer:
             overrides["consumer"] = replace(overrides["consumer"], enabled=False)
         return await self.start_service(redis_url=self.redis_server.url, tracking=settings, xsolla=xsolla, **overrides)
@@ -741,15 +741,17 @@ async def test_bad_arguments_are_invalid_argument(rig: Rig, kwargs: dict[str, An
     assert len(tracking_of(service)) == 0
 
 
-async def test_an_order_needs_a_project(rig: Rig) -> None:
-    """No project configured or given: INVALID_ARGUMENT naming project_id, with a token or without one."""
+async def test_a_stream_needs_a_project(rig: Rig) -> None:
+    """No project configured and none given: INVALID_ARGUMENT naming project_id, with a token or without, and nothing
+    followed; a stream naming its project is followed."""
     service = await rig.service(project_id=0)
     client = await rig.client(service)
-    with pytest.raises(InvalidArgumentError, match="project_id"):
-        await collect(client.get_order_status("1", PLAYER, token="some-token"))
-    with pytest.raises(InvalidArgumentError, match="project_id"):
-        await collect(client.get_order_status("1", PLAYER, max_wait=timedelta(seconds=0.2)))
+    for token in ("some-token", ""):
+        with pytest.raises(InvalidArgumentError, match=r"project_id: is 0, .* no default project; set project_id"):
+            await collect(client.get_order_status("1", PLAYER, token=token))
     assert len(tracking_of(service)) == 0
+    updates = await collect(client.get_order_status("1", PLAYER, project_id=PROJECT, max_wait=timedelta(seconds=0.2)))
+    assert updates[-1].timed_out
 
 
 async def test_streams_need_the_read_scope(rig: Rig, client_factory: ClientFactory) -> None:

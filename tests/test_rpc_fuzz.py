@@ -7,7 +7,9 @@ Valkey, GetOrderStatus following orders at a local Xsolla simulator, so nothing 
 - no request is ever answered UNKNOWN or INTERNAL; every answer is one the RPC documents, and an
   INVALID_ARGUMENT names a field of the request (or the request as a whole);
 - bytes that do not decode as the request message are INVALID_ARGUMENT, and anything but OK writes nothing;
-- a caller without a valid API key gets UNAUTHENTICATED, whatever it sends.
+- a caller without a valid API key gets UNAUTHENTICATED, whatever it sends;
+- a key bound to one project gets PERMISSION_DENIED for any request naming another, whatever else it holds, and
+  a request for a project the service does not serve is INVALID_ARGUMENT; neither writes.
 """
 
 from __future__ import annotations
@@ -29,18 +31,21 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from core.logs import user_ref
-from core.projects import Projects
 from providers.xsolla import OrderSettings
 from server.app import Service
+from server.auth import hash_key, parse_api_keys
 from server.config import Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
 from server.validation import encode_page_token
 from tests.helpers.raw import METHODS, SERVICE, Outcome, RawChannel, bearer, raw_channel
-from tests.helpers.services import READER_KEY, WRITER_KEY, ServiceFactory
+from tests.helpers.services import API_KEYS, READER_KEY, WRITER_KEY, ServiceFactory, served, store_changes
 from xsolla_simulator import XsollaSimulator
 from xsolla_simulator.testing import running_simulator
 
 PROJECT = 12345
+# A second project the service serves, and the key bound to it alone.
+OTHER_PROJECT = 54321
+BOUND_KEY = "bound-to-other-project-0123456789"
 FUZZ = settings(
     max_examples=150,
     deadline=None,
@@ -83,8 +88,9 @@ async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis, 
     )
     return await service_factory(
         redis_url=redis_server.url,
+        api_keys=API_KEYS + parse_api_keys(f"bound:{hash_key(BOUND_KEY)}:read,write:{OTHER_PROJECT}"),
+        projects=served(PROJECT, OTHER_PROJECT, default=PROJECT),
         xsolla=xsolla,
-        projects=Projects.single(PROJECT),
         tracking=TrackingSettings(max_wait_s=0.05, poll_interval_s=0.02, grant_wait_s=0.0),
         consumer=replace(Settings().consumer, enabled=False),
     )
@@ -95,12 +101,6 @@ async def raw(service: Service) -> AsyncIterator[RawChannel]:
     """A channel sending the request bytes as given."""
     async with raw_channel(service) as channel:
         yield channel
-
-
-async def _writes(redis: aioredis.Redis) -> int:
-    """Valkey's count of changes since its last snapshot (it never takes one: the AOF is the persistence)."""
-    info = await redis.info("persistence")
-    return int(info["rdb_changes_since_last_save"])
 
 
 def _decodes(method: str, payload: bytes) -> bool:
@@ -201,8 +201,8 @@ def _base64(data: bytes) -> str:
 
 
 def _owned(sku: bytes, expired: bytes = b"false") -> str:
-    """A token of player-1's shape whose sku and include_expired are the JSON texts given."""
-    return _base64(b'{"u":"%s","a":%s,"x":%s}' % (user_ref("player-1").encode(), sku, expired))
+    """A token of player-1's shape in PROJECT whose sku and include_expired are the JSON texts given."""
+    return _base64(b'{"p":%d,"u":"%s","a":%s,"x":%s}' % (PROJECT, user_ref("player-1").encode(), sku, expired))
 
 
 # Nested deeper than Python's JSON parser recurses, closed or not.
@@ -217,7 +217,9 @@ page_tokens = st.one_of(
     nestings.map(_base64),
     nestings.map(_owned),
     st.builds(_owned, json_texts, json_texts),
-    st.builds(encode_page_token, st.sampled_from(COMMON), texts, st.booleans()),
+    st.builds(
+        encode_page_token, st.sampled_from([PROJECT, OTHER_PROJECT]), st.sampled_from(COMMON), texts, st.booleans()
+    ),
 )
 
 
@@ -246,6 +248,8 @@ def _plausible(field: FieldDescriptor, order_ids: list[str]) -> st.SearchStrateg
         return st.sampled_from(order_ids)
     if field.name == "max_wait":
         return st.just(Duration(nanos=20_000_000))
+    if field.name == "project_id":
+        return st.sampled_from([0, PROJECT, OTHER_PROJECT])
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         return st.dictionaries(st.sampled_from(COMMON[:3]), st.sampled_from(COMMON), max_size=2)
     if field.message_type is not None:
@@ -293,7 +297,8 @@ def requests(method: str, simulator: XsollaSimulator) -> st.SearchStrategy[bytes
     """`messages` of `method`'s request type; GetOrderStatus's tokens include ones the simulator issued, and its
     orders the one the simulator holds."""
     tokens = st.one_of(texts, st.sampled_from(COMMON).map(simulator.issue_token))
-    hostile = {"page_token": page_tokens, "max_wait": max_waits, "token": tokens}
+    projects = st.one_of(int64s, st.sampled_from([0, PROJECT, OTHER_PROJECT, 1]))
+    hostile = {"page_token": page_tokens, "max_wait": max_waits, "token": tokens, "project_id": projects}
     order_ids = [str(order.order_id) for order in simulator.orders] + ["1", "404"]
     return messages(SERVICE.methods_by_name[method].input_type, hostile, order_ids)
 
@@ -370,14 +375,14 @@ async def test_arbitrary_bytes_are_refused_cleanly(
     """Arbitrary bytes as the request: undecodable ones are INVALID_ARGUMENT, and nothing but a documented answer
     ever comes back; only OK writes."""
     payload = data.draw(byte_strings(method, simulator), label="payload")
-    before = await _writes(redis_client)
+    before = await store_changes(redis_client)
     outcome = await raw.call(method, payload, bearer(WRITER_KEY), timeout_s=2.0)
     _check_answer(method, outcome)
     if not _decodes(method, payload):
         assert outcome.code == StatusCode.INVALID_ARGUMENT, outcome
         assert outcome.details.startswith("request: is not a valid entitlements.v1."), outcome
     if outcome.code != StatusCode.OK:
-        assert await _writes(redis_client) == before
+        assert await store_changes(redis_client) == before
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -389,11 +394,11 @@ async def test_arbitrary_field_values_get_documented_answers(
     """Arbitrary text, extreme and negative numbers, out-of-range durations, big maps and forged tokens in every
     field: a documented answer, never UNKNOWN or INTERNAL; a refusal writes nothing."""
     payload = data.draw(requests(method, simulator), label="request")
-    before = await _writes(redis_client)
+    before = await store_changes(redis_client)
     outcome = await raw.call(method, payload, bearer(WRITER_KEY), timeout_s=2.0)
     _check_answer(method, outcome)
     if outcome.code != StatusCode.OK:
-        assert await _writes(redis_client) == before
+        assert await store_changes(redis_client) == before
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -409,3 +414,24 @@ async def test_strangers_get_only_unauthenticated(
     outcome = await raw.call(method, payload, metadata)
     assert outcome.code == StatusCode.UNAUTHENTICATED, outcome
     assert outcome.details.startswith(("missing API key", "unknown or malformed API key")), outcome
+
+
+@pytest.mark.parametrize("method", METHODS)
+@FUZZ
+@given(data=st.data())
+async def test_key_bound_to_a_project_reaches_no_other(
+    raw: RawChannel, redis_client: aioredis.Redis, simulator: XsollaSimulator, method: str, data: st.DataObject
+) -> None:
+    """A key bound to OTHER_PROJECT, whatever the request holds: PERMISSION_DENIED when it names PROJECT (or any
+    other well-formed project id), a documented answer otherwise; a refusal writes nothing."""
+    payload = data.draw(requests(method, simulator), label="request")
+    project_id = REQUEST_TYPES[method].FromString(payload).project_id  # type: ignore[attr-defined]
+    before = await store_changes(redis_client)
+    outcome = await raw.call(method, payload, bearer(BOUND_KEY), timeout_s=2.0)
+    if project_id > 0 and project_id != OTHER_PROJECT:
+        assert outcome.code == StatusCode.PERMISSION_DENIED, outcome
+        assert outcome.details == f"API key 'bound' is not bound to project {project_id}", outcome
+    else:
+        _check_answer(method, outcome)
+    if outcome.code != StatusCode.OK:
+        assert await store_changes(redis_client) == before

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from core.keys import LAYOUT_KEY
-from core.projects import Projects
+from core.projects import Project, Projects
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
@@ -45,3 +46,16 @@ async def data_keys(redis: aioredis.Redis) -> int:
     """How many keys Redis holds besides the key layout's mark (`ent:layout`, which each process writes into an
     empty store when it starts)."""
     return int(await redis.dbsize()) - int(await redis.exists(LAYOUT_KEY))
+
+
+def served(*project_ids: int, default: int | None = None) -> Projects:
+    """A closed list of projects (each with the default settings), `default` the project of requests that name
+    none."""
+    return Projects(MappingProxyType({p: Project(p) for p in project_ids}), default_project=default, listed=True)
+
+
+async def store_changes(redis: aioredis.Redis) -> int:
+    """Valkey's count of changes since its last snapshot (it never takes one: the AOF is the persistence), to prove
+    that a refused call wrote nothing."""
+    info = await redis.info("persistence")
+    return int(info["rdb_changes_since_last_save"])
