@@ -242,6 +242,11 @@ def _projects(reader: EnvReader, provider: str, env: Mapping[str, str]) -> Proje
                 "ENTITLEMENTS_CATALOG_FILE cannot be used with ENTITLEMENTS_PROJECTS_FILE: put it in the projects "
                 "file (catalog_file of each project)"
             )
+        if reader.text("ENTITLEMENTS_SANDBOX_POLICY", ""):
+            raise ConfigError(
+                "ENTITLEMENTS_SANDBOX_POLICY cannot be used with ENTITLEMENTS_PROJECTS_FILE: put it in the projects "
+                "file (sandbox of each project)"
+            )
         return Projects.load(Path(path), provider or "provider", env=env)
     sandbox = reader.text("ENTITLEMENTS_SANDBOX_POLICY", "ignore")
     if sandbox not in SANDBOX_POLICIES:

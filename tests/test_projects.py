@@ -202,3 +202,6 @@ def test_the_service_reads_the_projects_file(tmp_path: Path) -> None:
     assert xsolla.project_id == 308077
     with pytest.raises(ConfigError, match="ENTITLEMENTS_XSOLLA_PROJECT_ID is set beside ENTITLEMENTS_PROJECTS_FILE"):
         load_settings({**env, "ENTITLEMENTS_XSOLLA_PROJECT_ID": "308077"})
+    for variable, value in (("ENTITLEMENTS_SANDBOX_POLICY", "grant"), ("ENTITLEMENTS_CATALOG_FILE", "c.toml")):
+        with pytest.raises(ConfigError, match=f"{variable} cannot be used with ENTITLEMENTS_PROJECTS_FILE"):
+            load_settings({**env, variable: value})
