@@ -18,6 +18,7 @@ from core import logs
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.embedded import EmbeddedRedis
+from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
 
 
@@ -97,3 +98,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session, closed afterwards."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def receiver_factory() -> AsyncIterator[ReceiverFactory]:
+    """Starts webhook receivers (what a game backend's webhook URL would be) on free ports; stops them at the end."""
+    async with receiver_factory_context() as start:
+        yield start

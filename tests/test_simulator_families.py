@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from entitlements.v1 import events_pb2 as ev
 from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import gateway_settings, running_gateway, stored_events, xsolla_settings
-from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
+from tests.helpers.receiver import ReceiverFactory
 from xsolla_simulator import InvalidRequest, RetrySchedule, SimOrder, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -27,13 +27,6 @@ ITEMS = [
 ]
 FAST = RetrySchedule((0.05, 0.05, 0.05, 0.05))
 CREATED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def receiver_factory() -> AsyncIterator[ReceiverFactory]:
-    """Starts webhook receivers on free ports; stops them at the end."""
-    async with receiver_factory_context() as start:
-        yield start
 
 
 @pytest.fixture

@@ -13,20 +13,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
+from tests.helpers.receiver import ReceiverFactory
 from xsolla_simulator import InvalidRequest, SimProject, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
 A, B = 1001, 2002
 SECRET_A, SECRET_B = "secret-of-a-0123456789", "secret-of-b-0123456789"
 ITEMS = [{"sku": "gold", "quantity": 100, "type": "virtual_currency", "price": "0.05"}]
-
-
-@pytest.fixture
-async def receiver_factory() -> AsyncIterator[ReceiverFactory]:
-    """Starts webhook receivers on free ports; stops them at the end."""
-    async with receiver_factory_context() as start:
-        yield start
 
 
 @pytest.fixture

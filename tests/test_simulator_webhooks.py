@@ -17,7 +17,7 @@ import pytest
 
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import WebhookSettings, XsollaWebhooks
-from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
+from tests.helpers.receiver import ReceiverFactory
 from xsolla_simulator import ORDER_RETRY_SCHEDULE, RetrySchedule, SimOrder, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -27,13 +27,6 @@ ITEMS = [
     {"sku": "gold", "quantity": 100, "type": "virtual_currency", "price": "0.05"},
     {"sku": "sword", "quantity": 1, "type": "virtual_good", "price": "4.99"},
 ]
-
-
-@pytest.fixture
-async def receiver_factory() -> AsyncIterator[ReceiverFactory]:
-    """Starts webhook receivers on free ports; stops them at the end."""
-    async with receiver_factory_context() as start:
-        yield start
 
 
 @pytest.fixture
