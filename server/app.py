@@ -254,6 +254,8 @@ class Service:
             settings.consumer,
             partitions=settings.event_partitions,
             projects=settings.projects.ids,
+            served=settings.projects.serves,
+            max_projects=len(known) + PROJECTS_HEADROOM,
             hooks=self._consumer_hooks,
         )
         await self.consumer.start()

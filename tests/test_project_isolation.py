@@ -1,6 +1,6 @@
 """Projects as tenants, end to end on a real Valkey: webhooks of two projects through the real gateway into one
 running service never touch each other's players, orders, order-status streams or dead letters, and the consumer
-reads a project that first appears after it started."""
+reads a project that first appears after it started, and not one it does not serve."""
 
 from __future__ import annotations
 
@@ -149,6 +149,41 @@ async def test_the_consumer_reads_a_project_that_appears_after_it_started(
     await eventually(granted, what="the new project's event to be applied")
     assert consumer.projects == {B}
     await drained(redis_client, projects=(B,))
+
+
+async def test_the_consumer_leaves_alone_a_project_it_does_not_serve(
+    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+) -> None:
+    """A registered project the service does not serve is not read: its event waits in its stream, unapplied."""
+    other = 320000
+    service = await service_factory(redis_url=redis_server.url, **consumer_settings(TWO, projects_refresh_s=0.05))
+    consumer = consumer_of(service)
+    await event_log(redis_client).append(order_event("paid", "1", "player-1", [("gold", 4)], project_id=other), b"{}")
+    await eventually(lambda: other in consumer.unread_projects, what="the unserved project to be seen")
+    assert consumer.projects == {A, B}
+    assert await store_of(service).get(other, "player-1", "gold") is None
+    streams = [EventKeys(other, partition).stream for partition in range(PARTITIONS)]
+    assert sum([await redis_client.xlen(stream) for stream in streams]) == 1
+
+
+async def test_the_consumer_reads_no_more_projects_than_its_connections_allow(
+    service_factory: ServiceFactory,
+    redis_server: EmbeddedRedis,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the room its pool was sized for, a new project is not read (until a restart) instead of failing."""
+    monkeypatch.setattr("server.app.PROJECTS_HEADROOM", 1)
+    overrides = consumer_settings(Projects.single(None, CATALOG_PROJECTS.template), projects_refresh_s=0.05)
+    service = await service_factory(redis_url=redis_server.url, **overrides)
+    consumer = consumer_of(service)
+    log = event_log(redis_client)
+    await log.append(order_event("paid", "1", "player-1", [("gold", 4)], project_id=B), b"{}")
+    await eventually(lambda: consumer.projects == {B}, what="the first new project to be read")
+    await log.append(order_event("paid", "2", "player-1", [("gold", 4)], project_id=A), b"{}")
+    await eventually(lambda: A in consumer.unread_projects, what="the second new project to be passed over")
+    assert consumer.projects == {B}
+    assert await store_of(service).get(A, "player-1", "gold") is None
 
 
 async def test_dead_letters_are_listed_and_replayed_per_project(

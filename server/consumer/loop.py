@@ -9,7 +9,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +71,9 @@ class Consumer:
 
     The projects are those configured (`projects`) and those in `PROJECTS_KEY` (where the gateway registers a
     project before its first event), re-read every `settings.projects_refresh_s`: a project's first webhook is
-    consumed without a restart.
+    consumed without a restart. A registered project this service does not serve (`served`) is not read: its
+    events wait in its stream for a service that serves it (said once in the log). Past `max_projects`, a new
+    project is not read either, and an error says to restart (the caller's pool is sized for that many).
 
     Args:
         redis: a client for the stream commands, owned by the caller; its socket timeout must exceed `block_ms`,
@@ -81,6 +83,8 @@ class Consumer:
         settings: batch size, block time, claim idle time, delivery limit, retention, projects refresh.
         partitions: the event log's partition count (must equal the gateway's).
         projects: the configured projects, read from the start.
+        served: whether this service serves a project found in `PROJECTS_KEY`; None: every project.
+        max_projects: the most projects read at once (the pool's room); None: no limit.
         name: this consumer's name in the group; unique per process by default.
         hooks: fault-injection seams for tests.
         backoff: the wait after consecutive Redis failures.
@@ -95,6 +99,8 @@ class Consumer:
         *,
         partitions: int,
         projects: Collection[int] = (),
+        served: Callable[[int], bool] | None = None,
+        max_projects: int | None = None,
         name: str | None = None,
         hooks: ConsumerHooks | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -109,6 +115,10 @@ class Consumer:
         self._dead_letters = DeadLetters(redis, partitions)
         self._upkeep = StreamUpkeep(redis, metrics, self._dead_letters, settings)
         self._configured = tuple(sorted(set(projects)))
+        self._served = served
+        self._max_projects = max_projects
+        # Registered projects not read (not served, or no room), each reported once.
+        self._passed_over: set[int] = set()
         # (project, partition) -> its reader's state.
         self._parts: dict[tuple[int, int], _Partition] = {}
         self._discovery: asyncio.Task[None] | None = None
@@ -128,6 +138,11 @@ class Consumer:
     def projects(self) -> frozenset[int]:
         """The projects whose event streams this consumer reads now."""
         return frozenset(project for project, _ in self._parts)
+
+    @property
+    def unread_projects(self) -> frozenset[int]:
+        """The projects registered in `PROJECTS_KEY` that this consumer does not read (not served, or no room)."""
+        return frozenset(self._passed_over)
 
     async def start(self) -> None:
         """Starts one reader task per partition of each configured project, and the task that finds the projects
@@ -170,10 +185,36 @@ class Consumer:
                 if not text.isdigit() or int(text) <= 0:
                     log.error("consumer_project_invalid", member=text[:64], key=PROJECTS_KEY)
                     continue
-                if (int(text), 0) not in self._parts:
-                    log.info("consumer_project_found", project_id=int(text), consumer=self.name)
-                    self._add_project(int(text))
+                project_id = int(text)
+                if (project_id, 0) not in self._parts and project_id not in self._passed_over:
+                    self._found(project_id)
             await self._pause(self.settings.projects_refresh_s)
+
+    def _found(self, project_id: int) -> None:
+        """Reads a project found in `PROJECTS_KEY`, unless this service does not serve it or has no room left."""
+        if self._served is not None and not self._served(project_id):
+            self._passed_over.add(project_id)
+            log.warning(
+                "consumer_project_not_served",
+                project_id=project_id,
+                consumer=self.name,
+                message="this project has events but is not one this service serves: they stay in its stream "
+                "until a service that serves it reads them (add it to the projects file to apply them here)",
+            )
+            return
+        if self._max_projects is not None and len(self.projects) >= self._max_projects:
+            self._passed_over.add(project_id)
+            log.error(
+                "consumer_projects_full",
+                project_id=project_id,
+                consumer=self.name,
+                projects=len(self.projects),
+                message="this project's events are not read until the service restarts (its connections are "
+                "sized at start for the projects known then, with room for a few more)",
+            )
+            return
+        log.info("consumer_project_found", project_id=project_id, consumer=self.name)
+        self._add_project(project_id)
 
     async def stop(self, grace_s: float) -> None:
         """Stops reading. A reader applying entries it has read finishes them within `grace_s`, then is cancelled;
