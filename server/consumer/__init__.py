@@ -26,6 +26,7 @@ Modules:
 - `deliveries`: one delivery of an entry (`StreamEntry`), the test seams around applying it, which failures are
   transient, and the metrics and log line of an applied one.
 - `upkeep`: `StreamUpkeep`, the gauges, retention trim and group membership, which `Consumer` runs.
+- `projects`: `ProjectDirectory`, the projects registered since the start, and whether to read each (served, room).
 """
 
 from server.consumer.deliveries import TRANSIENT_ERRORS, ConsumerHooks, Hook, StreamEntry, is_transient

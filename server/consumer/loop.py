@@ -19,9 +19,10 @@ import structlog
 from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient, reply_text
 from core.eventlog import MalformedEntry, decode_event
-from core.keys import CONSUMER_GROUP, PROJECTS_KEY, EventKeys
+from core.keys import CONSUMER_GROUP, EventKeys
 from server.config import ConsumerSettings
 from server.consumer.deliveries import ConsumerHooks, StreamEntry, check_project, is_transient, report_applied
+from server.consumer.projects import ProjectDirectory
 from server.consumer.upkeep import HOUSEKEEPING_INTERVAL_S, StreamUpkeep
 from server.deadletters import DeadLetters
 from server.errors import EntitlementsError, InvalidEvent
@@ -115,10 +116,7 @@ class Consumer:
         self._dead_letters = DeadLetters(redis, partitions)
         self._upkeep = StreamUpkeep(redis, metrics, self._dead_letters, settings)
         self._configured = tuple(sorted(set(projects)))
-        self._served = served
-        self._max_projects = max_projects
-        # Registered projects not read (not served, or no room), each reported once.
-        self._passed_over: set[int] = set()
+        self._directory = ProjectDirectory(redis, served=served, max_projects=max_projects)
         # (project, partition) -> its reader's state.
         self._parts: dict[tuple[int, int], _Partition] = {}
         self._discovery: asyncio.Task[None] | None = None
@@ -142,7 +140,7 @@ class Consumer:
     @property
     def unread_projects(self) -> frozenset[int]:
         """The projects registered in `PROJECTS_KEY` that this consumer does not read (not served, or no room)."""
-        return frozenset(self._passed_over)
+        return frozenset(self._directory.passed_over)
 
     async def start(self) -> None:
         """Starts one reader task per partition of each configured project, and the task that finds the projects
@@ -170,51 +168,13 @@ class Consumer:
 
     async def _discover(self) -> None:
         """Every `projects_refresh_s`, starts reading the projects that appeared in `PROJECTS_KEY`."""
-        failures = 0
         while not self._stopping.is_set():
-            try:
-                members = await self._redis.smembers(PROJECTS_KEY)
-                failures = 0
-            except Exception as exc:  # Redis down: the readers report it; try again at the next turn
-                failures += 1
-                if failures == 1 or failures % _FAILURE_LOG_EVERY == 0:
-                    log.warning("consumer_projects_unread", error=f"{type(exc).__name__}: {exc}")
-                members = set()
-            for member in members:
-                text = reply_text(member, errors="replace")
-                if not text.isdigit() or int(text) <= 0:
-                    log.error("consumer_project_invalid", member=text[:64], key=PROJECTS_KEY)
-                    continue
-                project_id = int(text)
-                if (project_id, 0) not in self._parts and project_id not in self._passed_over:
-                    self._found(project_id)
+            for project_id in await self._directory.registered():
+                if (project_id, 0) not in self._parts and self._directory.admits(
+                    project_id, len(self.projects), self.name
+                ):
+                    self._add_project(project_id)
             await self._pause(self.settings.projects_refresh_s)
-
-    def _found(self, project_id: int) -> None:
-        """Reads a project found in `PROJECTS_KEY`, unless this service does not serve it or has no room left."""
-        if self._served is not None and not self._served(project_id):
-            self._passed_over.add(project_id)
-            log.warning(
-                "consumer_project_not_served",
-                project_id=project_id,
-                consumer=self.name,
-                message="this project has events but is not one this service serves: they stay in its stream "
-                "until a service that serves it reads them (add it to the projects file to apply them here)",
-            )
-            return
-        if self._max_projects is not None and len(self.projects) >= self._max_projects:
-            self._passed_over.add(project_id)
-            log.error(
-                "consumer_projects_full",
-                project_id=project_id,
-                consumer=self.name,
-                projects=len(self.projects),
-                message="this project's events are not read until the service restarts (its connections are "
-                "sized at start for the projects known then, with room for a few more)",
-            )
-            return
-        log.info("consumer_project_found", project_id=project_id, consumer=self.name)
-        self._add_project(project_id)
 
     async def stop(self, grace_s: float) -> None:
         """Stops reading. A reader applying entries it has read finishes them within `grace_s`, then is cancelled;
