@@ -17,7 +17,7 @@ from core.limits import CONTROL_CHARACTERS, MAX_GRANT_QUANTITY, identifier_probl
 from core.logs import user_ref
 from core.projects import Projects, project_id_problem
 from entitlements.v1 import entitlements_pb2 as pb
-from server.auth import Principal
+from server.auth import DEV_PRINCIPAL, Principal
 from server.catalog import CatalogItem
 from server.errors import InvalidArgument, PermissionDenied
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, GrantCommand, RevokeCommand
@@ -59,10 +59,13 @@ def resolve_project(requested: int, principal: Principal, projects: Projects) ->
         if project_id is None:
             project_id = projects.default_project
             if project_id is None:
-                bound = "several projects" if principal.projects is not None else "every project"
+                if principal is DEV_PRINCIPAL:
+                    caller = "the caller (development mode, no API key) may use every project"
+                else:
+                    bound = "several projects" if principal.projects is not None else "every project"
+                    caller = f"the API key is bound to {bound}"
                 raise InvalidArgument(
-                    "project_id",
-                    f"is 0, the API key is bound to {bound} and the service has no default project; set project_id",
+                    "project_id", f"is 0, {caller} and the service has no default project; set project_id"
                 )
             if not principal.may_use(project_id):
                 raise InvalidArgument(

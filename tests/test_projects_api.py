@@ -221,7 +221,8 @@ async def test_insecure_dev_mode_may_use_every_project(
     client = await client_factory(service, api_key=None)
     for project_id in (LIVE, STAGING):
         assert (await client.grant("player-1", "gold", project_id=project_id)).project_id == project_id
-    with pytest.raises(InvalidArgumentError, match="bound to every project and the service has no default"):
+    message = r"development mode, no API key\) may use every project and the service has no default"
+    with pytest.raises(InvalidArgumentError, match=message):
         await client.grant("player-1", "gold")
 
 
