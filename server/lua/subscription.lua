@@ -39,7 +39,7 @@ local incoming = cjson.decode(ARGV[6])
 local before = redis.call('HGET', KEYS[1], sub_id)
 local current = before and cjson.decode(before) or nil
 
--- A time for the ledger's `why`: ISO 8601 UTC to the second (days to civil date: H. Hinnant's algorithm).
+-- A time for the ledger's `why`: ISO 8601 UTC to the second (civil_from_days is kinds.lua's, prepended).
 local function iso(ms)
   if not ms then
     return 'unknown'
@@ -47,15 +47,7 @@ local function iso(ms)
   local seconds = math.floor(ms / 1000)
   local days = math.floor(seconds / 86400)
   local rest = seconds - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local day = doy - math.floor((153 * mp + 2) / 5) + 1
-  local month = mp < 10 and mp + 3 or mp - 9
-  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  local year, month, day = civil_from_days(days)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', year, month, day, math.floor(rest / 3600),
                        math.floor(rest % 3600 / 60), rest % 60)
 end
