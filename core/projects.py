@@ -134,6 +134,13 @@ class Projects:
         """The listed project ids, in ascending order (empty when no list is known)."""
         return tuple(sorted(self.projects))
 
+    def or_single(self, project_id: int | None) -> Projects:
+        """These projects; or, when they are an open list and `project_id` is set (the single-project variable, or
+        settings made in code), that project alone, listed and default."""
+        if project_id and not self.listed:
+            return Projects.single(project_id, self.template)
+        return self
+
     @classmethod
     def single(cls, project_id: int | None, template: Project | None = None) -> Projects:
         """The projects of the single-project variables: `project_id` listed and default when given (non-zero),

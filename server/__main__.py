@@ -41,7 +41,7 @@ from core.errors import ConfigError
 from core.keys import CONSUMER_GROUP
 from core.layout import LayoutMismatch, check_layout, migrate_layout
 from core.lifecycle import wait_for_stop_signal
-from core.projects import Projects, project_id_problem
+from core.projects import project_id_problem
 from providers import xsolla as xsolla_provider
 from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
@@ -74,9 +74,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, Xsoll
     settings = Settings.from_env(env, provider=xsolla_provider.PROVIDER)
     if settings.projects.listed:
         xsolla_provider.check_projects(settings.projects)  # the gateway checks the same file the same way
-    projects = xsolla_provider.with_env_credentials(settings.projects, env)
-    if xsolla.project_id and not projects.listed:
-        projects = Projects.single(xsolla.project_id, template=projects.template)
+    projects = xsolla_provider.with_env_credentials(settings.projects, env).or_single(xsolla.project_id)
     settings = replace(settings, projects=projects)
     return settings, replace(xsolla, project_id=projects.default_project or 0)
 

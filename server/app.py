@@ -35,7 +35,6 @@ from core.keys import PROJECTS_KEY
 from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
-from core.projects import Projects
 from entitlements.v1 import entitlements_pb2 as pb
 from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
@@ -112,9 +111,7 @@ class Service:
         # One default project for the service and Xsolla's order sources: the projects', or else (settings made
         # in code with no project) Xsolla's configured project, which then becomes the one project served.
         xsolla = xsolla or xsolla_provider.OrderSettings()
-        projects = settings.projects
-        if projects.default_project is None and not projects.listed and xsolla.project_id:
-            settings = replace(settings, projects=Projects.single(xsolla.project_id, template=projects.template))
+        settings = replace(settings, projects=settings.projects.or_single(xsolla.project_id))
         xsolla = replace(xsolla, project_id=settings.projects.default_project or 0)
         self.settings = settings
         self.registry = CollectorRegistry()
