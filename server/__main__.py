@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         ("refresh", "read the catalogs from Xsolla now (every listed project, or --project) and store them"),
         ("show", "print the catalog in use for a project (the default one unless --project)"),
     ):
-        catalog_actions.add_parser(action, help=text).add_argument("--project", type=int, default=None)
+        catalog_actions.add_parser(action, help=text).add_argument("--project", type=_project_id, default=None)
     migrate_parser = commands.add_parser(
         "migrate-layout",
         help="move a store written by key layout 1 (no projects) into one project's namespace",
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         project_id = 0
         if args.command in ("ledger", "dead-letters", "events"):
             project_id = command_project(settings, args.project)
+        elif args.command == "catalog" and args.project is not None:
+            command_project(settings, args.project)  # a project the service serves
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

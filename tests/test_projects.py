@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from core.projects import (
     secret_value,
 )
 from providers.xsolla import load_projects
-from server.__main__ import load_settings
+from server.__main__ import load_settings, main
 
 TWO_PROJECTS = """
 default_project = 308077
@@ -205,3 +206,27 @@ def test_the_service_reads_the_projects_file(tmp_path: Path) -> None:
     for variable, value in (("ENTITLEMENTS_SANDBOX_POLICY", "grant"), ("ENTITLEMENTS_CATALOG_FILE", "c.toml")):
         with pytest.raises(ConfigError, match=f"{variable} cannot be used with ENTITLEMENTS_PROJECTS_FILE"):
             load_settings({**env, variable: value})
+
+
+def test_operator_commands_act_only_on_a_served_project(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every operator command that takes --project, `catalog` included, refuses a malformed or unserved project
+    before it touches Redis."""
+    for name in [name for name in os.environ if name.startswith(("ENTITLEMENTS_", "REDIS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ENTITLEMENTS_XSOLLA_PROJECT_ID", "308077")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1")  # never reached
+    for command in (
+        ["ledger", "player-1", "--project"],
+        ["events", "--project"],
+        ["catalog", "show", "--project"],
+        ["catalog", "refresh", "--project"],
+    ):
+        tail = ["status"] if command[0] == "events" else []
+        with pytest.raises(SystemExit) as parsed:
+            main([*command, "-3", *tail])
+        assert parsed.value.code == 2
+        assert "a project id must be between 1 and" in capsys.readouterr().err
+        assert main([*command, "310000", *tail]) == 2
+        assert "--project 310000 is not one of the projects of environment" in capsys.readouterr().err
