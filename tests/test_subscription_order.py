@@ -19,7 +19,7 @@ from server.app import Service
 from server.embedded import EmbeddedRedis
 from server.store import LedgerEntry
 from tests.helpers.events import consumer_settings, drained, event_log, store_of, subscription_event, xadd
-from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ServiceFactory
 
 PLAYER = "player-1"
 SUB = "10"
@@ -34,13 +34,9 @@ def days(n: int) -> datetime:
 
 
 @pytest.fixture
-async def consuming(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+    """The service on the test's Valkey, consuming the event streams (conftest's `client` calls it)."""
     return await service_factory(redis_url=redis_server.url, **consumer_settings())
-
-
-@pytest.fixture
-async def client(consuming: Service, client_factory: ClientFactory) -> AsyncEntitlementsClient:
-    return await client_factory(consuming)
 
 
 def event(
@@ -79,8 +75,8 @@ class Subscription:
 
 
 @pytest.fixture
-def subscription(consuming: Service, client: AsyncEntitlementsClient, redis_client: aioredis.Redis) -> Subscription:
-    return Subscription(consuming, client, redis_client)
+def subscription(service: Service, client: AsyncEntitlementsClient, redis_client: aioredis.Redis) -> Subscription:
+    return Subscription(service, client, redis_client)
 
 
 async def test_the_usual_order_create_renew_non_renew_cancel(
