@@ -37,7 +37,7 @@ from tests.helpers.events import (
     xadd,
     xadd_raw,
 )
-from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
 
 
 @pytest.fixture
@@ -50,11 +50,6 @@ async def consuming(service_factory: ServiceFactory, redis_server: EmbeddedRedis
 async def client(consuming: Service, client_factory: ClientFactory) -> AsyncEntitlementsClient:
     """A read+write client on the consuming service."""
     return await client_factory(consuming)
-
-
-def sample(service: Service, name: str, **labels: str) -> float:
-    """One metric sample of the service (0 when never set)."""
-    return service.registry.get_sample_value(name, labels) or 0.0
 
 
 async def quantity(client: AsyncEntitlementsClient, user: str, sku: str) -> int:

@@ -43,7 +43,7 @@ from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
-from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory
+from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory, sample
 from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
@@ -872,10 +872,6 @@ def test_bad_tracking_settings_are_refused(env: dict[str, str]) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-
-
-def sample(service: Service, name: str, **labels: str) -> float:
-    return service.registry.get_sample_value(name, labels) or 0.0
 
 
 async def stored_status(rig: Rig, order_id: int, status: str = "paid") -> bool:

@@ -16,7 +16,6 @@ from core.projects import SANDBOX_GRANT, Project, Projects
 from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import WebhookSettings
-from server.app import Service
 from server.config import Settings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
@@ -31,7 +30,7 @@ from tests.helpers.events import (
     transaction_event,
 )
 from tests.helpers.gateway import fixture, post, running_gateway
-from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
 
@@ -48,10 +47,6 @@ async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=PARTITIONS)
     async with running_gateway(settings, WebhookSettings(default_secret=SECRET)) as started:
         yield started
-
-
-def sample(service: Service, name: str, **labels: str) -> float:
-    return service.registry.get_sample_value(name, labels) or 0.0
 
 
 def live_capture() -> bytes:

@@ -59,3 +59,8 @@ async def store_changes(redis: aioredis.Redis) -> int:
     that a refused call wrote nothing."""
     info = await redis.info("persistence")
     return int(info["rdb_changes_since_last_save"])
+
+
+def sample(service: Service, name: str, **labels: str) -> float:
+    """One metric sample of the service (0 when never set)."""
+    return service.registry.get_sample_value(name, labels) or 0.0
