@@ -25,7 +25,7 @@ from core import scripts
 from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.keys import PROJECTS_KEY, EventKeys
-from core.layout import LayoutGate, LayoutMismatch
+from core.layout import LayoutGate
 from entitlements.v1 import events_pb2
 
 DEFAULT_DEDUP_TTL_S = 72 * 3600
@@ -100,11 +100,8 @@ class EventLog:
         if event.project_id <= 0:
             raise ValueError("an event is appended to its project's event log: set its project_id")
         keys = self.keys_for(event.project_id, event.user_id)
-        if self._layout is not None and not self._layout.passed:
-            try:
-                await bounded(self._layout.ensure(), self._timeout_s)
-            except LayoutMismatch as exc:
-                raise StoreUnavailable(f"the store is refused: {exc}") from exc
+        if self._layout is not None:
+            await self._layout.before_use(self._timeout_s)
         if event.project_id not in self._registered:
             await self._register(event.project_id)
         args: list[bytes | str | int] = [

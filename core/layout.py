@@ -30,8 +30,8 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from core.connections import RedisClient, reply_text
-from core.errors import ConfigError
+from core.connections import RedisClient, bounded, reply_text
+from core.errors import ConfigError, StoreUnavailable
 from core.keys import LAYOUT_KEY, LAYOUT_VERSION, PREFIX, PROJECTS_KEY
 from core.projects import project_id_problem
 
@@ -91,6 +91,20 @@ class LayoutGate:
             if not self.passed:
                 await check_layout(self._redis)
                 self.passed = True
+
+    async def before_use(self, timeout_s: float) -> None:
+        """`ensure`, within `timeout_s`, before an operation on the store (the store's, the event log's).
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time, or the store has another layout (it is refused: the
+                operation must not run, and the caller must not report success).
+        """
+        if self.passed:
+            return
+        try:
+            await bounded(self.ensure(), timeout_s)
+        except LayoutMismatch as exc:
+            raise StoreUnavailable(f"the store is refused: {exc}") from exc
 
 
 async def check_layout(redis: RedisClient) -> None:

@@ -26,7 +26,7 @@ from core import scripts
 from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.keys import UserKeys, items_key
-from core.layout import LayoutGate, LayoutMismatch
+from core.layout import LayoutGate
 from core.logs import user_ref
 from server.errors import FailedPrecondition
 from server.store.batcher import ReadBatcher
@@ -338,9 +338,7 @@ class EntitlementStore:
         """
         if self._layout is not None and not self._layout.passed:
             try:
-                await bounded(self._layout.ensure(), self._timeout_s)
-            except LayoutMismatch as exc:
-                raise StoreUnavailable(f"the store is refused: {exc}") from exc
+                await self._layout.before_use(self._timeout_s)
             finally:
                 if not self._layout.passed and inspect.iscoroutine(operation):
                     operation.close()  # never started
