@@ -126,8 +126,9 @@ class Projects:
         return replace(self.template, id=project_id)
 
     def serves(self, project_id: int) -> bool:
-        """Whether `project_id` is one of this deployment's projects."""
-        return self.get(project_id) is not None
+        """Whether `project_id` is one of this deployment's projects (what `get` says, without building the
+        settings of an unlisted one: every RPC asks)."""
+        return project_id in self.projects or (not self.listed and project_id > 0)
 
     @property
     def ids(self) -> tuple[int, ...]:
