@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry
 from core import connections
 from core.catalogs import CatalogSource
 from core.connections import RedisClient, bounded
-from core.keys import PROJECTS_KEY
 from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
@@ -41,6 +40,7 @@ from server.auth import Authenticator
 from server.catalog import Catalogs
 from server.config import Settings
 from server.consumer import Consumer, ConsumerHooks
+from server.consumer.projects import registered_projects
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
@@ -235,8 +235,7 @@ class Service:
         # now, and room for projects that appear later (connections open only when used).
         known = set(settings.projects.ids)
         with contextlib.suppress(StoreUnavailable):
-            members = await bounded(redis.smembers(PROJECTS_KEY), settings.redis_timeout_s)
-            known |= {int(m) for m in members if m.isdigit()}
+            known |= set(await bounded(registered_projects(redis), settings.redis_timeout_s))
         self._consumer_redis = connections.connect(
             redis_url,
             cluster=settings.redis_cluster,

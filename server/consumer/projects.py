@@ -16,6 +16,22 @@ log = structlog.get_logger("server.consumer")
 _FAILURE_LOG_EVERY = 20
 
 
+async def registered_projects(redis: RedisClient) -> list[int]:
+    """The projects in `PROJECTS_KEY`, ascending; a member that is not a project id is logged and left out.
+
+    Raises:
+        redis.exceptions.RedisError, OSError: Redis failed.
+    """
+    projects = []
+    for member in await redis.smembers(PROJECTS_KEY):
+        text = reply_text(member, errors="replace")
+        if not text.isdigit() or int(text) <= 0:
+            log.error("consumer_project_invalid", member=text[:64], key=PROJECTS_KEY)
+            continue
+        projects.append(int(text))
+    return sorted(projects)
+
+
 class ProjectDirectory:
     """The registered projects, and the decision to read each (made once per project).
 
@@ -36,21 +52,14 @@ class ProjectDirectory:
     async def registered(self) -> list[int]:
         """The projects in `PROJECTS_KEY` (none while Redis does not answer: the readers report that)."""
         try:
-            members = await self._redis.smembers(PROJECTS_KEY)
+            projects = await registered_projects(self._redis)
             self._failures = 0
         except Exception as exc:  # Redis down: try again at the next turn
             self._failures += 1
             if self._failures == 1 or self._failures % _FAILURE_LOG_EVERY == 0:
                 log.warning("consumer_projects_unread", error=f"{type(exc).__name__}: {exc}")
             return []
-        projects = []
-        for member in members:
-            text = reply_text(member, errors="replace")
-            if not text.isdigit() or int(text) <= 0:
-                log.error("consumer_project_invalid", member=text[:64], key=PROJECTS_KEY)
-                continue
-            projects.append(int(text))
-        return sorted(projects)
+        return projects
 
     def admits(self, project_id: int, reading: int, consumer: str) -> bool:
         """Whether to start reading a newly registered project, `reading` projects being read already. A project
