@@ -15,7 +15,10 @@ ProviderError
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from core.reconciliation import ProviderOrder
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,15 @@ class OrderLookup(Protocol):
 
     async def status(self, player: Player, order_id: str) -> ReportedStatus:
         """Returns the order's status at the provider.
+
+        Raises:
+            OrderUnknown, TokenRefused, LookupFailed.
+        """
+        ...
+
+    async def order(self, player: Player, order_id: str) -> ProviderOrder:
+        """Returns the order with its items, as the provider records it (for reconciliation,
+        `core.reconciliation`); `user_id` is the player's, whose token read it.
 
         Raises:
             OrderUnknown, TokenRefused, LookupFailed.

@@ -26,6 +26,7 @@ from core.order_sources import (
     TokenRefused,
 )
 from core.projects import Projects
+from core.reconciliation import ProviderOrder, ProviderOrderItem
 from core.webhooks import (
     Action,
     FoundUser,
@@ -146,6 +147,10 @@ class AcmeLookup:
             raise OrderUnknown("no such order")
         word = self.statuses[order_id]
         return ReportedStatus(_WORDS.get(word), word)
+
+    async def order(self, player: Player, order_id: str) -> ProviderOrder:
+        status = await self.status(player, order_id)
+        return ProviderOrder(player.project_id, order_id, status, player.user_id, items=(ProviderOrderItem("gem", 1),))
 
     async def close(self) -> None:
         self.closed = True
