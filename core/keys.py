@@ -160,3 +160,22 @@ def catalog_key(project_id: int) -> str:
     """String: the last catalog read from the project's provider, JSON with when it was read
     (`server.catalog.Catalog.to_json`), so that a restart without the provider still knows it."""
     return f"{PREFIX}:{{p:{project_id}}}:catalog"
+
+
+def order_players_key(project_id: int) -> str:
+    """Hash: order id -> whom the order belongs to, as this service learned it (`server.reconcile.index`):
+    "w:<player>" from a signed webhook or the provider's own record (authoritative), "s:<player>" from a
+    GetOrderStatus stream the provider confirmed (a claim), "x" when claims disagree (never guessed)."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:order-players"
+
+
+def known_orders_key(project_id: int) -> str:
+    """Sorted set: the orders in `order_players_key`, scored by when this service first learned of them (ms), so
+    entries past the retention are trimmed from both."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:orders"
+
+
+def applied_orders_key(project_id: int) -> str:
+    """Sorted set: the orders whose order_paid this service applied, scored by when it first did (ms), so the
+    sweeper can find orders applied here that the provider does not know."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:applied-orders"

@@ -45,6 +45,7 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
+from server.reconcile import OrderIndex
 from server.rpc import RpcRuntime, add_service
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
@@ -245,7 +246,13 @@ class Service:
         publisher = OrderStatusPublisher(redis, cluster=settings.redis_cluster)
         self.consumer = Consumer(
             self._consumer_redis,
-            Fulfillment(store, catalogs, settings.projects, publisher),
+            Fulfillment(
+                store,
+                catalogs,
+                settings.projects,
+                publisher,
+                OrderIndex(redis, timeout_s=settings.redis_timeout_s),
+            ),
             self.metrics,
             settings.consumer,
             partitions=settings.event_partitions,

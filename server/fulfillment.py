@@ -38,7 +38,8 @@ from entitlements.v1 import events_pb2
 from server import validation
 from server.catalog import Catalogs
 from server.errors import InvalidArgument, InvalidEvent
-from server.status_channel import OrderState, OrderStatusPublisher
+from server.reconcile.index import AUTHORITATIVE, CLAIM, OrderIndex
+from server.status_channel import RECONCILIATION_SOURCE, WEBHOOK_SOURCE, OrderState, OrderStatusPublisher
 from server.store import (
     EntitlementStore,
     OrderLine,
@@ -73,6 +74,15 @@ _TRANSACTION_OPS = {
 _LABEL_BY_NAME = {name: _TYPE_LABELS.get(int(value), "unknown") for name, value in ET.items()}
 BUNDLE = "bundle"
 VIRTUAL_CURRENCY = "virtual_currency"
+PROVIDER = events_pb2.EventOrigin.EVENT_ORIGIN_PROVIDER
+#: The ledger's actor of reconciled order events (`server.reconcile`).
+RECONCILER = "reconciler"
+#: Who applied an order event, as the order hash records it (`granted_by`, `canceled_by`).
+ORIGIN_NAMES: dict[int, str] = {
+    PROVIDER: "webhook",
+    events_pb2.EventOrigin.EVENT_ORIGIN_TRACKER: "tracker",
+    events_pb2.EventOrigin.EVENT_ORIGIN_SWEEPER: "sweeper",
+}
 
 
 def type_label(event_type: int) -> str:
@@ -133,6 +143,8 @@ class Fulfillment:
         catalogs: each project's catalog (sku -> kind and period).
         projects: the projects served, for their sandbox policy (a project it does not know: "ignore").
         publisher: where order states are announced; None publishes nothing (tools, benchmarks).
+        index: where each applied order's player and application are recorded for reconciliation
+            (`server.reconcile.index`); None records nothing (tools, benchmarks).
     """
 
     def __init__(
@@ -141,7 +153,9 @@ class Fulfillment:
         catalogs: Catalogs,
         projects: Projects,
         publisher: OrderStatusPublisher | None,
+        index: OrderIndex | None = None,
     ) -> None:
+        self._index = index
         self._store = store
         self._catalogs = catalogs
         self._projects = projects
@@ -171,7 +185,7 @@ class Fulfillment:
         if event.project_id <= 0:
             raise InvalidEvent(f"event {event_id} names no project")
         user_id = _identifier("user_id", event.user_id)
-        actor = f"{event.provider or 'provider'}-webhook"
+        actor = f"{event.provider or 'provider'}-webhook" if event.origin == PROVIDER else RECONCILER
         if event.type in (ET.EVENT_TYPE_ORDER_PAID, ET.EVENT_TYPE_ORDER_CANCELED):
             return await self._apply_order(label, event, event_id, user_id, actor)
         if event.type in _SUBSCRIPTION_ACTIONS:
@@ -200,6 +214,9 @@ class Fulfillment:
             "invoice_id": order.invoice_id,
             "transaction_id": order.transaction_id,
         }
+        record["granted_by" if event.type == ET.EVENT_TYPE_ORDER_PAID else "canceled_by"] = ORIGIN_NAMES.get(
+            event.origin, "webhook"
+        )
         outcome: OrderOutcome
         policy = self._sandbox_policy(event)
         if event.type == ET.EVENT_TYPE_ORDER_PAID and policy not in ("", SANDBOX_GRANT):
@@ -233,8 +250,19 @@ class Fulfillment:
             status=outcome.status,
             entitlements_granted=outcome.entitlements_granted,
             observed_at_ms=outcome.updated_at_ms,
+            source=WEBHOOK_SOURCE if event.origin == PROVIDER else RECONCILIATION_SOURCE,
             withheld=outcome.withheld,
         )
+        if self._index is not None:
+            # Whose order this is (a signed webhook says so with authority), and whether its order_paid is applied.
+            await self._index.record(
+                project_id,
+                order_id,
+                user_id,
+                authority=AUTHORITATIVE if event.origin == PROVIDER else CLAIM,
+                applied=event.type == ET.EVENT_TYPE_ORDER_PAID and outcome.status == "paid",
+                now_ms=outcome.updated_at_ms,
+            )
         if self._publisher is not None:
             await self._publisher.publish(state)
         return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts, policy)

@@ -13,6 +13,8 @@ from core.metrics import LATENCY_BUCKETS
 # How long a stream stays open: from a stored state answered at once to the one-hour maximum wait.
 _STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 # From the gateway's acceptance of a webhook to its effect: normally milliseconds, minutes when retried.
+# Reconciliation grants minutes to hours after the payment.
+_PAYMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0)
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -74,6 +76,14 @@ class ServiceMetrics:
             "From the gateway accepting a webhook to its event being applied, by event type.",
             ["type"],
             buckets=_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.payment_to_grant = Histogram(
+            "entitlements_payment_to_grant_seconds",
+            "From a payment (a webhook's arrival, when a tracker saw the order paid, or the order's creation for the "
+            "sweeper) to its items being granted, by who brought the order: webhook, tracker, sweeper.",
+            ["source"],
+            buckets=_PAYMENT_BUCKETS,
             registry=registry,
         )
         self.consumer_lag = Gauge(

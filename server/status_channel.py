@@ -68,6 +68,13 @@ _MESSAGE = frozenset({b"message", "message", b"smessage", "smessage"})
 _CHANNEL_PROJECT = re.compile(r"\{p:(\d+)\}")
 
 
+#: `OrderState.source`: a webhook applied the order event, or reconciliation did (`server.reconcile`).
+WEBHOOK_SOURCE = "webhook"
+RECONCILIATION_SOURCE = "reconciliation"
+# The order hash's `granted_by` values of reconciled orders (`server.fulfillment.ORIGIN_NAMES`).
+_RECONCILERS = frozenset({"tracker", "sweeper"})
+
+
 @dataclass(frozen=True)
 class OrderState:
     """One order's status as this service knows it from webhooks.
@@ -77,7 +84,9 @@ class OrderState:
         status: "paid" or "canceled" (Xsolla's order statuses, lower case).
         entitlements_granted: True while the order's items are granted to the player (false once canceled).
         observed_at_ms: when the consumer applied the event that set this state (Redis server clock, ms).
-        source: always "webhook" here.
+        source: `WEBHOOK_SOURCE` when a webhook set it, `RECONCILIATION_SOURCE` when reconciliation applied the
+            order from the provider's own record (`server.reconcile`); read back from the order hash's
+            `granted_by` for a paid order.
         withheld: why the paid order grants nothing by policy ("sandbox"); "" when it grants as usual.
     """
 
@@ -87,7 +96,7 @@ class OrderState:
     status: str
     entitlements_granted: bool
     observed_at_ms: int
-    source: str = "webhook"
+    source: str = WEBHOOK_SOURCE
     withheld: str = ""
 
     @property
@@ -113,7 +122,7 @@ class OrderState:
                 status=str(raw["status"]),
                 entitlements_granted=bool(raw["entitlements_granted"]),
                 observed_at_ms=int(raw["observed_at_ms"]),
-                source=str(raw.get("source", "webhook")),
+                source=str(raw.get("source", WEBHOOK_SOURCE)),
                 withheld=str(raw.get("withheld") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -133,6 +142,7 @@ class OrderState:
             status=status,
             entitlements_granted=fields.get("granted") == "1",
             observed_at_ms=int(fields.get("updated_at_ms") or 0),
+            source=RECONCILIATION_SOURCE if fields.get("granted_by") in _RECONCILERS else WEBHOOK_SOURCE,
             withheld=fields.get("withheld", ""),
         )
 
@@ -140,7 +150,7 @@ class OrderState:
 async def read_order_state(redis: RedisClient, ref: OrderRef) -> OrderState | None:
     """Reads the stored state of the order `ref` (project, player, order), or None if no order event named it yet."""
     project_id, user_id, order_id = ref
-    names = ("status", "granted", "updated_at_ms", "withheld")
+    names = ("status", "granted", "updated_at_ms", "withheld", "granted_by")
     raw = await redis.hmget(UserKeys(project_id, user_id).order(order_id), list(names))
     fields = {name: reply_text(value) for name, value in zip(names, raw, strict=True) if value is not None}
     return OrderState.from_hash(ref, fields)

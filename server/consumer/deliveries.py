@@ -15,7 +15,7 @@ import structlog
 from core.logs import user_ref
 from entitlements.v1 import events_pb2
 from server.errors import InvalidEvent, StoreUnavailable
-from server.fulfillment import Applied
+from server.fulfillment import ORIGIN_NAMES, Applied
 from server.metrics import ServiceMetrics
 
 log = structlog.get_logger("server.consumer")
@@ -89,6 +89,12 @@ def report_applied(
         metrics.event_delay.labels(applied.type).observe(max(0.0, time.time() - received_at_ms / 1000))
     if applied.type == "order_paid" and applied.result == "applied":
         metrics.grants_applied.inc(applied.lines_changed)
+        # From the payment (as first known: the webhook's arrival, or what reconciliation knew) to the grant.
+        paid_at_ms = event.paid_at.ToMilliseconds() if event.HasField("paid_at") else received_at_ms
+        if paid_at_ms:
+            metrics.payment_to_grant.labels(ORIGIN_NAMES.get(event.origin, "webhook")).observe(
+                max(0.0, time.time() - paid_at_ms / 1000)
+            )
     elif applied.type == "order_canceled" and applied.result == "applied":
         metrics.grants_undone.inc(applied.lines_changed)
     if applied.kind_conflicts:

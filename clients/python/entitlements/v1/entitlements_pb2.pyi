@@ -167,6 +167,10 @@ class _OrderStatusSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ord
     """Xsolla's order-status WebSocket."""
     ORDER_STATUS_SOURCE_POLLING: _OrderStatusSource.ValueType  # 4
     """Short polling of Xsolla's Get order API."""
+    ORDER_STATUS_SOURCE_RECONCILIATION: _OrderStatusSource.ValueType  # 5
+    """Reconciliation: this service applied the order from Xsolla's own record of it (Get order, or the admin order
+    search) because no order webhook had been applied in time. `entitlements_granted` says whether it granted.
+    """
 
 class OrderStatusSource(_OrderStatusSource, metaclass=_OrderStatusSourceEnumTypeWrapper):
     """Who saw a status change."""
@@ -180,6 +184,10 @@ ORDER_STATUS_SOURCE_WEBSOCKET: OrderStatusSource.ValueType  # 3
 """Xsolla's order-status WebSocket."""
 ORDER_STATUS_SOURCE_POLLING: OrderStatusSource.ValueType  # 4
 """Short polling of Xsolla's Get order API."""
+ORDER_STATUS_SOURCE_RECONCILIATION: OrderStatusSource.ValueType  # 5
+"""Reconciliation: this service applied the order from Xsolla's own record of it (Get order, or the admin order
+search) because no order webhook had been applied in time. `entitlements_granted` says whether it granted.
+"""
 Global___OrderStatusSource: _TypeAlias = OrderStatusSource  # noqa: Y015
 
 @_typing.final

@@ -90,9 +90,37 @@ EVENT_TYPE_UNKNOWN: EventType.ValueType  # 10
 """A notification this version does not interpret; stored for audit and counted, never applied."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
+class _EventOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_ORIGIN_PROVIDER: _EventOrigin.ValueType  # 0
+    """A notification the provider sent, accepted by the webhook gateway."""
+    EVENT_ORIGIN_TRACKER: _EventOrigin.ValueType  # 1
+    """Reconciliation by an order tracker: a GetOrderStatus stream learned from the provider that the order is paid,
+    and no order_paid had been applied after the grace period; built from the provider's Get order.
+    """
+    EVENT_ORIGIN_SWEEPER: _EventOrigin.ValueType  # 2
+    """Reconciliation by the sweeper: built from the provider's admin order search."""
+
+class EventOrigin(_EventOrigin, metaclass=_EventOriginEnumTypeWrapper):
+    """Where an event came from."""
+
+EVENT_ORIGIN_PROVIDER: EventOrigin.ValueType  # 0
+"""A notification the provider sent, accepted by the webhook gateway."""
+EVENT_ORIGIN_TRACKER: EventOrigin.ValueType  # 1
+"""Reconciliation by an order tracker: a GetOrderStatus stream learned from the provider that the order is paid,
+and no order_paid had been applied after the grace period; built from the provider's Get order.
+"""
+EVENT_ORIGIN_SWEEPER: EventOrigin.ValueType  # 2
+"""Reconciliation by the sweeper: built from the provider's admin order search."""
+Global___EventOrigin: _TypeAlias = EventOrigin  # noqa: Y015
+
 @_typing.final
 class WebhookEvent(_message.Message):
-    """One accepted provider notification."""
+    """One accepted provider notification, or an order event reconciliation built from the provider's own records."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -104,6 +132,8 @@ class WebhookEvent(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     NOTIFICATION_TYPE_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    PAID_AT_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
     TRANSACTION_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
@@ -123,9 +153,20 @@ class WebhookEvent(_message.Message):
     """The provider's notification type as sent (e.g. "order_paid"), also for unknown types."""
     sandbox: _builtins.bool
     """True for a test payment (Xsolla `order.mode` "sandbox" or `transaction.dry_run` 1)."""
+    origin: Global___EventOrigin.ValueType
+    """PROVIDER for a webhook. Reconciled order events (TRACKER, SWEEPER) carry the event id
+    "<provider>:<project>:order:<order id>:<paid|canceled>:reconciled"; the ledger's actor is "reconciler".
+    """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp:
         """When the gateway accepted the notification."""
+
+    @_builtins.property
+    def paid_at(self) -> _timestamp_pb2.Timestamp:
+        """When the payment was first known to have happened, for the payment-to-grant delay: unset for a webhook (its
+        `received_at` stands for it); for a reconciled order, when its tracker saw it paid, or the order's creation
+        time at the provider (sweeper).
+        """
 
     @_builtins.property
     def order(self) -> Global___OrderEvent: ...
@@ -144,13 +185,15 @@ class WebhookEvent(_message.Message):
         received_at: _timestamp_pb2.Timestamp | None = ...,
         notification_type: _builtins.str = ...,
         sandbox: _builtins.bool = ...,
+        origin: Global___EventOrigin.ValueType = ...,
+        paid_at: _timestamp_pb2.Timestamp | None = ...,
         order: Global___OrderEvent | None = ...,
         transaction: Global___TransactionEvent | None = ...,
         subscription: Global___SubscriptionEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "payload", b"payload", "received_at", b"received_at", "subscription", b"subscription", "transaction", b"transaction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "paid_at", b"paid_at", "payload", b"payload", "received_at", b"received_at", "subscription", b"subscription", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "notification_type", b"notification_type", "order", b"order", "payload", b"payload", "project_id", b"project_id", "provider", b"provider", "received_at", b"received_at", "sandbox", b"sandbox", "subscription", b"subscription", "transaction", b"transaction", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "notification_type", b"notification_type", "order", b"order", "origin", b"origin", "paid_at", b"paid_at", "payload", b"payload", "project_id", b"project_id", "provider", b"provider", "received_at", b"received_at", "sandbox", b"sandbox", "subscription", b"subscription", "transaction", b"transaction", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["order", "transaction", "subscription"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
