@@ -79,6 +79,29 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class ReconcileSettings:
+    """Reconciliation with the provider: orders it reports paid that no webhook brought (see
+    docs/RECONCILIATION.md)."""
+
+    # A tracker that learned from the provider that its order is paid or done applies it from Get order when no
+    # order_paid has been applied this long after (the tracker's reconciliation).
+    tracker_enabled: bool = True
+    grace_s: float = 60.0
+    # The sweeper: every project with admin API credentials is searched every `sweep_interval_s`, over the last
+    # `first_window_h` hours on the first run, then from the stored watermark minus `overlap_s`.
+    sweeper_enabled: bool = True
+    sweep_interval_s: float = 300.0
+    first_window_h: float = 72.0
+    overlap_s: float = 600.0
+    # Requests per second to the provider's order search, per replica (its rate limits answer 429 beyond them).
+    requests_per_s: float = 2.0
+    # One sweeper per project across every replica: a lease in Redis that a crashed holder loses after this long.
+    lease_s: float = 30.0
+    # How long the order index remembers an order's player (server.reconcile.index).
+    index_retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Typed configuration of the service process."""
 
@@ -111,6 +134,7 @@ class Settings:
     catalog_refresh_s: float = 600.0
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
     # and `..._hard_limit`). Past the first, new calls are refused at random, more often as the backlog nears the
     # second; all are refused beyond it. gRPC's defaults (1000/3000) refuse part of a reconnect storm of streams.
@@ -175,6 +199,17 @@ class Settings:
             streams_per_key=streams_per_key or None,
             grant_wait_s=reader.number("ENTITLEMENTS_ORDER_GRANT_WAIT_S", 30.0, minimum=0.0),
         )
+        reconcile = ReconcileSettings(
+            tracker_enabled=reader.boolean("ENTITLEMENTS_RECONCILE_TRACKER", True),
+            grace_s=reader.number("ENTITLEMENTS_RECONCILE_GRACE_S", 60.0, minimum=0.1),
+            sweeper_enabled=reader.boolean("ENTITLEMENTS_RECONCILE_SWEEPER", True),
+            sweep_interval_s=reader.number("ENTITLEMENTS_RECONCILE_INTERVAL_S", 300.0, minimum=1.0),
+            first_window_h=reader.number("ENTITLEMENTS_RECONCILE_FIRST_WINDOW_H", 72.0, minimum=0.01),
+            overlap_s=reader.number("ENTITLEMENTS_RECONCILE_OVERLAP_S", 600.0, minimum=0.0),
+            requests_per_s=reader.number("ENTITLEMENTS_RECONCILE_REQUESTS_PER_S", 2.0, minimum=0.01),
+            lease_s=reader.number("ENTITLEMENTS_RECONCILE_LEASE_S", 30.0, minimum=1.0),
+            index_retention_days=reader.number("ENTITLEMENTS_RECONCILE_INDEX_DAYS", 30.0, minimum=1.0),
+        )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
         pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)
         if pending_hard < pending:
@@ -207,6 +242,7 @@ class Settings:
             catalog_refresh_s=reader.number("ENTITLEMENTS_CATALOG_REFRESH_S", 600.0, minimum=1.0),
             consumer=consumer,
             tracking=tracking,
+            reconcile=reconcile,
             grpc_max_pending_requests=pending,
             grpc_max_pending_requests_hard_limit=pending_hard,
         )

@@ -86,6 +86,28 @@ class ServiceMetrics:
             buckets=_PAYMENT_BUCKETS,
             registry=registry,
         )
+        self.reconcile_orders = Counter(
+            "entitlements_reconcile_orders_total",
+            "Orders reconciliation looked at, by project, source (tracker, sweeper) and result: examined, applied "
+            "(an order_paid queued from the provider's record), undone (an order_canceled queued), already (applied "
+            "before, nothing to do), mismatch (this service and the provider disagree: reported, not touched), "
+            "unresolved (nobody says whose the order is: reported, never guessed), failed.",
+            ["project", "source", "result"],
+            registry=registry,
+        )
+        self.reconcile_sweeps = Counter(
+            "entitlements_reconcile_sweeps_total",
+            "Sweeps of a project's orders at the provider run by this replica, by project and result (ok, failed, "
+            "refused, lost_lease).",
+            ["project", "result"],
+            registry=registry,
+        )
+        self.reconcile_last_success = Gauge(
+            "entitlements_reconcile_last_success_timestamp_seconds",
+            "When a sweep of the project last completed (by any replica, as stored in Redis; 0 before the first).",
+            ["project"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "entitlements_consumer_lag_seconds",
             "Age of the oldest event not yet acknowledged by the consumer group (0 when caught up).",
