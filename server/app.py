@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from core import connections
 from core.catalogs import CatalogSource
 from core.connections import RedisClient, bounded
+from core.eventlog import EventLog
 from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
@@ -130,6 +131,8 @@ class Service:
         self._store_changed = asyncio.Event()
         self.redis: RedisClient | None = None
         self.store: EntitlementStore | None = None
+        self.event_log: EventLog | None = None
+        self.order_index: OrderIndex | None = None
         self.health = AsyncHealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = MetricsEndpoint(self.registry)
@@ -185,6 +188,9 @@ class Service:
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
                 layout=layout,
             )
+            # Reconciliation appends the orders it applies to the event log, as the gateway does.
+            self.event_log = EventLog(self.redis, partitions=settings.event_partitions, layout=layout)
+            self.order_index = OrderIndex(self.redis, timeout_s=settings.redis_timeout_s)
             metrics_port = await self._metrics_http.start(settings.metrics_host, settings.metrics_port)
             self.catalogs = Catalogs(
                 self.redis,
@@ -251,7 +257,7 @@ class Service:
                 catalogs,
                 settings.projects,
                 publisher,
-                OrderIndex(redis, timeout_s=settings.redis_timeout_s),
+                self.order_index,
             ),
             self.metrics,
             settings.consumer,
