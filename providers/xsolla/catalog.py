@@ -4,10 +4,10 @@
   and nothing else (no `has_more`, no total): pages are read until one is shorter than `limit`.
 * `GET {admin_api}/v2/project/{project_id}/admin/items/bundle?limit=&offset=`, the same way; each bundle has
   `content: [{"sku", "quantity", ...}]`.
-* Basic auth with `<api_user>:<api_key>`: the merchant id or the project id, and an API key of the Publisher
-  Account. The project's table in the projects file gives them (`api_key`, as a secret: text, `{ file = ... }` or
-  `{ env = ... }`; `api_user`, default the project id); without a projects file, `ENTITLEMENTS_XSOLLA_API_KEY`
-  (or `_FILE`) and `ENTITLEMENTS_XSOLLA_API_USER` (`with_env_credentials`).
+* Basic auth with `<api_user>:<api_key>` (`providers.xsolla.admin.credentials`): the merchant id or the project
+  id, and an API key of the Publisher Account. The project's table in the projects file gives them (`api_key`, as
+  a secret: text, `{ file = ... }` or `{ env = ... }`; `api_user`, default the project id); without a projects
+  file, `ENTITLEMENTS_XSOLLA_API_KEY` (or `_FILE`) and `ENTITLEMENTS_XSOLLA_API_USER` (`with_env_credentials`).
 
 An item's kind: `virtual_item_type` when present (`consumable`, `non_consumable`, `non_renewing_subscription`);
 otherwise `inventory_options.expiration_period` (`{"type": minute|hour|day|week|month|year, "value"}`) makes it
@@ -15,15 +15,14 @@ time-limited with that period, `inventory_options.consumable` consumable, neithe
 is a consumable. An item that cannot be read (a time-limited one without a usable period) is left out and logged,
 so orders of it wait for a fix rather than being granted as a guess.
 
-Failures: 401 and 403 (and any other 4xx) are `CatalogRefused`, never retried; 429 waits `Retry-After` (at most
-`MAX_RETRY_AFTER_S`), 5xx, timeouts and network errors are retried with `core.backoff`, `ATTEMPTS` times in all per
-page, then `CatalogUnavailable`.
+Failures: 401 and 403 (and any other 4xx) are `CatalogRefused`, never retried; 429 waits `Retry-After` (seconds
+or an HTTP date; 1 s when absent or unreadable; at most `MAX_RETRY_AFTER_S`), 5xx, timeouts and network errors are
+retried with `core.backoff`, `ATTEMPTS` times in all per page, then `CatalogUnavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import time
 from collections.abc import Mapping
@@ -48,6 +47,7 @@ from core.catalogs import (
 from core.environ import EnvReader
 from core.errors import ConfigError
 from core.projects import CATALOG_PROVIDER, Project, Projects, secret_value
+from providers.xsolla.admin import credentials, has_credentials, retry_after_s
 from providers.xsolla.metrics import XsollaMetrics
 
 log = structlog.get_logger("providers.xsolla.catalog")
@@ -132,22 +132,6 @@ def with_env_credentials(projects: Projects, env: Mapping[str, str] | None = Non
     return replace(projects, projects=MappingProxyType(listed), template=credited(projects.template))
 
 
-def credentials(project: Project) -> str:
-    """The `Authorization` header of a project's admin API calls: Basic `<api_user>:<api_key>` in base64.
-
-    Raises:
-        ConfigError: no `api_key`, or it or `api_user` is malformed or cannot be read.
-    """
-    where = f"project {project.id}: api_key"
-    if "api_key" not in project.provider:
-        raise ConfigError(f"project {project.id}: no api_key for Xsolla's catalog API")
-    key = secret_value(project.provider["api_key"], where)
-    user = project.provider.get("api_user", project.id)
-    if isinstance(user, bool) or not isinstance(user, int | str) or not str(user).isdigit():
-        raise ConfigError(f"project {project.id}: api_user must be the merchant or project id")
-    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
-
-
 def source_item(raw: Any) -> SourceItem | None:
     """An admin item as the service's catalog entry; None when it cannot be read (logged)."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("sku"), str) or not raw["sku"]:
@@ -215,7 +199,7 @@ class XsollaCatalog:
         self._session: aiohttp.ClientSession | None = None
 
     def configured(self, project: Project) -> bool:
-        return "api_key" in project.provider
+        return has_credentials(project)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -269,7 +253,8 @@ class XsollaCatalog:
                         raise CatalogRefused(f"{kind}: Xsolla answered {code} (check api_key and api_user)")
                     problem = f"{kind}: Xsolla answered {code}"
                     if code == 429:
-                        wait_s = _retry_after(response.headers.get("Retry-After"))
+                        asked = retry_after_s(response.headers.get("Retry-After"))
+                        wait_s = 1.0 if asked is None else asked
                         if wait_s > MAX_RETRY_AFTER_S:
                             raise CatalogUnavailable(f"{problem}; Retry-After {wait_s:g} s")
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -287,10 +272,3 @@ class XsollaCatalog:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"Accept": "application/json"})
         return self._session
-
-
-def _retry_after(value: str | None) -> float:
-    """`Retry-After` in seconds (its delay-seconds form); 1 s when absent or in the date form."""
-    if value is not None and value.strip().isdigit():
-        return float(value.strip())
-    return 1.0

@@ -1,5 +1,6 @@
-"""The Prometheus metrics of Xsolla's order APIs (Get order, the order-status WebSocket), on the service's
-registry. Labels are bounded (operation, result, reason): never a player, token or order id."""
+"""The Prometheus metrics of Xsolla's APIs (Get order, the order-status WebSocket, the admin catalog and order
+search), on the service's registry. Labels are bounded (operation, result, reason): never a player, token or
+order id."""
 
 from __future__ import annotations
 
