@@ -1,6 +1,7 @@
-"""Xsolla as a payment provider: everything the project knows about Xsolla, behind `core.webhooks` and
-`core.order_sources`. The composition roots build it with `webhook_provider` (the gateway) and `order_sources`
-(the service); nothing else imports this package.
+"""Xsolla as a payment provider: everything the project knows about Xsolla, behind `core.webhooks`,
+`core.order_sources`, `core.catalogs` and `core.reconciliation`. The composition roots build it with
+`webhook_provider` (the gateway), `order_sources`, `catalog_source` and `order_search` (the service); nothing else
+imports this package.
 
 Modules:
     settings        `WebhookSettings` (webhook secrets, from the projects file or the env) and `OrderSettings`
@@ -11,10 +12,12 @@ Modules:
     answers         Xsolla's error body and `user_search` answer
     networks        the networks Xsolla sends webhooks from (the allow-list's `xsolla`)
     order_api       Get order (the polling half of order tracking)
+    admin           what the admin APIs share: the project's Basic credentials, `Retry-After`
     catalog         the admin catalog API (items and bundles), the service's catalog source
+    order_search    the admin order search (a project's orders by creation date), for reconciliation
     order_socket    the order-status WebSocket (Centrifugo), one connection per player
     status          Xsolla's status words as the service's order statuses
-    metrics         the metrics of Xsolla's order APIs
+    metrics         the metrics of Xsolla's APIs
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from providers.xsolla.catalog import CatalogSettings, XsollaCatalog, with_env_cr
 from providers.xsolla.metrics import XsollaMetrics
 from providers.xsolla.networks import NAMED_NETWORKS
 from providers.xsolla.order_api import XsollaOrders
+from providers.xsolla.order_search import XsollaOrderSearch
 from providers.xsolla.order_socket import XsollaSockets
 from providers.xsolla.settings import PROVIDER, OrderSettings, WebhookSettings, check_projects
 from providers.xsolla.webhooks import XsollaWebhooks
@@ -44,12 +48,14 @@ __all__ = [
     "OrderSettings",
     "WebhookSettings",
     "XsollaCatalog",
+    "XsollaOrderSearch",
     "XsollaOrders",
     "XsollaSockets",
     "XsollaWebhooks",
     "catalog_source",
     "check_projects",
     "load_projects",
+    "order_search",
     "order_sources",
     "webhook_provider",
     "with_env_credentials",
@@ -91,3 +97,9 @@ def order_sources(settings: OrderSettings, registry: CollectorRegistry) -> Order
 def catalog_source(settings: CatalogSettings, registry: CollectorRegistry) -> XsollaCatalog:
     """The admin catalog API (a `core.catalogs.CatalogSource`), with its metrics on `registry`."""
     return XsollaCatalog(settings, XsollaMetrics.on(registry))
+
+
+def order_search(settings: CatalogSettings, registry: CollectorRegistry) -> XsollaOrderSearch:
+    """The admin order search (a `core.reconciliation.OrderSearch`), on the catalog's admin API settings
+    (`ENTITLEMENTS_XSOLLA_ADMIN_API`, `ENTITLEMENTS_XSOLLA_HTTP_TIMEOUT_S`), with its metrics on `registry`."""
+    return XsollaOrderSearch(settings, XsollaMetrics.on(registry))
