@@ -5,9 +5,11 @@ protocols.
   and Xsolla's SDKs connect to (`XsollaSimulator.ws_url`);
 * the Store API's Get order, with the player's Bearer token (`XsollaSimulator.store_api_url`);
 * the admin catalog API (virtual items, bundles) with Basic auth, under the same base (`XsollaSimulator.catalog`);
+* the admin order search with the same Basic auth, rate-limited on demand (`XsollaSimulator.order_search`);
 * webhooks, signed with each project's secret and sent to its URL in its delivery mode (combined: `order_paid` /
   `order_canceled`; separate: `payment` / `refund` first), plus `partial_refund` and the subscription webhooks,
-  retried on Xsolla's schedule (compressible), and held, released or resent on demand;
+  retried on Xsolla's schedule (compressible), and held, released, dropped (lost, then delivered late) or resent
+  on demand;
 * a control API (Python, and HTTP under `/_sim`) to add projects, issue tokens, create orders (sandbox ones
   too), move them through their statuses on chosen channels, refund them, drive subscriptions, and break things
   on purpose.
@@ -20,10 +22,12 @@ protocols.
 See docs/SIMULATOR.md for what is simulated and the choices made where Xsolla documents nothing.
 """
 
+from xsolla_simulator.admin_api import AdminAuth
 from xsolla_simulator.announcements import CHANNELS, Announcement
 from xsolla_simulator.catalog_api import CatalogApi, CatalogCall, admin_bundle, admin_item
 from xsolla_simulator.connections import SocketCounters
 from xsolla_simulator.errors import InvalidRequest, SimulatorError, UnknownOrder, UnknownSubscription, UnknownToken
+from xsolla_simulator.order_search import OrderSearchApi, SearchCall, search_order_body
 from xsolla_simulator.orders import STATUSES, OrderItem, SimOrder, StatusChange
 from xsolla_simulator.projects import WEBHOOK_MODES, SimProject
 from xsolla_simulator.simulator import XsollaSimulator
@@ -38,14 +42,17 @@ __all__ = [
     "STATUSES",
     "SUBSCRIPTION_NOTIFICATIONS",
     "WEBHOOK_MODES",
+    "AdminAuth",
     "Announcement",
     "CatalogApi",
     "CatalogCall",
     "GetOrderRequest",
     "InvalidRequest",
     "OrderItem",
+    "OrderSearchApi",
     "Publication",
     "RetrySchedule",
+    "SearchCall",
     "SimOrder",
     "SimProject",
     "SimSubscription",
@@ -62,5 +69,6 @@ __all__ = [
     "admin_bundle",
     "admin_item",
     "order_channel",
+    "search_order_body",
     "signature",
 ]

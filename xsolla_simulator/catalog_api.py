@@ -18,22 +18,19 @@ Control (Python: `XsollaSimulator.catalog`; HTTP, without authentication):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
+from xsolla_simulator.admin_api import AUTH_ERROR, AdminAuth, store_error
 from xsolla_simulator.errors import InvalidRequest
 
 ITEMS_ROUTE: Final = "/api/v2/project/{project_id}/admin/items/virtual_items"
 BUNDLES_ROUTE: Final = "/api/v2/project/{project_id}/admin/items/bundle"
 #: Xsolla's largest page for admin lists; a bigger `limit` is answered with this many.
 MAX_LIMIT: Final = 50
-_AUTH_ERROR: Final = (1020, "Error in Authentication method occurred")
 
 
 def admin_item(
@@ -96,7 +93,6 @@ class CatalogCall:
 
 @dataclass
 class _Project:
-    api_key: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
     bundles: list[dict[str, Any]] = field(default_factory=list)
 
@@ -112,16 +108,28 @@ class CatalogApi:
     """The admin catalog of the simulator's projects.
 
     Args:
-        merchant_id: the merchant whose API key (`merchant_api_key`) opens every project's catalog.
-        merchant_api_key: None: no merchant-wide key.
+        auth: the API keys that open the admin APIs (shared with the order search).
     """
 
-    def __init__(self, *, merchant_id: int, merchant_api_key: str | None = None) -> None:
-        self.merchant_id = merchant_id
-        self.merchant_api_key = merchant_api_key
+    def __init__(self, auth: AdminAuth) -> None:
+        self.auth = auth
         self.calls: list[CatalogCall] = []
         self._projects: dict[int, _Project] = {}
         self._faults: list[_Fault] = []
+
+    @property
+    def merchant_id(self) -> int:
+        """The merchant whose API key (`merchant_api_key`) opens every project's admin APIs."""
+        return self.auth.merchant_id
+
+    @property
+    def merchant_api_key(self) -> str | None:
+        """The merchant-wide API key (None: none)."""
+        return self.auth.merchant_api_key
+
+    @merchant_api_key.setter
+    def merchant_api_key(self, value: str | None) -> None:
+        self.auth.merchant_api_key = value
 
     def add_routes(self, app: web.Application, *, control: bool) -> None:
         """Adds the two admin lists (and, with `control`, their `/_sim/catalog` control routes) to `app`."""
@@ -142,10 +150,10 @@ class CatalogApi:
         items: list[dict[str, Any]] | None = None,
         bundles: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Sets what a project's catalog holds (and its API key); what is not given is kept."""
+        """Sets what a project's catalog holds (and its API key, for every admin API); what is not given is kept."""
         project = self._projects.setdefault(project_id, _Project())
         if api_key is not None:
-            project.api_key = api_key
+            self.auth.set_api_key(project_id, api_key)
         if items is not None:
             project.items = [dict(item) for item in items]
         if bundles is not None:
@@ -179,29 +187,17 @@ class CatalogApi:
 
     def _respond(self, request: web.Request, project_id: int, list_name: str, limit: int, offset: int) -> web.Response:
         project = self._projects.get(project_id)
-        if not self._authorized(request.headers.get("Authorization", ""), project_id, project):
-            return _error(401, *_AUTH_ERROR)
+        if not self.auth.authorized(request.headers.get("Authorization", ""), project_id):
+            return store_error(401, *AUTH_ERROR)
         if self._faults:
             fault = self._faults[0]
             fault.remaining -= 1
             if fault.remaining == 0:
                 self._faults.pop(0)
             headers = {"Retry-After": str(fault.retry_after_s)} if fault.retry_after_s is not None else None
-            return _error(fault.status, 0, "Simulated failure", headers=headers)
+            return store_error(fault.status, 0, "Simulated failure", headers=headers)
         entries = (project.items if list_name == "virtual_items" else project.bundles) if project else []
         return web.json_response({"items": entries[offset : offset + limit]})
-
-    def _authorized(self, header: str, project_id: int, project: _Project | None) -> bool:
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, key = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        if user == str(project_id) and project is not None and project.api_key is not None:
-            return key == project.api_key
-        return user == str(self.merchant_id) and self.merchant_api_key is not None and key == self.merchant_api_key
 
     # --- HTTP control ---------------------------------------------------------------------------------------
 
@@ -250,13 +246,3 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     return body
-
-
-def _error(status: int, code: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
-    body = {
-        "statusCode": status,
-        "errorCode": code,
-        "errorMessage": f"[{status:04d}-{code:04d}]: {message}",
-        "transactionId": uuid.uuid4().hex,
-    }
-    return web.json_response(body, status=status, headers=headers)

@@ -8,7 +8,8 @@ wherever it appears (the first project by default).
                                                "merchant_id"?}                     -> project
     GET    /_sim/projects                                                          -> [project]
     POST   /_sim/tokens                       {"user_id", "project_id"?}           -> {"token"}
-    POST   /_sim/orders                       {"user_id", "items", "currency"?, "sandbox"?, "project_id"?} -> order
+    POST   /_sim/orders                       {"user_id", "items", "currency"?, "sandbox"?, "project_id"?,
+                                               "created_at"?}                      -> order
     GET    /_sim/orders                                                            -> [order]
     GET    /_sim/orders/{order_id}                                                 -> order
     POST   /_sim/orders/{order_id}/status     {"status", "channels"?}              -> announcement
@@ -22,7 +23,8 @@ wherever it appears (the first project by default).
     DELETE /_sim/get-order/faults                                                  -> {}
     GET    /_sim/stats                                                             -> counters
 
-Errors: 400 `{"error": ...}` for a malformed request, 404 for an unknown order or subscription.
+Errors: 400 `{"error": ...}` for a malformed request, 404 for an unknown order or subscription. Dates are ISO
+8601 strings with an offset ("2026-05-01T10:00:00+00:00").
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -81,6 +84,7 @@ def order_view(sim: XsollaSimulator, order: SimOrder) -> dict[str, Any]:
         "currency": order.currency,
         "amount": plain(order.amount),
         "sandbox": order.sandbox,
+        "created_at": order.created_at.isoformat(),
         "items": [
             {"sku": i.sku, "quantity": i.quantity, "type": i.type, "price": plain(i.price), "is_free": i.is_free}
             for i in order.items
@@ -143,6 +147,7 @@ class _Routes:
             currency=str(body.get("currency", "USD")),
             sandbox=bool(body.get("sandbox", False)),
             project_id=project_of(body),
+            created_at=date(body, "created_at"),
         )
         return web.json_response(order_view(self._sim, order), status=201)
 
@@ -325,6 +330,24 @@ def integer(body: dict[str, Any], key: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRequest(f"{key} must be an integer")
     return value
+
+
+def date(body: dict[str, Any], key: str) -> datetime | None:
+    """`body[key]` when given, an ISO 8601 date-time with an offset, else None.
+
+    Raises:
+        InvalidRequest: it is not one.
+    """
+    value = body.get(key)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidRequest(f"{key} must be an ISO 8601 date-time string with a UTC offset")
+    return moment
 
 
 def project_of(body: dict[str, Any]) -> int | None:

@@ -92,6 +92,7 @@ class SimOrder:
         status: the latest status set.
         polling_status: the status Get order answers.
         invoice_id: the payment's transaction id (`order.invoice_id`, `billing.transaction.id`).
+        created_at: when the order was created (`date_created` in the admin order search); tests may backdate it.
         changes: every status change, oldest first (creation counts as the first, "new").
         refund_code, refund_reason: what the refund of a cancellation says (`refund_details`).
     """
@@ -140,14 +141,17 @@ class OrderBook:
         project_id: int,
         currency: str = "USD",
         sandbox: bool = False,
+        created_at: datetime | None = None,
     ) -> SimOrder:
-        """A new order of `project_id` in status `new`.
+        """A new order of `project_id` in status `new`, created now or at `created_at` (backdated).
 
         Raises:
-            InvalidRequest: no items, a malformed item, or an empty user id.
+            InvalidRequest: no items, a malformed item, an empty user id, or a `created_at` without a time zone.
         """
         if not user_id:
             raise InvalidRequest("user_id must be a non-empty string")
+        if created_at is not None and created_at.utcoffset() is None:
+            raise InvalidRequest("created_at must carry a time zone")
         parsed = tuple(OrderItem.parse(item) for item in items)
         if not parsed:
             raise InvalidRequest("an order needs at least one item")
@@ -159,6 +163,7 @@ class OrderBook:
             invoice_id=next(self._invoice_ids),
             currency=currency,
             sandbox=sandbox,
+            created_at=created_at or datetime.now(UTC),
         )
         order.changes.append(StatusChange("new", (), order.created_at))
         self._orders[order.order_id] = order

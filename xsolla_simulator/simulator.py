@@ -2,7 +2,8 @@
 
 One aiohttp server hosts the order-status WebSocket (`/connection/websocket`, Centrifuge protocol v2 JSON), the
 Store API's Get order (`/api/v2/project/{project_id}/order/{order_id}`), the admin catalog (`.catalog`,
-`xsolla_simulator.catalog_api`) and, optionally, an HTTP control API (`/_sim/...`); `_route_tables` is the one
+`xsolla_simulator.catalog_api`), the admin order search (`.order_search`, `xsolla_simulator.order_search`) and,
+optionally, an HTTP control API (`/_sim/...`); `_route_tables` is the one
 place where route tables are added. Webhooks go out to each project's URL, signed with its secret, in its
 delivery mode (combined or separate). A status change can be announced on any of three channels:
 
@@ -23,6 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from xsolla_simulator.admin_api import AdminAuth
 from xsolla_simulator.announcements import CHANNELS, Announcement, check_channels
 from xsolla_simulator.catalog_api import CatalogApi
 from xsolla_simulator.connections import WEBSOCKET_PATH, SocketHub
@@ -32,6 +34,7 @@ from xsolla_simulator.errors import InvalidRequest
 from xsolla_simulator.faults import FaultInjection
 from xsolla_simulator.notifications import PARTIAL_REFUND_CODES, REFUND_REASONS
 from xsolla_simulator.notifier import Notifier, WebhookControls
+from xsolla_simulator.order_search import OrderSearchApi
 from xsolla_simulator.orders import OrderBook, OrderItem, SimOrder, StatusChange, check_status
 from xsolla_simulator.projects import ProjectBook, SimProject
 from xsolla_simulator.store_api import StoreApi
@@ -109,7 +112,9 @@ class XsollaSimulator(FaultInjection, WebhookControls):
         )
         self._store = StoreApi(orders=self._orders, tokens=self._tokens)
         self.subscriptions = Subscriptions(self._projects, self._send_subscription_webhook)
-        self.catalog = CatalogApi(merchant_id=merchant_id)
+        self.admin_auth = AdminAuth(merchant_id=merchant_id)
+        self.catalog = CatalogApi(self.admin_auth)
+        self.order_search = OrderSearchApi(self._orders, self.admin_auth)
         self._silenced: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -151,6 +156,7 @@ class XsollaSimulator(FaultInjection, WebhookControls):
         """Every surface's routes: a new Xsolla API served by the simulator adds its table here."""
         tables: list[RouteTable] = [self._hub.add_routes, self._store.add_routes]
         tables.append(lambda app: self.catalog.add_routes(app, control=self._control_api))
+        tables.append(lambda app: self.order_search.add_routes(app, control=self._control_api))
         if self._control_api:
             tables.append(lambda app: add_control_routes(app, self))
             tables.append(lambda app: add_webhook_control_routes(app, self))
@@ -264,6 +270,7 @@ class XsollaSimulator(FaultInjection, WebhookControls):
         currency: str = "USD",
         sandbox: bool = False,
         project_id: int | None = None,
+        created_at: datetime | None = None,
     ) -> SimOrder:
         """A new order in status `new` (announced nowhere: Xsolla publishes nothing when an order is created).
 
@@ -272,12 +279,15 @@ class XsollaSimulator(FaultInjection, WebhookControls):
                 the webhook item types (default `virtual_good`), `price` the unit price (default 1.99).
             sandbox: a test payment: `order.mode: sandbox` and `transaction.dry_run: 1` in its webhooks.
             project_id: its project (the first by default).
+            created_at: its creation time (timezone-aware; now by default), to backdate it for the order search.
 
         Raises:
-            InvalidRequest: no items, a malformed one, or a project the simulator does not serve.
+            InvalidRequest: no items, a malformed one, a project the simulator does not serve, a naive `created_at`.
         """
         project = self._projects.get(project_id)
-        return self._orders.create(user_id, items, project_id=project.project_id, currency=currency, sandbox=sandbox)
+        return self._orders.create(
+            user_id, items, project_id=project.project_id, currency=currency, sandbox=sandbox, created_at=created_at
+        )
 
     def order(self, order_id: int) -> SimOrder:
         """The order with that id (a live view).
