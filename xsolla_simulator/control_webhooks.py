@@ -5,6 +5,10 @@
     DELETE /_sim/webhooks/hold                                                      -> {}
     POST   /_sim/webhooks/{webhook_id}/release                                      -> first attempt
     POST   /_sim/webhooks/{webhook_id}/resend                                       -> first attempt | null (held)
+    POST   /_sim/webhooks/drop              {"share"?, "types"?, "project_id"?, "seed"?} -> {}
+    DELETE /_sim/webhooks/drop                                                      -> {}
+    GET    /_sim/webhooks/dropped                                                   -> [webhook]
+    POST   /_sim/webhooks/dropped/deliver   {"project_id"?}                         -> [first attempt]
     POST   /_sim/subscriptions              {"user_id", "plan_id"?, "project_id"?, "product_id"?, "date_create"?,
                                              "date_next_charge"?, "period_days"?, "amount"?, "currency"?,
                                              "trial_days"?, "is_gift"?, "tags"?}    -> subscription
@@ -19,11 +23,12 @@ Dates are ISO 8601 strings with an offset ("2026-05-01T10:00:00+00:00"). A webho
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from xsolla_simulator.control import date as _date
 from xsolla_simulator.control import delivery_view as _delivery_view
 from xsolla_simulator.control import guard, integer, project_of, read_body, text
 from xsolla_simulator.errors import InvalidRequest
@@ -42,6 +47,10 @@ def add_webhook_control_routes(app: web.Application, sim: XsollaSimulator) -> No
     router.add_get("/_sim/webhooks", guard(routes.list_webhooks))
     router.add_post("/_sim/webhooks/hold", guard(routes.hold))
     router.add_delete("/_sim/webhooks/hold", guard(routes.stop_holding))
+    router.add_post("/_sim/webhooks/drop", guard(routes.drop))
+    router.add_delete("/_sim/webhooks/drop", guard(routes.stop_dropping))
+    router.add_get("/_sim/webhooks/dropped", guard(routes.list_dropped))
+    router.add_post("/_sim/webhooks/dropped/deliver", guard(routes.deliver_dropped))
     router.add_post("/_sim/webhooks/{webhook_id}/release", guard(routes.release))
     router.add_post("/_sim/webhooks/{webhook_id}/resend", guard(routes.resend))
     router.add_post("/_sim/subscriptions", guard(routes.create_subscription))
@@ -52,8 +61,8 @@ def add_webhook_control_routes(app: web.Application, sim: XsollaSimulator) -> No
     router.add_post("/_sim/subscriptions/{subscription_id}/cancel", guard(routes.cancel))
 
 
-def webhook_view(webhook: Webhook, *, held: bool) -> dict[str, Any]:
-    """A webhook as the control API shows it."""
+def webhook_view(webhook: Webhook, *, held: bool, dropped: bool = False) -> dict[str, Any]:
+    """A webhook as the control API shows it (`held`, `dropped`: not sent yet)."""
     return {
         "webhook_id": webhook.webhook_id,
         "project_id": webhook.project_id,
@@ -62,6 +71,7 @@ def webhook_view(webhook: Webhook, *, held: bool) -> dict[str, Any]:
         "subscription_id": webhook.subscription_id,
         "url": webhook.url,
         "held": held,
+        "dropped": dropped,
         "body": webhook.body.decode(),
     }
 
@@ -89,14 +99,35 @@ class _Routes:
 
     async def list_webhooks(self, request: web.Request) -> web.Response:
         held = {webhook.webhook_id for webhook in self._sim.held_webhooks}
-        views = [webhook_view(w, held=w.webhook_id in held) for w in self._sim.webhooks]
+        dropped = {webhook.webhook_id for webhook in self._sim.dropped()}
+        views = [
+            webhook_view(w, held=w.webhook_id in held, dropped=w.webhook_id in dropped) for w in self._sim.webhooks
+        ]
         return web.json_response(views)
+
+    async def drop(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        share = body.get("share", 1.0)
+        if not isinstance(share, int | float) or isinstance(share, bool):
+            raise InvalidRequest("share must be a number from 0 to 1")
+        self._sim.drop_webhooks(float(share), _types(body), project_id=project_of(body), seed=integer(body, "seed", 0))
+        return web.json_response({})
+
+    async def stop_dropping(self, request: web.Request) -> web.Response:
+        self._sim.stop_dropping()
+        return web.json_response({})
+
+    async def list_dropped(self, request: web.Request) -> web.Response:
+        return web.json_response([webhook_view(w, held=False, dropped=True) for w in self._sim.dropped()])
+
+    async def deliver_dropped(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        deliveries = await self._sim.deliver_dropped(project_id=project_of(body))
+        return web.json_response([_delivery_view(delivery) for delivery in deliveries])
 
     async def hold(self, request: web.Request) -> web.Response:
         body = await read_body(request)
-        types = body.get("types", [])
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            raise InvalidRequest("types must be a list of strings")
+        types = _types(body)
         times = body.get("times")
         if times is not None and (not isinstance(times, int) or isinstance(times, bool)):
             raise InvalidRequest("times must be an integer or null")
@@ -170,16 +201,8 @@ def _subscription_id(request: web.Request) -> str:
     return request.match_info["subscription_id"]
 
 
-def _date(body: dict[str, Any], key: str) -> datetime | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{key} must be an ISO 8601 date-time string")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"{key} must be an ISO 8601 date-time string") from None
-    if moment.tzinfo is None:
-        raise InvalidRequest(f"{key} must carry a UTC offset")
-    return moment
+def _types(body: dict[str, Any]) -> list[str]:
+    types = body.get("types", [])
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise InvalidRequest("types must be a list of strings")
+    return types

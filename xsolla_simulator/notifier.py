@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -112,7 +113,7 @@ def _encode(document: dict[str, Any]) -> bytes:
 
 
 class WebhookControls:
-    """Holding, releasing and resending webhooks, and what was sent (a base of `XsollaSimulator`)."""
+    """Holding, releasing, dropping and resending webhooks, and what was sent (a base of `XsollaSimulator`)."""
 
     _sender: WebhookSender | None
     _stopped: bool
@@ -150,6 +151,37 @@ class WebhookControls:
             InvalidRequest: no webhook has that id.
         """
         return await self._ready_sender().resend(webhook_id)
+
+    def drop_webhooks(
+        self, share: float = 1.0, types: Iterable[str] = (), *, project_id: int | None = None, seed: int = 0
+    ) -> None:
+        """Loses webhooks on the way, as when every delivery fails or the URL is wrong: `share` (0..1) of those
+        made from now on of `types` (none named: any) of a project (None: any) are recorded (`webhooks`,
+        `dropped()`) and never sent, until `deliver_dropped`. Which ones is drawn with `seed`, so a test repeats.
+        Replaces the drops set before. A dropped `payment` or `refund` takes its order webhook with it (separate
+        mode), until delivered late.
+
+        Raises:
+            InvalidRequest: `share` not in 0..1.
+        """
+        self._ready_sender().drop(share, types, project_id=project_id, seed=seed)
+
+    def stop_dropping(self) -> None:
+        """Drops no more webhooks (those dropped stay undelivered until `deliver_dropped`)."""
+        self._ready_sender().clear_drops()
+
+    def dropped(self) -> list[Webhook]:
+        """The webhooks dropped and not yet delivered late, oldest first."""
+        return self._sender.dropped if self._sender is not None else []
+
+    async def deliver_dropped(self, *, project_id: int | None = None) -> list[WebhookDelivery]:
+        """Sends the dropped webhooks (of one project, or all) late, oldest first, as they were made (same bytes,
+        signed with the project's secret). Drops still set apply to their follow-ups: `stop_dropping` first.
+
+        Returns:
+            Their first attempts, in order; retries go on in the background.
+        """
+        return await self._ready_sender().deliver_dropped(project_id=project_id)
 
     @property
     def webhook_deliveries(self) -> list[WebhookDelivery]:

@@ -13,8 +13,10 @@ minutes into 0.3 s), never the timeout of one attempt.
 
 Every webhook belongs to a project and goes to that project's URL, signed with its secret. For tests of
 out-of-order delivery, webhooks can be held (created and recorded, not sent) and released later, and any
-webhook can be sent again byte for byte. A webhook may carry a follow-up, sent only once it was delivered (a 2xx):
-that is how the separate mode sends `order_paid` after the `payment` was acknowledged.
+webhook can be sent again byte for byte. For tests of reconciliation, a share of webhooks can be dropped (lost:
+recorded, never sent, chosen by a seeded draw so a run repeats) and delivered late on demand. A webhook may carry
+a follow-up, sent only once it was delivered (a 2xx): that is how the separate mode sends `order_paid` after the
+`payment` was acknowledged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -106,6 +109,7 @@ class Webhook:
 
     Attributes:
         held: it was held when made (see `WebhookSender.hold`); it stays True after its release.
+        dropped: it was dropped when made (see `WebhookSender.drop`); it stays True once delivered late.
     """
 
     webhook_id: int
@@ -116,6 +120,7 @@ class Webhook:
     body: bytes
     subscription_id: str | None = None
     held: bool = False
+    dropped: bool = False
 
 
 #: What to send once a webhook was delivered (the separate mode's `order_paid` after its `payment`).
@@ -129,11 +134,14 @@ def signature(body: bytes, secret: str) -> str:
 
 @dataclass
 class _Hold:
-    """Holds the next `remaining` webhooks (None: all until cleared) of `types` (empty: any) of a project."""
+    """Holds the next `remaining` webhooks (None: all until cleared) of `types` (empty: any) of a project; or,
+    with `draw`, drops each such webhook whose draw falls under `share`."""
 
     types: frozenset[str]
     project_id: int | None
     remaining: int | None
+    share: float = 1.0
+    draw: random.Random | None = None
 
     def matches(self, webhook: Webhook) -> bool:
         return (not self.types or webhook.type in self.types) and self.project_id in (None, webhook.project_id)
@@ -175,6 +183,8 @@ class WebhookSender:
         self._outgoing: dict[int, _Outgoing] = {}
         self._holds: list[_Hold] = []
         self._held: dict[int, _Outgoing] = {}
+        self._drops: list[_Hold] = []
+        self._dropped: dict[int, _Outgoing] = {}
 
     async def send(
         self,
@@ -205,7 +215,11 @@ class WebhookSender:
         return await self._submit(webhook, project.webhook_secret, then)
 
     async def _submit(self, webhook: Webhook, secret: str, then: FollowUp | None) -> WebhookDelivery | None:
-        hold = next((rule for rule in self._holds if rule.matches(webhook)), None)
+        # A drop comes first: a webhook lost on the way is never seen, held or not.
+        drop = next((rule for rule in self._drops if rule.matches(webhook)), None)
+        if drop is not None and drop.draw is not None and drop.draw.random() < drop.share:
+            webhook = dataclasses.replace(webhook, dropped=True)
+        hold = None if webhook.dropped else next((rule for rule in self._holds if rule.matches(webhook)), None)
         if hold is not None:
             webhook = dataclasses.replace(webhook, held=True)
             if hold.remaining is not None:
@@ -215,9 +229,9 @@ class WebhookSender:
         outgoing = _Outgoing(webhook, secret, then)
         self.webhooks.append(webhook)
         self._outgoing[webhook.webhook_id] = outgoing
-        if webhook.held:
-            self._held[webhook.webhook_id] = outgoing
-            _log.debug("webhook_held", webhook_id=webhook.webhook_id, type=webhook.type)
+        if webhook.dropped or webhook.held:
+            (self._dropped if webhook.dropped else self._held)[webhook.webhook_id] = outgoing
+            _log.debug("webhook_dropped" if webhook.dropped else "webhook_held", webhook_id=webhook.webhook_id)
             return None
         return await self._start(outgoing)
 
@@ -271,8 +285,43 @@ class WebhookSender:
         outgoing = self._outgoing.get(webhook_id)
         if outgoing is None:
             raise InvalidRequest(f"no webhook {webhook_id} on this simulator")
-        again = dataclasses.replace(outgoing.webhook, webhook_id=next(self._ids), held=False)
+        again = dataclasses.replace(outgoing.webhook, webhook_id=next(self._ids), held=False, dropped=False)
         return await self._submit(again, outgoing.secret, None)
+
+    def drop(
+        self, share: float = 1.0, types: Iterable[str] = (), *, project_id: int | None = None, seed: int = 0
+    ) -> None:
+        """Drops `share` (0..1) of the webhooks made from now on of `types` (none named: any type) of `project_id`
+        (None: any project), chosen by a draw seeded with `seed` (the same webhooks in the same order drop the
+        same way in every run). A dropped webhook is made and recorded, never sent, until `deliver_dropped`.
+        Replaces the drops set before.
+
+        Raises:
+            InvalidRequest: `share` not in 0..1.
+        """
+        if not 0.0 <= share <= 1.0:
+            raise InvalidRequest("share must be between 0 and 1")
+        chosen = frozenset((types,) if isinstance(types, str) else types)
+        self._drops = [_Hold(chosen, project_id, None, share, random.Random(seed))]
+
+    def clear_drops(self) -> None:
+        """Drops no more webhooks from now on (those dropped stay undelivered until `deliver_dropped`)."""
+        self._drops.clear()
+
+    @property
+    def dropped(self) -> list[Webhook]:
+        """The webhooks dropped and not yet delivered late, oldest first."""
+        return [outgoing.webhook for outgoing in self._dropped.values()]
+
+    async def deliver_dropped(self, *, project_id: int | None = None) -> list[WebhookDelivery]:
+        """Sends the dropped webhooks (of one project, or all) late, oldest first, each as it was made (same
+        bytes and signature, its follow-up too), each after the previous one's first attempt.
+
+        Returns:
+            Their first attempts, in order; retries go on in the background.
+        """
+        chosen = [i for i, out in self._dropped.items() if project_id in (None, out.webhook.project_id)]
+        return [await self._start(self._dropped.pop(webhook_id)) for webhook_id in chosen]
 
     # --- waiting and closing --------------------------------------------------------------------------------
 
