@@ -4,6 +4,7 @@ these: the service answers `StoreUnavailable` with UNAVAILABLE, the gateway with
 Exception
 ├── ConfigError         bad settings; the process refuses to start (each process subclasses it)
 └── StoreUnavailable    Redis could not be reached or answered too slowly; the caller may retry
+    └── NotDurable      written, but not made durable (fsynced, replicated) within the time allowed
 """
 
 from __future__ import annotations
@@ -16,3 +17,19 @@ class ConfigError(Exception):
 class StoreUnavailable(Exception):
     """Redis did not answer in time (or is loading, read-only, failing over); the call may be retried, with the
     same idempotency key for a write."""
+
+
+class NotDurable(StoreUnavailable):
+    """A write reached Redis but was not made durable as configured (the append-only file fsynced, or the replicas
+    acknowledging it) within the time allowed. The write stays; the caller must not acknowledge it, and its retry
+    waits again.
+
+    Attributes:
+        mode: the durability that was not reached (`local`, `replicas`).
+        waited_s: how long the write and its wait took.
+    """
+
+    def __init__(self, message: str, *, mode: str, waited_s: float) -> None:
+        super().__init__(message)
+        self.mode = mode
+        self.waited_s = waited_s

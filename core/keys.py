@@ -23,6 +23,9 @@ LAYOUT_KEY = f"{PREFIX}:layout"
 #: Set: every project that has events (the gateway adds a project before its first append; the consumer reads the
 #: event streams of each).
 PROJECTS_KEY = f"{PREFIX}:projects"
+#: String, deleted at once (and expiring within a minute): written at the gateway's start to find out whether the
+#: store's writes become durable (fsynced, replicated) in time (`core.durability.probe`).
+DURABILITY_PROBE_KEY = f"{PREFIX}:durability-probe"
 # Characters kept as they are in a key; everything else (notably `{`, `}` and `%`) is percent-encoded.
 _SAFE = "!#$&'()*+,-./:;<=>?@[]^_`|~"
 

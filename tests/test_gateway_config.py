@@ -176,7 +176,8 @@ async def test_command_refuses_to_start_without_secret_or_redis(extra: dict[str,
 async def test_command_serves_alone_and_stops_on_sigterm(
     redis_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
-    """`python -m webhook_gateway` serves webhooks on its own, logs JSON, and exits 0 on SIGTERM."""
+    """`python -m webhook_gateway` serves webhooks on its own, logs JSON (its durability decided: local on an AOF
+    store), and exits 0 on SIGTERM."""
     process = await start_gateway_command(redis_server.url)
     assert process.stderr is not None
     lines: list[dict[str, Any]] = []
@@ -205,8 +206,10 @@ async def test_command_serves_alone_and_stops_on_sigterm(
     assert [record["event"] for record in lines] == [
         "USER_DIRECTORY_ALLOW_ALL",
         "XSOLLA_UNLISTED_PROJECTS_OPEN",
+        "durability_decided",
         "gateway_started",
     ]
+    assert (lines[2]["mode"], lines[3]["durability"]) == ("local", "local")
     assert len(await stored_events(redis_client)) == 1
 
 

@@ -39,6 +39,7 @@ from core.webhooks import WebhookProvider
 from providers import xsolla as xsolla_provider
 from webhook_gateway.bodies import BodyReader
 from webhook_gateway.config import GatewaySettings
+from webhook_gateway.durability import DurabilityDecider
 from webhook_gateway.errors import ConfigError, ErrorBody, http_error_answer, internal_error_answer
 from webhook_gateway.metrics import GatewayMetrics
 from webhook_gateway.receiver import EventSink, WebhookReceiver
@@ -131,6 +132,7 @@ class Gateway:
     Attributes (set by `start`):
         port: the bound webhook port. metrics_port: the bound metrics port (None when not served).
         event_log: the event log the gateway appends to. provider: the webhook provider.
+        durability: what its 204 waits for (None with an injected event sink); `durability.decided` once known.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class Gateway:
         self._owns_redis = redis is None
         self._event_sink = event_sink
         self.event_log: EventLog | None = None
+        self.durability: DurabilityDecider | None = None
         self._user_directory = user_directory
         self.users: UserDirectory | None = None
         self._runner: web.AppRunner | None = None
@@ -184,7 +187,8 @@ class Gateway:
         On failure, stops what was started and re-raises.
 
         Raises:
-            ConfigError: the settings are unusable (no secret; no Redis client and no REDIS_URL; ...).
+            ConfigError: the settings are unusable (no secret; no Redis client and no REDIS_URL; a durability the
+                store cannot give; ...).
         """
         settings = self.settings
         settings.check()
@@ -214,12 +218,21 @@ class Gateway:
                     await bounded(layout.ensure(), settings.redis_timeout_s * 4)
                 except StoreUnavailable as exc:
                     log.warning("store_layout_unchecked", error=str(exc), note="checked before the first append")
+                # What a 204 waits for (`webhook_gateway.durability`): decided now, refused now (ConfigError) when
+                # the store cannot give it, or, with Redis down, decided before the first append.
+                self.durability = DurabilityDecider(self.redis, settings)
+                if layout.passed:
+                    try:
+                        await self.durability.decide()
+                    except StoreUnavailable as exc:
+                        log.warning("durability_undecided", error=str(exc), note="decided before the first append")
                 self.event_log = EventLog(
                     self.redis,
                     partitions=settings.event_partitions,
                     dedup_ttl_s=settings.dedup_ttl_s,
                     timeout_s=settings.redis_timeout_s,
                     layout=layout,
+                    durability=self.durability.current,
                 )
                 sink = self.event_log
             self.users = self._user_directory or build_directory(
@@ -286,12 +299,18 @@ class Gateway:
             redis="shared" if not self._owns_redis else ("cluster" if settings.redis_cluster else "standalone"),
             partitions=settings.event_partitions,
             dedup_ttl_h=settings.dedup_ttl_h,
+            durability=self._durability_label(),
             provider=provider.name,
             **provider.describe(),
             user_directory=self.users.name,
             allow_list=len(settings.allowed_networks) > 0,
         )
         return self.port
+
+    def _durability_label(self) -> str:
+        if self.durability is None:
+            return "sink"
+        return "undecided" if self.durability.decided is None else self.durability.decided.mode
 
     async def ready(self) -> bool:
         """True while the gateway takes webhooks and Redis answers PING within the Redis timeout."""

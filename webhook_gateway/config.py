@@ -20,6 +20,8 @@ from webhook_gateway.errors import ConfigError
 from webhook_gateway.sources import Network, parse_networks
 
 USER_DIRECTORIES = ("allow_all", "http")
+#: `GATEWAY_DURABILITY`: what a 204 waits for (`webhook_gateway.durability`).
+DURABILITY_MODES = ("auto", "local", "replicas", "none")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class GatewaySettings:
     request_timeout_s: float = 10.0
     event_partitions: int = 1
     dedup_ttl_h: float = 72.0
+    # What an event waits for before its 204: auto, local (the AOF fsynced), replicas (n replicas have it), none.
+    durability: str = "auto"
+    durability_replicas: int = 1
+    durability_timeout_ms: int = 1000
     allowed_networks: tuple[Network, ...] = ()
     trusted_proxy_header: str | None = None
     trusted_proxy_hops: int = 1
@@ -99,6 +105,9 @@ class GatewaySettings:
             request_timeout_s=reader.number("GATEWAY_REQUEST_TIMEOUT_S", 10.0, minimum=0.1),
             event_partitions=reader.integer("GATEWAY_EVENT_PARTITIONS", 1, minimum=1, maximum=1024),
             dedup_ttl_h=reader.number("GATEWAY_DEDUP_TTL_H", 72.0, minimum=48.0),
+            durability=reader.text("GATEWAY_DURABILITY", "auto").lower(),
+            durability_replicas=reader.integer("GATEWAY_DURABILITY_REPLICAS", 1, minimum=1),
+            durability_timeout_ms=reader.integer("GATEWAY_DURABILITY_TIMEOUT_MS", 1000, minimum=1),
             allowed_networks=networks,
             trusted_proxy_header=reader.text("GATEWAY_TRUSTED_PROXY_HEADER", "") or None,
             trusted_proxy_hops=reader.integer("GATEWAY_TRUSTED_PROXY_HOPS", 1, minimum=1, maximum=16),
@@ -121,7 +130,8 @@ class GatewaySettings:
         """Checks the combination of settings (`from_env` calls it; call it for hand-built settings).
 
         Raises:
-            ConfigError: a malformed path, or an `http` directory without a URL.
+            ConfigError: a malformed path, an `http` directory without a URL, an unknown durability mode, or a
+                durability timeout that does not fit in the request's or Redis's.
         """
         path = self.path
         if path is not None and (not path.startswith("/") or path.endswith("/") or "{" in path or "}" in path):
@@ -134,3 +144,25 @@ class GatewaySettings:
             raise ConfigError("GATEWAY_USER_DIRECTORY_URL must be an http:// or https:// URL")
         if self.trusted_proxy_header is not None and not self.trusted_proxy_header.isascii():
             raise ConfigError("GATEWAY_TRUSTED_PROXY_HEADER must be a header name")
+        self._check_durability()
+
+    def _check_durability(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigError(f"GATEWAY_DURABILITY must be one of {', '.join(DURABILITY_MODES)}")
+        if self.durability_replicas < 1:
+            raise ConfigError("GATEWAY_DURABILITY_REPLICAS must be at least 1")
+        if self.durability_timeout_ms < 1:
+            raise ConfigError("GATEWAY_DURABILITY_TIMEOUT_MS must be at least 1 (Redis reads 0 as: wait forever)")
+        timeout_s = self.durability_timeout_ms / 1000
+        if timeout_s >= self.request_timeout_s:
+            raise ConfigError(
+                f"GATEWAY_DURABILITY_TIMEOUT_MS ({self.durability_timeout_ms}) must be below GATEWAY_REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s:g} s): the wait happens within the request"
+            )
+        if timeout_s >= self.redis_timeout_s:
+            # The server holds the connection for the whole wait; a socket timeout shorter than it would cut the
+            # wait off and retry the append instead of reporting that it was not durable.
+            raise ConfigError(
+                f"GATEWAY_DURABILITY_TIMEOUT_MS ({self.durability_timeout_ms}) must be below GATEWAY_REDIS_TIMEOUT_S "
+                f"({self.redis_timeout_s:g} s), the connection's read timeout during the wait"
+            )

@@ -11,6 +11,7 @@ WebhookError (core.webhooks)
 │   └── BodyTooLarge              413: the body is over the configured limit
 └── Temporary (core.webhooks)     transient: 503, the sender retries (Xsolla: for 12 h, 48 h for refunds)
     ├── EventStoreUnavailable     Redis did not store the event in time
+    │   └── EventNotDurable       stored, but not durable (fsynced, replicated) within GATEWAY_DURABILITY_TIMEOUT_MS
     ├── UserDirectoryUnavailable  the studio's user directory is down, slow or answered oddly
     └── ProcessingTimeout         the request as a whole ran past its timeout after the body arrived
 
@@ -33,6 +34,7 @@ __all__ = [
     "BodyTooLarge",
     "ConfigError",
     "ErrorAnswer",
+    "EventNotDurable",
     "EventStoreUnavailable",
     "ForbiddenSource",
     "InvalidParameter",
@@ -87,6 +89,13 @@ class EventStoreUnavailable(Temporary):
     """Redis could not store the event in time; nothing was acknowledged."""
 
 
+class EventNotDurable(EventStoreUnavailable):
+    """The event is in Redis but not durable as configured in time; nothing was acknowledged (the retry finds it
+    stored and waits again)."""
+
+    result = "not_durable"
+
+
 class UserDirectoryUnavailable(Temporary):
     """The studio's user directory could not answer (down, slow, or an unexpected status)."""
 
@@ -112,6 +121,7 @@ _DEFAULT_MESSAGES: dict[type[WebhookError], str] = {
     BodyTimeout: "The request body was not received in time",
     BodyTooLarge: "The request body is too large",
     EventStoreUnavailable: "The notification could not be stored; retry later",
+    EventNotDurable: "The notification could not be stored; retry later",
     UserDirectoryUnavailable: "The user directory is unavailable; retry later",
     ProcessingTimeout: "The notification could not be processed in time; retry later",
 }

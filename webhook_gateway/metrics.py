@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from core.metrics import LATENCY_BUCKETS
 
+#: The durability wait's buckets (s): a group commit under `appendfsync everysec` waits up to a second.
+DURABILITY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+
 #: Every value of the `result` label, and what it means.
 RESULTS = {
     "stored": "a new event was appended to the event log (answered 204)",
@@ -23,6 +26,7 @@ RESULTS = {
     "timeout": "the body did not arrive in time (408)",
     "too_large": "the body is over the limit (413)",
     "unavailable": "Redis or the user directory could not answer in time (503; the sender retries)",
+    "not_durable": "stored, but not durable as GATEWAY_DURABILITY asks within its timeout (503; the sender retries)",
     "error": "an unexpected error (500; logged with its traceback)",
 }
 
@@ -51,6 +55,15 @@ class GatewayMetrics:
             "gateway_unknown_types_total",
             "Notifications of a type this version stores without interpreting (EVENT_TYPE_UNKNOWN), by type.",
             ["type"],
+            registry=registry,
+        )
+
+        self.durability_wait = Histogram(
+            "gateway_durability_wait_seconds",
+            "Time of an event's append and its durability wait (one round trip), by durability mode; "
+            "failed waits included.",
+            ["mode"],
+            buckets=DURABILITY_BUCKETS,
             registry=registry,
         )
 

@@ -8,8 +8,9 @@ The order of the checks is the contract:
 4. the signature over the raw bytes (400 INVALID_SIGNATURE), hashed as they arrive: nothing in the body is
    parsed, let alone believed, before a configured secret is found to have signed it;
 5. the body's meaning (400 INVALID_PARAMETER naming the field);
-6. the action: store the event (204 once Redis holds it, also for a duplicate; 503 when Redis cannot), or ask
-   the user directory (204 / 200, 400 INVALID_USER, 503 when it cannot answer).
+6. the action: store the event (204 once Redis holds it as durably as `GATEWAY_DURABILITY` asks, also for a
+   duplicate; 503 when Redis cannot store it, or not durably in time), or ask the user directory (204 / 200,
+   400 INVALID_USER, 503 when it cannot answer).
 
 So a correctly signed order is never refused with a 4xx for a transient reason: everything transient is a 503
 that the sender retries. Nothing is stored unless every check passed. What a sender without a secret can cost
@@ -31,13 +32,14 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from core.errors import StoreUnavailable
+from core.errors import NotDurable, StoreUnavailable
 from core.eventlog import AppendResult
 from core.logs import user_ref
 from core.webhooks import Action, Notification, WebhookProvider
 from entitlements.v1 import events_pb2
 from webhook_gateway.bodies import BodyReader
 from webhook_gateway.errors import (
+    EventNotDurable,
     EventStoreUnavailable,
     ForbiddenSource,
     ProcessingTimeout,
@@ -181,8 +183,13 @@ class WebhookReceiver:
             try:
                 async with self._store_slots:
                     result = await self._sink.append(event, raw)
+            except NotDurable as exc:
+                self._metrics.durability_wait.labels(exc.mode).observe(exc.waited_s)
+                raise EventNotDurable(str(exc)) from exc
             except StoreUnavailable as exc:
                 raise EventStoreUnavailable(str(exc)) from exc
+            if result.wait_s is not None:
+                self._metrics.durability_wait.labels(result.durability).observe(result.wait_s)
             record.partition = result.partition
             record.result = "duplicate" if result.duplicate else "stored"
             if not notification.known and not result.duplicate:
