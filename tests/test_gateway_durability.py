@@ -52,8 +52,17 @@ class Valkey:
     """A valkey-server on a loopback TCP port, configured for the case: append-only file or not, replica of
     another or not."""
 
-    def __init__(self, data_dir: Path, *, aof: bool, appendfsync: str = "always", replica_of: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        aof: bool,
+        appendfsync: str = "always",
+        replica_of: int | None = None,
+        cluster: bool = False,
+    ):
         self.data_dir = data_dir
+        self._cluster = cluster
         self.port = _free_port()
         self._aof = aof
         self._appendfsync = appendfsync
@@ -80,6 +89,8 @@ class Valkey:
         ]
         if self._replica_of is not None:
             lines.append(f"replicaof 127.0.0.1 {self._replica_of}")
+        if self._cluster:
+            lines += ["cluster-enabled yes", f"cluster-config-file {self.data_dir / 'nodes.conf'}"]
         config = self.data_dir / "valkey.conf"
         config.write_text("\n".join(lines) + "\n")
         self.process = await asyncio.create_subprocess_exec(
@@ -100,6 +111,14 @@ class Valkey:
                 return info.get("master_link_status") == "up"
 
             await eventually(linked, what="the replica's link to its primary")
+        if self._cluster:
+            # A cluster of this one node, holding every slot.
+            await self.client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+
+            async def serving() -> bool:
+                return (await self.client.cluster("INFO"))["cluster_state"] == "ok"
+
+            await eventually(serving, what="the cluster to serve")
 
     async def stop(self) -> None:
         await self.client.aclose()
@@ -287,6 +306,22 @@ async def test_fifty_identical_webhooks_at_once_in_local_share_the_fsync(
             await client.aclose()
     finally:
         await store.stop()
+
+
+@pytest.mark.parametrize("mode", ["auto", "replicas"])
+async def test_on_a_cluster_the_wait_runs_on_the_events_shard(
+    valkeys: Any, http: aiohttp.ClientSession, mode: str
+) -> None:
+    """On Redis Cluster the wait goes to the node that took the write: local on its AOF answers 204; replicas on
+    a node without one answers 503 with the event stored once."""
+    node = await valkeys(aof=True, cluster=True)
+    settings = gateway_settings(redis_url=node.url, redis_cluster=True, durability=mode, durability_timeout_ms=300)
+    async with running_gateway(settings) as gateway:
+        assert decided(gateway).mode == {"auto": "local", "replicas": "replicas"}[mode]
+        answer = await send(http, gateway.url, order_paid(11))
+        assert answer.status == {"auto": 204, "replicas": 503}[mode]
+        assert waited(gateway, decided(gateway).mode)[0] == 1
+    assert await entries(node.client) == 1
 
 
 # --- refused at start ---------------------------------------------------------------------------------------------
