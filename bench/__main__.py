@@ -6,7 +6,9 @@ Parts, in the order they run (`--only` picks some; all by default):
   (`bench.rpcs`): QPS, latency, CPU per call, their ratio, and how well its Valkey reads were pipelined;
 - `gateway`: signed, distinct order_paid webhooks into the real gateway against a bare aiohttp handler
   (`bench.gateway`): the ingest rate and its ratio; then valid webhooks at a steady rate, alone and while 32
-  senders post 1 MiB badly signed bodies (`bench.attack`): their p50/p99 and the attackers' rate;
+  senders post 1 MiB badly signed bodies (`bench.attack`): their p50/p99 and the attackers' rate; then the same
+  ingest load with each `GATEWAY_DURABILITY` (none, local, replicas) on a primary with a replica
+  (`bench.durability`): webhooks/s and p99, and their ratios to none;
 - `consumer`: webhook events applied per second by the service's consumer, against applying them directly
   (`bench.consumer`, a pinned child process);
 - `streams`: N GetOrderStatus streams opened at once on one service process, for each N: the time to open them,
@@ -39,7 +41,7 @@ from typing import Any
 
 import grpc
 
-from bench import attack, consumer, gateway, history, latency, report, streams
+from bench import attack, consumer, durability, gateway, history, latency, report, streams
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
@@ -104,6 +106,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5.0,
         help="each window of the gateway's attack run, alone and attacked (default 5)",
     )
+    hooks.add_argument(
+        "--durability-duration-s",
+        type=float,
+        default=5.0,
+        help="measured time of each durability setting in the gateway's durability run (default 5)",
+    )
     hooks.add_argument("--consumer-events", type=int, default=5000, help="events per measurement (default 5000)")
     order_status = parser.add_argument_group("streams and latency (GetOrderStatus)")
     order_status.add_argument(
@@ -153,6 +161,7 @@ class Results:
     latency_result: latency.LatencyResult | None = None
     history_result: history.HistoryResult | None = None
     attack_result: attack.AttackResult | None = None
+    durability_result: durability.DurabilityResult | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
@@ -169,6 +178,8 @@ class Results:
             document["history"] = dataclasses.asdict(self.history_result)
         if self.attack_result is not None:
             document["gateway_attack"] = dataclasses.asdict(self.attack_result)
+        if self.durability_result is not None:
+            document["gateway_durability"] = dataclasses.asdict(self.durability_result)
         return document
 
 
@@ -219,6 +230,18 @@ def _gateway(args: argparse.Namespace, placement: Placement, workdir: Path, resu
         f"{results.attack_result.attacked.p99_ms:.1f} ms "
         f"(alone {results.attack_result.quiet.p50_ms:.1f}/{results.attack_result.quiet.p99_ms:.1f} ms)"
     )
+    results.durability_result = durability.run_durability(
+        workdir=workdir / "durability",
+        warmup_s=args.warmup_s,
+        duration_s=args.durability_duration_s,
+        processes=args.processes,
+        concurrency=args.concurrency,
+        server_cores=placement.server,
+        load_cores=placement.load,
+        log_level=args.service_log_level,
+    )
+    for setting in results.durability_result.runs:
+        _print(f"  durability {setting.mode}: {setting.webhooks_per_s:,.0f} webhooks/s, p99 {setting.p99_ms:.1f} ms")
 
 
 def _consumer(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
@@ -305,6 +328,8 @@ def _print_tables(results: Results) -> None:
             _print("\n".join(pipelined))
     if results.attack_result is not None:
         _print("\n" + attack.attack_table(results.attack_result))
+    if results.durability_result is not None:
+        _print("\n" + results.durability_result.table())
     if results.consumer_result is not None:
         _print("\n" + consumer.consumer_table(results.consumer_result))
     if results.stream_results:

