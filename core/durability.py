@@ -5,7 +5,9 @@ crash of the machine before the next fsync (up to a second with `appendfsync eve
 replica the write had not reached, loses a write that was answered. Where an answer promises that something is
 kept (the gateway's 204 to a webhook, after which the provider never sends it again), the writer waits first:
 
-- `local`: `WAITAOF 1 0 <timeout>`: the server's append-only file holds the write on disk (fsynced);
+- `local`: `WAITAOF 1 0 <timeout>`: the server's append-only file holds the write on disk (fsynced). Only as
+  good as the server's WAITAOF: under `appendfsync everysec`, Valkey 8.1 answers it once the write is in the
+  kernel, before the fsync (redis/redis#13793, fixed in Redis, measured on Valkey 8.1.8); `always` is exact;
 - `replicas`: `WAIT <n> <timeout>`: n replicas hold it (in memory: the write survives the loss of the primary);
 - `none`: no wait.
 

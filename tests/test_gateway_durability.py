@@ -283,11 +283,11 @@ async def test_a_duplicate_waits_for_the_first_copy_to_reach_the_replica(
     assert await entries(replica.client) == 2
 
 
-async def test_fifty_identical_webhooks_at_once_in_local_share_the_fsync(
+async def test_fifty_identical_webhooks_at_once_in_local_are_stored_once(
     tmp_path: Path, redis_client: aioredis.Redis, http: aiohttp.ClientSession
 ) -> None:
-    """Fifty deliveries of one order at once on an `appendfsync everysec` store: all 204 after its fsync, one
-    entry."""
+    """Fifty deliveries of one order at once in local mode on an `appendfsync everysec` store: all 204, each after
+    its own wait, one entry."""
     store = EmbeddedRedis(tmp_path / "everysec", appendfsync="everysec")
     await store.start()
     try:
