@@ -90,7 +90,12 @@ class Valkey:
         if self._replica_of is not None:
             lines.append(f"replicaof 127.0.0.1 {self._replica_of}")
         if self._cluster:
-            lines += ["cluster-enabled yes", f"cluster-config-file {self.data_dir / 'nodes.conf'}"]
+            # The bus port is the client port + 10000 unless set: past 65535 for a high free port.
+            lines += [
+                "cluster-enabled yes",
+                f"cluster-port {_free_port()}",
+                f"cluster-config-file {self.data_dir / 'nodes.conf'}",
+            ]
         config = self.data_dir / "valkey.conf"
         config.write_text("\n".join(lines) + "\n")
         self.process = await asyncio.create_subprocess_exec(
