@@ -115,7 +115,7 @@ class Settings:
     redis_timeout_s: float = 2.0
     redis_max_connections: int = 64
     data_dir: Path = Path("var")
-    appendfsync: str = "everysec"
+    appendfsync: str = "always"
     idempotency_ttl_days: float = 7.0
     api_keys: tuple[ApiKey, ...] = ()
     insecure_dev_mode: bool = False
@@ -176,7 +176,7 @@ class Settings:
             tls = TLSSettings(Path(cert), Path(key), Path(client_ca) if client_ca else None)
         elif client_ca:
             raise ConfigError("ENTITLEMENTS_TLS_CLIENT_CA_FILE needs ENTITLEMENTS_TLS_CERT_FILE and _KEY_FILE")
-        appendfsync = reader.text("ENTITLEMENTS_REDIS_APPENDFSYNC", "everysec")
+        appendfsync = reader.text("ENTITLEMENTS_REDIS_APPENDFSYNC", "always")
         if appendfsync not in ("always", "everysec", "no"):
             raise ConfigError("ENTITLEMENTS_REDIS_APPENDFSYNC must be always, everysec or no")
         log_json_text = reader.text("ENTITLEMENTS_LOG_JSON", "")

@@ -56,7 +56,7 @@ class EmbeddedRedis:
         port: also listen on this loopback TCP port (0: unix socket only).
     """
 
-    def __init__(self, data_dir: Path, *, appendfsync: str = "everysec", port: int = 0) -> None:
+    def __init__(self, data_dir: Path, *, appendfsync: str = "always", port: int = 0) -> None:
         self.data_dir = data_dir.resolve()
         self.appendfsync = appendfsync
         self.port = port

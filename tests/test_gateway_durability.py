@@ -199,6 +199,21 @@ async def test_auto_picks_local_on_an_aof_store_and_waits_for_the_fsync(
     ]
 
 
+async def test_local_on_an_everysec_store_warns_that_a_host_crash_can_lose_it(valkeys: Any) -> None:
+    """Valkey answers WAITAOF before its once-a-second fsync: local on an everysec store says so at start; on an
+    always store it does not."""
+    for appendfsync, warned in (("everysec", True), ("always", False)):
+        store = await valkeys(aof=True, appendfsync=appendfsync)
+        with structlog.testing.capture_logs() as logs:
+            async with running_gateway(gateway_settings(redis_url=store.url)) as gateway:
+                assert decided(gateway).mode == "local"
+        warnings = [line for line in logs if line["event"] == "durability_weaker_than_asked"]
+        assert bool(warnings) is warned, appendfsync
+        if warned:
+            assert warnings[0]["log_level"] == "warning"
+            assert "appendfsync always" in warnings[0]["message"]
+
+
 async def test_auto_picks_none_without_aof_or_replicas_and_warns(valkeys: Any, http: aiohttp.ClientSession) -> None:
     """On a store with neither an append-only file nor a replica, auto waits for nothing and says at start that a
     204 can be lost."""

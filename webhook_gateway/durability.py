@@ -71,6 +71,8 @@ class DurabilityDecider:
             if self.decided is None:
                 durability = await bounded(self._resolve(), self._budget_s)
                 _log_decision(durability)
+                if durability.mode == "local":
+                    await self._warn_everysec()
                 self.decided = durability
         return self.decided
 
@@ -118,6 +120,24 @@ class DurabilityDecider:
                 f"GATEWAY_DURABILITY={settings.durability}: the store refused a command needed to decide or to reach "
                 f"it ({exc}); allow INFO, SET, WAIT and WAITAOF, or set GATEWAY_DURABILITY=none"
             ) from exc
+
+    async def _warn_everysec(self) -> None:
+        """Warns when the store fsyncs once a second: Valkey (8.1) answers WAITAOF before that fsync, so `local`
+        then survives a crash of the Redis process but not of its host. Best effort: CONFIG may be refused."""
+        try:
+            reply = await bounded(self._redis.config_get("appendfsync"), self._settings.redis_timeout_s)
+        except (redis_errors.RedisError, StoreUnavailable):
+            return
+        values = {str(v.decode() if isinstance(v, bytes) else v) for v in dict(reply).values()}
+        if "everysec" in values:
+            log.warning(
+                "durability_weaker_than_asked",
+                mode="local",
+                appendfsync="everysec",
+                message="the store answers WAITAOF before its once-a-second fsync: a 204 survives a crash of Redis, "
+                "not of its host; set appendfsync always (ENTITLEMENTS_REDIS_APPENDFSYNC=always for the embedded "
+                "store, its default)",
+            )
 
     def _local(self, reason: str) -> Durability:
         return Durability("local", timeout_ms=self._settings.durability_timeout_ms, reason=reason)
