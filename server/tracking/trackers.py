@@ -20,7 +20,8 @@ from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
 from server.status_channel import OrderRef, OrderState, OrderStatusFeed
-from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
+from server.tracking.tracker import OrderTracker, TrackerKey
+from server.tracking.watcher import Watcher
 from server.validation import OrderWatch
 
 log = structlog.get_logger("server.tracking")
