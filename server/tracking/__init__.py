@@ -3,7 +3,8 @@ and by the payment provider's order sources (`core.order_sources`: Xsolla's orde
 of its Get order API). See docs/ORDER_STATUS.md.
 
 - `status`: statuses, sources and the forward-only rule.
-- `tracker`: one order's tracker and the watchers (streams) it feeds.
+- `tracker`: one order's tracker, which hands an order the provider reports paid but nobody granted to the
+  replica's reconciliation (`server.reconcile.tracked`).
 - `watcher`: one stream's view of a tracker (`Watcher`).
 - `trackers`: the replica's trackers (`OrderTracking`), with the cap.
 

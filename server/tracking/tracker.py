@@ -15,6 +15,12 @@ What a tracker needs from the provider is `core.order_sources.OrderSources`. Wit
 the provider's DONE; the tracker then takes the applied `order_paid` webhook (paid,
 items granted) as the order's completion and reports DONE from that source.
 
+4. With reconciliation on (`reconciler`): when the provider reports the order paid or done and this service has
+   not granted it, the tracker hands it to the replica's `server.reconcile.tracked.TrackerReconciler`, which
+   outlives the tracker and applies the order from the provider's record after a grace period unless a webhook
+   did. Its grant reaches the tracker as any applied order does (the webhook feed), with the source
+   RECONCILIATION; after the provider's DONE the tracker waits for it at least until the reconciliation is due.
+
 An order paid but withheld by policy (a sandbox order the project's policy ignores: `OrderState.withheld`) will
 never be granted: its webhook completes it the same way (DONE, `entitlements_granted` false), and a provider DONE
 does not wait `grant_wait_s` for a grant that cannot come.
@@ -38,13 +44,15 @@ from core.order_sources import LookupFailed, OrderSources, OrderUnknown, Player,
 from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
-from server.status_channel import OrderState, read_order_state
+from server.reconcile.tracked import TrackerReconciler
+from server.status_channel import RECONCILIATION_SOURCE, OrderState, read_order_state
 from server.tracking.status import (
     CANCELED,
     DONE,
     EXPIRED,
     PAID,
     POLLING,
+    RECONCILIATION,
     SOURCE_NAMES,
     STATUS_NAMES,
     STORED,
@@ -76,6 +84,7 @@ class OrderTracker:
         metrics: counters and gauges.
         on_stopped: called once when the tracker stops (finished, or no watcher left).
         redis_timeout_s: bound on the stored-state read.
+        reconciler: the replica's reconciliation of orders the provider reports paid; None: turned off.
     """
 
     def __init__(
@@ -88,6 +97,7 @@ class OrderTracker:
         metrics: ServiceMetrics,
         on_stopped: Callable[[OrderTracker], None],
         redis_timeout_s: float,
+        reconciler: TrackerReconciler | None = None,
     ) -> None:
         self.key = key
         self.project_id, self.user_id, self.order_id = key
@@ -98,6 +108,8 @@ class OrderTracker:
         self._metrics = metrics
         self._on_stopped = on_stopped
         self._redis_timeout_s = redis_timeout_s
+        self._reconciler = reconciler
+        self._reconcile_asked = False
         self._watchers: dict[Watcher, None] = {}  # insertion-ordered set
         self._player: Player | None = None
         self._refused_tokens: set[str] = set()
@@ -195,7 +207,10 @@ class OrderTracker:
             # considers an order delivered once its order_paid webhook is acknowledged: the grant (or the policy's
             # decision to grant nothing) completes it.
             status = DONE
-        self._offer(status, STORED if stored else WEBHOOK, state.observed_at_ms or now_ms(), state.entitlements_granted)
+        # Reconciliation applied the order (the publication or the order hash says so): the stream says so too.
+        reconciled = state.source == RECONCILIATION_SOURCE
+        source = RECONCILIATION if reconciled else STORED if stored else WEBHOOK
+        self._offer(status, source, state.observed_at_ms or now_ms(), state.entitlements_granted)
         current = self.progress.current
         if self._withheld and not self._stopped and current is not None and current.status == DONE:
             # The provider's DONE came first and its streams wait for a grant this order will never get.
@@ -223,6 +238,8 @@ class OrderTracker:
     def _offer(self, status: int, source: int, observed_at_ms: int, granted: bool | None = None) -> None:
         if self._stopped:
             return
+        if source in (WEBSOCKET, POLLING) and status in (PAID, DONE):
+            self._reconcile(observed_at_ms)
         update = self.progress.offer(status, source, observed_at_ms, granted)
         if update is None:
             return
@@ -238,9 +255,27 @@ class OrderTracker:
         elif update.status == DONE and self._grant_timer is None:
             # The provider is done with the order; only this service's grant (a webhook) can still change the picture.
             self._cancel_task()
-            self._grant_timer = asyncio.get_running_loop().call_later(
-                self._settings.grant_wait_s, self._end_watchers, None
-            )
+            wait_s = self._settings.grant_wait_s
+            if self._reconciler is not None:
+                # A reconciliation of the order grants it up to its grace plus a margin from now: wait for it.
+                wait_s = max(wait_s, self._reconciler.due_in_s(self.project_id, self.order_id) or 0.0)
+            self._grant_timer = asyncio.get_running_loop().call_later(wait_s, self._end_watchers, None)
+
+    def _reconcile(self, paid_seen_at_ms: int) -> None:
+        """The provider reported the order paid (or done): unless this service has granted it (or withheld it by
+        policy, or it ended), the replica's reconciler applies it after the grace if no webhook does. Once per
+        tracker; the reconciler keeps one per order."""
+        current = self.progress.current
+        if (
+            self._reconciler is None
+            or self._reconcile_asked
+            or self._player is None
+            or self._withheld
+            or (current is not None and (current.entitlements_granted or current.status in (CANCELED, EXPIRED)))
+        ):
+            return
+        self._reconcile_asked = True
+        self._reconciler.submit(self._player, self.order_id, paid_seen_at_ms)
 
     # --- following the order at the provider ---------------------------------------------------------------
 
