@@ -115,7 +115,7 @@ async def lost_webhook_path(sim: XsollaSimulator, client: AsyncEntitlementsClien
     token = sim.issue_token(PLAYER)
     order = sim.create_order(PLAYER, items=[{"sku": "gold_100", "quantity": 5, "type": "virtual_currency"}])
     say("xsolla", f"order {order.order_id} created for {PLAYER}: 5 x gold_100 (status new)")
-    sim.hold_webhooks("order_paid", times=1)
+    sim.drop_webhooks(types=("order_paid",))
     say("xsolla", "this order's order_paid webhook will be lost (the simulator drops it)")
     opened = asyncio.Event()
     following = asyncio.create_task(follow(client, order.order_id, token, opened))
@@ -129,6 +129,7 @@ async def lost_webhook_path(sim: XsollaSimulator, client: AsyncEntitlementsClien
     await sim.set_status(order.order_id, "done")
     say("service", f"waits {GRACE_S} s for the webhook, then reads the order with Get order and applies it itself")
     await asyncio.wait_for(following, timeout=30)
+    sim.stop_dropping()
 
     delivered = [d for d in sim.webhook_deliveries if d.order_id == order.order_id]
     say("webhook", f"order_paid of order {order.order_id}: {len(delivered)} deliveries")
