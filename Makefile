@@ -26,7 +26,7 @@ run: $(STAMP)
 		export GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret}; fi; \
 	ENTITLEMENTS_INSECURE_DEV_MODE=1 $(BIN)/python -m tools.devstack
 
-## One purchase end to end: embedded Redis, service, gateway and the Xsolla simulator (tools/demo.py).
+## Two purchases end to end, one of them with its webhook lost: embedded Redis, service, gateway and the Xsolla simulator (tools/demo.py).
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo
 

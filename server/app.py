@@ -5,12 +5,14 @@ are read from: Xsolla's (`providers.xsolla`), built from its settings, unless a 
 `core.order_sources.OrderSources` or another `core.catalogs.CatalogSource`.
 
 Start order: the embedded Redis (when no REDIS_URL), the Redis client, the key layout's check (`core.layout`: a
-store written with another layout is refused), the metrics endpoint, the catalogs (read in the background), order
-tracking (its Redis subscription), the gRPC server (EntitlementService, health, reflection), then the webhook
-event consumer. Stop order is the reverse, gracefully: the consumer stops reading and finishes the batch it is
-applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health goes
-NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period, order
-tracking closes its sockets and subscription, the catalogs stop their reads, then Redis closes.
+store written with another layout is refused), the metrics endpoint, the catalogs (read in the background), the
+tracker's reconciliation (`server.reconcile.tracked`, unless turned off), order tracking (its Redis
+subscription), the gRPC server (EntitlementService, health, reflection), then the webhook event consumer. Stop
+order is the reverse, gracefully: the consumer stops reading and finishes the batch it is applying,
+GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health goes
+NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period, pending
+reconciliations are dropped (the sweeper is the backstop), order tracking closes its sockets and subscription,
+the catalogs stop their reads, then Redis closes.
 The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
 supervisor stops first, so a stop never races a restart.
 """
@@ -46,7 +48,7 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
-from server.reconcile import OrderIndex
+from server.reconcile import OrderIndex, TrackerReconciler
 from server.rpc import RpcRuntime, add_service
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
@@ -120,6 +122,8 @@ class Service:
         self.metrics = ServiceMetrics(self.registry)
         # Nothing opens until an order is followed (sessions and sockets are made on first use).
         self.order_sources = order_sources or xsolla_provider.order_sources(xsolla, self.registry)
+        # The provider's name in the ids of the events reconciliation appends (webhooks' ids start with it too).
+        self.provider = xsolla_provider.PROVIDER if order_sources is None else order_sources.name.lower()
         self.catalog_source = catalog_source or xsolla_provider.catalog_source(
             xsolla_catalog or xsolla_provider.CatalogSettings(), self.registry
         )
@@ -133,6 +137,7 @@ class Service:
         self.store: EntitlementStore | None = None
         self.event_log: EventLog | None = None
         self.order_index: OrderIndex | None = None
+        self.reconciler: TrackerReconciler | None = None
         self.health = AsyncHealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = MetricsEndpoint(self.registry)
@@ -202,6 +207,20 @@ class Service:
                 timeout_s=settings.redis_timeout_s,
             )
             self.catalogs.start()
+            if settings.reconcile.tracker_enabled:
+                self.reconciler = TrackerReconciler(
+                    self.redis,
+                    provider=self.provider,
+                    lookup=self.order_sources.lookup,
+                    catalogs=self.catalogs,
+                    event_log=self.event_log,
+                    index=self.order_index,
+                    metrics=self.metrics,
+                    grace_s=settings.reconcile.grace_s,
+                    # As many as the orders a replica follows: each tracker hands over at most one.
+                    max_pending=settings.tracking.max_trackers,
+                    redis_timeout_s=settings.redis_timeout_s,
+                )
             self.tracking = OrderTracking(
                 self.redis,
                 settings.tracking,
@@ -209,6 +228,7 @@ class Service:
                 cluster=settings.redis_cluster,
                 redis_timeout_s=settings.redis_timeout_s,
                 sources=self.order_sources,
+                reconciler=self.reconciler,
             )
             self.tracking.start()
             grpc_port = await self._start_grpc(self.store, self.tracking, self.catalogs)
@@ -351,6 +371,10 @@ class Service:
             await self.health.enter_graceful_shutdown()
             await self._grpc.stop(grace)
             self._grpc = None
+        if self.reconciler is not None:
+            # Before the order sources close (tracking.stop): a reconciliation may be reading Get order.
+            await self.reconciler.stop()
+            self.reconciler = None
         if self.tracking is not None:
             await self.tracking.stop()
             self.tracking = None

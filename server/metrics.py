@@ -91,7 +91,8 @@ class ServiceMetrics:
             "Orders reconciliation looked at, by project, source (tracker, sweeper) and result: examined, applied "
             "(an order_paid queued from the provider's record), undone (an order_canceled queued), already (applied "
             "before, nothing to do), mismatch (this service and the provider disagree: reported, not touched), "
-            "unresolved (nobody says whose the order is: reported, never guessed), failed.",
+            "unresolved (nobody says whose the order is: reported, never guessed), failed, overflow (a tracker's order "
+            "beyond the replica's maximum of pending reconciliations: left to the sweeper).",
             ["project", "source", "result"],
             registry=registry,
         )

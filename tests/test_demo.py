@@ -1,4 +1,5 @@
-"""`make demo` (tools/demo.py): one purchase end to end, configured as a deployment is, still tells the truth."""
+"""`make demo` (tools/demo.py): a purchase end to end, and one whose webhook is lost, configured as a deployment is,
+still tells the truth."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 from tests.helpers.gateway import ROOT, command_env
 
 
-async def test_demo_grants_the_purchase_with_the_catalogs_period() -> None:
-    """The demo ends with the gold granted and the pass active for the 30 days the simulator's catalog gives it."""
+async def test_demo_grants_both_purchases_the_lost_webhooks_by_reconciliation() -> None:
+    """The first purchase grants the gold and the pass for the 30 days the simulator's catalog gives it; the second,
+    whose webhook is never delivered, reaches the inventory through the tracker's reconciliation."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -27,5 +29,9 @@ async def test_demo_grants_the_purchase_with_the_catalogs_period() -> None:
     assert "player-42 holds vip_pass_30d: active=True" in output
     assert "(expiration_period 30 days): 30 days" in output
     assert "order_paid attempt 1: HTTP 204" in output
+    assert "DONE      from reconciliation items granted" in output
+    assert "order_paid of order 10000002: 0 deliveries" in output
+    assert "player-42 holds gold_100: active=True, quantity=6" in output
+    assert "order_paid 10000002: gold_100 +5 by reconciler" in output
     # Configured as in production, nothing warns (no open secret, no project without a catalog).
     assert "warning" not in stderr.decode().lower(), stderr.decode()[-2000:]

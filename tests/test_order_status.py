@@ -37,7 +37,7 @@ from providers.xsolla import OrderSettings, WebhookSettings
 from providers.xsolla.status import reported as xsolla_status
 from server.app import Service
 from server.auth import hash_key
-from server.config import Settings, TrackingSettings
+from server.config import ReconcileSettings, Settings, TrackingSettings
 from server.embedded import EmbeddedRedis
 from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
@@ -89,7 +89,9 @@ class Rig:
 
     async def service(self, *, consumer: bool = True, projects: Projects | None = None, **tracking: Any) -> Service:
         """A service on the test's Valkey following orders at the simulator, with overrides of its tracking
-        settings and of Xsolla's (`OrderSettings`) by field name, and of the projects it serves."""
+        settings and of Xsolla's (`OrderSettings`) by field name, and of the projects it serves. The tracker's
+        reconciliation is off: these tests are about what the stream reports (tests/test_tracker_reconciliation.py
+        has it on)."""
         xsolla_fields = {f.name for f in fields(OrderSettings)}
         xsolla = replace(
             FAST_XSOLLA,
@@ -99,6 +101,7 @@ class Rig:
         )
         settings = replace(FAST, **{name: value for name, value in tracking.items() if name not in xsolla_fields})
         overrides = consumer_settings()
+        overrides["reconcile"] = ReconcileSettings(tracker_enabled=False)
         # The simulator's project, unless the test asks for none (project_id=0) or for other projects.
         overrides["projects"] = projects or Projects.single(xsolla.project_id or None)
         if not consumer:

@@ -4,9 +4,15 @@ Starts the embedded Redis, the service, the webhook gateway and the Xsolla simul
 temporary directory). Both processes are configured as a deployment would be: one projects file (the project's
 webhook secret and API key) and the environment variables of `python -m server` / `python -m webhook_gateway`, with
 the simulator's URLs in place of Xsolla's. The service reads the project's catalog from the simulator's admin
-catalog API. The demo creates an order in the simulator, opens a GetOrderStatus stream with the project's Python
-client, pays the order, and prints what each part saw: the stream's updates with their sources, the webhook's
-delivery, and the player's entitlements at the end (the time-limited pass with the period the catalog gives it).
+catalog API. Two purchases, each followed with a GetOrderStatus stream from the project's Python client:
+
+1. The webhook path: the order is paid, its `order_paid` webhook delivered; the demo prints what each part saw
+   (the stream's updates with their sources, the webhook's delivery, the player's entitlements, among them the
+   time-limited pass with the period the catalog gives it).
+2. A lost webhook: the simulator drops the order's `order_paid`. The stream's tracker saw the order paid on Xsolla's
+   WebSocket; after the grace (3 s here, `ENTITLEMENTS_RECONCILE_GRACE_S`; 60 s by default) the service reads the
+   order with Get order and applies it itself (the tracker's reconciliation, docs/ORDER_STATUS.md), and the stream
+   reports the grant with the source RECONCILIATION.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ PLAYER = "player-42"
 SECRET = "demo-webhook-secret"  # noqa: S105 - the simulator and gateway of the demo share it
 API_KEY = "demo-api-key"
 VIP_SKU = "vip_pass_30d"
+#: The demo's grace before the tracker's reconciliation applies an order whose webhook did not come (default 60 s).
+GRACE_S = 3
 PROJECTS_FILE = f"""
 # One project; the service and the gateway read this same file (ENTITLEMENTS_PROJECTS_FILE).
 [projects.{PROJECT_ID}]
@@ -70,6 +78,68 @@ async def follow(client: AsyncEntitlementsClient, order_id: int, token: str, ope
     say("stream", "ended")
 
 
+async def webhook_path(sim: XsollaSimulator, client: AsyncEntitlementsClient) -> None:
+    """The first purchase: paid, its webhook delivered."""
+    token = sim.issue_token(PLAYER)
+    lines = [
+        {"sku": "gold_100", "quantity": 1, "type": "virtual_currency"},
+        {"sku": VIP_SKU, "quantity": 1, "type": "virtual_good"},
+    ]
+    order = sim.create_order(PLAYER, items=lines)
+    say("xsolla", f"order {order.order_id} created for {PLAYER}: 1 x gold_100, 1 x {VIP_SKU} (status new)")
+    opened = asyncio.Event()
+    following = asyncio.create_task(follow(client, order.order_id, token, opened))
+    await opened.wait()
+    await asyncio.sleep(1.0)  # the player is on the payment page
+
+    say("xsolla", "player pays: status paid (WebSocket publication + order_paid webhook)")
+    await sim.set_status(order.order_id, "paid")
+    await asyncio.sleep(1.0)
+    say("xsolla", "Xsolla delivers the order: status done")
+    await sim.set_status(order.order_id, "done")
+    await asyncio.wait_for(following, timeout=30)
+
+    for delivery in sim.webhook_deliveries:
+        say("webhook", f"{delivery.type} attempt {delivery.attempt}: HTTP {delivery.status}")
+    check = await client.check_entitlement(PLAYER, "gold_100")
+    say("inventory", f"{PLAYER} holds gold_100: active={check.active}, quantity={check.entitlement.quantity}")
+    vip = await client.check_entitlement(PLAYER, VIP_SKU)
+    expires = vip.entitlement.expires_at.ToDatetime()
+    days = (expires - vip.entitlement.granted_at.ToDatetime()).total_seconds() / 86_400
+    say("inventory", f"{PLAYER} holds {VIP_SKU}: active={vip.active}, expires {expires:%Y-%m-%d %H:%M} UTC")
+    say("catalog", f"the period came from Xsolla's catalog (expiration_period 30 days): {days:.0f} days")
+
+
+async def lost_webhook_path(sim: XsollaSimulator, client: AsyncEntitlementsClient, service: Service) -> None:
+    """The second purchase: its order_paid webhook is lost; the tracker's reconciliation grants it."""
+    token = sim.issue_token(PLAYER)
+    order = sim.create_order(PLAYER, items=[{"sku": "gold_100", "quantity": 5, "type": "virtual_currency"}])
+    say("xsolla", f"order {order.order_id} created for {PLAYER}: 5 x gold_100 (status new)")
+    sim.drop_webhooks(types=("order_paid",))
+    say("xsolla", "this order's order_paid webhook will be lost (the simulator drops it)")
+    opened = asyncio.Event()
+    following = asyncio.create_task(follow(client, order.order_id, token, opened))
+    await opened.wait()
+    await asyncio.sleep(1.0)
+
+    say("xsolla", "player pays: status paid (WebSocket publication; no webhook reaches the gateway)")
+    await sim.set_status(order.order_id, "paid")
+    await asyncio.sleep(1.0)
+    say("xsolla", "Xsolla delivers the order: status done")
+    await sim.set_status(order.order_id, "done")
+    say("service", f"waits {GRACE_S} s for the webhook, then reads the order with Get order and applies it itself")
+    await asyncio.wait_for(following, timeout=30)
+    sim.stop_dropping()
+
+    delivered = [d for d in sim.webhook_deliveries if d.order_id == order.order_id]
+    say("webhook", f"order_paid of order {order.order_id}: {len(delivered)} deliveries")
+    check = await client.check_entitlement(PLAYER, "gold_100")
+    say("inventory", f"{PLAYER} holds gold_100: active={check.active}, quantity={check.entitlement.quantity}")
+    assert service.store is not None
+    newest = (await service.store.ledger(PROJECT_ID, PLAYER, count=1))[0].fields
+    say("ledger", f"{newest.get('reason')}: {newest.get('sku')} +{newest.get('quantity')} by {newest.get('actor')}")
+
+
 async def run(workdir: Path) -> None:
     redis = EmbeddedRedis(workdir / "var")
     await redis.start()
@@ -97,6 +167,7 @@ async def run(workdir: Path) -> None:
             "ENTITLEMENTS_XSOLLA_ADMIN_API": sim.store_api_url,
             "ENTITLEMENTS_XSOLLA_WS_URL": sim.ws_url,
             "ENTITLEMENTS_INSECURE_DEV_MODE": "1",
+            "ENTITLEMENTS_RECONCILE_GRACE_S": str(GRACE_S),
         }
         settings, order_settings = load_settings(env)
         settings = replace(
@@ -113,39 +184,11 @@ async def run(workdir: Path) -> None:
         say("setup", f"Xsolla simulator at {sim.base_url} (WebSocket {sim.ws_url})")
         say("setup", f"projects file {projects_file}: project {PROJECT_ID}, catalog from Xsolla's admin API")
 
-        token = sim.issue_token(PLAYER)
-        lines = [
-            {"sku": "gold_100", "quantity": 1, "type": "virtual_currency"},
-            {"sku": VIP_SKU, "quantity": 1, "type": "virtual_good"},
-        ]
-        order = sim.create_order(PLAYER, items=lines)
-        say("xsolla", f"order {order.order_id} created for {PLAYER}: 1 x gold_100, 1 x {VIP_SKU} (status new)")
-
         async with AsyncEntitlementsClient(f"127.0.0.1:{endpoints.grpc_port}") as client:
-            opened = asyncio.Event()
-            following = asyncio.create_task(follow(client, order.order_id, token, opened))
-            await opened.wait()
-            await asyncio.sleep(1.0)  # the player is on the payment page
-
-            say("xsolla", "player pays: status paid (WebSocket publication + order_paid webhook)")
-            await sim.set_status(order.order_id, "paid")
-            await asyncio.sleep(1.0)
-            say("xsolla", "Xsolla delivers the order: status done")
-            await sim.set_status(order.order_id, "done")
-            await asyncio.wait_for(following, timeout=30)
-
-            for delivery in sim.webhook_deliveries:
-                say("webhook", f"{delivery.type} attempt {delivery.attempt}: HTTP {delivery.status}")
-            check = await client.check_entitlement(PLAYER, "gold_100")
-            say(
-                "inventory",
-                f"{PLAYER} holds gold_100: active={check.active}, quantity={check.entitlement.quantity}",
-            )
-            vip = await client.check_entitlement(PLAYER, VIP_SKU)
-            expires = vip.entitlement.expires_at.ToDatetime()
-            days = (expires - vip.entitlement.granted_at.ToDatetime()).total_seconds() / 86_400
-            say("inventory", f"{PLAYER} holds {VIP_SKU}: active={vip.active}, expires {expires:%Y-%m-%d %H:%M} UTC")
-            say("catalog", f"the period came from Xsolla's catalog (expiration_period 30 days): {days:.0f} days")
+            print("\n1. A purchase whose order_paid webhook arrives", flush=True)
+            await webhook_path(sim, client)
+            print("\n2. A purchase whose order_paid webhook is lost: the tracker's reconciliation", flush=True)
+            await lost_webhook_path(sim, client, service)
     finally:
         if service is not None:
             await service.stop()

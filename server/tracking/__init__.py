@@ -3,7 +3,9 @@ and by the payment provider's order sources (`core.order_sources`: Xsolla's orde
 of its Get order API). See docs/ORDER_STATUS.md.
 
 - `status`: statuses, sources and the forward-only rule.
-- `tracker`: one order's tracker and the watchers (streams) it feeds.
+- `tracker`: one order's tracker, which hands an order the provider reports paid but nobody granted to the
+  replica's reconciliation (`server.reconcile.tracked`).
+- `watcher`: one stream's view of a tracker (`Watcher`).
 - `trackers`: the replica's trackers (`OrderTracking`), with the cap.
 
 The webhook source is the replica's single subscription to the consumer's order-status publications
@@ -11,8 +13,9 @@ The webhook source is the replica's single subscription to the consumer's order-
 """
 
 from server.tracking.status import Observation, OrderProgress, status_named
-from server.tracking.tracker import OrderTracker, Watcher
+from server.tracking.tracker import OrderTracker
 from server.tracking.trackers import OrderTracking
+from server.tracking.watcher import Watcher
 
 __all__ = [
     "Observation",

@@ -26,12 +26,19 @@ STORED: Final = int(pb.ORDER_STATUS_SOURCE_STORED)
 WEBHOOK: Final = int(pb.ORDER_STATUS_SOURCE_WEBHOOK)
 WEBSOCKET: Final = int(pb.ORDER_STATUS_SOURCE_WEBSOCKET)
 POLLING: Final = int(pb.ORDER_STATUS_SOURCE_POLLING)
+RECONCILIATION: Final = int(pb.ORDER_STATUS_SOURCE_RECONCILIATION)
 
 # Both terminal failures share the top rank: neither follows the other.
 _RANK: Final = {NEW: 1, PAID: 2, DONE: 3, CANCELED: 4, EXPIRED: 4}
 TERMINAL: Final = frozenset({DONE, CANCELED, EXPIRED})
 
-SOURCE_NAMES: Final = {STORED: "stored", WEBHOOK: "webhook", WEBSOCKET: "websocket", POLLING: "polling"}
+SOURCE_NAMES: Final = {
+    STORED: "stored",
+    WEBHOOK: "webhook",
+    WEBSOCKET: "websocket",
+    POLLING: "polling",
+    RECONCILIATION: "reconciliation",
+}
 #: The service's own names of the statuses: in logs, and in the order hash the webhook consumer writes.
 STATUS_NAMES: Final = {NEW: "new", PAID: "paid", DONE: "done", CANCELED: "canceled", EXPIRED: "expired"}
 _BY_NAME: Final = {name: status for status, name in STATUS_NAMES.items()}

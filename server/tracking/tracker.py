@@ -15,6 +15,12 @@ What a tracker needs from the provider is `core.order_sources.OrderSources`. Wit
 the provider's DONE; the tracker then takes the applied `order_paid` webhook (paid,
 items granted) as the order's completion and reports DONE from that source.
 
+4. With reconciliation on (`reconciler`): when the provider reports the order paid or done and this service has
+   not granted it, the tracker hands it to the replica's `server.reconcile.tracked.TrackerReconciler`, which
+   outlives the tracker and applies the order from the provider's record after a grace period unless a webhook
+   did. Its grant reaches the tracker as any applied order does (the webhook feed), with the source
+   RECONCILIATION; after the provider's DONE the tracker waits for it at least until the reconciliation is due.
+
 An order paid but withheld by policy (a sandbox order the project's policy ignores: `OrderState.withheld`) will
 never be granted: its webhook completes it the same way (DONE, `entitlements_granted` false), and a provider DONE
 does not wait `grant_wait_s` for a grant that cannot come.
@@ -26,7 +32,6 @@ state changes never interleave.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -39,23 +44,25 @@ from core.order_sources import LookupFailed, OrderSources, OrderUnknown, Player,
 from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
-from server.status_channel import OrderState, read_order_state
+from server.reconcile.tracked import TrackerReconciler
+from server.status_channel import RECONCILIATION_SOURCE, OrderState, read_order_state
 from server.tracking.status import (
     CANCELED,
     DONE,
     EXPIRED,
     PAID,
     POLLING,
+    RECONCILIATION,
     SOURCE_NAMES,
     STATUS_NAMES,
     STORED,
     WEBHOOK,
     WEBSOCKET,
-    Observation,
     OrderProgress,
     now_ms,
     status_named,
 )
+from server.tracking.watcher import Watcher
 
 log = structlog.get_logger("server.tracking")
 
@@ -64,82 +71,6 @@ _POLL_BACKOFF_CAP_S = 30.0
 
 #: (project id, player id, order id): what one tracker follows.
 TrackerKey = tuple[int, str, str]
-
-
-class Watcher:
-    """One stream's view of a tracker: the updates not yet sent, then how the stream ends.
-
-    `next()` returns the updates in order, then None once the tracker has finished (the order reached its end),
-    or raises the error the tracker ended this stream with. `close()` leaves the tracker and runs the `on_close`
-    callback given to `release_with`; it is idempotent.
-    """
-
-    __slots__ = ("_ended", "_error", "_items", "_on_close", "_tracker", "_waiter", "last", "token")
-
-    def __init__(self, tracker: OrderTracker, token: str) -> None:
-        self._tracker: OrderTracker | None = tracker
-        self._on_close: Callable[[], None] | None = None
-        self._items: deque[Observation] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._ended = False
-        self._error: EntitlementsError | None = None
-        self.token = token
-        #: The last update `next()` returned.
-        self.last: Observation | None = None
-
-    @property
-    def latest(self) -> Observation | None:
-        """The best state known for the order: the tracker's, or the last one delivered once it is gone."""
-        tracker = self._tracker
-        if tracker is not None and tracker.progress.current is not None:
-            return tracker.progress.current
-        return self._items[-1] if self._items else self.last
-
-    def push(self, observation: Observation) -> None:
-        self._items.append(observation)
-        self._wake()
-
-    def end(self, error: EntitlementsError | None = None) -> None:
-        """Ends the stream after the updates already queued, normally or with `error`."""
-        if not self._ended:
-            self._ended, self._error = True, error
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next(self) -> Observation | None:
-        """The next update, or None when the stream is over.
-
-        Raises:
-            NotFound, TokenRejected, ServiceStopping: the tracker ended this stream with an error.
-        """
-        while not self._items:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        self.last = self._items.popleft()
-        return self.last
-
-    def release_with(self, on_close: Callable[[], None]) -> None:
-        """Has `close()` call `on_close` once (what the stream holds beyond its place in the tracker)."""
-        self._on_close = on_close
-
-    def close(self) -> None:
-        tracker, self._tracker = self._tracker, None
-        if tracker is not None:
-            tracker.leave(self)
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()
 
 
 class OrderTracker:
@@ -153,6 +84,7 @@ class OrderTracker:
         metrics: counters and gauges.
         on_stopped: called once when the tracker stops (finished, or no watcher left).
         redis_timeout_s: bound on the stored-state read.
+        reconciler: the replica's reconciliation of orders the provider reports paid; None: turned off.
     """
 
     def __init__(
@@ -165,6 +97,7 @@ class OrderTracker:
         metrics: ServiceMetrics,
         on_stopped: Callable[[OrderTracker], None],
         redis_timeout_s: float,
+        reconciler: TrackerReconciler | None = None,
     ) -> None:
         self.key = key
         self.project_id, self.user_id, self.order_id = key
@@ -175,6 +108,8 @@ class OrderTracker:
         self._metrics = metrics
         self._on_stopped = on_stopped
         self._redis_timeout_s = redis_timeout_s
+        self._reconciler = reconciler
+        self._reconcile_asked = False
         self._watchers: dict[Watcher, None] = {}  # insertion-ordered set
         self._player: Player | None = None
         self._refused_tokens: set[str] = set()
@@ -272,7 +207,10 @@ class OrderTracker:
             # considers an order delivered once its order_paid webhook is acknowledged: the grant (or the policy's
             # decision to grant nothing) completes it.
             status = DONE
-        self._offer(status, STORED if stored else WEBHOOK, state.observed_at_ms or now_ms(), state.entitlements_granted)
+        # Reconciliation applied the order (the publication or the order hash says so): the stream says so too.
+        reconciled = state.source == RECONCILIATION_SOURCE
+        source = RECONCILIATION if reconciled else STORED if stored else WEBHOOK
+        self._offer(status, source, state.observed_at_ms or now_ms(), state.entitlements_granted)
         current = self.progress.current
         if self._withheld and not self._stopped and current is not None and current.status == DONE:
             # The provider's DONE came first and its streams wait for a grant this order will never get.
@@ -300,6 +238,8 @@ class OrderTracker:
     def _offer(self, status: int, source: int, observed_at_ms: int, granted: bool | None = None) -> None:
         if self._stopped:
             return
+        if source in (WEBSOCKET, POLLING) and status in (PAID, DONE):
+            self._reconcile(observed_at_ms)
         update = self.progress.offer(status, source, observed_at_ms, granted)
         if update is None:
             return
@@ -315,9 +255,27 @@ class OrderTracker:
         elif update.status == DONE and self._grant_timer is None:
             # The provider is done with the order; only this service's grant (a webhook) can still change the picture.
             self._cancel_task()
-            self._grant_timer = asyncio.get_running_loop().call_later(
-                self._settings.grant_wait_s, self._end_watchers, None
-            )
+            wait_s = self._settings.grant_wait_s
+            if self._reconciler is not None:
+                # A reconciliation of the order grants it up to its grace plus a margin from now: wait for it.
+                wait_s = max(wait_s, self._reconciler.due_in_s(self.project_id, self.order_id) or 0.0)
+            self._grant_timer = asyncio.get_running_loop().call_later(wait_s, self._end_watchers, None)
+
+    def _reconcile(self, paid_seen_at_ms: int) -> None:
+        """The provider reported the order paid (or done): unless this service has granted it (or withheld it by
+        policy, or it ended), the replica's reconciler applies it after the grace if no webhook does. Once per
+        tracker; the reconciler keeps one per order."""
+        current = self.progress.current
+        if (
+            self._reconciler is None
+            or self._reconcile_asked
+            or self._player is None
+            or self._withheld
+            or (current is not None and (current.entitlements_granted or current.status in (CANCELED, EXPIRED)))
+        ):
+            return
+        self._reconcile_asked = True
+        self._reconciler.submit(self._player, self.order_id, paid_seen_at_ms)
 
     # --- following the order at the provider ---------------------------------------------------------------
 

@@ -19,8 +19,10 @@ from core.order_sources import OrderSources
 from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
+from server.reconcile.tracked import TrackerReconciler
 from server.status_channel import OrderRef, OrderState, OrderStatusFeed
-from server.tracking.tracker import OrderTracker, TrackerKey, Watcher
+from server.tracking.tracker import OrderTracker, TrackerKey
+from server.tracking.watcher import Watcher
 from server.validation import OrderWatch
 
 log = structlog.get_logger("server.tracking")
@@ -36,6 +38,8 @@ class OrderTracking:
         cluster: whether `redis` is a Redis Cluster client.
         redis_timeout_s: bound on one stored-state read.
         sources: the provider's order lookup and sockets; `stop()` closes them.
+        reconciler: the replica's reconciliation of orders the provider reports paid that nobody granted (it
+            outlives the trackers; the composition root stops it); None when turned off.
     """
 
     def __init__(
@@ -47,12 +51,14 @@ class OrderTracking:
         cluster: bool,
         redis_timeout_s: float,
         sources: OrderSources,
+        reconciler: TrackerReconciler | None = None,
     ) -> None:
         self.settings = settings
         self._redis = redis
         self._metrics = metrics
         self._redis_timeout_s = redis_timeout_s
         self.sources = sources
+        self.reconciler = reconciler
         # (project, player, order) -> its tracker; the webhook feed's states name the same triple.
         self._trackers: dict[TrackerKey, OrderTracker] = {}
         # API key name -> streams it holds open on this replica (a key is absent at 0).
@@ -114,6 +120,7 @@ class OrderTracking:
                 metrics=self._metrics,
                 on_stopped=self._forget,
                 redis_timeout_s=self._redis_timeout_s,
+                reconciler=self.reconciler,
             )
             self._trackers[key] = tracker
             # Subscribes to the project's channel if no other order of it is followed here; the tracker reads

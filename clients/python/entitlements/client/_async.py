@@ -346,6 +346,11 @@ class AsyncEntitlementsClient(_BaseClient):
         (DONE, CANCELED, EXPIRED) or, once `max_wait` has passed, after a message with `timed_out` set.
         Close it early with `async with` or `aclose()`, which cancels the call.
 
+        Each update's `source` (`OrderStatusSource`) says who saw it: STORED (the state stored when the
+        stream opened), WEBHOOK (an order webhook applied), WEBSOCKET and POLLING (Xsolla's order-status
+        socket and Get order), RECONCILIATION (no webhook came: the service applied the order from Xsolla's
+        own record of it). `entitlements_granted` says whether the items are in the inventory.
+
         Args:
             order_id: Xsolla's order id.
             user_id: The player who placed the order.
