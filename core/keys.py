@@ -182,3 +182,28 @@ def applied_orders_key(project_id: int) -> str:
     """Sorted set: the orders whose order_paid this service applied, scored by when it first did (ms), so the
     sweeper can find orders applied here that the provider does not know."""
     return f"{PREFIX}:{{p:{int(project_id)}}}:applied-orders"
+
+
+def sweeper_lease_key(project_id: int) -> str:
+    """String: the holder id of the lease that lets one replica sweep the project's orders at the provider
+    (`server.reconcile.lease`); expires unless its holder renews it."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:sweeper"
+
+
+def sweep_progress_key(project_id: int) -> str:
+    """Hash: the project's sweep progress (`server.reconcile.progress`): the window being swept and the next
+    offset, the watermark, when the last sweep succeeded, the last error, when the next sweep is due."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:sweep"
+
+
+def sweep_seen_key(project_id: int) -> str:
+    """Sorted set: the orders the provider's search returned, scored by their creation (ms), so an order applied
+    here that no sweep ever saw is reported; trimmed with the order index."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:sweep-seen"
+
+
+def reconcile_reports_key(project_id: int) -> str:
+    """Hash: order id -> what the sweeper reported about it and could not settle (unresolved: nobody says whose it
+    is; mismatch: this service and the provider disagree; failed: it could not be applied), JSON; the operator's
+    list (`python -m server reconcile status`)."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:reconcile-reports"

@@ -1,4 +1,5 @@
-"""Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events | catalog]`.
+"""Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events | catalog |
+reconcile | migrate-layout]`.
 
 serve                                   run the gRPC service (the default); configured by environment variables
 hash-key [--projects IDS]               make a new random API key and print it with its configuration entry
@@ -10,36 +11,40 @@ events status                           per partition: stream length, pending an
 catalog refresh [--project N]           read the projects' catalogs from Xsolla now and keep them for the service
 catalog show [--project N]              print the catalog the service uses for a project (items, then bundles)
 migrate-layout --project ID             move a store written by key layout 1 into project ID (service stopped)
+reconcile [--from ISO --until ISO]      sweep a project's orders at Xsolla now (its stored window unless a range
+          [--dry-run]                   is given), printing what it found and did; --dry-run changes nothing
+reconcile status                        the sweeper's progress, lease and reported orders for a project
 
-`ledger`, `dead-letters` and `events` act on one project: `--project`, by default the default project. The
+`ledger`, `dead-letters`, `events` and `reconcile` act on one project: `--project`, by default the default project. The
 operator commands reach Redis as the service does (REDIS_URL, or the embedded server's data directory, which
 a running service holds locked: use REDIS_URL to inspect a live system), and refuse a store of another key layout
-as the service does (`core.layout`), except `migrate-layout`, which moves one.
+as the service does (`core.layout`), except `migrate-layout`, which moves one (`server.commands`). A bad argument
+is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, TextIO
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from core import connections, logs
-from core.connections import RedisClient, reply_text
+from core import logs
+from core.connections import reply_text
 from core.errors import ConfigError
 from core.keys import CONSUMER_GROUP
-from core.layout import LayoutMismatch, check_layout, migrate_layout
+from core.layout import LayoutMismatch, migrate_layout
 from core.lifecycle import wait_for_stop_signal
 from core.projects import project_id_problem
 from providers import xsolla as xsolla_provider
@@ -47,11 +52,13 @@ from providers.xsolla import OrderSettings as XsollaOrderSettings
 from server.app import Service
 from server.auth import ALL_PROJECTS, SCOPES, hash_key, parse_api_keys
 from server.catalog import Catalogs
+from server.commands import command_project, operator_redis
+from server.commands.reconcile import reconcile_command, reconcile_status
 from server.config import Settings
 from server.consumer import group_info
 from server.deadletters import DeadLetters
-from server.embedded import EmbeddedRedis
 from server.metrics import CatalogMetrics
+from server.reconcile import Range
 from server.store import KIND_NAMES, EntitlementStore
 
 log = structlog.get_logger("server")
@@ -95,50 +102,6 @@ async def serve(
     await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
     await service.stop()
-
-
-@contextlib.asynccontextmanager
-async def operator_redis(settings: Settings, *, check: bool = True) -> AsyncIterator[RedisClient]:
-    """A Redis client for a one-off operator command: REDIS_URL, or the embedded server started for the command.
-
-    Args:
-        check: refuse a store of another key layout (`core.layout.check_layout`), as the service does.
-
-    Raises:
-        LayoutMismatch: `check` and the store has another key layout.
-    """
-    embedded = None
-    url = settings.redis_url
-    if url is None:
-        embedded = EmbeddedRedis(settings.data_dir, appendfsync=settings.appendfsync)
-        await embedded.start()
-        url = embedded.url
-    redis = connections.connect(
-        url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s, max_connections=2
-    )
-    try:
-        if check:
-            await check_layout(redis)
-        yield redis
-    finally:
-        await redis.aclose()
-        if embedded is not None:
-            await embedded.stop()
-
-
-def command_project(settings: Settings, project_id: int | None) -> int:
-    """The project an operator command acts on: `--project`, else the default project.
-
-    Raises:
-        ConfigError: no `--project` and no default project, or a project the service does not serve.
-    """
-    if project_id is None:
-        if settings.projects.default_project is None:
-            raise ConfigError("--project is required: no default project is configured")
-        return settings.projects.default_project
-    if not settings.projects.serves(project_id):
-        raise ConfigError(f"--project {project_id} is not one of the projects of {settings.projects.source}")
-    return project_id
 
 
 async def print_ledger(settings: Settings, project_id: int, user_id: str, count: int) -> None:
@@ -288,6 +251,28 @@ async def migrate_layout_command(settings: Settings, project_id: int, *, out: Te
     return 0
 
 
+async def reconcile(
+    settings: Settings,
+    xsolla_catalog: xsolla_provider.CatalogSettings,
+    project_id: int,
+    span: Range | None,
+    *,
+    dry_run: bool,
+) -> int:
+    """Runs `reconcile run` with Xsolla's order search and catalog (`server.commands.reconcile`)."""
+    registry = CollectorRegistry()
+    return await reconcile_command(
+        settings,
+        xsolla_provider.order_search(xsolla_catalog, registry),
+        xsolla_provider.catalog_source(xsolla_catalog, registry),
+        project_id,
+        provider=xsolla_provider.PROVIDER,
+        provider_name=xsolla_provider.NAME,
+        span=span,
+        dry_run=dry_run,
+    )
+
+
 def _project_id(text: str) -> int:
     """A project id (argparse type)."""
     value = int(text) if text.isascii() and text.isdigit() else -1
@@ -304,8 +289,38 @@ def _entry_id(text: str) -> str:
     return text
 
 
+def _instant(text: str) -> int:
+    """An ISO 8601 date-time, UTC unless it names an offset, as ms since the epoch (argparse type)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date-time like 2026-05-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _reconcile_span(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Range | None:
+    """The range of `reconcile --from --until`, or None for the stored window; exits through `parser.error` when
+    only one bound is given or the range ends before it starts."""
+    if args.start is None and args.until is None:
+        return None
+    if args.start is None or args.until is None:
+        parser.error("--from and --until go together")
+    if args.until <= args.start:
+        parser.error("--until must be after --from")
+    return Range(args.start, args.until)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Xsolla entitlement service")
+    parser = CommandParser(prog="python -m server", description="Xsolla entitlement service")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the gRPC service (default)")
     hash_parser = commands.add_parser("hash-key", help="make a new API key and print its configuration entry")
@@ -351,7 +366,21 @@ def main(argv: list[str] | None = None) -> int:
         "where it stopped.",
     )
     migrate_parser.add_argument("--project", type=_project_id, required=True, help="the project the data belongs to")
+    reconcile_parser = commands.add_parser(
+        "reconcile",
+        help="sweep a project's orders at Xsolla now, or print the sweeper's status",
+        description="run: one sweep of the project's orders at Xsolla now, over --from..--until (orders created "
+        "then) or else the stored window, taking the project's sweeper lease; prints each order, its status at "
+        "Xsolla, its player or why it has none, and the action. status: the sweeper's progress, lease and the "
+        "orders it reported.",
+    )
+    reconcile_parser.add_argument("action", nargs="?", choices=("run", "status"), default="run")
+    reconcile_parser.add_argument("--project", type=_project_id, help=project_help)
+    reconcile_parser.add_argument("--from", dest="start", type=_instant, help="ISO 8601, UTC unless an offset")
+    reconcile_parser.add_argument("--until", type=_instant, help="ISO 8601, UTC unless an offset")
+    reconcile_parser.add_argument("--dry-run", action="store_true", help="append, record and report nothing")
     args = parser.parse_args(argv)
+    span = _reconcile_span(reconcile_parser, args) if args.command == "reconcile" else None
 
     if args.command == "hash-key":
         key = secrets.token_urlsafe(32)
@@ -374,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in (None, "serve"):
             settings.check_servable()
         project_id = 0
-        if args.command in ("ledger", "dead-letters", "events"):
+        if args.command in ("ledger", "dead-letters", "events", "reconcile"):
             project_id = command_project(settings, args.project)
         elif args.command == "catalog" and args.project is not None:
             command_project(settings, args.project)  # a project the service serves
@@ -396,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(migrate_layout_command(settings, args.project))
         if args.command == "catalog":
             return asyncio.run(catalog_command(settings, xsolla_catalog, args.action, args.project))
+        if args.command == "reconcile" and args.action == "status":
+            return asyncio.run(reconcile_status(settings, project_id))
+        if args.command == "reconcile":
+            return asyncio.run(reconcile(settings, xsolla_catalog, project_id, span, dry_run=args.dry_run))
         asyncio.run(serve(settings, xsolla, xsolla_catalog))
     except LayoutMismatch as exc:
         print(f"store refused: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ from core.eventlog import EventLog
 from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
+from core.reconciliation import OrderSearch
 from entitlements.v1 import entitlements_pb2 as pb
 from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
@@ -48,7 +49,7 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
-from server.reconcile import OrderIndex, TrackerReconciler
+from server.reconcile import OrderIndex, Pacer, Sweeper, SweepParts, SweepRecords, TrackerReconciler
 from server.rpc import RpcRuntime, add_service
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
@@ -99,6 +100,7 @@ class Service:
         order_sources: another provider's order sources, instead of Xsolla's (closed by `stop`).
         xsolla_catalog: how to reach Xsolla's admin catalog API, when the provider is Xsolla's (the default).
         catalog_source: another provider's catalog source, instead of Xsolla's (closed by `stop`).
+        order_search: another provider's admin order search, for the sweeper (closed by `stop`); None: none.
         consumer_hooks: fault-injection seams for the event consumer (tests only).
     """
 
@@ -110,6 +112,7 @@ class Service:
         order_sources: OrderSources | None = None,
         xsolla_catalog: xsolla_provider.CatalogSettings | None = None,
         catalog_source: CatalogSource | None = None,
+        order_search: OrderSearch | None = None,
         consumer_hooks: ConsumerHooks | None = None,
     ) -> None:
         # One default project for the service and Xsolla's order sources: the projects', or else (settings made
@@ -127,7 +130,9 @@ class Service:
         self.catalog_source = catalog_source or xsolla_provider.catalog_source(
             xsolla_catalog or xsolla_provider.CatalogSettings(), self.registry
         )
+        self.order_search = order_search
         self.catalogs: Catalogs | None = None
+        self.sweeper: Sweeper | None = None
         self.embedded: EmbeddedRedis | None = None
         self.supervisor: EmbeddedSupervisor | None = None
         self._embedded_metrics = EmbeddedStoreMetrics(self.registry) if settings.redis_url is None else None
@@ -232,6 +237,7 @@ class Service:
             )
             self.tracking.start()
             grpc_port = await self._start_grpc(self.store, self.tracking, self.catalogs)
+            self._start_sweeper(self.redis, self.event_log, self.order_index, self.catalogs)
             self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
             if settings.consumer.enabled:
                 await self._start_consumer(redis_url, self.redis, self.store, self.catalogs)
@@ -288,6 +294,32 @@ class Service:
             hooks=self._consumer_hooks,
         )
         await self.consumer.start()
+
+    def _start_sweeper(
+        self, redis: RedisClient, event_log: EventLog, order_index: OrderIndex, catalogs: Catalogs
+    ) -> None:
+        """Starts the periodic sweep of the projects' orders at the provider (`server.reconcile.sweeper`)."""
+        settings = self.settings
+        if self.order_search is None or not settings.reconcile.sweeper_enabled:
+            return
+        reconcile = settings.reconcile
+        parts = SweepParts(
+            redis=redis,
+            search=self.order_search,
+            event_log=event_log,
+            index=order_index,
+            records=SweepRecords(redis, timeout_s=settings.redis_timeout_s),
+            catalogs=catalogs,
+            metrics=self.metrics,
+            pacer=Pacer(reconcile.requests_per_s),
+            provider=xsolla_provider.PROVIDER,
+            overlap_s=reconcile.overlap_s,
+            max_wait_s=reconcile.sweep_interval_s,
+            retention_ms=int(reconcile.index_retention_days * 86_400_000),
+            timeout_s=settings.redis_timeout_s,
+        )
+        self.sweeper = Sweeper(parts, settings.projects, reconcile)
+        self.sweeper.start()
 
     async def _start_grpc(self, store: EntitlementStore, tracking: OrderTracking, catalogs: Catalogs) -> int:
         settings = self.settings
@@ -353,6 +385,10 @@ class Service:
         """Stops gracefully: the consumer finishes the batch it is applying (up to `grace_s`), NOT_SERVING,
         in-flight RPCs finish (up to `grace_s`), then Redis closes."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.sweeper is not None:
+            # Its progress is saved after every page; stopping releases the lease for another replica.
+            await self.sweeper.stop()
+            self.sweeper = None
         if self.consumer is not None:
             await self.consumer.stop(grace)
             self.consumer = None
@@ -383,6 +419,8 @@ class Service:
             self.catalogs = None
         elif self.catalog_source is not None:
             await self.catalog_source.close()
+        if self.order_search is not None:
+            await self.order_search.close()
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

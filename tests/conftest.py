@@ -47,11 +47,11 @@ async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Re
 @pytest.fixture
 async def service_factory() -> AsyncIterator[ServiceFactory]:
     """Starts services with `base_settings(**overrides)` (and `xsolla=`, `order_sources=`, `xsolla_catalog=`,
-    `catalog_source=` for the provider); stops them all at the end of the test."""
+    `catalog_source=`, `order_search=` for the provider); stops them all at the end of the test."""
     started: list[Service] = []
 
     async def start(**overrides: Any) -> Service:
-        provider_keys = ("xsolla", "order_sources", "xsolla_catalog", "catalog_source")
+        provider_keys = ("xsolla", "order_sources", "xsolla_catalog", "catalog_source", "order_search")
         provider = {key: overrides.pop(key) for key in provider_keys if key in overrides}
         service = Service(base_settings(**overrides), **provider)
         await service.start()

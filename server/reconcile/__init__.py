@@ -4,19 +4,41 @@
   catalog), appended to the event log like a webhook;
 - `index`: which player each order belongs to and which orders were applied here, per project;
 - `tracked`: the tracker's reconciliation (`TrackerReconciler`): an order a GetOrderStatus stream saw paid at the
-  provider, that no webhook brought within a grace period, applied from the provider's Get order.
+  provider, that no webhook brought within a grace period, applied from the provider's Get order;
+- `sweep`, `sweeper`: the periodic sweep of each project's orders at the provider (one sweep; the loops that run
+  them, one replica at a time);
+- `lease`, `progress`: the sweeper's lease, and what it keeps in Redis (progress, orders seen, reports).
 """
 
 from server.reconcile.index import AUTHORITATIVE, CLAIM, OrderIndex, OrderOwner
+from server.reconcile.lease import Lease, LeaseLost
 from server.reconcile.orders import order_event, order_lines, reconciled_event_id
+from server.reconcile.progress import Report, SweepProgress, SweepRecords
+from server.reconcile.sweep import Finding, OrderSweep, Pacer, SweepOutcome, SweepParts, Window
+from server.reconcile.sweeper import LeaseBusy, Range, Sweeper, describe
 from server.reconcile.tracked import TrackerReconciler
 
 __all__ = [
     "AUTHORITATIVE",
     "CLAIM",
+    "Finding",
+    "Lease",
+    "LeaseBusy",
+    "LeaseLost",
     "OrderIndex",
     "OrderOwner",
+    "OrderSweep",
+    "Pacer",
+    "Range",
+    "Report",
+    "SweepOutcome",
+    "SweepParts",
+    "SweepProgress",
+    "SweepRecords",
+    "Sweeper",
     "TrackerReconciler",
+    "Window",
+    "describe",
     "order_event",
     "order_lines",
     "reconciled_event_id",

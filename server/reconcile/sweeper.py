@@ -1,0 +1,227 @@
+"""The sweeper: every project with admin API credentials swept every `sweep_interval_s`, one replica at a time.
+
+Each replica runs one loop per such project (the projects file's list; a deployment serving any project has no
+list to sweep). A loop reads the project's stored progress (`server.reconcile.progress`) and sleeps until the
+next sweep is due; then it tries to take the project's lease (`server.reconcile.lease`). The replica that takes it
+sweeps (`server.reconcile.sweep`); the others find it taken and look again a third of a lease later, so when the
+holder dies its lease expires and another replica takes over, resuming the window at the offset saved after the
+last page. Every replica reports the last success from the stored progress.
+
+The window: the first sweep of a project reads the last `first_window_h` hours; each later one starts at the stored
+watermark (the end of the last window swept to its end) minus `overlap_s`, and ends now. A sweep that fails keeps
+its window and offset (retried at the next interval); one refused by the provider says to fix the credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from core.errors import ConfigError, StoreUnavailable
+from core.projects import Project, Projects
+from core.reconciliation import SearchError, SearchRefused
+from server.config import ReconcileSettings
+from server.reconcile.lease import RENEWALS_PER_LEASE, Lease, LeaseLost
+from server.reconcile.sweep import OrderSweep, SweepOutcome, SweepParts, Window, iso, now_ms
+
+log = structlog.get_logger("server.reconcile")
+
+#: How long a loop waits after Redis did not answer before it looks again.
+_STORE_RETRY_S: Final = 5.0
+
+
+class LeaseBusy(Exception):
+    """Another holder sweeps the project now."""
+
+    def __init__(self, project_id: int, holder: str, remaining_ms: int) -> None:
+        super().__init__(
+            f"project {project_id} is being swept by {holder} (its lease ends in {remaining_ms / 1000:.1f} s "
+            "unless renewed): try again later"
+        )
+        self.holder = holder
+        self.remaining_ms = remaining_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """An explicit creation-date range for one sweep (the operator's), in ms since the epoch."""
+
+    from_ms: int
+    until_ms: int
+
+
+def describe(exc: BaseException) -> str:
+    """A failure as one line for logs, the stored progress and the operator."""
+    if isinstance(exc, SearchRefused):
+        return f"the provider refused the project's credentials ({exc}): fix its api_key and api_user"
+    if isinstance(exc, ConfigError):
+        return f"the project's credentials cannot be used: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+class Sweeper:
+    """Runs the periodic sweeps of this replica, and one sweep on demand (the operator's command).
+
+    Args:
+        parts: what a sweep works with.
+        projects: the projects served; those listed whose search is configured are swept.
+        settings: the reconciliation settings.
+    """
+
+    def __init__(self, parts: SweepParts, projects: Projects, settings: ReconcileSettings) -> None:
+        self._parts = parts
+        self._sweep = OrderSweep(parts)
+        self._projects = projects
+        self._settings = settings
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def swept(self) -> list[Project]:
+        """The projects this replica sweeps: listed, with what the provider's search needs."""
+        return [p for p in self._projects.projects.values() if self._parts.search.configured(p)]
+
+    def start(self) -> None:
+        """Starts one loop per swept project."""
+        swept = self.swept
+        unswept = [p.label for p in self._projects.projects.values() if p not in swept]
+        log.info(
+            "sweeper_started",
+            projects=[p.label for p in swept],
+            without_credentials=unswept or None,
+            interval_s=self._settings.sweep_interval_s,
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._loop(project), name=f"sweeper-{project.id}") for project in swept]
+
+    async def stop(self) -> None:
+        """Stops the loops; a sweep under way stops at once and releases its lease (its progress is saved)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def sweep_once(
+        self, project: Project, span: Range | None = None, *, dry_run: bool = False, collect: bool = True
+    ) -> SweepOutcome:
+        """One sweep of `project` now, over `span` or else the stored window (the operator's command).
+
+        Raises:
+            LeaseBusy: another holder sweeps the project.
+            LeaseLost, SearchError, ConfigError, StoreUnavailable: the sweep failed (see `describe`).
+        """
+        lease = self._lease(project)
+        if not await lease.acquire():
+            current = await lease.current()
+            holder, remaining = current or ("another holder", 0)
+            raise LeaseBusy(project.id, holder, remaining)
+        return await lease.run(self._guarded(project, lease, span, dry_run=dry_run, collect=collect))
+
+    def _lease(self, project: Project) -> Lease:
+        return Lease(self._parts.redis, project.id, lease_s=self._settings.lease_s, timeout_s=self._parts.timeout_s)
+
+    async def _loop(self, project: Project) -> None:
+        interval_s = self._settings.sweep_interval_s
+        while True:
+            try:
+                wait_s = await self._attempt(project)
+            except StoreUnavailable as exc:
+                log.warning("sweeper_store_unavailable", project=project.label, error=str(exc))
+                wait_s = _STORE_RETRY_S
+            except Exception:
+                log.exception("sweeper_failed_unexpectedly", project=project.label)
+                wait_s = interval_s
+            # A little jitter, so that replicas started together do not all ask for the lease at once.
+            await asyncio.sleep(max(0.01, min(wait_s, interval_s)) * random.uniform(1.0, 1.1))
+
+    async def _attempt(self, project: Project) -> float:
+        """Sweeps when due and the lease is free; returns how long to wait before looking again."""
+        pid = project.id
+        progress = await self._parts.records.progress(pid)
+        self._parts.metrics.reconcile_last_success.labels(str(pid)).set(progress.last_success_ms / 1000)
+        due_in_s = (progress.next_due_ms - now_ms()) / 1000
+        if due_in_s > 0:
+            return due_in_s
+        lease = self._lease(project)
+        if not await lease.acquire():
+            # Someone sweeps; if it died, its lease expires within lease_s.
+            return self._settings.lease_s / RENEWALS_PER_LEASE
+        sweeps = self._parts.metrics.reconcile_sweeps
+        try:
+            outcome = await lease.run(self._periodic(project, lease))
+        except LeaseLost as exc:
+            sweeps.labels(str(pid), "lost_lease").inc()
+            log.warning("sweep_lost_lease", project=project.label, error=str(exc))
+            return self._settings.lease_s / RENEWALS_PER_LEASE
+        except (SearchError, ConfigError, StoreUnavailable) as exc:
+            refused = isinstance(exc, SearchRefused | ConfigError)
+            sweeps.labels(str(pid), "refused" if refused else "failed").inc()
+            (log.error if refused else log.warning)(
+                "sweep_refused" if refused else "sweep_failed", project=project.label, error=describe(exc)
+            )
+            return self._settings.sweep_interval_s
+        if outcome is None:
+            return 0.0  # another replica finished a sweep meanwhile: look at its next due time
+        sweeps.labels(str(pid), "ok").inc()
+        self._parts.metrics.reconcile_last_success.labels(str(pid)).set(now_ms() / 1000)
+        log.info(
+            "sweep_finished",
+            project=project.label,
+            window=f"{iso(outcome.window.from_ms)}..{iso(outcome.window.until_ms)}",
+            pages=outcome.pages,
+            **dict(outcome.counts),
+        )
+        return self._settings.sweep_interval_s
+
+    async def _periodic(self, project: Project, lease: Lease) -> SweepOutcome | None:
+        """The due sweep, under the lease; None when another replica swept meanwhile."""
+        if (await self._parts.records.progress(project.id)).next_due_ms > now_ms():
+            return None
+        return await self._guarded(project, lease, None, dry_run=False, collect=False)
+
+    async def _guarded(
+        self, project: Project, lease: Lease, span: Range | None, *, dry_run: bool, collect: bool
+    ) -> SweepOutcome:
+        """One sweep under `lease`; a stored window's failure is recorded in the progress."""
+        records = self._parts.records
+        interval_ms = int(self._settings.sweep_interval_s * 1000)
+        stored = span is None and not dry_run
+        try:
+            window = await self._window(project, lease, span, dry_run)
+            outcome = await self._sweep.run(project, window, lease, dry_run=dry_run, collect=collect)
+            if stored:
+                now = now_ms()
+                await records.finished(lease, project.id, window.until_ms, now, now + interval_ms)
+        except (SearchError, ConfigError, StoreUnavailable) as exc:
+            if stored:
+                now = now_ms()
+                await records.failed(lease, project.id, describe(exc), now, now + interval_ms)
+            raise
+        return outcome
+
+    async def _window(self, project: Project, lease: Lease, span: Range | None, dry_run: bool) -> Window:
+        """The window to sweep: `span`, the stored one under way, or a new one from the watermark (or the first)."""
+        if span is not None:
+            return Window(span.from_ms, span.until_ms)
+        records = self._parts.records
+        progress = await records.progress(project.id)
+        now = now_ms()
+        continues = progress.watermark_ms is not None
+        if progress.window_from_ms is not None and progress.window_until_ms is not None:
+            if not dry_run:
+                await records.resume(lease, project.id, now)
+                log.info("sweep_resumed", project=project.label, offset=progress.offset)
+            return Window(progress.window_from_ms, progress.window_until_ms, progress.offset, True, continues)
+        if progress.watermark_ms is not None:
+            start = progress.watermark_ms - int(self._settings.overlap_s * 1000)
+        else:
+            start = now - int(self._settings.first_window_h * 3_600_000)
+        if not dry_run:
+            await records.begin(lease, project.id, start, now, now)
+        return Window(start, now, 0, True, continues)
