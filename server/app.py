@@ -1,18 +1,20 @@
 """The composition root of the service process: settings -> Redis -> store -> gRPC server, start and stop.
 
-It chooses the payment provider whose orders GetOrderStatus follows and whose admin catalog the projects' catalogs
-are read from: Xsolla's (`providers.xsolla`), built from its settings, unless a caller hands in other
-`core.order_sources.OrderSources` or another `core.catalogs.CatalogSource`.
+It chooses the payment provider whose orders GetOrderStatus follows, whose admin catalog the projects' catalogs
+are read from, and whose admin order search the sweeper reads: Xsolla's (`providers.xsolla`), built from its
+settings, unless a caller hands in other `core.order_sources.OrderSources`, another `core.catalogs.CatalogSource`
+or another `core.reconciliation.OrderSearch`.
 
 Start order: the embedded Redis (when no REDIS_URL), the Redis client, the key layout's check (`core.layout`: a
 store written with another layout is refused), the metrics endpoint, the catalogs (read in the background), the
 tracker's reconciliation (`server.reconcile.tracked`, unless turned off), order tracking (its Redis
-subscription), the gRPC server (EntitlementService, health, reflection), then the webhook event consumer. Stop
-order is the reverse, gracefully: the consumer stops reading and finishes the batch it is applying,
-GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health goes
-NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period, pending
-reconciliations are dropped (the sweeper is the backstop), order tracking closes its sockets and subscription,
-the catalogs stop their reads, then Redis closes.
+subscription), the gRPC server (EntitlementService, health, reflection), the sweeper (`server.reconcile.sweeper`,
+unless turned off), then the webhook event consumer. Stop order is the reverse, gracefully: the sweeper stops (its
+progress is saved after every page; its lease is released), the consumer stops reading and finishes the batch it
+is applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health
+goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period,
+pending reconciliations are dropped (the sweeper is the backstop), order tracking closes its sockets and
+subscription, the catalogs stop their reads, then Redis closes.
 The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
 supervisor stops first, so a stop never races a restart.
 """
@@ -100,7 +102,8 @@ class Service:
         order_sources: another provider's order sources, instead of Xsolla's (closed by `stop`).
         xsolla_catalog: how to reach Xsolla's admin catalog API, when the provider is Xsolla's (the default).
         catalog_source: another provider's catalog source, instead of Xsolla's (closed by `stop`).
-        order_search: another provider's admin order search, for the sweeper (closed by `stop`); None: none.
+        order_search: another provider's admin order search, for the sweeper, instead of Xsolla's (closed by
+            `stop`).
         consumer_hooks: fault-injection seams for the event consumer (tests only).
     """
 
@@ -127,10 +130,10 @@ class Service:
         self.order_sources = order_sources or xsolla_provider.order_sources(xsolla, self.registry)
         # The provider's name in the ids of the events reconciliation appends (webhooks' ids start with it too).
         self.provider = xsolla_provider.PROVIDER if order_sources is None else order_sources.name.lower()
-        self.catalog_source = catalog_source or xsolla_provider.catalog_source(
-            xsolla_catalog or xsolla_provider.CatalogSettings(), self.registry
-        )
-        self.order_search = order_search
+        admin = xsolla_catalog or xsolla_provider.CatalogSettings()
+        self.catalog_source = catalog_source or xsolla_provider.catalog_source(admin, self.registry)
+        # The sweeper searches the projects with admin API credentials (no request before the first sweep).
+        self.order_search = order_search or xsolla_provider.order_search(admin, self.registry)
         self.catalogs: Catalogs | None = None
         self.sweeper: Sweeper | None = None
         self.embedded: EmbeddedRedis | None = None
@@ -300,7 +303,7 @@ class Service:
     ) -> None:
         """Starts the periodic sweep of the projects' orders at the provider (`server.reconcile.sweeper`)."""
         settings = self.settings
-        if self.order_search is None or not settings.reconcile.sweeper_enabled:
+        if not settings.reconcile.sweeper_enabled:
             return
         reconcile = settings.reconcile
         parts = SweepParts(
@@ -312,7 +315,7 @@ class Service:
             catalogs=catalogs,
             metrics=self.metrics,
             pacer=Pacer(reconcile.requests_per_s),
-            provider=xsolla_provider.PROVIDER,
+            provider=self.provider,
             overlap_s=reconcile.overlap_s,
             max_wait_s=reconcile.sweep_interval_s,
             retention_ms=int(reconcile.index_retention_days * 86_400_000),
@@ -419,8 +422,7 @@ class Service:
             self.catalogs = None
         elif self.catalog_source is not None:
             await self.catalog_source.close()
-        if self.order_search is not None:
-            await self.order_search.close()
+        await self.order_search.close()
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

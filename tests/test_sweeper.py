@@ -1,132 +1,203 @@
-"""The sweeper: orders paid at the provider that no webhook brought are applied, canceled ones undone, orders it
-cannot settle reported; one replica at a time, resuming where a dead one stopped."""
+"""The sweeper against the simulator's admin order search over real sockets, with the real gateway, consumer and
+Redis: orders paid with every webhook lost are granted once, canceled ones undone, orders it cannot settle
+reported; its lease, pacing and rate limits; the operator command."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
-from core.order_sources import ReportedStatus
-from core.projects import Project
-from core.reconciliation import ProviderOrder, ProviderOrderItem, SearchPage, SearchRateLimited
-from entitlements import AsyncEntitlementsClient
-from entitlements.v1 import entitlements_pb2 as pb
+from providers.xsolla import CatalogSettings
 from server.app import Service
-from server.config import ReconcileSettings
 from server.embedded import EmbeddedRedis
+from server.reconcile import AUTHORITATIVE, CLAIM, Lease, LeaseLost, OrderIndex, SweepRecords
 from tests.helpers.events import consumer_settings, drained, event_log, order_event, store_of
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
+from tests.helpers.sweeps import SWEPT, orders, pay, quantity, reconcile, shop_context, swept
 from tests.helpers.waiting import eventually
-
-PAID = ReportedStatus(int(pb.ORDER_STATUS_PAID), "paid")
-DONE = ReportedStatus(int(pb.ORDER_STATUS_DONE), "done")
-CANCELED = ReportedStatus(int(pb.ORDER_STATUS_CANCELED), "canceled")
-NEW = ReportedStatus(int(pb.ORDER_STATUS_NEW), "new")
+from xsolla_simulator import XsollaSimulator
+from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
 
-class ScriptedSearch:
-    """An order search over orders held in memory, paged as the provider pages (an OrderSearch)."""
-
-    max_page_size = 10
-
-    def __init__(self) -> None:
-        self.orders: dict[str, ProviderOrder] = {}
-        self.requests: list[tuple[int, float]] = []
-        self.rate_limited: list[float] = []
-
-    def configured(self, project: Project) -> bool:
-        return True
-
-    def add(self, order: ProviderOrder) -> None:
-        self.orders[order.order_id] = order
-
-    async def search(
-        self, project: Project, created_from_ms: int, created_until_ms: int, *, offset: int, limit: int
-    ) -> SearchPage:
-        self.requests.append((offset, time.monotonic()))
-        if self.rate_limited:
-            raise SearchRateLimited("429", self.rate_limited.pop(0))
-        matching = sorted(
-            (o for o in self.orders.values() if created_from_ms <= o.created_at_ms <= created_until_ms),
-            key=lambda o: (o.created_at_ms, o.order_id),
-        )
-        page = matching[offset : offset + limit]
-        return SearchPage(tuple(page), offset + len(page) < len(matching), len(matching))
-
-    async def close(self) -> None:
-        pass
+@pytest.fixture
+async def simulators() -> AsyncIterator[SimulatorFactory]:
+    async with simulator_factory_context() as make:
+        yield make
 
 
-def paid(order_id: str, user: str = "", *items: ProviderOrderItem, status: ReportedStatus = PAID) -> ProviderOrder:
-    return ProviderOrder(
-        PROJECT,
-        order_id,
-        status,
-        user_id=user,
-        created_at_ms=int(time.time() * 1000) - 60_000,
-        items=items or (ProviderOrderItem("gold", 10, "virtual_currency"),),
-    )
-
-
-def reconcile(**overrides: Any) -> ReconcileSettings:
-    settings = ReconcileSettings(sweep_interval_s=1.0, requests_per_s=200.0, lease_s=1.0, overlap_s=0.0)
-    return replace(settings, **overrides)
-
-
-async def quantity(client: AsyncEntitlementsClient, user: str, sku: str) -> int:
-    check = await client.check_entitlement(user, sku)
-    return check.entitlement.quantity if check.HasField("entitlement") else 0
+@pytest.fixture
+async def shop(redis_server: EmbeddedRedis, simulators: SimulatorFactory) -> AsyncIterator[XsollaSimulator]:
+    """The simulator, its webhooks sent to a real gateway on the test's Redis (`tests.helpers.sweeps`)."""
+    async with shop_context(redis_server.url, simulators) as sim:
+        yield sim
 
 
 async def sweeping(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, search: ScriptedSearch, **overrides: Any
+    service_factory: ServiceFactory, redis_server: EmbeddedRedis, sim: XsollaSimulator, **overrides: Any
 ) -> Service:
+    """A consuming service that sweeps the simulator's orders."""
     return await service_factory(
-        redis_url=redis_server.url, order_search=search, reconcile=reconcile(**overrides), **consumer_settings()
+        redis_url=redis_server.url,
+        xsolla_catalog=CatalogSettings(admin_api=sim.store_api_url, http_timeout_s=5.0),
+        reconcile=reconcile(**overrides),
+        **consumer_settings(SWEPT),
     )
 
 
-async def test_paid_orders_without_webhooks_are_granted_once_and_canceled_ones_undone(
+async def grants_per_order(service: Service, users: list[str]) -> Counter[str]:
+    """How many grant entries each order has on its players' ledgers."""
+    counted: Counter[str] = Counter()
+    for user in users:
+        for entry in await store_of(service).ledger(PROJECT, user, 10_000):
+            if entry.fields["op"] == "grant":
+                counted[entry.fields["order_id"]] += 1
+    return counted
+
+
+async def test_paid_orders_whose_webhooks_were_lost_are_granted_once_and_canceled_ones_undone(
     service_factory: ServiceFactory,
     redis_server: EmbeddedRedis,
     redis_client: aioredis.Redis,
     client_factory: ClientFactory,
+    shop: XsollaSimulator,
 ) -> None:
-    """Paid orders no webhook brought are granted by the sweep, exactly; late webhooks replay; cancels undo."""
-    search = ScriptedSearch()
-    for n in range(25):
-        search.add(paid(f"{n}", f"player-{n % 5}"))
-    service = await sweeping(service_factory, redis_server, search, overlap_s=600.0)
+    """200 orders paid with every webhook lost are all granted by the first sweep; the webhooks delivered late
+    double nothing; orders then canceled at the provider (webhooks lost too) are undone by the next sweep, exactly."""
+    users = [f"player-{n}" for n in range(20)]
+    shop.drop_webhooks(share=1.0)
+    ids = [await pay(shop, users[n % 20]) for n in range(200)]
+    assert len(shop.dropped()) == 200
+    service = await sweeping(service_factory, redis_server, shop, sweep_interval_s=2.0)
     client = await client_factory(service)
-    await eventually(
-        lambda: sample(service, "entitlements_reconcile_sweeps_total", project=str(PROJECT), result="ok") >= 1,
-        what="a sweep",
-    )
+    await eventually(lambda: swept(service) >= 1, what="the first sweep")
+    assert orders(service, "applied") == 200
     await drained(redis_client)
-    for user in range(5):
-        assert await quantity(client, f"player-{user}", "gold") == 50
-    log = event_log(redis_client)
-    for n in range(25):
-        await log.append(order_event("paid", f"{n}", f"player-{n % 5}", [("gold", 10, "virtual_currency")]), b"{}")
+    assert [await quantity(client, user) for user in users] == [100] * 20
+    assert sample(service, "entitlements_payment_to_grant_seconds_count", source="sweeper") == 200
+
+    shop.stop_dropping()
+    assert len(await shop.deliver_dropped()) == 200
     await drained(redis_client)
-    for user in range(5):
-        assert await quantity(client, f"player-{user}", "gold") == 50
-    for n in range(5):
-        search.add(replace(search.orders[str(n)], status=CANCELED))
-    await eventually(
-        lambda: (
-            sample(
-                service, "entitlements_reconcile_orders_total", project=str(PROJECT), source="sweeper", result="undone"
-            )
-            == 5
-        ),
-        what="5 undone",
-    )
+    assert [await quantity(client, user) for user in users] == [100] * 20
+    assert sample(service, "entitlements_events_total", type="order_paid", result="replayed") == 200
+
+    shop.drop_webhooks(share=1.0)
+    for order_id in ids[:30]:
+        await shop.set_status(int(order_id), "canceled")
+    await eventually(lambda: orders(service, "undone") == 30, what="30 orders undone")
     await drained(redis_client)
-    for user in range(5):
-        assert await quantity(client, f"player-{user}", "gold") == 40
-    ledger = await store_of(service).ledger(PROJECT, "player-0")
-    assert {e.fields["actor"] for e in ledger} == {"reconciler"}
+    expected = [100 - 10 * sum(1 for n in range(30) if n % 20 == u) for u in range(20)]
+    assert [await quantity(client, user) for user in users] == expected
+    assert await grants_per_order(service, users) == Counter(dict.fromkeys(ids, 1))
+    assert orders(service, "mismatch") == orders(service, "unresolved") == orders(service, "failed") == 0
+
+
+async def test_without_user_id_the_known_player_is_used_and_the_rest_reported(
+    service_factory: ServiceFactory,
+    redis_server: EmbeddedRedis,
+    redis_client: aioredis.Redis,
+    client_factory: ClientFactory,
+    shop: XsollaSimulator,
+) -> None:
+    """With `user.id` absent, orders whose player the index knows (a stream's claim, a webhook's record) are applied;
+    an unknown player or disagreeing claims leave the order unresolved, reported, never applied."""
+    shop.order_search.include_user_id = False
+    shop.drop_webhooks(share=1.0)
+    claimed, recorded, unknown, disputed = [await pay(shop, f"buyer-{n}") for n in range(4)]
+    index = OrderIndex(redis_client, timeout_s=2.0)
+    await index.record(PROJECT, claimed, "buyer-0", authority=CLAIM, applied=False, now_ms=1)
+    await index.record(PROJECT, recorded, "buyer-1", authority=AUTHORITATIVE, applied=False, now_ms=1)
+    for user in ("buyer-3", "someone-else"):
+        await index.record(PROJECT, disputed, user, authority=CLAIM, applied=False, now_ms=1)
+    service = await sweeping(service_factory, redis_server, shop)
+    client = await client_factory(service)
+    await eventually(lambda: swept(service) >= 1, what="a sweep")
+    await drained(redis_client)
+    assert [await quantity(client, f"buyer-{n}") for n in range(4)] == [10, 10, 0, 0]
+    assert orders(service, "unresolved") == 2
+    reports = {r.order_id: r for r in await SweepRecords(redis_client, timeout_s=2.0).reports(PROJECT)}
+    assert set(reports) == {unknown, disputed}
+    assert {r.result for r in reports.values()} == {"unresolved"}
+    assert "never guessed" in reports[unknown].why
+
+
+async def test_an_order_applied_here_that_the_provider_does_not_know_is_reported_not_touched(
+    service_factory: ServiceFactory,
+    redis_server: EmbeddedRedis,
+    redis_client: aioredis.Redis,
+    client_factory: ClientFactory,
+    shop: XsollaSimulator,
+) -> None:
+    """An order applied here that the provider's search never returns is a mismatch, reported; its grant stays."""
+    service = await sweeping(service_factory, redis_server, shop, overlap_s=0.0)
+    client = await client_factory(service)
+    await eventually(lambda: swept(service) >= 1, what="a first sweep")
+    await event_log(redis_client).append(order_event("paid", "990001", "ghost", [("gold", 7)]), b"{}")
+    await drained(redis_client)
+    await eventually(lambda: orders(service, "mismatch") >= 1, what="the mismatch to be reported")
+    reports = await SweepRecords(redis_client, timeout_s=2.0).reports(PROJECT)
+    assert [(r.order_id, r.result, r.player) for r in reports] == [("990001", "mismatch", "ghost")]
+    assert await quantity(client, "ghost") == 7
+
+
+async def test_rate_limits_are_waited_out_and_the_request_rate_is_kept(
+    service_factory: ServiceFactory,
+    redis_server: EmbeddedRedis,
+    redis_client: aioredis.Redis,
+    client_factory: ClientFactory,
+    shop: XsollaSimulator,
+) -> None:
+    """A 429 is retried no sooner than its Retry-After, for the same page; requests are spaced by requests_per_s."""
+    shop.drop_webhooks(share=1.0)
+    for n in range(40):
+        await pay(shop, f"payer-{n % 4}")
+    shop.order_search.rate_limit(per_s=1.0, burst=2)
+    service = await sweeping(service_factory, redis_server, shop, requests_per_s=4.0, sweep_interval_s=60.0)
+    client = await client_factory(service)
+    await eventually(lambda: swept(service) >= 1, timeout_s=30.0, what="a sweep through the rate limit")
+    await drained(redis_client)
+    assert [await quantity(client, f"payer-{n}") for n in range(4)] == [100] * 4
+    calls = shop.order_search.calls_for(PROJECT)
+    limited = [n for n, call in enumerate(calls) if call.status == 429]
+    assert limited, "the simulator's rate limit never answered 429"
+    for n in limited:
+        assert calls[n + 1].offset == calls[n].offset
+        assert calls[n + 1].at - calls[n].at >= 1.0 - 0.01
+    assert all(later.at - earlier.at >= 0.25 - 0.01 for earlier, later in itertools.pairwise(calls))
+    assert sorted(call.offset or 0 for call in calls if call.status == 200) == [0, 10, 20, 30]
+
+
+async def test_a_holder_that_loses_its_lease_stops_at_once_and_writes_no_progress(
+    redis_client: aioredis.Redis,
+) -> None:
+    """One holder at a time; a holder whose lease was taken stops its work and cannot move the progress."""
+    first = Lease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
+    second = Lease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
+    assert await first.acquire()
+    assert not await second.acquire()
+    records = SweepRecords(redis_client, timeout_s=1.0)
+    await records.begin(first, PROJECT, 0, 1_000, 1)
+    stopped = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.set()
+
+    running = asyncio.ensure_future(first.run(work()))
+    await asyncio.sleep(0)
+    await redis_client.set(first.key, second.holder, px=60_000)  # taken over, as after a long pause
+    with pytest.raises(LeaseLost, match="another replica"):
+        await running
+    assert stopped.is_set()
+    with pytest.raises(LeaseLost):
+        await records.advanced(first, PROJECT, 50)
+    assert (await records.progress(PROJECT)).offset == 0
+    assert await redis_client.get(first.key) == second.holder.encode()  # the loser's release took nothing

@@ -219,7 +219,8 @@ class Sweeper:
                 log.info("sweep_resumed", project=project.label, offset=progress.offset)
             return Window(progress.window_from_ms, progress.window_until_ms, progress.offset, True, continues)
         if progress.watermark_ms is not None:
-            start = progress.watermark_ms - int(self._settings.overlap_s * 1000)
+            # Not after now: a watermark written by a replica whose clock runs ahead.
+            start = min(progress.watermark_ms - int(self._settings.overlap_s * 1000), now)
         else:
             start = now - int(self._settings.first_window_h * 3_600_000)
         if not dry_run:
