@@ -39,6 +39,7 @@ from core.eventlog import EventLog
 from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
+from core.projects import SANDBOX_GRANT
 from core.reconciliation import OrderSearch
 from entitlements.v1 import entitlements_pb2 as pb
 from providers import xsolla as xsolla_provider
@@ -156,6 +157,15 @@ class Service:
         self._consumer_redis: RedisClient | None = None
         self._consumer_hooks = consumer_hooks
 
+    def _swept_without_sandbox_grants(self, project_id: int) -> bool:
+        """For an order the tracker's reconciliation is about to apply: when the project's sandbox policy grants
+        nothing for test orders and this replica sweeps the project, asks for a sweep now and says True: the
+        sweeper can tell a sandbox order from a live one (`server.reconcile.tracked`)."""
+        project = self.settings.projects.projects.get(project_id)
+        if project is None or project.sandbox == SANDBOX_GRANT or self.sweeper is None:
+            return False
+        return self.sweeper.sweep_soon(project_id)
+
     def _store_change(self, up: bool) -> None:
         """The supervisor found the embedded store dead or back: health is checked at once, and once it is back the
         loops that wait after Redis failures (the consumer, the order-status subscription) retry without waiting
@@ -228,6 +238,7 @@ class Service:
                     # As many as the orders a replica follows: each tracker hands over at most one.
                     max_pending=settings.tracking.max_trackers,
                     redis_timeout_s=settings.redis_timeout_s,
+                    leaves_to_sweeper=self._swept_without_sandbox_grants,
                 )
             self.tracking = OrderTracking(
                 self.redis,

@@ -11,7 +11,8 @@ from tests.helpers.gateway import ROOT, command_env
 
 async def test_demo_grants_both_purchases_the_lost_webhooks_by_reconciliation() -> None:
     """The first purchase grants the gold and the pass for the 30 days the simulator's catalog gives it; the second,
-    whose webhook is never delivered, reaches the inventory through the tracker's reconciliation."""
+    whose webhook is never delivered, reaches the inventory through reconciliation (the tracker hands it to a sweep
+    of Xsolla's orders)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -33,5 +34,6 @@ async def test_demo_grants_both_purchases_the_lost_webhooks_by_reconciliation() 
     assert "order_paid of order 10000002: 0 deliveries" in output
     assert "player-42 holds gold_100: active=True, quantity=6" in output
     assert "order_paid 10000002: gold_100 +5 by reconciler" in output
+    assert "asks the sweeper" in output
     # Configured as in production, nothing warns (no open secret, no project without a catalog).
     assert "warning" not in stderr.decode().lower(), stderr.decode()[-2000:]

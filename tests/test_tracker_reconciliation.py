@@ -43,7 +43,9 @@ WEBHOOK = pb.ORDER_STATUS_SOURCE_WEBHOOK
 
 # The socket is never given up for silence, so Get order is asked only by the reconciliation.
 TRACKING = TrackingSettings(ws_silence_s=60.0, poll_interval_s=0.1, max_wait_s=60.0, grant_wait_s=0.2)
-GRACE = ReconcileSettings(grace_s=0.5)
+# The sweeper off: the tracker's reconciliation applies the orders itself (with it on, a project whose sandbox
+# policy grants nothing leaves them to the sweeper: test_a_project_swept_leaves_the_order_to_a_sweep_asked_for_now).
+GRACE = ReconcileSettings(grace_s=0.5, sweeper_enabled=False)
 
 Update = tuple[int, int, bool]
 
@@ -208,7 +210,7 @@ async def granted(client: AsyncEntitlementsClient) -> bool:
 async def test_a_webhook_within_the_grace_leaves_nothing_to_reconcile(rig: Rig) -> None:
     """The webhook is applied before the grace ends: the reconciliation finds it (`already`) and never asks Get
     order; the order is granted once, by the webhook."""
-    service = await rig.service(reconcile=ReconcileSettings(grace_s=1.0))
+    service = await rig.service(reconcile=replace(GRACE, grace_s=1.0))
     client = await rig.client_factory(service)
     order = rig.sim.create_order(PLAYER, ITEMS)
     reader = await rig.follow(client, order.order_id)
@@ -263,7 +265,7 @@ async def test_a_bundle_new_to_the_catalog_is_read_from_the_catalog_again(rig: R
 async def test_an_order_canceled_at_xsolla_within_the_grace_is_not_granted(rig: Rig) -> None:
     """Paid, then canceled at Xsolla before the grace ends, every webhook lost: Get order says canceled, nothing is
     granted and nothing is queued."""
-    service = await rig.service(reconcile=ReconcileSettings(grace_s=1.0))
+    service = await rig.service(reconcile=replace(GRACE, grace_s=1.0))
     client = await rig.client_factory(service)
     order = rig.sim.create_order(PLAYER, ITEMS)
     rig.sim.drop_webhooks()
@@ -317,3 +319,44 @@ async def test_turned_off_the_tracker_reconciles_nothing(rig: Rig, redis_client:
     assert await quantity(client, "gold") == 0
     owners = await OrderIndex(redis_client, timeout_s=2.0).owners(PROJECT, [str(order.order_id)])
     assert not owners[str(order.order_id)].known
+
+
+@pytest.mark.parametrize("sandbox", [False, True], ids=["live", "sandbox"])
+async def test_a_project_swept_leaves_the_order_to_a_sweep_asked_for_now(rig: Rig, sandbox: bool) -> None:
+    """Get order cannot tell a sandbox order from a live one: in a project the sweeper covers, whose sandbox policy
+    grants nothing, the tracker asks for a sweep at once after the grace; the sweep reads the order's mode, grants a
+    live order (the stream says RECONCILIATION) and withholds a sandbox one."""
+    swept = ReconcileSettings(grace_s=0.5, sweep_interval_s=3600.0, requests_per_s=50.0)
+    service = await rig.service(swept, xsolla_catalog=CatalogSettings(admin_api=rig.sim.store_api_url))
+    sweeper = service.sweeper
+    assert sweeper is not None
+    # The first sweep (due at start) is over before the order exists; the next is an hour away.
+    await eventually(
+        lambda: sample(service, "entitlements_reconcile_sweeps_total", project=str(PROJECT), result="ok") == 1,
+        what="the first sweep",
+    )
+    client = await rig.client_factory(service)
+    order = rig.sim.create_order(PLAYER, ITEMS, sandbox=sandbox)
+    rig.sim.drop_webhooks(types=("order_paid",))
+    reader = await rig.follow(client, order.order_id)
+    await rig.sim.set_status(order.order_id, "paid")
+    await rig.sim.set_status(order.order_id, "done")
+    await eventually(lambda: reconciled(service, "deferred") == 1, what="the tracker to hand the order over")
+    await eventually(
+        lambda: sample(service, "entitlements_reconcile_sweeps_total", project=str(PROJECT), result="ok") == 2,
+        what="the sweep asked for",
+    )
+    updates = await reader.end()
+    if sandbox:
+        assert (await quantity(client, "gold"), await quantity(client, "sword")) == (0, 0)
+        assert updates[-1][0] == DONE
+        assert not updates[-1][2]
+        assert sample(service, "entitlements_events_total", type="order_paid", result="withheld") == 1
+    else:
+        assert (await quantity(client, "gold"), await quantity(client, "sword")) == (100, 1)
+        assert updates[-1] == (DONE, RECONCILIATION, True)
+    assert rig.sim.get_order_requests(order.order_id) == 0  # the sweeper's search, not Get order
+    assert (
+        sample(service, "entitlements_reconcile_orders_total", project=str(PROJECT), source="sweeper", result="applied")
+        == 1
+    )

@@ -79,6 +79,8 @@ class Sweeper:
         self._projects = projects
         self._settings = settings
         self._tasks: list[asyncio.Task[None]] = []
+        # Per swept project: set by `sweep_soon`, cleared by the sweep it asked for.
+        self._soon: dict[int, asyncio.Event] = {}
 
     @property
     def swept(self) -> list[Project]:
@@ -96,7 +98,19 @@ class Sweeper:
             interval_s=self._settings.sweep_interval_s,
         )
         loop = asyncio.get_running_loop()
+        self._soon = {project.id: asyncio.Event() for project in swept}
         self._tasks = [loop.create_task(self._loop(project), name=f"sweeper-{project.id}") for project in swept]
+
+    def sweep_soon(self, project_id: int) -> bool:
+        """Asks this replica's loop of the project for a sweep now rather than when due (the tracker's
+        reconciliation hands over an order it cannot tell sandbox from live); False when the project is not swept
+        here. The loop sweeps as soon as it holds the lease (while another replica sweeps, a third of a lease
+        later)."""
+        event = self._soon.get(project_id)
+        if event is None:
+            return False
+        event.set()
+        return True
 
     async def stop(self) -> None:
         """Stops the loops; a sweep under way stops at once and releases its lease (its progress is saved)."""
@@ -138,15 +152,24 @@ class Sweeper:
                 log.exception("sweeper_failed_unexpectedly", project=project.label)
                 wait_s = interval_s
             # A little jitter, so that replicas started together do not all ask for the lease at once.
-            await asyncio.sleep(max(0.01, min(wait_s, interval_s)) * random.uniform(1.0, 1.1))
+            soon = self._soon.get(project.id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.01, min(wait_s, interval_s)) * random.uniform(1.0, 1.1)):
+                    if soon is not None:
+                        await soon.wait()
+                    else:
+                        await asyncio.Event().wait()
 
     async def _attempt(self, project: Project) -> float:
-        """Sweeps when due and the lease is free; returns how long to wait before looking again."""
+        """Sweeps when due (or asked to, `sweep_soon`) and the lease is free; returns how long to wait before
+        looking again."""
         pid = project.id
+        soon = self._soon.get(pid)
+        asked = soon is not None and soon.is_set()
         progress = await self._parts.records.progress(pid)
         self._parts.metrics.reconcile_last_success.labels(str(pid)).set(progress.last_success_ms / 1000)
         due_in_s = (progress.next_due_ms - now_ms()) / 1000
-        if due_in_s > 0:
+        if due_in_s > 0 and not asked:
             return due_in_s
         lease = self._lease(project)
         if not await lease.acquire():
@@ -154,7 +177,9 @@ class Sweeper:
             return self._settings.lease_s / RENEWALS_PER_LEASE
         sweeps = self._parts.metrics.reconcile_sweeps
         try:
-            outcome = await lease.run(self._periodic(project, lease))
+            if soon is not None:
+                soon.clear()  # this sweep is the one asked for
+            outcome = await lease.run(self._periodic(project, lease, asked=asked))
         except LeaseLost as exc:
             sweeps.labels(str(pid), "lost_lease").inc()
             log.warning("sweep_lost_lease", project=project.label, error=str(exc))
@@ -179,9 +204,9 @@ class Sweeper:
         )
         return self._settings.sweep_interval_s
 
-    async def _periodic(self, project: Project, lease: Lease) -> SweepOutcome | None:
-        """The due sweep, under the lease; None when another replica swept meanwhile."""
-        if (await self._parts.records.progress(project.id)).next_due_ms > now_ms():
+    async def _periodic(self, project: Project, lease: Lease, *, asked: bool = False) -> SweepOutcome | None:
+        """The due (or `asked`) sweep, under the lease; None when another replica swept meanwhile."""
+        if not asked and (await self._parts.records.progress(project.id)).next_due_ms > now_ms():
             return None
         return await self._guarded(project, lease, None, dry_run=False, collect=False)
 

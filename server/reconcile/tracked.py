@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -106,6 +107,11 @@ class TrackerReconciler:
         redis_timeout_s: bound on one Redis read.
         retry: the wait between tries.
         attempts: tries after the grace before giving up.
+        leaves_to_sweeper: called after the grace for an order still not applied; True when it asked the
+            sweeper to sweep the project now and leaves the order to it (`deferred`). Get order does not say whether
+            an order is a sandbox one, so where the project's sandbox policy grants nothing for them and the sweeper
+            (whose search says) covers the project, the order is the sweeper's; the player's claim recorded at once
+            lets it find the player. Elsewhere a sandbox order is applied as a live one.
     """
 
     def __init__(
@@ -123,7 +129,9 @@ class TrackerReconciler:
         redis_timeout_s: float,
         retry: Backoff = RETRY,
         attempts: int = ATTEMPTS,
+        leaves_to_sweeper: Callable[[int], bool] = lambda project_id: False,
     ) -> None:
+        self._leaves_to_sweeper = leaves_to_sweeper
         self._redis = redis
         self._provider = provider
         self._lookup = lookup
@@ -251,6 +259,10 @@ class TrackerReconciler:
         state = await bounded(read_order_state(self._redis, (project_id, user_id, job.order_id)), self._redis_timeout_s)
         if state is not None:
             return "already"  # its order_paid (or a cancel) was applied: a webhook came in time
+        if self._leaves_to_sweeper(project_id):
+            # Get order cannot tell a sandbox order from a live one; the sweeper's search can, and sweeps now.
+            bound.info("order_reconcile_deferred", note="left to the sweeper, asked to sweep now")
+            return "deferred"
         if job.order is None:
             try:
                 job.order = await self._lookup.order(player, job.order_id)
