@@ -62,6 +62,7 @@ class SearchCall:
         limit, offset: as asked (None when missing or malformed).
         at: `loop.time()` when it arrived.
         status: the HTTP status answered.
+        created_from, created_until: the range's bounds as sent (None when absent or not strings).
     """
 
     project_id: int
@@ -69,6 +70,8 @@ class SearchCall:
     offset: int | None
     at: float
     status: int
+    created_from: str | None = None
+    created_until: str | None = None
 
 
 @dataclass
@@ -153,8 +156,11 @@ class OrderSearchApi:
         raw = await request.read()
         body = _json(raw)
         response = self._answer(request, project_id, body)
-        limit, offset = (body.get("limit"), body.get("offset")) if body is not None else (None, None)
-        self.calls.append(SearchCall(project_id, _int_or_none(limit), _int_or_none(offset), arrived, response.status))
+        body = body or {}
+        limit, offset = _int_or_none(body.get("limit")), _int_or_none(body.get("offset"))
+        since, until = (body.get(key) for key in ("created_date_from", "created_date_until"))
+        since, until = (value if isinstance(value, str) else None for value in (since, until))
+        self.calls.append(SearchCall(project_id, limit, offset, arrived, response.status, since, until))
         return response
 
     def _answer(self, request: web.Request, project_id: int, body: dict[str, Any] | None) -> web.Response:
