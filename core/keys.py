@@ -207,3 +207,16 @@ def reconcile_reports_key(project_id: int) -> str:
     is; mismatch: this service and the provider disagree; failed: it could not be applied), JSON; the operator's
     list (`python -m server reconcile status`)."""
     return f"{PREFIX}:{{p:{int(project_id)}}}:reconcile-reports"
+
+
+def sweep_pending_key(project_id: int) -> str:
+    """Sorted set: the orders a sweep saw unfinished (new at the provider), scored by their creation (ms), searched
+    again by later sweeps once the window has moved past them (`server.reconcile.recheck`); forgotten once
+    finished, or past `ENTITLEMENTS_RECONCILE_PENDING_H`."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:sweep-pending"
+
+
+def sweep_rechecked_key(project_id: int) -> str:
+    """Sorted set: creation seconds (ms) searched again by a sweep's re-check, scored by when they last were, so
+    each is searched again only once its cadence has passed (`server.reconcile.recheck`)."""
+    return f"{PREFIX}:{{p:{int(project_id)}}}:sweep-rechecked"

@@ -99,6 +99,11 @@ class ReconcileSettings:
     lease_s: float = 30.0
     # How long the order index remembers an order's player (server.reconcile.index).
     index_retention_days: float = 30.0
+    # Orders seen unfinished, and orders applied, are searched again for this long after their creation (paid, or
+    # canceled, after the sweep's window moved past them), at most `rechecks` creation seconds per sweep
+    # (server.reconcile.recheck); 0 turns the re-checks off.
+    pending_h: float = 24.0
+    rechecks: int = 100
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,8 @@ class Settings:
             requests_per_s=reader.number("ENTITLEMENTS_RECONCILE_REQUESTS_PER_S", 2.0, minimum=0.01),
             lease_s=reader.number("ENTITLEMENTS_RECONCILE_LEASE_S", 30.0, minimum=1.0),
             index_retention_days=reader.number("ENTITLEMENTS_RECONCILE_INDEX_DAYS", 30.0, minimum=1.0),
+            pending_h=reader.number("ENTITLEMENTS_RECONCILE_PENDING_H", 24.0, minimum=0.1),
+            rechecks=reader.integer("ENTITLEMENTS_RECONCILE_RECHECKS", 100, minimum=0),
         )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
         pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)

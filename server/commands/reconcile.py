@@ -31,6 +31,7 @@ from server.reconcile import (
     OrderIndex,
     Pacer,
     Range,
+    Rechecks,
     Sweeper,
     SweepOutcome,
     SweepParts,
@@ -93,12 +94,20 @@ async def reconcile_command(
                 timeout_s=settings.redis_timeout_s,
             )
             reconcile = settings.reconcile
+            index = OrderIndex(redis, timeout_s=settings.redis_timeout_s)
             parts = SweepParts(
                 redis=redis,
                 search=search,
                 event_log=EventLog(redis, partitions=settings.event_partitions),
-                index=OrderIndex(redis, timeout_s=settings.redis_timeout_s),
+                index=index,
                 records=SweepRecords(redis, timeout_s=settings.redis_timeout_s),
+                rechecks=Rechecks(
+                    redis,
+                    index,
+                    pending_h=reconcile.pending_h,
+                    limit=reconcile.rechecks,
+                    timeout_s=settings.redis_timeout_s,
+                ),
                 catalogs=catalogs,
                 metrics=ServiceMetrics(CollectorRegistry()),
                 pacer=Pacer(reconcile.requests_per_s),

@@ -7,14 +7,18 @@
   provider, that no webhook brought within a grace period, applied from the provider's Get order;
 - `sweep`, `sweeper`: the periodic sweep of each project's orders at the provider (one sweep; the loops that run
   them, one replica at a time);
-- `lease`, `progress`: the sweeper's lease, and what it keeps in Redis (progress, orders seen, reports).
+- `recheck`: the orders a sweep searches again once its window has moved past them (late payments, late cancels);
+- `lease`, `progress`, `pacer`: the sweeper's lease, what it keeps in Redis (progress, orders seen, reports), the
+  spacing of its requests.
 """
 
 from server.reconcile.index import AUTHORITATIVE, CLAIM, OrderIndex, OrderOwner
 from server.reconcile.lease import Lease, LeaseLost
 from server.reconcile.orders import order_event, order_lines, reconciled_event_id
+from server.reconcile.pacer import Pacer
 from server.reconcile.progress import Report, SweepProgress, SweepRecords
-from server.reconcile.sweep import Finding, OrderSweep, Pacer, SweepOutcome, SweepParts, Window
+from server.reconcile.recheck import Rechecks
+from server.reconcile.sweep import Finding, OrderSweep, SweepOutcome, SweepParts, Window
 from server.reconcile.sweeper import LeaseBusy, Range, Sweeper, describe
 from server.reconcile.tracked import TrackerReconciler
 
@@ -30,6 +34,7 @@ __all__ = [
     "OrderSweep",
     "Pacer",
     "Range",
+    "Rechecks",
     "Report",
     "SweepOutcome",
     "SweepParts",

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from core.limits import MAX_CONSUMABLE_TOTAL, identifier_problem, quantity_problem
 from core.reconciliation import BUNDLE, ProviderOrder
 from entitlements.v1 import events_pb2
 from server.errors import SkuNotInCatalog
 
 ET = events_pb2.EventType
 Origin = events_pb2.EventOrigin
+
+#: A catalog's bundles: bundle sku -> ((content sku, quantity), ...) (`server.catalog.Catalog.bundles`).
+Bundles = Mapping[str, tuple[tuple[str, int], ...]]
 
 #: The suffix of a reconciled event's id.
 RECONCILED = "reconciled"
@@ -116,3 +120,15 @@ def order_event(
     if paid_at_ms > 0:
         event.paid_at.FromMilliseconds(paid_at_ms)
     return event
+
+
+def unusable(order: ProviderOrder) -> str | None:
+    """What makes the provider's record unusable as an event (the consumer would dead-letter it), or None."""
+    problem = identifier_problem(order.order_id)
+    if problem is not None:
+        return f"order_id {problem}"
+    for index, item in enumerate(order.items):
+        problem = identifier_problem(item.sku) or quantity_problem(item.quantity, MAX_CONSUMABLE_TOTAL)
+        if problem is not None:
+            return f"items[{index}] {problem}"
+    return None

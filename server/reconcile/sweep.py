@@ -13,10 +13,12 @@ Per order (each counted `examined`):
   granted);
 - new or expired: nothing.
 
-After the last page, the orders this service applied in the window that no sweep ever saw at the provider are
-reported as mismatches, never touched. The check trails the window's end by the overlap (an order the provider
-has not indexed yet is checked by the next sweep), and the first window skips its first overlap (an order created
-just before it may have been applied just after its start).
+After the last page, the creation seconds behind the window of orders seen unfinished, or applied here lately,
+are searched again, a second at a time, for late payments and cancels (`server.reconcile.recheck`). Then the
+orders this service applied in the window that no sweep ever saw at the provider are reported as mismatches, never
+touched. The check trails the window's end by the overlap (an order the provider has not indexed yet is checked by
+the next sweep), and the first window skips its first overlap (an order created just before it may have been
+applied just after its start).
 
 Requests are spaced by the replica's `Pacer`; a `SearchRateLimited` waits its `retry_after_s`, then asks for the
 same page again. Appends are idempotent (the reconciled event id is deduplicated by the event log, and
@@ -30,7 +32,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final
@@ -39,7 +41,7 @@ import structlog
 
 from core.connections import RedisClient, bounded
 from core.eventlog import EventLog
-from core.limits import MAX_CONSUMABLE_TOTAL, identifier_problem, quantity_problem
+from core.limits import identifier_problem
 from core.projects import Project
 from core.reconciliation import OrderSearch, ProviderOrder, SearchPage, SearchRateLimited, SearchUnavailable
 from entitlements.v1 import entitlements_pb2 as pb
@@ -49,8 +51,10 @@ from server.errors import SkuNotInCatalog
 from server.metrics import ServiceMetrics
 from server.reconcile.index import AUTHORITATIVE, OrderIndex, OrderOwner
 from server.reconcile.lease import Lease
-from server.reconcile.orders import order_event
+from server.reconcile.orders import Bundles, order_event, unusable
+from server.reconcile.pacer import Pacer
 from server.reconcile.progress import FAILED, MISMATCH, UNRESOLVED, Report, SweepRecords
+from server.reconcile.recheck import Rechecks, second_of
 from server.status_channel import OrderState, read_order_state
 
 log = structlog.get_logger("server.reconcile")
@@ -133,22 +137,7 @@ class SweepOutcome:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     findings: list[Finding] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
-
-
-class Pacer:
-    """Spaces the requests of every sweep of one replica at most `rate_per_s` a second."""
-
-    def __init__(self, rate_per_s: float) -> None:
-        self._interval_s = 1.0 / rate_per_s
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        """Returns when the next request may be sent."""
-        now = time.monotonic()
-        slot = max(now, self._next)
-        self._next = slot + self._interval_s
-        if slot > now:
-            await asyncio.sleep(slot - now)
+    rechecks: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +156,7 @@ class SweepParts:
     event_log: EventLog
     index: OrderIndex
     records: SweepRecords
+    rechecks: Rechecks
     catalogs: Catalogs
     metrics: ServiceMetrics
     pacer: Pacer
@@ -201,20 +191,53 @@ class OrderSweep:
         p = self._p
         bundles = (await p.catalogs.catalog(project.id)).bundles
         outcome = SweepOutcome(project.id, window, dry_run)
+        await self._read(project, window, bundles, outcome, collect, lease if window.stored and not dry_run else None)
+        if window.stored:
+            await self._recheck(project, window, bundles, outcome, collect)
+        await self._unknown_to_provider(project, window, outcome, collect)
+        if not dry_run:
+            await self._trim(project.id)
+        return outcome
+
+    async def _read(
+        self,
+        project: Project,
+        window: Window,
+        bundles: Bundles,
+        outcome: SweepOutcome,
+        collect: bool,
+        lease: Lease | None,
+    ) -> int:
+        """Reads `window` page by page from its offset, deciding each order; saves the offset under `lease` when
+        given. Returns how many orders it read."""
         offset = window.offset
         while True:
             page = await self._page(project, window, offset)
             outcome.pages += 1
             await self._orders(project, page.orders, bundles, outcome, collect)
             offset += len(page.orders)
-            if window.stored and not dry_run:
-                await p.records.advanced(lease, project.id, offset)
+            if lease is not None:
+                await self._p.records.advanced(lease, project.id, offset)
             if not page.has_more or not page.orders:
-                break
-        await self._unknown_to_provider(project, window, outcome, collect)
-        if not dry_run:
-            await self._trim(project.id)
-        return outcome
+                return offset - window.offset
+
+    async def _recheck(
+        self,
+        project: Project,
+        window: Window,
+        bundles: Bundles,
+        outcome: SweepOutcome,
+        collect: bool,
+    ) -> None:
+        """Searches again the due creation seconds behind the window, one at a time (`server.reconcile.recheck`)."""
+        p, pid, dry = self._p, project.id, outcome.dry_run
+        for second in await p.rechecks.due(pid, second_of(window.from_ms), now_ms(), forget=not dry):
+            read = await self._read(project, Window(second, second + 999), bundles, outcome, collect, None)
+            outcome.rechecks += 1
+            outcome.counts["rechecked"] += read
+            if not dry:
+                p.metrics.reconcile_orders.labels(str(pid), SOURCE, "rechecked").inc(read)
+                await p.rechecks.checked(pid, second, now_ms())
 
     async def _page(self, project: Project, window: Window, offset: int) -> SearchPage:
         p = self._p
@@ -234,7 +257,7 @@ class OrderSweep:
         self,
         project: Project,
         orders: Sequence[ProviderOrder],
-        bundles: Mapping[str, tuple[tuple[str, int], ...]],
+        bundles: Bundles,
         outcome: SweepOutcome,
         collect: bool,
     ) -> None:
@@ -243,6 +266,7 @@ class OrderSweep:
         outcome.seen.update(order.order_id for order in orders)
         if not dry:
             await p.records.remember(pid, [(order.order_id, order.created_at_ms) for order in orders])
+            await p.rechecks.note(pid, orders, now)
         findings: list[Finding] = []
         wanted: list[ProviderOrder] = []
         for order in orders:
@@ -297,7 +321,7 @@ class OrderSweep:
         order: ProviderOrder,
         user: str,
         state: OrderState | None,
-        bundles: Mapping[str, tuple[tuple[str, int], ...]],
+        bundles: Bundles,
         now: int,
         dry: bool,
     ) -> Finding:
@@ -317,7 +341,7 @@ class OrderSweep:
         self,
         order: ProviderOrder,
         user: str,
-        bundles: Mapping[str, tuple[tuple[str, int], ...]],
+        bundles: Bundles,
         now: int,
         dry: bool,
         *,
@@ -326,7 +350,7 @@ class OrderSweep:
         """Appends the order's order_paid (or order_canceled) to the event log."""
         action = UNDO if canceled else APPLY
         word = order.status.word
-        problem = _unusable(order)
+        problem = unusable(order)
         if problem is not None:
             return Finding(order.order_id, word, user, FAILED, problem)
         try:
@@ -424,15 +448,3 @@ class OrderSweep:
         while await p.index.trim(project_id, before) >= 1000:
             pass
         await p.records.trim(project_id, before)
-
-
-def _unusable(order: ProviderOrder) -> str | None:
-    """What makes the provider's record unusable as an event (the consumer would dead-letter it), or None."""
-    problem = identifier_problem(order.order_id)
-    if problem is not None:
-        return f"order_id {problem}"
-    for index, item in enumerate(order.items):
-        problem = identifier_problem(item.sku) or quantity_problem(item.quantity, MAX_CONSUMABLE_TOTAL)
-        if problem is not None:
-            return f"items[{index}] {problem}"
-    return None

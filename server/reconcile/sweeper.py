@@ -200,6 +200,7 @@ class Sweeper:
             project=project.label,
             window=f"{iso(outcome.window.from_ms)}..{iso(outcome.window.until_ms)}",
             pages=outcome.pages,
+            recheck_searches=outcome.rechecks,
             **dict(outcome.counts),
         )
         return self._settings.sweep_interval_s
