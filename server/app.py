@@ -52,8 +52,7 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
-from server.reconcile import OrderIndex, Pacer, Sweeper, SweepParts, SweepRecords, TrackerReconciler
-from server.reconcile.recheck import Rechecks
+from server.reconcile import OrderIndex, Pacer, Rechecks, Sweeper, SweepParts, SweepRecords, TrackerReconciler
 from server.rpc import RpcRuntime, add_service
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
@@ -324,13 +323,7 @@ class Service:
             event_log=event_log,
             index=order_index,
             records=SweepRecords(redis, timeout_s=settings.redis_timeout_s),
-            rechecks=Rechecks(
-                redis,
-                order_index,
-                pending_h=reconcile.pending_h,
-                limit=reconcile.rechecks,
-                timeout_s=settings.redis_timeout_s,
-            ),
+            rechecks=Rechecks(redis, order_index, reconcile, timeout_s=settings.redis_timeout_s),
             catalogs=catalogs,
             metrics=self.metrics,
             pacer=Pacer(reconcile.requests_per_s),

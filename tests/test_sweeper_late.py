@@ -15,6 +15,7 @@ from core.keys import sweep_pending_key, sweep_rechecked_key
 from core.projects import Project
 from providers.xsolla import CatalogSettings
 from server.app import Service
+from server.config import ReconcileSettings
 from server.embedded import EmbeddedRedis
 from server.reconcile import OrderIndex, Rechecks, SweepOutcome
 from server.reconcile.recheck import second_of
@@ -71,7 +72,7 @@ async def sweep(service: Service) -> SweepOutcome:
 
 def rechecks_of(redis: aioredis.Redis) -> Rechecks:
     """The re-check records on the test's Redis (to read the pending orders)."""
-    return Rechecks(redis, OrderIndex(redis, timeout_s=2.0), pending_h=24.0, limit=100, timeout_s=2.0)
+    return Rechecks(redis, OrderIndex(redis, timeout_s=2.0), ReconcileSettings(), timeout_s=2.0)
 
 
 def searched_seconds(calls: list[SearchCall]) -> list[int]:

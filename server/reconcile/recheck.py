@@ -33,6 +33,7 @@ from core.errors import StoreUnavailable
 from core.keys import sweep_pending_key, sweep_rechecked_key, sweep_seen_key
 from core.reconciliation import ProviderOrder
 from entitlements.v1 import entitlements_pb2 as pb
+from server.config import ReconcileSettings
 from server.reconcile.index import OrderIndex
 
 log = structlog.get_logger("server.reconcile")
@@ -60,16 +61,16 @@ class Rechecks:
     Args:
         redis: a connected client, owned by the caller.
         index: the order index (which orders were applied, and when).
-        pending_h: how long after its creation an order is searched again.
-        limit: the most seconds searched per sweep (0: no re-checks).
+        settings: `pending_h` (how long after its creation an order is searched again) and `rechecks` (the most
+            seconds searched per sweep; 0: no re-checks).
         timeout_s: upper bound of one Redis call, retries included.
     """
 
-    def __init__(self, redis: RedisClient, index: OrderIndex, *, pending_h: float, limit: int, timeout_s: float):
+    def __init__(self, redis: RedisClient, index: OrderIndex, settings: ReconcileSettings, *, timeout_s: float):
         self._redis = redis
         self._index = index
-        self.pending_ms = int(pending_h * 3_600_000)
-        self.limit = limit
+        self.pending_ms = int(settings.pending_h * 3_600_000)
+        self.limit = settings.rechecks
         self._timeout_s = timeout_s
 
     async def _call(self, operation: Any) -> Any:
