@@ -49,6 +49,7 @@ from server.config import ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics
+from server.reconcile import OrderIndex
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
 
@@ -118,7 +119,10 @@ async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partit
         refresh_interval_s=600.0,
         timeout_s=5.0,
     )
-    fulfillment = Fulfillment(store, catalogs, PROJECTS, OrderStatusPublisher(redis, cluster=False))
+    # What the service's consumer does per event, minus the stream: the store, the order index, the publication.
+    fulfillment = Fulfillment(
+        store, catalogs, PROJECTS, OrderStatusPublisher(redis, cluster=False), OrderIndex(redis, timeout_s=5.0)
+    )
 
     async def worker(share: list[ev.WebhookEvent]) -> None:
         for event in share:

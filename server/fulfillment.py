@@ -27,7 +27,8 @@ redelivery.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -253,18 +254,26 @@ class Fulfillment:
             source=WEBHOOK_SOURCE if event.origin == PROVIDER else RECONCILIATION_SOURCE,
             withheld=outcome.withheld,
         )
+        # Both after the commit, concurrently (one round trip's wait, not two); a failure of either fails the event,
+        # which is delivered again and replays (the index write is idempotent, a publication repeated is harmless).
+        after: list[Awaitable[object]] = []
         if self._index is not None:
             # Whose order this is (a signed webhook says so with authority), and whether its order_paid is applied.
-            await self._index.record(
-                project_id,
-                order_id,
-                user_id,
-                authority=AUTHORITATIVE if event.origin == PROVIDER else CLAIM,
-                applied=event.type == ET.EVENT_TYPE_ORDER_PAID and outcome.status == "paid",
-                now_ms=outcome.updated_at_ms,
+            after.append(
+                self._index.record(
+                    project_id,
+                    order_id,
+                    user_id,
+                    authority=AUTHORITATIVE if event.origin == PROVIDER else CLAIM,
+                    applied=event.type == ET.EVENT_TYPE_ORDER_PAID and outcome.status == "paid",
+                    now_ms=outcome.updated_at_ms,
+                )
             )
         if self._publisher is not None:
-            await self._publisher.publish(state)
+            after.append(self._publisher.publish(state))
+        for result in await asyncio.gather(*after, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
         return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts, policy)
 
     async def _grantable_lines(self, project_id: int, order: events_pb2.OrderEvent) -> list[OrderLine]:
