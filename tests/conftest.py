@@ -20,6 +20,7 @@ from server.app import Service
 from server.embedded import EmbeddedRedis
 from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
+from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,3 +106,10 @@ async def receiver_factory() -> AsyncIterator[ReceiverFactory]:
     """Starts webhook receivers (what a game backend's webhook URL would be) on free ports; stops them at the end."""
     async with receiver_factory_context() as start:
         yield start
+
+
+@pytest.fixture
+async def simulators() -> AsyncIterator[SimulatorFactory]:
+    """Starts Xsolla simulators (`xsolla_simulator.testing`); stops them all at the end of the test."""
+    async with simulator_factory_context() as make:
+        yield make

@@ -37,7 +37,7 @@ from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import ClientFactory, ServiceFactory
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator, admin_bundle, admin_item
-from xsolla_simulator.testing import SimulatorFactory, running_simulator, simulator_factory_context
+from xsolla_simulator.testing import SimulatorFactory, running_simulator
 
 PROJECT = 308077
 API_KEY = "admin-api-key-0123456789"
@@ -58,13 +58,6 @@ async def sim() -> AsyncIterator[XsollaSimulator]:
     async with running_simulator(project_id=PROJECT, webhook_secret=SECRET) as simulator:
         simulator.catalog.set_project(PROJECT, api_key=API_KEY, items=ITEMS)
         yield simulator
-
-
-@pytest.fixture
-async def simulators() -> AsyncIterator[SimulatorFactory]:
-    """Starts more simulators; stops them at the end of the test."""
-    async with simulator_factory_context() as make:
-        yield make
 
 
 def project(**provider: object) -> Project:

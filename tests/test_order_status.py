@@ -48,7 +48,7 @@ from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
 from xsolla_simulator import XsollaSimulator
-from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
+from xsolla_simulator.testing import SimulatorFactory
 
 PROJECT = 12345
 SECRET = "order-status-webhook-secret"
@@ -110,13 +110,6 @@ class Rig:
 
     async def client(self, service: Service) -> AsyncEntitlementsClient:
         return await self.client_factory(service)
-
-
-@pytest.fixture
-async def simulators() -> AsyncIterator[SimulatorFactory]:
-    """Starts simulators; stops them all at the end of the test."""
-    async with simulator_factory_context() as make:
-        yield make
 
 
 @pytest.fixture

@@ -22,13 +22,7 @@ from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sampl
 from tests.helpers.sweeps import SWEPT, orders, pay, quantity, reconcile, shop_context, swept
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator
-from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
-
-
-@pytest.fixture
-async def simulators() -> AsyncIterator[SimulatorFactory]:
-    async with simulator_factory_context() as make:
-        yield make
+from xsolla_simulator.testing import SimulatorFactory
 
 
 @pytest.fixture

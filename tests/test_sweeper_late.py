@@ -18,24 +18,17 @@ from server.app import Service
 from server.config import ReconcileSettings
 from server.embedded import EmbeddedRedis
 from server.reconcile import OrderIndex, Rechecks, SweepOutcome
+from server.reconcile.findings import now_ms
 from server.reconcile.recheck import second_of
-from server.reconcile.sweep import now_ms
 from tests.helpers.events import consumer_settings, drained
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
 from tests.helpers.sweeps import GOLD, SWEPT, quantity, reconcile, shop_context, swept
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator
 from xsolla_simulator.order_search import SearchCall
-from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
+from xsolla_simulator.testing import SimulatorFactory
 
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture
-async def simulators() -> AsyncIterator[SimulatorFactory]:
-    """Starts simulators; stops them at the end of the test."""
-    async with simulator_factory_context() as make:
-        yield make
 
 
 @pytest.fixture
@@ -126,6 +119,37 @@ async def test_an_order_paid_after_the_window_moved_past_it_is_granted_by_a_rech
     again = await sweep(service)
     assert again.rechecks == 0
     assert await quantity(client, "late-payer") == 10
+
+
+async def test_an_unresolved_order_is_searched_again_and_applied_once_its_player_is_known(
+    service_factory: ServiceFactory,
+    redis_server: EmbeddedRedis,
+    redis_client: aioredis.Redis,
+    client_factory: ClientFactory,
+    shop: XsollaSimulator,
+) -> None:
+    """A paid order whose player nobody names is reported unresolved and kept for the re-checks; once a claim says
+    whose it is, the next sweep's search of its creation second applies it, after the window moved past it."""
+    shop.order_search.include_user_id = False
+    order = shop.create_order("anonymous", GOLD, created_at=datetime.now(UTC) - timedelta(hours=1))
+    await shop.set_status(order.order_id, "paid")
+    service = await sweeping(service_factory, redis_server, shop)
+    client = await client_factory(service)
+    assert (
+        sample(
+            service, "entitlements_reconcile_orders_total", project=str(PROJECT), source="sweeper", result="unresolved"
+        )
+        == 1
+    )
+    assert await rechecks_of(redis_client).pending(PROJECT) == [(str(order.order_id), created(order.created_at))]
+
+    index = OrderIndex(redis_client, timeout_s=2.0)
+    await index.record(PROJECT, str(order.order_id), "anonymous", authority="s", applied=False, now_ms=now_ms())
+    outcome = await sweep(service)
+    assert (outcome.counts["rechecked"], outcome.counts["applied"]) == (1, 1)
+    await drained(redis_client)
+    assert await quantity(client, "anonymous") == 10
+    assert await rechecks_of(redis_client).pending(PROJECT) == []
 
 
 async def test_an_applied_order_canceled_after_the_window_moved_past_it_is_undone_within_its_cadence(

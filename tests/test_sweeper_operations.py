@@ -29,16 +29,9 @@ from tests.helpers.services import PROJECT
 from tests.helpers.sweeps import API_KEY, SWEPT, pay, reconcile, shop_context
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator
-from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
+from xsolla_simulator.testing import SimulatorFactory
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-async def simulators() -> AsyncIterator[SimulatorFactory]:
-    """Starts simulators; stops them at the end of the test."""
-    async with simulator_factory_context() as make:
-        yield make
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """What every call to Xsolla's admin APIs shares (the catalog lists, the order search): the project's Basic
-credentials and the reading of `Retry-After`.
+credentials, the reading of `Retry-After`, and one HTTP session per client (`AdminClient`).
 
 Credentials: `Authorization: Basic base64(<api_user>:<api_key>)`, the merchant id or the project id and an API key
 of the Publisher Account. The project's table in the projects file gives them (`api_key`, as a secret: text,
@@ -13,8 +13,42 @@ import base64
 import time
 from email.utils import parsedate_to_datetime
 
+import aiohttp
+
 from core.errors import ConfigError
 from core.projects import Project, secret_value
+from providers.xsolla.metrics import XsollaMetrics
+
+
+class AdminClient:
+    """The base of the admin API clients: the API's base URL, one HTTP session opened on first use (inside the
+    running event loop) and closed by `close`, the metrics, and which projects have credentials.
+
+    Args:
+        admin_api: the API's base URL, e.g. "https://store.xsolla.com/api".
+        http_timeout_s: the timeout of one request, connection included.
+        metrics: where requests are counted (by operation and result), never by order or player.
+    """
+
+    def __init__(self, admin_api: str, http_timeout_s: float, metrics: XsollaMetrics) -> None:
+        self._base = admin_api.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=http_timeout_s)
+        self._metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+
+    def configured(self, project: Project) -> bool:
+        """Whether the project has an API key (`has_credentials`)."""
+        return has_credentials(project)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"Accept": "application/json"})
+        return self._session
 
 
 def has_credentials(project: Project) -> bool:

@@ -47,7 +47,7 @@ from core.catalogs import (
 from core.environ import EnvReader
 from core.errors import ConfigError
 from core.projects import CATALOG_PROVIDER, Project, Projects, secret_value
-from providers.xsolla.admin import credentials, has_credentials, retry_after_s
+from providers.xsolla.admin import AdminClient, credentials, retry_after_s
 from providers.xsolla.metrics import XsollaMetrics
 
 log = structlog.get_logger("providers.xsolla.catalog")
@@ -180,7 +180,7 @@ def bundle_contents(raw: Any) -> tuple[str, tuple[tuple[str, int], ...]] | None:
     return raw["sku"], tuple(contents)
 
 
-class XsollaCatalog:
+class XsollaCatalog(AdminClient):
     """Reads projects' catalogs from Xsolla's admin API over one HTTP session (a `core.catalogs.CatalogSource`).
 
     Args:
@@ -192,19 +192,8 @@ class XsollaCatalog:
     def __init__(
         self, settings: CatalogSettings, metrics: XsollaMetrics, *, backoff: Backoff = DEFAULT_BACKOFF
     ) -> None:
-        self._base = settings.admin_api.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s)
-        self._metrics = metrics
+        super().__init__(settings.admin_api, settings.http_timeout_s, metrics)
         self._backoff = backoff
-        self._session: aiohttp.ClientSession | None = None
-
-    def configured(self, project: Project) -> bool:
-        return has_credentials(project)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def fetch(self, project: Project) -> SourceCatalog:
         auth = credentials(project)
@@ -266,9 +255,3 @@ class XsollaCatalog:
             if attempt + 1 < ATTEMPTS:
                 await asyncio.sleep(wait_s or self._backoff.delay_s(attempt))
         raise CatalogUnavailable(f"{problem} ({ATTEMPTS} tries)")
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"Accept": "application/json"})
-        return self._session

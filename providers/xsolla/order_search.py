@@ -45,7 +45,7 @@ from core.reconciliation import (
     SearchRefused,
     SearchUnavailable,
 )
-from providers.xsolla.admin import credentials, has_credentials, retry_after_s
+from providers.xsolla.admin import AdminClient, credentials, retry_after_s
 from providers.xsolla.catalog import CatalogSettings
 from providers.xsolla.metrics import XsollaMetrics
 from providers.xsolla.status import reported
@@ -63,7 +63,7 @@ _OPERATION: Final = "order_search"
 _MESSAGE_CHARS: Final = 200
 
 
-class XsollaOrderSearch:
+class XsollaOrderSearch(AdminClient):
     """Searches projects' orders through Xsolla's admin API over one HTTP session (a
     `core.reconciliation.OrderSearch`).
 
@@ -75,18 +75,7 @@ class XsollaOrderSearch:
     max_page_size: int = MAX_PAGE_SIZE
 
     def __init__(self, settings: CatalogSettings, metrics: XsollaMetrics) -> None:
-        self._base = settings.admin_api.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s)
-        self._metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
-
-    def configured(self, project: Project) -> bool:
-        return has_credentials(project)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        super().__init__(settings.admin_api, settings.http_timeout_s, metrics)
 
     async def search(
         self, project: Project, created_from_ms: int, created_until_ms: int, *, offset: int, limit: int
@@ -138,12 +127,6 @@ class XsollaOrderSearch:
         finally:
             self._metrics.requests.labels(_OPERATION, result).inc()
             self._metrics.request_duration.labels(_OPERATION).observe(time.perf_counter() - started)
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"Accept": "application/json"})
-        return self._session
 
 
 def iso_second(ms: int, *, up: bool) -> str:

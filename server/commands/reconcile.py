@@ -38,7 +38,7 @@ from server.reconcile import (
     SweepRecords,
     describe,
 )
-from server.reconcile.sweep import iso
+from server.reconcile.findings import iso
 
 #: Exit status of a sweep that could not run or finish (the lease is held, the provider or Redis failed).
 FAILED_EXIT = 1

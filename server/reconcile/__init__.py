@@ -12,13 +12,14 @@
   spacing of its requests.
 """
 
+from server.reconcile.findings import Finding, SweepOutcome, Window
 from server.reconcile.index import AUTHORITATIVE, CLAIM, OrderIndex, OrderOwner
 from server.reconcile.lease import Lease, LeaseLost
 from server.reconcile.orders import order_event, order_lines, reconciled_event_id
 from server.reconcile.pacer import Pacer
 from server.reconcile.progress import Report, SweepProgress, SweepRecords
 from server.reconcile.recheck import Rechecks
-from server.reconcile.sweep import Finding, OrderSweep, SweepOutcome, SweepParts, Window
+from server.reconcile.sweep import OrderSweep, SweepParts
 from server.reconcile.sweeper import LeaseBusy, Range, Sweeper, describe
 from server.reconcile.tracked import TrackerReconciler
 

@@ -5,7 +5,8 @@ watermark (`ENTITLEMENTS_RECONCILE_OVERLAP_S`). An order created at T and paid a
 3-D Secure, a bank transfer), or refunded two days later, is outside every later window: were its webhook lost,
 no window would ever read it again. So each sweep, after its window, searches again the creation seconds of:
 
-- the orders a sweep saw unfinished (`new`, or a status word the service does not know), kept in
+- the orders a sweep saw unfinished (`new`, or a status word the service does not know), or paid but left
+  unsettled (unresolved, failed: `keep`), kept in
   `core.keys.sweep_pending_key` by creation until a search finds them paid, done, canceled or expired, or until
   they are older than `pending_h` (then forgotten unchecked);
 - the orders this service applied in the last `pending_h` hours whose creation a sweep recorded
@@ -22,7 +23,7 @@ successive sweeps take turns. When each search was made is kept in `core.keys.sw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis.exceptions as redis_errors
@@ -99,6 +100,19 @@ class Rechecks:
             await self._call(self._redis.zadd(key, unfinished))
         if finished:
             await self._call(self._redis.zrem(key, *finished))
+
+    async def keep(self, project_id: int, created: Mapping[str, int], now_ms: int) -> None:
+        """Keeps paid orders a sweep could not settle (unresolved: nobody says whose; failed: a bundle the catalog
+        does not know) with the unfinished ones, so that later sweeps search them again once the window has moved
+        past them: a claim, a webhook or a catalog read since may settle them.
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        since = now_ms - self.pending_ms
+        kept = {order_id: at for order_id, at in created.items() if at >= since}
+        if self.limit and kept:
+            await self._call(self._redis.zadd(sweep_pending_key(project_id), kept))
 
     async def due(self, project_id: int, behind_ms: int, now_ms: int, *, forget: bool) -> list[int]:
         """The creation seconds (ms) to search now, at most `limit`: orders kept unfinished or applied in the

@@ -29,12 +29,9 @@ applies nothing twice.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
 from typing import Final
 
 import structlog
@@ -49,6 +46,7 @@ from entitlements.v1 import events_pb2
 from server.catalog import Catalogs
 from server.errors import SkuNotInCatalog
 from server.metrics import ServiceMetrics
+from server.reconcile.findings import Finding, SweepOutcome, Window, iso, now_ms
 from server.reconcile.index import AUTHORITATIVE, OrderIndex, OrderOwner
 from server.reconcile.lease import Lease
 from server.reconcile.orders import Bundles, order_event, unusable
@@ -80,64 +78,6 @@ RESULTS: Final = {
 _REPORTED: Final = frozenset({MISMATCH, UNRESOLVED, FAILED})
 #: Orders whose stored state one gather reads at once, and applied orders checked per round trip.
 _CHUNK: Final = 500
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso(ms: int) -> str:
-    """`ms` since the epoch as an ISO 8601 UTC time, to the second."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """What a sweep found about one order and did (or, dry, would do).
-
-    Attributes:
-        order_id: the provider's order id.
-        status: its status word at the provider ("" when the provider did not return it).
-        player: the player, "" when unknown.
-        action: APPLY, UNDO, ALREADY, MISMATCH, UNRESOLVED, FAILED or NOTHING.
-        why: why (unresolved, mismatch, failed, nothing), or a note.
-    """
-
-    order_id: str
-    status: str
-    player: str
-    action: str
-    why: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The orders a sweep reads: created in [`from_ms`, `until_ms`], from `offset`.
-
-    Attributes:
-        stored: the periodic window, whose progress is saved after every page.
-        continues: it starts at the watermark minus the overlap, so an earlier sweep saw what precedes it.
-    """
-
-    from_ms: int
-    until_ms: int
-    offset: int = 0
-    stored: bool = False
-    continues: bool = False
-
-
-@dataclass
-class SweepOutcome:
-    """What one sweep found: counts by metric result, and (when collected) a finding per order."""
-
-    project_id: int
-    window: Window
-    dry_run: bool
-    pages: int = 0
-    counts: collections.Counter[str] = field(default_factory=collections.Counter)
-    findings: list[Finding] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-    rechecks: int = 0
 
 
 @dataclass(frozen=True)
@@ -410,12 +350,18 @@ class OrderSweep:
             outcome.findings.extend(findings)
         if outcome.dry_run:
             return
-        reports = [
-            Report(f.order_id, f.action, f.why, f.status, f.player, created.get(f.order_id, 0), now)
-            for f in findings
-            if f.action in _REPORTED
-        ]
-        await p.records.report(pid, reports)
+        reported = [f for f in findings if f.action in _REPORTED]
+        await p.records.report(
+            pid,
+            [
+                Report(f.order_id, f.action, f.why, f.status, f.player, created.get(f.order_id, 0), now)
+                for f in reported
+            ],
+        )
+        unsettled = {
+            f.order_id: created[f.order_id] for f in reported if f.action != MISMATCH and f.order_id in created
+        }
+        await p.rechecks.keep(pid, unsettled, now)
         await p.records.settle(pid, [f.order_id for f in findings if f.action not in _REPORTED])
 
     async def _unknown_to_provider(

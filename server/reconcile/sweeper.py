@@ -26,8 +26,9 @@ from core.errors import ConfigError, StoreUnavailable
 from core.projects import Project, Projects
 from core.reconciliation import SearchError, SearchRefused
 from server.config import ReconcileSettings
+from server.reconcile.findings import SweepOutcome, Window, iso, now_ms
 from server.reconcile.lease import RENEWALS_PER_LEASE, Lease, LeaseLost
-from server.reconcile.sweep import OrderSweep, SweepOutcome, SweepParts, Window, iso, now_ms
+from server.reconcile.sweep import OrderSweep, SweepParts
 
 log = structlog.get_logger("server.reconcile")
 
