@@ -28,6 +28,7 @@ redelivery.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
@@ -110,6 +111,9 @@ class Applied:
         sandbox_policy: for a test payment, the project's sandbox policy that applied ("ignore", "grant");
             "" for a live event.
         note: why the event changed nothing, when the store says (a stale subscription event).
+        reconciled_by, reconciled_difference: for the late webhook of an order reconciliation applied ("tracker",
+            "sweeper") with other lines than the webhook's (bonus items Get order left out): who applied it and how
+            the lines differ; "" otherwise.
     """
 
     type: str
@@ -119,10 +123,22 @@ class Applied:
     kind_conflicts: int = 0
     sandbox_policy: str = ""
     note: str = ""
+    reconciled_by: str = ""
+    reconciled_difference: str = ""
 
     @property
     def replayed(self) -> bool:
         return self.result == "replayed"
+
+
+def _totals(lines: object) -> dict[str, int]:
+    """The units per sku an order's recorded lines grant (bundle lines left out: their contents are lines too)."""
+    totals: dict[str, int] = {}
+    for line in lines if isinstance(lines, list) else ():
+        if isinstance(line, dict) and line.get("type") != BUNDLE:
+            sku, quantity = str(line.get("sku", "")), line.get("quantity")
+            totals[sku] = totals.get(sku, 0) + (quantity if isinstance(quantity, int) else 0)
+    return totals
 
 
 def _ms(timestamp: Timestamp) -> int:
@@ -244,6 +260,9 @@ class Fulfillment:
         else:
             record["canceled_lines"] = compact_json(lines)
             outcome = await self._store.apply_order_canceled(project_id, user_id, order_id, event_id, actor, record)
+        differs = ("", "")
+        if event.type == ET.EVENT_TYPE_ORDER_PAID and event.origin == PROVIDER and outcome.result == "replayed":
+            differs = await self._reconciled_differently(project_id, user_id, order_id, lines)
         state = OrderState(
             project_id=project_id,
             order_id=order_id,
@@ -274,7 +293,28 @@ class Fulfillment:
         for result in await asyncio.gather(*after, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
-        return Applied(label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts, policy)
+        return Applied(
+            label, outcome.result, state, outcome.lines_changed, outcome.kind_conflicts, policy, "", *differs
+        )
+
+    async def _reconciled_differently(
+        self, project_id: int, user_id: str, order_id: str, lines: list[dict[str, object]]
+    ) -> tuple[str, str]:
+        """For the late webhook of an order reconciliation applied: (who applied it, how the webhook's lines differ
+        from what was applied), or ("", "") when they agree or the order was not reconciled. The provider's record
+        may leave out lines its webhook lists (bonus items): nothing more is granted, the operator is told."""
+        stored = await self._store.order(project_id, user_id, order_id) or {}
+        by = stored.get("granted_by", "")
+        if by not in ORIGIN_NAMES.values() or by == ORIGIN_NAMES[PROVIDER]:
+            return "", ""
+        try:
+            applied = _totals(json.loads(stored.get("lines", "[]")))
+        except (ValueError, TypeError, AttributeError):
+            applied = {}
+        webhook = _totals(lines)
+        if applied == webhook:
+            return "", ""
+        return by, f"applied {applied or 'nothing'}; the webhook lists {webhook}"
 
     async def _grantable_lines(self, project_id: int, order: events_pb2.OrderEvent) -> list[OrderLine]:
         lines: list[OrderLine] = []

@@ -92,7 +92,10 @@ class ServiceMetrics:
             "(an order_paid queued from the provider's record), undone (an order_canceled queued), already (applied "
             "before, nothing to do), mismatch (this service and the provider disagree: reported, not touched), "
             "unresolved (nobody says whose the order is: reported, never guessed), failed, overflow (a tracker's order "
-            "beyond the replica's maximum of pending reconciliations: left to the sweeper).",
+            "beyond the replica's maximum of pending reconciliations: left to the sweeper), deferred (a tracker's "
+            "order handed to a sweep, which can tell sandbox from live), rechecked (returned by a sweep's re-check), "
+            "lines_differ (the late webhook of a reconciled order lists other lines than were applied: reported, "
+            "nothing more granted).",
             ["project", "source", "result"],
             registry=registry,
         )

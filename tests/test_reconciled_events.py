@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from core.order_sources import ReportedStatus
 from core.reconciliation import ProviderOrder, ProviderOrderItem
@@ -106,11 +107,15 @@ async def test_reconciled_order_is_granted_once_then_the_late_webhook_replays_an
     assert sample(consuming, "entitlements_payment_to_grant_seconds_count", source="sweeper") == 1
 
     # The webhook arrives late, with its own event id and lines: stored, consumed, replayed.
-    late = webhook_event("paid", "5001", "player-1", [("starter_pack", 1, "bundle"), ("gold", 50), ("sword", 1)])
+    late = webhook_event(
+        "paid", "5001", "player-1", [("starter_pack", 1, "bundle"), ("gold", 50), ("sword", 1), ("gold", 5)]
+    )
     await log.append(late, b"{}")
     await drained(redis_client)
     assert await quantity(client, "player-1", "gold") == 55
     assert sample(consuming, "entitlements_events_total", type="order_paid", result="replayed") == 1
+    differ = {"project": str(PROJECT), "source": "sweeper", "result": "lines_differ"}
+    assert sample(consuming, "entitlements_reconcile_orders_total", **differ) == 0  # the same lines
 
     await log.append(webhook_event("canceled", "5001", "player-1"), b"{}")
     await drained(redis_client)
@@ -157,3 +162,23 @@ async def test_the_index_never_guesses_between_disagreeing_records(redis_client:
     assert not owners["1"].known
     assert not owners["1"].conflict
     assert owners["2"].user_id == "cid"
+
+
+async def test_a_late_webhook_listing_lines_the_reconciliation_did_not_apply_is_reported(
+    consuming: Service, client_factory: ClientFactory, redis_client: aioredis.Redis
+) -> None:
+    """The provider's record left a line out (a bonus item): the late webhook grants nothing more (the order is
+    paid), and the difference is counted and logged for an operator."""
+    client = await client_factory(consuming)
+    log = event_log(redis_client)
+    await log.append(reconciled(provider_order("5002", ProviderOrderItem("gold", 5)), "player-2", origin=1), b"")
+    await drained(redis_client)
+    with structlog.testing.capture_logs() as logs:
+        await log.append(webhook_event("paid", "5002", "player-2", [("gold", 5), ("sword", 1)]), b"{}")
+        await drained(redis_client)
+    assert await quantity(client, "player-2", "gold") == 5
+    assert await quantity(client, "player-2", "sword") == 0
+    differ = {"project": str(PROJECT), "source": "tracker", "result": "lines_differ"}
+    assert sample(consuming, "entitlements_reconcile_orders_total", **differ) == 1
+    (line,) = [entry for entry in logs if entry["event"] == "order_lines_differ"]
+    assert "'sword': 1" in line["difference"]

@@ -117,6 +117,17 @@ def report_applied(
         deliveries=entry.deliveries,
         apply_ms=round(elapsed_s * 1000, 3),
     )
+    if applied.reconciled_difference:
+        metrics.reconcile_orders.labels(str(entry.project_id), applied.reconciled_by, "lines_differ").inc()
+        log.warning(
+            "order_lines_differ",
+            event_id=event.event_id,
+            order_id=applied.order.order_id if applied.order else None,
+            project_id=entry.project_id,
+            reconciled_by=applied.reconciled_by,
+            difference=applied.reconciled_difference[:500],
+            note="the late webhook lists other lines than the reconciliation applied; nothing more was granted",
+        )
     if applied.kind_conflicts:
         log.warning(
             "order_kind_conflict",
