@@ -30,7 +30,9 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo
 
+## System packages some tests need (promtool; Chromium and its driver for the console's browser tests), then pytest.
 test: $(STAMP)
+	sh tools/ensure_packages.sh prometheus chromium chromium-driver
 	$(BIN)/pytest
 
 lint: $(STAMP)
