@@ -364,6 +364,7 @@ class Service:
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.store_up.set(1)
         return port
 
     async def _watch_store(self) -> None:
@@ -382,6 +383,7 @@ class Service:
                     await self.store.ping()
             except StoreUnavailable:
                 healthy = False
+            self.metrics.store_up.set(1 if healthy else 0)
             if healthy != serving:
                 serving = healthy
                 status = (

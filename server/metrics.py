@@ -48,6 +48,12 @@ class ServiceMetrics:
             ["method"],
             registry=registry,
         )
+        self.store_up = Gauge(
+            "entitlements_store_up",
+            "1 while the health service says SERVING (Redis answered the last health check), 0 while NOT_SERVING "
+            "(Redis does not answer, or the embedded one is being restarted: calls that need it are UNAVAILABLE).",
+            registry=registry,
+        )
         self.writes = Counter(
             "entitlements_writes_total",
             "Grant and Revoke calls that reached the store, by operation and outcome.",
