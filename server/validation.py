@@ -242,6 +242,52 @@ def _decode_page_token(token: str, project_id: int, user_id: str, include_expire
     return after
 
 
+#: A ledger entry id as Redis streams write it, `<ms>-<sequence>`.
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_NOT_FROM_LIST_LEDGER = "is not a token returned by ListLedger"
+
+
+def ledger_page_size(requested: int) -> int:
+    """A ledger page's size: `requested`, or the default for 0.
+
+    Raises:
+        InvalidArgument: naming `page_size`, outside 0..500.
+    """
+    size = requested or DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, not {requested}")
+    return size
+
+
+def encode_ledger_token(project_id: int, user_id: str, last_entry_id: str) -> str:
+    """An opaque token continuing a player's ledger after (older than) `last_entry_id`, bound to the project and
+    the player."""
+    data = json.dumps({"p": project_id, "u": user_ref(user_id), "l": last_entry_id}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
+
+
+def decode_ledger_token(token: str, project_id: int, user_id: str) -> str:
+    """The entry id a ledger page token continues after.
+
+    Raises:
+        InvalidArgument: naming `page_token`, when ListLedger did not make it, or made it for another project or
+            player.
+    """
+    # The bound comes first: what follows is base64 and JSON, whose work (and nesting) grows with the input.
+    if len(token) > MAX_PAGE_TOKEN_CHARS or not _PAGE_TOKEN.fullmatch(token):
+        raise InvalidArgument("page_token", _NOT_FROM_LIST_LEDGER)
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    except (ValueError, RecursionError):  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InvalidArgument("page_token", _NOT_FROM_LIST_LEDGER) from None
+    if not isinstance(data, dict) or not isinstance(data.get("l"), str) or not _ENTRY_ID.fullmatch(data["l"]):
+        raise InvalidArgument("page_token", _NOT_FROM_LIST_LEDGER)
+    if data.get("p") != project_id or data.get("u") != user_ref(user_id):
+        raise InvalidArgument("page_token", "belongs to a different project or player")
+    entry_id: str = data["l"]
+    return entry_id
+
+
 @dataclass(frozen=True)
 class SubscriptionQuery:
     """A validated ListSubscriptions request."""

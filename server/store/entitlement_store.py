@@ -192,9 +192,14 @@ class EntitlementStore:
                 raise StoreUnavailable(f"the indexes of player {user_ref(user_id)} were removed while being read")
         return cast(Sequence[Any], reply)
 
-    async def ledger(self, project_id: int, user_id: str, count: int = 100) -> list[LedgerEntry]:
-        """Returns the newest `count` ledger entries of a player, newest first."""
-        rows = await self._run(self._redis.xrevrange(UserKeys(project_id, user_id).ledger, count=count)) or []
+    async def ledger(
+        self, project_id: int, user_id: str, count: int = 100, *, before: str | None = None
+    ) -> list[LedgerEntry]:
+        """Returns the newest `count` ledger entries of a player, newest first; with `before` (an entry id), the
+        newest `count` older than that entry (exclusive: it is not repeated)."""
+        newest = f"({before}" if before else "+"
+        key = UserKeys(project_id, user_id).ledger
+        rows = await self._run(self._redis.xrevrange(key, max=newest, min="-", count=count)) or []
         return [
             LedgerEntry(reply_text(entry_id or b""), {reply_text(k): reply_text(v) for k, v in (values or {}).items()})
             for entry_id, values in rows
