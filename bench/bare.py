@@ -68,6 +68,9 @@ class BareServicer(pb_grpc.EntitlementServiceServicer):
     ) -> pb.ListSubscriptionsResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
 
+    async def ListLedger(self, request: pb.ListLedgerRequest, context: Context) -> pb.ListLedgerResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
+
     async def GetOrderStatus(
         self, request: pb.GetOrderStatusRequest, context: Context
     ) -> AsyncIterator[pb.OrderStatusUpdate]:

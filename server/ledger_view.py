@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server import validation
-from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore, LedgerEntry
+from server.store import CONSUMABLE, MAX_EXPIRES_AT_MS, PERMANENT, TIME_LIMITED, EntitlementStore, LedgerEntry
 
 #: Fields every entry may carry that `LedgerLine` shows in its own attributes; the rest go to `details`.
 _SHOWN = frozenset({"op", "sku", "kind", "idempotency_key", "actor", "reason", "at_ms", "before", "after", "order_id"})
@@ -29,6 +29,8 @@ _MONEY_OPS = {"payment": "payment", "refund": "refund", "partial_refund": "parti
 _UNITS = ((86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"), (1000, "second"), (1, "ms"))
 #: Calendar arithmetic in Python stops at the year 9999; later instants are shown as milliseconds.
 _LAST_DATE_MS = 253_402_300_799_000
+#: The largest number a record's field may hold to be shown (an int64); instants: the last expiry the store writes.
+_MOST = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def _line(entry_id: str, fields: Mapping[str, str], *, summary: str, **item: Any
 def _at_ms(entry_id: str, fields: Mapping[str, str]) -> int:
     """The entry's time: its `at_ms`, else the stream id's milliseconds (both the Redis server's clock)."""
     for text in (fields.get("at_ms", ""), entry_id.partition("-")[0]):
-        if text.isascii() and text.isdigit():
+        if text.isascii() and text.isdigit() and len(text) <= 15 and int(text) <= MAX_EXPIRES_AT_MS:
             return int(text)
     return 0
 
@@ -183,18 +185,22 @@ def _record(text: str) -> dict[str, Any] | None:
     return record
 
 
-def _number(record: Mapping[str, Any] | None, name: str) -> int | None:
+def _number(record: Mapping[str, Any] | None, name: str, *, most: int = _MOST) -> int | None:
     """An integer field of a record, None when absent.
 
     Raises:
         TypeError: the field is not a number.
+        ValueError: it is outside 0..`most`.
     """
     if record is None or record.get(name) is None:
         return None
     value = record[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} is not a number")
-    return int(value)
+    number = int(value)
+    if not 0 <= number <= most:
+        raise ValueError(f"{name} is out of range")
+    return number
 
 
 def _item_line(entry_id: str, fields: Mapping[str, str], op: str) -> LedgerLine:
@@ -203,7 +209,7 @@ def _item_line(entry_id: str, fields: Mapping[str, str], op: str) -> LedgerLine:
     if kind not in (CONSUMABLE, PERMANENT, TIME_LIMITED):
         raise ValueError(f"unknown kind {kind}")
     q_before, q_after = _number(before, "q") or 0, _number(after, "q") or 0
-    e_before, e_after = _number(before, "e"), _number(after, "e")
+    e_before, e_after = _number(before, "e", most=MAX_EXPIRES_AT_MS), _number(after, "e", most=MAX_EXPIRES_AT_MS)
     at = _at_ms(entry_id, fields)
     sku = fields["sku"]
     if op == "grant":
@@ -326,7 +332,8 @@ def _subscription_summary(fields: Mapping[str, str]) -> str:
         why = fields.get("why", "")
         return f"{name}: a {action.replace('_', ' ')} event ignored" + (f" ({why})" if why else "")
     plan = str(after.get("plan_external_id") or "")
-    next_charge, ends = _number(after, "date_next_charge_ms"), _number(after, "date_end_ms")
+    next_charge = _number(after, "date_next_charge_ms", most=_LAST_DATE_MS)
+    ends = _number(after, "date_end_ms", most=_LAST_DATE_MS)
     if action == "canceled":
         return f"{name} canceled" + (f" (ends {format_time(ends)})" if ends is not None else "")
     if action == "non_renewing":

@@ -21,6 +21,7 @@ from server import validation
 from server.auth import Principal
 from server.catalog import Catalogs
 from server.config import MAX_ORDER_WAIT_S
+from server.ledger_view import LedgerLine, ledger_page
 from server.metrics import ServiceMetrics
 from server.rpc import RpcRuntime, rpc, stream_rpc
 from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription
@@ -110,6 +111,32 @@ def recurring_subscription(record: RecurringSubscription) -> pb.Subscription:
     if record.period_unit:
         subscription.period.CopyFrom(pb.Period(value=record.period_value, unit=record.period_unit))
     return subscription
+
+
+def ledger_message(line: LedgerLine) -> pb.LedgerEntry:
+    """The protobuf form of a ledger line (`server.ledger_view`)."""
+    message = pb.LedgerEntry(
+        entry_id=line.entry_id,
+        at=_timestamp(line.at_ms),
+        operation=line.operation,
+        sku=line.sku,
+        kind=line.kind,  # type: ignore[arg-type]  # the view's kinds are the enum's values
+        actor=line.actor,
+        reason=line.reason,
+        idempotency_key=line.idempotency_key,
+        order_id=line.order_id,
+        summary=line.summary,
+        details=line.details,
+    )
+    if line.quantity_before is not None:
+        message.quantity_before = line.quantity_before
+    if line.quantity_after is not None:
+        message.quantity_after = line.quantity_after
+    if line.expires_before_ms is not None:
+        message.expires_before.CopyFrom(_timestamp(line.expires_before_ms))
+    if line.expires_after_ms is not None:
+        message.expires_after.CopyFrom(_timestamp(line.expires_after_ms))
+    return message
 
 
 class EntitlementServicer:
@@ -207,6 +234,14 @@ class EntitlementServicer:
         return pb.ListSubscriptionsResponse(
             subscriptions=subscriptions, has_more=query.offset + query.limit < page.total
         )
+
+    @rpc("ListLedger", "read")
+    async def ListLedger(
+        self, request: pb.ListLedgerRequest, context: Context, principal: Principal, project_id: int
+    ) -> pb.ListLedgerResponse:
+        query = validation.ledger_query(request, project_id)
+        lines, token = await ledger_page(self._store, project_id, query.user_id, query.page_size, query.page_token)
+        return pb.ListLedgerResponse(entries=[ledger_message(line) for line in lines], next_page_token=token)
 
     @stream_rpc("GetOrderStatus", "read")
     async def GetOrderStatus(

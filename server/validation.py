@@ -247,6 +247,23 @@ _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _NOT_FROM_LIST_LEDGER = "is not a token returned by ListLedger"
 
 
+@dataclass(frozen=True)
+class LedgerQuery:
+    """A validated ListLedger request: the player, the page size, and the page token as it came (decoded by
+    `server.ledger_view.ledger_page`, which binds it to the project and the player)."""
+
+    project_id: int
+    user_id: str
+    page_size: int
+    page_token: str
+
+
+def ledger_query(request: pb.ListLedgerRequest, project_id: int) -> LedgerQuery:
+    """Validates a ListLedgerRequest in `project_id` (its page token is checked when the page is read)."""
+    user_id = identifier("user_id", request.user_id)
+    return LedgerQuery(project_id, user_id, ledger_page_size(request.page_size), request.page_token)
+
+
 def ledger_page_size(requested: int) -> int:
     """A ledger page's size: `requested`, or the default for 0.
 

@@ -109,6 +109,10 @@ class _Servicer(pb_grpc.EntitlementServiceServicer):
         await self._begin("ListSubscriptions", request, context)
         return pb.ListSubscriptionsResponse(subscriptions=[pb.Subscription(id="sub-1")], has_more=True)
 
+    async def ListLedger(self, request: pb.ListLedgerRequest, context: _Context) -> pb.ListLedgerResponse:
+        await self._begin("ListLedger", request, context)
+        return pb.ListLedgerResponse(entries=[pb.LedgerEntry(entry_id="1-0", summary="granted 1 gold (0 -> 1)")])
+
     async def GetOrderStatus(
         self, request: pb.GetOrderStatusRequest, context: _Context
     ) -> AsyncIterator[pb.OrderStatusUpdate]:

@@ -3,13 +3,18 @@ described; entries the view cannot read, still shown; paging and its tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
 
 from core.keys import UserKeys
+from entitlements import AsyncEntitlementsClient, EntitlementKind, EntitlementsClient, InvalidArgumentError
+from entitlements import LedgerEntry as LedgerMessage
+from server.app import Service
 from server.errors import InvalidArgument
 from server.ledger_view import LedgerLine, describe, format_span, format_time, ledger_page
 from server.store import (
@@ -23,7 +28,7 @@ from server.store import (
     RevokeCommand,
     SubscriptionChange,
 )
-from tests.helpers.services import PROJECT
+from tests.helpers.services import PROJECT, READER_KEY, ClientFactory, store_changes
 
 DAY_MS = 86_400_000
 PLAYER = "player-1"
@@ -189,17 +194,24 @@ async def test_subscriptions_and_payments_change_no_item(store: EntitlementStore
         ({"op": "migrated"}, "migrated"),
         ({}, "unknown"),
         ({"op": "grant", "sku": "x", "after": "[" * 100_000}, "grant on x"),
+        ({"op": "grant", "sku": "gold", "after": '{"k": 1, "q": 1e30}'}, "grant on gold"),
+        ({"op": "grant", "sku": "gold", "after": '{"k": 1, "q": -5}'}, "grant on gold"),
+        ({"op": "grant", "sku": "pass", "after": '{"k": 3, "q": 1, "e": 1e300}'}, "grant on pass"),
+        ({"op": "grant", "sku": "gold", "after": '{"k": 1, "q": NaN}'}, "grant on gold"),
+        ({"op": "grant", "sku": "gold", "after": '{"k": 1, "q": Infinity}'}, "grant on gold"),
+        ({"op": "payment", "at_ms": "9" * 40}, "payment; no item changed"),
     ],
 )
 def test_an_entry_the_view_cannot_read_keeps_its_raw_operation(fields: dict[str, str], summary: str) -> None:
-    """An entry written by an older version, or damaged, is still shown: raw operation, sku, actor and reason, no
-    quantities, and "<op> on <sku>" as its summary; describing it never raises."""
+    """An entry written by an older version, or damaged (numbers out of range included), is still shown: raw
+    operation, sku, actor and reason, no quantities, and "<op> on <sku>" as its summary; describing it never
+    raises."""
     line = describe(LedgerEntry("1785478223000-0", {**fields, "actor": "old", "reason": fields.get("reason", "r")}))
     assert line.summary == summary
     assert line.operation == (fields.get("op") or "unknown")
     assert (line.quantity_before, line.quantity_after, line.kind) == (None, None, 0)
     assert line.actor == "old"
-    assert line.at_ms == 1785478223000
+    assert line.at_ms == 1785478223000  # its at_ms when it reads as one, else the entry id's
 
 
 async def test_pages_walk_the_ledger_newest_first_once(store: EntitlementStore) -> None:
@@ -250,3 +262,93 @@ async def test_foreign_or_forged_tokens_and_bad_sizes_are_refused(
             await ledger_page(store, PROJECT, PLAYER, size, "")
         assert refused.value.field == "page_size"
     assert await redis_client.xlen(UserKeys(PROJECT, PLAYER).ledger) == 3
+
+
+def ms(message: LedgerMessage, name: str) -> int | None:
+    """A Timestamp field of a ledger entry in ms, None when unset."""
+    if not message.HasField(name):  # type: ignore[arg-type]  # the names below are the message's fields
+        return None
+    stamp = getattr(message, name)
+    return int(stamp.seconds * 1000 + stamp.nanos // 1_000_000)
+
+
+async def test_list_ledger_pages_the_history_in_plain_words(
+    service: Service, client: AsyncEntitlementsClient, client_factory: ClientFactory
+) -> None:
+    """ListLedger (read scope) pages a player's ledger newest first, each entry with its before and after, who,
+    why and a summary; unset optional fields where the entry has none; a player with no ledger has an empty page."""
+    await client.grant(PLAYER, "gold", quantity=100, reason="compensation", idempotency_key="g-1", metadata={"t": "7"})
+    await client.grant(PLAYER, "vip_pass", duration=timedelta(days=30), idempotency_key="g-2")
+    await client.revoke(PLAYER, "gold", reason="chargeback", idempotency_key="r-1")
+    reader = await client_factory(service, api_key=READER_KEY)
+    first = await reader.list_ledger(PLAYER, page_size=2)
+    assert first.entries[0].summary == "revoked 100 gold (100 -> 0)"
+    assert first.next_page_token
+    second = await reader.list_ledger(PLAYER, page_size=2, page_token=first.next_page_token)
+    assert second.next_page_token == ""
+    revoke, vip = first.entries
+    (gold,) = second.entries
+    assert (gold.operation, gold.sku, gold.kind) == ("grant", "gold", EntitlementKind.ENTITLEMENT_KIND_CONSUMABLE)
+    assert (gold.quantity_before, gold.quantity_after, gold.actor, gold.reason) == (0, 100, "writer", "compensation")
+    assert (gold.idempotency_key, gold.summary) == ("g-1", "granted 100 gold (0 -> 100)")
+    assert json.loads(gold.details["metadata"]) == {"t": "7"}
+    assert ms(gold, "expires_before") is None
+    assert ms(gold, "expires_after") is None
+    assert ms(vip, "expires_before") is None
+    expiry = ms(vip, "expires_after")
+    assert expiry == ms(vip, "at") + 30 * 86_400_000  # type: ignore[operator]
+    assert vip.summary == f"granted vip_pass until {format_time(expiry)} (+30 days)"
+    assert (revoke.quantity_before, revoke.quantity_after, revoke.HasField("quantity_after")) == (100, 0, True)
+    assert [e.entry_id for e in (revoke, vip, gold)] == sorted((e.entry_id for e in (revoke, vip, gold)), reverse=True)
+    empty = await reader.list_ledger("nobody")
+    assert (list(empty.entries), empty.next_page_token) == ([], "")
+
+
+async def test_a_payment_entry_leaves_quantities_unset(service: Service, client: AsyncEntitlementsClient) -> None:
+    """An entry that changes no item (a payment) has no quantity or expiry fields set, and says so in words."""
+    assert service.store is not None
+    fields = {"op": "payment", "sku": "", "actor": "webhook", "reason": "payment t-1", "before": "", "after": ""}
+    await service.store.record_event(PROJECT, PLAYER, "ev-1", {**fields, "amount": "5", "currency": "EUR"})
+    (entry,) = (await client.list_ledger(PLAYER)).entries
+    assert not any(entry.HasField(name) for name in ("quantity_before", "quantity_after", "expires_after"))
+    assert entry.summary == "payment of 5 EUR; no item changed"
+    assert entry.kind == EntitlementKind.ENTITLEMENT_KIND_UNSPECIFIED
+
+
+async def test_list_ledger_refuses_bad_requests_naming_the_field(
+    service: Service, client: AsyncEntitlementsClient, redis_client: aioredis.Redis
+) -> None:
+    """A page size past 500, a token of another player, a forged token or a bad user id is INVALID_ARGUMENT naming
+    the field, and writes nothing."""
+    for n in range(3):
+        await client.grant(PLAYER, f"item_{n}")
+    token = (await client.list_ledger(PLAYER, page_size=1)).next_page_token
+    changes = await store_changes(redis_client)
+    refused = [
+        ({"page_size": 501}, PLAYER, r"^INVALID_ARGUMENT: page_size: must be between 0 and 500, not 501$"),
+        ({"page_size": -1}, PLAYER, r"^INVALID_ARGUMENT: page_size: "),
+        (
+            {"page_token": token},
+            "player-2",
+            r"^INVALID_ARGUMENT: page_token: belongs to a different project or player$",
+        ),
+        ({"page_token": "bogus!"}, PLAYER, r"^INVALID_ARGUMENT: page_token: is not a token returned by ListLedger$"),
+        ({}, "", r"^INVALID_ARGUMENT: user_id: "),
+        ({}, "x" * 257, r"^INVALID_ARGUMENT: user_id: "),
+    ]
+    for kwargs, user, message in refused:
+        with pytest.raises(InvalidArgumentError, match=message):
+            await client.list_ledger(user, **kwargs)  # type: ignore[arg-type]
+    assert await store_changes(redis_client) == changes
+
+
+async def test_the_blocking_client_lists_the_ledger(service: Service, client: AsyncEntitlementsClient) -> None:
+    """EntitlementsClient.list_ledger returns the same page as the async client."""
+    await client.grant(PLAYER, "gold", quantity=3)
+    assert service.endpoints is not None
+
+    def blocking() -> list[str]:
+        with EntitlementsClient(f"127.0.0.1:{service.endpoints.grpc_port}", api_key=READER_KEY) as sync:  # type: ignore[union-attr]
+            return [entry.summary for entry in sync.list_ledger(PLAYER).entries]
+
+    assert await asyncio.to_thread(blocking) == ["granted 3 gold (0 -> 3)"]

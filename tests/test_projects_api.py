@@ -77,6 +77,7 @@ CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
     "CheckEntitlement": lambda client, **kw: client.check_entitlement("player-1", "gold", **kw),
     "ListEntitlements": lambda client, **kw: client.list_entitlements("player-1", **kw),
     "ListSubscriptions": lambda client, **kw: client.list_subscriptions("player-1", **kw),
+    "ListLedger": lambda client, **kw: client.list_ledger("player-1", **kw),
     "GetOrderStatus": lambda client, **kw: _stream(client, **kw),
 }
 

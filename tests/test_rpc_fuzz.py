@@ -60,6 +60,7 @@ DOCUMENTED = {
     "CheckEntitlement": ALWAYS,
     "ListEntitlements": ALWAYS,
     "ListSubscriptions": ALWAYS,
+    "ListLedger": ALWAYS,
     # The player's token rejected by Xsolla, the order unknown there, too many orders followed.
     "GetOrderStatus": ALWAYS | {StatusCode.UNAUTHENTICATED, StatusCode.NOT_FOUND, StatusCode.RESOURCE_EXHAUSTED},
 }

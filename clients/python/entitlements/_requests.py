@@ -91,6 +91,11 @@ def list_subscriptions(
     )
 
 
+def list_ledger(user_id: str, *, project_id: int, page_size: int, page_token: str) -> pb.ListLedgerRequest:
+    """Builds a ListLedgerRequest."""
+    return pb.ListLedgerRequest(project_id=project_id, user_id=user_id, page_size=page_size, page_token=page_token)
+
+
 def get_order_status(
     order_id: str, user_id: str, *, project_id: int, token: str, max_wait: timedelta | None
 ) -> pb.GetOrderStatusRequest:

@@ -330,6 +330,41 @@ class AsyncEntitlementsClient(_BaseClient):
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
             )
 
+    async def list_ledger(
+        self,
+        user_id: str,
+        *,
+        project_id: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.ListLedgerResponse:
+        """Returns one page of a player's audit ledger, newest first: each change with who made it, why, the
+        quantity and expiry before and after, and a one-sentence summary.
+
+        Args:
+            user_id: The player id used with Xsolla.
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
+            page_size: Entries per page, 1..500; 0 for the server's default (50).
+            page_token: `next_page_token` of the previous page; empty for the newest entries.
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            The page and the token of the next (older) one, empty on the last page. A player with no ledger has an
+            empty page.
+
+        Raises:
+            InvalidArgumentError: A field is out of range or the token belongs to another player or project.
+            AuthenticationError, PermissionDeniedError, RetryableError: See the errors module.
+        """
+        request = _requests.list_ledger(
+            user_id, project_id=self._project(project_id), page_size=page_size, page_token=page_token
+        )
+        with _translated_errors():
+            return await self._get_stub().ListLedger(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
     def get_order_status(
         self,
         order_id: str,

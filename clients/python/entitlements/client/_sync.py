@@ -203,6 +203,22 @@ class EntitlementsClient(_BaseClient):
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
             )
 
+    def list_ledger(
+        self,
+        user_id: str,
+        *,
+        project_id: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.ListLedgerResponse:
+        """Returns one page of a player's audit ledger, newest first; see `AsyncEntitlementsClient.list_ledger`."""
+        request = _requests.list_ledger(
+            user_id, project_id=self._project(project_id), page_size=page_size, page_token=page_token
+        )
+        with _translated_errors():
+            return self._get_stub().ListLedger(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
+
     def get_order_status(
         self,
         order_id: str,

@@ -8,8 +8,8 @@ with GetOrderStatus. Every write is idempotent (see `idempotency_key`) and atomi
 several service replicas never lose or double an update.
 
 Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-`read` for CheckEntitlement, ListEntitlements, ListSubscriptions and GetOrderStatus; `write` for Grant
-and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+`read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
+Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
 Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -778,6 +778,197 @@ class ListSubscriptionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSubscriptionsResponse: _TypeAlias = ListSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class ListLedgerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The player. Required, 1..256 bytes."""
+    page_size: _builtins.int
+    """Entries per page, 1..500; 50 when 0. Anything else is INVALID_ARGUMENT naming `page_size`."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the newest entries. A token of another player or project,
+    or anything ListLedger did not return, is INVALID_ARGUMENT naming `page_token`.
+    """
+    project_id: _builtins.int
+    """The Xsolla project. 0: the API key's project when it is bound to exactly one, else the service's default
+    project. INVALID_ARGUMENT when still none, when negative, or when the service does not serve it;
+    PERMISSION_DENIED when the API key is not bound to it.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        project_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerRequest: _TypeAlias = ListLedgerRequest  # noqa: Y015
+
+@_typing.final
+class LedgerEntry(_message.Message):
+    """One entry of a player's audit ledger, in plain words."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DetailsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    QUANTITY_BEFORE_FIELD_NUMBER: _builtins.int
+    QUANTITY_AFTER_FIELD_NUMBER: _builtins.int
+    EXPIRES_BEFORE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AFTER_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """The entry's id, unique in the player's ledger (`<ms>-<sequence>`); entries are ordered by it."""
+    operation: _builtins.str
+    """What was recorded: "grant", "revoke", "cancel" (an item taken back because its order was canceled),
+    "order_paid" and "order_canceled" (an order that changed no item: granted nothing by the project's sandbox
+    policy, or paid after its cancel, or canceled before its payment), "subscription" (a recurring subscription's
+    event), "payment", "refund", "partial_refund". A later version may add others: show `summary` for those.
+    """
+    sku: _builtins.str
+    """The item changed; empty when the entry changes no item."""
+    kind: Global___EntitlementKind.ValueType
+    """The item's kind; UNSPECIFIED when the entry changes no item, or when it cannot be read (an entry written by
+    an older version: `summary` is then "<operation> on <sku>").
+    """
+    quantity_before: _builtins.int
+    """Units held before and after the change, 0 when the item was not held (a revoke's after, a first grant's
+    before). Unset when the entry changes no item.
+    """
+    quantity_after: _builtins.int
+    actor: _builtins.str
+    """Who made the change: the API key's name for Grant and Revoke, `console:<operator>` for the support console,
+    "webhook" or "reconciler" (and the like) for provider events.
+    """
+    reason: _builtins.str
+    """Why, as the caller gave it (Grant's and Revoke's `reason`), or the event it came from ("order_paid <order>")."""
+    idempotency_key: _builtins.str
+    """The idempotency key of the request, or the id of the provider event, that made the change."""
+    order_id: _builtins.str
+    """The provider's order, when the change comes from one; else empty."""
+    summary: _builtins.str
+    """One sentence saying what changed, for people: "granted 100 gold (0 -> 100)", "extended vip_pass to
+    2026-12-31 14:00 UTC (+30 days)", "took back 100 gold (150 -> 50): order 123 canceled", "payment of 9.99 USD,
+    transaction 555; no item changed". Times in UTC. Its wording may change between versions: parse the other
+    fields, not this one.
+    """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made (the store's clock)."""
+
+    @_builtins.property
+    def expires_before(self) -> _timestamp_pb2.Timestamp:
+        """TIME_LIMITED items: the expiry before and after the change; unset when the item was not held then (a first
+        grant's before, a revoke's after) and for the other kinds.
+        """
+
+    @_builtins.property
+    def expires_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The entry's other recorded fields, as stored: a grant's `metadata` (JSON) and `quantity` (units requested),
+        a payment's `transaction_id`, `amount` and `currency`, a subscription event's `subscription_id`, ...
+        """
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        operation: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        kind: Global___EntitlementKind.ValueType = ...,
+        quantity_before: _builtins.int | None = ...,
+        quantity_after: _builtins.int | None = ...,
+        expires_before: _timestamp_pb2.Timestamp | None = ...,
+        expires_after: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity_after", b"_quantity_after", "_quantity_before", b"_quantity_before", "at", b"at", "expires_after", b"expires_after", "expires_before", b"expires_before", "quantity_after", b"quantity_after", "quantity_before", b"quantity_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity_after", b"_quantity_after", "_quantity_before", b"_quantity_before", "actor", b"actor", "at", b"at", "details", b"details", "entry_id", b"entry_id", "expires_after", b"expires_after", "expires_before", b"expires_before", "idempotency_key", b"idempotency_key", "kind", b"kind", "operation", b"operation", "order_id", b"order_id", "quantity_after", b"quantity_after", "quantity_before", b"quantity_before", "reason", b"reason", "sku", b"sku", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__quantity_after: _TypeAlias = _typing.Literal["quantity_after"]  # noqa: Y015
+    _WhichOneofArgType__quantity_after: _TypeAlias = _typing.Literal["_quantity_after", b"_quantity_after"]  # noqa: Y015
+    _WhichOneofReturnType__quantity_before: _TypeAlias = _typing.Literal["quantity_before"]  # noqa: Y015
+    _WhichOneofArgType__quantity_before: _TypeAlias = _typing.Literal["_quantity_before", b"_quantity_before"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quantity_after) -> _WhichOneofReturnType__quantity_after | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quantity_before) -> _WhichOneofReturnType__quantity_before | None: ...
+
+Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class ListLedgerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as `page_token` to get the next (older) page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """At most `page_size` entries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerResponse: _TypeAlias = ListLedgerResponse  # noqa: Y015
 
 @_typing.final
 class GetOrderStatusRequest(_message.Message):

@@ -59,6 +59,11 @@ class EntitlementServiceStub:
                 request_serializer=entitlements_dot_v1_dot_entitlements__pb2.ListSubscriptionsRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_entitlements__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
+        self.ListLedger = channel.unary_unary(
+                '/entitlements.v1.EntitlementService/ListLedger',
+                request_serializer=entitlements_dot_v1_dot_entitlements__pb2.ListLedgerRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_entitlements__pb2.ListLedgerResponse.FromString,
+                _registered_method=True)
         self.GetOrderStatus = channel.unary_stream(
                 '/entitlements.v1.EntitlementService/GetOrderStatus',
                 request_serializer=entitlements_dot_v1_dot_entitlements__pb2.GetOrderStatusRequest.SerializeToString,
@@ -123,6 +128,19 @@ class EntitlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLedger(self, request, context):
+        """Lists a player's audit ledger, newest first, a page at a time: every change to the player's items (grants,
+        revokes, an order's lines and what its cancel took back) and every provider event recorded for the player
+        (orders that granted nothing, subscription events, payments and refunds), each with who made it, why, and
+        the quantity and expiry before and after, plus a one-sentence summary for support tools to show as it is.
+
+        A player with no ledger has an empty page, not NOT_FOUND. Entries written while paging appear on a new
+        listing, never in the middle of this one: the pages continue from the last entry read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetOrderStatus(self, request, context):
         """Follows one order until it is done or canceled: the first message is the state already stored, if any,
         then each change of status as soon as any source (webhook, Xsolla's order-status WebSocket, polling of
@@ -175,6 +193,11 @@ def add_EntitlementServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptions,
                     request_deserializer=entitlements_dot_v1_dot_entitlements__pb2.ListSubscriptionsRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_entitlements__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'ListLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedger,
+                    request_deserializer=entitlements_dot_v1_dot_entitlements__pb2.ListLedgerRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_entitlements__pb2.ListLedgerResponse.SerializeToString,
             ),
             'GetOrderStatus': grpc.unary_stream_rpc_method_handler(
                     servicer.GetOrderStatus,
@@ -317,6 +340,33 @@ class EntitlementService:
             '/entitlements.v1.EntitlementService/ListSubscriptions',
             entitlements_dot_v1_dot_entitlements__pb2.ListSubscriptionsRequest.SerializeToString,
             entitlements_dot_v1_dot_entitlements__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.EntitlementService/ListLedger',
+            entitlements_dot_v1_dot_entitlements__pb2.ListLedgerRequest.SerializeToString,
+            entitlements_dot_v1_dot_entitlements__pb2.ListLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,8 +8,8 @@ with GetOrderStatus. Every write is idempotent (see `idempotency_key`) and atomi
 several service replicas never lose or double an update.
 
 Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-`read` for CheckEntitlement, ListEntitlements, ListSubscriptions and GetOrderStatus; `write` for Grant
-and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+`read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
+Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
 Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -98,6 +98,15 @@ class EntitlementServiceStub:
     (Xsolla Subscriptions, recorded from webhooks) first, then non-renewing ones (the time-limited items held
     by the player), each group newest first.
     """
+    ListLedger: _grpc.UnaryUnaryMultiCallable[_entitlements_pb2.ListLedgerRequest, _entitlements_pb2.ListLedgerResponse]
+    """Lists a player's audit ledger, newest first, a page at a time: every change to the player's items (grants,
+    revokes, an order's lines and what its cancel took back) and every provider event recorded for the player
+    (orders that granted nothing, subscription events, payments and refunds), each with who made it, why, and
+    the quantity and expiry before and after, plus a one-sentence summary for support tools to show as it is.
+
+    A player with no ledger has an empty page, not NOT_FOUND. Entries written while paging appear on a new
+    listing, never in the middle of this one: the pages continue from the last entry read.
+    """
     GetOrderStatus: _grpc.UnaryStreamMultiCallable[_entitlements_pb2.GetOrderStatusRequest, _entitlements_pb2.OrderStatusUpdate]
     """Follows one order until it is done or canceled: the first message is the state already stored, if any,
     then each change of status as soon as any source (webhook, Xsolla's order-status WebSocket, polling of
@@ -156,6 +165,15 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     """Lists a player's subscriptions, in the shape of Xsolla's user subscriptions API: recurring subscriptions
     (Xsolla Subscriptions, recorded from webhooks) first, then non-renewing ones (the time-limited items held
     by the player), each group newest first.
+    """
+    ListLedger: _aio.UnaryUnaryMultiCallable[_entitlements_pb2.ListLedgerRequest, _entitlements_pb2.ListLedgerResponse]  # type: ignore[assignment]
+    """Lists a player's audit ledger, newest first, a page at a time: every change to the player's items (grants,
+    revokes, an order's lines and what its cancel took back) and every provider event recorded for the player
+    (orders that granted nothing, subscription events, payments and refunds), each with who made it, why, and
+    the quantity and expiry before and after, plus a one-sentence summary for support tools to show as it is.
+
+    A player with no ledger has an empty page, not NOT_FOUND. Entries written while paging appear on a new
+    listing, never in the middle of this one: the pages continue from the last entry read.
     """
     GetOrderStatus: _aio.UnaryStreamMultiCallable[_entitlements_pb2.GetOrderStatusRequest, _entitlements_pb2.OrderStatusUpdate]  # type: ignore[assignment]
     """Follows one order until it is done or canceled: the first message is the state already stored, if any,
@@ -242,6 +260,21 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a player's subscriptions, in the shape of Xsolla's user subscriptions API: recurring subscriptions
         (Xsolla Subscriptions, recorded from webhooks) first, then non-renewing ones (the time-limited items held
         by the player), each group newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLedger(
+        self,
+        request: _entitlements_pb2.ListLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_entitlements_pb2.ListLedgerResponse, _abc.Awaitable[_entitlements_pb2.ListLedgerResponse]]:
+        """Lists a player's audit ledger, newest first, a page at a time: every change to the player's items (grants,
+        revokes, an order's lines and what its cancel took back) and every provider event recorded for the player
+        (orders that granted nothing, subscription events, payments and refunds), each with who made it, why, and
+        the quantity and expiry before and after, plus a one-sentence summary for support tools to show as it is.
+
+        A player with no ledger has an empty page, not NOT_FOUND. Entries written while paging appear on a new
+        listing, never in the middle of this one: the pages continue from the last entry read.
         """
 
     @_abc_1.abstractmethod
