@@ -3,7 +3,7 @@ reconcile | migrate-layout]`.
 
 serve                                   run the gRPC service (the default); configured by environment variables
 hash-key [--projects IDS]               make a new random API key and print it with its configuration entry
-ledger USER_ID                          print a player's audit ledger, newest first (for support)
+ledger USER_ID [--limit N] [--json]     print a player's audit ledger as a table, newest first (for support)
 dead-letters list                       print the webhook events set aside after failing too often
 dead-letters replay (ID | --all)        put dead letters back on their event stream, once the cause is fixed
 dead-letters discard (ID | --all)       delete dead letters that must never be applied
@@ -16,10 +16,11 @@ reconcile [--from ISO --until ISO]      sweep a project's orders at Xsolla now (
 reconcile status                        the sweeper's progress, lease and reported orders for a project
 
 `ledger`, `dead-letters`, `events` and `reconcile` act on one project: `--project`, by default the default project. The
-operator commands reach Redis as the service does (REDIS_URL, or the embedded server's data directory, which
-a running service holds locked: use REDIS_URL to inspect a live system), and refuse a store of another key layout
-as the service does (`core.layout`), except `migrate-layout`, which moves one (`server.commands`). A bad argument
-is one line on stderr and exit status 2.
+operator commands reach Redis as the service does: REDIS_URL, or else the embedded store of the data directory,
+the running service's when one runs there (`make run`), a private one for the command otherwise
+(`server.commands.context`). They refuse a store of another key layout as the service does (`core.layout`), except
+`migrate-layout`, which moves one. A failure is one line on stderr and exit status 1; a bad argument or setting, one
+line and exit status 2.
 """
 
 from __future__ import annotations
@@ -32,20 +33,20 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from prometheus_client import CollectorRegistry
 
 from core import logs
-from core.connections import reply_text
 from core.errors import ConfigError
-from core.keys import CONSUMER_GROUP
 from core.layout import LayoutMismatch, migrate_layout
 from core.lifecycle import wait_for_stop_signal
+from core.limits import identifier_problem
 from core.projects import project_id_problem
 from providers import xsolla as xsolla_provider
 from providers.xsolla import OrderSettings as XsollaOrderSettings
@@ -53,13 +54,16 @@ from server.app import Service
 from server.auth import ALL_PROJECTS, SCOPES, hash_key, parse_api_keys
 from server.catalog import Catalogs
 from server.commands import command_project, operator_redis
+from server.commands.context import BAD_ARGUMENT, run_command
+from server.commands.events import dead_letters_command, events_status
+from server.commands.ledger import ledger_command
 from server.commands.reconcile import reconcile_command, reconcile_status
 from server.config import Settings
-from server.consumer import group_info
-from server.deadletters import DeadLetters
 from server.metrics import CatalogMetrics
 from server.reconcile import Range
-from server.store import KIND_NAMES, EntitlementStore
+from server.store import KIND_NAMES
+
+__all__ = ["catalog_command", "dead_letters_command", "events_status", "load_settings", "main"]
 
 log = structlog.get_logger("server")
 
@@ -102,78 +106,6 @@ async def serve(
     await wait_for_stop_signal()
     log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
     await service.stop()
-
-
-async def print_ledger(settings: Settings, project_id: int, user_id: str, count: int) -> None:
-    """Prints the newest `count` ledger entries of a player of a project as JSON lines."""
-    async with operator_redis(settings) as redis:
-        store = EntitlementStore(redis, timeout_s=settings.redis_timeout_s, idempotency_ttl_ms=1)
-        for entry in await store.ledger(project_id, user_id, count):
-            print(json.dumps({"id": entry.entry_id, **entry.fields}, ensure_ascii=False))
-
-
-async def dead_letters_command(
-    settings: Settings,
-    project_id: int,
-    action: str,
-    entry_id: str | None,
-    *,
-    count: int = 100,
-    out: TextIO | None = None,
-) -> int:
-    """Runs `dead-letters list|replay|discard` on a project's dead letters and prints JSON lines; returns the exit
-    status (1: no such id).
-
-    Args:
-        action: "list", "replay" or "discard".
-        entry_id: the dead letter's id (as listed), or None for all of them (replay, discard).
-        count: list at most this many per partition.
-    """
-    out = out or sys.stdout
-    async with operator_redis(settings) as redis:
-        letters = DeadLetters(redis, settings.event_partitions)
-        if action == "list":
-            for letter in await letters.read(project_id, count):
-                print(json.dumps(letter.as_dict(), ensure_ascii=False), file=out)
-            return 0
-        if action == "replay":
-            replayed = await letters.replay(project_id, entry_id)
-            for item in replayed:
-                row = {"replayed": item.dead_letter_id, "project_id": item.project_id, "partition": item.partition}
-                print(json.dumps({**row, "new_id": item.new_entry_id}), file=out)
-            return 1 if entry_id is not None and not replayed else 0
-        deleted = await letters.discard(project_id, entry_id)
-        print(json.dumps({"discarded": deleted, "project_id": project_id}), file=out)
-        return 1 if entry_id is not None and not deleted else 0
-
-
-async def events_status(settings: Settings, project_id: int, *, out: TextIO | None = None) -> int:
-    """Prints, per partition of a project, the event stream's length, the consumer group's pending and undelivered
-    entries, its consumers, and the dead letters waiting, as JSON lines."""
-    out = out or sys.stdout
-    async with operator_redis(settings) as redis:
-        letters = DeadLetters(redis, settings.event_partitions)
-        for keys in letters.keys_of(project_id):
-            row: dict[str, Any] = {
-                "project_id": keys.project_id,
-                "partition": keys.partition,
-                "stream": keys.stream,
-                "length": int(await redis.xlen(keys.stream)),
-                "dead_letters": await letters.waiting(keys),
-            }
-            group = await group_info(redis, keys) if row["length"] or await redis.exists(keys.stream) else None
-            if group is not None:
-                row.update(
-                    pending=int(group["pending"]),
-                    undelivered=group.get("lag"),
-                    last_delivered_id=reply_text(group["last-delivered-id"]),
-                    consumers=[
-                        {"name": reply_text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
-                        for c in await redis.xinfo_consumers(keys.stream, CONSUMER_GROUP)
-                    ],
-                )
-            print(json.dumps(row, ensure_ascii=False), file=out)
-    return 0
 
 
 async def catalog_command(
@@ -282,6 +214,26 @@ def _project_id(text: str) -> int:
     return value
 
 
+def _user_id(text: str) -> str:
+    """A player id, as the RPCs take it (argparse type)."""
+    problem = identifier_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text[:64]!r}: a player id {problem}")
+    return text
+
+
+#: The most entries `ledger --limit` prints.
+MAX_LEDGER_LIMIT = 100_000
+
+
+def _limit(text: str) -> int:
+    """How many ledger entries to print, 1..MAX_LEDGER_LIMIT (argparse type)."""
+    value = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= value <= MAX_LEDGER_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of entries from 1 to {MAX_LEDGER_LIMIT:,}")
+    return value
+
+
 def _entry_id(text: str) -> str:
     """A stream entry id, `<ms>-<seq>` (argparse type)."""
     if not re.fullmatch(r"\d+-\d+", text):
@@ -332,15 +284,21 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the project ids the key may be used on, comma-separated, or {ALL_PROJECTS} (default: every project)",
     )
     project_help = "the project (default: the default project)"
-    ledger_parser = commands.add_parser("ledger", help="print a player's audit ledger, newest first")
-    ledger_parser.add_argument("user_id")
-    ledger_parser.add_argument("--count", type=int, default=100)
+    ledger_parser = commands.add_parser(
+        "ledger",
+        help="print a player's audit ledger as a table, newest first",
+        description="A player's audit ledger, newest first: time (UTC), operation, sku, before -> after, actor, "
+        "reason and what happened in plain words; --json prints one JSON object per entry instead.",
+    )
+    ledger_parser.add_argument("user_id", type=_user_id, help="the player id used with Xsolla")
+    ledger_parser.add_argument("--limit", "--count", type=_limit, default=50, help="at most this many (default 50)")
+    ledger_parser.add_argument("--json", action="store_true", help="JSON lines (one per entry) instead of a table")
     ledger_parser.add_argument("--project", type=_project_id, help=project_help)
     dead_parser = commands.add_parser("dead-letters", help="list, replay or discard webhook events that kept failing")
     dead_parser.add_argument("--project", type=_project_id, help=project_help)
     dead_actions = dead_parser.add_subparsers(dest="action", required=True)
     dead_list = dead_actions.add_parser("list", help="print the dead letters as JSON lines, oldest first")
-    dead_list.add_argument("--count", type=int, default=100, help="at most this many per partition")
+    dead_list.add_argument("--count", type=_limit, default=100, help="at most this many per partition")
     for action, text in (("replay", "put back on the event stream"), ("discard", "delete for good")):
         action_parser = dead_actions.add_parser(action, help=f"{text}: one dead letter by id, or --all")
         which = action_parser.add_mutually_exclusive_group(required=True)
@@ -391,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             # The entry printed is one the service accepts, or nothing is printed.
             parse_api_keys(entry)
         except ValueError as exc:
-            print(f"hash-key: {exc}", file=sys.stderr)
-            return 2
+            print(f"python -m server hash-key: {exc}", file=sys.stderr)
+            return BAD_ARGUMENT
         print(f"API key (give it to the caller, store it nowhere else): {key}")
         print(f"ENTITLEMENTS_API_KEYS entry: {entry}")
         return 0
@@ -409,31 +367,59 @@ def main(argv: list[str] | None = None) -> int:
             command_project(settings, args.project)  # a project the service serves
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.log_json)
-    try:
-        if args.command == "ledger":
-            asyncio.run(print_ledger(settings, project_id, args.user_id, args.count))
-            return 0
-        if args.command == "dead-letters":
-            entry_id = None if args.action == "list" or args.all else args.id
-            count = getattr(args, "count", 100)
-            return asyncio.run(dead_letters_command(settings, project_id, args.action, entry_id, count=count))
-        if args.command == "events":
-            return asyncio.run(events_status(settings, project_id))
-        if args.command == "migrate-layout":
-            return asyncio.run(migrate_layout_command(settings, args.project))
-        if args.command == "catalog":
-            return asyncio.run(catalog_command(settings, xsolla_catalog, args.action, args.project))
-        if args.command == "reconcile" and args.action == "status":
-            return asyncio.run(reconcile_status(settings, project_id))
-        if args.command == "reconcile":
-            return asyncio.run(reconcile(settings, xsolla_catalog, project_id, span, dry_run=args.dry_run))
-        asyncio.run(serve(settings, xsolla, xsolla_catalog))
-    except LayoutMismatch as exc:
-        print(f"store refused: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return BAD_ARGUMENT
+    if args.command in (None, "serve"):
+        logs.configure(settings.log_level, settings.log_json)
+        try:
+            asyncio.run(serve(settings, xsolla, xsolla_catalog))
+        except LayoutMismatch as exc:
+            print(f"store refused: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    # A command's output is its answer: at the default level, its log lines are warnings and errors only.
+    logs.configure("warning" if settings.log_level == "info" else settings.log_level, settings.log_json)
+    return run_command(
+        f"python -m server {args.command}" + (f" {args.action}" if getattr(args, "action", None) else ""),
+        _operator_command(args, settings, xsolla_catalog, project_id, span),
+        where=_store_location(settings),
+        debug=settings.log_level == "debug",
+    )
+
+
+def _operator_command(
+    args: argparse.Namespace,
+    settings: Settings,
+    xsolla_catalog: xsolla_provider.CatalogSettings,
+    project_id: int,
+    span: Range | None,
+) -> Coroutine[Any, Any, int]:
+    """The coroutine of the operator command the arguments name."""
+    if args.command == "ledger":
+        return ledger_command(settings, project_id, args.user_id, args.limit, as_json=args.json)
+    if args.command == "dead-letters":
+        entry_id = None if args.action == "list" or args.all else args.id
+        count = getattr(args, "count", 100)
+        return dead_letters_command(settings, project_id, args.action, entry_id, count=count)
+    if args.command == "events":
+        return events_status(settings, project_id)
+    if args.command == "migrate-layout":
+        return migrate_layout_command(settings, args.project)
+    if args.command == "catalog":
+        return catalog_command(settings, xsolla_catalog, args.action, args.project)
+    if args.action == "status":
+        return reconcile_status(settings, project_id)
+    return reconcile(settings, xsolla_catalog, project_id, span, dry_run=args.dry_run)
+
+
+def _store_location(settings: Settings) -> str:
+    """Where a command reaches the store, for its error line: REDIS_URL without its credentials, or the data
+    directory of the embedded store."""
+    if settings.redis_url is None:
+        return str(settings.data_dir.resolve())
+    url = urlsplit(settings.redis_url)
+    host = url.hostname or ""
+    netloc = f"{host}:{url.port}" if url.port else host
+    return urlunsplit((url.scheme, netloc, url.path, "", "")) or "REDIS_URL"
 
 
 if __name__ == "__main__":

@@ -36,6 +36,44 @@ log = structlog.get_logger(__name__)
 
 # sockaddr_un holds 108 bytes; keep a margin for the terminating NUL and odd platforms.
 _MAX_SOCKET_PATH = 100
+_LOCK_FILE, _CONFIG_FILE = "service.lock", "valkey.conf"
+
+
+class DataDirInUse(RuntimeError):
+    """Another process holds the data directory (a running service, or an operator command's private store)."""
+
+
+def running_store(data_dir: Path) -> str | None:
+    """The redis-py URL of the embedded store a running process holds in `data_dir`, or None when no process holds
+    the directory (then a command may start its own: `EmbeddedRedis.start` takes the lock, so two never share it).
+
+    Raises:
+        DataDirInUse: the directory is held, but its configuration names no socket to reach the store by.
+    """
+    data_dir = data_dir.resolve()
+    try:
+        lock = (data_dir / _LOCK_FILE).open("a")
+    except FileNotFoundError:
+        return None  # never used by a service
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a process runs a store here
+        else:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+    # The holder wrote its configuration before starting its server; the socket may be outside the directory (a
+    # deep data directory's socket is in a private temporary directory).
+    try:
+        config = (data_dir / _CONFIG_FILE).read_text()
+    except OSError:
+        config = ""
+    for line in config.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "unixsocket" and value.strip():
+            return f"unix://{value.strip()}"
+    raise DataDirInUse(f"{data_dir} is in use by another process, and its store's socket is not configured there yet")
 
 
 def server_binary() -> str:
@@ -83,7 +121,8 @@ class EmbeddedRedis:
         """Starts the server and waits until it has loaded its data and answers PING.
 
         Raises:
-            RuntimeError: another process holds the data directory, or the server did not come up in time.
+            DataDirInUse: another process holds the data directory.
+            RuntimeError: the server did not come up in time.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
@@ -159,7 +198,7 @@ class EmbeddedRedis:
 
     async def _launch(self) -> asyncio.subprocess.Process:
         """Writes the configuration and starts the server process (not ready yet), recorded as the running one."""
-        config = self.data_dir / "valkey.conf"
+        config = self.data_dir / _CONFIG_FILE
         config.write_text(self._config_text())
         process = await asyncio.create_subprocess_exec(
             *_die_with_parent(),
@@ -246,12 +285,12 @@ class EmbeddedRedis:
             pass
 
     def _acquire_lock(self) -> None:
-        lock = (self.data_dir / "service.lock").open("w")
+        lock = (self.data_dir / _LOCK_FILE).open("w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise RuntimeError(f"{self.data_dir} is in use by another process") from None
+            raise DataDirInUse(f"{self.data_dir} is in use by another process") from None
         self._lock = lock
 
     def _release_lock(self) -> None:

@@ -90,7 +90,7 @@ async def test_migrate_layout_moves_a_layout_1_store_into_a_project(
     service then starts, serves the player's items there and applies the event that was waiting."""
     await write_layout_1(redis_client)
     status, _, err = await run_command(redis_server.url, "events", "status")
-    assert status == 2
+    assert status == 1
     assert "key layout 1" in err
     assert "migrate-layout --project" in err
 

@@ -1,25 +1,36 @@
-"""What operators see: metrics, reflection, log lines, configuration, and cluster-safe keys."""
+"""What operators see: metrics, reflection, log lines, configuration, cluster-safe keys, and the operator commands
+(`python -m server ...`): against a running service's embedded store, and failing in one line, never a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import sys
 import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 import structlog
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from redis.crc import key_slot
 
 from core import logs
-from core.keys import UserKeys, items_key
+from core.keys import LAYOUT_KEY, UserKeys, items_key
 from entitlements import AsyncEntitlementsClient, InvalidArgumentError
 from server.app import Service
 from server.config import Settings
+from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from tests.helpers.services import PROJECT
+from tests.test_supervision import lock_is_free, valkeys_on
+
+ROOT = Path(__file__).parent.parent
 
 
 def _scrape(service: Service) -> str:
@@ -132,3 +143,194 @@ def test_distinct_players_get_distinct_keys() -> None:
     """Percent-encoding keeps ids that differ only in escaped characters apart."""
     ids = ["a}b", "a%7Db", "a", "{a}", "%7Ba%7D"]
     assert len({UserKeys(PROJECT, i).items for i in ids}) == len(ids)
+
+
+# --- the operator commands ----------------------------------------------------------------------------------------
+
+
+def command_env(**variables: str) -> dict[str, str]:
+    """The environment of a command: this one without the service's settings, the test project as the default, and
+    `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLEMENTS_", "REDIS_", "GATEWAY_"))}
+    return {**env, "ENTITLEMENTS_XSOLLA_PROJECT_ID": str(PROJECT), **variables}
+
+
+async def run_command(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """`python -m server ARGS` in `env`: (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", *args, env=env, cwd=ROOT, stdout=-1, stderr=-1
+    )
+    async with asyncio.timeout(90):  # a bound on a hang, not a speed goal
+        out, err = await process.communicate()
+    return int(process.returncode or 0), out.decode(), err.decode()
+
+
+def one_line(err: str) -> str:
+    """The one line a failed command printed on stderr (and nothing else: no traceback, no log lines)."""
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+#: Every operator command that reaches the store.
+STORE_COMMANDS = [
+    ["ledger", "player-1"],
+    ["events", "status"],
+    ["dead-letters", "list"],
+    ["dead-letters", "replay", "--all"],
+    ["dead-letters", "discard", "1-0"],
+    ["catalog", "show"],
+    ["catalog", "refresh"],
+    ["migrate-layout", "--project", str(PROJECT)],
+    ["reconcile", "status"],
+    ["reconcile"],
+]
+
+
+@pytest.fixture
+async def running_service(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
+    """`python -m server` with its embedded store in a data directory, as `make run` starts it: (the directory, the
+    gRPC port)."""
+    data_dir = tmp_path / "var"
+    env = command_env(
+        ENTITLEMENTS_DATA_DIR=str(data_dir),
+        ENTITLEMENTS_GRPC_PORT="0",
+        ENTITLEMENTS_METRICS_PORT="0",
+        ENTITLEMENTS_INSECURE_DEV_MODE="true",
+        ENTITLEMENTS_LOG_LEVEL="info",
+        ENTITLEMENTS_LOG_JSON="true",
+    )
+    service = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    assert service.stderr is not None
+    try:
+        async with asyncio.timeout(60):  # a bound on a hang, not a speed goal
+            while raw := await service.stderr.readline():
+                if raw.startswith(b"{") and (line := json.loads(raw))["event"] == "service_started":
+                    break
+            else:
+                raise AssertionError("the service ended before it started")
+        yield data_dir, int(line["grpc"].rsplit(":", 1)[1])
+    finally:
+        service.terminate()
+        await service.wait()
+
+
+async def test_commands_answer_from_the_running_services_store(running_service: tuple[Path, int]) -> None:
+    """While `python -m server` runs on its embedded store, `ledger`, `events status` and `dead-letters list` answer
+    from that store (what the service wrote), and no second store is started on the directory."""
+    data_dir, port = running_service
+    async with AsyncEntitlementsClient(f"127.0.0.1:{port}") as client:
+        await client.grant("player-1", "gold", quantity=100, reason="ticket 7")
+        await client.revoke("player-1", "gold", reason="chargeback")
+    env = command_env(ENTITLEMENTS_DATA_DIR=str(data_dir))
+    (pid,) = valkeys_on(data_dir)
+
+    status, out, err = await run_command(env, "ledger", "player-1")
+    assert (status, err) == (0, "")
+    header, revoke, grant = (" ".join(line.split()) for line in out.splitlines())
+    assert header == "time (UTC) operation sku before -> after actor reason summary"
+    assert revoke.endswith(" revoke gold 100 -> 0 insecure-dev chargeback revoked 100 gold (100 -> 0)")
+    assert grant.endswith(" grant gold 0 -> 100 insecure-dev ticket 7 granted 100 gold (0 -> 100)")
+    status, out, err = await run_command(env, "ledger", "player-1", "--json", "--limit", "1")
+    assert (status, err) == (0, "")
+    (line,) = [json.loads(text) for text in out.splitlines()]
+    assert (line["operation"], line["quantity_before"], line["quantity_after"]) == ("revoke", 100, 0)
+
+    status, out, err = await run_command(env, "events", "status")
+    assert (status, err) == (0, "")
+    assert json.loads(out.splitlines()[0])["project_id"] == PROJECT
+    status, out, err = await run_command(env, "dead-letters", "list")
+    assert (status, out, err) == (0, "", "")
+    assert valkeys_on(data_dir) == [pid]
+
+
+async def test_without_a_service_a_command_starts_a_private_store_and_says_so(tmp_path: Path) -> None:
+    """With no service on the data directory, a command starts its own store for its duration, says so on stderr,
+    and leaves the directory free and no store running."""
+    data_dir = tmp_path / "var"
+    status, out, err = await run_command(command_env(ENTITLEMENTS_DATA_DIR=str(data_dir)), "ledger", "player-1")
+    assert status == 0
+    assert out == ""
+    assert err.splitlines() == [
+        f"no service is running on {data_dir}: started a private store for this command (stopped when it ends)",
+        f"player player-1 has no ledger entries in project {PROJECT}",
+    ]
+    assert valkeys_on(data_dir) == []
+    assert lock_is_free(data_dir)
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS, ids=" ".join)
+async def test_every_command_fails_in_one_line_when_redis_is_down(command: list[str]) -> None:
+    """With Redis unreachable, every command that needs the store exits 1 with one line naming the store (without
+    its password) and the command; never a traceback."""
+    env = command_env(REDIS_URL="redis://:hunter2@127.0.0.1:1/0", ENTITLEMENTS_REDIS_TIMEOUT_S="0.5")
+    status, _, err = await run_command(env, *command)
+    line = one_line(err)
+    if command == ["reconcile"]:  # refused before any store is reached: the project has no credentials
+        assert status == 2
+        assert line.startswith(f"reconcile: project {PROJECT} has no admin API credentials")
+        return
+    assert status == 1, err
+    assert line.startswith(f"python -m server {command[0]}")
+    assert "cannot reach the store at redis://127.0.0.1:1/0" in line, line
+    assert "hunter2" not in err
+
+
+async def test_a_folder_held_without_a_store_fails_in_one_line(tmp_path: Path) -> None:
+    """A data directory locked by a process whose store is not there yet is one line and exit 1, and the command
+    starts no store of its own on it."""
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    with (data_dir / "service.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status, _, err = await run_command(command_env(ENTITLEMENTS_DATA_DIR=str(data_dir)), "events", "status")
+    assert status == 1
+    assert one_line(err) == (
+        f"python -m server events status: {data_dir} is in use by another process, and its store's socket is not "
+        "configured there yet: wait until it has started, or set REDIS_URL"
+    )
+    assert valkeys_on(data_dir) == []
+
+
+async def test_a_store_of_another_layout_is_refused_in_one_line(
+    redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+) -> None:
+    """A store of another key layout is refused by the commands: one line, exit 1."""
+    await redis_client.set(LAYOUT_KEY, "3")
+    for command in (["ledger", "player-1"], ["events", "status"], ["dead-letters", "list"], ["reconcile", "status"]):
+        status, _, err = await run_command(command_env(REDIS_URL=redis_server.url), *command)
+        assert status == 1, err
+        assert "store refused: the store was written with key layout '3'" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["ledger"], "the following arguments are required: user_id"),
+        (["ledger", ""], "a player id is required"),
+        (["ledger", "a\nb"], "a player id must"),
+        (["ledger", "player-1", "--limit", "0"], "give a number of entries from 1 to 100,000"),
+        (["ledger", "player-1", "--project", "310000"], "--project 310000 is not one of the projects"),
+        (["ledger", "player-1", "--project", "-3"], "a project id must be between 1 and"),
+        (["dead-letters", "replay", "not-an-id"], "is not a stream entry id"),
+        (["dead-letters", "list", "--count", "-5"], "give a number of entries"),
+        (["events"], "the following arguments are required: action"),
+        (["catalog", "show", "--project", "310000"], "--project 310000 is not one of the projects"),
+        (["migrate-layout"], "the following arguments are required: --project"),
+        (["reconcile", "--from", "yesterday"], "is not an ISO 8601 date-time"),
+        (["reconcile", "--from", "2026-05-02", "--until", "2026-05-01"], "--until must be after --from"),
+        (["hash-key", "--scopes", "root"], "python -m server hash-key: "),
+        (["no-such-command"], "invalid choice: 'no-such-command'"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+async def test_a_bad_argument_is_one_line_and_exit_2(command: list[str], message: str) -> None:
+    """A bad argument of any command is one line on stderr naming what is wrong, exit 2, before any store is
+    reached."""
+    status, out, err = await run_command(command_env(REDIS_URL="redis://127.0.0.1:1/0"), *command)
+    assert status == 2, err
+    assert message in one_line(err)
+    assert out == ""
