@@ -4,7 +4,8 @@ Both build their requests with the same builders (`_requests`), send the same me
 (`_config`) and translate every `grpc.RpcError` into `entitlements.errors`; each method is a thin call.
 """
 
-from entitlements.client._async import AsyncEntitlementsClient, AsyncOrderStatusStream
+from entitlements.client._async import AsyncEntitlementsClient
+from entitlements.client._async_stream import AsyncOrderStatusStream
 from entitlements.client._base import DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_S
 from entitlements.client._sync import EntitlementsClient, OrderStatusStream
 
