@@ -23,8 +23,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
-from server.app import grpc_server_options
 from server.config import Settings
+from server.rpc import grpc_server_options
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -45,7 +45,7 @@ from core.projects import CATALOG_FILE, Project, Projects
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog, Catalogs
-from server.config import ConsumerSettings, Settings
+from server.config import ConsoleSettings, ConsumerSettings, Settings
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics
@@ -175,6 +175,7 @@ async def measure_consumer_throughput(
                 projects=PROJECTS,
                 local_catalogs={0: CATALOG},
                 consumer=ConsumerSettings(block_ms=100, batch=128),
+                console=ConsoleSettings(enabled=False),
             )
             service = Service(settings)
             started = time.perf_counter()

@@ -9,7 +9,8 @@ Start order: the embedded Redis (when no REDIS_URL), the Redis client, the key l
 store written with another layout is refused), the metrics endpoint, the catalogs (read in the background), the
 tracker's reconciliation (`server.reconcile.tracked`, unless turned off), order tracking (its Redis
 subscription), the gRPC server (EntitlementService, health, reflection), the sweeper (`server.reconcile.sweeper`,
-unless turned off), then the webhook event consumer. Stop order is the reverse, gracefully: the sweeper stops (its
+unless turned off), the support console (`server.console`, unless turned off), then the webhook event consumer.
+Stop order is the reverse, gracefully: the console stops taking requests, the sweeper stops (its
 progress is saved after every page; its lease is released), the consumer stops reading and finishes the batch it
 is applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health
 goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period,
@@ -46,6 +47,7 @@ from providers import xsolla as xsolla_provider
 from server.auth import Authenticator
 from server.catalog import Catalogs
 from server.config import Settings
+from server.console import Console, start_console
 from server.consumer import Consumer, ConsumerHooks
 from server.consumer.projects import registered_projects
 from server.embedded import EmbeddedRedis
@@ -53,7 +55,7 @@ from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
 from server.reconcile import OrderIndex, Pacer, Rechecks, Sweeper, SweepParts, SweepRecords, TrackerReconciler
-from server.rpc import RpcRuntime, add_service
+from server.rpc import RpcRuntime, add_service, grpc_server_options
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
@@ -76,22 +78,7 @@ class Endpoints:
     grpc_port: int
     metrics_port: int
     redis_url: str
-
-
-def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
-    """The gRPC server's channel arguments.
-
-    `grpc.server.max_pending_requests` and `..._hard_limit` bound gRPC core's backlog of calls that arrived but
-    that the server's loop has not picked up yet (`src/core/server/server.h`, defaults 1000 and 3000): past the
-    first, new calls are refused at random ("Too many pending requests for this server"), and all past the
-    second. grpc.aio picks up one call per loop turn, so a reconnect storm of thousands of GetOrderStatus streams
-    fills that backlog within milliseconds; the defaults would refuse part of it.
-    """
-    return [
-        ("grpc.so_reuseport", 0),
-        ("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
-        ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
-    ]
+    console_port: int | None = None
 
 
 class Service:
@@ -137,6 +124,7 @@ class Service:
         self.order_search = order_search or xsolla_provider.order_search(admin, self.registry)
         self.catalogs: Catalogs | None = None
         self.sweeper: Sweeper | None = None
+        self.console: Console | None = None
         self.embedded: EmbeddedRedis | None = None
         self.supervisor: EmbeddedSupervisor | None = None
         self._embedded_metrics = EmbeddedStoreMetrics(self.registry) if settings.redis_url is None else None
@@ -252,17 +240,19 @@ class Service:
             self.tracking.start()
             grpc_port = await self._start_grpc(self.store, self.tracking, self.catalogs)
             self._start_sweeper(self.redis, self.event_log, self.order_index, self.catalogs)
+            self.console = await start_console(settings, self.store, self.redis, self.catalogs, self.order_index)
             self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
             if settings.consumer.enabled:
                 await self._start_consumer(redis_url, self.redis, self.store, self.catalogs)
         except BaseException:
             await self.stop()
             raise
-        self.endpoints = Endpoints(grpc_port, metrics_port, redis_url)
+        self.endpoints = Endpoints(grpc_port, metrics_port, redis_url, self.console.port if self.console else None)
         log.info(
             "service_started",
             grpc=f"{settings.grpc_host}:{grpc_port}",
             metrics=f"{settings.metrics_host}:{metrics_port}",
+            console=f"{settings.console.host}:{self.console.port}" if self.console else None,
             redis="embedded" if self.embedded else "external",
             tls=settings.tls is not None,
             mtls=settings.tls is not None and settings.tls.client_ca_file is not None,
@@ -402,6 +392,9 @@ class Service:
         """Stops gracefully: the consumer finishes the batch it is applying (up to `grace_s`), NOT_SERVING,
         in-flight RPCs finish (up to `grace_s`), then Redis closes."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         if self.sweeper is not None:
             # Its progress is saved after every page; stopping releases the lease for another replica.
             await self.sweeper.stop()

@@ -6,6 +6,9 @@ Keys are configured as SHA-256 hashes, never in clear: one entry per line (or se
 comma list of project ids; a key used on another project is refused (`server.validation.resolve_project`).
 `python -m server hash-key` makes a new random key and prints its entry. A caller sends the clear key as
 `authorization: Bearer <key>` metadata.
+
+Scopes: `read` (the read RPCs), `write` (Grant, Revoke), `console` (logging in to the support console,
+`server.console`, and reading there; its actions need `write` too). A key with `console` alone calls no RPC.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 
 from core.projects import project_id_problem
 
-SCOPES = frozenset({"read", "write"})
+READ, WRITE, CONSOLE = "read", "write", "console"
+SCOPES = frozenset({READ, WRITE, CONSOLE})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 

@@ -107,6 +107,23 @@ class ReconcileSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The support console (`server.console`, docs/CONSOLE.md): a web page on its own port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0: a free port (tests).
+    port: int = 9470
+    # A session unused this long is forgotten: its operator logs in again.
+    session_idle_s: float = 1800.0
+    # Mark the session cookie Secure (always so when the console serves TLS itself): set it behind a proxy that
+    # terminates TLS.
+    secure_cookie: bool = False
+    # Failed logins one client address may make per minute; more are refused without checking the key.
+    login_failures_per_minute: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     """Typed configuration of the service process."""
 
@@ -140,6 +157,7 @@ class Settings:
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
     # and `..._hard_limit`). Past the first, new calls are refused at random, more often as the backlog nears the
     # second; all are refused beyond it. gRPC's defaults (1000/3000) refuse part of a reconnect storm of streams.
@@ -217,6 +235,16 @@ class Settings:
             pending_h=reader.number("ENTITLEMENTS_RECONCILE_PENDING_H", 24.0, minimum=0.1),
             rechecks=reader.integer("ENTITLEMENTS_RECONCILE_RECHECKS", 100, minimum=0),
         )
+        console = ConsoleSettings(
+            enabled=reader.boolean("ENTITLEMENTS_CONSOLE_ENABLED", True),
+            host=reader.text("ENTITLEMENTS_CONSOLE_HOST", "127.0.0.1"),
+            port=reader.integer("ENTITLEMENTS_CONSOLE_PORT", 9470, minimum=0, maximum=65535),
+            session_idle_s=reader.number("ENTITLEMENTS_CONSOLE_SESSION_IDLE_S", 1800.0, minimum=1.0),
+            secure_cookie=reader.boolean("ENTITLEMENTS_CONSOLE_SECURE_COOKIE", False),
+            login_failures_per_minute=reader.integer(
+                "ENTITLEMENTS_CONSOLE_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1, maximum=10_000
+            ),
+        )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
         pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)
         if pending_hard < pending:
@@ -250,6 +278,7 @@ class Settings:
             consumer=consumer,
             tracking=tracking,
             reconcile=reconcile,
+            console=console,
             grpc_max_pending_requests=pending,
             grpc_max_pending_requests_hard_limit=pending_hard,
         )

@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from core.logs import user_ref
 from core.projects import Projects
 from server.auth import Authenticator, Principal
+from server.config import Settings
 from server.errors import (
     CapacityExceeded,
     FailedPrecondition,
@@ -401,3 +402,19 @@ class StreamCall:
         self._closed = True
         self._in_flight.dec()
         self._runtime._close_stream(self, code, error)
+
+
+def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments.
+
+    `grpc.server.max_pending_requests` and `..._hard_limit` bound gRPC core's backlog of calls that arrived but
+    that the server's loop has not picked up yet (`src/core/server/server.h`, defaults 1000 and 3000): past the
+    first, new calls are refused at random ("Too many pending requests for this server"), and all past the
+    second. grpc.aio picks up one call per loop turn, so a reconnect storm of thousands of GetOrderStatus streams
+    fills that backlog within milliseconds; the defaults would refuse part of it.
+    """
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
+    ]

@@ -911,6 +911,7 @@ async def start_replica_process(redis_url: str, log_file: Path) -> ReplicaProces
         "REDIS_URL": redis_url,
         "ENTITLEMENTS_GRPC_PORT": str(port),
         "ENTITLEMENTS_METRICS_PORT": "0",
+        "ENTITLEMENTS_CONSOLE_PORT": "0",
         "ENTITLEMENTS_API_KEYS": f"reader:{hash_key(READER_KEY)}:read",
         "ENTITLEMENTS_CONSUMER_ENABLED": "false",
         "ENTITLEMENTS_EVENT_PARTITIONS": str(PARTITIONS),

@@ -4,7 +4,7 @@ gRPC core keeps calls that arrived but that the server has not picked up yet in 
 at random once it holds `grpc.server.max_pending_requests` (default 1000), all of them past `..._hard_limit`
 (3000): the callers see CANCELLED. grpc.aio picks up one call per turn of its loop, so thousands of streams opened
 at once overflow the default backlog (about 45% of 5,000 were refused when this was measured); the service raises
-both limits (server/app.py, `grpc_server_options`).
+both limits (server/rpc.py, `grpc_server_options`).
 
 `open_streams` and `webhook_to_update_s` are also what a benchmark can call.
 """

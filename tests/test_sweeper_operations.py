@@ -71,6 +71,7 @@ def service_env(redis_url: str, sim: XsollaSimulator, projects_file: Path) -> di
         "ENTITLEMENTS_INSECURE_DEV_MODE": "true",
         "ENTITLEMENTS_GRPC_PORT": "0",
         "ENTITLEMENTS_METRICS_PORT": "0",
+        "ENTITLEMENTS_CONSOLE_PORT": "0",
         "ENTITLEMENTS_EVENT_PARTITIONS": str(PARTITIONS),
         "ENTITLEMENTS_CONSUMER_BLOCK_MS": "50",
         "ENTITLEMENTS_CONSUMER_CLAIM_IDLE_S": "0.5",

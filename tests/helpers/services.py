@@ -15,7 +15,7 @@ from core.projects import Project, Projects
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
-from server.config import Settings
+from server.config import ConsoleSettings, Settings
 
 WRITER_KEY = "writer-key-0123456789"
 READER_KEY = "reader-key-0123456789"
@@ -35,6 +35,7 @@ def base_settings(**overrides: Any) -> Settings:
         projects=Projects.single(PROJECT),
         grpc_port=0,
         metrics_port=0,
+        console=ConsoleSettings(port=0),
         api_keys=API_KEYS,
         redis_timeout_s=1.0,
         shutdown_grace_s=2.0,
