@@ -4,6 +4,7 @@ the dead letters and the reconciliation status. Reads only; the actions are in `
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -33,6 +34,8 @@ from server.validation import identifier
 
 log = structlog.get_logger("server.console")
 
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+
 
 def player_url(project_id: int, user_id: str, **query: str) -> str:
     """The player page's address."""
@@ -40,8 +43,11 @@ def player_url(project_id: int, user_id: str, **query: str) -> str:
 
 
 async def login_form(request: web.Request, *, status: int = 200, error: str = "") -> web.Response:
-    """The login form, with a fresh token in a cookie that the form must send back (login CSRF)."""
-    token = secrets.token_urlsafe(24)
+    """The login form, with a token in a cookie that the form must send back (login CSRF). The browser's token is
+    kept when it has one: a login page open in another tab (or a favicon's redirect) must not make it stale."""
+    token = request.cookies.get(LOGIN_COOKIE, "")
+    if not _LOGIN_TOKEN.fullmatch(token):
+        token = secrets.token_urlsafe(24)
     response = page("login.html", status, error=error, login_token=token)
     parts = parts_of(request)
     response.set_cookie(

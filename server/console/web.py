@@ -26,7 +26,7 @@ log = structlog.get_logger("server.console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Requests that need no session.
-PUBLIC = frozenset({"/login", "/console.css"})
+PUBLIC = frozenset({"/login", "/console.css", "/favicon.ico"})
 #: The largest form accepted (a grant's fields are well under it).
 MAX_BODY_BYTES = 64 * 1024
 _ERRORS: tuple[tuple[type[Exception], int], ...] = (
@@ -93,11 +93,16 @@ async def style(request: web.Request) -> web.Response:
     return web.Response(text=_STYLE, content_type="text/css", headers={"Cache-Control": "max-age=300"})
 
 
+async def no_icon(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+
 def application(parts: ConsoleParts) -> web.Application:
     """The console's aiohttp application over the service's parts."""
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
     app[PARTS] = parts
     app.router.add_get("/console.css", style)
+    app.router.add_get("/favicon.ico", no_icon)
     app.router.add_get("/login", views.login_page)
     app.router.add_post("/login", views.login)
     app.router.add_post("/logout", views.logout)
