@@ -10,9 +10,14 @@ from markupsafe import escape
 
 from core.connections import reply_text
 from core.keys import EventKeys
+from entitlements import PermissionDeniedError
+from server.__main__ import main
 from server.app import Service
-from server.config import ConsoleSettings
+from server.auth import parse_api_keys
+from server.config import ConsoleSettings, Settings
+from server.console.sessions import Sessions
 from server.embedded import EmbeddedRedis
+from server.errors import ConfigError
 from tests.helpers.console import (
     AGENT,
     AGENT_KEY,
@@ -22,7 +27,7 @@ from tests.helpers.console import (
     hidden,
 )
 from tests.helpers.events import event_log, order_event, store_of
-from tests.helpers.services import PROJECT, WRITER_KEY, ServiceFactory, store_changes
+from tests.helpers.services import PROJECT, WRITER_KEY, ClientFactory, ServiceFactory, store_changes
 from tests.helpers.waiting import eventually
 
 
@@ -286,3 +291,75 @@ async def test_logout_ends_the_session(console: Service) -> None:
         assert status == 403
         assert "Not logged in" in page
         assert await held(console, "p1", "gold") == 0
+
+
+async def test_a_console_only_key_calls_no_rpc(console: Service, client_factory: ClientFactory) -> None:
+    """The console scope alone reads nothing and writes nothing over gRPC."""
+    viewer = await client_factory(console, api_key=VIEWER_KEY)
+    with pytest.raises(PermissionDeniedError, match="lacks the 'read' scope"):
+        await viewer.check_entitlement("p1", "gold")
+    with pytest.raises(PermissionDeniedError, match="lacks the 'write' scope"):
+        await viewer.grant("p1", "gold")
+
+
+def test_hash_key_makes_console_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """`hash-key --scopes console,write` prints an entry the service accepts, with both scopes."""
+    assert main(["hash-key", "--name", "support-dana", "--scopes", "console,write"]) == 0
+    entry = capsys.readouterr().out.split("ENTITLEMENTS_API_KEYS entry: ")[1].strip()
+    (key,) = parse_api_keys(entry)
+    assert key.name == "support-dana"
+    assert key.scopes == {"console", "write"}
+
+
+def test_console_settings_from_the_environment() -> None:
+    """The console's variables are read with their defaults, and a bad port stops the start."""
+    defaults = Settings.from_env({}).console
+    assert (defaults.enabled, defaults.host, defaults.port, defaults.secure_cookie) == (True, "127.0.0.1", 9470, False)
+    settings = Settings.from_env(
+        {
+            "ENTITLEMENTS_CONSOLE_ENABLED": "false",
+            "ENTITLEMENTS_CONSOLE_HOST": "10.1.2.3",
+            "ENTITLEMENTS_CONSOLE_PORT": "8443",
+            "ENTITLEMENTS_CONSOLE_SESSION_IDLE_S": "600",
+            "ENTITLEMENTS_CONSOLE_SECURE_COOKIE": "1",
+            "ENTITLEMENTS_CONSOLE_LOGIN_FAILURES_PER_MINUTE": "5",
+        }
+    ).console
+    assert settings == ConsoleSettings(False, "10.1.2.3", 8443, 600.0, True, 5)
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_CONSOLE_PORT"):
+        Settings.from_env({"ENTITLEMENTS_CONSOLE_PORT": "70000"})
+
+
+async def test_a_console_turned_off_is_not_served(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> None:
+    """With the console off the service starts without it and reports no console port."""
+    service = await console_service(service_factory, redis_server.url, console=ConsoleSettings(enabled=False))
+    assert service.endpoints is not None
+    assert service.endpoints.console_port is None
+
+
+async def test_an_idle_session_expires(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> None:
+    """A session unused for longer than the idle timeout is gone: its pages lead back to the login form."""
+    service = await console_service(service_factory, redis_server.url, console=ConsoleSettings(port=0))
+    assert service.console is not None
+    now = [0.0]
+    service.console.parts.sessions = Sessions(60.0, clock=lambda: now[0])
+    async with console_browser(service) as browser:
+        assert (await browser.login(AGENT_KEY))[0] == 200
+        now[0] = 59.0
+        assert f"Project {PROJECT}" in (await browser.get(f"/p/{PROJECT}/"))[1]
+        now[0] = 120.0
+        assert 'name="api_key"' in (await browser.get(f"/p/{PROJECT}/"))[1]
+
+
+async def test_redis_down_is_a_503_that_changes_nothing(console: Service, redis_server: EmbeddedRedis) -> None:
+    """With Redis down, a page and a grant are 503 with a message to try again, never a traceback."""
+    async with console_browser(console) as browser:
+        await browser.login(AGENT_KEY)
+        form = await browser.grant_form(PROJECT, "p1", sku="gold", quantity="1", reason="x")
+        await redis_server.stop()
+        status, page = await browser.get(f"/p/{PROJECT}/player", id="p1")
+        assert status == 503
+        assert "The store is unavailable" in page
+        status, page = await browser.post(f"/p/{PROJECT}/player/grant", form)
+        assert status == 503
+        assert "Traceback" not in page
