@@ -1,12 +1,14 @@
-"""API keys and scopes, TLS and mTLS on the gRPC port."""
+"""API keys and scopes, TLS and mTLS on the gRPC port (and TLS on the console's)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +26,7 @@ from server.auth import parse_api_keys
 from server.config import Settings, TLSSettings
 from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
+from tests.helpers.console import AGENT_KEY, console_service, hidden
 from tests.helpers.services import READER_KEY, WRITER_KEY, ClientFactory, ServiceFactory
 
 
@@ -192,3 +195,21 @@ def test_half_tls_configuration_is_refused() -> None:
         Settings.from_env({"ENTITLEMENTS_TLS_CERT_FILE": "/x.crt", "ENTITLEMENTS_INSECURE_DEV_MODE": "1"})
     with pytest.raises(ConfigError, match="needs ENTITLEMENTS_TLS_CERT_FILE"):
         Settings.from_env({"ENTITLEMENTS_TLS_CLIENT_CA_FILE": "/ca.crt", "ENTITLEMENTS_INSECURE_DEV_MODE": "1"})
+
+
+async def test_the_console_serves_tls_with_the_services_certificate(
+    service_factory: ServiceFactory, redis_server: EmbeddedRedis, pki: Pki
+) -> None:
+    """With the gRPC port's certificate the console speaks HTTPS, and its session cookie is Secure."""
+    service = await console_service(service_factory, redis_server.url, tls=TLSSettings(pki.server_cert, pki.server_key))
+    assert service.endpoints is not None
+    base = f"https://127.0.0.1:{service.endpoints.console_port}"
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar, connector=aiohttp.TCPConnector(ssl=context)) as http:
+        async with http.get(base + "/login") as response:
+            token = hidden(await response.text(), "login_token")
+        async with http.post(base + "/login", data={"api_key": AGENT_KEY, "login_token": token}) as response:
+            assert response.status == 200
+        cookie = next(c for c in jar if c.key == "console_session")
+        assert cookie["secure"]

@@ -363,3 +363,20 @@ async def test_redis_down_is_a_503_that_changes_nothing(console: Service, redis_
         status, page = await browser.post(f"/p/{PROJECT}/player/grant", form)
         assert status == 503
         assert "Traceback" not in page
+
+
+async def test_a_time_limited_grant_takes_the_catalogs_period(console: Service) -> None:
+    """A grant of a time-limited sku without a duration takes the catalog's period, as Grant does."""
+    async with console_browser(console) as browser:
+        await browser.login(AGENT_KEY)
+        form = await browser.grant_form(PROJECT, "p1", sku="vip_pass", reason="make-good for the outage")
+        status, page = await browser.post(f"/p/{PROJECT}/player/grant", form)
+        assert status == 200
+        assert "Granted vip_pass: active until" in page
+        record = await store_of(console).get(PROJECT, "p1", "vip_pass")
+        assert record is not None
+        assert record.period_ms == 30 * 86_400_000
+        form = await browser.grant_form(PROJECT, "p1", sku="unknown_pass", kind="time-limited", reason="x")
+        status, page = await browser.post(f"/p/{PROJECT}/player/grant", form)
+        assert status == 400
+        assert "duration: is required for time-limited items the catalog does not know" in page

@@ -25,7 +25,7 @@ from core.logs import user_ref
 from entitlements.v1 import entitlements_pb2 as pb
 from server import validation
 from server.console.parts import may_write, parts_of, project_of, session_of
-from server.console.render import see_other
+from server.console.render import see_other, when
 from server.console.views import player_page, player_url
 from server.deadletters import DeadLetters
 from server.errors import FailedPrecondition, IdempotencyConflict, InvalidArgument, PermissionDenied
@@ -115,7 +115,7 @@ async def _act(
     """Runs a player action: on success back to the player page with its outcome; refused, the page again with
     the error and the form as sent."""
     project_id = project_of(request)
-    form = dict(await request.post())
+    form: dict[str, Any] = {name: value for name, value in (await request.post()).items() if isinstance(value, str)}
     user_id = validation.identifier("user_id", text(form, "user_id"))
     session = session_of(request)
     try:
@@ -151,6 +151,8 @@ async def grant(request: web.Request) -> web.Response:
         held = result.entitlement
         if result.replayed:
             return "ok", f"This grant of {command.sku} had been applied already (the form was sent again): unchanged."
+        if held.expires_at_ms is not None:
+            return "ok", f"Granted {command.sku}: active until {when(held.expires_at_ms)}."
         return "ok", f"Granted {command.sku}: the player now holds {held.quantity}."
 
     return await _act(request, apply)
