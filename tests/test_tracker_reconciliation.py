@@ -249,8 +249,14 @@ async def test_a_bundle_new_to_the_catalog_is_read_from_the_catalog_again(rig: R
     grants the bundle's contents, not an unknown sku."""
     service = await rig.service()
     client = await rig.client_factory(service)
-    assert service.catalogs is not None
-    assert "starter_pack" in (await service.catalogs.catalog(PROJECT)).bundles
+    catalogs = service.catalogs
+    assert catalogs is not None
+
+    async def read() -> bool:
+        # The catalogs are read in the background once the service has started.
+        return "starter_pack" in (await catalogs.catalog(PROJECT)).bundles
+
+    await eventually(read, what="the catalog's first read")
     mega = admin_bundle("mega_pack", [("gold", 1000)])
     rig.sim.catalog.set_project(PROJECT, api_key=API_KEY, items=CATALOG_ITEMS, bundles=[STARTER, mega])
     order = rig.sim.create_order(PLAYER, [{"sku": "mega_pack", "quantity": 1, "type": "bundle"}])
