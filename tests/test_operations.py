@@ -197,6 +197,7 @@ async def running_service(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
         ENTITLEMENTS_DATA_DIR=str(data_dir),
         ENTITLEMENTS_GRPC_PORT="0",
         ENTITLEMENTS_METRICS_PORT="0",
+        ENTITLEMENTS_CONSOLE_PORT="0",
         ENTITLEMENTS_INSECURE_DEV_MODE="true",
         ENTITLEMENTS_LOG_LEVEL="info",
         ENTITLEMENTS_LOG_JSON="true",
