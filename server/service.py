@@ -8,7 +8,6 @@ each method runs in the project it is given, which its caller is bound to and th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -16,6 +15,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.clock import now_ms
 from entitlements.v1 import entitlements_pb2 as pb
 from server import validation
 from server.auth import Principal
@@ -28,10 +28,6 @@ from server.store import EntitlementRecord, EntitlementStore, RecurringSubscript
 from server.tracking import OrderTracking
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -169,7 +165,7 @@ class EntitlementServicer:
         result = await self._store.grant(command, principal.name)
         self._metrics.writes.labels("grant", "replayed" if result.replayed else "applied").inc()
         return pb.GrantResponse(
-            entitlement=entitlement_message(result.entitlement, _now_ms()),
+            entitlement=entitlement_message(result.entitlement, now_ms()),
             replayed=result.replayed,
             project_id=project_id,
         )
@@ -186,7 +182,7 @@ class EntitlementServicer:
             revoked=result.previous is not None, replayed=result.replayed, project_id=project_id
         )
         if result.previous is not None:
-            response.previous.CopyFrom(entitlement_message(result.previous, _now_ms()))
+            response.previous.CopyFrom(entitlement_message(result.previous, now_ms()))
         return response
 
     @rpc("CheckEntitlement", "read")
@@ -198,7 +194,7 @@ class EntitlementServicer:
         record = await self._store.get(project_id, user_id, sku)
         if record is None:
             return pb.CheckEntitlementResponse(active=False)
-        message = entitlement_message(record, _now_ms())
+        message = entitlement_message(record, now_ms())
         return pb.CheckEntitlementResponse(active=message.active, entitlement=message)
 
     @rpc("ListEntitlements", "read")
@@ -209,7 +205,7 @@ class EntitlementServicer:
         page = await self._store.list_page(
             project_id, query.user_id, query.after_sku, query.page_size, include_expired=query.include_expired
         )
-        now = _now_ms()
+        now = now_ms()
         # The store skipped what had expired by the Redis server's clock; this host's may be a little ahead.
         selected = [r for r in page.records if query.include_expired or r.active(now)]
         token = ""
@@ -227,7 +223,7 @@ class EntitlementServicer:
         page = await self._store.subscriptions_page(
             project_id, query.user_id, query.offset, query.limit, include_inactive=query.include_inactive
         )
-        now = _now_ms()
+        now = now_ms()
         subscriptions = [recurring_subscription(s) for s in page.recurring] + [
             non_renewing_subscription(r, now) for r in page.timed
         ]

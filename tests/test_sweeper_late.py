@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.clock import now_ms
 from core.keys import sweep_pending_key, sweep_rechecked_key
 from core.projects import Project
 from providers.xsolla import CatalogSettings
@@ -18,7 +19,6 @@ from server.app import Service
 from server.config import ReconcileSettings
 from server.embedded import EmbeddedRedis
 from server.reconcile import OrderIndex, Rechecks, SweepOutcome
-from server.reconcile.findings import now_ms
 from server.reconcile.recheck import second_of
 from tests.helpers.events import consumer_settings, drained
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import structlog
 from aiohttp import web
 
+from core.clock import now_ms
 from core.connections import bounded
 from server.console.parts import (
     LOGIN_COOKIE,
@@ -181,7 +181,7 @@ async def player_page(
         error=error,
         form=form or {},
         ledger_token=ledger_token,
-        now_ms=time.time_ns() // 1_000_000,
+        now_ms=now_ms(),
         next_url=player_url(project_id, user_id, ledger=view.ledger_next) if view.ledger_next else "",
         first_url=player_url(project_id, user_id),
     )

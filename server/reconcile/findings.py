@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import collections
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def iso(ms: int) -> str:

@@ -36,6 +36,7 @@ from typing import Final
 
 import structlog
 
+from core.clock import now_ms
 from core.connections import RedisClient, bounded
 from core.eventlog import EventLog
 from core.limits import identifier_problem
@@ -46,7 +47,7 @@ from entitlements.v1 import events_pb2
 from server.catalog import Catalogs
 from server.errors import SkuNotInCatalog
 from server.metrics import ServiceMetrics
-from server.reconcile.findings import Finding, SweepOutcome, Window, iso, now_ms
+from server.reconcile.findings import Finding, SweepOutcome, Window, iso
 from server.reconcile.index import AUTHORITATIVE, OrderIndex, OrderOwner
 from server.reconcile.lease import Lease
 from server.reconcile.orders import Bundles, order_event, unusable

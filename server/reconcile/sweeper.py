@@ -22,11 +22,12 @@ from typing import Final
 
 import structlog
 
+from core.clock import now_ms
 from core.errors import ConfigError, StoreUnavailable
 from core.projects import Project, Projects
 from core.reconciliation import SearchError, SearchRefused
 from server.config import ReconcileSettings
-from server.reconcile.findings import SweepOutcome, Window, iso, now_ms
+from server.reconcile.findings import SweepOutcome, Window, iso
 from server.reconcile.lease import RENEWALS_PER_LEASE, Lease, LeaseLost
 from server.reconcile.sweep import OrderSweep, SweepParts
 

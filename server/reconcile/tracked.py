@@ -28,7 +28,6 @@ stored.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -36,6 +35,7 @@ from typing import Final
 import structlog
 
 from core.backoff import Backoff
+from core.clock import now_ms
 from core.connections import RedisClient, bounded
 from core.errors import StoreUnavailable
 from core.eventlog import EventLog
@@ -67,10 +67,6 @@ _PAID: Final = frozenset({int(pb.ORDER_STATUS_PAID), int(pb.ORDER_STATUS_DONE)})
 _TRACKER_ORIGIN: Final = int(events_pb2.EventOrigin.EVENT_ORIGIN_TRACKER)
 # Lines named in the log line, at most.
 _LOGGED_LINES: Final = 20
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

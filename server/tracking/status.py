@@ -9,7 +9,6 @@ is reported once more with the same status and `entitlements_granted` set.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -48,10 +47,6 @@ def status_named(name: str) -> int | None:
     """The OrderStatus value of one of the service's own status names (`STATUS_NAMES`, as the webhook consumer
     stores them), or None for anything else (the caller logs and ignores it)."""
     return _BY_NAME.get(name.strip().lower())
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

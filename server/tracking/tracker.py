@@ -38,6 +38,7 @@ from typing import Any, Final
 import structlog
 
 from core.backoff import Backoff
+from core.clock import now_ms
 from core.connections import RedisClient
 from core.logs import user_ref
 from core.order_sources import LookupFailed, OrderSources, OrderUnknown, Player, ReportedStatus, TokenRefused
@@ -59,7 +60,6 @@ from server.tracking.status import (
     WEBHOOK,
     WEBSOCKET,
     OrderProgress,
-    now_ms,
     status_named,
 )
 from server.tracking.watcher import Watcher
