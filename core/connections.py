@@ -77,17 +77,23 @@ def reply_code(exc: redis_errors.ResponseError) -> str:
     return words[0] if words else ""
 
 
-async def bounded(operation: Awaitable[T], timeout_s: float, *, self_bounded: bool = False) -> T:
+async def bounded(
+    operation: Awaitable[T], timeout_s: float, *, self_bounded: bool = False, refused: str | None = None
+) -> T:
     """Awaits a Redis operation within `timeout_s`, turning every failure that is Redis's rather than the
     command's into `StoreUnavailable`.
 
     `self_bounded`: the operation enforces `timeout_s` itself and raises TimeoutError past it (a read batcher
     does, once per round trip rather than once per read).
+    `refused`: what the operation is ("the append"), for a caller to which every error reply means the same as
+    Redis being unavailable (out of memory, a replica that refuses writes): nothing was done, try later. Such a
+    reply then becomes `StoreUnavailable("Redis refused <refused>: <error class>")`.
 
     Raises:
-        StoreUnavailable: no answer in time, a connection or cluster error, or a transient error reply.
-        redis.exceptions.ResponseError: any other error reply (a script's own error, a wrong command), for the
-            caller to translate.
+        StoreUnavailable: no answer in time, a connection or cluster error, a transient error reply, or with
+            `refused` any error reply.
+        redis.exceptions.ResponseError: without `refused`, any other error reply (a script's own error, a wrong
+            command), for the caller to translate.
     """
     try:
         if self_bounded:
@@ -100,6 +106,8 @@ async def bounded(operation: Awaitable[T], timeout_s: float, *, self_bounded: bo
         code = reply_code(exc)
         if code in TRANSIENT_REPLIES:
             raise StoreUnavailable(f"Redis is unavailable: {code}") from exc
+        if refused is not None:
+            raise StoreUnavailable(f"Redis refused {refused}: {type(exc).__name__}") from exc
         raise
     except (redis_errors.RedisError, OSError) as exc:
         # ConnectionError, TimeoutError, BusyLoadingError, cluster errors: all transient from the caller's side.

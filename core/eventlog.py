@@ -141,13 +141,12 @@ class EventLog:
         ]
         if durability.waits:
             return await self._append_durably(keys, args, event.event_id, durability)
-        try:
-            entry = await bounded(
-                self._append(keys=[keys.dedup(event.event_id), keys.stream], args=args), self._timeout_s
-            )
-        except redis_errors.ResponseError as exc:
-            # Any error reply (out of memory, a replica that refuses writes): nothing was stored.
-            raise StoreUnavailable(f"Redis refused the append: {type(exc).__name__}") from exc
+        # Any error reply (out of memory, a replica that refuses writes): nothing was stored.
+        entry = await bounded(
+            self._append(keys=[keys.dedup(event.event_id), keys.stream], args=args),
+            self._timeout_s,
+            refused="the append",
+        )
         if entry is None:
             return AppendResult(None, keys.partition)
         return AppendResult(reply_text(entry), keys.partition)
@@ -198,10 +197,7 @@ class EventLog:
         return AppendResult(entry_id, keys.partition, durability.mode, waited_s)
 
     async def _register(self, project_id: int) -> None:
-        try:
-            await bounded(self._redis.sadd(PROJECTS_KEY, str(project_id)), self._timeout_s)
-        except redis_errors.ResponseError as exc:
-            raise StoreUnavailable(f"Redis refused the append: {type(exc).__name__}") from exc
+        await bounded(self._redis.sadd(PROJECTS_KEY, str(project_id)), self._timeout_s, refused="the append")
         self._registered.add(project_id)
 
 

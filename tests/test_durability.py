@@ -15,6 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core.connections import bounded
+from core.errors import StoreUnavailable
 from entitlements import AsyncEntitlementsClient, UnavailableError
 from server.app import Service
 from server.embedded import EmbeddedRedis, server_binary
@@ -238,3 +240,15 @@ async def test_an_orphaned_embedded_redis_is_stopped_before_a_new_one_starts(tmp
         if orphan.returncode is None:
             orphan.kill()
             await orphan.wait()
+
+
+async def test_an_error_reply_is_unavailable_where_the_caller_says_every_refusal_is(
+    redis_client: aioredis.Redis,
+) -> None:
+    """`bounded(..., refused=...)` turns any error reply into a retryable StoreUnavailable naming the operation;
+    without it the reply is the caller's to translate."""
+    await redis_client.set("not-a-number", "text")  # INCR on it is an error reply
+    with pytest.raises(StoreUnavailable, match=r"^Redis refused the test write: ResponseError$"):
+        await bounded(redis_client.incr("not-a-number"), 2.0, refused="the test write")
+    with pytest.raises(aioredis.ResponseError):
+        await bounded(redis_client.incr("not-a-number"), 2.0)

@@ -22,11 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
-import redis.exceptions as redis_errors
-
 from core import scripts
 from core.connections import RedisClient, bounded, reply_text
-from core.errors import StoreUnavailable
 from core.keys import applied_orders_key, known_orders_key, order_players_key
 
 #: Who says whom an order belongs to.
@@ -92,10 +89,7 @@ class OrderIndex:
             raise ValueError(f"authority must be {AUTHORITATIVE!r} or {CLAIM!r}")
         keys = [order_players_key(project_id), known_orders_key(project_id), applied_orders_key(project_id)]
         args: list[str | int] = [order_id, user_id, authority, now_ms, "1" if applied else "0"]
-        try:
-            after = await bounded(self._record(keys=keys, args=args), self._timeout_s)
-        except redis_errors.ResponseError as exc:
-            raise StoreUnavailable(f"Redis refused the order index write: {type(exc).__name__}") from exc
+        after = await bounded(self._record(keys=keys, args=args), self._timeout_s, refused="the order index write")
         return OrderOwner.parse(reply_text(after))
 
     async def owners(self, project_id: int, order_ids: Sequence[str]) -> dict[str, OrderOwner]:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Final, TypeVar
 
-import redis.exceptions as redis_errors
 import structlog
 
 from core import scripts
@@ -88,11 +87,8 @@ class Lease:
             log.warning("sweeper_lease_not_released", key=self.key, error=str(exc), note="it expires on its own")
 
     async def _call(self, operation: Awaitable[Any]) -> Any:
-        try:
-            return await bounded(operation, self._timeout_s)
-        except redis_errors.ResponseError as exc:
-            # An error reply (out of memory, a read-only replica): the lease is neither taken nor renewed.
-            raise StoreUnavailable(f"Redis refused the lease command: {type(exc).__name__}") from exc
+        # An error reply (out of memory, a read-only replica): the lease is neither taken nor renewed.
+        return await bounded(operation, self._timeout_s, refused="the lease command")
 
     async def current(self) -> tuple[str, int] | None:
         """Who holds the lease now and for how long yet (ms), or None when it is free.

@@ -20,8 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, cast
 
-import redis.exceptions as redis_errors
-
 from core import scripts
 from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
@@ -144,10 +142,7 @@ class SweepRecords:
         self._save = scripts.register(redis, "server", "sweep_progress.lua")
 
     async def _call(self, operation: Any) -> Any:
-        try:
-            return await bounded(operation, self._timeout_s)
-        except redis_errors.ResponseError as exc:
-            raise StoreUnavailable(f"Redis refused a sweep record: {type(exc).__name__}") from exc
+        return await bounded(operation, self._timeout_s, refused="a sweep record")
 
     async def progress(self, project_id: int) -> SweepProgress:
         """The project's progress (all defaults before its first sweep).

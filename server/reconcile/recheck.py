@@ -26,11 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
-import redis.exceptions as redis_errors
 import structlog
 
 from core.connections import RedisClient, bounded, reply_text
-from core.errors import StoreUnavailable
 from core.keys import sweep_pending_key, sweep_rechecked_key, sweep_seen_key
 from core.reconciliation import ProviderOrder
 from entitlements.v1 import entitlements_pb2 as pb
@@ -75,10 +73,7 @@ class Rechecks:
         self._timeout_s = timeout_s
 
     async def _call(self, operation: Any) -> Any:
-        try:
-            return await bounded(operation, self._timeout_s)
-        except redis_errors.ResponseError as exc:
-            raise StoreUnavailable(f"Redis refused a sweep re-check record: {type(exc).__name__}") from exc
+        return await bounded(operation, self._timeout_s, refused="a sweep re-check record")
 
     async def note(self, project_id: int, orders: Sequence[ProviderOrder], now_ms: int) -> None:
         """Keeps the unfinished orders among `orders` (created within the pending window) and forgets the rest.
