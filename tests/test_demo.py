@@ -4,7 +4,11 @@ still tells the truth."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
+
+import pytest
 
 from tests.helpers.gateway import ROOT, command_env
 
@@ -21,8 +25,19 @@ async def test_demo_grants_both_purchases_the_lost_webhooks_by_reconciliation() 
         env=command_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=50)
+    communicating = asyncio.ensure_future(process.communicate())
+    done, _ = await asyncio.wait({communicating}, timeout=50)
+    if not done:
+        # Stopped with everything it started (its embedded Valkey), and what it said so far shown.
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = await communicating
+        pytest.fail(
+            f"the demo did not end within 50 s; its output:\n{stdout.decode()[-3000:]}\n"
+            f"its log:\n{stderr.decode()[-3000:]}"
+        )
+    stdout, stderr = communicating.result()
     output = stdout.decode()
     assert process.returncode == 0, stderr.decode()[-2000:]
     assert "PAID      from webhook   items granted" in output
