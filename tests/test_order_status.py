@@ -232,6 +232,9 @@ async def test_stored_state_comes_first(rig: Rig) -> None:
     order = rig.sim.create_order(PLAYER, ITEMS)
     await rig.sim.set_status(order.order_id, "paid")
     await eventually(lambda: stored_status(rig, order.order_id), what="the order_paid webhook to be applied")
+    # Counted once applied and published: the publication cannot reach the stream opened next.
+    applied = {"type": "order_paid", "result": "applied"}
+    await eventually(lambda: sample(service, "entitlements_events_total", **applied) == 1, what="its publication")
     reader = Reader(client.get_order_status(str(order.order_id), PLAYER, token=token))
     await reader.count(1)
     await rig.sim.set_status(order.order_id, "done", channels=("websocket",))
@@ -247,6 +250,8 @@ async def test_a_stream_opened_on_a_canceled_order_sends_it_and_ends(rig: Rig) -
     await rig.sim.set_status(order.order_id, "paid", channels=("webhook",))
     await rig.sim.set_status(order.order_id, "canceled", channels=("webhook",))
     await eventually(lambda: stored_status(rig, order.order_id, "canceled"), what="the cancel to be applied")
+    applied = {"type": "order_canceled", "result": "applied"}
+    await eventually(lambda: sample(service, "entitlements_events_total", **applied) == 1, what="its publication")
     token = rig.sim.issue_token(PLAYER)
     updates = await collect(client.get_order_status(str(order.order_id), PLAYER, token=token))
     assert summary(updates) == [(CANCELED, STORED, False)]
