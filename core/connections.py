@@ -1,7 +1,8 @@
 """The Redis client both processes use, and the one place Redis failures become `StoreUnavailable`.
 
 `connect` builds a standalone or Cluster client from a URL: every command has a socket timeout, a burst beyond
-the pool size queues for a connection (within the timeout), and connection errors are retried a few times with
+the pool size queues for a connection (within the timeout; on a Cluster, `BlockingCluster` below does what
+redis-py's asyncio cluster client does not), and connection errors are retried a few times with
 exponential backoff (redis-py's retry policy object below), all inside the caller's own overall timeout, which
 `bounded` enforces: a call never hangs on a dead Redis. Retrying a write script is safe because each one carries
 its idempotency key (or, for the event log, its event id).
@@ -10,12 +11,14 @@ its idempotency key (or, for the event log, its event id).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -51,11 +54,82 @@ def connect(url: str, *, cluster: bool, timeout_s: float, max_connections: int) 
         "max_connections": max_connections,
     }
     if cluster:
-        return RedisCluster.from_url(url, **options)
+        # Each node's own limit leaves room for the pub/sub connections, which hold no permit.
+        options["max_connections"] = max_connections + PUBSUB_HEADROOM
+        client = cast("BlockingCluster", BlockingCluster.from_url(url, **options))
+        client.limit_calls(max_connections, wait_s=timeout_s)
+        return client
     # A blocking pool makes a burst of calls wait for a free connection (within the timeout) instead of failing
     # at once with MaxConnectionsError, as the default pool does when it is exhausted.
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, health_check_interval=30, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+#: Connections per Cluster node beyond `max_connections`, for the pub/sub subscriptions (a sharded subscription
+#: holds one connection on each node it listens to, outside the calls' permits).
+PUBSUB_HEADROOM = 8
+
+#: Set in a task while it holds one of a `BlockingCluster`'s permits: a pipeline that falls back to single
+#: commands after a redirection must not wait for a second permit while holding the first.
+_holding_permit: contextvars.ContextVar[bool] = contextvars.ContextVar("holding_redis_permit", default=False)
+
+
+class BlockingCluster(RedisCluster):
+    """redis-py's asyncio `RedisCluster`, whose calls wait for a free connection instead of failing.
+
+    redis-py's asyncio cluster client raises `MaxConnectionsError` at once when a node's pool is full (its
+    standalone client has `BlockingConnectionPool`; the cluster client has no such pool: redis-py#2522, #3135).
+    Here every command and every pipeline first takes one of `max_connections` permits, waiting for one at most
+    the Redis timeout, then raises redis-py's `ConnectionError("No connection available.")`, as the standalone
+    blocking pool does; `bounded` turns that into `StoreUnavailable`. A call holds one connection per node it
+    touches, so with as many permits as each node has connections no node's pool can be exhausted by calls.
+    """
+
+    _permits: asyncio.Semaphore | None = None
+    _permit_wait_s: float = 1.0
+
+    def limit_calls(self, permits: int, *, wait_s: float) -> None:
+        """At most `permits` calls in flight; a call waits at most `wait_s` for one."""
+        self._permits = asyncio.Semaphore(permits)
+        self._permit_wait_s = wait_s
+
+    @contextlib.asynccontextmanager
+    async def permit(self) -> AsyncIterator[None]:
+        """Holds one permit (none when this task holds one already, or calls are not limited)."""
+        if self._permits is None or _holding_permit.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._permit_wait_s):
+                await self._permits.acquire()
+        except TimeoutError:
+            raise redis_errors.ConnectionError("No connection available.") from None
+        token = _holding_permit.set(True)
+        try:
+            yield
+        finally:
+            _holding_permit.reset(token)
+            self._permits.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.permit():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused by redis-py, as it says
+        # Built as RedisCluster.pipeline builds its ClusterPipeline (whose typing leaves an attribute abstract).
+        return _BlockingPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _BlockingPipeline(ClusterPipeline):
+    """A pipeline of a `BlockingCluster`: one permit for the whole of `execute`."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, BlockingCluster)
+        async with client.permit():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def reply_text(value: bytes | str, errors: str = "strict") -> str:

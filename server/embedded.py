@@ -201,7 +201,7 @@ class EmbeddedRedis:
         config = self.data_dir / _CONFIG_FILE
         config.write_text(self._config_text())
         process = await asyncio.create_subprocess_exec(
-            *_die_with_parent(),
+            *die_with_parent(),
             server_binary(),
             str(config),
             stdout=asyncio.subprocess.DEVNULL,
@@ -313,7 +313,7 @@ async def _terminate(process: asyncio.subprocess.Process, timeout_s: float) -> N
         await process.wait()
 
 
-def _die_with_parent() -> list[str]:
+def die_with_parent() -> list[str]:
     """A command prefix that makes Linux send the server SIGTERM when the service process dies.
 
     util-linux's `setpriv --pdeathsig` sets PR_SET_PDEATHSIG and execs the server (the setting survives exec).

@@ -6,20 +6,22 @@ settings, the factories' types) is in `tests.helpers.services`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from core import logs
+from core.connections import RedisClient
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.embedded import EmbeddedRedis
 from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
+from tests.helpers.stores import SELECTED_KINDS, STORE_KINDS, StoreUnderTest, is_cluster_url, register_cluster
+from tools.cluster import LocalCluster
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
 
@@ -29,18 +31,54 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    """A private Valkey server persisting to the test's temporary directory."""
+async def single_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
+    """A private Valkey server persisting to the test's temporary directory: for tests that stop, kill or restart
+    the server itself."""
     server = EmbeddedRedis(tmp_path / "redis", appendfsync="always")
     await server.start()
     yield server
     await server.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One Redis Cluster (3 primaries, 1 replica each) for the whole run, started when a test first needs it."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    register_cluster(cluster)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis-py client on the test's Valkey, for looking behind the service's back."""
-    client = aioredis.Redis.from_url(redis_server.url)
+def private_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A Redis Cluster of the test's own, for a test that kills or restarts its nodes."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster.start()
+    register_cluster(cluster)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=[pytest.param(kind, id=kind) for kind in STORE_KINDS if kind in SELECTED_KINDS])
+async def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreUnderTest]:
+    """The test's Redis, once the single embedded server and once the shared cluster (emptied first)."""
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("shared_cluster")
+        cluster.flush()
+        yield StoreUnderTest(cluster.url, cluster=True, local_cluster=cluster)
+        return
+    server = EmbeddedRedis(tmp_path / "redis", appendfsync="always")
+    await server.start()
+    yield StoreUnderTest(server.url, cluster=False, embedded=server)
+    await server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server: StoreUnderTest) -> AsyncIterator[RedisClient]:
+    """A plain redis-py client (a cluster client on the cluster) on the test's Redis, for looking behind the
+    service's back."""
+    client = redis_server.client()
     yield client
     await client.aclose()
 
@@ -54,6 +92,8 @@ async def service_factory() -> AsyncIterator[ServiceFactory]:
     async def start(**overrides: Any) -> Service:
         provider_keys = ("xsolla", "order_sources", "xsolla_catalog", "catalog_source", "order_search")
         provider = {key: overrides.pop(key) for key in provider_keys if key in overrides}
+        if "redis_cluster" not in overrides:
+            overrides["redis_cluster"] = is_cluster_url(overrides.get("redis_url"))
         service = Service(base_settings(**overrides), **provider)
         await service.start()
         started.append(service)
@@ -65,9 +105,9 @@ async def service_factory() -> AsyncIterator[ServiceFactory]:
 
 
 @pytest.fixture
-async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
-    """The service on the test's Valkey."""
-    return await service_factory(redis_url=redis_server.url)
+async def service(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> Service:
+    """The service on the test's Redis."""
+    return await service_factory(**redis_server.settings)
 
 
 @pytest.fixture

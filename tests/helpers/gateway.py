@@ -30,6 +30,7 @@ from core.keys import PROJECTS_KEY, EventKeys
 from entitlements.v1 import events_pb2
 from providers.xsolla import WebhookSettings
 from providers.xsolla.signature import sign
+from tests.helpers.stores import is_cluster_url
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 
@@ -67,6 +68,8 @@ def gateway_settings(**overrides: Any) -> GatewaySettings:
         request_timeout_s=5.0,
         shutdown_grace_s=1.0,
     )
+    if "redis_cluster" not in overrides:
+        overrides["redis_cluster"] = is_cluster_url(overrides.get("redis_url"))
     return replace(settings, **overrides)
 
 

@@ -1,0 +1,67 @@
+"""The Redis a test runs on: the single embedded server, or a Redis Cluster of 3 primaries with 1 replica each
+(`tools.cluster.LocalCluster`) shared by the whole run and emptied before each test.
+
+Every test that touches Redis through the `redis_server` fixture (tests/conftest.py) runs once on each; a test
+that needs the single server's process itself (stopping, killing or restarting it) asks for `single_redis`, and a
+test that kills a node of a cluster starts its own with `private_cluster`.
+
+The factories (`service_factory`, `gateway_settings`) set `redis_cluster` from the URL when a test does not: a
+URL of a cluster started here is known by `is_cluster_url`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from core.connections import RedisClient
+from server.embedded import EmbeddedRedis
+from tools.cluster import LocalCluster
+
+#: The parameter ids of `redis_server`: `pytest -k cluster` runs the cluster half only.
+STORE_KINDS = ("single", "cluster")
+
+#: `ENTITLEMENTS_TEST_STORES=single` (or `cluster`) runs one half only, for a quick local run.
+SELECTED_KINDS = tuple(os.environ.get("ENTITLEMENTS_TEST_STORES", ",".join(STORE_KINDS)).split(","))
+
+_cluster_urls: set[str] = set()
+
+
+@dataclass
+class StoreUnderTest:
+    """The Redis of one test: its URL, whether it is a cluster, and the server or cluster behind it."""
+
+    url: str
+    cluster: bool
+    embedded: EmbeddedRedis | None = None
+    local_cluster: LocalCluster | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The service's or gateway's settings that point it at this store."""
+        return {"redis_url": self.url, "redis_cluster": self.cluster}
+
+    def client(self) -> RedisClient:
+        """A plain redis-py client (a cluster client on a cluster); the caller closes it."""
+        return client_for(self.url, cluster=self.cluster)
+
+
+def register_cluster(cluster: LocalCluster) -> None:
+    """Marks every node address of `cluster` as a cluster URL for `is_cluster_url`."""
+    _cluster_urls.update(f"redis://{address}/0" for address in cluster.seeds)
+
+
+def is_cluster_url(url: str | None) -> bool:
+    """Whether `url` names a node of a cluster a test fixture started."""
+    return url is not None and url in _cluster_urls
+
+
+def client_for(url: str, *, cluster: bool) -> RedisClient:
+    """A plain client for looking behind the service's back."""
+    if cluster:
+        return RedisCluster.from_url(url, socket_timeout=5.0)
+    return aioredis.Redis.from_url(url, socket_timeout=5.0)
