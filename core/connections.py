@@ -83,6 +83,10 @@ class BlockingCluster(RedisCluster):
     the Redis timeout, then raises redis-py's `ConnectionError("No connection available.")`, as the standalone
     blocking pool does; `bounded` turns that into `StoreUnavailable`. A call holds one connection per node it
     touches, so with as many permits as each node has connections no node's pool can be exhausted by calls.
+
+    Every call also waits for the client's (re)discovery of the cluster's nodes (`initialize`, under redis-py's
+    lock) before it runs: with redis-py 8.1, commands that start together on a client that has not discovered the
+    cluster yet fail now and then with `AttributeError` from a connection another task is setting up.
     """
 
     _permits: asyncio.Semaphore | None = None
@@ -113,6 +117,7 @@ class BlockingCluster(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self.permit():
+            await self.initialize()
             return await super().execute_command(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
@@ -129,6 +134,7 @@ class _BlockingPipeline(ClusterPipeline):
         client = self.cluster_client
         assert isinstance(client, BlockingCluster)
         async with client.permit():
+            await client.initialize()
             return await super().execute(raise_on_error, allow_redirections)
 
 

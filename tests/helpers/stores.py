@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 
-from core.connections import RedisClient
+from core.connections import RedisClient, connect
 from server.embedded import EmbeddedRedis
 from tools.cluster import LocalCluster
 
@@ -61,7 +60,8 @@ def is_cluster_url(url: str | None) -> bool:
 
 
 def client_for(url: str, *, cluster: bool) -> RedisClient:
-    """A plain client for looking behind the service's back."""
+    """A plain client for looking behind the service's back (on a cluster, the service's own kind of client:
+    `core.connections.BlockingCluster`, which waits for the cluster's discovery before its first calls)."""
     if cluster:
-        return RedisCluster.from_url(url, socket_timeout=5.0)
+        return connect(url, cluster=True, timeout_s=5.0, max_connections=64)
     return aioredis.Redis.from_url(url, socket_timeout=5.0)
