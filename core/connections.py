@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -136,6 +136,13 @@ class _BlockingPipeline(ClusterPipeline):
         async with client.permit():
             await client.initialize()
             return await super().execute(raise_on_error, allow_redirections)
+
+
+async def cluster_primaries(redis: RedisCluster) -> list[ClusterNode]:
+    """The cluster's primaries, discovering the cluster first: before its first call a client knows no nodes, and
+    `get_primaries()` alone would return none (a scan "of every node" would then see nothing)."""
+    await redis.initialize()
+    return list(redis.get_primaries())
 
 
 def reply_text(value: bytes | str, errors: str = "strict") -> str:

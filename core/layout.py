@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from core.connections import RedisClient, bounded, reply_text
+from core.connections import RedisClient, bounded, cluster_primaries, reply_text
 from core.errors import ConfigError, StoreUnavailable
 from core.keys import LAYOUT_KEY, LAYOUT_VERSION, PREFIX, PROJECTS_KEY
 from core.projects import project_id_problem
@@ -252,7 +252,9 @@ async def _move(redis: RedisClient, source: bytes, target: bytes) -> bool:
 
 async def _scan(redis: RedisClient, pattern: str, *, max_calls: int | None) -> AsyncIterator[bytes]:
     """The keys matching `pattern`, over every node of a Cluster; at most `max_calls` SCAN calls per node."""
-    nodes = redis.get_primaries() if isinstance(redis, RedisCluster) else [None]
+    nodes: list[ClusterNode] | list[None] = [None]
+    if isinstance(redis, RedisCluster):
+        nodes = await cluster_primaries(redis)
     for node in nodes:
         cursor: int = 0
         calls = 0

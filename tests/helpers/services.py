@@ -8,14 +8,14 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from core.connections import RedisClient
 from core.keys import LAYOUT_KEY
 from core.projects import Project, Projects
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
 from server.config import ConsoleSettings, Settings
+from tests.helpers.stores import key_count, node_infos
 
 WRITER_KEY = "writer-key-0123456789"
 READER_KEY = "reader-key-0123456789"
@@ -43,10 +43,10 @@ def base_settings(**overrides: Any) -> Settings:
     return replace(settings, **overrides)
 
 
-async def data_keys(redis: aioredis.Redis) -> int:
-    """How many keys Redis holds besides the key layout's mark (`ent:layout`, which each process writes into an
-    empty store when it starts)."""
-    return int(await redis.dbsize()) - int(await redis.exists(LAYOUT_KEY))
+async def data_keys(redis: RedisClient) -> int:
+    """How many keys Redis holds (on a cluster: all its primaries) besides the key layout's mark (`ent:layout`,
+    which each process writes into an empty store when it starts)."""
+    return await key_count(redis) - int(await redis.exists(LAYOUT_KEY))
 
 
 def served(*project_ids: int, default: int | None = None) -> Projects:
@@ -55,11 +55,10 @@ def served(*project_ids: int, default: int | None = None) -> Projects:
     return Projects(MappingProxyType({p: Project(p) for p in project_ids}), default_project=default, listed=True)
 
 
-async def store_changes(redis: aioredis.Redis) -> int:
-    """Valkey's count of changes since its last snapshot (it never takes one: the AOF is the persistence), to prove
-    that a refused call wrote nothing."""
-    info = await redis.info("persistence")
-    return int(info["rdb_changes_since_last_save"])
+async def store_changes(redis: RedisClient) -> int:
+    """Valkey's count of changes since its last snapshot (it never takes one: the AOF is the persistence), summed
+    over a cluster's primaries, to prove that a refused call wrote nothing."""
+    return sum(int(info["rdb_changes_since_last_save"]) for info in await node_infos(redis, "persistence"))
 
 
 def sample(service: Service, name: str, **labels: str) -> float:

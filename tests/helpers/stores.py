@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from core.connections import RedisClient, connect
+from core.connections import RedisClient, cluster_primaries, connect
 from server.embedded import EmbeddedRedis
 from tools.cluster import LocalCluster
 
@@ -65,3 +66,29 @@ def client_for(url: str, *, cluster: bool) -> RedisClient:
     if cluster:
         return connect(url, cluster=True, timeout_s=5.0, max_connections=64)
     return aioredis.Redis.from_url(url, socket_timeout=5.0)
+
+
+async def key_count(redis: RedisClient) -> int:
+    """DBSIZE of the store: of every primary, summed, on a cluster (redis-py sends a bare DBSIZE to one node)."""
+    if isinstance(redis, RedisCluster):
+        nodes = await cluster_primaries(redis)
+        return sum([int(await redis.execute_command("DBSIZE", target_nodes=node)) for node in nodes])
+    return int(await redis.dbsize())
+
+
+async def all_keys(redis: RedisClient, pattern: str = "*") -> list[bytes]:
+    """Every key matching `pattern` (on a cluster: on every primary), sorted."""
+    if isinstance(redis, RedisCluster):
+        found: list[bytes] = []
+        for node in await cluster_primaries(redis):
+            found.extend(await redis.execute_command("KEYS", pattern, target_nodes=node))
+        return sorted(found)
+    return sorted(cast("list[bytes]", await redis.keys(pattern)))
+
+
+async def node_infos(redis: RedisClient, section: str) -> list[dict[str, Any]]:
+    """INFO `section` of the store: one dict, or one per primary of a cluster."""
+    if isinstance(redis, RedisCluster):
+        nodes = await cluster_primaries(redis)
+        return [dict(await redis.execute_command("INFO", section, target_nodes=node)) for node in nodes]
+    return [dict(await redis.info(section))]
