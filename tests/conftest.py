@@ -75,6 +75,29 @@ async def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture
+def embedded_server(redis_server: StoreUnderTest) -> EmbeddedRedis:
+    """The single server behind `redis_server`, for a test that stops, kills or restarts it: such a test runs on the
+    single server only (`pytest_collection_modifyitems`); what a cluster does when a node dies is tested on a
+    cluster of the test's own (`private_cluster`)."""
+    assert redis_server.embedded is not None, "embedded_server runs on the single server only"
+    return redis_server.embedded
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leaves out the cluster half of the tests that manage the single server's process (`embedded_server`)."""
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_cluster = callspec is not None and callspec.params.get("redis_server") == "cluster"
+        needs_process = "embedded_server" in getattr(item, "fixturenames", ())
+        (left_out if on_cluster and needs_process else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+@pytest.fixture
 async def redis_client(redis_server: StoreUnderTest) -> AsyncIterator[RedisClient]:
     """A plain redis-py client (a cluster client on the cluster) on the test's Redis, for looking behind the
     service's back."""

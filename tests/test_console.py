@@ -351,12 +351,12 @@ async def test_an_idle_session_expires(service_factory: ServiceFactory, redis_se
         assert 'name="api_key"' in (await browser.get(f"/p/{PROJECT}/"))[1]
 
 
-async def test_redis_down_is_a_503_that_changes_nothing(console: Service, redis_server: EmbeddedRedis) -> None:
+async def test_redis_down_is_a_503_that_changes_nothing(console: Service, embedded_server: EmbeddedRedis) -> None:
     """With Redis down, a page and a grant are 503 with a message to try again, never a traceback."""
     async with console_browser(console) as browser:
         await browser.login(AGENT_KEY)
         form = await browser.grant_form(PROJECT, "p1", sku="gold", quantity="1", reason="x")
-        await redis_server.stop()
+        await embedded_server.stop()
         status, page = await browser.get(f"/p/{PROJECT}/player", id="p1")
         assert status == 503
         assert "The store is unavailable" in page

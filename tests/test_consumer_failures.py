@@ -178,7 +178,7 @@ async def test_replay_all_and_events_status(
 
 
 async def test_redis_restart_while_consuming_loses_nothing(
-    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, embedded_server: EmbeddedRedis
 ) -> None:
     """Redis killed between an entry's commit and its XACK, then restarted: every event is applied exactly once."""
     seen = 0
@@ -189,7 +189,7 @@ async def test_redis_restart_while_consuming_loses_nothing(
         seen += 1
         if seen == 10:
             killed.set()
-            await redis_server.kill()
+            await embedded_server.kill()
 
     service = await hooked_service_factory(ConsumerHooks(before_ack=kill_on_tenth))
     log = event_log(redis_client)
@@ -197,7 +197,7 @@ async def test_redis_restart_while_consuming_loses_nothing(
         await log.append(order_event("paid", f"a{n}", "player-1", [("gold", 1)]), b"{}")
     await asyncio.wait_for(killed.wait(), 5)
     await asyncio.sleep(0.3)  # the consumer meets the dead Redis and backs off
-    await redis_server.start()
+    await embedded_server.start()
     for n in range(20, 40):
         await log.append(order_event("paid", f"a{n}", f"player-{n % 3}", [("gold", 1)]), b"{}")
     await drained(redis_client, timeout_s=20)
@@ -274,13 +274,13 @@ async def test_stop_is_prompt_and_leaves_no_consumer_tasks(
 
 
 async def test_consumer_waits_for_redis_at_start(
-    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, embedded_server: EmbeddedRedis
 ) -> None:
     """A service started while Redis is down starts anyway; its consumer joins once Redis is back."""
-    await redis_server.stop()
+    await embedded_server.stop()
     service = await hooked_service_factory()
     await asyncio.sleep(0.2)
-    await redis_server.start()
+    await embedded_server.start()
     await event_log(redis_client).append(order_event("paid", "e1", "player-1", [("gold", 3)]), b"{}")
     await eventually(lambda: _gold_is(service, 3), timeout_s=20, what="the order to be applied")
     await drained(redis_client)

@@ -56,26 +56,26 @@ async def test_two_services_cannot_share_a_data_dir(service_factory: ServiceFact
 
 
 async def test_redis_crash_and_restart_loses_nothing(
-    service: Service, client: AsyncEntitlementsClient, redis_server: EmbeddedRedis
+    service: Service, client: AsyncEntitlementsClient, embedded_server: EmbeddedRedis
 ) -> None:
     """After Redis is killed (SIGKILL) and restarted, acknowledged grants are there and the service reconnects."""
     for i in range(20):
         await client.grant("player-1", "gold", idempotency_key=f"k{i}")
-    await redis_server.kill()
+    await embedded_server.kill()
     with pytest.raises(UnavailableError):
         await client.check_entitlement("player-1", "gold", timeout_s=3.0)
-    await redis_server.start()
+    await embedded_server.start()
     check = await client.check_entitlement("player-1", "gold")
     assert check.entitlement.quantity == 20
     assert (await client.grant("player-1", "gold", idempotency_key="k3")).replayed
 
 
 async def test_redis_down_is_unavailable_within_the_deadline(
-    service: Service, client_factory: ClientFactory, redis_server: EmbeddedRedis
+    service: Service, client_factory: ClientFactory, embedded_server: EmbeddedRedis
 ) -> None:
     """With Redis stopped, calls fail UNAVAILABLE before the caller's deadline; a later retry applies once."""
     client = await client_factory(service, timeout_s=4.0)
-    await redis_server.stop()
+    await embedded_server.stop()
     for call in (
         client.check_entitlement("player-1", "gold"),
         client.grant("player-1", "gold", idempotency_key="retry-me"),
@@ -85,7 +85,7 @@ async def test_redis_down_is_unavailable_within_the_deadline(
         with pytest.raises(UnavailableError, match="Redis"):
             await call
         assert time.monotonic() - started < 4.0
-    await redis_server.start()
+    await embedded_server.start()
     first = await client.grant("player-1", "gold", idempotency_key="retry-me")
     again = await client.grant("player-1", "gold", idempotency_key="retry-me")
     assert not first.replayed
@@ -94,26 +94,26 @@ async def test_redis_down_is_unavailable_within_the_deadline(
 
 
 async def test_stuck_redis_times_out_instead_of_hanging(
-    service: Service, client_factory: ClientFactory, redis_server: EmbeddedRedis
+    service: Service, client_factory: ClientFactory, embedded_server: EmbeddedRedis
 ) -> None:
     """A Redis that accepts but never answers (SIGSTOP) turns into UNAVAILABLE within the store timeout."""
     client = await client_factory(service, timeout_s=5.0, retry_policy=None)
     await client.grant("player-1", "gold")
-    assert redis_server.pid is not None
-    os.kill(redis_server.pid, signal.SIGSTOP)
+    assert embedded_server.pid is not None
+    os.kill(embedded_server.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         with pytest.raises(UnavailableError, match=r"did not answer within 1 s|unavailable"):
             await client.check_entitlement("player-1", "gold")
         assert time.monotonic() - started < 3.0
     finally:
-        os.kill(redis_server.pid, signal.SIGCONT)
+        os.kill(embedded_server.pid, signal.SIGCONT)
     assert (await client.check_entitlement("player-1", "gold")).active
 
 
-async def test_health_follows_redis(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> None:
+async def test_health_follows_redis(service_factory: ServiceFactory, embedded_server: EmbeddedRedis) -> None:
     """The gRPC health service reports NOT_SERVING while Redis is down and SERVING again once it is back."""
-    service = await service_factory(redis_url=redis_server.url, health_check_interval_s=0.1)
+    service = await service_factory(redis_url=embedded_server.url, health_check_interval_s=0.1)
     assert service.endpoints is not None
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.endpoints.grpc_port}")
     stub = health_pb2_grpc.HealthStub(channel)
@@ -127,13 +127,13 @@ async def test_health_follows_redis(service_factory: ServiceFactory, redis_serve
             return await status() == expected
 
         assert await status() == health_pb2.HealthCheckResponse.SERVING
-        await redis_server.stop()
+        await embedded_server.stop()
         await eventually(
             lambda: health_is(health_pb2.HealthCheckResponse.NOT_SERVING),
             timeout_s=5.0,
             what="health to report NOT_SERVING",
         )
-        await redis_server.start()
+        await embedded_server.start()
         await eventually(
             lambda: health_is(health_pb2.HealthCheckResponse.SERVING), timeout_s=5.0, what="health to report SERVING"
         )
@@ -142,13 +142,13 @@ async def test_health_follows_redis(service_factory: ServiceFactory, redis_serve
 
 
 async def test_graceful_stop_lets_in_flight_calls_finish(
-    service: Service, client_factory: ClientFactory, redis_server: EmbeddedRedis
+    service: Service, client_factory: ClientFactory, embedded_server: EmbeddedRedis
 ) -> None:
     """On stop, health goes NOT_SERVING, new calls are refused, and a call already running completes."""
     client = await client_factory(service, timeout_s=5.0, retry_policy=None)
     await client.grant("player-1", "gold")
-    assert redis_server.pid is not None
-    os.kill(redis_server.pid, signal.SIGSTOP)  # hold the next call inside the service
+    assert embedded_server.pid is not None
+    os.kill(embedded_server.pid, signal.SIGSTOP)  # hold the next call inside the service
     try:
         in_flight = asyncio.ensure_future(client.check_entitlement("player-1", "gold"))
         await asyncio.sleep(0.2)
@@ -156,7 +156,7 @@ async def test_graceful_stop_lets_in_flight_calls_finish(
         await asyncio.sleep(0.2)
         assert not stopping.done()
     finally:
-        os.kill(redis_server.pid, signal.SIGCONT)
+        os.kill(embedded_server.pid, signal.SIGCONT)
     assert (await in_flight).active
     await stopping
     with pytest.raises(UnavailableError):

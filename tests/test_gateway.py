@@ -746,11 +746,11 @@ async def test_events_are_partitioned_by_player(
 
 @pytest.mark.slow
 async def test_redis_down_answers_503_and_the_retry_is_stored_once_it_is_back(
-    gateway: Gateway, http: aiohttp.ClientSession, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    gateway: Gateway, http: aiohttp.ClientSession, embedded_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
     """Redis stopped: order_paid gets 503 (Xsolla retries, never a 4xx) and /readyz 503; back up: stored once."""
     body = fixture("order_paid_combined")
-    await redis_server.stop()
+    await embedded_server.stop()
     answer = await send(http, gateway.url, body, PROJECT_SECRET)
     assert (answer.status, answer.json()) == (
         503,
@@ -758,7 +758,7 @@ async def test_redis_down_answers_503_and_the_retry_is_stored_once_it_is_back(
     )
     async with http.get(gateway.url.replace(gateway.path, "/readyz")) as response:
         assert response.status == 503
-    await redis_server.start()
+    await embedded_server.start()
     for _ in range(2):
         assert (await send(http, gateway.url, body, PROJECT_SECRET)).status == 204
     await only_event(redis_client)

@@ -143,16 +143,16 @@ async def test_an_interrupted_migration_is_refused_and_finished_by_running_it_ag
 
 
 async def test_a_service_started_while_redis_is_down_checks_before_its_first_write(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    embedded_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
     """Redis down at start: the service starts; once Redis is back as a layout-1 store, writes are refused
     UNAVAILABLE with the layout message and nothing is written."""
     await write_layout_1(redis_client)
-    await redis_server.stop()
-    service = Service(base_settings(redis_url=redis_server.url))
+    await embedded_server.stop()
+    service = Service(base_settings(redis_url=embedded_server.url))
     await service.start()
     try:
-        await redis_server.start()
+        await embedded_server.start()
         with pytest.raises(StoreUnavailable, match="key layout 1"):
             await store_of(service).grant(GrantCommand(PROJECT, "player-1", "gold", 0, 1, 0, "k2"), "test")
         assert await redis_client.exists(UserKeys(PROJECT, "player-1").items) == 0

@@ -218,15 +218,15 @@ async def test_every_metric_the_dashboard_and_alerts_use_is_exported(
 
 
 async def test_store_up_follows_the_health_of_redis(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis
+    service_factory: ServiceFactory, embedded_server: EmbeddedRedis
 ) -> None:
     """entitlements_store_up is 1 while the health service says SERVING, 0 while Redis is down, 1 once it is back."""
-    service = await service_factory(redis_url=redis_server.url, health_check_interval_s=0.05)
+    service = await service_factory(redis_url=embedded_server.url, health_check_interval_s=0.05)
     assert sample(service, "entitlements_store_up") == 1
-    await redis_server.stop()
+    await embedded_server.stop()
     await eventually(lambda: sample(service, "entitlements_store_up") == 0, what="store_up to drop to 0")
     assert await _health(service) == health_pb2.HealthCheckResponse.NOT_SERVING
-    await redis_server.start()
+    await embedded_server.start()
     await eventually(lambda: sample(service, "entitlements_store_up") == 1, what="store_up to come back to 1")
     assert await _health(service) == health_pb2.HealthCheckResponse.SERVING
 

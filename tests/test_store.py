@@ -47,18 +47,18 @@ async def test_reads_of_absent_skus_are_none(store: EntitlementStore) -> None:
 
 
 async def test_stuck_redis_fails_every_queued_read_then_recovers(
-    store: EntitlementStore, redis_server: EmbeddedRedis
+    store: EntitlementStore, embedded_server: EmbeddedRedis
 ) -> None:
     """Reads queued behind a stuck round trip fail with StoreUnavailable in time, and reads work again after."""
     await store.grant(GrantCommand(PROJECT, "p", "gold", 0, 3, 0, "k"), "test")
-    assert redis_server.pid is not None
-    os.kill(redis_server.pid, signal.SIGSTOP)
+    assert embedded_server.pid is not None
+    os.kill(embedded_server.pid, signal.SIGSTOP)
     try:
         results = await asyncio.wait_for(
             asyncio.gather(*(store.get(PROJECT, "p", "gold") for _ in range(20)), return_exceptions=True), timeout=5
         )
     finally:
-        os.kill(redis_server.pid, signal.SIGCONT)
+        os.kill(embedded_server.pid, signal.SIGCONT)
     assert all(isinstance(r, StoreUnavailable) for r in results)
     records = await asyncio.gather(*(store.get(PROJECT, "p", "gold") for _ in range(20)))
     assert {r.quantity for r in records if r} == {3}
