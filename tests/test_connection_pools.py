@@ -82,7 +82,7 @@ async def test_a_call_that_gets_no_connection_in_time_is_store_unavailable(redis
                 await release.wait()
             return
         assert isinstance(client, aioredis.Redis)
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         taken.set()
         try:
             await release.wait()
