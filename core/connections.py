@@ -11,12 +11,15 @@ its idempotency key (or, for the event log, its event id).
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
+import asyncio.streams
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
+import redis.asyncio.connection
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
@@ -118,7 +121,8 @@ class BlockingCluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self.permit():
             await self.initialize()
-            return await super().execute_command(*args, **kwargs)
+            with torn_connections_raised_as_connection_errors():
+                return await super().execute_command(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
@@ -135,7 +139,44 @@ class _BlockingPipeline(ClusterPipeline):
         assert isinstance(client, BlockingCluster)
         async with client.permit():
             await client.initialize()
-            return await super().execute(raise_on_error, allow_redirections)
+            with torn_connections_raised_as_connection_errors():
+                return await super().execute(raise_on_error, allow_redirections)
+
+
+#: Where an error raised on a connection closed under its user comes from: redis-py's connection, or the asyncio
+#: stream and transport beneath it.
+_CONNECTION_SOURCES = frozenset(
+    {redis.asyncio.connection.__file__, asyncio.streams.__file__, asyncio.selector_events.__file__}
+)
+
+
+def torn_connection(exc: BaseException) -> bool:
+    """Whether `exc` is how redis-py (8.1) fails a command on a connection that was closed while the command was
+    being sent: an `AttributeError` (`'NoneType' object has no attribute 'writelines'`: another task disconnected
+    it, as the cluster client does to a node's connections after a failure or a topology change) or a `TypeError`
+    (the peer reset it: redis-py#4287), raised inside the connection code rather than as a `ConnectionError`.
+
+    Seen when a Cluster primary is killed under load; left alone, the call would fail as a bug (`INTERNAL`)
+    instead of `UNAVAILABLE`.
+    """
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    frame, innermost = exc.__traceback__, None
+    while frame is not None:
+        innermost, frame = frame.tb_frame.f_code.co_filename, frame.tb_next
+    return innermost in _CONNECTION_SOURCES
+
+
+@contextlib.contextmanager
+def torn_connections_raised_as_connection_errors() -> Iterator[None]:
+    """Re-raises a `torn_connection` error as redis-py's `ConnectionError` (what it is), which every caller already
+    handles as Redis being unavailable; nothing was sent on that connection, which reconnects on its next use."""
+    try:
+        yield
+    except (AttributeError, TypeError) as exc:
+        if not torn_connection(exc):
+            raise
+        raise redis_errors.ConnectionError(f"connection closed while in use ({type(exc).__name__}: {exc})") from exc
 
 
 async def cluster_primaries(redis: RedisCluster) -> list[ClusterNode]:
@@ -177,16 +218,17 @@ async def bounded(
     reply then becomes `StoreUnavailable("Redis refused <refused>: <error class>")`.
 
     Raises:
-        StoreUnavailable: no answer in time, a connection or cluster error, a transient error reply, or with
-            `refused` any error reply.
+        StoreUnavailable: no answer in time, a connection or cluster error (a connection closed under the
+            command included: `torn_connection`), a transient error reply, or with `refused` any error reply.
         redis.exceptions.ResponseError: without `refused`, any other error reply (a script's own error, a wrong
             command), for the caller to translate.
     """
     try:
-        if self_bounded:
-            return await operation
-        async with asyncio.timeout(timeout_s):
-            return await operation
+        with torn_connections_raised_as_connection_errors():
+            if self_bounded:
+                return await operation
+            async with asyncio.timeout(timeout_s):
+                return await operation
     except TimeoutError as exc:
         raise StoreUnavailable(f"Redis did not answer within {timeout_s:g} s") from exc
     except redis_errors.ResponseError as exc:
