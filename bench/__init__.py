@@ -4,7 +4,9 @@
 core, everything else on another) and prints the tables: the gRPC service against a bare grpc.aio server, the
 webhook gateway against a bare aiohttp handler, the consumer against direct application, GetOrderStatus streams
 (open time, memory, idle CPU) and the latency from a webhook to the streams. See `docs/benchmarks.md` for the
-method and the figures of a reference run. Nothing here is part of the test suite.
+method and the figures of a reference run. Nothing here is part of the test suite, except that the failover run's
+scenario (`failover`, `stack`, `traffic`, `outcome`) is also what tests/test_cluster_processes.py and
+tests/test_cluster_failover.py run.
 
 Modules:
     rpcs        the gRPC part: the service against the bare server, scenario by scenario
@@ -24,4 +26,8 @@ Modules:
     counters    the service's own RPC counters and gauges, read from its Prometheus endpoint
     report      result records, the tables and the JSON file
     profiling   optional py-spy sampling of the service under load (`--profile`)
+    failover    a Redis Cluster primary killed under load: lost, doubled, seconds refused (also run by the tests)
+    stack       service replicas and gateways as processes on one Redis Cluster
+    traffic     the failover run's callers: webhooks, grants, checks, order streams, each with its retries
+    outcome     what the store holds at the end against what the callers were told
 """

@@ -16,7 +16,11 @@ Parts, in the order they run (`--only` picks some; all by default):
 - `latency`: from a webhook's 204 to the update on every stream watching its order, under a steady webhook rate
   (`bench.latency`);
 - `history`: ListEntitlements and ListSubscriptions of a player holding 20,000 expired items, and the latency a
-  concurrent caller sees meanwhile (`bench.history`; `--history-root` measures another checkout's service).
+  concurrent caller sees meanwhile (`bench.history`; `--history-root` measures another checkout's service);
+- `failover`: 2 service replicas and 2 gateways on a local Redis Cluster, a primary killed (SIGKILL) under webhook
+  and grant load: acknowledged, applied, lost, doubled, and the seconds each kind of caller was refused
+  (`bench.failover`; a fresh cluster per run, `--failover-runs` runs; not pinned: it measures correctness and
+  unavailability, not throughput).
 
 Every part keeps the same discipline: the server under test alone on the server core (0), everything else
 (load generators, clients, this process, Valkey) on the load core (1), every child process pinned with taskset,
@@ -41,14 +45,14 @@ from typing import Any
 
 import grpc
 
-from bench import attack, consumer, durability, gateway, history, latency, report, streams
+from bench import attack, consumer, durability, failover, gateway, history, latency, report, streams
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
 from bench.servers import ROOT, Placement, tail
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
-PARTS = ("core", "gateway", "consumer", "streams", "latency", "history")
+PARTS = ("core", "gateway", "consumer", "streams", "latency", "history", "failover")
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -133,6 +137,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="measure the service of another checkout of the project (e.g. an older commit), with this virtualenv",
     )
+    killed = parser.add_argument_group("failover (a Redis Cluster primary killed under load)")
+    killed.add_argument("--failover-runs", type=int, default=3, help="runs, each on a fresh cluster (default 3)")
+    killed.add_argument(
+        "--failover-replicas",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="replicas per primary (default 2; with 1, the killed node is started again 5 s after the failover, "
+        "until which the promoted primary has no replica and its webhooks are answered 503)",
+    )
     placement = parser.add_argument_group("placement and output")
     placement.add_argument("--server-core", type=int, default=0)
     placement.add_argument("--load-core", type=int, default=1)
@@ -162,6 +176,7 @@ class Results:
     history_result: history.HistoryResult | None = None
     attack_result: attack.AttackResult | None = None
     durability_result: durability.DurabilityResult | None = None
+    failover_results: list[failover.FailoverResult] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
@@ -180,6 +195,8 @@ class Results:
             document["gateway_attack"] = dataclasses.asdict(self.attack_result)
         if self.durability_result is not None:
             document["gateway_durability"] = dataclasses.asdict(self.durability_result)
+        if self.failover_results:
+            document["failover"] = failover.document(self.failover_results)
         return document
 
 
@@ -288,6 +305,18 @@ def _history(args: argparse.Namespace, placement: Placement, workdir: Path, resu
     )
 
 
+def _failover(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
+    pinned = os.sched_getaffinity(0)
+    # The cluster's nodes and the processes inherit this process's cores: every core, as on an unpinned host.
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    try:
+        results.failover_results = failover.run_failover(
+            workdir=workdir, runs=args.failover_runs, replicas=args.failover_replicas, say=_print
+        )
+    finally:
+        os.sched_setaffinity(0, pinned)
+
+
 RUNNERS: dict[str, tuple[str, Callable[[argparse.Namespace, Placement, Path, Results], None]]] = {
     "core": ("gRPC, service against bare (in the order bare, service, service, bare; halves merged)", _core),
     "gateway": ("webhook ingest, gateway against bare aiohttp (bare, gateway, gateway, bare)", _gateway),
@@ -295,6 +324,7 @@ RUNNERS: dict[str, tuple[str, Callable[[argparse.Namespace, Placement, Path, Res
     "streams": ("GetOrderStatus streams opened at once, one service process", _streams),
     "latency": ("webhook 204 -> update on the streams", _latency),
     "history": ("listings of a player with a long history of expired items", _history),
+    "failover": ("a Redis Cluster primary killed under load, 2 services and 2 gateways on the cluster", _failover),
 }
 
 
@@ -338,6 +368,8 @@ def _print_tables(results: Results) -> None:
         _print("\n" + latency.latency_table(results.latency_result))
     if results.history_result is not None:
         _print("\n" + history.history_table(results.history_result))
+    if results.failover_results:
+        _print("\n" + failover.failover_table(results.failover_results))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
