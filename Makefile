@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/entitlements/v1/*.proto)
 GEN_OUT := clients/python
 
-.PHONY: install proto run demo test lint typecheck bench clean
+.PHONY: install proto run run-cluster demo test lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ run: $(STAMP)
 	if [ -z "$${ENTITLEMENTS_PROJECTS_FILE:-}" ]; then \
 		export GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret}; fi; \
 	ENTITLEMENTS_INSECURE_DEV_MODE=1 $(BIN)/python -m tools.devstack
+
+## The same on a local Redis Cluster (3 primaries, 1 replica each) in ./var/cluster, kept between runs (docs/CLUSTER.md).
+run-cluster: $(STAMP)
+	if [ -z "$${ENTITLEMENTS_PROJECTS_FILE:-}" ]; then \
+		export GATEWAY_XSOLLA_SECRET=$${GATEWAY_XSOLLA_SECRET:-dev-webhook-secret}; fi; \
+	ENTITLEMENTS_INSECURE_DEV_MODE=1 $(BIN)/python -m tools.devstack --cluster
 
 ## Two purchases end to end, one of them with its webhook lost: embedded Redis, service, gateway and the Xsolla simulator (tools/demo.py).
 demo: $(STAMP)

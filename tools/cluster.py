@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +132,34 @@ class LocalCluster:
             for node in self.nodes:
                 _wait(functools.partial(_pings, node), deadline, f"{node.address} to answer")
             self._create(deadline)
+            self.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def resume(self, ports: Sequence[int], timeout_s: float = 60.0) -> None:
+        """Starts again, on the ports they had, the nodes of a cluster created before in `base_dir` (stopped, not
+        removed): each node's nodes.conf remembers the cluster and its append-only file the data, so they rejoin
+        without `--cluster create`. Returns once the cluster is healthy, as `start` does.
+
+        Raises:
+            ValueError: `ports` is not one port per node.
+            RuntimeError: a node did not start (its folder is not a node's, or a port is taken), or the cluster
+                was not healthy within `timeout_s`.
+        """
+        count = self.masters * (1 + self.replicas)
+        if len(ports) != count:
+            raise ValueError(f"{count} nodes need {count} ports, not {len(ports)}")
+        self.nodes = [Node(f"node{i}", port, self.base_dir / f"node{i}") for i, port in enumerate(ports)]
+        missing = [node.name for node in self.nodes if not (node.data_dir / "nodes.conf").is_file()]
+        if missing:
+            raise RuntimeError(f"no nodes.conf in {', '.join(missing)} under {self.base_dir}: not a cluster's folder")
+        try:
+            for node in self.nodes:
+                self._launch(node)
+            deadline = time.monotonic() + timeout_s
+            for node in self.nodes:
+                _wait(functools.partial(_pings, node), deadline, f"{node.address} to answer")
             self.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()
@@ -303,6 +331,20 @@ def free_cluster_ports(count: int) -> list[int]:
     finally:
         for held_socket in held:
             held_socket.close()
+
+
+def cluster_ports_free(ports: Sequence[int]) -> bool:
+    """Whether every port of `ports` and its cluster-bus port (+10000) can be bound on loopback now."""
+    for port in ports:
+        for candidate in (port, port + BUS_OFFSET):
+            with socket.socket() as probe:
+                # As the server binds (its own connections' TIME_WAIT does not hold the port; a listener does).
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", candidate))
+                except OSError:
+                    return False
+    return True
 
 
 def _wait(ready: Callable[[], bool], deadline: float, what: str) -> None:
