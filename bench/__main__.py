@@ -22,6 +22,12 @@ Parts, in the order they run (`--only` picks some; all by default):
   (`bench.failover`; a fresh cluster per run, `--failover-runs` runs; not pinned: it measures correctness and
   unavailability, not throughput).
 
+With `--cluster`, every part that stores runs against a local Redis Cluster (3 primaries with 1 replica each, its
+nodes on the Valkey core; `bench.stores`) instead of the single Valkey it starts, against the same baselines:
+`core`, the gateway's ingest run, `consumer`, `streams` and `latency`. The gateway's attack and durability runs and
+`history` (one player's keys, which live in one slot of a cluster) run on the single server only; `failover` runs on
+clusters of its own either way.
+
 Every part keeps the same discipline: the server under test alone on the server core (0), everything else
 (load generators, clients, this process, Valkey) on the load core (1), every child process pinned with taskset,
 in its own process group, and stopped whatever happens (normal end, error, SIGINT, SIGTERM); scratch data lives
@@ -32,6 +38,7 @@ in one temporary directory, removed at the end. The tables are printed at the en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import platform
@@ -39,7 +46,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +57,13 @@ from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
 from bench.servers import ROOT, Placement, tail
+from bench.stores import BenchCluster
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
+DEFAULT_CLUSTER_OUTPUT = ROOT / "bench" / "results" / "latest-cluster.json"
 PARTS = ("core", "gateway", "consumer", "streams", "latency", "history", "failover")
+#: The parts `--cluster` leaves out (see the module docstring).
+SINGLE_ONLY = ("history",)
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -78,8 +89,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         type=_parts,
-        default=PARTS,
+        default=None,
         help=f"comma list of the parts to run, among {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="store on a local Redis Cluster (3 primaries, 1 replica each) instead of one Valkey; "
+        f"leaves out {','.join(SINGLE_ONLY)}",
     )
     core = parser.add_argument_group("core (gRPC: the service against a bare grpc.aio server)")
     core.add_argument("--duration-s", type=float, default=10.0, help="measured window of each run (default 10)")
@@ -156,8 +173,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="info",
         help="the service's and gateway's log level; `info` (the default, as in production) writes one line per call",
     )
-    placement.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON results file")
-    return parser.parse_args(argv)
+    placement.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="the JSON results file (default bench/results/latest.json, latest-cluster.json with --cluster)",
+    )
+    args = parser.parse_args(argv)
+    if args.only is None:
+        args.only = tuple(part for part in PARTS if not (args.cluster and part in SINGLE_ONLY))
+    elif args.cluster and set(args.only) & set(SINGLE_ONLY):
+        parser.error(f"{','.join(SINGLE_ONLY)} runs on the single server only (one player's keys live in one slot)")
+    if args.output is None:
+        args.output = DEFAULT_CLUSTER_OUTPUT if args.cluster else DEFAULT_OUTPUT
+    return args
 
 
 def _print(message: str) -> None:
@@ -200,10 +229,31 @@ class Results:
         return document
 
 
+@contextlib.contextmanager
+def _store(
+    args: argparse.Namespace, placement: Placement, workdir: Path, appendfsync: str
+) -> Iterator[BenchCluster | None]:
+    """With `--cluster`, a local Redis Cluster for the part (its nodes on the Valkey core), stopped at its end;
+    otherwise None (the part starts its own Valkey). `appendfsync`: the single server's in that part."""
+    if not args.cluster:
+        yield None
+        return
+    with BenchCluster(workdir, placement.valkey, appendfsync=appendfsync) as cluster:
+        _print(f"  {cluster.describe()}, seeded at {cluster.url}")
+        yield cluster
+
+
 def _core(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
+    with _store(args, placement, workdir, "always") as cluster:
+        _core_on(args, placement, workdir, results, cluster)
+
+
+def _core_on(
+    args: argparse.Namespace, placement: Placement, workdir: Path, results: Results, cluster: BenchCluster | None
+) -> None:
     children: list[Child] = []
     try:
-        benchmark = RpcBenchmark(args, placement, workdir, children)
+        benchmark = RpcBenchmark(args, placement, workdir, children, cluster)
         benchmark.prepare()
         benchmark.run_all()
         results.comparisons.extend(benchmark.comparisons)
@@ -224,18 +274,23 @@ def _core(args: argparse.Namespace, placement: Placement, workdir: Path, results
 
 
 def _gateway(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
-    comparison = gateway.run_ingest(
-        workdir=workdir,
-        warmup_s=args.warmup_s,
-        duration_s=args.gateway_duration_s,
-        server_cores=placement.server,
-        load_cores=placement.load,
-        valkey_cores=placement.valkey,
-    )
+    with _store(args, placement, workdir, "everysec") as cluster:
+        comparison = gateway.run_ingest(
+            workdir=workdir,
+            warmup_s=args.warmup_s,
+            duration_s=args.gateway_duration_s,
+            server_cores=placement.server,
+            load_cores=placement.load,
+            valkey_cores=placement.valkey,
+            cluster=cluster,
+        )
     for run in (comparison.bare, comparison.service):
         if run is not None:
             print_run(run.server, run)
     results.comparisons.append(comparison)
+    if args.cluster:
+        _print("  the attack and durability runs are the single server's only: left out with --cluster")
+        return
     results.attack_result = attack.run_attack(
         workdir=workdir / "attack",
         placement=placement,
@@ -262,7 +317,9 @@ def _gateway(args: argparse.Namespace, placement: Placement, workdir: Path, resu
 
 
 def _consumer(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
-    result = consumer.run_consumer(placement=placement, workdir=workdir, events=args.consumer_events)
+    result = consumer.run_consumer(
+        placement=placement, workdir=workdir, events=args.consumer_events, cluster=args.cluster
+    )
     _print(
         f"  {result.events:,} events: consumer {result.events_per_s:,.0f}/s, "
         f"direct {result.baseline_events_per_s:,.0f}/s, ratio {result.ratio:.2f}"
@@ -271,26 +328,30 @@ def _consumer(args: argparse.Namespace, placement: Placement, workdir: Path, res
 
 
 def _streams(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
-    results.stream_results = streams.run_streams(
-        workdir=workdir,
-        placement=placement,
-        sizes=args.stream_sizes,
-        hold_s=args.stream_hold_s,
-        log_level=args.service_log_level,
-        say=_print,
-    )
+    with _store(args, placement, workdir, "always") as cluster:
+        results.stream_results = streams.run_streams(
+            workdir=workdir,
+            placement=placement,
+            sizes=args.stream_sizes,
+            hold_s=args.stream_hold_s,
+            log_level=args.service_log_level,
+            say=_print,
+            cluster=cluster,
+        )
 
 
 def _latency(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
-    results.latency_result = latency.run_latency(
-        workdir=workdir,
-        placement=placement,
-        rate_per_s=args.latency_rate,
-        duration_s=args.latency_duration_s,
-        streams_per_order=args.streams_per_order,
-        log_level=args.service_log_level,
-        say=_print,
-    )
+    with _store(args, placement, workdir, "always") as cluster:
+        results.latency_result = latency.run_latency(
+            workdir=workdir,
+            placement=placement,
+            rate_per_s=args.latency_rate,
+            duration_s=args.latency_duration_s,
+            streams_per_order=args.streams_per_order,
+            log_level=args.service_log_level,
+            say=_print,
+            cluster=cluster,
+        )
 
 
 def _history(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
@@ -339,6 +400,7 @@ def _setup(args: argparse.Namespace, placement: Placement) -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "placement": placement.describe(),
         "parts": list(args.only),
+        "store": "local Redis Cluster, 3 primaries x 1 replica" if args.cluster else "one Valkey",
         "log_level": args.service_log_level,
     }
 
@@ -381,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print("fewer than two cores: nothing is pinned, and load and server share the CPU")
     started = time.monotonic()
     results = Results(setup=_setup(args, placement))
-    _print(f"cores: {placement.describe()}; parts: {','.join(args.only)}")
+    store = "a local Redis Cluster" if args.cluster else "one Valkey"
+    _print(f"cores: {placement.describe()}; parts: {','.join(args.only)}; store: {store}")
     with signals_interrupt(), tempfile.TemporaryDirectory(prefix="ent-bench-") as tmp:
         try:
             for part in args.only:

@@ -10,9 +10,11 @@ what the stream costs.
     result = asyncio.run(measure_consumer_throughput(events=5000))
     result.events_per_s, result.baseline_events_per_s, result.ratio
 
-`python -m bench.consumer [--events N] [--partitions P] [--valkey-core C]` prints the result as one JSON object.
-`run_consumer()`, which `python -m bench` calls, starts that command as a child process pinned to the server core,
-with its Valkey moved to the load core, as the rest of the benchmark places the service and its store. The
+`python -m bench.consumer [--events N] [--partitions P] [--valkey-core C] [--cluster]` prints the result as one
+JSON object; with `--cluster` both measurements store on a local Redis Cluster (`bench.stores`) instead of the
+private Valkey. `run_consumer()`, which `python -m bench` calls, starts that command as a child process pinned to
+the server core, with its Valkey moved to the load core, as the rest of the benchmark places the service and its
+store. The
 service's per-event log lines are at info level; the command runs at warning, so they are not part of the
 measurement.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -38,7 +41,9 @@ from bench.cores import pin_process
 from bench.processes import Child
 from bench.report import simple_table
 from bench.servers import ROOT, Placement
+from bench.stores import BenchCluster
 from core import logs
+from core.connections import RedisClient, connect
 from core.eventlog import EventLog
 from core.keys import CONSUMER_GROUP, EventKeys
 from core.projects import CATALOG_FILE, Project, Projects
@@ -98,7 +103,7 @@ async def _append_all(log: EventLog, events: list[ev.WebhookEvent], concurrency:
         await asyncio.gather(*(log.append(event, b"{}") for event in events[start : start + concurrency]))
 
 
-async def _drained(redis: aioredis.Redis, streams: list[str]) -> bool:
+async def _drained(redis: RedisClient, streams: list[str]) -> bool:
     for stream in streams:
         if not await redis.exists(stream):
             return False
@@ -108,7 +113,7 @@ async def _drained(redis: aioredis.Redis, streams: list[str]) -> bool:
     return True
 
 
-async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partitions: int) -> float:
+async def _baseline(redis: RedisClient, events: list[ev.WebhookEvent], partitions: int, cluster: bool) -> float:
     store = EntitlementStore(redis, timeout_s=5.0, idempotency_ttl_ms=86_400_000)
     catalogs = Catalogs(
         redis,
@@ -121,7 +126,7 @@ async def _baseline(redis: aioredis.Redis, events: list[ev.WebhookEvent], partit
     )
     # What the service's consumer does per event, minus the stream: the store, the order index, the publication.
     fulfillment = Fulfillment(
-        store, catalogs, PROJECTS, OrderStatusPublisher(redis, cluster=False), OrderIndex(redis, timeout_s=5.0)
+        store, catalogs, PROJECTS, OrderStatusPublisher(redis, cluster=cluster), OrderIndex(redis, timeout_s=5.0)
     )
 
     async def worker(share: list[ev.WebhookEvent]) -> None:
@@ -140,6 +145,7 @@ async def measure_consumer_throughput(
     users: int = 1000,
     timeout_s: float = 300.0,
     valkey_cores: Sequence[int] | None = None,
+    cluster: bool = False,
 ) -> ConsumerBenchResult:
     """Times the consumer applying `events` stored order_paid events (two lines each) for `users` players.
 
@@ -148,26 +154,39 @@ async def measure_consumer_throughput(
         partitions: event-log partitions (the consumer runs one reader per partition).
         users: distinct players the events are spread over.
         timeout_s: give up if the consumer has not drained the streams by then.
-        valkey_cores: the cores to move the private Valkey to once started (None: where this process runs).
+        valkey_cores: the cores to move the private Valkey (or the cluster's nodes) to once started (None: where
+            this process runs).
+        cluster: store on a local Redis Cluster (`bench.stores`) instead of a private Valkey.
 
     Raises:
         TimeoutError: the consumer did not apply everything within `timeout_s`.
     """
-    with tempfile.TemporaryDirectory(prefix="bench-consumer-") as workdir:
-        server = EmbeddedRedis(Path(workdir) / "redis", appendfsync="everysec")
-        await server.start()
-        if valkey_cores and server.pid is not None:
-            pin_process(server.pid, valkey_cores)
-        redis = aioredis.Redis.from_url(server.url)
+    async with contextlib.AsyncExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-consumer-")))
+        redis: RedisClient
+        if cluster:
+            # Started on this (the event loop's) thread: its nodes get a parent-death signal from it.
+            url = stack.enter_context(BenchCluster(workdir, valkey_cores, appendfsync="everysec")).url
+            redis = connect(url, cluster=True, timeout_s=5.0, max_connections=64)
+        else:
+            server = EmbeddedRedis(workdir / "redis", appendfsync="everysec")
+            await server.start()
+            stack.push_async_callback(server.stop)
+            if valkey_cores and server.pid is not None:
+                pin_process(server.pid, valkey_cores)
+            url = server.url
+            redis = aioredis.Redis.from_url(url)
+        stack.push_async_callback(redis.aclose)
         service: Service | None = None
         try:
-            baseline_s = await _baseline(redis, [_order(n, "b", users) for n in range(events)], partitions)
+            baseline_s = await _baseline(redis, [_order(n, "b", users) for n in range(events)], partitions, cluster)
             log = EventLog(redis, partitions=partitions)
             await _append_all(log, [_order(n, "c", users) for n in range(events)])
             streams = [EventKeys(1, partition).stream for partition in range(partitions)]
             settings = replace(
                 Settings(),
-                redis_url=server.url,
+                redis_url=url,
+                redis_cluster=cluster,
                 grpc_port=0,
                 metrics_port=0,
                 insecure_dev_mode=True,
@@ -189,8 +208,6 @@ async def measure_consumer_throughput(
         finally:
             if service is not None:
                 await service.stop(grace_s=1.0)
-            await redis.aclose()
-            await server.stop()
     return ConsumerBenchResult(
         events=events,
         partitions=partitions,
@@ -208,8 +225,10 @@ def run_consumer(
     events: int = 5000,
     partitions: int = 4,
     timeout_s: float = 300.0,
+    cluster: bool = False,
 ) -> ConsumerBenchResult:
-    """Runs `python -m bench.consumer` pinned to the server core, its Valkey on the load core; returns its result.
+    """Runs `python -m bench.consumer` pinned to the server core, its Valkey (or with `cluster` its Redis Cluster's
+    nodes) on the load core; returns its result.
 
     Raises:
         RuntimeError: the child failed or did not finish within `timeout_s`.
@@ -217,6 +236,8 @@ def run_consumer(
     argv = [sys.executable, "-m", "bench.consumer", f"--events={events}", f"--partitions={partitions}"]
     if placement.valkey:
         argv.append(f"--valkey-core={placement.valkey[0]}")
+    if cluster:
+        argv.append("--cluster")
     child = Child("consumer benchmark", argv, cores=placement.server, log_path=workdir / "consumer.log", cwd=ROOT)
     try:
         answer = child.receive(timeout_s)
@@ -264,6 +285,7 @@ async def _main(args: argparse.Namespace) -> ConsumerBenchResult:
         partitions=args.partitions,
         users=args.users,
         valkey_cores=None if args.valkey_core is None else (args.valkey_core,),
+        cluster=args.cluster,
     )
 
 
@@ -273,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--valkey-core", type=int, default=None, help="move the private Valkey to this core")
+    parser.add_argument("--cluster", action="store_true", help="on a local Redis Cluster instead of one Valkey")
     args = parser.parse_args(argv)
     logs.configure("warning", json=True)
     try:

@@ -42,7 +42,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from bench.cores import BusyWindow
 from bench.processes import Child, signals_interrupt, wait_until
 from bench.report import Comparison, Latency, Run, merge, table, tally
 from bench.servers import free_port
+from bench.stores import BenchCluster
 from providers.xsolla.signature import sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,6 +358,7 @@ def start_gateway(
     tree: Path | None = None,
     durability: str = "none",
     name: str = "gateway",
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[Child, str, str]:
     """`python -m webhook_gateway` on free ports, as deployed (JSON log lines to a file, one per webhook at level
     info); returns it once `/readyz` answers 200, with its webhook URL and its metrics URL.
@@ -366,6 +368,8 @@ def start_gateway(
 
     `tree`: another checkout of the project to run the gateway from (its packages come first on the path,
     being the working directory), e.g. an older commit for a before/after comparison; None for this one.
+
+    `extra_env`: more settings, over the ones above (a Redis Cluster's: `bench.stores.BenchCluster.env`).
     """
     # Ports chosen here rather than 0: the gateway announces the ports it bound only in an info log line.
     port, metrics_port = free_port(), free_port()
@@ -380,6 +384,7 @@ def start_gateway(
         GATEWAY_SHUTDOWN_GRACE_S="2",
     )
     env["GATEWAY_DURABILITY"] = durability  # (an older checkout ignores it)
+    env.update(extra_env or {})
     child = Child(
         name,
         [sys.executable, "-m", "webhook_gateway"],
@@ -424,6 +429,7 @@ def run_ingest(
     server_cores: Sequence[int] | None = None,
     load_cores: Sequence[int] | None = None,
     valkey_cores: Sequence[int] | None = None,
+    cluster: BenchCluster | None = None,
 ) -> Comparison:
     """Measures signed, distinct order_paid ingest on the gateway and on a bare aiohttp handler.
 
@@ -438,6 +444,7 @@ def run_ingest(
         server_cores: where the gateway and the bare server run (None: anywhere).
         load_cores: where the load processes run.
         valkey_cores: where Valkey runs (default: the load cores, so the server core measures Python alone).
+        cluster: a started Redis Cluster to store into instead of a private Valkey (`--cluster`).
 
     Returns:
         A `bench.report.Comparison` of the gateway's run (as `service`) with the bare server's. The gateway's
@@ -470,9 +477,14 @@ def run_ingest(
 
     children: list[Child] = []
     try:
-        valkey, redis_url = start_valkey(workdir, valkey_cores if valkey_cores is not None else load_cores)
-        children.append(valkey)
-        gateway, gateway_url, metrics_url = start_gateway(workdir, redis_url, secret, server_cores)
+        if cluster is None:
+            valkey, redis_url = start_valkey(workdir, valkey_cores if valkey_cores is not None else load_cores)
+            children.append(valkey)
+        else:
+            redis_url = cluster.url
+        gateway, gateway_url, metrics_url = start_gateway(
+            workdir, redis_url, secret, server_cores, extra_env=None if cluster is None else cluster.env()
+        )
         children.append(gateway)
         bare = Child(
             "bare aiohttp server",

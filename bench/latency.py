@@ -50,6 +50,7 @@ from bench.gateway import order_paid_body, signed_headers, start_gateway
 from bench.processes import Child, signals_interrupt
 from bench.report import percentile, simple_table
 from bench.servers import ROOT, Placement, start_service
+from bench.stores import BenchCluster
 from bench.watchers import Watchers
 from entitlements.v1 import entitlements_pb2 as pb
 
@@ -168,6 +169,7 @@ def run_latency(
     drain_s: float = 10.0,
     log_level: str = "info",
     say: Callable[[str], None] = print,
+    cluster: BenchCluster | None = None,
 ) -> LatencyResult:
     """Measures webhook-to-stream latency (see the module docstring); stops everything it started.
 
@@ -180,6 +182,8 @@ def run_latency(
         connections: the sender's keep-alive connections to the gateway.
         drain_s: how long after the last 204 the streams may take to receive their update.
         log_level: the service's and gateway's log level.
+        cluster: a started Redis Cluster for the service and the gateway (`--cluster`); None for the service's
+            embedded Valkey.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     api_key = secrets.token_urlsafe(24)
@@ -198,10 +202,16 @@ def run_latency(
             log_level=log_level,
             extra_env={"ENTITLEMENTS_MAX_ORDER_TRACKERS": str(max(10_000, count))},
             name="service (latency)",
+            cluster=cluster,
         )
         children.append(service)
         gateway, gateway_url, _ = start_gateway(
-            workdir, f"unix://{endpoints.redis_socket}", secret, placement.load, log_level=log_level
+            workdir,
+            endpoints.redis_url,
+            secret,
+            placement.load,
+            log_level=log_level,
+            extra_env=None if cluster is None else cluster.env(),
         )
         children.append(gateway)
         watchers = Watchers(

@@ -33,13 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from bench import counters, dataset, h2load, loadgen, profiling, report
 from bench.cores import BusyWindow, cpu_list, pin_process
 from bench.processes import Child
 from bench.report import Comparison, Run
 from bench.servers import ROOT, Placement, start_bare, start_service
+from bench.stores import BenchCluster
 
 SERVICE_PATH = "/entitlements.v1.EntitlementService/"
 SERVERS = ("bare", "service")
@@ -68,10 +67,19 @@ class RpcBenchmark:
         placement: the cores.
         workdir: an empty scratch directory.
         children: receives every process started, for the caller to stop.
+        cluster: a started Redis Cluster for the service (`--cluster`); None for its embedded Valkey.
     """
 
-    def __init__(self, args: argparse.Namespace, placement: Placement, workdir: Path, children: list[Child]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        placement: Placement,
+        workdir: Path,
+        children: list[Child],
+        cluster: BenchCluster | None = None,
+    ) -> None:
         self.args = args
+        self.cluster = cluster
         self.placement = placement
         self.workdir = workdir
         self.api_key = secrets.token_urlsafe(24)
@@ -82,13 +90,20 @@ class RpcBenchmark:
         self._stamp = time.strftime("%Y%m%dT%H%M%S")
         bare, bare_target = start_bare(placement, workdir)
         children.append(bare)
-        self.service, self.endpoints = start_service(placement, workdir, self.api_key, log_level=args.service_log_level)
+        self.service, self.endpoints = start_service(
+            placement, workdir, self.api_key, log_level=args.service_log_level, cluster=cluster
+        )
         children.append(self.service)
         self.targets = {"bare": bare_target, "service": self.endpoints.target}
         self.pids = {"bare": bare.pid, "service": self.service.pid}
         _print(
             f"bare server {bare_target} (pid {bare.pid}), service {self.endpoints.target} (pid {self.service.pid}), "
-            f"its Valkey pid {self.endpoints.valkey_pid}; cores {placement.describe()}"
+            + (
+                f"its Valkey pid {self.endpoints.valkey_pid}"
+                if cluster is None
+                else f"on a Redis Cluster seeded at {cluster.url}"
+            )
+            + f"; cores {placement.describe()}"
         )
 
     def prepare(self) -> None:
@@ -102,12 +117,7 @@ class RpcBenchmark:
 
     def _store_io(self) -> dict[str, int]:
         """The service's Valkey's command and client-socket-read counters so far (INFO stats)."""
-        client = redis.Redis(unix_socket_path=str(self.endpoints.redis_socket), socket_timeout=5.0)
-        try:
-            stats = client.info("stats")
-        finally:
-            client.close()
-        return {"commands": int(stats["total_commands_processed"]), "reads": int(stats["total_reads_processed"])}
+        return self.endpoints.store_io()
 
     def _measured(self, server: str, method: str, window: tuple[float, float], measure: Callable[[], Run]) -> Run:
         """Runs `measure`, adding the cores' busy time over `window` and, for the service, its RPC counts and
@@ -311,8 +321,9 @@ class RpcBenchmark:
             "users": args.users,
             "h2load_load": self.load.describe(),
             "python_load": f"{args.processes} processes x {args.concurrency} calls in flight",
-            "service": "python -m server, embedded Valkey (appendfsync everysec), 1 API key, "
-            f"JSON logs to a file at level {args.service_log_level}",
+            "service": "python -m server, "
+            + ("embedded Valkey (appendfsync always)" if self.cluster is None else self.cluster.describe())
+            + f", 1 API key, JSON logs to a file at level {args.service_log_level}",
         }
 
 

@@ -5,7 +5,8 @@
 - the bare server: `python -m bench.bare`.
 
 Both are started on the server core. The service's Valkey inherits that core from it and is then moved to
-wherever the placement says.
+wherever the placement says. With `cluster` (`--cluster`), the service uses that Redis Cluster instead of an
+embedded Valkey (`bench.stores`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.cluster import RedisCluster
 
 from bench.cores import cpu_list, pin_process
 from bench.processes import Child, wait_until
+from bench.stores import BenchCluster
 from server.auth import hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +73,37 @@ class Placement:
 
 @dataclasses.dataclass(frozen=True)
 class ServiceEndpoints:
-    """Where the started service listens, and its embedded Valkey's pid."""
+    """Where the started service listens, and its store: its embedded Valkey, or the cluster it was given."""
 
     target: str
     metrics_url: str
+    #: The embedded Valkey's pid (None on a cluster).
     valkey_pid: int | None
-    #: The embedded Valkey's unix socket, for seeding data and reading INFO behind the service's back.
+    #: The embedded Valkey's unix socket (unused on a cluster).
     redis_socket: Path
+    cluster: BenchCluster | None = None
+
+    @property
+    def redis_url(self) -> str:
+        """The store's URL, as the gateway would be given it (a seed node on a cluster)."""
+        return self.cluster.url if self.cluster is not None else f"unix://{self.redis_socket}"
+
+    def store_client(self, timeout_s: float = 30.0) -> redis.Redis | RedisCluster:
+        """A synchronous client of the service's store, for seeding data and reading INFO behind its back."""
+        if self.cluster is not None:
+            return self.cluster.client(timeout_s)
+        return redis.Redis(unix_socket_path=str(self.redis_socket), socket_timeout=timeout_s)
+
+    def store_io(self) -> dict[str, int]:
+        """The store's command and client-socket-read counters so far (INFO stats; summed over the primaries)."""
+        if self.cluster is not None:
+            return self.cluster.store_io()
+        client = redis.Redis(unix_socket_path=str(self.redis_socket), socket_timeout=5.0)
+        try:
+            stats = client.info("stats")
+        finally:
+            client.close()
+        return {"commands": int(stats["total_commands_processed"]), "reads": int(stats["total_reads_processed"])}
 
 
 def _read_line(child: Child, prefix: str, timeout_s: float) -> str:
@@ -139,8 +167,10 @@ def start_service(
     extra_env: Mapping[str, str] | None = None,
     name: str = "service",
     root: Path | None = None,
+    cluster: BenchCluster | None = None,
 ) -> tuple[Child, ServiceEndpoints]:
-    """Starts `python -m server` on the server core with embedded Valkey, one API key and free ports.
+    """Starts `python -m server` on the server core with embedded Valkey (or on `cluster`), one API key and free
+    ports.
 
     Args:
         placement: the cores; Valkey is moved to `placement.valkey` once started.
@@ -151,6 +181,7 @@ def start_service(
         name: what to call the process in messages.
         root: run the service of another checkout of the project (its `server/`, `core/`, ... and generated
             client) with this virtualenv, to compare two versions in one run; None for this tree.
+        cluster: a started Redis Cluster to use instead of an embedded Valkey.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLEMENTS_", "REDIS_"))}
     # Ports chosen here rather than 0: the service announces the ports it bound only in an info log line,
@@ -169,6 +200,8 @@ def start_service(
         # The benchmark's one API key opens every stream.
         ENTITLEMENTS_ORDER_STREAMS_PER_KEY="1000000",
     )
+    if cluster is not None:
+        env.update(cluster.env())
     env.update(extra_env or {})
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "clients" / "python")])
@@ -184,7 +217,7 @@ def start_service(
     )
     try:
         wait_until(lambda: _serving(target), STARTUP_TIMEOUT_S, "the service to serve", child=child)
-        valkey = child.adopt_descendants()
+        valkey = child.adopt_descendants() if cluster is None else []
         valkey_pid = valkey[0] if valkey else None
         if valkey_pid is not None and placement.valkey is not None:
             pin_process(valkey_pid, placement.valkey)
@@ -196,6 +229,7 @@ def start_service(
         metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         valkey_pid=valkey_pid,
         redis_socket=workdir / "data" / "valkey.sock",
+        cluster=cluster,
     )
 
 

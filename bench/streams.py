@@ -41,13 +41,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import redis
-
 from bench import counters
 from bench.cores import core_busy_between, core_times
 from bench.processes import Child, signals_interrupt
 from bench.report import simple_table
-from bench.servers import BENCH_PROJECT, Placement, start_bare, start_service
+from bench.servers import BENCH_PROJECT, Placement, ServiceEndpoints, start_bare, start_service
+from bench.stores import BenchCluster
 from bench.usage import cpu_seconds, rss_bytes
 from bench.watchers import Watchers
 from core.keys import UserKeys
@@ -104,15 +103,15 @@ class StreamsResult:
         return self.server_cpu_open_s * 1000 / self.streams
 
 
-def seed_orders(socket_path: Path, count: int, prefix: str) -> list[tuple[str, str]]:
+def seed_orders(endpoints: ServiceEndpoints, count: int, prefix: str) -> list[tuple[str, str]]:
     """Stores `count` orders as paid but not granted (what the consumer writes), one player each, straight into
-    the service's Valkey; a stream on one gets that state as its first message and stays open.
+    the service's store; a stream on one gets that state as its first message and stays open.
 
     Returns:
         The (order id, player id) pairs.
     """
     orders = [(f"{prefix}-order-{i}", f"{prefix}-player-{i}") for i in range(count)]
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=30.0)
+    client = endpoints.store_client()
     try:
         for start in range(0, count, 1000):
             pipe = client.pipeline(transaction=False)
@@ -158,7 +157,14 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> Non
 
 
 def _start(
-    server: str, orders: int, *, placement: Placement, workdir: Path, api_key: str, log_level: str
+    server: str,
+    orders: int,
+    *,
+    placement: Placement,
+    workdir: Path,
+    api_key: str,
+    log_level: str,
+    cluster: BenchCluster | None = None,
 ) -> tuple[Child, str, str | None, list[tuple[str, str]], list[tuple[str, str]]]:
     """Starts `server` ("service" or "bare") with `orders` orders to watch.
 
@@ -179,10 +185,11 @@ def _start(
         # The default cap (10,000) fits 10,000 streams exactly; the warm-up orders need a little more.
         extra_env={"ENTITLEMENTS_MAX_ORDER_TRACKERS": str(max(10_000, orders + WARM_UP_STREAMS))},
         name=f"service ({orders} orders)",
+        cluster=cluster,
     )
     try:
-        stored = seed_orders(endpoints.redis_socket, orders, "streams")
-        warm = seed_orders(endpoints.redis_socket, WARM_UP_STREAMS, "warm")
+        stored = seed_orders(endpoints, orders, "streams")
+        warm = seed_orders(endpoints, WARM_UP_STREAMS, "warm")
     except BaseException:
         child.stop()
         raise
@@ -201,6 +208,7 @@ def measure_size(
     hold_s: float = HOLD_S,
     log_level: str = "info",
     say: Callable[[str], None] = print,
+    cluster: BenchCluster | None = None,
 ) -> StreamsResult:
     """Opens `streams` streams on a fresh `server` process ("service" or "bare") and measures them (see the
     module docstring). With `streams_per_order` above 1, that many streams watch each order (they share its
@@ -217,6 +225,7 @@ def measure_size(
             workdir=workdir,
             api_key=api_key,
             log_level=log_level,
+            cluster=cluster,
         )
         watchers = Watchers(
             target=target,
@@ -292,9 +301,10 @@ def run_streams(
     hold_s: float = HOLD_S,
     log_level: str = "info",
     say: Callable[[str], None] = print,
+    cluster: BenchCluster | None = None,
 ) -> list[StreamsResult]:
-    """Measures every size in `sizes` on each of `servers`, each time on a fresh process; see the module
-    docstring."""
+    """Measures every size in `sizes` on each of `servers`, each time on a fresh process (the service on `cluster`
+    when given); see the module docstring."""
     return [
         measure_size(
             size,
@@ -307,6 +317,7 @@ def run_streams(
             hold_s=hold_s,
             log_level=log_level,
             say=say,
+            cluster=cluster,
         )
         for size in sizes
         for server in servers
