@@ -223,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if folder is None:
                 asyncio.run(run(settings, gateway_settings, xsolla_orders, xsolla_webhooks, xsolla_catalog))
                 return 0
-            cluster = folder.start()
+            try:
+                cluster = folder.start()
+            except RuntimeError as exc:
+                print(f"the local cluster did not start: {exc}", file=sys.stderr)
+                return 1
             try:
                 settings = replace(settings, redis_url=cluster.url)
                 gateway_settings = replace(gateway_settings, redis_url=cluster.url)
