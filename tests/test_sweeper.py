@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from providers.xsolla import CatalogSettings
 from server.app import Service
 from server.embedded import EmbeddedRedis
-from server.reconcile import AUTHORITATIVE, CLAIM, Lease, LeaseLost, OrderIndex, SweepRecords
+from server.reconcile import AUTHORITATIVE, CLAIM, LeaseLost, OrderIndex, SweeperLease, SweepRecords
 from tests.helpers.events import consumer_settings, drained, event_log, order_event, store_of
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
 from tests.helpers.sweeps import SWEPT, orders, pay, quantity, reconcile, shop_context, swept
@@ -171,8 +171,8 @@ async def test_a_holder_that_loses_its_lease_stops_at_once_and_writes_no_progres
     redis_client: aioredis.Redis,
 ) -> None:
     """One holder at a time; a holder whose lease was taken stops its work and cannot move the progress."""
-    first = Lease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
-    second = Lease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
+    first = SweeperLease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
+    second = SweeperLease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
     assert await first.acquire()
     assert not await second.acquire()
     records = SweepRecords(redis_client, timeout_s=1.0)

@@ -22,7 +22,7 @@ from server.__main__ import main
 from server.commands.reconcile import reconcile_command, reconcile_status
 from server.config import Settings
 from server.embedded import EmbeddedRedis
-from server.reconcile import Lease, Range, SweepRecords
+from server.reconcile import Range, SweeperLease, SweepRecords
 from server.store import EntitlementStore
 from tests.helpers.events import CATALOG, PARTITIONS, drained
 from tests.helpers.services import PROJECT
@@ -223,7 +223,7 @@ async def test_reconcile_fails_in_one_clear_line(
     """A held lease, refused credentials and bad arguments each end the command with one line on stderr: exit 1
     for the first two (the refusal kept in the progress), 2 for the arguments."""
     settings = operator_settings(redis_server.url)
-    holder = Lease(redis_client, PROJECT, lease_s=30.0, timeout_s=2.0)
+    holder = SweeperLease(redis_client, PROJECT, lease_s=30.0, timeout_s=2.0)
     assert await holder.acquire()
     status, _ = await run(settings, shop, span=Range(0, 1_000))
     err = capsys.readouterr().err.splitlines()

@@ -25,7 +25,6 @@ from server.commands.context import operator_redis
 from server.config import Settings
 from server.metrics import CatalogMetrics, ServiceMetrics
 from server.reconcile import (
-    Lease,
     LeaseBusy,
     LeaseLost,
     OrderIndex,
@@ -33,6 +32,7 @@ from server.reconcile import (
     Range,
     Rechecks,
     Sweeper,
+    SweeperLease,
     SweepOutcome,
     SweepParts,
     SweepRecords,
@@ -152,7 +152,7 @@ async def reconcile_status(settings: Settings, project_id: int, *, out: TextIO |
         async with operator_redis(settings) as redis:
             records = SweepRecords(redis, timeout_s=settings.redis_timeout_s)
             progress = await records.progress(project_id)
-            holder = await Lease(
+            holder = await SweeperLease(
                 redis, project_id, lease_s=settings.reconcile.lease_s, timeout_s=settings.redis_timeout_s
             ).current()
             reports = await records.reports(project_id)

@@ -29,7 +29,7 @@ from server.console.player import player_view
 from server.console.render import page, see_other
 from server.deadletters import DeadLetters
 from server.errors import InvalidArgument
-from server.reconcile import Lease, SweepRecords
+from server.reconcile import SweeperLease, SweepRecords
 from server.validation import identifier
 
 log = structlog.get_logger("server.console")
@@ -202,7 +202,7 @@ async def reconciliation(request: web.Request) -> web.Response:
     records = SweepRecords(parts.redis, timeout_s=settings.redis_timeout_s)
     progress = await records.progress(project_id)
     reports = await records.reports(project_id)
-    holder = await Lease(
+    holder = await SweeperLease(
         parts.redis, project_id, lease_s=settings.reconcile.lease_s, timeout_s=settings.redis_timeout_s
     ).current()
     return show(request, "reconciliation.html", project=project_id, progress=progress, reports=reports, holder=holder)

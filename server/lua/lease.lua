@@ -1,4 +1,4 @@
--- The sweeper's lease (server/reconcile/lease.py). KEYS[1] the lease, ARGV[1] "renew" or "release", ARGV[2] the
+-- A lease (server/leases.py). KEYS[1] the lease, ARGV[1] "renew" or "release", ARGV[2] the
 -- holder id, ARGV[3] the lease's length (ms, renew only). Only the holder renews or releases it: a holder whose lease
 -- expired and was taken by another replica changes nothing. Replies 1 when the holder held it, 0 otherwise.
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then

@@ -14,7 +14,7 @@
 
 from server.reconcile.findings import Finding, SweepOutcome, Window
 from server.reconcile.index import AUTHORITATIVE, CLAIM, OrderIndex, OrderOwner
-from server.reconcile.lease import Lease, LeaseLost
+from server.reconcile.lease import LeaseLost, SweeperLease
 from server.reconcile.orders import order_event, order_lines, reconciled_event_id
 from server.reconcile.pacer import Pacer
 from server.reconcile.progress import Report, SweepProgress, SweepRecords
@@ -27,7 +27,6 @@ __all__ = [
     "AUTHORITATIVE",
     "CLAIM",
     "Finding",
-    "Lease",
     "LeaseBusy",
     "LeaseLost",
     "OrderIndex",
@@ -42,6 +41,7 @@ __all__ = [
     "SweepProgress",
     "SweepRecords",
     "Sweeper",
+    "SweeperLease",
     "TrackerReconciler",
     "Window",
     "describe",

@@ -24,7 +24,7 @@ from core import scripts
 from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.keys import reconcile_reports_key, sweep_progress_key, sweep_seen_key, sweeper_lease_key
-from server.reconcile.lease import Lease, LeaseLost
+from server.leases import Lease, LeaseLost
 
 _WINDOW = ("window_from_ms", "window_until_ms", "offset")
 

@@ -46,10 +46,10 @@ from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2
 from server.catalog import Catalogs
 from server.errors import SkuNotInCatalog
+from server.leases import Lease
 from server.metrics import ServiceMetrics
 from server.reconcile.findings import Finding, SweepOutcome, Window, iso
 from server.reconcile.index import AUTHORITATIVE, OrderIndex, OrderOwner
-from server.reconcile.lease import Lease
 from server.reconcile.orders import Bundles, order_event, unusable
 from server.reconcile.pacer import Pacer
 from server.reconcile.progress import FAILED, MISMATCH, UNRESOLVED, Report, SweepRecords

@@ -27,8 +27,9 @@ from core.errors import ConfigError, StoreUnavailable
 from core.projects import Project, Projects
 from core.reconciliation import SearchError, SearchRefused
 from server.config import ReconcileSettings
+from server.leases import Lease
 from server.reconcile.findings import SweepOutcome, Window, iso
-from server.reconcile.lease import RENEWALS_PER_LEASE, Lease, LeaseLost
+from server.reconcile.lease import RENEWALS_PER_LEASE, LeaseLost, SweeperLease
 from server.reconcile.sweep import OrderSweep, SweepParts
 
 log = structlog.get_logger("server.reconcile")
@@ -140,7 +141,8 @@ class Sweeper:
         return await lease.run(self._guarded(project, lease, span, dry_run=dry_run, collect=collect))
 
     def _lease(self, project: Project) -> Lease:
-        return Lease(self._parts.redis, project.id, lease_s=self._settings.lease_s, timeout_s=self._parts.timeout_s)
+        settings, parts = self._settings, self._parts
+        return SweeperLease(parts.redis, project.id, lease_s=settings.lease_s, timeout_s=parts.timeout_s)
 
     async def _loop(self, project: Project) -> None:
         interval_s = self._settings.sweep_interval_s
