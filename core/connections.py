@@ -124,6 +124,12 @@ class BlockingCluster(RedisCluster):
             with torn_connections_raised_as_connection_errors():
                 return await super().execute_command(*args, **kwargs)
 
+    async def rediscover(self) -> None:
+        """Reads the cluster's nodes and slot map again now (redis-py does it by itself only after a command met a
+        MOVED reply or a connection error; a pub/sub subscriber sends no such command)."""
+        await self.initialize()
+        await self.nodes_manager.initialize()
+
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
             return super().pipeline(transaction, shard_hint)  # refused by redis-py, as it says

@@ -52,6 +52,7 @@ class UserKeys:
     __slots__ = (
         "event_prefix",
         "expiry",
+        "follow_prefix",
         "idempotency_prefix",
         "index_state",
         "items",
@@ -64,6 +65,7 @@ class UserKeys:
         "subscriptions_order",
         "tag",
         "timed",
+        "upstream_prefix",
     )
 
     def __init__(self, project_id: int, user_id: str) -> None:
@@ -94,6 +96,8 @@ class UserKeys:
         self.idempotency_prefix = f"{base}:idem:"
         self.order_prefix = f"{base}:order:"
         self.event_prefix = f"{base}:evt:"
+        self.follow_prefix = f"{base}:order-follow:"
+        self.upstream_prefix = f"{base}:order-upstream:"
 
     @property
     def indexes(self) -> list[str]:
@@ -117,6 +121,19 @@ class UserKeys:
     def order(self, order_id: str) -> str:
         """Hash: one order's status and the grants it made (so a cancel can undo exactly those)."""
         return self.order_prefix + order_id
+
+    def order_follow(self, order_id: str) -> str:
+        """String with a TTL: the lease of the replica that follows the order at the provider for its streams (its
+        holder id; `server.tracking.upstream`). In the player's slot, as the order hash: the lease is per (project,
+        player, order), as trackers are, so statuses read with one player's token reach only that player's
+        streams, and the leases of many orders spread over the cluster instead of loading one project's node."""
+        return self.follow_prefix + order_id
+
+    def order_upstream(self, order_id: str) -> str:
+        """Hash with a TTL (`rank`, `message`): the furthest status the provider reported for the order to the
+        replica following it there (`server.status_channel.UpstreamRecords`), read by a replica that starts
+        following it or subscribes again."""
+        return self.upstream_prefix + order_id
 
     def applied_event(self, event_id: str) -> str:
         """String with a TTL: marks a provider event (transaction, subscription) as applied to this player.

@@ -69,6 +69,9 @@ class TrackingSettings:
     streams_per_key: int | None = None
     # After DONE from Xsolla, how long to wait for this service's grant of the order before ending (0: not at all).
     grant_wait_s: float = 30.0
+    # One replica follows each order at the provider: it holds the order's lease in Redis, renewed every third of
+    # this; when it dies another replica watching the order takes it over within this plus a third of it.
+    lease_s: float = 10.0
 
     @property
     def stream_limit_per_key(self) -> int:
@@ -221,6 +224,7 @@ class Settings:
             max_trackers=reader.integer("ENTITLEMENTS_MAX_ORDER_TRACKERS", 10_000, minimum=1),
             streams_per_key=streams_per_key or None,
             grant_wait_s=reader.number("ENTITLEMENTS_ORDER_GRANT_WAIT_S", 30.0, minimum=0.0),
+            lease_s=reader.number("ENTITLEMENTS_TRACKING_LEASE_S", 10.0, minimum=0.5, maximum=300.0),
         )
         reconcile = ReconcileSettings(
             tracker_enabled=reader.boolean("ENTITLEMENTS_RECONCILE_TRACKER", True),

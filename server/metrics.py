@@ -252,6 +252,28 @@ class ServiceMetrics:
             "Times the order-status subscription failed and was set up again from scratch (after a backoff).",
             registry=registry,
         )
+        # One replica follows each order at the provider (server/tracking/upstream.py).
+        self.order_following = Gauge(
+            "entitlements_order_following",
+            "Orders with a player token this replica follows now, by how (via): provider (it holds the order's lease "
+            "and follows it at the provider: socket or polling), channel (another replica does; its statuses arrive "
+            "on the order-status channel).",
+            ["via"],
+            registry=registry,
+        )
+        self.order_lease_takeovers = Counter(
+            "entitlements_order_lease_takeovers_total",
+            "Order leases this replica took after finding them held by another replica (the holder died, or stopped "
+            "following the order): it follows the order at the provider from then on.",
+            registry=registry,
+        )
+        self.order_upstream_announcements = Counter(
+            "entitlements_order_upstream_announcements_total",
+            "Statuses the provider reported to this replica as an order's lease holder, recorded and published for "
+            "the other replicas, by result (published, retried: Redis failed and it is tried again).",
+            ["result"],
+            registry=registry,
+        )
 
 
 class EmbeddedStoreMetrics:

@@ -301,9 +301,10 @@ async def test_without_a_socket_the_tracker_polls_the_providers_lookup(
     assert updates == [(pb.ORDER_STATUS_DONE, pb.ORDER_STATUS_SOURCE_POLLING)]
     assert lookup.asked[0] == (Player(9, PLAYER, "t"), "A-3")
 
+    lookup.statuses["A-5"] = "shipped"  # an order A-3's record (done) does not answer already
     with pytest.raises(ClientAuthenticationError, match="Acme rejected the token"):
         async with asyncio.timeout(10):
-            [u async for u in client.get_order_status("A-3", PLAYER, project_id=9, token="stolen")]
+            [u async for u in client.get_order_status("A-5", PLAYER, project_id=9, token="stolen")]
     with pytest.raises(NotFoundError, match="Acme does not know order A-4 in project 9"):
         async with asyncio.timeout(10):
             [u async for u in client.get_order_status("A-4", PLAYER, project_id=9, token="t")]

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from core import connections
 from server.embedded import EmbeddedRedis
 from server.metrics import ServiceMetrics
-from server.status_channel import OrderState, OrderStatusFeed, OrderStatusPublisher
+from server.status_channel import ChannelMessage, OrderState, OrderStatusFeed, OrderStatusPublisher
 from tests.helpers.services import PROJECT
 from tests.helpers.waiting import eventually
 
@@ -40,9 +40,9 @@ async def test_the_feed_stops_at_once_even_while_it_subscribes(redis_server: Emb
 async def test_a_published_state_reaches_the_feed(redis_server: EmbeddedRedis) -> None:
     """What the consumer publishes is dispatched to the subscriber, unchanged."""
     redis = connections.connect(redis_server.url, cluster=False, timeout_s=1.0, max_connections=8)
-    heard: list[OrderState] = []
+    heard: list[ChannelMessage] = []
 
-    def dispatch(state: OrderState) -> int:
+    def dispatch(state: ChannelMessage) -> int:
         heard.append(state)
         return 1
 

@@ -184,6 +184,11 @@ class TrackerReconciler:
             return None
         return max(0.0, job.due - asyncio.get_running_loop().time()) + GRANT_MARGIN_S
 
+    def due_after_s(self, paid_at_ms: int) -> float:
+        """How long from now a reconciliation of an order seen paid at `paid_at_ms` (ms since the epoch) may take to
+        grant it, when another replica holds it (the order's lease holder, `server.tracking.upstream`)."""
+        return max(0.0, self.grace_s - (now_ms() - paid_at_ms) / 1000) + GRANT_MARGIN_S
+
     async def stop(self) -> None:
         """Cancels the pending reconciliations (the sweeper is the backstop) and refuses new ones."""
         self._stopped = True

@@ -49,6 +49,12 @@ def status_named(name: str) -> int | None:
     return _BY_NAME.get(name.strip().lower())
 
 
+def rank(status: int) -> int:
+    """How far an order with `status` is (NEW 1 < PAID 2 < DONE 3 < CANCELED, EXPIRED 4): what the forward-only rule
+    compares, here and in Redis (`server/lua/upstream.lua`)."""
+    return _RANK[status]
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One update of an order, as sent to watchers.

@@ -10,6 +10,8 @@ and, when new, to every watcher at once. Its sources:
 3. With a player token: the provider's socket first (Xsolla's WebSocket); if it cannot connect, fails, or says
    nothing about the order for `ws_silence_s`, polling of the provider's lookup (Get order) every
    `poll_interval_s` until a terminal status. Polling alone when the provider has no socket (or it is turned off).
+   Only on the replica holding the order's lease (`server.tracking.upstream`); the others hear what it learns
+   through the feed (`upstream`), with the source that saw it, and take the lease over when it is free.
 
 What a tracker needs from the provider is `core.order_sources.OrderSources`. Without a token nothing can report
 the provider's DONE; the tracker then takes the applied `order_paid` webhook (paid,
@@ -46,7 +48,7 @@ from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
 from server.reconcile.tracked import TrackerReconciler
-from server.status_channel import RECONCILIATION_SOURCE, OrderState, read_order_state
+from server.status_channel import RECONCILIATION_SOURCE, OrderState, UpstreamStatus, read_order
 from server.tracking.status import (
     CANCELED,
     DONE,
@@ -60,8 +62,10 @@ from server.tracking.status import (
     WEBHOOK,
     WEBSOCKET,
     OrderProgress,
+    rank,
     status_named,
 )
+from server.tracking.upstream import Upstream
 from server.tracking.watcher import Watcher
 
 log = structlog.get_logger("server.tracking")
@@ -71,6 +75,8 @@ _POLL_BACKOFF_CAP_S = 30.0
 
 #: (project id, player id, order id): what one tracker follows.
 TrackerKey = tuple[int, str, str]
+# The provider's sources, as named in the holder's announcements.
+_UPSTREAM_SOURCES: Final = {SOURCE_NAMES[WEBSOCKET]: WEBSOCKET, SOURCE_NAMES[POLLING]: POLLING}
 
 
 class OrderTracker:
@@ -84,6 +90,7 @@ class OrderTracker:
         metrics: counters and gauges.
         on_stopped: called once when the tracker stops (finished, or no watcher left).
         redis_timeout_s: bound on the stored-state read.
+        upstream: the order leases, and where the holder announces what it learns.
         reconciler: the replica's reconciliation of orders the provider reports paid; None: turned off.
     """
 
@@ -97,6 +104,7 @@ class OrderTracker:
         metrics: ServiceMetrics,
         on_stopped: Callable[[OrderTracker], None],
         redis_timeout_s: float,
+        upstream: Upstream,
         reconciler: TrackerReconciler | None = None,
     ) -> None:
         self.key = key
@@ -108,8 +116,11 @@ class OrderTracker:
         self._metrics = metrics
         self._on_stopped = on_stopped
         self._redis_timeout_s = redis_timeout_s
+        self._upstream = upstream
         self._reconciler = reconciler
         self._reconcile_asked = False
+        # When the provider first said paid (or done), here or to the lease holder (ms since the epoch).
+        self._paid_seen_at_ms: int | None = None
         self._watchers: dict[Watcher, None] = {}  # insertion-ordered set
         self._player: Player | None = None
         self._refused_tokens: set[str] = set()
@@ -154,7 +165,7 @@ class OrderTracker:
         if token and self._player is None and token not in self._refused_tokens:
             self._player = Player(self.project_id, self.user_id, token)
             if self._stored_read and (self._task is None or self._task.done()):
-                self._task = asyncio.get_running_loop().create_task(self._guarded(self._follow()))
+                self._task = asyncio.get_running_loop().create_task(self._guarded(self._follow_upstream()))
         return watcher
 
     def leave(self, watcher: Watcher) -> None:
@@ -217,6 +228,16 @@ class OrderTracker:
             self._log.info("order_tracking_finished", status="done", source="webhook", withheld=state.withheld)
             self._end_watchers(None)
 
+    def upstream(self, heard: UpstreamStatus) -> None:
+        """A status the provider reported to the replica holding the order's lease (published, or its record)."""
+        status, source = status_named(heard.status), _UPSTREAM_SOURCES.get(heard.source)
+        if status is None or source is None:
+            self._unknown_status("upstream", f"{heard.status}/{heard.source}")
+            return
+        if status in (PAID, DONE) and self._paid_seen_at_ms is None:
+            self._paid_seen_at_ms = heard.observed_at_ms
+        self._offer(status, source, heard.observed_at_ms or now_ms(), heard=True)
+
     def socket_status(self, reported: ReportedStatus) -> None:
         self._socket_heard_at = asyncio.get_running_loop().time()
         if reported.status is None:
@@ -235,14 +256,24 @@ class OrderTracker:
             self._unknown_seen.add((source, text))
             self._log.warning("order_status_unknown", source=source, status=text[:32])
 
-    def _offer(self, status: int, source: int, observed_at_ms: int, granted: bool | None = None) -> None:
+    def _offer(
+        self, status: int, source: int, observed_at_ms: int, granted: bool | None = None, *, heard: bool = False
+    ) -> None:
+        """Offers what a source saw; `heard`: the lease holder saw it (on another replica, or before a restart)."""
         if self._stopped:
             return
-        if source in (WEBSOCKET, POLLING) and status in (PAID, DONE):
-            self._reconcile(observed_at_ms)
+        learned = source in (WEBSOCKET, POLLING) and not heard  # this replica holds the lease: it announces
+        if learned and status in (PAID, DONE):
+            self._paid_seen_at_ms = self._paid_seen_at_ms or observed_at_ms
+            self._reconcile(self._paid_seen_at_ms)
         update = self.progress.offer(status, source, observed_at_ms, granted)
         if update is None:
             return
+        if learned:
+            heard_as = UpstreamStatus(
+                self.project_id, self.order_id, self.user_id, STATUS_NAMES[status], SOURCE_NAMES[source], observed_at_ms
+            )
+            self._upstream.announcer.announce(heard_as, rank(status))
         self._metrics.order_updates.labels(SOURCE_NAMES[source]).inc()
         for watcher in self._watchers:
             watcher.push(update)
@@ -257,8 +288,12 @@ class OrderTracker:
             self._cancel_task()
             wait_s = self._settings.grant_wait_s
             if self._reconciler is not None:
-                # A reconciliation of the order grants it up to its grace plus a margin from now: wait for it.
-                wait_s = max(wait_s, self._reconciler.due_in_s(self.project_id, self.order_id) or 0.0)
+                # A reconciliation of the order grants it up to its grace plus a margin from now: wait for it (the
+                # lease holder's, on another replica: as due from when it saw the order paid).
+                due_s = self._reconciler.due_in_s(self.project_id, self.order_id)
+                if due_s is None and self._paid_seen_at_ms is not None:
+                    due_s = self._reconciler.due_after_s(self._paid_seen_at_ms)
+                wait_s = max(wait_s, due_s or 0.0)
             self._grant_timer = asyncio.get_running_loop().call_later(wait_s, self._end_watchers, None)
 
     def _reconcile(self, paid_seen_at_ms: int) -> None:
@@ -292,7 +327,11 @@ class OrderTracker:
         await self._read_stored()
         self._stored_read = True
         if self._player is not None and not self._finished:
-            await self._follow()
+            await self._follow_upstream()
+
+    async def _follow_upstream(self) -> None:
+        """Follows the order at the provider while this replica holds its lease (`server.tracking.upstream`)."""
+        await self._upstream.follow(self.key, self._follow, lambda: self._player is None or self._finished, self._log)
 
     @property
     def _finished(self) -> bool:
@@ -300,14 +339,18 @@ class OrderTracker:
         return self._stopped or (current is not None and current.terminal)
 
     async def _read_stored(self) -> None:
+        """The order hash, then the lease holder's record of the provider's status (a replica followed it there)."""
         try:
             async with asyncio.timeout(self._redis_timeout_s * 2):
-                state = await read_order_state(self._redis, self.key)
+                found = await read_order(self._redis, self.key)
         except Exception as exc:  # the feed re-reads it after (re)subscribing; sources still run
             self._log.warning("order_stored_state_unavailable", error=repr(exc))
             return
-        if state is not None:
-            self.webhook(state, stored=True)
+        for message in found:
+            if isinstance(message, OrderState):
+                self.webhook(message, stored=True)
+            else:
+                self.upstream(message)
 
     async def _follow(self) -> None:
         use_socket = self._sources.sockets is not None

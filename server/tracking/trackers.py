@@ -2,9 +2,10 @@
 streams each API key holds open, within a cap of their own, so that one caller cannot take every tracker.
 
 `OrderTracking` owns what the trackers share: the webhook feed (one Redis subscription, to the channels of the
-projects it follows orders of) and the provider's order
-sources (`core.order_sources`: its sockets, one per player, and its lookup, one HTTP session), which the
-composition root chooses. The composition root starts and stops it; GetOrderStatus calls `watch()`.
+projects it follows orders of), the order leases and the announcer of what this replica learns as a lease holder
+(`server.tracking.upstream`: one replica follows each order at the provider), and the provider's order sources
+(`core.order_sources`: its sockets, one per player, and its lookup, one HTTP session), which the composition root
+chooses. The composition root starts and stops it; GetOrderStatus calls `watch()`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
 from server.reconcile.tracked import TrackerReconciler
-from server.status_channel import OrderRef, OrderState, OrderStatusFeed
+from server.status_channel import ChannelMessage, OrderRef, OrderState, OrderStatusFeed, OrderStatusPublisher
 from server.tracking.tracker import OrderTracker, TrackerKey
+from server.tracking.upstream import Upstream, UpstreamAnnouncer
 from server.tracking.watcher import Watcher
 from server.validation import OrderWatch
 
@@ -65,8 +67,16 @@ class OrderTracking:
         self._streams_by_key: dict[str, int] = {}
         self._stopping = False
         self.feed = OrderStatusFeed(
-            redis, cluster=cluster, dispatch=self._dispatch, followed=self._followed, metrics=metrics
+            redis,
+            cluster=cluster,
+            dispatch=self._dispatch,
+            followed=self._followed,
+            metrics=metrics,
+            timeout_s=redis_timeout_s,
         )
+        publisher = OrderStatusPublisher(redis, cluster=cluster, timeout_s=redis_timeout_s)
+        announcer = UpstreamAnnouncer(publisher, metrics, timeout_s=redis_timeout_s)
+        self.upstream = Upstream(redis, settings, metrics, announcer, timeout_s=redis_timeout_s)
 
     def __len__(self) -> int:
         """How many orders are followed now."""
@@ -120,6 +130,7 @@ class OrderTracking:
                 metrics=self._metrics,
                 on_stopped=self._forget,
                 redis_timeout_s=self._redis_timeout_s,
+                upstream=self.upstream,
                 reconciler=self.reconciler,
             )
             self._trackers[key] = tracker
@@ -148,11 +159,14 @@ class OrderTracking:
             self.feed.unfollow(tracker.project_id)
             self._metrics.order_trackers.dec()
 
-    def _dispatch(self, state: OrderState) -> int:
-        tracker = self._trackers.get(state.ref)
+    def _dispatch(self, message: ChannelMessage) -> int:
+        tracker = self._trackers.get(message.ref)
         if tracker is None:
             return 0
-        tracker.webhook(state)
+        if isinstance(message, OrderState):
+            tracker.webhook(message)
+        else:
+            tracker.upstream(message)
         return 1
 
     def _followed(self, project_id: int) -> list[OrderRef]:
@@ -168,7 +182,8 @@ class OrderTracking:
         """Ends every stream, then closes the feed and the provider's sockets and lookup."""
         running = [task for tracker in self._trackers.values() if (task := tracker.task) is not None]
         self.close_streams()
-        # Cancelled by close_streams; they release their sockets as they unwind.
+        # Cancelled by close_streams; they release their sockets and leases as they unwind.
         await asyncio.gather(*running, return_exceptions=True)
+        await self.upstream.stop(wait_s=self._redis_timeout_s)
         await self.feed.stop()
         await self.sources.close()
