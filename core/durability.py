@@ -26,26 +26,47 @@ something anyway before it waits (see `core/lua/append_event.lua`).
 
 What the store can do is found at start (`read_facts`: `INFO`, which managed services keep when they rename
 `CONFIG`), then confirmed by a probe: one small write (`DURABILITY_PROBE_KEY`) and the wait (`probe`), because
-`INFO` does not tell everything: with `appendfsync no` the server never reports an fsync. The gateway's setting
-decides the mode (`webhook_gateway.durability`).
+`INFO` does not tell everything: with `appendfsync no` the server never reports an fsync. `DurabilityDecider` turns
+a process's setting (the gateway's `GATEWAY_DURABILITY`, the service's `ENTITLEMENTS_WRITE_DURABILITY`) into the
+mode, once, at start:
+
+- `local`: refused (`ConfigError`, naming the setting) when the store keeps no append-only file, has no WAITAOF
+  (before Redis 7.2), or does not report an fsync in time (its `appendfsync` is `no`);
+- `replicas`: n replicas (`WAIT <n>`; on a cluster, sent to the written key's shard);
+- `none`: no wait, and a warning at start saying what can be lost;
+- `auto`: `local` when the store keeps an append-only file and fsyncs it; otherwise `replicas` when it has a
+  connected replica (on a cluster: when any primary has one); otherwise `none`, with the warning.
+
+The decision is logged (`durability_decided`: setting, mode, replicas, timeout, reason); change the store's
+persistence or replicas, restart the process. When Redis does not answer at start, the process starts anyway and
+decides before its first durable write (`current`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
-from core.connections import RedisClient
+from core.connections import RedisClient, bounded
+from core.errors import ConfigError, StoreUnavailable
 from core.keys import DURABILITY_PROBE_KEY
 
 #: One command with its arguments, as redis-py's `execute_command` takes it.
 Command = tuple[Any, ...]
 
-#: The modes a writer can be in once decided (the gateway's `auto` resolves to one of them).
+#: The modes a writer can be in once decided (`auto` resolves to one of them).
 MODES = ("local", "replicas", "none")
+#: The modes a setting may ask for.
+SETTING_MODES = ("auto", *MODES)
+
+# A probe waits like a write (the configured timeout); under `appendfsync everysec` a wait that starts just after a
+# background fsync can take a little longer than a second, so a probe that falls short is tried again.
+_PROBE_ATTEMPTS = 3
 
 # How long the probe's write is kept: long enough to be a write, short enough to leave nothing behind.
 _PROBE_TTL_MS = 60_000
@@ -117,6 +138,10 @@ class Durability:
 
 
 NO_WAIT = Durability("none", reason="no durability asked")
+
+#: The durability of a writer's writes: decided (`Durability`), or decided on first use by this callable (which
+#: raises `StoreUnavailable` while it cannot decide: `DurabilityDecider.current`, when Redis was down at start).
+DurabilitySource = Durability | Callable[[], Awaitable[Durability]]
 
 
 @dataclass(frozen=True)
@@ -224,3 +249,187 @@ async def probe(redis: RedisClient, waits: Sequence[Command]) -> list[Any]:
     if isinstance(write, Exception):
         raise write
     return replies
+
+
+@dataclass(frozen=True)
+class DurabilityAsked:
+    """A process's durability setting, and how its log lines and errors speak of it.
+
+    Attributes:
+        setting: the setting's name (`GATEWAY_DURABILITY`); `<setting>_REPLICAS` and `<setting>_TIMEOUT_MS` go
+            with it.
+        mode: `auto`, `local`, `replicas` or `none`.
+        replicas: how many replicas `replicas` waits for.
+        timeout_ms: how long one wait may last.
+        redis_timeout_s: the process's Redis timeout (bounds the decision with the probes).
+        kept: what the wait keeps, as a subject ("a 204"), for the warnings.
+        none_risk: the warning of `none`: what can be lost, and what to set instead.
+        short: what callers see while a wait falls short ("webhooks are answered 503 ..."), for the warning that
+            the store has fewer replicas than asked.
+    """
+
+    setting: str
+    mode: str
+    replicas: int
+    timeout_ms: int
+    redis_timeout_s: float
+    kept: str
+    none_risk: str
+    short: str
+
+
+class DurabilityDecider:
+    """Decides a process's durability once (`decide` at start, or `current` before the first durable write).
+
+    Args:
+        redis: the process's client.
+        asked: its setting.
+        log: its logger (the decision and the warnings are logged there).
+        config_error: the process's own ConfigError, raised when the store cannot give what the setting asks.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        asked: DurabilityAsked,
+        *,
+        log: Any,
+        config_error: type[ConfigError] = ConfigError,
+    ) -> None:
+        self._redis = redis
+        self._asked = asked
+        self._log = log
+        self._config_error = config_error
+        self._lock = asyncio.Lock()
+        self.decided: Durability | None = None
+        probe_s = asked.redis_timeout_s + asked.timeout_ms / 1000
+        # INFO, then the probes with their retries.
+        self._budget_s = asked.redis_timeout_s + 2 * _PROBE_ATTEMPTS * probe_s
+
+    async def decide(self) -> Durability:
+        """Decides, and logs the decision, unless decided before.
+
+        Raises:
+            ConfigError: (the process's) the store cannot give the durability the setting asks for (named in the
+                message).
+            StoreUnavailable: Redis did not answer; call again later.
+        """
+        if self.decided is not None:
+            return self.decided
+        async with self._lock:
+            if self.decided is None:
+                durability = await bounded(self._resolve(), self._budget_s)
+                self._log_decision(durability)
+                if durability.mode == "local":
+                    await self._warn_everysec()
+                self.decided = durability
+        return self.decided
+
+    async def current(self) -> Durability:
+        """The decision, for a writer about to write (a `DurabilitySource`).
+
+        Raises:
+            StoreUnavailable: Redis did not answer, or the store cannot give the durability asked for (logged as
+                an error): the write must not be reported as kept.
+        """
+        if self.decided is not None:
+            return self.decided
+        try:
+            return await self.decide()
+        except ConfigError as exc:
+            self._log.error("durability_refused", setting=self._asked.setting, error=str(exc))
+            raise StoreUnavailable(f"the durability asked for cannot be reached: {exc}") from exc
+
+    async def _resolve(self) -> Durability:
+        asked = self._asked
+        setting = asked.setting
+        if asked.mode == "none":
+            return Durability("none", reason=f"{setting}=none")
+        try:
+            facts = await read_facts(self._redis)
+            if asked.mode == "local":
+                problem = await self._local_problem(facts)
+                if problem is not None:
+                    raise self._config_error(
+                        f"{setting}=local cannot be reached: {problem}. Turn the store's append-only file on "
+                        f"(appendonly yes, appendfsync everysec or always), or set {setting} to replicas or none"
+                    )
+                return self._local(f"{setting}=local")
+            if asked.mode == "replicas":
+                return self._replicas(facts, f"{setting}=replicas")
+            problem = await self._local_problem(facts)
+            if problem is None:
+                return self._local("auto: the store keeps an append-only file and fsyncs it")
+            if facts.replicas >= 1 or (facts.cluster and facts.replicas_somewhere):
+                return self._replicas(facts, f"auto: {problem}; the store has a connected replica")
+            return Durability("none", reason=f"auto: {problem}, and the store has no connected replica")
+        except redis_errors.ResponseError as exc:
+            # INFO or a probe refused (an ACL without it, a renamed command): not something a retry changes.
+            raise self._config_error(
+                f"{setting}={asked.mode}: the store refused a command needed to decide or to reach it ({exc}); "
+                f"allow INFO, SET, WAIT and WAITAOF, or set {setting}=none"
+            ) from exc
+
+    async def _warn_everysec(self) -> None:
+        """Warns when the store fsyncs once a second: Valkey (8.1) answers WAITAOF before that fsync, so `local`
+        then survives a crash of the Redis process but not of its host. Best effort: CONFIG may be refused."""
+        try:
+            reply = await bounded(self._redis.config_get("appendfsync"), self._asked.redis_timeout_s)
+        except (redis_errors.RedisError, StoreUnavailable):
+            return
+        values = {str(v.decode() if isinstance(v, bytes) else v) for v in dict(reply).values()}
+        if "everysec" in values:
+            self._log.warning(
+                "durability_weaker_than_asked",
+                setting=self._asked.setting,
+                mode="local",
+                appendfsync="everysec",
+                message=f"the store answers WAITAOF before its once-a-second fsync: {self._asked.kept} survives a "
+                "crash of Redis, not of its host; set appendfsync always (ENTITLEMENTS_REDIS_APPENDFSYNC=always for "
+                "the embedded store, its default)",
+            )
+
+    def _local(self, reason: str) -> Durability:
+        return Durability("local", timeout_ms=self._asked.timeout_ms, reason=reason)
+
+    async def _local_problem(self, facts: StoreFacts) -> str | None:
+        """Why `local` cannot be reached on this store, or None when a probe write was fsynced in time."""
+        if not facts.aof:
+            return "the store keeps no append-only file (aof_enabled:0)"
+        if not facts.has_waitaof:
+            return f"the store has no WAITAOF (redis_version {facts.version_text}; 7.2 or later has it)"
+        local = self._local("probe")
+        for _ in range(_PROBE_ATTEMPTS):
+            (reply,) = await probe(self._redis, [local.wait_command])
+            if isinstance(reply, Exception):
+                return f"WAITAOF failed ({reply})"
+            if local.shortfall(reply) is None:
+                return None
+        return (
+            f"the store did not report its append-only file fsynced within {local.timeout_ms} ms, "
+            f"{_PROBE_ATTEMPTS} times (appendfsync no?)"
+        )
+
+    def _replicas(self, facts: StoreFacts, reason: str) -> Durability:
+        asked = self._asked
+        if facts.replicas < asked.replicas:
+            self._log.warning(
+                "durability_replicas_missing",
+                setting=asked.setting,
+                replicas=asked.replicas,
+                connected=facts.replicas,
+                message=f"{asked.setting} waits for {asked.replicas} replica(s) and the store has {facts.replicas} "
+                f"connected: {asked.short} until enough are",
+            )
+        return Durability("replicas", asked.replicas, asked.timeout_ms, reason=reason)
+
+    def _log_decision(self, durability: Durability) -> None:
+        if durability.waits:
+            self._log.info("durability_decided", setting=self._asked.setting, **durability.describe())
+        else:
+            self._log.warning(
+                "durability_decided",
+                setting=self._asked.setting,
+                **durability.describe(),
+                message=self._asked.none_risk,
+            )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.exceptions as redis_errors
@@ -30,17 +30,13 @@ from redis.commands.core import AsyncScript
 
 from core import scripts
 from core.connections import TRANSIENT_REPLIES, RedisClient, bounded, reply_code, reply_text
-from core.durability import NO_WAIT, Durability, on_one_connection
+from core.durability import NO_WAIT, Durability, DurabilitySource, on_one_connection
 from core.errors import NotDurable, StoreUnavailable
 from core.keys import PROJECTS_KEY, EventKeys
 from core.layout import LayoutGate
 from entitlements.v1 import events_pb2
 
 DEFAULT_DEDUP_TTL_S = 72 * 3600
-
-#: The durability of appends: decided (`Durability`), or decided on first use by this callable (which raises
-#: `StoreUnavailable` while it cannot decide; the gateway's, when Redis was down at its start).
-DurabilitySource = Durability | Callable[[], Awaitable[Durability]]
 
 
 def partition_for(user_id: str, partitions: int) -> int:

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from core.durability import SETTING_MODES
 from core.environ import EnvReader
 from webhook_gateway.errors import ConfigError
 from webhook_gateway.sources import Network, parse_networks
 
 USER_DIRECTORIES = ("allow_all", "http")
 #: `GATEWAY_DURABILITY`: what a 204 waits for (`webhook_gateway.durability`).
-DURABILITY_MODES = ("auto", "local", "replicas", "none")
+DURABILITY_MODES = SETTING_MODES
 
 
 @dataclass(frozen=True)
