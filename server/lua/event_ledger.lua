@@ -4,6 +4,8 @@
 -- KEYS[1] applied-event marker, KEYS[2] ledger stream. ARGV[1] marker TTL (ms), ARGV[2..] the ledger entry's
 -- field names and values (the script adds `at_ms`). Replies "replayed" or "applied".
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A replay writes the marker as it is, so that the caller's durability wait covers the first apply (prologue.lua).
+  redis.call('SET', KEYS[1], '1', 'KEEPTTL')
   return 'replayed'
 end
 local fields = {}

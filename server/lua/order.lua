@@ -13,6 +13,13 @@ local order_key = KEYS[4]
 local order_id = ARGV[2]
 local now = server_now()
 
+-- A replay writes the order's status as it is: the consumer waits for this connection's write to be durable
+-- before its XACK, and a script that wrote nothing moves no write offset (see prologue.lua).
+local function replayed(status)
+  redis.call('HSET', order_key, 'status', status)
+  return 'replayed'
+end
+
 local function reply(result, n, c)
   local stored = redis.call('HMGET', order_key, 'status', 'granted', 'updated_at_ms', 'withheld')
   return cjson.encode({r = result, status = stored[1], granted = stored[2] == '1',

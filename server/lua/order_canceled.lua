@@ -14,7 +14,7 @@
 
 local status = redis.call('HGET', order_key, 'status')
 if status == 'canceled' then
-  return reply('replayed')
+  return reply(replayed(status))
 end
 if status ~= 'paid' then
   save_order({'status', 'canceled', 'granted', '0', 'canceled_event_id', ARGV[1], 'canceled_at_ms', tostring(now),

@@ -11,11 +11,11 @@
 
 local status = redis.call('HGET', order_key, 'status')
 if status == 'paid' then
-  return reply('replayed')
+  return reply(replayed(status))
 end
 if status == 'canceled' then
   if redis.call('HEXISTS', order_key, 'paid_event_id') == 1 then
-    return reply('replayed')
+    return reply(replayed(status))
   end
   redis.call('HSET', order_key, 'paid_event_id', ARGV[1], 'paid_after_cancel', '1', 'paid_seen_at_ms',
              tostring(now))

@@ -14,6 +14,11 @@ if saved then
   if fp ~= ARGV[1] then
     return redis.error_reply('IDEMPOTENCY_CONFLICT ' .. (op or '?'))
   end
+  -- A replay writes too: the caller waits for this connection's write to be durable (WAIT / WAITAOF) before it
+  -- answers, and a script that wrote nothing moves no write offset, so the wait would answer at once while the
+  -- first call's write may still be on the primary alone. Rewriting the record as it is (same value, same expiry)
+  -- propagates after that first write (core/lua/append_event.lua does the same for a duplicate webhook).
+  redis.call('SET', KEYS[3], saved, 'KEEPTTL')
   return 'R' .. result
 end
 

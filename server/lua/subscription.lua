@@ -30,6 +30,8 @@ local ORDERING = {date_next_charge_ms = true, date_end_ms = true, period_start_m
 
 local sub_id = ARGV[5]
 if redis.call('EXISTS', KEYS[2]) == 1 then
+  -- A replay writes the marker as it is, so that the caller's durability wait covers the first apply (prologue.lua).
+  redis.call('SET', KEYS[2], '1', 'KEEPTTL')
   local raw = redis.call('HGET', KEYS[1], sub_id)
   return cjson.encode({r = 'replayed', record = raw and cjson.decode(raw) or cjson.null})
 end
