@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from core import connections
 from core.catalogs import CatalogSource
 from core.connections import RedisClient, bounded
+from core.durability import DurabilityDecider
 from core.eventlog import EventLog
 from core.layout import LayoutGate
 from core.metrics import MetricsEndpoint
@@ -50,6 +51,7 @@ from server.config import Settings
 from server.console import Console, start_console
 from server.consumer import Consumer, ConsumerHooks
 from server.consumer.projects import registered_projects
+from server.durability import wait_observer, write_durability
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
@@ -132,6 +134,7 @@ class Service:
         self._store_changed = asyncio.Event()
         self.redis: RedisClient | None = None
         self.store: EntitlementStore | None = None
+        self.write_durability: DurabilityDecider | None = None
         self.event_log: EventLog | None = None
         self.order_index: OrderIndex | None = None
         self.reconciler: TrackerReconciler | None = None
@@ -193,11 +196,15 @@ class Service:
             except StoreUnavailable as exc:
                 # Started anyway, as with Redis down at any time; the store checks before its first operation.
                 log.warning("store_layout_unchecked", error=str(exc), note="checked before the first operation")
+            # What a write waits for before it counts (`server.durability`); a store that cannot give it: refused.
+            self.write_durability = await write_durability(self.redis, settings)
             self.store = EntitlementStore(
                 self.redis,
                 timeout_s=settings.redis_timeout_s,
                 idempotency_ttl_ms=int(settings.idempotency_ttl_days * 86_400_000),
                 layout=layout,
+                durability=self.write_durability.current,
+                on_wait=wait_observer(self.metrics),
             )
             # Reconciliation appends the orders it applies to the event log, as the gateway does.
             self.event_log = EventLog(self.redis, partitions=settings.event_partitions, layout=layout)

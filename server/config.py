@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.durability import SETTING_MODES
 from core.environ import EnvReader
 from core.projects import CATALOG_FILE, CATALOG_NONE, SANDBOX_POLICIES, Project, Projects
 from server.auth import ApiKey, parse_api_keys
@@ -166,6 +167,11 @@ class Settings:
     # second; all are refused beyond it. gRPC's defaults (1000/3000) refuse part of a reconnect storm of streams.
     grpc_max_pending_requests: int = 20_000
     grpc_max_pending_requests_hard_limit: int = 40_000
+    # What a write waits for before it counts (`server.durability`): an event's XACK, a Grant's or Revoke's answer.
+    write_durability: str = "auto"
+    write_durability_replicas: int = 1
+    # None: 1,000 ms, or half the Redis timeout when that is shorter (`write_wait_ms`).
+    write_durability_timeout_ms: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, provider: str = "") -> Settings:
@@ -285,6 +291,13 @@ class Settings:
             console=console,
             grpc_max_pending_requests=pending,
             grpc_max_pending_requests_hard_limit=pending_hard,
+            write_durability=reader.text("ENTITLEMENTS_WRITE_DURABILITY", "auto").lower(),
+            write_durability_replicas=reader.integer("ENTITLEMENTS_WRITE_DURABILITY_REPLICAS", 1, minimum=1),
+            write_durability_timeout_ms=(
+                reader.integer("ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS", 1000, minimum=1)
+                if reader.text("ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS", "")
+                else None
+            ),
         )
 
     def check_servable(self) -> None:
@@ -292,8 +305,10 @@ class Settings:
         project the service does not serve (a typo that would refuse every call of that key).
 
         Raises:
-            ConfigError: no API keys and not in development mode, or a key bound to a project not served.
+            ConfigError: no API keys and not in development mode, a key bound to a project not served, or a write
+                durability that is unknown or does not fit in the Redis timeout.
         """
+        self._check_durability()
         if not self.api_keys and not self.insecure_dev_mode:
             raise ConfigError(
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
@@ -306,6 +321,32 @@ class Settings:
                     f"ENTITLEMENTS_API_KEYS: key '{key.name}' is bound to project(s) {', '.join(map(str, unknown))}, "
                     f"which the service does not serve ({self.projects.source})"
                 )
+
+    @property
+    def write_wait_ms(self) -> int:
+        """How long one write's durability wait may last: the setting, or by default 1,000 ms, or half the Redis
+        timeout when that is shorter (the wait must end before the connection's read timeout)."""
+        if self.write_durability_timeout_ms is not None:
+            return self.write_durability_timeout_ms
+        return max(1, min(1000, int(self.redis_timeout_s * 500)))
+
+    def _check_durability(self) -> None:
+        if self.write_durability not in SETTING_MODES:
+            raise ConfigError(f"ENTITLEMENTS_WRITE_DURABILITY must be one of {', '.join(SETTING_MODES)}")
+        if self.write_durability_replicas < 1:
+            raise ConfigError("ENTITLEMENTS_WRITE_DURABILITY_REPLICAS must be at least 1")
+        if self.write_wait_ms < 1:
+            raise ConfigError(
+                "ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS must be at least 1 (Redis reads 0 as: wait forever)"
+            )
+        if self.write_wait_ms / 1000 >= self.redis_timeout_s:
+            # The server holds the connection for the whole wait; a socket timeout shorter than it would cut the
+            # wait off instead of reporting that the write was not durable.
+            raise ConfigError(
+                f"ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS ({self.write_wait_ms}) must be below "
+                f"ENTITLEMENTS_REDIS_TIMEOUT_S ({self.redis_timeout_s:g} s), the connection's read timeout during "
+                "the wait"
+            )
 
 
 def _projects(reader: EnvReader, provider: str, env: Mapping[str, str]) -> Projects:

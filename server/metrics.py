@@ -15,6 +15,8 @@ _STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600
 # From the gateway's acceptance of a webhook to its effect: normally milliseconds, minutes when retried.
 # Reconciliation grants minutes to hours after the payment.
 _PAYMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0)
+# A write and its durability wait (one round trip): a group commit under `appendfsync everysec` waits up to a second.
+_DURABILITY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -58,6 +60,22 @@ class ServiceMetrics:
             "entitlements_writes_total",
             "Grant and Revoke calls that reached the store, by operation and outcome.",
             ["operation", "outcome"],
+            registry=registry,
+        )
+        # The store's writes (server/store/): each waits until durable as ENTITLEMENTS_WRITE_DURABILITY decided.
+        self.write_durability_wait = Histogram(
+            "entitlements_write_durability_wait_seconds",
+            "Time of a store write and its durability wait (one round trip), by durability mode (local, replicas): "
+            "an event's apply before its XACK, a Grant or Revoke before its answer.",
+            ["mode"],
+            buckets=_DURABILITY_BUCKETS,
+            registry=registry,
+        )
+        self.writes_not_durable = Counter(
+            "entitlements_writes_not_durable_total",
+            "Store writes applied but not durable (fsynced, replicated) within the wait: the event was not "
+            "acknowledged (it is delivered again), the Grant or Revoke answered UNAVAILABLE (retried with its key).",
+            ["mode"],
             registry=registry,
         )
         # The webhook event consumer (server/consumer/). `type` is the event type ("order_paid", ...,

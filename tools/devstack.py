@@ -6,8 +6,8 @@ service's port shows both. Each can also run on its own: `python -m server` and 
 
 `make run-cluster` (`python -m tools.devstack --cluster`): the same stack on a local Redis Cluster of 3 primaries
 with 1 replica each (`tools.cluster.LocalCluster`), its nodes in `./var/cluster`, with `REDIS_CLUSTER=true`,
-6 event partitions (so the streams spread over the primaries) and `GATEWAY_DURABILITY=replicas`, unless the
-environment says otherwise. Ctrl-C stops the gateway, the service, then the cluster. A later run starts the same
+6 event partitions (so the streams spread over the primaries), `GATEWAY_DURABILITY=replicas` and
+`ENTITLEMENTS_WRITE_DURABILITY=replicas`, unless the environment says otherwise. Ctrl-C stops the gateway, the service, then the cluster. A later run starts the same
 nodes on the same ports (`ports.json`), so the data stays; when one of those ports is taken, the old nodes are set
 aside in `./var/cluster/previous` and a new cluster starts on free ports (docs/CLUSTER.md).
 """
@@ -49,6 +49,7 @@ CLUSTER_DEFAULTS = {
     "GATEWAY_EVENT_PARTITIONS": "6",
     # Replicas, not the primary's AOF, are what survive a primary's failover.
     "GATEWAY_DURABILITY": "replicas",
+    "ENTITLEMENTS_WRITE_DURABILITY": "replicas",
 }
 
 

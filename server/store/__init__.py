@@ -9,7 +9,7 @@ records, in Redis.
 - `batcher`: single-entitlement reads sharing round trips under load.
 """
 
-from server.store.entitlement_store import EntitlementStore
+from server.store.entitlement_store import EntitlementStore, WaitObserver
 from server.store.pages import EntitlementPage, SubscriptionPage
 from server.store.records import (
     CONSUMABLE,
@@ -51,5 +51,6 @@ __all__ = [
     "SubscriptionChange",
     "SubscriptionOutcome",
     "SubscriptionPage",
+    "WaitObserver",
     "compact_json",
 ]

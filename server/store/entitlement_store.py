@@ -11,20 +11,29 @@ together in one pipeline (`server.store.batcher`). Listings read one page throug
 (`server/lua/index.lua`, kept by every write script), one script per page, so that their work is bounded by the
 page, not by the player's history; a player written before the indexes existed is indexed on its first listing,
 in bounded steps (`build_index`).
+
+Every write counts only once it is durable as `ENTITLEMENTS_WRITE_DURABILITY` decided (`server.durability`): the
+script and the WAIT/WAITAOF after it go on one connection to the player's node, in one round trip
+(`core.durability.on_one_connection`), and a wait that falls short raises `NotDurable` (the write stays; its
+retry, a replay under the same idempotency key or event id, writes again and waits again). The consumer
+acknowledges an event, and Grant and Revoke answer, only after that.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from core import scripts
-from core.connections import RedisClient, bounded, reply_text
-from core.errors import StoreUnavailable
+from core.connections import TRANSIENT_REPLIES, RedisClient, bounded, reply_code, reply_text
+from core.durability import NO_WAIT, Durability, DurabilitySource, on_one_connection
+from core.errors import NotDurable, StoreUnavailable
 from core.keys import UserKeys, items_key
 from core.layout import LayoutGate
 from core.logs import user_ref
@@ -49,6 +58,9 @@ from server.store.subscriptions import SubscriptionChange, SubscriptionOutcome
 
 T = TypeVar("T")
 
+#: Told of every durability wait: the mode, the seconds of the write and its wait, and whether it was durable.
+WaitObserver = Callable[[str, float, bool], None]
+
 #: How many entries of a player's items (then subscriptions) one step of `build_index` scans, about.
 INDEX_BUILD_STEP = 250
 #: How many expired entries one ListEntitlements page may prune from the indexes, and skip while walking them.
@@ -63,12 +75,24 @@ class EntitlementStore:
         timeout_s: the upper bound of any one store operation, retries included.
         idempotency_ttl_ms: how long a write's idempotency key is remembered.
         layout: the process's layout check, passed before the first operation (None: the caller checked).
+        durability: what a write waits for before it returns (default: nothing), or the callable that decides it
+            on first use (`core.durability.DurabilityDecider.current`).
+        on_wait: told of every durability wait (the metrics).
     """
 
     def __init__(
-        self, redis: RedisClient, *, timeout_s: float, idempotency_ttl_ms: int, layout: LayoutGate | None = None
+        self,
+        redis: RedisClient,
+        *,
+        timeout_s: float,
+        idempotency_ttl_ms: int,
+        layout: LayoutGate | None = None,
+        durability: DurabilitySource = NO_WAIT,
+        on_wait: WaitObserver | None = None,
     ) -> None:
         self._redis = redis
+        self._durability = durability
+        self._on_wait = on_wait
         self._layout = layout
         self._timeout_s = timeout_s
         self._idempotency_ttl_ms = idempotency_ttl_ms
@@ -92,6 +116,8 @@ class EntitlementStore:
             FailedPrecondition: the sku is held as another kind, a total or expiry limit would be passed, or a
                 held time-limited sku was granted without a duration.
             StoreUnavailable: Redis did not answer in time.
+            NotDurable: (a StoreUnavailable) the grant was applied (or replayed) but is not durable as asked in
+                time; retry it with the same idempotency key.
         """
         keys = UserKeys(command.project_id, command.user_id)
         args = [
@@ -105,7 +131,7 @@ class EntitlementStore:
             MAX_EXPIRES_AT_MS,
             command.period_months,
         ]
-        reply = await self._run(self._grant(keys=self._write_keys(keys, command.idempotency_key), args=args))
+        reply = await self._write(self._grant, self._write_keys(keys, command.idempotency_key), args)
         replayed, payload = split_reply(reply)
         return GrantResult(EntitlementRecord.decode(command.user_id, command.sku, payload), replayed)
 
@@ -121,7 +147,7 @@ class EntitlementStore:
             *self._common_args(command.fingerprint(), "revoke", command.sku, actor, command.reason),
             command.idempotency_key,
         ]
-        reply = await self._run(self._revoke(keys=self._write_keys(keys, command.idempotency_key), args=args))
+        reply = await self._write(self._revoke, self._write_keys(keys, command.idempotency_key), args)
         replayed, payload = split_reply(reply)
         previous = None if payload == "{}" else EntitlementRecord.decode(command.user_id, command.sku, payload)
         return RevokeResult(previous, replayed)
@@ -277,10 +303,8 @@ class EntitlementStore:
         """
         keys = UserKeys(project_id, user_id)
         args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, compact_json(change.fields())]
-        reply = await self._run(
-            self._subscription(
-                keys=[keys.subscriptions, keys.applied_event(event_id), keys.ledger, *keys.indexes], args=args
-            )
+        reply = await self._write(
+            self._subscription, [keys.subscriptions, keys.applied_event(event_id), keys.ledger, *keys.indexes], args
         )
         return SubscriptionOutcome.from_reply(reply)
 
@@ -297,7 +321,7 @@ class EntitlementStore:
         args: list[Any] = [self._idempotency_ttl_ms]
         for name, value in fields.items():
             args += [name, value]
-        reply = await self._run(self._event_ledger(keys=[keys.applied_event(event_id), keys.ledger], args=args))
+        reply = await self._write(self._event_ledger, [keys.applied_event(event_id), keys.ledger], args)
         return reply_text(reply) == "applied"
 
     @staticmethod
@@ -309,8 +333,8 @@ class EntitlementStore:
     ) -> OrderOutcome:
         keys = UserKeys(project_id, user_id)
         try:
-            reply = await self._run(
-                script(keys=[keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args=args)
+            reply = await self._write(
+                script, [keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args
             )
         except FailedPrecondition as exc:
             # The store's generic message lacks the sku: name it from the script's error.
@@ -334,6 +358,65 @@ class EntitlementStore:
     @staticmethod
     def _write_keys(keys: UserKeys, idempotency_key: str) -> list[str]:
         return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger, *keys.indexes]
+
+    async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Runs a write script; with a durability that waits, on one connection with the wait after it.
+
+        Raises:
+            NotDurable: the script ran but its write is not durable as asked within the wait.
+            StoreUnavailable, a script's domain error: as `_run`.
+        """
+        durability = self._durability
+        if not isinstance(durability, Durability):
+            durability = await durability()
+        if not durability.waits:
+            return await self._run(script(keys=keys, args=args))
+        if self._layout is not None and not self._layout.passed:
+            await self._layout.before_use(self._timeout_s)
+        started = time.perf_counter()
+        # EVALSHA as such (a script object in a pipeline asks SCRIPT EXISTS first: a second round trip each time).
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        # The wait's own timeout, on top of the write's: the server blocks the connection for up to that long.
+        timeout_s = self._timeout_s + durability.timeout_ms / 1000
+        for attempt in (1, 2):
+            reply, waited = await bounded(
+                on_one_connection(self._redis, keys[0], [command, durability.wait_command]), timeout_s
+            )
+            if attempt == 1 and isinstance(reply, redis_errors.NoScriptError):
+                await bounded(self._redis.script_load(script.script), self._timeout_s)
+                continue  # it wrote nothing
+            if attempt == 1 and isinstance(reply, redis_errors.MovedError) and isinstance(self._redis, RedisCluster):
+                # The slot moved: learn its new node (as redis-py does on a MOVED reply) and send the pair there.
+                await self._redis.nodes_manager.move_slot(reply)
+                continue
+            break
+        if isinstance(reply, (redis_errors.AskError, redis_errors.TryAgainError)):
+            raise StoreUnavailable(f"Redis is unavailable: the slot is moving ({type(reply).__name__})") from reply
+        if isinstance(reply, redis_errors.ResponseError):
+            if reply_code(reply) in TRANSIENT_REPLIES:
+                raise StoreUnavailable(f"Redis is unavailable: {reply_code(reply)}") from reply
+            domain = script_error(reply)
+            if domain is reply:
+                raise reply
+            raise domain from reply
+        if isinstance(reply, Exception):
+            raise StoreUnavailable(f"Redis is unavailable: {type(reply).__name__}") from reply
+        waited_s = time.perf_counter() - started
+        if isinstance(waited, Exception):
+            code = reply_code(waited) if isinstance(waited, redis_errors.ResponseError) else ""
+            shortfall: str | None = f"the wait failed ({code or type(waited).__name__})"
+        else:
+            shortfall = durability.shortfall(waited)
+        if self._on_wait is not None:
+            self._on_wait(durability.mode, waited_s, shortfall is None)
+        if shortfall is not None:
+            raise NotDurable(
+                f"the write was applied but is not durable yet ({shortfall}) and could be lost in a failover: retry "
+                "with the same idempotency key; the retry waits again and answers the stored result",
+                mode=durability.mode,
+                waited_s=waited_s,
+            )
+        return reply
 
     async def _run(self, operation: Awaitable[T], *, self_bounded: bool = False) -> T:
         """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.
