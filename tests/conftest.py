@@ -21,6 +21,7 @@ from server.embedded import EmbeddedRedis
 from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
 from tests.helpers.stores import SELECTED_KINDS, STORE_KINDS, StoreUnderTest, is_cluster_url, register_cluster
+from tests.helpers.valkeys import Valkey
 from tools.cluster import LocalCluster
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -176,3 +177,19 @@ async def simulators() -> AsyncIterator[SimulatorFactory]:
     """Starts Xsolla simulators (`xsolla_simulator.testing`); stops them all at the end of the test."""
     async with simulator_factory_context() as make:
         yield make
+
+
+@pytest.fixture
+async def valkeys(tmp_path: Path) -> AsyncIterator[Any]:
+    """Starts `Valkey` servers for the test; stops them all at its end."""
+    started: list[Valkey] = []
+
+    async def start(**options: Any) -> Valkey:
+        server = Valkey(tmp_path / f"valkey-{len(started)}", **options)
+        started.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in reversed(started):
+        await server.stop()
