@@ -7,9 +7,10 @@ service's port shows both. Each can also run on its own: `python -m server` and 
 `make run-cluster` (`python -m tools.devstack --cluster`): the same stack on a local Redis Cluster of 3 primaries
 with 1 replica each (`tools.cluster.LocalCluster`), its nodes in `./var/cluster`, with `REDIS_CLUSTER=true`,
 6 event partitions (so the streams spread over the primaries), `GATEWAY_DURABILITY=replicas` and
-`ENTITLEMENTS_WRITE_DURABILITY=replicas`, unless the environment says otherwise. Ctrl-C stops the gateway, the service, then the cluster. A later run starts the same
-nodes on the same ports (`ports.json`), so the data stays; when one of those ports is taken, the old nodes are set
-aside in `./var/cluster/previous` and a new cluster starts on free ports (docs/CLUSTER.md).
+`ENTITLEMENTS_WRITE_DURABILITY=replicas`, unless the environment says otherwise. Ctrl-C stops the gateway, the
+service, then the cluster. A later run starts the same nodes on the same ports (`ports.json`), so the data stays;
+when one of those ports is taken, the old nodes are set aside in `./var/cluster/previous` and a new cluster starts
+on free ports (docs/CLUSTER.md).
 """
 
 from __future__ import annotations
