@@ -134,6 +134,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measured time of each durability setting in the gateway's durability run (default 5)",
     )
     hooks.add_argument("--consumer-events", type=int, default=5000, help="events per measurement (default 5000)")
+    hooks.add_argument(
+        "--consumer-write-durability",
+        choices=("auto", "local", "replicas", "none"),
+        default="auto",
+        help="what the consumer's writes wait for, as ENTITLEMENTS_WRITE_DURABILITY (default auto)",
+    )
     order_status = parser.add_argument_group("streams and latency (GetOrderStatus)")
     order_status.add_argument(
         "--stream-sizes",
@@ -318,10 +324,14 @@ def _gateway(args: argparse.Namespace, placement: Placement, workdir: Path, resu
 
 def _consumer(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
     result = consumer.run_consumer(
-        placement=placement, workdir=workdir, events=args.consumer_events, cluster=args.cluster
+        placement=placement,
+        workdir=workdir,
+        events=args.consumer_events,
+        cluster=args.cluster,
+        durability=args.consumer_write_durability,
     )
     _print(
-        f"  {result.events:,} events: consumer {result.events_per_s:,.0f}/s, "
+        f"  {result.events:,} events (writes: {result.write_durability}): consumer {result.events_per_s:,.0f}/s, "
         f"direct {result.baseline_events_per_s:,.0f}/s, ratio {result.ratio:.2f}"
     )
     results.consumer_result = result

@@ -10,9 +10,11 @@ what the stream costs.
     result = asyncio.run(measure_consumer_throughput(events=5000))
     result.events_per_s, result.baseline_events_per_s, result.ratio
 
-`python -m bench.consumer [--events N] [--partitions P] [--valkey-core C] [--cluster]` prints the result as one
-JSON object; with `--cluster` both measurements store on a local Redis Cluster (`bench.stores`) instead of the
-private Valkey. `run_consumer()`, which `python -m bench` calls, starts that command as a child process pinned to
+`python -m bench.consumer [--events N] [--partitions P] [--valkey-core C] [--cluster] [--write-durability M]`
+prints the result as one JSON object; with `--cluster` both measurements store on a local Redis Cluster
+(`bench.stores`) instead of the private Valkey. Both measurements wait for each write's durability as the service
+does (`ENTITLEMENTS_WRITE_DURABILITY`, `auto` unless `--write-durability` says otherwise; the mode it decided is in
+the result). `run_consumer()`, which `python -m bench` calls, starts that command as a child process pinned to
 the server core, with its Valkey moved to the load core, as the rest of the benchmark places the service and its
 store. The
 service's per-event log lines are at info level; the command runs at warning, so they are not part of the
@@ -44,6 +46,7 @@ from bench.servers import ROOT, Placement
 from bench.stores import BenchCluster
 from core import logs
 from core.connections import RedisClient, connect
+from core.durability import SETTING_MODES
 from core.eventlog import EventLog
 from core.keys import CONSUMER_GROUP, EventKeys
 from core.projects import CATALOG_FILE, Project, Projects
@@ -51,6 +54,7 @@ from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog, Catalogs
 from server.config import ConsoleSettings, ConsumerSettings, Settings
+from server.durability import write_durability
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics
@@ -75,6 +79,7 @@ class ConsumerBenchResult:
     events_per_s: float
     baseline_seconds: float
     baseline_events_per_s: float
+    write_durability: str = "none"
 
     @property
     def ratio(self) -> float:
@@ -113,8 +118,12 @@ async def _drained(redis: RedisClient, streams: list[str]) -> bool:
     return True
 
 
-async def _baseline(redis: RedisClient, events: list[ev.WebhookEvent], partitions: int, cluster: bool) -> float:
-    store = EntitlementStore(redis, timeout_s=5.0, idempotency_ttl_ms=86_400_000)
+async def _baseline(
+    redis: RedisClient, events: list[ev.WebhookEvent], partitions: int, settings: Settings
+) -> tuple[float, str]:
+    cluster = settings.redis_cluster
+    durability = await (await write_durability(redis, settings)).current()
+    store = EntitlementStore(redis, timeout_s=5.0, idempotency_ttl_ms=86_400_000, durability=durability)
     catalogs = Catalogs(
         redis,
         PROJECTS,
@@ -135,7 +144,7 @@ async def _baseline(redis: RedisClient, events: list[ev.WebhookEvent], partition
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(events[p::partitions]) for p in range(partitions)))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, durability.mode
 
 
 async def measure_consumer_throughput(
@@ -146,6 +155,8 @@ async def measure_consumer_throughput(
     timeout_s: float = 300.0,
     valkey_cores: Sequence[int] | None = None,
     cluster: bool = False,
+    durability: str = "auto",
+    appendfsync: str = "everysec",
 ) -> ConsumerBenchResult:
     """Times the consumer applying `events` stored order_paid events (two lines each) for `users` players.
 
@@ -157,6 +168,8 @@ async def measure_consumer_throughput(
         valkey_cores: the cores to move the private Valkey (or the cluster's nodes) to once started (None: where
             this process runs).
         cluster: store on a local Redis Cluster (`bench.stores`) instead of a private Valkey.
+        durability: `ENTITLEMENTS_WRITE_DURABILITY` of both measurements.
+        appendfsync: the store's `appendfsync` (under `everysec`, `local` waits for the next fsync: up to 1 s).
 
     Raises:
         TimeoutError: the consumer did not apply everything within `timeout_s`.
@@ -166,10 +179,10 @@ async def measure_consumer_throughput(
         redis: RedisClient
         if cluster:
             # Started on this (the event loop's) thread: its nodes get a parent-death signal from it.
-            url = stack.enter_context(BenchCluster(workdir, valkey_cores, appendfsync="everysec")).url
+            url = stack.enter_context(BenchCluster(workdir, valkey_cores, appendfsync=appendfsync)).url
             redis = connect(url, cluster=True, timeout_s=5.0, max_connections=64)
         else:
-            server = EmbeddedRedis(workdir / "redis", appendfsync="everysec")
+            server = EmbeddedRedis(workdir / "redis", appendfsync=appendfsync)
             await server.start()
             stack.push_async_callback(server.stop)
             if valkey_cores and server.pid is not None:
@@ -179,10 +192,6 @@ async def measure_consumer_throughput(
         stack.push_async_callback(redis.aclose)
         service: Service | None = None
         try:
-            baseline_s = await _baseline(redis, [_order(n, "b", users) for n in range(events)], partitions, cluster)
-            log = EventLog(redis, partitions=partitions)
-            await _append_all(log, [_order(n, "c", users) for n in range(events)])
-            streams = [EventKeys(1, partition).stream for partition in range(partitions)]
             settings = replace(
                 Settings(),
                 redis_url=url,
@@ -195,7 +204,14 @@ async def measure_consumer_throughput(
                 local_catalogs={0: CATALOG},
                 consumer=ConsumerSettings(block_ms=100, batch=128),
                 console=ConsoleSettings(enabled=False),
+                redis_timeout_s=5.0,
+                write_durability=durability,
             )
+            baseline_events = [_order(n, "b", users) for n in range(events)]
+            baseline_s, mode = await _baseline(redis, baseline_events, partitions, settings)
+            log = EventLog(redis, partitions=partitions)
+            await _append_all(log, [_order(n, "c", users) for n in range(events)])
+            streams = [EventKeys(1, partition).stream for partition in range(partitions)]
             service = Service(settings)
             started = time.perf_counter()
             await service.start()
@@ -215,6 +231,7 @@ async def measure_consumer_throughput(
         events_per_s=round(events / seconds, 1),
         baseline_seconds=round(baseline_s, 4),
         baseline_events_per_s=round(events / baseline_s, 1),
+        write_durability=mode,
     )
 
 
@@ -226,6 +243,7 @@ def run_consumer(
     partitions: int = 4,
     timeout_s: float = 300.0,
     cluster: bool = False,
+    durability: str = "auto",
 ) -> ConsumerBenchResult:
     """Runs `python -m bench.consumer` pinned to the server core, its Valkey (or with `cluster` its Redis Cluster's
     nodes) on the load core; returns its result.
@@ -238,6 +256,7 @@ def run_consumer(
         argv.append(f"--valkey-core={placement.valkey[0]}")
     if cluster:
         argv.append("--cluster")
+    argv.append(f"--write-durability={durability}")
     child = Child("consumer benchmark", argv, cores=placement.server, log_path=workdir / "consumer.log", cwd=ROOT)
     try:
         answer = child.receive(timeout_s)
@@ -255,7 +274,7 @@ def consumer_table(result: ConsumerBenchResult) -> str:
     header = ("webhook events applied", "events", "seconds", "events/s", "ratio")
     rows = [
         (
-            f"service consumer ({result.partitions} partitions)",
+            f"service consumer ({result.partitions} partitions, writes: {result.write_durability})",
             f"{result.events:,}",
             f"{result.seconds:.2f}",
             f"{result.events_per_s:,.0f}",
@@ -286,6 +305,8 @@ async def _main(args: argparse.Namespace) -> ConsumerBenchResult:
         users=args.users,
         valkey_cores=None if args.valkey_core is None else (args.valkey_core,),
         cluster=args.cluster,
+        durability=args.write_durability,
+        appendfsync=args.appendfsync,
     )
 
 
@@ -296,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--valkey-core", type=int, default=None, help="move the private Valkey to this core")
     parser.add_argument("--cluster", action="store_true", help="on a local Redis Cluster instead of one Valkey")
+    parser.add_argument(
+        "--write-durability",
+        choices=SETTING_MODES,
+        default="auto",
+        help="what each write waits for, as ENTITLEMENTS_WRITE_DURABILITY (default auto)",
+    )
+    parser.add_argument("--appendfsync", choices=("always", "everysec", "no"), default="everysec")
     args = parser.parse_args(argv)
     logs.configure("warning", json=True)
     try:
