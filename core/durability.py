@@ -34,8 +34,10 @@ mode, once, at start:
   (before Redis 7.2), or does not report an fsync in time (its `appendfsync` is `no`);
 - `replicas`: n replicas (`WAIT <n>`; on a cluster, sent to the written key's shard);
 - `none`: no wait, and a warning at start saying what can be lost;
-- `auto`: `local` when the store keeps an append-only file and fsyncs it; otherwise `replicas` when it has a
-  connected replica (on a cluster: when any primary has one); otherwise `none`, with the warning.
+- `auto`: `replicas` on a Redis Cluster whose every primary has a connected replica (a failover replaces a primary
+  by its replica: only what the replica holds survives it); otherwise `local` when the store keeps an append-only
+  file and fsyncs it; otherwise `replicas` when it has a connected replica (on a cluster: when any primary has
+  one); otherwise `none`, with the warning.
 
 The decision is logged (`durability_decided`: setting, mode, replicas, timeout, reason); change the store's
 persistence or replicas, restart the process. When Redis does not answer at start, the process starts anyway and
@@ -357,6 +359,9 @@ class DurabilityDecider:
                 return self._local(f"{setting}=local")
             if asked.mode == "replicas":
                 return self._replicas(facts, f"{setting}=replicas")
+            if facts.cluster and facts.replicas >= 1:
+                # A Cluster replaces a failed primary by its replica: only a write the replica holds survives it.
+                return self._replicas(facts, "auto: a Redis Cluster whose every primary has a connected replica")
             problem = await self._local_problem(facts)
             if problem is None:
                 return self._local("auto: the store keeps an append-only file and fsyncs it")

@@ -34,6 +34,7 @@ from tests.helpers.gateway import (
     send,
     stored_events,
 )
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError
@@ -74,15 +75,17 @@ def decided(gateway: Gateway) -> Durability:
 # --- what auto decides --------------------------------------------------------------------------------------------
 
 
-async def test_auto_picks_local_on_an_aof_store_and_waits_for_the_fsync(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis, http: aiohttp.ClientSession
+async def test_auto_picks_local_on_an_aof_store_and_replicas_on_a_cluster_with_replicas(
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis, http: aiohttp.ClientSession
 ) -> None:
-    """On a store with an append-only file, auto waits for its fsync: 204, the event stored, the wait counted."""
+    """On a server with an append-only file, auto waits for its fsync; on a cluster whose primaries have replicas,
+    for a replica (what a failover promotes): 204, the event stored, the wait counted."""
+    mode = "replicas" if redis_server.cluster else "local"
     async with running_gateway(gateway_settings(redis_url=redis_server.url)) as gateway:
-        assert decided(gateway).mode == "local"
+        assert decided(gateway).mode == mode
         answer = await send(http, gateway.url, order_paid(1))
         assert answer.status == 204
-        assert waited(gateway, "local")[0] == 1
+        assert waited(gateway, mode)[0] == 1
     assert [event.event.event_id for event in await stored_events(redis_client)] == [
         f"xsolla:{DEFAULT_PROJECT}:order:1:paid"
     ]

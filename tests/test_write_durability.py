@@ -89,11 +89,11 @@ async def no_retries(client_factory: ClientFactory, service: Service) -> AsyncEn
     return await client_factory(service, retry_policy=None)
 
 
-async def test_auto_decides_local_on_the_test_stores_and_logs_it(
+async def test_auto_decides_local_on_the_server_and_replicas_on_the_cluster_and_logs_it(
     service_factory: ServiceFactory, redis_server: StoreUnderTest, client_factory: ClientFactory
 ) -> None:
-    """The embedded server and the test cluster keep an append-only file fsynced always: auto decides local, logs
-    it once, and a Grant waits for the fsync."""
+    """The embedded server keeps an append-only file fsynced always: auto decides local; the test cluster's every
+    primary has a replica, which a failover would promote: auto decides replicas. Logged once; a Grant waits."""
     previous = structlog.get_config()
     logs.configure("info", cache_loggers=False)  # the suite logs warnings only; the decision is an info line
     try:
@@ -103,14 +103,15 @@ async def test_auto_decides_local_on_the_test_stores_and_logs_it(
         structlog.configure(**previous)
     assert service.write_durability is not None
     assert service.write_durability.decided is not None
-    assert service.write_durability.decided.mode == "local"
+    mode = "replicas" if redis_server.cluster else "local"
+    assert service.write_durability.decided.mode == mode
     decided = [line for line in captured if line["event"] == "durability_decided"]
     assert [(line["setting"], line["mode"], line["log_level"]) for line in decided] == [
-        ("ENTITLEMENTS_WRITE_DURABILITY", "local", "info")
+        ("ENTITLEMENTS_WRITE_DURABILITY", mode, "info")
     ]
     client = await client_factory(service)
     await client.grant(PLAYER, "gold", quantity=5)
-    assert waits(service, "local") == 1
+    assert waits(service, mode) == 1
 
 
 async def test_auto_without_an_append_only_file_decides_replicas_or_none(
