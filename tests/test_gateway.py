@@ -44,11 +44,12 @@ from tests.helpers.gateway import (
     xsolla_settings,
 )
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import Gateway
 
 
 @pytest.fixture
-async def gateway_factory(redis_server: EmbeddedRedis) -> AsyncIterator[GatewayFactory]:
+async def gateway_factory(redis_server: StoreUnderTest) -> AsyncIterator[GatewayFactory]:
     """Starts gateways on the test's Valkey with `gateway_settings(**overrides)`; stops them all afterwards."""
     started: list[Gateway] = []
 
@@ -850,13 +851,18 @@ async def test_settings_repr_hides_secrets() -> None:
 
 
 async def test_gateway_shares_a_callers_redis_client_and_registry(
-    redis_server: EmbeddedRedis, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
     """Embedded in another process: the caller's Redis client and registry are used, and not closed on stop."""
     registry = CollectorRegistry()
-    shared = aioredis.Redis.from_url(redis_server.url)
+    shared = redis_server.client()
     try:
-        gateway = Gateway(gateway_settings(metrics_port=None), xsolla_settings(), redis=shared, registry=registry)
+        gateway = Gateway(
+            gateway_settings(metrics_port=None, redis_cluster=redis_server.cluster),
+            xsolla_settings(),
+            redis=shared,
+            registry=registry,
+        )
         await gateway.start()
         try:
             assert gateway.metrics_port is None

@@ -36,6 +36,7 @@ from tests.helpers.gateway import (
     send,
     stored_events,
 )
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
@@ -186,7 +187,7 @@ def decided(gateway: Gateway) -> Durability:
 
 
 async def test_auto_picks_local_on_an_aof_store_and_waits_for_the_fsync(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis, http: aiohttp.ClientSession
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis, http: aiohttp.ClientSession
 ) -> None:
     """On a store with an append-only file, auto waits for its fsync: 204, the event stored, the wait counted."""
     async with running_gateway(gateway_settings(redis_url=redis_server.url)) as gateway:
