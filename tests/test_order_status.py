@@ -610,6 +610,9 @@ async def test_the_webhook_feed_rereads_what_it_missed_after_losing_redis(rig: R
     await eventually(feed.subscribed.is_set, what="the subscription")
     reader = Reader(client.get_order_status("777", PLAYER))
     await eventually(lambda: len(tracking_of(service)) == 1, what="the tracker")
+    # The re-read after the first subscription is over (it found nothing): the state written below can reach the
+    # stream only through the re-read after the next one.
+    await eventually(lambda: PROJECT in feed.projects and not feed._resync_tasks, what="the first re-read")
     redis = rig.redis_server.client()
     try:
         # A state written while nobody announces it (as if its publication was lost), then the connection drops.
