@@ -17,11 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core.connections import bounded
 from core.errors import StoreUnavailable
+from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, UnavailableError
 from server.app import Service
 from server.embedded import EmbeddedRedis, server_binary
-from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory
 from tests.helpers.waiting import eventually
+from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +93,59 @@ async def test_redis_down_is_unavailable_within_the_deadline(
     assert not first.replayed
     assert again.replayed
     assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 1
+
+
+async def test_a_dead_primary_is_unavailable_within_the_deadline_until_its_replica_takes_over(
+    service_factory: ServiceFactory, client_factory: ClientFactory, private_cluster: LocalCluster
+) -> None:
+    """On a cluster, the primary of a player's slot killed: their calls fail UNAVAILABLE before the deadline while
+    other primaries' players are served; once its replica is promoted, the same service serves them again with
+    every replicated grant, and a grant retried after its failure applies once."""
+    service = await service_factory(redis_url=private_cluster.url)
+    client = await client_factory(service, timeout_s=4.0, retry_policy=None)
+    primary = private_cluster.primary_for(UserKeys(PROJECT, "player-1").items)
+    other = next(
+        f"player-{n}"
+        for n in range(2, 100)
+        if private_cluster.primary_for(UserKeys(PROJECT, f"player-{n}").items) is not primary
+    )
+    for i in range(20):
+        await client.grant("player-1", "gold", idempotency_key=f"k{i}")
+    await client.grant(other, "gold")
+    (replica,) = private_cluster.replicas_of(primary)
+    target = int(str(primary.info("replication")["master_repl_offset"]))
+    await eventually(
+        lambda: int(str(replica.info("replication")["master_repl_offset"])) >= target, what="the replica in sync"
+    )
+    # The replica holds back until the calls below have failed: a failover takes about as long as they do.
+    with replica.client() as node:
+        node.config_set("cluster-replica-no-failover", "yes")
+    private_cluster.kill(primary)
+    started = time.monotonic()
+    with pytest.raises(UnavailableError):
+        await client.check_entitlement("player-1", "gold")
+    with pytest.raises(UnavailableError):
+        await client.grant("player-1", "gold", idempotency_key="retry-me")
+    assert time.monotonic() - started < 4.0
+    assert (await client.check_entitlement(other, "gold")).active
+    with replica.client() as node:
+        node.config_set("cluster-replica-no-failover", "no")
+    await private_cluster.wait_failover_async(primary)
+
+    async def served() -> bool:
+        try:
+            await client.check_entitlement("player-1", "gold", timeout_s=2.0)
+        except UnavailableError:
+            return False
+        return True
+
+    await eventually(served, timeout_s=20.0, what="the promoted replica to serve the player")
+    assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 20
+    first = await client.grant("player-1", "gold", idempotency_key="retry-me")
+    again = await client.grant("player-1", "gold", idempotency_key="retry-me")
+    assert not first.replayed
+    assert again.replayed
+    assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 21
 
 
 async def test_stuck_redis_times_out_instead_of_hanging(

@@ -23,6 +23,7 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.connections import RedisClient
 from core.eventlog import AppendResult, partition_for
 from core.keys import EventKeys
 from core.logs import user_ref
@@ -38,17 +39,21 @@ from tests.helpers.gateway import (
     fixture,
     gateway_settings,
     post,
+    running_gateway,
     send,
     signed,
     stored_events,
     xsolla_settings,
 )
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest, client_for
+from tests.helpers.waiting import eventually
+from tools.cluster import LocalCluster
 from webhook_gateway import Gateway
 
 
 @pytest.fixture
-async def gateway_factory(redis_server: EmbeddedRedis) -> AsyncIterator[GatewayFactory]:
+async def gateway_factory(redis_server: StoreUnderTest) -> AsyncIterator[GatewayFactory]:
     """Starts gateways on the test's Valkey with `gateway_settings(**overrides)`; stops them all afterwards."""
     started: list[Gateway] = []
 
@@ -73,14 +78,14 @@ async def gateway(gateway_factory: GatewayFactory) -> Gateway:
     return await gateway_factory()
 
 
-async def only_event(redis_client: aioredis.Redis, partitions: int = 1) -> StoredEvent:
+async def only_event(redis_client: RedisClient, partitions: int = 1) -> StoredEvent:
     """The one entry in the event log."""
     events = await stored_events(redis_client, partitions=partitions)
     assert len(events) == 1, events
     return events[0]
 
 
-async def nothing_stored(redis_client: aioredis.Redis) -> bool:
+async def nothing_stored(redis_client: RedisClient) -> bool:
     """True when the gateway wrote nothing at all to Redis (no stream entry, no dedup key)."""
     return await data_keys(redis_client) == 0
 
@@ -768,6 +773,49 @@ async def test_redis_down_answers_503_and_the_retry_is_stored_once_it_is_back(
     assert samples[("gateway_webhooks_total", (("result", "unavailable"), ("type", "order_paid")))] == 1
 
 
+@pytest.mark.slow
+async def test_a_dead_primary_answers_503_and_the_retry_is_stored_once_its_replica_took_over(
+    private_cluster: LocalCluster, http: aiohttp.ClientSession
+) -> None:
+    """On a cluster, the primary of the event stream killed: order_paid gets 503 (Xsolla retries); once its replica
+    is promoted, the same gateway stores the retry, once."""
+    body = fixture("order_paid_combined")
+    primary = private_cluster.primary_for(EventKeys(PROJECT, 0).stream)
+    (replica,) = private_cluster.replicas_of(primary)
+    redis = client_for(private_cluster.url, cluster=True)
+    try:
+        await redis.initialize()  # its seed may be the primary killed below: it learns the other nodes now
+        async with running_gateway(gateway_settings(redis_url=private_cluster.url)) as gateway:
+            # The replica holds back until the 503 was seen: a failover takes about as long as the append's retries.
+            with replica.client() as node:
+                node.config_set("cluster-replica-no-failover", "yes")
+            private_cluster.kill(primary)
+            answer = await send(http, gateway.url, body, PROJECT_SECRET)
+            assert (answer.status, answer.json()) == (
+                503,
+                error("SERVER_ERROR", "The notification could not be stored; retry later"),
+            )
+            with replica.client() as node:
+                node.config_set("cluster-replica-no-failover", "no")
+            await private_cluster.wait_failover_async(primary)
+            refused = 1
+
+            async def stored() -> bool:
+                nonlocal refused
+                status = (await send(http, gateway.url, body, PROJECT_SECRET)).status
+                assert status in (204, 503)
+                refused += status == 503
+                return status == 204
+
+            await eventually(stored, timeout_s=20.0, what="the retry to be stored")
+            assert (await send(http, gateway.url, body, PROJECT_SECRET)).status == 204
+            samples = await metric_samples(http, gateway)
+        assert samples[("gateway_webhooks_total", (("result", "unavailable"), ("type", "order_paid")))] == refused
+        await only_event(redis)
+    finally:
+        await redis.aclose()
+
+
 class _BrokenSink:
     """An event log whose append fails with a bug-like exception."""
 
@@ -850,13 +898,18 @@ async def test_settings_repr_hides_secrets() -> None:
 
 
 async def test_gateway_shares_a_callers_redis_client_and_registry(
-    redis_server: EmbeddedRedis, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
     """Embedded in another process: the caller's Redis client and registry are used, and not closed on stop."""
     registry = CollectorRegistry()
-    shared = aioredis.Redis.from_url(redis_server.url)
+    shared = redis_server.client()
     try:
-        gateway = Gateway(gateway_settings(metrics_port=None), xsolla_settings(), redis=shared, registry=registry)
+        gateway = Gateway(
+            gateway_settings(metrics_port=None, redis_cluster=redis_server.cluster),
+            xsolla_settings(),
+            redis=shared,
+            registry=registry,
+        )
         await gateway.start()
         try:
             assert gateway.metrics_port is None

@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from core.webhooks import Action, Rejected, Verified
 from providers.xsolla import WebhookSettings, XsollaWebhooks, fields
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import (
     DEFAULT_PROJECT,
     PROJECT,
@@ -44,6 +43,7 @@ from tests.helpers.gateway import (
     xsolla_settings,
 )
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import Gateway
 from webhook_gateway.bodies import BodyReader, Pace
 
@@ -67,7 +67,7 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 @pytest.fixture
-async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def gateway(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """A gateway with the default 1 MiB body limit: a default secret and two projects with their own."""
     secrets = MappingProxyType({PROJECT: (PROJECT_SECRET,), OTHER: (OTHER_SECRET,)})
     async with running_gateway(
@@ -308,7 +308,7 @@ async def test_bare_path_accepts_only_a_secret_of_the_project_the_body_names(
 
 
 async def test_bare_path_rotation_and_a_secret_shared_by_two_projects(
-    redis_server: EmbeddedRedis, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
     """Both secrets of a project in rotation verify; a secret two projects share verifies for each of them."""
     secrets = MappingProxyType({PROJECT: ("old-secret", "new-secret"), OTHER: ("new-secret",), 5: ("five",)})
@@ -439,7 +439,7 @@ HTTP_GARBAGE = {
 
 @pytest.mark.slow
 async def test_http_level_errors_are_one_json_line_each(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """`python -m webhook_gateway` answers HTTP garbage 400, logs each as one JSON line, and still stores webhooks."""
     process = await start_gateway_command(redis_server.url)

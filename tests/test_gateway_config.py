@@ -18,8 +18,8 @@ from core.errors import ConfigError
 from providers.xsolla import NAMED_NETWORKS, WebhookSettings
 from providers.xsolla.networks import XSOLLA_NETWORKS
 from providers.xsolla.settings import SINGLE_PROJECT_VARIABLES, parse_project_secrets
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import ROOT, command_env, fixture, send, start_gateway_command, stored_events
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway.config import GatewaySettings
 
 
@@ -174,7 +174,7 @@ async def test_command_refuses_to_start_without_secret_or_redis(extra: dict[str,
 
 @pytest.mark.slow
 async def test_command_serves_alone_and_stops_on_sigterm(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """`python -m webhook_gateway` serves webhooks on its own, logs JSON (its durability decided: local on an AOF
     store), and exits 0 on SIGTERM."""
@@ -419,7 +419,7 @@ async def test_command_refuses_a_bad_projects_file(
 
 @pytest.mark.slow
 async def test_command_serves_the_projects_of_its_projects_file(
-    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    tmp_path: Path, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """`python -m webhook_gateway` reads ENTITLEMENTS_PROJECTS_FILE: its start line counts the projects and secrets
     (showing none), each project's secret verifies only its webhooks, and the event records the project."""

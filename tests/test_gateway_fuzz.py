@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import FIXTURES, PROJECT_SECRET, SECRET, gateway_settings, running_gateway, signed
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import Gateway
 
 SECRETS = (SECRET, PROJECT_SECRET)
@@ -35,7 +35,7 @@ FUZZ = settings(
 
 
 @pytest.fixture
-async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def gateway(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """One gateway for all of a test's examples, with a 4 KiB body limit."""
     async with running_gateway(gateway_settings(redis_url=redis_server.url, max_body_bytes=4096)) as gateway:
         yield gateway

@@ -12,7 +12,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from providers.xsolla import NAMED_NETWORKS
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import (
     PROJECT_SECRET,
     SECRET,
@@ -24,6 +23,7 @@ from tests.helpers.gateway import (
     stored_events,
 )
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import Gateway
 from webhook_gateway.sources import SourceFilter, parse_address, parse_networks
 
@@ -31,7 +31,7 @@ LIMIT = 2048
 
 
 @pytest.fixture
-async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def gateway(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """A gateway with a 2 KiB body limit and a 0.5 s request timeout."""
     settings = gateway_settings(redis_url=redis_server.url, max_body_bytes=LIMIT, request_timeout_s=0.5)
     async with running_gateway(settings) as gateway:
@@ -169,7 +169,7 @@ async def test_unknown_path_is_404(gateway: Gateway, http: aiohttp.ClientSession
 
 
 async def test_path_is_configurable(
-    redis_server: EmbeddedRedis, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
     """GATEWAY_PATH moves the webhook endpoint."""
     settings = gateway_settings(redis_url=redis_server.url, path="/hooks/xs")
@@ -184,7 +184,7 @@ async def test_path_is_configurable(
 
 
 @pytest.fixture
-async def xsolla_only(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def xsolla_only(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """A gateway that only takes webhooks from Xsolla's published networks, seen by the socket peer."""
     settings = gateway_settings(redis_url=redis_server.url, allowed_networks=parse_networks("xsolla", NAMED_NETWORKS))
     async with running_gateway(settings) as gateway:
@@ -192,7 +192,7 @@ async def xsolla_only(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture
-async def behind_proxy(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def behind_proxy(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """The same allow-list behind two trusted proxies that append to X-Forwarded-For."""
     settings = gateway_settings(
         redis_url=redis_server.url,
@@ -242,7 +242,7 @@ async def test_allow_list_takes_the_client_from_the_trusted_header(
 
 
 async def test_allow_list_is_off_by_default(
-    redis_server: EmbeddedRedis, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
     """Without GATEWAY_ALLOWED_NETWORKS every network may send (the signature is the authentication)."""
     async with running_gateway(gateway_settings(redis_url=redis_server.url)) as gateway:

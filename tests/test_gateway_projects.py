@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 
 from core.webhooks import FoundUser, UserQuery
 from providers.xsolla import WebhookSettings, load_projects
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import Answer, fixture, gateway_settings, running_gateway, send, stored_events
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import Gateway
 
 LIVE, STAGING, EVENT_A, EVENT_B = 308077, 18404, 320001, 320002
@@ -95,7 +95,9 @@ def directory() -> RecordingDirectory:
 
 
 @pytest.fixture
-async def gateway(redis_server: EmbeddedRedis, tmp_path: Path, directory: RecordingDirectory) -> AsyncIterator[Gateway]:
+async def gateway(
+    redis_server: StoreUnderTest, tmp_path: Path, directory: RecordingDirectory
+) -> AsyncIterator[Gateway]:
     """A gateway for the four projects of the file above."""
     settings = gateway_settings(redis_url=redis_server.url)
     async with running_gateway(settings, projects_settings(tmp_path), user_directory=directory) as gateway:

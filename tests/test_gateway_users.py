@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import SECRET, fixture, gateway_settings, running_gateway, send, stored_events
 from tests.helpers.services import data_keys
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import Gateway
 
 TOKEN = "directory-token-0123456789"
@@ -71,7 +71,7 @@ async def backend() -> AsyncIterator[DirectoryBackend]:
 
 
 @pytest.fixture
-async def gateway(redis_server: EmbeddedRedis, backend: DirectoryBackend) -> AsyncIterator[Gateway]:
+async def gateway(redis_server: StoreUnderTest, backend: DirectoryBackend) -> AsyncIterator[Gateway]:
     """A gateway asking the backend, with a 0.3 s directory timeout and a bearer token."""
     settings = gateway_settings(
         redis_url=redis_server.url,

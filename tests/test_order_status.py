@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from core.errors import ConfigError as CoreConfigError
@@ -38,12 +37,12 @@ from providers.xsolla.status import reported as xsolla_status
 from server.app import Service
 from server.auth import hash_key
 from server.config import ReconcileSettings, Settings, TrackingSettings
-from server.embedded import EmbeddedRedis
 from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
 from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory, sample
+from tests.helpers.stores import StoreUnderTest, on_every_primary
 from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
@@ -83,7 +82,7 @@ class Rig:
 
     sim: XsollaSimulator
     gateway: Gateway | None
-    redis_server: EmbeddedRedis
+    redis_server: StoreUnderTest
     start_service: Callable[..., Awaitable[Service]]
     client_factory: ClientFactory
 
@@ -115,7 +114,7 @@ class Rig:
 @pytest.fixture
 async def rig(
     simulators: SimulatorFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
 ) -> AsyncIterator[Rig]:
@@ -124,6 +123,7 @@ async def rig(
         port=0,
         metrics_port=None,
         redis_url=redis_server.url,
+        redis_cluster=redis_server.cluster,
         event_partitions=PARTITIONS,
     )
     async with running_gateway(settings, WebhookSettings(default_secret=SECRET)) as gateway:
@@ -588,7 +588,7 @@ async def test_a_watcher_that_cancels_leaves_nothing_running(rig: Rig) -> None:
 async def test_a_webhook_applied_on_one_replica_reaches_a_stream_on_another(rig: Rig, tmp_path: Path) -> None:
     """Replica A (consuming) applies the order_paid; a stream held by replica B, another process, gets it."""
     await rig.service()  # replica A: consumes the webhook events
-    replica_b = await start_replica_process(rig.redis_server.url, tmp_path / "replica-b.log")
+    replica_b = await start_replica_process(rig.redis_server, tmp_path / "replica-b.log")
     try:
         async with AsyncEntitlementsClient(replica_b.target, api_key=READER_KEY) as client:
             await eventually(lambda: serving(client), timeout_s=20.0, what="replica B to serve")
@@ -610,12 +610,15 @@ async def test_the_webhook_feed_rereads_what_it_missed_after_losing_redis(rig: R
     await eventually(feed.subscribed.is_set, what="the subscription")
     reader = Reader(client.get_order_status("777", PLAYER))
     await eventually(lambda: len(tracking_of(service)) == 1, what="the tracker")
-    redis = aioredis.Redis.from_url(rig.redis_server.url)
+    # The re-read after the first subscription is over (it found nothing): the state written below can reach the
+    # stream only through the re-read after the next one.
+    await eventually(lambda: PROJECT in feed.projects and not feed._resync_tasks, what="the first re-read")
+    redis = rig.redis_server.client()
     try:
         # A state written while nobody announces it (as if its publication was lost), then the connection drops.
         fields: dict[FieldT, EncodableT] = {"status": "paid", "granted": "1", "updated_at_ms": "1767225600000"}
         await redis.hset(UserKeys(PROJECT, PLAYER).order("777"), mapping=fields)
-        assert await redis.client_kill_filter(_type="pubsub") >= 1
+        assert sum(await on_every_primary(redis, "CLIENT", "KILL", "TYPE", "pubsub")) >= 1
     finally:
         await redis.aclose()
     updates = await reader.end()
@@ -876,7 +879,7 @@ def test_bad_tracking_settings_are_refused(env: dict[str, str]) -> None:
 
 
 async def stored_status(rig: Rig, order_id: int, status: str = "paid") -> bool:
-    redis = aioredis.Redis.from_url(rig.redis_server.url)
+    redis = rig.redis_server.client()
     try:
         state = await read_order_state(redis, (PROJECT, PLAYER, str(order_id)))
     finally:
@@ -908,12 +911,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def start_replica_process(redis_url: str, log_file: Path) -> ReplicaProcess:
+async def start_replica_process(store: StoreUnderTest, log_file: Path) -> ReplicaProcess:
     """A service process on the same Redis that does not consume (it only serves gRPC)."""
     port = free_port()
     env = {
         **os.environ,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": store.url,
+        "REDIS_CLUSTER": "true" if store.cluster else "false",
         "ENTITLEMENTS_GRPC_PORT": str(port),
         "ENTITLEMENTS_METRICS_PORT": "0",
         "ENTITLEMENTS_CONSOLE_PORT": "0",

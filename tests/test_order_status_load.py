@@ -23,10 +23,10 @@ from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
 from providers.xsolla import WebhookSettings
 from server.config import TrackingSettings
-from server.embedded import EmbeddedRedis
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
 from tests.helpers.services import PROJECT, READER_KEY, ServiceFactory
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from xsolla_simulator import XsollaSimulator
@@ -121,7 +121,7 @@ async def webhook_to_update_s(
 
 
 async def test_a_reconnect_storm_of_5000_streams_is_served(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """5,000 streams opened at once over 5 connections all get their first message; none is refused."""
     service = await service_factory(redis_url=redis_server.url, tracking=TrackingSettings(max_trackers=20_000))
@@ -150,13 +150,11 @@ async def test_a_reconnect_storm_of_5000_streams_is_served(
 
 
 async def test_webhook_to_update_latency_is_measurable(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest
 ) -> None:
     """The helper the benchmark uses: the order_paid's 204 at the gateway is followed by the stream's update."""
     secret = "latency-secret"
-    gateway_settings = GatewaySettings(
-        port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=PARTITIONS
-    )
+    gateway_settings = GatewaySettings(port=0, metrics_port=None, event_partitions=PARTITIONS, **redis_server.settings)
     async with (
         running_gateway(gateway_settings, WebhookSettings(default_secret=secret)) as gateway,
         running_simulator(project_id=PROJECT, webhook_url=gateway.url, webhook_secret=secret) as sim,

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from entitlements.v1 import events_pb2 as ev
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import gateway_settings, running_gateway, stored_events, xsolla_settings
 from tests.helpers.receiver import ReceiverFactory
+from tests.helpers.stores import StoreUnderTest
 from xsolla_simulator import InvalidRequest, RetrySchedule, SimOrder, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -329,7 +329,7 @@ async def test_a_held_payment_holds_its_order_paid_back(
 
 
 async def test_every_family_reaches_a_real_gateway_signed_with_its_projects_secret(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis, sim_factory: SimulatorFactory
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis, sim_factory: SimulatorFactory
 ) -> None:
     """Project A (separate mode, `<path>/A`) and project B (combined, the bare path), each signing with its own
     secret: the gateway accepts every webhook of every family and stores it under the right project, B's

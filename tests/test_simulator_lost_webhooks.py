@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from entitlements.v1 import events_pb2 as ev
-from server.embedded import EmbeddedRedis
 from tests.helpers.gateway import gateway_settings, running_gateway, stored_events, xsolla_settings
 from tests.helpers.receiver import ReceiverFactory
+from tests.helpers.stores import StoreUnderTest
 from xsolla_simulator import InvalidRequest, RetrySchedule, XsollaSimulator
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
 
@@ -52,7 +52,7 @@ async def pay(sim: XsollaSimulator, count: int, *, project_id: int | None = None
 
 
 async def test_dropped_webhooks_reach_a_real_gateway_late_as_they_were_made(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis, sim_factory: SimulatorFactory
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis, sim_factory: SimulatorFactory
 ) -> None:
     """Every order_paid dropped: the gateway stores nothing and the canceled order's webhook still goes; delivered
     late, each dropped webhook arrives once, signed, with its exact bytes, and is stored for its player."""

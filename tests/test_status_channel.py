@@ -1,4 +1,5 @@
-"""The order-status channel on a real Valkey: its subscriber stops promptly however early it is stopped."""
+"""The order-status channel on a real Valkey (pub/sub on the single server, sharded pub/sub on the cluster): its
+subscriber stops promptly however early it is stopped."""
 
 from __future__ import annotations
 
@@ -7,25 +8,29 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from core import connections
-from server.embedded import EmbeddedRedis
 from server.metrics import ServiceMetrics
 from server.status_channel import ChannelMessage, OrderState, OrderStatusFeed, OrderStatusPublisher
 from tests.helpers.services import PROJECT
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 
 
-async def test_the_feed_stops_at_once_even_while_it_subscribes(redis_server: EmbeddedRedis) -> None:
+async def test_the_feed_stops_at_once_even_while_it_subscribes(redis_server: StoreUnderTest) -> None:
     """Stopped at every point of setting up its subscription, the feed ends within its read timeout.
 
     A cancellation that reaches redis-py while the subscription is being confirmed can be swallowed; the feed
     must still end, or a service told to stop right after starting would hang.
     """
-    redis = connections.connect(redis_server.url, cluster=False, timeout_s=1.0, max_connections=8)
+    redis = connections.connect(redis_server.url, cluster=redis_server.cluster, timeout_s=1.0, max_connections=8)
     metrics = ServiceMetrics(CollectorRegistry())
     try:
         for turns in [n % 8 for n in range(40)]:
             feed = OrderStatusFeed(
-                redis, cluster=False, dispatch=lambda state: 0, followed=lambda project_id: [], metrics=metrics
+                redis,
+                cluster=redis_server.cluster,
+                dispatch=lambda state: 0,
+                followed=lambda project_id: [],
+                metrics=metrics,
             )
             feed.follow(PROJECT)
             feed.start()
@@ -37,9 +42,9 @@ async def test_the_feed_stops_at_once_even_while_it_subscribes(redis_server: Emb
         await redis.aclose()
 
 
-async def test_a_published_state_reaches_the_feed(redis_server: EmbeddedRedis) -> None:
+async def test_a_published_state_reaches_the_feed(redis_server: StoreUnderTest) -> None:
     """What the consumer publishes is dispatched to the subscriber, unchanged."""
-    redis = connections.connect(redis_server.url, cluster=False, timeout_s=1.0, max_connections=8)
+    redis = connections.connect(redis_server.url, cluster=redis_server.cluster, timeout_s=1.0, max_connections=8)
     heard: list[ChannelMessage] = []
 
     def dispatch(state: ChannelMessage) -> int:
@@ -48,7 +53,7 @@ async def test_a_published_state_reaches_the_feed(redis_server: EmbeddedRedis) -
 
     feed = OrderStatusFeed(
         redis,
-        cluster=False,
+        cluster=redis_server.cluster,
         dispatch=dispatch,
         followed=lambda project_id: [],
         metrics=ServiceMetrics(CollectorRegistry()),
@@ -58,7 +63,7 @@ async def test_a_published_state_reaches_the_feed(redis_server: EmbeddedRedis) -
     try:
         await eventually(feed.subscribed.is_set, what="the subscription")
         state = OrderState(PROJECT, "42", "player-1", "paid", True, 1_767_225_600_000)
-        assert await OrderStatusPublisher(redis, cluster=False).publish(state) == 1
+        assert await OrderStatusPublisher(redis, cluster=redis_server.cluster).publish(state) == 1
         await eventually(lambda: heard == [state], what="the published state")
     finally:
         await feed.stop()

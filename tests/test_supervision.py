@@ -395,7 +395,7 @@ async def test_once_the_store_is_back_the_waiting_loops_retry_at_once(
     store stays down for a second or two: only the supervisor's word that it is back can bring them back in time."""
     hour = Backoff(base_s=3600.0, cap_s=3600.0)
     monkeypatch.setattr("server.app.Consumer", partial(Consumer, backoff=hour))
-    monkeypatch.setattr("server.status_channel._BACKOFF", hour)
+    monkeypatch.setattr("server.status_channel.feed._BACKOFF", hour)
     monkeypatch.setattr("server.app.EmbeddedSupervisor", partial(EmbeddedSupervisor, backoff=Backoff(2.0, 2.0)))
     service = await service_factory(redis_url=None, data_dir=tmp_path / "var", **consumer_settings())
     assert service.tracking is not None

@@ -204,6 +204,7 @@ async def start_gateway_command(redis_url: str, projects_file: Path | None = Non
         "webhook_gateway",
         env=command_env(
             REDIS_URL=redis_url,
+            REDIS_CLUSTER="true" if is_cluster_url(redis_url) else "false",
             GATEWAY_PORT="0",
             GATEWAY_METRICS_PORT="0",
             GATEWAY_LOG_JSON="1",

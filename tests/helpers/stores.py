@@ -92,3 +92,12 @@ async def node_infos(redis: RedisClient, section: str) -> list[dict[str, Any]]:
         nodes = await cluster_primaries(redis)
         return [dict(await redis.execute_command("INFO", section, target_nodes=node)) for node in nodes]
     return [dict(await redis.info(section))]
+
+
+async def on_every_primary(redis: RedisClient, *command: Any) -> list[Any]:
+    """Runs a keyless command (CONFIG SET, CLIENT KILL, ...) on the store: on every primary of a cluster (redis-py
+    sends a keyless command to one node of its choosing), once on a single server. Returns each node's reply."""
+    if isinstance(redis, RedisCluster):
+        nodes = await cluster_primaries(redis)
+        return [await redis.execute_command(*command, target_nodes=node) for node in nodes]
+    return [await redis.execute_command(*command)]  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
