@@ -35,7 +35,6 @@ from tests.helpers.gateway import (
     stored_events,
 )
 from tests.helpers.stores import StoreUnderTest
-from tests.helpers.waiting import eventually
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from webhook_gateway.errors import ConfigError
