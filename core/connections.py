@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.asyncio.connection
@@ -25,7 +26,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from core.errors import StoreUnavailable
+from core.errors import ConfigError, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -43,7 +44,16 @@ def retry_policy() -> Retry:
 
 
 def connect(url: str, *, cluster: bool, timeout_s: float, max_connections: int) -> RedisClient:
-    """Returns a client for `url` (`redis://`, `rediss://` or `unix://`); connections open lazily."""
+    """Returns a client for `url` (`redis://`, `rediss://` or `unix://`); connections open lazily.
+
+    For a Cluster, `url` may name several seed nodes, comma-separated (`redis://:pw@10.0.0.1:6379,10.0.0.2:6379`):
+    the client discovers the cluster from the first that answers, so a process can start while one seed is down.
+    The first is a full URL (scheme, credentials, TLS, options); the others give host and port (`host:port`, or a
+    URL whose host and port are taken), and share the first one's settings.
+
+    Raises:
+        ConfigError: a malformed URL (named as `REDIS_URL`), or several seeds without `cluster`.
+    """
     errors: list[type[Exception]] = [
         redis_errors.ConnectionError,
         redis_errors.TimeoutError,
@@ -56,16 +66,43 @@ def connect(url: str, *, cluster: bool, timeout_s: float, max_connections: int) 
         "retry_on_error": errors,
         "max_connections": max_connections,
     }
-    if cluster:
-        # Each node's own limit leaves room for the pub/sub connections, which hold no permit.
-        options["max_connections"] = max_connections + PUBSUB_HEADROOM
-        client = cast("BlockingCluster", BlockingCluster.from_url(url, **options))
-        client.limit_calls(max_connections, wait_s=timeout_s)
-        return client
-    # A blocking pool makes a burst of calls wait for a free connection (within the timeout) instead of failing
-    # at once with MaxConnectionsError, as the default pool does when it is exhausted.
-    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, health_check_interval=30, **options)
+    first, *others = [part.strip() for part in url.split(",")]
+    if others and not cluster:
+        raise ConfigError(
+            "REDIS_URL names several comma-separated seeds, which only a Redis Cluster has: set "
+            "REDIS_CLUSTER=true, or give one URL"
+        )
+    try:
+        if cluster:
+            # Each node's own limit leaves room for the pub/sub connections, which hold no permit.
+            options["max_connections"] = max_connections + PUBSUB_HEADROOM
+            if others:
+                options["startup_nodes"] = [ClusterNode(*seed_address(seed)) for seed in others]
+            client = cast("BlockingCluster", BlockingCluster.from_url(first, **options))
+            client.limit_calls(max_connections, wait_s=timeout_s)
+            return client
+        # A blocking pool makes a burst of calls wait for a free connection (within the timeout) instead of
+        # failing at once with MaxConnectionsError, as the default pool does when it is exhausted.
+        pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, health_check_interval=30, **options)
+    except ValueError as exc:  # redis-py's word for a URL it cannot use
+        raise ConfigError(f"REDIS_URL is not usable: {exc}") from None
     return aioredis.Redis.from_pool(pool)
+
+
+def seed_address(seed: str) -> tuple[str, int]:
+    """(host, port) of one more seed of a Cluster: `host:port`, or a `redis://`/`rediss://` URL.
+
+    Raises:
+        ValueError: neither, or no port.
+    """
+    parsed = urlsplit(seed if "://" in seed else f"redis://{seed}")
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError(f"a Redis Cluster seed must be host:port or a redis:// URL, not {seed!r}")
+    try:
+        port = parsed.port or 6379
+    except ValueError:
+        raise ValueError(f"a Redis Cluster seed has a bad port: {seed!r}") from None
+    return parsed.hostname, port
 
 
 #: Connections per Cluster node beyond `max_connections`, for the pub/sub subscriptions (a sharded subscription

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from core.connections import RedisClient, bounded, cluster_primaries, reply_text
@@ -111,10 +112,15 @@ async def check_layout(redis: RedisClient) -> None:
     """Marks an empty store with the current layout, accepts one marked with it, refuses any other.
 
     Raises:
-        LayoutMismatch: the store holds layout-1 keys, another version, or an interrupted migration.
+        LayoutMismatch: the store holds layout-1 keys, another version, or an interrupted migration; or it is a
+            Redis Cluster reached by a standalone client (REDIS_CLUSTER unset).
         StoreUnavailable, redis.exceptions.RedisError: Redis failed (the caller's to report).
     """
-    version = await redis.get(LAYOUT_KEY)
+    await _refuse_a_cluster_reached_standalone(redis)
+    try:
+        version = await redis.get(LAYOUT_KEY)
+    except redis_errors.AskError as exc:  # MOVED (or ASK): INFO was refused, and the key lives on another node
+        raise LayoutMismatch(_CLUSTER_UNSET) from exc
     if version is not None:
         text = reply_text(version, errors="replace")
         if text == str(LAYOUT_VERSION):
@@ -140,6 +146,22 @@ async def check_layout(redis: RedisClient) -> None:
     # Another process may have marked it meanwhile, with another version in a mixed roll-out: check again.
     if reply_text(await redis.get(LAYOUT_KEY) or b"") != str(LAYOUT_VERSION):
         await check_layout(redis)
+
+
+_CLUSTER_UNSET = "REDIS_URL names a node of a Redis Cluster: set REDIS_CLUSTER=true (and give it one or more seeds)"
+
+
+async def _refuse_a_cluster_reached_standalone(redis: RedisClient) -> None:
+    """A standalone client on a Cluster node would fail on every key of another node's slots (MOVED): refused at
+    start, by what the node says of itself (`INFO cluster`; where INFO is refused, the first MOVED says it)."""
+    if isinstance(redis, RedisCluster):
+        return
+    try:
+        info = await redis.info("cluster")
+    except redis_errors.ResponseError:
+        return
+    if int(info.get("cluster_enabled", 0)) == 1:
+        raise LayoutMismatch(_CLUSTER_UNSET)
 
 
 async def _holds_layout_1(redis: RedisClient) -> bool:

@@ -375,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         except LayoutMismatch as exc:
             print(f"store refused: {exc}", file=sys.stderr)
             return 1
+        except ConfigError as exc:  # found at start: a REDIS_URL redis-py cannot use, a store that cannot be durable
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return BAD_ARGUMENT
         return 0
     # A command's output is its answer: at the default level, its log lines are warnings and errors only.
     logs.configure("warning" if settings.log_level == "info" else settings.log_level, settings.log_json)
