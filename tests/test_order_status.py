@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields, replace
@@ -35,12 +32,12 @@ from entitlements.v1 import entitlements_pb2 as pb
 from providers.xsolla import OrderSettings, WebhookSettings
 from providers.xsolla.status import reported as xsolla_status
 from server.app import Service
-from server.auth import hash_key
 from server.config import ReconcileSettings, Settings, TrackingSettings
 from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
+from tests.helpers.processes import ServiceProcess, serving, start_service_process
 from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest, on_every_primary
 from tests.helpers.waiting import eventually
@@ -591,7 +588,7 @@ async def test_a_webhook_applied_on_one_replica_reaches_a_stream_on_another(rig:
     replica_b = await start_replica_process(rig.redis_server, tmp_path / "replica-b.log")
     try:
         async with AsyncEntitlementsClient(replica_b.target, api_key=READER_KEY) as client:
-            await eventually(lambda: serving(client), timeout_s=20.0, what="replica B to serve")
+            await eventually(lambda: serving(client, PLAYER), timeout_s=20.0, what="replica B to serve")
             order = rig.sim.create_order(PLAYER, ITEMS)
             reader = Reader(client.get_order_status(str(order.order_id), PLAYER))
             await asyncio.sleep(0.3)  # the stream is open on B
@@ -887,57 +884,11 @@ async def stored_status(rig: Rig, order_id: int, status: str = "paid") -> bool:
     return state is not None and state.status == status
 
 
-@dataclass
-class ReplicaProcess:
-    """`python -m server` in a process of its own."""
-
-    process: asyncio.subprocess.Process
-    target: str
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                async with asyncio.timeout(15):
-                    await self.process.wait()
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def start_replica_process(store: StoreUnderTest, log_file: Path) -> ReplicaProcess:
+async def start_replica_process(store: StoreUnderTest, log_file: Path) -> ServiceProcess:
     """A service process on the same Redis that does not consume (it only serves gRPC)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": store.url,
-        "REDIS_CLUSTER": "true" if store.cluster else "false",
-        "ENTITLEMENTS_GRPC_PORT": str(port),
-        "ENTITLEMENTS_METRICS_PORT": "0",
-        "ENTITLEMENTS_CONSOLE_PORT": "0",
-        "ENTITLEMENTS_API_KEYS": f"reader:{hash_key(READER_KEY)}:read",
-        "ENTITLEMENTS_CONSUMER_ENABLED": "false",
-        "ENTITLEMENTS_EVENT_PARTITIONS": str(PARTITIONS),
-        "ENTITLEMENTS_XSOLLA_PROJECT_ID": str(PROJECT),
-        "ENTITLEMENTS_LOG_LEVEL": "warning",
-    }
-    with log_file.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", env=env, stdout=log, stderr=log, cwd=Path(__file__).parent.parent
-        )
-    return ReplicaProcess(process, f"127.0.0.1:{port}")
-
-
-async def serving(client: AsyncEntitlementsClient) -> bool:
-    """Whether the client's service answers a call (False while it is UNAVAILABLE, as when still starting)."""
-    try:
-        await client.check_entitlement(PLAYER, "gold", timeout_s=1.0)
-    except UnavailableError:
-        return False
-    return True
+    return await start_service_process(
+        store,
+        log_file,
+        ENTITLEMENTS_EVENT_PARTITIONS=str(PARTITIONS),
+        ENTITLEMENTS_XSOLLA_PROJECT_ID=str(PROJECT),
+    )

@@ -6,9 +6,6 @@ stops following it or dies."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,13 +16,12 @@ import pytest
 
 from core.projects import Projects
 from entitlements import AsyncEntitlementsClient
-from entitlements.errors import UnavailableError
 from entitlements.v1 import entitlements_pb2 as pb
 from providers.xsolla import OrderSettings
 from server.app import Service
-from server.auth import hash_key
 from server.config import ConsumerSettings, ReconcileSettings, TrackingSettings
 from server.tracking import OrderTracking
+from tests.helpers.processes import ServiceProcess, serving, start_service_process
 from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
@@ -199,7 +195,7 @@ async def test_a_crashed_holder_is_taken_over_when_its_lease_expires(rig: Rig, t
         order = rig.sim.create_order(PLAYER, ITEMS)
         token = rig.sim.issue_token(PLAYER)
         async with AsyncEntitlementsClient(crashing.target, api_key=READER_KEY) as client:
-            await eventually(lambda: serving(client), timeout_s=30.0, what="the holder process to serve")
+            await eventually(lambda: serving(client, PLAYER), timeout_s=30.0, what="the holder process to serve")
             on_holder = Reader(client.get_order_status(str(order.order_id), PLAYER, token=token))
             await eventually(lambda: rig.sim.websocket_connections == 1, timeout_s=15.0, what="the holder's socket")
             other = Reader(
@@ -208,9 +204,8 @@ async def test_a_crashed_holder_is_taken_over_when_its_lease_expires(rig: Rig, t
             await eventually(lambda: following(survivor, "channel") == 1, what="the survivor to find the lease held")
             await rig.sim.set_status(order.order_id, "new", channels=("websocket",))
             await other.count(1)
-            crashing.process.kill()
+            await crashing.kill()
             killed_at = time.monotonic()
-            await crashing.process.wait()
             # Learned by nobody: the holder is gone, its lease not expired yet.
             await rig.sim.set_status(order.order_id, "paid", channels=("websocket", "polling"))
             await eventually(lambda: following(survivor, "provider") == 1, timeout_s=20.0, what="the takeover")
@@ -249,53 +244,16 @@ async def test_a_late_replica_starts_from_what_the_holder_announced(rig: Rig) ->
 # --- a replica in a process of its own -------------------------------------------------------------------------
 
 
-@dataclass
-class ReplicaProcess:
-    """`python -m server` in a process of its own."""
-
-    process: asyncio.subprocess.Process
-    target: str
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-
-async def start_replica_process(rig: Rig, log_file: Path) -> ReplicaProcess:
+async def start_replica_process(rig: Rig, log_file: Path) -> ServiceProcess:
     """A service process following orders at the simulator, on the test's Redis, consuming nothing."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    env = {
-        **os.environ,
-        "REDIS_URL": rig.store.url,
-        "REDIS_CLUSTER": "true" if rig.store.cluster else "false",
-        "ENTITLEMENTS_GRPC_PORT": str(port),
-        "ENTITLEMENTS_METRICS_PORT": "0",
-        "ENTITLEMENTS_CONSOLE_ENABLED": "false",
-        "ENTITLEMENTS_API_KEYS": f"reader:{hash_key(READER_KEY)}:read",
-        "ENTITLEMENTS_CONSUMER_ENABLED": "false",
-        "ENTITLEMENTS_RECONCILE_TRACKER": "false",
-        "ENTITLEMENTS_RECONCILE_SWEEPER": "false",
-        "ENTITLEMENTS_XSOLLA_PROJECT_ID": str(PROJECT),
-        "ENTITLEMENTS_XSOLLA_STORE_API": rig.sim.store_api_url,
-        "ENTITLEMENTS_XSOLLA_WS_URL": rig.sim.ws_url,
-        "ENTITLEMENTS_ORDER_POLL_INTERVAL_S": "0.1",
-        "ENTITLEMENTS_TRACKING_LEASE_S": str(LEASE_S),
-        "ENTITLEMENTS_LOG_LEVEL": "warning",
-    }
-    with log_file.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", env=env, stdout=log, stderr=log, cwd=Path(__file__).parent.parent
-        )
-    return ReplicaProcess(process, f"127.0.0.1:{port}")
-
-
-async def serving(client: AsyncEntitlementsClient) -> bool:
-    """Whether the service answers a call (False while it is UNAVAILABLE, as when still starting)."""
-    try:
-        await client.check_entitlement(PLAYER, "gold", timeout_s=1.0)
-    except UnavailableError:
-        return False
-    return True
+    return await start_service_process(
+        rig.store,
+        log_file,
+        ENTITLEMENTS_RECONCILE_TRACKER="false",
+        ENTITLEMENTS_RECONCILE_SWEEPER="false",
+        ENTITLEMENTS_XSOLLA_PROJECT_ID=str(PROJECT),
+        ENTITLEMENTS_XSOLLA_STORE_API=rig.sim.store_api_url,
+        ENTITLEMENTS_XSOLLA_WS_URL=rig.sim.ws_url,
+        ENTITLEMENTS_ORDER_POLL_INTERVAL_S="0.1",
+        ENTITLEMENTS_TRACKING_LEASE_S=str(LEASE_S),
+    )
