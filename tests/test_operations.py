@@ -25,10 +25,11 @@ from core.keys import LAYOUT_KEY, UserKeys, items_key
 from entitlements import AsyncEntitlementsClient, InvalidArgumentError
 from server.app import Service
 from server.config import Settings
-from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from tests.helpers.services import PROJECT
+from tests.helpers.stores import StoreUnderTest
 from tests.test_supervision import lock_is_free, valkeys_on
+from tools.cluster import LocalCluster
 
 ROOT = Path(__file__).parent.parent
 
@@ -297,14 +298,30 @@ async def test_a_folder_held_without_a_store_fails_in_one_line(tmp_path: Path) -
 
 
 async def test_a_store_of_another_layout_is_refused_in_one_line(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """A store of another key layout is refused by the commands: one line, exit 1."""
     await redis_client.set(LAYOUT_KEY, "3")
     for command in (["ledger", "player-1"], ["events", "status"], ["dead-letters", "list"], ["reconcile", "status"]):
-        status, _, err = await run_command(command_env(REDIS_URL=redis_server.url), *command)
+        env = command_env(REDIS_URL=redis_server.url, REDIS_CLUSTER=str(redis_server.cluster).lower())
+        status, _, err = await run_command(env, *command)
         assert status == 1, err
         assert "store refused: the store was written with key layout '3'" in one_line(err)
+
+
+async def test_a_cluster_reached_without_redis_cluster_is_named_in_one_line(shared_cluster: LocalCluster) -> None:
+    """A command pointed at a node of a Redis Cluster without REDIS_CLUSTER=true says to set it, in one line, exit
+    1, rather than relaying the node's redirection."""
+    owner = shared_cluster.primary_for(LAYOUT_KEY)
+    node = next(node for node in shared_cluster.primaries() if node is not owner)
+    url = f"redis://{node.address}/0"
+    for command, name in ((["events", "status"], "events status"), (["ledger", "player-1"], "ledger")):
+        status, _, err = await run_command(command_env(REDIS_URL=url), *command)
+        assert status == 1, err
+        assert one_line(err) == (
+            f"python -m server {name}: the store at {url} is a Redis Cluster (it sent a key to another node): set "
+            "REDIS_CLUSTER=true, as for the service"
+        )
 
 
 @pytest.mark.parametrize(
