@@ -15,7 +15,7 @@ from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
 from server.config import ConsoleSettings, Settings
-from tests.helpers.stores import key_count, node_infos
+from tests.helpers.stores import is_cluster_url, key_count, node_infos
 
 WRITER_KEY = "writer-key-0123456789"
 READER_KEY = "reader-key-0123456789"
@@ -40,6 +40,8 @@ def base_settings(**overrides: Any) -> Settings:
         redis_timeout_s=1.0,
         shutdown_grace_s=2.0,
     )
+    if "redis_cluster" not in overrides:
+        overrides["redis_cluster"] = is_cluster_url(overrides.get("redis_url"))
     return replace(settings, **overrides)
 
 

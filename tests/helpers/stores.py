@@ -11,7 +11,9 @@ URL of a cluster started here is known by `is_cluster_url`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -101,3 +103,41 @@ async def on_every_primary(redis: RedisClient, *command: Any) -> list[Any]:
         nodes = await cluster_primaries(redis)
         return [await redis.execute_command(*command, target_nodes=node) for node in nodes]
     return [await redis.execute_command(*command)]  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
+class ChannelReader:
+    """One channel subscribed as the service publishes on it: PUBLISH/SUBSCRIBE on a single server, sharded
+    (SPUBLISH/SSUBSCRIBE, served by the node owning the channel's slot) on a cluster."""
+
+    def __init__(self, pubsub: Any, *, sharded: bool) -> None:
+        self._pubsub = pubsub
+        self._sharded = sharded
+
+    async def next(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next message (subscription confirmations skipped), or None if none came within `timeout_s`."""
+        if self._sharded:
+            message = await self._pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        else:
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        return message if isinstance(message, dict) else None
+
+
+@contextlib.asynccontextmanager
+async def subscribed(redis: RedisClient, channel: str, timeout_s: float = 5.0) -> AsyncIterator[ChannelReader]:
+    """Subscribes to `channel` (sharded on a cluster) and yields once the subscription is confirmed."""
+    sharded = isinstance(redis, RedisCluster)
+    if isinstance(redis, RedisCluster):
+        await cluster_primaries(redis)  # redis-py's cluster pub/sub finds a channel's node in the discovered slots
+    pubsub: Any = redis.pubsub()
+    try:
+        if sharded:
+            await pubsub.ssubscribe(channel)
+            confirmation = await pubsub.get_sharded_message(timeout=timeout_s)
+        else:
+            await pubsub.subscribe(channel)
+            confirmation = await pubsub.get_message(timeout=timeout_s)
+        kind = (confirmation or {}).get("type")
+        assert kind in ("ssubscribe", b"ssubscribe", "subscribe", b"subscribe"), f"not subscribed: {confirmation}"
+        yield ChannelReader(pubsub, sharded=sharded)
+    finally:
+        await pubsub.aclose()
