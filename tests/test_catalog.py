@@ -29,12 +29,12 @@ from server.app import Service
 from server.catalog import Catalog
 from server.config import Settings
 from server.deadletters import DeadLetters
-from server.embedded import EmbeddedRedis
 from server.store import TIME_LIMITED as STORED_TIME_LIMITED
 from server.store import GrantCommand
 from tests.helpers.events import FAST, PARTITIONS, dead_letters, drained, order_event, xadd
 from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator, admin_bundle, admin_item
 from xsolla_simulator.testing import SimulatorFactory, running_simulator
@@ -79,7 +79,7 @@ def source(sim: XsollaSimulator) -> XsollaCatalog:
 
 
 async def start_service(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, sim: XsollaSimulator, **overrides: object
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, sim: XsollaSimulator, **overrides: object
 ) -> Service:
     """A consuming service on the test's Valkey whose catalog is the simulator's."""
     return await service_factory(
@@ -237,7 +237,7 @@ async def test_calendar_months_match_the_calendar(redis_client: aioredis.Redis) 
 
 
 async def test_a_monthly_grant_extends_by_calendar_months_through_the_store(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest
 ) -> None:
     """A grant of 2 monthly periods ends 2 calendar months after it starts; another adds 1 month to that expiry."""
     service = await service_factory(redis_url=redis_server.url)
@@ -257,7 +257,7 @@ async def test_a_monthly_grant_extends_by_calendar_months_through_the_store(
 
 async def test_time_limited_sku_bought_twice_through_webhooks_ends_two_periods_after_the_first(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     client_factory: ClientFactory,
     sim: XsollaSimulator,
@@ -285,7 +285,7 @@ async def test_time_limited_sku_bought_twice_through_webhooks_ends_two_periods_a
 
 async def test_unknown_sku_is_dead_lettered_then_granted_after_the_catalog_learns_it(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     client_factory: ClientFactory,
     sim: XsollaSimulator,
@@ -301,7 +301,7 @@ async def test_unknown_sku_is_dead_lettered_then_granted_after_the_catalog_learn
     assert not (await client.check_entitlement("p1", "gem_pack")).HasField("entitlement")
 
     sim.catalog.set_project(PROJECT, items=[*ITEMS, admin_item("gem_pack", consumable=True)])
-    operator = Settings(redis_url=redis_server.url, projects=catalog_projects(), event_partitions=PARTITIONS)
+    operator = Settings(**redis_server.settings, projects=catalog_projects(), event_partitions=PARTITIONS)
     admin = CatalogSettings(admin_api=sim.store_api_url)
     assert await catalog_command(operator, admin, "refresh", None) == 0
     assert len(await DeadLetters(redis_client, PARTITIONS).replay(PROJECT, None)) == 1
@@ -315,7 +315,7 @@ async def _count_dead(redis: aioredis.Redis, count: int) -> bool:
 
 async def test_catalog_api_down_at_start_the_stored_catalog_is_used(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     client_factory: ClientFactory,
     sim: XsollaSimulator,
@@ -341,7 +341,7 @@ async def _has_catalog(redis: aioredis.Redis) -> bool:
 
 async def test_grant_without_duration_takes_the_catalog_period(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     client_factory: ClientFactory,
     sim: XsollaSimulator,
@@ -362,11 +362,11 @@ async def test_grant_without_duration_takes_the_catalog_period(
 
 
 async def test_catalog_show_prints_the_catalog_in_use(
-    redis_server: EmbeddedRedis, sim: XsollaSimulator, capsys: pytest.CaptureFixture[str]
+    redis_server: StoreUnderTest, sim: XsollaSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`catalog refresh` stores Xsolla's catalog; `catalog show` prints it with kinds and periods; a refused key
     makes refresh exit 1."""
-    operator = Settings(redis_url=redis_server.url, projects=catalog_projects())
+    operator = Settings(**redis_server.settings, projects=catalog_projects())
     admin = CatalogSettings(admin_api=sim.store_api_url)
     assert await catalog_command(operator, admin, "refresh", PROJECT) == 0
     capsys.readouterr()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.connections import RedisClient
 from core.keys import UserKeys, order_status_channel
 from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
@@ -20,7 +21,6 @@ from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog, CatalogItem
 from server.config import ConsumerSettings, Settings
-from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from server.status_channel import OrderState, read_order_state
 from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED
@@ -38,10 +38,11 @@ from tests.helpers.events import (
     xadd_raw,
 )
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
+from tests.helpers.stores import StoreUnderTest, all_keys, subscribed
 
 
 @pytest.fixture
-async def consuming(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+async def consuming(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> Service:
     """The service on the test's Valkey, consuming two partitions with the test catalog and fast timings."""
     return await service_factory(redis_url=redis_server.url, **consumer_settings())
 
@@ -133,7 +134,7 @@ async def test_redelivered_event_with_a_new_entry_id_grants_once(
 @pytest.mark.slow
 async def test_fifty_concurrent_copies_on_two_replicas_grant_once(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     client_factory: ClientFactory,
     redis_client: aioredis.Redis,
 ) -> None:
@@ -221,14 +222,12 @@ async def test_each_applied_order_event_publishes_the_order_status(
     consuming: Service, redis_client: aioredis.Redis
 ) -> None:
     """Paid and canceled are published on the order-status channel as JSON, and kept in the order hash."""
-    async with redis_client.pubsub() as pubsub:
-        await pubsub.subscribe(order_status_channel(PROJECT))
-        assert (await pubsub.get_message(timeout=1.0) or {}).get("type") == "subscribe"
+    async with subscribed(redis_client, order_status_channel(PROJECT)) as channel:
         log = event_log(redis_client)
         await log.append(order_event("paid", "4001", "player-1", [("gold", 1)]), b"{}")
         states = []
         for _ in range(2):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            message = await channel.next(timeout_s=5.0)
             assert message is not None
             states.append(OrderState.from_json(message["data"]))
             if len(states) == 1:
@@ -352,7 +351,7 @@ async def test_an_invalid_order_line_is_dead_lettered_without_partial_grants(
 
 
 async def test_events_written_before_the_service_started_are_applied(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """The group starts at the beginning of the stream: events stored before any consumer ran are applied."""
     await event_log(redis_client).append(order_event("paid", "6001", "player-1", [("gold", 4)]), b"{}")
@@ -377,7 +376,7 @@ async def test_consumer_gauges_report_pending_and_lag(consuming: Service, redis_
 
 
 async def test_disabled_consumer_reads_nothing(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """With the consumer disabled the service serves gRPC only and leaves the streams alone."""
     service = await service_factory(redis_url=redis_server.url, **consumer_settings(enabled=False))
@@ -387,9 +386,9 @@ async def test_disabled_consumer_reads_nothing(
     assert await group_undelivered(redis_client) == 1
 
 
-async def group_undelivered(redis: aioredis.Redis) -> int:
+async def group_undelivered(redis: RedisClient) -> int:
     total = 0
-    for key in await redis.keys("ent:{ev:*}:events"):
+    for key in await all_keys(redis, "ent:{ev:*}:events"):
         total += int(await redis.xlen(key))
         assert await redis.xinfo_groups(key) == []
     return total
@@ -486,7 +485,7 @@ def test_consumer_settings_from_env(tmp_path: Path) -> None:
 
 
 async def test_malformed_entry_is_listed_with_its_error(
-    consuming: Service, redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    consuming: Service, redis_client: aioredis.Redis, redis_server: StoreUnderTest
 ) -> None:
     """An entry whose event field is not a WebhookEvent is dead-lettered; the operator's list shows why."""
     import io
@@ -495,7 +494,7 @@ async def test_malformed_entry_is_listed_with_its_error(
 
     await xadd_raw(redis_client, "player-1", {"event": b"\xff\xfe not protobuf", "raw": b"{}", "type": "?"})
     await drained(redis_client)
-    settings = Settings(redis_url=redis_server.url, event_partitions=2)
+    settings = Settings(**redis_server.settings, event_partitions=2)
     out = io.StringIO()
     assert await dead_letters_command(settings, PROJECT, "list", None, out=out) == 0
     (row,) = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -509,7 +508,7 @@ async def test_malformed_entry_is_listed_with_its_error(
 
 
 async def test_webhook_through_the_gateway_is_granted_once(
-    consuming: Service, client: AsyncEntitlementsClient, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    consuming: Service, client: AsyncEntitlementsClient, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """End to end: Xsolla's order_paid (the sandbox capture, paid for real), posted twice to the gateway, is granted
     once."""
@@ -524,7 +523,7 @@ async def test_webhook_through_the_gateway_is_granted_once(
     del capture["billing"]["transaction"]["dry_run"]
     body = json.dumps(capture).encode()
     secret = "e2e-secret-0123456789"
-    settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=2)
+    settings = GatewaySettings(port=0, metrics_port=None, **redis_server.settings, event_partitions=2)
     async with (
         running_gateway(settings, WebhookSettings(default_secret=secret)) as gateway,
         aiohttp.ClientSession() as http,

@@ -31,6 +31,7 @@ from tests.helpers.events import (
     store_of,
 )
 from tests.helpers.services import PROJECT, base_settings
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ HookedServiceFactory = Callable[..., Awaitable[Service]]
 
 
 @pytest.fixture
-async def hooked_service_factory(redis_server: EmbeddedRedis) -> AsyncIterator[HookedServiceFactory]:
+async def hooked_service_factory(redis_server: StoreUnderTest) -> AsyncIterator[HookedServiceFactory]:
     """Starts consuming services (consumer settings overridden by keyword) with consumer hooks on the test's
     Valkey; stops them all at the end."""
     started: list[Service] = []
@@ -61,8 +62,8 @@ async def gold(service: Service, user: str = "player-1") -> int:
     return 0 if record is None else record.quantity
 
 
-def operator_settings(redis_server: EmbeddedRedis) -> Settings:
-    return Settings(redis_url=redis_server.url, event_partitions=PARTITIONS)
+def operator_settings(redis_server: StoreUnderTest) -> Settings:
+    return Settings(**redis_server.settings, event_partitions=PARTITIONS)
 
 
 @pytest.mark.parametrize("stage", ["before_apply", "before_ack"])
@@ -97,7 +98,7 @@ async def test_consumer_killed_between_read_and_ack_is_applied_exactly_once(
 
 
 async def test_poison_event_is_dead_lettered_then_replayed_once_after_the_fix(
-    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, redis_server: StoreUnderTest
 ) -> None:
     """A poison entry is dead-lettered after max_deliveries, others flow; after the fix, replay applies it once."""
     broken = {"xsolla:308077:order:8001:paid"}
@@ -146,7 +147,7 @@ async def test_poison_event_is_dead_lettered_then_replayed_once_after_the_fix(
 
 
 async def test_replay_all_and_events_status(
-    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+    hooked_service_factory: HookedServiceFactory, redis_client: aioredis.Redis, redis_server: StoreUnderTest
 ) -> None:
     """`dead-letters replay --all` replays every partition's dead letters; `events status` shows the group."""
     failing = True

@@ -23,6 +23,7 @@ from server.store import GrantCommand
 from tests.helpers.events import consumer_settings, drained, order_event, store_of
 from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import PROJECT, ServiceFactory, base_settings
+from tests.helpers.stores import StoreUnderTest, all_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLD = '{"k":1,"q":7,"g":1767225600000,"u":1767225600000}'
@@ -38,11 +39,12 @@ async def write_layout_1(redis: aioredis.Redis) -> None:
     await redis.set("ent:{ev:1}:dedup:xsolla:0:order:9001:paid", "1", px=3_600_000)
 
 
-async def run_command(redis_url: str, *args: str) -> tuple[int, str, str]:
-    """`python -m server ARGS` against `redis_url`: (exit status, stdout, stderr)."""
+async def run_command(store: StoreUnderTest, *args: str) -> tuple[int, str, str]:
+    """`python -m server ARGS` against the test's Redis: (exit status, stdout, stderr)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("ENTITLEMENTS_", "REDIS_"))},
-        "REDIS_URL": redis_url,
+        "REDIS_URL": store.url,
+        "REDIS_CLUSTER": str(store.cluster).lower(),
         "ENTITLEMENTS_XSOLLA_PROJECT_ID": str(PROJECT),
         "ENTITLEMENTS_EVENT_PARTITIONS": "2",
         "ENTITLEMENTS_LOG_LEVEL": "warning",
@@ -70,7 +72,7 @@ async def test_another_version_is_refused(redis_client: aioredis.Redis) -> None:
 
 
 async def test_a_layout_1_store_is_refused_by_the_service_and_the_gateway(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """Neither process starts on a layout-1 store, and the message names the command that migrates it."""
     await write_layout_1(redis_client)
@@ -84,25 +86,25 @@ async def test_a_layout_1_store_is_refused_by_the_service_and_the_gateway(
 
 
 async def test_migrate_layout_moves_a_layout_1_store_into_a_project(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """The operator commands refuse the old store; migrate-layout moves its keys (TTLs kept) into the project; the
     service then starts, serves the player's items there and applies the event that was waiting."""
     await write_layout_1(redis_client)
-    status, _, err = await run_command(redis_server.url, "events", "status")
+    status, _, err = await run_command(redis_server, "events", "status")
     assert status == 1
     assert "key layout 1" in err
     assert "migrate-layout --project" in err
 
-    status, out, err = await run_command(redis_server.url, "migrate-layout", "--project", str(PROJECT))
+    status, out, err = await run_command(redis_server, "migrate-layout", "--project", str(PROJECT))
     assert status == 0, err
     assert json.loads(out.splitlines()[-1]) == {"project_id": PROJECT, "moved": 5, "layout": "current"}
     keys = UserKeys(PROJECT, "player-1")
     assert await redis_client.hget(keys.items, "gold") == GOLD.encode()
     assert 0 < await redis_client.pttl(keys.idempotency("k1")) <= 3_600_000
     assert await redis_client.xlen(EventKeys(PROJECT, 1).stream) == 1
-    assert await redis_client.keys("ent:{u:player-1}*") == []
-    assert await redis_client.keys("ent:{ev:1}*") == []
+    assert await all_keys(redis_client, "ent:{u:player-1}*") == []
+    assert await all_keys(redis_client, "ent:{ev:1}*") == []
     assert await redis_client.smembers(PROJECTS_KEY) == {str(PROJECT).encode()}
 
     service = await service_factory(redis_url=redis_server.url, **consumer_settings())
@@ -111,7 +113,7 @@ async def test_migrate_layout_moves_a_layout_1_store_into_a_project(
     assert record is not None
     assert record.quantity == 12  # 7 held before, 5 from the event that waited
 
-    status, out, _ = await run_command(redis_server.url, "migrate-layout", "--project", str(PROJECT))
+    status, out, _ = await run_command(redis_server, "migrate-layout", "--project", str(PROJECT))
     assert status == 0
     assert json.loads(out.splitlines()[-1])["moved"] == 0  # already current: nothing to do
 
@@ -128,7 +130,7 @@ async def test_an_interrupted_migration_is_refused_and_finished_by_running_it_ag
 
     with pytest.raises(KeyboardInterrupt):
         await migrate_layout(redis_client, PROJECT, progress=interrupt)
-    assert len(await redis_client.keys("ent:{u:player-1}*") + await redis_client.keys("ent:{ev:1}*")) == 3
+    assert len(await all_keys(redis_client, "ent:{u:player-1}*") + await all_keys(redis_client, "ent:{ev:1}*")) == 3
     with pytest.raises(LayoutMismatch, match=f"migrate-layout --project {PROJECT}` again"):
         await check_layout(redis_client)
     with pytest.raises(LayoutMismatch, match=f"interrupted: finish it with --project {PROJECT}"):
@@ -138,8 +140,8 @@ async def test_an_interrupted_migration_is_refused_and_finished_by_running_it_ag
     assert result.moved == 3
     await check_layout(redis_client)
     assert await redis_client.hget(UserKeys(PROJECT, "player-1").items, "gold") == GOLD.encode()
-    assert len(await redis_client.keys(f"ent:{{u:{PROJECT}:player-1}}*")) == 3
-    assert len(await redis_client.keys(f"ent:{{ev:{PROJECT}:1}}*")) == 2
+    assert len(await all_keys(redis_client, f"ent:{{u:{PROJECT}:player-1}}*")) == 3
+    assert len(await all_keys(redis_client, f"ent:{{ev:{PROJECT}:1}}*")) == 2
 
 
 async def test_a_service_started_while_redis_is_down_checks_before_its_first_write(

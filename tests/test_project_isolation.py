@@ -22,7 +22,6 @@ from server.__main__ import dead_letters_command
 from server.app import Service
 from server.config import Settings
 from server.consumer import ConsumerHooks, StreamEntry
-from server.embedded import EmbeddedRedis
 from tests.helpers.events import (
     CATALOG_PROJECTS,
     PARTITIONS,
@@ -36,6 +35,7 @@ from tests.helpers.events import (
 )
 from tests.helpers.gateway import PROJECT_SECRET, fixture, gateway_settings, post, running_gateway, xsolla_settings
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, base_settings
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 from webhook_gateway import Gateway
 
@@ -71,7 +71,7 @@ class TwoProjects:
 
 @pytest.fixture
 async def two(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, http: aiohttp.ClientSession
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, http: aiohttp.ClientSession
 ) -> AsyncIterator[TwoProjects]:
     service = await service_factory(redis_url=redis_server.url, **consumer_settings(TWO))
     secrets = xsolla_settings(
@@ -132,7 +132,7 @@ async def _read(stream: AsyncIterator[pb.OrderStatusUpdate]) -> list[pb.OrderSta
 
 
 async def test_the_consumer_reads_a_project_that_appears_after_it_started(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """A project whose first event is appended after the consumer started is read without a restart."""
     overrides = consumer_settings(Projects.single(None, CATALOG_PROJECTS.template), projects_refresh_s=0.1)
@@ -152,7 +152,7 @@ async def test_the_consumer_reads_a_project_that_appears_after_it_started(
 
 
 async def test_the_consumer_leaves_alone_a_project_it_does_not_serve(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """A registered project the service does not serve is not read: its event waits in its stream, unapplied."""
     other = 320000
@@ -168,7 +168,7 @@ async def test_the_consumer_leaves_alone_a_project_it_does_not_serve(
 
 async def test_the_consumer_reads_no_more_projects_than_its_connections_allow(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -187,7 +187,7 @@ async def test_the_consumer_reads_no_more_projects_than_its_connections_allow(
 
 
 async def test_dead_letters_are_listed_and_replayed_per_project(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """A dead letter of B is listed and replayed with B's project only; the replay applies it in B."""
     broken = asyncio.Event()
@@ -204,7 +204,7 @@ async def test_dead_letters_are_listed_and_replayed_per_project(
         await event_log(redis_client).append(order_event("paid", "1", "player-1", [("gold", 3)], project_id=B), b"{}")
         await eventually(lambda: _has_dead_letter(redis_client, B), what="B's dead letter")
         assert await dead_letters(redis_client, A) == []
-        operator = Settings(redis_url=redis_server.url, event_partitions=PARTITIONS, projects=TWO)
+        operator = Settings(**redis_server.settings, event_partitions=PARTITIONS, projects=TWO)
         out = io.StringIO()
         assert await dead_letters_command(operator, A, "list", None, out=out) == 0
         assert out.getvalue() == ""

@@ -42,8 +42,8 @@ from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.config import ConsumerSettings, TrackingSettings
-from server.embedded import EmbeddedRedis
 from tests.helpers.services import ClientFactory, ServiceFactory
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 from webhook_gateway import Gateway, GatewaySettings
 
@@ -188,9 +188,9 @@ class AcmeSockets:
 
 
 @pytest.fixture
-async def acme_gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def acme_gateway(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """The real gateway with Acme as its webhook provider."""
-    settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, shutdown_grace_s=1.0)
+    settings = GatewaySettings(port=0, metrics_port=None, **redis_server.settings, shutdown_grace_s=1.0)
     gateway = Gateway(settings, provider=AcmeWebhooks())
     await gateway.start()
     yield gateway
@@ -211,7 +211,7 @@ async def post(url: str, document: dict[str, Any], *, signature: str | None = No
 
 
 async def service_with(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, sources: OrderSources, **overrides: Any
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, sources: OrderSources, **overrides: Any
 ) -> Service:
     overrides.setdefault("projects", Projects.single(PROJECT))
     return await service_factory(
@@ -229,7 +229,7 @@ async def service_with(
 async def test_a_second_providers_webhooks_are_stored_answered_and_granted(
     acme_gateway: Gateway,
     acme: tuple[AcmeLookup, AcmeSockets],
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
 ) -> None:
@@ -257,7 +257,7 @@ async def test_a_second_providers_webhooks_are_stored_answered_and_granted(
 
 async def test_a_second_providers_socket_and_lookup_feed_the_tracker(
     acme: tuple[AcmeLookup, AcmeSockets],
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
 ) -> None:
@@ -284,7 +284,7 @@ async def test_a_second_providers_socket_and_lookup_feed_the_tracker(
 
 async def test_without_a_socket_the_tracker_polls_the_providers_lookup(
     acme: tuple[AcmeLookup, AcmeSockets],
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
 ) -> None:
@@ -311,7 +311,7 @@ async def test_without_a_socket_the_tracker_polls_the_providers_lookup(
 
 
 async def test_the_service_closes_the_providers_sources(
-    acme: tuple[AcmeLookup, AcmeSockets], redis_server: EmbeddedRedis, service_factory: ServiceFactory
+    acme: tuple[AcmeLookup, AcmeSockets], redis_server: StoreUnderTest, service_factory: ServiceFactory
 ) -> None:
     """Stopping the service closes the provider's sockets and lookup."""
     lookup, sockets = acme

@@ -13,13 +13,14 @@ from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
-from server.embedded import EmbeddedRedis
 from server.errors import SkuNotInCatalog
 from server.reconcile import AUTHORITATIVE, CLAIM, OrderIndex, order_event, order_lines
 from server.status_channel import RECONCILIATION_SOURCE, read_order_state
 from tests.helpers.events import consumer_settings, drained, event_log, store_of
 from tests.helpers.events import order_event as webhook_event
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
+from tests.helpers.stores import StoreUnderTest
+from tests.helpers.waiting import eventually
 
 PAID = ReportedStatus(int(pb.ORDER_STATUS_PAID), "paid")
 BUNDLES = {"starter_pack": (("gold", 50), ("sword", 1))}
@@ -77,7 +78,7 @@ def test_reconciled_event_carries_its_origin_ids_and_dates() -> None:
 
 
 @pytest.fixture
-async def consuming(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+async def consuming(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> Service:
     return await service_factory(redis_url=redis_server.url, **consumer_settings())
 
 
@@ -173,12 +174,17 @@ async def test_a_late_webhook_listing_lines_the_reconciliation_did_not_apply_is_
     log = event_log(redis_client)
     await log.append(reconciled(provider_order("5002", ProviderOrderItem("gold", 5)), "player-2", origin=1), b"")
     await drained(redis_client)
+    differ = {"project": str(PROJECT), "source": "tracker", "result": "lines_differ"}
     with structlog.testing.capture_logs() as logs:
         await log.append(webhook_event("paid", "5002", "player-2", [("gold", 5), ("sword", 1)]), b"{}")
         await drained(redis_client)
+        # The consumer counts and logs a delivery just after its XACK, which `drained` may see first.
+        await eventually(
+            lambda: sample(consuming, "entitlements_reconcile_orders_total", **differ) >= 1,
+            what="the difference to be counted",
+        )
     assert await quantity(client, "player-2", "gold") == 5
     assert await quantity(client, "player-2", "sword") == 0
-    differ = {"project": str(PROJECT), "source": "tracker", "result": "lines_differ"}
     assert sample(consuming, "entitlements_reconcile_orders_total", **differ) == 1
     (line,) = [entry for entry in logs if entry["event"] == "order_lines_differ"]
     assert "'sword': 1" in line["difference"]

@@ -17,7 +17,6 @@ from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import events_pb2 as ev
 from providers.xsolla import WebhookSettings
 from server.config import Settings
-from server.embedded import EmbeddedRedis
 from server.errors import ConfigError
 from server.status_channel import read_order_state
 from tests.helpers.events import (
@@ -31,6 +30,7 @@ from tests.helpers.events import (
 )
 from tests.helpers.gateway import fixture, post, running_gateway
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
+from tests.helpers.stores import StoreUnderTest
 from webhook_gateway import GatewaySettings
 from webhook_gateway.app import Gateway
 
@@ -42,9 +42,9 @@ SKU = "artifact_centaurs_axe"
 
 
 @pytest.fixture
-async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
+async def gateway(redis_server: StoreUnderTest) -> AsyncIterator[Gateway]:
     """The real gateway on the test's Valkey, with one secret for every project."""
-    settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=PARTITIONS)
+    settings = GatewaySettings(port=0, metrics_port=None, **redis_server.settings, event_partitions=PARTITIONS)
     async with running_gateway(settings, WebhookSettings(default_secret=SECRET)) as started:
         yield started
 
@@ -65,7 +65,7 @@ async def quantity(client: AsyncEntitlementsClient, user: str, sku: str) -> int:
 async def test_ignored_sandbox_order_grants_nothing_and_is_recorded(
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     gateway: Gateway,
     http: aiohttp.ClientSession,
@@ -116,7 +116,7 @@ async def test_ignored_sandbox_order_grants_nothing_and_is_recorded(
 async def test_a_project_that_grants_sandbox_orders_grants_them_once(
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     gateway: Gateway,
     http: aiohttp.ClientSession,
@@ -138,7 +138,7 @@ async def test_a_project_that_grants_sandbox_orders_grants_them_once(
 async def test_a_live_order_is_granted_whatever_the_policy(
     service_factory: ServiceFactory,
     client_factory: ClientFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     gateway: Gateway,
     http: aiohttp.ClientSession,
@@ -157,7 +157,7 @@ async def test_a_live_order_is_granted_whatever_the_policy(
 
 async def test_each_project_has_its_own_policy(
     service_factory: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
 ) -> None:
     """The policy is the event's project's: a test project grants its sandbox orders, the live project does not."""
@@ -180,7 +180,7 @@ async def test_each_project_has_its_own_policy(
 
 
 async def test_dry_run_payments_are_recorded_and_counted(
-    service_factory: ServiceFactory, redis_server: EmbeddedRedis, redis_client: aioredis.Redis
+    service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """A dry-run payment and refund are on the ledger as any (marked sandbox) and counted as test payments."""
     service = await service_factory(redis_url=redis_server.url, **consumer_settings())

@@ -21,11 +21,11 @@ from providers import xsolla as xsolla_provider
 from server.__main__ import main
 from server.commands.reconcile import reconcile_command, reconcile_status
 from server.config import Settings
-from server.embedded import EmbeddedRedis
 from server.reconcile import Range, SweeperLease, SweepRecords
 from server.store import EntitlementStore
 from tests.helpers.events import CATALOG, PARTITIONS, drained
 from tests.helpers.services import PROJECT
+from tests.helpers.stores import StoreUnderTest, key_count
 from tests.helpers.sweeps import API_KEY, SWEPT, pay, reconcile, shop_context
 from tests.helpers.waiting import eventually
 from xsolla_simulator import XsollaSimulator
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-async def shop(redis_server: EmbeddedRedis, simulators: SimulatorFactory) -> AsyncIterator[XsollaSimulator]:
+async def shop(redis_server: StoreUnderTest, simulators: SimulatorFactory) -> AsyncIterator[XsollaSimulator]:
     """The simulator, its webhooks sent to a real gateway on the test's Redis (`tests.helpers.sweeps`)."""
     async with shop_context(redis_server.url, simulators) as sim:
         yield sim
@@ -60,12 +60,13 @@ async def grants_per_order(redis: aioredis.Redis, users: list[str]) -> tuple[Cou
     return counted, held
 
 
-def service_env(redis_url: str, sim: XsollaSimulator, projects_file: Path) -> dict[str, str]:
+def service_env(store: StoreUnderTest, sim: XsollaSimulator, projects_file: Path) -> dict[str, str]:
     """A service process's environment: the test's Redis, the simulator as Xsolla's admin API, sweeping every
     second at 4 requests a second with a one-second lease."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLEMENTS_", "REDIS_"))}
     return env | {
-        "REDIS_URL": redis_url,
+        "REDIS_URL": store.url,
+        "REDIS_CLUSTER": str(store.cluster).lower(),
         "ENTITLEMENTS_PROJECTS_FILE": str(projects_file),
         "ENTITLEMENTS_XSOLLA_ADMIN_API": sim.store_api_url,
         "ENTITLEMENTS_INSECURE_DEV_MODE": "true",
@@ -85,7 +86,7 @@ def service_env(redis_url: str, sim: XsollaSimulator, projects_file: Path) -> di
 
 @pytest.mark.slow
 async def test_two_replicas_sweep_one_at_a_time_and_a_killed_holder_is_taken_over(
-    redis_server: EmbeddedRedis, redis_client: aioredis.Redis, shop: XsollaSimulator, tmp_path: Path
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis, shop: XsollaSimulator, tmp_path: Path
 ) -> None:
     """Of two service processes, one sweeps (pages asked once each, in order); killed -9 mid-sweep, the other takes
     the lease once it expires, resumes from the stored offset, and nothing is granted twice."""
@@ -96,7 +97,7 @@ async def test_two_replicas_sweep_one_at_a_time_and_a_killed_holder_is_taken_ove
     projects_file.write_text(
         f'[projects.{PROJECT}]\n  [projects.{PROJECT}.xsolla]\n  webhook_secrets = []\n  api_key = "{API_KEY}"\n'
     )
-    env = service_env(redis_server.url, shop, projects_file)
+    env = service_env(redis_server, shop, projects_file)
     replicas = []
     logs = [(tmp_path / f"replica-{n}.log").open("wb") for n in range(2)]
     for log in logs:
@@ -144,9 +145,9 @@ async def test_two_replicas_sweep_one_at_a_time_and_a_killed_holder_is_taken_ove
             log.close()
 
 
-def operator_settings(redis_url: str) -> Settings:
+def operator_settings(store: StoreUnderTest) -> Settings:
     return Settings(
-        redis_url=redis_url,
+        **store.settings,
         projects=SWEPT,
         local_catalogs={0: CATALOG},
         event_partitions=PARTITIONS,
@@ -173,7 +174,7 @@ async def run(settings: Settings, sim: XsollaSimulator, **kwargs: object) -> tup
 
 
 async def test_reconcile_dry_run_prints_the_table_and_changes_nothing_then_a_run_applies(
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     shop: XsollaSimulator,
     capsys: pytest.CaptureFixture[str],
@@ -183,15 +184,15 @@ async def test_reconcile_dry_run_prints_the_table_and_changes_nothing_then_a_run
     shop.drop_webhooks(share=1.0)
     paid = [await pay(shop, f"buyer-{n}") for n in range(3)]
     shop.order_search.include_user_id = False
-    settings = operator_settings(redis_server.url)
-    before = await redis_client.dbsize()
+    settings = operator_settings(redis_server)
+    before = await key_count(redis_client)
     status, table = await run(settings, shop, dry_run=True)
     assert status == 0
     lines = table.splitlines()
     assert lines[0].split() == ["ORDER", "STATUS", "AT", "XSOLLA", "PLAYER", "ACTION", "NOTE"]
     assert {tuple(line.split()[:4]) for line in lines[1:4]} == {(order, "paid", "-", "unresolved") for order in paid}
     assert "dry run: nothing appended, recorded or reported" in lines[-1]
-    assert await redis_client.dbsize() == before
+    assert await key_count(redis_client) == before
 
     shop.order_search.include_user_id = True
     _, table = await run(settings, shop, dry_run=True)
@@ -214,7 +215,7 @@ async def test_reconcile_dry_run_prints_the_table_and_changes_nothing_then_a_run
 
 
 async def test_reconcile_fails_in_one_clear_line(
-    redis_server: EmbeddedRedis,
+    redis_server: StoreUnderTest,
     redis_client: aioredis.Redis,
     shop: XsollaSimulator,
     capsys: pytest.CaptureFixture[str],
@@ -222,7 +223,7 @@ async def test_reconcile_fails_in_one_clear_line(
 ) -> None:
     """A held lease, refused credentials and bad arguments each end the command with one line on stderr: exit 1
     for the first two (the refusal kept in the progress), 2 for the arguments."""
-    settings = operator_settings(redis_server.url)
+    settings = operator_settings(redis_server)
     holder = SweeperLease(redis_client, PROJECT, lease_s=30.0, timeout_s=2.0)
     assert await holder.acquire()
     status, _ = await run(settings, shop, span=Range(0, 1_000))
@@ -239,6 +240,7 @@ async def test_reconcile_fails_in_one_clear_line(
     assert "fix its api_key" in (await SweepRecords(redis_client, timeout_s=2.0).progress(PROJECT)).last_error
 
     monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("REDIS_CLUSTER", str(redis_server.cluster).lower())
     for argv in (
         ["reconcile", "--project", str(PROJECT), "--from", "yesterday", "--until", "2026-01-01T00:00:00Z"],
         ["reconcile", "--project", str(PROJECT), "--from", "2026-01-02T00:00:00Z", "--until", "2026-01-01"],

@@ -20,11 +20,11 @@ from entitlements.v1 import entitlements_pb2 as pb
 from providers.xsolla import CatalogSettings, OrderSettings, WebhookSettings
 from server.app import Service
 from server.config import ReconcileSettings, TrackingSettings
-from server.embedded import EmbeddedRedis
 from server.reconcile import OrderIndex
 from tests.helpers.events import FAST, PARTITIONS, store_of
 from tests.helpers.gateway import running_gateway
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
+from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
 from webhook_gateway import GatewaySettings
 from xsolla_simulator import XsollaSimulator, admin_bundle, admin_item
@@ -59,7 +59,7 @@ class Rig:
     """The simulator (its webhooks to the gateway, its admin catalog), and services wired to both."""
 
     sim: XsollaSimulator
-    redis_server: EmbeddedRedis
+    redis_server: StoreUnderTest
     service_factory: ServiceFactory
     client_factory: ClientFactory
 
@@ -116,10 +116,10 @@ class Reader:
 
 @pytest.fixture
 async def rig(
-    redis_server: EmbeddedRedis, service_factory: ServiceFactory, client_factory: ClientFactory
+    redis_server: StoreUnderTest, service_factory: ServiceFactory, client_factory: ClientFactory
 ) -> AsyncIterator[Rig]:
     """The simulator posting webhooks to a real gateway on the test's Valkey, its catalog with a bundle."""
-    settings = GatewaySettings(port=0, metrics_port=None, redis_url=redis_server.url, event_partitions=PARTITIONS)
+    settings = GatewaySettings(port=0, metrics_port=None, **redis_server.settings, event_partitions=PARTITIONS)
     async with (
         running_gateway(settings, WebhookSettings(default_secret=SECRET)) as gateway,
         simulator_factory_context() as simulators,
