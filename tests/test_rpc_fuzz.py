@@ -30,15 +30,16 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from core.connections import RedisClient
 from core.logs import user_ref
 from providers.xsolla import OrderSettings
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
 from server.config import Settings, TrackingSettings
-from server.embedded import EmbeddedRedis
 from server.validation import encode_page_token
 from tests.helpers.raw import METHODS, SERVICE, Outcome, RawChannel, bearer, raw_channel
 from tests.helpers.services import API_KEYS, READER_KEY, WRITER_KEY, ServiceFactory, served, store_changes
+from tests.helpers.stores import StoreUnderTest, all_keys
 from xsolla_simulator import XsollaSimulator
 from xsolla_simulator.testing import running_simulator
 
@@ -77,7 +78,7 @@ async def simulator() -> AsyncIterator[XsollaSimulator]:
 
 
 @pytest.fixture
-async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis, simulator: XsollaSimulator) -> Service:
+async def service(service_factory: ServiceFactory, redis_server: StoreUnderTest, simulator: XsollaSimulator) -> Service:
     """The service on the test's Valkey, following orders at the simulator; a stream whose request sets no
     `max_wait` ends after 50 ms, and no consumer runs (nothing writes but the calls)."""
     xsolla = OrderSettings(
@@ -102,6 +103,21 @@ async def raw(service: Service) -> AsyncIterator[RawChannel]:
     """A channel sending the request bytes as given."""
     async with raw_channel(service) as channel:
         yield channel
+
+
+#: What following an order at the provider writes, whatever the stream's end: the order's lease and its upstream
+#: record (both with a TTL; `server.tracking.upstream`). A stream the service accepted takes them before the provider
+#: answers, so it may end NOT_FOUND or UNAUTHENTICATED (the provider's word) or DEADLINE_EXCEEDED after writing them.
+_FOLLOWING = (b":order-follow:", b":order-upstream:")
+
+
+async def store_state(redis: RedisClient, method: str) -> int | dict[bytes, Any]:
+    """What a call not answered OK must leave as it found: every write (Valkey's count of changes); for
+    GetOrderStatus, every key but those of following an order, and its content (DUMP)."""
+    if method != "GetOrderStatus":
+        return await store_changes(redis)
+    keys = [key for key in await all_keys(redis) if not any(part in key for part in _FOLLOWING)]
+    return {key: await redis.dump(key) for key in keys}
 
 
 def _decodes(method: str, payload: bytes) -> bool:
@@ -376,14 +392,14 @@ async def test_arbitrary_bytes_are_refused_cleanly(
     """Arbitrary bytes as the request: undecodable ones are INVALID_ARGUMENT, and nothing but a documented answer
     ever comes back; only OK writes."""
     payload = data.draw(byte_strings(method, simulator), label="payload")
-    before = await store_changes(redis_client)
+    before = await store_state(redis_client, method)
     outcome = await raw.call(method, payload, bearer(WRITER_KEY), timeout_s=2.0)
     _check_answer(method, outcome)
     if not _decodes(method, payload):
         assert outcome.code == StatusCode.INVALID_ARGUMENT, outcome
         assert outcome.details.startswith("request: is not a valid entitlements.v1."), outcome
     if outcome.code != StatusCode.OK:
-        assert await store_changes(redis_client) == before
+        assert await store_state(redis_client, method) == before, outcome
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -395,11 +411,11 @@ async def test_arbitrary_field_values_get_documented_answers(
     """Arbitrary text, extreme and negative numbers, out-of-range durations, big maps and forged tokens in every
     field: a documented answer, never UNKNOWN or INTERNAL; a refusal writes nothing."""
     payload = data.draw(requests(method, simulator), label="request")
-    before = await store_changes(redis_client)
+    before = await store_state(redis_client, method)
     outcome = await raw.call(method, payload, bearer(WRITER_KEY), timeout_s=2.0)
     _check_answer(method, outcome)
     if outcome.code != StatusCode.OK:
-        assert await store_changes(redis_client) == before
+        assert await store_state(redis_client, method) == before, outcome
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -427,7 +443,7 @@ async def test_key_bound_to_a_project_reaches_no_other(
     other well-formed project id), a documented answer otherwise; a refusal writes nothing."""
     payload = data.draw(requests(method, simulator), label="request")
     project_id = REQUEST_TYPES[method].FromString(payload).project_id  # type: ignore[attr-defined]
-    before = await store_changes(redis_client)
+    before = await store_state(redis_client, method)
     outcome = await raw.call(method, payload, bearer(BOUND_KEY), timeout_s=2.0)
     if project_id > 0 and project_id != OTHER_PROJECT:
         assert outcome.code == StatusCode.PERMISSION_DENIED, outcome
@@ -435,4 +451,4 @@ async def test_key_bound_to_a_project_reaches_no_other(
     else:
         _check_answer(method, outcome)
     if outcome.code != StatusCode.OK:
-        assert await store_changes(redis_client) == before
+        assert await store_state(redis_client, method) == before, outcome
