@@ -12,14 +12,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
+from core.keys import EventKeys
 from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
-from server.embedded import EmbeddedRedis
 from server.store import LedgerEntry
-from tests.helpers.events import consumer_settings, drained, event_log, store_of, subscription_event, xadd
+from tests.helpers.events import (
+    PARTITIONS,
+    consumer_settings,
+    drained,
+    event_log,
+    store_of,
+    subscription_event,
+    xadd,
+)
 from tests.helpers.services import PROJECT, ServiceFactory
+from tests.helpers.stores import StoreUnderTest
+from tests.helpers.waiting import eventually
 
 PLAYER = "player-1"
 SUB = "10"
@@ -34,7 +44,7 @@ def days(n: int) -> datetime:
 
 
 @pytest.fixture
-async def service(service_factory: ServiceFactory, redis_server: EmbeddedRedis) -> Service:
+async def service(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> Service:
     """The service on the test's Valkey, consuming the event streams (conftest's `client` calls it)."""
     return await service_factory(redis_url=redis_server.url, **consumer_settings())
 
@@ -62,8 +72,21 @@ class Subscription:
         for each in events:
             await event_log(self.redis).append(each, b"{}")
             await drained(self.redis)
+        # The consumer counts a delivery just after its XACK, which `drained` may see first.
+        await eventually(self.counted_all, what="the consumer to count every delivery")
         (subscription,) = (await self.client.list_subscriptions(PLAYER, include_inactive=True)).subscriptions
         return subscription
+
+    async def counted_all(self) -> bool:
+        """Whether the consumer counted as many deliveries as the streams hold entries (each is delivered once)."""
+        entries = sum([int(await self.redis.xlen(EventKeys(PROJECT, n).stream)) for n in range(PARTITIONS)])
+        counted = sum(
+            sample.value
+            for metric in self.service.registry.collect()
+            for sample in metric.samples
+            if sample.name == "entitlements_events_total"
+        )
+        return counted == entries
 
     async def last_entry(self) -> LedgerEntry:
         return (await store_of(self.service).ledger(PROJECT, PLAYER, count=1))[0]
