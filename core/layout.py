@@ -209,12 +209,16 @@ async def migrate_layout(
     Raises:
         ValueError: `project_id` is not a project id.
         LayoutMismatch: the store is marked with another version, or an interrupted migration was into another
-            project.
+            project; or it is a Redis Cluster reached by a standalone client (REDIS_CLUSTER unset).
     """
     problem = project_id_problem(project_id)
     if problem is not None:
         raise ValueError(f"--project {problem}")
-    version = await redis.get(LAYOUT_KEY)
+    await _refuse_a_cluster_reached_standalone(redis)  # it would move only the keys of the node it reached
+    try:
+        version = await redis.get(LAYOUT_KEY)
+    except redis_errors.AskError as exc:  # MOVED (or ASK): INFO was refused, and the key lives on another node
+        raise LayoutMismatch(_CLUSTER_UNSET) from exc
     if version is not None:
         if reply_text(version, errors="replace") == str(LAYOUT_VERSION):
             return Migration(project_id, 0, already_current=True)

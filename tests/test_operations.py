@@ -27,7 +27,7 @@ from server.app import Service
 from server.config import Settings
 from server.errors import ConfigError
 from tests.helpers.services import PROJECT
-from tests.helpers.stores import StoreUnderTest
+from tests.helpers.stores import StoreUnderTest, all_keys, client_for
 from tests.test_supervision import lock_is_free, valkeys_on
 from tools.cluster import LocalCluster
 
@@ -310,18 +310,27 @@ async def test_a_store_of_another_layout_is_refused_in_one_line(
 
 
 async def test_a_cluster_reached_without_redis_cluster_is_named_in_one_line(shared_cluster: LocalCluster) -> None:
-    """A command pointed at a node of a Redis Cluster without REDIS_CLUSTER=true says to set it, in one line, exit
-    1, rather than relaying the node's redirection."""
-    owner = shared_cluster.primary_for(LAYOUT_KEY)
-    node = next(node for node in shared_cluster.primaries() if node is not owner)
-    url = f"redis://{node.address}/0"
-    for command, name in ((["events", "status"], "events status"), (["ledger", "player-1"], "ledger")):
+    """A command pointed at a node of a Redis Cluster without REDIS_CLUSTER=true, migrate-layout too (it would move
+    only the keys of that node), says to set it in one line, exit 1, and writes nothing."""
+    shared_cluster.flush()
+    redis = client_for(shared_cluster.url, cluster=True)
+    await redis.hset("ent:{u:player-1}:items", "gold", "{}")  # a layout-1 key, for migrate-layout to leave alone
+    url = shared_cluster.url
+    for command, name in (
+        (["events", "status"], "events status"),
+        (["ledger", "player-1"], "ledger"),
+        (["migrate-layout", "--project", str(PROJECT)], "migrate-layout"),
+    ):
         status, _, err = await run_command(command_env(REDIS_URL=url), *command)
         assert status == 1, err
         assert one_line(err) == (
-            f"python -m server {name}: the store at {url} is a Redis Cluster (it sent a key to another node): set "
-            "REDIS_CLUSTER=true, as for the service"
+            f"python -m server {name}: store refused: REDIS_URL names a node of a Redis Cluster: set "
+            "REDIS_CLUSTER=true (and give it one or more seeds)"
         )
+    try:
+        assert await all_keys(redis) == [b"ent:{u:player-1}:items"]
+    finally:
+        await redis.aclose()
 
 
 @pytest.mark.parametrize(

@@ -129,11 +129,6 @@ def run_command(name: str, command: Coroutine[Any, Any, int], *, where: str, deb
         return BAD_ARGUMENT
     except (StoreUnavailable, redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         line = f"cannot reach the store at {where}: {_reason(exc)}"
-    except redis_errors.AskError:  # MOVED or ASK: a node of a Redis Cluster, reached by a standalone client
-        line = (
-            f"the store at {where} is a Redis Cluster (it sent a key to another node): set REDIS_CLUSTER=true, "
-            "as for the service"
-        )
     except redis_errors.RedisError as exc:
         line = f"the store at {where} refused the command: {_reason(exc)}"
     except (
