@@ -24,6 +24,7 @@ from server.validation import MAX_PAGE_TOKEN_CHARS, encode_page_token, page_quer
 from tests.helpers.gateway import PROJECT
 from tests.helpers.raw import METHODS, SERVICE, RawChannel, bearer, raw_channel
 from tests.helpers.services import READER_KEY, WRITER_KEY, ServiceFactory, served, store_changes
+from tests.helpers.waiting import eventually
 
 WRITER = bearer(WRITER_KEY)
 
@@ -115,7 +116,11 @@ async def test_undecodable_request_is_one_json_log_line_and_counted(
     assert not [line for line in parsed if line["level"] in ("error", "critical")]
     labels = {"method": method, "code": "INVALID_ARGUMENT"}
     assert service.registry.get_sample_value("entitlements_rpc_requests_total", labels) == 1
-    assert service.registry.get_sample_value("entitlements_rpc_in_flight", {"method": method}) == 0
+    # The handler leaves (and the gauge drops) just after the status it sent reached the caller.
+    await eventually(
+        lambda: service.registry.get_sample_value("entitlements_rpc_in_flight", {"method": method}) == 0,
+        what="the call to leave the in-flight gauge",
+    )
 
 
 # --- project ids --------------------------------------------------------------------------------------------------
