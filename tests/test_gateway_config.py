@@ -177,7 +177,7 @@ async def test_command_serves_alone_and_stops_on_sigterm(
     redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
     """`python -m webhook_gateway` serves webhooks on its own, logs JSON (its durability decided: local on an AOF
-    store), and exits 0 on SIGTERM."""
+    server, replicas on a cluster whose primaries have replicas), and exits 0 on SIGTERM."""
     process = await start_gateway_command(redis_server.url)
     assert process.stderr is not None
     lines: list[dict[str, Any]] = []
@@ -209,7 +209,8 @@ async def test_command_serves_alone_and_stops_on_sigterm(
         "durability_decided",
         "gateway_started",
     ]
-    assert (lines[2]["mode"], lines[3]["durability"]) == ("local", "local")
+    mode = "replicas" if redis_server.cluster else "local"
+    assert (lines[2]["mode"], lines[3]["durability"]) == (mode, mode)
     assert len(await stored_events(redis_client)) == 1
 
 
