@@ -99,8 +99,9 @@ async def test_a_dead_primary_is_unavailable_within_the_deadline_until_its_repli
     service_factory: ServiceFactory, client_factory: ClientFactory, private_cluster: LocalCluster
 ) -> None:
     """On a cluster, the primary of a player's slot killed: their calls fail UNAVAILABLE before the deadline while
-    other primaries' players are served; once its replica is promoted, the same service serves them again with
-    every replicated grant, and a grant retried after its failure applies once."""
+    other primaries' players are served; once its replica is promoted, the same service reads them again with every
+    replicated grant; their grants wait for a replica of the promoted node (write durability `replicas`, what auto
+    decides on a cluster with replicas) and apply once the dead node is back as one, a retried grant once."""
     service = await service_factory(redis_url=private_cluster.url)
     client = await client_factory(service, timeout_s=4.0, retry_policy=None)
     primary = private_cluster.primary_for(UserKeys(PROJECT, "player-1").items)
@@ -141,9 +142,13 @@ async def test_a_dead_primary_is_unavailable_within_the_deadline_until_its_repli
 
     await eventually(served, timeout_s=20.0, what="the promoted replica to serve the player")
     assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 20
+    with pytest.raises(UnavailableError, match="not durable yet"):
+        await client.grant("player-1", "gold", idempotency_key="retry-me")  # applied, not on any replica yet
+    private_cluster.restart(primary)  # back as the promoted node's replica
+    await asyncio.to_thread(private_cluster.wait_healthy)
     first = await client.grant("player-1", "gold", idempotency_key="retry-me")
     again = await client.grant("player-1", "gold", idempotency_key="retry-me")
-    assert not first.replayed
+    assert first.replayed  # applied by the call that was not durable in time, answered now that it is
     assert again.replayed
     assert (await client.check_entitlement("player-1", "gold")).entitlement.quantity == 21
 

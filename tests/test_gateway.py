@@ -778,7 +778,8 @@ async def test_a_dead_primary_answers_503_and_the_retry_is_stored_once_its_repli
     private_cluster: LocalCluster, http: aiohttp.ClientSession
 ) -> None:
     """On a cluster, the primary of the event stream killed: order_paid gets 503 (Xsolla retries); once its replica
-    is promoted, the same gateway stores the retry, once."""
+    is promoted and has a replica of its own (the dead node restarted: durability `replicas`, what auto decides on a
+    cluster with replicas), the same gateway stores the retry, once."""
     body = fixture("order_paid_combined")
     primary = private_cluster.primary_for(EventKeys(PROJECT, 0).stream)
     (replica,) = private_cluster.replicas_of(primary)
@@ -799,6 +800,8 @@ async def test_a_dead_primary_answers_503_and_the_retry_is_stored_once_its_repli
                 node.config_set("cluster-replica-no-failover", "no")
             await private_cluster.wait_failover_async(primary)
             refused = 1
+            private_cluster.restart(primary)  # back as the promoted node's replica
+            await asyncio.to_thread(private_cluster.wait_healthy)
 
             async def stored() -> bool:
                 nonlocal refused
