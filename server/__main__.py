@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 from core import logs
 from core.errors import ConfigError
 from core.layout import LayoutMismatch, migrate_layout
-from core.lifecycle import wait_for_stop_signal
+from core.lifecycle import stop_signals
 from core.limits import identifier_problem
 from core.projects import project_id_problem
 from providers import xsolla as xsolla_provider
@@ -101,11 +101,12 @@ async def serve(
             + ("every caller has every scope" if not settings.api_keys else "API keys are still checked")
             + ". Never run this in production.",
         )
-    service = Service(settings, xsolla, xsolla_catalog=xsolla_catalog)
-    await service.start()
-    await wait_for_stop_signal()
-    log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
-    await service.stop()
+    async with stop_signals() as stop:
+        service = Service(settings, xsolla, xsolla_catalog=xsolla_catalog)
+        await service.start()
+        await stop.wait()
+        log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
+        await service.stop()
 
 
 async def catalog_command(

@@ -31,7 +31,7 @@ import structlog
 
 from core import logs
 from core.errors import ConfigError
-from core.lifecycle import wait_for_stop_signal
+from core.lifecycle import stop_signals
 from providers import xsolla
 from server.__main__ import load_settings
 from server.app import Service
@@ -68,20 +68,21 @@ async def run(
     """
     if settings.insecure_dev_mode:
         log.warning("INSECURE_DEV_MODE", message="no API keys are checked. Never run this in production.")
-    service = Service(settings, xsolla_orders, xsolla_catalog=xsolla_catalog)
-    await service.start()
-    gateway = Gateway(gateway_settings, xsolla_webhooks, redis=service.redis, registry=service.registry)
-    try:
-        await gateway.start()
-    except BaseException:
+    async with stop_signals() as stop:
+        service = Service(settings, xsolla_orders, xsolla_catalog=xsolla_catalog)
+        await service.start()
+        gateway = Gateway(gateway_settings, xsolla_webhooks, redis=service.redis, registry=service.registry)
+        try:
+            await gateway.start()
+        except BaseException:
+            await service.stop()
+            raise
+        log.info("devstack_ready", webhook_url=gateway.url, grpc_port=service.endpoints and service.endpoints.grpc_port)
+        if on_ready is not None:
+            on_ready(service, gateway)
+        await stop.wait()
+        await gateway.stop()
         await service.stop()
-        raise
-    log.info("devstack_ready", webhook_url=gateway.url, grpc_port=service.endpoints and service.endpoints.grpc_port)
-    if on_ready is not None:
-        on_ready(service, gateway)
-    await wait_for_stop_signal()
-    await gateway.stop()
-    await service.stop()
 
 
 # --- make run-cluster ---------------------------------------------------------------------------------------------

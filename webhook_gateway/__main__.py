@@ -16,7 +16,7 @@ import structlog
 
 from core import logs
 from core.errors import ConfigError
-from core.lifecycle import wait_for_stop_signal
+from core.lifecycle import stop_signals
 from providers.xsolla import NAMED_NETWORKS, load_projects
 from providers.xsolla import WebhookSettings as XsollaWebhookSettings
 from webhook_gateway.app import Gateway
@@ -33,11 +33,12 @@ async def serve(settings: GatewaySettings, xsolla: XsollaWebhookSettings) -> Non
             message="GATEWAY_USER_DIRECTORY is allow_all: every user_validation is answered 'exists'. "
             "Set it to http (GATEWAY_USER_DIRECTORY_URL) outside development.",
         )
-    gateway = Gateway(settings, xsolla)
-    await gateway.start()
-    await wait_for_stop_signal()
-    log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
-    await gateway.stop()
+    async with stop_signals() as stop:
+        gateway = Gateway(settings, xsolla)
+        await gateway.start()
+        await stop.wait()
+        log.info("shutdown_requested", grace_s=settings.shutdown_grace_s)
+        await gateway.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
