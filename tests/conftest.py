@@ -20,7 +20,7 @@ from server.app import Service
 from server.embedded import EmbeddedRedis
 from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
-from tests.helpers.stores import SELECTED_KINDS, STORE_KINDS, StoreUnderTest, is_cluster_url, register_cluster
+from tests.helpers.stores import SELECTED_KINDS, STORE_KINDS, StoreUnderTest, register_cluster
 from tests.helpers.valkeys import Valkey
 from tools.cluster import LocalCluster
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
@@ -116,9 +116,7 @@ async def service_factory() -> AsyncIterator[ServiceFactory]:
     async def start(**overrides: Any) -> Service:
         provider_keys = ("xsolla", "order_sources", "xsolla_catalog", "catalog_source", "order_search")
         provider = {key: overrides.pop(key) for key in provider_keys if key in overrides}
-        if "redis_cluster" not in overrides:
-            overrides["redis_cluster"] = is_cluster_url(overrides.get("redis_url"))
-        service = Service(base_settings(**overrides), **provider)
+        service = Service(base_settings(**overrides), **provider)  # base_settings sets redis_cluster from the URL
         await service.start()
         started.append(service)
         return service

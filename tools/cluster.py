@@ -125,17 +125,7 @@ class LocalCluster:
         count = self.masters * (1 + self.replicas)
         ports = free_cluster_ports(count)
         self.nodes = [Node(f"node{i}", port, self.base_dir / f"node{i}") for i, port in enumerate(ports)]
-        try:
-            for node in self.nodes:
-                self._launch(node)
-            deadline = time.monotonic() + timeout_s
-            for node in self.nodes:
-                _wait(functools.partial(_pings, node), deadline, f"{node.address} to answer")
-            self._create(deadline)
-            self.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()))
-        except BaseException:
-            self.stop()
-            raise
+        self._run_nodes(timeout_s, create=True)
 
     def resume(self, ports: Sequence[int], timeout_s: float = 60.0) -> None:
         """Starts again, on the ports they had, the nodes of a cluster created before in `base_dir` (stopped, not
@@ -154,12 +144,19 @@ class LocalCluster:
         missing = [node.name for node in self.nodes if not (node.data_dir / "nodes.conf").is_file()]
         if missing:
             raise RuntimeError(f"no nodes.conf in {', '.join(missing)} under {self.base_dir}: not a cluster's folder")
+        self._run_nodes(timeout_s, create=False)
+
+    def _run_nodes(self, timeout_s: float, *, create: bool) -> None:
+        """Starts every node of `self.nodes`, waits until each answers, joins them (`create`: a new cluster; else
+        they rejoin as their nodes.conf says) and waits until the cluster is healthy; stops them all on failure."""
         try:
             for node in self.nodes:
                 self._launch(node)
             deadline = time.monotonic() + timeout_s
             for node in self.nodes:
                 _wait(functools.partial(_pings, node), deadline, f"{node.address} to answer")
+            if create:
+                self._create(deadline)
             self.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()

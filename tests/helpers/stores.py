@@ -5,7 +5,7 @@ Every test that touches Redis through the `redis_server` fixture (tests/conftest
 that needs the single server's process itself (stopping, killing or restarting it) asks for `single_redis`, and a
 test that kills a node of a cluster starts its own with `private_cluster`.
 
-The factories (`service_factory`, `gateway_settings`) set `redis_cluster` from the URL when a test does not: a
+The settings factories (`base_settings`, `gateway_settings`) set `redis_cluster` from the URL when a test does not: a
 URL of a cluster started here is known by `is_cluster_url`.
 """
 
