@@ -22,72 +22,87 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"entitlements/v1/entitlements.proto\x12\x0f\x65ntitlements.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x02\n\x0b\x45ntitlement\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .entitlements.v1.EntitlementKind\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06period\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x61\x63tive\x18\t \x01(\x08\"\xda\x02\n\x0cGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32+.entitlements.v1.GrantRequest.MetadataEntry\x12.\n\x04kind\x18\x08 \x01(\x0e\x32 .entitlements.v1.EntitlementKind\x12\x12\n\nproject_id\x18\t \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"h\n\rGrantResponse\x12\x31\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x12\n\nproject_id\x18\x03 \x01(\x03\"j\n\rRevokeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nproject_id\x18\x05 \x01(\x03\"w\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x12.\n\x08previous\x18\x02 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x12\n\nproject_id\x18\x04 \x01(\x03\"K\n\x17\x43heckEntitlementRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\x03\"]\n\x18\x43heckEntitlementResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x31\n\x0b\x65ntitlement\x18\x02 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\"~\n\x17ListEntitlementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_expired\x18\x04 \x01(\x08\x12\x12\n\nproject_id\x18\x05 \x01(\x03\"g\n\x18ListEntitlementsResponse\x12\x32\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x18ListSubscriptionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12\x18\n\x10include_inactive\x18\x05 \x01(\x08\x12\x12\n\nproject_id\x18\x06 \x01(\x03\"*\n\x06\x43harge\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"%\n\x06Period\x12\r\n\x05value\x18\x01 \x01(\x05\x12\x0c\n\x04unit\x18\x02 \x01(\t\"\x86\x04\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\x03\x12\x18\n\x10plan_external_id\x18\x03 \x01(\t\x12\x11\n\tplan_name\x18\x04 \x01(\t\x12\x18\n\x10plan_description\x18\x05 \x01(\t\x12\x12\n\nproduct_id\x18\x06 \x01(\x03\x12\x1b\n\x13product_external_id\x18\x07 \x01(\t\x12\x14\n\x0cproduct_name\x18\x08 \x01(\t\x12\x1b\n\x13product_description\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\t\x12/\n\x0b\x64\x61te_create\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x64\x61te_next_charge\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x64\x61te_last_charge\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06\x63harge\x18\x0e \x01(\x0b\x32\x17.entitlements.v1.Charge\x12\'\n\x06period\x18\x0f \x01(\x0b\x32\x17.entitlements.v1.Period\x12/\n\x04kind\x18\x10 \x01(\x0e\x32!.entitlements.v1.SubscriptionKind\"c\n\x19ListSubscriptionsResponse\x12\x34\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1d.entitlements.v1.Subscription\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"_\n\x11ListLedgerRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nproject_id\x18\x04 \x01(\x03\"\xa7\x04\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12.\n\x04kind\x18\x05 \x01(\x0e\x32 .entitlements.v1.EntitlementKind\x12\x1c\n\x0fquantity_before\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0equantity_after\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x32\n\x0e\x65xpires_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rexpires_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12\x10\n\x08order_id\x18\r \x01(\t\x12\x0f\n\x07summary\x18\x0e \x01(\t\x12:\n\x07\x64\x65tails\x18\x0f \x03(\x0b\x32).entitlements.v1.LedgerEntry.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_quantity_beforeB\x11\n\x0f_quantity_after\"\\\n\x12ListLedgerResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x15GetOrderStatusRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\x03\x12\r\n\x05token\x18\x04 \x01(\t\x12+\n\x08max_wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe9\x01\n\x11OrderStatusUpdate\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.entitlements.v1.OrderStatus\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".entitlements.v1.OrderStatusSource\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65ntitlements_granted\x18\x05 \x01(\x08\x12\x11\n\ttimed_out\x18\x06 \x01(\x08*\x97\x01\n\x0f\x45ntitlementKind\x12 \n\x1c\x45NTITLEMENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45NTITLEMENT_KIND_CONSUMABLE\x10\x01\x12\x1e\n\x1a\x45NTITLEMENT_KIND_PERMANENT\x10\x02\x12!\n\x1d\x45NTITLEMENT_KIND_TIME_LIMITED\x10\x03*z\n\x10SubscriptionKind\x12!\n\x1dSUBSCRIPTION_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBSCRIPTION_KIND_RECURRING\x10\x01\x12\"\n\x1eSUBSCRIPTION_KIND_NON_RENEWING\x10\x02*\xa4\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10ORDER_STATUS_NEW\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x15\n\x11ORDER_STATUS_DONE\x10\x03\x12\x19\n\x15ORDER_STATUS_CANCELED\x10\x04\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x05*\xe5\x01\n\x11OrderStatusSource\x12#\n\x1fORDER_STATUS_SOURCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aORDER_STATUS_SOURCE_STORED\x10\x01\x12\x1f\n\x1bORDER_STATUS_SOURCE_WEBHOOK\x10\x02\x12!\n\x1dORDER_STATUS_SOURCE_WEBSOCKET\x10\x03\x12\x1f\n\x1bORDER_STATUS_SOURCE_POLLING\x10\x04\x12&\n\"ORDER_STATUS_SOURCE_RECONCILIATION\x10\x05\x32\x9c\x05\n\x12\x45ntitlementService\x12\x46\n\x05Grant\x12\x1d.entitlements.v1.GrantRequest\x1a\x1e.entitlements.v1.GrantResponse\x12I\n\x06Revoke\x12\x1e.entitlements.v1.RevokeRequest\x1a\x1f.entitlements.v1.RevokeResponse\x12g\n\x10\x43heckEntitlement\x12(.entitlements.v1.CheckEntitlementRequest\x1a).entitlements.v1.CheckEntitlementResponse\x12g\n\x10ListEntitlements\x12(.entitlements.v1.ListEntitlementsRequest\x1a).entitlements.v1.ListEntitlementsResponse\x12j\n\x11ListSubscriptions\x12).entitlements.v1.ListSubscriptionsRequest\x1a*.entitlements.v1.ListSubscriptionsResponse\x12U\n\nListLedger\x12\".entitlements.v1.ListLedgerRequest\x1a#.entitlements.v1.ListLedgerResponse\x12^\n\x0eGetOrderStatus\x12&.entitlements.v1.GetOrderStatusRequest\x1a\".entitlements.v1.OrderStatusUpdate0\x01\x42q\n\x1a\x63om.xsolla.entitlements.v1P\x01ZQgithub.com/xsolla-entitlements/entitlements/gen/go/entitlements/v1;entitlementsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"entitlements/v1/entitlements.proto\x12\x0f\x65ntitlements.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x02\n\x0b\x45ntitlement\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .entitlements.v1.EntitlementKind\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06period\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x61\x63tive\x18\t \x01(\x08\"\xda\x02\n\x0cGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32+.entitlements.v1.GrantRequest.MetadataEntry\x12.\n\x04kind\x18\x08 \x01(\x0e\x32 .entitlements.v1.EntitlementKind\x12\x12\n\nproject_id\x18\t \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"h\n\rGrantResponse\x12\x31\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x12\n\nproject_id\x18\x03 \x01(\x03\"j\n\rRevokeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nproject_id\x18\x05 \x01(\x03\"w\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x12.\n\x08previous\x18\x02 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x12\n\nproject_id\x18\x04 \x01(\x03\"K\n\x17\x43heckEntitlementRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\x03\"]\n\x18\x43heckEntitlementResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x31\n\x0b\x65ntitlement\x18\x02 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\"~\n\x17ListEntitlementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_expired\x18\x04 \x01(\x08\x12\x12\n\nproject_id\x18\x05 \x01(\x03\"g\n\x18ListEntitlementsResponse\x12\x32\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x18ListSubscriptionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0e\n\x06locale\x18\x04 \x01(\t\x12\x18\n\x10include_inactive\x18\x05 \x01(\x08\x12\x12\n\nproject_id\x18\x06 \x01(\x03\"*\n\x06\x43harge\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"%\n\x06Period\x12\r\n\x05value\x18\x01 \x01(\x05\x12\x0c\n\x04unit\x18\x02 \x01(\t\"\x86\x04\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\x03\x12\x18\n\x10plan_external_id\x18\x03 \x01(\t\x12\x11\n\tplan_name\x18\x04 \x01(\t\x12\x18\n\x10plan_description\x18\x05 \x01(\t\x12\x12\n\nproduct_id\x18\x06 \x01(\x03\x12\x1b\n\x13product_external_id\x18\x07 \x01(\t\x12\x14\n\x0cproduct_name\x18\x08 \x01(\t\x12\x1b\n\x13product_description\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\t\x12/\n\x0b\x64\x61te_create\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x64\x61te_next_charge\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x64\x61te_last_charge\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06\x63harge\x18\x0e \x01(\x0b\x32\x17.entitlements.v1.Charge\x12\'\n\x06period\x18\x0f \x01(\x0b\x32\x17.entitlements.v1.Period\x12/\n\x04kind\x18\x10 \x01(\x0e\x32!.entitlements.v1.SubscriptionKind\"c\n\x19ListSubscriptionsResponse\x12\x34\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1d.entitlements.v1.Subscription\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"_\n\x11ListLedgerRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\nproject_id\x18\x04 \x01(\x03\"\xa7\x04\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12.\n\x04kind\x18\x05 \x01(\x0e\x32 .entitlements.v1.EntitlementKind\x12\x1c\n\x0fquantity_before\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0equantity_after\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x32\n\x0e\x65xpires_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rexpires_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12\x10\n\x08order_id\x18\r \x01(\t\x12\x0f\n\x07summary\x18\x0e \x01(\t\x12:\n\x07\x64\x65tails\x18\x0f \x03(\x0b\x32).entitlements.v1.LedgerEntry.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_quantity_beforeB\x11\n\x0f_quantity_after\"\\\n\x12ListLedgerResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x15GetOrderStatusRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\x03\x12\r\n\x05token\x18\x04 \x01(\t\x12+\n\x08max_wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe9\x01\n\x11OrderStatusUpdate\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.entitlements.v1.OrderStatus\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".entitlements.v1.OrderStatusSource\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65ntitlements_granted\x18\x05 \x01(\x08\x12\x11\n\ttimed_out\x18\x06 \x01(\x08*\x97\x01\n\x0f\x45ntitlementKind\x12 \n\x1c\x45NTITLEMENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45NTITLEMENT_KIND_CONSUMABLE\x10\x01\x12\x1e\n\x1a\x45NTITLEMENT_KIND_PERMANENT\x10\x02\x12!\n\x1d\x45NTITLEMENT_KIND_TIME_LIMITED\x10\x03*z\n\x10SubscriptionKind\x12!\n\x1dSUBSCRIPTION_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBSCRIPTION_KIND_RECURRING\x10\x01\x12\"\n\x1eSUBSCRIPTION_KIND_NON_RENEWING\x10\x02*\xa4\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10ORDER_STATUS_NEW\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x15\n\x11ORDER_STATUS_DONE\x10\x03\x12\x19\n\x15ORDER_STATUS_CANCELED\x10\x04\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x05*\xe5\x01\n\x11OrderStatusSource\x12#\n\x1fORDER_STATUS_SOURCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aORDER_STATUS_SOURCE_STORED\x10\x01\x12\x1f\n\x1bORDER_STATUS_SOURCE_WEBHOOK\x10\x02\x12!\n\x1dORDER_STATUS_SOURCE_WEBSOCKET\x10\x03\x12\x1f\n\x1bORDER_STATUS_SOURCE_POLLING\x10\x04\x12&\n\"ORDER_STATUS_SOURCE_RECONCILIATION\x10\x05\x32\xed\x06\n\x12\x45ntitlementService\x12i\n\x05Grant\x12\x1d.entitlements.v1.GrantRequest\x1a\x1e.entitlements.v1.GrantResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/entitlements:grant:\x01*\x12m\n\x06Revoke\x12\x1e.entitlements.v1.RevokeRequest\x1a\x1f.entitlements.v1.RevokeResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/entitlements:revoke:\x01*\x12\x87\x01\n\x10\x43heckEntitlement\x12(.entitlements.v1.CheckEntitlementRequest\x1a).entitlements.v1.CheckEntitlementResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/entitlements:check\x12\x81\x01\n\x10ListEntitlements\x12(.entitlements.v1.ListEntitlementsRequest\x1a).entitlements.v1.ListEntitlementsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/entitlements\x12\x85\x01\n\x11ListSubscriptions\x12).entitlements.v1.ListSubscriptionsRequest\x1a*.entitlements.v1.ListSubscriptionsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/subscriptions\x12i\n\nListLedger\x12\".entitlements.v1.ListLedgerRequest\x1a#.entitlements.v1.ListLedgerResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/ledger\x12|\n\x0eGetOrderStatus\x12&.entitlements.v1.GetOrderStatusRequest\x1a\".entitlements.v1.OrderStatusUpdate\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/orders:status:\x01*0\x01\x42\x8b\x01\n\x1a\x63om.xsolla.entitlements.v1P\x01ZYgithub.com/xsolla-entitlements/entitlements/clients/go/gen/entitlements/v1;entitlementsv1\xaa\x02\x0f\x45ntitlements.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.entitlements_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'\n\032com.xsolla.entitlements.v1P\001ZQgithub.com/xsolla-entitlements/entitlements/gen/go/entitlements/v1;entitlementsv1'
+  _globals['DESCRIPTOR']._serialized_options = b'\n\032com.xsolla.entitlements.v1P\001ZYgithub.com/xsolla-entitlements/entitlements/clients/go/gen/entitlements/v1;entitlementsv1\252\002\017Entitlements.V1'
   _globals['_GRANTREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_GRANTREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_LEDGERENTRY_DETAILSENTRY']._loaded_options = None
   _globals['_LEDGERENTRY_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_ENTITLEMENTKIND']._serialized_start=3491
-  _globals['_ENTITLEMENTKIND']._serialized_end=3642
-  _globals['_SUBSCRIPTIONKIND']._serialized_start=3644
-  _globals['_SUBSCRIPTIONKIND']._serialized_end=3766
-  _globals['_ORDERSTATUS']._serialized_start=3769
-  _globals['_ORDERSTATUS']._serialized_end=3933
-  _globals['_ORDERSTATUSSOURCE']._serialized_start=3936
-  _globals['_ORDERSTATUSSOURCE']._serialized_end=4165
-  _globals['_ENTITLEMENT']._serialized_start=121
-  _globals['_ENTITLEMENT']._serialized_end=433
-  _globals['_GRANTREQUEST']._serialized_start=436
-  _globals['_GRANTREQUEST']._serialized_end=782
-  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_start=722
-  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_end=769
-  _globals['_GRANTRESPONSE']._serialized_start=784
-  _globals['_GRANTRESPONSE']._serialized_end=888
-  _globals['_REVOKEREQUEST']._serialized_start=890
-  _globals['_REVOKEREQUEST']._serialized_end=996
-  _globals['_REVOKERESPONSE']._serialized_start=998
-  _globals['_REVOKERESPONSE']._serialized_end=1117
-  _globals['_CHECKENTITLEMENTREQUEST']._serialized_start=1119
-  _globals['_CHECKENTITLEMENTREQUEST']._serialized_end=1194
-  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_start=1196
-  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_end=1289
-  _globals['_LISTENTITLEMENTSREQUEST']._serialized_start=1291
-  _globals['_LISTENTITLEMENTSREQUEST']._serialized_end=1417
-  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_start=1419
-  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_end=1522
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1525
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1661
-  _globals['_CHARGE']._serialized_start=1663
-  _globals['_CHARGE']._serialized_end=1705
-  _globals['_PERIOD']._serialized_start=1707
-  _globals['_PERIOD']._serialized_end=1744
-  _globals['_SUBSCRIPTION']._serialized_start=1747
-  _globals['_SUBSCRIPTION']._serialized_end=2265
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=2267
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=2366
-  _globals['_LISTLEDGERREQUEST']._serialized_start=2368
-  _globals['_LISTLEDGERREQUEST']._serialized_end=2463
-  _globals['_LEDGERENTRY']._serialized_start=2466
-  _globals['_LEDGERENTRY']._serialized_end=3017
-  _globals['_LEDGERENTRY_DETAILSENTRY']._serialized_start=2932
-  _globals['_LEDGERENTRY_DETAILSENTRY']._serialized_end=2978
-  _globals['_LISTLEDGERRESPONSE']._serialized_start=3019
-  _globals['_LISTLEDGERRESPONSE']._serialized_end=3111
-  _globals['_GETORDERSTATUSREQUEST']._serialized_start=3114
-  _globals['_GETORDERSTATUSREQUEST']._serialized_end=3252
-  _globals['_ORDERSTATUSUPDATE']._serialized_start=3255
-  _globals['_ORDERSTATUSUPDATE']._serialized_end=3488
-  _globals['_ENTITLEMENTSERVICE']._serialized_start=4168
-  _globals['_ENTITLEMENTSERVICE']._serialized_end=4836
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['Grant']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['Grant']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/entitlements:grant:\001*'
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['Revoke']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['Revoke']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/entitlements:revoke:\001*'
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['CheckEntitlement']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['CheckEntitlement']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/entitlements:check'
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['ListEntitlements']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['ListEntitlements']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/entitlements'
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['ListSubscriptions']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['ListSubscriptions']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/subscriptions'
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['ListLedger']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['ListLedger']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/ledger'
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['GetOrderStatus']._loaded_options = None
+  _globals['_ENTITLEMENTSERVICE'].methods_by_name['GetOrderStatus']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/orders:status:\001*'
+  _globals['_ENTITLEMENTKIND']._serialized_start=3521
+  _globals['_ENTITLEMENTKIND']._serialized_end=3672
+  _globals['_SUBSCRIPTIONKIND']._serialized_start=3674
+  _globals['_SUBSCRIPTIONKIND']._serialized_end=3796
+  _globals['_ORDERSTATUS']._serialized_start=3799
+  _globals['_ORDERSTATUS']._serialized_end=3963
+  _globals['_ORDERSTATUSSOURCE']._serialized_start=3966
+  _globals['_ORDERSTATUSSOURCE']._serialized_end=4195
+  _globals['_ENTITLEMENT']._serialized_start=151
+  _globals['_ENTITLEMENT']._serialized_end=463
+  _globals['_GRANTREQUEST']._serialized_start=466
+  _globals['_GRANTREQUEST']._serialized_end=812
+  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_start=752
+  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_end=799
+  _globals['_GRANTRESPONSE']._serialized_start=814
+  _globals['_GRANTRESPONSE']._serialized_end=918
+  _globals['_REVOKEREQUEST']._serialized_start=920
+  _globals['_REVOKEREQUEST']._serialized_end=1026
+  _globals['_REVOKERESPONSE']._serialized_start=1028
+  _globals['_REVOKERESPONSE']._serialized_end=1147
+  _globals['_CHECKENTITLEMENTREQUEST']._serialized_start=1149
+  _globals['_CHECKENTITLEMENTREQUEST']._serialized_end=1224
+  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_start=1226
+  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_end=1319
+  _globals['_LISTENTITLEMENTSREQUEST']._serialized_start=1321
+  _globals['_LISTENTITLEMENTSREQUEST']._serialized_end=1447
+  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_start=1449
+  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_end=1552
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1555
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1691
+  _globals['_CHARGE']._serialized_start=1693
+  _globals['_CHARGE']._serialized_end=1735
+  _globals['_PERIOD']._serialized_start=1737
+  _globals['_PERIOD']._serialized_end=1774
+  _globals['_SUBSCRIPTION']._serialized_start=1777
+  _globals['_SUBSCRIPTION']._serialized_end=2295
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=2297
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=2396
+  _globals['_LISTLEDGERREQUEST']._serialized_start=2398
+  _globals['_LISTLEDGERREQUEST']._serialized_end=2493
+  _globals['_LEDGERENTRY']._serialized_start=2496
+  _globals['_LEDGERENTRY']._serialized_end=3047
+  _globals['_LEDGERENTRY_DETAILSENTRY']._serialized_start=2962
+  _globals['_LEDGERENTRY_DETAILSENTRY']._serialized_end=3008
+  _globals['_LISTLEDGERRESPONSE']._serialized_start=3049
+  _globals['_LISTLEDGERRESPONSE']._serialized_end=3141
+  _globals['_GETORDERSTATUSREQUEST']._serialized_start=3144
+  _globals['_GETORDERSTATUSREQUEST']._serialized_end=3282
+  _globals['_ORDERSTATUSUPDATE']._serialized_start=3285
+  _globals['_ORDERSTATUSUPDATE']._serialized_end=3518
+  _globals['_ENTITLEMENTSERVICE']._serialized_start=4198
+  _globals['_ENTITLEMENTSERVICE']._serialized_end=5075
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,14 @@ Authentication: every call carries `authorization: Bearer <api key>` metadata. K
 `read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
 Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
+HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
+`google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
+mapping (lowerCamelCase names, int64 as strings, enums as names, RFC 3339 timestamps, durations as "3.5s").
+The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
+(`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
+(400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
+per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+
 Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
 project in `project_id`; 0 means the project the API key is bound to when it is bound to exactly one, else the
