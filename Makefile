@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/entitlements/v1/*.proto)
 GEN_OUT := clients/python
 
-.PHONY: install proto run run-cluster demo test lint typecheck bench clean
+.PHONY: install proto run run-cluster demo test lint typecheck bench clients test-clients clean
 
 install: $(STAMP)
 
@@ -40,6 +40,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	sh tools/ensure_packages.sh prometheus chromium chromium-driver
 	$(BIN)/pytest
+
+## The Go, TypeScript and C++ clients, their examples and conformance runners (each clients/<lang>/build.sh installs
+## what it needs: Go modules, npm packages, Debian's gRPC C++ packages).
+CLIENT_DIRS := clients/go clients/typescript clients/cpp
+clients: $(STAMP)
+	set -e; for dir in $(CLIENT_DIRS); do echo "== $$dir"; sh $$dir/build.sh; done
+
+## Each client's own tests, then the conformance suite (conformance/): every client, the HTTP/JSON API included,
+## runs the same scenarios against a real service, gateway, Redis and Xsolla simulator.
+test-clients: clients
+	set -e; for dir in $(CLIENT_DIRS); do echo "== $$dir"; sh $$dir/test.sh; done
+	$(BIN)/pytest conformance
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

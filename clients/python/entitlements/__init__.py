@@ -12,8 +12,11 @@ enums are re-exported here from the generated `entitlements.v1.entitlements_pb2`
 from entitlements._config import RetryPolicy, TLSConfig
 from entitlements.client import (
     AsyncEntitlementsClient,
+    AsyncOrderFollower,
     AsyncOrderStatusStream,
     EntitlementsClient,
+    FollowPolicy,
+    OrderFollower,
     OrderStatusStream,
 )
 from entitlements.errors import (
@@ -52,6 +55,7 @@ from entitlements.v1.entitlements_pb2 import (
 
 __all__ = [
     "AsyncEntitlementsClient",
+    "AsyncOrderFollower",
     "AsyncOrderStatusStream",
     "AuthenticationError",
     "CallCancelledError",
@@ -63,6 +67,7 @@ __all__ = [
     "EntitlementKind",
     "EntitlementsClient",
     "EntitlementsError",
+    "FollowPolicy",
     "GrantResponse",
     "InvalidArgumentError",
     "LedgerEntry",
@@ -70,6 +75,7 @@ __all__ = [
     "ListLedgerResponse",
     "ListSubscriptionsResponse",
     "NotFoundError",
+    "OrderFollower",
     "OrderStatus",
     "OrderStatusSource",
     "OrderStatusStream",

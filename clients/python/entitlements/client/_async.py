@@ -13,6 +13,7 @@ from grpc import aio
 from entitlements import _requests
 from entitlements.client._async_stream import AsyncOrderStatusStream
 from entitlements.client._base import _BaseClient, _translated_errors
+from entitlements.client._follow import AsyncOrderFollower, FollowPolicy
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 
@@ -400,3 +401,39 @@ class AsyncEntitlementsClient(_BaseClient):
         )
         call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
         return AsyncOrderStatusStream(call)
+
+    def follow_order(
+        self,
+        order_id: str,
+        user_id: str,
+        *,
+        project_id: int = 0,
+        token: str = "",
+        max_wait: timedelta | None = None,
+        policy: FollowPolicy | None = None,
+    ) -> AsyncOrderFollower:
+        """Follows one order like `get_order_status`, opening the stream again when it breaks.
+
+        When a stream fails with `UNAVAILABLE` (the replica shut down, the connection dropped), the follower
+        opens a new one after a backoff (`policy`), asking for what is left of `max_wait`, and skips what the
+        caller has already seen: each status is delivered once, and once more only when
+        `entitlements_granted` turns true. `opens` on the result counts the streams opened.
+
+        Args:
+            order_id: Xsolla's order id.
+            user_id: The player who placed the order.
+            project_id: The Xsolla project of the order; 0 for the client's.
+            token: The player's Xsolla Login JWT or Pay Station token (see `get_order_status`).
+            max_wait: How long to follow the order in all, across reopenings; the service's default (10 minutes)
+                when None.
+            policy: The backoff between openings; `FollowPolicy()` when None.
+
+        Returns:
+            An async iterator of updates that ends after a terminal status or `timed_out`; it raises the
+            error of a stream that fails otherwise, or with `UNAVAILABLE` once `max_wait` has passed.
+        """
+
+        def open_stream(wait: timedelta | None) -> AsyncOrderStatusStream:
+            return self.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=wait)
+
+        return AsyncOrderFollower(open_stream, max_wait, policy or FollowPolicy())

@@ -12,6 +12,7 @@ import grpc
 from entitlements import _requests
 from entitlements._config import RetryPolicy, TLSConfig
 from entitlements.client._base import DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_S, _BaseClient, _translated_errors
+from entitlements.client._follow import FollowPolicy, OrderFollower
 from entitlements.errors import translate_rpc_error
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
@@ -235,6 +236,23 @@ class EntitlementsClient(_BaseClient):
         )
         call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
         return OrderStatusStream(call)
+
+    def follow_order(
+        self,
+        order_id: str,
+        user_id: str,
+        *,
+        project_id: int = 0,
+        token: str = "",
+        max_wait: timedelta | None = None,
+        policy: FollowPolicy | None = None,
+    ) -> OrderFollower:
+        """Follows one order, opening the stream again when it breaks; see `AsyncEntitlementsClient.follow_order`."""
+
+        def open_stream(wait: timedelta | None) -> OrderStatusStream:
+            return self.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=wait)
+
+        return OrderFollower(open_stream, max_wait, policy or FollowPolicy())
 
 
 class OrderStatusStream(Iterator[pb.OrderStatusUpdate]):
