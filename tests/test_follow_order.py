@@ -21,18 +21,18 @@ from entitlements import (
     UnavailableError,
 )
 from entitlements.v1 import entitlements_pb2 as pb
-from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 
 FAST = FollowPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 NEW, PAID, DONE = OrderStatus.ORDER_STATUS_NEW, OrderStatus.ORDER_STATUS_PAID, OrderStatus.ORDER_STATUS_DONE
 
 
-def update(status: int, granted: bool = False, timed_out: bool = False) -> pb.OrderStatusUpdate:
+def update(status: pb.OrderStatus.ValueType, granted: bool = False, timed_out: bool = False) -> pb.OrderStatusUpdate:
     return pb.OrderStatusUpdate(order_id="o-1", status=status, entitlements_granted=granted, timed_out=timed_out)
 
 
-class _Orders(pb_grpc.EntitlementServiceServicer):
-    """Answers each GetOrderStatus call with the next script: updates, then an optional error."""
+class _Orders:
+    """Answers each GetOrderStatus call with the next script: updates, then an optional error (the service's
+    other methods are not served)."""
 
     def __init__(self, scripts: list[tuple[list[pb.OrderStatusUpdate], grpc.StatusCode | None]]) -> None:
         self.scripts = scripts
@@ -51,13 +51,22 @@ class _Orders(pb_grpc.EntitlementServiceServicer):
 
 async def _serve(servicer: _Orders) -> tuple[aio.Server, str]:
     server = aio.server()
-    pb_grpc.add_EntitlementServiceServicer_to_server(servicer, server)
+    handler = grpc.unary_stream_rpc_method_handler(
+        servicer.GetOrderStatus,
+        request_deserializer=pb.GetOrderStatusRequest.FromString,
+        response_serializer=pb.OrderStatusUpdate.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("entitlements.v1.EntitlementService", {"GetOrderStatus": handler})]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
 
 
-async def _follow(servicer: _Orders, max_wait: timedelta | None = None) -> tuple[list[tuple[int, bool, bool]], int]:
+async def _follow(
+    servicer: _Orders, max_wait: timedelta | None = None
+) -> tuple[list[tuple[pb.OrderStatus.ValueType, bool, bool]], int]:
     server, target = await _serve(servicer)
     try:
         async with AsyncEntitlementsClient(target) as client:
