@@ -54,6 +54,11 @@ from server.validation import resolve_project
 
 log = structlog.get_logger("server.rpc")
 
+#: Initial metadata a server-streaming handler sends once it has accepted the request (caller authorized, request
+#: valid, stream admitted), before its first message: the HTTP/JSON API answers 200 and starts its event stream
+#: then, and answers a refusal before it as a plain JSON error (`server.http_api.sse`).
+STREAM_ACCEPTED = ("entitlements-stream", "accepted")
+
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
