@@ -90,7 +90,7 @@ def service_routes(service: ServiceDescriptor) -> tuple[Route, ...]:
             continue
         rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
         for binding in (rule, *rule.additional_bindings):
-            route = _route(method, binding)
+            route = route_for(method, binding)
             key = (route.http_method, route.pattern.pattern)
             if key in seen:
                 raise RuleError(f"{method.full_name}: {route.http_method} {route.template} is bound by {seen[key]} too")
@@ -99,7 +99,12 @@ def service_routes(service: ServiceDescriptor) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
+def route_for(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
+    """The route of one binding of `method`.
+
+    Raises:
+        RuleError: the binding cannot be served; the message names the method and says why.
+    """
     where = method.full_name
     if rule.response_body:
         raise RuleError(f"{where}: response_body is not supported (the response is always the whole message)")

@@ -83,6 +83,7 @@ def request_message(
             raise invalid(f"query parameter {query[0][0][:64]!r}: {route.template} takes every field in its body")
         _merge_query(fields, request_type, route, path_values, query)
     message = GetMessageClass(request_type)()
+    _check_names(fields, request_type, "")
     try:
         json_format.ParseDict(fields, message, ignore_unknown_fields=False)
     except (json_format.ParseError, RecursionError, ValueError, TypeError) as exc:
@@ -125,6 +126,45 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         document[key] = value
     return document
+
+
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def _check_names(document: Any, descriptor: Descriptor, where: str) -> None:
+    """Refuses what json_format would take silently: a field given under both its names (`user_id` and `userId`:
+    it keeps one), and an integer written with Python's digit separators ("1_000")."""
+    if not isinstance(document, dict) or descriptor.full_name in _STRING_MESSAGES:
+        return
+    seen: set[str] = set()
+    for key, value in document.items():
+        field = descriptor.fields_by_name.get(key) or next((f for f in descriptor.fields if f.json_name == key), None)
+        if field is None:
+            continue  # json_format names it
+        name = f"{where}{field.name}"
+        if field.name in seen:
+            raise invalid(f"request: {name} is given twice (as {field.name} and {field.json_name})")
+        seen.add(field.name)
+        values = value if isinstance(value, list) and field.is_repeated else [value]
+        if field.type in _INTEGER_TYPES and any(isinstance(v, str) and "_" in v for v in values):
+            raise invalid(f"request: {name}: {str(value)[:64]!r} is not an integer")
+        nested = field.message_type
+        if nested is not None and not nested.GetOptions().map_entry:
+            for item in values:
+                _check_names(item, nested, f"{name}.")
 
 
 def _set_path_value(fields: dict[str, Any], path: FieldPath, value: str) -> None:
