@@ -7,12 +7,16 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from google.protobuf import json_format
 
+from entitlements.v1 import entitlements_pb2 as pb
+from entitlements.v1 import entitlements_pb2_grpc
 from server.app import Service
 from server.config import HttpSettings, TrackingSettings
 from server.http_api.sse import CONTENT_TYPE
+from server.rpc import ANNOUNCE_ACCEPTANCE, STREAM_ACCEPTED
 from server.tracking import OrderTracking
 from tests.helpers.http_api import Event, bearer, call, events, http_base
 from tests.helpers.services import READER_KEY, ServiceFactory, sample
@@ -165,3 +169,22 @@ async def test_a_client_that_goes_away_cancels_the_stream(stream_service: Servic
         ),
         what="the RPC to end CANCELLED",
     )
+
+
+async def test_only_a_caller_that_asks_is_told_early_that_its_stream_is_accepted(stream_service: Service) -> None:
+    """With ANNOUNCE_ACCEPTANCE the accepted stream's initial metadata comes before any update; without it, gRPC
+    callers get it with the first message (so their retry policy can still retry a stream that received nothing)."""
+    assert stream_service.endpoints is not None
+    request = pb.GetOrderStatusRequest(order_id="11", user_id=PLAYER)
+    key = ("authorization", f"Bearer {READER_KEY}")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stream_service.endpoints.grpc_port}") as channel:
+        stub = entitlements_pb2_grpc.EntitlementServiceStub(channel)
+        told = stub.GetOrderStatus(request, metadata=(key, ANNOUNCE_ACCEPTANCE))
+        async with asyncio.timeout(5):
+            assert STREAM_ACCEPTED in tuple(await told.initial_metadata())
+        quiet = stub.GetOrderStatus(request, metadata=(key,))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await quiet.initial_metadata()
+        told.cancel()
+        quiet.cancel()

@@ -1,7 +1,8 @@
 """A server-streaming RPC answered as Server-Sent Events (`text/event-stream`), as docs/HTTP_API.md describes.
 
-Until the service accepts the request (its initial metadata carries `server.rpc.STREAM_ACCEPTED`, sent once the
-caller is authorized, the request valid and the stream admitted), nothing is written: a refusal (UNAUTHENTICATED,
+Until the service accepts the request (its initial metadata carries `server.rpc.STREAM_ACCEPTED`, sent, because the
+call asks for it with `ANNOUNCE_ACCEPTANCE`, once the caller is authorized, the request valid and the stream
+admitted), nothing is written: a refusal (UNAUTHENTICATED,
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) is the plain JSON error with its HTTP status. Once accepted, the answer
 is 200 and each message is one event:
 

@@ -35,6 +35,7 @@ from server.http_api.sse import serve_stream
 from server.http_api.transcoding import request_message, response_json
 from server.http_api.upstream import Upstream, call_metadata, deadline_s
 from server.metrics import ServiceMetrics
+from server.rpc import ANNOUNCE_ACCEPTANCE
 
 log = structlog.get_logger("server.http_api")
 
@@ -145,6 +146,7 @@ async def _rpc(api: Api, request: web.Request, route: Route, path_values: dict[A
     metadata = call_metadata(request.headers)
     timeout = deadline_s(request.headers)
     if route.streaming:
+        metadata = (*metadata, ANNOUNCE_ACCEPTANCE)
         call = api.upstream.streaming(route.method)(message, metadata=metadata, timeout=timeout)
         api.metrics.http_event_streams.inc()
         try:
