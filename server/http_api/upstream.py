@@ -24,6 +24,9 @@ from server.http_api.errors import invalid
 
 _TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+#: Longer deadlines are this one: far past anything a call can take (a stream's `max_wait` is at most an hour), and
+#: short enough for gRPC core's clock arithmetic (eight digits of hours overflow it into an expired deadline).
+_MAX_DEADLINE_S = 86_400.0
 #: Largest metadata value forwarded: gRPC refuses headers past its limit (8 KiB by default) with an error that would
 #: not say which.
 _MAX_AUTHORIZATION = 4096
@@ -41,7 +44,7 @@ def deadline_s(headers: Mapping[str, str]) -> float | None:
     found = _TIMEOUT.match(raw.strip())
     if found is None:
         raise invalid("Grpc-Timeout header: must be up to 8 digits and a unit (H, M, S, m, u, n), e.g. 5S or 500m")
-    return int(found.group(1)) * _UNIT_S[found.group(2)]
+    return min(int(found.group(1)) * _UNIT_S[found.group(2)], _MAX_DEADLINE_S)
 
 
 def call_metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
