@@ -57,8 +57,8 @@ async def serve_stream(
             code = await call.code()
             if code != grpc.StatusCode.OK:
                 return status_response(code, await call.details() or "")
+        # No length: chunked over HTTP/1.1, delimited by the connection's end over HTTP/1.0.
         response = web.StreamResponse(status=200, headers=_HEADERS)
-        response.enable_chunked_encoding()
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):
             await _relay(call, response, heartbeat_s)
