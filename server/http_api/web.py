@@ -14,7 +14,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import structlog
@@ -32,7 +31,7 @@ from server.http_api.errors import (
 )
 from server.http_api.routes import Route, Router, service_routes
 from server.http_api.sse import serve_stream
-from server.http_api.transcoding import request_message, response_json
+from server.http_api.transcoding import FieldPath, request_message, response_json
 from server.http_api.upstream import Upstream, call_metadata, deadline_s
 from server.metrics import ServiceMetrics
 from server.rpc import ANNOUNCE_ACCEPTANCE
@@ -66,7 +65,6 @@ class Api:
         self.upstream = upstream
         self.settings = settings
         self.metrics = metrics
-        self.service_name = service.full_name
         self._openapi: bytes | None = None
 
     def openapi(self) -> bytes | None:
@@ -136,7 +134,7 @@ async def _fixed(api: Api, request: web.Request, path: str) -> web.StreamRespons
     return web.json_response({"status": name}, status=200 if status == health_pb2.HealthCheckResponse.SERVING else 503)
 
 
-async def _rpc(api: Api, request: web.Request, route: Route, path_values: dict[Any, str]) -> web.StreamResponse:
+async def _rpc(api: Api, request: web.Request, route: Route, path_values: dict[FieldPath, str]) -> web.StreamResponse:
     body = b""
     if request.body_exists:
         body = await request.read()
