@@ -3,9 +3,13 @@ server: path templates with variables and verbs, the rules it refuses at start, 
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from google.api import http_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from entitlements.v1 import entitlements_pb2 as pb
 from server.http_api.errors import HttpError
@@ -135,3 +139,38 @@ def test_the_router_tells_an_unknown_path_from_a_wrong_method() -> None:
         router.resolve("PUT", "/v1/entitlements:grant")
     assert (wrong.value.status, wrong.value.code) == (405, grpc.StatusCode.UNIMPLEMENTED)
     assert wrong.value.headers == {"Allow": "POST"}
+
+
+ROUTES = service_routes(SERVICE)
+_NAMES = sorted(
+    {name for route in ROUTES for f in route.method.input_type.fields for name in (f.name, f.json_name)}
+    | {"seconds", "nanos", "maxWait.seconds", "metadata.x", "duration.nanos"}
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(_NAMES) | st.text(max_size=6), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    route=st.sampled_from(ROUTES),
+    body=st.dictionaries(st.sampled_from(_NAMES) | st.text(max_size=6), _JSON, max_size=6) | _JSON,
+    query=st.lists(st.tuples(st.sampled_from(_NAMES) | st.text(max_size=6), st.text(max_size=12)), max_size=4),
+)
+def test_whatever_a_caller_sends_is_a_message_or_a_400(
+    route: Route, body: object, query: list[tuple[str, str]]
+) -> None:
+    """Any JSON body and query string become the request message or a 400 INVALID_ARGUMENT, never another error."""
+    raw = json.dumps(body).encode() if route.body else b""
+    refused: HttpError | None = None
+    try:
+        message = request_message(route, {}, query if route.query else [], raw)
+    except HttpError as exc:
+        refused = exc
+    if refused is not None:
+        assert (refused.status, refused.code) == (400, grpc.StatusCode.INVALID_ARGUMENT)
+    else:
+        assert message.DESCRIPTOR is route.method.input_type
+        message.SerializeToString()
