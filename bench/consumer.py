@@ -53,7 +53,7 @@ from core.projects import CATALOG_FILE, Project, Projects
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
 from server.catalog import Catalog, Catalogs
-from server.config import ConsoleSettings, ConsumerSettings, Settings
+from server.config import ConsoleSettings, ConsumerSettings, HttpSettings, Settings
 from server.durability import write_durability
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
@@ -206,6 +206,7 @@ async def measure_consumer_throughput(
                 local_catalogs={0: CATALOG},
                 consumer=ConsumerSettings(block_ms=100, batch=128),
                 console=ConsoleSettings(enabled=False),
+                http=HttpSettings(enabled=False),
                 redis_timeout_s=5.0,
                 write_durability=durability,
             )

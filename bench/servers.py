@@ -193,6 +193,7 @@ def start_service(
         ENTITLEMENTS_GRPC_PORT=str(grpc_port),
         ENTITLEMENTS_METRICS_PORT=str(metrics_port),
         ENTITLEMENTS_CONSOLE_ENABLED="false",
+        ENTITLEMENTS_HTTP_ENABLED="false",
         ENTITLEMENTS_DATA_DIR=str(workdir / "data"),
         ENTITLEMENTS_LOG_JSON="1",
         ENTITLEMENTS_LOG_LEVEL=log_level,

@@ -164,6 +164,7 @@ class Stack:
             ENTITLEMENTS_GRPC_PORT=str(grpc_port),
             ENTITLEMENTS_METRICS_PORT=str(metrics_port),
             ENTITLEMENTS_CONSOLE_ENABLED="false",
+            ENTITLEMENTS_HTTP_ENABLED="false",
             ENTITLEMENTS_EVENT_PARTITIONS=str(self.settings.partitions),
             ENTITLEMENTS_CONSUMER_CLAIM_IDLE_S=f"{self.settings.claim_idle_s:g}",
             ENTITLEMENTS_LOG_JSON="1",

@@ -7,15 +7,16 @@ or another `core.reconciliation.OrderSearch`.
 
 Start order: the embedded Redis (when no REDIS_URL), the Redis client, the key layout's check (`core.layout`: a
 store written with another layout is refused), the metrics endpoint, the catalogs (read in the background), the
-tracker's reconciliation (`server.reconcile.tracked`, unless turned off), order tracking (its Redis
-subscription), the gRPC server (EntitlementService, health, reflection), the sweeper (`server.reconcile.sweeper`,
-unless turned off), the support console (`server.console`, unless turned off), then the webhook event consumer.
-Stop order is the reverse, gracefully: the console stops taking requests, the sweeper stops (its
-progress is saved after every page; its lease is released), the consumer stops reading and finishes the batch it
-is applying, GetOrderStatus streams end with UNAVAILABLE (their clients reopen them on another replica), health
-goes NOT_SERVING, the gRPC server stops taking calls and lets in-flight ones finish within the grace period,
-pending reconciliations are dropped (the sweeper is the backstop), order tracking closes its sockets and
-subscription, the catalogs stop their reads, then Redis closes.
+tracker's reconciliation (`server.reconcile.tracked`, unless turned off), order tracking (its Redis subscription),
+the gRPC server (EntitlementService, health, reflection: `server.grpc_api`), the HTTP/JSON API that calls it through
+a private socket (`server.http_api`, unless turned off), the sweeper (`server.reconcile.sweeper`, unless turned
+off), the support console (`server.console`, unless turned off), then the webhook event consumer. Stop order is the
+reverse, gracefully: the console stops taking requests, the sweeper stops (its progress is saved after every page;
+its lease is released), the consumer stops reading and finishes the batch it is applying, GetOrderStatus streams end
+with UNAVAILABLE (their clients reopen them on another replica), health goes NOT_SERVING, the HTTP API and the gRPC
+server stop taking requests and let in-flight ones finish within the grace period, pending reconciliations are
+dropped (the sweeper is the backstop), order tracking closes its sockets and subscription, the catalogs stop their
+reads, then Redis closes.
 The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
 supervisor stops first, so a stop never races a restart.
 """
@@ -28,9 +29,7 @@ from dataclasses import dataclass, replace
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from core import connections
@@ -55,9 +54,11 @@ from server.durability import wait_observer, write_durability
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.fulfillment import Fulfillment
+from server.grpc_api import PrivateSocket, set_serving, start_grpc_server, watch_store
+from server.http_api import HttpApi
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
 from server.reconcile import OrderIndex, Pacer, Rechecks, Sweeper, SweepParts, SweepRecords, TrackerReconciler
-from server.rpc import RpcRuntime, add_service, grpc_server_options
+from server.rpc import RpcRuntime
 from server.service import EntitlementServicer
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
@@ -81,6 +82,7 @@ class Endpoints:
     metrics_port: int
     redis_url: str
     console_port: int | None = None
+    http_port: int | None = None
 
 
 class Service:
@@ -140,6 +142,8 @@ class Service:
         self.reconciler: TrackerReconciler | None = None
         self.health = AsyncHealthServicer()
         self._grpc: grpc.aio.Server | None = None
+        self.http_api: HttpApi | None = None
+        self._private_socket: PrivateSocket | None = None
         self._metrics_http = MetricsEndpoint(self.registry)
         self._health_task: asyncio.Task[None] | None = None
         self.endpoints: Endpoints | None = None
@@ -254,10 +258,17 @@ class Service:
         except BaseException:
             await self.stop()
             raise
-        self.endpoints = Endpoints(grpc_port, metrics_port, redis_url, self.console.port if self.console else None)
+        self.endpoints = Endpoints(
+            grpc_port,
+            metrics_port,
+            redis_url,
+            self.console.port if self.console else None,
+            self.http_api.port if self.http_api else None,
+        )
         log.info(
             "service_started",
             grpc=f"{settings.grpc_host}:{grpc_port}",
+            http=f"{settings.http.host}:{self.http_api.port}" if self.http_api else None,
             metrics=f"{settings.metrics_host}:{metrics_port}",
             console=f"{settings.console.host}:{self.console.port}" if self.console else None,
             redis="embedded" if self.embedded else "external",
@@ -334,61 +345,36 @@ class Service:
         self.sweeper.start()
 
     async def _start_grpc(self, store: EntitlementStore, tracking: OrderTracking, catalogs: Catalogs) -> int:
+        """Starts the gRPC server (`server.grpc_api`) and, unless turned off, the HTTP/JSON API that calls it through
+        a private socket (`server.http_api`); returns the gRPC port."""
         settings = self.settings
-        server = grpc.aio.server(options=grpc_server_options(settings))
-        self._grpc = server
-        runtime = RpcRuntime(
-            Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode),
-            self.metrics,
-            SERVICE,
-            settings.projects,
-        )
-        # Not the generated add_EntitlementServiceServicer_to_server: the requests are decoded after authentication.
-        add_service(server, EntitlementServicer(store, runtime, self.metrics, tracking, catalogs))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        address = f"{settings.grpc_host}:{settings.grpc_port}"
-        if settings.tls is None:
-            port = server.add_insecure_port(address)
-        else:
-            client_ca = settings.tls.client_ca_file
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls.key_file.read_bytes(), settings.tls.cert_file.read_bytes())],
-                root_certificates=client_ca.read_bytes() if client_ca else None,
-                require_client_auth=client_ca is not None,
-            )
-            port = server.add_secure_port(address, credentials)
-        await server.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        authenticator = Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode)
+        runtime = RpcRuntime(authenticator, self.metrics, SERVICE, settings.projects)
+        servicer = EntitlementServicer(store, runtime, self.metrics, tracking, catalogs)
+        if settings.http.enabled:
+            self._private_socket = PrivateSocket()
+            # Built before the gRPC server starts: a google.api.http rule it cannot serve stops the start here.
+            target, grace = self._private_socket.target, settings.shutdown_grace_s
+            self.http_api = HttpApi(settings.http, settings.tls, SERVICE, target, self.metrics, shutdown_grace_s=grace)
+        self._grpc, port = await start_grpc_server(settings, servicer, self.health, private=self._private_socket)
+        await set_serving(self.health, (SERVICE_NAME,), serving=True)
         self.metrics.store_up.set(1)
+        if self.http_api is not None:
+            await self.http_api.start()
         return port
 
     async def _watch_store(self) -> None:
-        """Reports NOT_SERVING on the health service while Redis does not answer (or the embedded one is being
-        restarted), SERVING once it does; checked every interval, and at once when the supervisor reports."""
+        """Drives the health service from Redis's answers (`server.grpc_api.watch_store`)."""
         assert self.store is not None
-        serving = True
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.health_check_interval_s):
-                    await self._store_changed.wait()
-            self._store_changed.clear()
-            healthy = self.supervisor is None or self.supervisor.up
-            try:
-                if healthy:
-                    await self.store.ping()
-            except StoreUnavailable:
-                healthy = False
-            self.metrics.store_up.set(1 if healthy else 0)
-            if healthy != serving:
-                serving = healthy
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for name in ("", SERVICE_NAME):
-                    await self.health.set(name, status)
-                log.warning("store_health_changed", serving=healthy)
+        await watch_store(
+            self.store,
+            self.health,
+            (SERVICE_NAME,),
+            self.metrics,
+            interval_s=self.settings.health_check_interval_s,
+            changed=self._store_changed,
+            embedded_up=lambda: self.supervisor is None or self.supervisor.up,
+        )
 
     async def wait(self) -> None:
         """Returns when the gRPC server has terminated."""
@@ -422,8 +408,16 @@ class Service:
             self.tracking.close_streams()
         if self._grpc is not None:
             await self.health.enter_graceful_shutdown()
-            await self._grpc.stop(grace)
+            # Together: the HTTP API stops listening and lets its requests finish, whose RPCs the gRPC server lets
+            # finish while it refuses new ones.
+            await asyncio.gather(self.http_api.stop() if self.http_api else asyncio.sleep(0), self._grpc.stop(grace))
             self._grpc = None
+        elif self.http_api is not None:
+            await self.http_api.stop()
+        self.http_api = None
+        if self._private_socket is not None:
+            self._private_socket.close()
+            self._private_socket = None
         if self.reconciler is not None:
             # Before the order sources close (tracking.stop): a reconciliation may be reading Get order.
             await self.reconciler.stop()

@@ -21,7 +21,8 @@ from server.errors import ConfigError
 
 @dataclass(frozen=True)
 class TLSSettings:
-    """Server-side TLS for the gRPC port; with `client_ca_file`, clients must present a certificate (mTLS)."""
+    """Server-side TLS for the gRPC and HTTP/JSON ports; with `client_ca_file`, clients must present a certificate
+    (mTLS)."""
 
     cert_file: Path
     key_file: Path
@@ -128,6 +129,25 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP/JSON API (`server.http_api`, docs/HTTP_API.md): every RPC as JSON over HTTP on its own port, with the
+    gRPC port's TLS."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0: a free port (tests).
+    port: int = 8081
+    # The largest request body accepted; larger is 413. A Grant at its limits (32 metadata entries, a reason, all
+    # escaped) is well under it.
+    max_body_bytes: int = 256 * 1024
+    # An SSE comment sent on a GetOrderStatus stream after this long without an event, so that proxies and load
+    # balancers do not close it as idle.
+    sse_heartbeat_s: float = 15.0
+    # A connection idle this long between two requests is closed.
+    keepalive_timeout_s: float = 75.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Typed configuration of the service process."""
 
@@ -162,6 +182,7 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
     # and `..._hard_limit`). Past the first, new calls are refused at random, more often as the backlog nears the
     # second; all are refused beyond it. gRPC's defaults (1000/3000) refuse part of a reconnect storm of streams.
@@ -255,6 +276,14 @@ class Settings:
                 "ENTITLEMENTS_CONSOLE_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1, maximum=10_000
             ),
         )
+        http = HttpSettings(
+            enabled=reader.boolean("ENTITLEMENTS_HTTP_ENABLED", True),
+            host=reader.text("ENTITLEMENTS_HTTP_HOST", "127.0.0.1"),
+            port=reader.integer("ENTITLEMENTS_HTTP_PORT", 8081, minimum=0, maximum=65535),
+            max_body_bytes=reader.integer("ENTITLEMENTS_HTTP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
+            sse_heartbeat_s=reader.number("ENTITLEMENTS_HTTP_SSE_HEARTBEAT_S", 15.0, minimum=0.1, maximum=3600.0),
+            keepalive_timeout_s=reader.number("ENTITLEMENTS_HTTP_KEEPALIVE_TIMEOUT_S", 75.0, minimum=1.0),
+        )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
         pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)
         if pending_hard < pending:
@@ -289,6 +318,7 @@ class Settings:
             tracking=tracking,
             reconcile=reconcile,
             console=console,
+            http=http,
             grpc_max_pending_requests=pending,
             grpc_max_pending_requests_hard_limit=pending_hard,
             write_durability=reader.text("ENTITLEMENTS_WRITE_DURABILITY", "auto").lower(),

@@ -56,6 +56,20 @@ class ServiceMetrics:
             "(Redis does not answer, or the embedded one is being restarted: calls that need it are UNAVAILABLE).",
             registry=registry,
         )
+        # The HTTP/JSON API (server/http_api/): its calls are also counted above, as RPCs; these count what the
+        # HTTP layer answered, including what it refused before any RPC (unknown path, bad body, ...).
+        self.http_requests = Counter(
+            "entitlements_http_requests_total",
+            "HTTP/JSON API requests answered, by route (the RPC's name, healthz, openapi, or none when no route "
+            "matched) and HTTP status.",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.http_event_streams = Gauge(
+            "entitlements_http_event_streams",
+            "GetOrderStatus event streams (text/event-stream) open on the HTTP/JSON API.",
+            registry=registry,
+        )
         self.writes = Counter(
             "entitlements_writes_total",
             "Grant and Revoke calls that reached the store, by operation and outcome.",

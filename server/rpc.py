@@ -54,6 +54,22 @@ from server.validation import resolve_project
 
 log = structlog.get_logger("server.rpc")
 
+#: Request metadata of a caller that wants to know when its stream is accepted (the HTTP/JSON API), and the initial
+#: metadata a server-streaming handler then sends once it has accepted the request (caller authorized, request
+#: valid, stream admitted), before its first message: the HTTP/JSON API answers 200 and starts its event stream
+#: then, and a refusal before it as a plain JSON error (`server.http_api.sse`). Other callers get the initial
+#: metadata with the first message, as before: a gRPC client's retry policy may then still retry a stream that
+#: received nothing (headers commit a call).
+ANNOUNCE_ACCEPTANCE = ("entitlements-stream", "announce-acceptance")
+STREAM_ACCEPTED = ("entitlements-stream", "accepted")
+
+
+def announces_acceptance(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the caller asked to be told when its stream is accepted (`ANNOUNCE_ACCEPTANCE`)."""
+    key, value = ANNOUNCE_ACCEPTANCE
+    return any(k == key and v == value for k, v in context.invocation_metadata() or ())
+
+
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]

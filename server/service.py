@@ -23,7 +23,7 @@ from server.catalog import Catalogs
 from server.config import MAX_ORDER_WAIT_S
 from server.ledger_view import LedgerLine, ledger_page
 from server.metrics import ServiceMetrics
-from server.rpc import RpcRuntime, rpc, stream_rpc
+from server.rpc import STREAM_ACCEPTED, RpcRuntime, announces_acceptance, rpc, stream_rpc
 from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription
 from server.tracking import OrderTracking
 
@@ -257,6 +257,10 @@ class EntitlementServicer:
         # However the call ends (even while a message is being written), the tracker forgets this stream.
         context.add_done_callback(lambda _: watcher.close())  # type: ignore[arg-type]  # grpc-stubs: a class
         try:
+            if announces_acceptance(context):
+                # Accepted: said now, not with the first update (which may be minutes away), so that an HTTP caller
+                # gets its 200 and event stream at once, and a refusal before this point as a plain error.
+                await context.send_initial_metadata((STREAM_ACCEPTED,))
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):

@@ -65,6 +65,7 @@ async def test_a_cluster_node_without_redis_cluster_is_refused_at_start(
             ENTITLEMENTS_GRPC_PORT="0",
             ENTITLEMENTS_METRICS_PORT="0",
             ENTITLEMENTS_CONSOLE_ENABLED="false",
+            ENTITLEMENTS_HTTP_ENABLED="false",
             GATEWAY_PORT="0",
             GATEWAY_METRICS_PORT="0",
             GATEWAY_XSOLLA_SECRET=SECRET,

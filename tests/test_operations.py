@@ -199,6 +199,7 @@ async def running_service(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
         ENTITLEMENTS_GRPC_PORT="0",
         ENTITLEMENTS_METRICS_PORT="0",
         ENTITLEMENTS_CONSOLE_PORT="0",
+        ENTITLEMENTS_HTTP_PORT="0",
         ENTITLEMENTS_INSECURE_DEV_MODE="true",
         ENTITLEMENTS_LOG_LEVEL="info",
         ENTITLEMENTS_LOG_JSON="true",

@@ -79,6 +79,7 @@ async def run_cluster(folder: Path) -> AsyncIterator[RunningStack]:
             ENTITLEMENTS_GRPC_PORT="0",
             ENTITLEMENTS_METRICS_PORT="0",
             ENTITLEMENTS_CONSOLE_ENABLED="false",
+            ENTITLEMENTS_HTTP_ENABLED="false",
             ENTITLEMENTS_LOG_JSON="1",
             GATEWAY_XSOLLA_SECRET=SECRET,
             GATEWAY_PORT="0",

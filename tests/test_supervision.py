@@ -333,6 +333,7 @@ async def test_a_restarted_store_still_dies_with_its_service(tmp_path: Path) -> 
         "ENTITLEMENTS_GRPC_PORT": "0",
         "ENTITLEMENTS_METRICS_PORT": "0",
         "ENTITLEMENTS_CONSOLE_PORT": "0",
+        "ENTITLEMENTS_HTTP_PORT": "0",
         "ENTITLEMENTS_INSECURE_DEV_MODE": "true",
         "ENTITLEMENTS_LOG_LEVEL": "info",
         "ENTITLEMENTS_LOG_JSON": "true",

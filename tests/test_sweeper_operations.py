@@ -73,6 +73,7 @@ def service_env(store: StoreUnderTest, sim: XsollaSimulator, projects_file: Path
         "ENTITLEMENTS_GRPC_PORT": "0",
         "ENTITLEMENTS_METRICS_PORT": "0",
         "ENTITLEMENTS_CONSOLE_PORT": "0",
+        "ENTITLEMENTS_HTTP_PORT": "0",
         "ENTITLEMENTS_EVENT_PARTITIONS": str(PARTITIONS),
         "ENTITLEMENTS_CONSUMER_BLOCK_MS": "50",
         "ENTITLEMENTS_CONSUMER_CLAIM_IDLE_S": "0.5",

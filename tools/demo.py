@@ -183,6 +183,7 @@ async def run(workdir: Path) -> None:
             grpc_port=0,
             metrics_port=0,
             console=replace(settings.console, port=0),
+            http=replace(settings.http, port=0),
             consumer=ConsumerSettings(block_ms=100),
             tracking=TrackingSettings(poll_interval_s=1.0),
         )

@@ -77,7 +77,13 @@ async def run(
         except BaseException:
             await service.stop()
             raise
-        log.info("devstack_ready", webhook_url=gateway.url, grpc_port=service.endpoints and service.endpoints.grpc_port)
+        endpoints = service.endpoints
+        log.info(
+            "devstack_ready",
+            webhook_url=gateway.url,
+            grpc_port=endpoints and endpoints.grpc_port,
+            http_port=endpoints and endpoints.http_port,
+        )
         if on_ready is not None:
             on_ready(service, gateway)
         await stop.wait()
@@ -177,6 +183,8 @@ def announce(cluster: LocalCluster, say: Callable[[str], None]) -> Callable[[Ser
         for line in describe_cluster(cluster):
             say(line)
         say(f"  gRPC:     127.0.0.1:{endpoints.grpc_port}")
+        if endpoints.http_port is not None:
+            say(f"  HTTP:     http://127.0.0.1:{endpoints.http_port} (JSON, docs/HTTP_API.md)")
         say(f"  webhooks: {gateway.url} ({partitions} event partitions)")
         say(f"  metrics:  http://127.0.0.1:{endpoints.metrics_port}/metrics")
         say("ready; Ctrl-C stops the gateway, the service, then the cluster")

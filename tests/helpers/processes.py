@@ -55,6 +55,7 @@ async def start_service_process(store: StoreUnderTest, log_file: Path, **env: st
         "ENTITLEMENTS_GRPC_PORT": str(port),
         "ENTITLEMENTS_METRICS_PORT": "0",
         "ENTITLEMENTS_CONSOLE_ENABLED": "false",
+        "ENTITLEMENTS_HTTP_ENABLED": "false",
         "ENTITLEMENTS_API_KEYS": f"reader:{hash_key(READER_KEY)}:read",
         "ENTITLEMENTS_CONSUMER_ENABLED": "false",
         "ENTITLEMENTS_LOG_LEVEL": "warning",

@@ -14,7 +14,7 @@ from core.projects import Project, Projects
 from entitlements import AsyncEntitlementsClient
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
-from server.config import ConsoleSettings, Settings
+from server.config import ConsoleSettings, HttpSettings, Settings
 from tests.helpers.stores import is_cluster_url, key_count, node_infos
 
 WRITER_KEY = "writer-key-0123456789"
@@ -36,6 +36,7 @@ def base_settings(**overrides: Any) -> Settings:
         grpc_port=0,
         metrics_port=0,
         console=ConsoleSettings(port=0),
+        http=HttpSettings(port=0),
         api_keys=API_KEYS,
         redis_timeout_s=1.0,
         shutdown_grace_s=2.0,
