@@ -249,6 +249,10 @@ func TestNilRequest(t *testing.T) {
 	if _, err := client.Grant(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
+	noProject := newClient(t, serve(t, f))
+	if _, err := noProject.CheckEntitlement(context.Background(), nil); !entitlements.IsInvalidArgument(err) {
+		t.Fatalf("without a project: err = %v, want InvalidArgument", err)
+	}
 }
 
 // TestErrorMapping: each status code becomes an *Error with the server's message, the right predicate, and a

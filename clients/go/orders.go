@@ -130,8 +130,12 @@ func (c *Client) FollowOrder(
 		case <-timer.C:
 		}
 		backoff = min(time.Duration(float64(backoff)*c.retry.multiplier()), c.retry.MaxBackoff)
+		left := time.Until(deadline)
+		if left <= 0 { // the wait overran: the service would refuse a max_wait of 0
+			return result, err
+		}
 		attempt = cloneOf(req)
-		attempt.MaxWait = durationpb.New(time.Until(deadline))
+		attempt.MaxWait = durationpb.New(left)
 	}
 }
 
