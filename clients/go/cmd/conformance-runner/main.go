@@ -121,16 +121,22 @@ func (r *runner) do(req *request) (any, error) {
 			return client.ListEntitlements(ctx, m)
 		})
 	case "list_all_entitlements":
-		return call(args, &v1.ListEntitlementsRequest{}, func(m *v1.ListEntitlementsRequest) (proto.Message, error) {
-			all := &v1.ListEntitlementsResponse{}
-			for e, err := range client.AllEntitlements(ctx, m) {
-				if err != nil {
-					return nil, err
-				}
-				all.Entitlements = append(all.Entitlements, e)
+		req := &v1.ListEntitlementsRequest{}
+		if err := protojson.Unmarshal(args, req); err != nil {
+			return nil, runnerErrorf("args: %v", err)
+		}
+		all := []json.RawMessage{} // the key is always there, [] for none (PROTOCOL.md)
+		for e, err := range client.AllEntitlements(ctx, req) {
+			if err != nil {
+				return nil, err
 			}
-			return all, nil
-		})
+			line, err := marshal(e)
+			if err != nil {
+				return nil, err
+			}
+			all = append(all, line)
+		}
+		return map[string]any{"entitlements": all}, nil
 	case "list_subscriptions":
 		return call(args, &v1.ListSubscriptionsRequest{}, func(m *v1.ListSubscriptionsRequest) (proto.Message, error) {
 			return client.ListSubscriptions(ctx, m)

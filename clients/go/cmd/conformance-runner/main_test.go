@@ -18,7 +18,8 @@ import (
 	v1 "github.com/xsolla-entitlements/entitlements/clients/go/gen/entitlements/v1"
 )
 
-// service answers Grant with what it received and streams two updates; "missing" orders are NOT_FOUND.
+// service answers Grant with what it received, lists no entitlements and streams two updates; "missing"
+// orders are NOT_FOUND.
 type service struct {
 	v1.UnimplementedEntitlementServiceServer
 	grants []*v1.GrantRequest
@@ -34,6 +35,12 @@ func (s *service) Grant(_ context.Context, req *v1.GrantRequest) (*v1.GrantRespo
 			Kind: req.GetKind()},
 		ProjectId: req.GetProjectId(),
 	}, nil
+}
+
+func (s *service) ListEntitlements(
+	context.Context, *v1.ListEntitlementsRequest,
+) (*v1.ListEntitlementsResponse, error) {
+	return &v1.ListEntitlementsResponse{}, nil
 }
 
 func (s *service) GetOrderStatus(
@@ -139,5 +146,14 @@ func TestRunnerStreams(t *testing.T) {
 		`{"error":{"code":"NOT_FOUND","message":"order missing not found","type":"*entitlements.Error"},"id":2,"ok":false}]`
 	if string(lines) != want {
 		t.Fatalf("lines %s\nwant  %s", lines, want)
+	}
+}
+
+// TestRunnerListAllEmpty: list_all_entitlements always has the entitlements key, [] for a player with none.
+func TestRunnerListAllEmpty(t *testing.T) {
+	answers := run(t, &service{}, `{"id":1,"op":"list_all_entitlements","client":"c","args":{"user_id":"p"}}`)
+	got, _ := json.Marshal(answers[1])
+	if want := `{"id":1,"ok":true,"result":{"entitlements":[]}}`; string(got) != want {
+		t.Fatalf("answer %s, want %s", got, want)
 	}
 }
