@@ -79,9 +79,9 @@ type FollowResult struct {
 // stream again when it breaks.
 //
 // When the stream fails with codes.Unavailable (the replica shut down, the connection dropped, the service
-// restarted), FollowOrder waits a backoff (the client's RetryPolicy InitialBackoff doubling up to MaxBackoff,
-// with jitter) and opens it again with max_wait reduced by the time already spent, so req.MaxWait bounds the
-// whole follow (DefaultMaxWait when unset). A reopened stream starts with the stored state: fn never sees a
+// restarted), FollowOrder waits a backoff (the client's RetryPolicy: InitialBackoff, times BackoffMultiplier per
+// reopening, up to MaxBackoff, with jitter; back to InitialBackoff once a stream delivers) and opens it again with
+// max_wait reduced by the time already spent, so req.MaxWait bounds the whole follow (DefaultMaxWait when unset). A reopened stream starts with the stored state: fn never sees a
 // status twice. It gets an update only when its status is after the last one delivered, or the status is the
 // same and EntitlementsGranted turned true, or it is the final TimedOut message.
 //
