@@ -30,16 +30,10 @@ include=$("$python" -c 'import grpc_tools, os; print(os.path.join(os.path.dirnam
 mkdir -p "$out/gen/entitlements/v1"
 rm -f "$out"/gen/entitlements/v1/*.pb.go
 
-# events.proto's go_package still names an older path; the M options put both files of the entitlements.v1
-# package in the one Go package the module exports (a Go package per proto package).
 cd "$root/proto"
 "$python" -m grpc_tools.protoc -I. -I"$include" \
     --plugin=protoc-gen-go="$plugins/protoc-gen-go" \
     --plugin=protoc-gen-go-grpc="$plugins/protoc-gen-go-grpc" \
     --go_out="$out" --go_opt=module=$module \
-    --go_opt=Mentitlements/v1/entitlements.proto="$gopkg;entitlementsv1" \
-    --go_opt=Mentitlements/v1/events.proto="$gopkg;entitlementsv1" \
     --go-grpc_out="$out" --go-grpc_opt=module=$module \
-    --go-grpc_opt=Mentitlements/v1/entitlements.proto="$gopkg;entitlementsv1" \
-    --go-grpc_opt=Mentitlements/v1/events.proto="$gopkg;entitlementsv1" \
     entitlements/v1/entitlements.proto entitlements/v1/events.proto

@@ -903,8 +903,8 @@ const file_entitlements_v1_events_proto_rawDesc = "" +
 	"\vEventOrigin\x12\x19\n" +
 	"\x15EVENT_ORIGIN_PROVIDER\x10\x00\x12\x18\n" +
 	"\x14EVENT_ORIGIN_TRACKER\x10\x01\x12\x18\n" +
-	"\x14EVENT_ORIGIN_SWEEPER\x10\x02Bq\n" +
-	"\x1acom.xsolla.entitlements.v1P\x01ZQgithub.com/xsolla-entitlements/entitlements/gen/go/entitlements/v1;entitlementsv1b\x06proto3"
+	"\x14EVENT_ORIGIN_SWEEPER\x10\x02By\n" +
+	"\x1acom.xsolla.entitlements.v1P\x01ZYgithub.com/xsolla-entitlements/entitlements/clients/go/gen/entitlements/v1;entitlementsv1b\x06proto3"
 
 var (
 	file_entitlements_v1_events_proto_rawDescOnce sync.Once
