@@ -152,10 +152,7 @@ export class EntitlementsClient {
   }
 
   /** A player's subscriptions, in the shape of Xsolla's user subscriptions API (`hasMore` for the next page). */
-  listSubscriptions(
-    request: ListSubscriptionsRequestInit,
-    options?: CallOptions,
-  ): Promise<ListSubscriptionsResponse> {
+  listSubscriptions(request: ListSubscriptionsRequestInit, options?: CallOptions): Promise<ListSubscriptionsResponse> {
     const message = this.#message(ListSubscriptionsRequestSchema, request);
     return this.#unary((req, opts) => this.#rpc.listSubscriptions(req, opts), message, options);
   }

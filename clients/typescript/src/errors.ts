@@ -157,21 +157,20 @@ const CONNECTION_ERROR_CODES = new Set([
   "ENETUNREACH",
   "ENOTFOUND",
   "EAI_AGAIN",
-  "ERR_HTTP2_GOAWAY_SESSION",
-  "ERR_HTTP2_INVALID_SESSION",
-  "ERR_HTTP2_SESSION_ERROR",
-  "ERR_HTTP2_STREAM_CANCEL",
-  "ERR_HTTP2_STREAM_ERROR",
-  "ERR_HTTP2_ERROR",
   "ERR_STREAM_PREMATURE_CLOSE",
 ]);
+// HTTP/2 session failures, and TLS handshakes that failed (the server's certificate is not trusted or names
+// another host, the server wants a client certificate): gRPC reports a connection that could not be set up as
+// UNAVAILABLE too.
+const CONNECTION_ERROR_PATTERN =
+  /^(ERR_HTTP2_|ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$)/;
 
 function causedByConnectionLoss(error: unknown): boolean {
   const seen = new Set<unknown>();
   for (let e = error; e instanceof Error && !seen.has(e); e = e.cause) {
     seen.add(e);
     const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && CONNECTION_ERROR_CODES.has(code)) {
+    if (typeof code === "string" && (CONNECTION_ERROR_CODES.has(code) || CONNECTION_ERROR_PATTERN.test(code))) {
       return true;
     }
   }
@@ -199,7 +198,7 @@ export function toEntitlementsError(error: unknown, aborted?: unknown): Entitlem
         cause: error,
       });
     }
-    const reason = aborted instanceof Error ? aborted.message : String(aborted);
+    const reason = aborted instanceof Error ? aborted.message : typeof aborted === "string" ? aborted : "aborted";
     return new CancelledError("CANCELLED", `call cancelled by the caller: ${reason}`, { cause: error });
   }
   const connectError = ConnectError.from(error);

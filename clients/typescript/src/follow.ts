@@ -13,7 +13,11 @@ import {
 } from "./gen/entitlements/v1/entitlements_pb.js";
 import { RetryPolicy, sleep } from "./retry.js";
 
-/** How long the service follows an order when `maxWait` is unset (its documented default). */
+/**
+ * How long `followOrder` follows an order in all when the request's `maxWait` is unset: the service's documented
+ * default. The first stream is opened as the request says (the service applies its own default); reopened
+ * streams ask for what is left of this.
+ */
 export const DEFAULT_MAX_WAIT_MS = 10 * 60 * 1000;
 
 /** Options of `followOrder`. */
@@ -88,10 +92,13 @@ export class OrderFollower implements AsyncIterable<OrderStatusUpdate> {
         if (lastError !== undefined && leftMs < 1) {
           throw lastError;
         }
-        const request = clone(GetOrderStatusRequestSchema, this.#request);
-        // The server follows the order for what is left of the caller's overall maxWait, so the final
-        // `timedOut` message comes when the caller asked for it, however many times the stream was reopened.
-        request.maxWait = durationFromMs(Math.max(1, Math.floor(leftMs)));
+        let request = this.#request;
+        if (this.#opens > 0) {
+          // A reopened stream follows the order for what is left of the overall maxWait, so the final
+          // `timedOut` message comes when the caller asked for it, however many times the stream was reopened.
+          request = clone(GetOrderStatusRequestSchema, this.#request);
+          request.maxWait = durationFromMs(Math.max(1, Math.floor(leftMs)));
+        }
         this.#opens++;
         try {
           for await (const update of this.#open(request, signal)) {

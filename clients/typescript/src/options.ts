@@ -96,7 +96,7 @@ export function resolveOptions(options: ClientOptions): ResolvedOptions {
   const host = parseTarget(options.target);
   const apiKey = options.apiKey;
   // An API key with a control character cannot be an HTTP header value; say so now rather than on every call.
-  if (apiKey !== undefined && (apiKey === "" || /[\u0000-\u001f\u007f]/.test(apiKey))) {
+  if (apiKey !== undefined && (apiKey === "" || /\p{Cc}/u.test(apiKey))) {
     throw new TypeError("apiKey must be a non-empty string without control characters");
   }
   let nodeOptions: http2.ClientSessionOptions | http2.SecureClientSessionOptions = {};

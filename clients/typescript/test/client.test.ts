@@ -29,7 +29,7 @@ import {
   ServerError,
   UnavailableError,
 } from "@xsolla-entitlements/client";
-import { delay, type FakeServer, type Handlers, startFakeServer } from "./fake-server.js";
+import { delay, type FakeServer, type Handlers, rejection, startFakeServer } from "./fake-server.js";
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 // Short waits keep the retry tests fast; the backoff itself is tested on RetryPolicy.
@@ -95,7 +95,7 @@ describe("deadlines", () => {
       },
     });
     const started = performance.now();
-    const error = await client.checkEntitlement({ userId: "u1", sku: "dlc" }, { timeoutMs: 150 }).catch((e) => e);
+    const error = await rejection(client.checkEntitlement({ userId: "u1", sku: "dlc" }, { timeoutMs: 150 }));
     assert.ok(error instanceof DeadlineExceededError, String(error));
     assert.equal(error.code, "DEADLINE_EXCEEDED");
     assert.equal(error.retryable, true);
@@ -118,7 +118,7 @@ describe("deadlines", () => {
       },
       { retry: { maxAttempts: 10, initialBackoffMs: 1, maxBackoffMs: 2 }, timeoutMs: 400 },
     );
-    const error = await client.checkEntitlement({ userId: "u1", sku: "dlc" }).catch((e) => e);
+    const error = await rejection(client.checkEntitlement({ userId: "u1", sku: "dlc" }));
     assert.ok(error instanceof RetryableError, String(error));
     const sent = server.calls.map((call) => call.timeoutMs ?? Infinity);
     assert.ok(sent.length >= 2 && sent.length < 10, `attempts: ${sent.length}`);
@@ -182,7 +182,7 @@ describe("retries and idempotency keys", () => {
 
   test("the retries stop after maxAttempts with UnavailableError", async () => {
     const { server, client } = await setup(flakyGrant(100));
-    const error = await client.grant({ userId: "u1", sku: "gold", idempotencyKey: "k" }).catch((e) => e);
+    const error = await rejection(client.grant({ userId: "u1", sku: "gold", idempotencyKey: "k" }));
     assert.ok(error instanceof UnavailableError, String(error));
     assert.equal(error.details, "store unreachable");
     assert.equal(server.calls.length, FAST_RETRY.maxAttempts);
@@ -206,8 +206,14 @@ describe("retries and idempotency keys", () => {
 
   test("the backoff grows exponentially up to the maximum, with jitter below the bound", () => {
     const policy = new RetryPolicy({ initialBackoffMs: 100, maxBackoffMs: 2000 });
-    assert.deepEqual([1, 2, 3, 4, 5, 6, 7].map((n) => policy.backoffBoundMs(n)), [100, 200, 400, 800, 1600, 2000, 2000]);
-    assert.equal(policy.backoffMs(3, () => 0.5), 200);
+    assert.deepEqual(
+      [1, 2, 3, 4, 5, 6, 7].map((n) => policy.backoffBoundMs(n)),
+      [100, 200, 400, 800, 1600, 2000, 2000],
+    );
+    assert.equal(
+      policy.backoffMs(3, () => 0.5),
+      200,
+    );
     assert.ok(policy.backoffMs(3) < 400);
     assert.equal(policy.maxAttempts, 5);
     assert.deepEqual(policy.retryableCodes, ["UNAVAILABLE"]);
@@ -220,7 +226,7 @@ describe("retries and idempotency keys", () => {
     await server.close();
     const client = new EntitlementsClient({ target: server.target, retry: FAST_RETRY });
     clients.push(client);
-    const error = await client.checkEntitlement({ userId: "u1", sku: "dlc" }).catch((e) => e);
+    const error = await rejection(client.checkEntitlement({ userId: "u1", sku: "dlc" }));
     assert.ok(error instanceof UnavailableError, String(error));
     assert.match(error.details, /ECONNREFUSED/);
   });
@@ -248,7 +254,7 @@ describe("errors", () => {
         },
         { retry: false },
       );
-      const error = await client.grant({ userId: "u1", sku: "gold" }).catch((e) => e);
+      const error = await rejection(client.grant({ userId: "u1", sku: "gold" }));
       assert.ok(error instanceof Class, String(error));
       assert.ok(isEntitlementsError(error));
       assert.equal(error.code, name);
@@ -267,14 +273,17 @@ describe("errors", () => {
         throw new Error("boom");
       },
     });
-    const error = await client.grant({ userId: "u1", sku: "gold" }).catch((e) => e);
+    const error = await rejection(client.grant({ userId: "u1", sku: "gold" }));
     assert.ok(error instanceof ServerError, String(error));
   });
 });
 
 describe("projects and requests", () => {
   test("the client's projectId fills requests that leave it at 0; a request's own wins", async () => {
-    const { server, client } = await setup({ grant: grantResponse, checkEntitlement: () => ({}) }, { projectId: 308077 });
+    const { server, client } = await setup(
+      { grant: grantResponse, checkEntitlement: () => ({}) },
+      { projectId: 308077 },
+    );
     const response = await client.grant({ userId: "u1", sku: "gold" });
     assert.equal(response.projectId, 308077n);
     await client.checkEntitlement({ userId: "u1", sku: "gold", projectId: 310000n });
@@ -356,9 +365,7 @@ describe("cancellation and close", () => {
     });
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 50);
-    const error = await client
-      .checkEntitlement({ userId: "u1", sku: "dlc" }, { signal: controller.signal })
-      .catch((e) => e);
+    const error = await rejection(client.checkEntitlement({ userId: "u1", sku: "dlc" }, { signal: controller.signal }));
     assert.ok(error instanceof CancelledError, String(error));
     assert.equal(error.code, "CANCELLED");
   });
@@ -370,12 +377,12 @@ describe("cancellation and close", () => {
         return {};
       },
     });
-    const running = client.checkEntitlement({ userId: "u1", sku: "dlc" }).catch((e) => e);
+    const running = rejection(client.checkEntitlement({ userId: "u1", sku: "dlc" }));
     await delay(50);
     await client.close();
     await client.close();
     assert.ok((await running) instanceof CancelledError);
-    const later = await client.checkEntitlement({ userId: "u1", sku: "dlc" }).catch((e) => e);
+    const later = await rejection(client.checkEntitlement({ userId: "u1", sku: "dlc" }));
     assert.ok(later instanceof CancelledError, String(later));
     assert.equal(later.details, "the client was closed");
     assert.equal(client.closed, true);

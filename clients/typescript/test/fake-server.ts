@@ -47,7 +47,7 @@ export async function startFakeServer(
   }
   const adapter = connectNodeAdapter({
     routes(router) {
-      router.service(EntitlementService, recorded as Handlers);
+      router.service(EntitlementService, recorded);
     },
   });
   const server = tls
@@ -77,7 +77,10 @@ export async function startFakeServer(
   };
 }
 
-type ServiceImplFn = (request: unknown, context: { requestHeader: Headers; timeoutMs(): number | undefined }) => unknown;
+type ServiceImplFn = (
+  request: unknown,
+  context: { requestHeader: Headers; timeoutMs(): number | undefined },
+) => unknown;
 
 /** Resolves after `ms` milliseconds, or rejects when `signal` aborts. */
 export function delay(ms: number, signal?: AbortSignal): Promise<void> {
@@ -85,7 +88,17 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
     const timer = setTimeout(resolve, ms);
     signal?.addEventListener("abort", () => {
       clearTimeout(timer);
-      reject(signal.reason);
+      reject(new Error("delay aborted", { cause: signal.reason }));
     });
   });
+}
+
+/** The error `promise` rejects with; fails the test when it resolves. */
+export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error("expected the promise to reject, but it resolved");
 }
