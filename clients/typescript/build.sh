@@ -8,6 +8,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+	sh "$here/../../tools/ensure_packages.sh" nodejs npm
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 	echo "clients/typescript/build.sh: Node.js and npm are needed (Debian: apt-get install nodejs npm)" >&2
 	exit 1
 fi

@@ -6,6 +6,8 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 "$here/build.sh"
+# The TLS tests make their CA and certificates with openssl.
+command -v openssl >/dev/null 2>&1 || sh "$here/../../tools/ensure_packages.sh" openssl
 
 fresh=$(mktemp -d)
 trap 'rm -rf "$fresh"' EXIT
