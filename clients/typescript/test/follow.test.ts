@@ -7,6 +7,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   AuthenticationError,
   CancelledError,
+  DEFAULT_MAX_WAIT_MS,
   durationFromMs,
   durationMs,
   EntitlementsClient,
@@ -164,6 +165,10 @@ describe("followOrder", () => {
     const seen = await collect(follower);
     assert.deepEqual(brief(seen), ["NEW", "CANCELED"]);
     assert.equal(follower.opens, 2);
+    // No maxWait: the first stream gets the service's default, the second what is left of its 10 minutes.
+    const [first, second] = server.calls.map((call) => (call.request as GetOrderStatusRequest).maxWait);
+    assert.equal(first, undefined);
+    assert.ok(second && durationMs(second) > 590_000 && durationMs(second) < DEFAULT_MAX_WAIT_MS);
   });
 
   test("the final timed_out message is delivered even though its status repeats", async () => {
