@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { clone, create, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { type Client, createClient } from "@connectrpc/connect";
 import type { Http2SessionManager } from "@connectrpc/connect-node";
-import { CancelledError, toEntitlementsError } from "./errors.js";
+import { CancelledError, InvalidArgumentError, toEntitlementsError } from "./errors.js";
 import { type FollowOptions, OrderFollower } from "./follow.js";
 import {
   CheckEntitlementRequestSchema,
@@ -96,7 +96,7 @@ export class EntitlementsClient {
    * @throws InvalidArgumentError, ConflictError (key reused with another request, another kind),
    *   AuthenticationError, PermissionDeniedError, RetryableError (call again with the same key), ...
    */
-  grant(request: GrantRequestInit, options?: CallOptions): Promise<GrantResponse> {
+  async grant(request: GrantRequestInit, options?: CallOptions): Promise<GrantResponse> {
     const message = this.#message(GrantRequestSchema, request);
     if (request.idempotencyKey === undefined) {
       message.idempotencyKey = randomUUID();
@@ -108,7 +108,7 @@ export class EntitlementsClient {
    * Removes an item from a player completely; `revoked` is false when there was nothing to remove. The
    * idempotency key works as in `grant`.
    */
-  revoke(request: RevokeRequestInit, options?: CallOptions): Promise<RevokeResponse> {
+  async revoke(request: RevokeRequestInit, options?: CallOptions): Promise<RevokeResponse> {
     const message = this.#message(RevokeRequestSchema, request);
     if (request.idempotencyKey === undefined) {
       message.idempotencyKey = randomUUID();
@@ -117,7 +117,10 @@ export class EntitlementsClient {
   }
 
   /** Tells whether a player holds an item now (`active`), with the stored entitlement when there is one. */
-  checkEntitlement(request: CheckEntitlementRequestInit, options?: CallOptions): Promise<CheckEntitlementResponse> {
+  async checkEntitlement(
+    request: CheckEntitlementRequestInit,
+    options?: CallOptions,
+  ): Promise<CheckEntitlementResponse> {
     const message = this.#message(CheckEntitlementRequestSchema, request);
     return this.#unary((req, opts) => this.#rpc.checkEntitlement(req, opts), message, options);
   }
@@ -126,7 +129,10 @@ export class EntitlementsClient {
    * One page of a player's entitlements, in sku order. A page may hold fewer than `pageSize`, even none, while
    * `nextPageToken` is set: only an empty token ends the listing. `entitlements()` pages for you.
    */
-  listEntitlements(request: ListEntitlementsRequestInit, options?: CallOptions): Promise<ListEntitlementsResponse> {
+  async listEntitlements(
+    request: ListEntitlementsRequestInit,
+    options?: CallOptions,
+  ): Promise<ListEntitlementsResponse> {
     const message = this.#message(ListEntitlementsRequestSchema, request);
     return this.#unary((req, opts) => this.#rpc.listEntitlements(req, opts), message, options);
   }
@@ -152,13 +158,16 @@ export class EntitlementsClient {
   }
 
   /** A player's subscriptions, in the shape of Xsolla's user subscriptions API (`hasMore` for the next page). */
-  listSubscriptions(request: ListSubscriptionsRequestInit, options?: CallOptions): Promise<ListSubscriptionsResponse> {
+  async listSubscriptions(
+    request: ListSubscriptionsRequestInit,
+    options?: CallOptions,
+  ): Promise<ListSubscriptionsResponse> {
     const message = this.#message(ListSubscriptionsRequestSchema, request);
     return this.#unary((req, opts) => this.#rpc.listSubscriptions(req, opts), message, options);
   }
 
   /** One page of a player's audit ledger, newest first (`nextPageToken` for older entries). */
-  listLedger(request: ListLedgerRequestInit, options?: CallOptions): Promise<ListLedgerResponse> {
+  async listLedger(request: ListLedgerRequestInit, options?: CallOptions): Promise<ListLedgerResponse> {
     const message = this.#message(ListLedgerRequestSchema, request);
     return this.#unary((req, opts) => this.#rpc.listLedger(req, opts), message, options);
   }
@@ -188,7 +197,8 @@ export class EntitlementsClient {
    * ```
    */
   followOrder(request: GetOrderStatusRequestInit, options?: FollowOptions): OrderFollower {
-    const message = this.#message(GetOrderStatusRequestSchema, request);
+    // The request is built when the iteration starts, so that a bad one rejects it like any other error.
+    const message = () => this.#message(GetOrderStatusRequestSchema, request);
     return new OrderFollower(message, (req, signal) => this.#stream(req, signal, undefined), options);
   }
 
@@ -215,9 +225,16 @@ export class EntitlementsClient {
     schema: Desc,
     init: MessageInitShape<Desc>,
   ): MessageShape<Desc> & { projectId: bigint } {
-    // create() returns a message it is given as it is: clone it, so that filling in the project or the key
-    // never changes the caller's object.
-    const message = clone(schema, create(schema, init)) as MessageShape<Desc> & { projectId: bigint };
+    let message: MessageShape<Desc> & { projectId: bigint };
+    try {
+      // create() returns a message it is given as it is: clone it, so that filling in the project or the key
+      // never changes the caller's object.
+      message = clone(schema, create(schema, init)) as MessageShape<Desc> & { projectId: bigint };
+    } catch (error) {
+      // A value the field cannot hold (an int64 out of range, a string for a number): nothing is sent.
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new InvalidArgumentError("INVALID_ARGUMENT", `request: ${reason}`, { cause: error });
+    }
     if (message.projectId === 0n) {
       message.projectId = this.#options.projectId;
     }

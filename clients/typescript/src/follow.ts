@@ -52,13 +52,13 @@ export type OpenStream = (request: GetOrderStatusRequest, signal: AbortSignal) =
 export class OrderFollower implements AsyncIterable<OrderStatusUpdate> {
   #opens = 0;
   #started = false;
-  readonly #request: GetOrderStatusRequest;
+  readonly #request: () => GetOrderStatusRequest;
   readonly #open: OpenStream;
   readonly #signal: AbortSignal | undefined;
   readonly #backoff: RetryPolicy;
 
   /** @internal Built by `EntitlementsClient.followOrder`. */
-  constructor(request: GetOrderStatusRequest, open: OpenStream, options: FollowOptions = {}) {
+  constructor(request: () => GetOrderStatusRequest, open: OpenStream, options: FollowOptions = {}) {
     this.#request = request;
     this.#open = open;
     this.#signal = options.signal;
@@ -79,7 +79,8 @@ export class OrderFollower implements AsyncIterable<OrderStatusUpdate> {
   }
 
   async *#follow(): AsyncGenerator<OrderStatusUpdate, void, undefined> {
-    const maxWaitMs = this.#request.maxWait ? durationMs(this.#request.maxWait) : DEFAULT_MAX_WAIT_MS;
+    const asked = this.#request();
+    const maxWaitMs = asked.maxWait ? durationMs(asked.maxWait) : DEFAULT_MAX_WAIT_MS;
     const started = performance.now();
     const stop = new AbortController();
     const signal = this.#signal ? AbortSignal.any([this.#signal, stop.signal]) : stop.signal;
@@ -92,11 +93,11 @@ export class OrderFollower implements AsyncIterable<OrderStatusUpdate> {
         if (lastError !== undefined && leftMs < 1) {
           throw lastError;
         }
-        let request = this.#request;
+        let request = asked;
         if (this.#opens > 0) {
           // A reopened stream follows the order for what is left of the overall maxWait, so the final
           // `timedOut` message comes when the caller asked for it, however many times the stream was reopened.
-          request = clone(GetOrderStatusRequestSchema, this.#request);
+          request = clone(GetOrderStatusRequestSchema, asked);
           request.maxWait = durationFromMs(Math.max(1, Math.floor(leftMs)));
         }
         this.#opens++;

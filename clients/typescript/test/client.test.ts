@@ -53,6 +53,14 @@ async function setup(
   return { server, client };
 }
 
+async function collectAll<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const all: T[] = [];
+  for await (const item of items) {
+    all.push(item);
+  }
+  return all;
+}
+
 function grantResponse(request: GrantRequest) {
   return create(GrantResponseSchema, {
     entitlement: { userId: request.userId, sku: request.sku, quantity: request.quantity ?? 1n, active: true },
@@ -291,6 +299,18 @@ describe("projects and requests", () => {
       server.calls.map((call) => (call.request as { projectId: bigint }).projectId),
       [308077n, 310000n],
     );
+  });
+
+  test("a value a field cannot hold rejects with InvalidArgumentError and sends nothing", async () => {
+    const { server, client } = await setup({ grant: grantResponse });
+    const pending = client.grant({ userId: "u1", sku: "gold", quantity: 2n ** 70n });
+    assert.ok(pending instanceof Promise, "a rejected promise, not a synchronous throw");
+    const error = await rejection(pending);
+    assert.ok(error instanceof InvalidArgumentError, String(error));
+    assert.match(error.details, /^request: /);
+    const follower = client.followOrder({ orderId: "o1", userId: "u1", projectId: -(2n ** 64n) });
+    assert.ok((await rejection(collectAll(follower))) instanceof InvalidArgumentError);
+    assert.equal(server.calls.length, 0);
   });
 
   test("the caller's request object is never changed", async () => {
