@@ -5,13 +5,13 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
-"$here/build.sh"
+sh "$here/build.sh"
 # The TLS tests make their CA and certificates with openssl.
 command -v openssl >/dev/null 2>&1 || sh "$here/../../tools/ensure_packages.sh" openssl
 
 fresh=$(mktemp -d)
 trap 'rm -rf "$fresh"' EXIT
-"$here/generate.sh" "$fresh"
+sh "$here/generate.sh" "$fresh"
 if ! diff -r "$here/src/gen" "$fresh"; then
 	echo "clients/typescript/src/gen does not match proto/: run clients/typescript/generate.sh and commit the result" >&2
 	exit 1
