@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180
 #: How to start each client's example once `make clients` has built it.
 EXAMPLES = {
     "go": [str(ROOT / "clients" / "go" / "bin" / "gameserver")],
+    "typescript": ["node", str(ROOT / "clients" / "typescript" / "dist-tools" / "examples" / "gameserver.js")],
 }
 
 
