@@ -82,6 +82,8 @@ ERROR_STATUSES: dict[str, tuple[str, str]] = {
     ),
     "404": ("NotFound", "NOT_FOUND: Xsolla does not know the order in that project."),
     "409": ("AlreadyExists", "ALREADY_EXISTS: the idempotency key was used with a different request."),
+    "413": ("PayloadTooLarge", "INVALID_ARGUMENT: the body is larger than the service accepts (256 KiB by default)."),
+    "415": ("UnsupportedMediaType", "INVALID_ARGUMENT: the body is not `application/json`."),
     "429": (
         "ResourceExhausted",
         "RESOURCE_EXHAUSTED: the replica follows its maximum of orders, or the API key holds its maximum of "
@@ -98,6 +100,8 @@ ERROR_STATUSES: dict[str, tuple[str, str]] = {
     ),
 }
 COMMON_ERRORS = ("400", "401", "403", "503", "504")
+# The HTTP layer's own refusals of a body, before any RPC (server/http_api/errors.py).
+BODY_ERRORS = ("413", "415")
 EXTRA_ERRORS: dict[str, tuple[str, ...]] = {
     "Grant": ("409",),
     "Revoke": ("409",),
@@ -213,9 +217,9 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def error_responses(operation_id: str) -> dict[str, Any]:
+def error_responses(operation_id: str, has_body: bool) -> dict[str, Any]:
     """Every HTTP error status the operation returns, each with the google.rpc.Status body."""
-    codes = sorted(COMMON_ERRORS + EXTRA_ERRORS.get(operation_id, ()))
+    codes = sorted(COMMON_ERRORS + EXTRA_ERRORS.get(operation_id, ()) + (BODY_ERRORS if has_body else ()))
     return {code: {"$ref": f"#/components/responses/{ERROR_STATUSES[code][0]}"} for code in codes}
 
 
@@ -286,7 +290,7 @@ def convert_operation(op: dict[str, Any]) -> dict[str, Any]:
             "description": "The response message.",
             "content": {"application/json": {"schema": convert_schema(op["responses"]["200"]["schema"])}},
         }
-    out["responses"] = {"200": ok, **error_responses(op_id)}
+    out["responses"] = {"200": ok, **error_responses(op_id, "requestBody" in out)}
     return out
 
 
