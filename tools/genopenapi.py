@@ -19,10 +19,13 @@ Two steps:
      generator would describe grpc-gateway's newline-delimited `{"result": ...}` objects instead;
    - the API key is an HTTP Bearer security scheme, required by every operation;
    - instead of one `default` error response, each operation lists the HTTP statuses it returns, each with the
-     `google.rpc.Status` body, so a status the document does not name is a bug a checker can see;
+     `google.rpc.Status` body (and a 401 with `WWW-Authenticate`), so a status the document does not name is a
+     bug a checker can see;
    - proto3 has no required fields, but the service rejects a request without the fields whose comment says
-     "Required": those are marked required (strings with minLength 1);
-   - int64 strings and durations get the patterns of their proto3 JSON forms ("-12", "3.5s");
+     "Required": those are marked required (strings with minLength 1); and it rejects a field the request message
+     does not have (a typo must not pass as a default value), so request bodies have `additionalProperties: false`
+     (responses do not: a later version may add fields, which clients ignore);
+   - int64 strings and durations get the patterns of their proto3 JSON forms ("-12", "3.5s"), within range;
    - the file comment of the .proto (authentication, projects, errors) becomes `info.description`;
    - a `$ref` with a description beside it becomes `allOf: [$ref]`, since OpenAPI 3.0 ignores a $ref's siblings.
 """
@@ -109,8 +112,10 @@ EXTRA_ERRORS: dict[str, tuple[str, ...]] = {
 }
 STREAMING = {"GetOrderStatus": "OrderStatusUpdate"}
 
-INT64_PATTERN = r"^-?[0-9]+$"
-DURATION_PATTERN = r"^-?[0-9]+(\.[0-9]{1,9})?s$"
+# At most 18 digits: always within int64 (19 may overflow, which the service refuses as INVALID_ARGUMENT).
+INT64_PATTERN = r"^-?[0-9]{1,18}$"
+# google.protobuf.Duration holds up to 315,576,000,000 s; 11 digits always fit.
+DURATION_PATTERN = r"^-?[0-9]{1,11}(\.[0-9]{1,9})?s$"
 REQUIRED_RE = re.compile(r"(^|\.\s+)Required\b")
 
 
@@ -224,32 +229,56 @@ def error_responses(operation_id: str, has_body: bool) -> dict[str, Any]:
 
 
 def shared_error_responses() -> dict[str, Any]:
-    """components.responses: one per error status, each a google.rpc.Status."""
-    return {
-        name: {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}},
-        }
-        for name, description in ERROR_STATUSES.values()
-    }
+    """components.responses: one per error status, each a google.rpc.Status; a 401 says `WWW-Authenticate`."""
+    responses: dict[str, Any] = {}
+    for name, description in ERROR_STATUSES.values():
+        response: dict[str, Any] = {"description": description}
+        if name == "Unauthenticated":
+            response["headers"] = {
+                "WWW-Authenticate": {
+                    "description": "`Bearer`: the API key goes in `Authorization: Bearer <api key>`.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            }
+        response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}
+        responses[name] = response
+    return responses
 
 
 def stream_response(message: str) -> dict[str, Any]:
-    """The 200 answer of a server-streaming RPC: Server-Sent Events, one per message."""
+    """The 200 answer of a server-streaming RPC: Server-Sent Events, one per message, then `end` or `error`.
+
+    The schema of a `text/event-stream` response describes one event (its `event` and `data` fields), as
+    schemathesis and the OpenAPI 3.2 `itemSchema` read it; 3.0 cannot say that `data` holds JSON of a given schema,
+    so the description names the schema of each event's data.
+    """
+
+    def event(name: str, data: dict[str, Any], description: str) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "description": description,
+            "required": ["event", "data"],
+            "properties": {"event": {"type": "string", "enum": [name]}, "data": data},
+        }
+
     return {
         "description": (
-            "Server-Sent Events, one per message of the stream:\n\n"
-            f"- `event: update` with `data:` one {message} in the proto3 JSON mapping, on one line;\n"
-            "- `event: error` with `data:` a google.rpc.Status when the stream fails after it started (then it "
-            "ends; on code 14, UNAVAILABLE, open it again);\n"
-            "- `event: end` with `data: {}` when the stream ends OK (a terminal status, or the `timedOut` "
-            "message).\n\n"
-            "Lines starting with `:` are keep-alive comments. A connection that closes without `event: end` or "
-            "`event: error` broke: open it again and skip the statuses already seen (docs/HTTP_API.md)."
+            f"Server-Sent Events: `update` events, each one {message} in the proto3 JSON mapping (on one `data:` "
+            "line), then `end` when the stream ends OK (a terminal status, or the `timedOut` message) or `error` "
+            "(a google.rpc.Status) when it fails after it started; after `error` with code 14 (UNAVAILABLE), open "
+            "it again. Lines starting with `:` are keep-alive comments. A connection that closes without `end` or "
+            "`error` broke: open the stream again and skip the statuses already seen (docs/HTTP_API.md)."
         ),
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string", "description": f"event-stream frames of {message}"},
+                "schema": {
+                    "oneOf": [
+                        event("update", {"type": "string", "pattern": "^[{].*[}]$"}, f"`data`: one {message}."),
+                        event("error", {"type": "string", "pattern": "^[{].*[}]$"}, "`data`: a google.rpc.Status."),
+                        event("end", {"type": "string", "enum": ["{}"]}, "The stream ended OK."),
+                    ]
+                },
             }
         },
     }
@@ -301,6 +330,11 @@ def to_openapi3(swagger: dict[str, Any]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, methods in swagger["paths"].items():
         paths[path] = {method: convert_operation(op) for method, op in methods.items()}
+    for methods in paths.values():
+        for op in methods.values():
+            if "requestBody" in op:
+                body = op["requestBody"]["content"]["application/json"]["schema"]
+                schemas[body["$ref"].rsplit("/", 1)[1]]["additionalProperties"] = False
     return {
         "openapi": "3.0.3",
         "info": {
