@@ -25,7 +25,8 @@ Two steps:
      "Required": those are marked required (strings with minLength 1); and it rejects a field the request message
      does not have (a typo must not pass as a default value), so request bodies have `additionalProperties: false`
      (responses do not: a later version may add fields, which clients ignore);
-   - int64 strings and durations get the patterns of their proto3 JSON forms ("-12", "3.5s"), within range;
+   - int64 strings and durations get the patterns of their proto3 JSON forms ("-12", "3.5s"), and int32 numbers
+     their bounds, within the range the service parses;
    - the file comment of the .proto (authentication, projects, errors) becomes `info.description`;
    - a `$ref` with a description beside it becomes `allOf: [$ref]`, since OpenAPI 3.0 ignores a $ref's siblings.
 """
@@ -83,7 +84,6 @@ ERROR_STATUSES: dict[str, tuple[str, str]] = {
         "PermissionDenied",
         "PERMISSION_DENIED: the API key lacks the scope, or is not bound to the request's project.",
     ),
-    "404": ("NotFound", "NOT_FOUND: Xsolla does not know the order in that project."),
     "409": ("AlreadyExists", "ALREADY_EXISTS: the idempotency key was used with a different request."),
     "413": ("PayloadTooLarge", "INVALID_ARGUMENT: the body is larger than the service accepts (256 KiB by default)."),
     "415": ("UnsupportedMediaType", "INVALID_ARGUMENT: the body is not `application/json`."),
@@ -108,7 +108,8 @@ BODY_ERRORS = ("413", "415")
 EXTRA_ERRORS: dict[str, tuple[str, ...]] = {
     "Grant": ("409",),
     "Revoke": ("409",),
-    "GetOrderStatus": ("404", "429"),
+    # NOT_FOUND and UNAUTHENTICATED from Xsolla come after the stream started: `error` events, not statuses.
+    "GetOrderStatus": ("429",),
 }
 STREAMING = {"GetOrderStatus": "OrderStatusUpdate"}
 
@@ -188,6 +189,8 @@ def convert_schema(schema: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if out.get("type") == "string" and out.get("format") == "int64":
         out["pattern"] = INT64_PATTERN
+    if out.get("type") == "integer" and out.get("format") == "int32":
+        out["minimum"], out["maximum"] = -(2**31), 2**31 - 1
     required = [
         name for name, prop in out.get("properties", {}).items() if REQUIRED_RE.search(prop.get("description", ""))
     ]
