@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/entitlements/v1/*.proto)
 GEN_OUT := clients/python
 
-.PHONY: install proto run run-cluster demo test lint typecheck bench clients test-clients clean
+.PHONY: install proto openapi run run-cluster demo test lint typecheck bench clients test-clients clean
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 ## Regenerate the Python stubs from proto/ (committed; tests/test_generated.py checks they match).
 proto: $(STAMP)
 	$(BIN)/python tools/genproto.py
+
+## Regenerate the HTTP/JSON API's OpenAPI document from proto/ (committed; conformance/test_openapi_drift.py checks it;
+## needs Go for the pinned protoc-gen-openapiv2).
+openapi: $(STAMP)
+	$(BIN)/python tools/genopenapi.py
 
 ## The service and the webhook gateway on the embedded Redis in ./var, in insecure development mode.
 run: $(STAMP)

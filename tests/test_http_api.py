@@ -3,6 +3,8 @@ over gRPC, the same keys and scopes, and every refusal is a JSON `google.rpc.Sta
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,6 +153,31 @@ async def test_api_keys_and_scopes_are_those_of_grpc(
     assert sample(service, "entitlements_http_requests_total", route="Grant", status="401") == 2
 
 
+async def test_the_key_is_checked_before_a_request_the_http_layer_cannot_read(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    """A body that is not JSON, an unknown field, a wrong content type, a bad query value: without a valid key it is
+    401, with a key lacking the scope 403, and only with a key that may call the RPC the 400/415 it deserves."""
+    base = http_base(service)
+    grant, check = base + "/v1/entitlements:grant", base + "/v1/entitlements:check?userId=p&sku=s&projectId=x"
+    json_type = {"Content-Type": "application/json"}
+    unreadable: list[tuple[str, str, dict[str, Any], int]] = [
+        ("POST", grant, {"data": "{", "headers": json_type}, 400),
+        ("POST", grant, {"json": {"userId": "p", "colour": "red"}}, 400),
+        ("POST", grant, {"data": "{}", "headers": {"Content-Type": "text/plain"}}, 415),
+        ("GET", check, {}, 400),
+    ]
+    for method, url, kwargs, deserved in unreadable:
+        for key, status in ((None, 401), ("not-a-key-at-all-01", 401)):
+            answer = await call(http, method, url, key, **kwargs)
+            assert (answer.status, answer.body["code"]) == (status, 16), (url, kwargs, answer.body)
+        scoped = await call(http, method, url, READER_KEY, **kwargs)
+        expected = (403, 7) if url == grant else (deserved, 3)
+        assert (scoped.status, scoped.body["code"]) == expected, (url, kwargs, scoped.body)
+        allowed = await call(http, method, url, WRITER_KEY, **kwargs)
+        assert (allowed.status, allowed.body["code"]) == (deserved, 3), (url, kwargs, allowed.body)
+
+
 async def test_refusals_of_the_http_layer_are_json_and_write_nothing(
     service: Service, http: aiohttp.ClientSession, redis_server: StoreUnderTest
 ) -> None:
@@ -171,6 +198,7 @@ async def test_refusals_of_the_http_layer_are_json_and_write_nothing(
             ("POST", grant, {"json": {"userId": "p", "user_id": "q"}}, 400, 3, "user_id is given twice"),
                 ("POST", grant, {"json": {"quantity": "1_000"}}, 400, 3, "quantity: '1_000' is not an integer"),
             ("POST", grant, {"json": {"quantity": "lots"}}, 400, 3, "quantity"),
+            ("GET", base + "/v1/entitlements:check?userId=p&sku=s&projectId=", {}, 400, 3, "'' is not an integer"),
             ("POST", grant, {"data": "{}", "headers": {"Content-Type": "text/plain"}}, 415, 3, "application/json"),
             ("POST", grant, {"data": "{}", "headers": {"Content-Type": "application/json; charset=latin-1"}}, 415, 3,
              "charset"),
@@ -185,6 +213,7 @@ async def test_refusals_of_the_http_layer_are_json_and_write_nothing(
             answer = await call(http, method, url, WRITER_KEY, **kwargs)
             assert (answer.status, answer.body["code"]) == (status, code), (method, url, kwargs, answer.body)
             assert message in answer.body["message"], (message, answer.body)
+            assert "int()" not in answer.body["message"], answer.body  # no Python wording reaches a caller
         wrong_method = await call(http, "DELETE", grant, WRITER_KEY)
         assert wrong_method.headers["Allow"] == "POST"
         assert await store_changes(redis) == before
@@ -193,13 +222,23 @@ async def test_refusals_of_the_http_layer_are_json_and_write_nothing(
     assert sample(service, "entitlements_http_requests_total", route="none", status="404") == 1
 
 
-async def test_a_deadline_header_bounds_the_call(service: Service, http: aiohttp.ClientSession) -> None:
-    """Grpc-Timeout is the call's deadline: one too short to reach the store is 504 DEADLINE_EXCEEDED."""
+async def test_a_deadline_header_bounds_the_call(
+    service_factory: ServiceFactory, embedded_server: EmbeddedRedis, http: aiohttp.ClientSession
+) -> None:
+    """Grpc-Timeout is the call's deadline: with the store holding every answer (SIGSTOP), a deadline shorter than
+    the store's own timeout (2 s) is 504 DEADLINE_EXCEEDED, not the store's 503."""
+    service = await service_factory(redis_url=embedded_server.url)
     url = http_base(service) + "/v1/entitlements:check?userId=p&sku=s"
     for far in ("5S", "99999999H"):
         fine = await call(http, "GET", url, READER_KEY, headers={"Grpc-Timeout": far})
         assert fine.status == 200, far
-    late = await call(http, "GET", url, READER_KEY, headers={"Grpc-Timeout": "1n"})
+    pid = embedded_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        late = await call(http, "GET", url, READER_KEY, headers={"Grpc-Timeout": "300m"})
+    finally:
+        os.kill(pid, signal.SIGCONT)
     assert (late.status, late.body["code"]) == (504, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
 
 

@@ -272,9 +272,8 @@ def test_invalid_requests_are_refused_as_documented(stack: Stack, operation_id: 
 
 @pytest.mark.parametrize("operation_id", sorted(OPERATIONS))
 def test_requests_without_a_key_are_unauthenticated(stack: Stack, operation_id: str) -> None:
-    """Without an API key, or with an unknown one, a well-formed request is 401 UNAUTHENTICATED, with
-    `WWW-Authenticate: Bearer`; a malformed one gets a documented answer too (400 when the HTTP layer refuses its
-    JSON before the service sees the key, as docs/HTTP_API.md says)."""
+    """Without an API key, or with an unknown one, every request, well-formed or not, is 401 UNAUTHENTICATED with
+    `WWW-Authenticate: Bearer`: the key is checked before anything else is said, as over gRPC."""
 
     def unauthenticated(case: Any, response: Any) -> None:
         assert response.status_code == 401, response.text
@@ -288,5 +287,6 @@ def test_requests_without_a_key_are_unauthenticated(stack: Stack, operation_id: 
             without_key,
         )  # fmt: skip
         run_examples(
-            stack, operation_id, GenerationMode.NEGATIVE, UNAUTHENTICATED_EXAMPLES, {}, CHECKS, None, without_key
-        )
+            stack, operation_id, GenerationMode.NEGATIVE, UNAUTHENTICATED_EXAMPLES, {}, CHECKS, unauthenticated,
+            without_key,
+        )  # fmt: skip

@@ -16,6 +16,7 @@ left out, int64 as strings, enums by name, timestamps in RFC 3339.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,7 +88,7 @@ def request_message(
     try:
         json_format.ParseDict(fields, message, ignore_unknown_fields=False)
     except (json_format.ParseError, RecursionError, ValueError, TypeError) as exc:
-        raise invalid(f"request: {_first_line(str(exc))}") from None
+        raise invalid(f"request: {_plain(_first_line(str(exc)))}") from None
     return message
 
 
@@ -260,6 +261,19 @@ def _scalar(field: FieldDescriptor, value: str) -> Any:
 
 def _kind(document: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(document), "a number")
+
+
+#: json_format quotes Python's own conversion errors; a caller reads them in plain words.
+_PYTHON_WORDING = (
+    (re.compile(r"invalid literal for int\(\) with base 10: (.*?)\.?$"), r"\1 is not an integer."),
+    (re.compile(r"could not convert string to float: (.*?)\.?$"), r"\1 is not a number."),
+)
+
+
+def _plain(text: str) -> str:
+    for pattern, wording in _PYTHON_WORDING:
+        text = pattern.sub(wording, text)
+    return text
 
 
 def _first_line(text: str) -> str:

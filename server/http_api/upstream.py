@@ -93,6 +93,23 @@ class Upstream:
             )
         return callable_
 
+    async def refused_key(
+        self, method: MethodDescriptor, metadata: tuple[tuple[str, str], ...]
+    ) -> grpc.aio.AioRpcError | None:
+        """The service's refusal of the caller's key for `method` (UNAUTHENTICATED, PERMISSION_DENIED), or None.
+
+        For a request the HTTP layer cannot read: the service checks the key and its scope before anything else
+        and says nothing more without them, and the HTTP API keeps that order. It sends bytes that are no request
+        message, so a call that passes the key check ends INVALID_ARGUMENT and writes nothing.
+        """
+        probe = self._channel.unary_unary(_path(method), request_serializer=None, response_deserializer=None)
+        try:
+            await probe(_NOT_A_MESSAGE, metadata=metadata, timeout=_KEY_CHECK_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                return exc
+        return None
+
     async def health(self, service: str, timeout_s: float) -> int:
         """The gRPC health service's status of `service` (`HealthCheckResponse.ServingStatus`).
 
@@ -104,6 +121,11 @@ class Upstream:
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
+
+
+#: A field with number 0, which no protobuf message can hold: the service refuses it as "not a valid request".
+_NOT_A_MESSAGE = b"\x00"
+_KEY_CHECK_TIMEOUT_S = 5.0
 
 
 def _path(method: MethodDescriptor) -> str:

@@ -138,11 +138,18 @@ async def _rpc(api: Api, request: web.Request, route: Route, path_values: dict[F
     body = b""
     if request.body_exists:
         body = await request.read()
-    if body and route.body:
-        _check_json(request)
-    message = request_message(route, path_values, list(request.rel_url.query.items()), body)
     metadata = call_metadata(request.headers)
-    timeout = deadline_s(request.headers)
+    try:
+        if body and route.body:
+            _check_json(request)
+        message = request_message(route, path_values, list(request.rel_url.query.items()), body)
+        timeout = deadline_s(request.headers)
+    except HttpError:
+        # Without a valid key and scope the caller learns only that, as over gRPC.
+        refused = await api.upstream.refused_key(route.method, metadata)
+        if refused is not None:
+            return rpc_error_response(refused)
+        raise
     if route.streaming:
         metadata = (*metadata, ANNOUNCE_ACCEPTANCE)
         call = api.upstream.streaming(route.method)(message, metadata=metadata, timeout=timeout)
