@@ -39,6 +39,11 @@ Request RequestFrom(const json& args) {
   return request;
 }
 
+// The answer to a request the runner itself could not carry out.
+json RunnerFailure(const json& id, const std::string& message) {
+  return {{"id", id}, {"ok", false}, {"error", {{"code", "RUNNER"}, {"message", message}, {"type", "runner"}}}};
+}
+
 json ErrorJson(const entitlements::Error& error) {
   return {{"code", std::string(error.code_name())}, {"message", error.message}, {"type", "entitlements::Error"}};
 }
@@ -87,9 +92,9 @@ class Runner {
       if (op == "get_order_status" || op == "follow_order") return Answer(id, Stream(client, id, op, args));
       throw RunnerError{"unknown op " + op};
     } catch (const RunnerError& error) {
-      Emit({{"id", id}, {"ok", false}, {"error", {{"code", "RUNNER"}, {"message", error.message}, {"type", "runner"}}}});
+      Emit(RunnerFailure(id, error.message));
     } catch (const std::exception& error) {
-      Emit({{"id", id}, {"ok", false}, {"error", {{"code", "RUNNER"}, {"message", error.what()}, {"type", "runner"}}}});
+      Emit(RunnerFailure(id, error.what()));
     }
   }
 
@@ -193,11 +198,11 @@ int main() {
     try {
       request = json::parse(line);
     } catch (const json::exception& error) {
-      Emit({{"id", nullptr}, {"ok", false}, {"error", {{"code", "RUNNER"}, {"message", error.what()}, {"type", "runner"}}}});
+      Emit(RunnerFailure(nullptr, error.what()));
       continue;
     }
     if (!request.is_object()) {
-      Emit({{"id", nullptr}, {"ok", false}, {"error", {{"code", "RUNNER"}, {"message", "not a JSON object"}, {"type", "runner"}}}});
+      Emit(RunnerFailure(nullptr, "not a JSON object"));
       continue;
     }
     if (request.contains("op") && request["op"] == "exit") break;

@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   auto followed = client->FollowOrder(follow, [](const entitlements::v1::OrderStatusUpdate& update) {
     std::cout << "order " << update.order_id() << ": " << entitlements::v1::OrderStatus_Name(update.status())
               << (update.entitlements_granted() ? ", items granted" : "") << (update.timed_out() ? ", timed out" : "")
-              << '\n';
+              << std::endl;  // flushed: updates may be minutes apart
   });
   if (!followed) {
     std::cerr << "following the order failed: " << followed.error() << '\n';

@@ -13,8 +13,7 @@ class OrderUpdateFilter {
   bool Admit(const v1::OrderStatusUpdate& update);
 
  private:
-  bool delivered_any_ = false;
-  int status_ = 0;
+  int status_ = 0;  // ORDER_STATUS_UNSPECIFIED: nothing delivered yet
   bool granted_ = false;
 };
 

@@ -54,10 +54,8 @@ std::chrono::milliseconds Backoff::Next() {
 
 bool OrderUpdateFilter::Admit(const v1::OrderStatusUpdate& update) {
   const int status = static_cast<int>(update.status());
-  bool news = update.timed_out() || !delivered_any_ || status > status_ ||
-              (status == status_ && update.entitlements_granted() && !granted_);
-  if (!news) return false;
-  delivered_any_ = true;
+  const bool granted_now = status == status_ && update.entitlements_granted() && !granted_;
+  if (!(update.timed_out() || status > status_ || granted_now)) return false;
   status_ = std::max(status_, status);
   granted_ = granted_ || update.entitlements_granted();
   return true;

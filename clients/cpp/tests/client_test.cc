@@ -42,7 +42,8 @@ TEST(ClientTest, SendsTheApiKeyAsBearerMetadataWithEveryCall) {
   ASSERT_TRUE(client.Grant(GrantOf("p1", "gold")).ok());
   CallOptions with_request_id;
   with_request_id.metadata.emplace_back("x-request-id", "r-42");
-  Result<v1::CheckEntitlementResponse> checked = client.CheckEntitlement(v1::CheckEntitlementRequest(), with_request_id);
+  Result<v1::CheckEntitlementResponse> checked =
+      client.CheckEntitlement(v1::CheckEntitlementRequest(), with_request_id);
   ASSERT_TRUE(checked.ok()) << checked.error();
   EXPECT_TRUE(checked->active());
 

@@ -13,7 +13,8 @@ namespace entitlements {
 
 namespace internal {
 // Prints what went wrong and aborts: reading the value of a failed Result (or the error of a successful one) is
-// a bug in the caller, like dereferencing an empty std::optional.
+// a bug in the caller, and it must not go on with a value that does not exist (nor throw: callers may build
+// without exceptions).
 [[noreturn]] void DieOnBadResultAccess(const Error* error);
 }  // namespace internal
 
