@@ -93,8 +93,28 @@ std::optional<Error> ValidateOptions(const ClientOptions& options) {
       }
     }
   }
-  if (options.tls && options.tls->client_cert_chain_pem.empty() != options.tls->client_private_key_pem.empty()) {
-    return InvalidOption("TlsOptions: client_cert_chain_pem and client_private_key_pem go together (mTLS)");
+  if (options.tls) {
+    const TlsOptions& tls = *options.tls;
+    if (tls.client_cert_chain_pem.empty() != tls.client_private_key_pem.empty()) {
+      return InvalidOption("TlsOptions: client_cert_chain_pem and client_private_key_pem go together (mTLS)");
+    }
+    // gRPC would take anything here and fail every call with UNAVAILABLE; a file mixed up with another (or a
+    // path given where the PEM text belongs) is better said at once.
+    const std::pair<const std::string*, const char*> pems[] = {
+        {&tls.root_certs_pem, "root_certs_pem"},
+        {&tls.client_cert_chain_pem, "client_cert_chain_pem"},
+    };
+    for (const auto& [pem, name] : pems) {
+      if (!pem->empty() && pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+        return InvalidOption(std::string("TlsOptions.") + name + ": no PEM certificate in it");
+      }
+    }
+    const std::string& key = tls.client_private_key_pem;
+    const bool has_key =
+        key.find("-----BEGIN ") != std::string::npos && key.find("PRIVATE KEY-----") != std::string::npos;
+    if (!key.empty() && !has_key) {
+      return InvalidOption("TlsOptions.client_private_key_pem: no PEM private key in it");
+    }
   }
   return std::nullopt;
 }

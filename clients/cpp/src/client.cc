@@ -2,6 +2,7 @@
 
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -29,8 +30,37 @@ Error MovedFrom() {
 Error CancelledBeforeStart() { return Error{grpc::StatusCode::CANCELLED, "cancelled before the call started"}; }
 
 std::chrono::milliseconds ToMillis(const google::protobuf::Duration& duration) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::seconds(duration.seconds()) +
-                                                               std::chrono::nanoseconds(duration.nanos()));
+  // Clamped so that nonsense (which the service refuses with INVALID_ARGUMENT) cannot overflow the arithmetic.
+  constexpr std::int64_t kLimit = std::int64_t{1} << 40;
+  const std::int64_t seconds = std::max(-kLimit, std::min(kLimit, duration.seconds()));
+  return std::chrono::seconds(seconds) + std::chrono::milliseconds(duration.nanos() / 1000000);
+}
+
+// `timeout` from now; at most a century, so that no timeout overflows the clock (it is "no deadline" then).
+Clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) {
+  constexpr std::chrono::hours kCentury(24 * 365 * 100);
+  return Clock::now() + std::min<std::chrono::milliseconds>(timeout, kCentury);
+}
+
+// gRPC refuses (and in C++ aborts on) metadata that is not lowercase ASCII token characters, and values with
+// bytes outside printable ASCII unless the key ends in "-bin"; "grpc-" keys are gRPC's own.
+std::optional<Error> InvalidMetadata(const std::string& key, const std::string& value) {
+  auto error = [&](const char* why) {
+    return Error{grpc::StatusCode::INVALID_ARGUMENT, "CallOptions.metadata: \"" + key + "\" " + why};
+  };
+  if (key.empty() || key.rfind("grpc-", 0) == 0) return error("is empty or reserved (grpc-)");
+  for (char c : key) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) {
+      return error("must be lowercase letters, digits, '-', '_' or '.'");
+    }
+  }
+  const bool binary = key.size() > 4 && key.compare(key.size() - 4, 4, "-bin") == 0;
+  if (!binary) {
+    for (unsigned char c : value) {
+      if (c < 0x20 || c > 0x7E) return error("has a value with bytes outside printable ASCII (use a -bin key)");
+    }
+  }
+  return std::nullopt;
 }
 
 // What is left of `max_wait` since `started`.
@@ -51,12 +81,17 @@ struct Client::Impl {
   std::unique_ptr<Stub> stub;
 
   // The API key, the caller's metadata, and a deadline: `timeout` when given, else `fallback` (none when unset).
-  void Prepare(grpc::ClientContext& context, const CallOptions& call,
-               std::optional<std::chrono::milliseconds> fallback) const {
+  // INVALID_ARGUMENT when the caller's metadata is not valid gRPC metadata.
+  std::optional<Error> Prepare(grpc::ClientContext& context, const CallOptions& call,
+                               std::optional<std::chrono::milliseconds> fallback) const {
     if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
-    for (const auto& [key, value] : call.metadata) context.AddMetadata(key, value);
+    for (const auto& [key, value] : call.metadata) {
+      if (std::optional<Error> invalid = InvalidMetadata(key, value)) return invalid;
+      context.AddMetadata(key, value);
+    }
     std::optional<std::chrono::milliseconds> timeout = call.timeout ? call.timeout : fallback;
-    if (timeout) context.set_deadline(Clock::now() + *timeout);
+    if (timeout) context.set_deadline(DeadlineAfter(*timeout));
+    return std::nullopt;
   }
 
   template <typename Request>
@@ -67,7 +102,7 @@ struct Client::Impl {
   template <typename Response, typename Request, typename Method>
   Result<Response> Unary(Method method, const Request& request, const CallOptions& call) const {
     grpc::ClientContext context;
-    Prepare(context, call, options.default_timeout);
+    if (std::optional<Error> invalid = Prepare(context, call, options.default_timeout)) return std::move(*invalid);
     internal::CancellationScope scope(call.cancellation, &context);
     if (scope.cancelled_before_start()) return CancelledBeforeStart();
     Response response;
@@ -81,7 +116,7 @@ struct Client::Impl {
                       std::optional<Clock::time_point> deadline,
                       const std::function<void(const v1::OrderStatusUpdate&)>& on_message, bool* received) const {
     grpc::ClientContext context;
-    Prepare(context, call, std::nullopt);
+    if (std::optional<Error> invalid = Prepare(context, call, std::nullopt)) return std::move(*invalid);
     if (deadline) context.set_deadline(*deadline);
     internal::CancellationScope scope(call.cancellation, &context);
     if (scope.cancelled_before_start()) return CancelledBeforeStart();
@@ -197,7 +232,7 @@ Result<FollowOrderSummary> Client::FollowOrder(v1::GetOrderStatusRequest request
   const std::chrono::milliseconds max_wait = request.has_max_wait() ? ToMillis(request.max_wait()) : kDefaultMaxWait;
   // One deadline across every reopening, so the caller's timeout bounds the whole follow.
   std::optional<Clock::time_point> deadline;
-  if (options.timeout) deadline = Clock::now() + *options.timeout;
+  if (options.timeout) deadline = DeadlineAfter(*options.timeout);
 
   internal::OrderUpdateFilter filter;
   internal::Backoff backoff(impl_->options.retry);

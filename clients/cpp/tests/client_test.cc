@@ -56,6 +56,34 @@ TEST(ClientTest, SendsTheApiKeyAsBearerMetadataWithEveryCall) {
             calls[1].metadata.end());
 }
 
+TEST(ClientTest, RefusesMetadataGrpcWouldRejectBeforeSendingAnything) {
+  FakeServer server;
+  server.service().check = [](auto*, auto&, auto*) { return grpc::Status::OK; };
+  Client client = server.NewClient();
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"X-Request-Id", "r"}, {"grpc-timeout", "1S"}, {"", "v"}, {"x-note", "line\nbreak"}}) {
+    CallOptions options;
+    options.metadata.emplace_back(key, value);
+    Result<v1::CheckEntitlementResponse> checked = client.CheckEntitlement(v1::CheckEntitlementRequest(), options);
+    ASSERT_FALSE(checked.ok()) << key;
+    EXPECT_TRUE(checked.error().invalid_argument()) << key;
+    EXPECT_NE(checked.error().message.find("CallOptions.metadata"), std::string::npos);
+  }
+  CallOptions binary;
+  binary.metadata.emplace_back("x-trace-bin", std::string("\0\xff", 2));
+  EXPECT_TRUE(client.CheckEntitlement(v1::CheckEntitlementRequest(), binary).ok());
+  EXPECT_EQ(server.service().calls().size(), 1u);
+}
+
+TEST(ClientTest, AnEnormousTimeoutMeansNoDeadlineRatherThanAnOverflow) {
+  FakeServer server;
+  server.service().check = [](auto*, auto&, auto*) { return grpc::Status::OK; };
+  Client client = server.NewClient();
+  CallOptions options;
+  options.timeout = std::chrono::milliseconds::max();
+  EXPECT_TRUE(client.CheckEntitlement(v1::CheckEntitlementRequest(), options).ok());
+}
+
 TEST(ClientTest, SendsNoAuthorizationWithoutAnApiKey) {
   FakeServer server;
   server.service().check = [](auto*, auto&, auto*) { return grpc::Status::OK; };

@@ -113,5 +113,22 @@ TEST_F(TlsTest, ACertificateForAnotherNameIsRefused) {
   EXPECT_TRUE(server.service().calls().empty());
 }
 
+TEST_F(TlsTest, CreateRefusesTextThatIsNotPem) {
+  FakeServer server(ServerCredentials(true));
+  const std::pair<void (*)(TlsOptions&), const char*> cases[] = {
+      {[](TlsOptions& t) { t.root_certs_pem = "/etc/entitlements/ca.pem"; }, "root_certs_pem"},
+      {[](TlsOptions& t) { t.client_cert_chain_pem = t.client_private_key_pem; }, "client_cert_chain_pem"},
+      {[](TlsOptions& t) { t.client_private_key_pem = t.root_certs_pem; }, "client_private_key_pem"},
+  };
+  for (const auto& [spoil, field] : cases) {
+    ClientOptions options = OptionsFor(server, true, "entitlements.test");
+    spoil(*options.tls);
+    Result<Client> client = Client::Create(options);
+    ASSERT_FALSE(client.ok()) << field;
+    EXPECT_TRUE(client.error().invalid_argument());
+    EXPECT_NE(client.error().message.find(field), std::string::npos) << client.error();
+  }
+}
+
 }  // namespace
 }  // namespace entitlements

@@ -45,7 +45,7 @@ struct FollowOrderSummary {
 class Client {
  public:
   // Validates the options and builds the channel. INVALID_ARGUMENT naming the option when one is out of range
-  // (empty target, a client certificate without its key, max_attempts outside 1..5, ...).
+  // (empty target, a client certificate without its key, PEM fields without PEM, max_attempts outside 1..5, ...).
   static Result<Client> Create(ClientOptions options);
 
   Client(Client&& other) noexcept;

@@ -92,7 +92,8 @@ struct CallOptions {
   std::optional<std::chrono::milliseconds> timeout;
   // Cancels the call from another thread.
   std::optional<CancellationToken> cancellation;
-  // Extra metadata sent with the call (e.g. a request id for your logs). Keys are lowercase ASCII.
+  // Extra metadata sent with the call (e.g. a request id for your logs). Keys are lowercase letters, digits, '-',
+  // '_' and '.'; values printable ASCII unless the key ends in "-bin". The call is INVALID_ARGUMENT otherwise.
   std::vector<std::pair<std::string, std::string>> metadata;
 };
 
