@@ -171,6 +171,7 @@ class Runner {
       json event = ToJson(update);
       Emit({{"id", id}, {"event", event}});
       updates.push_back(std::move(event));
+      return true;  // to the end of the stream: the harness decides what it expects
     };
     if (op == "get_order_status") {
       entitlements::Result<void> ended = client.GetOrderStatus(request, on_update);

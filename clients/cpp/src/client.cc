@@ -111,10 +111,11 @@ struct Client::Impl {
     return response;
   }
 
-  // One GetOrderStatus stream, to its end. `received` tells whether any message arrived.
+  // One GetOrderStatus stream, to its end or until `on_message` returns false (then cancelled, and OK).
+  // `received` tells whether any message arrived.
   Result<void> Stream(const v1::GetOrderStatusRequest& request, const CallOptions& call,
-                      std::optional<Clock::time_point> deadline,
-                      const std::function<void(const v1::OrderStatusUpdate&)>& on_message, bool* received) const {
+                      std::optional<Clock::time_point> deadline, const OrderUpdateCallback& on_message,
+                      bool* received) const {
     grpc::ClientContext context;
     if (std::optional<Error> invalid = Prepare(context, call, std::nullopt)) return std::move(*invalid);
     if (deadline) context.set_deadline(*deadline);
@@ -122,12 +123,18 @@ struct Client::Impl {
     if (scope.cancelled_before_start()) return CancelledBeforeStart();
     std::unique_ptr<grpc::ClientReader<v1::OrderStatusUpdate>> reader = stub->GetOrderStatus(&context, request);
     v1::OrderStatusUpdate update;
+    bool stopped = false;
     while (reader->Read(&update)) {
       if (received != nullptr) *received = true;
-      on_message(update);
+      if (!on_message(update)) {
+        // The caller has what it waited for: end the call here (Finish then reports the cancellation).
+        stopped = true;
+        context.TryCancel();
+        break;
+      }
     }
     grpc::Status status = reader->Finish();
-    if (!status.ok()) return Error::FromStatus(status);
+    if (!status.ok() && !stopped) return Error::FromStatus(status);
     return {};
   }
 };
@@ -215,16 +222,14 @@ Result<v1::ListLedgerResponse> Client::ListLedger(v1::ListLedgerRequest request,
   return impl_->Unary<v1::ListLedgerResponse>(&Stub::ListLedger, request, options);
 }
 
-Result<void> Client::GetOrderStatus(v1::GetOrderStatusRequest request,
-                                    const std::function<void(const v1::OrderStatusUpdate&)>& on_update,
+Result<void> Client::GetOrderStatus(v1::GetOrderStatusRequest request, const OrderUpdateCallback& on_update,
                                     const CallOptions& options) const {
   if (!impl_) return MovedFrom();
   impl_->FillProject(request);
   return impl_->Stream(request, options, std::nullopt, on_update, nullptr);
 }
 
-Result<FollowOrderSummary> Client::FollowOrder(v1::GetOrderStatusRequest request,
-                                               const std::function<void(const v1::OrderStatusUpdate&)>& on_update,
+Result<FollowOrderSummary> Client::FollowOrder(v1::GetOrderStatusRequest request, const OrderUpdateCallback& on_update,
                                                const CallOptions& options) const {
   if (!impl_) return MovedFrom();
   impl_->FillProject(request);
@@ -237,11 +242,13 @@ Result<FollowOrderSummary> Client::FollowOrder(v1::GetOrderStatusRequest request
   internal::OrderUpdateFilter filter;
   internal::Backoff backoff(impl_->options.retry);
   FollowOrderSummary summary;
+  bool stopped = false;
   auto deliver = [&](const v1::OrderStatusUpdate& update) {
-    if (!filter.Admit(update)) return;
+    if (!filter.Admit(update)) return true;
     summary.last = update;
     ++summary.delivered;
-    on_update(update);
+    stopped = !on_update(update);
+    return !stopped;
   };
   CallOptions stream_options = options;
   stream_options.timeout.reset();  // replaced by `deadline`
@@ -250,7 +257,7 @@ Result<FollowOrderSummary> Client::FollowOrder(v1::GetOrderStatusRequest request
     ++summary.opens;
     bool received = false;
     Result<void> ended = impl_->Stream(request, stream_options, deadline, deliver, &received);
-    if (ended) return summary;
+    if (ended || stopped) return summary;
     if (ended.error().code != grpc::StatusCode::UNAVAILABLE) return std::move(ended).error();
     // The stream broke. A stream that delivered something was a working connection: this is a new outage,
     // and the backoff starts again from its first step.

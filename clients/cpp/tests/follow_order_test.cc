@@ -59,7 +59,10 @@ TEST(GetOrderStatusTest, DeliversEachMessageAsItArrivesAndEndsOk) {
   Client client = server.NewClient();
   std::vector<v1::OrderStatusUpdate> updates;
 
-  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto& u) { updates.push_back(u); });
+  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto& u) {
+    updates.push_back(u);
+    return true;
+  });
   ASSERT_TRUE(ended.ok()) << ended.error();
   EXPECT_EQ(Statuses(updates),
             (std::vector<OrderStatus>{v1::ORDER_STATUS_NEW, v1::ORDER_STATUS_PAID, v1::ORDER_STATUS_DONE}));
@@ -77,7 +80,7 @@ TEST(GetOrderStatusTest, DoesNotReopenABrokenStream) {
   Client client = server.NewClient();
   int delivered = 0;
 
-  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto&) { ++delivered; });
+  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto&) { return ++delivered > 0; });
   ASSERT_FALSE(ended.ok());
   EXPECT_EQ(ended.error().code, grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(ended.error().message, "replica shutting down");
@@ -98,7 +101,10 @@ TEST(GetOrderStatusTest, ACancellationTokenEndsAStreamThatIsWaiting) {
   options.cancellation.emplace();
   CancellationToken token = *options.cancellation;
 
-  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto&) { token.Cancel(); }, options);
+  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto&) {
+        token.Cancel();
+        return true;
+      }, options);
   ASSERT_FALSE(ended.ok());
   EXPECT_EQ(ended.error().code, grpc::StatusCode::CANCELLED);
 }
@@ -126,7 +132,10 @@ TEST(FollowOrderTest, ReopensABrokenStreamAndDeliversEachStatusOnce) {
   Client client = server.NewClient();
   std::vector<v1::OrderStatusUpdate> updates;
 
-  Result<FollowOrderSummary> followed = client.FollowOrder(OrderRequest(10s), [&](auto& u) { updates.push_back(u); });
+  Result<FollowOrderSummary> followed = client.FollowOrder(OrderRequest(10s), [&](auto& u) {
+    updates.push_back(u);
+    return true;
+  });
   ASSERT_TRUE(followed.ok()) << followed.error();
   EXPECT_EQ(Statuses(updates), (std::vector<OrderStatus>{v1::ORDER_STATUS_NEW, v1::ORDER_STATUS_PAID,
                                                          v1::ORDER_STATUS_PAID, v1::ORDER_STATUS_DONE}));
@@ -146,6 +155,38 @@ TEST(FollowOrderTest, ReopensABrokenStreamAndDeliversEachStatusOnce) {
   EXPECT_LT(MaxWaitOf(calls[2].request), MaxWaitOf(calls[1].request));
 }
 
+TEST(FollowOrderTest, StopsWhenTheCallbackSaysSoAndEndsOk) {
+  FakeServer server;
+  std::atomic<bool> server_saw_cancel{false};
+  server.service().order_status = [&](grpc::ServerContext* context, auto&,
+                                      grpc::ServerWriter<v1::OrderStatusUpdate>* writer) {
+    writer->Write(Update(v1::ORDER_STATUS_PAID));
+    writer->Write(Update(v1::ORDER_STATUS_PAID, true));
+    // Xsolla's DONE may come much later: the caller stops before it.
+    while (!context->IsCancelled()) std::this_thread::sleep_for(5ms);
+    server_saw_cancel = true;
+    return grpc::Status::CANCELLED;
+  };
+  Client client = server.NewClient();
+  std::vector<v1::OrderStatusUpdate> updates;
+
+  auto followed = client.FollowOrder(OrderRequest(10s), [&](const v1::OrderStatusUpdate& u) {
+    updates.push_back(u);
+    return !u.entitlements_granted();
+  });
+  ASSERT_TRUE(followed.ok()) << followed.error();
+  EXPECT_EQ(updates.size(), 2u);
+  EXPECT_EQ(followed->opens, 1);
+  EXPECT_TRUE(followed->last->entitlements_granted());
+  for (int i = 0; i < 100 && !server_saw_cancel; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(server_saw_cancel) << "stopping must cancel the call, not leave the stream open";
+
+  int raw = 0;
+  Result<void> ended = client.GetOrderStatus(OrderRequest(10s), [&](auto&) { return ++raw < 1; });
+  ASSERT_TRUE(ended.ok()) << ended.error();
+  EXPECT_EQ(raw, 1);
+}
+
 TEST(FollowOrderTest, DeliversTheTimedOutMessageEvenWhenItRepeatsTheStatus) {
   FakeServer server;
   server.service().order_status = [](auto*, auto&, grpc::ServerWriter<v1::OrderStatusUpdate>* writer) {
@@ -156,7 +197,10 @@ TEST(FollowOrderTest, DeliversTheTimedOutMessageEvenWhenItRepeatsTheStatus) {
   Client client = server.NewClient();
   std::vector<v1::OrderStatusUpdate> updates;
 
-  auto followed = client.FollowOrder(OrderRequest(1s), [&](auto& u) { updates.push_back(u); });
+  auto followed = client.FollowOrder(OrderRequest(1s), [&](auto& u) {
+    updates.push_back(u);
+    return true;
+  });
   ASSERT_TRUE(followed.ok());
   ASSERT_EQ(updates.size(), 2u);
   EXPECT_TRUE(updates[1].timed_out());
@@ -170,7 +214,7 @@ TEST(FollowOrderTest, AnyOtherErrorEndsItWithoutReopening) {
   };
   Client client = server.NewClient();
 
-  auto followed = client.FollowOrder(OrderRequest(10s), [](auto&) {});
+  auto followed = client.FollowOrder(OrderRequest(10s), [](auto&) { return true; });
   ASSERT_FALSE(followed.ok());
   EXPECT_EQ(followed.error().code, grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(followed.error().message, "order o-1: Xsolla does not know it");
@@ -186,7 +230,10 @@ TEST(FollowOrderTest, EndsWithTheLastErrorWhenMaxWaitPassesWhileReopening) {
   Client client = FakeServer::NewClient(options);
 
   auto started = std::chrono::steady_clock::now();
-  auto followed = client.FollowOrder(OrderRequest(400ms), [](auto&) { FAIL() << "nothing to deliver"; });
+  auto followed = client.FollowOrder(OrderRequest(400ms), [](auto&) {
+    ADD_FAILURE() << "nothing to deliver";
+    return true;
+  });
   auto took = std::chrono::steady_clock::now() - started;
   ASSERT_FALSE(followed.ok());
   EXPECT_EQ(followed.error().code, grpc::StatusCode::UNAVAILABLE);
@@ -210,7 +257,7 @@ TEST(FollowOrderTest, ACancellationTokenEndsTheWaitBetweenReopenings) {
   });
 
   auto started = std::chrono::steady_clock::now();
-  auto followed = client.FollowOrder(OrderRequest(60s), [](auto&) {}, call);
+  auto followed = client.FollowOrder(OrderRequest(60s), [](auto&) { return true; }, call);
   canceller.join();
   ASSERT_FALSE(followed.ok());
   EXPECT_EQ(followed.error().code, grpc::StatusCode::CANCELLED);
@@ -229,7 +276,7 @@ TEST(FollowOrderTest, TheCallersTimeoutBoundsAllTheReopenings) {
 
   auto started = std::chrono::steady_clock::now();
   int delivered = 0;
-  auto followed = client.FollowOrder(OrderRequest(60s), [&](auto&) { ++delivered; }, call);
+  auto followed = client.FollowOrder(OrderRequest(60s), [&](auto&) { return ++delivered > 0; }, call);
   ASSERT_FALSE(followed.ok());
   EXPECT_EQ(followed.error().code, grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_EQ(delivered, 1);

@@ -27,6 +27,10 @@ struct FollowOrderSummary {
   int opens = 0;
 };
 
+// Called with each OrderStatusUpdate a stream delivers, on the thread that called GetOrderStatus or FollowOrder.
+// Return true to go on, false to stop following: the call ends there, OK.
+using OrderUpdateCallback = std::function<bool(const v1::OrderStatusUpdate&)>;
+
 // A connection to the entitlement service and every RPC it serves.
 //
 //   entitlements::ClientOptions options;
@@ -80,11 +84,10 @@ class Client {
   Result<v1::ListLedgerResponse> ListLedger(v1::ListLedgerRequest request, const CallOptions& options = {}) const;
 
   // Opens GetOrderStatus once and calls `on_update` for each message, on the calling thread, until the service
-  // ends the stream: OK after a terminal status or the `timed_out` message, or an error. The stream is not
-  // reopened when it breaks (UNAVAILABLE): FollowOrder does that. No deadline unless CallOptions::timeout;
-  // cancel it with CallOptions::cancellation.
-  Result<void> GetOrderStatus(v1::GetOrderStatusRequest request,
-                              const std::function<void(const v1::OrderStatusUpdate&)>& on_update,
+  // ends the stream (OK after a terminal status or the `timed_out` message, or an error) or `on_update` returns
+  // false (OK). The stream is not reopened when it breaks (UNAVAILABLE): FollowOrder does that. No deadline
+  // unless CallOptions::timeout; CallOptions::cancellation cancels it from another thread.
+  Result<void> GetOrderStatus(v1::GetOrderStatusRequest request, const OrderUpdateCallback& on_update,
                               const CallOptions& options = {}) const;
 
   // Follows an order to its end, across broken streams: opens GetOrderStatus, and when it fails with
@@ -94,12 +97,12 @@ class Client {
   // delivered, or the same status with `entitlements_granted` newly true, or the final `timed_out` message (a
   // reopened stream starts with the stored state, usually a repeat, which is skipped).
   //
-  // Ends OK when a stream ends OK (terminal status or `timed_out`); with the error of the stream for any error but
-  // UNAVAILABLE; with the last UNAVAILABLE when `max_wait` (the request's, or 10 minutes, the service's default,
-  // when it has none) passes while reopening; with DEADLINE_EXCEEDED or CANCELLED when CallOptions::timeout (a
-  // deadline across all the reopenings) or CallOptions::cancellation ends it.
-  Result<FollowOrderSummary> FollowOrder(v1::GetOrderStatusRequest request,
-                                         const std::function<void(const v1::OrderStatusUpdate&)>& on_update,
+  // Ends OK when a stream ends OK (terminal status or `timed_out`), or when `on_update` returns false (e.g. once
+  // `entitlements_granted` is true, which is what a game server waits for). Ends with the error of the stream
+  // for any error but UNAVAILABLE; with the last UNAVAILABLE when `max_wait` (the request's, or 10 minutes, the
+  // service's default, when it has none) passes while reopening; with DEADLINE_EXCEEDED or CANCELLED when
+  // CallOptions::timeout (a deadline across all the reopenings) or CallOptions::cancellation ends it.
+  Result<FollowOrderSummary> FollowOrder(v1::GetOrderStatusRequest request, const OrderUpdateCallback& on_update,
                                          const CallOptions& options = {}) const;
 
   const ClientOptions& options() const;
