@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180
 EXAMPLES = {
     "go": [str(ROOT / "clients" / "go" / "bin" / "gameserver")],
     "typescript": ["node", str(ROOT / "clients" / "typescript" / "dist-tools" / "examples" / "gameserver.js")],
+    "cpp": [str(ROOT / "clients" / "cpp" / "build" / "entitlements_gameserver")],
 }
 
 

@@ -73,6 +73,16 @@ void SetMillis(google::protobuf::Duration* duration, std::chrono::milliseconds v
   duration->set_nanos(static_cast<std::int32_t>((value.count() % 1000) * 1000000));
 }
 
+// Whether FollowOrder opens the stream again after it failed with `error`: UNAVAILABLE (the replica shut down,
+// the connection dropped), and CANCELLED that the caller did not ask for. A replica that is stopping ends its
+// streams UNAVAILABLE, but gRPC's server cancels a stream opened while it stops (before the client has seen its
+// GOAWAY): that CANCELLED comes from the server, and the next replica can serve the stream.
+bool Reopenable(const Error& error, const CallOptions& options) {
+  if (error.code == grpc::StatusCode::UNAVAILABLE) return true;
+  const bool caller_cancelled = options.cancellation && options.cancellation->cancelled();
+  return error.code == grpc::StatusCode::CANCELLED && !caller_cancelled;
+}
+
 }  // namespace
 
 struct Client::Impl {
@@ -258,7 +268,7 @@ Result<FollowOrderSummary> Client::FollowOrder(v1::GetOrderStatusRequest request
     bool received = false;
     Result<void> ended = impl_->Stream(request, stream_options, deadline, deliver, &received);
     if (ended || stopped) return summary;
-    if (ended.error().code != grpc::StatusCode::UNAVAILABLE) return std::move(ended).error();
+    if (!Reopenable(ended.error(), options)) return std::move(ended).error();
     // The stream broke. A stream that delivered something was a working connection: this is a new outage,
     // and the backoff starts again from its first step.
     if (received) backoff.Reset();

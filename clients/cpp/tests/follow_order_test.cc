@@ -187,6 +187,30 @@ TEST(FollowOrderTest, StopsWhenTheCallbackSaysSoAndEndsOk) {
   EXPECT_EQ(raw, 1);
 }
 
+TEST(FollowOrderTest, ReopensAStreamTheServerCancelledButNotOneTheCallerCancelled) {
+  FakeServer server;
+  std::atomic<int> opens{0};
+  server.service().order_status = [&](grpc::ServerContext* context, auto&,
+                                      grpc::ServerWriter<v1::OrderStatusUpdate>* writer) {
+    if (++opens == 1) return grpc::Status(grpc::StatusCode::CANCELLED, "");  // a replica stopping as it opened
+    writer->Write(Update(v1::ORDER_STATUS_PAID, true));
+    while (!context->IsCancelled()) std::this_thread::sleep_for(5ms);
+    return grpc::Status::CANCELLED;
+  };
+  Client client = server.NewClient();
+  CallOptions call;
+  call.cancellation.emplace();
+  CancellationToken token = *call.cancellation;
+
+  auto followed = client.FollowOrder(OrderRequest(10s), [&](auto&) {
+    token.Cancel();  // the caller's own cancellation ends it: no reopening
+    return true;
+  }, call);
+  ASSERT_FALSE(followed.ok());
+  EXPECT_TRUE(followed.error().cancelled());
+  EXPECT_EQ(opens.load(), 2);
+}
+
 TEST(FollowOrderTest, DeliversTheTimedOutMessageEvenWhenItRepeatsTheStatus) {
   FakeServer server;
   server.service().order_status = [](auto*, auto&, grpc::ServerWriter<v1::OrderStatusUpdate>* writer) {

@@ -91,16 +91,17 @@ class Client {
                               const CallOptions& options = {}) const;
 
   // Follows an order to its end, across broken streams: opens GetOrderStatus, and when it fails with
-  // UNAVAILABLE (the replica shut down, the connection dropped) opens it again after a backoff (the RetryPolicy's
-  // initial_backoff doubling up to max_backoff, with jitter) with `max_wait` reduced by the time already spent.
-  // `on_update` sees each status once: an update is delivered only when its status is after the last one
-  // delivered, or the same status with `entitlements_granted` newly true, or the final `timed_out` message (a
-  // reopened stream starts with the stored state, usually a repeat, which is skipped).
+  // UNAVAILABLE (the replica shut down, the connection dropped), or with CANCELLED that did not come from
+  // CallOptions::cancellation (a replica that is stopping cancels a stream opened just then), opens it again after
+  // a backoff (the RetryPolicy's initial_backoff doubling up to max_backoff, with jitter) with `max_wait` reduced
+  // by the time already spent. `on_update` sees each status once: an update is delivered only when its status is
+  // after the last one delivered, or the same status with `entitlements_granted` newly true, or the final
+  // `timed_out` message (a reopened stream starts with the stored state, usually a repeat, which is skipped).
   //
   // Ends OK when a stream ends OK (terminal status or `timed_out`), or when `on_update` returns false (e.g. once
   // `entitlements_granted` is true, which is what a game server waits for). Ends with the error of the stream
-  // for any error but UNAVAILABLE; with the last UNAVAILABLE when `max_wait` (the request's, or 10 minutes, the
-  // service's default, when it has none) passes while reopening; with DEADLINE_EXCEEDED or CANCELLED when
+  // for any other error; with the last UNAVAILABLE (or CANCELLED) when `max_wait` (the request's, or 10 minutes,
+  // the service's default, when it has none) passes while reopening; with DEADLINE_EXCEEDED or CANCELLED when
   // CallOptions::timeout (a deadline across all the reopenings) or CallOptions::cancellation ends it.
   Result<FollowOrderSummary> FollowOrder(v1::GetOrderStatusRequest request, const OrderUpdateCallback& on_update,
                                          const CallOptions& options = {}) const;

@@ -41,8 +41,9 @@ struct TlsOptions {
 //
 // The policy becomes the channel's gRPC service config (`retryPolicy` for every method of the service), so gRPC
 // retries inside the channel, within the call's deadline: before attempt n it waits
-// min(initial_backoff * backoff_multiplier^(n-2), max_backoff), with gRPC C++'s +-20% jitter. A retry resends the request bytes serialized for
-// the first attempt, so a Grant or Revoke keeps its idempotency key and the service applies it at most once.
+// min(initial_backoff * backoff_multiplier^(n-2), max_backoff), with gRPC C++'s +-20% jitter. A retry resends
+// the request bytes serialized for the first attempt, so a Grant or Revoke keeps its idempotency key and the
+// service applies it at most once.
 // gRPC only retries a call whose response has not started: a stream that delivered updates is not replayed
 // (FollowOrder reopens it, waiting with the same backoff).
 struct RetryPolicy {
