@@ -6,7 +6,8 @@
 # The code must come from Debian's protoc and grpc_cpp_plugin (packages protobuf-compiler and
 # protobuf-compiler-grpc): generated protobuf C++ only compiles against the runtime headers of the same protobuf
 # release (3.21.x here, libprotobuf-dev), and the gRPC stubs against the same gRPC (1.51.x, libgrpc++-dev).
-# It refuses other versions, so the committed files never change with the machine that regenerated them.
+# It refuses another protoc, so the committed files do not change with the machine that regenerated them
+# (grpc_cpp_plugin has no version flag: it comes from the same Debian release as protoc).
 set -eu
 
 here="$(cd "$(dirname "$0")" && pwd)"
