@@ -108,6 +108,14 @@ async def test_the_granted_flag_alone_is_news_but_not_twice() -> None:
     assert opens == 2
 
 
+async def test_a_stream_the_server_cancelled_is_reopened() -> None:
+    """CANCELLED that the follower did not cause (a stopping server cancels calls reaching it) is reopened too."""
+    servicer = _Orders([([update(NEW)], grpc.StatusCode.CANCELLED), ([update(NEW), update(DONE, granted=True)], None)])
+    seen, opens = await _follow(servicer)
+    assert seen == [(NEW, False, False), (DONE, True, False)]
+    assert opens == 2
+
+
 async def test_other_errors_end_the_follower() -> None:
     """An error other than UNAVAILABLE is raised at once, with no reopening."""
     servicer = _Orders([([update(NEW)], grpc.StatusCode.INVALID_ARGUMENT)])

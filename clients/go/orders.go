@@ -79,7 +79,8 @@ type FollowResult struct {
 // stream again when it breaks.
 //
 // When the stream fails with codes.Unavailable (the replica shut down, the connection dropped, the service
-// restarted), FollowOrder waits a backoff (the client's RetryPolicy: InitialBackoff, times BackoffMultiplier per
+// restarted), or codes.Canceled that ctx did not cause (a stopping server cancels calls that reach it), FollowOrder
+// waits a backoff (the client's RetryPolicy: InitialBackoff, times BackoffMultiplier per
 // reopening, up to MaxBackoff, with jitter; back to InitialBackoff once a stream delivers) and opens it again with
 // max_wait reduced by the time already spent, so req.MaxWait bounds the whole follow (DefaultMaxWait when unset). A reopened stream starts with the stored state: fn never sees a
 // status twice. It gets an update only when its status is after the last one delivered, or the status is the
@@ -87,7 +88,7 @@ type FollowResult struct {
 //
 // FollowOrder returns nil when the stream ends after a terminal status or the TimedOut message, or when fn
 // returns StopFollowing. It returns fn's other errors as they are, ctx's end as an *Error with codes.Canceled
-// or codes.DeadlineExceeded, any stream error but Unavailable at once, and the last Unavailable error when
+// or codes.DeadlineExceeded, any other stream error at once, and the last Unavailable (or Canceled) error when
 // max_wait passes while reopening. The result is valid on error too.
 func (c *Client) FollowOrder(
 	ctx context.Context, req *v1.GetOrderStatusRequest, fn func(*v1.OrderStatusUpdate) error, opts ...grpc.CallOption,
@@ -112,7 +113,7 @@ func (c *Client) FollowOrder(
 				return result, nil
 			}
 			return result, callbackErr.err
-		case codeOf(err) != codes.Unavailable:
+		case !reopenable(ctx, err):
 			return result, err
 		}
 		if received {
@@ -202,4 +203,17 @@ func codeOf(err error) codes.Code {
 // jittered returns a random wait in [d/2, d].
 func jittered(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
+}
+
+// reopenable tells whether a failed stream is worth opening again: UNAVAILABLE (the replica shut down, the
+// connection dropped), or CANCELLED that the caller did not cause (a server that is stopping cancels the calls
+// that reach it in the meantime).
+func reopenable(ctx context.Context, err error) bool {
+	switch codeOf(err) {
+	case codes.Unavailable:
+		return true
+	case codes.Canceled:
+		return ctx.Err() == nil
+	}
+	return false
 }

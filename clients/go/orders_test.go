@@ -185,6 +185,28 @@ func TestFollowOrderEndsOnOtherErrors(t *testing.T) {
 	}
 }
 
+// TestFollowOrderReopensWhatTheServerCancelled: a stopping server cancels the calls that reach it; CANCELLED that
+// the caller's context did not cause is reopened like UNAVAILABLE.
+func TestFollowOrderReopensWhatTheServerCancelled(t *testing.T) {
+	var opens atomic.Int32
+	f := &fakeService{getOrderStatus: func(_ *v1.GetOrderStatusRequest, stream grpc.ServerStreamingServer[v1.OrderStatusUpdate]) error {
+		if opens.Add(1) == 1 {
+			if err := sendAll(stream, update(statusNew, false)); err != nil {
+				return err
+			}
+			return status.Error(codes.Canceled, "server stopping")
+		}
+		return sendAll(stream, update(statusNew, false), update(statusDone, true))
+	}}
+	client := newClient(t, serve(t, f))
+	var got []*v1.OrderStatusUpdate
+	result, err := client.FollowOrder(context.Background(), &v1.GetOrderStatusRequest{OrderId: "o1"},
+		func(u *v1.OrderStatusUpdate) error { got = append(got, u); return nil })
+	if err != nil || result.Opens != 2 || describe(got) != "NEW DONE+granted" {
+		t.Fatalf("err = %v, %d opens, delivered %q; want nil, 2, \"NEW DONE+granted\"", err, result.Opens, describe(got))
+	}
+}
+
 // TestFollowOrderGivesUpAfterMaxWait: while the stream cannot be opened, reopening stops when max_wait has
 // passed, with the last error.
 func TestFollowOrderGivesUpAfterMaxWait(t *testing.T) {

@@ -1,9 +1,10 @@
 """Following an order across broken streams: `follow_order` of both clients.
 
 `GetOrderStatus` is one server stream; it breaks when the replica serving it shuts down or the connection drops
-(`UNAVAILABLE`). The followers here open it again after a backoff, with `max_wait` reduced by the time already
-spent, and deliver only what the caller has not seen: a reopened stream starts with the stored state, which is
-usually a repeat. Every client of this project follows the same rules (conformance/PROTOCOL.md).
+(`UNAVAILABLE`, or `CANCELLED` for a call that reached a server while it stopped). The followers here open it
+again after a backoff, with `max_wait` reduced by the time already spent, and deliver only what the caller has not
+seen: a reopened stream starts with the stored state, which is usually a repeat. Every client of this project
+follows the same rules (conformance/PROTOCOL.md).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 from entitlements.client._async_stream import AsyncOrderStatusStream
-from entitlements.errors import UnavailableError
+from entitlements.errors import CallCancelledError, EntitlementsError, UnavailableError
 from entitlements.v1 import entitlements_pb2 as pb
 
 #: How long a follower keeps reopening when the caller set no `max_wait`: the service's default `max_wait`.
@@ -91,6 +92,21 @@ class _Clock:
         return timedelta(seconds=max(self.left_s(), _MIN_WAIT_S))
 
 
+_Stream = TypeVar("_Stream")
+
+
+def _reopen(
+    open_stream: Callable[[timedelta | None], _Stream], max_wait: timedelta | None, broken: EntitlementsError | None
+) -> _Stream:
+    """Opens a stream; a client closed since the last one broke (RuntimeError) ends with that stream's error."""
+    try:
+        return open_stream(max_wait)
+    except RuntimeError:
+        if broken is not None:
+            raise broken from None
+        raise
+
+
 OpenAsync = Callable[[timedelta | None], AsyncOrderStatusStream]
 
 
@@ -98,7 +114,8 @@ class AsyncOrderFollower(AsyncIterator[pb.OrderStatusUpdate]):
     """The updates of one order, across as many `GetOrderStatus` streams as it takes; `opens` counts them.
 
     Iteration ends when a stream ends normally (a terminal status, or `timed_out`), and raises the error of a
-    stream that fails with anything but `UNAVAILABLE`, or with `UNAVAILABLE` once `max_wait` has passed.
+    stream that fails with anything but `UNAVAILABLE` or a `CANCELLED` the follower did not cause, or with one of
+    those once `max_wait` has passed.
     """
 
     def __init__(self, open_stream: OpenAsync, max_wait: timedelta | None, policy: FollowPolicy) -> None:
@@ -113,8 +130,9 @@ class AsyncOrderFollower(AsyncIterator[pb.OrderStatusUpdate]):
     async def _follow(self) -> AsyncGenerator[pb.OrderStatusUpdate, None]:
         progress = _Progress()
         delays = self._policy.delays()
+        broken: EntitlementsError | None = None
         while not self._closed:
-            self._stream = self._open(self._clock.max_wait(first=self.opens == 0))
+            self._stream = _reopen(self._open, self._clock.max_wait(first=self.opens == 0), broken)
             self.opens += 1
             try:
                 async for update in self._stream:
@@ -122,7 +140,9 @@ class AsyncOrderFollower(AsyncIterator[pb.OrderStatusUpdate]):
                     if progress.admit(update):
                         yield update
                 return
-            except UnavailableError:
+            except (UnavailableError, CallCancelledError) as exc:
+                # CANCELLED that this follower did not cause: a stopping server cancels the calls reaching it.
+                broken = exc
                 delay = next(delays)
                 if self._closed or self._clock.left_s() <= delay + _MIN_WAIT_S:
                     raise
@@ -184,8 +204,9 @@ class OrderFollower(Iterator[pb.OrderStatusUpdate]):
     def _follow(self) -> Generator[pb.OrderStatusUpdate, None, None]:
         progress = _Progress()
         delays = self._policy.delays()
+        broken: EntitlementsError | None = None
         while not self._closed.is_set():
-            self._stream = self._open(self._clock.max_wait(first=self.opens == 0))
+            self._stream = _reopen(self._open, self._clock.max_wait(first=self.opens == 0), broken)
             self.opens += 1
             try:
                 for update in self._stream:
@@ -193,7 +214,8 @@ class OrderFollower(Iterator[pb.OrderStatusUpdate]):
                     if progress.admit(update):
                         yield update
                 return
-            except UnavailableError:
+            except (UnavailableError, CallCancelledError) as exc:
+                broken = exc
                 delay = next(delays)
                 if self._closed.is_set() or self._clock.left_s() <= delay + _MIN_WAIT_S:
                     raise
