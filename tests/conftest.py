@@ -20,7 +20,7 @@ from server.app import Service
 from server.embedded import EmbeddedRedis
 from tests.helpers.receiver import ReceiverFactory, receiver_factory_context
 from tests.helpers.services import WRITER_KEY, ClientFactory, ServiceFactory, base_settings
-from tests.helpers.stores import SELECTED_KINDS, STORE_KINDS, StoreUnderTest, register_cluster
+from tests.helpers.stores import SELECTED_KINDS, STORE_KINDS, StoreUnderTest, forget_cluster, register_cluster
 from tests.helpers.valkeys import Valkey
 from tools.cluster import LocalCluster
 from xsolla_simulator.testing import SimulatorFactory, simulator_factory_context
@@ -57,8 +57,11 @@ def private_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     cluster = LocalCluster(tmp_path / "cluster")
     cluster.start()
     register_cluster(cluster)
-    yield cluster
-    cluster.stop()
+    try:
+        yield cluster
+    finally:
+        forget_cluster(cluster)
+        cluster.stop()
 
 
 @pytest.fixture(params=[pytest.param(kind, id=kind) for kind in STORE_KINDS if kind in SELECTED_KINDS])

@@ -57,6 +57,11 @@ def register_cluster(cluster: LocalCluster) -> None:
     _cluster_urls.update(f"redis://{address}/0" for address in cluster.seeds)
 
 
+def forget_cluster(cluster: LocalCluster) -> None:
+    """Undoes `register_cluster` once the cluster is stopped: a server started later may get one of its ports."""
+    _cluster_urls.difference_update(f"redis://{address}/0" for address in cluster.seeds)
+
+
 def is_cluster_url(url: str | None) -> bool:
     """Whether `url` names a node of a cluster a test fixture started."""
     return url is not None and url in _cluster_urls
