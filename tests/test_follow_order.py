@@ -176,6 +176,7 @@ def threaded_target() -> Iterator[tuple[_Orders, str]]:
     asyncio.run_coroutine_threadsafe(holder["server"].stop(None), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()  # its self-pipe sockets, which would otherwise be left to the garbage collector
 
 
 def test_the_blocking_follower_reopens_too(threaded_target: tuple[_Orders, str]) -> None:
