@@ -173,8 +173,9 @@ def consumer_of(service: Service) -> Consumer:
 
 
 def event_log(redis: aioredis.Redis) -> EventLog:
-    """The gateway's event log on the test Redis, with the tests' partition count."""
-    return EventLog(redis, partitions=PARTITIONS)
+    """The gateway's event log on the test Redis, with the tests' partition count. A test's own appends set the
+    scene: they get 10 s, not the gateway's 2 s, so that a loaded machine does not fail the test before it starts."""
+    return EventLog(redis, partitions=PARTITIONS, timeout_s=10.0)
 
 
 async def xadd(redis: aioredis.Redis, event: ev.WebhookEvent, *, raw: bytes = b"{}") -> str:
