@@ -74,13 +74,9 @@ func (c *Client) Grant(ctx context.Context, req *v1.GrantRequest, opts ...grpc.C
 		}
 		req.ProjectId = c.project(req.ProjectId)
 	}
-	ctx, cancel := c.unaryContext(ctx)
-	defer cancel()
-	resp, err := c.stub.Grant(ctx, req, opts...)
-	if err != nil {
-		return nil, translate(err)
-	}
-	return resp, nil
+	return unary(ctx, c, func(ctx context.Context) (*v1.GrantResponse, error) {
+		return c.stub.Grant(ctx, req, opts...)
+	})
 }
 
 // Revoke removes an item from a player completely; Revoked is false when there was nothing to remove. The
@@ -93,13 +89,9 @@ func (c *Client) Revoke(ctx context.Context, req *v1.RevokeRequest, opts ...grpc
 		}
 		req.ProjectId = c.project(req.ProjectId)
 	}
-	ctx, cancel := c.unaryContext(ctx)
-	defer cancel()
-	resp, err := c.stub.Revoke(ctx, req, opts...)
-	if err != nil {
-		return nil, translate(err)
-	}
-	return resp, nil
+	return unary(ctx, c, func(ctx context.Context) (*v1.RevokeResponse, error) {
+		return c.stub.Revoke(ctx, req, opts...)
+	})
 }
 
 // CheckEntitlement tells whether a player holds an item now (Active), with the stored entitlement when there
@@ -111,13 +103,9 @@ func (c *Client) CheckEntitlement(
 		req = cloneOf(req)
 		req.ProjectId = c.projectID
 	}
-	ctx, cancel := c.unaryContext(ctx)
-	defer cancel()
-	resp, err := c.stub.CheckEntitlement(ctx, req, opts...)
-	if err != nil {
-		return nil, translate(err)
-	}
-	return resp, nil
+	return unary(ctx, c, func(ctx context.Context) (*v1.CheckEntitlementResponse, error) {
+		return c.stub.CheckEntitlement(ctx, req, opts...)
+	})
 }
 
 // ListEntitlements returns one page of a player's entitlements in sku order. A page may hold fewer than
@@ -130,13 +118,9 @@ func (c *Client) ListEntitlements(
 		req = cloneOf(req)
 		req.ProjectId = c.projectID
 	}
-	ctx, cancel := c.unaryContext(ctx)
-	defer cancel()
-	resp, err := c.stub.ListEntitlements(ctx, req, opts...)
-	if err != nil {
-		return nil, translate(err)
-	}
-	return resp, nil
+	return unary(ctx, c, func(ctx context.Context) (*v1.ListEntitlementsResponse, error) {
+		return c.stub.ListEntitlements(ctx, req, opts...)
+	})
 }
 
 // ListSubscriptions returns a player's subscriptions in the shape of Xsolla's user subscriptions API:
@@ -149,13 +133,9 @@ func (c *Client) ListSubscriptions(
 		req = cloneOf(req)
 		req.ProjectId = c.projectID
 	}
-	ctx, cancel := c.unaryContext(ctx)
-	defer cancel()
-	resp, err := c.stub.ListSubscriptions(ctx, req, opts...)
-	if err != nil {
-		return nil, translate(err)
-	}
-	return resp, nil
+	return unary(ctx, c, func(ctx context.Context) (*v1.ListSubscriptionsResponse, error) {
+		return c.stub.ListSubscriptions(ctx, req, opts...)
+	})
 }
 
 // ListLedger returns one page of a player's audit ledger, newest first. AllLedgerEntries pages through it.
@@ -166,11 +146,19 @@ func (c *Client) ListLedger(
 		req = cloneOf(req)
 		req.ProjectId = c.projectID
 	}
+	return unary(ctx, c, func(ctx context.Context) (*v1.ListLedgerResponse, error) {
+		return c.stub.ListLedger(ctx, req, opts...)
+	})
+}
+
+// unary makes one unary call with the client's default deadline (unless ctx has its own) and its errors.
+func unary[Resp any](ctx context.Context, c *Client, call func(context.Context) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.unaryContext(ctx)
 	defer cancel()
-	resp, err := c.stub.ListLedger(ctx, req, opts...)
+	resp, err := call(ctx)
 	if err != nil {
-		return nil, translate(err)
+		var none Resp
+		return none, translate(err)
 	}
 	return resp, nil
 }
