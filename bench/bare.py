@@ -71,6 +71,17 @@ class BareServicer(pb_grpc.EntitlementServiceServicer):
     async def ListLedger(self, request: pb.ListLedgerRequest, context: Context) -> pb.ListLedgerResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
 
+    async def CheckEntitlements(
+        self, request: pb.CheckEntitlementsRequest, context: Context
+    ) -> pb.CheckEntitlementsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
+
+    async def WatchEntitlements(
+        self, requests: AsyncIterator[pb.WatchEntitlementsRequest], context: Context
+    ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
+        yield pb.WatchEntitlementsResponse()
+
     async def GetOrderStatus(
         self, request: pb.GetOrderStatusRequest, context: Context
     ) -> AsyncIterator[pb.OrderStatusUpdate]:

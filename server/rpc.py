@@ -190,13 +190,18 @@ def add_service(server: grpc.aio.Server, servicer: HasRuntime) -> None:
     service = servicer.runtime.service
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        if method.client_streaming:
-            raise TypeError(f"{method.full_name} is client-streaming; only unary requests are served")
         behaviour = getattr(servicer, method.name, None)
         if behaviour is None:
             raise TypeError(f"{type(servicer).__name__} does not implement {method.full_name}")
         serialize = GetMessageClass(method.output_type).SerializeToString
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        if method.client_streaming and method.server_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.client_streaming:
+            raise TypeError(f"{method.full_name} is client-streaming only; no such method is served")
+        elif method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(behaviour, request_deserializer=None, response_serializer=serialize)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     # Registered methods are matched by gRPC core without the generic lookup, as the generated code does too.

@@ -277,3 +277,13 @@ class EntitlementServicer:
                 yield update.to_message(watch.order_id)
         finally:
             watcher.close()
+
+    @rpc("CheckEntitlements", "read")
+    async def CheckEntitlements(
+        self, request: pb.CheckEntitlementsRequest, context: Context, principal: Principal, project_id: int
+    ) -> pb.CheckEntitlementsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CheckEntitlements: not served yet")
+        raise AssertionError("unreachable")
+
+    async def WatchEntitlements(self, requests: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchEntitlements: not served yet")

@@ -113,6 +113,18 @@ class _Servicer(pb_grpc.EntitlementServiceServicer):
         await self._begin("ListLedger", request, context)
         return pb.ListLedgerResponse(entries=[pb.LedgerEntry(entry_id="1-0", summary="granted 1 gold (0 -> 1)")])
 
+    async def CheckEntitlements(
+        self, request: pb.CheckEntitlementsRequest, context: _Context
+    ) -> pb.CheckEntitlementsResponse:
+        await self._begin("CheckEntitlements", request, context)
+        return pb.CheckEntitlementsResponse(results=[pb.CheckEntitlementResponse(active=True) for _ in request.checks])
+
+    async def WatchEntitlements(
+        self, requests: AsyncIterator[pb.WatchEntitlementsRequest], context: _Context
+    ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+        yield pb.WatchEntitlementsResponse()
+
     async def GetOrderStatus(
         self, request: pb.GetOrderStatusRequest, context: _Context
     ) -> AsyncIterator[pb.OrderStatusUpdate]:

@@ -46,8 +46,16 @@ class RawChannel:
                 unary = self._channel.unary_unary(path, request_serializer=None, response_deserializer=None)
                 await unary(payload, metadata=metadata, timeout=timeout_s)
                 return Outcome(grpc.StatusCode.OK, "")
-            stream = self._channel.unary_stream(path, request_serializer=None, response_deserializer=None)
-            call = stream(payload, metadata=metadata, timeout=timeout_s)
+            call: grpc.aio.Call
+            if SERVICE.methods_by_name[method].client_streaming:
+                # A bidirectional stream (WatchEntitlements): `payload` is its first message, and the caller's half
+                # stays open as a real watcher's does.
+                bidi = self._channel.stream_stream(path, request_serializer=None, response_deserializer=None)
+                call = bidi(metadata=metadata, timeout=timeout_s)  # type: ignore[call-arg]  # grpc-stubs: the iterator may be left out, then write()
+                await call.write(payload)
+            else:
+                stream = self._channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+                call = stream(payload, metadata=metadata, timeout=timeout_s)
             async for _ in call:
                 call.cancel()
                 return Outcome(grpc.StatusCode.OK, "", streamed=True)

@@ -8,8 +8,8 @@ with GetOrderStatus. Every write is idempotent (see `idempotency_key`) and atomi
 several service replicas never lose or double an update.
 
 Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-`read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
-Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+`read` for CheckEntitlement, CheckEntitlements, ListEntitlements, ListSubscriptions, ListLedger,
+GetOrderStatus and WatchEntitlements; `write` for Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
 HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
 `google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
@@ -17,7 +17,8 @@ mapping (lowerCamelCase names, int64 as strings, enums as names, RFC 3339 timest
 The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
 (`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
 (400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
-per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+per OrderStatusUpdate. WatchEntitlements, a bidirectional stream, has no HTTP mapping (gRPC only).
+docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
 
 Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -519,6 +520,81 @@ class CheckEntitlementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckEntitlementResponse: _TypeAlias = CheckEntitlementResponse  # noqa: Y015
+
+@_typing.final
+class CheckEntitlementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Check(_message.Message):
+        """One (player, sku) pair to check."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        USER_ID_FIELD_NUMBER: _builtins.int
+        SKU_FIELD_NUMBER: _builtins.int
+        user_id: _builtins.str
+        """The player. Required, 1..256 bytes."""
+        sku: _builtins.str
+        """The item. Required, 1..256 bytes."""
+        def __init__(
+            self,
+            *,
+            user_id: _builtins.str = ...,
+            sku: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku", "user_id", b"user_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHECKS_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    """The Xsolla project of every pair. 0: the API key's project when it is bound to exactly one, else the
+    service's default project. INVALID_ARGUMENT when still none, when negative, or when the service does not
+    serve it; PERMISSION_DENIED when the API key is not bound to it.
+    """
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckEntitlementsRequest.Check]:
+        """1..1,000 pairs."""
+
+    def __init__(
+        self,
+        *,
+        checks: _abc.Iterable[Global___CheckEntitlementsRequest.Check] | None = ...,
+        project_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckEntitlementsRequest: _TypeAlias = CheckEntitlementsRequest  # noqa: Y015
+
+@_typing.final
+class CheckEntitlementsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckEntitlementResponse]:
+        """One answer per pair of the request, in its order: `results[i]` answers `checks[i]`."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CheckEntitlementResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckEntitlementsResponse: _TypeAlias = CheckEntitlementsResponse  # noqa: Y015
 
 @_typing.final
 class ListEntitlementsRequest(_message.Message):
@@ -1076,3 +1152,209 @@ class OrderStatusUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrderStatusUpdate: _TypeAlias = OrderStatusUpdate  # noqa: Y015
+
+@_typing.final
+class WatchEntitlementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    ALL_PLAYERS_FIELD_NUMBER: _builtins.int
+    ADD_USER_IDS_FIELD_NUMBER: _builtins.int
+    REMOVE_USER_IDS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    """First message only. The Xsolla project to watch. 0: the API key's project when it is bound to exactly one,
+    else the service's default project. INVALID_ARGUMENT when still none, when negative, or when the service does
+    not serve it; PERMISSION_DENIED when the API key is not bound to it.
+    """
+    cursor: _builtins.str
+    """First message only. The `cursor` of a change or heartbeat received earlier: the stream resumes right after
+    it. Empty: from now. OUT_OF_RANGE when it is older than the history kept (see the RPC).
+    """
+    all_players: _builtins.bool
+    """First message only. Watch every player of the project; `add_user_ids` and `remove_user_ids` must then stay
+    empty, and no snapshots are sent.
+    """
+    snapshot: _builtins.bool
+    """Answer this message with a PlayerSnapshot of each player it adds. A cache sets it when it adds players and
+    leaves it unset when it resumes with a cursor for players it already holds.
+    """
+    @_builtins.property
+    def add_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Players to start watching (each 1..256 bytes; up to 10,000 per message and 100,000 watched per stream).
+        Adding a player already watched changes nothing (but a snapshot is sent again when asked for).
+        """
+
+    @_builtins.property
+    def remove_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Players to stop watching. Removing a player not watched changes nothing."""
+
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """First message only. How long the stream may stay silent before a Heartbeat: 1 s to 5 minutes; 15 s when
+        unset. Anything else is INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        all_players: _builtins.bool = ...,
+        add_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        remove_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        snapshot: _builtins.bool = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_user_ids", b"add_user_ids", "all_players", b"all_players", "cursor", b"cursor", "heartbeat_interval", b"heartbeat_interval", "project_id", b"project_id", "remove_user_ids", b"remove_user_ids", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEntitlementsRequest: _TypeAlias = WatchEntitlementsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEntitlementsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The position in the project's change history after this message (set on changes and heartbeats): open the
+    stream with it as `cursor` to resume right after this message. Opaque, at most 4,096 characters.
+    """
+    @_builtins.property
+    def change(self) -> Global___EntitlementChange: ...
+    @_builtins.property
+    def snapshot(self) -> Global___PlayerSnapshot: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        change: Global___EntitlementChange | None = ...,
+        snapshot: Global___PlayerSnapshot | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "event", b"event", "heartbeat", b"heartbeat", "snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "cursor", b"cursor", "event", b"event", "heartbeat", b"heartbeat", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["change", "snapshot", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchEntitlementsResponse: _TypeAlias = WatchEntitlementsResponse  # noqa: Y015
+
+@_typing.final
+class EntitlementChange(_message.Message):
+    """One committed change to one player's sku."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    ENTITLEMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    sku: _builtins.str
+    version: _builtins.int
+    """The player's version after this change: the number of changes made to the player's entitlements so far
+    (counted since the service first kept versions), so each change of a player is its previous version plus
+    one. A cache that sees a version jump has missed a change; the service never makes it do so.
+    """
+    operation: _builtins.str
+    """What made the change: "grant", "revoke", "order_paid", "order_canceled", ... (the ledger's operation)."""
+    @_builtins.property
+    def entitlement(self) -> Global___Entitlement:
+        """What the player holds of the sku after the change; unset when the player no longer holds it (revoked, or an
+        order's cancel took it all back). `active` is as of `changed_at`: a time-limited item stops being active at
+        its `expires_at` without a change being sent.
+        """
+
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed (the store's clock)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        entitlement: Global___Entitlement | None = ...,
+        version: _builtins.int = ...,
+        operation: _builtins.str = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "entitlement", b"entitlement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "entitlement", b"entitlement", "operation", b"operation", "sku", b"sku", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntitlementChange: _TypeAlias = EntitlementChange  # noqa: Y015
+
+@_typing.final
+class PlayerSnapshot(_message.Message):
+    """Everything one player holds at one moment, in sku order (expired time-limited items included, with `active`
+    false).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ENTITLEMENTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    version: _builtins.int
+    """The player's version at that moment (0 for a player never changed): the changes of this player that follow
+    on the stream are versions `version + 1`, `version + 2`, ...; none already in the snapshot is sent after it.
+    """
+    @_builtins.property
+    def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        entitlements: _abc.Iterable[Global___Entitlement] | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlayerSnapshot: _TypeAlias = PlayerSnapshot  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Nothing happened for `heartbeat_interval`; `cursor` (on the response) is the current position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """The service's clock when the heartbeat was sent."""
+
+    def __init__(
+        self,
+        *,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015

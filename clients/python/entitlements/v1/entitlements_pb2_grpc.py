@@ -49,6 +49,11 @@ class EntitlementServiceStub:
                 request_serializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementResponse.FromString,
                 _registered_method=True)
+        self.CheckEntitlements = channel.unary_unary(
+                '/entitlements.v1.EntitlementService/CheckEntitlements',
+                request_serializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementsRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementsResponse.FromString,
+                _registered_method=True)
         self.ListEntitlements = channel.unary_unary(
                 '/entitlements.v1.EntitlementService/ListEntitlements',
                 request_serializer=entitlements_dot_v1_dot_entitlements__pb2.ListEntitlementsRequest.SerializeToString,
@@ -68,6 +73,11 @@ class EntitlementServiceStub:
                 '/entitlements.v1.EntitlementService/GetOrderStatus',
                 request_serializer=entitlements_dot_v1_dot_entitlements__pb2.GetOrderStatusRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_entitlements__pb2.OrderStatusUpdate.FromString,
+                _registered_method=True)
+        self.WatchEntitlements = channel.stream_stream(
+                '/entitlements.v1.EntitlementService/WatchEntitlements',
+                request_serializer=entitlements_dot_v1_dot_entitlements__pb2.WatchEntitlementsRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_entitlements__pb2.WatchEntitlementsResponse.FromString,
                 _registered_method=True)
 
 
@@ -102,6 +112,20 @@ class EntitlementServiceServicer:
     def CheckEntitlement(self, request, context):
         """Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
         `expires_at`, is not active; the response still carries the stored entitlement when there is one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckEntitlements(self, request, context):
+        """Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+        the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+        few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+        of that player, not one moment of the whole batch.
+
+        Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+        (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+        `checks`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +190,39 @@ class EntitlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEntitlements(self, request_iterator, context):
+        """Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+        (and may add or remove while the stream is open), or for every player of the project. Built for a game
+        server's local cache of the players it hosts (the Python and Go clients have one).
+
+        The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+        `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+        left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+        with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+        of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+
+        Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+        received resumes right after it, with no change missing and none sent twice, across replicas and service
+        restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+        of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+        nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+        quiet stream from a dead one.
+
+        The service keeps the history needed to resume for a limited time (24 hours by default,
+        ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+        OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+        changes may have been missed. Read the players again (a snapshot) and watch without
+        a cursor.
+        INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+        10,000 per message), or an identifier as in every RPC; the message names the field.
+        RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+        UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+        cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EntitlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +240,11 @@ def add_EntitlementServiceServicer_to_server(servicer, server):
                     servicer.CheckEntitlement,
                     request_deserializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementResponse.SerializeToString,
+            ),
+            'CheckEntitlements': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckEntitlements,
+                    request_deserializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementsRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementsResponse.SerializeToString,
             ),
             'ListEntitlements': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEntitlements,
@@ -203,6 +265,11 @@ def add_EntitlementServiceServicer_to_server(servicer, server):
                     servicer.GetOrderStatus,
                     request_deserializer=entitlements_dot_v1_dot_entitlements__pb2.GetOrderStatusRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_entitlements__pb2.OrderStatusUpdate.SerializeToString,
+            ),
+            'WatchEntitlements': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchEntitlements,
+                    request_deserializer=entitlements_dot_v1_dot_entitlements__pb2.WatchEntitlementsRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_entitlements__pb2.WatchEntitlementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -286,6 +353,33 @@ class EntitlementService:
             '/entitlements.v1.EntitlementService/CheckEntitlement',
             entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementRequest.SerializeToString,
             entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckEntitlements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.EntitlementService/CheckEntitlements',
+            entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementsRequest.SerializeToString,
+            entitlements_dot_v1_dot_entitlements__pb2.CheckEntitlementsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -394,6 +488,33 @@ class EntitlementService:
             '/entitlements.v1.EntitlementService/GetOrderStatus',
             entitlements_dot_v1_dot_entitlements__pb2.GetOrderStatusRequest.SerializeToString,
             entitlements_dot_v1_dot_entitlements__pb2.OrderStatusUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEntitlements(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/entitlements.v1.EntitlementService/WatchEntitlements',
+            entitlements_dot_v1_dot_entitlements__pb2.WatchEntitlementsRequest.SerializeToString,
+            entitlements_dot_v1_dot_entitlements__pb2.WatchEntitlementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

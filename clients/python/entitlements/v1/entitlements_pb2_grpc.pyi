@@ -8,8 +8,8 @@ with GetOrderStatus. Every write is idempotent (see `idempotency_key`) and atomi
 several service replicas never lose or double an update.
 
 Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-`read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
-Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+`read` for CheckEntitlement, CheckEntitlements, ListEntitlements, ListSubscriptions, ListLedger,
+GetOrderStatus and WatchEntitlements; `write` for Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 
 HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
 `google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
@@ -17,7 +17,8 @@ mapping (lowerCamelCase names, int64 as strings, enums as names, RFC 3339 timest
 The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
 (`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
 (400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
-per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+per OrderStatusUpdate. WatchEntitlements, a bidirectional stream, has no HTTP mapping (gRPC only).
+docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
 
 Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -93,6 +94,16 @@ class EntitlementServiceStub:
     """Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
     `expires_at`, is not active; the response still carries the stored entitlement when there is one.
     """
+    CheckEntitlements: _grpc.UnaryUnaryMultiCallable[_entitlements_pb2.CheckEntitlementsRequest, _entitlements_pb2.CheckEntitlementsResponse]
+    """Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+    the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+    few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+    of that player, not one moment of the whole batch.
+
+    Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+    (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+    `checks`.
+    """
     ListEntitlements: _grpc.UnaryUnaryMultiCallable[_entitlements_pb2.ListEntitlementsRequest, _entitlements_pb2.ListEntitlementsResponse]
     """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
     left out unless `include_expired` is set.
@@ -136,6 +147,35 @@ class EntitlementServiceStub:
       UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
                           state and Xsolla's current status).
     """
+    WatchEntitlements: _grpc.StreamStreamMultiCallable[_entitlements_pb2.WatchEntitlementsRequest, _entitlements_pb2.WatchEntitlementsResponse]
+    """Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+    (and may add or remove while the stream is open), or for every player of the project. Built for a game
+    server's local cache of the players it hosts (the Python and Go clients have one).
+
+    The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+    `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+    left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+    with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+    of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+
+    Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+    received resumes right after it, with no change missing and none sent twice, across replicas and service
+    restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+    of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+    nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+    quiet stream from a dead one.
+
+    The service keeps the history needed to resume for a limited time (24 hours by default,
+    ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+      OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+                          changes may have been missed. Read the players again (a snapshot) and watch without
+                          a cursor.
+      INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+                          10,000 per message), or an identifier as in every RPC; the message names the field.
+      RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+      UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+                          cursor.
+    """
 
 @_typing.type_check_only
 class EntitlementServiceAsyncStub(EntitlementServiceStub):
@@ -160,6 +200,16 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     CheckEntitlement: _aio.UnaryUnaryMultiCallable[_entitlements_pb2.CheckEntitlementRequest, _entitlements_pb2.CheckEntitlementResponse]  # type: ignore[assignment]
     """Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
     `expires_at`, is not active; the response still carries the stored entitlement when there is one.
+    """
+    CheckEntitlements: _aio.UnaryUnaryMultiCallable[_entitlements_pb2.CheckEntitlementsRequest, _entitlements_pb2.CheckEntitlementsResponse]  # type: ignore[assignment]
+    """Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+    the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+    few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+    of that player, not one moment of the whole batch.
+
+    Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+    (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+    `checks`.
     """
     ListEntitlements: _aio.UnaryUnaryMultiCallable[_entitlements_pb2.ListEntitlementsRequest, _entitlements_pb2.ListEntitlementsResponse]  # type: ignore[assignment]
     """Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
@@ -204,6 +254,35 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
       UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
                           state and Xsolla's current status).
     """
+    WatchEntitlements: _aio.StreamStreamMultiCallable[_entitlements_pb2.WatchEntitlementsRequest, _entitlements_pb2.WatchEntitlementsResponse]  # type: ignore[assignment]
+    """Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+    (and may add or remove while the stream is open), or for every player of the project. Built for a game
+    server's local cache of the players it hosts (the Python and Go clients have one).
+
+    The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+    `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+    left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+    with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+    of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+
+    Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+    received resumes right after it, with no change missing and none sent twice, across replicas and service
+    restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+    of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+    nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+    quiet stream from a dead one.
+
+    The service keeps the history needed to resume for a limited time (24 hours by default,
+    ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+      OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+                          changes may have been missed. Read the players again (a snapshot) and watch without
+                          a cursor.
+      INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+                          10,000 per message), or an identifier as in every RPC; the message names the field.
+      RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+      UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+                          cursor.
+    """
 
 class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -243,6 +322,22 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_entitlements_pb2.CheckEntitlementResponse, _abc.Awaitable[_entitlements_pb2.CheckEntitlementResponse]]:
         """Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
         `expires_at`, is not active; the response still carries the stored entitlement when there is one.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckEntitlements(
+        self,
+        request: _entitlements_pb2.CheckEntitlementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_entitlements_pb2.CheckEntitlementsResponse, _abc.Awaitable[_entitlements_pb2.CheckEntitlementsResponse]]:
+        """Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+        the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+        few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+        of that player, not one moment of the whole batch.
+
+        Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+        (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+        `checks`.
         """
 
     @_abc_1.abstractmethod
@@ -310,6 +405,41 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
                               retry later or on another replica.
           UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
                               state and Xsolla's current status).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEntitlements(
+        self,
+        request_iterator: _MaybeAsyncIterator[_entitlements_pb2.WatchEntitlementsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_entitlements_pb2.WatchEntitlementsResponse], _abc.AsyncIterator[_entitlements_pb2.WatchEntitlementsResponse]]:
+        """Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+        (and may add or remove while the stream is open), or for every player of the project. Built for a game
+        server's local cache of the players it hosts (the Python and Go clients have one).
+
+        The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+        `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+        left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+        with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+        of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+
+        Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+        received resumes right after it, with no change missing and none sent twice, across replicas and service
+        restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+        of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+        nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+        quiet stream from a dead one.
+
+        The service keeps the history needed to resume for a limited time (24 hours by default,
+        ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+          OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+                              changes may have been missed. Read the players again (a snapshot) and watch without
+                              a cursor.
+          INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+                              10,000 per message), or an identifier as in every RPC; the message names the field.
+          RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+          UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+                              cursor.
         """
 
 def add_EntitlementServiceServicer_to_server(servicer: EntitlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
