@@ -66,6 +66,7 @@ class UserKeys:
         "tag",
         "timed",
         "upstream_prefix",
+        "version",
     )
 
     def __init__(self, project_id: int, user_id: str) -> None:
@@ -93,6 +94,8 @@ class UserKeys:
         self.subscriptions_order = f"{base}:subs_order"
         #: sorted set: the recurring subscriptions in force (active, non-renewing), scored as above
         self.subscriptions_active = f"{base}:subs_active"
+        #: string: the player's version, one more for every sku a write changes (core.feed; 0 when absent)
+        self.version = f"{base}:version"
         self.idempotency_prefix = f"{base}:idem:"
         self.order_prefix = f"{base}:order:"
         self.event_prefix = f"{base}:evt:"
