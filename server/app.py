@@ -57,13 +57,14 @@ from server.fulfillment import Fulfillment
 from server.grpc_api import PrivateSocket, set_serving, start_grpc_server, watch_store
 from server.http_api import HttpApi
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
-from server.reconcile import OrderIndex, Pacer, Rechecks, Sweeper, SweepParts, SweepRecords, TrackerReconciler
+from server.reconcile import OrderIndex, Sweeper, TrackerReconciler, sweeper_for
 from server.rpc import RpcRuntime
-from server.service import EntitlementServicer
+from server.service import EntitlementServicer, entitlement_message
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
 from server.supervisor import EmbeddedSupervisor
 from server.tracking import OrderTracking
+from server.watch import Watches
 
 log = structlog.get_logger("server.app")
 
@@ -149,6 +150,7 @@ class Service:
         self.endpoints: Endpoints | None = None
         self.consumer: Consumer | None = None
         self.tracking: OrderTracking | None = None
+        self.watches: Watches | None = None
         self._consumer_redis: RedisClient | None = None
         self._consumer_hooks = consumer_hooks
 
@@ -249,7 +251,7 @@ class Service:
                 reconciler=self.reconciler,
             )
             self.tracking.start()
-            grpc_port = await self._start_grpc(self.store, self.tracking, self.catalogs)
+            grpc_port = await self._start_grpc(redis_url, self.store, self.tracking, self.catalogs)
             self._start_sweeper(self.redis, self.event_log, self.order_index, self.catalogs)
             self.console = await start_console(settings, self.store, self.redis, self.catalogs, self.order_index)
             self._health_task = asyncio.get_running_loop().create_task(self._watch_store())
@@ -321,36 +323,24 @@ class Service:
         self, redis: RedisClient, event_log: EventLog, order_index: OrderIndex, catalogs: Catalogs
     ) -> None:
         """Starts the periodic sweep of the projects' orders at the provider (`server.reconcile.sweeper`)."""
-        settings = self.settings
-        if not settings.reconcile.sweeper_enabled:
-            return
-        reconcile = settings.reconcile
-        parts = SweepParts(
-            redis=redis,
-            search=self.order_search,
-            event_log=event_log,
-            index=order_index,
-            records=SweepRecords(redis, timeout_s=settings.redis_timeout_s),
-            rechecks=Rechecks(redis, order_index, reconcile, timeout_s=settings.redis_timeout_s),
-            catalogs=catalogs,
-            metrics=self.metrics,
-            pacer=Pacer(reconcile.requests_per_s),
-            provider=self.provider,
-            overlap_s=reconcile.overlap_s,
-            max_wait_s=reconcile.sweep_interval_s,
-            retention_ms=int(reconcile.index_retention_days * 86_400_000),
-            timeout_s=settings.redis_timeout_s,
-        )
-        self.sweeper = Sweeper(parts, settings.projects, reconcile)
-        self.sweeper.start()
+        if self.settings.reconcile.sweeper_enabled:
+            search, metrics = self.order_search, self.metrics
+            parts = (self.settings, redis, search, event_log, order_index, catalogs, metrics)
+            self.sweeper = sweeper_for(*parts, provider=self.provider)
+            self.sweeper.start()
 
-    async def _start_grpc(self, store: EntitlementStore, tracking: OrderTracking, catalogs: Catalogs) -> int:
-        """Starts the gRPC server (`server.grpc_api`) and, unless turned off, the HTTP/JSON API that calls it through
-        a private socket (`server.http_api`); returns the gRPC port."""
+    async def _start_grpc(
+        self, redis_url: str, store: EntitlementStore, tracking: OrderTracking, catalogs: Catalogs
+    ) -> int:
+        """Starts the gRPC server (`server.grpc_api`) with WatchEntitlements' streams (`server.watch`) and, unless
+        turned off, the HTTP/JSON API that calls it through a private socket (`server.http_api`); returns the gRPC
+        port."""
         settings = self.settings
+        assert self.redis is not None
+        self.watches = Watches.open(redis_url, self.redis, settings, self.metrics, entitlement=entitlement_message)
         authenticator = Authenticator(settings.api_keys, insecure_dev_mode=settings.insecure_dev_mode)
         runtime = RpcRuntime(authenticator, self.metrics, SERVICE, settings.projects)
-        servicer = EntitlementServicer(store, runtime, self.metrics, tracking, catalogs)
+        servicer = EntitlementServicer(store, runtime, self.metrics, tracking, catalogs, self.watches)
         if settings.http.enabled:
             self._private_socket = PrivateSocket()
             # Built before the gRPC server starts: a google.api.http rule it cannot serve stops the start here.
@@ -406,6 +396,8 @@ class Service:
         if self.tracking is not None:
             # Streams would otherwise hold the grace period (they last minutes) and then be cut off CANCELLED.
             self.tracking.close_streams()
+        if self.watches is not None:
+            self.watches.close_streams()  # UNAVAILABLE: their callers resume with their cursors
         if self._grpc is not None:
             await self.health.enter_graceful_shutdown()
             # Together: the HTTP API stops listening and lets its requests finish, whose RPCs the gRPC server lets
@@ -425,6 +417,9 @@ class Service:
         if self.tracking is not None:
             await self.tracking.stop()
             self.tracking = None
+        if self.watches is not None:
+            await self.watches.stop()
+            self.watches = None
         if self.catalogs is not None:
             await self.catalogs.stop()
             self.catalogs = None

@@ -84,6 +84,16 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """WatchEntitlements on this replica (docs/WATCH.md)."""
+
+    # Streams open at once; one more is RESOURCE_EXHAUSTED.
+    max_streams: int = 10_000
+    # Changes one stream may have waiting to be sent; past it the stream ends UNAVAILABLE (the caller resumes).
+    max_queued: int = 10_000
+
+
+@dataclass(frozen=True)
 class ReconcileSettings:
     """Reconciliation with the provider: orders it reports paid that no webhook brought (see
     docs/RECONCILIATION.md)."""
@@ -180,6 +190,7 @@ class Settings:
     catalog_refresh_s: float = 600.0
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -284,6 +295,10 @@ class Settings:
             sse_heartbeat_s=reader.number("ENTITLEMENTS_HTTP_SSE_HEARTBEAT_S", 15.0, minimum=0.1, maximum=3600.0),
             keepalive_timeout_s=reader.number("ENTITLEMENTS_HTTP_KEEPALIVE_TIMEOUT_S", 75.0, minimum=1.0),
         )
+        watch = WatchSettings(
+            max_streams=reader.integer("ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000, minimum=1, maximum=1_000_000),
+            max_queued=reader.integer("ENTITLEMENTS_WATCH_MAX_QUEUED", 10_000, minimum=100, maximum=10_000_000),
+        )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
         pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)
         if pending_hard < pending:
@@ -316,6 +331,7 @@ class Settings:
             catalog_refresh_s=reader.number("ENTITLEMENTS_CATALOG_REFRESH_S", 600.0, minimum=1.0),
             consumer=consumer,
             tracking=tracking,
+            watch=watch,
             reconcile=reconcile,
             console=console,
             http=http,

@@ -11,6 +11,8 @@ EntitlementsError
 ├── NotFound                    NOT_FOUND: the payment provider does not know the object (an order)
 ├── TokenRejected               UNAUTHENTICATED: the payment provider rejected the player's token
 ├── CapacityExceeded            RESOURCE_EXHAUSTED: a per-replica limit was reached (order trackers)
+├── OutOfRange                  OUT_OF_RANGE: a watch cursor older than the history kept, or of another store
+├── FellBehind                  UNAVAILABLE: a watch stream's caller read too slowly; it resumes with its cursor
 ├── InvalidEvent                an event-stream entry cannot be applied as it is (the consumer dead-letters it)
 └── SkuNotInCatalog             an order line's sku is unknown to its project's catalog, even after a refresh (the
                                 consumer retries the event, then dead-letters it)
@@ -26,10 +28,12 @@ __all__ = [
     "ConfigError",
     "EntitlementsError",
     "FailedPrecondition",
+    "FellBehind",
     "IdempotencyConflict",
     "InvalidArgument",
     "InvalidEvent",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ServiceStopping",
     "SkuNotInCatalog",
@@ -80,6 +84,20 @@ class TokenRejected(EntitlementsError):
 
 class CapacityExceeded(EntitlementsError):
     """A limit of this replica was reached (for example the number of orders it tracks at once)."""
+
+
+class OutOfRange(EntitlementsError):
+    """A position the request names is outside what is kept (a watch cursor older than the feed's history, or
+    issued by another store or project); nothing was read."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class FellBehind(EntitlementsError):
+    """A stream's caller did not read its messages as fast as they came: the replica ended the stream rather than
+    hold them without bound; reopening it with the last cursor received catches up."""
 
 
 class InvalidEvent(EntitlementsError):

@@ -306,6 +306,31 @@ class ServiceMetrics:
             ["result"],
             registry=registry,
         )
+        # WatchEntitlements (server.watch).
+        self.watch_streams = Gauge(
+            "entitlements_watch_streams", "WatchEntitlements streams open on this replica.", registry=registry
+        )
+        self.watch_streams_refused = Counter(
+            "entitlements_watch_streams_refused_total",
+            "WatchEntitlements streams refused because the replica held ENTITLEMENTS_WATCH_MAX_STREAMS.",
+            registry=registry,
+        )
+        self.watch_changes = Counter(
+            "entitlements_watch_changes_sent_total", "Entitlement changes sent on watch streams.", registry=registry
+        )
+        self.watch_snapshots = Counter(
+            "entitlements_watch_snapshots_total", "Player snapshots sent on watch streams.", registry=registry
+        )
+        self.watch_catch_up_reads = Counter(
+            "entitlements_watch_catch_up_reads_total",
+            "Reads of the change feed by streams resuming from a cursor behind the replica's tail.",
+            registry=registry,
+        )
+        self.watch_feed_reads = Counter(
+            "entitlements_watch_feed_reads_total",
+            "Blocking reads (XREAD) of the change feed by the replica's shared tails, one loop per project watched.",
+            registry=registry,
+        )
 
 
 class EmbeddedStoreMetrics:

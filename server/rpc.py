@@ -41,9 +41,11 @@ from server.config import Settings
 from server.errors import (
     CapacityExceeded,
     FailedPrecondition,
+    FellBehind,
     IdempotencyConflict,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ServiceStopping,
     StoreUnavailable,
@@ -169,6 +171,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (TokenRejected, grpc.StatusCode.UNAUTHENTICATED),
     (CapacityExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (FellBehind, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -8,8 +8,9 @@ each method runs in the project it is given, which its caller is bound to and th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import Any
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -21,11 +22,15 @@ from server import validation
 from server.auth import Principal
 from server.catalog import Catalogs
 from server.config import MAX_ORDER_WAIT_S
+from server.duplex import duplex_rpc
 from server.ledger_view import LedgerLine, ledger_page
 from server.metrics import ServiceMetrics
 from server.rpc import STREAM_ACCEPTED, RpcRuntime, announces_acceptance, rpc, stream_rpc
 from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription
 from server.tracking import OrderTracking
+
+if TYPE_CHECKING:
+    from server.watch import Watches
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -146,8 +151,10 @@ class EntitlementServicer:
         metrics: ServiceMetrics,
         tracking: OrderTracking,
         catalogs: Catalogs,
+        watches: Watches,
     ) -> None:
         self._store = store
+        self._watches = watches
         self._metrics = metrics
         self._tracking = tracking
         self._catalogs = catalogs
@@ -285,5 +292,15 @@ class EntitlementServicer:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CheckEntitlements: not served yet")
         raise AssertionError("unreachable")
 
-    async def WatchEntitlements(self, requests: Any, context: Context) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchEntitlements: not served yet")
+    @duplex_rpc("WatchEntitlements", "read")
+    async def WatchEntitlements(
+        self,
+        request: pb.WatchEntitlementsRequest,
+        requests: AsyncIterator[pb.WatchEntitlementsRequest],
+        context: Context,
+        principal: Principal,
+        project_id: int,
+    ) -> AsyncGenerator[pb.WatchEntitlementsResponse, None]:
+        async with contextlib.aclosing(self._watches.serve(project_id, request, requests)) as messages:  # type: ignore[type-var]
+            async for message in messages:
+                yield message

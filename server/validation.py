@@ -110,6 +110,10 @@ def _duration_parts(name: str, duration: Duration) -> tuple[int, int]:
     return seconds, nanos
 
 
+#: For the other modules that read a Duration field.
+duration_parts = _duration_parts
+
+
 def _duration_ms(name: str, duration: Duration) -> int:
     seconds, nanos = _duration_parts(name, duration)
     ms = seconds * 1000 + int(nanos / 1_000_000)

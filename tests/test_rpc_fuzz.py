@@ -64,6 +64,8 @@ DOCUMENTED = {
     "ListLedger": ALWAYS,
     # The player's token rejected by Xsolla, the order unknown there, too many orders followed.
     "GetOrderStatus": ALWAYS | {StatusCode.UNAUTHENTICATED, StatusCode.NOT_FOUND, StatusCode.RESOURCE_EXHAUSTED},
+    # A cursor too old or of another store or project, too many streams on the replica.
+    "WatchEntitlements": ALWAYS | {StatusCode.OUT_OF_RANGE, StatusCode.RESOURCE_EXHAUSTED},
 }
 REQUEST_TYPES: dict[str, type[Message]] = {m.name: GetMessageClass(m.input_type) for m in SERVICE.methods}
 
@@ -298,9 +300,14 @@ def messages(
         if roll == 0:
             continue  # unset
         if roll <= (5 if field.name in hostile else 2):
-            value = draw(hostile.get(field.name, _hostile(field)), label=field.name)
+            strategy = hostile.get(field.name, _hostile(field))
         else:
-            value = draw(_plausible(field, order_ids), label=field.name)
+            strategy = _plausible(field, order_ids)
+        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+        if field.is_repeated and not is_map:
+            getattr(message, field.name).extend(draw(st.lists(strategy, max_size=4), label=field.name))
+            continue
+        value = draw(strategy, label=field.name)
         if isinstance(value, dict):
             getattr(message, field.name).update(value)
         elif isinstance(value, Message):
@@ -315,7 +322,13 @@ def requests(method: str, simulator: XsollaSimulator) -> st.SearchStrategy[bytes
     orders the one the simulator holds."""
     tokens = st.one_of(texts, st.sampled_from(COMMON).map(simulator.issue_token))
     projects = st.one_of(int64s, st.sampled_from([0, PROJECT, OTHER_PROJECT, 1]))
-    hostile = {"page_token": page_tokens, "max_wait": max_waits, "token": tokens, "project_id": projects}
+    hostile = {
+        "page_token": page_tokens,
+        "cursor": page_tokens,
+        "max_wait": max_waits,
+        "token": tokens,
+        "project_id": projects,
+    }
     order_ids = [str(order.order_id) for order in simulator.orders] + ["1", "404"]
     return messages(SERVICE.methods_by_name[method].input_type, hostile, order_ids)
 

@@ -20,7 +20,7 @@ from server.reconcile.pacer import Pacer
 from server.reconcile.progress import Report, SweepProgress, SweepRecords
 from server.reconcile.recheck import Rechecks
 from server.reconcile.sweep import OrderSweep, SweepParts
-from server.reconcile.sweeper import LeaseBusy, Range, Sweeper, describe
+from server.reconcile.sweeper import LeaseBusy, Range, Sweeper, describe, sweeper_for
 from server.reconcile.tracked import TrackerReconciler
 
 __all__ = [
@@ -48,4 +48,5 @@ __all__ = [
     "order_event",
     "order_lines",
     "reconciled_event_id",
+    "sweeper_for",
 ]

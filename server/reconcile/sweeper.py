@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -30,7 +30,19 @@ from server.config import ReconcileSettings
 from server.leases import Lease
 from server.reconcile.findings import SweepOutcome, Window, iso
 from server.reconcile.lease import RENEWALS_PER_LEASE, LeaseLost, SweeperLease
+from server.reconcile.pacer import Pacer
+from server.reconcile.progress import SweepRecords
+from server.reconcile.recheck import Rechecks
 from server.reconcile.sweep import OrderSweep, SweepParts
+
+if TYPE_CHECKING:
+    from core.connections import RedisClient
+    from core.eventlog import EventLog
+    from core.reconciliation import OrderSearch
+    from server.catalog import Catalogs
+    from server.config import Settings
+    from server.metrics import ServiceMetrics
+    from server.reconcile.index import OrderIndex
 
 log = structlog.get_logger("server.reconcile")
 
@@ -256,3 +268,35 @@ class Sweeper:
         if not dry_run:
             await records.begin(lease, project.id, start, now, now)
         return Window(start, now, 0, True, continues)
+
+
+def sweeper_for(
+    settings: Settings,
+    redis: RedisClient,
+    search: OrderSearch,
+    event_log: EventLog,
+    order_index: OrderIndex,
+    catalogs: Catalogs,
+    metrics: ServiceMetrics,
+    *,
+    provider: str,
+) -> Sweeper:
+    """The process's sweeper of the projects' orders at the provider, with its parts (not started)."""
+    reconcile = settings.reconcile
+    parts = SweepParts(
+        redis=redis,
+        search=search,
+        event_log=event_log,
+        index=order_index,
+        records=SweepRecords(redis, timeout_s=settings.redis_timeout_s),
+        rechecks=Rechecks(redis, order_index, reconcile, timeout_s=settings.redis_timeout_s),
+        catalogs=catalogs,
+        metrics=metrics,
+        pacer=Pacer(reconcile.requests_per_s),
+        provider=provider,
+        overlap_s=reconcile.overlap_s,
+        max_wait_s=reconcile.sweep_interval_s,
+        retention_ms=int(reconcile.index_retention_days * 86_400_000),
+        timeout_s=settings.redis_timeout_s,
+    )
+    return Sweeper(parts, settings.projects, reconcile)
