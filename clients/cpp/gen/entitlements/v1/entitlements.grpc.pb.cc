@@ -26,10 +26,12 @@ static const char* EntitlementService_method_names[] = {
   "/entitlements.v1.EntitlementService/Grant",
   "/entitlements.v1.EntitlementService/Revoke",
   "/entitlements.v1.EntitlementService/CheckEntitlement",
+  "/entitlements.v1.EntitlementService/CheckEntitlements",
   "/entitlements.v1.EntitlementService/ListEntitlements",
   "/entitlements.v1.EntitlementService/ListSubscriptions",
   "/entitlements.v1.EntitlementService/ListLedger",
   "/entitlements.v1.EntitlementService/GetOrderStatus",
+  "/entitlements.v1.EntitlementService/WatchEntitlements",
 };
 
 std::unique_ptr< EntitlementService::Stub> EntitlementService::NewStub(const std::shared_ptr< ::grpc::ChannelInterface>& channel, const ::grpc::StubOptions& options) {
@@ -42,10 +44,12 @@ EntitlementService::Stub::Stub(const std::shared_ptr< ::grpc::ChannelInterface>&
   : channel_(channel), rpcmethod_Grant_(EntitlementService_method_names[0], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
   , rpcmethod_Revoke_(EntitlementService_method_names[1], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
   , rpcmethod_CheckEntitlement_(EntitlementService_method_names[2], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
-  , rpcmethod_ListEntitlements_(EntitlementService_method_names[3], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
-  , rpcmethod_ListSubscriptions_(EntitlementService_method_names[4], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
-  , rpcmethod_ListLedger_(EntitlementService_method_names[5], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
-  , rpcmethod_GetOrderStatus_(EntitlementService_method_names[6], options.suffix_for_stats(),::grpc::internal::RpcMethod::SERVER_STREAMING, channel)
+  , rpcmethod_CheckEntitlements_(EntitlementService_method_names[3], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
+  , rpcmethod_ListEntitlements_(EntitlementService_method_names[4], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
+  , rpcmethod_ListSubscriptions_(EntitlementService_method_names[5], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
+  , rpcmethod_ListLedger_(EntitlementService_method_names[6], options.suffix_for_stats(),::grpc::internal::RpcMethod::NORMAL_RPC, channel)
+  , rpcmethod_GetOrderStatus_(EntitlementService_method_names[7], options.suffix_for_stats(),::grpc::internal::RpcMethod::SERVER_STREAMING, channel)
+  , rpcmethod_WatchEntitlements_(EntitlementService_method_names[8], options.suffix_for_stats(),::grpc::internal::RpcMethod::BIDI_STREAMING, channel)
   {}
 
 ::grpc::Status EntitlementService::Stub::Grant(::grpc::ClientContext* context, const ::entitlements::v1::GrantRequest& request, ::entitlements::v1::GrantResponse* response) {
@@ -113,6 +117,29 @@ void EntitlementService::Stub::async::CheckEntitlement(::grpc::ClientContext* co
 ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementResponse>* EntitlementService::Stub::AsyncCheckEntitlementRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) {
   auto* result =
     this->PrepareAsyncCheckEntitlementRaw(context, request, cq);
+  result->StartCall();
+  return result;
+}
+
+::grpc::Status EntitlementService::Stub::CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::entitlements::v1::CheckEntitlementsResponse* response) {
+  return ::grpc::internal::BlockingUnaryCall< ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(channel_.get(), rpcmethod_CheckEntitlements_, context, request, response);
+}
+
+void EntitlementService::Stub::async::CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response, std::function<void(::grpc::Status)> f) {
+  ::grpc::internal::CallbackUnaryCall< ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(stub_->channel_.get(), stub_->rpcmethod_CheckEntitlements_, context, request, response, std::move(f));
+}
+
+void EntitlementService::Stub::async::CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response, ::grpc::ClientUnaryReactor* reactor) {
+  ::grpc::internal::ClientCallbackUnaryFactory::Create< ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(stub_->channel_.get(), stub_->rpcmethod_CheckEntitlements_, context, request, response, reactor);
+}
+
+::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>* EntitlementService::Stub::PrepareAsyncCheckEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
+  return ::grpc::internal::ClientAsyncResponseReaderHelper::Create< ::entitlements::v1::CheckEntitlementsResponse, ::entitlements::v1::CheckEntitlementsRequest, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(channel_.get(), cq, rpcmethod_CheckEntitlements_, context, request);
+}
+
+::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>* EntitlementService::Stub::AsyncCheckEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
+  auto* result =
+    this->PrepareAsyncCheckEntitlementsRaw(context, request, cq);
   result->StartCall();
   return result;
 }
@@ -202,6 +229,22 @@ void EntitlementService::Stub::async::GetOrderStatus(::grpc::ClientContext* cont
   return ::grpc::internal::ClientAsyncReaderFactory< ::entitlements::v1::OrderStatusUpdate>::Create(channel_.get(), cq, rpcmethod_GetOrderStatus_, context, request, false, nullptr);
 }
 
+::grpc::ClientReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* EntitlementService::Stub::WatchEntitlementsRaw(::grpc::ClientContext* context) {
+  return ::grpc::internal::ClientReaderWriterFactory< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>::Create(channel_.get(), rpcmethod_WatchEntitlements_, context);
+}
+
+void EntitlementService::Stub::async::WatchEntitlements(::grpc::ClientContext* context, ::grpc::ClientBidiReactor< ::entitlements::v1::WatchEntitlementsRequest,::entitlements::v1::WatchEntitlementsResponse>* reactor) {
+  ::grpc::internal::ClientCallbackReaderWriterFactory< ::entitlements::v1::WatchEntitlementsRequest,::entitlements::v1::WatchEntitlementsResponse>::Create(stub_->channel_.get(), stub_->rpcmethod_WatchEntitlements_, context, reactor);
+}
+
+::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* EntitlementService::Stub::AsyncWatchEntitlementsRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq, void* tag) {
+  return ::grpc::internal::ClientAsyncReaderWriterFactory< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>::Create(channel_.get(), cq, rpcmethod_WatchEntitlements_, context, true, tag);
+}
+
+::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* EntitlementService::Stub::PrepareAsyncWatchEntitlementsRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq) {
+  return ::grpc::internal::ClientAsyncReaderWriterFactory< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>::Create(channel_.get(), cq, rpcmethod_WatchEntitlements_, context, false, nullptr);
+}
+
 EntitlementService::Service::Service() {
   AddMethod(new ::grpc::internal::RpcServiceMethod(
       EntitlementService_method_names[0],
@@ -236,6 +279,16 @@ EntitlementService::Service::Service() {
   AddMethod(new ::grpc::internal::RpcServiceMethod(
       EntitlementService_method_names[3],
       ::grpc::internal::RpcMethod::NORMAL_RPC,
+      new ::grpc::internal::RpcMethodHandler< EntitlementService::Service, ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(
+          [](EntitlementService::Service* service,
+             ::grpc::ServerContext* ctx,
+             const ::entitlements::v1::CheckEntitlementsRequest* req,
+             ::entitlements::v1::CheckEntitlementsResponse* resp) {
+               return service->CheckEntitlements(ctx, req, resp);
+             }, this)));
+  AddMethod(new ::grpc::internal::RpcServiceMethod(
+      EntitlementService_method_names[4],
+      ::grpc::internal::RpcMethod::NORMAL_RPC,
       new ::grpc::internal::RpcMethodHandler< EntitlementService::Service, ::entitlements::v1::ListEntitlementsRequest, ::entitlements::v1::ListEntitlementsResponse, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(
           [](EntitlementService::Service* service,
              ::grpc::ServerContext* ctx,
@@ -244,7 +297,7 @@ EntitlementService::Service::Service() {
                return service->ListEntitlements(ctx, req, resp);
              }, this)));
   AddMethod(new ::grpc::internal::RpcServiceMethod(
-      EntitlementService_method_names[4],
+      EntitlementService_method_names[5],
       ::grpc::internal::RpcMethod::NORMAL_RPC,
       new ::grpc::internal::RpcMethodHandler< EntitlementService::Service, ::entitlements::v1::ListSubscriptionsRequest, ::entitlements::v1::ListSubscriptionsResponse, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(
           [](EntitlementService::Service* service,
@@ -254,7 +307,7 @@ EntitlementService::Service::Service() {
                return service->ListSubscriptions(ctx, req, resp);
              }, this)));
   AddMethod(new ::grpc::internal::RpcServiceMethod(
-      EntitlementService_method_names[5],
+      EntitlementService_method_names[6],
       ::grpc::internal::RpcMethod::NORMAL_RPC,
       new ::grpc::internal::RpcMethodHandler< EntitlementService::Service, ::entitlements::v1::ListLedgerRequest, ::entitlements::v1::ListLedgerResponse, ::grpc::protobuf::MessageLite, ::grpc::protobuf::MessageLite>(
           [](EntitlementService::Service* service,
@@ -264,7 +317,7 @@ EntitlementService::Service::Service() {
                return service->ListLedger(ctx, req, resp);
              }, this)));
   AddMethod(new ::grpc::internal::RpcServiceMethod(
-      EntitlementService_method_names[6],
+      EntitlementService_method_names[7],
       ::grpc::internal::RpcMethod::SERVER_STREAMING,
       new ::grpc::internal::ServerStreamingHandler< EntitlementService::Service, ::entitlements::v1::GetOrderStatusRequest, ::entitlements::v1::OrderStatusUpdate>(
           [](EntitlementService::Service* service,
@@ -272,6 +325,16 @@ EntitlementService::Service::Service() {
              const ::entitlements::v1::GetOrderStatusRequest* req,
              ::grpc::ServerWriter<::entitlements::v1::OrderStatusUpdate>* writer) {
                return service->GetOrderStatus(ctx, req, writer);
+             }, this)));
+  AddMethod(new ::grpc::internal::RpcServiceMethod(
+      EntitlementService_method_names[8],
+      ::grpc::internal::RpcMethod::BIDI_STREAMING,
+      new ::grpc::internal::BidiStreamingHandler< EntitlementService::Service, ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>(
+          [](EntitlementService::Service* service,
+             ::grpc::ServerContext* ctx,
+             ::grpc::ServerReaderWriter<::entitlements::v1::WatchEntitlementsResponse,
+             ::entitlements::v1::WatchEntitlementsRequest>* stream) {
+               return service->WatchEntitlements(ctx, stream);
              }, this)));
 }
 
@@ -293,6 +356,13 @@ EntitlementService::Service::~Service() {
 }
 
 ::grpc::Status EntitlementService::Service::CheckEntitlement(::grpc::ServerContext* context, const ::entitlements::v1::CheckEntitlementRequest* request, ::entitlements::v1::CheckEntitlementResponse* response) {
+  (void) context;
+  (void) request;
+  (void) response;
+  return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+}
+
+::grpc::Status EntitlementService::Service::CheckEntitlements(::grpc::ServerContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response) {
   (void) context;
   (void) request;
   (void) response;
@@ -324,6 +394,12 @@ EntitlementService::Service::~Service() {
   (void) context;
   (void) request;
   (void) writer;
+  return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+}
+
+::grpc::Status EntitlementService::Service::WatchEntitlements(::grpc::ServerContext* context, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* stream) {
+  (void) context;
+  (void) stream;
   return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
 }
 

@@ -9,8 +9,8 @@
 // several service replicas never lose or double an update.
 //
 // Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-// `read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
-// Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+// `read` for CheckEntitlement, CheckEntitlements, ListEntitlements, ListSubscriptions, ListLedger,
+// GetOrderStatus and WatchEntitlements; `write` for Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 //
 // HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
 // `google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
@@ -18,7 +18,8 @@
 // The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
 // (`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
 // (400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
-// per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+// per OrderStatusUpdate. WatchEntitlements, a bidirectional stream, has no HTTP mapping (gRPC only).
+// docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
 //
 // Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 // subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -114,6 +115,21 @@ class EntitlementService final {
     std::unique_ptr< ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementResponse>> PrepareAsyncCheckEntitlement(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) {
       return std::unique_ptr< ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementResponse>>(PrepareAsyncCheckEntitlementRaw(context, request, cq));
     }
+    // Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+    // the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+    // few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+    // of that player, not one moment of the whole batch.
+    //
+    // Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+    // (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+    // `checks`.
+    virtual ::grpc::Status CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::entitlements::v1::CheckEntitlementsResponse* response) = 0;
+    std::unique_ptr< ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementsResponse>> AsyncCheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
+      return std::unique_ptr< ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementsResponse>>(AsyncCheckEntitlementsRaw(context, request, cq));
+    }
+    std::unique_ptr< ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementsResponse>> PrepareAsyncCheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
+      return std::unique_ptr< ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementsResponse>>(PrepareAsyncCheckEntitlementsRaw(context, request, cq));
+    }
     // Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
     // left out unless `include_expired` is set.
     //
@@ -179,6 +195,42 @@ class EntitlementService final {
     std::unique_ptr< ::grpc::ClientAsyncReaderInterface< ::entitlements::v1::OrderStatusUpdate>> PrepareAsyncGetOrderStatus(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request, ::grpc::CompletionQueue* cq) {
       return std::unique_ptr< ::grpc::ClientAsyncReaderInterface< ::entitlements::v1::OrderStatusUpdate>>(PrepareAsyncGetOrderStatusRaw(context, request, cq));
     }
+    // Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+    // (and may add or remove while the stream is open), or for every player of the project. Built for a game
+    // server's local cache of the players it hosts (the Python and Go clients have one).
+    //
+    // The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+    // `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+    // left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+    // with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+    // of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+    //
+    // Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+    // received resumes right after it, with no change missing and none sent twice, across replicas and service
+    // restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+    // of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+    // nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+    // quiet stream from a dead one.
+    //
+    // The service keeps the history needed to resume for a limited time (24 hours by default,
+    // ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+    //   OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+    //                       changes may have been missed. Read the players again (a snapshot) and watch without
+    //                       a cursor.
+    //   INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+    //                       10,000 per message), or an identifier as in every RPC; the message names the field.
+    //   RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+    //   UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+    //                       cursor.
+    std::unique_ptr< ::grpc::ClientReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>> WatchEntitlements(::grpc::ClientContext* context) {
+      return std::unique_ptr< ::grpc::ClientReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>>(WatchEntitlementsRaw(context));
+    }
+    std::unique_ptr< ::grpc::ClientAsyncReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>> AsyncWatchEntitlements(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq, void* tag) {
+      return std::unique_ptr< ::grpc::ClientAsyncReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>>(AsyncWatchEntitlementsRaw(context, cq, tag));
+    }
+    std::unique_ptr< ::grpc::ClientAsyncReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>> PrepareAsyncWatchEntitlements(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq) {
+      return std::unique_ptr< ::grpc::ClientAsyncReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>>(PrepareAsyncWatchEntitlementsRaw(context, cq));
+    }
     class async_interface {
      public:
       virtual ~async_interface() {}
@@ -203,6 +255,16 @@ class EntitlementService final {
       // `expires_at`, is not active; the response still carries the stored entitlement when there is one.
       virtual void CheckEntitlement(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest* request, ::entitlements::v1::CheckEntitlementResponse* response, std::function<void(::grpc::Status)>) = 0;
       virtual void CheckEntitlement(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest* request, ::entitlements::v1::CheckEntitlementResponse* response, ::grpc::ClientUnaryReactor* reactor) = 0;
+      // Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+      // the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+      // few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+      // of that player, not one moment of the whole batch.
+      //
+      // Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+      // (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+      // `checks`.
+      virtual void CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response, std::function<void(::grpc::Status)>) = 0;
+      virtual void CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response, ::grpc::ClientUnaryReactor* reactor) = 0;
       // Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
       // left out unless `include_expired` is set.
       //
@@ -245,6 +307,34 @@ class EntitlementService final {
       //   UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
       //                       state and Xsolla's current status).
       virtual void GetOrderStatus(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest* request, ::grpc::ClientReadReactor< ::entitlements::v1::OrderStatusUpdate>* reactor) = 0;
+      // Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+      // (and may add or remove while the stream is open), or for every player of the project. Built for a game
+      // server's local cache of the players it hosts (the Python and Go clients have one).
+      //
+      // The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+      // `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+      // left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+      // with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+      // of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+      //
+      // Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+      // received resumes right after it, with no change missing and none sent twice, across replicas and service
+      // restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+      // of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+      // nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+      // quiet stream from a dead one.
+      //
+      // The service keeps the history needed to resume for a limited time (24 hours by default,
+      // ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+      //   OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+      //                       changes may have been missed. Read the players again (a snapshot) and watch without
+      //                       a cursor.
+      //   INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+      //                       10,000 per message), or an identifier as in every RPC; the message names the field.
+      //   RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+      //   UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+      //                       cursor.
+      virtual void WatchEntitlements(::grpc::ClientContext* context, ::grpc::ClientBidiReactor< ::entitlements::v1::WatchEntitlementsRequest,::entitlements::v1::WatchEntitlementsResponse>* reactor) = 0;
     };
     typedef class async_interface experimental_async_interface;
     virtual class async_interface* async() { return nullptr; }
@@ -256,6 +346,8 @@ class EntitlementService final {
     virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::RevokeResponse>* PrepareAsyncRevokeRaw(::grpc::ClientContext* context, const ::entitlements::v1::RevokeRequest& request, ::grpc::CompletionQueue* cq) = 0;
     virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementResponse>* AsyncCheckEntitlementRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) = 0;
     virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementResponse>* PrepareAsyncCheckEntitlementRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) = 0;
+    virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementsResponse>* AsyncCheckEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) = 0;
+    virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::CheckEntitlementsResponse>* PrepareAsyncCheckEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) = 0;
     virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::ListEntitlementsResponse>* AsyncListEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest& request, ::grpc::CompletionQueue* cq) = 0;
     virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::ListEntitlementsResponse>* PrepareAsyncListEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest& request, ::grpc::CompletionQueue* cq) = 0;
     virtual ::grpc::ClientAsyncResponseReaderInterface< ::entitlements::v1::ListSubscriptionsResponse>* AsyncListSubscriptionsRaw(::grpc::ClientContext* context, const ::entitlements::v1::ListSubscriptionsRequest& request, ::grpc::CompletionQueue* cq) = 0;
@@ -265,6 +357,9 @@ class EntitlementService final {
     virtual ::grpc::ClientReaderInterface< ::entitlements::v1::OrderStatusUpdate>* GetOrderStatusRaw(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request) = 0;
     virtual ::grpc::ClientAsyncReaderInterface< ::entitlements::v1::OrderStatusUpdate>* AsyncGetOrderStatusRaw(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request, ::grpc::CompletionQueue* cq, void* tag) = 0;
     virtual ::grpc::ClientAsyncReaderInterface< ::entitlements::v1::OrderStatusUpdate>* PrepareAsyncGetOrderStatusRaw(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request, ::grpc::CompletionQueue* cq) = 0;
+    virtual ::grpc::ClientReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* WatchEntitlementsRaw(::grpc::ClientContext* context) = 0;
+    virtual ::grpc::ClientAsyncReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* AsyncWatchEntitlementsRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq, void* tag) = 0;
+    virtual ::grpc::ClientAsyncReaderWriterInterface< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* PrepareAsyncWatchEntitlementsRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq) = 0;
   };
   class Stub final : public StubInterface {
    public:
@@ -289,6 +384,13 @@ class EntitlementService final {
     }
     std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementResponse>> PrepareAsyncCheckEntitlement(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) {
       return std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementResponse>>(PrepareAsyncCheckEntitlementRaw(context, request, cq));
+    }
+    ::grpc::Status CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::entitlements::v1::CheckEntitlementsResponse* response) override;
+    std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>> AsyncCheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
+      return std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>>(AsyncCheckEntitlementsRaw(context, request, cq));
+    }
+    std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>> PrepareAsyncCheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
+      return std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>>(PrepareAsyncCheckEntitlementsRaw(context, request, cq));
     }
     ::grpc::Status ListEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest& request, ::entitlements::v1::ListEntitlementsResponse* response) override;
     std::unique_ptr< ::grpc::ClientAsyncResponseReader< ::entitlements::v1::ListEntitlementsResponse>> AsyncListEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest& request, ::grpc::CompletionQueue* cq) {
@@ -320,6 +422,15 @@ class EntitlementService final {
     std::unique_ptr< ::grpc::ClientAsyncReader< ::entitlements::v1::OrderStatusUpdate>> PrepareAsyncGetOrderStatus(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request, ::grpc::CompletionQueue* cq) {
       return std::unique_ptr< ::grpc::ClientAsyncReader< ::entitlements::v1::OrderStatusUpdate>>(PrepareAsyncGetOrderStatusRaw(context, request, cq));
     }
+    std::unique_ptr< ::grpc::ClientReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>> WatchEntitlements(::grpc::ClientContext* context) {
+      return std::unique_ptr< ::grpc::ClientReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>>(WatchEntitlementsRaw(context));
+    }
+    std::unique_ptr<  ::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>> AsyncWatchEntitlements(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq, void* tag) {
+      return std::unique_ptr< ::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>>(AsyncWatchEntitlementsRaw(context, cq, tag));
+    }
+    std::unique_ptr<  ::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>> PrepareAsyncWatchEntitlements(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq) {
+      return std::unique_ptr< ::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>>(PrepareAsyncWatchEntitlementsRaw(context, cq));
+    }
     class async final :
       public StubInterface::async_interface {
      public:
@@ -329,6 +440,8 @@ class EntitlementService final {
       void Revoke(::grpc::ClientContext* context, const ::entitlements::v1::RevokeRequest* request, ::entitlements::v1::RevokeResponse* response, ::grpc::ClientUnaryReactor* reactor) override;
       void CheckEntitlement(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest* request, ::entitlements::v1::CheckEntitlementResponse* response, std::function<void(::grpc::Status)>) override;
       void CheckEntitlement(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest* request, ::entitlements::v1::CheckEntitlementResponse* response, ::grpc::ClientUnaryReactor* reactor) override;
+      void CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response, std::function<void(::grpc::Status)>) override;
+      void CheckEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response, ::grpc::ClientUnaryReactor* reactor) override;
       void ListEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest* request, ::entitlements::v1::ListEntitlementsResponse* response, std::function<void(::grpc::Status)>) override;
       void ListEntitlements(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest* request, ::entitlements::v1::ListEntitlementsResponse* response, ::grpc::ClientUnaryReactor* reactor) override;
       void ListSubscriptions(::grpc::ClientContext* context, const ::entitlements::v1::ListSubscriptionsRequest* request, ::entitlements::v1::ListSubscriptionsResponse* response, std::function<void(::grpc::Status)>) override;
@@ -336,6 +449,7 @@ class EntitlementService final {
       void ListLedger(::grpc::ClientContext* context, const ::entitlements::v1::ListLedgerRequest* request, ::entitlements::v1::ListLedgerResponse* response, std::function<void(::grpc::Status)>) override;
       void ListLedger(::grpc::ClientContext* context, const ::entitlements::v1::ListLedgerRequest* request, ::entitlements::v1::ListLedgerResponse* response, ::grpc::ClientUnaryReactor* reactor) override;
       void GetOrderStatus(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest* request, ::grpc::ClientReadReactor< ::entitlements::v1::OrderStatusUpdate>* reactor) override;
+      void WatchEntitlements(::grpc::ClientContext* context, ::grpc::ClientBidiReactor< ::entitlements::v1::WatchEntitlementsRequest,::entitlements::v1::WatchEntitlementsResponse>* reactor) override;
      private:
       friend class Stub;
       explicit async(Stub* stub): stub_(stub) { }
@@ -353,6 +467,8 @@ class EntitlementService final {
     ::grpc::ClientAsyncResponseReader< ::entitlements::v1::RevokeResponse>* PrepareAsyncRevokeRaw(::grpc::ClientContext* context, const ::entitlements::v1::RevokeRequest& request, ::grpc::CompletionQueue* cq) override;
     ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementResponse>* AsyncCheckEntitlementRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) override;
     ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementResponse>* PrepareAsyncCheckEntitlementRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementRequest& request, ::grpc::CompletionQueue* cq) override;
+    ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>* AsyncCheckEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) override;
+    ::grpc::ClientAsyncResponseReader< ::entitlements::v1::CheckEntitlementsResponse>* PrepareAsyncCheckEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::CheckEntitlementsRequest& request, ::grpc::CompletionQueue* cq) override;
     ::grpc::ClientAsyncResponseReader< ::entitlements::v1::ListEntitlementsResponse>* AsyncListEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest& request, ::grpc::CompletionQueue* cq) override;
     ::grpc::ClientAsyncResponseReader< ::entitlements::v1::ListEntitlementsResponse>* PrepareAsyncListEntitlementsRaw(::grpc::ClientContext* context, const ::entitlements::v1::ListEntitlementsRequest& request, ::grpc::CompletionQueue* cq) override;
     ::grpc::ClientAsyncResponseReader< ::entitlements::v1::ListSubscriptionsResponse>* AsyncListSubscriptionsRaw(::grpc::ClientContext* context, const ::entitlements::v1::ListSubscriptionsRequest& request, ::grpc::CompletionQueue* cq) override;
@@ -362,13 +478,18 @@ class EntitlementService final {
     ::grpc::ClientReader< ::entitlements::v1::OrderStatusUpdate>* GetOrderStatusRaw(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request) override;
     ::grpc::ClientAsyncReader< ::entitlements::v1::OrderStatusUpdate>* AsyncGetOrderStatusRaw(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request, ::grpc::CompletionQueue* cq, void* tag) override;
     ::grpc::ClientAsyncReader< ::entitlements::v1::OrderStatusUpdate>* PrepareAsyncGetOrderStatusRaw(::grpc::ClientContext* context, const ::entitlements::v1::GetOrderStatusRequest& request, ::grpc::CompletionQueue* cq) override;
+    ::grpc::ClientReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* WatchEntitlementsRaw(::grpc::ClientContext* context) override;
+    ::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* AsyncWatchEntitlementsRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq, void* tag) override;
+    ::grpc::ClientAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* PrepareAsyncWatchEntitlementsRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq) override;
     const ::grpc::internal::RpcMethod rpcmethod_Grant_;
     const ::grpc::internal::RpcMethod rpcmethod_Revoke_;
     const ::grpc::internal::RpcMethod rpcmethod_CheckEntitlement_;
+    const ::grpc::internal::RpcMethod rpcmethod_CheckEntitlements_;
     const ::grpc::internal::RpcMethod rpcmethod_ListEntitlements_;
     const ::grpc::internal::RpcMethod rpcmethod_ListSubscriptions_;
     const ::grpc::internal::RpcMethod rpcmethod_ListLedger_;
     const ::grpc::internal::RpcMethod rpcmethod_GetOrderStatus_;
+    const ::grpc::internal::RpcMethod rpcmethod_WatchEntitlements_;
   };
   static std::unique_ptr<Stub> NewStub(const std::shared_ptr< ::grpc::ChannelInterface>& channel, const ::grpc::StubOptions& options = ::grpc::StubOptions());
 
@@ -394,6 +515,15 @@ class EntitlementService final {
     // Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
     // `expires_at`, is not active; the response still carries the stored entitlement when there is one.
     virtual ::grpc::Status CheckEntitlement(::grpc::ServerContext* context, const ::entitlements::v1::CheckEntitlementRequest* request, ::entitlements::v1::CheckEntitlementResponse* response);
+    // Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+    // the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+    // few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+    // of that player, not one moment of the whole batch.
+    //
+    // Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+    // (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+    // `checks`.
+    virtual ::grpc::Status CheckEntitlements(::grpc::ServerContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response);
     // Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
     // left out unless `include_expired` is set.
     //
@@ -433,6 +563,34 @@ class EntitlementService final {
     //   UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
     //                       state and Xsolla's current status).
     virtual ::grpc::Status GetOrderStatus(::grpc::ServerContext* context, const ::entitlements::v1::GetOrderStatusRequest* request, ::grpc::ServerWriter< ::entitlements::v1::OrderStatusUpdate>* writer);
+    // Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+    // (and may add or remove while the stream is open), or for every player of the project. Built for a game
+    // server's local cache of the players it hosts (the Python and Go clients have one).
+    //
+    // The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+    // `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+    // left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+    // with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+    // of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+    //
+    // Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+    // received resumes right after it, with no change missing and none sent twice, across replicas and service
+    // restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+    // of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+    // nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+    // quiet stream from a dead one.
+    //
+    // The service keeps the history needed to resume for a limited time (24 hours by default,
+    // ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+    //   OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+    //                       changes may have been missed. Read the players again (a snapshot) and watch without
+    //                       a cursor.
+    //   INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+    //                       10,000 per message), or an identifier as in every RPC; the message names the field.
+    //   RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+    //   UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+    //                       cursor.
+    virtual ::grpc::Status WatchEntitlements(::grpc::ServerContext* context, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* stream);
   };
   template <class BaseClass>
   class WithAsyncMethod_Grant : public BaseClass {
@@ -495,12 +653,32 @@ class EntitlementService final {
     }
   };
   template <class BaseClass>
+  class WithAsyncMethod_CheckEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithAsyncMethod_CheckEntitlements() {
+      ::grpc::Service::MarkMethodAsync(3);
+    }
+    ~WithAsyncMethod_CheckEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status CheckEntitlements(::grpc::ServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    void RequestCheckEntitlements(::grpc::ServerContext* context, ::entitlements::v1::CheckEntitlementsRequest* request, ::grpc::ServerAsyncResponseWriter< ::entitlements::v1::CheckEntitlementsResponse>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
+      ::grpc::Service::RequestAsyncUnary(3, context, request, response, new_call_cq, notification_cq, tag);
+    }
+  };
+  template <class BaseClass>
   class WithAsyncMethod_ListEntitlements : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithAsyncMethod_ListEntitlements() {
-      ::grpc::Service::MarkMethodAsync(3);
+      ::grpc::Service::MarkMethodAsync(4);
     }
     ~WithAsyncMethod_ListEntitlements() override {
       BaseClassMustBeDerivedFromService(this);
@@ -511,7 +689,7 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestListEntitlements(::grpc::ServerContext* context, ::entitlements::v1::ListEntitlementsRequest* request, ::grpc::ServerAsyncResponseWriter< ::entitlements::v1::ListEntitlementsResponse>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncUnary(3, context, request, response, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncUnary(4, context, request, response, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -520,7 +698,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithAsyncMethod_ListSubscriptions() {
-      ::grpc::Service::MarkMethodAsync(4);
+      ::grpc::Service::MarkMethodAsync(5);
     }
     ~WithAsyncMethod_ListSubscriptions() override {
       BaseClassMustBeDerivedFromService(this);
@@ -531,7 +709,7 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestListSubscriptions(::grpc::ServerContext* context, ::entitlements::v1::ListSubscriptionsRequest* request, ::grpc::ServerAsyncResponseWriter< ::entitlements::v1::ListSubscriptionsResponse>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncUnary(4, context, request, response, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncUnary(5, context, request, response, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -540,7 +718,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithAsyncMethod_ListLedger() {
-      ::grpc::Service::MarkMethodAsync(5);
+      ::grpc::Service::MarkMethodAsync(6);
     }
     ~WithAsyncMethod_ListLedger() override {
       BaseClassMustBeDerivedFromService(this);
@@ -551,7 +729,7 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestListLedger(::grpc::ServerContext* context, ::entitlements::v1::ListLedgerRequest* request, ::grpc::ServerAsyncResponseWriter< ::entitlements::v1::ListLedgerResponse>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncUnary(5, context, request, response, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncUnary(6, context, request, response, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -560,7 +738,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithAsyncMethod_GetOrderStatus() {
-      ::grpc::Service::MarkMethodAsync(6);
+      ::grpc::Service::MarkMethodAsync(7);
     }
     ~WithAsyncMethod_GetOrderStatus() override {
       BaseClassMustBeDerivedFromService(this);
@@ -571,10 +749,30 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestGetOrderStatus(::grpc::ServerContext* context, ::entitlements::v1::GetOrderStatusRequest* request, ::grpc::ServerAsyncWriter< ::entitlements::v1::OrderStatusUpdate>* writer, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncServerStreaming(6, context, request, writer, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncServerStreaming(7, context, request, writer, new_call_cq, notification_cq, tag);
     }
   };
-  typedef WithAsyncMethod_Grant<WithAsyncMethod_Revoke<WithAsyncMethod_CheckEntitlement<WithAsyncMethod_ListEntitlements<WithAsyncMethod_ListSubscriptions<WithAsyncMethod_ListLedger<WithAsyncMethod_GetOrderStatus<Service > > > > > > > AsyncService;
+  template <class BaseClass>
+  class WithAsyncMethod_WatchEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithAsyncMethod_WatchEntitlements() {
+      ::grpc::Service::MarkMethodAsync(8);
+    }
+    ~WithAsyncMethod_WatchEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status WatchEntitlements(::grpc::ServerContext* /*context*/, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* /*stream*/)  override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    void RequestWatchEntitlements(::grpc::ServerContext* context, ::grpc::ServerAsyncReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* stream, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
+      ::grpc::Service::RequestAsyncBidiStreaming(8, context, stream, new_call_cq, notification_cq, tag);
+    }
+  };
+  typedef WithAsyncMethod_Grant<WithAsyncMethod_Revoke<WithAsyncMethod_CheckEntitlement<WithAsyncMethod_CheckEntitlements<WithAsyncMethod_ListEntitlements<WithAsyncMethod_ListSubscriptions<WithAsyncMethod_ListLedger<WithAsyncMethod_GetOrderStatus<WithAsyncMethod_WatchEntitlements<Service > > > > > > > > > AsyncService;
   template <class BaseClass>
   class WithCallbackMethod_Grant : public BaseClass {
    private:
@@ -657,18 +855,45 @@ class EntitlementService final {
       ::grpc::CallbackServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementRequest* /*request*/, ::entitlements::v1::CheckEntitlementResponse* /*response*/)  { return nullptr; }
   };
   template <class BaseClass>
+  class WithCallbackMethod_CheckEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithCallbackMethod_CheckEntitlements() {
+      ::grpc::Service::MarkMethodCallback(3,
+          new ::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse>(
+            [this](
+                   ::grpc::CallbackServerContext* context, const ::entitlements::v1::CheckEntitlementsRequest* request, ::entitlements::v1::CheckEntitlementsResponse* response) { return this->CheckEntitlements(context, request, response); }));}
+    void SetMessageAllocatorFor_CheckEntitlements(
+        ::grpc::MessageAllocator< ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse>* allocator) {
+      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(3);
+      static_cast<::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse>*>(handler)
+              ->SetMessageAllocator(allocator);
+    }
+    ~WithCallbackMethod_CheckEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status CheckEntitlements(::grpc::ServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    virtual ::grpc::ServerUnaryReactor* CheckEntitlements(
+      ::grpc::CallbackServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/)  { return nullptr; }
+  };
+  template <class BaseClass>
   class WithCallbackMethod_ListEntitlements : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithCallbackMethod_ListEntitlements() {
-      ::grpc::Service::MarkMethodCallback(3,
+      ::grpc::Service::MarkMethodCallback(4,
           new ::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::ListEntitlementsRequest, ::entitlements::v1::ListEntitlementsResponse>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::entitlements::v1::ListEntitlementsRequest* request, ::entitlements::v1::ListEntitlementsResponse* response) { return this->ListEntitlements(context, request, response); }));}
     void SetMessageAllocatorFor_ListEntitlements(
         ::grpc::MessageAllocator< ::entitlements::v1::ListEntitlementsRequest, ::entitlements::v1::ListEntitlementsResponse>* allocator) {
-      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(3);
+      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(4);
       static_cast<::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::ListEntitlementsRequest, ::entitlements::v1::ListEntitlementsResponse>*>(handler)
               ->SetMessageAllocator(allocator);
     }
@@ -689,13 +914,13 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithCallbackMethod_ListSubscriptions() {
-      ::grpc::Service::MarkMethodCallback(4,
+      ::grpc::Service::MarkMethodCallback(5,
           new ::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::ListSubscriptionsRequest, ::entitlements::v1::ListSubscriptionsResponse>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::entitlements::v1::ListSubscriptionsRequest* request, ::entitlements::v1::ListSubscriptionsResponse* response) { return this->ListSubscriptions(context, request, response); }));}
     void SetMessageAllocatorFor_ListSubscriptions(
         ::grpc::MessageAllocator< ::entitlements::v1::ListSubscriptionsRequest, ::entitlements::v1::ListSubscriptionsResponse>* allocator) {
-      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(4);
+      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(5);
       static_cast<::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::ListSubscriptionsRequest, ::entitlements::v1::ListSubscriptionsResponse>*>(handler)
               ->SetMessageAllocator(allocator);
     }
@@ -716,13 +941,13 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithCallbackMethod_ListLedger() {
-      ::grpc::Service::MarkMethodCallback(5,
+      ::grpc::Service::MarkMethodCallback(6,
           new ::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::ListLedgerRequest, ::entitlements::v1::ListLedgerResponse>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::entitlements::v1::ListLedgerRequest* request, ::entitlements::v1::ListLedgerResponse* response) { return this->ListLedger(context, request, response); }));}
     void SetMessageAllocatorFor_ListLedger(
         ::grpc::MessageAllocator< ::entitlements::v1::ListLedgerRequest, ::entitlements::v1::ListLedgerResponse>* allocator) {
-      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(5);
+      ::grpc::internal::MethodHandler* const handler = ::grpc::Service::GetHandler(6);
       static_cast<::grpc::internal::CallbackUnaryHandler< ::entitlements::v1::ListLedgerRequest, ::entitlements::v1::ListLedgerResponse>*>(handler)
               ->SetMessageAllocator(allocator);
     }
@@ -743,7 +968,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithCallbackMethod_GetOrderStatus() {
-      ::grpc::Service::MarkMethodCallback(6,
+      ::grpc::Service::MarkMethodCallback(7,
           new ::grpc::internal::CallbackServerStreamingHandler< ::entitlements::v1::GetOrderStatusRequest, ::entitlements::v1::OrderStatusUpdate>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::entitlements::v1::GetOrderStatusRequest* request) { return this->GetOrderStatus(context, request); }));
@@ -759,7 +984,30 @@ class EntitlementService final {
     virtual ::grpc::ServerWriteReactor< ::entitlements::v1::OrderStatusUpdate>* GetOrderStatus(
       ::grpc::CallbackServerContext* /*context*/, const ::entitlements::v1::GetOrderStatusRequest* /*request*/)  { return nullptr; }
   };
-  typedef WithCallbackMethod_Grant<WithCallbackMethod_Revoke<WithCallbackMethod_CheckEntitlement<WithCallbackMethod_ListEntitlements<WithCallbackMethod_ListSubscriptions<WithCallbackMethod_ListLedger<WithCallbackMethod_GetOrderStatus<Service > > > > > > > CallbackService;
+  template <class BaseClass>
+  class WithCallbackMethod_WatchEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithCallbackMethod_WatchEntitlements() {
+      ::grpc::Service::MarkMethodCallback(8,
+          new ::grpc::internal::CallbackBidiHandler< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>(
+            [this](
+                   ::grpc::CallbackServerContext* context) { return this->WatchEntitlements(context); }));
+    }
+    ~WithCallbackMethod_WatchEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status WatchEntitlements(::grpc::ServerContext* /*context*/, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* /*stream*/)  override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    virtual ::grpc::ServerBidiReactor< ::entitlements::v1::WatchEntitlementsRequest, ::entitlements::v1::WatchEntitlementsResponse>* WatchEntitlements(
+      ::grpc::CallbackServerContext* /*context*/)
+      { return nullptr; }
+  };
+  typedef WithCallbackMethod_Grant<WithCallbackMethod_Revoke<WithCallbackMethod_CheckEntitlement<WithCallbackMethod_CheckEntitlements<WithCallbackMethod_ListEntitlements<WithCallbackMethod_ListSubscriptions<WithCallbackMethod_ListLedger<WithCallbackMethod_GetOrderStatus<WithCallbackMethod_WatchEntitlements<Service > > > > > > > > > CallbackService;
   typedef CallbackService ExperimentalCallbackService;
   template <class BaseClass>
   class WithGenericMethod_Grant : public BaseClass {
@@ -813,12 +1061,29 @@ class EntitlementService final {
     }
   };
   template <class BaseClass>
+  class WithGenericMethod_CheckEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithGenericMethod_CheckEntitlements() {
+      ::grpc::Service::MarkMethodGeneric(3);
+    }
+    ~WithGenericMethod_CheckEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status CheckEntitlements(::grpc::ServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+  };
+  template <class BaseClass>
   class WithGenericMethod_ListEntitlements : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithGenericMethod_ListEntitlements() {
-      ::grpc::Service::MarkMethodGeneric(3);
+      ::grpc::Service::MarkMethodGeneric(4);
     }
     ~WithGenericMethod_ListEntitlements() override {
       BaseClassMustBeDerivedFromService(this);
@@ -835,7 +1100,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithGenericMethod_ListSubscriptions() {
-      ::grpc::Service::MarkMethodGeneric(4);
+      ::grpc::Service::MarkMethodGeneric(5);
     }
     ~WithGenericMethod_ListSubscriptions() override {
       BaseClassMustBeDerivedFromService(this);
@@ -852,7 +1117,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithGenericMethod_ListLedger() {
-      ::grpc::Service::MarkMethodGeneric(5);
+      ::grpc::Service::MarkMethodGeneric(6);
     }
     ~WithGenericMethod_ListLedger() override {
       BaseClassMustBeDerivedFromService(this);
@@ -869,13 +1134,30 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithGenericMethod_GetOrderStatus() {
-      ::grpc::Service::MarkMethodGeneric(6);
+      ::grpc::Service::MarkMethodGeneric(7);
     }
     ~WithGenericMethod_GetOrderStatus() override {
       BaseClassMustBeDerivedFromService(this);
     }
     // disable synchronous version of this method
     ::grpc::Status GetOrderStatus(::grpc::ServerContext* /*context*/, const ::entitlements::v1::GetOrderStatusRequest* /*request*/, ::grpc::ServerWriter< ::entitlements::v1::OrderStatusUpdate>* /*writer*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+  };
+  template <class BaseClass>
+  class WithGenericMethod_WatchEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithGenericMethod_WatchEntitlements() {
+      ::grpc::Service::MarkMethodGeneric(8);
+    }
+    ~WithGenericMethod_WatchEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status WatchEntitlements(::grpc::ServerContext* /*context*/, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* /*stream*/)  override {
       abort();
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
@@ -941,12 +1223,32 @@ class EntitlementService final {
     }
   };
   template <class BaseClass>
+  class WithRawMethod_CheckEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithRawMethod_CheckEntitlements() {
+      ::grpc::Service::MarkMethodRaw(3);
+    }
+    ~WithRawMethod_CheckEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status CheckEntitlements(::grpc::ServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    void RequestCheckEntitlements(::grpc::ServerContext* context, ::grpc::ByteBuffer* request, ::grpc::ServerAsyncResponseWriter< ::grpc::ByteBuffer>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
+      ::grpc::Service::RequestAsyncUnary(3, context, request, response, new_call_cq, notification_cq, tag);
+    }
+  };
+  template <class BaseClass>
   class WithRawMethod_ListEntitlements : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawMethod_ListEntitlements() {
-      ::grpc::Service::MarkMethodRaw(3);
+      ::grpc::Service::MarkMethodRaw(4);
     }
     ~WithRawMethod_ListEntitlements() override {
       BaseClassMustBeDerivedFromService(this);
@@ -957,7 +1259,7 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestListEntitlements(::grpc::ServerContext* context, ::grpc::ByteBuffer* request, ::grpc::ServerAsyncResponseWriter< ::grpc::ByteBuffer>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncUnary(3, context, request, response, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncUnary(4, context, request, response, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -966,7 +1268,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawMethod_ListSubscriptions() {
-      ::grpc::Service::MarkMethodRaw(4);
+      ::grpc::Service::MarkMethodRaw(5);
     }
     ~WithRawMethod_ListSubscriptions() override {
       BaseClassMustBeDerivedFromService(this);
@@ -977,7 +1279,7 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestListSubscriptions(::grpc::ServerContext* context, ::grpc::ByteBuffer* request, ::grpc::ServerAsyncResponseWriter< ::grpc::ByteBuffer>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncUnary(4, context, request, response, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncUnary(5, context, request, response, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -986,7 +1288,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawMethod_ListLedger() {
-      ::grpc::Service::MarkMethodRaw(5);
+      ::grpc::Service::MarkMethodRaw(6);
     }
     ~WithRawMethod_ListLedger() override {
       BaseClassMustBeDerivedFromService(this);
@@ -997,7 +1299,7 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestListLedger(::grpc::ServerContext* context, ::grpc::ByteBuffer* request, ::grpc::ServerAsyncResponseWriter< ::grpc::ByteBuffer>* response, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncUnary(5, context, request, response, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncUnary(6, context, request, response, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -1006,7 +1308,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawMethod_GetOrderStatus() {
-      ::grpc::Service::MarkMethodRaw(6);
+      ::grpc::Service::MarkMethodRaw(7);
     }
     ~WithRawMethod_GetOrderStatus() override {
       BaseClassMustBeDerivedFromService(this);
@@ -1017,7 +1319,27 @@ class EntitlementService final {
       return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
     }
     void RequestGetOrderStatus(::grpc::ServerContext* context, ::grpc::ByteBuffer* request, ::grpc::ServerAsyncWriter< ::grpc::ByteBuffer>* writer, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
-      ::grpc::Service::RequestAsyncServerStreaming(6, context, request, writer, new_call_cq, notification_cq, tag);
+      ::grpc::Service::RequestAsyncServerStreaming(7, context, request, writer, new_call_cq, notification_cq, tag);
+    }
+  };
+  template <class BaseClass>
+  class WithRawMethod_WatchEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithRawMethod_WatchEntitlements() {
+      ::grpc::Service::MarkMethodRaw(8);
+    }
+    ~WithRawMethod_WatchEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status WatchEntitlements(::grpc::ServerContext* /*context*/, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* /*stream*/)  override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    void RequestWatchEntitlements(::grpc::ServerContext* context, ::grpc::ServerAsyncReaderWriter< ::grpc::ByteBuffer, ::grpc::ByteBuffer>* stream, ::grpc::CompletionQueue* new_call_cq, ::grpc::ServerCompletionQueue* notification_cq, void *tag) {
+      ::grpc::Service::RequestAsyncBidiStreaming(8, context, stream, new_call_cq, notification_cq, tag);
     }
   };
   template <class BaseClass>
@@ -1087,12 +1409,34 @@ class EntitlementService final {
       ::grpc::CallbackServerContext* /*context*/, const ::grpc::ByteBuffer* /*request*/, ::grpc::ByteBuffer* /*response*/)  { return nullptr; }
   };
   template <class BaseClass>
+  class WithRawCallbackMethod_CheckEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithRawCallbackMethod_CheckEntitlements() {
+      ::grpc::Service::MarkMethodRawCallback(3,
+          new ::grpc::internal::CallbackUnaryHandler< ::grpc::ByteBuffer, ::grpc::ByteBuffer>(
+            [this](
+                   ::grpc::CallbackServerContext* context, const ::grpc::ByteBuffer* request, ::grpc::ByteBuffer* response) { return this->CheckEntitlements(context, request, response); }));
+    }
+    ~WithRawCallbackMethod_CheckEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status CheckEntitlements(::grpc::ServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    virtual ::grpc::ServerUnaryReactor* CheckEntitlements(
+      ::grpc::CallbackServerContext* /*context*/, const ::grpc::ByteBuffer* /*request*/, ::grpc::ByteBuffer* /*response*/)  { return nullptr; }
+  };
+  template <class BaseClass>
   class WithRawCallbackMethod_ListEntitlements : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawCallbackMethod_ListEntitlements() {
-      ::grpc::Service::MarkMethodRawCallback(3,
+      ::grpc::Service::MarkMethodRawCallback(4,
           new ::grpc::internal::CallbackUnaryHandler< ::grpc::ByteBuffer, ::grpc::ByteBuffer>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::grpc::ByteBuffer* request, ::grpc::ByteBuffer* response) { return this->ListEntitlements(context, request, response); }));
@@ -1114,7 +1458,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawCallbackMethod_ListSubscriptions() {
-      ::grpc::Service::MarkMethodRawCallback(4,
+      ::grpc::Service::MarkMethodRawCallback(5,
           new ::grpc::internal::CallbackUnaryHandler< ::grpc::ByteBuffer, ::grpc::ByteBuffer>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::grpc::ByteBuffer* request, ::grpc::ByteBuffer* response) { return this->ListSubscriptions(context, request, response); }));
@@ -1136,7 +1480,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawCallbackMethod_ListLedger() {
-      ::grpc::Service::MarkMethodRawCallback(5,
+      ::grpc::Service::MarkMethodRawCallback(6,
           new ::grpc::internal::CallbackUnaryHandler< ::grpc::ByteBuffer, ::grpc::ByteBuffer>(
             [this](
                    ::grpc::CallbackServerContext* context, const ::grpc::ByteBuffer* request, ::grpc::ByteBuffer* response) { return this->ListLedger(context, request, response); }));
@@ -1158,7 +1502,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithRawCallbackMethod_GetOrderStatus() {
-      ::grpc::Service::MarkMethodRawCallback(6,
+      ::grpc::Service::MarkMethodRawCallback(7,
           new ::grpc::internal::CallbackServerStreamingHandler< ::grpc::ByteBuffer, ::grpc::ByteBuffer>(
             [this](
                    ::grpc::CallbackServerContext* context, const::grpc::ByteBuffer* request) { return this->GetOrderStatus(context, request); }));
@@ -1173,6 +1517,29 @@ class EntitlementService final {
     }
     virtual ::grpc::ServerWriteReactor< ::grpc::ByteBuffer>* GetOrderStatus(
       ::grpc::CallbackServerContext* /*context*/, const ::grpc::ByteBuffer* /*request*/)  { return nullptr; }
+  };
+  template <class BaseClass>
+  class WithRawCallbackMethod_WatchEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithRawCallbackMethod_WatchEntitlements() {
+      ::grpc::Service::MarkMethodRawCallback(8,
+          new ::grpc::internal::CallbackBidiHandler< ::grpc::ByteBuffer, ::grpc::ByteBuffer>(
+            [this](
+                   ::grpc::CallbackServerContext* context) { return this->WatchEntitlements(context); }));
+    }
+    ~WithRawCallbackMethod_WatchEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable synchronous version of this method
+    ::grpc::Status WatchEntitlements(::grpc::ServerContext* /*context*/, ::grpc::ServerReaderWriter< ::entitlements::v1::WatchEntitlementsResponse, ::entitlements::v1::WatchEntitlementsRequest>* /*stream*/)  override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    virtual ::grpc::ServerBidiReactor< ::grpc::ByteBuffer, ::grpc::ByteBuffer>* WatchEntitlements(
+      ::grpc::CallbackServerContext* /*context*/)
+      { return nullptr; }
   };
   template <class BaseClass>
   class WithStreamedUnaryMethod_Grant : public BaseClass {
@@ -1256,12 +1623,39 @@ class EntitlementService final {
     virtual ::grpc::Status StreamedCheckEntitlement(::grpc::ServerContext* context, ::grpc::ServerUnaryStreamer< ::entitlements::v1::CheckEntitlementRequest,::entitlements::v1::CheckEntitlementResponse>* server_unary_streamer) = 0;
   };
   template <class BaseClass>
+  class WithStreamedUnaryMethod_CheckEntitlements : public BaseClass {
+   private:
+    void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
+   public:
+    WithStreamedUnaryMethod_CheckEntitlements() {
+      ::grpc::Service::MarkMethodStreamed(3,
+        new ::grpc::internal::StreamedUnaryHandler<
+          ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse>(
+            [this](::grpc::ServerContext* context,
+                   ::grpc::ServerUnaryStreamer<
+                     ::entitlements::v1::CheckEntitlementsRequest, ::entitlements::v1::CheckEntitlementsResponse>* streamer) {
+                       return this->StreamedCheckEntitlements(context,
+                         streamer);
+                  }));
+    }
+    ~WithStreamedUnaryMethod_CheckEntitlements() override {
+      BaseClassMustBeDerivedFromService(this);
+    }
+    // disable regular version of this method
+    ::grpc::Status CheckEntitlements(::grpc::ServerContext* /*context*/, const ::entitlements::v1::CheckEntitlementsRequest* /*request*/, ::entitlements::v1::CheckEntitlementsResponse* /*response*/) override {
+      abort();
+      return ::grpc::Status(::grpc::StatusCode::UNIMPLEMENTED, "");
+    }
+    // replace default version of method with streamed unary
+    virtual ::grpc::Status StreamedCheckEntitlements(::grpc::ServerContext* context, ::grpc::ServerUnaryStreamer< ::entitlements::v1::CheckEntitlementsRequest,::entitlements::v1::CheckEntitlementsResponse>* server_unary_streamer) = 0;
+  };
+  template <class BaseClass>
   class WithStreamedUnaryMethod_ListEntitlements : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithStreamedUnaryMethod_ListEntitlements() {
-      ::grpc::Service::MarkMethodStreamed(3,
+      ::grpc::Service::MarkMethodStreamed(4,
         new ::grpc::internal::StreamedUnaryHandler<
           ::entitlements::v1::ListEntitlementsRequest, ::entitlements::v1::ListEntitlementsResponse>(
             [this](::grpc::ServerContext* context,
@@ -1288,7 +1682,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithStreamedUnaryMethod_ListSubscriptions() {
-      ::grpc::Service::MarkMethodStreamed(4,
+      ::grpc::Service::MarkMethodStreamed(5,
         new ::grpc::internal::StreamedUnaryHandler<
           ::entitlements::v1::ListSubscriptionsRequest, ::entitlements::v1::ListSubscriptionsResponse>(
             [this](::grpc::ServerContext* context,
@@ -1315,7 +1709,7 @@ class EntitlementService final {
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithStreamedUnaryMethod_ListLedger() {
-      ::grpc::Service::MarkMethodStreamed(5,
+      ::grpc::Service::MarkMethodStreamed(6,
         new ::grpc::internal::StreamedUnaryHandler<
           ::entitlements::v1::ListLedgerRequest, ::entitlements::v1::ListLedgerResponse>(
             [this](::grpc::ServerContext* context,
@@ -1336,14 +1730,14 @@ class EntitlementService final {
     // replace default version of method with streamed unary
     virtual ::grpc::Status StreamedListLedger(::grpc::ServerContext* context, ::grpc::ServerUnaryStreamer< ::entitlements::v1::ListLedgerRequest,::entitlements::v1::ListLedgerResponse>* server_unary_streamer) = 0;
   };
-  typedef WithStreamedUnaryMethod_Grant<WithStreamedUnaryMethod_Revoke<WithStreamedUnaryMethod_CheckEntitlement<WithStreamedUnaryMethod_ListEntitlements<WithStreamedUnaryMethod_ListSubscriptions<WithStreamedUnaryMethod_ListLedger<Service > > > > > > StreamedUnaryService;
+  typedef WithStreamedUnaryMethod_Grant<WithStreamedUnaryMethod_Revoke<WithStreamedUnaryMethod_CheckEntitlement<WithStreamedUnaryMethod_CheckEntitlements<WithStreamedUnaryMethod_ListEntitlements<WithStreamedUnaryMethod_ListSubscriptions<WithStreamedUnaryMethod_ListLedger<Service > > > > > > > StreamedUnaryService;
   template <class BaseClass>
   class WithSplitStreamingMethod_GetOrderStatus : public BaseClass {
    private:
     void BaseClassMustBeDerivedFromService(const Service* /*service*/) {}
    public:
     WithSplitStreamingMethod_GetOrderStatus() {
-      ::grpc::Service::MarkMethodStreamed(6,
+      ::grpc::Service::MarkMethodStreamed(7,
         new ::grpc::internal::SplitServerStreamingHandler<
           ::entitlements::v1::GetOrderStatusRequest, ::entitlements::v1::OrderStatusUpdate>(
             [this](::grpc::ServerContext* context,
@@ -1365,7 +1759,7 @@ class EntitlementService final {
     virtual ::grpc::Status StreamedGetOrderStatus(::grpc::ServerContext* context, ::grpc::ServerSplitStreamer< ::entitlements::v1::GetOrderStatusRequest,::entitlements::v1::OrderStatusUpdate>* server_split_streamer) = 0;
   };
   typedef WithSplitStreamingMethod_GetOrderStatus<Service > SplitStreamedService;
-  typedef WithStreamedUnaryMethod_Grant<WithStreamedUnaryMethod_Revoke<WithStreamedUnaryMethod_CheckEntitlement<WithStreamedUnaryMethod_ListEntitlements<WithStreamedUnaryMethod_ListSubscriptions<WithStreamedUnaryMethod_ListLedger<WithSplitStreamingMethod_GetOrderStatus<Service > > > > > > > StreamedService;
+  typedef WithStreamedUnaryMethod_Grant<WithStreamedUnaryMethod_Revoke<WithStreamedUnaryMethod_CheckEntitlement<WithStreamedUnaryMethod_CheckEntitlements<WithStreamedUnaryMethod_ListEntitlements<WithStreamedUnaryMethod_ListSubscriptions<WithStreamedUnaryMethod_ListLedger<WithSplitStreamingMethod_GetOrderStatus<Service > > > > > > > > StreamedService;
 };
 
 }  // namespace v1

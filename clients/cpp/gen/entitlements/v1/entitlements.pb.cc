@@ -153,6 +153,47 @@ struct CheckEntitlementResponseDefaultTypeInternal {
   };
 };
 PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 CheckEntitlementResponseDefaultTypeInternal _CheckEntitlementResponse_default_instance_;
+PROTOBUF_CONSTEXPR CheckEntitlementsRequest_Check::CheckEntitlementsRequest_Check(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.user_id_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.sku_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct CheckEntitlementsRequest_CheckDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR CheckEntitlementsRequest_CheckDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~CheckEntitlementsRequest_CheckDefaultTypeInternal() {}
+  union {
+    CheckEntitlementsRequest_Check _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 CheckEntitlementsRequest_CheckDefaultTypeInternal _CheckEntitlementsRequest_Check_default_instance_;
+PROTOBUF_CONSTEXPR CheckEntitlementsRequest::CheckEntitlementsRequest(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.checks_)*/{}
+  , /*decltype(_impl_.project_id_)*/int64_t{0}
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct CheckEntitlementsRequestDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR CheckEntitlementsRequestDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~CheckEntitlementsRequestDefaultTypeInternal() {}
+  union {
+    CheckEntitlementsRequest _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 CheckEntitlementsRequestDefaultTypeInternal _CheckEntitlementsRequest_default_instance_;
+PROTOBUF_CONSTEXPR CheckEntitlementsResponse::CheckEntitlementsResponse(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.results_)*/{}
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct CheckEntitlementsResponseDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR CheckEntitlementsResponseDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~CheckEntitlementsResponseDefaultTypeInternal() {}
+  union {
+    CheckEntitlementsResponse _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 CheckEntitlementsResponseDefaultTypeInternal _CheckEntitlementsResponse_default_instance_;
 PROTOBUF_CONSTEXPR ListEntitlementsRequest::ListEntitlementsRequest(
     ::_pbi::ConstantInitialized): _impl_{
     /*decltype(_impl_.user_id_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
@@ -376,9 +417,89 @@ struct OrderStatusUpdateDefaultTypeInternal {
   };
 };
 PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 OrderStatusUpdateDefaultTypeInternal _OrderStatusUpdate_default_instance_;
+PROTOBUF_CONSTEXPR WatchEntitlementsRequest::WatchEntitlementsRequest(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.add_user_ids_)*/{}
+  , /*decltype(_impl_.remove_user_ids_)*/{}
+  , /*decltype(_impl_.cursor_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.heartbeat_interval_)*/nullptr
+  , /*decltype(_impl_.project_id_)*/int64_t{0}
+  , /*decltype(_impl_.all_players_)*/false
+  , /*decltype(_impl_.snapshot_)*/false
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct WatchEntitlementsRequestDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR WatchEntitlementsRequestDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~WatchEntitlementsRequestDefaultTypeInternal() {}
+  union {
+    WatchEntitlementsRequest _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 WatchEntitlementsRequestDefaultTypeInternal _WatchEntitlementsRequest_default_instance_;
+PROTOBUF_CONSTEXPR WatchEntitlementsResponse::WatchEntitlementsResponse(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.cursor_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.event_)*/{}
+  , /*decltype(_impl_._cached_size_)*/{}
+  , /*decltype(_impl_._oneof_case_)*/{}} {}
+struct WatchEntitlementsResponseDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR WatchEntitlementsResponseDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~WatchEntitlementsResponseDefaultTypeInternal() {}
+  union {
+    WatchEntitlementsResponse _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 WatchEntitlementsResponseDefaultTypeInternal _WatchEntitlementsResponse_default_instance_;
+PROTOBUF_CONSTEXPR EntitlementChange::EntitlementChange(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.user_id_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.sku_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.operation_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.entitlement_)*/nullptr
+  , /*decltype(_impl_.changed_at_)*/nullptr
+  , /*decltype(_impl_.version_)*/int64_t{0}
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct EntitlementChangeDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR EntitlementChangeDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~EntitlementChangeDefaultTypeInternal() {}
+  union {
+    EntitlementChange _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 EntitlementChangeDefaultTypeInternal _EntitlementChange_default_instance_;
+PROTOBUF_CONSTEXPR PlayerSnapshot::PlayerSnapshot(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.entitlements_)*/{}
+  , /*decltype(_impl_.user_id_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.version_)*/int64_t{0}
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct PlayerSnapshotDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR PlayerSnapshotDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~PlayerSnapshotDefaultTypeInternal() {}
+  union {
+    PlayerSnapshot _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 PlayerSnapshotDefaultTypeInternal _PlayerSnapshot_default_instance_;
+PROTOBUF_CONSTEXPR Heartbeat::Heartbeat(
+    ::_pbi::ConstantInitialized): _impl_{
+    /*decltype(_impl_.sent_at_)*/nullptr
+  , /*decltype(_impl_._cached_size_)*/{}} {}
+struct HeartbeatDefaultTypeInternal {
+  PROTOBUF_CONSTEXPR HeartbeatDefaultTypeInternal()
+      : _instance(::_pbi::ConstantInitialized{}) {}
+  ~HeartbeatDefaultTypeInternal() {}
+  union {
+    Heartbeat _instance;
+  };
+};
+PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 HeartbeatDefaultTypeInternal _Heartbeat_default_instance_;
 }  // namespace v1
 }  // namespace entitlements
-static ::_pb::Metadata file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[21];
+static ::_pb::Metadata file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[29];
 static const ::_pb::EnumDescriptor* file_level_enum_descriptors_entitlements_2fv1_2fentitlements_2eproto[4];
 static constexpr ::_pb::ServiceDescriptor const** file_level_service_descriptors_entitlements_2fv1_2fentitlements_2eproto = nullptr;
 
@@ -479,6 +600,29 @@ const uint32_t TableStruct_entitlements_2fv1_2fentitlements_2eproto::offsets[] P
   ~0u,  // no _inlined_string_donated_
   PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementResponse, _impl_.active_),
   PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementResponse, _impl_.entitlement_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsRequest_Check, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsRequest_Check, _impl_.user_id_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsRequest_Check, _impl_.sku_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsRequest, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsRequest, _impl_.checks_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsRequest, _impl_.project_id_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsResponse, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::CheckEntitlementsResponse, _impl_.results_),
   ~0u,  // no _has_bits_
   PROTOBUF_FIELD_OFFSET(::entitlements::v1::ListEntitlementsRequest, _internal_metadata_),
   ~0u,  // no _extensions_
@@ -643,6 +787,58 @@ const uint32_t TableStruct_entitlements_2fv1_2fentitlements_2eproto::offsets[] P
   PROTOBUF_FIELD_OFFSET(::entitlements::v1::OrderStatusUpdate, _impl_.observed_at_),
   PROTOBUF_FIELD_OFFSET(::entitlements::v1::OrderStatusUpdate, _impl_.entitlements_granted_),
   PROTOBUF_FIELD_OFFSET(::entitlements::v1::OrderStatusUpdate, _impl_.timed_out_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.project_id_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.cursor_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.all_players_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.add_user_ids_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.remove_user_ids_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.snapshot_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsRequest, _impl_.heartbeat_interval_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsResponse, _internal_metadata_),
+  ~0u,  // no _extensions_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsResponse, _impl_._oneof_case_[0]),
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  ::_pbi::kInvalidFieldOffsetTag,
+  ::_pbi::kInvalidFieldOffsetTag,
+  ::_pbi::kInvalidFieldOffsetTag,
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsResponse, _impl_.cursor_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::WatchEntitlementsResponse, _impl_.event_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _impl_.user_id_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _impl_.sku_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _impl_.entitlement_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _impl_.version_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _impl_.operation_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::EntitlementChange, _impl_.changed_at_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::PlayerSnapshot, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::PlayerSnapshot, _impl_.user_id_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::PlayerSnapshot, _impl_.entitlements_),
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::PlayerSnapshot, _impl_.version_),
+  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::Heartbeat, _internal_metadata_),
+  ~0u,  // no _extensions_
+  ~0u,  // no _oneof_case_
+  ~0u,  // no _weak_field_map_
+  ~0u,  // no _inlined_string_donated_
+  PROTOBUF_FIELD_OFFSET(::entitlements::v1::Heartbeat, _impl_.sent_at_),
 };
 static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protodesc_cold) = {
   { 0, -1, -1, sizeof(::entitlements::v1::Entitlement)},
@@ -653,19 +849,27 @@ static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protode
   { 69, -1, -1, sizeof(::entitlements::v1::RevokeResponse)},
   { 79, -1, -1, sizeof(::entitlements::v1::CheckEntitlementRequest)},
   { 88, -1, -1, sizeof(::entitlements::v1::CheckEntitlementResponse)},
-  { 96, -1, -1, sizeof(::entitlements::v1::ListEntitlementsRequest)},
-  { 107, -1, -1, sizeof(::entitlements::v1::ListEntitlementsResponse)},
-  { 115, -1, -1, sizeof(::entitlements::v1::ListSubscriptionsRequest)},
-  { 127, -1, -1, sizeof(::entitlements::v1::Charge)},
-  { 135, -1, -1, sizeof(::entitlements::v1::Period)},
-  { 143, -1, -1, sizeof(::entitlements::v1::Subscription)},
-  { 165, -1, -1, sizeof(::entitlements::v1::ListSubscriptionsResponse)},
-  { 173, -1, -1, sizeof(::entitlements::v1::ListLedgerRequest)},
-  { 183, 191, -1, sizeof(::entitlements::v1::LedgerEntry_DetailsEntry_DoNotUse)},
-  { 193, 214, -1, sizeof(::entitlements::v1::LedgerEntry)},
-  { 229, -1, -1, sizeof(::entitlements::v1::ListLedgerResponse)},
-  { 237, -1, -1, sizeof(::entitlements::v1::GetOrderStatusRequest)},
-  { 248, -1, -1, sizeof(::entitlements::v1::OrderStatusUpdate)},
+  { 96, -1, -1, sizeof(::entitlements::v1::CheckEntitlementsRequest_Check)},
+  { 104, -1, -1, sizeof(::entitlements::v1::CheckEntitlementsRequest)},
+  { 112, -1, -1, sizeof(::entitlements::v1::CheckEntitlementsResponse)},
+  { 119, -1, -1, sizeof(::entitlements::v1::ListEntitlementsRequest)},
+  { 130, -1, -1, sizeof(::entitlements::v1::ListEntitlementsResponse)},
+  { 138, -1, -1, sizeof(::entitlements::v1::ListSubscriptionsRequest)},
+  { 150, -1, -1, sizeof(::entitlements::v1::Charge)},
+  { 158, -1, -1, sizeof(::entitlements::v1::Period)},
+  { 166, -1, -1, sizeof(::entitlements::v1::Subscription)},
+  { 188, -1, -1, sizeof(::entitlements::v1::ListSubscriptionsResponse)},
+  { 196, -1, -1, sizeof(::entitlements::v1::ListLedgerRequest)},
+  { 206, 214, -1, sizeof(::entitlements::v1::LedgerEntry_DetailsEntry_DoNotUse)},
+  { 216, 237, -1, sizeof(::entitlements::v1::LedgerEntry)},
+  { 252, -1, -1, sizeof(::entitlements::v1::ListLedgerResponse)},
+  { 260, -1, -1, sizeof(::entitlements::v1::GetOrderStatusRequest)},
+  { 271, -1, -1, sizeof(::entitlements::v1::OrderStatusUpdate)},
+  { 283, -1, -1, sizeof(::entitlements::v1::WatchEntitlementsRequest)},
+  { 296, -1, -1, sizeof(::entitlements::v1::WatchEntitlementsResponse)},
+  { 307, -1, -1, sizeof(::entitlements::v1::EntitlementChange)},
+  { 319, -1, -1, sizeof(::entitlements::v1::PlayerSnapshot)},
+  { 328, -1, -1, sizeof(::entitlements::v1::Heartbeat)},
 };
 
 static const ::_pb::Message* const file_default_instances[] = {
@@ -677,6 +881,9 @@ static const ::_pb::Message* const file_default_instances[] = {
   &::entitlements::v1::_RevokeResponse_default_instance_._instance,
   &::entitlements::v1::_CheckEntitlementRequest_default_instance_._instance,
   &::entitlements::v1::_CheckEntitlementResponse_default_instance_._instance,
+  &::entitlements::v1::_CheckEntitlementsRequest_Check_default_instance_._instance,
+  &::entitlements::v1::_CheckEntitlementsRequest_default_instance_._instance,
+  &::entitlements::v1::_CheckEntitlementsResponse_default_instance_._instance,
   &::entitlements::v1::_ListEntitlementsRequest_default_instance_._instance,
   &::entitlements::v1::_ListEntitlementsResponse_default_instance_._instance,
   &::entitlements::v1::_ListSubscriptionsRequest_default_instance_._instance,
@@ -690,6 +897,11 @@ static const ::_pb::Message* const file_default_instances[] = {
   &::entitlements::v1::_ListLedgerResponse_default_instance_._instance,
   &::entitlements::v1::_GetOrderStatusRequest_default_instance_._instance,
   &::entitlements::v1::_OrderStatusUpdate_default_instance_._instance,
+  &::entitlements::v1::_WatchEntitlementsRequest_default_instance_._instance,
+  &::entitlements::v1::_WatchEntitlementsResponse_default_instance_._instance,
+  &::entitlements::v1::_EntitlementChange_default_instance_._instance,
+  &::entitlements::v1::_PlayerSnapshot_default_instance_._instance,
+  &::entitlements::v1::_Heartbeat_default_instance_._instance,
 };
 
 const char descriptor_table_protodef_entitlements_2fv1_2fentitlements_2eproto[] PROTOBUF_SECTION_VARIABLE(protodesc_cold) =
@@ -726,104 +938,136 @@ const char descriptor_table_protodef_entitlements_2fv1_2fentitlements_2eproto[] 
   " \001(\t\022\022\n\nproject_id\030\003 \001(\003\"]\n\030CheckEntitle"
   "mentResponse\022\016\n\006active\030\001 \001(\010\0221\n\013entitlem"
   "ent\030\002 \001(\0132\034.entitlements.v1.Entitlement\""
-  "~\n\027ListEntitlementsRequest\022\017\n\007user_id\030\001 "
-  "\001(\t\022\021\n\tpage_size\030\002 \001(\005\022\022\n\npage_token\030\003 \001"
-  "(\t\022\027\n\017include_expired\030\004 \001(\010\022\022\n\nproject_i"
-  "d\030\005 \001(\003\"g\n\030ListEntitlementsResponse\0222\n\014e"
-  "ntitlements\030\001 \003(\0132\034.entitlements.v1.Enti"
-  "tlement\022\027\n\017next_page_token\030\002 \001(\t\"\210\001\n\030Lis"
-  "tSubscriptionsRequest\022\017\n\007user_id\030\001 \001(\t\022\r"
-  "\n\005limit\030\002 \001(\005\022\016\n\006offset\030\003 \001(\005\022\016\n\006locale\030"
-  "\004 \001(\t\022\030\n\020include_inactive\030\005 \001(\010\022\022\n\nproje"
-  "ct_id\030\006 \001(\003\"*\n\006Charge\022\016\n\006amount\030\001 \001(\t\022\020\n"
-  "\010currency\030\002 \001(\t\"%\n\006Period\022\r\n\005value\030\001 \001(\005"
-  "\022\014\n\004unit\030\002 \001(\t\"\206\004\n\014Subscription\022\n\n\002id\030\001 "
-  "\001(\t\022\017\n\007plan_id\030\002 \001(\003\022\030\n\020plan_external_id"
-  "\030\003 \001(\t\022\021\n\tplan_name\030\004 \001(\t\022\030\n\020plan_descri"
-  "ption\030\005 \001(\t\022\022\n\nproduct_id\030\006 \001(\003\022\033\n\023produ"
-  "ct_external_id\030\007 \001(\t\022\024\n\014product_name\030\010 \001"
-  "(\t\022\033\n\023product_description\030\t \001(\t\022\016\n\006statu"
-  "s\030\n \001(\t\022/\n\013date_create\030\013 \001(\0132\032.google.pr"
-  "otobuf.Timestamp\0224\n\020date_next_charge\030\014 \001"
-  "(\0132\032.google.protobuf.Timestamp\0224\n\020date_l"
-  "ast_charge\030\r \001(\0132\032.google.protobuf.Times"
-  "tamp\022\'\n\006charge\030\016 \001(\0132\027.entitlements.v1.C"
-  "harge\022\'\n\006period\030\017 \001(\0132\027.entitlements.v1."
-  "Period\022/\n\004kind\030\020 \001(\0162!.entitlements.v1.S"
-  "ubscriptionKind\"c\n\031ListSubscriptionsResp"
-  "onse\0224\n\rsubscriptions\030\001 \003(\0132\035.entitlemen"
-  "ts.v1.Subscription\022\020\n\010has_more\030\002 \001(\010\"_\n\021"
-  "ListLedgerRequest\022\017\n\007user_id\030\001 \001(\t\022\021\n\tpa"
-  "ge_size\030\002 \001(\005\022\022\n\npage_token\030\003 \001(\t\022\022\n\npro"
-  "ject_id\030\004 \001(\003\"\247\004\n\013LedgerEntry\022\020\n\010entry_i"
-  "d\030\001 \001(\t\022&\n\002at\030\002 \001(\0132\032.google.protobuf.Ti"
-  "mestamp\022\021\n\toperation\030\003 \001(\t\022\013\n\003sku\030\004 \001(\t\022"
-  ".\n\004kind\030\005 \001(\0162 .entitlements.v1.Entitlem"
-  "entKind\022\034\n\017quantity_before\030\006 \001(\003H\000\210\001\001\022\033\n"
-  "\016quantity_after\030\007 \001(\003H\001\210\001\001\0222\n\016expires_be"
-  "fore\030\010 \001(\0132\032.google.protobuf.Timestamp\0221"
-  "\n\rexpires_after\030\t \001(\0132\032.google.protobuf."
-  "Timestamp\022\r\n\005actor\030\n \001(\t\022\016\n\006reason\030\013 \001(\t"
-  "\022\027\n\017idempotency_key\030\014 \001(\t\022\020\n\010order_id\030\r "
-  "\001(\t\022\017\n\007summary\030\016 \001(\t\022:\n\007details\030\017 \003(\0132)."
-  "entitlements.v1.LedgerEntry.DetailsEntry"
-  "\032.\n\014DetailsEntry\022\013\n\003key\030\001 \001(\t\022\r\n\005value\030\002"
-  " \001(\t:\0028\001B\022\n\020_quantity_beforeB\021\n\017_quantit"
-  "y_after\"\\\n\022ListLedgerResponse\022-\n\007entries"
-  "\030\001 \003(\0132\034.entitlements.v1.LedgerEntry\022\027\n\017"
-  "next_page_token\030\002 \001(\t\"\212\001\n\025GetOrderStatus"
-  "Request\022\020\n\010order_id\030\001 \001(\t\022\017\n\007user_id\030\002 \001"
-  "(\t\022\022\n\nproject_id\030\003 \001(\003\022\r\n\005token\030\004 \001(\t\022+\n"
-  "\010max_wait\030\005 \001(\0132\031.google.protobuf.Durati"
-  "on\"\351\001\n\021OrderStatusUpdate\022\020\n\010order_id\030\001 \001"
-  "(\t\022,\n\006status\030\002 \001(\0162\034.entitlements.v1.Ord"
-  "erStatus\0222\n\006source\030\003 \001(\0162\".entitlements."
-  "v1.OrderStatusSource\022/\n\013observed_at\030\004 \001("
-  "\0132\032.google.protobuf.Timestamp\022\034\n\024entitle"
-  "ments_granted\030\005 \001(\010\022\021\n\ttimed_out\030\006 \001(\010*\227"
-  "\001\n\017EntitlementKind\022 \n\034ENTITLEMENT_KIND_U"
-  "NSPECIFIED\020\000\022\037\n\033ENTITLEMENT_KIND_CONSUMA"
-  "BLE\020\001\022\036\n\032ENTITLEMENT_KIND_PERMANENT\020\002\022!\n"
-  "\035ENTITLEMENT_KIND_TIME_LIMITED\020\003*z\n\020Subs"
-  "criptionKind\022!\n\035SUBSCRIPTION_KIND_UNSPEC"
-  "IFIED\020\000\022\037\n\033SUBSCRIPTION_KIND_RECURRING\020\001"
-  "\022\"\n\036SUBSCRIPTION_KIND_NON_RENEWING\020\002*\244\001\n"
-  "\013OrderStatus\022\034\n\030ORDER_STATUS_UNSPECIFIED"
-  "\020\000\022\024\n\020ORDER_STATUS_NEW\020\001\022\025\n\021ORDER_STATUS"
-  "_PAID\020\002\022\025\n\021ORDER_STATUS_DONE\020\003\022\031\n\025ORDER_"
-  "STATUS_CANCELED\020\004\022\030\n\024ORDER_STATUS_EXPIRE"
-  "D\020\005*\345\001\n\021OrderStatusSource\022#\n\037ORDER_STATU"
-  "S_SOURCE_UNSPECIFIED\020\000\022\036\n\032ORDER_STATUS_S"
-  "OURCE_STORED\020\001\022\037\n\033ORDER_STATUS_SOURCE_WE"
-  "BHOOK\020\002\022!\n\035ORDER_STATUS_SOURCE_WEBSOCKET"
-  "\020\003\022\037\n\033ORDER_STATUS_SOURCE_POLLING\020\004\022&\n\"O"
-  "RDER_STATUS_SOURCE_RECONCILIATION\020\0052\355\006\n\022"
-  "EntitlementService\022i\n\005Grant\022\035.entitlemen"
-  "ts.v1.GrantRequest\032\036.entitlements.v1.Gra"
-  "ntResponse\"!\202\323\344\223\002\033\"\026/v1/entitlements:gra"
-  "nt:\001*\022m\n\006Revoke\022\036.entitlements.v1.Revoke"
-  "Request\032\037.entitlements.v1.RevokeResponse"
-  "\"\"\202\323\344\223\002\034\"\027/v1/entitlements:revoke:\001*\022\207\001\n"
-  "\020CheckEntitlement\022(.entitlements.v1.Chec"
-  "kEntitlementRequest\032).entitlements.v1.Ch"
-  "eckEntitlementResponse\"\036\202\323\344\223\002\030\022\026/v1/enti"
-  "tlements:check\022\201\001\n\020ListEntitlements\022(.en"
-  "titlements.v1.ListEntitlementsRequest\032)."
-  "entitlements.v1.ListEntitlementsResponse"
-  "\"\030\202\323\344\223\002\022\022\020/v1/entitlements\022\205\001\n\021ListSubsc"
-  "riptions\022).entitlements.v1.ListSubscript"
-  "ionsRequest\032*.entitlements.v1.ListSubscr"
-  "iptionsResponse\"\031\202\323\344\223\002\023\022\021/v1/subscriptio"
-  "ns\022i\n\nListLedger\022\".entitlements.v1.ListL"
-  "edgerRequest\032#.entitlements.v1.ListLedge"
-  "rResponse\"\022\202\323\344\223\002\014\022\n/v1/ledger\022|\n\016GetOrde"
-  "rStatus\022&.entitlements.v1.GetOrderStatus"
-  "Request\032\".entitlements.v1.OrderStatusUpd"
-  "ate\"\034\202\323\344\223\002\026\"\021/v1/orders:status:\001*0\001B\213\001\n\032"
-  "com.xsolla.entitlements.v1P\001ZYgithub.com"
-  "/xsolla-entitlements/entitlements/client"
-  "s/go/gen/entitlements/v1;entitlementsv1\252"
-  "\002\017Entitlements.V1b\006proto3"
+  "\226\001\n\030CheckEntitlementsRequest\022\?\n\006checks\030\001"
+  " \003(\0132/.entitlements.v1.CheckEntitlements"
+  "Request.Check\022\022\n\nproject_id\030\002 \001(\003\032%\n\005Che"
+  "ck\022\017\n\007user_id\030\001 \001(\t\022\013\n\003sku\030\002 \001(\t\"W\n\031Chec"
+  "kEntitlementsResponse\022:\n\007results\030\001 \003(\0132)"
+  ".entitlements.v1.CheckEntitlementRespons"
+  "e\"~\n\027ListEntitlementsRequest\022\017\n\007user_id\030"
+  "\001 \001(\t\022\021\n\tpage_size\030\002 \001(\005\022\022\n\npage_token\030\003"
+  " \001(\t\022\027\n\017include_expired\030\004 \001(\010\022\022\n\nproject"
+  "_id\030\005 \001(\003\"g\n\030ListEntitlementsResponse\0222\n"
+  "\014entitlements\030\001 \003(\0132\034.entitlements.v1.En"
+  "titlement\022\027\n\017next_page_token\030\002 \001(\t\"\210\001\n\030L"
+  "istSubscriptionsRequest\022\017\n\007user_id\030\001 \001(\t"
+  "\022\r\n\005limit\030\002 \001(\005\022\016\n\006offset\030\003 \001(\005\022\016\n\006local"
+  "e\030\004 \001(\t\022\030\n\020include_inactive\030\005 \001(\010\022\022\n\npro"
+  "ject_id\030\006 \001(\003\"*\n\006Charge\022\016\n\006amount\030\001 \001(\t\022"
+  "\020\n\010currency\030\002 \001(\t\"%\n\006Period\022\r\n\005value\030\001 \001"
+  "(\005\022\014\n\004unit\030\002 \001(\t\"\206\004\n\014Subscription\022\n\n\002id\030"
+  "\001 \001(\t\022\017\n\007plan_id\030\002 \001(\003\022\030\n\020plan_external_"
+  "id\030\003 \001(\t\022\021\n\tplan_name\030\004 \001(\t\022\030\n\020plan_desc"
+  "ription\030\005 \001(\t\022\022\n\nproduct_id\030\006 \001(\003\022\033\n\023pro"
+  "duct_external_id\030\007 \001(\t\022\024\n\014product_name\030\010"
+  " \001(\t\022\033\n\023product_description\030\t \001(\t\022\016\n\006sta"
+  "tus\030\n \001(\t\022/\n\013date_create\030\013 \001(\0132\032.google."
+  "protobuf.Timestamp\0224\n\020date_next_charge\030\014"
+  " \001(\0132\032.google.protobuf.Timestamp\0224\n\020date"
+  "_last_charge\030\r \001(\0132\032.google.protobuf.Tim"
+  "estamp\022\'\n\006charge\030\016 \001(\0132\027.entitlements.v1"
+  ".Charge\022\'\n\006period\030\017 \001(\0132\027.entitlements.v"
+  "1.Period\022/\n\004kind\030\020 \001(\0162!.entitlements.v1"
+  ".SubscriptionKind\"c\n\031ListSubscriptionsRe"
+  "sponse\0224\n\rsubscriptions\030\001 \003(\0132\035.entitlem"
+  "ents.v1.Subscription\022\020\n\010has_more\030\002 \001(\010\"_"
+  "\n\021ListLedgerRequest\022\017\n\007user_id\030\001 \001(\t\022\021\n\t"
+  "page_size\030\002 \001(\005\022\022\n\npage_token\030\003 \001(\t\022\022\n\np"
+  "roject_id\030\004 \001(\003\"\247\004\n\013LedgerEntry\022\020\n\010entry"
+  "_id\030\001 \001(\t\022&\n\002at\030\002 \001(\0132\032.google.protobuf."
+  "Timestamp\022\021\n\toperation\030\003 \001(\t\022\013\n\003sku\030\004 \001("
+  "\t\022.\n\004kind\030\005 \001(\0162 .entitlements.v1.Entitl"
+  "ementKind\022\034\n\017quantity_before\030\006 \001(\003H\000\210\001\001\022"
+  "\033\n\016quantity_after\030\007 \001(\003H\001\210\001\001\0222\n\016expires_"
+  "before\030\010 \001(\0132\032.google.protobuf.Timestamp"
+  "\0221\n\rexpires_after\030\t \001(\0132\032.google.protobu"
+  "f.Timestamp\022\r\n\005actor\030\n \001(\t\022\016\n\006reason\030\013 \001"
+  "(\t\022\027\n\017idempotency_key\030\014 \001(\t\022\020\n\010order_id\030"
+  "\r \001(\t\022\017\n\007summary\030\016 \001(\t\022:\n\007details\030\017 \003(\0132"
+  ").entitlements.v1.LedgerEntry.DetailsEnt"
+  "ry\032.\n\014DetailsEntry\022\013\n\003key\030\001 \001(\t\022\r\n\005value"
+  "\030\002 \001(\t:\0028\001B\022\n\020_quantity_beforeB\021\n\017_quant"
+  "ity_after\"\\\n\022ListLedgerResponse\022-\n\007entri"
+  "es\030\001 \003(\0132\034.entitlements.v1.LedgerEntry\022\027"
+  "\n\017next_page_token\030\002 \001(\t\"\212\001\n\025GetOrderStat"
+  "usRequest\022\020\n\010order_id\030\001 \001(\t\022\017\n\007user_id\030\002"
+  " \001(\t\022\022\n\nproject_id\030\003 \001(\003\022\r\n\005token\030\004 \001(\t\022"
+  "+\n\010max_wait\030\005 \001(\0132\031.google.protobuf.Dura"
+  "tion\"\351\001\n\021OrderStatusUpdate\022\020\n\010order_id\030\001"
+  " \001(\t\022,\n\006status\030\002 \001(\0162\034.entitlements.v1.O"
+  "rderStatus\0222\n\006source\030\003 \001(\0162\".entitlement"
+  "s.v1.OrderStatusSource\022/\n\013observed_at\030\004 "
+  "\001(\0132\032.google.protobuf.Timestamp\022\034\n\024entit"
+  "lements_granted\030\005 \001(\010\022\021\n\ttimed_out\030\006 \001(\010"
+  "\"\313\001\n\030WatchEntitlementsRequest\022\022\n\nproject"
+  "_id\030\001 \001(\003\022\016\n\006cursor\030\002 \001(\t\022\023\n\013all_players"
+  "\030\003 \001(\010\022\024\n\014add_user_ids\030\004 \003(\t\022\027\n\017remove_u"
+  "ser_ids\030\005 \003(\t\022\020\n\010snapshot\030\006 \001(\010\0225\n\022heart"
+  "beat_interval\030\007 \001(\0132\031.google.protobuf.Du"
+  "ration\"\320\001\n\031WatchEntitlementsResponse\0224\n\006"
+  "change\030\001 \001(\0132\".entitlements.v1.Entitleme"
+  "ntChangeH\000\0223\n\010snapshot\030\002 \001(\0132\037.entitleme"
+  "nts.v1.PlayerSnapshotH\000\022/\n\theartbeat\030\003 \001"
+  "(\0132\032.entitlements.v1.HeartbeatH\000\022\016\n\006curs"
+  "or\030\004 \001(\tB\007\n\005event\"\270\001\n\021EntitlementChange\022"
+  "\017\n\007user_id\030\001 \001(\t\022\013\n\003sku\030\002 \001(\t\0221\n\013entitle"
+  "ment\030\003 \001(\0132\034.entitlements.v1.Entitlement"
+  "\022\017\n\007version\030\004 \001(\003\022\021\n\toperation\030\005 \001(\t\022.\n\n"
+  "changed_at\030\006 \001(\0132\032.google.protobuf.Times"
+  "tamp\"f\n\016PlayerSnapshot\022\017\n\007user_id\030\001 \001(\t\022"
+  "2\n\014entitlements\030\002 \003(\0132\034.entitlements.v1."
+  "Entitlement\022\017\n\007version\030\003 \001(\003\"8\n\tHeartbea"
+  "t\022+\n\007sent_at\030\001 \001(\0132\032.google.protobuf.Tim"
+  "estamp*\227\001\n\017EntitlementKind\022 \n\034ENTITLEMEN"
+  "T_KIND_UNSPECIFIED\020\000\022\037\n\033ENTITLEMENT_KIND"
+  "_CONSUMABLE\020\001\022\036\n\032ENTITLEMENT_KIND_PERMAN"
+  "ENT\020\002\022!\n\035ENTITLEMENT_KIND_TIME_LIMITED\020\003"
+  "*z\n\020SubscriptionKind\022!\n\035SUBSCRIPTION_KIN"
+  "D_UNSPECIFIED\020\000\022\037\n\033SUBSCRIPTION_KIND_REC"
+  "URRING\020\001\022\"\n\036SUBSCRIPTION_KIND_NON_RENEWI"
+  "NG\020\002*\244\001\n\013OrderStatus\022\034\n\030ORDER_STATUS_UNS"
+  "PECIFIED\020\000\022\024\n\020ORDER_STATUS_NEW\020\001\022\025\n\021ORDE"
+  "R_STATUS_PAID\020\002\022\025\n\021ORDER_STATUS_DONE\020\003\022\031"
+  "\n\025ORDER_STATUS_CANCELED\020\004\022\030\n\024ORDER_STATU"
+  "S_EXPIRED\020\005*\345\001\n\021OrderStatusSource\022#\n\037ORD"
+  "ER_STATUS_SOURCE_UNSPECIFIED\020\000\022\036\n\032ORDER_"
+  "STATUS_SOURCE_STORED\020\001\022\037\n\033ORDER_STATUS_S"
+  "OURCE_WEBHOOK\020\002\022!\n\035ORDER_STATUS_SOURCE_W"
+  "EBSOCKET\020\003\022\037\n\033ORDER_STATUS_SOURCE_POLLIN"
+  "G\020\004\022&\n\"ORDER_STATUS_SOURCE_RECONCILIATIO"
+  "N\020\0052\362\010\n\022EntitlementService\022i\n\005Grant\022\035.en"
+  "titlements.v1.GrantRequest\032\036.entitlement"
+  "s.v1.GrantResponse\"!\202\323\344\223\002\033\"\026/v1/entitlem"
+  "ents:grant:\001*\022m\n\006Revoke\022\036.entitlements.v"
+  "1.RevokeRequest\032\037.entitlements.v1.Revoke"
+  "Response\"\"\202\323\344\223\002\034\"\027/v1/entitlements:revok"
+  "e:\001*\022\207\001\n\020CheckEntitlement\022(.entitlements"
+  ".v1.CheckEntitlementRequest\032).entitlemen"
+  "ts.v1.CheckEntitlementResponse\"\036\202\323\344\223\002\030\022\026"
+  "/v1/entitlements:check\022\222\001\n\021CheckEntitlem"
+  "ents\022).entitlements.v1.CheckEntitlements"
+  "Request\032*.entitlements.v1.CheckEntitleme"
+  "ntsResponse\"&\202\323\344\223\002 \"\033/v1/entitlements:ba"
+  "tchCheck:\001*\022\201\001\n\020ListEntitlements\022(.entit"
+  "lements.v1.ListEntitlementsRequest\032).ent"
+  "itlements.v1.ListEntitlementsResponse\"\030\202"
+  "\323\344\223\002\022\022\020/v1/entitlements\022\205\001\n\021ListSubscrip"
+  "tions\022).entitlements.v1.ListSubscription"
+  "sRequest\032*.entitlements.v1.ListSubscript"
+  "ionsResponse\"\031\202\323\344\223\002\023\022\021/v1/subscriptions\022"
+  "i\n\nListLedger\022\".entitlements.v1.ListLedg"
+  "erRequest\032#.entitlements.v1.ListLedgerRe"
+  "sponse\"\022\202\323\344\223\002\014\022\n/v1/ledger\022|\n\016GetOrderSt"
+  "atus\022&.entitlements.v1.GetOrderStatusReq"
+  "uest\032\".entitlements.v1.OrderStatusUpdate"
+  "\"\034\202\323\344\223\002\026\"\021/v1/orders:status:\001*0\001\022n\n\021Watc"
+  "hEntitlements\022).entitlements.v1.WatchEnt"
+  "itlementsRequest\032*.entitlements.v1.Watch"
+  "EntitlementsResponse(\0010\001B\213\001\n\032com.xsolla."
+  "entitlements.v1P\001ZYgithub.com/xsolla-ent"
+  "itlements/entitlements/clients/go/gen/en"
+  "titlements/v1;entitlementsv1\252\002\017Entitleme"
+  "nts.V1b\006proto3"
   ;
 static const ::_pbi::DescriptorTable* const descriptor_table_entitlements_2fv1_2fentitlements_2eproto_deps[3] = {
   &::descriptor_table_google_2fapi_2fannotations_2eproto,
@@ -832,9 +1076,9 @@ static const ::_pbi::DescriptorTable* const descriptor_table_entitlements_2fv1_2
 };
 static ::_pbi::once_flag descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once;
 const ::_pbi::DescriptorTable descriptor_table_entitlements_2fv1_2fentitlements_2eproto = {
-    false, false, 5225, descriptor_table_protodef_entitlements_2fv1_2fentitlements_2eproto,
+    false, false, 6494, descriptor_table_protodef_entitlements_2fv1_2fentitlements_2eproto,
     "entitlements/v1/entitlements.proto",
-    &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once, descriptor_table_entitlements_2fv1_2fentitlements_2eproto_deps, 3, 21,
+    &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once, descriptor_table_entitlements_2fv1_2fentitlements_2eproto_deps, 3, 29,
     schemas, file_default_instances, TableStruct_entitlements_2fv1_2fentitlements_2eproto::offsets,
     file_level_metadata_entitlements_2fv1_2fentitlements_2eproto, file_level_enum_descriptors_entitlements_2fv1_2fentitlements_2eproto,
     file_level_service_descriptors_entitlements_2fv1_2fentitlements_2eproto,
@@ -3439,6 +3683,656 @@ void CheckEntitlementResponse::InternalSwap(CheckEntitlementResponse* other) {
 
 // ===================================================================
 
+class CheckEntitlementsRequest_Check::_Internal {
+ public:
+};
+
+CheckEntitlementsRequest_Check::CheckEntitlementsRequest_Check(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.CheckEntitlementsRequest.Check)
+}
+CheckEntitlementsRequest_Check::CheckEntitlementsRequest_Check(const CheckEntitlementsRequest_Check& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  CheckEntitlementsRequest_Check* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.user_id_){}
+    , decltype(_impl_.sku_){}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _impl_.user_id_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_user_id().empty()) {
+    _this->_impl_.user_id_.Set(from._internal_user_id(), 
+      _this->GetArenaForAllocation());
+  }
+  _impl_.sku_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.sku_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_sku().empty()) {
+    _this->_impl_.sku_.Set(from._internal_sku(), 
+      _this->GetArenaForAllocation());
+  }
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.CheckEntitlementsRequest.Check)
+}
+
+inline void CheckEntitlementsRequest_Check::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.user_id_){}
+    , decltype(_impl_.sku_){}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+  _impl_.user_id_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  _impl_.sku_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.sku_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+}
+
+CheckEntitlementsRequest_Check::~CheckEntitlementsRequest_Check() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.CheckEntitlementsRequest.Check)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void CheckEntitlementsRequest_Check::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.user_id_.Destroy();
+  _impl_.sku_.Destroy();
+}
+
+void CheckEntitlementsRequest_Check::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void CheckEntitlementsRequest_Check::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.CheckEntitlementsRequest.Check)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.user_id_.ClearToEmpty();
+  _impl_.sku_.ClearToEmpty();
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* CheckEntitlementsRequest_Check::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // string user_id = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          auto str = _internal_mutable_user_id();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.CheckEntitlementsRequest.Check.user_id"));
+        } else
+          goto handle_unusual;
+        continue;
+      // string sku = 2;
+      case 2:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 18)) {
+          auto str = _internal_mutable_sku();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.CheckEntitlementsRequest.Check.sku"));
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* CheckEntitlementsRequest_Check::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.CheckEntitlementsRequest.Check)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // string user_id = 1;
+  if (!this->_internal_user_id().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_user_id().data(), static_cast<int>(this->_internal_user_id().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.CheckEntitlementsRequest.Check.user_id");
+    target = stream->WriteStringMaybeAliased(
+        1, this->_internal_user_id(), target);
+  }
+
+  // string sku = 2;
+  if (!this->_internal_sku().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_sku().data(), static_cast<int>(this->_internal_sku().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.CheckEntitlementsRequest.Check.sku");
+    target = stream->WriteStringMaybeAliased(
+        2, this->_internal_sku(), target);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.CheckEntitlementsRequest.Check)
+  return target;
+}
+
+size_t CheckEntitlementsRequest_Check::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.CheckEntitlementsRequest.Check)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // string user_id = 1;
+  if (!this->_internal_user_id().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_user_id());
+  }
+
+  // string sku = 2;
+  if (!this->_internal_sku().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_sku());
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData CheckEntitlementsRequest_Check::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    CheckEntitlementsRequest_Check::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*CheckEntitlementsRequest_Check::GetClassData() const { return &_class_data_; }
+
+
+void CheckEntitlementsRequest_Check::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<CheckEntitlementsRequest_Check*>(&to_msg);
+  auto& from = static_cast<const CheckEntitlementsRequest_Check&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.CheckEntitlementsRequest.Check)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  if (!from._internal_user_id().empty()) {
+    _this->_internal_set_user_id(from._internal_user_id());
+  }
+  if (!from._internal_sku().empty()) {
+    _this->_internal_set_sku(from._internal_sku());
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void CheckEntitlementsRequest_Check::CopyFrom(const CheckEntitlementsRequest_Check& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.CheckEntitlementsRequest.Check)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool CheckEntitlementsRequest_Check::IsInitialized() const {
+  return true;
+}
+
+void CheckEntitlementsRequest_Check::InternalSwap(CheckEntitlementsRequest_Check* other) {
+  using std::swap;
+  auto* lhs_arena = GetArenaForAllocation();
+  auto* rhs_arena = other->GetArenaForAllocation();
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.user_id_, lhs_arena,
+      &other->_impl_.user_id_, rhs_arena
+  );
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.sku_, lhs_arena,
+      &other->_impl_.sku_, rhs_arena
+  );
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata CheckEntitlementsRequest_Check::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[8]);
+}
+
+// ===================================================================
+
+class CheckEntitlementsRequest::_Internal {
+ public:
+};
+
+CheckEntitlementsRequest::CheckEntitlementsRequest(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.CheckEntitlementsRequest)
+}
+CheckEntitlementsRequest::CheckEntitlementsRequest(const CheckEntitlementsRequest& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  CheckEntitlementsRequest* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.checks_){from._impl_.checks_}
+    , decltype(_impl_.project_id_){}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _this->_impl_.project_id_ = from._impl_.project_id_;
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.CheckEntitlementsRequest)
+}
+
+inline void CheckEntitlementsRequest::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.checks_){arena}
+    , decltype(_impl_.project_id_){int64_t{0}}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+}
+
+CheckEntitlementsRequest::~CheckEntitlementsRequest() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.CheckEntitlementsRequest)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void CheckEntitlementsRequest::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.checks_.~RepeatedPtrField();
+}
+
+void CheckEntitlementsRequest::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void CheckEntitlementsRequest::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.CheckEntitlementsRequest)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.checks_.Clear();
+  _impl_.project_id_ = int64_t{0};
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* CheckEntitlementsRequest::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // repeated .entitlements.v1.CheckEntitlementsRequest.Check checks = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          ptr -= 1;
+          do {
+            ptr += 1;
+            ptr = ctx->ParseMessage(_internal_add_checks(), ptr);
+            CHK_(ptr);
+            if (!ctx->DataAvailable(ptr)) break;
+          } while (::PROTOBUF_NAMESPACE_ID::internal::ExpectTag<10>(ptr));
+        } else
+          goto handle_unusual;
+        continue;
+      // int64 project_id = 2;
+      case 2:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 16)) {
+          _impl_.project_id_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* CheckEntitlementsRequest::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.CheckEntitlementsRequest)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // repeated .entitlements.v1.CheckEntitlementsRequest.Check checks = 1;
+  for (unsigned i = 0,
+      n = static_cast<unsigned>(this->_internal_checks_size()); i < n; i++) {
+    const auto& repfield = this->_internal_checks(i);
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+        InternalWriteMessage(1, repfield, repfield.GetCachedSize(), target, stream);
+  }
+
+  // int64 project_id = 2;
+  if (this->_internal_project_id() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteInt64ToArray(2, this->_internal_project_id(), target);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.CheckEntitlementsRequest)
+  return target;
+}
+
+size_t CheckEntitlementsRequest::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.CheckEntitlementsRequest)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // repeated .entitlements.v1.CheckEntitlementsRequest.Check checks = 1;
+  total_size += 1UL * this->_internal_checks_size();
+  for (const auto& msg : this->_impl_.checks_) {
+    total_size +=
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(msg);
+  }
+
+  // int64 project_id = 2;
+  if (this->_internal_project_id() != 0) {
+    total_size += ::_pbi::WireFormatLite::Int64SizePlusOne(this->_internal_project_id());
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData CheckEntitlementsRequest::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    CheckEntitlementsRequest::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*CheckEntitlementsRequest::GetClassData() const { return &_class_data_; }
+
+
+void CheckEntitlementsRequest::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<CheckEntitlementsRequest*>(&to_msg);
+  auto& from = static_cast<const CheckEntitlementsRequest&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.CheckEntitlementsRequest)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  _this->_impl_.checks_.MergeFrom(from._impl_.checks_);
+  if (from._internal_project_id() != 0) {
+    _this->_internal_set_project_id(from._internal_project_id());
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void CheckEntitlementsRequest::CopyFrom(const CheckEntitlementsRequest& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.CheckEntitlementsRequest)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool CheckEntitlementsRequest::IsInitialized() const {
+  return true;
+}
+
+void CheckEntitlementsRequest::InternalSwap(CheckEntitlementsRequest* other) {
+  using std::swap;
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  _impl_.checks_.InternalSwap(&other->_impl_.checks_);
+  swap(_impl_.project_id_, other->_impl_.project_id_);
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata CheckEntitlementsRequest::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[9]);
+}
+
+// ===================================================================
+
+class CheckEntitlementsResponse::_Internal {
+ public:
+};
+
+CheckEntitlementsResponse::CheckEntitlementsResponse(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.CheckEntitlementsResponse)
+}
+CheckEntitlementsResponse::CheckEntitlementsResponse(const CheckEntitlementsResponse& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  CheckEntitlementsResponse* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.results_){from._impl_.results_}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.CheckEntitlementsResponse)
+}
+
+inline void CheckEntitlementsResponse::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.results_){arena}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+}
+
+CheckEntitlementsResponse::~CheckEntitlementsResponse() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.CheckEntitlementsResponse)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void CheckEntitlementsResponse::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.results_.~RepeatedPtrField();
+}
+
+void CheckEntitlementsResponse::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void CheckEntitlementsResponse::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.CheckEntitlementsResponse)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.results_.Clear();
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* CheckEntitlementsResponse::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // repeated .entitlements.v1.CheckEntitlementResponse results = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          ptr -= 1;
+          do {
+            ptr += 1;
+            ptr = ctx->ParseMessage(_internal_add_results(), ptr);
+            CHK_(ptr);
+            if (!ctx->DataAvailable(ptr)) break;
+          } while (::PROTOBUF_NAMESPACE_ID::internal::ExpectTag<10>(ptr));
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* CheckEntitlementsResponse::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.CheckEntitlementsResponse)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // repeated .entitlements.v1.CheckEntitlementResponse results = 1;
+  for (unsigned i = 0,
+      n = static_cast<unsigned>(this->_internal_results_size()); i < n; i++) {
+    const auto& repfield = this->_internal_results(i);
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+        InternalWriteMessage(1, repfield, repfield.GetCachedSize(), target, stream);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.CheckEntitlementsResponse)
+  return target;
+}
+
+size_t CheckEntitlementsResponse::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.CheckEntitlementsResponse)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // repeated .entitlements.v1.CheckEntitlementResponse results = 1;
+  total_size += 1UL * this->_internal_results_size();
+  for (const auto& msg : this->_impl_.results_) {
+    total_size +=
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(msg);
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData CheckEntitlementsResponse::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    CheckEntitlementsResponse::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*CheckEntitlementsResponse::GetClassData() const { return &_class_data_; }
+
+
+void CheckEntitlementsResponse::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<CheckEntitlementsResponse*>(&to_msg);
+  auto& from = static_cast<const CheckEntitlementsResponse&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.CheckEntitlementsResponse)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  _this->_impl_.results_.MergeFrom(from._impl_.results_);
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void CheckEntitlementsResponse::CopyFrom(const CheckEntitlementsResponse& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.CheckEntitlementsResponse)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool CheckEntitlementsResponse::IsInitialized() const {
+  return true;
+}
+
+void CheckEntitlementsResponse::InternalSwap(CheckEntitlementsResponse* other) {
+  using std::swap;
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  _impl_.results_.InternalSwap(&other->_impl_.results_);
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata CheckEntitlementsResponse::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[10]);
+}
+
+// ===================================================================
+
 class ListEntitlementsRequest::_Internal {
  public:
 };
@@ -3771,7 +4665,7 @@ void ListEntitlementsRequest::InternalSwap(ListEntitlementsRequest* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata ListEntitlementsRequest::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[8]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[11]);
 }
 
 // ===================================================================
@@ -4008,7 +4902,7 @@ void ListEntitlementsResponse::InternalSwap(ListEntitlementsResponse* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata ListEntitlementsResponse::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[9]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[12]);
 }
 
 // ===================================================================
@@ -4369,7 +5263,7 @@ void ListSubscriptionsRequest::InternalSwap(ListSubscriptionsRequest* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata ListSubscriptionsRequest::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[10]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[13]);
 }
 
 // ===================================================================
@@ -4622,7 +5516,7 @@ void Charge::InternalSwap(Charge* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata Charge::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[11]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[14]);
 }
 
 // ===================================================================
@@ -4852,7 +5746,7 @@ void Period::InternalSwap(Period* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata Period::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[12]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[15]);
 }
 
 // ===================================================================
@@ -5715,7 +6609,7 @@ void Subscription::InternalSwap(Subscription* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata Subscription::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[13]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[16]);
 }
 
 // ===================================================================
@@ -5927,7 +6821,7 @@ void ListSubscriptionsResponse::InternalSwap(ListSubscriptionsResponse* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata ListSubscriptionsResponse::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[14]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[17]);
 }
 
 // ===================================================================
@@ -6240,7 +7134,7 @@ void ListLedgerRequest::InternalSwap(ListLedgerRequest* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata ListLedgerRequest::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[15]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[18]);
 }
 
 // ===================================================================
@@ -6254,7 +7148,7 @@ void LedgerEntry_DetailsEntry_DoNotUse::MergeFrom(const LedgerEntry_DetailsEntry
 ::PROTOBUF_NAMESPACE_ID::Metadata LedgerEntry_DetailsEntry_DoNotUse::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[16]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[19]);
 }
 
 // ===================================================================
@@ -7129,7 +8023,7 @@ void LedgerEntry::InternalSwap(LedgerEntry* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata LedgerEntry::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[17]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[20]);
 }
 
 // ===================================================================
@@ -7366,7 +8260,7 @@ void ListLedgerResponse::InternalSwap(ListLedgerResponse* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata ListLedgerResponse::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[18]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[21]);
 }
 
 // ===================================================================
@@ -7748,7 +8642,7 @@ void GetOrderStatusRequest::InternalSwap(GetOrderStatusRequest* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata GetOrderStatusRequest::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[19]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[22]);
 }
 
 // ===================================================================
@@ -8112,7 +9006,1720 @@ void OrderStatusUpdate::InternalSwap(OrderStatusUpdate* other) {
 ::PROTOBUF_NAMESPACE_ID::Metadata OrderStatusUpdate::GetMetadata() const {
   return ::_pbi::AssignDescriptors(
       &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
-      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[20]);
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[23]);
+}
+
+// ===================================================================
+
+class WatchEntitlementsRequest::_Internal {
+ public:
+  static const ::PROTOBUF_NAMESPACE_ID::Duration& heartbeat_interval(const WatchEntitlementsRequest* msg);
+};
+
+const ::PROTOBUF_NAMESPACE_ID::Duration&
+WatchEntitlementsRequest::_Internal::heartbeat_interval(const WatchEntitlementsRequest* msg) {
+  return *msg->_impl_.heartbeat_interval_;
+}
+void WatchEntitlementsRequest::clear_heartbeat_interval() {
+  if (GetArenaForAllocation() == nullptr && _impl_.heartbeat_interval_ != nullptr) {
+    delete _impl_.heartbeat_interval_;
+  }
+  _impl_.heartbeat_interval_ = nullptr;
+}
+WatchEntitlementsRequest::WatchEntitlementsRequest(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.WatchEntitlementsRequest)
+}
+WatchEntitlementsRequest::WatchEntitlementsRequest(const WatchEntitlementsRequest& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  WatchEntitlementsRequest* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.add_user_ids_){from._impl_.add_user_ids_}
+    , decltype(_impl_.remove_user_ids_){from._impl_.remove_user_ids_}
+    , decltype(_impl_.cursor_){}
+    , decltype(_impl_.heartbeat_interval_){nullptr}
+    , decltype(_impl_.project_id_){}
+    , decltype(_impl_.all_players_){}
+    , decltype(_impl_.snapshot_){}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _impl_.cursor_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.cursor_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_cursor().empty()) {
+    _this->_impl_.cursor_.Set(from._internal_cursor(), 
+      _this->GetArenaForAllocation());
+  }
+  if (from._internal_has_heartbeat_interval()) {
+    _this->_impl_.heartbeat_interval_ = new ::PROTOBUF_NAMESPACE_ID::Duration(*from._impl_.heartbeat_interval_);
+  }
+  ::memcpy(&_impl_.project_id_, &from._impl_.project_id_,
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.snapshot_) -
+    reinterpret_cast<char*>(&_impl_.project_id_)) + sizeof(_impl_.snapshot_));
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.WatchEntitlementsRequest)
+}
+
+inline void WatchEntitlementsRequest::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.add_user_ids_){arena}
+    , decltype(_impl_.remove_user_ids_){arena}
+    , decltype(_impl_.cursor_){}
+    , decltype(_impl_.heartbeat_interval_){nullptr}
+    , decltype(_impl_.project_id_){int64_t{0}}
+    , decltype(_impl_.all_players_){false}
+    , decltype(_impl_.snapshot_){false}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+  _impl_.cursor_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.cursor_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+}
+
+WatchEntitlementsRequest::~WatchEntitlementsRequest() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.WatchEntitlementsRequest)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void WatchEntitlementsRequest::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.add_user_ids_.~RepeatedPtrField();
+  _impl_.remove_user_ids_.~RepeatedPtrField();
+  _impl_.cursor_.Destroy();
+  if (this != internal_default_instance()) delete _impl_.heartbeat_interval_;
+}
+
+void WatchEntitlementsRequest::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void WatchEntitlementsRequest::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.WatchEntitlementsRequest)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.add_user_ids_.Clear();
+  _impl_.remove_user_ids_.Clear();
+  _impl_.cursor_.ClearToEmpty();
+  if (GetArenaForAllocation() == nullptr && _impl_.heartbeat_interval_ != nullptr) {
+    delete _impl_.heartbeat_interval_;
+  }
+  _impl_.heartbeat_interval_ = nullptr;
+  ::memset(&_impl_.project_id_, 0, static_cast<size_t>(
+      reinterpret_cast<char*>(&_impl_.snapshot_) -
+      reinterpret_cast<char*>(&_impl_.project_id_)) + sizeof(_impl_.snapshot_));
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* WatchEntitlementsRequest::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // int64 project_id = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 8)) {
+          _impl_.project_id_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // string cursor = 2;
+      case 2:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 18)) {
+          auto str = _internal_mutable_cursor();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.WatchEntitlementsRequest.cursor"));
+        } else
+          goto handle_unusual;
+        continue;
+      // bool all_players = 3;
+      case 3:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 24)) {
+          _impl_.all_players_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // repeated string add_user_ids = 4;
+      case 4:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 34)) {
+          ptr -= 1;
+          do {
+            ptr += 1;
+            auto str = _internal_add_add_user_ids();
+            ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+            CHK_(ptr);
+            CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.WatchEntitlementsRequest.add_user_ids"));
+            if (!ctx->DataAvailable(ptr)) break;
+          } while (::PROTOBUF_NAMESPACE_ID::internal::ExpectTag<34>(ptr));
+        } else
+          goto handle_unusual;
+        continue;
+      // repeated string remove_user_ids = 5;
+      case 5:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 42)) {
+          ptr -= 1;
+          do {
+            ptr += 1;
+            auto str = _internal_add_remove_user_ids();
+            ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+            CHK_(ptr);
+            CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.WatchEntitlementsRequest.remove_user_ids"));
+            if (!ctx->DataAvailable(ptr)) break;
+          } while (::PROTOBUF_NAMESPACE_ID::internal::ExpectTag<42>(ptr));
+        } else
+          goto handle_unusual;
+        continue;
+      // bool snapshot = 6;
+      case 6:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 48)) {
+          _impl_.snapshot_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // .google.protobuf.Duration heartbeat_interval = 7;
+      case 7:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 58)) {
+          ptr = ctx->ParseMessage(_internal_mutable_heartbeat_interval(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* WatchEntitlementsRequest::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.WatchEntitlementsRequest)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // int64 project_id = 1;
+  if (this->_internal_project_id() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteInt64ToArray(1, this->_internal_project_id(), target);
+  }
+
+  // string cursor = 2;
+  if (!this->_internal_cursor().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_cursor().data(), static_cast<int>(this->_internal_cursor().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.WatchEntitlementsRequest.cursor");
+    target = stream->WriteStringMaybeAliased(
+        2, this->_internal_cursor(), target);
+  }
+
+  // bool all_players = 3;
+  if (this->_internal_all_players() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteBoolToArray(3, this->_internal_all_players(), target);
+  }
+
+  // repeated string add_user_ids = 4;
+  for (int i = 0, n = this->_internal_add_user_ids_size(); i < n; i++) {
+    const auto& s = this->_internal_add_user_ids(i);
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      s.data(), static_cast<int>(s.length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.WatchEntitlementsRequest.add_user_ids");
+    target = stream->WriteString(4, s, target);
+  }
+
+  // repeated string remove_user_ids = 5;
+  for (int i = 0, n = this->_internal_remove_user_ids_size(); i < n; i++) {
+    const auto& s = this->_internal_remove_user_ids(i);
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      s.data(), static_cast<int>(s.length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.WatchEntitlementsRequest.remove_user_ids");
+    target = stream->WriteString(5, s, target);
+  }
+
+  // bool snapshot = 6;
+  if (this->_internal_snapshot() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteBoolToArray(6, this->_internal_snapshot(), target);
+  }
+
+  // .google.protobuf.Duration heartbeat_interval = 7;
+  if (this->_internal_has_heartbeat_interval()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(7, _Internal::heartbeat_interval(this),
+        _Internal::heartbeat_interval(this).GetCachedSize(), target, stream);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.WatchEntitlementsRequest)
+  return target;
+}
+
+size_t WatchEntitlementsRequest::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.WatchEntitlementsRequest)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // repeated string add_user_ids = 4;
+  total_size += 1 *
+      ::PROTOBUF_NAMESPACE_ID::internal::FromIntSize(_impl_.add_user_ids_.size());
+  for (int i = 0, n = _impl_.add_user_ids_.size(); i < n; i++) {
+    total_size += ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+      _impl_.add_user_ids_.Get(i));
+  }
+
+  // repeated string remove_user_ids = 5;
+  total_size += 1 *
+      ::PROTOBUF_NAMESPACE_ID::internal::FromIntSize(_impl_.remove_user_ids_.size());
+  for (int i = 0, n = _impl_.remove_user_ids_.size(); i < n; i++) {
+    total_size += ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+      _impl_.remove_user_ids_.Get(i));
+  }
+
+  // string cursor = 2;
+  if (!this->_internal_cursor().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_cursor());
+  }
+
+  // .google.protobuf.Duration heartbeat_interval = 7;
+  if (this->_internal_has_heartbeat_interval()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+        *_impl_.heartbeat_interval_);
+  }
+
+  // int64 project_id = 1;
+  if (this->_internal_project_id() != 0) {
+    total_size += ::_pbi::WireFormatLite::Int64SizePlusOne(this->_internal_project_id());
+  }
+
+  // bool all_players = 3;
+  if (this->_internal_all_players() != 0) {
+    total_size += 1 + 1;
+  }
+
+  // bool snapshot = 6;
+  if (this->_internal_snapshot() != 0) {
+    total_size += 1 + 1;
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData WatchEntitlementsRequest::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    WatchEntitlementsRequest::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*WatchEntitlementsRequest::GetClassData() const { return &_class_data_; }
+
+
+void WatchEntitlementsRequest::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<WatchEntitlementsRequest*>(&to_msg);
+  auto& from = static_cast<const WatchEntitlementsRequest&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.WatchEntitlementsRequest)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  _this->_impl_.add_user_ids_.MergeFrom(from._impl_.add_user_ids_);
+  _this->_impl_.remove_user_ids_.MergeFrom(from._impl_.remove_user_ids_);
+  if (!from._internal_cursor().empty()) {
+    _this->_internal_set_cursor(from._internal_cursor());
+  }
+  if (from._internal_has_heartbeat_interval()) {
+    _this->_internal_mutable_heartbeat_interval()->::PROTOBUF_NAMESPACE_ID::Duration::MergeFrom(
+        from._internal_heartbeat_interval());
+  }
+  if (from._internal_project_id() != 0) {
+    _this->_internal_set_project_id(from._internal_project_id());
+  }
+  if (from._internal_all_players() != 0) {
+    _this->_internal_set_all_players(from._internal_all_players());
+  }
+  if (from._internal_snapshot() != 0) {
+    _this->_internal_set_snapshot(from._internal_snapshot());
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void WatchEntitlementsRequest::CopyFrom(const WatchEntitlementsRequest& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.WatchEntitlementsRequest)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool WatchEntitlementsRequest::IsInitialized() const {
+  return true;
+}
+
+void WatchEntitlementsRequest::InternalSwap(WatchEntitlementsRequest* other) {
+  using std::swap;
+  auto* lhs_arena = GetArenaForAllocation();
+  auto* rhs_arena = other->GetArenaForAllocation();
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  _impl_.add_user_ids_.InternalSwap(&other->_impl_.add_user_ids_);
+  _impl_.remove_user_ids_.InternalSwap(&other->_impl_.remove_user_ids_);
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.cursor_, lhs_arena,
+      &other->_impl_.cursor_, rhs_arena
+  );
+  ::PROTOBUF_NAMESPACE_ID::internal::memswap<
+      PROTOBUF_FIELD_OFFSET(WatchEntitlementsRequest, _impl_.snapshot_)
+      + sizeof(WatchEntitlementsRequest::_impl_.snapshot_)
+      - PROTOBUF_FIELD_OFFSET(WatchEntitlementsRequest, _impl_.heartbeat_interval_)>(
+          reinterpret_cast<char*>(&_impl_.heartbeat_interval_),
+          reinterpret_cast<char*>(&other->_impl_.heartbeat_interval_));
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata WatchEntitlementsRequest::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[24]);
+}
+
+// ===================================================================
+
+class WatchEntitlementsResponse::_Internal {
+ public:
+  static const ::entitlements::v1::EntitlementChange& change(const WatchEntitlementsResponse* msg);
+  static const ::entitlements::v1::PlayerSnapshot& snapshot(const WatchEntitlementsResponse* msg);
+  static const ::entitlements::v1::Heartbeat& heartbeat(const WatchEntitlementsResponse* msg);
+};
+
+const ::entitlements::v1::EntitlementChange&
+WatchEntitlementsResponse::_Internal::change(const WatchEntitlementsResponse* msg) {
+  return *msg->_impl_.event_.change_;
+}
+const ::entitlements::v1::PlayerSnapshot&
+WatchEntitlementsResponse::_Internal::snapshot(const WatchEntitlementsResponse* msg) {
+  return *msg->_impl_.event_.snapshot_;
+}
+const ::entitlements::v1::Heartbeat&
+WatchEntitlementsResponse::_Internal::heartbeat(const WatchEntitlementsResponse* msg) {
+  return *msg->_impl_.event_.heartbeat_;
+}
+void WatchEntitlementsResponse::set_allocated_change(::entitlements::v1::EntitlementChange* change) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  clear_event();
+  if (change) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+      ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(change);
+    if (message_arena != submessage_arena) {
+      change = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, change, submessage_arena);
+    }
+    set_has_change();
+    _impl_.event_.change_ = change;
+  }
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.WatchEntitlementsResponse.change)
+}
+void WatchEntitlementsResponse::set_allocated_snapshot(::entitlements::v1::PlayerSnapshot* snapshot) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  clear_event();
+  if (snapshot) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+      ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(snapshot);
+    if (message_arena != submessage_arena) {
+      snapshot = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, snapshot, submessage_arena);
+    }
+    set_has_snapshot();
+    _impl_.event_.snapshot_ = snapshot;
+  }
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.WatchEntitlementsResponse.snapshot)
+}
+void WatchEntitlementsResponse::set_allocated_heartbeat(::entitlements::v1::Heartbeat* heartbeat) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  clear_event();
+  if (heartbeat) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+      ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(heartbeat);
+    if (message_arena != submessage_arena) {
+      heartbeat = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, heartbeat, submessage_arena);
+    }
+    set_has_heartbeat();
+    _impl_.event_.heartbeat_ = heartbeat;
+  }
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.WatchEntitlementsResponse.heartbeat)
+}
+WatchEntitlementsResponse::WatchEntitlementsResponse(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.WatchEntitlementsResponse)
+}
+WatchEntitlementsResponse::WatchEntitlementsResponse(const WatchEntitlementsResponse& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  WatchEntitlementsResponse* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.cursor_){}
+    , decltype(_impl_.event_){}
+    , /*decltype(_impl_._cached_size_)*/{}
+    , /*decltype(_impl_._oneof_case_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _impl_.cursor_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.cursor_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_cursor().empty()) {
+    _this->_impl_.cursor_.Set(from._internal_cursor(), 
+      _this->GetArenaForAllocation());
+  }
+  clear_has_event();
+  switch (from.event_case()) {
+    case kChange: {
+      _this->_internal_mutable_change()->::entitlements::v1::EntitlementChange::MergeFrom(
+          from._internal_change());
+      break;
+    }
+    case kSnapshot: {
+      _this->_internal_mutable_snapshot()->::entitlements::v1::PlayerSnapshot::MergeFrom(
+          from._internal_snapshot());
+      break;
+    }
+    case kHeartbeat: {
+      _this->_internal_mutable_heartbeat()->::entitlements::v1::Heartbeat::MergeFrom(
+          from._internal_heartbeat());
+      break;
+    }
+    case EVENT_NOT_SET: {
+      break;
+    }
+  }
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.WatchEntitlementsResponse)
+}
+
+inline void WatchEntitlementsResponse::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.cursor_){}
+    , decltype(_impl_.event_){}
+    , /*decltype(_impl_._cached_size_)*/{}
+    , /*decltype(_impl_._oneof_case_)*/{}
+  };
+  _impl_.cursor_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.cursor_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  clear_has_event();
+}
+
+WatchEntitlementsResponse::~WatchEntitlementsResponse() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.WatchEntitlementsResponse)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void WatchEntitlementsResponse::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.cursor_.Destroy();
+  if (has_event()) {
+    clear_event();
+  }
+}
+
+void WatchEntitlementsResponse::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void WatchEntitlementsResponse::clear_event() {
+// @@protoc_insertion_point(one_of_clear_start:entitlements.v1.WatchEntitlementsResponse)
+  switch (event_case()) {
+    case kChange: {
+      if (GetArenaForAllocation() == nullptr) {
+        delete _impl_.event_.change_;
+      }
+      break;
+    }
+    case kSnapshot: {
+      if (GetArenaForAllocation() == nullptr) {
+        delete _impl_.event_.snapshot_;
+      }
+      break;
+    }
+    case kHeartbeat: {
+      if (GetArenaForAllocation() == nullptr) {
+        delete _impl_.event_.heartbeat_;
+      }
+      break;
+    }
+    case EVENT_NOT_SET: {
+      break;
+    }
+  }
+  _impl_._oneof_case_[0] = EVENT_NOT_SET;
+}
+
+
+void WatchEntitlementsResponse::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.WatchEntitlementsResponse)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.cursor_.ClearToEmpty();
+  clear_event();
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* WatchEntitlementsResponse::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // .entitlements.v1.EntitlementChange change = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          ptr = ctx->ParseMessage(_internal_mutable_change(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // .entitlements.v1.PlayerSnapshot snapshot = 2;
+      case 2:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 18)) {
+          ptr = ctx->ParseMessage(_internal_mutable_snapshot(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // .entitlements.v1.Heartbeat heartbeat = 3;
+      case 3:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 26)) {
+          ptr = ctx->ParseMessage(_internal_mutable_heartbeat(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // string cursor = 4;
+      case 4:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 34)) {
+          auto str = _internal_mutable_cursor();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.WatchEntitlementsResponse.cursor"));
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* WatchEntitlementsResponse::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.WatchEntitlementsResponse)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // .entitlements.v1.EntitlementChange change = 1;
+  if (_internal_has_change()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(1, _Internal::change(this),
+        _Internal::change(this).GetCachedSize(), target, stream);
+  }
+
+  // .entitlements.v1.PlayerSnapshot snapshot = 2;
+  if (_internal_has_snapshot()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(2, _Internal::snapshot(this),
+        _Internal::snapshot(this).GetCachedSize(), target, stream);
+  }
+
+  // .entitlements.v1.Heartbeat heartbeat = 3;
+  if (_internal_has_heartbeat()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(3, _Internal::heartbeat(this),
+        _Internal::heartbeat(this).GetCachedSize(), target, stream);
+  }
+
+  // string cursor = 4;
+  if (!this->_internal_cursor().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_cursor().data(), static_cast<int>(this->_internal_cursor().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.WatchEntitlementsResponse.cursor");
+    target = stream->WriteStringMaybeAliased(
+        4, this->_internal_cursor(), target);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.WatchEntitlementsResponse)
+  return target;
+}
+
+size_t WatchEntitlementsResponse::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.WatchEntitlementsResponse)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // string cursor = 4;
+  if (!this->_internal_cursor().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_cursor());
+  }
+
+  switch (event_case()) {
+    // .entitlements.v1.EntitlementChange change = 1;
+    case kChange: {
+      total_size += 1 +
+        ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+          *_impl_.event_.change_);
+      break;
+    }
+    // .entitlements.v1.PlayerSnapshot snapshot = 2;
+    case kSnapshot: {
+      total_size += 1 +
+        ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+          *_impl_.event_.snapshot_);
+      break;
+    }
+    // .entitlements.v1.Heartbeat heartbeat = 3;
+    case kHeartbeat: {
+      total_size += 1 +
+        ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+          *_impl_.event_.heartbeat_);
+      break;
+    }
+    case EVENT_NOT_SET: {
+      break;
+    }
+  }
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData WatchEntitlementsResponse::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    WatchEntitlementsResponse::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*WatchEntitlementsResponse::GetClassData() const { return &_class_data_; }
+
+
+void WatchEntitlementsResponse::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<WatchEntitlementsResponse*>(&to_msg);
+  auto& from = static_cast<const WatchEntitlementsResponse&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.WatchEntitlementsResponse)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  if (!from._internal_cursor().empty()) {
+    _this->_internal_set_cursor(from._internal_cursor());
+  }
+  switch (from.event_case()) {
+    case kChange: {
+      _this->_internal_mutable_change()->::entitlements::v1::EntitlementChange::MergeFrom(
+          from._internal_change());
+      break;
+    }
+    case kSnapshot: {
+      _this->_internal_mutable_snapshot()->::entitlements::v1::PlayerSnapshot::MergeFrom(
+          from._internal_snapshot());
+      break;
+    }
+    case kHeartbeat: {
+      _this->_internal_mutable_heartbeat()->::entitlements::v1::Heartbeat::MergeFrom(
+          from._internal_heartbeat());
+      break;
+    }
+    case EVENT_NOT_SET: {
+      break;
+    }
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void WatchEntitlementsResponse::CopyFrom(const WatchEntitlementsResponse& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.WatchEntitlementsResponse)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool WatchEntitlementsResponse::IsInitialized() const {
+  return true;
+}
+
+void WatchEntitlementsResponse::InternalSwap(WatchEntitlementsResponse* other) {
+  using std::swap;
+  auto* lhs_arena = GetArenaForAllocation();
+  auto* rhs_arena = other->GetArenaForAllocation();
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.cursor_, lhs_arena,
+      &other->_impl_.cursor_, rhs_arena
+  );
+  swap(_impl_.event_, other->_impl_.event_);
+  swap(_impl_._oneof_case_[0], other->_impl_._oneof_case_[0]);
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata WatchEntitlementsResponse::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[25]);
+}
+
+// ===================================================================
+
+class EntitlementChange::_Internal {
+ public:
+  static const ::entitlements::v1::Entitlement& entitlement(const EntitlementChange* msg);
+  static const ::PROTOBUF_NAMESPACE_ID::Timestamp& changed_at(const EntitlementChange* msg);
+};
+
+const ::entitlements::v1::Entitlement&
+EntitlementChange::_Internal::entitlement(const EntitlementChange* msg) {
+  return *msg->_impl_.entitlement_;
+}
+const ::PROTOBUF_NAMESPACE_ID::Timestamp&
+EntitlementChange::_Internal::changed_at(const EntitlementChange* msg) {
+  return *msg->_impl_.changed_at_;
+}
+void EntitlementChange::clear_changed_at() {
+  if (GetArenaForAllocation() == nullptr && _impl_.changed_at_ != nullptr) {
+    delete _impl_.changed_at_;
+  }
+  _impl_.changed_at_ = nullptr;
+}
+EntitlementChange::EntitlementChange(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.EntitlementChange)
+}
+EntitlementChange::EntitlementChange(const EntitlementChange& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  EntitlementChange* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.user_id_){}
+    , decltype(_impl_.sku_){}
+    , decltype(_impl_.operation_){}
+    , decltype(_impl_.entitlement_){nullptr}
+    , decltype(_impl_.changed_at_){nullptr}
+    , decltype(_impl_.version_){}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _impl_.user_id_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_user_id().empty()) {
+    _this->_impl_.user_id_.Set(from._internal_user_id(), 
+      _this->GetArenaForAllocation());
+  }
+  _impl_.sku_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.sku_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_sku().empty()) {
+    _this->_impl_.sku_.Set(from._internal_sku(), 
+      _this->GetArenaForAllocation());
+  }
+  _impl_.operation_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.operation_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_operation().empty()) {
+    _this->_impl_.operation_.Set(from._internal_operation(), 
+      _this->GetArenaForAllocation());
+  }
+  if (from._internal_has_entitlement()) {
+    _this->_impl_.entitlement_ = new ::entitlements::v1::Entitlement(*from._impl_.entitlement_);
+  }
+  if (from._internal_has_changed_at()) {
+    _this->_impl_.changed_at_ = new ::PROTOBUF_NAMESPACE_ID::Timestamp(*from._impl_.changed_at_);
+  }
+  _this->_impl_.version_ = from._impl_.version_;
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.EntitlementChange)
+}
+
+inline void EntitlementChange::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.user_id_){}
+    , decltype(_impl_.sku_){}
+    , decltype(_impl_.operation_){}
+    , decltype(_impl_.entitlement_){nullptr}
+    , decltype(_impl_.changed_at_){nullptr}
+    , decltype(_impl_.version_){int64_t{0}}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+  _impl_.user_id_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  _impl_.sku_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.sku_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  _impl_.operation_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.operation_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+}
+
+EntitlementChange::~EntitlementChange() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.EntitlementChange)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void EntitlementChange::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.user_id_.Destroy();
+  _impl_.sku_.Destroy();
+  _impl_.operation_.Destroy();
+  if (this != internal_default_instance()) delete _impl_.entitlement_;
+  if (this != internal_default_instance()) delete _impl_.changed_at_;
+}
+
+void EntitlementChange::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void EntitlementChange::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.EntitlementChange)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.user_id_.ClearToEmpty();
+  _impl_.sku_.ClearToEmpty();
+  _impl_.operation_.ClearToEmpty();
+  if (GetArenaForAllocation() == nullptr && _impl_.entitlement_ != nullptr) {
+    delete _impl_.entitlement_;
+  }
+  _impl_.entitlement_ = nullptr;
+  if (GetArenaForAllocation() == nullptr && _impl_.changed_at_ != nullptr) {
+    delete _impl_.changed_at_;
+  }
+  _impl_.changed_at_ = nullptr;
+  _impl_.version_ = int64_t{0};
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* EntitlementChange::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // string user_id = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          auto str = _internal_mutable_user_id();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.EntitlementChange.user_id"));
+        } else
+          goto handle_unusual;
+        continue;
+      // string sku = 2;
+      case 2:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 18)) {
+          auto str = _internal_mutable_sku();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.EntitlementChange.sku"));
+        } else
+          goto handle_unusual;
+        continue;
+      // .entitlements.v1.Entitlement entitlement = 3;
+      case 3:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 26)) {
+          ptr = ctx->ParseMessage(_internal_mutable_entitlement(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // int64 version = 4;
+      case 4:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 32)) {
+          _impl_.version_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // string operation = 5;
+      case 5:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 42)) {
+          auto str = _internal_mutable_operation();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.EntitlementChange.operation"));
+        } else
+          goto handle_unusual;
+        continue;
+      // .google.protobuf.Timestamp changed_at = 6;
+      case 6:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 50)) {
+          ptr = ctx->ParseMessage(_internal_mutable_changed_at(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* EntitlementChange::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.EntitlementChange)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // string user_id = 1;
+  if (!this->_internal_user_id().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_user_id().data(), static_cast<int>(this->_internal_user_id().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.EntitlementChange.user_id");
+    target = stream->WriteStringMaybeAliased(
+        1, this->_internal_user_id(), target);
+  }
+
+  // string sku = 2;
+  if (!this->_internal_sku().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_sku().data(), static_cast<int>(this->_internal_sku().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.EntitlementChange.sku");
+    target = stream->WriteStringMaybeAliased(
+        2, this->_internal_sku(), target);
+  }
+
+  // .entitlements.v1.Entitlement entitlement = 3;
+  if (this->_internal_has_entitlement()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(3, _Internal::entitlement(this),
+        _Internal::entitlement(this).GetCachedSize(), target, stream);
+  }
+
+  // int64 version = 4;
+  if (this->_internal_version() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteInt64ToArray(4, this->_internal_version(), target);
+  }
+
+  // string operation = 5;
+  if (!this->_internal_operation().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_operation().data(), static_cast<int>(this->_internal_operation().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.EntitlementChange.operation");
+    target = stream->WriteStringMaybeAliased(
+        5, this->_internal_operation(), target);
+  }
+
+  // .google.protobuf.Timestamp changed_at = 6;
+  if (this->_internal_has_changed_at()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(6, _Internal::changed_at(this),
+        _Internal::changed_at(this).GetCachedSize(), target, stream);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.EntitlementChange)
+  return target;
+}
+
+size_t EntitlementChange::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.EntitlementChange)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // string user_id = 1;
+  if (!this->_internal_user_id().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_user_id());
+  }
+
+  // string sku = 2;
+  if (!this->_internal_sku().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_sku());
+  }
+
+  // string operation = 5;
+  if (!this->_internal_operation().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_operation());
+  }
+
+  // .entitlements.v1.Entitlement entitlement = 3;
+  if (this->_internal_has_entitlement()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+        *_impl_.entitlement_);
+  }
+
+  // .google.protobuf.Timestamp changed_at = 6;
+  if (this->_internal_has_changed_at()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+        *_impl_.changed_at_);
+  }
+
+  // int64 version = 4;
+  if (this->_internal_version() != 0) {
+    total_size += ::_pbi::WireFormatLite::Int64SizePlusOne(this->_internal_version());
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData EntitlementChange::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    EntitlementChange::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*EntitlementChange::GetClassData() const { return &_class_data_; }
+
+
+void EntitlementChange::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<EntitlementChange*>(&to_msg);
+  auto& from = static_cast<const EntitlementChange&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.EntitlementChange)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  if (!from._internal_user_id().empty()) {
+    _this->_internal_set_user_id(from._internal_user_id());
+  }
+  if (!from._internal_sku().empty()) {
+    _this->_internal_set_sku(from._internal_sku());
+  }
+  if (!from._internal_operation().empty()) {
+    _this->_internal_set_operation(from._internal_operation());
+  }
+  if (from._internal_has_entitlement()) {
+    _this->_internal_mutable_entitlement()->::entitlements::v1::Entitlement::MergeFrom(
+        from._internal_entitlement());
+  }
+  if (from._internal_has_changed_at()) {
+    _this->_internal_mutable_changed_at()->::PROTOBUF_NAMESPACE_ID::Timestamp::MergeFrom(
+        from._internal_changed_at());
+  }
+  if (from._internal_version() != 0) {
+    _this->_internal_set_version(from._internal_version());
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void EntitlementChange::CopyFrom(const EntitlementChange& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.EntitlementChange)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool EntitlementChange::IsInitialized() const {
+  return true;
+}
+
+void EntitlementChange::InternalSwap(EntitlementChange* other) {
+  using std::swap;
+  auto* lhs_arena = GetArenaForAllocation();
+  auto* rhs_arena = other->GetArenaForAllocation();
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.user_id_, lhs_arena,
+      &other->_impl_.user_id_, rhs_arena
+  );
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.sku_, lhs_arena,
+      &other->_impl_.sku_, rhs_arena
+  );
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.operation_, lhs_arena,
+      &other->_impl_.operation_, rhs_arena
+  );
+  ::PROTOBUF_NAMESPACE_ID::internal::memswap<
+      PROTOBUF_FIELD_OFFSET(EntitlementChange, _impl_.version_)
+      + sizeof(EntitlementChange::_impl_.version_)
+      - PROTOBUF_FIELD_OFFSET(EntitlementChange, _impl_.entitlement_)>(
+          reinterpret_cast<char*>(&_impl_.entitlement_),
+          reinterpret_cast<char*>(&other->_impl_.entitlement_));
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata EntitlementChange::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[26]);
+}
+
+// ===================================================================
+
+class PlayerSnapshot::_Internal {
+ public:
+};
+
+PlayerSnapshot::PlayerSnapshot(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.PlayerSnapshot)
+}
+PlayerSnapshot::PlayerSnapshot(const PlayerSnapshot& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  PlayerSnapshot* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.entitlements_){from._impl_.entitlements_}
+    , decltype(_impl_.user_id_){}
+    , decltype(_impl_.version_){}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _impl_.user_id_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (!from._internal_user_id().empty()) {
+    _this->_impl_.user_id_.Set(from._internal_user_id(), 
+      _this->GetArenaForAllocation());
+  }
+  _this->_impl_.version_ = from._impl_.version_;
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.PlayerSnapshot)
+}
+
+inline void PlayerSnapshot::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.entitlements_){arena}
+    , decltype(_impl_.user_id_){}
+    , decltype(_impl_.version_){int64_t{0}}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+  _impl_.user_id_.InitDefault();
+  #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+}
+
+PlayerSnapshot::~PlayerSnapshot() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.PlayerSnapshot)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void PlayerSnapshot::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  _impl_.entitlements_.~RepeatedPtrField();
+  _impl_.user_id_.Destroy();
+}
+
+void PlayerSnapshot::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void PlayerSnapshot::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.PlayerSnapshot)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  _impl_.entitlements_.Clear();
+  _impl_.user_id_.ClearToEmpty();
+  _impl_.version_ = int64_t{0};
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* PlayerSnapshot::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // string user_id = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          auto str = _internal_mutable_user_id();
+          ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
+          CHK_(ptr);
+          CHK_(::_pbi::VerifyUTF8(str, "entitlements.v1.PlayerSnapshot.user_id"));
+        } else
+          goto handle_unusual;
+        continue;
+      // repeated .entitlements.v1.Entitlement entitlements = 2;
+      case 2:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 18)) {
+          ptr -= 1;
+          do {
+            ptr += 1;
+            ptr = ctx->ParseMessage(_internal_add_entitlements(), ptr);
+            CHK_(ptr);
+            if (!ctx->DataAvailable(ptr)) break;
+          } while (::PROTOBUF_NAMESPACE_ID::internal::ExpectTag<18>(ptr));
+        } else
+          goto handle_unusual;
+        continue;
+      // int64 version = 3;
+      case 3:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 24)) {
+          _impl_.version_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* PlayerSnapshot::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.PlayerSnapshot)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // string user_id = 1;
+  if (!this->_internal_user_id().empty()) {
+    ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::VerifyUtf8String(
+      this->_internal_user_id().data(), static_cast<int>(this->_internal_user_id().length()),
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::SERIALIZE,
+      "entitlements.v1.PlayerSnapshot.user_id");
+    target = stream->WriteStringMaybeAliased(
+        1, this->_internal_user_id(), target);
+  }
+
+  // repeated .entitlements.v1.Entitlement entitlements = 2;
+  for (unsigned i = 0,
+      n = static_cast<unsigned>(this->_internal_entitlements_size()); i < n; i++) {
+    const auto& repfield = this->_internal_entitlements(i);
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+        InternalWriteMessage(2, repfield, repfield.GetCachedSize(), target, stream);
+  }
+
+  // int64 version = 3;
+  if (this->_internal_version() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteInt64ToArray(3, this->_internal_version(), target);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.PlayerSnapshot)
+  return target;
+}
+
+size_t PlayerSnapshot::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.PlayerSnapshot)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // repeated .entitlements.v1.Entitlement entitlements = 2;
+  total_size += 1UL * this->_internal_entitlements_size();
+  for (const auto& msg : this->_impl_.entitlements_) {
+    total_size +=
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(msg);
+  }
+
+  // string user_id = 1;
+  if (!this->_internal_user_id().empty()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
+        this->_internal_user_id());
+  }
+
+  // int64 version = 3;
+  if (this->_internal_version() != 0) {
+    total_size += ::_pbi::WireFormatLite::Int64SizePlusOne(this->_internal_version());
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData PlayerSnapshot::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    PlayerSnapshot::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*PlayerSnapshot::GetClassData() const { return &_class_data_; }
+
+
+void PlayerSnapshot::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<PlayerSnapshot*>(&to_msg);
+  auto& from = static_cast<const PlayerSnapshot&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.PlayerSnapshot)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  _this->_impl_.entitlements_.MergeFrom(from._impl_.entitlements_);
+  if (!from._internal_user_id().empty()) {
+    _this->_internal_set_user_id(from._internal_user_id());
+  }
+  if (from._internal_version() != 0) {
+    _this->_internal_set_version(from._internal_version());
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void PlayerSnapshot::CopyFrom(const PlayerSnapshot& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.PlayerSnapshot)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool PlayerSnapshot::IsInitialized() const {
+  return true;
+}
+
+void PlayerSnapshot::InternalSwap(PlayerSnapshot* other) {
+  using std::swap;
+  auto* lhs_arena = GetArenaForAllocation();
+  auto* rhs_arena = other->GetArenaForAllocation();
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  _impl_.entitlements_.InternalSwap(&other->_impl_.entitlements_);
+  ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
+      &_impl_.user_id_, lhs_arena,
+      &other->_impl_.user_id_, rhs_arena
+  );
+  swap(_impl_.version_, other->_impl_.version_);
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata PlayerSnapshot::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[27]);
+}
+
+// ===================================================================
+
+class Heartbeat::_Internal {
+ public:
+  static const ::PROTOBUF_NAMESPACE_ID::Timestamp& sent_at(const Heartbeat* msg);
+};
+
+const ::PROTOBUF_NAMESPACE_ID::Timestamp&
+Heartbeat::_Internal::sent_at(const Heartbeat* msg) {
+  return *msg->_impl_.sent_at_;
+}
+void Heartbeat::clear_sent_at() {
+  if (GetArenaForAllocation() == nullptr && _impl_.sent_at_ != nullptr) {
+    delete _impl_.sent_at_;
+  }
+  _impl_.sent_at_ = nullptr;
+}
+Heartbeat::Heartbeat(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                         bool is_message_owned)
+  : ::PROTOBUF_NAMESPACE_ID::Message(arena, is_message_owned) {
+  SharedCtor(arena, is_message_owned);
+  // @@protoc_insertion_point(arena_constructor:entitlements.v1.Heartbeat)
+}
+Heartbeat::Heartbeat(const Heartbeat& from)
+  : ::PROTOBUF_NAMESPACE_ID::Message() {
+  Heartbeat* const _this = this; (void)_this;
+  new (&_impl_) Impl_{
+      decltype(_impl_.sent_at_){nullptr}
+    , /*decltype(_impl_._cached_size_)*/{}};
+
+  _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  if (from._internal_has_sent_at()) {
+    _this->_impl_.sent_at_ = new ::PROTOBUF_NAMESPACE_ID::Timestamp(*from._impl_.sent_at_);
+  }
+  // @@protoc_insertion_point(copy_constructor:entitlements.v1.Heartbeat)
+}
+
+inline void Heartbeat::SharedCtor(
+    ::_pb::Arena* arena, bool is_message_owned) {
+  (void)arena;
+  (void)is_message_owned;
+  new (&_impl_) Impl_{
+      decltype(_impl_.sent_at_){nullptr}
+    , /*decltype(_impl_._cached_size_)*/{}
+  };
+}
+
+Heartbeat::~Heartbeat() {
+  // @@protoc_insertion_point(destructor:entitlements.v1.Heartbeat)
+  if (auto *arena = _internal_metadata_.DeleteReturnArena<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>()) {
+  (void)arena;
+    return;
+  }
+  SharedDtor();
+}
+
+inline void Heartbeat::SharedDtor() {
+  GOOGLE_DCHECK(GetArenaForAllocation() == nullptr);
+  if (this != internal_default_instance()) delete _impl_.sent_at_;
+}
+
+void Heartbeat::SetCachedSize(int size) const {
+  _impl_._cached_size_.Set(size);
+}
+
+void Heartbeat::Clear() {
+// @@protoc_insertion_point(message_clear_start:entitlements.v1.Heartbeat)
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  if (GetArenaForAllocation() == nullptr && _impl_.sent_at_ != nullptr) {
+    delete _impl_.sent_at_;
+  }
+  _impl_.sent_at_ = nullptr;
+  _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
+}
+
+const char* Heartbeat::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
+#define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  while (!ctx->Done(&ptr)) {
+    uint32_t tag;
+    ptr = ::_pbi::ReadTag(ptr, &tag);
+    switch (tag >> 3) {
+      // .google.protobuf.Timestamp sent_at = 1;
+      case 1:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 10)) {
+          ptr = ctx->ParseMessage(_internal_mutable_sent_at(), ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      default:
+        goto handle_unusual;
+    }  // switch
+  handle_unusual:
+    if ((tag == 0) || ((tag & 7) == 4)) {
+      CHK_(ptr);
+      ctx->SetLastTag(tag);
+      goto message_done;
+    }
+    ptr = UnknownFieldParse(
+        tag,
+        _internal_metadata_.mutable_unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(),
+        ptr, ctx);
+    CHK_(ptr != nullptr);
+  }  // while
+message_done:
+  return ptr;
+failure:
+  ptr = nullptr;
+  goto message_done;
+#undef CHK_
+}
+
+uint8_t* Heartbeat::_InternalSerialize(
+    uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const {
+  // @@protoc_insertion_point(serialize_to_array_start:entitlements.v1.Heartbeat)
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  // .google.protobuf.Timestamp sent_at = 1;
+  if (this->_internal_has_sent_at()) {
+    target = ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::
+      InternalWriteMessage(1, _Internal::sent_at(this),
+        _Internal::sent_at(this).GetCachedSize(), target, stream);
+  }
+
+  if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
+    target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
+        _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
+  }
+  // @@protoc_insertion_point(serialize_to_array_end:entitlements.v1.Heartbeat)
+  return target;
+}
+
+size_t Heartbeat::ByteSizeLong() const {
+// @@protoc_insertion_point(message_byte_size_start:entitlements.v1.Heartbeat)
+  size_t total_size = 0;
+
+  uint32_t cached_has_bits = 0;
+  // Prevent compiler warnings about cached_has_bits being unused
+  (void) cached_has_bits;
+
+  // .google.protobuf.Timestamp sent_at = 1;
+  if (this->_internal_has_sent_at()) {
+    total_size += 1 +
+      ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::MessageSize(
+        *_impl_.sent_at_);
+  }
+
+  return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
+}
+
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData Heartbeat::_class_data_ = {
+    ::PROTOBUF_NAMESPACE_ID::Message::CopyWithSourceCheck,
+    Heartbeat::MergeImpl
+};
+const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*Heartbeat::GetClassData() const { return &_class_data_; }
+
+
+void Heartbeat::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg) {
+  auto* const _this = static_cast<Heartbeat*>(&to_msg);
+  auto& from = static_cast<const Heartbeat&>(from_msg);
+  // @@protoc_insertion_point(class_specific_merge_from_start:entitlements.v1.Heartbeat)
+  GOOGLE_DCHECK_NE(&from, _this);
+  uint32_t cached_has_bits = 0;
+  (void) cached_has_bits;
+
+  if (from._internal_has_sent_at()) {
+    _this->_internal_mutable_sent_at()->::PROTOBUF_NAMESPACE_ID::Timestamp::MergeFrom(
+        from._internal_sent_at());
+  }
+  _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+}
+
+void Heartbeat::CopyFrom(const Heartbeat& from) {
+// @@protoc_insertion_point(class_specific_copy_from_start:entitlements.v1.Heartbeat)
+  if (&from == this) return;
+  Clear();
+  MergeFrom(from);
+}
+
+bool Heartbeat::IsInitialized() const {
+  return true;
+}
+
+void Heartbeat::InternalSwap(Heartbeat* other) {
+  using std::swap;
+  _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  swap(_impl_.sent_at_, other->_impl_.sent_at_);
+}
+
+::PROTOBUF_NAMESPACE_ID::Metadata Heartbeat::GetMetadata() const {
+  return ::_pbi::AssignDescriptors(
+      &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_getter, &descriptor_table_entitlements_2fv1_2fentitlements_2eproto_once,
+      file_level_metadata_entitlements_2fv1_2fentitlements_2eproto[28]);
 }
 
 // @@protoc_insertion_point(namespace_scope)
@@ -8150,6 +10757,18 @@ Arena::CreateMaybeMessage< ::entitlements::v1::CheckEntitlementRequest >(Arena* 
 template<> PROTOBUF_NOINLINE ::entitlements::v1::CheckEntitlementResponse*
 Arena::CreateMaybeMessage< ::entitlements::v1::CheckEntitlementResponse >(Arena* arena) {
   return Arena::CreateMessageInternal< ::entitlements::v1::CheckEntitlementResponse >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::CheckEntitlementsRequest_Check*
+Arena::CreateMaybeMessage< ::entitlements::v1::CheckEntitlementsRequest_Check >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::CheckEntitlementsRequest_Check >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::CheckEntitlementsRequest*
+Arena::CreateMaybeMessage< ::entitlements::v1::CheckEntitlementsRequest >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::CheckEntitlementsRequest >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::CheckEntitlementsResponse*
+Arena::CreateMaybeMessage< ::entitlements::v1::CheckEntitlementsResponse >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::CheckEntitlementsResponse >(arena);
 }
 template<> PROTOBUF_NOINLINE ::entitlements::v1::ListEntitlementsRequest*
 Arena::CreateMaybeMessage< ::entitlements::v1::ListEntitlementsRequest >(Arena* arena) {
@@ -8202,6 +10821,26 @@ Arena::CreateMaybeMessage< ::entitlements::v1::GetOrderStatusRequest >(Arena* ar
 template<> PROTOBUF_NOINLINE ::entitlements::v1::OrderStatusUpdate*
 Arena::CreateMaybeMessage< ::entitlements::v1::OrderStatusUpdate >(Arena* arena) {
   return Arena::CreateMessageInternal< ::entitlements::v1::OrderStatusUpdate >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::WatchEntitlementsRequest*
+Arena::CreateMaybeMessage< ::entitlements::v1::WatchEntitlementsRequest >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::WatchEntitlementsRequest >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::WatchEntitlementsResponse*
+Arena::CreateMaybeMessage< ::entitlements::v1::WatchEntitlementsResponse >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::WatchEntitlementsResponse >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::EntitlementChange*
+Arena::CreateMaybeMessage< ::entitlements::v1::EntitlementChange >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::EntitlementChange >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::PlayerSnapshot*
+Arena::CreateMaybeMessage< ::entitlements::v1::PlayerSnapshot >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::PlayerSnapshot >(arena);
+}
+template<> PROTOBUF_NOINLINE ::entitlements::v1::Heartbeat*
+Arena::CreateMaybeMessage< ::entitlements::v1::Heartbeat >(Arena* arena) {
+  return Arena::CreateMessageInternal< ::entitlements::v1::Heartbeat >(arena);
 }
 PROTOBUF_NAMESPACE_CLOSE
 

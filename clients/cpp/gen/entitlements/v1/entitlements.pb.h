@@ -62,9 +62,21 @@ extern CheckEntitlementRequestDefaultTypeInternal _CheckEntitlementRequest_defau
 class CheckEntitlementResponse;
 struct CheckEntitlementResponseDefaultTypeInternal;
 extern CheckEntitlementResponseDefaultTypeInternal _CheckEntitlementResponse_default_instance_;
+class CheckEntitlementsRequest;
+struct CheckEntitlementsRequestDefaultTypeInternal;
+extern CheckEntitlementsRequestDefaultTypeInternal _CheckEntitlementsRequest_default_instance_;
+class CheckEntitlementsRequest_Check;
+struct CheckEntitlementsRequest_CheckDefaultTypeInternal;
+extern CheckEntitlementsRequest_CheckDefaultTypeInternal _CheckEntitlementsRequest_Check_default_instance_;
+class CheckEntitlementsResponse;
+struct CheckEntitlementsResponseDefaultTypeInternal;
+extern CheckEntitlementsResponseDefaultTypeInternal _CheckEntitlementsResponse_default_instance_;
 class Entitlement;
 struct EntitlementDefaultTypeInternal;
 extern EntitlementDefaultTypeInternal _Entitlement_default_instance_;
+class EntitlementChange;
+struct EntitlementChangeDefaultTypeInternal;
+extern EntitlementChangeDefaultTypeInternal _EntitlementChange_default_instance_;
 class GetOrderStatusRequest;
 struct GetOrderStatusRequestDefaultTypeInternal;
 extern GetOrderStatusRequestDefaultTypeInternal _GetOrderStatusRequest_default_instance_;
@@ -77,6 +89,9 @@ extern GrantRequest_MetadataEntry_DoNotUseDefaultTypeInternal _GrantRequest_Meta
 class GrantResponse;
 struct GrantResponseDefaultTypeInternal;
 extern GrantResponseDefaultTypeInternal _GrantResponse_default_instance_;
+class Heartbeat;
+struct HeartbeatDefaultTypeInternal;
+extern HeartbeatDefaultTypeInternal _Heartbeat_default_instance_;
 class LedgerEntry;
 struct LedgerEntryDefaultTypeInternal;
 extern LedgerEntryDefaultTypeInternal _LedgerEntry_default_instance_;
@@ -107,6 +122,9 @@ extern OrderStatusUpdateDefaultTypeInternal _OrderStatusUpdate_default_instance_
 class Period;
 struct PeriodDefaultTypeInternal;
 extern PeriodDefaultTypeInternal _Period_default_instance_;
+class PlayerSnapshot;
+struct PlayerSnapshotDefaultTypeInternal;
+extern PlayerSnapshotDefaultTypeInternal _PlayerSnapshot_default_instance_;
 class RevokeRequest;
 struct RevokeRequestDefaultTypeInternal;
 extern RevokeRequestDefaultTypeInternal _RevokeRequest_default_instance_;
@@ -116,17 +134,28 @@ extern RevokeResponseDefaultTypeInternal _RevokeResponse_default_instance_;
 class Subscription;
 struct SubscriptionDefaultTypeInternal;
 extern SubscriptionDefaultTypeInternal _Subscription_default_instance_;
+class WatchEntitlementsRequest;
+struct WatchEntitlementsRequestDefaultTypeInternal;
+extern WatchEntitlementsRequestDefaultTypeInternal _WatchEntitlementsRequest_default_instance_;
+class WatchEntitlementsResponse;
+struct WatchEntitlementsResponseDefaultTypeInternal;
+extern WatchEntitlementsResponseDefaultTypeInternal _WatchEntitlementsResponse_default_instance_;
 }  // namespace v1
 }  // namespace entitlements
 PROTOBUF_NAMESPACE_OPEN
 template<> ::entitlements::v1::Charge* Arena::CreateMaybeMessage<::entitlements::v1::Charge>(Arena*);
 template<> ::entitlements::v1::CheckEntitlementRequest* Arena::CreateMaybeMessage<::entitlements::v1::CheckEntitlementRequest>(Arena*);
 template<> ::entitlements::v1::CheckEntitlementResponse* Arena::CreateMaybeMessage<::entitlements::v1::CheckEntitlementResponse>(Arena*);
+template<> ::entitlements::v1::CheckEntitlementsRequest* Arena::CreateMaybeMessage<::entitlements::v1::CheckEntitlementsRequest>(Arena*);
+template<> ::entitlements::v1::CheckEntitlementsRequest_Check* Arena::CreateMaybeMessage<::entitlements::v1::CheckEntitlementsRequest_Check>(Arena*);
+template<> ::entitlements::v1::CheckEntitlementsResponse* Arena::CreateMaybeMessage<::entitlements::v1::CheckEntitlementsResponse>(Arena*);
 template<> ::entitlements::v1::Entitlement* Arena::CreateMaybeMessage<::entitlements::v1::Entitlement>(Arena*);
+template<> ::entitlements::v1::EntitlementChange* Arena::CreateMaybeMessage<::entitlements::v1::EntitlementChange>(Arena*);
 template<> ::entitlements::v1::GetOrderStatusRequest* Arena::CreateMaybeMessage<::entitlements::v1::GetOrderStatusRequest>(Arena*);
 template<> ::entitlements::v1::GrantRequest* Arena::CreateMaybeMessage<::entitlements::v1::GrantRequest>(Arena*);
 template<> ::entitlements::v1::GrantRequest_MetadataEntry_DoNotUse* Arena::CreateMaybeMessage<::entitlements::v1::GrantRequest_MetadataEntry_DoNotUse>(Arena*);
 template<> ::entitlements::v1::GrantResponse* Arena::CreateMaybeMessage<::entitlements::v1::GrantResponse>(Arena*);
+template<> ::entitlements::v1::Heartbeat* Arena::CreateMaybeMessage<::entitlements::v1::Heartbeat>(Arena*);
 template<> ::entitlements::v1::LedgerEntry* Arena::CreateMaybeMessage<::entitlements::v1::LedgerEntry>(Arena*);
 template<> ::entitlements::v1::LedgerEntry_DetailsEntry_DoNotUse* Arena::CreateMaybeMessage<::entitlements::v1::LedgerEntry_DetailsEntry_DoNotUse>(Arena*);
 template<> ::entitlements::v1::ListEntitlementsRequest* Arena::CreateMaybeMessage<::entitlements::v1::ListEntitlementsRequest>(Arena*);
@@ -137,9 +166,12 @@ template<> ::entitlements::v1::ListSubscriptionsRequest* Arena::CreateMaybeMessa
 template<> ::entitlements::v1::ListSubscriptionsResponse* Arena::CreateMaybeMessage<::entitlements::v1::ListSubscriptionsResponse>(Arena*);
 template<> ::entitlements::v1::OrderStatusUpdate* Arena::CreateMaybeMessage<::entitlements::v1::OrderStatusUpdate>(Arena*);
 template<> ::entitlements::v1::Period* Arena::CreateMaybeMessage<::entitlements::v1::Period>(Arena*);
+template<> ::entitlements::v1::PlayerSnapshot* Arena::CreateMaybeMessage<::entitlements::v1::PlayerSnapshot>(Arena*);
 template<> ::entitlements::v1::RevokeRequest* Arena::CreateMaybeMessage<::entitlements::v1::RevokeRequest>(Arena*);
 template<> ::entitlements::v1::RevokeResponse* Arena::CreateMaybeMessage<::entitlements::v1::RevokeResponse>(Arena*);
 template<> ::entitlements::v1::Subscription* Arena::CreateMaybeMessage<::entitlements::v1::Subscription>(Arena*);
+template<> ::entitlements::v1::WatchEntitlementsRequest* Arena::CreateMaybeMessage<::entitlements::v1::WatchEntitlementsRequest>(Arena*);
+template<> ::entitlements::v1::WatchEntitlementsResponse* Arena::CreateMaybeMessage<::entitlements::v1::WatchEntitlementsResponse>(Arena*);
 PROTOBUF_NAMESPACE_CLOSE
 namespace entitlements {
 namespace v1 {
@@ -1781,6 +1813,502 @@ class CheckEntitlementResponse final :
 };
 // -------------------------------------------------------------------
 
+class CheckEntitlementsRequest_Check final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.CheckEntitlementsRequest.Check) */ {
+ public:
+  inline CheckEntitlementsRequest_Check() : CheckEntitlementsRequest_Check(nullptr) {}
+  ~CheckEntitlementsRequest_Check() override;
+  explicit PROTOBUF_CONSTEXPR CheckEntitlementsRequest_Check(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  CheckEntitlementsRequest_Check(const CheckEntitlementsRequest_Check& from);
+  CheckEntitlementsRequest_Check(CheckEntitlementsRequest_Check&& from) noexcept
+    : CheckEntitlementsRequest_Check() {
+    *this = ::std::move(from);
+  }
+
+  inline CheckEntitlementsRequest_Check& operator=(const CheckEntitlementsRequest_Check& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline CheckEntitlementsRequest_Check& operator=(CheckEntitlementsRequest_Check&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const CheckEntitlementsRequest_Check& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const CheckEntitlementsRequest_Check* internal_default_instance() {
+    return reinterpret_cast<const CheckEntitlementsRequest_Check*>(
+               &_CheckEntitlementsRequest_Check_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    8;
+
+  friend void swap(CheckEntitlementsRequest_Check& a, CheckEntitlementsRequest_Check& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(CheckEntitlementsRequest_Check* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(CheckEntitlementsRequest_Check* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  CheckEntitlementsRequest_Check* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<CheckEntitlementsRequest_Check>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const CheckEntitlementsRequest_Check& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const CheckEntitlementsRequest_Check& from) {
+    CheckEntitlementsRequest_Check::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(CheckEntitlementsRequest_Check* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.CheckEntitlementsRequest.Check";
+  }
+  protected:
+  explicit CheckEntitlementsRequest_Check(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kUserIdFieldNumber = 1,
+    kSkuFieldNumber = 2,
+  };
+  // string user_id = 1;
+  void clear_user_id();
+  const std::string& user_id() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_user_id(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_user_id();
+  PROTOBUF_NODISCARD std::string* release_user_id();
+  void set_allocated_user_id(std::string* user_id);
+  private:
+  const std::string& _internal_user_id() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_user_id(const std::string& value);
+  std::string* _internal_mutable_user_id();
+  public:
+
+  // string sku = 2;
+  void clear_sku();
+  const std::string& sku() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_sku(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_sku();
+  PROTOBUF_NODISCARD std::string* release_sku();
+  void set_allocated_sku(std::string* sku);
+  private:
+  const std::string& _internal_sku() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_sku(const std::string& value);
+  std::string* _internal_mutable_sku();
+  public:
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.CheckEntitlementsRequest.Check)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr user_id_;
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr sku_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class CheckEntitlementsRequest final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.CheckEntitlementsRequest) */ {
+ public:
+  inline CheckEntitlementsRequest() : CheckEntitlementsRequest(nullptr) {}
+  ~CheckEntitlementsRequest() override;
+  explicit PROTOBUF_CONSTEXPR CheckEntitlementsRequest(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  CheckEntitlementsRequest(const CheckEntitlementsRequest& from);
+  CheckEntitlementsRequest(CheckEntitlementsRequest&& from) noexcept
+    : CheckEntitlementsRequest() {
+    *this = ::std::move(from);
+  }
+
+  inline CheckEntitlementsRequest& operator=(const CheckEntitlementsRequest& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline CheckEntitlementsRequest& operator=(CheckEntitlementsRequest&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const CheckEntitlementsRequest& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const CheckEntitlementsRequest* internal_default_instance() {
+    return reinterpret_cast<const CheckEntitlementsRequest*>(
+               &_CheckEntitlementsRequest_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    9;
+
+  friend void swap(CheckEntitlementsRequest& a, CheckEntitlementsRequest& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(CheckEntitlementsRequest* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(CheckEntitlementsRequest* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  CheckEntitlementsRequest* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<CheckEntitlementsRequest>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const CheckEntitlementsRequest& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const CheckEntitlementsRequest& from) {
+    CheckEntitlementsRequest::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(CheckEntitlementsRequest* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.CheckEntitlementsRequest";
+  }
+  protected:
+  explicit CheckEntitlementsRequest(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  typedef CheckEntitlementsRequest_Check Check;
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kChecksFieldNumber = 1,
+    kProjectIdFieldNumber = 2,
+  };
+  // repeated .entitlements.v1.CheckEntitlementsRequest.Check checks = 1;
+  int checks_size() const;
+  private:
+  int _internal_checks_size() const;
+  public:
+  void clear_checks();
+  ::entitlements::v1::CheckEntitlementsRequest_Check* mutable_checks(int index);
+  ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementsRequest_Check >*
+      mutable_checks();
+  private:
+  const ::entitlements::v1::CheckEntitlementsRequest_Check& _internal_checks(int index) const;
+  ::entitlements::v1::CheckEntitlementsRequest_Check* _internal_add_checks();
+  public:
+  const ::entitlements::v1::CheckEntitlementsRequest_Check& checks(int index) const;
+  ::entitlements::v1::CheckEntitlementsRequest_Check* add_checks();
+  const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementsRequest_Check >&
+      checks() const;
+
+  // int64 project_id = 2;
+  void clear_project_id();
+  int64_t project_id() const;
+  void set_project_id(int64_t value);
+  private:
+  int64_t _internal_project_id() const;
+  void _internal_set_project_id(int64_t value);
+  public:
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.CheckEntitlementsRequest)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementsRequest_Check > checks_;
+    int64_t project_id_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class CheckEntitlementsResponse final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.CheckEntitlementsResponse) */ {
+ public:
+  inline CheckEntitlementsResponse() : CheckEntitlementsResponse(nullptr) {}
+  ~CheckEntitlementsResponse() override;
+  explicit PROTOBUF_CONSTEXPR CheckEntitlementsResponse(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  CheckEntitlementsResponse(const CheckEntitlementsResponse& from);
+  CheckEntitlementsResponse(CheckEntitlementsResponse&& from) noexcept
+    : CheckEntitlementsResponse() {
+    *this = ::std::move(from);
+  }
+
+  inline CheckEntitlementsResponse& operator=(const CheckEntitlementsResponse& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline CheckEntitlementsResponse& operator=(CheckEntitlementsResponse&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const CheckEntitlementsResponse& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const CheckEntitlementsResponse* internal_default_instance() {
+    return reinterpret_cast<const CheckEntitlementsResponse*>(
+               &_CheckEntitlementsResponse_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    10;
+
+  friend void swap(CheckEntitlementsResponse& a, CheckEntitlementsResponse& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(CheckEntitlementsResponse* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(CheckEntitlementsResponse* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  CheckEntitlementsResponse* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<CheckEntitlementsResponse>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const CheckEntitlementsResponse& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const CheckEntitlementsResponse& from) {
+    CheckEntitlementsResponse::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(CheckEntitlementsResponse* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.CheckEntitlementsResponse";
+  }
+  protected:
+  explicit CheckEntitlementsResponse(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kResultsFieldNumber = 1,
+  };
+  // repeated .entitlements.v1.CheckEntitlementResponse results = 1;
+  int results_size() const;
+  private:
+  int _internal_results_size() const;
+  public:
+  void clear_results();
+  ::entitlements::v1::CheckEntitlementResponse* mutable_results(int index);
+  ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementResponse >*
+      mutable_results();
+  private:
+  const ::entitlements::v1::CheckEntitlementResponse& _internal_results(int index) const;
+  ::entitlements::v1::CheckEntitlementResponse* _internal_add_results();
+  public:
+  const ::entitlements::v1::CheckEntitlementResponse& results(int index) const;
+  ::entitlements::v1::CheckEntitlementResponse* add_results();
+  const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementResponse >&
+      results() const;
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.CheckEntitlementsResponse)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementResponse > results_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
 class ListEntitlementsRequest final :
     public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.ListEntitlementsRequest) */ {
  public:
@@ -1829,7 +2357,7 @@ class ListEntitlementsRequest final :
                &_ListEntitlementsRequest_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    8;
+    11;
 
   friend void swap(ListEntitlementsRequest& a, ListEntitlementsRequest& b) {
     a.Swap(&b);
@@ -2031,7 +2559,7 @@ class ListEntitlementsResponse final :
                &_ListEntitlementsResponse_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    9;
+    12;
 
   friend void swap(ListEntitlementsResponse& a, ListEntitlementsResponse& b) {
     a.Swap(&b);
@@ -2204,7 +2732,7 @@ class ListSubscriptionsRequest final :
                &_ListSubscriptionsRequest_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    10;
+    13;
 
   friend void swap(ListSubscriptionsRequest& a, ListSubscriptionsRequest& b) {
     a.Swap(&b);
@@ -2417,7 +2945,7 @@ class Charge final :
                &_Charge_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    11;
+    14;
 
   friend void swap(Charge& a, Charge& b) {
     a.Swap(&b);
@@ -2586,7 +3114,7 @@ class Period final :
                &_Period_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    12;
+    15;
 
   friend void swap(Period& a, Period& b) {
     a.Swap(&b);
@@ -2750,7 +3278,7 @@ class Subscription final :
                &_Subscription_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    13;
+    16;
 
   friend void swap(Subscription& a, Subscription& b) {
     a.Swap(&b);
@@ -3148,7 +3676,7 @@ class ListSubscriptionsResponse final :
                &_ListSubscriptionsResponse_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    14;
+    17;
 
   friend void swap(ListSubscriptionsResponse& a, ListSubscriptionsResponse& b) {
     a.Swap(&b);
@@ -3316,7 +3844,7 @@ class ListLedgerRequest final :
                &_ListLedgerRequest_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    15;
+    18;
 
   friend void swap(ListLedgerRequest& a, ListLedgerRequest& b) {
     a.Swap(&b);
@@ -3535,7 +4063,7 @@ class LedgerEntry final :
                &_LedgerEntry_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    17;
+    20;
 
   friend void swap(LedgerEntry& a, LedgerEntry& b) {
     a.Swap(&b);
@@ -3928,7 +4456,7 @@ class ListLedgerResponse final :
                &_ListLedgerResponse_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    18;
+    21;
 
   friend void swap(ListLedgerResponse& a, ListLedgerResponse& b) {
     a.Swap(&b);
@@ -4101,7 +4629,7 @@ class GetOrderStatusRequest final :
                &_GetOrderStatusRequest_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    19;
+    22;
 
   friend void swap(GetOrderStatusRequest& a, GetOrderStatusRequest& b) {
     a.Swap(&b);
@@ -4317,7 +4845,7 @@ class OrderStatusUpdate final :
                &_OrderStatusUpdate_default_instance_);
   }
   static constexpr int kIndexInFileMessages =
-    20;
+    23;
 
   friend void swap(OrderStatusUpdate& a, OrderStatusUpdate& b) {
     a.Swap(&b);
@@ -4479,6 +5007,1075 @@ class OrderStatusUpdate final :
     int source_;
     bool entitlements_granted_;
     bool timed_out_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class WatchEntitlementsRequest final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.WatchEntitlementsRequest) */ {
+ public:
+  inline WatchEntitlementsRequest() : WatchEntitlementsRequest(nullptr) {}
+  ~WatchEntitlementsRequest() override;
+  explicit PROTOBUF_CONSTEXPR WatchEntitlementsRequest(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  WatchEntitlementsRequest(const WatchEntitlementsRequest& from);
+  WatchEntitlementsRequest(WatchEntitlementsRequest&& from) noexcept
+    : WatchEntitlementsRequest() {
+    *this = ::std::move(from);
+  }
+
+  inline WatchEntitlementsRequest& operator=(const WatchEntitlementsRequest& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline WatchEntitlementsRequest& operator=(WatchEntitlementsRequest&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const WatchEntitlementsRequest& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const WatchEntitlementsRequest* internal_default_instance() {
+    return reinterpret_cast<const WatchEntitlementsRequest*>(
+               &_WatchEntitlementsRequest_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    24;
+
+  friend void swap(WatchEntitlementsRequest& a, WatchEntitlementsRequest& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(WatchEntitlementsRequest* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(WatchEntitlementsRequest* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  WatchEntitlementsRequest* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<WatchEntitlementsRequest>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const WatchEntitlementsRequest& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const WatchEntitlementsRequest& from) {
+    WatchEntitlementsRequest::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(WatchEntitlementsRequest* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.WatchEntitlementsRequest";
+  }
+  protected:
+  explicit WatchEntitlementsRequest(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kAddUserIdsFieldNumber = 4,
+    kRemoveUserIdsFieldNumber = 5,
+    kCursorFieldNumber = 2,
+    kHeartbeatIntervalFieldNumber = 7,
+    kProjectIdFieldNumber = 1,
+    kAllPlayersFieldNumber = 3,
+    kSnapshotFieldNumber = 6,
+  };
+  // repeated string add_user_ids = 4;
+  int add_user_ids_size() const;
+  private:
+  int _internal_add_user_ids_size() const;
+  public:
+  void clear_add_user_ids();
+  const std::string& add_user_ids(int index) const;
+  std::string* mutable_add_user_ids(int index);
+  void set_add_user_ids(int index, const std::string& value);
+  void set_add_user_ids(int index, std::string&& value);
+  void set_add_user_ids(int index, const char* value);
+  void set_add_user_ids(int index, const char* value, size_t size);
+  std::string* add_add_user_ids();
+  void add_add_user_ids(const std::string& value);
+  void add_add_user_ids(std::string&& value);
+  void add_add_user_ids(const char* value);
+  void add_add_user_ids(const char* value, size_t size);
+  const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>& add_user_ids() const;
+  ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>* mutable_add_user_ids();
+  private:
+  const std::string& _internal_add_user_ids(int index) const;
+  std::string* _internal_add_add_user_ids();
+  public:
+
+  // repeated string remove_user_ids = 5;
+  int remove_user_ids_size() const;
+  private:
+  int _internal_remove_user_ids_size() const;
+  public:
+  void clear_remove_user_ids();
+  const std::string& remove_user_ids(int index) const;
+  std::string* mutable_remove_user_ids(int index);
+  void set_remove_user_ids(int index, const std::string& value);
+  void set_remove_user_ids(int index, std::string&& value);
+  void set_remove_user_ids(int index, const char* value);
+  void set_remove_user_ids(int index, const char* value, size_t size);
+  std::string* add_remove_user_ids();
+  void add_remove_user_ids(const std::string& value);
+  void add_remove_user_ids(std::string&& value);
+  void add_remove_user_ids(const char* value);
+  void add_remove_user_ids(const char* value, size_t size);
+  const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>& remove_user_ids() const;
+  ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>* mutable_remove_user_ids();
+  private:
+  const std::string& _internal_remove_user_ids(int index) const;
+  std::string* _internal_add_remove_user_ids();
+  public:
+
+  // string cursor = 2;
+  void clear_cursor();
+  const std::string& cursor() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_cursor(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_cursor();
+  PROTOBUF_NODISCARD std::string* release_cursor();
+  void set_allocated_cursor(std::string* cursor);
+  private:
+  const std::string& _internal_cursor() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_cursor(const std::string& value);
+  std::string* _internal_mutable_cursor();
+  public:
+
+  // .google.protobuf.Duration heartbeat_interval = 7;
+  bool has_heartbeat_interval() const;
+  private:
+  bool _internal_has_heartbeat_interval() const;
+  public:
+  void clear_heartbeat_interval();
+  const ::PROTOBUF_NAMESPACE_ID::Duration& heartbeat_interval() const;
+  PROTOBUF_NODISCARD ::PROTOBUF_NAMESPACE_ID::Duration* release_heartbeat_interval();
+  ::PROTOBUF_NAMESPACE_ID::Duration* mutable_heartbeat_interval();
+  void set_allocated_heartbeat_interval(::PROTOBUF_NAMESPACE_ID::Duration* heartbeat_interval);
+  private:
+  const ::PROTOBUF_NAMESPACE_ID::Duration& _internal_heartbeat_interval() const;
+  ::PROTOBUF_NAMESPACE_ID::Duration* _internal_mutable_heartbeat_interval();
+  public:
+  void unsafe_arena_set_allocated_heartbeat_interval(
+      ::PROTOBUF_NAMESPACE_ID::Duration* heartbeat_interval);
+  ::PROTOBUF_NAMESPACE_ID::Duration* unsafe_arena_release_heartbeat_interval();
+
+  // int64 project_id = 1;
+  void clear_project_id();
+  int64_t project_id() const;
+  void set_project_id(int64_t value);
+  private:
+  int64_t _internal_project_id() const;
+  void _internal_set_project_id(int64_t value);
+  public:
+
+  // bool all_players = 3;
+  void clear_all_players();
+  bool all_players() const;
+  void set_all_players(bool value);
+  private:
+  bool _internal_all_players() const;
+  void _internal_set_all_players(bool value);
+  public:
+
+  // bool snapshot = 6;
+  void clear_snapshot();
+  bool snapshot() const;
+  void set_snapshot(bool value);
+  private:
+  bool _internal_snapshot() const;
+  void _internal_set_snapshot(bool value);
+  public:
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.WatchEntitlementsRequest)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string> add_user_ids_;
+    ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string> remove_user_ids_;
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr cursor_;
+    ::PROTOBUF_NAMESPACE_ID::Duration* heartbeat_interval_;
+    int64_t project_id_;
+    bool all_players_;
+    bool snapshot_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class WatchEntitlementsResponse final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.WatchEntitlementsResponse) */ {
+ public:
+  inline WatchEntitlementsResponse() : WatchEntitlementsResponse(nullptr) {}
+  ~WatchEntitlementsResponse() override;
+  explicit PROTOBUF_CONSTEXPR WatchEntitlementsResponse(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  WatchEntitlementsResponse(const WatchEntitlementsResponse& from);
+  WatchEntitlementsResponse(WatchEntitlementsResponse&& from) noexcept
+    : WatchEntitlementsResponse() {
+    *this = ::std::move(from);
+  }
+
+  inline WatchEntitlementsResponse& operator=(const WatchEntitlementsResponse& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline WatchEntitlementsResponse& operator=(WatchEntitlementsResponse&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const WatchEntitlementsResponse& default_instance() {
+    return *internal_default_instance();
+  }
+  enum EventCase {
+    kChange = 1,
+    kSnapshot = 2,
+    kHeartbeat = 3,
+    EVENT_NOT_SET = 0,
+  };
+
+  static inline const WatchEntitlementsResponse* internal_default_instance() {
+    return reinterpret_cast<const WatchEntitlementsResponse*>(
+               &_WatchEntitlementsResponse_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    25;
+
+  friend void swap(WatchEntitlementsResponse& a, WatchEntitlementsResponse& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(WatchEntitlementsResponse* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(WatchEntitlementsResponse* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  WatchEntitlementsResponse* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<WatchEntitlementsResponse>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const WatchEntitlementsResponse& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const WatchEntitlementsResponse& from) {
+    WatchEntitlementsResponse::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(WatchEntitlementsResponse* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.WatchEntitlementsResponse";
+  }
+  protected:
+  explicit WatchEntitlementsResponse(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kCursorFieldNumber = 4,
+    kChangeFieldNumber = 1,
+    kSnapshotFieldNumber = 2,
+    kHeartbeatFieldNumber = 3,
+  };
+  // string cursor = 4;
+  void clear_cursor();
+  const std::string& cursor() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_cursor(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_cursor();
+  PROTOBUF_NODISCARD std::string* release_cursor();
+  void set_allocated_cursor(std::string* cursor);
+  private:
+  const std::string& _internal_cursor() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_cursor(const std::string& value);
+  std::string* _internal_mutable_cursor();
+  public:
+
+  // .entitlements.v1.EntitlementChange change = 1;
+  bool has_change() const;
+  private:
+  bool _internal_has_change() const;
+  public:
+  void clear_change();
+  const ::entitlements::v1::EntitlementChange& change() const;
+  PROTOBUF_NODISCARD ::entitlements::v1::EntitlementChange* release_change();
+  ::entitlements::v1::EntitlementChange* mutable_change();
+  void set_allocated_change(::entitlements::v1::EntitlementChange* change);
+  private:
+  const ::entitlements::v1::EntitlementChange& _internal_change() const;
+  ::entitlements::v1::EntitlementChange* _internal_mutable_change();
+  public:
+  void unsafe_arena_set_allocated_change(
+      ::entitlements::v1::EntitlementChange* change);
+  ::entitlements::v1::EntitlementChange* unsafe_arena_release_change();
+
+  // .entitlements.v1.PlayerSnapshot snapshot = 2;
+  bool has_snapshot() const;
+  private:
+  bool _internal_has_snapshot() const;
+  public:
+  void clear_snapshot();
+  const ::entitlements::v1::PlayerSnapshot& snapshot() const;
+  PROTOBUF_NODISCARD ::entitlements::v1::PlayerSnapshot* release_snapshot();
+  ::entitlements::v1::PlayerSnapshot* mutable_snapshot();
+  void set_allocated_snapshot(::entitlements::v1::PlayerSnapshot* snapshot);
+  private:
+  const ::entitlements::v1::PlayerSnapshot& _internal_snapshot() const;
+  ::entitlements::v1::PlayerSnapshot* _internal_mutable_snapshot();
+  public:
+  void unsafe_arena_set_allocated_snapshot(
+      ::entitlements::v1::PlayerSnapshot* snapshot);
+  ::entitlements::v1::PlayerSnapshot* unsafe_arena_release_snapshot();
+
+  // .entitlements.v1.Heartbeat heartbeat = 3;
+  bool has_heartbeat() const;
+  private:
+  bool _internal_has_heartbeat() const;
+  public:
+  void clear_heartbeat();
+  const ::entitlements::v1::Heartbeat& heartbeat() const;
+  PROTOBUF_NODISCARD ::entitlements::v1::Heartbeat* release_heartbeat();
+  ::entitlements::v1::Heartbeat* mutable_heartbeat();
+  void set_allocated_heartbeat(::entitlements::v1::Heartbeat* heartbeat);
+  private:
+  const ::entitlements::v1::Heartbeat& _internal_heartbeat() const;
+  ::entitlements::v1::Heartbeat* _internal_mutable_heartbeat();
+  public:
+  void unsafe_arena_set_allocated_heartbeat(
+      ::entitlements::v1::Heartbeat* heartbeat);
+  ::entitlements::v1::Heartbeat* unsafe_arena_release_heartbeat();
+
+  void clear_event();
+  EventCase event_case() const;
+  // @@protoc_insertion_point(class_scope:entitlements.v1.WatchEntitlementsResponse)
+ private:
+  class _Internal;
+  void set_has_change();
+  void set_has_snapshot();
+  void set_has_heartbeat();
+
+  inline bool has_event() const;
+  inline void clear_has_event();
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr cursor_;
+    union EventUnion {
+      constexpr EventUnion() : _constinit_{} {}
+        ::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized _constinit_;
+      ::entitlements::v1::EntitlementChange* change_;
+      ::entitlements::v1::PlayerSnapshot* snapshot_;
+      ::entitlements::v1::Heartbeat* heartbeat_;
+    } event_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+    uint32_t _oneof_case_[1];
+
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class EntitlementChange final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.EntitlementChange) */ {
+ public:
+  inline EntitlementChange() : EntitlementChange(nullptr) {}
+  ~EntitlementChange() override;
+  explicit PROTOBUF_CONSTEXPR EntitlementChange(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  EntitlementChange(const EntitlementChange& from);
+  EntitlementChange(EntitlementChange&& from) noexcept
+    : EntitlementChange() {
+    *this = ::std::move(from);
+  }
+
+  inline EntitlementChange& operator=(const EntitlementChange& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline EntitlementChange& operator=(EntitlementChange&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const EntitlementChange& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const EntitlementChange* internal_default_instance() {
+    return reinterpret_cast<const EntitlementChange*>(
+               &_EntitlementChange_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    26;
+
+  friend void swap(EntitlementChange& a, EntitlementChange& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(EntitlementChange* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(EntitlementChange* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  EntitlementChange* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<EntitlementChange>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const EntitlementChange& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const EntitlementChange& from) {
+    EntitlementChange::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(EntitlementChange* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.EntitlementChange";
+  }
+  protected:
+  explicit EntitlementChange(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kUserIdFieldNumber = 1,
+    kSkuFieldNumber = 2,
+    kOperationFieldNumber = 5,
+    kEntitlementFieldNumber = 3,
+    kChangedAtFieldNumber = 6,
+    kVersionFieldNumber = 4,
+  };
+  // string user_id = 1;
+  void clear_user_id();
+  const std::string& user_id() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_user_id(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_user_id();
+  PROTOBUF_NODISCARD std::string* release_user_id();
+  void set_allocated_user_id(std::string* user_id);
+  private:
+  const std::string& _internal_user_id() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_user_id(const std::string& value);
+  std::string* _internal_mutable_user_id();
+  public:
+
+  // string sku = 2;
+  void clear_sku();
+  const std::string& sku() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_sku(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_sku();
+  PROTOBUF_NODISCARD std::string* release_sku();
+  void set_allocated_sku(std::string* sku);
+  private:
+  const std::string& _internal_sku() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_sku(const std::string& value);
+  std::string* _internal_mutable_sku();
+  public:
+
+  // string operation = 5;
+  void clear_operation();
+  const std::string& operation() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_operation(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_operation();
+  PROTOBUF_NODISCARD std::string* release_operation();
+  void set_allocated_operation(std::string* operation);
+  private:
+  const std::string& _internal_operation() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_operation(const std::string& value);
+  std::string* _internal_mutable_operation();
+  public:
+
+  // .entitlements.v1.Entitlement entitlement = 3;
+  bool has_entitlement() const;
+  private:
+  bool _internal_has_entitlement() const;
+  public:
+  void clear_entitlement();
+  const ::entitlements::v1::Entitlement& entitlement() const;
+  PROTOBUF_NODISCARD ::entitlements::v1::Entitlement* release_entitlement();
+  ::entitlements::v1::Entitlement* mutable_entitlement();
+  void set_allocated_entitlement(::entitlements::v1::Entitlement* entitlement);
+  private:
+  const ::entitlements::v1::Entitlement& _internal_entitlement() const;
+  ::entitlements::v1::Entitlement* _internal_mutable_entitlement();
+  public:
+  void unsafe_arena_set_allocated_entitlement(
+      ::entitlements::v1::Entitlement* entitlement);
+  ::entitlements::v1::Entitlement* unsafe_arena_release_entitlement();
+
+  // .google.protobuf.Timestamp changed_at = 6;
+  bool has_changed_at() const;
+  private:
+  bool _internal_has_changed_at() const;
+  public:
+  void clear_changed_at();
+  const ::PROTOBUF_NAMESPACE_ID::Timestamp& changed_at() const;
+  PROTOBUF_NODISCARD ::PROTOBUF_NAMESPACE_ID::Timestamp* release_changed_at();
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* mutable_changed_at();
+  void set_allocated_changed_at(::PROTOBUF_NAMESPACE_ID::Timestamp* changed_at);
+  private:
+  const ::PROTOBUF_NAMESPACE_ID::Timestamp& _internal_changed_at() const;
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* _internal_mutable_changed_at();
+  public:
+  void unsafe_arena_set_allocated_changed_at(
+      ::PROTOBUF_NAMESPACE_ID::Timestamp* changed_at);
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* unsafe_arena_release_changed_at();
+
+  // int64 version = 4;
+  void clear_version();
+  int64_t version() const;
+  void set_version(int64_t value);
+  private:
+  int64_t _internal_version() const;
+  void _internal_set_version(int64_t value);
+  public:
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.EntitlementChange)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr user_id_;
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr sku_;
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr operation_;
+    ::entitlements::v1::Entitlement* entitlement_;
+    ::PROTOBUF_NAMESPACE_ID::Timestamp* changed_at_;
+    int64_t version_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class PlayerSnapshot final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.PlayerSnapshot) */ {
+ public:
+  inline PlayerSnapshot() : PlayerSnapshot(nullptr) {}
+  ~PlayerSnapshot() override;
+  explicit PROTOBUF_CONSTEXPR PlayerSnapshot(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  PlayerSnapshot(const PlayerSnapshot& from);
+  PlayerSnapshot(PlayerSnapshot&& from) noexcept
+    : PlayerSnapshot() {
+    *this = ::std::move(from);
+  }
+
+  inline PlayerSnapshot& operator=(const PlayerSnapshot& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline PlayerSnapshot& operator=(PlayerSnapshot&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const PlayerSnapshot& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const PlayerSnapshot* internal_default_instance() {
+    return reinterpret_cast<const PlayerSnapshot*>(
+               &_PlayerSnapshot_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    27;
+
+  friend void swap(PlayerSnapshot& a, PlayerSnapshot& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(PlayerSnapshot* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(PlayerSnapshot* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  PlayerSnapshot* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<PlayerSnapshot>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const PlayerSnapshot& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const PlayerSnapshot& from) {
+    PlayerSnapshot::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(PlayerSnapshot* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.PlayerSnapshot";
+  }
+  protected:
+  explicit PlayerSnapshot(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kEntitlementsFieldNumber = 2,
+    kUserIdFieldNumber = 1,
+    kVersionFieldNumber = 3,
+  };
+  // repeated .entitlements.v1.Entitlement entitlements = 2;
+  int entitlements_size() const;
+  private:
+  int _internal_entitlements_size() const;
+  public:
+  void clear_entitlements();
+  ::entitlements::v1::Entitlement* mutable_entitlements(int index);
+  ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::Entitlement >*
+      mutable_entitlements();
+  private:
+  const ::entitlements::v1::Entitlement& _internal_entitlements(int index) const;
+  ::entitlements::v1::Entitlement* _internal_add_entitlements();
+  public:
+  const ::entitlements::v1::Entitlement& entitlements(int index) const;
+  ::entitlements::v1::Entitlement* add_entitlements();
+  const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::Entitlement >&
+      entitlements() const;
+
+  // string user_id = 1;
+  void clear_user_id();
+  const std::string& user_id() const;
+  template <typename ArgT0 = const std::string&, typename... ArgT>
+  void set_user_id(ArgT0&& arg0, ArgT... args);
+  std::string* mutable_user_id();
+  PROTOBUF_NODISCARD std::string* release_user_id();
+  void set_allocated_user_id(std::string* user_id);
+  private:
+  const std::string& _internal_user_id() const;
+  inline PROTOBUF_ALWAYS_INLINE void _internal_set_user_id(const std::string& value);
+  std::string* _internal_mutable_user_id();
+  public:
+
+  // int64 version = 3;
+  void clear_version();
+  int64_t version() const;
+  void set_version(int64_t value);
+  private:
+  int64_t _internal_version() const;
+  void _internal_set_version(int64_t value);
+  public:
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.PlayerSnapshot)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::Entitlement > entitlements_;
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr user_id_;
+    int64_t version_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+  };
+  union { Impl_ _impl_; };
+  friend struct ::TableStruct_entitlements_2fv1_2fentitlements_2eproto;
+};
+// -------------------------------------------------------------------
+
+class Heartbeat final :
+    public ::PROTOBUF_NAMESPACE_ID::Message /* @@protoc_insertion_point(class_definition:entitlements.v1.Heartbeat) */ {
+ public:
+  inline Heartbeat() : Heartbeat(nullptr) {}
+  ~Heartbeat() override;
+  explicit PROTOBUF_CONSTEXPR Heartbeat(::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized);
+
+  Heartbeat(const Heartbeat& from);
+  Heartbeat(Heartbeat&& from) noexcept
+    : Heartbeat() {
+    *this = ::std::move(from);
+  }
+
+  inline Heartbeat& operator=(const Heartbeat& from) {
+    CopyFrom(from);
+    return *this;
+  }
+  inline Heartbeat& operator=(Heartbeat&& from) noexcept {
+    if (this == &from) return *this;
+    if (GetOwningArena() == from.GetOwningArena()
+  #ifdef PROTOBUF_FORCE_COPY_IN_MOVE
+        && GetOwningArena() != nullptr
+  #endif  // !PROTOBUF_FORCE_COPY_IN_MOVE
+    ) {
+      InternalSwap(&from);
+    } else {
+      CopyFrom(from);
+    }
+    return *this;
+  }
+
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* descriptor() {
+    return GetDescriptor();
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Descriptor* GetDescriptor() {
+    return default_instance().GetMetadata().descriptor;
+  }
+  static const ::PROTOBUF_NAMESPACE_ID::Reflection* GetReflection() {
+    return default_instance().GetMetadata().reflection;
+  }
+  static const Heartbeat& default_instance() {
+    return *internal_default_instance();
+  }
+  static inline const Heartbeat* internal_default_instance() {
+    return reinterpret_cast<const Heartbeat*>(
+               &_Heartbeat_default_instance_);
+  }
+  static constexpr int kIndexInFileMessages =
+    28;
+
+  friend void swap(Heartbeat& a, Heartbeat& b) {
+    a.Swap(&b);
+  }
+  inline void Swap(Heartbeat* other) {
+    if (other == this) return;
+  #ifdef PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() != nullptr &&
+        GetOwningArena() == other->GetOwningArena()) {
+   #else  // PROTOBUF_FORCE_COPY_IN_SWAP
+    if (GetOwningArena() == other->GetOwningArena()) {
+  #endif  // !PROTOBUF_FORCE_COPY_IN_SWAP
+      InternalSwap(other);
+    } else {
+      ::PROTOBUF_NAMESPACE_ID::internal::GenericSwap(this, other);
+    }
+  }
+  void UnsafeArenaSwap(Heartbeat* other) {
+    if (other == this) return;
+    GOOGLE_DCHECK(GetOwningArena() == other->GetOwningArena());
+    InternalSwap(other);
+  }
+
+  // implements Message ----------------------------------------------
+
+  Heartbeat* New(::PROTOBUF_NAMESPACE_ID::Arena* arena = nullptr) const final {
+    return CreateMaybeMessage<Heartbeat>(arena);
+  }
+  using ::PROTOBUF_NAMESPACE_ID::Message::CopyFrom;
+  void CopyFrom(const Heartbeat& from);
+  using ::PROTOBUF_NAMESPACE_ID::Message::MergeFrom;
+  void MergeFrom( const Heartbeat& from) {
+    Heartbeat::MergeImpl(*this, from);
+  }
+  private:
+  static void MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBUF_NAMESPACE_ID::Message& from_msg);
+  public:
+  PROTOBUF_ATTRIBUTE_REINITIALIZES void Clear() final;
+  bool IsInitialized() const final;
+
+  size_t ByteSizeLong() const final;
+  const char* _InternalParse(const char* ptr, ::PROTOBUF_NAMESPACE_ID::internal::ParseContext* ctx) final;
+  uint8_t* _InternalSerialize(
+      uint8_t* target, ::PROTOBUF_NAMESPACE_ID::io::EpsCopyOutputStream* stream) const final;
+  int GetCachedSize() const final { return _impl_._cached_size_.Get(); }
+
+  private:
+  void SharedCtor(::PROTOBUF_NAMESPACE_ID::Arena* arena, bool is_message_owned);
+  void SharedDtor();
+  void SetCachedSize(int size) const final;
+  void InternalSwap(Heartbeat* other);
+
+  private:
+  friend class ::PROTOBUF_NAMESPACE_ID::internal::AnyMetadata;
+  static ::PROTOBUF_NAMESPACE_ID::StringPiece FullMessageName() {
+    return "entitlements.v1.Heartbeat";
+  }
+  protected:
+  explicit Heartbeat(::PROTOBUF_NAMESPACE_ID::Arena* arena,
+                       bool is_message_owned = false);
+  public:
+
+  static const ClassData _class_data_;
+  const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*GetClassData() const final;
+
+  ::PROTOBUF_NAMESPACE_ID::Metadata GetMetadata() const final;
+
+  // nested types ----------------------------------------------------
+
+  // accessors -------------------------------------------------------
+
+  enum : int {
+    kSentAtFieldNumber = 1,
+  };
+  // .google.protobuf.Timestamp sent_at = 1;
+  bool has_sent_at() const;
+  private:
+  bool _internal_has_sent_at() const;
+  public:
+  void clear_sent_at();
+  const ::PROTOBUF_NAMESPACE_ID::Timestamp& sent_at() const;
+  PROTOBUF_NODISCARD ::PROTOBUF_NAMESPACE_ID::Timestamp* release_sent_at();
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* mutable_sent_at();
+  void set_allocated_sent_at(::PROTOBUF_NAMESPACE_ID::Timestamp* sent_at);
+  private:
+  const ::PROTOBUF_NAMESPACE_ID::Timestamp& _internal_sent_at() const;
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* _internal_mutable_sent_at();
+  public:
+  void unsafe_arena_set_allocated_sent_at(
+      ::PROTOBUF_NAMESPACE_ID::Timestamp* sent_at);
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* unsafe_arena_release_sent_at();
+
+  // @@protoc_insertion_point(class_scope:entitlements.v1.Heartbeat)
+ private:
+  class _Internal;
+
+  template <typename T> friend class ::PROTOBUF_NAMESPACE_ID::Arena::InternalHelper;
+  typedef void InternalArenaConstructable_;
+  typedef void DestructorSkippable_;
+  struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::Timestamp* sent_at_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -6131,6 +7728,218 @@ inline void CheckEntitlementResponse::set_allocated_entitlement(::entitlements::
   }
   _impl_.entitlement_ = entitlement;
   // @@protoc_insertion_point(field_set_allocated:entitlements.v1.CheckEntitlementResponse.entitlement)
+}
+
+// -------------------------------------------------------------------
+
+// CheckEntitlementsRequest_Check
+
+// string user_id = 1;
+inline void CheckEntitlementsRequest_Check::clear_user_id() {
+  _impl_.user_id_.ClearToEmpty();
+}
+inline const std::string& CheckEntitlementsRequest_Check::user_id() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.CheckEntitlementsRequest.Check.user_id)
+  return _internal_user_id();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void CheckEntitlementsRequest_Check::set_user_id(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.user_id_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.CheckEntitlementsRequest.Check.user_id)
+}
+inline std::string* CheckEntitlementsRequest_Check::mutable_user_id() {
+  std::string* _s = _internal_mutable_user_id();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.CheckEntitlementsRequest.Check.user_id)
+  return _s;
+}
+inline const std::string& CheckEntitlementsRequest_Check::_internal_user_id() const {
+  return _impl_.user_id_.Get();
+}
+inline void CheckEntitlementsRequest_Check::_internal_set_user_id(const std::string& value) {
+  
+  _impl_.user_id_.Set(value, GetArenaForAllocation());
+}
+inline std::string* CheckEntitlementsRequest_Check::_internal_mutable_user_id() {
+  
+  return _impl_.user_id_.Mutable(GetArenaForAllocation());
+}
+inline std::string* CheckEntitlementsRequest_Check::release_user_id() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.CheckEntitlementsRequest.Check.user_id)
+  return _impl_.user_id_.Release();
+}
+inline void CheckEntitlementsRequest_Check::set_allocated_user_id(std::string* user_id) {
+  if (user_id != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.user_id_.SetAllocated(user_id, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.user_id_.IsDefault()) {
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.CheckEntitlementsRequest.Check.user_id)
+}
+
+// string sku = 2;
+inline void CheckEntitlementsRequest_Check::clear_sku() {
+  _impl_.sku_.ClearToEmpty();
+}
+inline const std::string& CheckEntitlementsRequest_Check::sku() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.CheckEntitlementsRequest.Check.sku)
+  return _internal_sku();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void CheckEntitlementsRequest_Check::set_sku(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.sku_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.CheckEntitlementsRequest.Check.sku)
+}
+inline std::string* CheckEntitlementsRequest_Check::mutable_sku() {
+  std::string* _s = _internal_mutable_sku();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.CheckEntitlementsRequest.Check.sku)
+  return _s;
+}
+inline const std::string& CheckEntitlementsRequest_Check::_internal_sku() const {
+  return _impl_.sku_.Get();
+}
+inline void CheckEntitlementsRequest_Check::_internal_set_sku(const std::string& value) {
+  
+  _impl_.sku_.Set(value, GetArenaForAllocation());
+}
+inline std::string* CheckEntitlementsRequest_Check::_internal_mutable_sku() {
+  
+  return _impl_.sku_.Mutable(GetArenaForAllocation());
+}
+inline std::string* CheckEntitlementsRequest_Check::release_sku() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.CheckEntitlementsRequest.Check.sku)
+  return _impl_.sku_.Release();
+}
+inline void CheckEntitlementsRequest_Check::set_allocated_sku(std::string* sku) {
+  if (sku != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.sku_.SetAllocated(sku, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.sku_.IsDefault()) {
+    _impl_.sku_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.CheckEntitlementsRequest.Check.sku)
+}
+
+// -------------------------------------------------------------------
+
+// CheckEntitlementsRequest
+
+// repeated .entitlements.v1.CheckEntitlementsRequest.Check checks = 1;
+inline int CheckEntitlementsRequest::_internal_checks_size() const {
+  return _impl_.checks_.size();
+}
+inline int CheckEntitlementsRequest::checks_size() const {
+  return _internal_checks_size();
+}
+inline void CheckEntitlementsRequest::clear_checks() {
+  _impl_.checks_.Clear();
+}
+inline ::entitlements::v1::CheckEntitlementsRequest_Check* CheckEntitlementsRequest::mutable_checks(int index) {
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.CheckEntitlementsRequest.checks)
+  return _impl_.checks_.Mutable(index);
+}
+inline ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementsRequest_Check >*
+CheckEntitlementsRequest::mutable_checks() {
+  // @@protoc_insertion_point(field_mutable_list:entitlements.v1.CheckEntitlementsRequest.checks)
+  return &_impl_.checks_;
+}
+inline const ::entitlements::v1::CheckEntitlementsRequest_Check& CheckEntitlementsRequest::_internal_checks(int index) const {
+  return _impl_.checks_.Get(index);
+}
+inline const ::entitlements::v1::CheckEntitlementsRequest_Check& CheckEntitlementsRequest::checks(int index) const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.CheckEntitlementsRequest.checks)
+  return _internal_checks(index);
+}
+inline ::entitlements::v1::CheckEntitlementsRequest_Check* CheckEntitlementsRequest::_internal_add_checks() {
+  return _impl_.checks_.Add();
+}
+inline ::entitlements::v1::CheckEntitlementsRequest_Check* CheckEntitlementsRequest::add_checks() {
+  ::entitlements::v1::CheckEntitlementsRequest_Check* _add = _internal_add_checks();
+  // @@protoc_insertion_point(field_add:entitlements.v1.CheckEntitlementsRequest.checks)
+  return _add;
+}
+inline const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementsRequest_Check >&
+CheckEntitlementsRequest::checks() const {
+  // @@protoc_insertion_point(field_list:entitlements.v1.CheckEntitlementsRequest.checks)
+  return _impl_.checks_;
+}
+
+// int64 project_id = 2;
+inline void CheckEntitlementsRequest::clear_project_id() {
+  _impl_.project_id_ = int64_t{0};
+}
+inline int64_t CheckEntitlementsRequest::_internal_project_id() const {
+  return _impl_.project_id_;
+}
+inline int64_t CheckEntitlementsRequest::project_id() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.CheckEntitlementsRequest.project_id)
+  return _internal_project_id();
+}
+inline void CheckEntitlementsRequest::_internal_set_project_id(int64_t value) {
+  
+  _impl_.project_id_ = value;
+}
+inline void CheckEntitlementsRequest::set_project_id(int64_t value) {
+  _internal_set_project_id(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.CheckEntitlementsRequest.project_id)
+}
+
+// -------------------------------------------------------------------
+
+// CheckEntitlementsResponse
+
+// repeated .entitlements.v1.CheckEntitlementResponse results = 1;
+inline int CheckEntitlementsResponse::_internal_results_size() const {
+  return _impl_.results_.size();
+}
+inline int CheckEntitlementsResponse::results_size() const {
+  return _internal_results_size();
+}
+inline void CheckEntitlementsResponse::clear_results() {
+  _impl_.results_.Clear();
+}
+inline ::entitlements::v1::CheckEntitlementResponse* CheckEntitlementsResponse::mutable_results(int index) {
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.CheckEntitlementsResponse.results)
+  return _impl_.results_.Mutable(index);
+}
+inline ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementResponse >*
+CheckEntitlementsResponse::mutable_results() {
+  // @@protoc_insertion_point(field_mutable_list:entitlements.v1.CheckEntitlementsResponse.results)
+  return &_impl_.results_;
+}
+inline const ::entitlements::v1::CheckEntitlementResponse& CheckEntitlementsResponse::_internal_results(int index) const {
+  return _impl_.results_.Get(index);
+}
+inline const ::entitlements::v1::CheckEntitlementResponse& CheckEntitlementsResponse::results(int index) const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.CheckEntitlementsResponse.results)
+  return _internal_results(index);
+}
+inline ::entitlements::v1::CheckEntitlementResponse* CheckEntitlementsResponse::_internal_add_results() {
+  return _impl_.results_.Add();
+}
+inline ::entitlements::v1::CheckEntitlementResponse* CheckEntitlementsResponse::add_results() {
+  ::entitlements::v1::CheckEntitlementResponse* _add = _internal_add_results();
+  // @@protoc_insertion_point(field_add:entitlements.v1.CheckEntitlementsResponse.results)
+  return _add;
+}
+inline const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::CheckEntitlementResponse >&
+CheckEntitlementsResponse::results() const {
+  // @@protoc_insertion_point(field_list:entitlements.v1.CheckEntitlementsResponse.results)
+  return _impl_.results_;
 }
 
 // -------------------------------------------------------------------
@@ -9198,9 +11007,1211 @@ inline void OrderStatusUpdate::set_timed_out(bool value) {
   // @@protoc_insertion_point(field_set:entitlements.v1.OrderStatusUpdate.timed_out)
 }
 
+// -------------------------------------------------------------------
+
+// WatchEntitlementsRequest
+
+// int64 project_id = 1;
+inline void WatchEntitlementsRequest::clear_project_id() {
+  _impl_.project_id_ = int64_t{0};
+}
+inline int64_t WatchEntitlementsRequest::_internal_project_id() const {
+  return _impl_.project_id_;
+}
+inline int64_t WatchEntitlementsRequest::project_id() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.project_id)
+  return _internal_project_id();
+}
+inline void WatchEntitlementsRequest::_internal_set_project_id(int64_t value) {
+  
+  _impl_.project_id_ = value;
+}
+inline void WatchEntitlementsRequest::set_project_id(int64_t value) {
+  _internal_set_project_id(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.project_id)
+}
+
+// string cursor = 2;
+inline void WatchEntitlementsRequest::clear_cursor() {
+  _impl_.cursor_.ClearToEmpty();
+}
+inline const std::string& WatchEntitlementsRequest::cursor() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.cursor)
+  return _internal_cursor();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void WatchEntitlementsRequest::set_cursor(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.cursor_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.cursor)
+}
+inline std::string* WatchEntitlementsRequest::mutable_cursor() {
+  std::string* _s = _internal_mutable_cursor();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsRequest.cursor)
+  return _s;
+}
+inline const std::string& WatchEntitlementsRequest::_internal_cursor() const {
+  return _impl_.cursor_.Get();
+}
+inline void WatchEntitlementsRequest::_internal_set_cursor(const std::string& value) {
+  
+  _impl_.cursor_.Set(value, GetArenaForAllocation());
+}
+inline std::string* WatchEntitlementsRequest::_internal_mutable_cursor() {
+  
+  return _impl_.cursor_.Mutable(GetArenaForAllocation());
+}
+inline std::string* WatchEntitlementsRequest::release_cursor() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.WatchEntitlementsRequest.cursor)
+  return _impl_.cursor_.Release();
+}
+inline void WatchEntitlementsRequest::set_allocated_cursor(std::string* cursor) {
+  if (cursor != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.cursor_.SetAllocated(cursor, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.cursor_.IsDefault()) {
+    _impl_.cursor_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.WatchEntitlementsRequest.cursor)
+}
+
+// bool all_players = 3;
+inline void WatchEntitlementsRequest::clear_all_players() {
+  _impl_.all_players_ = false;
+}
+inline bool WatchEntitlementsRequest::_internal_all_players() const {
+  return _impl_.all_players_;
+}
+inline bool WatchEntitlementsRequest::all_players() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.all_players)
+  return _internal_all_players();
+}
+inline void WatchEntitlementsRequest::_internal_set_all_players(bool value) {
+  
+  _impl_.all_players_ = value;
+}
+inline void WatchEntitlementsRequest::set_all_players(bool value) {
+  _internal_set_all_players(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.all_players)
+}
+
+// repeated string add_user_ids = 4;
+inline int WatchEntitlementsRequest::_internal_add_user_ids_size() const {
+  return _impl_.add_user_ids_.size();
+}
+inline int WatchEntitlementsRequest::add_user_ids_size() const {
+  return _internal_add_user_ids_size();
+}
+inline void WatchEntitlementsRequest::clear_add_user_ids() {
+  _impl_.add_user_ids_.Clear();
+}
+inline std::string* WatchEntitlementsRequest::add_add_user_ids() {
+  std::string* _s = _internal_add_add_user_ids();
+  // @@protoc_insertion_point(field_add_mutable:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+  return _s;
+}
+inline const std::string& WatchEntitlementsRequest::_internal_add_user_ids(int index) const {
+  return _impl_.add_user_ids_.Get(index);
+}
+inline const std::string& WatchEntitlementsRequest::add_user_ids(int index) const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+  return _internal_add_user_ids(index);
+}
+inline std::string* WatchEntitlementsRequest::mutable_add_user_ids(int index) {
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+  return _impl_.add_user_ids_.Mutable(index);
+}
+inline void WatchEntitlementsRequest::set_add_user_ids(int index, const std::string& value) {
+  _impl_.add_user_ids_.Mutable(index)->assign(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline void WatchEntitlementsRequest::set_add_user_ids(int index, std::string&& value) {
+  _impl_.add_user_ids_.Mutable(index)->assign(std::move(value));
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline void WatchEntitlementsRequest::set_add_user_ids(int index, const char* value) {
+  GOOGLE_DCHECK(value != nullptr);
+  _impl_.add_user_ids_.Mutable(index)->assign(value);
+  // @@protoc_insertion_point(field_set_char:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline void WatchEntitlementsRequest::set_add_user_ids(int index, const char* value, size_t size) {
+  _impl_.add_user_ids_.Mutable(index)->assign(
+    reinterpret_cast<const char*>(value), size);
+  // @@protoc_insertion_point(field_set_pointer:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline std::string* WatchEntitlementsRequest::_internal_add_add_user_ids() {
+  return _impl_.add_user_ids_.Add();
+}
+inline void WatchEntitlementsRequest::add_add_user_ids(const std::string& value) {
+  _impl_.add_user_ids_.Add()->assign(value);
+  // @@protoc_insertion_point(field_add:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline void WatchEntitlementsRequest::add_add_user_ids(std::string&& value) {
+  _impl_.add_user_ids_.Add(std::move(value));
+  // @@protoc_insertion_point(field_add:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline void WatchEntitlementsRequest::add_add_user_ids(const char* value) {
+  GOOGLE_DCHECK(value != nullptr);
+  _impl_.add_user_ids_.Add()->assign(value);
+  // @@protoc_insertion_point(field_add_char:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline void WatchEntitlementsRequest::add_add_user_ids(const char* value, size_t size) {
+  _impl_.add_user_ids_.Add()->assign(reinterpret_cast<const char*>(value), size);
+  // @@protoc_insertion_point(field_add_pointer:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+}
+inline const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>&
+WatchEntitlementsRequest::add_user_ids() const {
+  // @@protoc_insertion_point(field_list:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+  return _impl_.add_user_ids_;
+}
+inline ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>*
+WatchEntitlementsRequest::mutable_add_user_ids() {
+  // @@protoc_insertion_point(field_mutable_list:entitlements.v1.WatchEntitlementsRequest.add_user_ids)
+  return &_impl_.add_user_ids_;
+}
+
+// repeated string remove_user_ids = 5;
+inline int WatchEntitlementsRequest::_internal_remove_user_ids_size() const {
+  return _impl_.remove_user_ids_.size();
+}
+inline int WatchEntitlementsRequest::remove_user_ids_size() const {
+  return _internal_remove_user_ids_size();
+}
+inline void WatchEntitlementsRequest::clear_remove_user_ids() {
+  _impl_.remove_user_ids_.Clear();
+}
+inline std::string* WatchEntitlementsRequest::add_remove_user_ids() {
+  std::string* _s = _internal_add_remove_user_ids();
+  // @@protoc_insertion_point(field_add_mutable:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+  return _s;
+}
+inline const std::string& WatchEntitlementsRequest::_internal_remove_user_ids(int index) const {
+  return _impl_.remove_user_ids_.Get(index);
+}
+inline const std::string& WatchEntitlementsRequest::remove_user_ids(int index) const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+  return _internal_remove_user_ids(index);
+}
+inline std::string* WatchEntitlementsRequest::mutable_remove_user_ids(int index) {
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+  return _impl_.remove_user_ids_.Mutable(index);
+}
+inline void WatchEntitlementsRequest::set_remove_user_ids(int index, const std::string& value) {
+  _impl_.remove_user_ids_.Mutable(index)->assign(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline void WatchEntitlementsRequest::set_remove_user_ids(int index, std::string&& value) {
+  _impl_.remove_user_ids_.Mutable(index)->assign(std::move(value));
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline void WatchEntitlementsRequest::set_remove_user_ids(int index, const char* value) {
+  GOOGLE_DCHECK(value != nullptr);
+  _impl_.remove_user_ids_.Mutable(index)->assign(value);
+  // @@protoc_insertion_point(field_set_char:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline void WatchEntitlementsRequest::set_remove_user_ids(int index, const char* value, size_t size) {
+  _impl_.remove_user_ids_.Mutable(index)->assign(
+    reinterpret_cast<const char*>(value), size);
+  // @@protoc_insertion_point(field_set_pointer:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline std::string* WatchEntitlementsRequest::_internal_add_remove_user_ids() {
+  return _impl_.remove_user_ids_.Add();
+}
+inline void WatchEntitlementsRequest::add_remove_user_ids(const std::string& value) {
+  _impl_.remove_user_ids_.Add()->assign(value);
+  // @@protoc_insertion_point(field_add:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline void WatchEntitlementsRequest::add_remove_user_ids(std::string&& value) {
+  _impl_.remove_user_ids_.Add(std::move(value));
+  // @@protoc_insertion_point(field_add:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline void WatchEntitlementsRequest::add_remove_user_ids(const char* value) {
+  GOOGLE_DCHECK(value != nullptr);
+  _impl_.remove_user_ids_.Add()->assign(value);
+  // @@protoc_insertion_point(field_add_char:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline void WatchEntitlementsRequest::add_remove_user_ids(const char* value, size_t size) {
+  _impl_.remove_user_ids_.Add()->assign(reinterpret_cast<const char*>(value), size);
+  // @@protoc_insertion_point(field_add_pointer:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+}
+inline const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>&
+WatchEntitlementsRequest::remove_user_ids() const {
+  // @@protoc_insertion_point(field_list:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+  return _impl_.remove_user_ids_;
+}
+inline ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField<std::string>*
+WatchEntitlementsRequest::mutable_remove_user_ids() {
+  // @@protoc_insertion_point(field_mutable_list:entitlements.v1.WatchEntitlementsRequest.remove_user_ids)
+  return &_impl_.remove_user_ids_;
+}
+
+// bool snapshot = 6;
+inline void WatchEntitlementsRequest::clear_snapshot() {
+  _impl_.snapshot_ = false;
+}
+inline bool WatchEntitlementsRequest::_internal_snapshot() const {
+  return _impl_.snapshot_;
+}
+inline bool WatchEntitlementsRequest::snapshot() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.snapshot)
+  return _internal_snapshot();
+}
+inline void WatchEntitlementsRequest::_internal_set_snapshot(bool value) {
+  
+  _impl_.snapshot_ = value;
+}
+inline void WatchEntitlementsRequest::set_snapshot(bool value) {
+  _internal_set_snapshot(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsRequest.snapshot)
+}
+
+// .google.protobuf.Duration heartbeat_interval = 7;
+inline bool WatchEntitlementsRequest::_internal_has_heartbeat_interval() const {
+  return this != internal_default_instance() && _impl_.heartbeat_interval_ != nullptr;
+}
+inline bool WatchEntitlementsRequest::has_heartbeat_interval() const {
+  return _internal_has_heartbeat_interval();
+}
+inline const ::PROTOBUF_NAMESPACE_ID::Duration& WatchEntitlementsRequest::_internal_heartbeat_interval() const {
+  const ::PROTOBUF_NAMESPACE_ID::Duration* p = _impl_.heartbeat_interval_;
+  return p != nullptr ? *p : reinterpret_cast<const ::PROTOBUF_NAMESPACE_ID::Duration&>(
+      ::PROTOBUF_NAMESPACE_ID::_Duration_default_instance_);
+}
+inline const ::PROTOBUF_NAMESPACE_ID::Duration& WatchEntitlementsRequest::heartbeat_interval() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsRequest.heartbeat_interval)
+  return _internal_heartbeat_interval();
+}
+inline void WatchEntitlementsRequest::unsafe_arena_set_allocated_heartbeat_interval(
+    ::PROTOBUF_NAMESPACE_ID::Duration* heartbeat_interval) {
+  if (GetArenaForAllocation() == nullptr) {
+    delete reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.heartbeat_interval_);
+  }
+  _impl_.heartbeat_interval_ = heartbeat_interval;
+  if (heartbeat_interval) {
+    
+  } else {
+    
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.WatchEntitlementsRequest.heartbeat_interval)
+}
+inline ::PROTOBUF_NAMESPACE_ID::Duration* WatchEntitlementsRequest::release_heartbeat_interval() {
+  
+  ::PROTOBUF_NAMESPACE_ID::Duration* temp = _impl_.heartbeat_interval_;
+  _impl_.heartbeat_interval_ = nullptr;
+#ifdef PROTOBUF_FORCE_COPY_IN_RELEASE
+  auto* old =  reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(temp);
+  temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  if (GetArenaForAllocation() == nullptr) { delete old; }
+#else  // PROTOBUF_FORCE_COPY_IN_RELEASE
+  if (GetArenaForAllocation() != nullptr) {
+    temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  }
+#endif  // !PROTOBUF_FORCE_COPY_IN_RELEASE
+  return temp;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Duration* WatchEntitlementsRequest::unsafe_arena_release_heartbeat_interval() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.WatchEntitlementsRequest.heartbeat_interval)
+  
+  ::PROTOBUF_NAMESPACE_ID::Duration* temp = _impl_.heartbeat_interval_;
+  _impl_.heartbeat_interval_ = nullptr;
+  return temp;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Duration* WatchEntitlementsRequest::_internal_mutable_heartbeat_interval() {
+  
+  if (_impl_.heartbeat_interval_ == nullptr) {
+    auto* p = CreateMaybeMessage<::PROTOBUF_NAMESPACE_ID::Duration>(GetArenaForAllocation());
+    _impl_.heartbeat_interval_ = p;
+  }
+  return _impl_.heartbeat_interval_;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Duration* WatchEntitlementsRequest::mutable_heartbeat_interval() {
+  ::PROTOBUF_NAMESPACE_ID::Duration* _msg = _internal_mutable_heartbeat_interval();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsRequest.heartbeat_interval)
+  return _msg;
+}
+inline void WatchEntitlementsRequest::set_allocated_heartbeat_interval(::PROTOBUF_NAMESPACE_ID::Duration* heartbeat_interval) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  if (message_arena == nullptr) {
+    delete reinterpret_cast< ::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.heartbeat_interval_);
+  }
+  if (heartbeat_interval) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+        ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(
+                reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(heartbeat_interval));
+    if (message_arena != submessage_arena) {
+      heartbeat_interval = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, heartbeat_interval, submessage_arena);
+    }
+    
+  } else {
+    
+  }
+  _impl_.heartbeat_interval_ = heartbeat_interval;
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.WatchEntitlementsRequest.heartbeat_interval)
+}
+
+// -------------------------------------------------------------------
+
+// WatchEntitlementsResponse
+
+// .entitlements.v1.EntitlementChange change = 1;
+inline bool WatchEntitlementsResponse::_internal_has_change() const {
+  return event_case() == kChange;
+}
+inline bool WatchEntitlementsResponse::has_change() const {
+  return _internal_has_change();
+}
+inline void WatchEntitlementsResponse::set_has_change() {
+  _impl_._oneof_case_[0] = kChange;
+}
+inline void WatchEntitlementsResponse::clear_change() {
+  if (_internal_has_change()) {
+    if (GetArenaForAllocation() == nullptr) {
+      delete _impl_.event_.change_;
+    }
+    clear_has_event();
+  }
+}
+inline ::entitlements::v1::EntitlementChange* WatchEntitlementsResponse::release_change() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.WatchEntitlementsResponse.change)
+  if (_internal_has_change()) {
+    clear_has_event();
+    ::entitlements::v1::EntitlementChange* temp = _impl_.event_.change_;
+    if (GetArenaForAllocation() != nullptr) {
+      temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+    }
+    _impl_.event_.change_ = nullptr;
+    return temp;
+  } else {
+    return nullptr;
+  }
+}
+inline const ::entitlements::v1::EntitlementChange& WatchEntitlementsResponse::_internal_change() const {
+  return _internal_has_change()
+      ? *_impl_.event_.change_
+      : reinterpret_cast< ::entitlements::v1::EntitlementChange&>(::entitlements::v1::_EntitlementChange_default_instance_);
+}
+inline const ::entitlements::v1::EntitlementChange& WatchEntitlementsResponse::change() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsResponse.change)
+  return _internal_change();
+}
+inline ::entitlements::v1::EntitlementChange* WatchEntitlementsResponse::unsafe_arena_release_change() {
+  // @@protoc_insertion_point(field_unsafe_arena_release:entitlements.v1.WatchEntitlementsResponse.change)
+  if (_internal_has_change()) {
+    clear_has_event();
+    ::entitlements::v1::EntitlementChange* temp = _impl_.event_.change_;
+    _impl_.event_.change_ = nullptr;
+    return temp;
+  } else {
+    return nullptr;
+  }
+}
+inline void WatchEntitlementsResponse::unsafe_arena_set_allocated_change(::entitlements::v1::EntitlementChange* change) {
+  clear_event();
+  if (change) {
+    set_has_change();
+    _impl_.event_.change_ = change;
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.WatchEntitlementsResponse.change)
+}
+inline ::entitlements::v1::EntitlementChange* WatchEntitlementsResponse::_internal_mutable_change() {
+  if (!_internal_has_change()) {
+    clear_event();
+    set_has_change();
+    _impl_.event_.change_ = CreateMaybeMessage< ::entitlements::v1::EntitlementChange >(GetArenaForAllocation());
+  }
+  return _impl_.event_.change_;
+}
+inline ::entitlements::v1::EntitlementChange* WatchEntitlementsResponse::mutable_change() {
+  ::entitlements::v1::EntitlementChange* _msg = _internal_mutable_change();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsResponse.change)
+  return _msg;
+}
+
+// .entitlements.v1.PlayerSnapshot snapshot = 2;
+inline bool WatchEntitlementsResponse::_internal_has_snapshot() const {
+  return event_case() == kSnapshot;
+}
+inline bool WatchEntitlementsResponse::has_snapshot() const {
+  return _internal_has_snapshot();
+}
+inline void WatchEntitlementsResponse::set_has_snapshot() {
+  _impl_._oneof_case_[0] = kSnapshot;
+}
+inline void WatchEntitlementsResponse::clear_snapshot() {
+  if (_internal_has_snapshot()) {
+    if (GetArenaForAllocation() == nullptr) {
+      delete _impl_.event_.snapshot_;
+    }
+    clear_has_event();
+  }
+}
+inline ::entitlements::v1::PlayerSnapshot* WatchEntitlementsResponse::release_snapshot() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.WatchEntitlementsResponse.snapshot)
+  if (_internal_has_snapshot()) {
+    clear_has_event();
+    ::entitlements::v1::PlayerSnapshot* temp = _impl_.event_.snapshot_;
+    if (GetArenaForAllocation() != nullptr) {
+      temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+    }
+    _impl_.event_.snapshot_ = nullptr;
+    return temp;
+  } else {
+    return nullptr;
+  }
+}
+inline const ::entitlements::v1::PlayerSnapshot& WatchEntitlementsResponse::_internal_snapshot() const {
+  return _internal_has_snapshot()
+      ? *_impl_.event_.snapshot_
+      : reinterpret_cast< ::entitlements::v1::PlayerSnapshot&>(::entitlements::v1::_PlayerSnapshot_default_instance_);
+}
+inline const ::entitlements::v1::PlayerSnapshot& WatchEntitlementsResponse::snapshot() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsResponse.snapshot)
+  return _internal_snapshot();
+}
+inline ::entitlements::v1::PlayerSnapshot* WatchEntitlementsResponse::unsafe_arena_release_snapshot() {
+  // @@protoc_insertion_point(field_unsafe_arena_release:entitlements.v1.WatchEntitlementsResponse.snapshot)
+  if (_internal_has_snapshot()) {
+    clear_has_event();
+    ::entitlements::v1::PlayerSnapshot* temp = _impl_.event_.snapshot_;
+    _impl_.event_.snapshot_ = nullptr;
+    return temp;
+  } else {
+    return nullptr;
+  }
+}
+inline void WatchEntitlementsResponse::unsafe_arena_set_allocated_snapshot(::entitlements::v1::PlayerSnapshot* snapshot) {
+  clear_event();
+  if (snapshot) {
+    set_has_snapshot();
+    _impl_.event_.snapshot_ = snapshot;
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.WatchEntitlementsResponse.snapshot)
+}
+inline ::entitlements::v1::PlayerSnapshot* WatchEntitlementsResponse::_internal_mutable_snapshot() {
+  if (!_internal_has_snapshot()) {
+    clear_event();
+    set_has_snapshot();
+    _impl_.event_.snapshot_ = CreateMaybeMessage< ::entitlements::v1::PlayerSnapshot >(GetArenaForAllocation());
+  }
+  return _impl_.event_.snapshot_;
+}
+inline ::entitlements::v1::PlayerSnapshot* WatchEntitlementsResponse::mutable_snapshot() {
+  ::entitlements::v1::PlayerSnapshot* _msg = _internal_mutable_snapshot();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsResponse.snapshot)
+  return _msg;
+}
+
+// .entitlements.v1.Heartbeat heartbeat = 3;
+inline bool WatchEntitlementsResponse::_internal_has_heartbeat() const {
+  return event_case() == kHeartbeat;
+}
+inline bool WatchEntitlementsResponse::has_heartbeat() const {
+  return _internal_has_heartbeat();
+}
+inline void WatchEntitlementsResponse::set_has_heartbeat() {
+  _impl_._oneof_case_[0] = kHeartbeat;
+}
+inline void WatchEntitlementsResponse::clear_heartbeat() {
+  if (_internal_has_heartbeat()) {
+    if (GetArenaForAllocation() == nullptr) {
+      delete _impl_.event_.heartbeat_;
+    }
+    clear_has_event();
+  }
+}
+inline ::entitlements::v1::Heartbeat* WatchEntitlementsResponse::release_heartbeat() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.WatchEntitlementsResponse.heartbeat)
+  if (_internal_has_heartbeat()) {
+    clear_has_event();
+    ::entitlements::v1::Heartbeat* temp = _impl_.event_.heartbeat_;
+    if (GetArenaForAllocation() != nullptr) {
+      temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+    }
+    _impl_.event_.heartbeat_ = nullptr;
+    return temp;
+  } else {
+    return nullptr;
+  }
+}
+inline const ::entitlements::v1::Heartbeat& WatchEntitlementsResponse::_internal_heartbeat() const {
+  return _internal_has_heartbeat()
+      ? *_impl_.event_.heartbeat_
+      : reinterpret_cast< ::entitlements::v1::Heartbeat&>(::entitlements::v1::_Heartbeat_default_instance_);
+}
+inline const ::entitlements::v1::Heartbeat& WatchEntitlementsResponse::heartbeat() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsResponse.heartbeat)
+  return _internal_heartbeat();
+}
+inline ::entitlements::v1::Heartbeat* WatchEntitlementsResponse::unsafe_arena_release_heartbeat() {
+  // @@protoc_insertion_point(field_unsafe_arena_release:entitlements.v1.WatchEntitlementsResponse.heartbeat)
+  if (_internal_has_heartbeat()) {
+    clear_has_event();
+    ::entitlements::v1::Heartbeat* temp = _impl_.event_.heartbeat_;
+    _impl_.event_.heartbeat_ = nullptr;
+    return temp;
+  } else {
+    return nullptr;
+  }
+}
+inline void WatchEntitlementsResponse::unsafe_arena_set_allocated_heartbeat(::entitlements::v1::Heartbeat* heartbeat) {
+  clear_event();
+  if (heartbeat) {
+    set_has_heartbeat();
+    _impl_.event_.heartbeat_ = heartbeat;
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.WatchEntitlementsResponse.heartbeat)
+}
+inline ::entitlements::v1::Heartbeat* WatchEntitlementsResponse::_internal_mutable_heartbeat() {
+  if (!_internal_has_heartbeat()) {
+    clear_event();
+    set_has_heartbeat();
+    _impl_.event_.heartbeat_ = CreateMaybeMessage< ::entitlements::v1::Heartbeat >(GetArenaForAllocation());
+  }
+  return _impl_.event_.heartbeat_;
+}
+inline ::entitlements::v1::Heartbeat* WatchEntitlementsResponse::mutable_heartbeat() {
+  ::entitlements::v1::Heartbeat* _msg = _internal_mutable_heartbeat();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsResponse.heartbeat)
+  return _msg;
+}
+
+// string cursor = 4;
+inline void WatchEntitlementsResponse::clear_cursor() {
+  _impl_.cursor_.ClearToEmpty();
+}
+inline const std::string& WatchEntitlementsResponse::cursor() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.WatchEntitlementsResponse.cursor)
+  return _internal_cursor();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void WatchEntitlementsResponse::set_cursor(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.cursor_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.WatchEntitlementsResponse.cursor)
+}
+inline std::string* WatchEntitlementsResponse::mutable_cursor() {
+  std::string* _s = _internal_mutable_cursor();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.WatchEntitlementsResponse.cursor)
+  return _s;
+}
+inline const std::string& WatchEntitlementsResponse::_internal_cursor() const {
+  return _impl_.cursor_.Get();
+}
+inline void WatchEntitlementsResponse::_internal_set_cursor(const std::string& value) {
+  
+  _impl_.cursor_.Set(value, GetArenaForAllocation());
+}
+inline std::string* WatchEntitlementsResponse::_internal_mutable_cursor() {
+  
+  return _impl_.cursor_.Mutable(GetArenaForAllocation());
+}
+inline std::string* WatchEntitlementsResponse::release_cursor() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.WatchEntitlementsResponse.cursor)
+  return _impl_.cursor_.Release();
+}
+inline void WatchEntitlementsResponse::set_allocated_cursor(std::string* cursor) {
+  if (cursor != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.cursor_.SetAllocated(cursor, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.cursor_.IsDefault()) {
+    _impl_.cursor_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.WatchEntitlementsResponse.cursor)
+}
+
+inline bool WatchEntitlementsResponse::has_event() const {
+  return event_case() != EVENT_NOT_SET;
+}
+inline void WatchEntitlementsResponse::clear_has_event() {
+  _impl_._oneof_case_[0] = EVENT_NOT_SET;
+}
+inline WatchEntitlementsResponse::EventCase WatchEntitlementsResponse::event_case() const {
+  return WatchEntitlementsResponse::EventCase(_impl_._oneof_case_[0]);
+}
+// -------------------------------------------------------------------
+
+// EntitlementChange
+
+// string user_id = 1;
+inline void EntitlementChange::clear_user_id() {
+  _impl_.user_id_.ClearToEmpty();
+}
+inline const std::string& EntitlementChange::user_id() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.EntitlementChange.user_id)
+  return _internal_user_id();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void EntitlementChange::set_user_id(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.user_id_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.EntitlementChange.user_id)
+}
+inline std::string* EntitlementChange::mutable_user_id() {
+  std::string* _s = _internal_mutable_user_id();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.EntitlementChange.user_id)
+  return _s;
+}
+inline const std::string& EntitlementChange::_internal_user_id() const {
+  return _impl_.user_id_.Get();
+}
+inline void EntitlementChange::_internal_set_user_id(const std::string& value) {
+  
+  _impl_.user_id_.Set(value, GetArenaForAllocation());
+}
+inline std::string* EntitlementChange::_internal_mutable_user_id() {
+  
+  return _impl_.user_id_.Mutable(GetArenaForAllocation());
+}
+inline std::string* EntitlementChange::release_user_id() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.EntitlementChange.user_id)
+  return _impl_.user_id_.Release();
+}
+inline void EntitlementChange::set_allocated_user_id(std::string* user_id) {
+  if (user_id != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.user_id_.SetAllocated(user_id, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.user_id_.IsDefault()) {
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.EntitlementChange.user_id)
+}
+
+// string sku = 2;
+inline void EntitlementChange::clear_sku() {
+  _impl_.sku_.ClearToEmpty();
+}
+inline const std::string& EntitlementChange::sku() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.EntitlementChange.sku)
+  return _internal_sku();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void EntitlementChange::set_sku(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.sku_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.EntitlementChange.sku)
+}
+inline std::string* EntitlementChange::mutable_sku() {
+  std::string* _s = _internal_mutable_sku();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.EntitlementChange.sku)
+  return _s;
+}
+inline const std::string& EntitlementChange::_internal_sku() const {
+  return _impl_.sku_.Get();
+}
+inline void EntitlementChange::_internal_set_sku(const std::string& value) {
+  
+  _impl_.sku_.Set(value, GetArenaForAllocation());
+}
+inline std::string* EntitlementChange::_internal_mutable_sku() {
+  
+  return _impl_.sku_.Mutable(GetArenaForAllocation());
+}
+inline std::string* EntitlementChange::release_sku() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.EntitlementChange.sku)
+  return _impl_.sku_.Release();
+}
+inline void EntitlementChange::set_allocated_sku(std::string* sku) {
+  if (sku != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.sku_.SetAllocated(sku, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.sku_.IsDefault()) {
+    _impl_.sku_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.EntitlementChange.sku)
+}
+
+// .entitlements.v1.Entitlement entitlement = 3;
+inline bool EntitlementChange::_internal_has_entitlement() const {
+  return this != internal_default_instance() && _impl_.entitlement_ != nullptr;
+}
+inline bool EntitlementChange::has_entitlement() const {
+  return _internal_has_entitlement();
+}
+inline void EntitlementChange::clear_entitlement() {
+  if (GetArenaForAllocation() == nullptr && _impl_.entitlement_ != nullptr) {
+    delete _impl_.entitlement_;
+  }
+  _impl_.entitlement_ = nullptr;
+}
+inline const ::entitlements::v1::Entitlement& EntitlementChange::_internal_entitlement() const {
+  const ::entitlements::v1::Entitlement* p = _impl_.entitlement_;
+  return p != nullptr ? *p : reinterpret_cast<const ::entitlements::v1::Entitlement&>(
+      ::entitlements::v1::_Entitlement_default_instance_);
+}
+inline const ::entitlements::v1::Entitlement& EntitlementChange::entitlement() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.EntitlementChange.entitlement)
+  return _internal_entitlement();
+}
+inline void EntitlementChange::unsafe_arena_set_allocated_entitlement(
+    ::entitlements::v1::Entitlement* entitlement) {
+  if (GetArenaForAllocation() == nullptr) {
+    delete reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.entitlement_);
+  }
+  _impl_.entitlement_ = entitlement;
+  if (entitlement) {
+    
+  } else {
+    
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.EntitlementChange.entitlement)
+}
+inline ::entitlements::v1::Entitlement* EntitlementChange::release_entitlement() {
+  
+  ::entitlements::v1::Entitlement* temp = _impl_.entitlement_;
+  _impl_.entitlement_ = nullptr;
+#ifdef PROTOBUF_FORCE_COPY_IN_RELEASE
+  auto* old =  reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(temp);
+  temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  if (GetArenaForAllocation() == nullptr) { delete old; }
+#else  // PROTOBUF_FORCE_COPY_IN_RELEASE
+  if (GetArenaForAllocation() != nullptr) {
+    temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  }
+#endif  // !PROTOBUF_FORCE_COPY_IN_RELEASE
+  return temp;
+}
+inline ::entitlements::v1::Entitlement* EntitlementChange::unsafe_arena_release_entitlement() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.EntitlementChange.entitlement)
+  
+  ::entitlements::v1::Entitlement* temp = _impl_.entitlement_;
+  _impl_.entitlement_ = nullptr;
+  return temp;
+}
+inline ::entitlements::v1::Entitlement* EntitlementChange::_internal_mutable_entitlement() {
+  
+  if (_impl_.entitlement_ == nullptr) {
+    auto* p = CreateMaybeMessage<::entitlements::v1::Entitlement>(GetArenaForAllocation());
+    _impl_.entitlement_ = p;
+  }
+  return _impl_.entitlement_;
+}
+inline ::entitlements::v1::Entitlement* EntitlementChange::mutable_entitlement() {
+  ::entitlements::v1::Entitlement* _msg = _internal_mutable_entitlement();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.EntitlementChange.entitlement)
+  return _msg;
+}
+inline void EntitlementChange::set_allocated_entitlement(::entitlements::v1::Entitlement* entitlement) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  if (message_arena == nullptr) {
+    delete _impl_.entitlement_;
+  }
+  if (entitlement) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+        ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(entitlement);
+    if (message_arena != submessage_arena) {
+      entitlement = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, entitlement, submessage_arena);
+    }
+    
+  } else {
+    
+  }
+  _impl_.entitlement_ = entitlement;
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.EntitlementChange.entitlement)
+}
+
+// int64 version = 4;
+inline void EntitlementChange::clear_version() {
+  _impl_.version_ = int64_t{0};
+}
+inline int64_t EntitlementChange::_internal_version() const {
+  return _impl_.version_;
+}
+inline int64_t EntitlementChange::version() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.EntitlementChange.version)
+  return _internal_version();
+}
+inline void EntitlementChange::_internal_set_version(int64_t value) {
+  
+  _impl_.version_ = value;
+}
+inline void EntitlementChange::set_version(int64_t value) {
+  _internal_set_version(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.EntitlementChange.version)
+}
+
+// string operation = 5;
+inline void EntitlementChange::clear_operation() {
+  _impl_.operation_.ClearToEmpty();
+}
+inline const std::string& EntitlementChange::operation() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.EntitlementChange.operation)
+  return _internal_operation();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void EntitlementChange::set_operation(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.operation_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.EntitlementChange.operation)
+}
+inline std::string* EntitlementChange::mutable_operation() {
+  std::string* _s = _internal_mutable_operation();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.EntitlementChange.operation)
+  return _s;
+}
+inline const std::string& EntitlementChange::_internal_operation() const {
+  return _impl_.operation_.Get();
+}
+inline void EntitlementChange::_internal_set_operation(const std::string& value) {
+  
+  _impl_.operation_.Set(value, GetArenaForAllocation());
+}
+inline std::string* EntitlementChange::_internal_mutable_operation() {
+  
+  return _impl_.operation_.Mutable(GetArenaForAllocation());
+}
+inline std::string* EntitlementChange::release_operation() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.EntitlementChange.operation)
+  return _impl_.operation_.Release();
+}
+inline void EntitlementChange::set_allocated_operation(std::string* operation) {
+  if (operation != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.operation_.SetAllocated(operation, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.operation_.IsDefault()) {
+    _impl_.operation_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.EntitlementChange.operation)
+}
+
+// .google.protobuf.Timestamp changed_at = 6;
+inline bool EntitlementChange::_internal_has_changed_at() const {
+  return this != internal_default_instance() && _impl_.changed_at_ != nullptr;
+}
+inline bool EntitlementChange::has_changed_at() const {
+  return _internal_has_changed_at();
+}
+inline const ::PROTOBUF_NAMESPACE_ID::Timestamp& EntitlementChange::_internal_changed_at() const {
+  const ::PROTOBUF_NAMESPACE_ID::Timestamp* p = _impl_.changed_at_;
+  return p != nullptr ? *p : reinterpret_cast<const ::PROTOBUF_NAMESPACE_ID::Timestamp&>(
+      ::PROTOBUF_NAMESPACE_ID::_Timestamp_default_instance_);
+}
+inline const ::PROTOBUF_NAMESPACE_ID::Timestamp& EntitlementChange::changed_at() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.EntitlementChange.changed_at)
+  return _internal_changed_at();
+}
+inline void EntitlementChange::unsafe_arena_set_allocated_changed_at(
+    ::PROTOBUF_NAMESPACE_ID::Timestamp* changed_at) {
+  if (GetArenaForAllocation() == nullptr) {
+    delete reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.changed_at_);
+  }
+  _impl_.changed_at_ = changed_at;
+  if (changed_at) {
+    
+  } else {
+    
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.EntitlementChange.changed_at)
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* EntitlementChange::release_changed_at() {
+  
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* temp = _impl_.changed_at_;
+  _impl_.changed_at_ = nullptr;
+#ifdef PROTOBUF_FORCE_COPY_IN_RELEASE
+  auto* old =  reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(temp);
+  temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  if (GetArenaForAllocation() == nullptr) { delete old; }
+#else  // PROTOBUF_FORCE_COPY_IN_RELEASE
+  if (GetArenaForAllocation() != nullptr) {
+    temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  }
+#endif  // !PROTOBUF_FORCE_COPY_IN_RELEASE
+  return temp;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* EntitlementChange::unsafe_arena_release_changed_at() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.EntitlementChange.changed_at)
+  
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* temp = _impl_.changed_at_;
+  _impl_.changed_at_ = nullptr;
+  return temp;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* EntitlementChange::_internal_mutable_changed_at() {
+  
+  if (_impl_.changed_at_ == nullptr) {
+    auto* p = CreateMaybeMessage<::PROTOBUF_NAMESPACE_ID::Timestamp>(GetArenaForAllocation());
+    _impl_.changed_at_ = p;
+  }
+  return _impl_.changed_at_;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* EntitlementChange::mutable_changed_at() {
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* _msg = _internal_mutable_changed_at();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.EntitlementChange.changed_at)
+  return _msg;
+}
+inline void EntitlementChange::set_allocated_changed_at(::PROTOBUF_NAMESPACE_ID::Timestamp* changed_at) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  if (message_arena == nullptr) {
+    delete reinterpret_cast< ::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.changed_at_);
+  }
+  if (changed_at) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+        ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(
+                reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(changed_at));
+    if (message_arena != submessage_arena) {
+      changed_at = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, changed_at, submessage_arena);
+    }
+    
+  } else {
+    
+  }
+  _impl_.changed_at_ = changed_at;
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.EntitlementChange.changed_at)
+}
+
+// -------------------------------------------------------------------
+
+// PlayerSnapshot
+
+// string user_id = 1;
+inline void PlayerSnapshot::clear_user_id() {
+  _impl_.user_id_.ClearToEmpty();
+}
+inline const std::string& PlayerSnapshot::user_id() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.PlayerSnapshot.user_id)
+  return _internal_user_id();
+}
+template <typename ArgT0, typename... ArgT>
+inline PROTOBUF_ALWAYS_INLINE
+void PlayerSnapshot::set_user_id(ArgT0&& arg0, ArgT... args) {
+ 
+ _impl_.user_id_.Set(static_cast<ArgT0 &&>(arg0), args..., GetArenaForAllocation());
+  // @@protoc_insertion_point(field_set:entitlements.v1.PlayerSnapshot.user_id)
+}
+inline std::string* PlayerSnapshot::mutable_user_id() {
+  std::string* _s = _internal_mutable_user_id();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.PlayerSnapshot.user_id)
+  return _s;
+}
+inline const std::string& PlayerSnapshot::_internal_user_id() const {
+  return _impl_.user_id_.Get();
+}
+inline void PlayerSnapshot::_internal_set_user_id(const std::string& value) {
+  
+  _impl_.user_id_.Set(value, GetArenaForAllocation());
+}
+inline std::string* PlayerSnapshot::_internal_mutable_user_id() {
+  
+  return _impl_.user_id_.Mutable(GetArenaForAllocation());
+}
+inline std::string* PlayerSnapshot::release_user_id() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.PlayerSnapshot.user_id)
+  return _impl_.user_id_.Release();
+}
+inline void PlayerSnapshot::set_allocated_user_id(std::string* user_id) {
+  if (user_id != nullptr) {
+    
+  } else {
+    
+  }
+  _impl_.user_id_.SetAllocated(user_id, GetArenaForAllocation());
+#ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  if (_impl_.user_id_.IsDefault()) {
+    _impl_.user_id_.Set("", GetArenaForAllocation());
+  }
+#endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.PlayerSnapshot.user_id)
+}
+
+// repeated .entitlements.v1.Entitlement entitlements = 2;
+inline int PlayerSnapshot::_internal_entitlements_size() const {
+  return _impl_.entitlements_.size();
+}
+inline int PlayerSnapshot::entitlements_size() const {
+  return _internal_entitlements_size();
+}
+inline void PlayerSnapshot::clear_entitlements() {
+  _impl_.entitlements_.Clear();
+}
+inline ::entitlements::v1::Entitlement* PlayerSnapshot::mutable_entitlements(int index) {
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.PlayerSnapshot.entitlements)
+  return _impl_.entitlements_.Mutable(index);
+}
+inline ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::Entitlement >*
+PlayerSnapshot::mutable_entitlements() {
+  // @@protoc_insertion_point(field_mutable_list:entitlements.v1.PlayerSnapshot.entitlements)
+  return &_impl_.entitlements_;
+}
+inline const ::entitlements::v1::Entitlement& PlayerSnapshot::_internal_entitlements(int index) const {
+  return _impl_.entitlements_.Get(index);
+}
+inline const ::entitlements::v1::Entitlement& PlayerSnapshot::entitlements(int index) const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.PlayerSnapshot.entitlements)
+  return _internal_entitlements(index);
+}
+inline ::entitlements::v1::Entitlement* PlayerSnapshot::_internal_add_entitlements() {
+  return _impl_.entitlements_.Add();
+}
+inline ::entitlements::v1::Entitlement* PlayerSnapshot::add_entitlements() {
+  ::entitlements::v1::Entitlement* _add = _internal_add_entitlements();
+  // @@protoc_insertion_point(field_add:entitlements.v1.PlayerSnapshot.entitlements)
+  return _add;
+}
+inline const ::PROTOBUF_NAMESPACE_ID::RepeatedPtrField< ::entitlements::v1::Entitlement >&
+PlayerSnapshot::entitlements() const {
+  // @@protoc_insertion_point(field_list:entitlements.v1.PlayerSnapshot.entitlements)
+  return _impl_.entitlements_;
+}
+
+// int64 version = 3;
+inline void PlayerSnapshot::clear_version() {
+  _impl_.version_ = int64_t{0};
+}
+inline int64_t PlayerSnapshot::_internal_version() const {
+  return _impl_.version_;
+}
+inline int64_t PlayerSnapshot::version() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.PlayerSnapshot.version)
+  return _internal_version();
+}
+inline void PlayerSnapshot::_internal_set_version(int64_t value) {
+  
+  _impl_.version_ = value;
+}
+inline void PlayerSnapshot::set_version(int64_t value) {
+  _internal_set_version(value);
+  // @@protoc_insertion_point(field_set:entitlements.v1.PlayerSnapshot.version)
+}
+
+// -------------------------------------------------------------------
+
+// Heartbeat
+
+// .google.protobuf.Timestamp sent_at = 1;
+inline bool Heartbeat::_internal_has_sent_at() const {
+  return this != internal_default_instance() && _impl_.sent_at_ != nullptr;
+}
+inline bool Heartbeat::has_sent_at() const {
+  return _internal_has_sent_at();
+}
+inline const ::PROTOBUF_NAMESPACE_ID::Timestamp& Heartbeat::_internal_sent_at() const {
+  const ::PROTOBUF_NAMESPACE_ID::Timestamp* p = _impl_.sent_at_;
+  return p != nullptr ? *p : reinterpret_cast<const ::PROTOBUF_NAMESPACE_ID::Timestamp&>(
+      ::PROTOBUF_NAMESPACE_ID::_Timestamp_default_instance_);
+}
+inline const ::PROTOBUF_NAMESPACE_ID::Timestamp& Heartbeat::sent_at() const {
+  // @@protoc_insertion_point(field_get:entitlements.v1.Heartbeat.sent_at)
+  return _internal_sent_at();
+}
+inline void Heartbeat::unsafe_arena_set_allocated_sent_at(
+    ::PROTOBUF_NAMESPACE_ID::Timestamp* sent_at) {
+  if (GetArenaForAllocation() == nullptr) {
+    delete reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.sent_at_);
+  }
+  _impl_.sent_at_ = sent_at;
+  if (sent_at) {
+    
+  } else {
+    
+  }
+  // @@protoc_insertion_point(field_unsafe_arena_set_allocated:entitlements.v1.Heartbeat.sent_at)
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* Heartbeat::release_sent_at() {
+  
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* temp = _impl_.sent_at_;
+  _impl_.sent_at_ = nullptr;
+#ifdef PROTOBUF_FORCE_COPY_IN_RELEASE
+  auto* old =  reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(temp);
+  temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  if (GetArenaForAllocation() == nullptr) { delete old; }
+#else  // PROTOBUF_FORCE_COPY_IN_RELEASE
+  if (GetArenaForAllocation() != nullptr) {
+    temp = ::PROTOBUF_NAMESPACE_ID::internal::DuplicateIfNonNull(temp);
+  }
+#endif  // !PROTOBUF_FORCE_COPY_IN_RELEASE
+  return temp;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* Heartbeat::unsafe_arena_release_sent_at() {
+  // @@protoc_insertion_point(field_release:entitlements.v1.Heartbeat.sent_at)
+  
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* temp = _impl_.sent_at_;
+  _impl_.sent_at_ = nullptr;
+  return temp;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* Heartbeat::_internal_mutable_sent_at() {
+  
+  if (_impl_.sent_at_ == nullptr) {
+    auto* p = CreateMaybeMessage<::PROTOBUF_NAMESPACE_ID::Timestamp>(GetArenaForAllocation());
+    _impl_.sent_at_ = p;
+  }
+  return _impl_.sent_at_;
+}
+inline ::PROTOBUF_NAMESPACE_ID::Timestamp* Heartbeat::mutable_sent_at() {
+  ::PROTOBUF_NAMESPACE_ID::Timestamp* _msg = _internal_mutable_sent_at();
+  // @@protoc_insertion_point(field_mutable:entitlements.v1.Heartbeat.sent_at)
+  return _msg;
+}
+inline void Heartbeat::set_allocated_sent_at(::PROTOBUF_NAMESPACE_ID::Timestamp* sent_at) {
+  ::PROTOBUF_NAMESPACE_ID::Arena* message_arena = GetArenaForAllocation();
+  if (message_arena == nullptr) {
+    delete reinterpret_cast< ::PROTOBUF_NAMESPACE_ID::MessageLite*>(_impl_.sent_at_);
+  }
+  if (sent_at) {
+    ::PROTOBUF_NAMESPACE_ID::Arena* submessage_arena =
+        ::PROTOBUF_NAMESPACE_ID::Arena::InternalGetOwningArena(
+                reinterpret_cast<::PROTOBUF_NAMESPACE_ID::MessageLite*>(sent_at));
+    if (message_arena != submessage_arena) {
+      sent_at = ::PROTOBUF_NAMESPACE_ID::internal::GetOwnedMessage(
+          message_arena, sent_at, submessage_arena);
+    }
+    
+  } else {
+    
+  }
+  _impl_.sent_at_ = sent_at;
+  // @@protoc_insertion_point(field_set_allocated:entitlements.v1.Heartbeat.sent_at)
+}
+
 #ifdef __GNUC__
   #pragma GCC diagnostic pop
 #endif  // __GNUC__
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
+// -------------------------------------------------------------------
+
 // -------------------------------------------------------------------
 
 // -------------------------------------------------------------------

@@ -5,8 +5,8 @@
 // several service replicas never lose or double an update.
 //
 // Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-// `read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
-// Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+// `read` for CheckEntitlement, CheckEntitlements, ListEntitlements, ListSubscriptions, ListLedger,
+// GetOrderStatus and WatchEntitlements; `write` for Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 //
 // HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
 // `google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
@@ -14,7 +14,8 @@
 // The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
 // (`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
 // (400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
-// per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+// per OrderStatusUpdate. WatchEntitlements, a bidirectional stream, has no HTTP mapping (gRPC only).
+// docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
 //
 // Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 // subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -893,6 +894,107 @@ func (x *CheckEntitlementResponse) GetEntitlement() *Entitlement {
 	return nil
 }
 
+type CheckEntitlementsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1..1,000 pairs.
+	Checks []*CheckEntitlementsRequest_Check `protobuf:"bytes,1,rep,name=checks,proto3" json:"checks,omitempty"`
+	// The Xsolla project of every pair. 0: the API key's project when it is bound to exactly one, else the
+	// service's default project. INVALID_ARGUMENT when still none, when negative, or when the service does not
+	// serve it; PERMISSION_DENIED when the API key is not bound to it.
+	ProjectId     int64 `protobuf:"varint,2,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckEntitlementsRequest) Reset() {
+	*x = CheckEntitlementsRequest{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckEntitlementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckEntitlementsRequest) ProtoMessage() {}
+
+func (x *CheckEntitlementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckEntitlementsRequest.ProtoReflect.Descriptor instead.
+func (*CheckEntitlementsRequest) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CheckEntitlementsRequest) GetChecks() []*CheckEntitlementsRequest_Check {
+	if x != nil {
+		return x.Checks
+	}
+	return nil
+}
+
+func (x *CheckEntitlementsRequest) GetProjectId() int64 {
+	if x != nil {
+		return x.ProjectId
+	}
+	return 0
+}
+
+type CheckEntitlementsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One answer per pair of the request, in its order: `results[i]` answers `checks[i]`.
+	Results       []*CheckEntitlementResponse `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckEntitlementsResponse) Reset() {
+	*x = CheckEntitlementsResponse{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckEntitlementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckEntitlementsResponse) ProtoMessage() {}
+
+func (x *CheckEntitlementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckEntitlementsResponse.ProtoReflect.Descriptor instead.
+func (*CheckEntitlementsResponse) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CheckEntitlementsResponse) GetResults() []*CheckEntitlementResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type ListEntitlementsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The player. Required, 1..256 bytes.
@@ -915,7 +1017,7 @@ type ListEntitlementsRequest struct {
 
 func (x *ListEntitlementsRequest) Reset() {
 	*x = ListEntitlementsRequest{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[7]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1029,7 @@ func (x *ListEntitlementsRequest) String() string {
 func (*ListEntitlementsRequest) ProtoMessage() {}
 
 func (x *ListEntitlementsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[7]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1042,7 @@ func (x *ListEntitlementsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntitlementsRequest.ProtoReflect.Descriptor instead.
 func (*ListEntitlementsRequest) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{7}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListEntitlementsRequest) GetUserId() string {
@@ -990,7 +1092,7 @@ type ListEntitlementsResponse struct {
 
 func (x *ListEntitlementsResponse) Reset() {
 	*x = ListEntitlementsResponse{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[8]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1104,7 @@ func (x *ListEntitlementsResponse) String() string {
 func (*ListEntitlementsResponse) ProtoMessage() {}
 
 func (x *ListEntitlementsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[8]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1117,7 @@ func (x *ListEntitlementsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntitlementsResponse.ProtoReflect.Descriptor instead.
 func (*ListEntitlementsResponse) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{8}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListEntitlementsResponse) GetEntitlements() []*Entitlement {
@@ -1055,7 +1157,7 @@ type ListSubscriptionsRequest struct {
 
 func (x *ListSubscriptionsRequest) Reset() {
 	*x = ListSubscriptionsRequest{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[9]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1169,7 @@ func (x *ListSubscriptionsRequest) String() string {
 func (*ListSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[9]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1182,7 @@ func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{9}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListSubscriptionsRequest) GetUserId() string {
@@ -1136,7 +1238,7 @@ type Charge struct {
 
 func (x *Charge) Reset() {
 	*x = Charge{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[10]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1250,7 @@ func (x *Charge) String() string {
 func (*Charge) ProtoMessage() {}
 
 func (x *Charge) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[10]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1263,7 @@ func (x *Charge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Charge.ProtoReflect.Descriptor instead.
 func (*Charge) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{10}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Charge) GetAmount() string {
@@ -1190,7 +1292,7 @@ type Period struct {
 
 func (x *Period) Reset() {
 	*x = Period{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[11]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1304,7 @@ func (x *Period) String() string {
 func (*Period) ProtoMessage() {}
 
 func (x *Period) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[11]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1317,7 @@ func (x *Period) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Period.ProtoReflect.Descriptor instead.
 func (*Period) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{11}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Period) GetValue() int32 {
@@ -1263,7 +1365,7 @@ type Subscription struct {
 
 func (x *Subscription) Reset() {
 	*x = Subscription{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[12]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1377,7 @@ func (x *Subscription) String() string {
 func (*Subscription) ProtoMessage() {}
 
 func (x *Subscription) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[12]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1390,7 @@ func (x *Subscription) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
 func (*Subscription) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{12}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Subscription) GetId() string {
@@ -1414,7 +1516,7 @@ type ListSubscriptionsResponse struct {
 
 func (x *ListSubscriptionsResponse) Reset() {
 	*x = ListSubscriptionsResponse{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[13]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1528,7 @@ func (x *ListSubscriptionsResponse) String() string {
 func (*ListSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[13]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1541,7 @@ func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{13}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -1475,7 +1577,7 @@ type ListLedgerRequest struct {
 
 func (x *ListLedgerRequest) Reset() {
 	*x = ListLedgerRequest{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[14]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1589,7 @@ func (x *ListLedgerRequest) String() string {
 func (*ListLedgerRequest) ProtoMessage() {}
 
 func (x *ListLedgerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[14]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1602,7 @@ func (x *ListLedgerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLedgerRequest.ProtoReflect.Descriptor instead.
 func (*ListLedgerRequest) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{14}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListLedgerRequest) GetUserId() string {
@@ -1579,7 +1681,7 @@ type LedgerEntry struct {
 
 func (x *LedgerEntry) Reset() {
 	*x = LedgerEntry{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[15]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1693,7 @@ func (x *LedgerEntry) String() string {
 func (*LedgerEntry) ProtoMessage() {}
 
 func (x *LedgerEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[15]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1706,7 @@ func (x *LedgerEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LedgerEntry.ProtoReflect.Descriptor instead.
 func (*LedgerEntry) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{15}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LedgerEntry) GetEntryId() string {
@@ -1724,7 +1826,7 @@ type ListLedgerResponse struct {
 
 func (x *ListLedgerResponse) Reset() {
 	*x = ListLedgerResponse{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[16]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1838,7 @@ func (x *ListLedgerResponse) String() string {
 func (*ListLedgerResponse) ProtoMessage() {}
 
 func (x *ListLedgerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[16]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1851,7 @@ func (x *ListLedgerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLedgerResponse.ProtoReflect.Descriptor instead.
 func (*ListLedgerResponse) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{16}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListLedgerResponse) GetEntries() []*LedgerEntry {
@@ -1791,7 +1893,7 @@ type GetOrderStatusRequest struct {
 
 func (x *GetOrderStatusRequest) Reset() {
 	*x = GetOrderStatusRequest{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[17]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1905,7 @@ func (x *GetOrderStatusRequest) String() string {
 func (*GetOrderStatusRequest) ProtoMessage() {}
 
 func (x *GetOrderStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[17]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1918,7 @@ func (x *GetOrderStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrderStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetOrderStatusRequest) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{17}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetOrderStatusRequest) GetOrderId() string {
@@ -1879,7 +1981,7 @@ type OrderStatusUpdate struct {
 
 func (x *OrderStatusUpdate) Reset() {
 	*x = OrderStatusUpdate{}
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[18]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +1993,7 @@ func (x *OrderStatusUpdate) String() string {
 func (*OrderStatusUpdate) ProtoMessage() {}
 
 func (x *OrderStatusUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_entitlements_v1_entitlements_proto_msgTypes[18]
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2006,7 @@ func (x *OrderStatusUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderStatusUpdate.ProtoReflect.Descriptor instead.
 func (*OrderStatusUpdate) Descriptor() ([]byte, []int) {
-	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{18}
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *OrderStatusUpdate) GetOrderId() string {
@@ -1947,6 +2049,478 @@ func (x *OrderStatusUpdate) GetTimedOut() bool {
 		return x.TimedOut
 	}
 	return false
+}
+
+type WatchEntitlementsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First message only. The Xsolla project to watch. 0: the API key's project when it is bound to exactly one,
+	// else the service's default project. INVALID_ARGUMENT when still none, when negative, or when the service does
+	// not serve it; PERMISSION_DENIED when the API key is not bound to it.
+	ProjectId int64 `protobuf:"varint,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	// First message only. The `cursor` of a change or heartbeat received earlier: the stream resumes right after
+	// it. Empty: from now. OUT_OF_RANGE when it is older than the history kept (see the RPC).
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// First message only. Watch every player of the project; `add_user_ids` and `remove_user_ids` must then stay
+	// empty, and no snapshots are sent.
+	AllPlayers bool `protobuf:"varint,3,opt,name=all_players,json=allPlayers,proto3" json:"all_players,omitempty"`
+	// Players to start watching (each 1..256 bytes; up to 10,000 per message and 100,000 watched per stream).
+	// Adding a player already watched changes nothing (but a snapshot is sent again when asked for).
+	AddUserIds []string `protobuf:"bytes,4,rep,name=add_user_ids,json=addUserIds,proto3" json:"add_user_ids,omitempty"`
+	// Players to stop watching. Removing a player not watched changes nothing.
+	RemoveUserIds []string `protobuf:"bytes,5,rep,name=remove_user_ids,json=removeUserIds,proto3" json:"remove_user_ids,omitempty"`
+	// Answer this message with a PlayerSnapshot of each player it adds. A cache sets it when it adds players and
+	// leaves it unset when it resumes with a cursor for players it already holds.
+	Snapshot bool `protobuf:"varint,6,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// First message only. How long the stream may stay silent before a Heartbeat: 1 s to 5 minutes; 15 s when
+	// unset. Anything else is INVALID_ARGUMENT.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *WatchEntitlementsRequest) Reset() {
+	*x = WatchEntitlementsRequest{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEntitlementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEntitlementsRequest) ProtoMessage() {}
+
+func (x *WatchEntitlementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEntitlementsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEntitlementsRequest) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *WatchEntitlementsRequest) GetProjectId() int64 {
+	if x != nil {
+		return x.ProjectId
+	}
+	return 0
+}
+
+func (x *WatchEntitlementsRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchEntitlementsRequest) GetAllPlayers() bool {
+	if x != nil {
+		return x.AllPlayers
+	}
+	return false
+}
+
+func (x *WatchEntitlementsRequest) GetAddUserIds() []string {
+	if x != nil {
+		return x.AddUserIds
+	}
+	return nil
+}
+
+func (x *WatchEntitlementsRequest) GetRemoveUserIds() []string {
+	if x != nil {
+		return x.RemoveUserIds
+	}
+	return nil
+}
+
+func (x *WatchEntitlementsRequest) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
+func (x *WatchEntitlementsRequest) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+type WatchEntitlementsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchEntitlementsResponse_Change
+	//	*WatchEntitlementsResponse_Snapshot
+	//	*WatchEntitlementsResponse_Heartbeat
+	Event isWatchEntitlementsResponse_Event `protobuf_oneof:"event"`
+	// The position in the project's change history after this message (set on changes and heartbeats): open the
+	// stream with it as `cursor` to resume right after this message. Opaque, at most 4,096 characters.
+	Cursor        string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEntitlementsResponse) Reset() {
+	*x = WatchEntitlementsResponse{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEntitlementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEntitlementsResponse) ProtoMessage() {}
+
+func (x *WatchEntitlementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEntitlementsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEntitlementsResponse) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WatchEntitlementsResponse) GetEvent() isWatchEntitlementsResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchEntitlementsResponse) GetChange() *EntitlementChange {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEntitlementsResponse_Change); ok {
+			return x.Change
+		}
+	}
+	return nil
+}
+
+func (x *WatchEntitlementsResponse) GetSnapshot() *PlayerSnapshot {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEntitlementsResponse_Snapshot); ok {
+			return x.Snapshot
+		}
+	}
+	return nil
+}
+
+func (x *WatchEntitlementsResponse) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEntitlementsResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+func (x *WatchEntitlementsResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+type isWatchEntitlementsResponse_Event interface {
+	isWatchEntitlementsResponse_Event()
+}
+
+type WatchEntitlementsResponse_Change struct {
+	Change *EntitlementChange `protobuf:"bytes,1,opt,name=change,proto3,oneof"`
+}
+
+type WatchEntitlementsResponse_Snapshot struct {
+	Snapshot *PlayerSnapshot `protobuf:"bytes,2,opt,name=snapshot,proto3,oneof"`
+}
+
+type WatchEntitlementsResponse_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
+}
+
+func (*WatchEntitlementsResponse_Change) isWatchEntitlementsResponse_Event() {}
+
+func (*WatchEntitlementsResponse_Snapshot) isWatchEntitlementsResponse_Event() {}
+
+func (*WatchEntitlementsResponse_Heartbeat) isWatchEntitlementsResponse_Event() {}
+
+// One committed change to one player's sku.
+type EntitlementChange struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Sku    string                 `protobuf:"bytes,2,opt,name=sku,proto3" json:"sku,omitempty"`
+	// What the player holds of the sku after the change; unset when the player no longer holds it (revoked, or an
+	// order's cancel took it all back). `active` is as of `changed_at`: a time-limited item stops being active at
+	// its `expires_at` without a change being sent.
+	Entitlement *Entitlement `protobuf:"bytes,3,opt,name=entitlement,proto3" json:"entitlement,omitempty"`
+	// The player's version after this change: the number of changes made to the player's entitlements so far
+	// (counted since the service first kept versions), so each change of a player is its previous version plus
+	// one. A cache that sees a version jump has missed a change; the service never makes it do so.
+	Version int64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	// What made the change: "grant", "revoke", "order_paid", "order_canceled", ... (the ledger's operation).
+	Operation string `protobuf:"bytes,5,opt,name=operation,proto3" json:"operation,omitempty"`
+	// When the change was committed (the store's clock).
+	ChangedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=changed_at,json=changedAt,proto3" json:"changed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntitlementChange) Reset() {
+	*x = EntitlementChange{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntitlementChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntitlementChange) ProtoMessage() {}
+
+func (x *EntitlementChange) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntitlementChange.ProtoReflect.Descriptor instead.
+func (*EntitlementChange) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EntitlementChange) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *EntitlementChange) GetSku() string {
+	if x != nil {
+		return x.Sku
+	}
+	return ""
+}
+
+func (x *EntitlementChange) GetEntitlement() *Entitlement {
+	if x != nil {
+		return x.Entitlement
+	}
+	return nil
+}
+
+func (x *EntitlementChange) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *EntitlementChange) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *EntitlementChange) GetChangedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ChangedAt
+	}
+	return nil
+}
+
+// Everything one player holds at one moment, in sku order (expired time-limited items included, with `active`
+// false).
+type PlayerSnapshot struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	UserId       string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Entitlements []*Entitlement         `protobuf:"bytes,2,rep,name=entitlements,proto3" json:"entitlements,omitempty"`
+	// The player's version at that moment (0 for a player never changed): the changes of this player that follow
+	// on the stream are versions `version + 1`, `version + 2`, ...; none already in the snapshot is sent after it.
+	Version       int64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlayerSnapshot) Reset() {
+	*x = PlayerSnapshot{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlayerSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlayerSnapshot) ProtoMessage() {}
+
+func (x *PlayerSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlayerSnapshot.ProtoReflect.Descriptor instead.
+func (*PlayerSnapshot) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PlayerSnapshot) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PlayerSnapshot) GetEntitlements() []*Entitlement {
+	if x != nil {
+		return x.Entitlements
+	}
+	return nil
+}
+
+func (x *PlayerSnapshot) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Nothing happened for `heartbeat_interval`; `cursor` (on the response) is the current position.
+type Heartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The service's clock when the heartbeat was sent.
+	SentAt        *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Heartbeat) GetSentAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SentAt
+	}
+	return nil
+}
+
+// One (player, sku) pair to check.
+type CheckEntitlementsRequest_Check struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The player. Required, 1..256 bytes.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The item. Required, 1..256 bytes.
+	Sku           string `protobuf:"bytes,2,opt,name=sku,proto3" json:"sku,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckEntitlementsRequest_Check) Reset() {
+	*x = CheckEntitlementsRequest_Check{}
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckEntitlementsRequest_Check) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckEntitlementsRequest_Check) ProtoMessage() {}
+
+func (x *CheckEntitlementsRequest_Check) ProtoReflect() protoreflect.Message {
+	mi := &file_entitlements_v1_entitlements_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckEntitlementsRequest_Check.ProtoReflect.Descriptor instead.
+func (*CheckEntitlementsRequest_Check) Descriptor() ([]byte, []int) {
+	return file_entitlements_v1_entitlements_proto_rawDescGZIP(), []int{7, 0}
+}
+
+func (x *CheckEntitlementsRequest_Check) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *CheckEntitlementsRequest_Check) GetSku() string {
+	if x != nil {
+		return x.Sku
+	}
+	return ""
 }
 
 var File_entitlements_v1_entitlements_proto protoreflect.FileDescriptor
@@ -2008,6 +2582,15 @@ const file_entitlements_v1_entitlements_proto_rawDesc = "" +
 	"\x18CheckEntitlementResponse\x12\x16\n" +
 	"\x06active\x18\x01 \x01(\bR\x06active\x12>\n" +
 	"\ventitlement\x18\x02 \x01(\v2\x1c.entitlements.v1.EntitlementR\ventitlement\"\xb6\x01\n" +
+	"\x18CheckEntitlementsRequest\x12G\n" +
+	"\x06checks\x18\x01 \x03(\v2/.entitlements.v1.CheckEntitlementsRequest.CheckR\x06checks\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x02 \x01(\x03R\tprojectId\x1a2\n" +
+	"\x05Check\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x10\n" +
+	"\x03sku\x18\x02 \x01(\tR\x03sku\"`\n" +
+	"\x19CheckEntitlementsResponse\x12C\n" +
+	"\aresults\x18\x01 \x03(\v2).entitlements.v1.CheckEntitlementResponseR\aresults\"\xb6\x01\n" +
 	"\x17ListEntitlementsRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2102,7 +2685,38 @@ const file_entitlements_v1_entitlements_proto_rawDesc = "" +
 	"\vobserved_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"observedAt\x121\n" +
 	"\x14entitlements_granted\x18\x05 \x01(\bR\x13entitlementsGranted\x12\x1b\n" +
-	"\ttimed_out\x18\x06 \x01(\bR\btimedOut*\x97\x01\n" +
+	"\ttimed_out\x18\x06 \x01(\bR\btimedOut\"\xa2\x02\n" +
+	"\x18WatchEntitlementsRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\x03R\tprojectId\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12\x1f\n" +
+	"\vall_players\x18\x03 \x01(\bR\n" +
+	"allPlayers\x12 \n" +
+	"\fadd_user_ids\x18\x04 \x03(\tR\n" +
+	"addUserIds\x12&\n" +
+	"\x0fremove_user_ids\x18\x05 \x03(\tR\rremoveUserIds\x12\x1a\n" +
+	"\bsnapshot\x18\x06 \x01(\bR\bsnapshot\x12H\n" +
+	"\x12heartbeat_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xf5\x01\n" +
+	"\x19WatchEntitlementsResponse\x12<\n" +
+	"\x06change\x18\x01 \x01(\v2\".entitlements.v1.EntitlementChangeH\x00R\x06change\x12=\n" +
+	"\bsnapshot\x18\x02 \x01(\v2\x1f.entitlements.v1.PlayerSnapshotH\x00R\bsnapshot\x12:\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x1a.entitlements.v1.HeartbeatH\x00R\theartbeat\x12\x16\n" +
+	"\x06cursor\x18\x04 \x01(\tR\x06cursorB\a\n" +
+	"\x05event\"\xf1\x01\n" +
+	"\x11EntitlementChange\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x10\n" +
+	"\x03sku\x18\x02 \x01(\tR\x03sku\x12>\n" +
+	"\ventitlement\x18\x03 \x01(\v2\x1c.entitlements.v1.EntitlementR\ventitlement\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\x03R\aversion\x12\x1c\n" +
+	"\toperation\x18\x05 \x01(\tR\toperation\x129\n" +
+	"\n" +
+	"changed_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tchangedAt\"\x85\x01\n" +
+	"\x0ePlayerSnapshot\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12@\n" +
+	"\fentitlements\x18\x02 \x03(\v2\x1c.entitlements.v1.EntitlementR\fentitlements\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x03R\aversion\"@\n" +
+	"\tHeartbeat\x123\n" +
+	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt*\x97\x01\n" +
 	"\x0fEntitlementKind\x12 \n" +
 	"\x1cENTITLEMENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bENTITLEMENT_KIND_CONSUMABLE\x10\x01\x12\x1e\n" +
@@ -2125,17 +2739,19 @@ const file_entitlements_v1_entitlements_proto_rawDesc = "" +
 	"\x1bORDER_STATUS_SOURCE_WEBHOOK\x10\x02\x12!\n" +
 	"\x1dORDER_STATUS_SOURCE_WEBSOCKET\x10\x03\x12\x1f\n" +
 	"\x1bORDER_STATUS_SOURCE_POLLING\x10\x04\x12&\n" +
-	"\"ORDER_STATUS_SOURCE_RECONCILIATION\x10\x052\xed\x06\n" +
+	"\"ORDER_STATUS_SOURCE_RECONCILIATION\x10\x052\xf2\b\n" +
 	"\x12EntitlementService\x12i\n" +
 	"\x05Grant\x12\x1d.entitlements.v1.GrantRequest\x1a\x1e.entitlements.v1.GrantResponse\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/entitlements:grant\x12m\n" +
 	"\x06Revoke\x12\x1e.entitlements.v1.RevokeRequest\x1a\x1f.entitlements.v1.RevokeResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/entitlements:revoke\x12\x87\x01\n" +
-	"\x10CheckEntitlement\x12(.entitlements.v1.CheckEntitlementRequest\x1a).entitlements.v1.CheckEntitlementResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/entitlements:check\x12\x81\x01\n" +
+	"\x10CheckEntitlement\x12(.entitlements.v1.CheckEntitlementRequest\x1a).entitlements.v1.CheckEntitlementResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/entitlements:check\x12\x92\x01\n" +
+	"\x11CheckEntitlements\x12).entitlements.v1.CheckEntitlementsRequest\x1a*.entitlements.v1.CheckEntitlementsResponse\"&\x82\xd3\xe4\x93\x02 :\x01*\"\x1b/v1/entitlements:batchCheck\x12\x81\x01\n" +
 	"\x10ListEntitlements\x12(.entitlements.v1.ListEntitlementsRequest\x1a).entitlements.v1.ListEntitlementsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/entitlements\x12\x85\x01\n" +
 	"\x11ListSubscriptions\x12).entitlements.v1.ListSubscriptionsRequest\x1a*.entitlements.v1.ListSubscriptionsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/subscriptions\x12i\n" +
 	"\n" +
 	"ListLedger\x12\".entitlements.v1.ListLedgerRequest\x1a#.entitlements.v1.ListLedgerResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/ledger\x12|\n" +
-	"\x0eGetOrderStatus\x12&.entitlements.v1.GetOrderStatusRequest\x1a\".entitlements.v1.OrderStatusUpdate\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/orders:status0\x01B\x8b\x01\n" +
+	"\x0eGetOrderStatus\x12&.entitlements.v1.GetOrderStatusRequest\x1a\".entitlements.v1.OrderStatusUpdate\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/orders:status0\x01\x12n\n" +
+	"\x11WatchEntitlements\x12).entitlements.v1.WatchEntitlementsRequest\x1a*.entitlements.v1.WatchEntitlementsResponse(\x010\x01B\x8b\x01\n" +
 	"\x1acom.xsolla.entitlements.v1P\x01ZYgithub.com/xsolla-entitlements/entitlements/clients/go/gen/entitlements/v1;entitlementsv1\xaa\x02\x0fEntitlements.V1b\x06proto3"
 
 var (
@@ -2151,85 +2767,107 @@ func file_entitlements_v1_entitlements_proto_rawDescGZIP() []byte {
 }
 
 var file_entitlements_v1_entitlements_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_entitlements_v1_entitlements_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_entitlements_v1_entitlements_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_entitlements_v1_entitlements_proto_goTypes = []any{
-	(EntitlementKind)(0),              // 0: entitlements.v1.EntitlementKind
-	(SubscriptionKind)(0),             // 1: entitlements.v1.SubscriptionKind
-	(OrderStatus)(0),                  // 2: entitlements.v1.OrderStatus
-	(OrderStatusSource)(0),            // 3: entitlements.v1.OrderStatusSource
-	(*Entitlement)(nil),               // 4: entitlements.v1.Entitlement
-	(*GrantRequest)(nil),              // 5: entitlements.v1.GrantRequest
-	(*GrantResponse)(nil),             // 6: entitlements.v1.GrantResponse
-	(*RevokeRequest)(nil),             // 7: entitlements.v1.RevokeRequest
-	(*RevokeResponse)(nil),            // 8: entitlements.v1.RevokeResponse
-	(*CheckEntitlementRequest)(nil),   // 9: entitlements.v1.CheckEntitlementRequest
-	(*CheckEntitlementResponse)(nil),  // 10: entitlements.v1.CheckEntitlementResponse
-	(*ListEntitlementsRequest)(nil),   // 11: entitlements.v1.ListEntitlementsRequest
-	(*ListEntitlementsResponse)(nil),  // 12: entitlements.v1.ListEntitlementsResponse
-	(*ListSubscriptionsRequest)(nil),  // 13: entitlements.v1.ListSubscriptionsRequest
-	(*Charge)(nil),                    // 14: entitlements.v1.Charge
-	(*Period)(nil),                    // 15: entitlements.v1.Period
-	(*Subscription)(nil),              // 16: entitlements.v1.Subscription
-	(*ListSubscriptionsResponse)(nil), // 17: entitlements.v1.ListSubscriptionsResponse
-	(*ListLedgerRequest)(nil),         // 18: entitlements.v1.ListLedgerRequest
-	(*LedgerEntry)(nil),               // 19: entitlements.v1.LedgerEntry
-	(*ListLedgerResponse)(nil),        // 20: entitlements.v1.ListLedgerResponse
-	(*GetOrderStatusRequest)(nil),     // 21: entitlements.v1.GetOrderStatusRequest
-	(*OrderStatusUpdate)(nil),         // 22: entitlements.v1.OrderStatusUpdate
-	nil,                               // 23: entitlements.v1.GrantRequest.MetadataEntry
-	nil,                               // 24: entitlements.v1.LedgerEntry.DetailsEntry
-	(*timestamppb.Timestamp)(nil),     // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 26: google.protobuf.Duration
+	(EntitlementKind)(0),                   // 0: entitlements.v1.EntitlementKind
+	(SubscriptionKind)(0),                  // 1: entitlements.v1.SubscriptionKind
+	(OrderStatus)(0),                       // 2: entitlements.v1.OrderStatus
+	(OrderStatusSource)(0),                 // 3: entitlements.v1.OrderStatusSource
+	(*Entitlement)(nil),                    // 4: entitlements.v1.Entitlement
+	(*GrantRequest)(nil),                   // 5: entitlements.v1.GrantRequest
+	(*GrantResponse)(nil),                  // 6: entitlements.v1.GrantResponse
+	(*RevokeRequest)(nil),                  // 7: entitlements.v1.RevokeRequest
+	(*RevokeResponse)(nil),                 // 8: entitlements.v1.RevokeResponse
+	(*CheckEntitlementRequest)(nil),        // 9: entitlements.v1.CheckEntitlementRequest
+	(*CheckEntitlementResponse)(nil),       // 10: entitlements.v1.CheckEntitlementResponse
+	(*CheckEntitlementsRequest)(nil),       // 11: entitlements.v1.CheckEntitlementsRequest
+	(*CheckEntitlementsResponse)(nil),      // 12: entitlements.v1.CheckEntitlementsResponse
+	(*ListEntitlementsRequest)(nil),        // 13: entitlements.v1.ListEntitlementsRequest
+	(*ListEntitlementsResponse)(nil),       // 14: entitlements.v1.ListEntitlementsResponse
+	(*ListSubscriptionsRequest)(nil),       // 15: entitlements.v1.ListSubscriptionsRequest
+	(*Charge)(nil),                         // 16: entitlements.v1.Charge
+	(*Period)(nil),                         // 17: entitlements.v1.Period
+	(*Subscription)(nil),                   // 18: entitlements.v1.Subscription
+	(*ListSubscriptionsResponse)(nil),      // 19: entitlements.v1.ListSubscriptionsResponse
+	(*ListLedgerRequest)(nil),              // 20: entitlements.v1.ListLedgerRequest
+	(*LedgerEntry)(nil),                    // 21: entitlements.v1.LedgerEntry
+	(*ListLedgerResponse)(nil),             // 22: entitlements.v1.ListLedgerResponse
+	(*GetOrderStatusRequest)(nil),          // 23: entitlements.v1.GetOrderStatusRequest
+	(*OrderStatusUpdate)(nil),              // 24: entitlements.v1.OrderStatusUpdate
+	(*WatchEntitlementsRequest)(nil),       // 25: entitlements.v1.WatchEntitlementsRequest
+	(*WatchEntitlementsResponse)(nil),      // 26: entitlements.v1.WatchEntitlementsResponse
+	(*EntitlementChange)(nil),              // 27: entitlements.v1.EntitlementChange
+	(*PlayerSnapshot)(nil),                 // 28: entitlements.v1.PlayerSnapshot
+	(*Heartbeat)(nil),                      // 29: entitlements.v1.Heartbeat
+	nil,                                    // 30: entitlements.v1.GrantRequest.MetadataEntry
+	(*CheckEntitlementsRequest_Check)(nil), // 31: entitlements.v1.CheckEntitlementsRequest.Check
+	nil,                                    // 32: entitlements.v1.LedgerEntry.DetailsEntry
+	(*timestamppb.Timestamp)(nil),          // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 34: google.protobuf.Duration
 }
 var file_entitlements_v1_entitlements_proto_depIdxs = []int32{
 	0,  // 0: entitlements.v1.Entitlement.kind:type_name -> entitlements.v1.EntitlementKind
-	25, // 1: entitlements.v1.Entitlement.granted_at:type_name -> google.protobuf.Timestamp
-	25, // 2: entitlements.v1.Entitlement.updated_at:type_name -> google.protobuf.Timestamp
-	25, // 3: entitlements.v1.Entitlement.expires_at:type_name -> google.protobuf.Timestamp
-	26, // 4: entitlements.v1.Entitlement.period:type_name -> google.protobuf.Duration
-	26, // 5: entitlements.v1.GrantRequest.duration:type_name -> google.protobuf.Duration
-	23, // 6: entitlements.v1.GrantRequest.metadata:type_name -> entitlements.v1.GrantRequest.MetadataEntry
+	33, // 1: entitlements.v1.Entitlement.granted_at:type_name -> google.protobuf.Timestamp
+	33, // 2: entitlements.v1.Entitlement.updated_at:type_name -> google.protobuf.Timestamp
+	33, // 3: entitlements.v1.Entitlement.expires_at:type_name -> google.protobuf.Timestamp
+	34, // 4: entitlements.v1.Entitlement.period:type_name -> google.protobuf.Duration
+	34, // 5: entitlements.v1.GrantRequest.duration:type_name -> google.protobuf.Duration
+	30, // 6: entitlements.v1.GrantRequest.metadata:type_name -> entitlements.v1.GrantRequest.MetadataEntry
 	0,  // 7: entitlements.v1.GrantRequest.kind:type_name -> entitlements.v1.EntitlementKind
 	4,  // 8: entitlements.v1.GrantResponse.entitlement:type_name -> entitlements.v1.Entitlement
 	4,  // 9: entitlements.v1.RevokeResponse.previous:type_name -> entitlements.v1.Entitlement
 	4,  // 10: entitlements.v1.CheckEntitlementResponse.entitlement:type_name -> entitlements.v1.Entitlement
-	4,  // 11: entitlements.v1.ListEntitlementsResponse.entitlements:type_name -> entitlements.v1.Entitlement
-	25, // 12: entitlements.v1.Subscription.date_create:type_name -> google.protobuf.Timestamp
-	25, // 13: entitlements.v1.Subscription.date_next_charge:type_name -> google.protobuf.Timestamp
-	25, // 14: entitlements.v1.Subscription.date_last_charge:type_name -> google.protobuf.Timestamp
-	14, // 15: entitlements.v1.Subscription.charge:type_name -> entitlements.v1.Charge
-	15, // 16: entitlements.v1.Subscription.period:type_name -> entitlements.v1.Period
-	1,  // 17: entitlements.v1.Subscription.kind:type_name -> entitlements.v1.SubscriptionKind
-	16, // 18: entitlements.v1.ListSubscriptionsResponse.subscriptions:type_name -> entitlements.v1.Subscription
-	25, // 19: entitlements.v1.LedgerEntry.at:type_name -> google.protobuf.Timestamp
-	0,  // 20: entitlements.v1.LedgerEntry.kind:type_name -> entitlements.v1.EntitlementKind
-	25, // 21: entitlements.v1.LedgerEntry.expires_before:type_name -> google.protobuf.Timestamp
-	25, // 22: entitlements.v1.LedgerEntry.expires_after:type_name -> google.protobuf.Timestamp
-	24, // 23: entitlements.v1.LedgerEntry.details:type_name -> entitlements.v1.LedgerEntry.DetailsEntry
-	19, // 24: entitlements.v1.ListLedgerResponse.entries:type_name -> entitlements.v1.LedgerEntry
-	26, // 25: entitlements.v1.GetOrderStatusRequest.max_wait:type_name -> google.protobuf.Duration
-	2,  // 26: entitlements.v1.OrderStatusUpdate.status:type_name -> entitlements.v1.OrderStatus
-	3,  // 27: entitlements.v1.OrderStatusUpdate.source:type_name -> entitlements.v1.OrderStatusSource
-	25, // 28: entitlements.v1.OrderStatusUpdate.observed_at:type_name -> google.protobuf.Timestamp
-	5,  // 29: entitlements.v1.EntitlementService.Grant:input_type -> entitlements.v1.GrantRequest
-	7,  // 30: entitlements.v1.EntitlementService.Revoke:input_type -> entitlements.v1.RevokeRequest
-	9,  // 31: entitlements.v1.EntitlementService.CheckEntitlement:input_type -> entitlements.v1.CheckEntitlementRequest
-	11, // 32: entitlements.v1.EntitlementService.ListEntitlements:input_type -> entitlements.v1.ListEntitlementsRequest
-	13, // 33: entitlements.v1.EntitlementService.ListSubscriptions:input_type -> entitlements.v1.ListSubscriptionsRequest
-	18, // 34: entitlements.v1.EntitlementService.ListLedger:input_type -> entitlements.v1.ListLedgerRequest
-	21, // 35: entitlements.v1.EntitlementService.GetOrderStatus:input_type -> entitlements.v1.GetOrderStatusRequest
-	6,  // 36: entitlements.v1.EntitlementService.Grant:output_type -> entitlements.v1.GrantResponse
-	8,  // 37: entitlements.v1.EntitlementService.Revoke:output_type -> entitlements.v1.RevokeResponse
-	10, // 38: entitlements.v1.EntitlementService.CheckEntitlement:output_type -> entitlements.v1.CheckEntitlementResponse
-	12, // 39: entitlements.v1.EntitlementService.ListEntitlements:output_type -> entitlements.v1.ListEntitlementsResponse
-	17, // 40: entitlements.v1.EntitlementService.ListSubscriptions:output_type -> entitlements.v1.ListSubscriptionsResponse
-	20, // 41: entitlements.v1.EntitlementService.ListLedger:output_type -> entitlements.v1.ListLedgerResponse
-	22, // 42: entitlements.v1.EntitlementService.GetOrderStatus:output_type -> entitlements.v1.OrderStatusUpdate
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	31, // 11: entitlements.v1.CheckEntitlementsRequest.checks:type_name -> entitlements.v1.CheckEntitlementsRequest.Check
+	10, // 12: entitlements.v1.CheckEntitlementsResponse.results:type_name -> entitlements.v1.CheckEntitlementResponse
+	4,  // 13: entitlements.v1.ListEntitlementsResponse.entitlements:type_name -> entitlements.v1.Entitlement
+	33, // 14: entitlements.v1.Subscription.date_create:type_name -> google.protobuf.Timestamp
+	33, // 15: entitlements.v1.Subscription.date_next_charge:type_name -> google.protobuf.Timestamp
+	33, // 16: entitlements.v1.Subscription.date_last_charge:type_name -> google.protobuf.Timestamp
+	16, // 17: entitlements.v1.Subscription.charge:type_name -> entitlements.v1.Charge
+	17, // 18: entitlements.v1.Subscription.period:type_name -> entitlements.v1.Period
+	1,  // 19: entitlements.v1.Subscription.kind:type_name -> entitlements.v1.SubscriptionKind
+	18, // 20: entitlements.v1.ListSubscriptionsResponse.subscriptions:type_name -> entitlements.v1.Subscription
+	33, // 21: entitlements.v1.LedgerEntry.at:type_name -> google.protobuf.Timestamp
+	0,  // 22: entitlements.v1.LedgerEntry.kind:type_name -> entitlements.v1.EntitlementKind
+	33, // 23: entitlements.v1.LedgerEntry.expires_before:type_name -> google.protobuf.Timestamp
+	33, // 24: entitlements.v1.LedgerEntry.expires_after:type_name -> google.protobuf.Timestamp
+	32, // 25: entitlements.v1.LedgerEntry.details:type_name -> entitlements.v1.LedgerEntry.DetailsEntry
+	21, // 26: entitlements.v1.ListLedgerResponse.entries:type_name -> entitlements.v1.LedgerEntry
+	34, // 27: entitlements.v1.GetOrderStatusRequest.max_wait:type_name -> google.protobuf.Duration
+	2,  // 28: entitlements.v1.OrderStatusUpdate.status:type_name -> entitlements.v1.OrderStatus
+	3,  // 29: entitlements.v1.OrderStatusUpdate.source:type_name -> entitlements.v1.OrderStatusSource
+	33, // 30: entitlements.v1.OrderStatusUpdate.observed_at:type_name -> google.protobuf.Timestamp
+	34, // 31: entitlements.v1.WatchEntitlementsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	27, // 32: entitlements.v1.WatchEntitlementsResponse.change:type_name -> entitlements.v1.EntitlementChange
+	28, // 33: entitlements.v1.WatchEntitlementsResponse.snapshot:type_name -> entitlements.v1.PlayerSnapshot
+	29, // 34: entitlements.v1.WatchEntitlementsResponse.heartbeat:type_name -> entitlements.v1.Heartbeat
+	4,  // 35: entitlements.v1.EntitlementChange.entitlement:type_name -> entitlements.v1.Entitlement
+	33, // 36: entitlements.v1.EntitlementChange.changed_at:type_name -> google.protobuf.Timestamp
+	4,  // 37: entitlements.v1.PlayerSnapshot.entitlements:type_name -> entitlements.v1.Entitlement
+	33, // 38: entitlements.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	5,  // 39: entitlements.v1.EntitlementService.Grant:input_type -> entitlements.v1.GrantRequest
+	7,  // 40: entitlements.v1.EntitlementService.Revoke:input_type -> entitlements.v1.RevokeRequest
+	9,  // 41: entitlements.v1.EntitlementService.CheckEntitlement:input_type -> entitlements.v1.CheckEntitlementRequest
+	11, // 42: entitlements.v1.EntitlementService.CheckEntitlements:input_type -> entitlements.v1.CheckEntitlementsRequest
+	13, // 43: entitlements.v1.EntitlementService.ListEntitlements:input_type -> entitlements.v1.ListEntitlementsRequest
+	15, // 44: entitlements.v1.EntitlementService.ListSubscriptions:input_type -> entitlements.v1.ListSubscriptionsRequest
+	20, // 45: entitlements.v1.EntitlementService.ListLedger:input_type -> entitlements.v1.ListLedgerRequest
+	23, // 46: entitlements.v1.EntitlementService.GetOrderStatus:input_type -> entitlements.v1.GetOrderStatusRequest
+	25, // 47: entitlements.v1.EntitlementService.WatchEntitlements:input_type -> entitlements.v1.WatchEntitlementsRequest
+	6,  // 48: entitlements.v1.EntitlementService.Grant:output_type -> entitlements.v1.GrantResponse
+	8,  // 49: entitlements.v1.EntitlementService.Revoke:output_type -> entitlements.v1.RevokeResponse
+	10, // 50: entitlements.v1.EntitlementService.CheckEntitlement:output_type -> entitlements.v1.CheckEntitlementResponse
+	12, // 51: entitlements.v1.EntitlementService.CheckEntitlements:output_type -> entitlements.v1.CheckEntitlementsResponse
+	14, // 52: entitlements.v1.EntitlementService.ListEntitlements:output_type -> entitlements.v1.ListEntitlementsResponse
+	19, // 53: entitlements.v1.EntitlementService.ListSubscriptions:output_type -> entitlements.v1.ListSubscriptionsResponse
+	22, // 54: entitlements.v1.EntitlementService.ListLedger:output_type -> entitlements.v1.ListLedgerResponse
+	24, // 55: entitlements.v1.EntitlementService.GetOrderStatus:output_type -> entitlements.v1.OrderStatusUpdate
+	26, // 56: entitlements.v1.EntitlementService.WatchEntitlements:output_type -> entitlements.v1.WatchEntitlementsResponse
+	48, // [48:57] is the sub-list for method output_type
+	39, // [39:48] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_entitlements_v1_entitlements_proto_init() }
@@ -2238,14 +2876,19 @@ func file_entitlements_v1_entitlements_proto_init() {
 		return
 	}
 	file_entitlements_v1_entitlements_proto_msgTypes[1].OneofWrappers = []any{}
-	file_entitlements_v1_entitlements_proto_msgTypes[15].OneofWrappers = []any{}
+	file_entitlements_v1_entitlements_proto_msgTypes[17].OneofWrappers = []any{}
+	file_entitlements_v1_entitlements_proto_msgTypes[22].OneofWrappers = []any{
+		(*WatchEntitlementsResponse_Change)(nil),
+		(*WatchEntitlementsResponse_Snapshot)(nil),
+		(*WatchEntitlementsResponse_Heartbeat)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_entitlements_v1_entitlements_proto_rawDesc), len(file_entitlements_v1_entitlements_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

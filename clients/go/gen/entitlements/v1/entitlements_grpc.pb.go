@@ -5,8 +5,8 @@
 // several service replicas never lose or double an update.
 //
 // Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-// `read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
-// Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+// `read` for CheckEntitlement, CheckEntitlements, ListEntitlements, ListSubscriptions, ListLedger,
+// GetOrderStatus and WatchEntitlements; `write` for Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 //
 // HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
 // `google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
@@ -14,7 +14,8 @@
 // The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
 // (`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
 // (400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
-// per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+// per OrderStatusUpdate. WatchEntitlements, a bidirectional stream, has no HTTP mapping (gRPC only).
+// docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
 //
 // Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 // subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -64,10 +65,12 @@ const (
 	EntitlementService_Grant_FullMethodName             = "/entitlements.v1.EntitlementService/Grant"
 	EntitlementService_Revoke_FullMethodName            = "/entitlements.v1.EntitlementService/Revoke"
 	EntitlementService_CheckEntitlement_FullMethodName  = "/entitlements.v1.EntitlementService/CheckEntitlement"
+	EntitlementService_CheckEntitlements_FullMethodName = "/entitlements.v1.EntitlementService/CheckEntitlements"
 	EntitlementService_ListEntitlements_FullMethodName  = "/entitlements.v1.EntitlementService/ListEntitlements"
 	EntitlementService_ListSubscriptions_FullMethodName = "/entitlements.v1.EntitlementService/ListSubscriptions"
 	EntitlementService_ListLedger_FullMethodName        = "/entitlements.v1.EntitlementService/ListLedger"
 	EntitlementService_GetOrderStatus_FullMethodName    = "/entitlements.v1.EntitlementService/GetOrderStatus"
+	EntitlementService_WatchEntitlements_FullMethodName = "/entitlements.v1.EntitlementService/WatchEntitlements"
 )
 
 // EntitlementServiceClient is the client API for EntitlementService service.
@@ -92,6 +95,15 @@ type EntitlementServiceClient interface {
 	// Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
 	// `expires_at`, is not active; the response still carries the stored entitlement when there is one.
 	CheckEntitlement(ctx context.Context, in *CheckEntitlementRequest, opts ...grpc.CallOption) (*CheckEntitlementResponse, error)
+	// Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+	// the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+	// few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+	// of that player, not one moment of the whole batch.
+	//
+	// Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+	// (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+	// `checks`.
+	CheckEntitlements(ctx context.Context, in *CheckEntitlementsRequest, opts ...grpc.CallOption) (*CheckEntitlementsResponse, error)
 	// Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
 	// left out unless `include_expired` is set.
 	//
@@ -132,6 +144,35 @@ type EntitlementServiceClient interface {
 	//	UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
 	//	                    state and Xsolla's current status).
 	GetOrderStatus(ctx context.Context, in *GetOrderStatusRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[OrderStatusUpdate], error)
+	// Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+	// (and may add or remove while the stream is open), or for every player of the project. Built for a game
+	// server's local cache of the players it hosts (the Python and Go clients have one).
+	//
+	// The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+	// `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+	// left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+	// with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+	// of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+	//
+	// Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+	// received resumes right after it, with no change missing and none sent twice, across replicas and service
+	// restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+	// of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+	// nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+	// quiet stream from a dead one.
+	//
+	// The service keeps the history needed to resume for a limited time (24 hours by default,
+	// ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+	//
+	//	OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+	//	                    changes may have been missed. Read the players again (a snapshot) and watch without
+	//	                    a cursor.
+	//	INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+	//	                    10,000 per message), or an identifier as in every RPC; the message names the field.
+	//	RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+	//	UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+	//	                    cursor.
+	WatchEntitlements(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchEntitlementsRequest, WatchEntitlementsResponse], error)
 }
 
 type entitlementServiceClient struct {
@@ -166,6 +207,16 @@ func (c *entitlementServiceClient) CheckEntitlement(ctx context.Context, in *Che
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CheckEntitlementResponse)
 	err := c.cc.Invoke(ctx, EntitlementService_CheckEntitlement_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *entitlementServiceClient) CheckEntitlements(ctx context.Context, in *CheckEntitlementsRequest, opts ...grpc.CallOption) (*CheckEntitlementsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckEntitlementsResponse)
+	err := c.cc.Invoke(ctx, EntitlementService_CheckEntitlements_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +272,19 @@ func (c *entitlementServiceClient) GetOrderStatus(ctx context.Context, in *GetOr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type EntitlementService_GetOrderStatusClient = grpc.ServerStreamingClient[OrderStatusUpdate]
 
+func (c *entitlementServiceClient) WatchEntitlements(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchEntitlementsRequest, WatchEntitlementsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EntitlementService_ServiceDesc.Streams[1], EntitlementService_WatchEntitlements_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEntitlementsRequest, WatchEntitlementsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EntitlementService_WatchEntitlementsClient = grpc.BidiStreamingClient[WatchEntitlementsRequest, WatchEntitlementsResponse]
+
 // EntitlementServiceServer is the server API for EntitlementService service.
 // All implementations must embed UnimplementedEntitlementServiceServer
 // for forward compatibility.
@@ -243,6 +307,15 @@ type EntitlementServiceServer interface {
 	// Tells whether a player holds an item now. An item the player never held, or a time-limited item past its
 	// `expires_at`, is not active; the response still carries the stored entitlement when there is one.
 	CheckEntitlement(context.Context, *CheckEntitlementRequest) (*CheckEntitlementResponse, error)
+	// Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+	// the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+	// few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+	// of that player, not one moment of the whole batch.
+	//
+	// Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+	// (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+	// `checks`.
+	CheckEntitlements(context.Context, *CheckEntitlementsRequest) (*CheckEntitlementsResponse, error)
 	// Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
 	// left out unless `include_expired` is set.
 	//
@@ -283,6 +356,35 @@ type EntitlementServiceServer interface {
 	//	UNAVAILABLE         the replica is shutting down; open the stream again (it resumes from the stored
 	//	                    state and Xsolla's current status).
 	GetOrderStatus(*GetOrderStatusRequest, grpc.ServerStreamingServer[OrderStatusUpdate]) error
+	// Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+	// (and may add or remove while the stream is open), or for every player of the project. Built for a game
+	// server's local cache of the players it hosts (the Python and Go clients have one).
+	//
+	// The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+	// `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+	// left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+	// with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+	// of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+	//
+	// Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+	// received resumes right after it, with no change missing and none sent twice, across replicas and service
+	// restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+	// of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+	// nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+	// quiet stream from a dead one.
+	//
+	// The service keeps the history needed to resume for a limited time (24 hours by default,
+	// ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+	//
+	//	OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+	//	                    changes may have been missed. Read the players again (a snapshot) and watch without
+	//	                    a cursor.
+	//	INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+	//	                    10,000 per message), or an identifier as in every RPC; the message names the field.
+	//	RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+	//	UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+	//	                    cursor.
+	WatchEntitlements(grpc.BidiStreamingServer[WatchEntitlementsRequest, WatchEntitlementsResponse]) error
 	mustEmbedUnimplementedEntitlementServiceServer()
 }
 
@@ -302,6 +404,9 @@ func (UnimplementedEntitlementServiceServer) Revoke(context.Context, *RevokeRequ
 func (UnimplementedEntitlementServiceServer) CheckEntitlement(context.Context, *CheckEntitlementRequest) (*CheckEntitlementResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckEntitlement not implemented")
 }
+func (UnimplementedEntitlementServiceServer) CheckEntitlements(context.Context, *CheckEntitlementsRequest) (*CheckEntitlementsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckEntitlements not implemented")
+}
 func (UnimplementedEntitlementServiceServer) ListEntitlements(context.Context, *ListEntitlementsRequest) (*ListEntitlementsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListEntitlements not implemented")
 }
@@ -313,6 +418,9 @@ func (UnimplementedEntitlementServiceServer) ListLedger(context.Context, *ListLe
 }
 func (UnimplementedEntitlementServiceServer) GetOrderStatus(*GetOrderStatusRequest, grpc.ServerStreamingServer[OrderStatusUpdate]) error {
 	return status.Error(codes.Unimplemented, "method GetOrderStatus not implemented")
+}
+func (UnimplementedEntitlementServiceServer) WatchEntitlements(grpc.BidiStreamingServer[WatchEntitlementsRequest, WatchEntitlementsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEntitlements not implemented")
 }
 func (UnimplementedEntitlementServiceServer) mustEmbedUnimplementedEntitlementServiceServer() {}
 func (UnimplementedEntitlementServiceServer) testEmbeddedByValue()                            {}
@@ -389,6 +497,24 @@ func _EntitlementService_CheckEntitlement_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EntitlementService_CheckEntitlements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckEntitlementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EntitlementServiceServer).CheckEntitlements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EntitlementService_CheckEntitlements_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EntitlementServiceServer).CheckEntitlements(ctx, req.(*CheckEntitlementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _EntitlementService_ListEntitlements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListEntitlementsRequest)
 	if err := dec(in); err != nil {
@@ -454,6 +580,13 @@ func _EntitlementService_GetOrderStatus_Handler(srv interface{}, stream grpc.Ser
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type EntitlementService_GetOrderStatusServer = grpc.ServerStreamingServer[OrderStatusUpdate]
 
+func _EntitlementService_WatchEntitlements_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(EntitlementServiceServer).WatchEntitlements(&grpc.GenericServerStream[WatchEntitlementsRequest, WatchEntitlementsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EntitlementService_WatchEntitlementsServer = grpc.BidiStreamingServer[WatchEntitlementsRequest, WatchEntitlementsResponse]
+
 // EntitlementService_ServiceDesc is the grpc.ServiceDesc for EntitlementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -474,6 +607,10 @@ var EntitlementService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _EntitlementService_CheckEntitlement_Handler,
 		},
 		{
+			MethodName: "CheckEntitlements",
+			Handler:    _EntitlementService_CheckEntitlements_Handler,
+		},
+		{
 			MethodName: "ListEntitlements",
 			Handler:    _EntitlementService_ListEntitlements_Handler,
 		},
@@ -491,6 +628,12 @@ var EntitlementService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "GetOrderStatus",
 			Handler:       _EntitlementService_GetOrderStatus_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchEntitlements",
+			Handler:       _EntitlementService_WatchEntitlements_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "entitlements/v1/entitlements.proto",

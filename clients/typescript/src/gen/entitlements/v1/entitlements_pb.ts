@@ -5,8 +5,8 @@
 // several service replicas never lose or double an update.
 //
 // Authentication: every call carries `authorization: Bearer <api key>` metadata. Keys have scopes:
-// `read` for CheckEntitlement, ListEntitlements, ListSubscriptions, ListLedger and GetOrderStatus; `write` for
-// Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
+// `read` for CheckEntitlement, CheckEntitlements, ListEntitlements, ListSubscriptions, ListLedger,
+// GetOrderStatus and WatchEntitlements; `write` for Grant and Revoke. A missing or unknown key is UNAUTHENTICATED, a key without the scope PERMISSION_DENIED.
 //
 // HTTP/JSON: every RPC is also served as JSON over HTTP on the service's HTTP port, at the path its
 // `google.api.http` rule names (fields not in the path or body are query parameters), with the proto3 JSON
@@ -14,7 +14,8 @@
 // The API key travels as `Authorization: Bearer <api key>`. An error is a JSON `google.rpc.Status`
 // (`{"code": 3, "message": "...", "details": []}`, `code` the gRPC code) with the HTTP status of that code
 // (400, 401, 403, 404, 409, 429, 503, 504, ...). GetOrderStatus answers `text/event-stream`: one Server-Sent Event
-// per OrderStatusUpdate. docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
+// per OrderStatusUpdate. WatchEntitlements, a bidirectional stream, has no HTTP mapping (gRPC only).
+// docs/HTTP_API.md has the details and openapi/entitlements.v1.yaml the OpenAPI document.
 //
 // Projects: one service serves one or more Xsolla projects, and each project's players, items, orders and
 // subscriptions are kept apart: the same `user_id` in two projects is two players. Every request names its
@@ -55,7 +56,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file entitlements/v1/entitlements.proto.
  */
 export const file_entitlements_v1_entitlements: GenFile = /*@__PURE__*/
-  fileDesc("CiJlbnRpdGxlbWVudHMvdjEvZW50aXRsZW1lbnRzLnByb3RvEg9lbnRpdGxlbWVudHMudjEiuAIKC0VudGl0bGVtZW50Eg8KB3VzZXJfaWQYASABKAkSCwoDc2t1GAIgASgJEi4KBGtpbmQYAyABKA4yIC5lbnRpdGxlbWVudHMudjEuRW50aXRsZW1lbnRLaW5kEhAKCHF1YW50aXR5GAQgASgDEi4KCmdyYW50ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBnBlcmlvZBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZhY3RpdmUYCSABKAgi2gIKDEdyYW50UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgsKA3NrdRgCIAEoCRIVCghxdWFudGl0eRgDIAEoA0gAiAEBEisKCGR1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCRIOCgZyZWFzb24YBiABKAkSPQoIbWV0YWRhdGEYByADKAsyKy5lbnRpdGxlbWVudHMudjEuR3JhbnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoEa2luZBgIIAEoDjIgLmVudGl0bGVtZW50cy52MS5FbnRpdGxlbWVudEtpbmQSEgoKcHJvamVjdF9pZBgJIAEoAxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX3F1YW50aXR5ImgKDUdyYW50UmVzcG9uc2USMQoLZW50aXRsZW1lbnQYASABKAsyHC5lbnRpdGxlbWVudHMudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAiABKAgSEgoKcHJvamVjdF9pZBgDIAEoAyJqCg1SZXZva2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSCwoDc2t1GAIgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIOCgZyZWFzb24YBCABKAkSEgoKcHJvamVjdF9pZBgFIAEoAyJ3Cg5SZXZva2VSZXNwb25zZRIPCgdyZXZva2VkGAEgASgIEi4KCHByZXZpb3VzGAIgASgLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50EhAKCHJlcGxheWVkGAMgASgIEhIKCnByb2plY3RfaWQYBCABKAMiSwoXQ2hlY2tFbnRpdGxlbWVudFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRILCgNza3UYAiABKAkSEgoKcHJvamVjdF9pZBgDIAEoAyJdChhDaGVja0VudGl0bGVtZW50UmVzcG9uc2USDgoGYWN0aXZlGAEgASgIEjEKC2VudGl0bGVtZW50GAIgASgLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50In4KF0xpc3RFbnRpdGxlbWVudHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSFwoPaW5jbHVkZV9leHBpcmVkGAQgASgIEhIKCnByb2plY3RfaWQYBSABKAMiZwoYTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlEjIKDGVudGl0bGVtZW50cxgBIAMoCzIcLmVudGl0bGVtZW50cy52MS5FbnRpdGxlbWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiAEKGExpc3RTdWJzY3JpcHRpb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBm9mZnNldBgDIAEoBRIOCgZsb2NhbGUYBCABKAkSGAoQaW5jbHVkZV9pbmFjdGl2ZRgFIAEoCBISCgpwcm9qZWN0X2lkGAYgASgDIioKBkNoYXJnZRIOCgZhbW91bnQYASABKAkSEAoIY3VycmVuY3kYAiABKAkiJQoGUGVyaW9kEg0KBXZhbHVlGAEgASgFEgwKBHVuaXQYAiABKAkihgQKDFN1YnNjcmlwdGlvbhIKCgJpZBgBIAEoCRIPCgdwbGFuX2lkGAIgASgDEhgKEHBsYW5fZXh0ZXJuYWxfaWQYAyABKAkSEQoJcGxhbl9uYW1lGAQgASgJEhgKEHBsYW5fZGVzY3JpcHRpb24YBSABKAkSEgoKcHJvZHVjdF9pZBgGIAEoAxIbChNwcm9kdWN0X2V4dGVybmFsX2lkGAcgASgJEhQKDHByb2R1Y3RfbmFtZRgIIAEoCRIbChNwcm9kdWN0X2Rlc2NyaXB0aW9uGAkgASgJEg4KBnN0YXR1cxgKIAEoCRIvCgtkYXRlX2NyZWF0ZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQZGF0ZV9uZXh0X2NoYXJnZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQZGF0ZV9sYXN0X2NoYXJnZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGY2hhcmdlGA4gASgLMhcuZW50aXRsZW1lbnRzLnYxLkNoYXJnZRInCgZwZXJpb2QYDyABKAsyFy5lbnRpdGxlbWVudHMudjEuUGVyaW9kEi8KBGtpbmQYECABKA4yIS5lbnRpdGxlbWVudHMudjEuU3Vic2NyaXB0aW9uS2luZCJjChlMaXN0U3Vic2NyaXB0aW9uc1Jlc3BvbnNlEjQKDXN1YnNjcmlwdGlvbnMYASADKAsyHS5lbnRpdGxlbWVudHMudjEuU3Vic2NyaXB0aW9uEhAKCGhhc19tb3JlGAIgASgIIl8KEUxpc3RMZWRnZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEgoKcHJvamVjdF9pZBgEIAEoAyKnBAoLTGVkZ2VyRW50cnkSEAoIZW50cnlfaWQYASABKAkSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCW9wZXJhdGlvbhgDIAEoCRILCgNza3UYBCABKAkSLgoEa2luZBgFIAEoDjIgLmVudGl0bGVtZW50cy52MS5FbnRpdGxlbWVudEtpbmQSHAoPcXVhbnRpdHlfYmVmb3JlGAYgASgDSACIAQESGwoOcXVhbnRpdHlfYWZ0ZXIYByABKANIAYgBARIyCg5leHBpcmVzX2JlZm9yZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNZXhwaXJlc19hZnRlchgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYCiABKAkSDgoGcmVhc29uGAsgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgMIAEoCRIQCghvcmRlcl9pZBgNIAEoCRIPCgdzdW1tYXJ5GA4gASgJEjoKB2RldGFpbHMYDyADKAsyKS5lbnRpdGxlbWVudHMudjEuTGVkZ2VyRW50cnkuRGV0YWlsc0VudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQhIKEF9xdWFudGl0eV9iZWZvcmVCEQoPX3F1YW50aXR5X2FmdGVyIlwKEkxpc3RMZWRnZXJSZXNwb25zZRItCgdlbnRyaWVzGAEgAygLMhwuZW50aXRsZW1lbnRzLnYxLkxlZGdlckVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKKAQoVR2V0T3JkZXJTdGF0dXNSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKcHJvamVjdF9pZBgDIAEoAxINCgV0b2tlbhgEIAEoCRIrCghtYXhfd2FpdBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLpAQoRT3JkZXJTdGF0dXNVcGRhdGUSEAoIb3JkZXJfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwuZW50aXRsZW1lbnRzLnYxLk9yZGVyU3RhdHVzEjIKBnNvdXJjZRgDIAEoDjIiLmVudGl0bGVtZW50cy52MS5PcmRlclN0YXR1c1NvdXJjZRIvCgtvYnNlcnZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHAoUZW50aXRsZW1lbnRzX2dyYW50ZWQYBSABKAgSEQoJdGltZWRfb3V0GAYgASgIKpcBCg9FbnRpdGxlbWVudEtpbmQSIAocRU5USVRMRU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEh8KG0VOVElUTEVNRU5UX0tJTkRfQ09OU1VNQUJMRRABEh4KGkVOVElUTEVNRU5UX0tJTkRfUEVSTUFORU5UEAISIQodRU5USVRMRU1FTlRfS0lORF9USU1FX0xJTUlURUQQAyp6ChBTdWJzY3JpcHRpb25LaW5kEiEKHVNVQlNDUklQVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASHwobU1VCU0NSSVBUSU9OX0tJTkRfUkVDVVJSSU5HEAESIgoeU1VCU0NSSVBUSU9OX0tJTkRfTk9OX1JFTkVXSU5HEAIqpAEKC09yZGVyU3RhdHVzEhwKGE9SREVSX1NUQVRVU19VTlNQRUNJRklFRBAAEhQKEE9SREVSX1NUQVRVU19ORVcQARIVChFPUkRFUl9TVEFUVVNfUEFJRBACEhUKEU9SREVSX1NUQVRVU19ET05FEAMSGQoVT1JERVJfU1RBVFVTX0NBTkNFTEVEEAQSGAoUT1JERVJfU1RBVFVTX0VYUElSRUQQBSrlAQoRT3JkZXJTdGF0dXNTb3VyY2USIwofT1JERVJfU1RBVFVTX1NPVVJDRV9VTlNQRUNJRklFRBAAEh4KGk9SREVSX1NUQVRVU19TT1VSQ0VfU1RPUkVEEAESHwobT1JERVJfU1RBVFVTX1NPVVJDRV9XRUJIT09LEAISIQodT1JERVJfU1RBVFVTX1NPVVJDRV9XRUJTT0NLRVQQAxIfChtPUkRFUl9TVEFUVVNfU09VUkNFX1BPTExJTkcQBBImCiJPUkRFUl9TVEFUVVNfU09VUkNFX1JFQ09OQ0lMSUFUSU9OEAUy7QYKEkVudGl0bGVtZW50U2VydmljZRJpCgVHcmFudBIdLmVudGl0bGVtZW50cy52MS5HcmFudFJlcXVlc3QaHi5lbnRpdGxlbWVudHMudjEuR3JhbnRSZXNwb25zZSIhgtPkkwIbIhYvdjEvZW50aXRsZW1lbnRzOmdyYW50OgEqEm0KBlJldm9rZRIeLmVudGl0bGVtZW50cy52MS5SZXZva2VSZXF1ZXN0Gh8uZW50aXRsZW1lbnRzLnYxLlJldm9rZVJlc3BvbnNlIiKC0+STAhwiFy92MS9lbnRpdGxlbWVudHM6cmV2b2tlOgEqEocBChBDaGVja0VudGl0bGVtZW50EiguZW50aXRsZW1lbnRzLnYxLkNoZWNrRW50aXRsZW1lbnRSZXF1ZXN0GikuZW50aXRsZW1lbnRzLnYxLkNoZWNrRW50aXRsZW1lbnRSZXNwb25zZSIegtPkkwIYEhYvdjEvZW50aXRsZW1lbnRzOmNoZWNrEoEBChBMaXN0RW50aXRsZW1lbnRzEiguZW50aXRsZW1lbnRzLnYxLkxpc3RFbnRpdGxlbWVudHNSZXF1ZXN0GikuZW50aXRsZW1lbnRzLnYxLkxpc3RFbnRpdGxlbWVudHNSZXNwb25zZSIYgtPkkwISEhAvdjEvZW50aXRsZW1lbnRzEoUBChFMaXN0U3Vic2NyaXB0aW9ucxIpLmVudGl0bGVtZW50cy52MS5MaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuTGlzdFN1YnNjcmlwdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvc3Vic2NyaXB0aW9ucxJpCgpMaXN0TGVkZ2VyEiIuZW50aXRsZW1lbnRzLnYxLkxpc3RMZWRnZXJSZXF1ZXN0GiMuZW50aXRsZW1lbnRzLnYxLkxpc3RMZWRnZXJSZXNwb25zZSISgtPkkwIMEgovdjEvbGVkZ2VyEnwKDkdldE9yZGVyU3RhdHVzEiYuZW50aXRsZW1lbnRzLnYxLkdldE9yZGVyU3RhdHVzUmVxdWVzdBoiLmVudGl0bGVtZW50cy52MS5PcmRlclN0YXR1c1VwZGF0ZSIcgtPkkwIWIhEvdjEvb3JkZXJzOnN0YXR1czoBKjABQosBChpjb20ueHNvbGxhLmVudGl0bGVtZW50cy52MVABWllnaXRodWIuY29tL3hzb2xsYS1lbnRpdGxlbWVudHMvZW50aXRsZW1lbnRzL2NsaWVudHMvZ28vZ2VuL2VudGl0bGVtZW50cy92MTtlbnRpdGxlbWVudHN2MaoCD0VudGl0bGVtZW50cy5WMWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJlbnRpdGxlbWVudHMvdjEvZW50aXRsZW1lbnRzLnByb3RvEg9lbnRpdGxlbWVudHMudjEiuAIKC0VudGl0bGVtZW50Eg8KB3VzZXJfaWQYASABKAkSCwoDc2t1GAIgASgJEi4KBGtpbmQYAyABKA4yIC5lbnRpdGxlbWVudHMudjEuRW50aXRsZW1lbnRLaW5kEhAKCHF1YW50aXR5GAQgASgDEi4KCmdyYW50ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBnBlcmlvZBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZhY3RpdmUYCSABKAgi2gIKDEdyYW50UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgsKA3NrdRgCIAEoCRIVCghxdWFudGl0eRgDIAEoA0gAiAEBEisKCGR1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCRIOCgZyZWFzb24YBiABKAkSPQoIbWV0YWRhdGEYByADKAsyKy5lbnRpdGxlbWVudHMudjEuR3JhbnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoEa2luZBgIIAEoDjIgLmVudGl0bGVtZW50cy52MS5FbnRpdGxlbWVudEtpbmQSEgoKcHJvamVjdF9pZBgJIAEoAxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX3F1YW50aXR5ImgKDUdyYW50UmVzcG9uc2USMQoLZW50aXRsZW1lbnQYASABKAsyHC5lbnRpdGxlbWVudHMudjEuRW50aXRsZW1lbnQSEAoIcmVwbGF5ZWQYAiABKAgSEgoKcHJvamVjdF9pZBgDIAEoAyJqCg1SZXZva2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSCwoDc2t1GAIgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIOCgZyZWFzb24YBCABKAkSEgoKcHJvamVjdF9pZBgFIAEoAyJ3Cg5SZXZva2VSZXNwb25zZRIPCgdyZXZva2VkGAEgASgIEi4KCHByZXZpb3VzGAIgASgLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50EhAKCHJlcGxheWVkGAMgASgIEhIKCnByb2plY3RfaWQYBCABKAMiSwoXQ2hlY2tFbnRpdGxlbWVudFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRILCgNza3UYAiABKAkSEgoKcHJvamVjdF9pZBgDIAEoAyJdChhDaGVja0VudGl0bGVtZW50UmVzcG9uc2USDgoGYWN0aXZlGAEgASgIEjEKC2VudGl0bGVtZW50GAIgASgLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50IpYBChhDaGVja0VudGl0bGVtZW50c1JlcXVlc3QSPwoGY2hlY2tzGAEgAygLMi8uZW50aXRsZW1lbnRzLnYxLkNoZWNrRW50aXRsZW1lbnRzUmVxdWVzdC5DaGVjaxISCgpwcm9qZWN0X2lkGAIgASgDGiUKBUNoZWNrEg8KB3VzZXJfaWQYASABKAkSCwoDc2t1GAIgASgJIlcKGUNoZWNrRW50aXRsZW1lbnRzUmVzcG9uc2USOgoHcmVzdWx0cxgBIAMoCzIpLmVudGl0bGVtZW50cy52MS5DaGVja0VudGl0bGVtZW50UmVzcG9uc2UifgoXTGlzdEVudGl0bGVtZW50c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEgoKcHJvamVjdF9pZBgFIAEoAyJnChhMaXN0RW50aXRsZW1lbnRzUmVzcG9uc2USMgoMZW50aXRsZW1lbnRzGAEgAygLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKIAQoYTGlzdFN1YnNjcmlwdGlvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGb2Zmc2V0GAMgASgFEg4KBmxvY2FsZRgEIAEoCRIYChBpbmNsdWRlX2luYWN0aXZlGAUgASgIEhIKCnByb2plY3RfaWQYBiABKAMiKgoGQ2hhcmdlEg4KBmFtb3VudBgBIAEoCRIQCghjdXJyZW5jeRgCIAEoCSIlCgZQZXJpb2QSDQoFdmFsdWUYASABKAUSDAoEdW5pdBgCIAEoCSKGBAoMU3Vic2NyaXB0aW9uEgoKAmlkGAEgASgJEg8KB3BsYW5faWQYAiABKAMSGAoQcGxhbl9leHRlcm5hbF9pZBgDIAEoCRIRCglwbGFuX25hbWUYBCABKAkSGAoQcGxhbl9kZXNjcmlwdGlvbhgFIAEoCRISCgpwcm9kdWN0X2lkGAYgASgDEhsKE3Byb2R1Y3RfZXh0ZXJuYWxfaWQYByABKAkSFAoMcHJvZHVjdF9uYW1lGAggASgJEhsKE3Byb2R1Y3RfZGVzY3JpcHRpb24YCSABKAkSDgoGc3RhdHVzGAogASgJEi8KC2RhdGVfY3JlYXRlGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBkYXRlX25leHRfY2hhcmdlGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBkYXRlX2xhc3RfY2hhcmdlGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgZjaGFyZ2UYDiABKAsyFy5lbnRpdGxlbWVudHMudjEuQ2hhcmdlEicKBnBlcmlvZBgPIAEoCzIXLmVudGl0bGVtZW50cy52MS5QZXJpb2QSLwoEa2luZBgQIAEoDjIhLmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb25LaW5kImMKGUxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USNAoNc3Vic2NyaXB0aW9ucxgBIAMoCzIdLmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb24SEAoIaGFzX21vcmUYAiABKAgiXwoRTGlzdExlZGdlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRISCgpwcm9qZWN0X2lkGAQgASgDIqcECgtMZWRnZXJFbnRyeRIQCghlbnRyeV9pZBgBIAEoCRImCgJhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJb3BlcmF0aW9uGAMgASgJEgsKA3NrdRgEIAEoCRIuCgRraW5kGAUgASgOMiAuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50S2luZBIcCg9xdWFudGl0eV9iZWZvcmUYBiABKANIAIgBARIbCg5xdWFudGl0eV9hZnRlchgHIAEoA0gBiAEBEjIKDmV4cGlyZXNfYmVmb3JlGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1leHBpcmVzX2FmdGVyGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgKIAEoCRIOCgZyZWFzb24YCyABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAwgASgJEhAKCG9yZGVyX2lkGA0gASgJEg8KB3N1bW1hcnkYDiABKAkSOgoHZGV0YWlscxgPIAMoCzIpLmVudGl0bGVtZW50cy52MS5MZWRnZXJFbnRyeS5EZXRhaWxzRW50cnkaLgoMRGV0YWlsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEgoQX3F1YW50aXR5X2JlZm9yZUIRCg9fcXVhbnRpdHlfYWZ0ZXIiXAoSTGlzdExlZGdlclJlc3BvbnNlEi0KB2VudHJpZXMYASADKAsyHC5lbnRpdGxlbWVudHMudjEuTGVkZ2VyRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIooBChVHZXRPcmRlclN0YXR1c1JlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRISCgpwcm9qZWN0X2lkGAMgASgDEg0KBXRva2VuGAQgASgJEisKCG1heF93YWl0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIukBChFPcmRlclN0YXR1c1VwZGF0ZRIQCghvcmRlcl9pZBgBIAEoCRIsCgZzdGF0dXMYAiABKA4yHC5lbnRpdGxlbWVudHMudjEuT3JkZXJTdGF0dXMSMgoGc291cmNlGAMgASgOMiIuZW50aXRsZW1lbnRzLnYxLk9yZGVyU3RhdHVzU291cmNlEi8KC29ic2VydmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRlbnRpdGxlbWVudHNfZ3JhbnRlZBgFIAEoCBIRCgl0aW1lZF9vdXQYBiABKAgiywEKGFdhdGNoRW50aXRsZW1lbnRzUmVxdWVzdBISCgpwcm9qZWN0X2lkGAEgASgDEg4KBmN1cnNvchgCIAEoCRITCgthbGxfcGxheWVycxgDIAEoCBIUCgxhZGRfdXNlcl9pZHMYBCADKAkSFwoPcmVtb3ZlX3VzZXJfaWRzGAUgAygJEhAKCHNuYXBzaG90GAYgASgIEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLQAQoZV2F0Y2hFbnRpdGxlbWVudHNSZXNwb25zZRI0CgZjaGFuZ2UYASABKAsyIi5lbnRpdGxlbWVudHMudjEuRW50aXRsZW1lbnRDaGFuZ2VIABIzCghzbmFwc2hvdBgCIAEoCzIfLmVudGl0bGVtZW50cy52MS5QbGF5ZXJTbmFwc2hvdEgAEi8KCWhlYXJ0YmVhdBgDIAEoCzIaLmVudGl0bGVtZW50cy52MS5IZWFydGJlYXRIABIOCgZjdXJzb3IYBCABKAlCBwoFZXZlbnQiuAEKEUVudGl0bGVtZW50Q2hhbmdlEg8KB3VzZXJfaWQYASABKAkSCwoDc2t1GAIgASgJEjEKC2VudGl0bGVtZW50GAMgASgLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50Eg8KB3ZlcnNpb24YBCABKAMSEQoJb3BlcmF0aW9uGAUgASgJEi4KCmNoYW5nZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKDlBsYXllclNuYXBzaG90Eg8KB3VzZXJfaWQYASABKAkSMgoMZW50aXRsZW1lbnRzGAIgAygLMhwuZW50aXRsZW1lbnRzLnYxLkVudGl0bGVtZW50Eg8KB3ZlcnNpb24YAyABKAMiOAoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKpcBCg9FbnRpdGxlbWVudEtpbmQSIAocRU5USVRMRU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEh8KG0VOVElUTEVNRU5UX0tJTkRfQ09OU1VNQUJMRRABEh4KGkVOVElUTEVNRU5UX0tJTkRfUEVSTUFORU5UEAISIQodRU5USVRMRU1FTlRfS0lORF9USU1FX0xJTUlURUQQAyp6ChBTdWJzY3JpcHRpb25LaW5kEiEKHVNVQlNDUklQVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASHwobU1VCU0NSSVBUSU9OX0tJTkRfUkVDVVJSSU5HEAESIgoeU1VCU0NSSVBUSU9OX0tJTkRfTk9OX1JFTkVXSU5HEAIqpAEKC09yZGVyU3RhdHVzEhwKGE9SREVSX1NUQVRVU19VTlNQRUNJRklFRBAAEhQKEE9SREVSX1NUQVRVU19ORVcQARIVChFPUkRFUl9TVEFUVVNfUEFJRBACEhUKEU9SREVSX1NUQVRVU19ET05FEAMSGQoVT1JERVJfU1RBVFVTX0NBTkNFTEVEEAQSGAoUT1JERVJfU1RBVFVTX0VYUElSRUQQBSrlAQoRT3JkZXJTdGF0dXNTb3VyY2USIwofT1JERVJfU1RBVFVTX1NPVVJDRV9VTlNQRUNJRklFRBAAEh4KGk9SREVSX1NUQVRVU19TT1VSQ0VfU1RPUkVEEAESHwobT1JERVJfU1RBVFVTX1NPVVJDRV9XRUJIT09LEAISIQodT1JERVJfU1RBVFVTX1NPVVJDRV9XRUJTT0NLRVQQAxIfChtPUkRFUl9TVEFUVVNfU09VUkNFX1BPTExJTkcQBBImCiJPUkRFUl9TVEFUVVNfU09VUkNFX1JFQ09OQ0lMSUFUSU9OEAUy8ggKEkVudGl0bGVtZW50U2VydmljZRJpCgVHcmFudBIdLmVudGl0bGVtZW50cy52MS5HcmFudFJlcXVlc3QaHi5lbnRpdGxlbWVudHMudjEuR3JhbnRSZXNwb25zZSIhgtPkkwIbIhYvdjEvZW50aXRsZW1lbnRzOmdyYW50OgEqEm0KBlJldm9rZRIeLmVudGl0bGVtZW50cy52MS5SZXZva2VSZXF1ZXN0Gh8uZW50aXRsZW1lbnRzLnYxLlJldm9rZVJlc3BvbnNlIiKC0+STAhwiFy92MS9lbnRpdGxlbWVudHM6cmV2b2tlOgEqEocBChBDaGVja0VudGl0bGVtZW50EiguZW50aXRsZW1lbnRzLnYxLkNoZWNrRW50aXRsZW1lbnRSZXF1ZXN0GikuZW50aXRsZW1lbnRzLnYxLkNoZWNrRW50aXRsZW1lbnRSZXNwb25zZSIegtPkkwIYEhYvdjEvZW50aXRsZW1lbnRzOmNoZWNrEpIBChFDaGVja0VudGl0bGVtZW50cxIpLmVudGl0bGVtZW50cy52MS5DaGVja0VudGl0bGVtZW50c1JlcXVlc3QaKi5lbnRpdGxlbWVudHMudjEuQ2hlY2tFbnRpdGxlbWVudHNSZXNwb25zZSImgtPkkwIgIhsvdjEvZW50aXRsZW1lbnRzOmJhdGNoQ2hlY2s6ASoSgQEKEExpc3RFbnRpdGxlbWVudHMSKC5lbnRpdGxlbWVudHMudjEuTGlzdEVudGl0bGVtZW50c1JlcXVlc3QaKS5lbnRpdGxlbWVudHMudjEuTGlzdEVudGl0bGVtZW50c1Jlc3BvbnNlIhiC0+STAhISEC92MS9lbnRpdGxlbWVudHMShQEKEUxpc3RTdWJzY3JpcHRpb25zEikuZW50aXRsZW1lbnRzLnYxLkxpc3RTdWJzY3JpcHRpb25zUmVxdWVzdBoqLmVudGl0bGVtZW50cy52MS5MaXN0U3Vic2NyaXB0aW9uc1Jlc3BvbnNlIhmC0+STAhMSES92MS9zdWJzY3JpcHRpb25zEmkKCkxpc3RMZWRnZXISIi5lbnRpdGxlbWVudHMudjEuTGlzdExlZGdlclJlcXVlc3QaIy5lbnRpdGxlbWVudHMudjEuTGlzdExlZGdlclJlc3BvbnNlIhKC0+STAgwSCi92MS9sZWRnZXISfAoOR2V0T3JkZXJTdGF0dXMSJi5lbnRpdGxlbWVudHMudjEuR2V0T3JkZXJTdGF0dXNSZXF1ZXN0GiIuZW50aXRsZW1lbnRzLnYxLk9yZGVyU3RhdHVzVXBkYXRlIhyC0+STAhYiES92MS9vcmRlcnM6c3RhdHVzOgEqMAESbgoRV2F0Y2hFbnRpdGxlbWVudHMSKS5lbnRpdGxlbWVudHMudjEuV2F0Y2hFbnRpdGxlbWVudHNSZXF1ZXN0GiouZW50aXRsZW1lbnRzLnYxLldhdGNoRW50aXRsZW1lbnRzUmVzcG9uc2UoATABQosBChpjb20ueHNvbGxhLmVudGl0bGVtZW50cy52MVABWllnaXRodWIuY29tL3hzb2xsYS1lbnRpdGxlbWVudHMvZW50aXRsZW1lbnRzL2NsaWVudHMvZ28vZ2VuL2VudGl0bGVtZW50cy92MTtlbnRpdGxlbWVudHN2MaoCD0VudGl0bGVtZW50cy5WMWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * What a player holds of one sku.
@@ -402,6 +403,81 @@ export const CheckEntitlementResponseSchema: GenMessage<CheckEntitlementResponse
   messageDesc(file_entitlements_v1_entitlements, 6);
 
 /**
+ * @generated from message entitlements.v1.CheckEntitlementsRequest
+ */
+export type CheckEntitlementsRequest = Message<"entitlements.v1.CheckEntitlementsRequest"> & {
+  /**
+   * 1..1,000 pairs.
+   *
+   * @generated from field: repeated entitlements.v1.CheckEntitlementsRequest.Check checks = 1;
+   */
+  checks: CheckEntitlementsRequest_Check[];
+
+  /**
+   * The Xsolla project of every pair. 0: the API key's project when it is bound to exactly one, else the
+   * service's default project. INVALID_ARGUMENT when still none, when negative, or when the service does not
+   * serve it; PERMISSION_DENIED when the API key is not bound to it.
+   *
+   * @generated from field: int64 project_id = 2;
+   */
+  projectId: bigint;
+};
+
+/**
+ * Describes the message entitlements.v1.CheckEntitlementsRequest.
+ * Use `create(CheckEntitlementsRequestSchema)` to create a new message.
+ */
+export const CheckEntitlementsRequestSchema: GenMessage<CheckEntitlementsRequest> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 7);
+
+/**
+ * One (player, sku) pair to check.
+ *
+ * @generated from message entitlements.v1.CheckEntitlementsRequest.Check
+ */
+export type CheckEntitlementsRequest_Check = Message<"entitlements.v1.CheckEntitlementsRequest.Check"> & {
+  /**
+   * The player. Required, 1..256 bytes.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The item. Required, 1..256 bytes.
+   *
+   * @generated from field: string sku = 2;
+   */
+  sku: string;
+};
+
+/**
+ * Describes the message entitlements.v1.CheckEntitlementsRequest.Check.
+ * Use `create(CheckEntitlementsRequest_CheckSchema)` to create a new message.
+ */
+export const CheckEntitlementsRequest_CheckSchema: GenMessage<CheckEntitlementsRequest_Check> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 7, 0);
+
+/**
+ * @generated from message entitlements.v1.CheckEntitlementsResponse
+ */
+export type CheckEntitlementsResponse = Message<"entitlements.v1.CheckEntitlementsResponse"> & {
+  /**
+   * One answer per pair of the request, in its order: `results[i]` answers `checks[i]`.
+   *
+   * @generated from field: repeated entitlements.v1.CheckEntitlementResponse results = 1;
+   */
+  results: CheckEntitlementResponse[];
+};
+
+/**
+ * Describes the message entitlements.v1.CheckEntitlementsResponse.
+ * Use `create(CheckEntitlementsResponseSchema)` to create a new message.
+ */
+export const CheckEntitlementsResponseSchema: GenMessage<CheckEntitlementsResponse> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 8);
+
+/**
  * @generated from message entitlements.v1.ListEntitlementsRequest
  */
 export type ListEntitlementsRequest = Message<"entitlements.v1.ListEntitlementsRequest"> & {
@@ -450,7 +526,7 @@ export type ListEntitlementsRequest = Message<"entitlements.v1.ListEntitlementsR
  * Use `create(ListEntitlementsRequestSchema)` to create a new message.
  */
 export const ListEntitlementsRequestSchema: GenMessage<ListEntitlementsRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 7);
+  messageDesc(file_entitlements_v1_entitlements, 9);
 
 /**
  * @generated from message entitlements.v1.ListEntitlementsResponse
@@ -476,7 +552,7 @@ export type ListEntitlementsResponse = Message<"entitlements.v1.ListEntitlements
  * Use `create(ListEntitlementsResponseSchema)` to create a new message.
  */
 export const ListEntitlementsResponseSchema: GenMessage<ListEntitlementsResponse> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 8);
+  messageDesc(file_entitlements_v1_entitlements, 10);
 
 /**
  * @generated from message entitlements.v1.ListSubscriptionsRequest
@@ -533,7 +609,7 @@ export type ListSubscriptionsRequest = Message<"entitlements.v1.ListSubscription
  * Use `create(ListSubscriptionsRequestSchema)` to create a new message.
  */
 export const ListSubscriptionsRequestSchema: GenMessage<ListSubscriptionsRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 9);
+  messageDesc(file_entitlements_v1_entitlements, 11);
 
 /**
  * An amount of money as Xsolla writes it: a decimal string and an ISO 4217 currency code.
@@ -557,7 +633,7 @@ export type Charge = Message<"entitlements.v1.Charge"> & {
  * Use `create(ChargeSchema)` to create a new message.
  */
 export const ChargeSchema: GenMessage<Charge> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 10);
+  messageDesc(file_entitlements_v1_entitlements, 12);
 
 /**
  * A billing period as Xsolla writes it: `value` units of `unit` ("day", "month", "lifetime"; non-renewing items
@@ -582,7 +658,7 @@ export type Period = Message<"entitlements.v1.Period"> & {
  * Use `create(PeriodSchema)` to create a new message.
  */
 export const PeriodSchema: GenMessage<Period> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 11);
+  messageDesc(file_entitlements_v1_entitlements, 13);
 
 /**
  * One subscription, with the fields of Xsolla's user subscriptions API
@@ -686,7 +762,7 @@ export type Subscription = Message<"entitlements.v1.Subscription"> & {
  * Use `create(SubscriptionSchema)` to create a new message.
  */
 export const SubscriptionSchema: GenMessage<Subscription> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 12);
+  messageDesc(file_entitlements_v1_entitlements, 14);
 
 /**
  * @generated from message entitlements.v1.ListSubscriptionsResponse
@@ -710,7 +786,7 @@ export type ListSubscriptionsResponse = Message<"entitlements.v1.ListSubscriptio
  * Use `create(ListSubscriptionsResponseSchema)` to create a new message.
  */
 export const ListSubscriptionsResponseSchema: GenMessage<ListSubscriptionsResponse> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 13);
+  messageDesc(file_entitlements_v1_entitlements, 15);
 
 /**
  * @generated from message entitlements.v1.ListLedgerRequest
@@ -753,7 +829,7 @@ export type ListLedgerRequest = Message<"entitlements.v1.ListLedgerRequest"> & {
  * Use `create(ListLedgerRequestSchema)` to create a new message.
  */
 export const ListLedgerRequestSchema: GenMessage<ListLedgerRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 14);
+  messageDesc(file_entitlements_v1_entitlements, 16);
 
 /**
  * One entry of a player's audit ledger, in plain words.
@@ -879,7 +955,7 @@ export type LedgerEntry = Message<"entitlements.v1.LedgerEntry"> & {
  * Use `create(LedgerEntrySchema)` to create a new message.
  */
 export const LedgerEntrySchema: GenMessage<LedgerEntry> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 15);
+  messageDesc(file_entitlements_v1_entitlements, 17);
 
 /**
  * @generated from message entitlements.v1.ListLedgerResponse
@@ -905,7 +981,7 @@ export type ListLedgerResponse = Message<"entitlements.v1.ListLedgerResponse"> &
  * Use `create(ListLedgerResponseSchema)` to create a new message.
  */
 export const ListLedgerResponseSchema: GenMessage<ListLedgerResponse> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 16);
+  messageDesc(file_entitlements_v1_entitlements, 18);
 
 /**
  * @generated from message entitlements.v1.GetOrderStatusRequest
@@ -959,7 +1035,7 @@ export type GetOrderStatusRequest = Message<"entitlements.v1.GetOrderStatusReque
  * Use `create(GetOrderStatusRequestSchema)` to create a new message.
  */
 export const GetOrderStatusRequestSchema: GenMessage<GetOrderStatusRequest> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 17);
+  messageDesc(file_entitlements_v1_entitlements, 19);
 
 /**
  * @generated from message entitlements.v1.OrderStatusUpdate
@@ -1018,7 +1094,228 @@ export type OrderStatusUpdate = Message<"entitlements.v1.OrderStatusUpdate"> & {
  * Use `create(OrderStatusUpdateSchema)` to create a new message.
  */
 export const OrderStatusUpdateSchema: GenMessage<OrderStatusUpdate> = /*@__PURE__*/
-  messageDesc(file_entitlements_v1_entitlements, 18);
+  messageDesc(file_entitlements_v1_entitlements, 20);
+
+/**
+ * @generated from message entitlements.v1.WatchEntitlementsRequest
+ */
+export type WatchEntitlementsRequest = Message<"entitlements.v1.WatchEntitlementsRequest"> & {
+  /**
+   * First message only. The Xsolla project to watch. 0: the API key's project when it is bound to exactly one,
+   * else the service's default project. INVALID_ARGUMENT when still none, when negative, or when the service does
+   * not serve it; PERMISSION_DENIED when the API key is not bound to it.
+   *
+   * @generated from field: int64 project_id = 1;
+   */
+  projectId: bigint;
+
+  /**
+   * First message only. The `cursor` of a change or heartbeat received earlier: the stream resumes right after
+   * it. Empty: from now. OUT_OF_RANGE when it is older than the history kept (see the RPC).
+   *
+   * @generated from field: string cursor = 2;
+   */
+  cursor: string;
+
+  /**
+   * First message only. Watch every player of the project; `add_user_ids` and `remove_user_ids` must then stay
+   * empty, and no snapshots are sent.
+   *
+   * @generated from field: bool all_players = 3;
+   */
+  allPlayers: boolean;
+
+  /**
+   * Players to start watching (each 1..256 bytes; up to 10,000 per message and 100,000 watched per stream).
+   * Adding a player already watched changes nothing (but a snapshot is sent again when asked for).
+   *
+   * @generated from field: repeated string add_user_ids = 4;
+   */
+  addUserIds: string[];
+
+  /**
+   * Players to stop watching. Removing a player not watched changes nothing.
+   *
+   * @generated from field: repeated string remove_user_ids = 5;
+   */
+  removeUserIds: string[];
+
+  /**
+   * Answer this message with a PlayerSnapshot of each player it adds. A cache sets it when it adds players and
+   * leaves it unset when it resumes with a cursor for players it already holds.
+   *
+   * @generated from field: bool snapshot = 6;
+   */
+  snapshot: boolean;
+
+  /**
+   * First message only. How long the stream may stay silent before a Heartbeat: 1 s to 5 minutes; 15 s when
+   * unset. Anything else is INVALID_ARGUMENT.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 7;
+   */
+  heartbeatInterval?: Duration | undefined;
+};
+
+/**
+ * Describes the message entitlements.v1.WatchEntitlementsRequest.
+ * Use `create(WatchEntitlementsRequestSchema)` to create a new message.
+ */
+export const WatchEntitlementsRequestSchema: GenMessage<WatchEntitlementsRequest> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 21);
+
+/**
+ * @generated from message entitlements.v1.WatchEntitlementsResponse
+ */
+export type WatchEntitlementsResponse = Message<"entitlements.v1.WatchEntitlementsResponse"> & {
+  /**
+   * @generated from oneof entitlements.v1.WatchEntitlementsResponse.event
+   */
+  event: {
+    /**
+     * @generated from field: entitlements.v1.EntitlementChange change = 1;
+     */
+    value: EntitlementChange;
+    case: "change";
+  } | {
+    /**
+     * @generated from field: entitlements.v1.PlayerSnapshot snapshot = 2;
+     */
+    value: PlayerSnapshot;
+    case: "snapshot";
+  } | {
+    /**
+     * @generated from field: entitlements.v1.Heartbeat heartbeat = 3;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The position in the project's change history after this message (set on changes and heartbeats): open the
+   * stream with it as `cursor` to resume right after this message. Opaque, at most 4,096 characters.
+   *
+   * @generated from field: string cursor = 4;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message entitlements.v1.WatchEntitlementsResponse.
+ * Use `create(WatchEntitlementsResponseSchema)` to create a new message.
+ */
+export const WatchEntitlementsResponseSchema: GenMessage<WatchEntitlementsResponse> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 22);
+
+/**
+ * One committed change to one player's sku.
+ *
+ * @generated from message entitlements.v1.EntitlementChange
+ */
+export type EntitlementChange = Message<"entitlements.v1.EntitlementChange"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string sku = 2;
+   */
+  sku: string;
+
+  /**
+   * What the player holds of the sku after the change; unset when the player no longer holds it (revoked, or an
+   * order's cancel took it all back). `active` is as of `changed_at`: a time-limited item stops being active at
+   * its `expires_at` without a change being sent.
+   *
+   * @generated from field: entitlements.v1.Entitlement entitlement = 3;
+   */
+  entitlement?: Entitlement | undefined;
+
+  /**
+   * The player's version after this change: the number of changes made to the player's entitlements so far
+   * (counted since the service first kept versions), so each change of a player is its previous version plus
+   * one. A cache that sees a version jump has missed a change; the service never makes it do so.
+   *
+   * @generated from field: int64 version = 4;
+   */
+  version: bigint;
+
+  /**
+   * What made the change: "grant", "revoke", "order_paid", "order_canceled", ... (the ledger's operation).
+   *
+   * @generated from field: string operation = 5;
+   */
+  operation: string;
+
+  /**
+   * When the change was committed (the store's clock).
+   *
+   * @generated from field: google.protobuf.Timestamp changed_at = 6;
+   */
+  changedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message entitlements.v1.EntitlementChange.
+ * Use `create(EntitlementChangeSchema)` to create a new message.
+ */
+export const EntitlementChangeSchema: GenMessage<EntitlementChange> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 23);
+
+/**
+ * Everything one player holds at one moment, in sku order (expired time-limited items included, with `active`
+ * false).
+ *
+ * @generated from message entitlements.v1.PlayerSnapshot
+ */
+export type PlayerSnapshot = Message<"entitlements.v1.PlayerSnapshot"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: repeated entitlements.v1.Entitlement entitlements = 2;
+   */
+  entitlements: Entitlement[];
+
+  /**
+   * The player's version at that moment (0 for a player never changed): the changes of this player that follow
+   * on the stream are versions `version + 1`, `version + 2`, ...; none already in the snapshot is sent after it.
+   *
+   * @generated from field: int64 version = 3;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message entitlements.v1.PlayerSnapshot.
+ * Use `create(PlayerSnapshotSchema)` to create a new message.
+ */
+export const PlayerSnapshotSchema: GenMessage<PlayerSnapshot> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 24);
+
+/**
+ * Nothing happened for `heartbeat_interval`; `cursor` (on the response) is the current position.
+ *
+ * @generated from message entitlements.v1.Heartbeat
+ */
+export type Heartbeat = Message<"entitlements.v1.Heartbeat"> & {
+  /**
+   * The service's clock when the heartbeat was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp sent_at = 1;
+   */
+  sentAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message entitlements.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
+  messageDesc(file_entitlements_v1_entitlements, 25);
 
 /**
  * How an item behaves when granted again.
@@ -1253,6 +1550,23 @@ export const EntitlementService: GenService<{
     output: typeof CheckEntitlementResponseSchema;
   },
   /**
+   * Checks up to 1,000 (player, sku) pairs in one call, with the answer CheckEntitlement would give for each, in
+   * the order of `checks`. Pairs may repeat and may name up to 1,000 different players. The store is read in as
+   * few round trips as its layout allows (one pipeline per Redis Cluster slot); each answer is as of one moment
+   * of that player, not one moment of the whole batch.
+   *
+   * Every pair is validated before anything is read: one bad pair is INVALID_ARGUMENT naming it
+   * (`checks[3].sku: ...`), and no answer is given. No pair, or more than 1,000, is INVALID_ARGUMENT naming
+   * `checks`.
+   *
+   * @generated from rpc entitlements.v1.EntitlementService.CheckEntitlements
+   */
+  checkEntitlements: {
+    methodKind: "unary";
+    input: typeof CheckEntitlementsRequestSchema;
+    output: typeof CheckEntitlementsResponseSchema;
+  },
+  /**
    * Lists a player's entitlements in sku order (byte-wise), a page at a time. Expired time-limited items are
    * left out unless `include_expired` is set.
    *
@@ -1322,6 +1636,42 @@ export const EntitlementService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetOrderStatusRequestSchema;
     output: typeof OrderStatusUpdateSchema;
+  },
+  /**
+   * Follows the changes to entitlements in one project, as they are committed: for the players the caller names
+   * (and may add or remove while the stream is open), or for every player of the project. Built for a game
+   * server's local cache of the players it hosts (the Python and Go clients have one).
+   *
+   * The caller's first message opens the watch: `project_id`, `cursor` to resume, `all_players` or the first
+   * `add_user_ids`, `heartbeat_interval`. Later messages only add or remove players (the other fields must be
+   * left unset; INVALID_ARGUMENT otherwise). Each message that adds players with `snapshot` set is answered
+   * with one PlayerSnapshot per added player: what the player holds at that moment and its `version`. The changes
+   * of that player that follow carry a greater version, and none that the snapshot already includes is sent.
+   *
+   * Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
+   * received resumes right after it, with no change missing and none sent twice, across replicas and service
+   * restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
+   * of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
+   * nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
+   * quiet stream from a dead one.
+   *
+   * The service keeps the history needed to resume for a limited time (24 hours by default,
+   * ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
+   *   OUT_OF_RANGE        `cursor` is older than the history kept, or was issued by another store or project:
+   *                       changes may have been missed. Read the players again (a snapshot) and watch without
+   *                       a cursor.
+   *   INVALID_ARGUMENT    a cursor that this service did not issue, too many players (100,000 per stream,
+   *                       10,000 per message), or an identifier as in every RPC; the message names the field.
+   *   RESOURCE_EXHAUSTED  the replica holds its maximum of watch streams (ENTITLEMENTS_WATCH_MAX_STREAMS).
+   *   UNAVAILABLE         the replica is shutting down or lost the store: open the stream again with the last
+   *                       cursor.
+   *
+   * @generated from rpc entitlements.v1.EntitlementService.WatchEntitlements
+   */
+  watchEntitlements: {
+    methodKind: "bidi_streaming";
+    input: typeof WatchEntitlementsRequestSchema;
+    output: typeof WatchEntitlementsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_entitlements_v1_entitlements, 0);
