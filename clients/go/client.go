@@ -108,6 +108,22 @@ func (c *Client) CheckEntitlement(
 	})
 }
 
+// CheckEntitlements checks up to 1,000 (player, sku) pairs in one call: Results[i] answers Checks[i] as
+// CheckEntitlement would. One bad pair fails the whole call with codes.InvalidArgument naming it
+// ("checks[1].sku: ..."); no pair, or more than 1,000, names "checks". A read: retried on UNAVAILABLE like every
+// call, within the default deadline. When req.ProjectId is 0, the client's project is used.
+func (c *Client) CheckEntitlements(
+	ctx context.Context, req *v1.CheckEntitlementsRequest, opts ...grpc.CallOption,
+) (*v1.CheckEntitlementsResponse, error) {
+	if c.fillsProject(req.GetProjectId()) {
+		req = cloneOf(req)
+		req.ProjectId = c.projectID
+	}
+	return unary(ctx, c, func(ctx context.Context) (*v1.CheckEntitlementsResponse, error) {
+		return c.stub.CheckEntitlements(ctx, req, opts...)
+	})
+}
+
 // ListEntitlements returns one page of a player's entitlements in sku order. A page may hold fewer than
 // PageSize entitlements, even none, while NextPageToken is set: only an empty token means the end.
 // AllEntitlements pages through them all.

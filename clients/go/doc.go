@@ -7,7 +7,9 @@
 // messages the methods take and return) with what every caller needs: the API key, TLS or mTLS, a default
 // deadline, retries of UNAVAILABLE that resend the same idempotency key, an idempotency key made for writes
 // that give none, one error type (*Error), iterators over every page, and FollowOrder, which reopens a
-// broken order-status stream without repeating a status.
+// broken order-status stream without repeating a status. CheckEntitlements checks up to 1,000 pairs in one
+// call; WatchEntitlements is the raw change stream, and Cache (Client.NewCache) keeps the players a game server
+// hosts in memory on it, answering checks without a call and refusing (StaleError) rather than answering stale.
 //
 //	client, err := entitlements.New("entitlements.internal:50051", entitlements.WithAPIKey(key))
 //	if err != nil {

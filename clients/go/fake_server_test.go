@@ -26,6 +26,8 @@ type fakeService struct {
 	list           func(context.Context, *v1.ListEntitlementsRequest) (*v1.ListEntitlementsResponse, error)
 	ledger         func(context.Context, *v1.ListLedgerRequest) (*v1.ListLedgerResponse, error)
 	getOrderStatus func(*v1.GetOrderStatusRequest, grpc.ServerStreamingServer[v1.OrderStatusUpdate]) error
+	checkBatch     func(context.Context, *v1.CheckEntitlementsRequest) (*v1.CheckEntitlementsResponse, error)
+	watch          func(grpc.BidiStreamingServer[v1.WatchEntitlementsRequest, v1.WatchEntitlementsResponse]) error
 
 	mu       sync.Mutex
 	requests []any
@@ -98,8 +100,22 @@ func (f *fakeService) GetOrderStatus(
 	return f.getOrderStatus(req, stream)
 }
 
+func (f *fakeService) CheckEntitlements(
+	ctx context.Context, req *v1.CheckEntitlementsRequest,
+) (*v1.CheckEntitlementsResponse, error) {
+	f.record(ctx, req)
+	return f.checkBatch(ctx, req)
+}
+
+func (f *fakeService) WatchEntitlements(
+	stream grpc.BidiStreamingServer[v1.WatchEntitlementsRequest, v1.WatchEntitlementsResponse],
+) error {
+	f.record(stream.Context(), "watch")
+	return f.watch(stream)
+}
+
 // serve starts f on a free loopback port and returns its address; the server stops when the test ends.
-func serve(t *testing.T, f *fakeService, opts ...grpc.ServerOption) string {
+func serve(t testing.TB, f *fakeService, opts ...grpc.ServerOption) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

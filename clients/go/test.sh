@@ -25,3 +25,5 @@ fi
 echo "generated code matches proto/"
 
 go test -count=1 ./...
+# The cache is read by many goroutines while its stream applies changes: its tests again under the race detector.
+go test -count=1 -race -run 'Cache|Watch' .
