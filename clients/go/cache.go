@@ -71,8 +71,10 @@ const (
 	CacheResuming
 	// CacheStale: the stream is open but silent for more than MaxStaleness; the cache reopens it.
 	CacheStale
-	// CacheStopped: the service refused the stream for good (the error says why); every check returns it.
-	CacheStopped
+	// CacheFailed: the service refused the stream for good (the error says why); every check returns it.
+	CacheFailed
+	// CacheClosed: Close was called; every check returns ErrClosed.
+	CacheClosed
 )
 
 func (s CacheState) String() string {
@@ -83,8 +85,10 @@ func (s CacheState) String() string {
 		return "resuming"
 	case CacheStale:
 		return "stale"
-	case CacheStopped:
-		return "stopped"
+	case CacheFailed:
+		return "failed"
+	case CacheClosed:
+		return "closed"
 	}
 	return fmt.Sprintf("CacheState(%d)", int(s))
 }
@@ -97,7 +101,7 @@ type CacheOptions struct {
 	// The Xsolla project; 0: the client's (WithProjectID), else the service decides as for every request.
 	ProjectID int64
 	// How long the cache may go without hearing from the service before checks return a *StaleError:
-	// DefaultMaxStaleness (5 s) when 0, at least 2 s. The cache asks for a heartbeat every
+	// DefaultMaxStaleness (5 s) when 0, else 2 s..15 min. The cache asks for a heartbeat every
 	// max(1 s, MaxStaleness/3) and reopens a stream silent for longer than MaxStaleness.
 	MaxStaleness time.Duration
 	// NoWait makes NewCache return at once instead of waiting for every player's snapshot (see Ready).
@@ -119,12 +123,13 @@ type CachedCheck struct {
 
 // CacheStats counts what a Cache has done since it was created.
 type CacheStats struct {
-	// Changes applied.
-	Changes uint64
+	// ChangesApplied: changes applied to a player's items.
+	ChangesApplied uint64
 	// Snapshots applied.
 	Snapshots uint64
-	// Reopenings of the stream (resumed with the cursor, or re-read after OUT_OF_RANGE).
-	Reopens uint64
+	// Reopenings of the stream after it broke (resumed with the cursor, or read again after OUT_OF_RANGE); the
+	// first opening is not counted.
+	Reopenings uint64
 	// Gaps: changes whose version jumped past the player's next one; the player was read again.
 	Gaps uint64
 	// Duplicates: changes at or below the player's version, ignored (a correct service sends none).
@@ -213,8 +218,8 @@ func (c *Client) NewCache(ctx context.Context, opts CacheOptions) (*Cache, error
 		maxStale = DefaultMaxStaleness
 	}
 	switch {
-	case maxStale < minMaxStaleness:
-		return nil, invalid("max_staleness: must be at least %v, got %v", minMaxStaleness, maxStale)
+	case maxStale < minMaxStaleness || maxStale > 3*maxHeartbeat:
+		return nil, invalid("max_staleness: must be %v..%v, got %v", minMaxStaleness, 3*maxHeartbeat, maxStale)
 	case opts.ProjectID < 0:
 		return nil, invalid("project_id: must not be negative, got %d", opts.ProjectID)
 	}
@@ -263,7 +268,7 @@ func (c *Cache) Ready(ctx context.Context) error {
 // time-limited item stops being active at its expires_at on the local clock), and the entitlement when held.
 //
 // Errors: ErrNotCached (wrapped) for a player not held; a *StaleError when the cache cannot vouch for the answer;
-// ErrClosed after Close; the service's *Error once it refused the stream for good (CacheStopped).
+// ErrClosed after Close; the service's *Error once it refused the stream for good (CacheFailed).
 func (c *Cache) Check(userID, sku string) (CachedCheck, error) {
 	now := time.Now()
 	c.mu.RLock()
@@ -337,11 +342,11 @@ func (c *Cache) Staleness() time.Duration {
 // Stats returns the cache's counters.
 func (c *Cache) Stats() CacheStats {
 	return CacheStats{
-		Changes:    c.changes.Load(),
-		Snapshots:  c.snapshots.Load(),
-		Reopens:    c.reopens.Load(),
-		Gaps:       c.gaps.Load(),
-		Duplicates: c.duplicates.Load(),
+		ChangesApplied: c.changes.Load(),
+		Snapshots:      c.snapshots.Load(),
+		Reopenings:     c.reopens.Load(),
+		Gaps:           c.gaps.Load(),
+		Duplicates:     c.duplicates.Load(),
 	}
 }
 
@@ -369,6 +374,7 @@ func (c *Cache) AddPlayers(ctx context.Context, ids []string, wait bool) error {
 			ask = append(ask, id)
 		}
 	}
+	c.wake() // a cache without players has no stream yet: this opens it
 	stream := c.stream
 	c.mu.Unlock()
 	if len(ask) > 0 {
@@ -414,6 +420,7 @@ func (c *Cache) Close() error {
 	c.mu.Lock()
 	c.wake()
 	c.mu.Unlock()
+	c.setState(CacheClosed, nil)
 	return nil
 }
 

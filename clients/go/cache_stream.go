@@ -26,6 +26,9 @@ func (c *Cache) run() {
 	backoff := policy.InitialBackoff
 	cursor := ""
 	for {
+		if !c.waitForPlayers() {
+			return
+		}
 		received, err := c.watchOnce(&cursor)
 		c.up.Store(false)
 		if c.ctx.Err() != nil {
@@ -37,9 +40,14 @@ func (c *Cache) run() {
 			c.stop(err)
 			return
 		case codes.OutOfRange:
-			// The cursor is older than the history kept: changes may have been missed. Reopen without it; every
-			// player is read again (a snapshot) and refused meanwhile.
-			cursor = ""
+			if cursor != "" {
+				// The cursor is older than the history kept: changes may have been missed. Reopen at once
+				// without it; every player is read again (a snapshot) and refused meanwhile.
+				cursor = ""
+				c.setState(CacheResuming, err)
+				c.reopens.Add(1)
+				continue
+			}
 		}
 		if received {
 			backoff = policy.InitialBackoff // the stream worked: the next break starts a new series
@@ -54,6 +62,23 @@ func (c *Cache) run() {
 		}
 		backoff = min(time.Duration(float64(backoff)*policy.multiplier()), policy.MaxBackoff)
 		c.reopens.Add(1)
+	}
+}
+
+// waitForPlayers returns once the cache holds a player (a stream names at least one), false when it is closed.
+func (c *Cache) waitForPlayers() bool {
+	for {
+		c.mu.RLock()
+		held, signal := len(c.players), c.signal
+		c.mu.RUnlock()
+		if held > 0 {
+			return true
+		}
+		select {
+		case <-c.ctx.Done():
+			return false
+		case <-signal:
+		}
 	}
 }
 
@@ -266,7 +291,7 @@ func (c *Cache) stop(err error) {
 	c.mu.Lock()
 	c.wake()
 	c.mu.Unlock()
-	c.setState(CacheStopped, err)
+	c.setState(CacheFailed, err)
 }
 
 // setState calls OnState when the state changes.

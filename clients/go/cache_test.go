@@ -116,7 +116,7 @@ func TestCacheSnapshotThenChanges(t *testing.T) {
 	if _, err := cache.Check("carol", "gold_100"); !errors.Is(err, entitlements.ErrNotCached) {
 		t.Fatalf("check of a player not added: %v", err)
 	}
-	if stats := cache.Stats(); stats.Changes != 4 || stats.Snapshots != 2 || stats.Reopens != 0 {
+	if stats := cache.Stats(); stats.ChangesApplied != 4 || stats.Snapshots != 2 || stats.Reopenings != 0 {
 		t.Fatalf("stats: %+v", stats)
 	}
 }
@@ -152,7 +152,7 @@ func TestCacheResumesWithCursor(t *testing.T) {
 	if got := log.get(); !slices.Equal(got, want) {
 		t.Fatalf("states: %v", got)
 	}
-	if stats := cache.Stats(); stats.Reopens != 1 || stats.Changes != 2 || stats.Snapshots != 2 {
+	if stats := cache.Stats(); stats.Reopenings != 1 || stats.ChangesApplied != 2 || stats.Snapshots != 2 {
 		t.Fatalf("stats: %+v", stats)
 	}
 }
@@ -210,7 +210,7 @@ func TestCacheGapReadsPlayerAgain(t *testing.T) {
 		got, err := cache.Check("alice", "gold_100")
 		return err == nil && got.Entitlement.GetQuantity() == 50
 	})
-	if stats := cache.Stats(); stats.Gaps != 1 || stats.Duplicates != 1 || stats.Changes != 0 {
+	if stats := cache.Stats(); stats.Gaps != 1 || stats.Duplicates != 1 || stats.ChangesApplied != 0 {
 		t.Fatalf("stats: %+v", stats)
 	}
 }
@@ -276,7 +276,7 @@ func TestCacheAuthErrorStops(t *testing.T) {
 		return entitlements.IsPermissionDenied(err)
 	})
 	ws.none(t, 100*time.Millisecond)
-	if got := log.get(); !slices.Equal(got, []entitlements.CacheState{entitlements.CacheStopped}) {
+	if got := log.get(); !slices.Equal(got, []entitlements.CacheState{entitlements.CacheFailed}) {
 		t.Fatalf("states: %v", got)
 	}
 	if err := cache.AddPlayers(context.Background(), []string{"bob"}, true); !entitlements.IsPermissionDenied(err) {
@@ -321,6 +321,33 @@ func TestCacheAddRemovePlayers(t *testing.T) {
 	}
 }
 
+// TestCacheWithoutPlayersOpensOnAdd: a cache made without players opens no stream until one is added, and is
+// ready at once.
+func TestCacheWithoutPlayersOpensOnAdd(t *testing.T) {
+	f := &fakeService{}
+	ws := newWatchServer(f)
+	client := newClient(t, serve(t, f))
+	cache, err := client.NewCache(context.Background(), entitlements.CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	ws.none(t, 50*time.Millisecond)
+	done := make(chan error, 1)
+	go func() { done <- cache.AddPlayers(context.Background(), []string{"dave"}, true) }()
+	conn := ws.next(t)
+	if !slices.Equal(conn.first.GetAddUserIds(), []string{"dave"}) || !conn.first.GetSnapshot() {
+		t.Fatalf("first message %v", conn.first)
+	}
+	conn.push(snapshotOf("dave", 2, consumable("dave", "gem", 3)))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if quantityOf(t, cache, "dave", "gem") != 3 {
+		t.Fatal("dave's snapshot not applied")
+	}
+}
+
 // TestCacheRefusesBadInput: options and player ids out of the service's limits are INVALID_ARGUMENT naming them,
 // before anything is sent.
 func TestCacheRefusesBadInput(t *testing.T) {
@@ -328,7 +355,7 @@ func TestCacheRefusesBadInput(t *testing.T) {
 	ws := newWatchServer(f)
 	client := newClient(t, serve(t, f))
 	cases := map[string]entitlements.CacheOptions{
-		"max_staleness: must be at least 2s":         {MaxStaleness: time.Second},
+		"max_staleness: must be 2s..15m0s":           {MaxStaleness: time.Second},
 		"players[1]: is required":                    {Players: []string{"a", ""}},
 		"players[0]: must not contain control chars": {Players: []string{"a\n"}},
 		"players[0]: must be at most 256 bytes":      {Players: []string{string(make([]byte, 257))}},
@@ -420,7 +447,7 @@ func TestCacheConcurrentChecks(t *testing.T) {
 	for i := int64(1); i <= n; i++ {
 		conn.push(changeOf("alice", "gold_100", 3+i, consumable("alice", "gold_100", 5+i), fmt.Sprint("c", i)))
 	}
-	eventually(t, "every change", func() bool { return cache.Stats().Changes == n })
+	eventually(t, "every change", func() bool { return cache.Stats().ChangesApplied == n })
 	stop.Store(true)
 	wg.Wait()
 	close(errs)
