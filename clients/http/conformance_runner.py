@@ -198,6 +198,15 @@ class HttpClient:
         fields.setdefault("idempotency_key", str(uuid.uuid4()))
         return await self.call("POST", "/v1/entitlements:revoke", fields)
 
+    async def check_entitlements(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """CheckEntitlements: `checks` is a list of {user_id, sku}; a read, retried like every call."""
+        if isinstance(fields.get("checks"), list):
+            fields["checks"] = [
+                {camel(name): value for name, value in check.items()} if isinstance(check, dict) else check
+                for check in fields["checks"]
+            ]
+        return await self.call("POST", "/v1/entitlements:batchCheck", fields)
+
     async def order_status(self, fields: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """One GetOrderStatus stream: yields each update; ends on `event: end`; raises ApiError on an error (before
         the stream, or `event: error`) and UNAVAILABLE when the connection closes without `event: end`. No deadline:
@@ -341,6 +350,8 @@ class Runner:
             return await client.revoke(args)
         if op == "check":
             return await client.call("GET", "/v1/entitlements:check", args)
+        if op == "check_entitlements":
+            return await client.check_entitlements(args)
         if op == "list_entitlements":
             return await client.call("GET", "/v1/entitlements", args)
         if op == "list_all_entitlements":

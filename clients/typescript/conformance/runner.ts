@@ -5,6 +5,8 @@ import { type DescMessage, fromJson, type JsonValue, type MessageShape, toJson }
 import {
   CheckEntitlementRequestSchema,
   CheckEntitlementResponseSchema,
+  CheckEntitlementsRequestSchema,
+  CheckEntitlementsResponseSchema,
   EntitlementSchema,
   EntitlementsClient,
   GetOrderStatusRequestSchema,
@@ -173,6 +175,10 @@ async function run(request: Request): Promise<Result> {
     case "check": {
       const response = await client(request).checkEntitlement(parse(CheckEntitlementRequestSchema, args));
       return toJson(CheckEntitlementResponseSchema, response) as Result;
+    }
+    case "check_entitlements": {
+      const response = await client(request).checkEntitlements(parse(CheckEntitlementsRequestSchema, args));
+      return toJson(CheckEntitlementsResponseSchema, response) as Result;
     }
     case "list_entitlements": {
       const response = await client(request).listEntitlements(parse(ListEntitlementsRequestSchema, args));

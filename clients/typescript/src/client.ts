@@ -12,6 +12,8 @@ import { type FollowOptions, OrderFollower } from "./follow.js";
 import {
   CheckEntitlementRequestSchema,
   type CheckEntitlementResponse,
+  CheckEntitlementsRequestSchema,
+  type CheckEntitlementsResponse,
   type Entitlement,
   EntitlementService,
   type GetOrderStatusRequest,
@@ -27,6 +29,7 @@ import {
   type OrderStatusUpdate,
   RevokeRequestSchema,
   type RevokeResponse,
+  WatchEntitlementsRequestSchema,
 } from "./gen/entitlements/v1/entitlements_pb.js";
 import {
   type CallOptions,
@@ -36,6 +39,7 @@ import {
   resolveOptions,
   validTimeout,
 } from "./options.js";
+import { WatchStream } from "./watch.js";
 
 /** A GrantRequest as a plain object: `{ userId, sku, quantity: 5n, idempotencyKey, ... }`. */
 export type GrantRequestInit = MessageInitShape<typeof GrantRequestSchema>;
@@ -43,6 +47,10 @@ export type GrantRequestInit = MessageInitShape<typeof GrantRequestSchema>;
 export type RevokeRequestInit = MessageInitShape<typeof RevokeRequestSchema>;
 /** A CheckEntitlementRequest as a plain object. */
 export type CheckEntitlementRequestInit = MessageInitShape<typeof CheckEntitlementRequestSchema>;
+/** A CheckEntitlementsRequest as a plain object: `{ checks: [{ userId, sku }, ...] }`. */
+export type CheckEntitlementsRequestInit = MessageInitShape<typeof CheckEntitlementsRequestSchema>;
+/** The first message of a WatchEntitlements stream as a plain object: `{ cursor, addUserIds, snapshot, ... }`. */
+export type WatchEntitlementsRequestInit = MessageInitShape<typeof WatchEntitlementsRequestSchema>;
 /** A ListEntitlementsRequest as a plain object. */
 export type ListEntitlementsRequestInit = MessageInitShape<typeof ListEntitlementsRequestSchema>;
 /** A ListSubscriptionsRequest as a plain object. */
@@ -123,6 +131,42 @@ export class EntitlementsClient {
   ): Promise<CheckEntitlementResponse> {
     const message = this.#message(CheckEntitlementRequestSchema, request);
     return this.#unary((req, opts) => this.#rpc.checkEntitlement(req, opts), message, options);
+  }
+
+  /**
+   * Checks up to 1,000 (player, sku) pairs in one call: `results[i]` answers `checks[i]` as `checkEntitlement`
+   * would. One bad pair rejects the whole call with `InvalidArgumentError` naming it (`checks[1].sku: ...`); no
+   * pair, or more than 1,000, names `checks`. A read: retried on UNAVAILABLE within the deadline.
+   */
+  async checkEntitlements(
+    request: CheckEntitlementsRequestInit,
+    options?: CallOptions,
+  ): Promise<CheckEntitlementsResponse> {
+    const message = this.#message(CheckEntitlementsRequestSchema, request);
+    return this.#unary((req, opts) => this.#rpc.checkEntitlements(req, opts), message, options);
+  }
+
+  /**
+   * Opens the change stream of one project with `first` as its first message (project, `cursor` to resume,
+   * `allPlayers` or the first `addUserIds`, `heartbeatInterval`): see `WatchStream`. The call starts when you
+   * iterate. No deadline unless `options.timeoutMs`; `options.signal` or `close()` cancels it.
+   *
+   * ```ts
+   * const stream = client.watchEntitlements({ addUserIds: ["player-1"], snapshot: true });
+   * for await (const message of stream) {
+   *   if (message.event.case === "change") cursor = message.cursor;
+   * }
+   * ```
+   */
+  watchEntitlements(first: WatchEntitlementsRequestInit, options?: StreamOptions): WatchStream {
+    const message = this.#message(WatchEntitlementsRequestSchema, first);
+    const timeoutMs = validTimeout("timeoutMs", options?.timeoutMs);
+    return new WatchStream(
+      message,
+      (requests, signal) =>
+        this.#rpc.watchEntitlements(requests, timeoutMs === undefined ? { signal } : { signal, timeoutMs }),
+      this.#signal(options?.signal),
+    );
   }
 
   /**

@@ -12,6 +12,7 @@
  */
 export {
   type CheckEntitlementRequestInit,
+  type CheckEntitlementsRequestInit,
   EntitlementsClient,
   type GetOrderStatusRequestInit,
   type GrantRequestInit,
@@ -20,7 +21,9 @@ export {
   type ListSubscriptionsRequestInit,
   type RevokeRequestInit,
   type StreamOptions,
+  type WatchEntitlementsRequestInit,
 } from "./client.js";
+export { MAX_IDS_PER_WATCH_MESSAGE, WatchStream } from "./watch.js";
 export {
   AuthenticationError,
   CancelledError,
