@@ -25,6 +25,7 @@ from entitlements import (
     RetryPolicy,
     TLSConfig,
 )
+from entitlements.v1 import entitlements_pb2 as pb
 
 
 def emit(line: Mapping[str, Any]) -> None:
@@ -88,6 +89,15 @@ def write_args(args: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def reached(until: Mapping[str, Any], checked: Any, error: EntitlementsError | None) -> bool:
+    """Whether a cache check answered what `until` waits for: an error code, or the entitlement's quantity (0:
+    none held)."""
+    if "error" in until:
+        return error is not None and error_code(error) == until["error"]
+    held = checked.entitlement.quantity if error is None and checked.entitlement is not None else 0
+    return error is None and held == int(until["quantity"])
+
+
 async def follow(updates: AsyncIterator[OrderStatusUpdate], request_id: int) -> list[dict[str, Any]]:
     seen = []
     async for update in updates:
@@ -97,9 +107,72 @@ async def follow(updates: AsyncIterator[OrderStatusUpdate], request_id: int) -> 
     return seen
 
 
+#: The cache's own refusals carry no gRPC code: the protocol names them (conformance/PROTOCOL.md, cache ops).
+CACHE_ERROR_CODES = {"NotCachedError": "NOT_CACHED", "StaleError": "STALE", "CacheClosedError": "CLOSED"}
+
+
+def error_code(exc: EntitlementsError) -> str:
+    if type(exc).__name__ in CACHE_ERROR_CODES:
+        return CACHE_ERROR_CODES[type(exc).__name__]
+    return exc.code.name if exc.code is not None else "UNKNOWN"
+
+
+def client_method(client: AsyncEntitlementsClient, name: str) -> Any:
+    """The client's method `name`; a client version without it answers RUNNER for the op, not a crash."""
+    method = getattr(client, name, None)
+    if method is None:
+        raise ValueError(f"this version of the Python client has no {name}")
+    return method
+
+
 class Runner:
     def __init__(self) -> None:
         self.clients: dict[str, AsyncEntitlementsClient] = {}
+        self.caches: dict[str, Any] = {}
+
+    async def cache_op(self, op: str, client: AsyncEntitlementsClient, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The cache ops: `cache_open`, `cache_check`, `cache_stats`, `cache_close`."""
+        name = str(args["cache"])
+        if op == "cache_open":
+            kwargs: dict[str, Any] = {"project_id": int(args.get("project_id", 0))}
+            if "max_staleness_ms" in args:
+                kwargs["max_staleness"] = args["max_staleness_ms"] / 1000
+            cache = client_method(client, "entitlement_cache")(list(args.get("players", [])), **kwargs)
+            await cache.start()
+            if (old := self.caches.pop(name, None)) is not None:
+                await old.close()
+            self.caches[name] = cache
+            return {}
+        cache = self.caches[name]
+        if op == "cache_close":
+            await cache.close()  # kept under its name: later ops see CLOSED
+            return {}
+        if op == "cache_stats":
+            counters = cache.counters
+            return {
+                "changesApplied": counters.changes_applied,
+                "snapshots": counters.snapshots,
+                "reopenings": counters.reopenings,
+                "gaps": counters.gaps,
+                "duplicates": counters.duplicates,
+            }
+        until = args.get("until")
+        deadline = asyncio.get_running_loop().time() + args.get("wait_ms", 5000) / 1000
+        while True:
+            checked: Any = None
+            error: EntitlementsError | None = None
+            try:
+                checked = cache.check(args["user_id"], args["sku"])
+            except EntitlementsError as exc:
+                error = exc
+            if until is None or asyncio.get_running_loop().time() > deadline or reached(until, checked, error):
+                if error is not None:
+                    raise error
+                result = pb.CheckEntitlementResponse(active=checked.active)
+                if checked.entitlement is not None:
+                    result.entitlement.CopyFrom(checked.entitlement)
+                return as_json(result)
+            await asyncio.sleep(0.01)
 
     async def run(self, request: Mapping[str, Any]) -> dict[str, Any]:
         op, args = request["op"], request.get("args") or {}
@@ -122,6 +195,11 @@ class Runner:
             return as_json(await client.revoke(user, args.get("sku", ""), **kwargs))
         if op == "check":
             return as_json(await client.check_entitlement(user, args.get("sku", ""), project_id=project))
+        if op == "check_entitlements":
+            pairs = [(check.get("user_id", ""), check.get("sku", "")) for check in args.get("checks", [])]
+            return as_json(await client_method(client, "check_entitlements")(pairs, project_id=project))
+        if op in ("cache_open", "cache_check", "cache_stats", "cache_close"):
+            return await self.cache_op(op, client, args)
         if op == "list_entitlements":
             page = await client.list_entitlements(
                 user,
@@ -169,6 +247,8 @@ class Runner:
         raise ValueError(f"unknown op {op!r}")
 
     async def close(self) -> None:
+        for cache in self.caches.values():
+            await cache.close()
         for client in self.clients.values():
             await client.close()
 
@@ -187,8 +267,7 @@ async def main() -> int:
                     break
                 emit({"id": request["id"], "ok": True, "result": await runner.run(request)})
             except EntitlementsError as exc:
-                code = exc.code.name if exc.code is not None else "UNKNOWN"
-                error = {"code": code, "message": exc.details, "type": type(exc).__name__}
+                error = {"code": error_code(exc), "message": exc.details, "type": type(exc).__name__}
                 emit({"id": request.get("id"), "ok": False, "error": error})
             except (KeyError, ValueError, TypeError) as exc:
                 error = {"code": "RUNNER", "message": repr(exc), "type": type(exc).__name__}

@@ -46,10 +46,15 @@ func runnerErrorf(format string, args ...any) error {
 type runner struct {
 	out     *bufio.Writer
 	clients map[string]*entitlements.Client
+	caches  map[string]*entitlements.Cache
 }
 
 func main() {
-	r := &runner{out: bufio.NewWriter(os.Stdout), clients: map[string]*entitlements.Client{}}
+	r := &runner{
+		out:     bufio.NewWriter(os.Stdout),
+		clients: map[string]*entitlements.Client{},
+		caches:  map[string]*entitlements.Cache{},
+	}
 	defer r.closeAll()
 	r.write(map[string]any{"ready": true, "client": "go"})
 	in := bufio.NewReader(os.Stdin)
@@ -116,6 +121,12 @@ func (r *runner) do(req *request) (any, error) {
 		return call(args, &v1.CheckEntitlementRequest{}, func(m *v1.CheckEntitlementRequest) (proto.Message, error) {
 			return client.CheckEntitlement(ctx, m)
 		})
+	case "check_entitlements":
+		return call(args, &v1.CheckEntitlementsRequest{}, func(m *v1.CheckEntitlementsRequest) (proto.Message, error) {
+			return client.CheckEntitlements(ctx, m)
+		})
+	case "cache_open", "cache_check", "cache_stats", "cache_close":
+		return r.cacheOp(ctx, req.Op, client, args)
 	case "list_entitlements":
 		return call(args, &v1.ListEntitlementsRequest{}, func(m *v1.ListEntitlementsRequest) (proto.Message, error) {
 			return client.ListEntitlements(ctx, m)
@@ -308,6 +319,14 @@ func describe(err error) errorBody {
 	if errors.As(err, &runnerErr) {
 		return errorBody{Code: "RUNNER", Message: runnerErr.msg, Type: "runner"}
 	}
+	switch {
+	case errors.Is(err, entitlements.ErrNotCached):
+		return errorBody{Code: "NOT_CACHED", Message: err.Error(), Type: "ErrNotCached"}
+	case errors.Is(err, entitlements.ErrClosed):
+		return errorBody{Code: "CLOSED", Message: err.Error(), Type: "ErrClosed"}
+	case entitlements.IsStale(err):
+		return errorBody{Code: "STALE", Message: err.Error(), Type: fmt.Sprintf("%T", err)}
+	}
 	var e *entitlements.Error
 	if errors.As(err, &e) {
 		return errorBody{Code: e.CodeName(), Message: e.Message, Type: fmt.Sprintf("%T", e)}
@@ -337,6 +356,10 @@ func (r *runner) write(v any) {
 }
 
 func (r *runner) closeAll() {
+	for name, cache := range r.caches {
+		_ = cache.Close()
+		delete(r.caches, name)
+	}
 	for name, client := range r.clients {
 		_ = client.Close()
 		delete(r.clients, name)
