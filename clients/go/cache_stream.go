@@ -202,10 +202,12 @@ func (c *Cache) detach() {
 	c.mu.Unlock()
 }
 
-// watchdog closes stream, and closes silent, when nothing arrives for longer than MaxStaleness; the returned
-// function stops it.
+// watchdog closes stream, and closes silent, when nothing arrives on it for longer than MaxStaleness (counted
+// from its opening until its first message: a service that accepts the stream and then says nothing is as dead
+// as one that falls silent); the returned function stops it.
 func (c *Cache) watchdog(stream *WatchStream, silent chan struct{}) func() {
 	stop := make(chan struct{})
+	opened := time.Now()
 	go func() {
 		ticker := time.NewTicker(c.heartbeat / 4)
 		defer ticker.Stop()
@@ -215,12 +217,15 @@ func (c *Cache) watchdog(stream *WatchStream, silent chan struct{}) func() {
 				return
 			case <-ticker.C:
 			}
-			if c.up.Load() && c.Staleness() > c.maxStale {
-				c.setState(CacheStale, fmt.Errorf("entitlements: %w (%v)", errSilent, c.maxStale))
-				close(silent)
-				stream.Close()
-				return
+			if min(c.Staleness(), time.Since(opened)) <= c.maxStale {
+				continue
 			}
+			if c.up.Load() {
+				c.setState(CacheStale, fmt.Errorf("entitlements: %w (%v)", errSilent, c.maxStale))
+			}
+			close(silent)
+			stream.Close()
+			return
 		}
 	}()
 	return func() { close(stop) }
