@@ -81,6 +81,9 @@ class Runner {
       if (op == "check") {
         return Answer(id, Unary(client.CheckEntitlement(RequestFrom<v1::CheckEntitlementRequest>(args))));
       }
+      if (op == "check_entitlements") {
+        return Answer(id, Unary(client.CheckEntitlements(RequestFrom<v1::CheckEntitlementsRequest>(args))));
+      }
       if (op == "list_entitlements") {
         return Answer(id, Unary(client.ListEntitlements(RequestFrom<v1::ListEntitlementsRequest>(args))));
       }

@@ -192,6 +192,13 @@ Result<v1::CheckEntitlementResponse> Client::CheckEntitlement(v1::CheckEntitleme
   return impl_->Unary<v1::CheckEntitlementResponse>(&Stub::CheckEntitlement, request, options);
 }
 
+Result<v1::CheckEntitlementsResponse> Client::CheckEntitlements(v1::CheckEntitlementsRequest request,
+                                                                const CallOptions& options) const {
+  if (!impl_) return MovedFrom();
+  impl_->FillProject(request);
+  return impl_->Unary<v1::CheckEntitlementsResponse>(&Stub::CheckEntitlements, request, options);
+}
+
 Result<v1::ListEntitlementsResponse> Client::ListEntitlements(v1::ListEntitlementsRequest request,
                                                               const CallOptions& options) const {
   if (!impl_) return MovedFrom();

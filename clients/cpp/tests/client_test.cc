@@ -155,6 +155,49 @@ TEST(ClientTest, RetriesUnavailableResendingTheCallersIdempotencyKey) {
   }
 }
 
+TEST(ClientTest, ChecksABatchWithTheClientsProjectRetryingUnavailable) {
+  FakeServer server;
+  std::atomic<int> attempts{0};
+  server.service().check_batch = [&](auto*, const v1::CheckEntitlementsRequest& request,
+                                     v1::CheckEntitlementsResponse* response) {
+    if (++attempts == 1) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "store unreachable");
+    for (int i = 0; i < request.checks_size(); ++i) {
+      if (request.checks(i).sku().empty()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "checks[" + std::to_string(i) + "].sku: is required");
+      }
+      response->add_results()->set_active(request.checks(i).sku() == "gold");
+    }
+    return grpc::Status::OK;
+  };
+  ClientOptions options = server.Options();
+  options.project_id = 308077;
+  Client client = FakeServer::NewClient(options);
+
+  v1::CheckEntitlementsRequest request;
+  for (const auto& [user, sku] : std::vector<std::pair<std::string, std::string>>{
+           {"a", "gold"}, {"b", "silver"}, {"a", "gold"}}) {
+    auto* check = request.add_checks();
+    check->set_user_id(user);
+    check->set_sku(sku);
+  }
+  Result<v1::CheckEntitlementsResponse> checked = client.CheckEntitlements(request);
+  ASSERT_TRUE(checked.ok()) << checked.error();
+  ASSERT_EQ(checked->results_size(), 3);
+  EXPECT_TRUE(checked->results(0).active());
+  EXPECT_FALSE(checked->results(1).active());
+  EXPECT_TRUE(checked->results(2).active());
+  auto calls = server.service().calls();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_NE(calls[1].request.find("project_id: 308077"), std::string::npos) << calls[1].request;
+  EXPECT_TRUE(calls[1].deadline_in.has_value());
+
+  request.mutable_checks(1)->clear_sku();
+  checked = client.CheckEntitlements(request);
+  ASSERT_FALSE(checked.ok());
+  EXPECT_TRUE(checked.error().invalid_argument());
+  EXPECT_EQ(checked.error().message, "checks[1].sku: is required");
+}
+
 TEST(ClientTest, MakesAUuidV4KeyWhenNoneIsGivenAndKeepsItAcrossRetries) {
   FakeServer server;
   std::mutex mutex;

@@ -38,6 +38,7 @@ class FakeService final : public v1::EntitlementService::Service {
   UnaryHandler<v1::GrantRequest, v1::GrantResponse> grant;
   UnaryHandler<v1::RevokeRequest, v1::RevokeResponse> revoke;
   UnaryHandler<v1::CheckEntitlementRequest, v1::CheckEntitlementResponse> check;
+  UnaryHandler<v1::CheckEntitlementsRequest, v1::CheckEntitlementsResponse> check_batch;
   UnaryHandler<v1::ListEntitlementsRequest, v1::ListEntitlementsResponse> list_entitlements;
   UnaryHandler<v1::ListSubscriptionsRequest, v1::ListSubscriptionsResponse> list_subscriptions;
   UnaryHandler<v1::ListLedgerRequest, v1::ListLedgerResponse> list_ledger;
@@ -59,6 +60,10 @@ class FakeService final : public v1::EntitlementService::Service {
   grpc::Status CheckEntitlement(grpc::ServerContext* c, const v1::CheckEntitlementRequest* q,
                                 v1::CheckEntitlementResponse* r) override {
     return Answer("CheckEntitlement", c, *q, r, check);
+  }
+  grpc::Status CheckEntitlements(grpc::ServerContext* c, const v1::CheckEntitlementsRequest* q,
+                                 v1::CheckEntitlementsResponse* r) override {
+    return Answer("CheckEntitlements", c, *q, r, check_batch);
   }
   grpc::Status ListEntitlements(grpc::ServerContext* c, const v1::ListEntitlementsRequest* q,
                                 v1::ListEntitlementsResponse* r) override {

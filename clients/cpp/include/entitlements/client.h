@@ -67,6 +67,11 @@ class Client {
   // Whether a player holds an item now.
   Result<v1::CheckEntitlementResponse> CheckEntitlement(v1::CheckEntitlementRequest request,
                                                         const CallOptions& options = {}) const;
+  // Checks up to 1,000 (player, sku) pairs in one call: `results(i)` answers `checks(i)` as CheckEntitlement
+  // would. One bad pair fails the whole call with INVALID_ARGUMENT naming it ("checks[1].sku: ..."); no pair, or
+  // more than 1,000, names "checks". A read: retried on UNAVAILABLE like every call.
+  Result<v1::CheckEntitlementsResponse> CheckEntitlements(v1::CheckEntitlementsRequest request,
+                                                          const CallOptions& options = {}) const;
   // One page of a player's entitlements, in sku order. A page may be short, even empty, while
   // `next_page_token` is set: only an empty token ends the listing (ForEachEntitlement pages for you).
   Result<v1::ListEntitlementsResponse> ListEntitlements(v1::ListEntitlementsRequest request,
