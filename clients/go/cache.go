@@ -166,6 +166,10 @@ type Cache struct {
 	signal  chan struct{} // closed and replaced when a snapshot lands or the cache stops
 	stream  *WatchStream  // the open stream, nil between streams
 	session uint64        // which stream asked for a player's snapshot (cachedPlayer.asked)
+	// inflight counts the snapshots asked for on the current stream and not received yet, per player (held or
+	// removed since): the service answers each ask, in order, so only the last one answers for the player's
+	// current state (a player removed and added again while its first snapshot was on the way).
+	inflight map[string]int
 
 	stateMu sync.Mutex
 	state   CacheState
@@ -239,6 +243,7 @@ func (c *Client) NewCache(ctx context.Context, opts CacheOptions) (*Cache, error
 		done:      make(chan struct{}),
 		base:      time.Now(),
 		players:   make(map[string]*cachedPlayer, len(opts.Players)),
+		inflight:  map[string]int{},
 		initial:   slices.Clone(opts.Players),
 		signal:    make(chan struct{}),
 	}
@@ -370,7 +375,7 @@ func (c *Cache) AddPlayers(ctx context.Context, ids []string, wait bool) error {
 		p := &cachedPlayer{}
 		c.players[id] = p
 		if c.stream != nil {
-			p.asked = c.session
+			c.ask(id, p)
 			ask = append(ask, id)
 		}
 	}
@@ -451,6 +456,12 @@ func (c *Cache) waitFor(ctx context.Context, ids []string) error {
 		case <-signal:
 		}
 	}
+}
+
+// ask records that a snapshot of p (held as id) is asked for on the current stream. Called under mu (write).
+func (c *Cache) ask(id string, p *cachedPlayer) {
+	p.asked = c.session
+	c.inflight[id]++
 }
 
 // wake tells the waiters to look again. Called under mu (write).

@@ -140,6 +140,7 @@ func (c *Cache) opening(cursor string) (first *v1.WatchEntitlementsRequest, resu
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.session++
+	clear(c.inflight) // what the last stream was asked is never answered now
 	if cursor == "" {
 		now := time.Now()
 		for _, p := range c.players {
@@ -152,7 +153,7 @@ func (c *Cache) opening(cursor string) (first *v1.WatchEntitlementsRequest, resu
 			if len(first.AddUserIds) == MaxIDsPerWatchMessage {
 				break
 			}
-			p.asked = c.session
+			c.ask(id, p)
 			first.AddUserIds = append(first.AddUserIds, id)
 		}
 		return first, nil
@@ -182,7 +183,7 @@ func (c *Cache) attach(stream *WatchStream, resumed []string) []*v1.WatchEntitle
 	}
 	for id, p := range c.players {
 		if (!p.ready || p.outdated) && p.asked != c.session {
-			p.asked = c.session
+			c.ask(id, p)
 			ask = append(ask, id)
 		}
 	}
@@ -259,7 +260,8 @@ func (c *Cache) applyChange(change *v1.EntitlementChange) (gap string) {
 		c.duplicates.Add(1)
 	case v > p.version+1:
 		c.gaps.Add(1)
-		p.outdated, p.since, p.asked = true, time.Now(), c.session
+		p.outdated, p.since = true, time.Now()
+		c.ask(change.GetUserId(), p)
 		return change.GetUserId()
 	default:
 		if change.GetEntitlement() == nil {
@@ -273,11 +275,19 @@ func (c *Cache) applyChange(change *v1.EntitlementChange) (gap string) {
 	return ""
 }
 
-// applySnapshot replaces a held player's state with the snapshot.
+// applySnapshot replaces a held player's state with the snapshot, unless a later snapshot of it is on the way.
 func (c *Cache) applySnapshot(snapshot *v1.PlayerSnapshot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.players[snapshot.GetUserId()]
+	id := snapshot.GetUserId()
+	if n := c.inflight[id]; n > 1 {
+		// Asked for again since (the player was removed and added back, possibly missing changes meanwhile):
+		// only the last answer is current.
+		c.inflight[id] = n - 1
+		return
+	}
+	delete(c.inflight, id)
+	p := c.players[id]
 	if p == nil {
 		return // removed meanwhile
 	}

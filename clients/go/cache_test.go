@@ -380,6 +380,37 @@ func TestCacheWithoutPlayersOpensOnAdd(t *testing.T) {
 	}
 }
 
+// TestCacheReAddedPlayerWaitsForItsLastSnapshot: a player removed and added back while its first snapshot is on
+// the way is answered only from the snapshot of the second add (changes made while it was removed are not sent).
+func TestCacheReAddedPlayerWaitsForItsLastSnapshot(t *testing.T) {
+	cache, _, conn, _ := openCache(t, []string{"alice"}, entitlements.CacheOptions{})
+	ctx := context.Background()
+	if err := cache.AddPlayers(ctx, []string{"erin"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.RemovePlayers([]string{"erin"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.AddPlayers(ctx, []string{"erin"}, false); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		conn.message(t) // add, remove, add
+	}
+	conn.push(snapshotOf("erin", 3, consumable("erin", "gem", 1)))
+	// A later message applied means the first snapshot was handled: messages are applied in order.
+	conn.push(changeOf("alice", "gold_100", 4, consumable("alice", "gold_100", 6), "c1"))
+	eventually(t, "alice's change", func() bool { return quantityOf(t, cache, "alice", "gold_100") == 6 })
+	if _, err := cache.Check("erin", "gem"); !errors.Is(err, entitlements.ErrNotCached) {
+		t.Fatalf("answered from the first add's snapshot: %v", err)
+	}
+	conn.push(snapshotOf("erin", 5))
+	eventually(t, "the second snapshot", func() bool {
+		got, err := cache.Check("erin", "gem")
+		return err == nil && got.Entitlement == nil
+	})
+}
+
 // TestCacheRefusesBadInput: options and player ids out of the service's limits are INVALID_ARGUMENT naming them,
 // before anything is sent.
 func TestCacheRefusesBadInput(t *testing.T) {
