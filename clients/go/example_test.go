@@ -2,6 +2,7 @@ package entitlements_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -46,4 +47,25 @@ func ExampleClient_FollowOrder() {
 		return err
 	}
 	_ = follow
+}
+
+// A game server's cache of the players in its lobby: checks from memory, the service when the cache cannot vouch.
+func ExampleClient_NewCache() {
+	owns := func(ctx context.Context, client *entitlements.Client, lobby []string, playerID, sku string) (bool, error) {
+		cache, err := client.NewCache(ctx, entitlements.CacheOptions{
+			Players: lobby,
+			OnState: func(s entitlements.CacheState, err error) { fmt.Println("entitlement cache:", s, err) },
+		})
+		if err != nil {
+			return false, err
+		}
+		defer cache.Close()
+		got, err := cache.Check(playerID, sku)
+		if errors.Is(err, entitlements.ErrNotCached) || entitlements.IsStale(err) {
+			resp, err := client.CheckEntitlement(ctx, &v1.CheckEntitlementRequest{UserId: playerID, Sku: sku})
+			return resp.GetActive(), err
+		}
+		return got.Active, err
+	}
+	_ = owns
 }
