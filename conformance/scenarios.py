@@ -66,6 +66,7 @@ class ScenarioRun:
             "project_b": PROJECT_B,
         }
         self.transcript = Transcript()
+        self.service_stopped = False
 
     def _names(self) -> dict[str, str]:
         """Run-specific values to mask in the transcript, longest first (user2 before user)."""
@@ -93,12 +94,19 @@ class ScenarioRun:
         return value
 
     async def run(self) -> Transcript:
-        for index, step in enumerate(self.scenario["steps"]):
-            where = f"{self.scenario['name']} step {index} ({step.get('op') or step.get('harness')})"
-            if "harness" in step:
-                await self.act(step, where)
-            else:
-                await self.client_step(step, where)
+        try:
+            for index, step in enumerate(self.scenario["steps"]):
+                where = f"{self.scenario['name']} step {index} ({step.get('op') or step.get('harness')})"
+                if "harness" in step:
+                    await self.act(step, where)
+                else:
+                    await self.client_step(step, where)
+        finally:
+            if self.service_stopped:
+                # A scenario that failed between `stop_service` and `start_service` must not leave the next
+                # scenarios without a service.
+                assert self.stack.service is not None
+                await self.stack.service.start()
         return self.transcript
 
     def connect_args(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -202,9 +210,11 @@ class ScenarioRun:
         elif action == "restart_service":
             await stack.service.restart()
         elif action == "stop_service":
+            self.service_stopped = True
             await stack.service.stop()
         elif action == "start_service":
             await stack.service.start()
+            self.service_stopped = False
         elif action == "lose_responses":
             stack.proxy.reset()
             stack.proxy.lose_responses(args["method"], int(args["times"]))
