@@ -214,8 +214,8 @@ def mark_durations(schemas: dict[str, Any], proto_text: str) -> None:
         if field and message:
             durations.setdefault(message, set()).add(_camel(field.group(1)))
     for message_name, fields in durations.items():
-        if message_name not in schemas:
-            continue  # a message only an RPC without an HTTP rule uses (WatchEntitlementsRequest): not in the document
+        if message_name not in schemas:  # a message of no HTTP route (WatchEntitlements has no HTTP mapping)
+            continue
         for name in fields:
             prop = schemas[message_name]["properties"][name]
             prop["pattern"] = DURATION_PATTERN
