@@ -4,8 +4,10 @@
 event streams (as the gateway does, through `EventLog`), then starts the real service and times how long its
 consumer takes to apply and acknowledge all of them. The baseline, measured in the same run on another set of
 as many events, applies them straight through `Fulfillment.apply` with one worker per partition (the consumer's
-own concurrency): same Lua scripts and status publication, without the stream read, claim and XACK. The ratio is
-what the stream costs.
+own concurrency): same Lua scripts, order index and status publication, without the stream read, claim and XACK,
+one event at a time (one round trip and one durability wait each). The consumer applies what each read returns as
+one batch (one round trip and one wait per node for its writes), so the ratio is what the stream costs less what
+the batches save; `durability_waits` counts the consumer's waits.
 
     result = asyncio.run(measure_consumer_throughput(events=5000))
     result.events_per_s, result.baseline_events_per_s, result.ratio
@@ -58,6 +60,7 @@ from server.durability import write_durability
 from server.embedded import EmbeddedRedis
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics
+from server.order_effects import OrderEffects
 from server.reconcile import OrderIndex
 from server.status_channel import OrderStatusPublisher
 from server.store import EntitlementStore
@@ -80,6 +83,8 @@ class ConsumerBenchResult:
     baseline_seconds: float
     baseline_events_per_s: float
     write_durability: str = "none"
+    #: the consumer's durability waits (round trips that wrote and waited): one per node of each batch
+    durability_waits: int = 0
 
     @property
     def ratio(self) -> float:
@@ -134,9 +139,10 @@ async def _baseline(
         timeout_s=5.0,
     )
     # What the service's consumer does per event, minus the stream: the store, the order index, the publication.
-    fulfillment = Fulfillment(
-        store, catalogs, PROJECTS, OrderStatusPublisher(redis, cluster=cluster), OrderIndex(redis, timeout_s=5.0)
+    effects = OrderEffects(
+        redis, OrderIndex(redis, timeout_s=5.0), OrderStatusPublisher(redis, cluster=cluster), timeout_s=5.0
     )
+    fulfillment = Fulfillment(store, catalogs, PROJECTS, effects)
 
     async def worker(share: list[ev.WebhookEvent]) -> None:
         for event in share:
@@ -224,6 +230,10 @@ async def measure_consumer_throughput(
                     raise TimeoutError(f"the consumer did not apply {events} events within {timeout_s:g} s")
                 await asyncio.sleep(0.005)
             seconds = time.perf_counter() - started
+            waits = int(
+                service.registry.get_sample_value("entitlements_write_durability_wait_seconds_count", {"mode": mode})
+                or 0
+            )
         finally:
             if service is not None:
                 await service.stop(grace_s=1.0)
@@ -235,6 +245,7 @@ async def measure_consumer_throughput(
         baseline_seconds=round(baseline_s, 4),
         baseline_events_per_s=round(events / baseline_s, 1),
         write_durability=mode,
+        durability_waits=waits,
     )
 
 
@@ -277,7 +288,8 @@ def consumer_table(result: ConsumerBenchResult) -> str:
     header = ("webhook events applied", "events", "seconds", "events/s", "ratio")
     rows = [
         (
-            f"service consumer ({result.partitions} partitions, writes: {result.write_durability})",
+            f"service consumer ({result.partitions} partitions, writes: {result.write_durability}, "
+            f"{result.durability_waits:,} waits)",
             f"{result.events:,}",
             f"{result.seconds:.2f}",
             f"{result.events_per_s:,.0f}",

@@ -57,6 +57,7 @@ from server.fulfillment import Fulfillment
 from server.grpc_api import PrivateSocket, set_serving, start_grpc_server, watch_store
 from server.http_api import HttpApi
 from server.metrics import CatalogMetrics, EmbeddedStoreMetrics, ServiceMetrics
+from server.order_effects import OrderEffects
 from server.reconcile import OrderIndex, Sweeper, TrackerReconciler, sweeper_for
 from server.rpc import RpcRuntime
 from server.service import EntitlementServicer, entitlement_message
@@ -306,8 +307,7 @@ class Service:
                 store,
                 catalogs,
                 settings.projects,
-                publisher,
-                self.order_index,
+                OrderEffects(redis, self.order_index, publisher, timeout_s=settings.redis_timeout_s),
             ),
             self.metrics,
             settings.consumer,

@@ -79,8 +79,8 @@ class ServiceMetrics:
         # The store's writes (server/store/): each waits until durable as ENTITLEMENTS_WRITE_DURABILITY decided.
         self.write_durability_wait = Histogram(
             "entitlements_write_durability_wait_seconds",
-            "Time of a store write and its durability wait (one round trip), by durability mode (local, replicas): "
-            "an event's apply before its XACK, a Grant or Revoke before its answer.",
+            "Time of store writes and their durability wait (one round trip to one node), by durability mode (local, "
+            "replicas): a consumer batch's writes on that node before their XACK, a Grant or Revoke before its answer.",
             ["mode"],
             buckets=_DURABILITY_BUCKETS,
             registry=registry,
@@ -119,7 +119,8 @@ class ServiceMetrics:
         self.payment_to_grant = Histogram(
             "entitlements_payment_to_grant_seconds",
             "From a payment (a webhook's arrival, when a tracker saw the order paid, or the order's creation for the "
-            "sweeper) to its items being granted, by who brought the order: webhook, tracker, sweeper.",
+            "sweeper) to its items being granted (the store's clock at the commit), once per grant, by who brought the "
+            "order: webhook, tracker, sweeper.",
             ["source"],
             buckets=_PAYMENT_BUCKETS,
             registry=registry,

@@ -5,7 +5,8 @@ How it runs (one `Consumer` per service process, started and stopped by `server.
 - Every replica joins the consumer group `entitlements` of each partition's stream (`ent:{ev:<p>}:events`)
   under a name unique to its process (host:pid:random). One reader task per partition loops: claim entries
   other consumers left unacknowledged for `claim_idle_s` (XAUTOCLAIM), read new ones (XREADGROUP with BLOCK and
-  COUNT), apply each entry (`server.fulfillment`), then XACK it. A partition's entries are applied one at a time.
+  COUNT), apply them as one batch (`server.fulfillment`: one pipeline and one durability wait per Redis node, a
+  player's events in stream order), then XACK the batch's applied entries (one pipeline).
 - An entry is acknowledged only after its effect is committed. A consumer that dies in between leaves it
   pending; another consumer (or this one, restarted) claims it and applies it again, and since every write is
   idempotent on the event id, that second application changes nothing.
@@ -22,7 +23,8 @@ How it runs (one `Consumer` per service process, started and stopped by `server.
 
 Modules:
 
-- `loop`: `Consumer`, the reader tasks (read, claim, apply, acknowledge, dead-letter).
+- `loop`: `Consumer`, the reader tasks (read, claim, and hand each batch on).
+- `batches`: `BatchApplier`, one batch (decode, apply, acknowledge; retry or dead-letter what fails alone).
 - `deliveries`: one delivery of an entry (`StreamEntry`), the test seams around applying it, which failures are
   transient, and the metrics and log line of an applied one.
 - `upkeep`: `StreamUpkeep`, the gauges, retention trim and group membership, which `Consumer` runs.

@@ -62,39 +62,69 @@ Hook = Callable[[StreamEntry], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ConsumerHooks:
-    """Seams for fault-injection tests. A hook that raises fails the delivery (as a bad entry would); one that
-    never returns leaves the consumer stuck at that point, to be stopped (cancelled) there.
+    """Seams for fault-injection tests, run for each entry of a batch. A hook that raises fails the delivery (as a
+    bad entry would); one that never returns leaves the consumer stuck at that point, to be stopped (cancelled)
+    there.
 
     Attributes:
-        before_apply: runs after the entry was read, before anything is applied.
-        before_ack: runs after the effect is committed, before the XACK.
+        before_apply: runs after the entry was read, before anything of its batch is applied (the batch's writes go
+            out once it returned for every entry).
+        before_ack: runs after the batch's effects are committed and published, before its XACK.
     """
 
     before_apply: Hook | None = None
     before_ack: Hook | None = None
 
 
+def granted_by_this_entry(entry: StreamEntry, event: events_pb2.WebhookEvent, applied: Applied) -> bool:
+    """Whether this entry's event is the order_paid that granted its order: applied by this delivery, or by an
+    earlier delivery of the same entry whose outcome was never reported (the write committed, then its durability
+    wait, the publication, the XACK or the process failed, so the entry was delivered again and replays).
+
+    An entry is reported only by the delivery that acknowledges it, so a redelivered entry was not reported
+    before. The one case counted twice: two entries of the same event (a provider's retry appended again) whose
+    second was delivered more than once, its first delivery failing before its write.
+    """
+    if applied.type != "order_paid" or applied.outcome is None or applied.outcome.paid_event_id != event.event_id:
+        return False
+    if applied.result == "applied":
+        return True
+    outcome = applied.outcome
+    return applied.result == "replayed" and entry.deliveries > 1 and outcome.status == "paid" and not outcome.withheld
+
+
 def report_applied(
-    metrics: ServiceMetrics, entry: StreamEntry, event: events_pb2.WebhookEvent, applied: Applied, elapsed_s: float
+    metrics: ServiceMetrics,
+    entry: StreamEntry,
+    event: events_pb2.WebhookEvent,
+    applied: Applied,
+    elapsed_s: float,
+    *,
+    acknowledged: bool = True,
 ) -> None:
     """Counts an acknowledged delivery in the metrics and logs it (one `event_applied` line per delivery).
 
     Args:
-        elapsed_s: how long applying it took, acknowledgement excluded.
+        elapsed_s: how long applying it took, acknowledgement excluded (for a batch: the batch's).
+        acknowledged: this delivery's XACK removed the entry from the pending list (False: a consumer that had
+            claimed it meanwhile acknowledged it first, and reports the grant's timing).
     """
     received_at_ms = event.received_at.ToMilliseconds() if event.HasField("received_at") else 0
     metrics.events.labels(applied.type, applied.result).inc()
     metrics.event_apply.labels(applied.type).observe(elapsed_s)
     if received_at_ms and applied.result != "replayed":
         metrics.event_delay.labels(applied.type).observe(max(0.0, time.time() - received_at_ms / 1000))
-    if applied.type == "order_paid" and applied.result == "applied":
-        metrics.grants_applied.inc(applied.lines_changed)
-        # From the payment (as first known: the webhook's arrival, or what reconciliation knew) to the grant.
+    if acknowledged and applied.outcome is not None and granted_by_this_entry(entry, event, applied):
+        # From the payment (as first known: the webhook's arrival, or what reconciliation knew) to the grant's
+        # commit (the store's clock), once per grant: by the delivery that acknowledges the entry that granted it.
         paid_at_ms = event.paid_at.ToMilliseconds() if event.HasField("paid_at") else received_at_ms
+        granted_at_ms = applied.outcome.paid_at_ms or int(time.time() * 1000)
         if paid_at_ms:
             metrics.payment_to_grant.labels(ORIGIN_NAMES.get(event.origin, "webhook")).observe(
-                max(0.0, time.time() - paid_at_ms / 1000)
+                max(0.0, (granted_at_ms - paid_at_ms) / 1000)
             )
+    if applied.type == "order_paid" and applied.result == "applied":
+        metrics.grants_applied.inc(applied.lines_changed)
     elif applied.type == "order_canceled" and applied.result == "applied":
         metrics.grants_undone.inc(applied.lines_changed)
     if applied.kind_conflicts:

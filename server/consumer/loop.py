@@ -8,7 +8,6 @@ import asyncio
 import os
 import secrets
 import socket
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +17,14 @@ import structlog
 
 from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient, reply_text
-from core.eventlog import MalformedEntry, decode_event
 from core.keys import CONSUMER_GROUP, EventKeys
 from server.config import ConsumerSettings
-from server.consumer.deliveries import ConsumerHooks, StreamEntry, check_project, is_transient, report_applied
+from server.consumer.batches import BatchApplier, acknowledge
+from server.consumer.deliveries import ConsumerHooks, StreamEntry, is_transient
 from server.consumer.projects import ProjectDirectory
 from server.consumer.upkeep import HOUSEKEEPING_INTERVAL_S, StreamUpkeep
 from server.deadletters import DeadLetters
-from server.errors import EntitlementsError, InvalidEvent
-from server.fulfillment import Fulfillment, label_of_entry, type_label
+from server.fulfillment import Fulfillment
 from server.metrics import ServiceMetrics
 
 log = structlog.get_logger("server.consumer")
@@ -114,6 +112,7 @@ class Consumer:
         self._hooks = hooks or ConsumerHooks()
         self._backoff = backoff
         self._dead_letters = DeadLetters(redis, partitions)
+        self._batches = BatchApplier(redis, fulfillment, metrics, self._dead_letters, settings, self._hooks, self.name)
         self._upkeep = StreamUpkeep(redis, metrics, self._dead_letters, settings)
         self._configured = tuple(sorted(set(projects)))
         self._directory = ProjectDirectory(redis, served=served, max_projects=max_projects)
@@ -358,77 +357,32 @@ class Consumer:
         return counts
 
     async def _process(self, part: _Partition, entries: list[tuple[Any, Any]], *, fresh: bool) -> None:
-        """Applies entries in order. `fresh`: first deliveries (XREADGROUP >), otherwise their counts are read."""
+        """Applies entries as one batch (`BatchApplier`). `fresh`: first deliveries (XREADGROUP >), otherwise their
+        delivery counts are read."""
         if not entries:
             return
         ids = [reply_text(entry_id) for entry_id, _ in entries]
         counts = {} if fresh else await self._delivery_counts(part, ids)
+        missing: list[str] = []
+        batch: list[StreamEntry] = []
         for entry_id, (_, fields) in zip(ids, entries, strict=True):
             if not fields:
                 # Deleted from the stream while pending: nothing to apply, drop it from the pending list.
-                await self._redis.xack(part.keys.stream, CONSUMER_GROUP, entry_id)
-                self._metrics.events.labels("invalid", "missing").inc()
-                log.error("event_entry_missing", **_where(part), entry_id=entry_id)
+                missing.append(entry_id)
                 continue
             deliveries = 1 if fresh else counts.get(entry_id, 1)
-            entry = StreamEntry(part.keys.project_id, part.keys.partition, entry_id, dict(fields), deliveries)
-            await self._handle(part, entry)
+            batch.append(StreamEntry(part.keys.project_id, part.keys.partition, entry_id, dict(fields), deliveries))
+        if missing:
+            part.stage = "ack"
+            await acknowledge(self._redis, part.keys, missing)
+            self._metrics.events.labels("invalid", "missing").inc(len(missing))
+            for entry_id in missing:
+                log.error("event_entry_missing", **_where(part), entry_id=entry_id)
 
-    async def _handle(self, part: _Partition, entry: StreamEntry) -> None:
-        """Applies one entry and acknowledges it; on a failure that is the entry's, retries or dead-letters it.
+        def stage(name: str) -> None:
+            part.stage = name
 
-        Raises:
-            Redis errors and StoreUnavailable: Redis failed; the entry stays pending for a retry.
-        """
-        label = label_of_entry(entry.fields)
-        started = time.perf_counter()
-        part.stage = "apply"
-        try:
-            if self._hooks.before_apply is not None:
-                await self._hooks.before_apply(entry)
-            try:
-                event = decode_event(entry.fields)
-            except MalformedEntry as exc:
-                raise InvalidEvent(str(exc)) from exc
-            label = type_label(event.type)
-            check_project(event, entry.project_id)
-            applied = await self._fulfillment.apply(event)
-            if self._hooks.before_ack is not None:
-                await self._hooks.before_ack(entry)
-        except Exception as exc:
-            self._metrics.events.labels(label, "error").inc()
-            if is_transient(exc):
-                raise
-            await self._reject(part, entry, label, exc)
-            return
-        elapsed = time.perf_counter() - started
-        part.stage = "ack"
-        await self._redis.xack(part.keys.stream, CONSUMER_GROUP, entry.entry_id)
-        report_applied(self._metrics, entry, event, applied, elapsed)
-
-    async def _reject(self, part: _Partition, entry: StreamEntry, label: str, exc: Exception) -> None:
-        """A delivery failed because of the entry (or a bug): leave it pending, or dead-letter it at the limit."""
-        error = f"{type(exc).__name__}: {exc}"
-        context = {
-            "type": label,
-            "project_id": entry.project_id,
-            "partition": entry.partition,
-            "entry_id": entry.entry_id,
-            "deliveries": entry.deliveries,
-            "error": error,
-        }
-        if not isinstance(exc, EntitlementsError):
-            context["exc_info"] = exc  # unexpected: keep the traceback in the log
-        if entry.deliveries < self.settings.max_deliveries:
-            log.warning("event_failed", retry_after_s=self.settings.claim_idle_s, **context)
-            return
-        part.stage = "dead_letter"
-        dead_id = await self._dead_letters.move(part.keys, entry.entry_id, self.name, error, entry.deliveries)
-        if dead_id is None:
-            return  # claimed by another consumer meanwhile; it decides
-        self._metrics.events.labels(label, "dead_lettered").inc()
-        self._metrics.dead_letters.labels(label).inc()
-        log.error("event_dead_lettered", dead_letter_id=dead_id, stream=part.keys.dead_letters, **context)
+        await self._batches.apply(part.keys, batch, stage)
 
 
 def _where(part: _Partition) -> dict[str, int]:

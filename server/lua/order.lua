@@ -7,7 +7,8 @@
 -- ARGV[4] order fields to record as JSON {name: string}; the scripts' own arguments follow.
 --
 -- Both scripts reply JSON {r = result, status, granted, at = updated_at_ms, n = lines changed, c = conflicts,
--- w = why the paid order grants nothing by policy ("sandbox"; "" when it grants)}.
+-- w = why the paid order grants nothing by policy ("sandbox"; "" when it grants), pe = the event id of the
+-- order_paid that was applied ("" if none), pa = when it was (ms, 0 if not)}.
 
 local order_key = KEYS[4]
 local order_id = ARGV[2]
@@ -21,9 +22,11 @@ local function replayed(status)
 end
 
 local function reply(result, n, c)
-  local stored = redis.call('HMGET', order_key, 'status', 'granted', 'updated_at_ms', 'withheld')
+  local stored = redis.call('HMGET', order_key, 'status', 'granted', 'updated_at_ms', 'withheld', 'paid_event_id',
+                            'paid_at_ms')
   return cjson.encode({r = result, status = stored[1], granted = stored[2] == '1',
-                       at = tonumber(stored[3]) or 0, n = n or 0, c = c or 0, w = stored[4] or ''})
+                       at = tonumber(stored[3]) or 0, n = n or 0, c = c or 0, w = stored[4] or '',
+                       pe = stored[5] or '', pa = tonumber(stored[6]) or 0})
 end
 
 -- Writes the order hash: the recorded order fields, then `fields` (name, value, ...).

@@ -85,12 +85,27 @@ class OrderIndex:
         Raises:
             StoreUnavailable: Redis did not answer in time or refused the write.
         """
+        keys, args = self._record_arguments(project_id, order_id, user_id, authority, applied, now_ms)
+        after = await bounded(self._record(keys=keys, args=args), self._timeout_s, refused="the order index write")
+        return OrderOwner.parse(reply_text(after))
+
+    def record_command(
+        self, project_id: int, order_id: str, user_id: str, *, authority: str, applied: bool, now_ms: int
+    ) -> tuple[str | int, ...]:
+        """`record` as one command (EVALSHA) to send in a pipeline to the node of `order_players_key(project_id)`,
+        with other commands of the project; its reply is read by `OrderOwner.parse`. A NOSCRIPT reply (the store
+        restarted) means nothing was written: call `record`, which loads the script."""
+        keys, args = self._record_arguments(project_id, order_id, user_id, authority, applied, now_ms)
+        return ("EVALSHA", self._record.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _record_arguments(
+        project_id: int, order_id: str, user_id: str, authority: str, applied: bool, now_ms: int
+    ) -> tuple[list[str], list[str | int]]:
         if authority not in (AUTHORITATIVE, CLAIM):
             raise ValueError(f"authority must be {AUTHORITATIVE!r} or {CLAIM!r}")
         keys = [order_players_key(project_id), known_orders_key(project_id), applied_orders_key(project_id)]
-        args: list[str | int] = [order_id, user_id, authority, now_ms, "1" if applied else "0"]
-        after = await bounded(self._record(keys=keys, args=args), self._timeout_s, refused="the order index write")
-        return OrderOwner.parse(reply_text(after))
+        return keys, [order_id, user_id, authority, now_ms, "1" if applied else "0"]
 
     async def owners(self, project_id: int, order_ids: Sequence[str]) -> dict[str, OrderOwner]:
         """Whom each of `order_ids` belongs to, as far as the index knows (one round trip).

@@ -40,6 +40,11 @@ class Channel:
             return int(await self._redis.spublish(channel, message))
         return int(await self._redis.publish(channel, message))
 
+    def publish_command(self, project_id: int, message: str) -> tuple[str, str, str]:
+        """`publish` as one command, to send in a pipeline to the node of the project's channel (its slot's on a
+        Cluster, which `core.keys.order_status_channel` shares with the project's other keys)."""
+        return ("SPUBLISH" if self.cluster else "PUBLISH", order_status_channel(project_id), message)
+
     def pubsub(self) -> Any:
         """A pub/sub connection of the client's pool, not subscribed yet; the caller closes it (`aclose()`)."""
         return self._redis.pubsub()
@@ -100,6 +105,10 @@ class OrderStatusPublisher:
         """Publishes `state` on `state.project_id`'s channel; returns how many subscribers received it (on Cluster:
         on the channel's shard)."""
         return await self._channel.publish(state.project_id, state.to_json())
+
+    def publish_command(self, state: OrderState) -> tuple[str, str, str]:
+        """`publish` as one command, for a pipeline on the node of the project's channel (see `Channel`)."""
+        return self._channel.publish_command(state.project_id, state.to_json())
 
     async def publish_upstream(self, status: UpstreamStatus, rank: int) -> int:
         """Records `status` as the order's upstream status (forward-only: `rank` orders it), then publishes it even

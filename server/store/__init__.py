@@ -7,9 +7,10 @@ records, in Redis.
 - `pages`: what the listings return, one page of entitlements or subscriptions read through the player's indexes.
 - `replies`: the write scripts' flagged replies, and their error replies translated to `server.errors`.
 - `batcher`: single-entitlement reads sharing round trips under load.
+- `writes`: running write scripts with their durability wait, one at a time or a batch per node.
 """
 
-from server.store.entitlement_store import EntitlementStore, WaitObserver
+from server.store.entitlement_store import EntitlementStore
 from server.store.pages import EntitlementPage, SubscriptionPage
 from server.store.records import (
     CONSUMABLE,
@@ -29,6 +30,7 @@ from server.store.records import (
     compact_json,
 )
 from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
+from server.store.writes import ScriptCall, ScriptWriter, WaitObserver
 
 __all__ = [
     "CONSUMABLE",
@@ -48,6 +50,8 @@ __all__ = [
     "RecurringSubscription",
     "RevokeCommand",
     "RevokeResult",
+    "ScriptCall",
+    "ScriptWriter",
     "SubscriptionChange",
     "SubscriptionOutcome",
     "SubscriptionPage",

@@ -14,26 +14,25 @@ in bounded steps (`build_index`).
 
 Every write counts only once it is durable as `ENTITLEMENTS_WRITE_DURABILITY` decided (`server.durability`): the
 script and the WAIT/WAITAOF after it go on one connection to the player's node, in one round trip
-(`core.durability.on_one_connection`), and a wait that falls short raises `NotDurable` (the write stays; its
-retry, a replay under the same idempotency key or event id, writes again and waits again). The consumer
-acknowledges an event, and Grant and Revoke answer, only after that.
+(`server.store.writes`), and a wait that falls short raises `NotDurable` (the write stays; its retry, a replay
+under the same idempotency key or event id, writes again and waits again). The consumer acknowledges an event,
+and Grant and Revoke answer, only after that. The consumer's writes are built as calls (`order_paid_call`, ...)
+and run a batch at a time (`write_many`): one round trip and one wait per node.
 """
 
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.exceptions as redis_errors
-from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from core import scripts
-from core.connections import TRANSIENT_REPLIES, RedisClient, bounded, reply_code, reply_text
-from core.durability import NO_WAIT, Durability, DurabilitySource, on_one_connection
-from core.errors import NotDurable, StoreUnavailable
+from core.connections import RedisClient, bounded, reply_text
+from core.durability import NO_WAIT, DurabilitySource
+from core.errors import StoreUnavailable
 from core.keys import UserKeys, items_key
 from core.layout import LayoutGate
 from core.logs import user_ref
@@ -55,11 +54,9 @@ from server.store.records import (
 )
 from server.store.replies import script_error, split_reply
 from server.store.subscriptions import SubscriptionChange, SubscriptionOutcome
+from server.store.writes import ScriptCall, ScriptWriter, WaitObserver
 
 T = TypeVar("T")
-
-#: Told of every durability wait: the mode, the seconds of the write and its wait, and whether it was durable.
-WaitObserver = Callable[[str, float, bool], None]
 
 #: How many entries of a player's items (then subscriptions) one step of `build_index` scans, about.
 INDEX_BUILD_STEP = 250
@@ -91,8 +88,7 @@ class EntitlementStore:
         on_wait: WaitObserver | None = None,
     ) -> None:
         self._redis = redis
-        self._durability = durability
-        self._on_wait = on_wait
+        self._writer = ScriptWriter(redis, timeout_s=timeout_s, layout=layout, durability=durability, on_wait=on_wait)
         self._layout = layout
         self._timeout_s = timeout_s
         self._idempotency_ttl_ms = idempotency_ttl_ms
@@ -231,7 +227,7 @@ class EntitlementStore:
             for entry_id, values in rows
         ]
 
-    async def apply_order_paid(
+    def order_paid_call(
         self,
         project_id: int,
         user_id: str,
@@ -243,20 +239,18 @@ class EntitlementStore:
         *,
         withheld: str = "",
         withheld_reason: str = "",
-    ) -> OrderOutcome:
-        """Grants a paid order's lines atomically, once: the order hash (`UserKeys.order`) is its idempotency
-        record. Kinds follow the Grant rules; a sku held as another kind than the catalog says is granted as the
-        held kind (counted in `kind_conflicts`). Each line's change is on the ledger with `event_id` as its key.
+    ) -> ScriptCall:
+        """The write that grants a paid order's lines atomically, once: the order hash (`UserKeys.order`) is its
+        idempotency record. Kinds follow the Grant rules; a sku held as another kind than the catalog says is
+        granted as the held kind (counted in `kind_conflicts`). Each line's change is on the ledger with
+        `event_id` as its key. Its reply is read by `order_outcome`, which raises FailedPrecondition when a line
+        would pass the quantity or expiry limit (nothing was written then).
 
         Args:
             record: order fields kept in the order hash for operators (transaction id, amount, lines, ...).
             withheld: when set ("sandbox"), the order grants nothing by policy: it is recorded as paid with
                 `withheld` and no grants (result "withheld"), with one ledger entry saying `withheld_reason` and
                 listing the record's `lines`; `lines` are then not needed.
-
-        Raises:
-            FailedPrecondition: a line would pass the quantity or expiry limit; nothing was written.
-            StoreUnavailable: Redis did not answer in time.
         """
         payload = [
             {"s": line.sku, "k": line.kind, "p": line.period_ms, "m": line.period_months, "q": line.quantity}
@@ -270,80 +264,143 @@ class EntitlementStore:
             withheld,
             withheld_reason,
         ]
-        return await self._run_order(self._order_paid, project_id, user_id, order_id, args)
+        return self._order_call(self._order_paid, project_id, user_id, order_id, args)
+
+    async def apply_order_paid(
+        self,
+        project_id: int,
+        user_id: str,
+        order_id: str,
+        event_id: str,
+        actor: str,
+        lines: Sequence[OrderLine],
+        record: Mapping[str, str],
+        *,
+        withheld: str = "",
+        withheld_reason: str = "",
+    ) -> OrderOutcome:
+        """Runs `order_paid_call` (see there) and reads its reply.
+
+        Raises:
+            FailedPrecondition: a line would pass the quantity or expiry limit; nothing was written.
+            StoreUnavailable: Redis did not answer in time.
+        """
+        call = self.order_paid_call(
+            project_id,
+            user_id,
+            order_id,
+            event_id,
+            actor,
+            lines,
+            record,
+            withheld=withheld,
+            withheld_reason=withheld_reason,
+        )
+        return self.order_outcome(await self._settled(call), order_id)
+
+    def order_canceled_call(
+        self, project_id: int, user_id: str, order_id: str, event_id: str, actor: str, record: Mapping[str, str]
+    ) -> ScriptCall:
+        """The write that undoes exactly what the order's order_paid granted and marks the order canceled,
+        atomically, once. A cancel ahead of its order_paid is recorded, and that order_paid will grant nothing.
+        Its reply is read by `order_outcome`."""
+        args = self._order_args(order_id, event_id, actor, record)
+        return self._order_call(self._order_canceled, project_id, user_id, order_id, args)
 
     async def apply_order_canceled(
         self, project_id: int, user_id: str, order_id: str, event_id: str, actor: str, record: Mapping[str, str]
     ) -> OrderOutcome:
-        """Undoes exactly what the order's order_paid granted and marks the order canceled, atomically, once.
-        A cancel ahead of its order_paid is recorded, and that order_paid will grant nothing.
+        """Runs `order_canceled_call` and reads its reply.
 
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        args = self._order_args(order_id, event_id, actor, record)
-        return await self._run_order(self._order_canceled, project_id, user_id, order_id, args)
+        call = self.order_canceled_call(project_id, user_id, order_id, event_id, actor, record)
+        return self.order_outcome(await self._settled(call), order_id)
+
+    async def write_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Runs many writes in one round trip per node, with one durability wait per node (`ScriptWriter.run_many`):
+        each call's reply, or its error as an exception object (never raised), for `order_outcome`,
+        `subscription_outcome` or `event_recorded` to read."""
+        return await self._writer.run_many(calls)
+
+    @staticmethod
+    def order_outcome(reply: Any, order_id: str) -> OrderOutcome:
+        """What an order write did, from its reply (`write_many`).
+
+        Raises:
+            The reply's error: FailedPrecondition (naming the sku past a limit), StoreUnavailable, NotDurable, ...
+        """
+        if isinstance(reply, FailedPrecondition):
+            # The store's generic message lacks the sku: name it from the script's error.
+            cause = reply.__cause__
+            words = str(cause).split() if cause is not None else []
+            if words and words[0] in ("QUANTITY_LIMIT", "EXPIRY_LIMIT"):
+                raise FailedPrecondition(f"order {order_id}: sku {words[-1]!r}: {reply}") from cause
+        if isinstance(reply, Exception):
+            raise reply
+        return OrderOutcome.from_reply(reply)
 
     async def order(self, project_id: int, user_id: str, order_id: str) -> dict[str, str] | None:
         """The stored order hash (status, granted, grants, timestamps, ...), or None if no event named it."""
         raw = await self._run(self._redis.hgetall(UserKeys(project_id, user_id).order(order_id)))
         return {reply_text(k): reply_text(v) for k, v in raw.items()} or None
 
-    async def record_subscription_event(
+    def subscription_call(
         self, project_id: int, user_id: str, event_id: str, actor: str, action: str, change: SubscriptionChange
-    ) -> SubscriptionOutcome:
-        """Creates or updates a recurring subscription from a provider event, once per `event_id`.
+    ) -> ScriptCall:
+        """The write that creates or updates a recurring subscription from a provider event, once per `event_id`.
 
         Args:
             action: "created", "updated", "non_renewing" or "canceled".
             change: what the event says about the subscription (`change.id` names it).
-
-        Raises:
-            StoreUnavailable: Redis did not answer in time.
         """
         keys = UserKeys(project_id, user_id)
         args: list[Any] = [event_id, self._idempotency_ttl_ms, actor, action, change.id, compact_json(change.fields())]
-        reply = await self._write(
+        return ScriptCall(
             self._subscription, [keys.subscriptions, keys.applied_event(event_id), keys.ledger, *keys.indexes], args
         )
-        return SubscriptionOutcome.from_reply(reply)
 
-    async def record_event(self, project_id: int, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
-        """Appends a ledger entry for an event that grants nothing (payment, refund), once per `event_id`.
-
-        Returns:
-            True if appended now, False if the event had been recorded before.
+    async def record_subscription_event(
+        self, project_id: int, user_id: str, event_id: str, actor: str, action: str, change: SubscriptionChange
+    ) -> SubscriptionOutcome:
+        """Runs `subscription_call` and reads its reply.
 
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
+        call = self.subscription_call(project_id, user_id, event_id, actor, action, change)
+        return SubscriptionOutcome.from_reply(await self._settled(call))
+
+    def event_call(self, project_id: int, user_id: str, event_id: str, fields: Mapping[str, str]) -> ScriptCall:
+        """The write that appends a ledger entry for an event that grants nothing (payment, refund), once per
+        `event_id`. Its reply is "applied" when appended now (`reply_text`), "replayed" when recorded before."""
         keys = UserKeys(project_id, user_id)
         args: list[Any] = [self._idempotency_ttl_ms]
         for name, value in fields.items():
             args += [name, value]
-        reply = await self._write(self._event_ledger, [keys.applied_event(event_id), keys.ledger], args)
-        return reply_text(reply) == "applied"
+        return ScriptCall(self._event_ledger, [keys.applied_event(event_id), keys.ledger], args)
+
+    async def record_event(self, project_id: int, user_id: str, event_id: str, fields: Mapping[str, str]) -> bool:
+        """Runs `event_call`. Returns True if appended now, False if the event had been recorded before.
+
+        Raises:
+            StoreUnavailable: Redis did not answer in time.
+        """
+        return reply_text(await self._settled(self.event_call(project_id, user_id, event_id, fields))) == "applied"
 
     @staticmethod
     def _order_args(order_id: str, event_id: str, actor: str, record: Mapping[str, str]) -> list[Any]:
         return [event_id, order_id, actor, compact_json(dict(record)) if record else "{}"]
 
-    async def _run_order(
-        self, script: AsyncScript, project_id: int, user_id: str, order_id: str, args: list[Any]
-    ) -> OrderOutcome:
+    @staticmethod
+    def _order_call(script: AsyncScript, project_id: int, user_id: str, order_id: str, args: list[Any]) -> ScriptCall:
         keys = UserKeys(project_id, user_id)
-        try:
-            reply = await self._write(
-                script, [keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args
-            )
-        except FailedPrecondition as exc:
-            # The store's generic message lacks the sku: name it from the script's error.
-            cause = exc.__cause__
-            words = str(cause).split() if cause is not None else []
-            if words and words[0] in ("QUANTITY_LIMIT", "EXPIRY_LIMIT"):
-                raise FailedPrecondition(f"order {order_id}: sku {words[-1]!r}: {exc}") from cause
-            raise
-        return OrderOutcome.from_reply(reply)
+        return ScriptCall(script, [keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args)
+
+    async def _settled(self, call: ScriptCall) -> Any:
+        """A write's reply, or its error as an exception object (for the readers of replies to raise)."""
+        return (await self._writer.run_many([call]))[0]
 
     async def ping(self) -> None:
         """Raises StoreUnavailable unless Redis answers."""
@@ -360,63 +417,13 @@ class EntitlementStore:
         return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger, *keys.indexes]
 
     async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """Runs a write script; with a durability that waits, on one connection with the wait after it.
+        """Runs a write script, with the durability wait after it on the same connection (`ScriptWriter.run`).
 
         Raises:
             NotDurable: the script ran but its write is not durable as asked within the wait.
             StoreUnavailable, a script's domain error: as `_run`.
         """
-        durability = self._durability
-        if not isinstance(durability, Durability):
-            durability = await durability()
-        if not durability.waits:
-            return await self._run(script(keys=keys, args=args))
-        if self._layout is not None and not self._layout.passed:
-            await self._layout.before_use(self._timeout_s)
-        started = time.perf_counter()
-        # EVALSHA as such (a script object in a pipeline asks SCRIPT EXISTS first: a second round trip each time).
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        # The wait's own timeout, on top of the write's: the server blocks the connection for up to that long.
-        timeout_s = self._timeout_s + durability.timeout_ms / 1000
-        for attempt in (1, 2):
-            reply, waited = await bounded(
-                on_one_connection(self._redis, keys[0], [command, durability.wait_command]), timeout_s
-            )
-            if attempt == 1 and isinstance(reply, redis_errors.NoScriptError):
-                await bounded(self._redis.script_load(script.script), self._timeout_s)
-                continue  # it wrote nothing
-            if attempt == 1 and isinstance(reply, redis_errors.MovedError) and isinstance(self._redis, RedisCluster):
-                # The slot moved: learn its new node (as redis-py does on a MOVED reply) and send the pair there.
-                await self._redis.nodes_manager.move_slot(reply)
-                continue
-            break
-        if isinstance(reply, (redis_errors.AskError, redis_errors.TryAgainError)):
-            raise StoreUnavailable(f"Redis is unavailable: the slot is moving ({type(reply).__name__})") from reply
-        if isinstance(reply, redis_errors.ResponseError):
-            if reply_code(reply) in TRANSIENT_REPLIES:
-                raise StoreUnavailable(f"Redis is unavailable: {reply_code(reply)}") from reply
-            domain = script_error(reply)
-            if domain is reply:
-                raise reply
-            raise domain from reply
-        if isinstance(reply, Exception):
-            raise StoreUnavailable(f"Redis is unavailable: {type(reply).__name__}") from reply
-        waited_s = time.perf_counter() - started
-        if isinstance(waited, Exception):
-            code = reply_code(waited) if isinstance(waited, redis_errors.ResponseError) else ""
-            shortfall: str | None = f"the wait failed ({code or type(waited).__name__})"
-        else:
-            shortfall = durability.shortfall(waited)
-        if self._on_wait is not None:
-            self._on_wait(durability.mode, waited_s, shortfall is None)
-        if shortfall is not None:
-            raise NotDurable(
-                f"the write was applied but is not durable yet ({shortfall}) and could be lost in a failover: retry "
-                "with the same idempotency key; the retry waits again and answers the stored result",
-                mode=durability.mode,
-                waited_s=waited_s,
-            )
-        return reply
+        return await self._writer.run(ScriptCall(script, keys, args))
 
     async def _run(self, operation: Awaitable[T], *, self_bounded: bool = False) -> T:
         """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.

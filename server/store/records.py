@@ -150,10 +150,12 @@ class OrderOutcome:
     lines_changed: int = 0
     kind_conflicts: int = 0
     withheld: str = ""
+    paid_event_id: str = ""
+    paid_at_ms: int = 0
 
     @classmethod
     def from_reply(cls, reply: bytes | str) -> OrderOutcome:
-        """Reads an order script's reply (`server/lua/order.lua`): JSON {r, status, granted, at, n, c, w}."""
+        """Reads an order script's reply (`server/lua/order.lua`): JSON {r, status, granted, at, n, c, w, pe, pa}."""
         data = json.loads(reply)
         return cls(
             result=str(data["r"]),
@@ -163,6 +165,8 @@ class OrderOutcome:
             lines_changed=int(data.get("n") or 0),
             kind_conflicts=int(data.get("c") or 0),
             withheld=str(data.get("w") or ""),
+            paid_event_id=str(data.get("pe") or ""),
+            paid_at_ms=int(data.get("pa") or 0),
         )
 
 
