@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
@@ -24,7 +26,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 _library_handler: logging.Handler | None = None
 
 
-def configure(level: str = "info", json: bool | None = None, *, cache_loggers: bool = True) -> None:
+def configure(
+    level: str = "info",
+    json: bool | None = None,
+    *,
+    cache_loggers: bool = True,
+    fields: Mapping[str, object] | None = None,
+) -> None:
     """Configures structlog, and the standard library's root logger for libraries, for this process.
 
     Libraries log at warning level and above; the process's own lines at `level` and above.
@@ -33,6 +41,7 @@ def configure(level: str = "info", json: bool | None = None, *, cache_loggers: b
         level: the lowest level logged.
         json: JSON lines, or a console format; None picks JSON unless stderr is a terminal.
         cache_loggers: freeze each logger's configuration on first use (fast); tests that reconfigure turn it off.
+        fields: added to every line of the process, its libraries' too (a worker's index in a group).
     """
     global _library_handler
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -49,6 +58,8 @@ def configure(level: str = "info", json: bool | None = None, *, cache_loggers: b
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.append(_Fields(dict(fields)))
     structlog.configure(
         processors=[*shared, *tracebacks, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -74,6 +85,18 @@ def configure(level: str = "info", json: bool | None = None, *, cache_loggers: b
         server_logger.addFilter(_CallerHttpErrors())
     # Python's warnings (e.g. a library's DeprecationWarning at run time) become log lines of "py.warnings".
     logging.captureWarnings(True)
+
+
+class _Fields:
+    """A processor that adds the same fields to every line (without replacing one the line sets)."""
+
+    def __init__(self, fields: dict[str, object]) -> None:
+        self._fields = fields
+
+    def __call__(self, logger: object, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in self._fields.items():
+            event.setdefault(key, value)
+        return event
 
 
 _MAX_HTTP_ERROR_CHARS = 200

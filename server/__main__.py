@@ -1,7 +1,9 @@
 """Command line of the service: `python -m server [serve | hash-key | ledger | dead-letters | events | catalog |
 reconcile | migrate-layout]`.
 
-serve                                   run the gRPC service (the default); configured by environment variables
+serve                                   run the gRPC service (the default); configured by environment variables;
+                                        with ENTITLEMENTS_PROCESSES > 1, a parent running that many workers
+worker --index I --link-fd FD           one worker of such a group, started by its parent (`server.group`)
 hash-key [--projects IDS]               make a new random API key and print it with its configuration entry
 ledger USER_ID [--limit N] [--json]     print a player's audit ledger as a table, newest first (for support)
 dead-letters list                       print the webhook events set aside after failing too often
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -59,6 +62,7 @@ from server.commands.events import dead_letters_command, events_status
 from server.commands.ledger import ledger_command
 from server.commands.reconcile import reconcile_command, reconcile_status
 from server.config import Settings
+from server.group import PortInUse, WorkerFailed, run_group, run_worker
 from server.metrics import CatalogMetrics
 from server.reconcile import Range
 from server.store import KIND_NAMES
@@ -93,7 +97,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> tuple[Settings, Xsoll
 async def serve(
     settings: Settings, xsolla: XsollaOrderSettings, xsolla_catalog: xsolla_provider.CatalogSettings
 ) -> None:
-    """Runs the service, following orders at Xsolla, until SIGTERM or SIGINT, then shuts down gracefully."""
+    """Runs the service (a group of processes with `ENTITLEMENTS_PROCESSES` > 1, `server.group`), following orders
+    at Xsolla, until SIGTERM or SIGINT, then shuts down gracefully."""
     if settings.insecure_dev_mode:
         log.warning(
             "INSECURE_DEV_MODE",
@@ -102,6 +107,9 @@ async def serve(
             + ". Never run this in production.",
         )
     async with stop_signals() as stop:
+        if settings.processes > 1:
+            await run_group(settings, stop)
+            return
         service = Service(settings, xsolla, xsolla_catalog=xsolla_catalog)
         await service.start()
         await stop.wait()
@@ -276,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m server", description="Xsolla entitlement service")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the gRPC service (default)")
+    worker_parser = commands.add_parser("worker", help="one process of a group (started by its parent, not by hand)")
+    worker_parser.add_argument("--index", type=int, required=True, help="the worker's index in its group, from 0")
+    worker_parser.add_argument("--link-fd", type=int, required=True, help="the descriptor of the link to the parent")
     hash_parser = commands.add_parser("hash-key", help="make a new API key and print its configuration entry")
     hash_parser.add_argument("--name", default="gameserver", help="the key's name (logged, in the ledger)")
     hash_parser.add_argument("--scopes", default="read,write", help=f"comma list of {sorted(SCOPES)}")
@@ -359,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, xsolla = load_settings()
         xsolla_catalog = xsolla_provider.CatalogSettings.from_env()
-        if args.command in (None, "serve"):
+        if args.command in (None, "serve", "worker"):
             settings.check_servable()
         project_id = 0
         if args.command in ("ledger", "dead-letters", "events", "reconcile"):
@@ -369,10 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return BAD_ARGUMENT
-    if args.command in (None, "serve"):
-        logs.configure(settings.log_level, settings.log_json)
+    if args.command in (None, "serve", "worker"):
+        worker = {"worker": args.index} if args.command == "worker" else None
+        logs.configure(settings.log_level, settings.log_json, fields=worker)
         try:
+            if args.command == "worker":
+                build = functools.partial(Service, xsolla=xsolla, xsolla_catalog=xsolla_catalog)
+                return asyncio.run(run_worker(settings, build, index=args.index, link_fd=args.link_fd))
             asyncio.run(serve(settings, xsolla, xsolla_catalog))
+        except (PortInUse, WorkerFailed) as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return exc.status if isinstance(exc, WorkerFailed) else 1
         except LayoutMismatch as exc:
             print(f"store refused: {exc}", file=sys.stderr)
             return 1

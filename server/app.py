@@ -136,6 +136,8 @@ class Service:
         self._embedded_metrics = EmbeddedStoreMetrics(self.registry) if settings.redis_url is None else None
         # Set when the supervisor finds the embedded store dead or back: the health check runs at once.
         self._store_changed = asyncio.Event()
+        # False while the group's parent reports its embedded store down (`store_change`, a worker of `server.group`).
+        self._store_reported_up = True
         self.redis: RedisClient | None = None
         self.store: EntitlementStore | None = None
         self.write_durability: DurabilityDecider | None = None
@@ -164,10 +166,11 @@ class Service:
             return False
         return self.sweeper.sweep_soon(project_id)
 
-    def _store_change(self, up: bool) -> None:
-        """The supervisor found the embedded store dead or back: health is checked at once, and once it is back the
-        loops that wait after Redis failures (the consumer, the order-status subscription) retry without waiting
-        out their backoff."""
+    def store_change(self, up: bool) -> None:
+        """The supervisor (this process's, or a group's parent's) found the embedded store dead or back: health is
+        checked at once, and once it is back the loops that wait after Redis failures (the consumer, the
+        order-status subscription) retry without waiting out their backoff."""
+        self._store_reported_up = up
         self._store_changed.set()
         if up:
             if self.consumer is not None:
@@ -186,9 +189,7 @@ class Service:
                 await self.embedded.start()
                 redis_url = self.embedded.url
                 assert self._embedded_metrics is not None
-                self.supervisor = EmbeddedSupervisor(
-                    self.embedded, self._embedded_metrics, on_change=self._store_change
-                )
+                self.supervisor = EmbeddedSupervisor(self.embedded, self._embedded_metrics, on_change=self.store_change)
                 self.supervisor.start()
             self.redis = connections.connect(
                 redis_url,
@@ -363,7 +364,7 @@ class Service:
             self.metrics,
             interval_s=self.settings.health_check_interval_s,
             changed=self._store_changed,
-            embedded_up=lambda: self.supervisor is None or self.supervisor.up,
+            embedded_up=lambda: self._store_reported_up and (self.supervisor is None or self.supervisor.up),
         )
 
     async def wait(self) -> None:

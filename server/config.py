@@ -155,6 +155,9 @@ class HttpSettings:
     sse_heartbeat_s: float = 15.0
     # A connection idle this long between two requests is closed.
     keepalive_timeout_s: float = 75.0
+    # Share the port with the other processes of the group (SO_REUSEPORT): set for the workers of a group
+    # (`server.group`), never from the environment.
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,11 @@ class Settings:
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # Service processes sharing the gRPC and HTTP ports (`server.group`); 1: this process serves alone.
+    processes: int = 1
+    # Share the gRPC port with the other processes of the group (SO_REUSEPORT): set for the workers of a group,
+    # never from the environment.
+    grpc_reuse_port: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     # None: start the embedded Redis (Valkey) server persisting to `data_dir`.
@@ -309,6 +317,7 @@ class Settings:
         return cls(
             grpc_host=reader.text("ENTITLEMENTS_GRPC_HOST", "127.0.0.1"),
             grpc_port=reader.integer("ENTITLEMENTS_GRPC_PORT", 50051, minimum=0, maximum=65535),
+            processes=_processes(reader),
             metrics_host=reader.text("ENTITLEMENTS_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.integer("ENTITLEMENTS_METRICS_PORT", 9464, minimum=0, maximum=65535),
             redis_url=reader.text("REDIS_URL", "") or None,
@@ -393,6 +402,20 @@ class Settings:
                 f"ENTITLEMENTS_REDIS_TIMEOUT_S ({self.redis_timeout_s:g} s), the connection's read timeout during "
                 "the wait"
             )
+
+
+#: The most service processes `ENTITLEMENTS_PROCESSES` may ask for.
+MAX_PROCESSES = 256
+
+
+def _processes(reader: EnvReader) -> int:
+    """`ENTITLEMENTS_PROCESSES`: a number of processes, or "auto" for the cores this process may run on."""
+    raw = reader.text("ENTITLEMENTS_PROCESSES", "").lower()
+    if raw == "auto":
+        return min(MAX_PROCESSES, len(os.sched_getaffinity(0)))
+    if raw and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PROCESSES):
+        raise ConfigError(f"ENTITLEMENTS_PROCESSES must be auto or a number from 1 to {MAX_PROCESSES}, not {raw!r}")
+    return int(raw or 1)
 
 
 def _projects(reader: EnvReader, provider: str, env: Mapping[str, str]) -> Projects:

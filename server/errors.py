@@ -3,6 +3,7 @@
 StoreUnavailable (core.errors)  UNAVAILABLE: Redis could not be reached or answered too slowly
 EntitlementsError
 ├── ConfigError                 bad settings; the process refuses to start (also a core.errors.ConfigError)
+├── PortInUse                   a port the service would listen on is taken; the process refuses to start
 ├── InvalidArgument             INVALID_ARGUMENT: a request field is wrong; `field` names it
 ├── PermissionDenied            PERMISSION_DENIED: the API key may not act on the request's project
 ├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
@@ -35,6 +36,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "PortInUse",
     "ServiceStopping",
     "SkuNotInCatalog",
     "StoreUnavailable",
@@ -48,6 +50,10 @@ class EntitlementsError(Exception):
 
 class ConfigError(EntitlementsError, core_errors.ConfigError):
     """The configuration is invalid or unsafe."""
+
+
+class PortInUse(EntitlementsError):
+    """A port the service would listen on is taken by another process (or, for a group, held by another group)."""
 
 
 class InvalidArgument(EntitlementsError):

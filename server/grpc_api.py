@@ -25,7 +25,7 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from server.config import Settings
-from server.errors import ConfigError, StoreUnavailable
+from server.errors import ConfigError, PortInUse, StoreUnavailable
 from server.metrics import ServiceMetrics
 from server.rpc import HasRuntime, add_service, grpc_server_options
 from server.store import EntitlementStore
@@ -94,7 +94,16 @@ async def start_grpc_server(
     reflection.enable_server_reflection((service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     credentials = server_credentials(settings)
-    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc's "Failed to bind to address"; the cause is only in gRPC core's debug log
+        raise PortInUse(
+            f"ENTITLEMENTS_GRPC_PORT: cannot listen on {address}: in use by another process (or not an address "
+            "of this host)"
+        ) from None
     if private is not None:
         server.add_insecure_port(private.target)
     await server.start()

@@ -358,6 +358,30 @@ class EmbeddedStoreMetrics:
         )
 
 
+class WorkerGroupMetrics:
+    """The parent of a group of service processes (`server.group`, `ENTITLEMENTS_PROCESSES` > 1), on the parent's
+    own endpoint (the metrics port; worker i serves its own at the metrics port + 1 + i)."""
+
+    def __init__(self, registry: CollectorRegistry, processes: int) -> None:
+        self.configured = Gauge(
+            "entitlements_workers_configured",
+            "Service processes the group runs (ENTITLEMENTS_PROCESSES).",
+            registry=registry,
+        )
+        self.configured.set(processes)
+        self.running = Gauge(
+            "entitlements_workers_running",
+            "Service processes of the group started and serving (a restarted one counts once it is ready again).",
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "entitlements_worker_restarts_total",
+            "Times a service process of the group exited on its own (crash, kill, out of memory) and was started "
+            "again after a backoff.",
+            registry=registry,
+        )
+
+
 class CatalogMetrics:
     """The projects' catalogs (`server/catalog/`), registered on `registry`.
 

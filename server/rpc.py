@@ -437,9 +437,13 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
     first, new calls are refused at random ("Too many pending requests for this server"), and all past the
     second. grpc.aio picks up one call per loop turn, so a reconnect storm of thousands of GetOrderStatus streams
     fills that backlog within milliseconds; the defaults would refuse part of it.
+
+    `grpc.so_reuseport` (SO_REUSEPORT, on by default in gRPC core) is off, so that a second service started on the
+    port by mistake fails to bind instead of silently taking half its connections; it is on only for the workers of
+    a group (`server.group`), whose parent holds the port so that no other process can join it.
     """
     return [
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0),
         ("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
         ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
     ]

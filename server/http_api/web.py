@@ -243,7 +243,14 @@ class HttpApi:
             shutdown_timeout=self._grace_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, settings.host, settings.port, ssl_context=self._tls)
+        site = web.TCPSite(
+            # A group's workers share the port (SO_REUSEPORT; `server.group` holds it against other processes).
+            self._runner,
+            settings.host,
+            settings.port,
+            ssl_context=self._tls,
+            reuse_port=settings.reuse_port or None,
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         log.info("http_api_started", address=f"{settings.host}:{self.port}", tls=self._tls is not None)
