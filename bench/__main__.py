@@ -17,6 +17,9 @@ Parts, in the order they run (`--only` picks some; all by default):
   (`bench.latency`);
 - `history`: ListEntitlements and ListSubscriptions of a player holding 20,000 expired items, and the latency a
   concurrent caller sees meanwhile (`bench.history`; `--history-root` measures another checkout's service);
+- `processes`: CheckEntitlement on one service process and on a group of two (`ENTITLEMENTS_PROCESSES=2`), both
+  on the server core: calls answered per CPU-second of the service's processes, and what that projects for two
+  processes with a core each (`bench.workers`; the single Valkey only);
 - `failover`: 2 service replicas and 2 gateways on a local Redis Cluster, a primary killed (SIGKILL) under webhook
   and grant load: acknowledged, applied, lost, doubled, and the seconds each kind of caller was refused
   (`bench.failover`; a fresh cluster per run, `--failover-runs` runs; not pinned: it measures correctness and
@@ -25,7 +28,8 @@ Parts, in the order they run (`--only` picks some; all by default):
 With `--cluster`, every part that stores runs against a local Redis Cluster (3 primaries with 1 replica each, its
 nodes on the Valkey core; `bench.stores`) instead of the single Valkey it starts, against the same baselines:
 `core`, the gateway's ingest run, `consumer`, `streams` and `latency`. The gateway's attack and durability runs and
-`history` (one player's keys, which live in one slot of a cluster) run on the single server only; `failover` runs on
+`history` (one player's keys, which live in one slot of a cluster) and `processes` (CPU per call of the service
+alone) run on the single server only; `failover` runs on
 clusters of its own either way.
 
 Every part keeps the same discipline: the server under test alone on the server core (0), everything else
@@ -42,6 +46,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import secrets
 import signal
 import sys
 import tempfile
@@ -52,7 +57,7 @@ from typing import Any
 
 import grpc
 
-from bench import attack, consumer, durability, failover, gateway, history, latency, report, streams
+from bench import attack, consumer, durability, failover, gateway, history, latency, report, streams, workers
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
@@ -61,9 +66,9 @@ from bench.stores import BenchCluster
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_CLUSTER_OUTPUT = ROOT / "bench" / "results" / "latest-cluster.json"
-PARTS = ("core", "gateway", "consumer", "streams", "latency", "history", "failover")
+PARTS = ("core", "gateway", "consumer", "streams", "latency", "history", "processes", "failover")
 #: The parts `--cluster` leaves out (see the module docstring).
-SINGLE_ONLY = ("history",)
+SINGLE_ONLY = ("history", "processes")
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -212,6 +217,7 @@ class Results:
     attack_result: attack.AttackResult | None = None
     durability_result: durability.DurabilityResult | None = None
     failover_results: list[failover.FailoverResult] = dataclasses.field(default_factory=list)
+    processes_result: workers.ProcessesResult | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
@@ -232,6 +238,8 @@ class Results:
             document["gateway_durability"] = dataclasses.asdict(self.durability_result)
         if self.failover_results:
             document["failover"] = failover.document(self.failover_results)
+        if self.processes_result is not None:
+            document["processes"] = self.processes_result.document()
         return document
 
 
@@ -376,6 +384,32 @@ def _history(args: argparse.Namespace, placement: Placement, workdir: Path, resu
     )
 
 
+def _processes(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
+    children: list[Child] = []
+    try:
+        results.processes_result = workers.run_processes(
+            workdir=workdir,
+            placement=placement,
+            api_key=secrets.token_urlsafe(24),
+            users=args.users,
+            warmup_s=args.warmup_s,
+            duration_s=args.duration_s,
+            log_level=args.service_log_level,
+            children=children,
+            say=_print,
+        )
+    except BaseException:
+        for processes in (1, 2):
+            _print(f"--- last lines of the {processes}-process service's log ---")
+            _print(tail(workdir / f"processes-{processes}" / "service.log"))
+        raise
+    finally:
+        for child in reversed(children):
+            code = child.stop()
+            if code not in (0, -signal.SIGTERM):
+                _print(f"{child.name} exited with code {code}")
+
+
 def _failover(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
     pinned = os.sched_getaffinity(0)
     # The cluster's nodes and the processes inherit this process's cores: every core, as on an unpinned host.
@@ -395,6 +429,7 @@ RUNNERS: dict[str, tuple[str, Callable[[argparse.Namespace, Placement, Path, Res
     "streams": ("GetOrderStatus streams opened at once, one service process", _streams),
     "latency": ("webhook 204 -> update on the streams", _latency),
     "history": ("listings of a player with a long history of expired items", _history),
+    "processes": ("CheckEntitlement per CPU-second, one service process against a group of two", _processes),
     "failover": ("a Redis Cluster primary killed under load, 2 services and 2 gateways on the cluster", _failover),
 }
 
@@ -440,6 +475,8 @@ def _print_tables(results: Results) -> None:
         _print("\n" + latency.latency_table(results.latency_result))
     if results.history_result is not None:
         _print("\n" + history.history_table(results.history_result))
+    if results.processes_result is not None:
+        _print("\n" + workers.processes_table(results.processes_result))
     if results.failover_results:
         _print("\n" + failover.failover_table(results.failover_results))
 
