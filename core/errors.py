@@ -3,6 +3,7 @@ these: the service answers `StoreUnavailable` with UNAVAILABLE, the gateway with
 
 Exception
 ├── ConfigError         bad settings; the process refuses to start (each process subclasses it)
+├── PortInUse           a port the process would listen on is taken by another process; it refuses to start
 └── StoreUnavailable    Redis could not be reached or answered too slowly; the caller may retry
     └── NotDurable      written, but not made durable (fsynced, replicated) within the time allowed
 """
@@ -12,6 +13,10 @@ from __future__ import annotations
 
 class ConfigError(Exception):
     """The configuration is invalid or unsafe. The message names the setting, never a secret."""
+
+
+class PortInUse(Exception):
+    """A port the process would listen on is taken by another process. The message names the address."""
 
 
 class StoreUnavailable(Exception):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from core.errors import PortInUse
+
 #: Buckets of request and apply latencies (seconds): half a millisecond to ten seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -22,13 +24,21 @@ class MetricsEndpoint:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
-        """Starts listening and returns the bound port (useful with port 0)."""
+        """Starts listening and returns the bound port (useful with port 0).
+
+        Raises:
+            PortInUse: the port is taken (or the address is not one of this host's).
+        """
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise PortInUse(f"the metrics endpoint cannot listen on {host}:{port} ({exc.strerror})") from None
         self.port = int(self._runner.addresses[0][1])
         return self.port
 

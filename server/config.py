@@ -155,8 +155,7 @@ class HttpSettings:
     sse_heartbeat_s: float = 15.0
     # A connection idle this long between two requests is closed.
     keepalive_timeout_s: float = 75.0
-    # Share the port with the other processes of the group (SO_REUSEPORT): set for the workers of a group
-    # (`server.group`), never from the environment.
+    # SO_REUSEPORT on the port: set for a group's workers (`server.group`), never from the environment.
     reuse_port: bool = False
 
 
@@ -168,11 +167,12 @@ class Settings:
     grpc_port: int = 50051
     # Service processes sharing the gRPC and HTTP ports (`server.group`); 1: this process serves alone.
     processes: int = 1
-    # Share the gRPC port with the other processes of the group (SO_REUSEPORT): set for the workers of a group,
-    # never from the environment.
+    # SO_REUSEPORT on the gRPC port: set for a group's workers (`server.group`), never from the environment.
     grpc_reuse_port: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # With `processes` > 1: worker i serves its metrics on this port + i; None: the metrics port + 1 (0: free ports).
+    worker_metrics_port: int | None = None
     # None: start the embedded Redis (Valkey) server persisting to `data_dir`.
     redis_url: str | None = None
     redis_cluster: bool = False
@@ -320,6 +320,7 @@ class Settings:
             processes=_processes(reader),
             metrics_host=reader.text("ENTITLEMENTS_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.integer("ENTITLEMENTS_METRICS_PORT", 9464, minimum=0, maximum=65535),
+            worker_metrics_port=_optional_port(reader, "ENTITLEMENTS_WORKER_METRICS_PORT"),
             redis_url=reader.text("REDIS_URL", "") or None,
             redis_cluster=reader.boolean("REDIS_CLUSTER", False),
             redis_timeout_s=reader.number("ENTITLEMENTS_REDIS_TIMEOUT_S", 2.0, minimum=0.05),
@@ -406,6 +407,10 @@ class Settings:
 
 #: The most service processes `ENTITLEMENTS_PROCESSES` may ask for.
 MAX_PROCESSES = 256
+
+
+def _optional_port(reader: EnvReader, name: str) -> int | None:
+    return reader.integer(name, 0, minimum=0, maximum=65535) if reader.text(name, "") else None
 
 
 def _processes(reader: EnvReader) -> int:

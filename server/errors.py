@@ -1,9 +1,9 @@
 """The service's exceptions. Each domain error becomes one gRPC status in one place (`server.rpc`).
 
 StoreUnavailable (core.errors)  UNAVAILABLE: Redis could not be reached or answered too slowly
+PortInUse (core.errors)         a port the service would listen on is taken; the process refuses to start
 EntitlementsError
 ├── ConfigError                 bad settings; the process refuses to start (also a core.errors.ConfigError)
-├── PortInUse                   a port the service would listen on is taken; the process refuses to start
 ├── InvalidArgument             INVALID_ARGUMENT: a request field is wrong; `field` names it
 ├── PermissionDenied            PERMISSION_DENIED: the API key may not act on the request's project
 ├── IdempotencyConflict         ALREADY_EXISTS: the key was used for a different request
@@ -22,7 +22,7 @@ EntitlementsError
 from __future__ import annotations
 
 from core import errors as core_errors
-from core.errors import StoreUnavailable
+from core.errors import PortInUse, StoreUnavailable
 
 __all__ = [
     "CapacityExceeded",
@@ -50,10 +50,6 @@ class EntitlementsError(Exception):
 
 class ConfigError(EntitlementsError, core_errors.ConfigError):
     """The configuration is invalid or unsafe."""
-
-
-class PortInUse(EntitlementsError):
-    """A port the service would listen on is taken by another process (or, for a group, held by another group)."""
 
 
 class InvalidArgument(EntitlementsError):

@@ -360,7 +360,7 @@ class EmbeddedStoreMetrics:
 
 class WorkerGroupMetrics:
     """The parent of a group of service processes (`server.group`, `ENTITLEMENTS_PROCESSES` > 1), on the parent's
-    own endpoint (the metrics port; worker i serves its own at the metrics port + 1 + i)."""
+    own endpoint (the metrics port; worker i serves its own at `ENTITLEMENTS_WORKER_METRICS_PORT` + i)."""
 
     def __init__(self, registry: CollectorRegistry, processes: int) -> None:
         self.configured = Gauge(

@@ -18,10 +18,12 @@ import aiohttp
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import Service
 from server.embedded import EmbeddedRedis
+from server.metrics import EmbeddedStoreMetrics, WorkerGroupMetrics
 from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import ServiceFactory, sample
 from tests.helpers.waiting import eventually
@@ -189,6 +191,14 @@ def test_the_webhook_results_queried_are_the_gateways() -> None:
     assert asked <= set(RESULTS)
 
 
+def group_registry() -> CollectorRegistry:
+    """The registry a group's parent serves (`server.group.parent.WorkerGroup`, with the embedded store)."""
+    registry = CollectorRegistry()
+    WorkerGroupMetrics(registry, 2)
+    EmbeddedStoreMetrics(registry)
+    return registry
+
+
 def exported_names(exposition: str) -> set[str]:
     """The series names an exposition offers, with the suffixes each metric type adds."""
     names: set[str] = set()
@@ -206,7 +216,8 @@ async def test_every_metric_the_dashboard_and_alerts_use_is_exported(
     service = await service_factory(redis_url=None, data_dir=tmp_path / "var")
     assert service.endpoints is not None
     async with running_gateway(gateway_settings(redis_url=service.endpoints.redis_url)) as gateway:
-        exported = {"up"}  # Prometheus's own, per scrape target
+        # A group parent's own metrics (ENTITLEMENTS_PROCESSES > 1; its workers export the service's).
+        exported = {"up"} | exported_names(generate_latest(group_registry()).decode())  # "up": Prometheus's own
         for port in (service.endpoints.metrics_port, gateway.metrics_port):
             async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                 assert response.status == 200

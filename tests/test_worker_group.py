@@ -292,6 +292,18 @@ async def test_a_worker_that_cannot_start_fails_the_group(groups: GroupFactory, 
     assert group.lines("embedded_redis_stopped")
 
 
+async def test_metrics_ports_that_overlap_are_refused(groups: GroupFactory) -> None:
+    """Workers' metrics ports that would include the parent's: exit status 2, the setting named, nothing started."""
+    group = await groups(
+        "overlap", wait=False, ENTITLEMENTS_WORKER_METRICS_PORT="9000", ENTITLEMENTS_METRICS_PORT="9001"
+    )
+    async with asyncio.timeout(60):
+        assert await group.process.wait() == 2
+    said = group.log_path.read_text()
+    assert "configuration error: ENTITLEMENTS_METRICS_PORT 9001 is among the workers' metrics ports (9000-9001" in said
+    assert not group.lines("worker_started")
+
+
 async def test_health_says_not_serving_in_every_worker_while_the_store_is_frozen(groups: GroupFactory) -> None:
     """The group's Valkey stopped (SIGSTOP): every connection's health check answers NOT_SERVING, whichever worker
     takes it; once it runs again, SERVING everywhere."""

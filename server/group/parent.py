@@ -7,7 +7,7 @@
 2. without REDIS_URL it runs the embedded Valkey and its supervisor (`server.supervisor`), and gives the workers
    its socket; it tells them when the store dies and when it is back (`server.group.link`);
 3. it serves its own metrics on the metrics port (`server.metrics.WorkerGroupMetrics`, and the embedded store's);
-   worker i serves its own at the metrics port + 1 + i;
+   worker i serves its own at `ENTITLEMENTS_WORKER_METRICS_PORT` + i (by default the metrics port + 1 + i);
 4. it starts the N workers (`python -m server worker`, `server.group.worker`) and waits until each serves; if one
    exits or does not serve within `WORKER_START_TIMEOUT_S`, it stops the others and exits non-zero;
 5. a worker that exits on its own (a crash, a SIGKILL, the out-of-memory killer, a consumer that stopped) is
@@ -118,14 +118,21 @@ class WorkerGroup:
 
         Raises:
             PortInUse: a port is taken by another process.
-            ConfigError: the workers' metrics ports would pass 65535, or a host does not resolve.
+            ConfigError: the workers' metrics ports would pass 65535 or include the parent's, or a host does not
+                resolve.
             WorkerFailed: a worker exited, or did not serve in time, before serving.
         """
         settings = self.settings
-        if settings.metrics_port and settings.metrics_port + self.count > 65535:
+        first = self.first_worker_metrics_port
+        if first and first + self.count - 1 > 65535:
             raise ConfigError(
-                f"ENTITLEMENTS_METRICS_PORT {settings.metrics_port} leaves no room for {self.count} workers' "
-                "ports (the metrics port + 1 + i): choose a lower port"
+                f"ENTITLEMENTS_WORKER_METRICS_PORT {first} leaves no room for {self.count} workers' metrics ports "
+                "(that port + i): choose a lower port"
+            )
+        if first and settings.metrics_port and first <= settings.metrics_port < first + self.count:
+            raise ConfigError(
+                f"ENTITLEMENTS_METRICS_PORT {settings.metrics_port} is among the workers' metrics ports "
+                f"({first}-{first + self.count - 1}, ENTITLEMENTS_WORKER_METRICS_PORT + i)"
             )
         try:
             held = hold_port(settings.grpc_host, settings.grpc_port, "ENTITLEMENTS_GRPC_PORT")
@@ -161,6 +168,14 @@ class WorkerGroup:
             pids=[worker.process.pid for worker in self.workers.values()],
         )
 
+    @property
+    def first_worker_metrics_port(self) -> int:
+        """Worker 0's metrics port (worker i's is this + i); 0: each worker's is a free port."""
+        settings = self.settings
+        if settings.worker_metrics_port is not None:
+            return settings.worker_metrics_port
+        return settings.metrics_port + 1 if settings.metrics_port else 0
+
     def _store_change(self, up: bool) -> None:
         self._store_up = up
         for worker in self.workers.values():
@@ -172,8 +187,8 @@ class WorkerGroup:
         env["ENTITLEMENTS_PROCESSES"] = "1"
         env["ENTITLEMENTS_GRPC_PORT"] = str(self.grpc_port)
         env["ENTITLEMENTS_HTTP_PORT"] = str(self.http_port)
-        metrics_port = self.settings.metrics_port
-        env["ENTITLEMENTS_METRICS_PORT"] = str(metrics_port + 1 + index if metrics_port else 0)
+        first = self.first_worker_metrics_port
+        env["ENTITLEMENTS_METRICS_PORT"] = str(first + index if first else 0)
         if self.embedded is not None:
             env["REDIS_URL"] = self.embedded.url
             env["REDIS_CLUSTER"] = "false"
