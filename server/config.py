@@ -320,7 +320,9 @@ class Settings:
             processes=_processes(reader),
             metrics_host=reader.text("ENTITLEMENTS_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.integer("ENTITLEMENTS_METRICS_PORT", 9464, minimum=0, maximum=65535),
-            worker_metrics_port=_optional_port(reader, "ENTITLEMENTS_WORKER_METRICS_PORT"),
+            worker_metrics_port=reader.integer("ENTITLEMENTS_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+            if reader.text("ENTITLEMENTS_WORKER_METRICS_PORT", "")
+            else None,
             redis_url=reader.text("REDIS_URL", "") or None,
             redis_cluster=reader.boolean("REDIS_CLUSTER", False),
             redis_timeout_s=reader.number("ENTITLEMENTS_REDIS_TIMEOUT_S", 2.0, minimum=0.05),
@@ -407,10 +409,6 @@ class Settings:
 
 #: The most service processes `ENTITLEMENTS_PROCESSES` may ask for.
 MAX_PROCESSES = 256
-
-
-def _optional_port(reader: EnvReader, name: str) -> int | None:
-    return reader.integer(name, 0, minimum=0, maximum=65535) if reader.text(name, "") else None
 
 
 def _processes(reader: EnvReader) -> int:

@@ -50,6 +50,8 @@ log = structlog.get_logger("server.group")
 WORKER_START_TIMEOUT_S = 60.0
 #: The wait before restart attempt n (from 1) of a streak: 0.25-0.5 s, then doubling up to 15-30 s.
 RESTART_BACKOFF = Backoff(base_s=0.5, cap_s=30.0)
+#: How long a worker whose link closed before it served may take to exit before it is sent SIGTERM.
+EXIT_WAIT_S = 10.0
 #: A worker that served at least this long before exiting starts a new streak.
 STABLE_S = 60.0
 #: Beyond the workers' own grace period, how long the parent waits for them to stop before killing them.
@@ -220,13 +222,15 @@ class WorkerGroup:
         worker = self.workers[index] = Worker(index, process, link, time.monotonic())
         if not self._store_up:
             link.store(False)
+        late = False
         try:
             async with asyncio.timeout(WORKER_START_TIMEOUT_S):
                 ready = await link.ready()
         except TimeoutError:
-            ready = False
+            ready, late = False, True
         if not ready:
-            status = await _end(process, grace_s=1.0)
+            # A link closed before `ready`: the worker is exiting (its own error printed); let it finish first.
+            status = await _end(process, grace_s=1.0, wait_s=0.0 if late else EXIT_WAIT_S)
             await link.close()
             raise WorkerFailed(
                 f"worker {index} (pid {process.pid}) "
@@ -313,8 +317,12 @@ async def run_group(settings: Settings, stop: asyncio.Event) -> None:
     await group.stop()
 
 
-async def _end(process: asyncio.subprocess.Process, *, grace_s: float) -> int:
-    """Stops `process`: SIGTERM, then SIGKILL after `grace_s`; returns its exit status (negative: a signal)."""
+async def _end(process: asyncio.subprocess.Process, *, grace_s: float, wait_s: float = 0.0) -> int:
+    """Stops `process`: lets it exit by itself for `wait_s`, then SIGTERM, then SIGKILL after `grace_s`; returns
+    its exit status (negative: a signal)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            await process.wait()
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
