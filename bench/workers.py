@@ -20,7 +20,9 @@ How it is measured:
 - around each run (warm-up included, for both counts alike): the calls each process answered OK, from its own
   `entitlements_rpc_requests_total{method="CheckEntitlement",code="OK"}` (the group's workers serve one endpoint
   each), and the CPU time of each of the service's processes (the group's parent too), from the per-thread
-  schedstat of /proc (`bench.usage.cpu_seconds`; nanoseconds, not the 10 ms ticks of /proc/<pid>/stat).
+  schedstat of /proc (`bench.usage.cpu_seconds`; nanoseconds, not the 10 ms ticks of /proc/<pid>/stat). The CPU
+  the processes spend with no load (per second, over `IDLE_S` before the runs) is reported beside: it is counted
+  in the calls' CPU, against the group, which has two of everything that polls.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from bench.usage import cpu_seconds
 METHOD = "CheckEntitlement"
 SERVICE_PATH = "/entitlements.v1.EntitlementService/"
 LOAD = h2load.Load(16, 2)
+#: The window over which each service's idle CPU is measured before the runs.
+IDLE_S = 3.0
 #: The goal: the group's calls per CPU-second at least this share of one process's (2 workers: 1.6x).
 GOAL_EFFICIENCY = 0.8
 
@@ -55,6 +59,8 @@ class Measured:
     wall_s: float = 0.0
     by_worker: list[int] = dataclasses.field(default_factory=list)
     failed: int = 0
+    #: CPU seconds per second the processes spent with no load (consumers polling, health checks), measured first.
+    idle_cpu_per_s: float = 0.0
 
     @property
     def calls_per_cpu_s(self) -> float:
@@ -109,12 +115,14 @@ class ProcessesResult:
 def processes_table(result: ProcessesResult) -> str:
     rows = [
         f"CheckEntitlement, {result.load}: calls per CPU-second of the service's processes",
-        f"{'processes':>9}  {'calls':>9}  {'CPU s':>7}  {'µs CPU/call':>11}  {'calls/CPU-s':>11}  {'QPS':>8}  split",
+        f"{'processes':>9}  {'calls':>9}  {'CPU s':>7}  {'µs CPU/call':>11}  {'calls/CPU-s':>11}  {'QPS':>8}  "
+        f"{'idle CPU':>8}  split",
     ]
     for measured in (result.one, result.two):
         rows.append(
             f"{measured.processes:>9}  {measured.calls:>9,}  {measured.cpu_s:>7.2f}  {measured.cpu_us_per_call:>11.1f}"
-            f"  {measured.calls_per_cpu_s:>11,.0f}  {measured.qps:>8,.0f}  {measured.by_worker}"
+            f"  {measured.calls_per_cpu_s:>11,.0f}  {measured.qps:>8,.0f}  {measured.idle_cpu_per_s:>8.1%}"
+            f"  {measured.by_worker}"
         )
     rows.append(
         f"two processes: {result.efficiency:.2f} of one's calls per CPU-second -> {result.projected:.2f}x one's "
@@ -212,6 +220,10 @@ def run_processes(
         say(f"  {service.child.name}: {service.target}, pids {service.pids}, data for {users} players written")
     body = h2load.grpc_frame(dataset.check_request())
     totals = {n: Measured(n, by_worker=[0] * n) for n in (1, 2)}
+    for processes, service in services.items():
+        before, started = service.cpu_s(), time.monotonic()
+        time.sleep(IDLE_S)
+        totals[processes].idle_cpu_per_s = (service.cpu_s() - before) / (time.monotonic() - started)
     order: Sequence[int] = (1, 2, 2, 1)
     for processes in order:
         service, measured = services[processes], totals[processes]

@@ -271,9 +271,12 @@ class WorkerGroup:
                 try:
                     await self._launch(index)
                     break
-                except WorkerFailed as exc:
+                except Exception as exc:  # it did not come up, or could not be launched (out of processes, memory)
                     streak += 1
-                    status, uptime_s, event = exc.status, 0.0, "worker_restart_failed"
+                    status = exc.status if isinstance(exc, WorkerFailed) else 1
+                    uptime_s, event = 0.0, "worker_restart_failed"
+                    if not isinstance(exc, WorkerFailed):
+                        log.error("worker_launch_failed", index=index, error=f"{type(exc).__name__}: {exc}")
             self.metrics.restarts.inc()
             log.warning("worker_restarted", index=index, pid=self.workers[index].process.pid, attempt=streak)
 
