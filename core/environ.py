@@ -7,6 +7,7 @@ message that says what to fix.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -59,6 +60,20 @@ class EnvReader:
             bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             raise self._error(f"{name} must be {bound}, not {value}")
         return value
+
+    def optional_integer(self, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+        """An integer as `integer` reads it, or None when the variable is unset or empty."""
+        return self.integer(name, minimum, minimum=minimum, maximum=maximum) if self.text(name, "") else None
+
+    def count_or_auto(self, name: str, default: int, *, maximum: int) -> int:
+        """A count from 1 to `maximum`, or `auto`: the cores this process may run on (its CPU affinity), at most
+        `maximum`."""
+        raw = self.text(name, "").lower()
+        if raw == "auto":
+            return min(maximum, len(os.sched_getaffinity(0)))
+        if raw and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= maximum):
+            raise self._error(f"{name} must be auto or a number from 1 to {maximum}, not {raw!r}")
+        return int(raw) if raw else default
 
     def number(self, name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
         raw = self.text(name, "")

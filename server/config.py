@@ -49,6 +49,8 @@ class ConsumerSettings:
     projects_refresh_s: float = 5.0
 
 
+#: The most service processes `ENTITLEMENTS_PROCESSES` may ask for.
+MAX_PROCESSES = 256
 #: The longest `max_wait` a GetOrderStatus request may ask for.
 MAX_ORDER_WAIT_S = 3600.0
 
@@ -165,9 +167,8 @@ class Settings:
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
-    # Service processes sharing the gRPC and HTTP ports (`server.group`); 1: this process serves alone.
+    # Service processes sharing the ports (`server.group`); `grpc_reuse_port`: set for its workers, not from env.
     processes: int = 1
-    # SO_REUSEPORT on the gRPC port: set for a group's workers (`server.group`), never from the environment.
     grpc_reuse_port: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
@@ -317,12 +318,10 @@ class Settings:
         return cls(
             grpc_host=reader.text("ENTITLEMENTS_GRPC_HOST", "127.0.0.1"),
             grpc_port=reader.integer("ENTITLEMENTS_GRPC_PORT", 50051, minimum=0, maximum=65535),
-            processes=_processes(reader),
+            processes=reader.count_or_auto("ENTITLEMENTS_PROCESSES", 1, maximum=MAX_PROCESSES),
             metrics_host=reader.text("ENTITLEMENTS_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.integer("ENTITLEMENTS_METRICS_PORT", 9464, minimum=0, maximum=65535),
-            worker_metrics_port=reader.integer("ENTITLEMENTS_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
-            if reader.text("ENTITLEMENTS_WORKER_METRICS_PORT", "")
-            else None,
+            worker_metrics_port=reader.optional_integer("ENTITLEMENTS_WORKER_METRICS_PORT", minimum=0, maximum=65535),
             redis_url=reader.text("REDIS_URL", "") or None,
             redis_cluster=reader.boolean("REDIS_CLUSTER", False),
             redis_timeout_s=reader.number("ENTITLEMENTS_REDIS_TIMEOUT_S", 2.0, minimum=0.05),
@@ -405,20 +404,6 @@ class Settings:
                 f"ENTITLEMENTS_REDIS_TIMEOUT_S ({self.redis_timeout_s:g} s), the connection's read timeout during "
                 "the wait"
             )
-
-
-#: The most service processes `ENTITLEMENTS_PROCESSES` may ask for.
-MAX_PROCESSES = 256
-
-
-def _processes(reader: EnvReader) -> int:
-    """`ENTITLEMENTS_PROCESSES`: a number of processes, or "auto" for the cores this process may run on."""
-    raw = reader.text("ENTITLEMENTS_PROCESSES", "").lower()
-    if raw == "auto":
-        return min(MAX_PROCESSES, len(os.sched_getaffinity(0)))
-    if raw and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PROCESSES):
-        raise ConfigError(f"ENTITLEMENTS_PROCESSES must be auto or a number from 1 to {MAX_PROCESSES}, not {raw!r}")
-    return int(raw or 1)
 
 
 def _projects(reader: EnvReader, provider: str, env: Mapping[str, str]) -> Projects:

@@ -237,8 +237,9 @@ async def test_a_killed_worker_is_restarted_while_the_port_keeps_answering(group
     before = group.worker_pids()
     os.kill(before[1], signal.SIGKILL)
     # Connections the kernel queued on the dying worker's socket before it closed are reset (a client retries
-    # them); once it is gone, only the living worker's socket takes connections.
-    await eventually(lambda: not alive(before[1]), what="the killed worker to be gone")
+    # them); once it is gone, only the living worker's socket takes connections. Gone: reaped by the parent, which
+    # waits for every thread (the pid is a zombie, not alive, while the other threads still hold its sockets).
+    await eventually(lambda: bool(group.lines("worker_exited")), what="the parent to reap the killed worker")
     assert await check_on_fresh_connections(group.target, 20) == []
     await eventually(lambda: group.worker_pids()[1] != before[1], timeout_s=60, what="worker 1 to be restarted")
     await eventually(lambda: bool(group.lines("worker_restarted")), timeout_s=10, what="the restart to be logged")
