@@ -14,6 +14,7 @@ from core.connections import RedisClient
 from core.feed import FEED_PARTITIONS, FeedKeys, feed_id_key, partition_of
 from server.app import Service
 from server.config import WatchSettings
+from server.embedded import EmbeddedRedis
 from server.watch.cursor import Cursor
 from tests.helpers.services import PROJECT, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest, node_infos
@@ -336,3 +337,55 @@ async def test_feed_id_is_made_once(service: Service, redis_client: RedisClient)
     stored = await redis_client.get(feed_id_key(PROJECT))
     assert stored is not None
     assert ids == {stored.decode() if isinstance(stored, bytes) else stored}
+
+
+async def test_redis_stopped_and_started(service: Service, embedded_server: EmbeddedRedis, feed: Feed) -> None:
+    """Redis lost: open streams end UNAVAILABLE and new ones are UNAVAILABLE; once it is back, the stream reopened
+    with the last cursor gets what was committed meanwhile, nothing twice."""
+    async with watch_channel(service) as channel:
+        watcher = Watcher(channel)
+        await watcher.send(add_user_ids=["p1"])
+        await watcher.next_of("heartbeat")
+        await feed.grants("p1", 2)
+        received = await watcher.changes(2)
+        await embedded_server.stop()
+        status, details = await watcher.ended()
+        assert status == grpc.StatusCode.UNAVAILABLE, details
+        refused = Watcher(channel)
+        await refused.send(cursor=received[-1].cursor, add_user_ids=["p1"])
+        status, _ = await refused.ended()
+        assert status == grpc.StatusCode.UNAVAILABLE
+        await embedded_server.start()
+        await feed.grants("p1", 3)  # versions 3..5: the store kept the version across the restart
+        resumed = Watcher(channel)
+        await resumed.send(cursor=received[-1].cursor, add_user_ids=["p1"])
+        changes = await resumed.changes(3)
+        assert versions(received + changes, "p1") == [1, 2, 3, 4, 5]
+        resumed.cancel()
+
+
+async def test_shutdown_ends_streams_unavailable(service: Service, feed: Feed) -> None:
+    """A replica shutting down ends its watch streams UNAVAILABLE at once (their callers resume elsewhere)."""
+    async with watch_channel(service) as channel:
+        watcher = Watcher(channel)
+        await watcher.send(all_players=True)
+        await watcher.next_of("heartbeat")
+        stopping = asyncio.create_task(service.stop(grace_s=5))
+        status, details = await watcher.ended(timeout_s=3.0)
+        await stopping
+    assert status == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in details
+
+
+async def test_a_stream_closed_before_its_first_message(service: Service) -> None:
+    """A caller that closes its side without a message is INVALID_ARGUMENT naming the request; one without an API
+    key is UNAUTHENTICATED before any message is read."""
+    async with watch_channel(service) as channel:
+        watcher = Watcher(channel)
+        await watcher.call.done_writing()
+        status, details = await watcher.ended()
+        assert status == grpc.StatusCode.INVALID_ARGUMENT
+        assert details == "request: the stream was closed before its first message"
+        stranger = Watcher(channel, key="not-a-key")
+        status, _ = await stranger.ended()
+        assert status == grpc.StatusCode.UNAUTHENTICATED

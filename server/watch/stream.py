@@ -52,7 +52,6 @@ class WatchStream:
     Args:
         watches: the replica's watches (tails, settings, history).
         project_id: the stream's project.
-        feed_id: the project's feed id (cursors carry it).
         opened: the first message, checked.
         requests: the caller's later messages.
         entitlement: makes the Entitlement message of a record, `active` evaluated at the given time.
@@ -62,7 +61,6 @@ class WatchStream:
         self,
         watches: Watches,
         project_id: int,
-        feed_id: str,
         opened: WatchOpen,
         requests: AsyncIterator[pb.WatchEntitlementsRequest],
         entitlement: EntitlementMessage,
@@ -71,7 +69,7 @@ class WatchStream:
         self._history: FeedHistory = watches.history
         self._metrics: ServiceMetrics = watches.metrics
         self._project_id = project_id
-        self._feed_id = feed_id
+        self._feed_id = opened.cursor.feed_id if opened.cursor is not None else ""
         self._opened = opened
         self._requests = requests
         self._entitlement = entitlement
@@ -86,6 +84,7 @@ class WatchStream:
         opened = self._opened
         subscriber = self._subscriber
         tail = self._tail = await self._watches.attach(self._project_id, subscriber)
+        self._feed_id = self._feed_id or tail.feed_id
         reader: asyncio.Task[None] | None = None
         try:
             joined = subscriber.passed

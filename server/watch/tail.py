@@ -124,6 +124,8 @@ class FeedTail:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._on_stop = on_stop
+        #: The project's feed id (made now if the feed has none), which the cursors of this tail's streams carry.
+        self.feed_id = ""
         self.positions: list[StreamId] = []
         self._subscribers: set[Subscriber] = set()
         self._by_user: dict[str, set[Subscriber]] = {}
@@ -133,9 +135,10 @@ class FeedTail:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
-        """Reads where each partition ends, then starts following; on failure the tail is stopped and the error
-        is also set on `ready` for the streams waiting on it."""
+        """Reads the project's feed id and where each partition ends, then starts following; on failure the tail
+        is stopped and the error is also set on `ready` for the streams waiting on it."""
         try:
+            self.feed_id = await self._history.feed_id(self.project_id)
             states = await self._history.states(self.project_id)
         except BaseException as exc:
             self.ready.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable("the tail was stopped"))

@@ -122,10 +122,7 @@ class Watches:
         try:
             if opened.cursor is not None:
                 await self.history.check_cursor(opened.cursor)
-                feed_id = opened.cursor.feed_id
-            else:
-                feed_id = await self.history.feed_id(project_id)
-            stream = WatchStream(self, project_id, feed_id, opened, later, self._entitlement)
+            stream = WatchStream(self, project_id, opened, later, self._entitlement)
             async with contextlib.aclosing(stream.run()) as messages:  # type: ignore[type-var]
                 async for message in messages:
                     yield message
