@@ -132,6 +132,10 @@ class WatchStream:
                         yield passed
                 if sent:
                     deadline = loop.time() + interval
+                elif loop.time() >= deadline:
+                    # Only changes it may not send (at or below a snapshot's version) for a whole interval.
+                    yield self._heartbeat()
+                    deadline = loop.time() + interval
                 continue
             # Everything offered was sent: the tail's position is the stream's.
             self._advance(subscriber.passed)

@@ -14,7 +14,6 @@ fails (Redis lost), every subscriber is ended UNAVAILABLE and the tail stops; th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,8 +30,11 @@ from server.watch.history import FeedChange, FeedHistory, parse_entries
 
 log = structlog.get_logger("server.watch")
 
-#: How long one XREAD waits for new entries before it is sent again, and how many entries it takes at most.
-BLOCK_MS = 5_000
+#: How long one XREAD waits for new entries before it is sent again, and how many entries it takes at most. A
+#: stopped tail's readers end after their read in flight rather than being cancelled in it: a blocking command
+#: cancelled on redis-py's asyncio Cluster client can leave its task unwinding for tens of seconds, so the block
+#: is short enough to wait for at shutdown.
+BLOCK_MS = 1_000
 READ_COUNT = 1_000
 
 
@@ -187,30 +189,29 @@ class FeedTail:
         if self._stopped:
             return
         self._stopped = True
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
         self._on_stop(self)
 
-    async def wait_stopped(self) -> None:
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The readers' tasks (done, or ending after their read in flight, once the tail has stopped)."""
+        return self._tasks
 
     async def _follow(self, group: list[int]) -> None:
         try:
-            while True:
+            while not self._stopped:
                 streams = {self._keys[p].stream: format_id(self.positions[p]) for p in group}
                 reply: Any = await bounded(
                     self._redis.xread(streams, count=READ_COUNT, block=BLOCK_MS),  # type: ignore[arg-type]
                     BLOCK_MS / 1000 + self._timeout_s,
                 )
                 self._metrics.watch_feed_reads.inc()
-                if reply:
+                if reply and not self._stopped:
                     self._dispatch(reply)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._stopped:
+                return
             log.warning("watch_feed_lost", project_id=self.project_id, error=str(exc) or type(exc).__name__)
             detail = str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__
             self.fail_all(

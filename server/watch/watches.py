@@ -59,6 +59,8 @@ class Watches:
         self._timeout_s = timeout_s
         self._entitlement = entitlement
         self._tails: dict[int, FeedTail] = {}
+        # Readers of stopped tails still ending (their read in flight): awaited before the client closes.
+        self._ending: set[asyncio.Task[None]] = set()
         self._open = 0
         self._closing = False
 
@@ -160,6 +162,10 @@ class Watches:
     def _forget(self, tail: FeedTail) -> None:
         if self._tails.get(tail.project_id) is tail:
             del self._tails[tail.project_id]
+        for task in tail.tasks:
+            if not task.done():
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
 
     def close_streams(self) -> None:
         """Ends every open stream UNAVAILABLE (its caller reopens it, on another replica, with its cursor) and
@@ -170,8 +176,10 @@ class Watches:
 
     async def stop(self) -> None:
         """Closes the streams, waits for the tails' readers to end, and closes the tails' client."""
-        tails = list(self._tails.values())
         self.close_streams()
-        for tail in tails:
-            await tail.wait_stopped()
+        if self._ending:
+            # A read in flight ends within its block and the Redis timeout; past that it is cancelled.
+            _, late = await asyncio.wait(set(self._ending), timeout=BLOCK_MS / 1000 + self._timeout_s + 1)
+            for task in late:
+                task.cancel()
         await self._tail_redis.aclose()
