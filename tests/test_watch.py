@@ -17,7 +17,7 @@ from core.feed import FEED_PARTITIONS, FeedKeys, feed_id_key, partition_of
 from server.app import Service
 from server.config import WatchSettings
 from server.embedded import EmbeddedRedis
-from server.watch.cursor import Cursor
+from server.watch.cursor import Cursor, parse_id
 from tests.helpers.services import PROJECT, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest, node_infos
 from tests.helpers.watch import Feed, Watcher, versions, watch_channel
@@ -200,18 +200,30 @@ async def test_cursors_that_cannot_resume(service: Service, feed: Feed, redis_cl
     assert "older than the history kept" in details
 
 
-async def test_heartbeats_keep_an_idle_stream_and_resume_after_what_they_passed(service: Service, feed: Feed) -> None:
+async def test_heartbeats_keep_an_idle_stream_and_resume_after_what_they_passed(
+    service: Service, feed: Feed, redis_client: RedisClient
+) -> None:
     """An idle stream beats every `heartbeat_interval`; the heartbeat's cursor has passed other players' changes,
     so a stream resumed from it gets only what followed."""
     async with watch_channel(service) as channel:
         watcher = Watcher(channel)
         await watcher.send(add_user_ids=["quiet"], heartbeat_s=1)
         first = await watcher.next_of("heartbeat")
-        await feed.grants("busy", 3)
-        beats = [await watcher.next(timeout_s=3.0) for _ in range(2)]
-        assert all(b is not None and b.WhichOneof("event") == "heartbeat" for b in beats)
-        assert beats[-1] is not None
-        cursor = beats[-1].cursor
+        busy = await feed.grants("busy", 3)
+        stream = FeedKeys(PROJECT, partition_of("busy")).stream
+        newest: Any = await redis_client.xrevrange(stream, count=1)
+        last_busy = parse_id(newest[0][0])
+        assert busy[-1].version == 3
+        # Beats until one has passed the busy player's changes (the tail reads them within a beat or two).
+        for _ in range(10):
+            beat = await watcher.next(timeout_s=5.0)
+            assert beat is not None
+            assert beat.WhichOneof("event") == "heartbeat", beat
+            cursor = beat.cursor
+            if Cursor.decode(cursor, PROJECT).positions[partition_of("busy")] >= last_busy:
+                break
+        else:
+            raise AssertionError("no heartbeat passed the other player's changes")
         assert cursor != first.cursor
         watcher.cancel()
     await feed.grants("busy", 1)  # version 4
