@@ -7,7 +7,7 @@ authority, and its INVALID_ARGUMENT names the field. Only what cannot be sent at
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 from google.protobuf import duration_pb2
@@ -62,6 +62,16 @@ def revoke(user_id: str, sku: str, *, project_id: int, idempotency_key: str | No
 def check_entitlement(user_id: str, sku: str, *, project_id: int) -> pb.CheckEntitlementRequest:
     """Builds a CheckEntitlementRequest."""
     return pb.CheckEntitlementRequest(project_id=project_id, user_id=user_id, sku=sku)
+
+
+def check_entitlements(pairs: Iterable[tuple[str, str]], *, project_id: int) -> pb.CheckEntitlementsRequest:
+    """Builds a CheckEntitlementsRequest from (user_id, sku) pairs."""
+    checks = []
+    for index, pair in enumerate(pairs):
+        if isinstance(pair, str) or len(pair) != 2:
+            raise TypeError(f"pairs[{index}] must be a (user_id, sku) pair, not {pair!r}")
+        checks.append(pb.CheckEntitlementsRequest.Check(user_id=pair[0], sku=pair[1]))
+    return pb.CheckEntitlementsRequest(project_id=project_id, checks=checks)
 
 
 def list_entitlements(

@@ -14,6 +14,10 @@ The original error stays available as `__cause__`. The tree, with the gRPC statu
     │                               was closed while the call was running.
     ├── UnimplementedError          UNIMPLEMENTED: the server does not offer this RPC (yet).
     ├── ServerError                 INTERNAL, UNKNOWN, DATA_LOSS and any other code.
+    ├── CacheError                  An entitlement cache cannot answer a check (no call was made):
+    │   ├── NotCachedError          the player is not in the cache, or its snapshot has not arrived yet;
+    │   ├── StaleError              the cache cannot vouch for what it holds (its stream is down or silent);
+    │   └── CacheClosedError        the cache was closed.
     └── RetryableError              Worth retrying later with the *same* idempotency key.
         ├── UnavailableError        UNAVAILABLE: the server or its store could not be reached in time.
         ├── DeadlineExceededError   DEADLINE_EXCEEDED: the call's deadline passed first.
@@ -29,16 +33,20 @@ import grpc
 
 __all__ = [
     "AuthenticationError",
+    "CacheClosedError",
+    "CacheError",
     "CallCancelledError",
     "ConflictError",
     "DeadlineExceededError",
     "EntitlementsError",
     "InvalidArgumentError",
+    "NotCachedError",
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "RetryableError",
     "ServerError",
+    "StaleError",
     "UnavailableError",
     "UnimplementedError",
     "translate_rpc_error",
@@ -103,6 +111,33 @@ class UnimplementedError(EntitlementsError):
 
 class ServerError(EntitlementsError):
     """INTERNAL, UNKNOWN, DATA_LOSS or any other code without a class of its own: a server-side fault."""
+
+
+class CacheError(EntitlementsError):
+    """An entitlement cache cannot answer a check from what it holds; no call was made (`code` is None)."""
+
+
+class NotCachedError(CacheError):
+    """The player is not in the cache, or its first snapshot has not arrived yet: ask the service instead (or add
+    the player and wait)."""
+
+
+class StaleError(CacheError):
+    """The cache cannot vouch for what it holds: it has not heard from the service for longer than its
+    `max_staleness`, its stream is down and not yet resumed, or this player is being read again after a missed
+    change. It answers again as soon as the stream is back; meanwhile ask the service.
+
+    Attributes:
+        staleness_s: How long, in seconds, since the cache last heard from the service.
+    """
+
+    def __init__(self, details: str, *, staleness_s: float) -> None:
+        super().__init__(details)
+        self.staleness_s = staleness_s
+
+
+class CacheClosedError(CacheError):
+    """The cache was closed; it answers no more checks."""
 
 
 class RetryableError(EntitlementsError):

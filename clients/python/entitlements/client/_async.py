@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Self
@@ -11,14 +11,13 @@ from typing import Self
 from grpc import aio
 
 from entitlements import _requests
-from entitlements.client._async_stream import AsyncOrderStatusStream
-from entitlements.client._base import _BaseClient, _translated_errors
-from entitlements.client._follow import AsyncOrderFollower, FollowPolicy
+from entitlements.client._async_streams import _AsyncStreams
+from entitlements.client._base import _translated_errors
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 
 
-class AsyncEntitlementsClient(_BaseClient):
+class AsyncEntitlementsClient(_AsyncStreams):
     """Asyncio client of the entitlement service.
 
     Use one client for the life of the process (it holds one HTTP/2 connection that all calls share), inside
@@ -212,6 +211,30 @@ class AsyncEntitlementsClient(_BaseClient):
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
             )
 
+    async def check_entitlements(
+        self, pairs: Iterable[tuple[str, str]], *, project_id: int = 0, timeout_s: float | None = None
+    ) -> pb.CheckEntitlementsResponse:
+        """Checks up to 1,000 (player, sku) pairs in one call, as `check_entitlement` would check each.
+
+        Args:
+            pairs: (user_id, sku) pairs; they may repeat and name up to 1,000 players.
+            project_id: The Xsolla project of every pair; 0 for the client's `project_id` (see the constructor).
+            timeout_s: This call's deadline in seconds; the client's `timeout_s` when None.
+
+        Returns:
+            `results[i]` answers `pairs[i]`, each as of one moment of its player.
+
+        Raises:
+            InvalidArgumentError: No pair, more than 1,000, or a bad pair (named, e.g. `checks[3].sku`); nothing is
+                answered.
+            AuthenticationError, PermissionDeniedError, RetryableError: See the errors module.
+        """
+        request = _requests.check_entitlements(pairs, project_id=self._project(project_id))
+        with _translated_errors():
+            return await self._get_stub().CheckEntitlements(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
     async def list_entitlements(
         self,
         user_id: str,
@@ -359,81 +382,3 @@ class AsyncEntitlementsClient(_BaseClient):
             return await self._get_stub().ListLedger(
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
             )
-
-    def get_order_status(
-        self,
-        order_id: str,
-        user_id: str,
-        *,
-        project_id: int = 0,
-        token: str = "",
-        max_wait: timedelta | None = None,
-        timeout_s: float | None = None,
-    ) -> AsyncOrderStatusStream:
-        """Follows one order: yields its stored state, then each status change, until it is done.
-
-        The call starts at once; iterate the result with `async for`. It ends after a terminal status
-        (DONE, CANCELED, EXPIRED) or, once `max_wait` has passed, after a message with `timed_out` set.
-        Close it early with `async with` or `aclose()`, which cancels the call.
-
-        Each update's `source` (`OrderStatusSource`) says who saw it: STORED (the state stored when the
-        stream opened), WEBHOOK (an order webhook applied), WEBSOCKET and POLLING (Xsolla's order-status
-        socket and Get order), RECONCILIATION (no webhook came: the service applied the order from Xsolla's
-        own record of it). `entitlements_granted` says whether the items are in the inventory.
-
-        Args:
-            order_id: Xsolla's order id.
-            user_id: The player who placed the order.
-            project_id: The Xsolla project of the order; 0 for the client's `project_id` (see the constructor).
-            token: The player's Xsolla Login JWT or Pay Station token, so the service can watch the order
-                at Xsolla, not only through webhooks. Never logged by the service.
-            max_wait: How long the server follows the order (up to 1 hour); its default (10 minutes) when
-                None.
-            timeout_s: A deadline for the whole stream, in seconds; None for none (the client's `timeout_s`
-                does not apply: `max_wait` bounds the stream).
-
-        Returns:
-            An async iterator of updates; errors while iterating are `EntitlementsError` subclasses
-            (`UnimplementedError` from servers without this RPC).
-        """
-        request = _requests.get_order_status(
-            order_id, user_id, project_id=self._project(project_id), token=token, max_wait=max_wait
-        )
-        call = self._get_stub().GetOrderStatus(request, timeout=timeout_s, metadata=self._metadata)
-        return AsyncOrderStatusStream(call)
-
-    def follow_order(
-        self,
-        order_id: str,
-        user_id: str,
-        *,
-        project_id: int = 0,
-        token: str = "",
-        max_wait: timedelta | None = None,
-        policy: FollowPolicy | None = None,
-    ) -> AsyncOrderFollower:
-        """Follows one order like `get_order_status`, opening the stream again when it breaks.
-
-        When a stream fails with `UNAVAILABLE` (the replica shut down, the connection dropped), the follower
-        opens a new one after a backoff (`policy`), asking for what is left of `max_wait`, and skips what the
-        caller has already seen: each status is delivered once, and once more only when
-        `entitlements_granted` turns true. `opens` on the result counts the streams opened.
-
-        Args:
-            order_id: Xsolla's order id.
-            user_id: The player who placed the order.
-            project_id: The Xsolla project of the order; 0 for the client's.
-            token: The player's Xsolla Login JWT or Pay Station token (see `get_order_status`).
-            max_wait: How long to follow the order in all, across reopenings; the service's default (10 minutes)
-                when None.
-            policy: The backoff between openings; `FollowPolicy()` when None.
-
-        Returns:
-            An async iterator of updates that ends after a terminal status or `timed_out`; it raises the
-            error of a stream that fails otherwise, or with `UNAVAILABLE` once `max_wait` has passed.
-        """
-
-        def open_stream(wait: timedelta | None) -> AsyncOrderStatusStream:
-            return self.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=wait)
-
-        return AsyncOrderFollower(open_stream, max_wait, policy or FollowPolicy())

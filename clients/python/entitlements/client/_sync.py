@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -128,6 +128,16 @@ class EntitlementsClient(_BaseClient):
         request = _requests.check_entitlement(user_id, sku, project_id=self._project(project_id))
         with _translated_errors():
             return self._get_stub().CheckEntitlement(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
+
+    def check_entitlements(
+        self, pairs: Iterable[tuple[str, str]], *, project_id: int = 0, timeout_s: float | None = None
+    ) -> pb.CheckEntitlementsResponse:
+        """Checks up to 1,000 (player, sku) pairs in one call; see `AsyncEntitlementsClient.check_entitlements`."""
+        request = _requests.check_entitlements(pairs, project_id=self._project(project_id))
+        with _translated_errors():
+            return self._get_stub().CheckEntitlements(
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata
             )
 
