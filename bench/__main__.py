@@ -15,6 +15,9 @@ Parts, in the order they run (`--only` picks some; all by default):
   errors, memory per stream and CPU while holding them (`bench.streams`);
 - `latency`: from a webhook's 204 to the update on every stream watching its order, under a steady webhook rate
   (`bench.latency`);
+- `cache`: the Python client's entitlement cache: `cache.check` per second in one process against a call doing
+  nothing, and from a Grant's answer to the change applied in each of 8 caches watching the same players
+  (`bench.cache`);
 - `history`: ListEntitlements and ListSubscriptions of a player holding 20,000 expired items, and the latency a
   concurrent caller sees meanwhile (`bench.history`; `--history-root` measures another checkout's service);
 - `processes`: CheckEntitlement on one service process and on a group of two (`ENTITLEMENTS_PROCESSES=2`), both
@@ -27,10 +30,10 @@ Parts, in the order they run (`--only` picks some; all by default):
 
 With `--cluster`, every part that stores runs against a local Redis Cluster (3 primaries with 1 replica each, its
 nodes on the Valkey core; `bench.stores`) instead of the single Valkey it starts, against the same baselines:
-`core`, the gateway's ingest run, `consumer`, `streams` and `latency`. The gateway's attack and durability runs and
-`history` (one player's keys, which live in one slot of a cluster) and `processes` (CPU per call of the service
-alone) run on the single server only; `failover` runs on
-clusters of its own either way.
+`core`, the gateway's ingest run, `consumer`, `streams`, `latency` and `cache` (its propagation run). The gateway's
+attack and durability runs and `history` (one player's keys, which live in one slot of a cluster) and `processes`
+(CPU per call of the service alone) run on the single server only; `failover` runs on clusters of its own either
+way.
 
 Every part keeps the same discipline: the server under test alone on the server core (0), everything else
 (load generators, clients, this process, Valkey) on the load core (1), every child process pinned with taskset,
@@ -57,7 +60,7 @@ from typing import Any
 
 import grpc
 
-from bench import attack, consumer, durability, failover, gateway, history, latency, report, streams, workers
+from bench import attack, cache, consumer, durability, failover, gateway, history, latency, report, streams, workers
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
@@ -66,7 +69,7 @@ from bench.stores import BenchCluster
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_CLUSTER_OUTPUT = ROOT / "bench" / "results" / "latest-cluster.json"
-PARTS = ("core", "gateway", "consumer", "streams", "latency", "history", "processes", "failover")
+PARTS = ("core", "gateway", "consumer", "streams", "latency", "cache", "history", "processes", "failover")
 #: The parts `--cluster` leaves out (see the module docstring).
 SINGLE_ONLY = ("history", "processes")
 
@@ -156,6 +159,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     order_status.add_argument("--latency-rate", type=float, default=200.0, help="webhooks per second (default 200)")
     order_status.add_argument("--latency-duration-s", type=float, default=10.0, help="webhook time (default 10)")
     order_status.add_argument("--streams-per-order", type=int, default=2, help="for the latency part (default 2)")
+    cached = parser.add_argument_group("cache (the Python client's entitlement cache)")
+    cached.add_argument("--cache-caches", type=int, default=8, help="caches watching the same players (default 8)")
+    cached.add_argument("--cache-rate", type=float, default=200.0, help="grants per second (default 200)")
+    cached.add_argument("--cache-duration-s", type=float, default=10.0, help="grant time (default 10)")
     long_history = parser.add_argument_group("history (a player with many expired items)")
     long_history.add_argument("--history-items", type=int, default=20_000, help="expired items (default 20000)")
     long_history.add_argument("--history-calls", type=int, default=20, help="calls per scenario (default 20)")
@@ -213,6 +220,7 @@ class Results:
     consumer_result: consumer.ConsumerBenchResult | None = None
     stream_results: list[streams.StreamsResult] = dataclasses.field(default_factory=list)
     latency_result: latency.LatencyResult | None = None
+    cache_result: cache.CacheResult | None = None
     history_result: history.HistoryResult | None = None
     attack_result: attack.AttackResult | None = None
     durability_result: durability.DurabilityResult | None = None
@@ -230,6 +238,8 @@ class Results:
             document["streams"] = [dataclasses.asdict(result) for result in self.stream_results]
         if self.latency_result is not None:
             document["latency"] = dataclasses.asdict(self.latency_result)
+        if self.cache_result is not None:
+            document["cache"] = dataclasses.asdict(self.cache_result)
         if self.history_result is not None:
             document["history"] = dataclasses.asdict(self.history_result)
         if self.attack_result is not None:
@@ -372,6 +382,20 @@ def _latency(args: argparse.Namespace, placement: Placement, workdir: Path, resu
         )
 
 
+def _cache(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
+    with _store(args, placement, workdir, "always") as cluster:
+        results.cache_result = cache.run_cache(
+            workdir=workdir,
+            placement=placement,
+            caches=args.cache_caches,
+            rate_per_s=args.cache_rate,
+            duration_s=args.cache_duration_s,
+            log_level=args.service_log_level,
+            say=_print,
+            cluster=cluster,
+        )
+
+
 def _history(args: argparse.Namespace, placement: Placement, workdir: Path, results: Results) -> None:
     results.history_result = history.run_history(
         workdir=workdir,
@@ -428,6 +452,7 @@ RUNNERS: dict[str, tuple[str, Callable[[argparse.Namespace, Placement, Path, Res
     "consumer": ("webhook events applied by the consumer", _consumer),
     "streams": ("GetOrderStatus streams opened at once, one service process", _streams),
     "latency": ("webhook 204 -> update on the streams", _latency),
+    "cache": ("the Python client's cache: checks/s in one process; grant -> every watching cache", _cache),
     "history": ("listings of a player with a long history of expired items", _history),
     "processes": ("CheckEntitlement per CPU-second, one service process against a group of two", _processes),
     "failover": ("a Redis Cluster primary killed under load, 2 services and 2 gateways on the cluster", _failover),
@@ -473,6 +498,8 @@ def _print_tables(results: Results) -> None:
         _print("\n" + streams.streams_table(results.stream_results))
     if results.latency_result is not None:
         _print("\n" + latency.latency_table(results.latency_result))
+    if results.cache_result is not None:
+        _print("\n" + cache.cache_table(results.cache_result))
     if results.history_result is not None:
         _print("\n" + history.history_table(results.history_result))
     if results.processes_result is not None:

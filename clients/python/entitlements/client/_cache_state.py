@@ -2,22 +2,27 @@
 their items, and the rules that decide whether a change applies, is a repeat, or reveals a gap.
 
 The stream driver (`_cache`) feeds it messages and reads back what to ask the service for; checks read it directly.
-It is written for the speed of `check`: each item is kept as the answers it can give (one, or two for a
-time-limited item: before and after its expiry), built when a message arrives, so a check is two dictionary
+It is written for the speed of `check`: each item is kept as the answer a check gives (a time-limited item's
+answer also holds its expiry and the answer after it), built when a message arrives, so a check is two dictionary
 lookups and, for a time-limited item, one look at the clock.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import sys
 import time
 from collections.abc import Iterable
+from typing import ClassVar
 
 from entitlements.errors import InvalidArgumentError
 from entitlements.v1 import entitlements_pb2 as pb
 
 __all__ = ["CacheContents", "CacheCounters", "CachedCheck", "check_players"]
+
+# Skus are kept interned: a game server's sku constants are string literals, which Python interns when they look
+# like identifiers, so a check's lookup then matches the key by identity instead of comparing text.
+_intern = sys.intern
 
 #: The service's limits (see WatchEntitlementsRequest.add_user_ids).
 MAX_PLAYERS = 100_000
@@ -38,6 +43,21 @@ class CachedCheck:
 
     active: bool
     entitlement: pb.Entitlement | None
+    # A time-limited item's answers carry its expiry (Unix seconds) and the answer from then on; None otherwise, so
+    # that a check needs a clock reading only for time-limited items.
+    expires_at: ClassVar[float | None] = None
+    expired: ClassVar[CachedCheck | None] = None
+
+
+class _ExpiringCheck(CachedCheck):
+    """The answer for a time-limited item before its expiry, and which answer follows it."""
+
+    __slots__ = ("expired", "expires_at")
+
+    def __init__(self, entitlement: pb.Entitlement, expires_at: float, expired: CachedCheck) -> None:
+        super().__init__(True, entitlement)
+        object.__setattr__(self, "expires_at", expires_at)
+        object.__setattr__(self, "expired", expired)
 
 
 NOT_HELD = CachedCheck(False, None)
@@ -62,17 +82,17 @@ class CacheCounters:
     duplicates: int = 0
 
 
-# An item as checks see it: (expires_at in Unix seconds, or +inf; the answer before it; the answer from it on).
-_Item = tuple[float, CachedCheck, CachedCheck]
-
-
-def _item(entitlement: pb.Entitlement) -> _Item:
-    held = entitlement.quantity > 0
+def _item(entitlement: pb.Entitlement) -> CachedCheck:
+    """The answer a check gives for an item: built once per change, shared by every check."""
+    if entitlement.quantity <= 0:
+        return _answer(entitlement, False)
     if entitlement.kind == pb.ENTITLEMENT_KIND_TIME_LIMITED and entitlement.HasField("expires_at"):
         expires_at = entitlement.expires_at.seconds + entitlement.expires_at.nanos / 1e9
-    else:
-        expires_at = math.inf
-    return (expires_at, _answer(entitlement, held), _answer(entitlement, False))
+        active = pb.Entitlement()
+        active.CopyFrom(entitlement)
+        active.active = True
+        return _ExpiringCheck(active, expires_at, _answer(entitlement, False))
+    return _answer(entitlement, True)
 
 
 def _answer(entitlement: pb.Entitlement, active: bool) -> CachedCheck:
@@ -86,10 +106,12 @@ class _Player:
     """One player held by the cache: its version and items, or, while a snapshot is awaited, the changes that
     arrived before it."""
 
-    __slots__ = ("awaiting", "early", "items", "version")
+    __slots__ = ("awaiting", "early", "items", "user_id", "version")
 
-    def __init__(self) -> None:
-        self.items: dict[str, _Item] = {}
+    def __init__(self, user_id: str) -> None:
+        # The caller's own string: checks pass the same object, which a dictionary matches without comparing text.
+        self.user_id = user_id
+        self.items: dict[str, CachedCheck] = {}
         self.version = 0
         # "add": never read yet (checks: NotCached); "again": read again after a gap or a lost history (Stale).
         self.awaiting: str | None = "add"
@@ -106,14 +128,14 @@ class CacheContents:
     def __init__(self, counters: CacheCounters) -> None:
         self.counters = counters
         self.players: dict[str, _Player] = {}
-        self.ready: dict[str, dict[str, _Item]] = {}
+        self.ready: dict[str, dict[str, CachedCheck]] = {}
 
     def add(self, user_ids: Iterable[str]) -> list[str]:
         """Holds these players (awaiting their snapshot); returns those not held before."""
         added = []
         for user_id in user_ids:
             if user_id not in self.players:
-                self.players[user_id] = _Player()
+                self.players[user_id] = _Player(user_id)
                 added.append(user_id)
         return added
 
@@ -142,11 +164,11 @@ class CacheContents:
         if player is None:
             return
         self.counters.snapshots += 1
-        player.items = {entitlement.sku: _item(entitlement) for entitlement in snapshot.entitlements}
+        player.items = {_intern(entitlement.sku): _item(entitlement) for entitlement in snapshot.entitlements}
         player.version = snapshot.version
         player.awaiting = None
         early, player.early = player.early, []
-        self.ready[snapshot.user_id] = player.items
+        self.ready[player.user_id] = player.items
         for change in early:
             if self.apply_change(change) == "gap":
                 return
@@ -168,26 +190,27 @@ class CacheContents:
             self.counters.gaps += 1
             player.awaiting = "again"
             player.early = [change]
-            self.ready.pop(change.user_id, None)
+            self.ready.pop(player.user_id, None)
             return "gap"
         player.version = change.version
         if change.HasField("entitlement"):
-            player.items[change.sku] = _item(change.entitlement)
+            player.items[_intern(change.sku)] = _item(change.entitlement)
         else:
             player.items.pop(change.sku, None)
         self.counters.changes_applied += 1
         return None
 
-    def entitlements(self, items: dict[str, _Item]) -> list[pb.Entitlement]:
+    def entitlements(self, items: dict[str, CachedCheck]) -> list[pb.Entitlement]:
         """A ready player's items in sku order (byte-wise: code point order is UTF-8's byte order), each with
         `active` as of now."""
         now = time.time()
         result = []
         for sku in sorted(items):
-            expires_at, before, after = items[sku]
-            entitlement = (before if now < expires_at else after).entitlement
-            assert entitlement is not None
-            result.append(entitlement)
+            answer = items[sku]
+            if answer.expired is not None and answer.expires_at is not None and now >= answer.expires_at:
+                answer = answer.expired
+            assert answer.entitlement is not None
+            result.append(answer.entitlement)
         return result
 
 

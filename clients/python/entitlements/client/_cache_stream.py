@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -78,9 +78,12 @@ class _CacheStream:
     ) -> None:
         self._contents = contents
         self.counters = contents.counters
-        # Checks read these two directly: the fast path is a clock reading and two dictionary lookups.
+        # Checks read these two directly: the fast path is a flag and two dictionary lookups, no clock reading.
         self._ready = contents.ready
-        self._fresh_until = -math.inf  # monotonic time until which checks answer; -inf while the stream is down
+        # Whether checks may answer: set by each message of a live stream, cleared when the stream breaks, or by
+        # the freshness guard once nothing was heard for max_staleness (see `_guard_freshness`).
+        self._fresh = False
+        self._wake_guard = threading.Event()
         self._client = client
         self._project_id = project_id
         self._max_staleness = float(max_staleness)
@@ -102,6 +105,28 @@ class _CacheStream:
         """Seconds since the cache last heard from the service (a change, a snapshot or a heartbeat)."""
         return time.monotonic() - self._heard_at
 
+    def _guard_freshness(self) -> None:
+        """Clears `_fresh` once nothing was heard for max_staleness; runs in a thread of its own until closed.
+
+        A thread rather than a clock reading in every check: reading the clock costs as much as the rest of a check
+        (more on some virtual machines), and a thread, unlike a timer of the event loop, still runs when the loop
+        is kept busy (it gets the GIL within the interpreter's switch interval, 5 ms), so a loop that runs checks
+        without yielding cannot make the cache answer from a state older than max_staleness. A message that arrives
+        while it clears the flag may be taken as late: the cache then refuses until the next message (at most a
+        heartbeat interval), never the other way round.
+        """
+        while not self._closed:
+            if not self._fresh:
+                self._wake_guard.wait()
+                self._wake_guard.clear()
+                continue
+            left = self._heard_at + self._max_staleness - time.monotonic()
+            if left > 0:
+                self._wake_guard.wait(left)
+                self._wake_guard.clear()
+                continue
+            self._fresh = False
+
     # -- the stream ---------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -115,7 +140,7 @@ class _CacheStream:
             self._set_state(CacheState.RESUMING)
             heard_before = self._heard_at
             error = await self._stream_once()
-            self._fresh_until = -math.inf
+            self._fresh = False
             if self._closed:
                 return
             if error.code in _FATAL or isinstance(error, CacheClosedError):
@@ -221,7 +246,9 @@ class _CacheStream:
     def _receive(self, message: pb.WatchEntitlementsResponse) -> None:
         now = time.monotonic()
         self._heard_at = now
-        self._fresh_until = now + self._max_staleness
+        if not self._fresh:
+            self._fresh = True
+            self._wake_guard.set()
         if self._state is not CacheState.CONNECTED:
             self._set_state(CacheState.CONNECTED)
         event = message.WhichOneof("event")
@@ -260,7 +287,7 @@ class _CacheStream:
     def _fail(self, error: EntitlementsError) -> None:
         _log.error("entitlement cache stopped: %s", error)
         self._failure = error
-        self._fresh_until = -math.inf
+        self._fresh = False
         self._set_state(CacheState.FAILED)
         self._notify()
 
