@@ -774,3 +774,32 @@ def test_tls_config_needs_key_and_chain_together() -> None:
     """A client key without its certificate chain (or the reverse) is refused."""
     with pytest.raises(ValueError, match="together"):
         TLSConfig(private_key=b"key")
+
+
+async def test_check_entitlements_sends_the_pairs_in_order_and_is_retried(
+    transport_server: _Server, make_async_client: Callable[..., AsyncEntitlementsClient]
+) -> None:
+    """check_entitlements: the pairs in their order, the client's project, one answer per pair; a read, so gRPC's
+    retry policy resends it on UNAVAILABLE."""
+    client = make_async_client(project_id=12)
+    transport_server.servicer.failures.append((grpc.StatusCode.UNAVAILABLE, "store timeout"))
+
+    response = await client.check_entitlements([("p1", "sword"), ("p2", "gold"), ("p1", "sword")])
+
+    assert [result.active for result in response.results] == [True, True, True]
+    first, retried = transport_server.servicer.requests["CheckEntitlements"]
+    assert first == retried
+    assert first.project_id == 12
+    assert [(check.user_id, check.sku) for check in first.checks] == [("p1", "sword"), ("p2", "gold"), ("p1", "sword")]
+    with pytest.raises(TypeError, match=r"pairs\[1\] must be a \(user_id, sku\) pair"):
+        await client.check_entitlements([("p1", "sword"), "p2"])  # type: ignore[list-item]
+
+
+def test_check_entitlements_of_the_blocking_client(make_sync_client: Callable[..., EntitlementsClient]) -> None:
+    """The blocking client's check_entitlements sends the same request and returns the same answers."""
+    client = make_sync_client()
+
+    response = client.check_entitlements([("p1", "sword")], project_id=4)
+
+    assert len(response.results) == 1
+    assert response.results[0].active

@@ -18,6 +18,7 @@ from entitlements import (
     CacheClosedError,
     CacheState,
     DeadlineExceededError,
+    EntitlementsClient,
     FollowPolicy,
     InvalidArgumentError,
     NotCachedError,
@@ -340,3 +341,36 @@ async def test_bad_players_are_refused_before_anything_is_sent(harness: Harness)
         assert stream.requests.empty()
     finally:
         await cache.close()
+
+
+async def test_the_blocking_client_has_the_same_cache_on_a_thread() -> None:
+    """EntitlementsClient.entitlement_cache: the same stream and rules, run on a thread; checks from any thread."""
+    script = WatchScript()
+    async with scripted_server(script) as target:
+        with EntitlementsClient(target, api_key="k", project_id=3) as client:
+            cache = client.entitlement_cache(["p1"], policy=FAST)
+            entering = asyncio.create_task(asyncio.to_thread(cache.__enter__))
+            stream = await script.next_stream()
+            first = await stream.request()
+            assert (first.project_id, list(first.add_user_ids), first.snapshot) == (3, ["p1"], True)
+            assert stream.metadata["authorization"] == "Bearer k"
+            stream.send(snapshot("p1", 0))
+            assert await asyncio.wait_for(entering, 5) is cache
+            try:
+                assert not cache.check("p1", "sword").active
+                stream.send(change("p1", "sword", 1, "c1", entitlement("p1", "sword")))
+                await eventually(lambda: cache.check("p1", "sword").active, what="the grant")
+                assert await asyncio.to_thread(cache.check, "p1", "sword") == cache.check("p1", "sword")
+                adding = asyncio.create_task(asyncio.to_thread(cache.add_players, ["p2"], wait=True))
+                assert list((await stream.request()).add_user_ids) == ["p2"]
+                stream.send(snapshot("p2", 4))
+                await asyncio.wait_for(adding, 5)
+                await asyncio.to_thread(cache.remove_players, ["p1"])
+                with pytest.raises(NotCachedError):
+                    cache.check("p1", "sword")
+                assert cache.counters.changes_applied == 1
+            finally:
+                await asyncio.to_thread(cache.close)
+            with pytest.raises(CacheClosedError):
+                cache.check("p2", "sword")
+            await asyncio.wait_for(stream.ended.wait(), 5)

@@ -8,6 +8,7 @@ from entitlements.client._async import AsyncEntitlementsClient
 from entitlements.client._async_stream import AsyncOrderStatusStream
 from entitlements.client._base import DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_S
 from entitlements.client._cache import AsyncEntitlementCache
+from entitlements.client._cache_blocking import EntitlementCache
 from entitlements.client._cache_state import CacheCounters, CachedCheck
 from entitlements.client._cache_stream import CacheState
 from entitlements.client._follow import AsyncOrderFollower, FollowPolicy, OrderFollower
@@ -23,6 +24,7 @@ __all__ = [
     "CacheCounters",
     "CacheState",
     "CachedCheck",
+    "EntitlementCache",
     "EntitlementsClient",
     "FollowPolicy",
     "OrderFollower",

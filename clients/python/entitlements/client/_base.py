@@ -71,6 +71,12 @@ class _BaseClient:
         self._timeout_s = timeout_s
         self._closed = False
 
+    def _settings(self) -> dict[str, Any]:
+        """What a client of the other kind needs to connect as this one does (the blocking cache runs an asyncio
+        client of its own on its thread): the connection settings, not the channel."""
+        names = ("_project_id", "_target", "_credentials", "_options", "_metadata", "_timeout_s")
+        return {name: getattr(self, name) for name in names}
+
     def _deadline(self, timeout_s: float | None) -> float:
         return self._timeout_s if timeout_s is None else timeout_s
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -12,6 +12,8 @@ import grpc
 from entitlements import _requests
 from entitlements._config import RetryPolicy, TLSConfig
 from entitlements.client._base import DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_S, _BaseClient, _translated_errors
+from entitlements.client._cache_blocking import EntitlementCache
+from entitlements.client._cache_stream import CacheState
 from entitlements.client._follow import FollowPolicy, OrderFollower
 from entitlements.errors import translate_rpc_error
 from entitlements.v1 import entitlements_pb2 as pb
@@ -263,6 +265,33 @@ class EntitlementsClient(_BaseClient):
             return self.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=wait)
 
         return OrderFollower(open_stream, max_wait, policy or FollowPolicy())
+
+    def entitlement_cache(
+        self,
+        players: Iterable[str] = (),
+        *,
+        project_id: int = 0,
+        max_staleness: float = 5.0,
+        wait_ready: bool = True,
+        on_state: Callable[[CacheState], None] | None = None,
+        policy: FollowPolicy | None = None,
+        timeout_s: float | None = None,
+    ) -> EntitlementCache:
+        """A local cache of these players' entitlements; see `AsyncEntitlementsClient.entitlement_cache`.
+
+        The cache runs its stream on a thread of its own (with its own connection); use it inside `with`. Checks
+        may be called from any thread; `on_state` is called on the cache's thread.
+        """
+        return EntitlementCache(
+            self,
+            players,
+            project_id=self._project(project_id),
+            max_staleness=max_staleness,
+            on_state=on_state,
+            policy=policy or FollowPolicy(),
+            wait=wait_ready,
+            timeout_s=self._deadline(timeout_s),
+        )
 
 
 class OrderStatusStream(Iterator[pb.OrderStatusUpdate]):
