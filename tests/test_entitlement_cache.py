@@ -130,7 +130,7 @@ async def test_a_version_gap_reads_the_player_again(harness: Harness) -> None:
         stream.send(snapshot("p1", 3, entitlement("p1", "gem", 3)))
         await eventually(lambda: "p1" in cache._ready, what="the snapshot")
         assert cache.check("p1", "gem").entitlement.quantity == 9  # type: ignore[union-attr]
-        assert cache.counters.gaps == 1
+        assert (cache.counters.gaps, cache.counters.duplicates) == (1, 0)
     finally:
         await cache.close()
 
@@ -242,6 +242,9 @@ async def test_an_error_no_reopening_cures_stops_the_cache(
         assert cache.counters.reopenings == 0
     finally:
         await cache.close()
+    assert cache.state is CacheState.CLOSED
+    with pytest.raises(CacheClosedError):
+        cache.check("p1", "sword")
 
 
 async def test_entering_raises_the_error_that_stopped_the_cache(harness: Harness) -> None:

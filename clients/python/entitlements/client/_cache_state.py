@@ -170,7 +170,9 @@ class CacheContents:
         early, player.early = player.early, []
         self.ready[player.user_id] = player.items
         for change in early:
-            if self.apply_change(change) == "gap":
+            # Those the snapshot already includes are expected here (the change that revealed a gap is one), not
+            # repeats from the service: left out without being counted.
+            if change.version > player.version and self.apply_change(change) == "gap":
                 return
 
     def apply_change(self, change: pb.EntitlementChange) -> str | None:

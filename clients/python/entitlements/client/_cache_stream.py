@@ -22,6 +22,7 @@ from entitlements.errors import (
     CacheClosedError,
     DeadlineExceededError,
     EntitlementsError,
+    ServerError,
     UnavailableError,
     translate_rpc_error,
 )
@@ -130,6 +131,14 @@ class _CacheStream:
     # -- the stream ---------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._follow()
+        except Exception as exc:
+            # A fault of the cache itself: stop and say so, rather than leave it silently stale.
+            _log.exception("entitlement cache: internal error")
+            self._fail(ServerError(f"the entitlement cache stopped on an internal error: {exc!r}"))
+
+    async def _follow(self) -> None:
         delays = self._policy.delays()
         opened = False
         while not self._closed:
@@ -274,7 +283,10 @@ class _CacheStream:
     # -- state and waiting ------------------------------------------------------------------------------------------
 
     def _set_state(self, state: CacheState) -> None:
-        if state is self._state or self._state in (CacheState.FAILED, CacheState.CLOSED):
+        # FAILED and CLOSED are final (a failed cache may still be closed).
+        if state is self._state or self._state is CacheState.CLOSED:
+            return
+        if self._state is CacheState.FAILED and state is not CacheState.CLOSED:
             return
         self._state = state
         self._notify()
