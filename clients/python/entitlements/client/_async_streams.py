@@ -120,7 +120,7 @@ class _AsyncStreams(_BaseClient):
         Args:
             players: The players to hold at first (1..256 bytes each, up to 100,000); more can be added later.
             project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
-            max_staleness: Seconds without hearing from the service after which checks raise `StaleError`, 1..900.
+            max_staleness: Seconds without hearing from the service after which checks raise `StaleError`, 2..900.
                 The cache asks for a heartbeat every third of it (at least every second).
             wait_ready: Entering waits for every player's snapshot.
             on_state: Called, in the event loop, with each new `CacheState` (connected, resuming, stale, ...).

@@ -70,8 +70,10 @@ class AsyncEntitlementCache(_CacheStream):
         """See `AsyncEntitlementsClient.entitlement_cache`."""
         if isinstance(max_staleness, bool) or not isinstance(max_staleness, int | float):
             raise TypeError(f"max_staleness must be a number of seconds, not {type(max_staleness).__name__}")
-        if not HEARTBEAT_MIN_S <= max_staleness <= 3 * HEARTBEAT_MAX_S:
-            raise ValueError("max_staleness must be 1..900 s (the service sends heartbeats every 1 s to 5 minutes)")
+        # At least twice the shortest heartbeat interval, so that a quiet, healthy stream is never taken as stale
+        # between two heartbeats; at most three times the longest.
+        if not 2 * HEARTBEAT_MIN_S <= max_staleness <= 3 * HEARTBEAT_MAX_S:
+            raise ValueError("max_staleness must be 2..900 s (the service sends heartbeats every 1 s to 5 minutes)")
         initial = check_players("players", players)
         _check_count(len(set(initial)))
         super().__init__(
