@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from entitlements import (
     FollowPolicy,
     InvalidArgumentError,
     NotCachedError,
+    ServerError,
     StaleError,
 )
 from entitlements.v1 import entitlements_pb2 as pb
@@ -392,3 +394,37 @@ async def test_the_blocking_client_has_the_same_cache_on_a_thread() -> None:
             with pytest.raises(CacheClosedError):
                 cache.check("p2", "sword")
             await asyncio.wait_for(stream.ended.wait(), 5)
+
+
+async def test_the_raw_watch_stream_is_one_call_the_caller_drives(harness: Harness) -> None:
+    """watch_entitlements: the first message as asked, the messages as sent, players added and removed while it is
+    open, a failure raised as the client's error, and no reopening."""
+    ids = [f"p{i}" for i in range(10_001)]
+    async with harness.client.watch_entitlements(
+        user_ids=ids, snapshot=True, cursor="c0", heartbeat_interval=timedelta(seconds=2)
+    ) as watch:
+        stream = await harness.script.next_stream()
+        first, second = await stream.request(), await stream.request()
+        assert (first.project_id, first.cursor, len(first.add_user_ids), first.snapshot) == (7, "c0", 10_000, True)
+        assert first.heartbeat_interval.ToTimedelta() == timedelta(seconds=2)
+        assert (list(second.add_user_ids), second.snapshot, second.cursor) == (["p10000"], True, "")
+        stream.send(snapshot("p1", 3), change("p1", "sword", 4, "c4", entitlement("p1", "sword")))
+        assert (await anext(watch)).snapshot.version == 3
+        assert (await anext(watch)).cursor == "c4"
+        await watch.add_players(["q"], snapshot=True)
+        await watch.remove_players(["p1"])
+        added, removed = await stream.request(), await stream.request()
+        assert (list(added.add_user_ids), added.snapshot) == (["q"], True)
+        assert list(removed.remove_user_ids) == ["p1"]
+        stream.fail(grpc.StatusCode.OUT_OF_RANGE)
+        with pytest.raises(ServerError) as raised:
+            await anext(watch)
+        assert raised.value.code is grpc.StatusCode.OUT_OF_RANGE
+        with pytest.raises(StopAsyncIteration):
+            await anext(watch)
+    async with harness.client.watch_entitlements(all_players=True) as watch:
+        stream = await harness.script.next_stream()
+        assert (await stream.request()).all_players
+        await watch.aclose()
+        assert [message async for message in watch] == []
+    assert harness.script.opened == 2

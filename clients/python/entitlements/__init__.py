@@ -17,6 +17,7 @@ from entitlements.client import (
     AsyncEntitlementsClient,
     AsyncOrderFollower,
     AsyncOrderStatusStream,
+    AsyncWatchStream,
     CacheCounters,
     CachedCheck,
     CacheState,
@@ -63,6 +64,7 @@ from entitlements.v1.entitlements_pb2 import (
     RevokeResponse,
     Subscription,
     SubscriptionKind,
+    WatchEntitlementsResponse,
 )
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "AsyncEntitlementsClient",
     "AsyncOrderFollower",
     "AsyncOrderStatusStream",
+    "AsyncWatchStream",
     "AuthenticationError",
     "CacheClosedError",
     "CacheCounters",
@@ -114,4 +117,5 @@ __all__ = [
     "TLSConfig",
     "UnavailableError",
     "UnimplementedError",
+    "WatchEntitlementsResponse",
 ]

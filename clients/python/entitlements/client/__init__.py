@@ -6,6 +6,7 @@ Both build their requests with the same builders (`_requests`), send the same me
 
 from entitlements.client._async import AsyncEntitlementsClient
 from entitlements.client._async_stream import AsyncOrderStatusStream
+from entitlements.client._async_watch import AsyncWatchStream
 from entitlements.client._base import DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_S
 from entitlements.client._cache import AsyncEntitlementCache
 from entitlements.client._cache_blocking import EntitlementCache
@@ -21,6 +22,7 @@ __all__ = [
     "AsyncEntitlementsClient",
     "AsyncOrderFollower",
     "AsyncOrderStatusStream",
+    "AsyncWatchStream",
     "CacheCounters",
     "CacheState",
     "CachedCheck",

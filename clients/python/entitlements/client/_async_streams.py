@@ -8,10 +8,13 @@ from datetime import timedelta
 
 from entitlements import _requests
 from entitlements.client._async_stream import AsyncOrderStatusStream
+from entitlements.client._async_watch import AsyncWatchStream
 from entitlements.client._base import _BaseClient
 from entitlements.client._cache import AsyncEntitlementCache
-from entitlements.client._cache_stream import CacheState
+from entitlements.client._cache_state import MAX_PLAYERS_PER_MESSAGE
+from entitlements.client._cache_stream import CacheState, batches
 from entitlements.client._follow import AsyncOrderFollower, FollowPolicy
+from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 
 
@@ -98,6 +101,51 @@ class _AsyncStreams(_BaseClient):
             return self.get_order_status(order_id, user_id, project_id=project_id, token=token, max_wait=wait)
 
         return AsyncOrderFollower(open_stream, max_wait, policy or FollowPolicy())
+
+    def watch_entitlements(
+        self,
+        *,
+        project_id: int = 0,
+        cursor: str = "",
+        all_players: bool = False,
+        user_ids: Iterable[str] = (),
+        snapshot: bool = False,
+        heartbeat_interval: timedelta | None = None,
+    ) -> AsyncWatchStream:
+        """Opens one raw WatchEntitlements stream: the changes of every player (`all_players`) or of those named,
+        as the service commits them. Most game servers want `entitlement_cache`, which holds the players, resumes
+        and refuses when stale; this is the stream it is built on, for other uses.
+
+        The call starts at once and has no deadline; iterate it with `async for`, close it with `async with` or
+        `aclose()`. It is not reopened when it breaks: reopen with the last `cursor` received (see the proto).
+
+        Args:
+            project_id: The Xsolla project; 0 for the client's `project_id` (see the constructor).
+            cursor: A cursor received earlier: resume right after it. Empty: from now.
+            all_players: Watch every player of the project (then no `user_ids`, no snapshots).
+            user_ids: The first players to watch (more with `add_players`); the first 10,000 go in the first
+                message, the rest right after it.
+            snapshot: Answer with a PlayerSnapshot of each of `user_ids`.
+            heartbeat_interval: How long the stream may stay silent before a heartbeat, 1 s..5 minutes; the
+                service's default (15 s) when None.
+
+        Returns:
+            The stream. Errors about the request (a bad cursor, OUT_OF_RANGE, a key without the read scope) are
+            raised by the first iteration.
+        """
+        ids = list(user_ids)
+        head, rest = ids[:MAX_PLAYERS_PER_MESSAGE], ids[MAX_PLAYERS_PER_MESSAGE:]
+        first = pb.WatchEntitlementsRequest(
+            project_id=self._project(project_id),
+            cursor=cursor,
+            all_players=all_players,
+            add_user_ids=head,
+            snapshot=snapshot and bool(head),
+        )
+        if heartbeat_interval is not None:
+            first.heartbeat_interval.FromTimedelta(heartbeat_interval)
+        call = self._get_stub().WatchEntitlements(metadata=self._metadata)  # type: ignore[call-arg]  # grpc-stubs: the iterator may be left out, then write()
+        return AsyncWatchStream(call, [first, *batches(rest, snapshot=snapshot)])
 
     def entitlement_cache(
         self,
