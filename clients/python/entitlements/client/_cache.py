@@ -110,10 +110,10 @@ class AsyncEntitlementCache(_CacheStream):
         except KeyError:
             self._refuse(user_id)
         answer = items.get(sku, NOT_HELD)
-        expires_at = answer.expires_at
+        expires_at = answer._expires_at
         if expires_at is None or _time() < expires_at:
             return answer
-        return answer.expired  # type: ignore[return-value]  # set whenever expires_at is
+        return answer._expired  # type: ignore[return-value]  # set whenever _expires_at is
 
     def entitlements(self, user_id: str) -> list[pb.Entitlement]:
         """Everything the player holds, in sku order, with `active` as of now (expired items included, inactive).

@@ -13,7 +13,6 @@ import dataclasses
 import sys
 import time
 from collections.abc import Iterable
-from typing import ClassVar
 
 from entitlements.errors import InvalidArgumentError
 from entitlements.v1 import entitlements_pb2 as pb
@@ -43,21 +42,11 @@ class CachedCheck:
 
     active: bool
     entitlement: pb.Entitlement | None
-    # A time-limited item's answers carry its expiry (Unix seconds) and the answer from then on; None otherwise, so
-    # that a check needs a clock reading only for time-limited items.
-    expires_at: ClassVar[float | None] = None
-    expired: ClassVar[CachedCheck | None] = None
-
-
-class _ExpiringCheck(CachedCheck):
-    """The answer for a time-limited item before its expiry, and which answer follows it."""
-
-    __slots__ = ("expired", "expires_at")
-
-    def __init__(self, entitlement: pb.Entitlement, expires_at: float, expired: CachedCheck) -> None:
-        super().__init__(True, entitlement)
-        object.__setattr__(self, "expires_at", expires_at)
-        object.__setattr__(self, "expired", expired)
+    # A time-limited item's answer before its expiry carries the expiry (Unix seconds) and the answer from then on;
+    # None otherwise, so that a check reads the clock for time-limited items only. Slots of the one class (not class
+    # attributes, not a subclass), so that the interpreter's attribute lookup in `check` stays on its fast path.
+    _expires_at: float | None = dataclasses.field(default=None, repr=False, compare=False)
+    _expired: CachedCheck | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 NOT_HELD = CachedCheck(False, None)
@@ -91,7 +80,7 @@ def _item(entitlement: pb.Entitlement) -> CachedCheck:
         active = pb.Entitlement()
         active.CopyFrom(entitlement)
         active.active = True
-        return _ExpiringCheck(active, expires_at, _answer(entitlement, False))
+        return CachedCheck(True, active, expires_at, _answer(entitlement, False))
     return _answer(entitlement, True)
 
 
@@ -209,8 +198,8 @@ class CacheContents:
         result = []
         for sku in sorted(items):
             answer = items[sku]
-            if answer.expired is not None and answer.expires_at is not None and now >= answer.expires_at:
-                answer = answer.expired
+            if answer._expired is not None and answer._expires_at is not None and now >= answer._expires_at:
+                answer = answer._expired
             assert answer.entitlement is not None
             result.append(answer.entitlement)
         return result
