@@ -147,7 +147,7 @@ class AsyncEntitlementCache(_CacheStream):
         if self._closed:
             raise CacheClosedError("the cache is closed")
         if self._failure is not None:
-            raise self._failure.with_traceback(None)
+            raise self._failed()
         player = self._contents.players.get(user_id)
         if player is None:
             raise NotCachedError(f"player {user_id!r} is not in the cache: add it, or ask the service")

@@ -311,7 +311,16 @@ class _CacheStream:
         if self._closed:
             raise CacheClosedError("the cache is closed")
         if self._failure is not None:
-            raise self._failure.with_traceback(None)
+            raise self._failed()
+
+    def _failed(self) -> EntitlementsError:
+        """A new instance of the error that stopped the cache, caused by it: raising the one instance again and again,
+        from several threads, would grow and share its traceback."""
+        failure = self._failure
+        assert failure is not None
+        error = type(failure)(failure.details, code=failure.code)
+        error.__cause__ = failure
+        return error
 
     async def _wait_for(self, predicate: Callable[[], bool], timeout_s: float | None) -> None:
         limit = self._timeout_s if timeout_s is None else timeout_s
