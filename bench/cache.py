@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from bench.report import percentile, simple_table
 from bench.servers import ROOT, Placement, start_service, tail
 from bench.stores import BenchCluster
 from entitlements import AsyncEntitlementsClient
+from entitlements.errors import EntitlementsError
 from entitlements.v1 import entitlements_pb2 as pb
 
 API_KEY_ENV = "BENCH_API_KEY"
@@ -81,7 +83,7 @@ class PropagationResult:
     players: int
     rate_per_s: float
     grants: int
-    grant_errors: int
+    grant_errors: dict[str, int]
     arrivals: int
     missed: int
     p50_ms: float
@@ -288,12 +290,12 @@ async def _grant(target: str, api_key: str, players: int, rate_per_s: float, cou
         async def one(index: int) -> None:
             user_id, sku = f"bench-cache-player-{index % players}", f"granted-{index}"
             sent_at = time.monotonic()
+            outcome = "OK"
             try:
                 await client.grant(user_id, sku, idempotency_key=f"bench-cache-{index}")
-                ok = True
-            except Exception:
-                ok = False
-            results.append([f"{user_id}|{sku}", sent_at, time.monotonic(), ok])
+            except EntitlementsError as exc:
+                outcome = exc.code.name if exc.code is not None else type(exc).__name__
+            results.append([f"{user_id}|{sku}", sent_at, time.monotonic(), outcome])
 
         start = time.monotonic() + 0.2
         tasks = []
@@ -358,7 +360,7 @@ def run_propagation(
                 last = tail(workdir / f"watcher-{index}.log").strip().splitlines()[-1:]
                 raise RuntimeError(f"{exc} ({last[0] if last else 'no log'})") from None
         sent = asyncio.run(_grant(endpoints.target, api_key, players, rate_per_s, count))
-        granted = sum(1 for *_, ok in sent if ok)
+        granted = sum(1 for *_, outcome in sent if outcome == "OK")
         for watcher in watchers:
             watcher.send({"expect": granted, "within_s": drain_s})
         reports = [watcher.receive(drain_s + 60) for watcher in watchers]
@@ -382,7 +384,8 @@ def _summarize(
     players: int,
     rate_per_s: float,
 ) -> PropagationResult:
-    granted = {key: (sent_at, answered_at) for key, sent_at, answered_at, ok in sent if ok}
+    granted = {key: (sent_at, answered_at) for key, sent_at, answered_at, outcome in sent if outcome == "OK"}
+    grant_errors = Counter(outcome for *_, outcome in sent if outcome != "OK")
     latencies: list[float] = []
     from_send: list[float] = []
     missed = 0
@@ -406,7 +409,7 @@ def _summarize(
         players=players,
         rate_per_s=rate_per_s,
         grants=len(sent),
-        grant_errors=len(sent) - len(granted),
+        grant_errors=dict(grant_errors),
         arrivals=len(latencies),
         missed=missed,
         p50_ms=round(percentile(latencies, 0.50), 2),
@@ -496,7 +499,7 @@ def cache_table(result: CacheResult) -> str:
             ),
             (
                 "  missed (grant, cache) pairs; grant errors",
-                f"{propagation.missed}; {propagation.grant_errors}",
+                f"{propagation.missed}; {sum(propagation.grant_errors.values())} {propagation.grant_errors or ''}",
                 "0",
             ),
         ]
