@@ -28,7 +28,7 @@ class ScriptedStream:
         self.ended = asyncio.Event()
         self.metadata: dict[str, str] = {}
 
-    async def request(self, timeout_s: float = 5.0) -> pb.WatchEntitlementsRequest:
+    async def request(self, timeout_s: float = 20.0) -> pb.WatchEntitlementsRequest:
         """The next message the client wrote."""
         async with asyncio.timeout(timeout_s):
             return await self.requests.get()
@@ -53,7 +53,7 @@ class WatchScript:
         self.streams: asyncio.Queue[ScriptedStream] = asyncio.Queue()
         self.opened = 0
 
-    async def next_stream(self, timeout_s: float = 5.0) -> ScriptedStream:
+    async def next_stream(self, timeout_s: float = 20.0) -> ScriptedStream:
         async with asyncio.timeout(timeout_s):
             return await self.streams.get()
 
