@@ -59,7 +59,7 @@ class Harness:
         await cache.start(wait=False)
         stream = await self.script.next_stream()
         await stream.request()
-        stream.send(*snapshots)
+        stream.send(*snapshots, heartbeat("h0"))  # as the service opens a stream: snapshots, then a heartbeat
         await cache.wait_ready()
         return cache, stream
 
@@ -84,6 +84,9 @@ async def test_a_cache_is_filled_by_the_snapshots_it_asks_for(harness: Harness) 
     await asyncio.sleep(0.05)
     assert not entering.done()  # waits for every snapshot
     stream.send(snapshot("p1", 3, entitlement("p1", "sword"), entitlement("p1", "axe")), snapshot("p2", 0))
+    await asyncio.sleep(0.1)
+    assert not entering.done()  # live from the stream's first heartbeat, which follows the opening snapshots
+    stream.send(heartbeat("h0"))
     async with asyncio.timeout(20):
         assert await entering is cache
     try:
@@ -150,7 +153,11 @@ async def test_a_broken_stream_resumes_from_the_last_cursor(harness: Harness) ->
         assert (resumed.cursor, list(resumed.add_user_ids), resumed.snapshot) == ("c1h", ["p1"], False)
         with pytest.raises(StaleError, match="resuming"):
             cache.check("p1", "sword")
-        second.send(change("p1", "sword", 2, "c2", None))
+        second.send(change("p1", "sword", 2, "c2", None))  # caught up before the stream's first heartbeat
+        await eventually(lambda: cache.counters.changes_applied == 2, what="the change caught up")
+        with pytest.raises(StaleError, match="resuming"):
+            cache.check("p1", "sword")
+        second.send(heartbeat("c2"))
         await eventually(lambda: cache.state is CacheState.CONNECTED, what="the resumed stream")
         assert not cache.check("p1", "sword").active
         assert cache.counters.reopenings == 1
@@ -188,8 +195,8 @@ async def test_out_of_range_reads_every_player_again(harness: Harness) -> None:
         second = await harness.script.next_stream()
         again = await second.request()
         assert (again.cursor, sorted(again.add_user_ids), again.snapshot) == ("", ["p1", "p2"], True)
-        second.send(snapshot("p2", 9))
-        await eventually(lambda: "p2" in cache._ready, what="p2's snapshot")
+        second.send(snapshot("p2", 9), heartbeat("h1"))
+        await eventually(lambda: cache.state is CacheState.CONNECTED, what="p2's snapshot and the heartbeat")
         with pytest.raises(StaleError):
             cache.check("p1", "sword")
         assert not cache.check("p2", "sword").active
@@ -374,7 +381,7 @@ async def test_the_blocking_client_has_the_same_cache_on_a_thread() -> None:
             first = await stream.request()
             assert (first.project_id, list(first.add_user_ids), first.snapshot) == (3, ["p1"], True)
             assert stream.metadata["authorization"] == "Bearer k"
-            stream.send(snapshot("p1", 0))
+            stream.send(snapshot("p1", 0), heartbeat("h0"))
             assert await asyncio.wait_for(entering, 20) is cache
             try:
                 assert not cache.check("p1", "sword").active

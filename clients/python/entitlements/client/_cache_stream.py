@@ -99,6 +99,7 @@ class _CacheStream:
         self._closed = False
         self._outbox: asyncio.Queue[pb.WatchEntitlementsRequest] | None = None
         self._silenced = False
+        self._live = False  # the current stream has sent its first heartbeat (see `_receive`)
         self._progress = asyncio.Event()
         self._has_players = asyncio.Event()
 
@@ -178,7 +179,7 @@ class _CacheStream:
         outbox: asyncio.Queue[pb.WatchEntitlementsRequest] = asyncio.Queue()
         for message in self._opening():
             outbox.put_nowait(message)
-        self._outbox, self._silenced = outbox, False
+        self._outbox, self._silenced, self._live = outbox, False, False
         writer = asyncio.get_running_loop().create_task(self._write(call, outbox))
         watchdog = asyncio.get_running_loop().create_task(self._watch_silence(call))
         try:
@@ -253,14 +254,19 @@ class _CacheStream:
             return
 
     def _receive(self, message: pb.WatchEntitlementsResponse) -> None:
-        now = time.monotonic()
-        self._heard_at = now
-        if not self._fresh:
-            self._fresh = True
-            self._wake_guard.set()
-        if self._state is not CacheState.CONNECTED:
-            self._set_state(CacheState.CONNECTED)
+        self._heard_at = time.monotonic()
         event = message.WhichOneof("event")
+        # A new stream is live from its first heartbeat, which the service sends as soon as the opening players'
+        # snapshots are out: what comes before it (snapshots, or on a stream resumed from a cursor the changes it
+        # may be catching up on) does not yet say that the cache holds everything up to now.
+        if event == "heartbeat":
+            self._live = True
+        if self._live:
+            if not self._fresh:
+                self._fresh = True
+                self._wake_guard.set()
+            if self._state is not CacheState.CONNECTED:
+                self._set_state(CacheState.CONNECTED)
         if event == "change":
             if self._contents.apply_change(message.change) == "gap":
                 _log.warning("entitlement cache: player %r skipped a version; reading it again", message.change.user_id)
