@@ -435,3 +435,29 @@ async def test_the_raw_watch_stream_is_one_call_the_caller_drives(harness: Harne
         await watch.aclose()
         assert [message async for message in watch] == []
     assert harness.script.opened == 2
+
+
+async def test_a_player_removed_and_added_back_is_answered_from_the_last_snapshot_asked(harness: Harness) -> None:
+    """Removed and added back while its first snapshot was on the way: the earlier snapshot (answering the first
+    ask, from before the removal) is passed over; the player answers from the one asked last."""
+    cache, stream = await harness.started(["p1"], snapshot("p1", 0))
+    try:
+        await cache.add_players(["p2"])
+        cache.remove_players(["p2"])
+        await cache.add_players(["p2"])
+        asked = [await stream.request() for _ in range(3)]
+        assert [(list(m.add_user_ids), list(m.remove_user_ids)) for m in asked] == [
+            (["p2"], []),
+            ([], ["p2"]),
+            (["p2"], []),
+        ]
+        stream.send(snapshot("p2", 1, entitlement("p2", "gem")), heartbeat("h1"))
+        await eventually(lambda: cache._cursor == "h1", what="the first snapshot")
+        with pytest.raises(NotCachedError):
+            cache.check("p2", "gem")
+        stream.send(snapshot("p2", 2))
+        await eventually(lambda: "p2" in cache._ready, what="the second snapshot")
+        assert not cache.check("p2", "gem").active
+        assert cache.counters.snapshots == 2  # p1's and p2's last
+    finally:
+        await cache.close()

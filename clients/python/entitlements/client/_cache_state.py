@@ -95,7 +95,7 @@ class _Player:
     """One player held by the cache: its version and items, or, while a snapshot is awaited, the changes that
     arrived before it."""
 
-    __slots__ = ("awaiting", "early", "items", "user_id", "version")
+    __slots__ = ("asks", "awaiting", "early", "items", "user_id", "version")
 
     def __init__(self, user_id: str) -> None:
         # The caller's own string: checks pass the same object, which a dictionary matches without comparing text.
@@ -105,6 +105,9 @@ class _Player:
         # "add": never read yet (checks: NotCached); "again": read again after a gap or a lost history (Stale).
         self.awaiting: str | None = "add"
         self.early: list[pb.EntitlementChange] = []
+        # Snapshots asked for on the current stream and not received yet: the service answers each ask in order, so
+        # only the last one is applied (an earlier one may predate a removal and a new add).
+        self.asks = 1
 
 
 class CacheContents:
@@ -118,25 +121,37 @@ class CacheContents:
         self.counters = counters
         self.players: dict[str, _Player] = {}
         self.ready: dict[str, dict[str, CachedCheck]] = {}
+        # Asks still to be answered on the current stream for players removed meanwhile.
+        self.orphans: dict[str, int] = {}
 
     def add(self, user_ids: Iterable[str]) -> list[str]:
         """Holds these players (awaiting their snapshot); returns those not held before."""
         added = []
         for user_id in user_ids:
             if user_id not in self.players:
-                self.players[user_id] = _Player(user_id)
+                player = self.players[user_id] = _Player(user_id)
+                player.asks += self.orphans.pop(user_id, 0)
                 added.append(user_id)
         return added
 
     def remove(self, user_ids: Iterable[str]) -> None:
         """Drops these players at once; a snapshot or change of theirs still in flight is then ignored."""
         for user_id in user_ids:
-            self.players.pop(user_id, None)
+            player = self.players.pop(user_id, None)
             self.ready.pop(user_id, None)
+            if player is not None and player.asks > 0:
+                self.orphans[user_id] = player.asks
 
     def awaiting(self) -> list[str]:
         """The players whose snapshot is awaited."""
         return [user_id for user_id, player in self.players.items() if player.awaiting is not None]
+
+    def new_stream(self) -> None:
+        """A stream is opened: it asks once for the snapshot of each player awaiting one, and whatever the previous
+        stream was asked will never come."""
+        self.orphans.clear()
+        for player in self.players.values():
+            player.asks = 1 if player.awaiting is not None else 0
 
     def read_all_again(self) -> None:
         """The stream's history was lost (no cursor to resume from): every player is read again, and refused by
@@ -151,7 +166,13 @@ class CacheContents:
         """Replaces a player's items with its snapshot, then applies the changes that arrived before it."""
         player = self.players.get(snapshot.user_id)
         if player is None:
+            left = self.orphans.pop(snapshot.user_id, 0) - 1
+            if left > 0:
+                self.orphans[snapshot.user_id] = left
             return
+        player.asks = max(0, player.asks - 1)
+        if player.asks > 0:
+            return  # a later ask is answered after this one: its snapshot is the one to apply
         self.counters.snapshots += 1
         player.items = {_intern(entitlement.sku): _item(entitlement) for entitlement in snapshot.entitlements}
         player.version = snapshot.version
@@ -179,6 +200,7 @@ class CacheContents:
             return None
         if change.version > player.version + 1:
             self.counters.gaps += 1
+            player.asks += 1
             player.awaiting = "again"
             player.early = [change]
             self.ready.pop(player.user_id, None)

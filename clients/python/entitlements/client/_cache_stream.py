@@ -210,6 +210,7 @@ class _CacheStream:
         the players whose snapshot is awaited (with), at most 10,000 per message."""
         if not self._cursor:
             self._contents.read_all_again()
+        self._contents.new_stream()
         awaiting = set(self._contents.awaiting())
         held = [user_id for user_id in self._contents.players if user_id not in awaiting]
         messages = [
