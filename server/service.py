@@ -57,6 +57,14 @@ def entitlement_message(record: EntitlementRecord, now_ms: int) -> pb.Entitlemen
     return message
 
 
+def check_response(record: EntitlementRecord | None, now_ms: int) -> pb.CheckEntitlementResponse:
+    """CheckEntitlement's answer for a stored entitlement (or None: never held, or revoked) at `now_ms`."""
+    if record is None:
+        return pb.CheckEntitlementResponse(active=False)
+    message = entitlement_message(record, now_ms)
+    return pb.CheckEntitlementResponse(active=message.active, entitlement=message)
+
+
 _PERIOD_UNITS = ((86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"))
 
 
@@ -198,11 +206,7 @@ class EntitlementServicer:
     ) -> pb.CheckEntitlementResponse:
         user_id = validation.identifier("user_id", request.user_id)
         sku = validation.identifier("sku", request.sku)
-        record = await self._store.get(project_id, user_id, sku)
-        if record is None:
-            return pb.CheckEntitlementResponse(active=False)
-        message = entitlement_message(record, now_ms())
-        return pb.CheckEntitlementResponse(active=message.active, entitlement=message)
+        return check_response(await self._store.get(project_id, user_id, sku), now_ms())
 
     @rpc("ListEntitlements", "read")
     async def ListEntitlements(
@@ -289,8 +293,10 @@ class EntitlementServicer:
     async def CheckEntitlements(
         self, request: pb.CheckEntitlementsRequest, context: Context, principal: Principal, project_id: int
     ) -> pb.CheckEntitlementsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CheckEntitlements: not served yet")
-        raise AssertionError("unreachable")
+        pairs = validation.check_pairs(request)
+        records = await self._store.get_many(project_id, pairs)
+        now = now_ms()  # one moment for the whole answer: `active` is evaluated once per call
+        return pb.CheckEntitlementsResponse(results=[check_response(record, now) for record in records])
 
     @duplex_rpc("WatchEntitlements", "read")
     async def WatchEntitlements(

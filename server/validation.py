@@ -200,6 +200,36 @@ def revoke_command(request: pb.RevokeRequest, project_id: int) -> RevokeCommand:
     )
 
 
+#: The most (player, sku) pairs one CheckEntitlements call may check.
+MAX_CHECKS = 1000
+
+
+def check_pairs(request: pb.CheckEntitlementsRequest) -> list[tuple[str, str]]:
+    """The (user_id, sku) pairs of a CheckEntitlementsRequest, in its order, every one validated before any is
+    read.
+
+    Raises:
+        InvalidArgument: no pair or more than `MAX_CHECKS` (naming `checks`), or a bad identifier (naming it,
+            `checks[3].sku`).
+    """
+    checks = request.checks
+    if not checks:
+        raise InvalidArgument("checks", "must hold at least one (user_id, sku) pair")
+    if len(checks) > MAX_CHECKS:
+        raise InvalidArgument("checks", f"must hold at most {MAX_CHECKS:,} pairs, not {len(checks):,}")
+    pairs = [(check.user_id, check.sku) for check in checks]
+    # A batch names the same players and skus many times (a lobby, a shop page): each value is checked once.
+    valid: set[str] = set()
+    for index, (user_id, sku) in enumerate(pairs):
+        if user_id not in valid:
+            identifier(f"checks[{index}].user_id", user_id)
+            valid.add(user_id)
+        if sku not in valid:
+            identifier(f"checks[{index}].sku", sku)
+            valid.add(sku)
+    return pairs
+
+
 @dataclass(frozen=True)
 class PageQuery:
     """A validated ListEntitlements request."""

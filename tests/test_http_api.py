@@ -51,7 +51,8 @@ GRPC_KEY = (("authorization", f"Bearer {WRITER_KEY}"),)
 async def test_every_rpc_answers_over_http_what_it_answers_over_grpc(
     service: Service, stub: entitlements_pb2_grpc.EntitlementServiceAsyncStub, http: aiohttp.ClientSession
 ) -> None:
-    """Grant and Revoke over HTTP are the writes gRPC replays with the same key; reads answer the same JSON."""
+    """Grant and Revoke over HTTP are the writes gRPC replays with the same key; reads (the batch check included)
+    answer the same JSON."""
     base = http_base(service)
     grant = {"userId": PLAYER, "sku": "gold", "quantity": "5", "idempotencyKey": "g-1", "metadata": {"match": "7"}}
     granted = await call(http, "POST", base + "/v1/entitlements:grant", WRITER_KEY, json=grant)
@@ -79,6 +80,21 @@ async def test_every_rpc_answers_over_http_what_it_answers_over_grpc(
         over_http = await call(http, "GET", base + path, WRITER_KEY)
         assert over_http.status == 200, (path, over_http.body)
         assert over_http.body == as_json(await rpc(message, metadata=GRPC_KEY)), path
+
+    # The batch check is a POST with the pairs in its body; a bad pair is a 400 naming it, as over gRPC.
+    batch = {"checks": [{"userId": PLAYER, "sku": "gold"}, {"userId": "nobody", "sku": "gold"},
+                        {"user_id": PLAYER, "sku": "a"}, {"userId": PLAYER, "sku": "gold"}]}  # fmt: skip
+    checked = await call(http, "POST", base + "/v1/entitlements:batchCheck", WRITER_KEY, json=batch)
+    assert checked.status == 200, checked.body
+    by_grpc = await stub.CheckEntitlements(
+        json_format.ParseDict(batch, pb.CheckEntitlementsRequest()), metadata=GRPC_KEY
+    )
+    assert checked.body == as_json(by_grpc)
+    assert [r.get("active", False) for r in checked.body["results"]] == [True, False, True, True]
+    bad = {"checks": [{"userId": PLAYER, "sku": "gold"}, {"userId": PLAYER}]}
+    refused = await call(http, "POST", base + "/v1/entitlements:batchCheck", WRITER_KEY, json=bad)
+    assert refused.status == 400, refused.body
+    assert refused.body["message"] == "checks[1].sku: is required"
 
     # A page token from gRPC continues the listing over HTTP, and the other way round.
     first = await stub.ListEntitlements(pb.ListEntitlementsRequest(user_id=PLAYER, page_size=2), metadata=GRPC_KEY)

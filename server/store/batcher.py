@@ -1,5 +1,6 @@
-"""Batching of single-entitlement reads (`ReadBatcher`): under load, reads that arrive while one is in flight
-go together in the next pipeline, so CheckEntitlement's round trips are shared."""
+"""Reads of entitlements that share round trips: `ReadBatcher` for single reads (under load, reads that arrive
+while one is in flight go together in the next pipeline, so CheckEntitlement's round trips are shared), and
+`read_pairs` for a batch of (player, sku) pairs read at once (CheckEntitlements)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from typing import Any
 
 from core.connections import RedisClient
+from core.keys import items_key
 
 
 class ReadBatcher:
@@ -98,3 +100,31 @@ class ReadBatcher:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def read_pairs(redis: RedisClient, project_id: int, pairs: list[tuple[str, str]]) -> list[bytes | str | None]:
+    """The stored values of (user_id, sku) `pairs` in `project_id`, in their order (None: not held).
+
+    One HMGET of the player's items hash per distinct player, naming each of its skus once, all in one pipeline:
+    one round trip on a single server; on a Redis Cluster, redis-py's cluster pipeline sends one per node holding
+    any of the players, concurrently (a player's keys share one slot, so every HMGET goes to one node). Each
+    answer is as of one moment of that player.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed the pipeline or one of its commands.
+    """
+    skus_by_user: dict[str, dict[str, None]] = {}
+    for user_id, sku in pairs:
+        skus = skus_by_user.get(user_id)
+        if skus is None:
+            skus = skus_by_user[user_id] = {}
+        skus[sku] = None
+    pipe = redis.pipeline(transaction=False)
+    for user_id, skus in skus_by_user.items():
+        pipe.hmget(items_key(project_id, user_id), list(skus))
+    replies: list[Any] = await pipe.execute(raise_on_error=True)
+    found: dict[tuple[str, str], bytes | str | None] = {}
+    for (user_id, skus), values in zip(skus_by_user.items(), replies, strict=True):
+        for sku, value in zip(skus, values, strict=True):
+            found[user_id, sku] = value
+    return [found[pair] for pair in pairs]

@@ -37,7 +37,7 @@ from core.keys import UserKeys, items_key
 from core.layout import LayoutGate
 from core.logs import user_ref
 from server.errors import FailedPrecondition
-from server.store.batcher import ReadBatcher
+from server.store.batcher import ReadBatcher, read_pairs
 from server.store.pages import EntitlementPage, SubscriptionPage
 from server.store.records import (
     MAX_CONSUMABLE_TOTAL,
@@ -152,6 +152,15 @@ class EntitlementStore:
         """Returns the stored entitlement of one sku, expired or not, or None."""
         raw = await self._run(self._reads.hget(items_key(project_id, user_id), sku), self_bounded=True)
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
+
+    async def get_many(self, project_id: int, pairs: list[tuple[str, str]]) -> list[EntitlementRecord | None]:
+        """The stored entitlement (or None) of each (user_id, sku) pair, in order, from one pipeline
+        (`server.store.batcher.read_pairs`): one round trip per node holding the players."""
+        raws = await self._run(read_pairs(self._redis, project_id, pairs))
+        return [
+            None if raw is None else EntitlementRecord.decode(u, s, raw)
+            for (u, s), raw in zip(pairs, raws, strict=True)
+        ]
 
     async def list_page(
         self, project_id: int, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
