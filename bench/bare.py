@@ -41,11 +41,13 @@ _ENTITLEMENT = pb.Entitlement(
 )
 CHECK_RESPONSE = pb.CheckEntitlementResponse(active=True, entitlement=_ENTITLEMENT)
 GRANT_RESPONSE = pb.GrantResponse(entitlement=_ENTITLEMENT, replayed=False)
+#: CheckEntitlements' answer to the benchmark's 100 pairs (`bench.dataset.batch_check_request`).
+BATCH_CHECK_RESPONSE = pb.CheckEntitlementsResponse(results=[CHECK_RESPONSE] * 100)
 
 
 class BareServicer(pb_grpc.EntitlementServiceServicer):
-    """Answers CheckEntitlement and Grant with a fixed response and holds GetOrderStatus streams; the other RPCs
-    answer UNIMPLEMENTED."""
+    """Answers CheckEntitlement, CheckEntitlements (100 results) and Grant with a fixed response and holds
+    GetOrderStatus streams; the other RPCs answer UNIMPLEMENTED."""
 
     async def CheckEntitlement(
         self, request: pb.CheckEntitlementRequest, context: Context
@@ -74,7 +76,7 @@ class BareServicer(pb_grpc.EntitlementServiceServicer):
     async def CheckEntitlements(
         self, request: pb.CheckEntitlementsRequest, context: Context
     ) -> pb.CheckEntitlementsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
+        return BATCH_CHECK_RESPONSE
 
     async def WatchEntitlements(
         self, requests: AsyncIterator[pb.WatchEntitlementsRequest], context: Context

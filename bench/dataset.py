@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import grpc
+
 from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
+from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 
 GRANT_SKU = "bench-gold"  # consumable: what CheckEntitlement reads and Grant adds to
 PERMANENT_SKU = "bench-skin"
 TIME_LIMITED_SKU = "bench-pass"
 REPLAY_KEY = "bench-replay"
 POPULATE_CONCURRENCY = 64
+#: The pairs of the CheckEntitlements runs' request.
+BATCH_PAIRS = 100
 
 
 def user_id(number: int) -> str:
@@ -29,6 +34,15 @@ def user_id(number: int) -> str:
 def check_request(number: int = 1) -> pb.CheckEntitlementRequest:
     """CheckEntitlement of player `number`'s consumable (held, active)."""
     return pb.CheckEntitlementRequest(user_id=user_id(number), sku=GRANT_SKU)
+
+
+def batch_check_request(pairs: int = BATCH_PAIRS) -> pb.CheckEntitlementsRequest:
+    """CheckEntitlements of `pairs` pairs: one held item of each of `pairs` players (the three kinds in turn, so
+    that the answers carry every kind's fields), as a lobby's check would be."""
+    skus = (GRANT_SKU, PERMANENT_SKU, TIME_LIMITED_SKU)
+    return pb.CheckEntitlementsRequest(
+        checks=[pb.CheckEntitlementsRequest.Check(user_id=user_id(n), sku=skus[n % 3]) for n in range(pairs)]
+    )
 
 
 def replay_request(number: int = 1) -> pb.GrantRequest:
@@ -68,7 +82,8 @@ async def populate(target: str, api_key: str | None, users: int) -> int:
 
 
 async def sample_calls(target: str, api_key: str | None, *, stateful: bool, calls: int = 20) -> None:
-    """Makes `calls` CheckEntitlement and replayed Grant calls exactly as the load will, checking the answers.
+    """Makes `calls` CheckEntitlement and replayed Grant calls and one CheckEntitlements exactly as the load will,
+    checking the answers.
 
     Args:
         target: `host:port`.
@@ -98,3 +113,9 @@ async def sample_calls(target: str, api_key: str | None, *, stateful: bool, call
             )
             if stateful and number > 0 and not granted.replayed:
                 raise RuntimeError(f"{target}: a Grant with a used idempotency key was applied again")
+        batch = batch_check_request()
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.EntitlementServiceStub(channel)
+            answer = await stub.CheckEntitlements(batch, metadata=(("authorization", f"Bearer {api_key}"),))
+        if len(answer.results) != len(batch.checks) or not all(result.active for result in answer.results):
+            raise RuntimeError(f"{target}: CheckEntitlements did not answer every pair active; was the data written?")

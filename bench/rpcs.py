@@ -230,6 +230,7 @@ class RpcBenchmark:
                 max(2.0, args.duration_s / 2),
                 note="one call at a time: latency without queueing",
             )
+            self._batch_checks()
         grant = f"Grant, {python_load}"
         self.compare(
             grant,
@@ -258,6 +259,26 @@ class RpcBenchmark:
         valkey_pid, server_core, valkey_core = self.endpoints.valkey_pid, self.placement.server, self.placement.valkey
         if valkey_pid is not None and server_core and valkey_core and server_core != valkey_core:
             self._colocated(self.comparisons[0], valkey_pid, check_body, server_core, valkey_core)
+
+    def _batch_checks(self) -> None:
+        """CheckEntitlements of `dataset.BATCH_PAIRS` pairs (players), against the bare server's fixed answer of as
+        many results; prints checks per second and the service's CPU per check."""
+        pairs = dataset.BATCH_PAIRS
+        body = h2load.grpc_frame(dataset.batch_check_request(pairs))
+        scenario = f"CheckEntitlements of {pairs} pairs, {self.load.describe()}"
+        self.compare(
+            scenario,
+            lambda server, duration_s: self.h2load_run(
+                scenario, server, "CheckEntitlements", body, self.load, duration_s
+            ),
+            self.args.duration_s,
+            note=f"QPS in calls: checks/s = {pairs} x QPS; {pairs} players, one held item each",
+        )
+        service = self.comparisons[-1].service
+        _print(
+            f"  CheckEntitlements: {service.qps * pairs:,.0f} checks/s on the server core, "
+            f"{service.cpu_us_per_call / pairs:.1f} µs of service CPU per check"
+        )
 
     def _colocated(
         self,

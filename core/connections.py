@@ -5,7 +5,7 @@ the pool size queues for a connection (within the timeout; on a Cluster, `Blocki
 redis-py's asyncio cluster client does not), and connection errors are retried a few times with
 exponential backoff (redis-py's retry policy object below), all inside the caller's own overall timeout, which
 `bounded` enforces: a call never hangs on a dead Redis. Retrying a write script is safe because each one carries
-its idempotency key (or, for the event log, its event id).
+its idempotency key (or, for the event log, its event id). Commands are packed by hiredis (`HiredisPacking`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
 import redis.asyncio.connection
 import redis.exceptions as redis_errors
@@ -80,13 +81,52 @@ def connect(url: str, *, cluster: bool, timeout_s: float, max_connections: int) 
                 options["startup_nodes"] = [ClusterNode(*seed_address(seed)) for seed in others]
             client = cast("BlockingCluster", BlockingCluster.from_url(first, **options))
             client.limit_calls(max_connections, wait_s=timeout_s)
+            client.pack_with_hiredis()
             return client
         # A blocking pool makes a burst of calls wait for a free connection (within the timeout) instead of
         # failing at once with MaxConnectionsError, as the default pool does when it is exhausted.
         pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, health_check_interval=30, **options)
+        pool.connection_class = hiredis_packed(pool.connection_class)  # no connection is open yet
     except ValueError as exc:  # redis-py's word for a URL it cannot use
         raise ConfigError(f"REDIS_URL is not usable: {exc}") from None
     return aioredis.Redis.from_pool(pool)
+
+
+class HiredisPacking:
+    """Packs commands with hiredis, as redis-py's synchronous client does when hiredis is installed.
+
+    redis-py's asyncio connections pack in Python, joining the growing buffer once per argument: fine for a
+    handful of arguments, quadratic in their number (about 1.4 ms for the 200 arguments of a CheckEntitlements
+    script of 100 pairs on the benchmark machine, where hiredis takes about 0.1 ms), and a few µs on every Grant.
+    The bytes are the same (the client's encoding is redis-py's default, UTF-8); a first argument with spaces
+    ("CLIENT SETNAME") is split as redis-py does, and an argument of a type Redis cannot take (None, a bool) is
+    redis-py's `DataError`.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise redis_errors.DataError(f"Invalid input of type: {exc}") from exc
+
+
+_PACKED: dict[type[Any], type[Any]] = {}
+
+
+def hiredis_packed(connection_class: type[Any]) -> type[Any]:
+    """`connection_class` (a redis-py asyncio connection class) with `HiredisPacking`."""
+    if issubclass(connection_class, HiredisPacking):
+        return connection_class
+    packed = _PACKED.get(connection_class)
+    if packed is None:
+        packed = _PACKED[connection_class] = type(
+            f"HiredisPacked{connection_class.__name__}", (HiredisPacking, connection_class), {}
+        )
+    return packed
 
 
 def seed_address(seed: str) -> tuple[str, int]:
@@ -131,6 +171,16 @@ class BlockingCluster(RedisCluster):
 
     _permits: asyncio.Semaphore | None = None
     _permit_wait_s: float = 1.0
+
+    def pack_with_hiredis(self) -> None:
+        """Makes every connection the client opens pack with hiredis (`HiredisPacking`): the nodes it knows now and
+        those it discovers, which take the client's connection settings. Called before any connection opens."""
+        settings = self.nodes_manager.connection_kwargs
+        settings["connection_class"] = hiredis_packed(
+            settings.get("connection_class", redis.asyncio.connection.Connection)
+        )
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = hiredis_packed(node.connection_class)
 
     def limit_calls(self, permits: int, *, wait_s: float) -> None:
         """At most `permits` calls in flight; a call waits at most `wait_s` for one."""

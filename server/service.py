@@ -13,7 +13,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.clock import now_ms
@@ -26,7 +25,7 @@ from server.duplex import duplex_rpc
 from server.ledger_view import LedgerLine, ledger_page
 from server.metrics import ServiceMetrics
 from server.rpc import STREAM_ACCEPTED, RpcRuntime, announces_acceptance, rpc, stream_rpc
-from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription
+from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription, StoredFields
 from server.tracking import OrderTracking
 
 if TYPE_CHECKING:
@@ -39,30 +38,68 @@ def _timestamp(ms: int) -> Timestamp:
     return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
+def fill_entitlement(message: pb.Entitlement, user_id: str, sku: str, stored: StoredFields, now_ms: int) -> bool:
+    """Sets `message` (empty) to the protobuf form of a stored entitlement, with `active` evaluated at `now_ms`, in
+    place: the read paths fill the response's own sub-messages instead of building and copying new ones.
+
+    Returns:
+        `active`.
+    """
+    kind, quantity, granted_at, updated_at, expires_at, period_ms, _ = stored
+    message.user_id = user_id
+    message.sku = sku
+    message.kind = kind  # type: ignore[assignment]  # stored kinds are the enum's values
+    message.quantity = quantity
+    message.granted_at.seconds, message.granted_at.nanos = granted_at // 1000, granted_at % 1000 * 1_000_000
+    message.updated_at.seconds, message.updated_at.nanos = updated_at // 1000, updated_at % 1000 * 1_000_000
+    if expires_at is not None:
+        message.expires_at.seconds, message.expires_at.nanos = expires_at // 1000, expires_at % 1000 * 1_000_000
+    if period_ms is not None:
+        message.period.seconds, message.period.nanos = period_ms // 1000, period_ms % 1000 * 1_000_000
+    active = quantity > 0 and (expires_at is None or now_ms < expires_at)  # as EntitlementRecord.active
+    message.active = active
+    return active
+
+
+def _stored(record: EntitlementRecord) -> StoredFields:
+    return (
+        record.kind,
+        record.quantity,
+        record.granted_at_ms,
+        record.updated_at_ms,
+        record.expires_at_ms,
+        record.period_ms,
+        record.period_months,
+    )
+
+
 def entitlement_message(record: EntitlementRecord, now_ms: int) -> pb.Entitlement:
     """The protobuf form of a stored entitlement, with `active` evaluated at `now_ms`."""
-    message = pb.Entitlement(
-        user_id=record.user_id,
-        sku=record.sku,
-        kind=record.kind,  # type: ignore[arg-type]  # stored kinds are the enum's values
-        quantity=record.quantity,
-        granted_at=_timestamp(record.granted_at_ms),
-        updated_at=_timestamp(record.updated_at_ms),
-        active=record.active(now_ms),
-    )
-    if record.expires_at_ms is not None:
-        message.expires_at.CopyFrom(_timestamp(record.expires_at_ms))
-    if record.period_ms is not None:
-        message.period.CopyFrom(Duration(seconds=record.period_ms // 1000, nanos=(record.period_ms % 1000) * 10**6))
+    message = pb.Entitlement()
+    fill_entitlement(message, record.user_id, record.sku, _stored(record), now_ms)
     return message
 
 
 def check_response(record: EntitlementRecord | None, now_ms: int) -> pb.CheckEntitlementResponse:
     """CheckEntitlement's answer for a stored entitlement (or None: never held, or revoked) at `now_ms`."""
-    if record is None:
-        return pb.CheckEntitlementResponse(active=False)
-    message = entitlement_message(record, now_ms)
-    return pb.CheckEntitlementResponse(active=message.active, entitlement=message)
+    response = pb.CheckEntitlementResponse()
+    if record is not None:
+        response.active = fill_entitlement(response.entitlement, record.user_id, record.sku, _stored(record), now_ms)
+    return response
+
+
+def check_responses(
+    pairs: list[tuple[str, str]], stored: list[StoredFields | None], now_ms: int
+) -> pb.CheckEntitlementsResponse:
+    """CheckEntitlements' answer: for each (user_id, sku) pair and what is stored of it, in order, what
+    `check_response` answers, built in place."""
+    response = pb.CheckEntitlementsResponse()
+    add = response.results.add
+    for (user_id, sku), fields in zip(pairs, stored, strict=True):
+        result = add()
+        if fields is not None:
+            result.active = fill_entitlement(result.entitlement, user_id, sku, fields, now_ms)
+    return response
 
 
 _PERIOD_UNITS = ((86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"))
@@ -294,9 +331,9 @@ class EntitlementServicer:
         self, request: pb.CheckEntitlementsRequest, context: Context, principal: Principal, project_id: int
     ) -> pb.CheckEntitlementsResponse:
         pairs = validation.check_pairs(request)
-        records = await self._store.get_many(project_id, pairs)
+        stored = await self._store.get_many(project_id, pairs)
         now = now_ms()  # one moment for the whole answer: `active` is evaluated once per call
-        return pb.CheckEntitlementsResponse(results=[check_response(record, now) for record in records])
+        return check_responses(pairs, stored, now)
 
     @duplex_rpc("WatchEntitlements", "read")
     async def WatchEntitlements(

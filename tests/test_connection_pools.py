@@ -1,17 +1,21 @@
 """A burst beyond the Redis pool waits for a connection instead of failing, on a single server and on a cluster; a
-call that cannot get one within the Redis timeout is a retryable StoreUnavailable / UNAVAILABLE."""
+call that cannot get one within the Redis timeout is a retryable StoreUnavailable / UNAVAILABLE. Every connection
+packs its commands with hiredis."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import redis.asyncio.connection
 import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
-from core.connections import BlockingCluster, RedisClient, bounded, cluster_primaries, connect
+from core.connections import BlockingCluster, HiredisPacking, RedisClient, bounded, cluster_primaries, connect
 from core.errors import StoreUnavailable
 from entitlements import AsyncEntitlementsClient
 from tests.helpers.services import ClientFactory, ServiceFactory
@@ -118,3 +122,39 @@ async def test_a_service_with_a_small_pool_serves_a_burst_of_grants(
     failures = [a for a in answers if isinstance(a, grpc.aio.AioRpcError | Exception)]
     assert failures == []
     assert [await quantity(client, f"player-{i}") for i in range(20)] == [10] * 20
+
+
+async def test_commands_are_packed_by_hiredis_as_redis_py_packs_them(redis_server: StoreUnderTest) -> None:
+    """Every connection of the service's client packs with hiredis, the same bytes redis-py's own packing makes, and
+    refuses what redis-py refuses; commands, pipelines and scripts work through it."""
+    client = connect(redis_server.url, cluster=redis_server.cluster, timeout_s=2.0, max_connections=4)
+    try:
+        key = "packed:{x}"
+        await client.set(key, "ünï 1")
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(f"{key}:h", mapping={"a": 1, "b": 2.5})
+        pipe.hmget(f"{key}:h", ["a", "b", "c"])
+        assert (await pipe.execute())[1] == [b"1", b"2.5", None]
+        script = client.register_script("return redis.call('GET', KEYS[1])")
+        assert await script(keys=[key]) == "ünï 1".encode()
+        connections: list[Any]
+        if isinstance(client, RedisCluster):
+            connections = [c for node in client.get_nodes() for c in node._connections]
+        else:
+            connections = list(client.connection_pool._available_connections)
+        assert connections
+        assert all(isinstance(connection, HiredisPacking) for connection in connections)
+        packed, plain = connections[0], redis.asyncio.connection.Connection()
+        for command in [
+            ("SET", "k", "v"),
+            ("EVALSHA", "a" * 40, 2, "k1", "k2", 1.5, -3, 10**14 - 1, "ünï"),
+            (b"HGET", b"k", memoryview(b"f")),
+            ("CLIENT SETNAME", "name"),
+            ("HMGET", "k", *(f"sku-{n}" for n in range(300))),
+        ]:
+            assert b"".join(packed.pack_command(*command)) == b"".join(plain.pack_command(*command)), command[0]
+        for bad in (None, True):
+            with pytest.raises(redis_errors.DataError):
+                packed.pack_command("SET", "k", bad)
+    finally:
+        await client.aclose()

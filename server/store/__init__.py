@@ -28,6 +28,7 @@ from server.store.records import (
     OrderOutcome,
     RevokeCommand,
     RevokeResult,
+    StoredFields,
     compact_json,
 )
 from server.store.subscriptions import RecurringSubscription, SubscriptionChange, SubscriptionOutcome
@@ -53,6 +54,7 @@ __all__ = [
     "RevokeResult",
     "ScriptCall",
     "ScriptWriter",
+    "StoredFields",
     "SubscriptionChange",
     "SubscriptionOutcome",
     "SubscriptionPage",

@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
 from core.connections import RedisClient
 from core.keys import items_key
 
@@ -102,16 +106,22 @@ class ReadBatcher:
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
-async def read_pairs(redis: RedisClient, project_id: int, pairs: list[tuple[str, str]]) -> list[bytes | str | None]:
+async def read_pairs(
+    redis: RedisClient, script: AsyncScript, project_id: int, pairs: list[tuple[str, str]]
+) -> list[bytes | str | None]:
     """The stored values of (user_id, sku) `pairs` in `project_id`, in their order (None: not held).
 
-    One HMGET of the player's items hash per distinct player, naming each of its skus once, all in one pipeline:
-    one round trip on a single server; on a Redis Cluster, redis-py's cluster pipeline sends one per node holding
-    any of the players, concurrently (a player's keys share one slot, so every HMGET goes to one node). Each
-    answer is as of one moment of that player.
+    One HMGET of the player's items hash per distinct player, naming each of its skus once. On a single server,
+    all of them run in one command: `script` (`server/lua/check_pairs.lua`), one round trip whose reply hiredis
+    parses at once (a pipeline of HMGETs costs redis-py tens of µs per command). On a Redis Cluster the players'
+    keys live in many slots, which one script may not touch: the HMGETs go in one pipeline, which redis-py's cluster
+    client sends as one round trip per node holding any of the players, concurrently. Either way each answer is as
+    of one moment of that player.
+
+    The skus must be identifiers (`core.limits`: no control character), as validated requests' are.
 
     Raises:
-        redis.exceptions.RedisError: Redis failed the pipeline or one of its commands.
+        redis.exceptions.RedisError: Redis failed the read or one of its commands.
     """
     skus_by_user: dict[str, dict[str, None]] = {}
     for user_id, sku in pairs:
@@ -119,12 +129,20 @@ async def read_pairs(redis: RedisClient, project_id: int, pairs: list[tuple[str,
         if skus is None:
             skus = skus_by_user[user_id] = {}
         skus[sku] = None
-    pipe = redis.pipeline(transaction=False)
-    for user_id, skus in skus_by_user.items():
-        pipe.hmget(items_key(project_id, user_id), list(skus))
-    replies: list[Any] = await pipe.execute(raise_on_error=True)
+    if isinstance(redis, RedisCluster):
+        pipe = redis.pipeline(transaction=False)
+        for user_id, skus in skus_by_user.items():
+            pipe.hmget(items_key(project_id, user_id), list(skus))
+        values: list[Any] = [value for reply in await pipe.execute(raise_on_error=True) for value in reply]
+    else:
+        keys = [items_key(project_id, user_id) for user_id in skus_by_user]
+        values = await script(keys=keys, args=["\n".join(skus) for skus in skus_by_user.values()])
     found: dict[tuple[str, str], bytes | str | None] = {}
-    for (user_id, skus), values in zip(skus_by_user.items(), replies, strict=True):
-        for sku, value in zip(skus, values, strict=True):
-            found[user_id, sku] = value
+    position = 0
+    for user_id, skus in skus_by_user.items():
+        for sku in skus:
+            found[user_id, sku] = values[position]
+            position += 1
+    if position != len(values):
+        raise redis_errors.ResponseError(f"check_pairs answered {len(values)} values for {position} pairs")
     return [found[pair] for pair in pairs]

@@ -50,7 +50,9 @@ from server.store.records import (
     OrderOutcome,
     RevokeCommand,
     RevokeResult,
+    StoredFields,
     compact_json,
+    stored_fields,
 )
 from server.store.replies import script_error, split_reply
 from server.store.subscriptions import SubscriptionChange, SubscriptionOutcome
@@ -102,6 +104,7 @@ class EntitlementStore:
         self._list_page: AsyncScript = self._script("kinds.lua", "index.lua", "list_page.lua")
         self._list_subscriptions: AsyncScript = self._script("kinds.lua", "index.lua", "list_subscriptions.lua")
         self._event_ledger: AsyncScript = self._script("kinds.lua", "event_ledger.lua")
+        self._check_pairs: AsyncScript = self._script("check_pairs.lua")
         self._reads = ReadBatcher(redis, timeout_s)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
@@ -153,14 +156,12 @@ class EntitlementStore:
         raw = await self._run(self._reads.hget(items_key(project_id, user_id), sku), self_bounded=True)
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
 
-    async def get_many(self, project_id: int, pairs: list[tuple[str, str]]) -> list[EntitlementRecord | None]:
-        """The stored entitlement (or None) of each (user_id, sku) pair, in order, from one pipeline
-        (`server.store.batcher.read_pairs`): one round trip per node holding the players."""
-        raws = await self._run(read_pairs(self._redis, project_id, pairs))
-        return [
-            None if raw is None else EntitlementRecord.decode(u, s, raw)
-            for (u, s), raw in zip(pairs, raws, strict=True)
-        ]
+    async def get_many(self, project_id: int, pairs: list[tuple[str, str]]) -> list[StoredFields | None]:
+        """What is stored (or None) of each (user_id, sku) pair, in order, from one round trip per node holding the
+        players (`server.store.batcher.read_pairs`); a pair that repeats is decoded once."""
+        raws = await self._run(read_pairs(self._redis, self._check_pairs, project_id, pairs))
+        decoded = {pair: None if raw is None else stored_fields(raw) for pair, raw in zip(pairs, raws, strict=True)}
+        return [decoded[pair] for pair in pairs]
 
     async def list_page(
         self, project_id: int, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
