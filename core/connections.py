@@ -317,11 +317,17 @@ async def bounded(
             command), for the caller to translate.
     """
     try:
-        with torn_connections_raised_as_connection_errors():
+        # `torn_connections_raised_as_connection_errors`, inline: a generator-based context manager costs a few µs,
+        # and every store call comes through here.
+        try:
             if self_bounded:
                 return await operation
             async with asyncio.timeout(timeout_s):
                 return await operation
+        except (AttributeError, TypeError) as exc:
+            if not torn_connection(exc):
+                raise
+            raise redis_errors.ConnectionError(f"connection closed while in use ({type(exc).__name__}: {exc})") from exc
     except TimeoutError as exc:
         raise StoreUnavailable(f"Redis did not answer within {timeout_s:g} s") from exc
     except redis_errors.ResponseError as exc:

@@ -13,6 +13,7 @@ for correlating lines.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sys
@@ -116,6 +117,8 @@ class _CallerHttpErrors(logging.Filter):
         return True
 
 
+@functools.lru_cache(maxsize=65_536)
 def user_ref(user_id: str) -> str:
-    """A short, stable, non-reversible reference to a player id for log lines."""
+    """A short, stable, non-reversible reference to a player id for log lines (remembered for the players seen
+    most recently: every RPC's log line names its player, and a game's players call again and again)."""
     return hashlib.sha256(b"user:" + user_id.encode()).hexdigest()[:16]

@@ -13,6 +13,7 @@ from redis.commands.core import AsyncScript
 
 from core.connections import RedisClient
 from core.keys import items_key
+from server.store.records import StoredFields, stored_fields
 
 
 class ReadBatcher:
@@ -108,15 +109,16 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 
 async def read_pairs(
     redis: RedisClient, script: AsyncScript, project_id: int, pairs: list[tuple[str, str]]
-) -> list[bytes | str | None]:
-    """The stored values of (user_id, sku) `pairs` in `project_id`, in their order (None: not held).
+) -> list[StoredFields | None]:
+    """What is stored of each (user_id, sku) pair in `project_id`, in their order (None: not held).
 
     One HMGET of the player's items hash per distinct player, naming each of its skus once. On a single server,
-    all of them run in one command: `script` (`server/lua/check_pairs.lua`), one round trip whose reply hiredis
-    parses at once (a pipeline of HMGETs costs redis-py tens of µs per command). On a Redis Cluster the players'
-    keys live in many slots, which one script may not touch: the HMGETs go in one pipeline, which redis-py's cluster
-    client sends as one round trip per node holding any of the players, concurrently. Either way each answer is as
-    of one moment of that player.
+    all of them run in one command: `script` (`server/lua/check_pairs.lua`), one round trip whose reply, the
+    records' fields as integers, hiredis parses at once (a pipeline of HMGETs costs redis-py tens of µs per
+    command, and parsing the records' JSON here about as much again). On a Redis Cluster the players' keys live in
+    many slots, which one script may not touch: the HMGETs go in one pipeline, which redis-py's cluster client sends
+    as one round trip per node holding any of the players, concurrently. Either way each answer is as of one moment
+    of that player; a pair that repeats is decoded once.
 
     The skus must be identifiers (`core.limits`: no control character), as validated requests' are.
 
@@ -129,15 +131,18 @@ async def read_pairs(
         if skus is None:
             skus = skus_by_user[user_id] = {}
         skus[sku] = None
+    values: list[Any]
     if isinstance(redis, RedisCluster):
         pipe = redis.pipeline(transaction=False)
         for user_id, skus in skus_by_user.items():
             pipe.hmget(items_key(project_id, user_id), list(skus))
-        values: list[Any] = [value for reply in await pipe.execute(raise_on_error=True) for value in reply]
+        replies = await pipe.execute(raise_on_error=True)
+        values = [None if raw is None else stored_fields(raw) for reply in replies for raw in reply]
     else:
         keys = [items_key(project_id, user_id) for user_id in skus_by_user]
-        values = await script(keys=keys, args=["\n".join(skus) for skus in skus_by_user.values()])
-    found: dict[tuple[str, str], bytes | str | None] = {}
+        reply = await script(keys=keys, args=["\n".join(skus) for skus in skus_by_user.values()])
+        values = [None if fields is None else tuple(fields) for fields in reply]
+    found: dict[tuple[str, str], StoredFields | None] = {}
     position = 0
     for user_id, skus in skus_by_user.items():
         for sku in skus:

@@ -52,7 +52,6 @@ from server.store.records import (
     RevokeResult,
     StoredFields,
     compact_json,
-    stored_fields,
 )
 from server.store.replies import script_error, split_reply
 from server.store.subscriptions import SubscriptionChange, SubscriptionOutcome
@@ -158,10 +157,8 @@ class EntitlementStore:
 
     async def get_many(self, project_id: int, pairs: list[tuple[str, str]]) -> list[StoredFields | None]:
         """What is stored (or None) of each (user_id, sku) pair, in order, from one round trip per node holding the
-        players (`server.store.batcher.read_pairs`); a pair that repeats is decoded once."""
-        raws = await self._run(read_pairs(self._redis, self._check_pairs, project_id, pairs))
-        decoded = {pair: None if raw is None else stored_fields(raw) for pair, raw in zip(pairs, raws, strict=True)}
-        return [decoded[pair] for pair in pairs]
+        players (`server.store.batcher.read_pairs`)."""
+        return await self._run(read_pairs(self._redis, self._check_pairs, project_id, pairs))
 
     async def list_page(
         self, project_id: int, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
