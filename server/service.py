@@ -224,11 +224,10 @@ class EntitlementServicer:
             command = validation.with_catalog_period(command, item)
         result = await self._store.grant(command, principal.name)
         self._grants[result.replayed].inc()
-        return pb.GrantResponse(
-            entitlement=entitlement_message(result.entitlement, now_ms()),
-            replayed=result.replayed,
-            project_id=project_id,
-        )
+        response = pb.GrantResponse(replayed=result.replayed, project_id=project_id)
+        record = result.entitlement
+        fill_entitlement(response.entitlement, record.user_id, record.sku, _stored(record), now_ms())
+        return response
 
     @rpc("Revoke", "write")
     async def Revoke(
@@ -242,7 +241,8 @@ class EntitlementServicer:
             revoked=result.previous is not None, replayed=result.replayed, project_id=project_id
         )
         if result.previous is not None:
-            response.previous.CopyFrom(entitlement_message(result.previous, now_ms()))
+            previous = result.previous
+            fill_entitlement(response.previous, previous.user_id, previous.sku, _stored(previous), now_ms())
         return response
 
     @rpc("CheckEntitlement", "read")

@@ -1,4 +1,5 @@
-"""The store's read path: batched under load, correct per caller, never wedged by a stuck Redis."""
+"""The store's read path: batched under load (pipelined on one connection on a single server), correct per caller,
+never wedged by a stuck Redis or a killed connection."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
-from server.store import EntitlementStore, GrantCommand
+from server.store import EntitlementRecord, EntitlementStore, GrantCommand
 from tests.helpers.services import PROJECT
 
 
@@ -62,3 +63,24 @@ async def test_stuck_redis_fails_every_queued_read_then_recovers(
     assert all(isinstance(r, StoreUnavailable) for r in results)
     records = await asyncio.gather(*(store.get(PROJECT, "p", "gold") for _ in range(20)))
     assert {r.quantity for r in records if r} == {3}
+
+
+async def test_single_reads_are_pipelined_on_one_connection_that_recovers_when_killed(
+    store: EntitlementStore, redis_client: aioredis.Redis, embedded_server: EmbeddedRedis
+) -> None:
+    """On a single server, reads go out pipelined on one connection of their own; when Redis kills it, the reads
+    waiting on it fail as StoreUnavailable and the next read opens another."""
+    await store.grant(GrantCommand(PROJECT, "p", "gold", 0, 4, 0, "k"), "test")
+    assert {r.quantity for r in await asyncio.gather(*(store.get(PROJECT, "p", "gold") for _ in range(50))) if r} == {4}
+    readers = [line for line in (await redis_client.client_list()) if line["cmd"] == "hget"]
+    assert len(readers) == 1, readers
+    pending = [asyncio.ensure_future(store.get(PROJECT, "p", "gold")) for _ in range(20)]
+    await redis_client.client_kill_filter(_id=readers[0]["id"])
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(
+        isinstance(o, StoreUnavailable) or (isinstance(o, EntitlementRecord) and o.quantity == 4) for o in outcomes
+    ), outcomes
+    assert (await store.get(PROJECT, "p", "gold")) is not None
+    after = [line for line in (await redis_client.client_list()) if line["cmd"] == "hget"]
+    assert len(after) == 1
+    assert after[0]["id"] != readers[0]["id"]

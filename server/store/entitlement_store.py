@@ -37,8 +37,9 @@ from core.keys import UserKeys, items_key
 from core.layout import LayoutGate
 from core.logs import user_ref
 from server.errors import FailedPrecondition
-from server.store.batcher import ReadBatcher, read_pairs
+from server.store.batcher import read_pairs
 from server.store.pages import EntitlementPage, SubscriptionPage
+from server.store.pipelined import single_reads
 from server.store.records import (
     MAX_CONSUMABLE_TOTAL,
     MAX_EXPIRES_AT_MS,
@@ -104,7 +105,7 @@ class EntitlementStore:
         self._list_subscriptions: AsyncScript = self._script("kinds.lua", "index.lua", "list_subscriptions.lua")
         self._event_ledger: AsyncScript = self._script("kinds.lua", "event_ledger.lua")
         self._check_pairs: AsyncScript = self._script("check_pairs.lua")
-        self._reads = ReadBatcher(redis, timeout_s)
+        self._reads = single_reads(redis, timeout_s)
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
         """Applies a grant atomically, or replays the result stored under its idempotency key.
