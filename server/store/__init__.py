@@ -7,8 +7,8 @@ records, in Redis.
 - `pages`: what the listings return, one page of entitlements or subscriptions read through the player's indexes.
 - `replies`: the write scripts' flagged replies, and their error replies translated to `server.errors`.
 - `pipelined`: single-entitlement reads pipelined on one connection of their own (a single server).
-- `batcher`: single-entitlement reads sharing round trips under load (a cluster), and batches of (player, sku) pairs read in
-  one pipeline (CheckEntitlements).
+- `batcher`: single-entitlement reads sharing round trips under load (a cluster), and batches of (player, sku) pairs
+  read at once (CheckEntitlements).
 - `writes`: running write scripts with their durability wait, one at a time or a batch per node.
 """
 
