@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -30,10 +31,18 @@ WRITER = bearer(WRITER_KEY)
 
 
 def bad_utf8(method: str) -> bytes:
-    """`method`'s request with its first string field set to bytes that are not UTF-8."""
-    request = SERVICE.methods_by_name[method].input_type
-    number = next(f.number for f in request.fields if f.type == f.TYPE_STRING and not f.is_repeated)
-    return bytes([number << 3 | 2, 2, 0xFF, 0xFE])
+    """`method`'s request with its first string field set to bytes that are not UTF-8 (for a request with no string
+    field of its own, CheckEntitlements', the first string field of its first message field)."""
+    return _bad_utf8(SERVICE.methods_by_name[method].input_type)
+
+
+def _bad_utf8(message: Any) -> bytes:
+    string = next((f for f in message.fields if f.type == f.TYPE_STRING and not f.is_repeated), None)
+    if string is not None:
+        return bytes([string.number << 3 | 2, 2, 0xFF, 0xFE])
+    nested = next(f for f in message.fields if f.type == f.TYPE_MESSAGE)
+    inner = _bad_utf8(nested.message_type)
+    return bytes([nested.number << 3 | 2, len(inner)]) + inner
 
 
 UNDECODABLE: dict[str, Callable[[str], bytes]] = {

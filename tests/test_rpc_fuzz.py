@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -59,6 +59,7 @@ DOCUMENTED = {
     "Grant": ALWAYS | {StatusCode.ALREADY_EXISTS, StatusCode.FAILED_PRECONDITION},
     "Revoke": ALWAYS | {StatusCode.ALREADY_EXISTS},
     "CheckEntitlement": ALWAYS,
+    "CheckEntitlements": ALWAYS,
     "ListEntitlements": ALWAYS,
     "ListSubscriptions": ALWAYS,
     "ListLedger": ALWAYS,
@@ -242,6 +243,13 @@ page_tokens = st.one_of(
 )
 
 
+def _nested(
+    descriptor: Descriptor, value: Callable[[FieldDescriptor], st.SearchStrategy[Any]]
+) -> st.SearchStrategy[Message]:
+    """A message of a request's own message field (not a Duration), each of its fields drawn by `value`."""
+    return st.builds(GetMessageClass(descriptor), **{field.name: value(field) for field in descriptor.fields})
+
+
 def _hostile(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     """Any value of the field's type, favouring the edges."""
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -249,7 +257,9 @@ def _hostile(field: FieldDescriptor) -> st.SearchStrategy[Any]:
             st.dictionaries(texts, texts, max_size=4),
             st.dictionaries(st.text(characters, max_size=80), st.text(characters, max_size=1100), max_size=40),
         )
-    if field.message_type is not None:  # google.protobuf.Duration, the only message field of a request
+    if field.message_type is not None and field.message_type.full_name != Duration.DESCRIPTOR.full_name:
+        return _nested(field.message_type, _hostile)  # CheckEntitlementsRequest.Check
+    if field.message_type is not None:
         return durations
     by_type: dict[int, st.SearchStrategy[Any]] = {
         FieldDescriptor.TYPE_STRING: texts,
@@ -271,6 +281,8 @@ def _plausible(field: FieldDescriptor, order_ids: list[str]) -> st.SearchStrateg
         return st.sampled_from([0, PROJECT, OTHER_PROJECT])
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         return st.dictionaries(st.sampled_from(COMMON[:3]), st.sampled_from(COMMON), max_size=2)
+    if field.message_type is not None and field.message_type.full_name != Duration.DESCRIPTOR.full_name:
+        return _nested(field.message_type, lambda inner: _plausible(inner, order_ids))
     if field.message_type is not None:
         return st.sampled_from([Duration(nanos=20_000_000), Duration(seconds=60), Duration(seconds=DAY)])
     by_type: dict[int, st.SearchStrategy[Any]] = {
