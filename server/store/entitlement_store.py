@@ -6,11 +6,11 @@ an update, and a replayed key never applies twice. Every method takes the projec
 two projects is two players. All of one player's keys in a project share a hash tag (`core.keys`), so the same
 scripts run unchanged on Redis Cluster.
 
-Reads of single entitlements share round trips under load: while one is in flight, the next ones queue and go
-together in one pipeline (`server.store.batcher`). Listings read one page through the player's indexes
-(`server/lua/index.lua`, kept by every write script), one script per page, so that their work is bounded by the
-page, not by the player's history; a player written before the indexes existed is indexed on its first listing,
-in bounded steps (`build_index`).
+Single reads are pipelined on one connection (`server.store.pipelined`; on a cluster they share round trips,
+`server.store.batcher`), CheckEntitlements' pairs are read at once (`read_pairs`). Listings read one page through
+the player's indexes (`server/lua/index.lua`, kept by every write script), one script per page, so that their work
+is bounded by the page, not by the player's history; a player written before the indexes existed is indexed on its
+first listing, in bounded steps (`build_index`).
 
 Every write counts only once it is durable as `ENTITLEMENTS_WRITE_DURABILITY` decided (`server.durability`): the
 script and the WAIT/WAITAOF after it go on one connection to the player's node, in one round trip
@@ -38,7 +38,7 @@ from core.layout import LayoutGate
 from core.logs import user_ref
 from server.errors import FailedPrecondition
 from server.store.batcher import read_pairs
-from server.store.pages import EntitlementPage, SubscriptionPage
+from server.store.pages import EntitlementPage, SubscriptionPage, lex_after
 from server.store.pipelined import single_reads
 from server.store.records import (
     MAX_CONSUMABLE_TOTAL,
@@ -157,8 +157,7 @@ class EntitlementStore:
         return None if raw is None else EntitlementRecord.decode(user_id, sku, raw)
 
     async def get_many(self, project_id: int, pairs: list[tuple[str, str]]) -> list[StoredFields | None]:
-        """What is stored (or None) of each (user_id, sku) pair, in order, from one round trip per node holding the
-        players (`server.store.batcher.read_pairs`)."""
+        """What is stored (or None) of each (user_id, sku) pair, in order (`server.store.batcher.read_pairs`)."""
         return await self._run(read_pairs(self._redis, self._check_pairs, project_id, pairs))
 
     async def list_page(
@@ -174,7 +173,7 @@ class EntitlementStore:
             StoreUnavailable: Redis did not answer in time.
         """
         keys = UserKeys(project_id, user_id)
-        args = ["all" if include_expired else "live", _lex_after(after_sku), page_size, EXPIRED_BUDGET]
+        args = ["all" if include_expired else "live", lex_after(after_sku), page_size, EXPIRED_BUDGET]
         reply = await self._read_indexed(project_id, user_id, lambda: self._list_page(keys=keys.indexes, args=args))
         return EntitlementPage.from_reply(user_id, reply)
 
@@ -449,7 +448,3 @@ class EntitlementStore:
             return await bounded(operation, self._timeout_s, self_bounded=self_bounded)
         except redis_errors.ResponseError as exc:
             raise script_error(exc) from exc
-
-
-def _lex_after(sku: str | None) -> bytes:
-    return b"-" if sku is None else b"(" + sku.encode()

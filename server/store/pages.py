@@ -68,3 +68,8 @@ class SubscriptionPage:
             if raw is not None
         ]
         return cls(recurring, timed, recurring_total + timed_total)
+
+
+def lex_after(sku: str | None) -> bytes:
+    """The `ZRANGEBYLEX` bound of the skus after `sku` (exclusive), or of all of them when None."""
+    return b"-" if sku is None else b"(" + sku.encode()
