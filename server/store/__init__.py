@@ -8,6 +8,8 @@ records, in Redis.
 - `replies`: the write scripts' flagged replies, and their error replies translated to `server.errors`.
 - `batcher`: single-entitlement reads sharing round trips under load.
 - `writes`: running write scripts with their durability wait, one at a time or a batch per node.
+- `feed_writes`: the change feed around the writes (`server.feed`): the player's partition or intent before, the
+  changes to the relay after.
 """
 
 from server.store.entitlement_store import EntitlementStore
