@@ -1,6 +1,6 @@
 """The relay: committed changes to the project's change feed (`core.feed`), exactly once, in each player's order.
 
-On a single server the write scripts append their changes to the feed themselves (`server.store.writes`); the relay
+On a single server the write scripts append their changes to the feed themselves (`server.store.feed_writes`); the relay
 only gets the changes that could not go there yet, behind a gap. On a cluster every write that may change a
 player's entitlements goes with an intent (`Intent`): a member of its feed partition's `pending` set, recorded in a
 round trip of its own just before the write (the partition's slot is elsewhere). Once the write has answered, the
@@ -187,7 +187,7 @@ class FeedRelay:
         return Intent(project_id, user_id, keys, f"{self._prefix}{self._intents & 0xFFFFFFFF:08x}:{user_id}")
 
     def appended_by_writes(self, count: int) -> None:
-        """Counts changes a write script appended to the feed itself (a single server: `server.store.writes`)."""
+        """Counts changes a write script appended to the feed itself (a single server: `server.store.feed_writes`)."""
         self._metrics.appended.inc(count)
 
     def submit(self, writes: Iterable[tuple[Intent, Sequence[FeedEntry]]]) -> None:
