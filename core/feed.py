@@ -57,14 +57,19 @@ class FeedKeys:
         self.stream = f"{base}:changes"
         #: hash user id -> the last version relayed to `stream` (a change at or below it is not added again)
         self.relayed = f"{base}:relayed"
-        #: sorted set: players whose writes may not have reached the feed yet, scored by when (ms); the relay's repair
-        #: reads it (`server.feed`)
+        #: sorted set: players whose writes may not have reached the feed yet, one member per write
+        #: (`<16 hex digits>:<user id>`), scored by when (ms); the relay's repair reads it (`server.feed`)
         self.pending = f"{base}:pending"
 
 
 def feed_keys(project_id: int) -> list[FeedKeys]:
     """Every partition of a project's feed, in partition order."""
     return [FeedKeys(project_id, partition) for partition in range(FEED_PARTITIONS)]
+
+
+#: Set: the projects whose feed has been written (a relay adds a project before its first write's intent), so that
+#: the repair of every replica looks at their partitions, listed in the settings or not.
+FEED_PROJECTS_KEY = f"{PREFIX}:feed-projects"
 
 
 def feed_id_key(project_id: int) -> str:

@@ -10,11 +10,13 @@ store written with another layout is refused), the metrics endpoint, the catalog
 tracker's reconciliation (`server.reconcile.tracked`, unless turned off), order tracking (its Redis subscription),
 the gRPC server (EntitlementService, health, reflection: `server.grpc_api`), the HTTP/JSON API that calls it through
 a private socket (`server.http_api`, unless turned off), the sweeper (`server.reconcile.sweeper`, unless turned
-off), the support console (`server.console`, unless turned off), then the webhook event consumer. Stop order is the
+off), the support console (`server.console`, unless turned off), then the webhook event consumer; the change feed's
+relay and repair (`server.feed`) with the store. Stop order is the
 reverse, gracefully: the console stops taking requests, the sweeper stops (its progress is saved after every page;
 its lease is released), the consumer stops reading and finishes the batch it is applying, GetOrderStatus streams end
 with UNAVAILABLE (their clients reopen them on another replica), health goes NOT_SERVING, the HTTP API and the gRPC
-server stop taking requests and let in-flight ones finish within the grace period, pending reconciliations are
+server stop taking requests and let in-flight ones finish within the grace period, the feed's relay relays what is
+queued (within the grace period; its repair stops), pending reconciliations are
 dropped (the sweeper is the backstop), order tracking closes its sockets and subscription, the catalogs stop their
 reads, then Redis closes.
 The embedded Redis runs under a supervisor (`server.supervisor`) that restarts it whenever it dies; the
@@ -53,6 +55,7 @@ from server.consumer.projects import registered_projects
 from server.durability import wait_observer, write_durability
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
+from server.feed import FeedWriter
 from server.fulfillment import Fulfillment
 from server.grpc_api import PrivateSocket, set_serving, start_grpc_server, watch_store
 from server.http_api import HttpApi
@@ -140,6 +143,7 @@ class Service:
         self._store_reported_up = True
         self.redis: RedisClient | None = None
         self.store: EntitlementStore | None = None
+        self.feed: FeedWriter | None = None
         self.write_durability: DurabilityDecider | None = None
         self.event_log: EventLog | None = None
         self.order_index: OrderIndex | None = None
@@ -206,6 +210,8 @@ class Service:
                 log.warning("store_layout_unchecked", error=str(exc), note="checked before the first operation")
             # What a write waits for before it counts (`server.durability`); a store that cannot give it: refused.
             self.write_durability = await write_durability(self.redis, settings)
+            self.feed = FeedWriter(self.redis, settings, self.registry)
+            self.feed.start()
             self.store = EntitlementStore(
                 self.redis,
                 timeout_s=settings.redis_timeout_s,
@@ -213,6 +219,7 @@ class Service:
                 layout=layout,
                 durability=self.write_durability.current,
                 on_wait=wait_observer(self.metrics),
+                feed=self.feed.relay,
             )
             # Reconciliation appends the orders it applies to the event log, as the gateway does.
             self.event_log = EventLog(self.redis, partitions=settings.event_partitions, layout=layout)
@@ -411,6 +418,9 @@ class Service:
         if self._private_socket is not None:
             self._private_socket.close()
             self._private_socket = None
+        if self.feed is not None:
+            await self.feed.stop(grace)
+            self.feed = None
         if self.reconciler is not None:
             # Before the order sources close (tracking.stop): a reconciliation may be reading Get order.
             await self.reconciler.stop()

@@ -17,6 +17,7 @@ from core.projects import CATALOG_FILE, CATALOG_NONE, SANDBOX_POLICIES, Project,
 from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
 from server.errors import ConfigError
+from server.feed.settings import FeedSettings
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ class Settings:
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    feed: FeedSettings = field(default_factory=FeedSettings)
     # gRPC's backlog of calls received but not yet picked up by the server's loop (`grpc.server.max_pending_requests`
     # and `..._hard_limit`). Past the first, new calls are refused at random, more often as the backlog nears the
     # second; all are refused beyond it. gRPC's defaults (1000/3000) refuse part of a reconnect storm of streams.
@@ -346,15 +348,12 @@ class Settings:
             reconcile=reconcile,
             console=console,
             http=http,
+            feed=FeedSettings.from_env(reader),
             grpc_max_pending_requests=pending,
             grpc_max_pending_requests_hard_limit=pending_hard,
             write_durability=reader.text("ENTITLEMENTS_WRITE_DURABILITY", "auto").lower(),
             write_durability_replicas=reader.integer("ENTITLEMENTS_WRITE_DURABILITY_REPLICAS", 1, minimum=1),
-            write_durability_timeout_ms=(
-                reader.integer("ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS", 1000, minimum=1)
-                if reader.text("ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS", "")
-                else None
-            ),
+            write_durability_timeout_ms=reader.optional_integer("ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS", minimum=1),
         )
 
     def check_servable(self) -> None:
@@ -366,6 +365,7 @@ class Settings:
                 durability that is unknown or does not fit in the Redis timeout.
         """
         self._check_durability()
+        self.feed.check(self.redis_timeout_s + self.write_wait_ms / 1000)
         if not self.api_keys and not self.insecure_dev_mode:
             raise ConfigError(
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "

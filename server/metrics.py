@@ -334,6 +334,33 @@ class ServiceMetrics:
         )
 
 
+class FeedMetrics:
+    """The change feed's write side (`server/feed/`, docs/FEED.md): appends, the relay, its repair."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, text: str) -> Counter:
+            return Counter(f"entitlements_feed_{name}_total", text, registry=registry)
+
+        self.appended = counter("appended", "Changes the write scripts appended to the change feed themselves.")
+        self.relayed = counter("relayed", "Changes the relay (or the repair) appended to the change feed.")
+        self.repaired = counter("repaired", "Changes the repair appended: their relay failed or never ran.")
+        self.failures = counter("relay_failures", "Relay batches that failed (Redis unavailable): left to the repair.")
+        self.dropped = counter("relay_dropped", "Writes not queued for the relay (its queue full): left to the repair.")
+        self.gaps = counter("gaps", "Gaps the relay filled from a player's ledger (changes relayed out of order).")
+        self.lag = Histogram(
+            "entitlements_feed_lag_seconds",
+            "From a change's commit to its append by the relay.",
+            buckets=_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.call_seconds = Histogram(
+            "entitlements_feed_relay_call_seconds", "One relay script call.", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.pending = Gauge(
+            "entitlements_feed_pending", "Stale intents seen by this replica's last repair pass.", registry=registry
+        )
+
+
 class EmbeddedStoreMetrics:
     """The embedded Valkey server's supervision (`server/supervisor.py`), registered on `registry` only when the
     service runs one (no REDIS_URL): an external Redis is watched by whoever runs it."""

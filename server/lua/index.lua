@@ -112,3 +112,81 @@ local function put_subscription(id, raw, record)
     index_subscription(id, record)
   end
 end
+
+-- The change feed (core/feed.py), for the scripts that change the items hash (five keys of their own, then the
+-- index keys). On a single server, where a script may touch keys of any slot, the writer (server/store/writes.py)
+-- passes the player's feed partition's stream, `relayed` hash and `pending` set as keys 6 to 8, and as the last
+-- two ARGV the retention (ms) and the user id: each change is then appended to the feed by the script itself,
+-- atomically with it, when it is the player's next version there (relayed + 1, the rule of feed_relay.lua).
+-- Otherwise (an earlier change is missing from the feed: one made by a writer without a feed) the script records
+-- the write's intent ("<the version, 16 hex digits>:<user>", unique per write, scored by now) and leaves its
+-- changes to the writer's relay, which fills the gap from the ledger. On a cluster (another slot) the writer
+-- passes none of this, records the intent itself and relays.
+local FEED = nil
+if #KEYS - 9 == 8 then
+  FEED = {stream = KEYS[6], relayed = KEYS[7], pending = KEYS[8], retention = tonumber(ARGV[#ARGV - 1]),
+          user = ARGV[#ARGV]}
+end
+-- Whether every change of this script so far was appended here (false: left to the writer's relay).
+local feed_appended = FEED ~= nil
+-- The intent recorded when a change was left to the relay, for the reply (its member).
+local feed_intent = nil
+local feed_last = nil
+
+local function feed_hold(version)
+  if feed_appended then
+    feed_appended = false
+    local t = redis.call('TIME')
+    feed_intent = string.format('%016x', version) .. ':' .. FEED.user
+    redis.call('ZADD', FEED.pending, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), feed_intent)
+  end
+end
+
+-- What the reply says of the feed: 1 when the script appended its changes itself, else the intent it recorded
+-- for the writer's relay (a single server), else 0 (a cluster: the writer's own intent).
+local function feed_reply()
+  if feed_appended then
+    return 1
+  end
+  return feed_intent or 0
+end
+
+-- Appends one change (version, sku, operation, ms, record after or '') to the feed when the script may (above).
+local function feed_append(version, sku, op, at, after)
+  if not feed_appended then
+    return
+  end
+  if feed_last == nil then
+    feed_last = tonumber(redis.call('HGET', FEED.relayed, FEED.user) or '0')
+  end
+  if version ~= feed_last + 1 then
+    feed_hold(version)
+    return
+  end
+  redis.call('XADD', FEED.stream, '*', 'u', FEED.user, 's', sku, 'v', tostring(version), 'op', op,
+             'at', tostring(at), 'e', after or '')
+  redis.call('HSET', FEED.relayed, FEED.user, version)
+  feed_last = version
+  -- A few entries past the retention go with each append (XDEL: see feed_relay.lua); the repair does the rest.
+  local bound = at - FEED.retention - 1
+  if bound > 0 then
+    local old = redis.call('XRANGE', FEED.stream, '-', tostring(bound), 'COUNT', 4)
+    for _, entry in ipairs(old) do
+      redis.call('XDEL', FEED.stream, entry[1])
+    end
+  end
+end
+
+-- A replay changes nothing, but its first call may have been applied after its caller gave up and never reached
+-- the feed: true when the player's `version` is not all in the feed here (or cannot be told: a cluster), so that
+-- the reply carries it for the writer's relay to fill (with the intent recorded).
+local function feed_behind(version)
+  if not FEED then
+    return true
+  end
+  if version <= tonumber(redis.call('HGET', FEED.relayed, FEED.user) or '0') then
+    return false
+  end
+  feed_hold(version)
+  return true
+end

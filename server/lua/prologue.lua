@@ -1,12 +1,16 @@
 -- Shared head of every write script (server/store/entitlement_store.py prepends it).
 --
--- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] idempotency key, KEYS[4] audit ledger stream, then the
--- index keys (index.lua, prepended before this file).
+-- KEYS[1] items hash, KEYS[2] skus sorted set, KEYS[3] idempotency key, KEYS[4] audit ledger stream, KEYS[5] the
+-- player's version (core/feed.py), on a single server KEYS[6..8] the player's change feed partition (index.lua's
+-- FEED), then the index keys (index.lua, prepended before this file).
 -- ARGV[1] request fingerprint, ARGV[2] idempotency TTL (ms), ARGV[3] operation name, ARGV[4] sku,
 -- ARGV[5] actor (API key name), ARGV[6] reason, ARGV[7] idempotency key in clear (for the ledger).
 --
--- Replies "R<json>" for a replay of an earlier call with the same key, "N<json>" for a new result, or an
--- error reply whose first word is a code that server/store/replies.py translates.
+-- Replies "R<json>" for a replay of an earlier call with the same key ({"R<json>", version, feed} when the change
+-- feed may lack some of the player's version: for the writer's relay), "N<json>" for a new result that changed
+-- nothing, {"N<json>", version, at_ms, feed} for a new result that changed the sku (the player's version after it
+-- and the commit time), where feed is index.lua's feed_reply(), or an error reply whose first word is a code that
+-- server/store/replies.py translates.
 
 local saved = redis.call('GET', KEYS[3])
 if saved then
@@ -19,6 +23,12 @@ if saved then
   -- first call's write may still be on the primary alone. Rewriting the record as it is (same value, same expiry)
   -- propagates after that first write (core/lua/append_event.lua does the same for a duplicate webhook).
   redis.call('SET', KEYS[3], saved, 'KEEPTTL')
+  -- With the player's version when the feed may lack some of it (feed_behind, index.lua): the first call may have
+  -- been applied after its caller gave up (a timeout) and so never relayed; the relay fills the gap.
+  local version = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if version > 0 and feed_behind(version) then
+    return {'R' .. result, version, feed_reply()}
+  end
   return 'R' .. result
 end
 
@@ -38,14 +48,17 @@ local function remember(result)
   return 'N' .. result
 end
 
--- Records the change in the audit ledger, then remembers and replies.
+-- Counts the change in the player's version, records it in the audit ledger with that version (`v`: the change
+-- feed's relay reads a missed change back from there), then remembers and replies.
 local function commit(result, after_raw, extra_fields)
+  local version = redis.call('INCR', KEYS[5])
   local fields = {'op', ARGV[3], 'sku', sku, 'idempotency_key', ARGV[7], 'actor', ARGV[5],
                   'reason', ARGV[6], 'at_ms', tostring(now),
-                  'before', current_raw or '', 'after', after_raw or ''}
+                  'before', current_raw or '', 'after', after_raw or '', 'v', tostring(version)}
   for _, v in ipairs(extra_fields) do
     fields[#fields + 1] = v
   end
   redis.call('XADD', KEYS[4], '*', unpack(fields))
-  return remember(result)
+  feed_append(version, sku, ARGV[3], now, after_raw)
+  return {remember(result), version, now, feed_reply()}
 end

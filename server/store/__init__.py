@@ -10,6 +10,8 @@ records, in Redis.
 - `batcher`: single-entitlement reads sharing round trips under load (a cluster), and batches of (player, sku) pairs
   read at once (CheckEntitlements).
 - `writes`: running write scripts with their durability wait, one at a time or a batch per node.
+- `feed_writes`: the change feed around the writes (`server.feed`): the player's partition or intent before, the
+  changes to the relay after.
 """
 
 from server.store.entitlement_store import EntitlementStore

@@ -37,7 +37,9 @@ from core.keys import UserKeys, items_key
 from core.layout import LayoutGate
 from core.logs import user_ref
 from server.errors import FailedPrecondition
+from server.feed.relay import FeedRelay
 from server.store.batcher import read_pairs
+from server.store.feed_writes import FeedPart, FeedWrites, grant_part, order_part
 from server.store.pages import EntitlementPage, SubscriptionPage, lex_after
 from server.store.pipelined import single_reads
 from server.store.records import (
@@ -77,6 +79,7 @@ class EntitlementStore:
         durability: what a write waits for before it returns (default: nothing), or the callable that decides it
             on first use (`core.durability.DurabilityDecider.current`).
         on_wait: told of every durability wait (the metrics).
+        feed: the change feed's relay (`server.feed`, around the writes: `server.store.feed_writes`); None: none.
     """
 
     def __init__(
@@ -88,8 +91,10 @@ class EntitlementStore:
         layout: LayoutGate | None = None,
         durability: DurabilitySource = NO_WAIT,
         on_wait: WaitObserver | None = None,
+        feed: FeedRelay | None = None,
     ) -> None:
         self._redis = redis
+        self._feed = None if feed is None else FeedWrites(redis, feed, timeout_s=timeout_s)
         self._writer = ScriptWriter(redis, timeout_s=timeout_s, layout=layout, durability=durability, on_wait=on_wait)
         self._layout = layout
         self._timeout_s = timeout_s
@@ -130,8 +135,9 @@ class EntitlementStore:
             MAX_EXPIRES_AT_MS,
             command.period_months,
         ]
-        reply = await self._write(self._grant, self._write_keys(keys, command.idempotency_key), args)
-        replayed, payload = split_reply(reply)
+        part = grant_part(command.project_id, command.user_id, command.sku, "grant")
+        reply = await self._write(self._grant, self._write_keys(keys, command.idempotency_key), args, part)
+        replayed, payload = split_reply(reply[0] if isinstance(reply, list) else reply)
         return GrantResult(EntitlementRecord.decode(command.user_id, command.sku, payload), replayed)
 
     async def revoke(self, command: RevokeCommand, actor: str) -> RevokeResult:
@@ -146,8 +152,9 @@ class EntitlementStore:
             *self._common_args(command.fingerprint(), "revoke", command.sku, actor, command.reason),
             command.idempotency_key,
         ]
-        reply = await self._write(self._revoke, self._write_keys(keys, command.idempotency_key), args)
-        replayed, payload = split_reply(reply)
+        part = grant_part(command.project_id, command.user_id, command.sku, "revoke")
+        reply = await self._write(self._revoke, self._write_keys(keys, command.idempotency_key), args, part)
+        replayed, payload = split_reply(reply[0] if isinstance(reply, list) else reply)
         previous = None if payload == "{}" else EntitlementRecord.decode(command.user_id, command.sku, payload)
         return RevokeResult(previous, replayed)
 
@@ -271,7 +278,7 @@ class EntitlementStore:
             withheld,
             withheld_reason,
         ]
-        return self._order_call(self._order_paid, project_id, user_id, order_id, args)
+        return self._order_call(self._order_paid, "order_paid", project_id, user_id, order_id, args)
 
     async def apply_order_paid(
         self,
@@ -292,17 +299,8 @@ class EntitlementStore:
             FailedPrecondition: a line would pass the quantity or expiry limit; nothing was written.
             StoreUnavailable: Redis did not answer in time.
         """
-        call = self.order_paid_call(
-            project_id,
-            user_id,
-            order_id,
-            event_id,
-            actor,
-            lines,
-            record,
-            withheld=withheld,
-            withheld_reason=withheld_reason,
-        )
+        policy = {"withheld": withheld, "withheld_reason": withheld_reason}
+        call = self.order_paid_call(project_id, user_id, order_id, event_id, actor, lines, record, **policy)
         return self.order_outcome(await self._settled(call), order_id)
 
     def order_canceled_call(
@@ -312,7 +310,7 @@ class EntitlementStore:
         atomically, once. A cancel ahead of its order_paid is recorded, and that order_paid will grant nothing.
         Its reply is read by `order_outcome`."""
         args = self._order_args(order_id, event_id, actor, record)
-        return self._order_call(self._order_canceled, project_id, user_id, order_id, args)
+        return self._order_call(self._order_canceled, "order_canceled", project_id, user_id, order_id, args)
 
     async def apply_order_canceled(
         self, project_id: int, user_id: str, order_id: str, event_id: str, actor: str, record: Mapping[str, str]
@@ -329,7 +327,7 @@ class EntitlementStore:
         """Runs many writes in one round trip per node, with one durability wait per node (`ScriptWriter.run_many`):
         each call's reply, or its error as an exception object (never raised), for `order_outcome`,
         `subscription_outcome` or `event_recorded` to read."""
-        return await self._writer.run_many(calls)
+        return await self._run_many(calls)
 
     @staticmethod
     def order_outcome(reply: Any, order_id: str) -> OrderOutcome:
@@ -401,13 +399,19 @@ class EntitlementStore:
         return [event_id, order_id, actor, compact_json(dict(record)) if record else "{}"]
 
     @staticmethod
-    def _order_call(script: AsyncScript, project_id: int, user_id: str, order_id: str, args: list[Any]) -> ScriptCall:
+    def _order_call(
+        script: AsyncScript, operation: str, project_id: int, user_id: str, order_id: str, args: list[Any]
+    ) -> ScriptCall:
         keys = UserKeys(project_id, user_id)
-        return ScriptCall(script, [keys.items, keys.skus, keys.ledger, keys.order(order_id), *keys.indexes], args)
+        order_keys = [keys.items, keys.skus, keys.ledger, keys.order(order_id), keys.version, *keys.indexes]
+        return ScriptCall(script, order_keys, args, order_part(project_id, user_id, operation))
 
     async def _settled(self, call: ScriptCall) -> Any:
         """A write's reply, or its error as an exception object (for the readers of replies to raise)."""
-        return (await self._writer.run_many([call]))[0]
+        return (await self._run_many([call]))[0]
+
+    async def _run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:  # with the feed, if any, around it
+        return await (self._writer.run_many(calls) if self._feed is None else self._feed.run_many(self._writer, calls))
 
     async def ping(self) -> None:
         """Raises StoreUnavailable unless Redis answers."""
@@ -421,16 +425,15 @@ class EntitlementStore:
 
     @staticmethod
     def _write_keys(keys: UserKeys, idempotency_key: str) -> list[str]:
-        return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger, *keys.indexes]
+        return [keys.items, keys.skus, keys.idempotency(idempotency_key), keys.ledger, keys.version, *keys.indexes]
 
-    async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """Runs a write script, with the durability wait after it on the same connection (`ScriptWriter.run`).
-
-        Raises:
-            NotDurable: the script ran but its write is not durable as asked within the wait.
-            StoreUnavailable, a script's domain error: as `_run`.
-        """
-        return await self._writer.run(ScriptCall(script, keys, args))
+    async def _write(self, script: AsyncScript, keys: list[str], args: list[Any], feed: FeedPart) -> Any:
+        """Runs a write script with its durability wait and the feed (`_run_many`); raises NotDurable,
+        StoreUnavailable or a script's domain error."""
+        reply = await self._settled(ScriptCall(script, keys, args, feed))
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def _run(self, operation: Awaitable[T], *, self_bounded: bool = False) -> T:
         """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.

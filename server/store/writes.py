@@ -31,6 +31,7 @@ from core.connections import TRANSIENT_REPLIES, RedisClient, bounded, reply_code
 from core.durability import NO_WAIT, Durability, DurabilitySource, on_one_connection
 from core.errors import NotDurable, StoreUnavailable
 from core.layout import LayoutGate
+from server.store.feed_writes import FeedPart
 from server.store.replies import script_error
 
 #: Told of every durability wait: the mode, the seconds of the writes and their wait, and whether they were durable.
@@ -39,11 +40,13 @@ WaitObserver = Callable[[str, float, bool], None]
 
 @dataclass(frozen=True, slots=True)
 class ScriptCall:
-    """One write: a registered script, its keys (the first one names the node) and its arguments."""
+    """One write: a registered script, its keys (the first one names the node) and its arguments; `feed`, for a
+    write that may change entitlements, what the change feed needs of it (`server.store.feed_writes`)."""
 
     script: AsyncScript
     keys: Sequence[str]
     args: Sequence[Any]
+    feed: FeedPart | None = None
 
     def command(self) -> tuple[Any, ...]:
         # EVALSHA as such (a script object in a pipeline asks SCRIPT EXISTS first: a second round trip each time).
