@@ -447,7 +447,9 @@ func (c *Cache) waitFor(ctx context.Context, ids []string) error {
 			return ErrClosed
 		case c.fatal.Load() != nil:
 			return *c.fatal.Load()
-		case !pending:
+		case !pending && (len(ids) == 0 || c.up.Load()):
+			// Read, and the stream current (its first heartbeat came): checks on them answer. (No players: no
+			// stream to wait for.)
 			return nil
 		}
 		select {

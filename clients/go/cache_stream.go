@@ -98,6 +98,7 @@ func (c *Cache) watchOnce(cursor *string) (received bool, err error) {
 			break // the stream is over: Recv says why
 		}
 	}
+	live := false
 	silent := make(chan struct{})
 	stopWatchdog := c.watchdog(stream, silent)
 	defer stopWatchdog()
@@ -116,10 +117,17 @@ func (c *Cache) watchOnce(cursor *string) (received bool, err error) {
 			return received, err
 		}
 		c.lastHeard.Store(int64(time.Since(c.base)))
-		if !received {
-			received = true
+		received = true
+		if !live && resp.GetHeartbeat() != nil {
+			// Current from the stream's first heartbeat, not its first message: the service sends that heartbeat
+			// once a resumed stream's changes since the cursor are sent, and up to then the cache would answer
+			// from before them.
+			live = true
 			c.up.Store(true)
 			c.setState(CacheConnected, nil)
+			c.mu.Lock()
+			c.wake() // Ready and AddPlayers(wait) wait for it
+			c.mu.Unlock()
 		}
 		c.apply(stream, resp)
 		if resp.GetCursor() != "" {

@@ -142,6 +142,10 @@ func TestCacheResumesWithCursor(t *testing.T) {
 		t.Fatalf("check while resuming: %v", err)
 	}
 	next.push(changeOf("alice", "gold_100", 5, consumable("alice", "gold_100", 9), "c2"))
+	if _, err := cache.Check("alice", "gold_100"); !errors.As(err, &stale) {
+		t.Fatalf("check before the resumed stream's first heartbeat (the changes since the cursor may not all be in): %v", err)
+	}
+	next.push(heartbeatAt("c2"))
 	eventually(t, "the change after resuming", func() bool {
 		got, err := cache.Check("alice", "gold_100")
 		return err == nil && got.Entitlement.GetQuantity() == 9
@@ -170,7 +174,7 @@ func TestCacheOutOfRangeReadsAgain(t *testing.T) {
 	if got := sortedIDs(next.first.GetAddUserIds()); !slices.Equal(got, []string{"alice", "bob"}) {
 		t.Fatalf("players read again: %v", got)
 	}
-	next.push(snapshotOf("bob", 4, consumable("bob", "sword", 1)))
+	next.push(snapshotOf("bob", 4, consumable("bob", "sword", 1)), heartbeatAt("c5"))
 	eventually(t, "bob's snapshot", func() bool {
 		got, err := cache.Check("bob", "sword")
 		return err == nil && got.Active
@@ -272,7 +276,7 @@ func TestCacheReopensAMuteStream(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("the mute stream was not cancelled")
 	}
-	next.push(snapshotOf("alice", 1))
+	next.push(snapshotOf("alice", 1), heartbeatAt("c1"))
 	if err := cache.Ready(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +375,7 @@ func TestCacheWithoutPlayersOpensOnAdd(t *testing.T) {
 	if !slices.Equal(conn.first.GetAddUserIds(), []string{"dave"}) || !conn.first.GetSnapshot() {
 		t.Fatalf("first message %v", conn.first)
 	}
-	conn.push(snapshotOf("dave", 2, consumable("dave", "gem", 3)))
+	conn.push(snapshotOf("dave", 2, consumable("dave", "gem", 3)), heartbeatAt("c1"))
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

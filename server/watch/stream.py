@@ -92,11 +92,13 @@ class WatchStream:
             async for message in self._change_players(opened.players):
                 yield message
             reader = asyncio.get_running_loop().create_task(self._read_requests())
-            # At once: the caller has a position to resume from even if nothing happens for a while.
-            yield self._heartbeat()
             if opened.cursor is not None:
                 async for message in self._catch_up(joined):
                     yield message
+            # Once caught up (not before: a cache takes the first heartbeat to mean "current"), and at once when
+            # there was nothing to catch up: the caller has a position to resume from even if nothing happens for a
+            # while.
+            yield self._heartbeat()
             async for message in self._follow():
                 yield message
         finally:
