@@ -8,16 +8,13 @@ scripts run unchanged on Redis Cluster.
 
 Single reads are pipelined on one connection (`server.store.pipelined`; on a cluster they share round trips,
 `server.store.batcher`), CheckEntitlements' pairs are read at once (`read_pairs`). Listings read one page through
-the player's indexes (`server/lua/index.lua`, kept by every write script), one script per page, so that their work
-is bounded by the page, not by the player's history; a player written before the indexes existed is indexed on its
-first listing, in bounded steps (`build_index`).
+the player's indexes (`server/lua/index.lua`, kept by every write script), one script per page: their work is
+bounded by the page, not the history; a player written before the indexes is indexed on its first listing.
 
-Every write counts only once it is durable as `ENTITLEMENTS_WRITE_DURABILITY` decided (`server.durability`): the
-script and the WAIT/WAITAOF after it go on one connection to the player's node, in one round trip
-(`server.store.writes`), and a wait that falls short raises `NotDurable` (the write stays; its retry, a replay
-under the same idempotency key or event id, writes again and waits again). The consumer acknowledges an event,
-and Grant and Revoke answer, only after that. The consumer's writes are built as calls (`order_paid_call`, ...)
-and run a batch at a time (`write_many`): one round trip and one wait per node.
+Every write counts once durable as `ENTITLEMENTS_WRITE_DURABILITY` decided (`server.durability`): the script and
+its WAIT/WAITAOF go on one connection to the player's node in one round trip (`server.store.writes`); a wait that
+falls short raises `NotDurable` (the write stays; its retry, a replay, writes and waits again). The consumer acks,
+and Grant and Revoke answer, only after that; the consumer's writes run a batch at a time (`write_many`).
 """
 
 from __future__ import annotations
