@@ -337,6 +337,7 @@ async def bounded(
         if refused is not None:
             raise StoreUnavailable(f"Redis refused {refused}: {type(exc).__name__}") from exc
         raise
-    except (redis_errors.RedisError, OSError) as exc:
-        # ConnectionError, TimeoutError, BusyLoadingError, cluster errors: all transient from the caller's side.
+    except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+        # ConnectionError, TimeoutError, BusyLoadingError, cluster errors (RedisClusterException, "cannot be
+        # connected" while every seed is down, is not a RedisError): all transient from the caller's side.
         raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
