@@ -40,6 +40,7 @@ from core.connections import RedisClient, bounded
 from core.durability import DurabilityDecider
 from core.eventlog import EventLog
 from core.layout import LayoutGate
+from core.lifecycle import cancel_and_wait
 from core.metrics import MetricsEndpoint
 from core.order_sources import OrderSources
 from core.projects import SANDBOX_GRANT
@@ -397,9 +398,7 @@ class Service:
             await self._consumer_redis.aclose()
             self._consumer_redis = None
         if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+            await cancel_and_wait(self._health_task)
             self._health_task = None
         if self.tracking is not None:
             # Streams would otherwise hold the grace period (they last minutes) and then be cut off CANCELLED.

@@ -81,13 +81,18 @@ class Lease:
         """
         return bool(await self._call(self._redis.set(self.key, self.holder, nx=True, px=self._lease_ms)))
 
-    async def renew(self) -> bool:
-        """Extends the lease by its length if this holder still holds it; False when it does not.
+    async def renew(self) -> str | None:
+        """Extends the lease by its length if this holder still holds it; None when it did, else why it does not.
 
         Raises:
             StoreUnavailable: Redis did not answer in time.
         """
-        return bool(await self._call(self._script(keys=[self.key], args=["renew", self.holder, self._lease_ms])))
+        held = int(await self._call(self._script(keys=[self.key], args=["renew", self.holder, self._lease_ms])))
+        if held == 1:
+            return None
+        if held == 0:
+            return "the lease expired before it was renewed"
+        return "another replica holds the lease"
 
     async def release(self) -> None:
         """Gives the lease up if this holder holds it, so another replica need not wait for it to expire. Best
@@ -148,8 +153,9 @@ class Lease:
             await asyncio.sleep(period_s)
             sent = time.monotonic()
             try:
-                if not await self.renew():
-                    return "another replica holds the lease"
+                lost = await self.renew()
+                if lost is not None:
+                    return lost
                 confirmed = sent
             except StoreUnavailable as exc:
                 # Waiting for the next renewal could outlast the lease: another replica may take it meanwhile.

@@ -19,7 +19,6 @@ state it is in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from collections.abc import Callable
 import structlog
 
 from core.backoff import Backoff
+from core.lifecycle import cancel_and_wait
 from server.embedded import EmbeddedRedis
 from server.metrics import EmbeddedStoreMetrics
 
@@ -76,9 +76,7 @@ class EmbeddedSupervisor:
         store's running process, for the owner's `EmbeddedRedis.stop()`."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         streak = 0

@@ -156,7 +156,11 @@ async def test_rate_limits_are_waited_out_and_the_request_rate_is_kept(
     for n in range(40):
         await pay(shop, f"payer-{n % 4}")
     shop.order_search.rate_limit(per_s=1.0, burst=2)
-    service = await sweeping(service_factory, redis_server, shop, requests_per_s=4.0, sweep_interval_s=60.0)
+    # A lease far longer than the sweep: a renewal held up on a loaded machine must not restart it (that is
+    # test_a_holder_that_loses_its_lease_...), or the first page would be asked for twice.
+    service = await sweeping(
+        service_factory, redis_server, shop, requests_per_s=4.0, sweep_interval_s=60.0, lease_s=30.0
+    )
     client = await client_factory(service)
     await eventually(lambda: swept(service) >= 1, timeout_s=30.0, what="a sweep through the rate limit")
     await drained(redis_client)
@@ -204,3 +208,14 @@ async def test_a_holder_that_loses_its_lease_stops_at_once_and_writes_no_progres
         await records.advanced(first, PROJECT, 50)
     assert (await records.progress(PROJECT)).offset == 0
     assert await redis_client.get(first.key) == second.holder.encode()  # the loser's release took nothing
+
+
+async def test_a_lease_that_expired_before_its_renewal_is_lost_and_says_so(redis_client: aioredis.Redis) -> None:
+    """A renewal that finds the lease gone (it came too late, or the key was removed) stops the work."""
+    lease = SweeperLease(redis_client, PROJECT, lease_s=0.6, timeout_s=1.0)
+    assert await lease.acquire()
+    running = asyncio.ensure_future(lease.run(asyncio.sleep(30)))
+    await asyncio.sleep(0)
+    await redis_client.delete(lease.key)
+    with pytest.raises(LeaseLost, match="expired before it was renewed"):
+        await running

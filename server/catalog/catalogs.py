@@ -22,7 +22,6 @@ the dead letter grants it. The local file (`catalog_file`) overrides or complete
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from core.catalogs import CatalogError, CatalogRefused, CatalogSource
 from core.connections import RedisClient, bounded
 from core.errors import ConfigError, StoreUnavailable
 from core.keys import catalog_key
+from core.lifecycle import cancel_and_wait
 from core.projects import CATALOG_NONE, CATALOG_PROVIDER, Project, Projects
 from server.catalog.items import Catalog, CatalogItem
 from server.errors import SkuNotInCatalog
@@ -136,9 +136,7 @@ class Catalogs:
     async def stop(self) -> None:
         """Stops the periodic reads and closes the source."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._source is not None:
             await self._source.close()

@@ -18,6 +18,7 @@ import structlog
 from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient, reply_text
 from core.keys import CONSUMER_GROUP, EventKeys
+from core.lifecycle import cancel_and_wait
 from server.config import ConsumerSettings
 from server.consumer.batches import BatchApplier, acknowledge
 from server.consumer.deliveries import ConsumerHooks, StreamEntry, is_transient
@@ -181,8 +182,7 @@ class Consumer:
         self._stopping.set()
         self._wakeup.wake()
         if self._discovery is not None:
-            self._discovery.cancel()
-            await asyncio.gather(self._discovery, return_exceptions=True)
+            await cancel_and_wait(self._discovery)
             self._discovery = None
         parts = list(self._parts.values())
         tasks = [part.task for part in parts if part.task is not None]
@@ -190,10 +190,8 @@ class Consumer:
             if part.blocked and part.task is not None:
                 part.task.cancel()
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=grace_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=grace_s)
+            await cancel_and_wait(*tasks)
         for part in parts:
             part.task = None
         await self._upkeep.release([part.keys for part in parts if part.group_ready], self.name)

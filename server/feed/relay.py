@@ -34,6 +34,7 @@ from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.feed import FEED_PROJECTS_KEY, FeedEntry, FeedKeys, partition_of
 from core.keys import UserKeys
+from core.lifecycle import cancel_and_wait
 from server.metrics import FeedMetrics
 
 log = structlog.get_logger("server.feed")
@@ -222,9 +223,7 @@ class FeedRelay:
                 await self.flush()
         self._closed = True
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await cancel_and_wait(self._worker)
             self._worker = None
 
     async def _run(self) -> None:

@@ -15,7 +15,6 @@ its old changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Iterable
 from typing import cast
@@ -27,6 +26,7 @@ from core.connections import RedisClient, bounded, reply_text
 from core.errors import StoreUnavailable
 from core.feed import FEED_PROJECTS_KEY, FeedEntry, FeedKeys, feed_keys
 from core.keys import UserKeys
+from core.lifecycle import cancel_and_wait
 from server.feed.relay import FeedRelay, ledger_changes
 from server.metrics import FeedMetrics
 
@@ -73,9 +73,7 @@ class FeedRepair:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _loop(self) -> None:

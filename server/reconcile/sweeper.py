@@ -24,6 +24,7 @@ import structlog
 
 from core.clock import now_ms
 from core.errors import ConfigError, StoreUnavailable
+from core.lifecycle import cancel_and_wait
 from core.projects import Project, Projects
 from core.reconciliation import SearchError, SearchRefused
 from server.config import ReconcileSettings
@@ -129,11 +130,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         """Stops the loops; a sweep under way stops at once and releases its lease (its progress is saved)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def sweep_once(

@@ -39,6 +39,7 @@ from core.clock import now_ms
 from core.connections import RedisClient, bounded
 from core.errors import StoreUnavailable
 from core.eventlog import EventLog
+from core.lifecycle import cancel_and_wait
 from core.logs import user_ref
 from core.order_sources import LookupFailed, OrderLookup, OrderUnknown, Player, TokenRefused
 from core.reconciliation import ProviderOrder
@@ -195,9 +196,7 @@ class TrackerReconciler:
         tasks = [job.task for job in self._jobs.values() if job.task is not None]
         if tasks:
             log.info("order_reconcile_stopped", pending=len(tasks), note="left to the sweeper")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     # --- one order ---------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import structlog
 from core.backoff import Backoff, Wakeup
 from core.connections import RedisClient
 from core.keys import order_status_channel
+from core.lifecycle import cancel_and_wait
 from server.metrics import ServiceMetrics
 from server.status_channel.channel import Channel
 from server.status_channel.states import ChannelMessage, OrderRef, parse_message, read_order
@@ -131,12 +132,7 @@ class OrderStatusFeed:
         self._stopping = True
         self._changed.set()
         tasks = [*self._resync_tasks.values(), self._task]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         self._task = None
         self._resync_tasks.clear()
 

@@ -35,6 +35,7 @@ from core.backoff import Backoff
 from core.connections import RedisClient, bounded
 from core.errors import StoreUnavailable
 from core.keys import UserKeys
+from core.lifecycle import cancel_and_wait
 from server.config import TrackingSettings
 from server.leases import RENEWALS_PER_LEASE, Lease, LeaseLost
 from server.metrics import ServiceMetrics
@@ -110,9 +111,7 @@ class UpstreamAnnouncer:
         tasks = list(self._tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=wait_s)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
 
 class Upstream:
@@ -207,10 +206,7 @@ class Upstream:
     async def stop(self, wait_s: float) -> None:
         """Ends every `follow` (each releases its lease on the way), then waits at most `wait_s` for the
         announcements still queued."""
-        tasks = list(self._following)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._following)
         await self.announcer.stop(wait_s)
 
     def _count(self, was: str | None, now: str | None) -> str | None:
