@@ -12,13 +12,12 @@ its own: the parent then starts a fresh one, a new member of the consumer group.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
 
-from core.lifecycle import stop_signals
+from core.lifecycle import cancel_and_wait, stop_signals
 from server.app import Service
 from server.config import Settings
 from server.group.link import WorkerEnd
@@ -73,10 +72,7 @@ async def run_worker(settings: Settings, build: Callable[[Settings], Service], *
                 asyncio.create_task(_consumer_lost(service), name="consumer-check"): "consumer_lost",
             }
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*pending)
+            await cancel_and_wait(*pending)
             reason = waits[done.pop()]
             if reason == "consumer_lost":
                 log.error("consumer_lost", note="the worker stops; the group's parent starts a new one")
