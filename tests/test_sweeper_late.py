@@ -51,7 +51,7 @@ async def sweeping(
         reconcile=reconcile(**settings),
         **consumer_settings(SWEPT),
     )
-    await eventually(lambda: swept(service) >= 1, what="the first sweep")
+    await eventually(lambda: swept(service) >= 1, timeout_s=30.0, what="the first sweep")
     return service
 
 
