@@ -271,7 +271,7 @@ class Settings:
                 durability that is unknown or does not fit in the Redis timeout.
         """
         self._check_durability()
-        self.feed.check(self.redis_timeout_s + self.write_wait_ms / 1000)
+        self.feed.check(self.write_bound_s)
         if not self.api_keys and not self.insecure_dev_mode:
             raise ConfigError(
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
@@ -292,6 +292,11 @@ class Settings:
         if self.write_durability_timeout_ms is not None:
             return self.write_durability_timeout_ms
         return max(1, min(1000, int(self.redis_timeout_s * 500)))
+
+    @property
+    def write_bound_s(self) -> float:
+        """The longest a write may take before its caller gives up: the Redis timeout plus the durability wait."""
+        return self.redis_timeout_s + self.write_wait_ms / 1000
 
     def _check_durability(self) -> None:
         if self.write_durability not in SETTING_MODES:
