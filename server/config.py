@@ -110,6 +110,8 @@ class Settings:
     worker_metrics_port: int | None = None
     # None: start the embedded Redis (Valkey) server persisting to `data_dir`.
     redis_url: str | None = None
+    # REDIS_URL is the embedded store of the group's parent (`server.group`): set for its workers, not from env.
+    redis_from_group: bool = False
     redis_cluster: bool = False
     redis_timeout_s: float = 2.0
     redis_max_connections: int = 64
