@@ -58,7 +58,6 @@ from server.catalog import Catalog, Catalogs
 from server.config import ConsoleSettings, ConsumerSettings, HttpSettings, Settings
 from server.durability import write_durability
 from server.embedded import EmbeddedRedis
-from server.feed.settings import FeedSettings
 from server.fulfillment import Fulfillment
 from server.metrics import CatalogMetrics
 from server.order_effects import OrderEffects
@@ -215,8 +214,6 @@ async def measure_consumer_throughput(
                 console=ConsoleSettings(enabled=False),
                 http=HttpSettings(enabled=False),
                 redis_timeout_s=5.0,
-                # The repair must wait longer than a write may take (the generous timeout above plus its wait).
-                feed=FeedSettings(repair_s=30.0),
                 write_durability=durability,
             )
             baseline_events = [_order(n, "b", users) for n in range(events)]

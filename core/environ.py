@@ -89,6 +89,10 @@ class EnvReader:
             raise self._error(f"{name} must be at most {maximum:g}, not {raw!r}")
         return value
 
+    def optional_number(self, name: str, *, minimum: float, maximum: float | None = None) -> float | None:
+        """A number as `number` reads it, or None when the variable is unset or empty."""
+        return self.number(name, minimum, minimum=minimum, maximum=maximum) if self.text(name, "") else None
+
     def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
         raw = self.text(name, "") or default
         parsed = urlsplit(raw)

@@ -3,7 +3,7 @@ reconcile | migrate-layout]`.
 
 serve                                   run the gRPC service (the default); configured by environment variables;
                                         with ENTITLEMENTS_PROCESSES > 1, a parent running that many workers
-worker --index I --link-fd FD           one worker of such a group, started by its parent (`server.group`)
+worker --index I --link-fd FD [...]     one worker of such a group, started by its parent (`server.group`)
 hash-key [--projects IDS]               make a new random API key and print it with its configuration entry
 ledger USER_ID [--limit N] [--json]     print a player's audit ledger as a table, newest first (for support)
 dead-letters list                       print the webhook events set aside after failing too often
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     worker_parser = commands.add_parser("worker", help="one process of a group (started by its parent, not by hand)")
     worker_parser.add_argument("--index", type=int, required=True, help="the worker's index in its group, from 0")
     worker_parser.add_argument("--link-fd", type=int, required=True, help="the descriptor of the link to the parent")
+    worker_parser.add_argument("--parent-store", action="store_true", help="REDIS_URL is the parent's embedded store")
     hash_parser = commands.add_parser("hash-key", help="make a new API key and print its configuration entry")
     hash_parser.add_argument("--name", default="gameserver", help="the key's name (logged, in the ledger)")
     hash_parser.add_argument("--scopes", default="read,write", help=f"comma list of {sorted(SCOPES)}")
@@ -386,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "worker":
                 build = functools.partial(Service, xsolla=xsolla, xsolla_catalog=xsolla_catalog)
-                return asyncio.run(run_worker(settings, build, index=args.index, link_fd=args.link_fd))
+                index, link_fd, parent_store = args.index, args.link_fd, args.parent_store
+                return asyncio.run(run_worker(settings, build, index=index, link_fd=link_fd, parent_store=parent_store))
             asyncio.run(serve(settings, xsolla, xsolla_catalog))
         except (PortInUse, WorkerFailed) as exc:
             print(f"cannot start: {exc}", file=sys.stderr)

@@ -18,6 +18,9 @@ from server.auth import ApiKey, parse_api_keys
 from server.catalog import Catalog
 from server.errors import ConfigError
 from server.feed.settings import FeedSettings
+from server.reconcile.settings import ReconcileSettings
+from server.tracking.settings import TrackingSettings
+from server.watch.settings import WatchSettings
 
 
 @dataclass(frozen=True)
@@ -52,76 +55,6 @@ class ConsumerSettings:
 
 #: The most service processes `ENTITLEMENTS_PROCESSES` may ask for.
 MAX_PROCESSES = 256
-#: The longest `max_wait` a GetOrderStatus request may ask for.
-MAX_ORDER_WAIT_S = 3600.0
-
-
-@dataclass(frozen=True)
-class TrackingSettings:
-    """How GetOrderStatus follows orders at the payment provider (see docs/ORDER_STATUS.md). Where to reach the
-    provider is the provider's own settings (`providers.xsolla.OrderSettings`)."""
-
-    # No status from the socket for an order this long (and no terminal status): that order falls back to polling.
-    ws_silence_s: float = 300.0
-    # Time between two status lookups (Get order) for one order (Xsolla's SDKs: 3 s).
-    poll_interval_s: float = 3.0
-    # How long a stream follows an order when the request does not say (Xsolla recommends 10 minutes).
-    max_wait_s: float = 600.0
-    # Orders followed at once by this replica; a stream that would need one more is RESOURCE_EXHAUSTED.
-    max_trackers: int = 10_000
-    # GetOrderStatus streams one API key may hold open at once on this replica, so that one caller cannot take
-    # every tracker; None: half of `max_trackers`. A stream beyond it is RESOURCE_EXHAUSTED.
-    streams_per_key: int | None = None
-    # After DONE from Xsolla, how long to wait for this service's grant of the order before ending (0: not at all).
-    grant_wait_s: float = 30.0
-    # One replica follows each order at the provider: it holds the order's lease in Redis, renewed every third of
-    # this; when it dies another replica watching the order takes it over within this plus a third of it.
-    lease_s: float = 10.0
-
-    @property
-    def stream_limit_per_key(self) -> int:
-        """The streams one API key may hold open at once on this replica (`streams_per_key` or its default)."""
-        if self.streams_per_key is not None:
-            return self.streams_per_key
-        return max(1, self.max_trackers // 2)
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    """WatchEntitlements on this replica (docs/WATCH.md)."""
-
-    # Streams open at once; one more is RESOURCE_EXHAUSTED.
-    max_streams: int = 10_000
-    # Changes one stream may have waiting to be sent; past it the stream ends UNAVAILABLE (the caller resumes).
-    max_queued: int = 10_000
-
-
-@dataclass(frozen=True)
-class ReconcileSettings:
-    """Reconciliation with the provider: orders it reports paid that no webhook brought (see
-    docs/RECONCILIATION.md)."""
-
-    # A tracker that learned from the provider that its order is paid or done applies it from Get order when no
-    # order_paid has been applied this long after (the tracker's reconciliation).
-    tracker_enabled: bool = True
-    grace_s: float = 60.0
-    # The sweeper: every project with admin API credentials is searched every `sweep_interval_s`, over the last
-    # `first_window_h` hours on the first run, then from the stored watermark minus `overlap_s`.
-    sweeper_enabled: bool = True
-    sweep_interval_s: float = 300.0
-    first_window_h: float = 72.0
-    overlap_s: float = 600.0
-    # Requests per second to the provider's order search, per replica (its rate limits answer 429 beyond them).
-    requests_per_s: float = 2.0
-    # One sweeper per project across every replica: a lease in Redis that a crashed holder loses after this long.
-    lease_s: float = 30.0
-    # How long the order index remembers an order's player (server.reconcile.index).
-    index_retention_days: float = 30.0
-    # Orders seen unfinished, and orders applied, are searched again for this long after their creation (paid, or
-    # canceled, after the sweep's window moved past them), at most `rechecks` creation seconds per sweep
-    # (server.reconcile.recheck); 0 turns the re-checks off.
-    pending_h: float = 24.0
-    rechecks: int = 100
 
 
 @dataclass(frozen=True)
@@ -177,6 +110,8 @@ class Settings:
     worker_metrics_port: int | None = None
     # None: start the embedded Redis (Valkey) server persisting to `data_dir`.
     redis_url: str | None = None
+    # REDIS_URL is the embedded store of the group's parent (`server.group`): set for its workers, not from env.
+    redis_from_group: bool = False
     redis_cluster: bool = False
     redis_timeout_s: float = 2.0
     redis_max_connections: int = 64
@@ -265,29 +200,6 @@ class Settings:
             retention_days=reader.number("ENTITLEMENTS_EVENT_RETENTION_DAYS", 7.0, minimum=0.0),
             projects_refresh_s=reader.number("ENTITLEMENTS_CONSUMER_PROJECTS_REFRESH_S", 5.0, minimum=0.01),
         )
-        streams_per_key = reader.integer("ENTITLEMENTS_ORDER_STREAMS_PER_KEY", 0, minimum=1)
-        tracking = TrackingSettings(
-            ws_silence_s=reader.number("ENTITLEMENTS_ORDER_WS_SILENCE_S", 300.0, minimum=0.1),
-            poll_interval_s=reader.number("ENTITLEMENTS_ORDER_POLL_INTERVAL_S", 3.0, minimum=0.01),
-            max_wait_s=reader.number("ENTITLEMENTS_ORDER_MAX_WAIT_S", 600.0, minimum=1.0, maximum=MAX_ORDER_WAIT_S),
-            max_trackers=reader.integer("ENTITLEMENTS_MAX_ORDER_TRACKERS", 10_000, minimum=1),
-            streams_per_key=streams_per_key or None,
-            grant_wait_s=reader.number("ENTITLEMENTS_ORDER_GRANT_WAIT_S", 30.0, minimum=0.0),
-            lease_s=reader.number("ENTITLEMENTS_TRACKING_LEASE_S", 10.0, minimum=0.5, maximum=300.0),
-        )
-        reconcile = ReconcileSettings(
-            tracker_enabled=reader.boolean("ENTITLEMENTS_RECONCILE_TRACKER", True),
-            grace_s=reader.number("ENTITLEMENTS_RECONCILE_GRACE_S", 60.0, minimum=0.1),
-            sweeper_enabled=reader.boolean("ENTITLEMENTS_RECONCILE_SWEEPER", True),
-            sweep_interval_s=reader.number("ENTITLEMENTS_RECONCILE_INTERVAL_S", 300.0, minimum=1.0),
-            first_window_h=reader.number("ENTITLEMENTS_RECONCILE_FIRST_WINDOW_H", 72.0, minimum=0.01),
-            overlap_s=reader.number("ENTITLEMENTS_RECONCILE_OVERLAP_S", 600.0, minimum=0.0),
-            requests_per_s=reader.number("ENTITLEMENTS_RECONCILE_REQUESTS_PER_S", 2.0, minimum=0.01),
-            lease_s=reader.number("ENTITLEMENTS_RECONCILE_LEASE_S", 30.0, minimum=1.0),
-            index_retention_days=reader.number("ENTITLEMENTS_RECONCILE_INDEX_DAYS", 30.0, minimum=1.0),
-            pending_h=reader.number("ENTITLEMENTS_RECONCILE_PENDING_H", 24.0, minimum=0.1),
-            rechecks=reader.integer("ENTITLEMENTS_RECONCILE_RECHECKS", 100, minimum=0),
-        )
         console = ConsoleSettings(
             enabled=reader.boolean("ENTITLEMENTS_CONSOLE_ENABLED", True),
             host=reader.text("ENTITLEMENTS_CONSOLE_HOST", "127.0.0.1"),
@@ -305,10 +217,6 @@ class Settings:
             max_body_bytes=reader.integer("ENTITLEMENTS_HTTP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             sse_heartbeat_s=reader.number("ENTITLEMENTS_HTTP_SSE_HEARTBEAT_S", 15.0, minimum=0.1, maximum=3600.0),
             keepalive_timeout_s=reader.number("ENTITLEMENTS_HTTP_KEEPALIVE_TIMEOUT_S", 75.0, minimum=1.0),
-        )
-        watch = WatchSettings(
-            max_streams=reader.integer("ENTITLEMENTS_WATCH_MAX_STREAMS", 10_000, minimum=1, maximum=1_000_000),
-            max_queued=reader.integer("ENTITLEMENTS_WATCH_MAX_QUEUED", 10_000, minimum=100, maximum=10_000_000),
         )
         pending = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS", 20_000, minimum=1)
         pending_hard = reader.integer("ENTITLEMENTS_GRPC_MAX_PENDING_REQUESTS_HARD_LIMIT", 2 * pending, minimum=1)
@@ -343,9 +251,9 @@ class Settings:
             local_catalogs=_local_catalogs(projects),
             catalog_refresh_s=reader.number("ENTITLEMENTS_CATALOG_REFRESH_S", 600.0, minimum=1.0),
             consumer=consumer,
-            tracking=tracking,
-            watch=watch,
-            reconcile=reconcile,
+            tracking=TrackingSettings.from_env(reader),
+            watch=WatchSettings.from_env(reader),
+            reconcile=ReconcileSettings.from_env(reader),
             console=console,
             http=http,
             feed=FeedSettings.from_env(reader),
@@ -365,7 +273,7 @@ class Settings:
                 durability that is unknown or does not fit in the Redis timeout.
         """
         self._check_durability()
-        self.feed.check(self.redis_timeout_s + self.write_wait_ms / 1000)
+        self.feed.check(self.write_bound_s)
         if not self.api_keys and not self.insecure_dev_mode:
             raise ConfigError(
                 "no API keys configured: set ENTITLEMENTS_API_KEYS (see `python -m server hash-key`), "
@@ -386,6 +294,11 @@ class Settings:
         if self.write_durability_timeout_ms is not None:
             return self.write_durability_timeout_ms
         return max(1, min(1000, int(self.redis_timeout_s * 500)))
+
+    @property
+    def write_bound_s(self) -> float:
+        """The longest a write may take before its caller gives up: the Redis timeout plus the durability wait."""
+        return self.redis_timeout_s + self.write_wait_ms / 1000
 
     def _check_durability(self) -> None:
         if self.write_durability not in SETTING_MODES:

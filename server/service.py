@@ -20,13 +20,13 @@ from entitlements.v1 import entitlements_pb2 as pb
 from server import validation
 from server.auth import Principal
 from server.catalog import Catalogs
-from server.config import MAX_ORDER_WAIT_S
 from server.duplex import duplex_rpc
 from server.ledger_view import LedgerLine, ledger_page
 from server.metrics import ServiceMetrics
 from server.rpc import STREAM_ACCEPTED, RpcRuntime, announces_acceptance, rpc, stream_rpc
 from server.store import EntitlementRecord, EntitlementStore, RecurringSubscription, StoredFields
 from server.tracking import OrderTracking
+from server.tracking.settings import MAX_ORDER_WAIT_S
 
 if TYPE_CHECKING:
     from server.watch import Watches

@@ -18,7 +18,6 @@ from redis.asyncio.cluster import RedisCluster
 from core.connections import BlockingCluster, HiredisPacking, RedisClient, bounded, cluster_primaries, connect
 from core.errors import StoreUnavailable
 from entitlements import AsyncEntitlementsClient
-from server.feed.settings import FeedSettings
 from tests.helpers.services import ClientFactory, ServiceFactory
 from tests.helpers.stores import StoreUnderTest
 from tests.helpers.sweeps import quantity
@@ -114,10 +113,7 @@ async def test_a_service_with_a_small_pool_serves_a_burst_of_grants(
     service_factory: ServiceFactory, client_factory: ClientFactory, redis_server: StoreUnderTest
 ) -> None:
     """200 concurrent Grants through a service holding 2 Redis connections all succeed, once each."""
-    # The feed's repair must wait longer than a write may take with that timeout (it is checked at start).
-    service = await service_factory(
-        **redis_server.settings, redis_max_connections=2, redis_timeout_s=5.0, feed=FeedSettings(repair_s=30.0)
-    )
+    service = await service_factory(**redis_server.settings, redis_max_connections=2, redis_timeout_s=5.0)
     client: AsyncEntitlementsClient = await client_factory(service)
     answers = await asyncio.gather(
         *(client.grant(f"player-{i % 20}", "gold", quantity=1, idempotency_key=f"burst-{i}") for i in range(200)),

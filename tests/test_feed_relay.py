@@ -368,14 +368,50 @@ async def test_the_services_grants_and_consumed_orders_reach_the_feed(
 
 
 def test_feed_settings_are_validated_at_start() -> None:
-    """A retention under a minute, or a repair delay within which a write may still be on its way, is refused with
-    the setting named."""
-    assert Settings.from_env({}).feed == FeedSettings(retention_s=86_400.0, repair_s=5.0)
+    """A retention under a minute, or a repair delay set within which a write may still be on its way, is refused
+    with the settings named and the value it would take unset."""
+    assert Settings.from_env({}).feed == FeedSettings(retention_s=86_400.0, repair_s=None)
     with pytest.raises(ConfigError, match="ENTITLEMENTS_FEED_RETENTION_S"):
         Settings.from_env({"ENTITLEMENTS_FEED_RETENTION_S": "30"})
     with pytest.raises(ConfigError, match="ENTITLEMENTS_FEED_REPAIR_S"):
         Settings.from_env({"ENTITLEMENTS_FEED_REPAIR_S": "soon"})
     env = {"ENTITLEMENTS_FEED_REPAIR_S": "2.5", "ENTITLEMENTS_INSECURE_DEV_MODE": "1"}
     settings = Settings.from_env({**env, "ENTITLEMENTS_REDIS_TIMEOUT_S": "2"})
-    with pytest.raises(ConfigError, match=r"ENTITLEMENTS_FEED_REPAIR_S \(2.5 s\) must be above"):
+    refused = (
+        r"ENTITLEMENTS_FEED_REPAIR_S \(2.5 s\) must be above .*\(3 s: ENTITLEMENTS_REDIS_TIMEOUT_S.* unset for 5 s"
+    )
+    with pytest.raises(ConfigError, match=refused):
         settings.check_servable()
+    raised = Settings.from_env({**env, "ENTITLEMENTS_FEED_REPAIR_S": "3.5"})
+    raised.check_servable()
+    assert raised.feed.repair_delay_s(raised.write_bound_s) == 3.5
+
+
+@pytest.mark.parametrize(
+    ("env", "write_bound_s", "repair_s"),
+    [
+        ({}, 3.0, 5.0),  # 2 s timeout + 1 s wait: the floor
+        ({"ENTITLEMENTS_REDIS_TIMEOUT_S": "0.5"}, 0.75, 5.0),
+        ({"ENTITLEMENTS_REDIS_TIMEOUT_S": "5"}, 6.0, 8.0),
+        ({"ENTITLEMENTS_REDIS_TIMEOUT_S": "30", "ENTITLEMENTS_WRITE_DURABILITY_TIMEOUT_MS": "20000"}, 50.0, 52.0),
+    ],
+)
+def test_an_unset_repair_delay_follows_the_longest_a_write_may_take(
+    env: dict[str, str], write_bound_s: float, repair_s: float
+) -> None:
+    """Unset, the repair delay is the Redis timeout plus the durability wait plus a margin, at least 5 s: raising
+    the Redis timeout alone starts."""
+    settings = Settings.from_env({**env, "ENTITLEMENTS_INSECURE_DEV_MODE": "1"})
+    settings.check_servable()
+    assert settings.write_bound_s == write_bound_s
+    assert settings.feed.repair_delay_s(settings.write_bound_s) == repair_s
+
+
+async def test_a_service_with_a_long_redis_timeout_starts_with_its_repair_delay_above_it(
+    service_factory: ServiceFactory, redis_server: StoreUnderTest
+) -> None:
+    """A service given a 5 s Redis timeout and no repair delay starts, and its repair waits 8 s (5 s, the 1 s
+    durability wait, the margin) before it takes an intent for a lost relay."""
+    service = await service_factory(**redis_server.settings, redis_timeout_s=5.0)
+    assert service.feed is not None
+    assert service.feed.repair.delay_s == 8.0

@@ -14,10 +14,11 @@ from google.protobuf import json_format
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import entitlements_pb2_grpc
 from server.app import Service
-from server.config import HttpSettings, TrackingSettings
+from server.config import HttpSettings
 from server.http_api.sse import CONTENT_TYPE
 from server.rpc import ANNOUNCE_ACCEPTANCE, STREAM_ACCEPTED
 from server.tracking import OrderTracking
+from server.tracking.settings import TrackingSettings
 from tests.helpers.http_api import Event, bearer, call, events, http_base
 from tests.helpers.services import READER_KEY, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest

@@ -215,6 +215,7 @@ async def running_service(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
                     break
             else:
                 raise AssertionError("the service ended before it started")
+        assert (line["redis"], line["redis_owner"]) == ("embedded", "self")  # it runs the store itself
         yield data_dir, int(line["grpc"].rsplit(":", 1)[1])
     finally:
         service.terminate()

@@ -32,9 +32,11 @@ from entitlements.v1 import entitlements_pb2 as pb
 from providers.xsolla import OrderSettings, WebhookSettings
 from providers.xsolla.status import reported as xsolla_status
 from server.app import Service
-from server.config import ReconcileSettings, Settings, TrackingSettings
+from server.config import Settings
+from server.reconcile.settings import ReconcileSettings
 from server.status_channel import read_order_state
 from server.tracking import Observation, OrderProgress, OrderTracking
+from server.tracking.settings import TrackingSettings
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
 from tests.helpers.processes import ServiceProcess, serving, start_service_process

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from core.keys import UserKeys
 from entitlements import AsyncEntitlementsClient, AsyncOrderStatusStream
 from providers.xsolla import WebhookSettings
-from server.config import TrackingSettings
+from server.tracking.settings import TrackingSettings
 from tests.helpers.events import PARTITIONS, consumer_settings
 from tests.helpers.gateway import running_gateway
 from tests.helpers.services import PROJECT, READER_KEY, ServiceFactory

@@ -19,8 +19,10 @@ from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
 from providers.xsolla import OrderSettings
 from server.app import Service
-from server.config import ConsumerSettings, ReconcileSettings, TrackingSettings
+from server.config import ConsumerSettings
+from server.reconcile.settings import ReconcileSettings
 from server.tracking import OrderTracking
+from server.tracking.settings import TrackingSettings
 from tests.helpers.processes import ServiceProcess, serving, start_service_process
 from tests.helpers.services import READER_KEY, ClientFactory, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest

@@ -41,7 +41,8 @@ from entitlements import NotFoundError
 from entitlements.v1 import entitlements_pb2 as pb
 from entitlements.v1 import events_pb2 as ev
 from server.app import Service
-from server.config import ConsumerSettings, TrackingSettings
+from server.config import ConsumerSettings
+from server.tracking.settings import TrackingSettings
 from tests.helpers.services import ClientFactory, ServiceFactory
 from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually

@@ -35,7 +35,8 @@ from core.logs import user_ref
 from providers.xsolla import OrderSettings
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
-from server.config import Settings, TrackingSettings
+from server.config import Settings
+from server.tracking.settings import TrackingSettings
 from server.validation import encode_page_token
 from tests.helpers.raw import METHODS, SERVICE, Outcome, RawChannel, bearer, raw_channel
 from tests.helpers.services import API_KEYS, READER_KEY, WRITER_KEY, ServiceFactory, served, store_changes

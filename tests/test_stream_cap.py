@@ -13,9 +13,10 @@ from core.errors import ConfigError
 from entitlements import AsyncOrderStatusStream, DeadlineExceededError, ResourceExhaustedError
 from entitlements.v1 import entitlements_pb2 as pb
 from server.app import Service
-from server.config import Settings, TrackingSettings
+from server.config import Settings
 from server.embedded import EmbeddedRedis
 from server.tracking import OrderTracking
+from server.tracking.settings import TrackingSettings
 from tests.helpers.services import READER_KEY, WRITER_KEY, ClientFactory, ServiceFactory
 from tests.helpers.waiting import eventually
 from tests.test_order_status_load import seed_stored_orders

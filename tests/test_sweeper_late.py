@@ -16,10 +16,10 @@ from core.keys import sweep_pending_key, sweep_rechecked_key
 from core.projects import Project
 from providers.xsolla import CatalogSettings
 from server.app import Service
-from server.config import ReconcileSettings
 from server.embedded import EmbeddedRedis
 from server.reconcile import OrderIndex, Rechecks, SweepOutcome
 from server.reconcile.recheck import second_of
+from server.reconcile.settings import ReconcileSettings
 from tests.helpers.events import consumer_settings, drained
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample
 from tests.helpers.sweeps import GOLD, SWEPT, quantity, reconcile, shop_context, swept

@@ -19,8 +19,9 @@ from entitlements import AsyncEntitlementsClient
 from entitlements.v1 import entitlements_pb2 as pb
 from providers.xsolla import CatalogSettings, OrderSettings, WebhookSettings
 from server.app import Service
-from server.config import ReconcileSettings, TrackingSettings
 from server.reconcile import OrderIndex
+from server.reconcile.settings import ReconcileSettings
+from server.tracking.settings import TrackingSettings
 from tests.helpers.events import FAST, PARTITIONS, store_of
 from tests.helpers.gateway import running_gateway
 from tests.helpers.services import PROJECT, ClientFactory, ServiceFactory, sample

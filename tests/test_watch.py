@@ -15,9 +15,9 @@ import pytest
 from core.connections import RedisClient
 from core.feed import FEED_PARTITIONS, FeedKeys, feed_id_key, partition_of
 from server.app import Service
-from server.config import WatchSettings
 from server.embedded import EmbeddedRedis
 from server.watch.cursor import Cursor, parse_id
+from server.watch.settings import WatchSettings
 from tests.helpers.services import PROJECT, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest, node_infos
 from tests.helpers.watch import Feed, Watcher, versions, watch_channel

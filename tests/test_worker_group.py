@@ -64,6 +64,15 @@ def free_ports(count: int) -> int:
     raise AssertionError(f"no {count} consecutive free ports")
 
 
+#: What a worker's `service_started` says of a store that its group's parent runs.
+STORE_OF_PARENT = {"redis": "embedded", "redis_owner": "group_parent"}
+
+
+def store_of(line: dict[str, object]) -> dict[str, object]:
+    """The store a `service_started` line names, and who runs it."""
+    return {"redis": line["redis"], "redis_owner": line.get("redis_owner", "absent")}
+
+
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
@@ -210,8 +219,8 @@ async def health_on_fresh_connections(target: str, calls: int) -> set[int]:
 
 async def test_both_workers_serve_the_port_and_count_their_own_calls(groups: GroupFactory) -> None:
     """With 2 processes, 40 connections land on both workers (each counts its own calls on its own metrics port,
-    the two counts add up to the calls made), the parent reports 2 workers running, and every log line of a worker
-    carries its index."""
+    the two counts add up to the calls made), the parent reports 2 workers running, every log line of a worker
+    carries its index, and each worker's start says its store is the embedded one its parent runs."""
     group = await groups()
     assert await check_on_fresh_connections(group.target, 40) == []
     counts = [
@@ -228,6 +237,8 @@ async def test_both_workers_serve_the_port_and_count_their_own_calls(groups: Gro
     assert {line["worker"] for line in rpc_lines} == {0, 1}
     assert {line.get("worker") for line in group.lines("service_started")} == {0, 1}
     assert len({line["consumer"] for line in group.lines("service_started")}) == 2  # one member each
+    assert [line["redis"] for line in group.lines("group_started")] == ["embedded"]
+    assert [store_of(line) for line in group.lines("service_started")] == [STORE_OF_PARENT] * 2
 
 
 async def test_a_killed_worker_is_restarted_while_the_port_keeps_answering(groups: GroupFactory) -> None:
@@ -249,6 +260,8 @@ async def test_a_killed_worker_is_restarted_while_the_port_keeps_answering(group
     assert parent[("entitlements_worker_restarts_total", ())] == 1
     assert parent[("entitlements_workers_running", ())] == 2
     assert await check_on_fresh_connections(group.target, 20) == []
+    # The restarted worker, too, says that its store is its parent's.
+    assert [store_of(line) for line in group.lines("service_started")] == [STORE_OF_PARENT] * 3
 
 
 async def test_sigterm_drains_every_worker_and_the_parent_exits_zero(groups: GroupFactory) -> None:
@@ -394,8 +407,12 @@ async def test_events_are_shared_by_the_workers_consumers_and_applied_once(
     groups: GroupFactory, redis_server: StoreUnderTest
 ) -> None:
     """300 orders appended in bursts: both workers' consumer members apply some (each counts its own), every order
-    is applied once, nothing is left pending."""
+    is applied once, nothing is left pending; with REDIS_URL set, every process says its store is external."""
     group = await groups(**consuming(redis_server))
+    assert [line["redis"] for line in group.lines("group_started")] == ["external"]
+    assert [store_of(line) for line in group.lines("service_started")] == [
+        {"redis": "external", "redis_owner": None}
+    ] * 2
     await append_orders(redis_server, lambda burst: asyncio.sleep(0.05))
     await applied_once(group, redis_server)
     events = []

@@ -31,8 +31,9 @@ from entitlements import AsyncEntitlementsClient, OrderStatus, OrderStatusSource
 from providers import xsolla
 from server.__main__ import load_settings
 from server.app import Service
-from server.config import ConsumerSettings, TrackingSettings
+from server.config import ConsumerSettings
 from server.embedded import EmbeddedRedis
+from server.tracking.settings import TrackingSettings
 from webhook_gateway.app import Gateway
 from webhook_gateway.config import GatewaySettings
 from xsolla_simulator import XsollaSimulator

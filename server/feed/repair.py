@@ -62,6 +62,7 @@ class FeedRepair:
     ) -> None:
         self._redis = redis
         self._relay = relay
+        self.delay_s = delay_s
         self._delay_ms = int(delay_s * 1000)
         self._timeout_s = timeout_s
         self._metrics = metrics

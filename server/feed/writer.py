@@ -21,8 +21,9 @@ class FeedWriter:
 
     Args:
         redis: the service's client.
-        settings: the service's: `feed` (`ENTITLEMENTS_FEED_*`), the Redis timeout (one round trip's bound), and the
-            projects configured (the repair trims their partitions even before a write reaches them).
+        settings: the service's: `feed` (`ENTITLEMENTS_FEED_*`), the Redis timeout (one round trip's bound), the
+            longest a write may take (`write_bound_s`, which the repair delay exceeds), and the projects configured
+            (the repair trims their partitions even before a write reaches them).
         registry: where the feed's metrics are registered (`server.metrics.FeedMetrics`).
     """
 
@@ -33,7 +34,7 @@ class FeedWriter:
         self.repair = FeedRepair(
             redis,
             self.relay,
-            delay_s=feed.repair_s,
+            delay_s=feed.repair_delay_s(settings.write_bound_s),
             timeout_s=timeout_s,
             metrics=metrics,
             projects=settings.projects.ids,

@@ -210,6 +210,8 @@ class WorkerGroup:
                 str(index),
                 "--link-fd",
                 str(worker_end.fileno()),
+                # The worker says in its logs that the store it uses is the parent's.
+                *(("--parent-store",) if self.embedded is not None else ()),
                 env=self.worker_env(index),
                 pass_fds=(worker_end.fileno(),),
             )

@@ -30,11 +30,13 @@ CONSUMER_CHECK_S = 1.0
 CONSUMER_LOST = 3
 
 
-def worker_settings(settings: Settings, index: int) -> Settings:
-    """The settings of worker `index`: the ports shared (SO_REUSEPORT), the console on worker 0 only."""
+def worker_settings(settings: Settings, index: int, *, parent_store: bool = False) -> Settings:
+    """The settings of worker `index`: the ports shared (SO_REUSEPORT), the console on worker 0 only, and whether
+    REDIS_URL is the embedded store the parent runs (`parent_store`)."""
     return replace(
         settings,
         processes=1,
+        redis_from_group=parent_store,
         grpc_reuse_port=True,
         http=replace(settings.http, reuse_port=True),
         console=replace(settings.console, enabled=settings.console.enabled and index == 0),
@@ -49,7 +51,14 @@ async def _consumer_lost(service: Service) -> None:
             return
 
 
-async def run_worker(settings: Settings, build: Callable[[Settings], Service], *, index: int, link_fd: int) -> int:
+async def run_worker(
+    settings: Settings,
+    build: Callable[[Settings], Service],
+    *,
+    index: int,
+    link_fd: int,
+    parent_store: bool = False,
+) -> int:
     """Runs worker `index` until told to stop; returns its exit status (0, or `CONSUMER_LOST`).
 
     Args:
@@ -57,13 +66,14 @@ async def run_worker(settings: Settings, build: Callable[[Settings], Service], *
         build: makes the service from the worker's settings (the composition root chooses its provider).
         index: the worker's index in its group, from 0.
         link_fd: the descriptor of the worker's end of its link to the parent.
+        parent_store: REDIS_URL is the embedded store the parent runs (`--parent-store`).
     """
     link = WorkerEnd(link_fd)
     await link.open()
     status = 0
     try:
         async with stop_signals() as stop:
-            service = build(worker_settings(settings, index))
+            service = build(worker_settings(settings, index, parent_store=parent_store))
             await service.start()
             await link.ready()
             waits = {

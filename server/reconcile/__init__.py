@@ -9,7 +9,8 @@
   them, one replica at a time);
 - `recheck`: the orders a sweep searches again once its window has moved past them (late payments, late cancels);
 - `lease`, `progress`, `pacer`: the sweeper's lease, what it keeps in Redis (progress, orders seen, reports), the
-  spacing of its requests.
+  spacing of its requests;
+- `settings`: `ReconcileSettings`, read with the service's others (`server.config`).
 """
 
 from server.reconcile.findings import Finding, SweepOutcome, Window

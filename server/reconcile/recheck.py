@@ -32,8 +32,8 @@ from core.connections import RedisClient, bounded, reply_text
 from core.keys import sweep_pending_key, sweep_rechecked_key, sweep_seen_key
 from core.reconciliation import ProviderOrder
 from entitlements.v1 import entitlements_pb2 as pb
-from server.config import ReconcileSettings
 from server.reconcile.index import OrderIndex
+from server.reconcile.settings import ReconcileSettings
 
 log = structlog.get_logger("server.reconcile")
 

@@ -27,13 +27,13 @@ from core.errors import ConfigError, StoreUnavailable
 from core.lifecycle import cancel_and_wait
 from core.projects import Project, Projects
 from core.reconciliation import SearchError, SearchRefused
-from server.config import ReconcileSettings
 from server.leases import Lease
 from server.reconcile.findings import SweepOutcome, Window, iso
 from server.reconcile.lease import RENEWALS_PER_LEASE, LeaseLost, SweeperLease
 from server.reconcile.pacer import Pacer
 from server.reconcile.progress import SweepRecords
 from server.reconcile.recheck import Rechecks
+from server.reconcile.settings import ReconcileSettings
 from server.reconcile.sweep import OrderSweep, SweepParts
 
 if TYPE_CHECKING:

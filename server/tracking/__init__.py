@@ -7,6 +7,7 @@ of its Get order API). See docs/ORDER_STATUS.md.
   replica's reconciliation (`server.reconcile.tracked`).
 - `watcher`: one stream's view of a tracker (`Watcher`).
 - `trackers`: the replica's trackers (`OrderTracking`), with the cap.
+- `settings`: `TrackingSettings`, read with the service's others (`server.config`).
 
 The webhook source is the replica's single subscription to the consumer's order-status publications
 (`server.status_channel.OrderStatusFeed`), which `OrderTracking` owns.

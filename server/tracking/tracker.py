@@ -44,11 +44,11 @@ from core.clock import now_ms
 from core.connections import RedisClient
 from core.logs import user_ref
 from core.order_sources import LookupFailed, OrderSources, OrderUnknown, Player, ReportedStatus, TokenRefused
-from server.config import TrackingSettings
 from server.errors import EntitlementsError, NotFound, ServiceStopping, TokenRejected
 from server.metrics import ServiceMetrics
 from server.reconcile.tracked import TrackerReconciler
 from server.status_channel import RECONCILIATION_SOURCE, OrderState, UpstreamStatus, read_order
+from server.tracking.settings import TrackingSettings
 from server.tracking.status import (
     CANCELED,
     DONE,

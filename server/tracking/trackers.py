@@ -17,11 +17,11 @@ import structlog
 
 from core.connections import RedisClient
 from core.order_sources import OrderSources
-from server.config import TrackingSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
 from server.reconcile.tracked import TrackerReconciler
 from server.status_channel import ChannelMessage, OrderRef, OrderState, OrderStatusFeed, OrderStatusPublisher
+from server.tracking.settings import TrackingSettings
 from server.tracking.tracker import OrderTracker, TrackerKey
 from server.tracking.upstream import Upstream, UpstreamAnnouncer
 from server.tracking.watcher import Watcher

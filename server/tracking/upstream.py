@@ -36,10 +36,10 @@ from core.connections import RedisClient, bounded
 from core.errors import StoreUnavailable
 from core.keys import UserKeys
 from core.lifecycle import cancel_and_wait
-from server.config import TrackingSettings
 from server.leases import RENEWALS_PER_LEASE, Lease, LeaseLost
 from server.metrics import ServiceMetrics
 from server.status_channel import OrderRef, OrderStatusPublisher, UpstreamStatus
+from server.tracking.settings import TrackingSettings
 
 log = structlog.get_logger("server.tracking")
 

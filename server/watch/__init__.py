@@ -7,6 +7,7 @@ caches, with resumable cursors and player snapshots. See docs/WATCH.md.
 - `tail`: one shared reader of a project's feed per replica, fanned out to the streams.
 - `stream`: one stream: snapshots, catch-up, changes, heartbeats.
 - `watches`: the replica's streams (`Watches`): admission, tails, shutdown.
+- `settings`: `WatchSettings`, read with the service's others (`server.config`).
 """
 
 from server.watch.watches import Watches

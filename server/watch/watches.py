@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -12,13 +13,16 @@ from core import connections
 from core.connections import RedisClient
 from core.feed import FEED_PARTITIONS
 from entitlements.v1 import entitlements_pb2 as pb
-from server.config import Settings, WatchSettings
 from server.errors import CapacityExceeded, ServiceStopping
 from server.metrics import ServiceMetrics
 from server.watch.history import FeedHistory
 from server.watch.requests import opening
+from server.watch.settings import WatchSettings
 from server.watch.stream import EntitlementMessage, WatchStream
 from server.watch.tail import BLOCK_MS, FeedTail, Subscriber
+
+if TYPE_CHECKING:  # server.config imports server.watch for its settings
+    from server.config import Settings
 
 log = structlog.get_logger("server.watch")
 

@@ -13,7 +13,7 @@ from core.projects import CATALOG_FILE, Project, Projects
 from entitlements import AsyncEntitlementsClient
 from providers.xsolla import WebhookSettings
 from server.app import Service
-from server.config import ReconcileSettings
+from server.reconcile.settings import ReconcileSettings
 from tests.helpers.events import PARTITIONS
 from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import PROJECT, sample

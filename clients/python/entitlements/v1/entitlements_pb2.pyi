@@ -1337,7 +1337,10 @@ Global___PlayerSnapshot: _TypeAlias = PlayerSnapshot  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Nothing happened for `heartbeat_interval`; `cursor` (on the response) is the current position."""
+    """The stream is current: sent at once when the first message has been answered (snapshots and the catch-up from
+    `cursor` included), then whenever nothing was sent for `heartbeat_interval`. `cursor` (on the response) is the
+    current position.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -2422,7 +2422,9 @@ func (x *PlayerSnapshot) GetVersion() int64 {
 	return 0
 }
 
-// Nothing happened for `heartbeat_interval`; `cursor` (on the response) is the current position.
+// The stream is current: sent at once when the first message has been answered (snapshots and the catch-up from
+// `cursor` included), then whenever nothing was sent for `heartbeat_interval`. `cursor` (on the response) is the
+// current position.
 type Heartbeat struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The service's clock when the heartbeat was sent.

@@ -1297,7 +1297,9 @@ export const PlayerSnapshotSchema: GenMessage<PlayerSnapshot> = /*@__PURE__*/
   messageDesc(file_entitlements_v1_entitlements, 24);
 
 /**
- * Nothing happened for `heartbeat_interval`; `cursor` (on the response) is the current position.
+ * The stream is current: sent at once when the first message has been answered (snapshots and the catch-up from
+ * `cursor` included), then whenever nothing was sent for `heartbeat_interval`. `cursor` (on the response) is the
+ * current position.
  *
  * @generated from message entitlements.v1.Heartbeat
  */
@@ -1651,9 +1653,14 @@ export const EntitlementService: GenService<{
    * Every EntitlementChange carries the `cursor` after it: opening the stream again with the last cursor
    * received resumes right after it, with no change missing and none sent twice, across replicas and service
    * restarts. Changes of one player arrive in the order they were committed (their versions increase); changes
-   * of different players may arrive in any order. A Heartbeat, carrying the current cursor, is sent whenever
-   * nothing was sent for `heartbeat_interval`, so that idle streams survive proxies and a caller can tell a
-   * quiet stream from a dead one.
+   * of different players may arrive in any order.
+   *
+   * Heartbeats carry the current cursor. The first is sent at once, without waiting for `heartbeat_interval`,
+   * when the first message has been answered: after its snapshots and, when the stream resumed from `cursor`,
+   * after every change since that cursor. It means "caught up": from then on the stream is current, and a cache
+   * may answer from what it holds (the Python and Go caches go live on it, and refuse checks before it). After
+   * that, a Heartbeat is sent whenever nothing was sent for `heartbeat_interval`, so that idle streams survive
+   * proxies and a caller can tell a quiet stream from a dead one.
    *
    * The service keeps the history needed to resume for a limited time (24 hours by default,
    * ENTITLEMENTS_FEED_RETENTION_S). Errors, besides those of every RPC:
