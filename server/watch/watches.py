@@ -120,7 +120,8 @@ class Watches:
     async def serve(
         self, project_id: int, first: pb.WatchEntitlementsRequest, later: AsyncIterator[pb.WatchEntitlementsRequest]
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        """One stream's messages, for a caller authorized on `project_id`.
+        """One stream's messages, for a caller authorized on `project_id`. When it ends it is counted by reason
+        (`end_reason`), unless it was refused for capacity (counted apart).
 
         Raises:
             InvalidArgument, OutOfRange: the first message (or a later one) is refused.
