@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import Service
 from server.embedded import EmbeddedRedis
-from server.metrics import EmbeddedStoreMetrics, WorkerGroupMetrics
+from server.metrics import WATCH_END_REASONS, EmbeddedStoreMetrics, WorkerGroupMetrics
 from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import ServiceFactory, sample
 from tests.helpers.waiting import eventually
@@ -189,6 +189,23 @@ def test_the_webhook_results_queried_are_the_gateways() -> None:
     }
     assert asked, "no result asked for"
     assert asked <= set(RESULTS)
+
+
+def test_the_watch_end_reasons_queried_are_the_services() -> None:
+    """Every `reason` the alerts ask of entitlements_watch_streams_ended_total is one the service counts, and the
+    dashboard shows them all (by reason)."""
+    asked = {
+        value
+        for rule in alert_rules()
+        for labels in re.findall(r"entitlements_watch_streams_ended_total\{([^}]*)\}", rule["expr"])
+        for match in re.findall(r'reason=~?"([^"]*)"', labels)
+        for value in match.split("|")
+    }
+    assert asked == {"fell_behind", "out_of_range"}
+    assert asked <= set(WATCH_END_REASONS)
+    assert any(
+        "sum by (reason)" in expr and "entitlements_watch_streams_ended_total" in expr for expr in dashboard_exprs()
+    )
 
 
 def group_registry() -> CollectorRegistry:

@@ -34,6 +34,29 @@ log = structlog.get_logger("server.feed")
 
 #: Intents read per partition per pass (the oldest first); more wait for the next pass.
 REPAIR_BATCH = 500
+#: An intent this old (s) when a pass finds it is logged (`feed_intent_overdue`, with its partition): it outlived
+#: passes that should have relayed it. The alert on `entitlements_feed_oldest_intent_age_seconds` pages later.
+OVERDUE_LOG_S = 60.0
+
+
+class _Seen:
+    """What one repair pass found pending: its clock (ms), the stale intents, and the partition of the oldest."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.intents = 0
+        self.oldest: FeedKeys | None = None
+        self._oldest_ms: int | None = None
+
+    def note(self, keys: FeedKeys, intents: int, oldest_ms: int) -> None:
+        self.intents += intents
+        if self._oldest_ms is None or oldest_ms < self._oldest_ms:
+            self._oldest_ms, self.oldest = oldest_ms, keys
+
+    @property
+    def oldest_age_s(self) -> float:
+        """The oldest stale intent's age (0 with none)."""
+        return 0.0 if self._oldest_ms is None else max(0, self.now - self._oldest_ms) / 1000
 
 
 class FeedRepair:
@@ -90,7 +113,8 @@ class FeedRepair:
 
     async def repair(self, now: int | None = None) -> int:
         """One pass over every partition of every project: relays what stale intents' players miss, removes those
-        intents, trims to the retention. A partition that fails is logged and left to the next pass.
+        intents, trims to the retention. A partition that fails is logged and left to the next pass. The stale
+        intents seen and the oldest one's age are the metrics `pending` and `oldest_intent` until the next pass.
 
         Args:
             now: the clock (ms) to judge intents by (tests); the wall clock by default.
@@ -105,48 +129,70 @@ class FeedRepair:
         known = await bounded(self._redis.smembers(FEED_PROJECTS_KEY), self._timeout_s)
         projects = {int(reply_text(member)) for member in known if reply_text(member).isdigit()}
         projects.update(self._projects)
+        seen = _Seen(now)
         results = await asyncio.gather(
-            *(self._partition(keys, now) for project in sorted(projects) for keys in feed_keys(project)),
+            *(self._partition(keys, seen) for project in sorted(projects) for keys in feed_keys(project)),
             return_exceptions=True,
         )
-        appended, stale = 0, 0
+        appended = 0
         for result in results:
             if isinstance(result, BaseException):
                 if not isinstance(result, StoreUnavailable):
                     log.error("feed_repair_error", error=repr(result))
                 continue
-            appended += result[0]
-            stale += result[1]
+            appended += result
         failed = sum(1 for result in results if isinstance(result, BaseException))
         if failed:
             log.warning("feed_repair_partitions_failed", partitions=failed, note="tried again on the next pass")
+        stale = seen.intents
         self._metrics.pending.set(stale)
+        self._metrics.oldest_intent.set(seen.oldest_age_s)
+        if seen.oldest is not None and seen.oldest_age_s >= OVERDUE_LOG_S:
+            # Outlived repairs: the partition's relay keeps failing, or a player's gap cannot be filled.
+            log.warning(
+                "feed_intent_overdue",
+                project_id=seen.oldest.project_id,
+                partition=seen.oldest.partition,
+                age_s=round(seen.oldest_age_s, 1),
+            )
         if appended:
             self._metrics.repaired.inc(appended)
             log.warning("feed_repaired", changes=appended, intents=stale)
         return appended
 
-    async def _partition(self, keys: FeedKeys, now: int) -> tuple[int, int]:
-        """Repairs one partition; returns (changes appended, stale intents seen)."""
-        await self._relay.trim(keys)
-        rows = await bounded(
-            self._redis.zrange(keys.pending, "-inf", now - self._delay_ms, byscore=True, offset=0, num=REPAIR_BATCH),
+    async def _partition(self, keys: FeedKeys, seen: _Seen) -> int:
+        """Repairs one partition, noting its stale intents in `seen` first (so that a partition whose repair fails
+        still counts); returns the changes appended."""
+        reply = await bounded(
+            self._redis.zrange(
+                keys.pending,
+                "-inf",
+                seen.now - self._delay_ms,
+                byscore=True,
+                offset=0,
+                num=REPAIR_BATCH,
+                withscores=True,
+            ),
             self._timeout_s,
         )
+        rows = cast(list[tuple[bytes, float]], reply)  # (member, score), the oldest first
+        if rows:
+            seen.note(keys, len(rows), int(rows[0][1]))
+        await self._relay.trim(keys)
         if not rows:
-            return 0, 0
+            return 0
         players: dict[str, list[str]] = {}
-        for row in rows:
-            member = reply_text(cast(bytes, row), errors="replace")
+        for row, _score in rows:
+            member = reply_text(row, errors="replace")
             if len(member) < 18 or member[16] != ":":
                 log.error("feed_intent_invalid", member=member[:64], partition=keys.partition)
-                await bounded(self._redis.zrem(keys.pending, cast(bytes, row)), self._timeout_s)
+                await bounded(self._redis.zrem(keys.pending, row), self._timeout_s)
                 continue
             players.setdefault(member[17:], []).append(member)
         changes: list[FeedEntry] = []
         for user_id, _members in players.items():
             changes += await self._missing(keys, user_id)
-        return await self._relay.relay(keys, changes, [m for ms in players.values() for m in ms]), len(rows)
+        return await self._relay.relay(keys, changes, [m for ms in players.values() for m in ms])
 
     async def _missing(self, keys: FeedKeys, user_id: str) -> list[FeedEntry]:
         """The player's changes not relayed yet: versions after the partition's `relayed` one, up to the player's."""

@@ -26,7 +26,7 @@ from core.clock import now_ms
 from core.feed import feed_keys
 from entitlements.v1 import entitlements_pb2 as pb
 from server.errors import InvalidArgument
-from server.metrics import ServiceMetrics
+from server.metrics import WatchMetrics
 from server.store import EntitlementRecord
 from server.watch.cursor import Cursor, StreamId
 from server.watch.history import FeedChange, FeedHistory, Snapshot, check_position
@@ -67,7 +67,7 @@ class WatchStream:
     ) -> None:
         self._watches = watches
         self._history: FeedHistory = watches.history
-        self._metrics: ServiceMetrics = watches.metrics
+        self._metrics: WatchMetrics = watches.metrics
         self._project_id = project_id
         self._feed_id = opened.cursor.feed_id if opened.cursor is not None else ""
         self._opened = opened
@@ -159,7 +159,7 @@ class WatchStream:
                     raise self._subscriber.error
                 after = self._position[partition]
                 state, changes, last = await self._history.read(keys, after, joined[partition], CATCH_UP_COUNT)
-                self._metrics.watch_catch_up_reads.inc()
+                self._metrics.catch_up_reads.inc()
                 # Trimmed since the cursor was checked: what followed `after` is gone (OUT_OF_RANGE).
                 check_position(state, after)
                 for change in changes:
@@ -189,7 +189,7 @@ class WatchStream:
         )
         if change.record is not None:
             message.entitlement.CopyFrom(self._entitlement(change.record, entry.at_ms))
-        self._metrics.watch_changes.inc()
+        self._metrics.changes.inc()
         return pb.WatchEntitlementsResponse(change=message, cursor=self._cursor())
 
     async def _change_players(self, change: PlayerChange) -> AsyncIterator[pb.WatchEntitlementsResponse]:
@@ -215,7 +215,7 @@ class WatchStream:
         snapshots = await self._history.snapshots(self._project_id, added)
         for snapshot in snapshots:
             self._floors[snapshot.user_id] = snapshot.version
-            self._metrics.watch_snapshots.inc()
+            self._metrics.snapshots.inc()
             yield pb.WatchEntitlementsResponse(snapshot=self._snapshot(snapshot))
 
     def _snapshot(self, snapshot: Snapshot) -> pb.PlayerSnapshot:

@@ -24,7 +24,7 @@ from core.connections import RedisClient, bounded
 from core.errors import StoreUnavailable
 from core.feed import feed_keys
 from server.errors import EntitlementsError, FellBehind
-from server.metrics import ServiceMetrics
+from server.metrics import WatchMetrics
 from server.watch.cursor import StreamId, format_id
 from server.watch.history import FeedChange, FeedHistory, parse_entries
 
@@ -112,7 +112,7 @@ class FeedTail:
         project_id: int,
         *,
         cluster: bool,
-        metrics: ServiceMetrics,
+        metrics: WatchMetrics,
         timeout_s: float,
         on_stop: Callable[[FeedTail], None],
     ) -> None:
@@ -204,7 +204,7 @@ class FeedTail:
                     self._redis.xread(streams, count=READ_COUNT, block=BLOCK_MS),  # type: ignore[arg-type]
                     BLOCK_MS / 1000 + self._timeout_s,
                 )
-                self._metrics.watch_feed_reads.inc()
+                self._metrics.feed_reads.inc()
                 if reply and not self._stopped:
                     self._dispatch(reply)
         except asyncio.CancelledError:

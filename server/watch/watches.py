@@ -11,10 +11,11 @@ import structlog
 
 from core import connections
 from core.connections import RedisClient
+from core.errors import StoreUnavailable
 from core.feed import FEED_PARTITIONS
 from entitlements.v1 import entitlements_pb2 as pb
-from server.errors import CapacityExceeded, ServiceStopping
-from server.metrics import ServiceMetrics
+from server.errors import CapacityExceeded, FellBehind, InvalidArgument, OutOfRange, ServiceStopping
+from server.metrics import WATCH_END_REASONS, ServiceMetrics, WatchMetrics
 from server.watch.history import FeedHistory
 from server.watch.requests import opening
 from server.watch.settings import WatchSettings
@@ -28,6 +29,23 @@ log = structlog.get_logger("server.watch")
 
 _STOPPING = "the replica is shutting down: open the stream again with the last cursor received"
 
+#: The reason (`WATCH_END_REASONS`) a stream ended with each error; any other error is "error".
+_END_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (FellBehind, "fell_behind"),
+    (OutOfRange, "out_of_range"),
+    (InvalidArgument, "invalid_argument"),
+    (StoreUnavailable, "store_unavailable"),
+    (ServiceStopping, "stopping"),
+)
+
+
+def end_reason(error: Exception) -> str:
+    """Why a stream that raised `error` ended, as `entitlements_watch_streams_ended_total` counts it."""
+    for kind, reason in _END_REASONS:
+        if isinstance(error, kind):
+            return reason
+    return "error"
+
 
 class Watches:
     """Serves WatchEntitlements streams on this replica.
@@ -38,7 +56,7 @@ class Watches:
             and whose pool has a connection per tail reader (one per project watched; on a Cluster, one per
             partition of each).
         settings: the limits.
-        metrics: the service's metrics.
+        metrics: the watch streams' metrics.
         cluster: the store is a Redis Cluster.
         timeout_s: the Redis timeout.
         entitlement: makes an Entitlement message of a stored record (`server.service.entitlement_message`).
@@ -49,7 +67,7 @@ class Watches:
         redis: RedisClient,
         tail_redis: RedisClient,
         settings: WatchSettings,
-        metrics: ServiceMetrics,
+        metrics: WatchMetrics,
         *,
         cluster: bool,
         timeout_s: float,
@@ -58,6 +76,7 @@ class Watches:
         self.history = FeedHistory(redis, timeout_s=timeout_s)
         self.settings = settings
         self.metrics = metrics
+        self._ended = {reason: metrics.ended.labels(reason) for reason in WATCH_END_REASONS}
         self._tail_redis = tail_redis
         self._cluster = cluster
         self._timeout_s = timeout_s
@@ -78,9 +97,9 @@ class Watches:
         *,
         entitlement: EntitlementMessage,
     ) -> Watches:
-        """The service's watches, with their own client for the tails' blocking reads (connections open lazily):
-        a connection per project watched, or per partition of each on a Cluster, for the projects served and as
-        many more."""
+        """The service's watches (counted in `metrics.watch`), with their own client for the tails' blocking reads
+        (connections open lazily): a connection per project watched, or per partition of each on a Cluster, for the
+        projects served and as many more."""
         projects = max(1, len(settings.projects.ids)) * 2
         tail_redis = connections.connect(
             redis_url,
@@ -92,7 +111,7 @@ class Watches:
             redis,
             tail_redis,
             settings.watch,
-            metrics,
+            metrics.watch,
             cluster=settings.redis_cluster,
             timeout_s=settings.redis_timeout_s,
             entitlement=entitlement,
@@ -105,7 +124,8 @@ class Watches:
     async def serve(
         self, project_id: int, first: pb.WatchEntitlementsRequest, later: AsyncIterator[pb.WatchEntitlementsRequest]
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
-        """One stream's messages, for a caller authorized on `project_id`.
+        """One stream's messages, for a caller authorized on `project_id`. When it ends it is counted by reason
+        (`end_reason`), unless it was refused for capacity (counted apart).
 
         Raises:
             InvalidArgument, OutOfRange: the first message (or a later one) is refused.
@@ -114,27 +134,37 @@ class Watches:
             ServiceStopping: the replica is shutting down.
             FellBehind: the caller did not read fast enough.
         """
-        opened = opening(first, project_id)
-        if self._closing:
-            raise ServiceStopping(_STOPPING)
-        if self._open >= self.settings.max_streams:
-            self.metrics.watch_streams_refused.inc()
-            raise CapacityExceeded(
-                f"this replica holds its maximum of {self.settings.max_streams:,} watch streams "
-                "(ENTITLEMENTS_WATCH_MAX_STREAMS): retry later or on another replica"
-            )
-        self._open += 1
-        self.metrics.watch_streams.inc()
+        reason: str | None = "caller"  # unless an error ends it: its caller closed or cancelled it
         try:
-            if opened.cursor is not None:
-                await self.history.check_cursor(opened.cursor)
-            stream = WatchStream(self, project_id, opened, later, self._entitlement)
-            async with contextlib.aclosing(stream.run()) as messages:  # type: ignore[type-var]
-                async for message in messages:
-                    yield message
+            opened = opening(first, project_id)
+            if self._closing:
+                raise ServiceStopping(_STOPPING)
+            if self._open >= self.settings.max_streams:
+                self.metrics.refused.inc()
+                reason = None  # counted as refused, not as ended
+                raise CapacityExceeded(
+                    f"this replica holds its maximum of {self.settings.max_streams:,} watch streams "
+                    "(ENTITLEMENTS_WATCH_MAX_STREAMS): retry later or on another replica"
+                )
+            self._open += 1
+            self.metrics.streams.inc()
+            try:
+                if opened.cursor is not None:
+                    await self.history.check_cursor(opened.cursor)
+                stream = WatchStream(self, project_id, opened, later, self._entitlement)
+                async with contextlib.aclosing(stream.run()) as messages:  # type: ignore[type-var]
+                    async for message in messages:
+                        yield message
+            finally:
+                self._open -= 1
+                self.metrics.streams.dec()
+        except Exception as exc:
+            if reason is not None:
+                reason = end_reason(exc)
+            raise
         finally:
-            self._open -= 1
-            self.metrics.watch_streams.dec()
+            if reason is not None:
+                self._ended[reason].inc()
 
     async def attach(self, project_id: int, subscriber: Subscriber) -> FeedTail:
         """Attaches `subscriber` to the project's tail, started first when the project has none on this replica.

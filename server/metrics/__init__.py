@@ -1,7 +1,8 @@
-"""Every Prometheus metric of the service process, on a registry the composition root owns.
+"""Every Prometheus metric of the service process, on a registry the composition root owns: here, and the change
+feed's and its watch streams' in `server.metrics.change_feed` (re-exported).
 
-Labels are bounded (method, code, operation, event type, result, partition, API key name): never a player, sku or
-order id.
+Labels are bounded (method, code, operation, event type, result, reason, partition, API key name): never a player,
+sku or order id.
 """
 
 from __future__ import annotations
@@ -9,6 +10,17 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.metrics import LATENCY_BUCKETS
+from server.metrics.change_feed import WATCH_END_REASONS, FeedMetrics, WatchMetrics
+
+__all__ = [
+    "WATCH_END_REASONS",
+    "CatalogMetrics",
+    "EmbeddedStoreMetrics",
+    "FeedMetrics",
+    "ServiceMetrics",
+    "WatchMetrics",
+    "WorkerGroupMetrics",
+]
 
 # How long a stream stays open: from a stored state answered at once to the one-hour maximum wait.
 _STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
@@ -307,58 +319,7 @@ class ServiceMetrics:
             ["result"],
             registry=registry,
         )
-        # WatchEntitlements (server.watch).
-        self.watch_streams = Gauge(
-            "entitlements_watch_streams", "WatchEntitlements streams open on this replica.", registry=registry
-        )
-        self.watch_streams_refused = Counter(
-            "entitlements_watch_streams_refused_total",
-            "WatchEntitlements streams refused because the replica held ENTITLEMENTS_WATCH_MAX_STREAMS.",
-            registry=registry,
-        )
-        self.watch_changes = Counter(
-            "entitlements_watch_changes_sent_total", "Entitlement changes sent on watch streams.", registry=registry
-        )
-        self.watch_snapshots = Counter(
-            "entitlements_watch_snapshots_total", "Player snapshots sent on watch streams.", registry=registry
-        )
-        self.watch_catch_up_reads = Counter(
-            "entitlements_watch_catch_up_reads_total",
-            "Reads of the change feed by streams resuming from a cursor behind the replica's tail.",
-            registry=registry,
-        )
-        self.watch_feed_reads = Counter(
-            "entitlements_watch_feed_reads_total",
-            "Blocking reads (XREAD) of the change feed by the replica's shared tails, one loop per project watched.",
-            registry=registry,
-        )
-
-
-class FeedMetrics:
-    """The change feed's write side (`server/feed/`, docs/FEED.md): appends, the relay, its repair."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, text: str) -> Counter:
-            return Counter(f"entitlements_feed_{name}_total", text, registry=registry)
-
-        self.appended = counter("appended", "Changes the write scripts appended to the change feed themselves.")
-        self.relayed = counter("relayed", "Changes the relay (or the repair) appended to the change feed.")
-        self.repaired = counter("repaired", "Changes the repair appended: their relay failed or never ran.")
-        self.failures = counter("relay_failures", "Relay batches that failed (Redis unavailable): left to the repair.")
-        self.dropped = counter("relay_dropped", "Writes not queued for the relay (its queue full): left to the repair.")
-        self.gaps = counter("gaps", "Gaps the relay filled from a player's ledger (changes relayed out of order).")
-        self.lag = Histogram(
-            "entitlements_feed_lag_seconds",
-            "From a change's commit to its append by the relay.",
-            buckets=_DELAY_BUCKETS,
-            registry=registry,
-        )
-        self.call_seconds = Histogram(
-            "entitlements_feed_relay_call_seconds", "One relay script call.", buckets=LATENCY_BUCKETS, registry=registry
-        )
-        self.pending = Gauge(
-            "entitlements_feed_pending", "Stale intents seen by this replica's last repair pass.", registry=registry
-        )
+        self.watch = WatchMetrics(registry)
 
 
 class EmbeddedStoreMetrics:
