@@ -28,12 +28,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
-import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter, Gauge, Histogram
 
+from core import logs
 from core.logs import user_ref
 from core.projects import Projects
 from server.auth import Authenticator, Principal
@@ -54,7 +54,7 @@ from server.errors import (
 from server.metrics import ServiceMetrics
 from server.validation import resolve_project
 
-log = structlog.get_logger("server.rpc")
+log = logs.get_logger("server.rpc")
 
 #: Request metadata of a caller that wants to know when its stream is accepted (the HTTP/JSON API), and the initial
 #: metadata a server-streaming handler then sends once it has accepted the request (caller authorized, request

@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import structlog
 from aiohttp import web
 
+from core import logs
 from core.errors import NotDurable, StoreUnavailable
 from core.eventlog import AppendResult
 from core.logs import user_ref
@@ -52,7 +52,7 @@ from webhook_gateway.metrics import UNVERIFIED, GatewayMetrics
 from webhook_gateway.sources import SourceFilter
 from webhook_gateway.users import UserDirectory
 
-log = structlog.get_logger("webhook_gateway")
+log = logs.get_logger("webhook_gateway")
 
 _MAX_LOGGED_TYPE_CHARS = 64
 
