@@ -3,7 +3,8 @@
 Parts, in the order they run (`--only` picks some; all by default):
 
 - `core`: the service's CheckEntitlement and Grant against a bare grpc.aio server under the same load
-  (`bench.rpcs`): QPS, latency, CPU per call, their ratio, and how well its Valkey reads were pipelined;
+  (`bench.rpcs`): QPS, latency, CPU per call, their ratio, and how well its Valkey reads were pipelined; then the
+  CPU of one per-call log line against structlog's stock processors (`bench.log_line`);
 - `gateway`: signed, distinct order_paid webhooks into the real gateway against a bare aiohttp handler
   (`bench.gateway`): the ingest rate and its ratio; then valid webhooks at a steady rate, alone and while 32
   senders post 1 MiB badly signed bodies (`bench.attack`): their p50/p99 and the attackers' rate; then the same
@@ -60,7 +61,20 @@ from typing import Any
 
 import grpc
 
-from bench import attack, cache, consumer, durability, failover, gateway, history, latency, report, streams, workers
+from bench import (
+    attack,
+    cache,
+    consumer,
+    durability,
+    failover,
+    gateway,
+    history,
+    latency,
+    log_line,
+    report,
+    streams,
+    workers,
+)
 from bench.processes import Child, signals_interrupt
 from bench.report import Comparison
 from bench.rpcs import RpcBenchmark, cpu_model, print_run
@@ -281,6 +295,9 @@ def _core_on(
         benchmark.prepare()
         benchmark.run_all()
         results.comparisons.extend(benchmark.comparisons)
+        line = log_line.measure(cores=placement.load)
+        _print(line.describe())
+        results.extra["log_line"] = {**dataclasses.asdict(line), "speedup": round(line.speedup, 3)}
         if args.profile is not None and benchmark.use_h2load:
             results.extra["profile"] = benchmark.profile(args.profile)
         elif args.profile is not None:
