@@ -6,7 +6,7 @@ Every RPC and every webhook writes one line, so its cost is part of each call's.
 `JSONRenderer`) and a lazy `structlog.get_logger` proxy, which write the same bytes (`tests/test_log_lines.py`).
 Each is measured in turns (stock, service, stock, service) in one child process pinned to a core, writing its
 stderr to a file as a deployed service's is, with the fields of a `CheckEntitlement` line from inside an asyncio
-task (whose context the stock walk goes through); the best of the turns counts, CPU time not wall time.
+task (whose context the walk goes through); the best of the turns counts, CPU time not wall time.
 
     python -m bench.log_line [--lines 50000] [--core 1]
 

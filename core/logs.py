@@ -10,12 +10,11 @@ warning line naming the error instead (`_CallerHttpErrors`), so that garbage fro
 logs with tracebacks nor pages anyone. Player ids are never logged in clear: `user_ref` gives a short stable hash
 for correlating lines.
 
-Every RPC and webhook writes a line, so its cost counts. The JSON processors are structlog's own, made cheaper
-where they pay for generality the service does not use (`_merge_contextvars`, `_IsoUtcTimestamp`,
-`_format_exc_info`, `_JsonRenderer`): the same keys, values and bytes for about half the CPU per line
-(docs/benchmarks.md). `get_logger` looks a cached logger's methods up once. The bytes stay json.dumps' own (", "
-and ": ", non-ASCII escaped), which operators' filters and this project's tests match as text: orjson, faster
-still, writes other bytes.
+Every RPC and webhook writes a line, so its cost counts. The processors are structlog's own but two, which skip
+work the service does not need (`_IsoUtcTimestamp` formats the date once per second, `_format_exc_info` runs only
+for a line with an exception), with the same keys, values and bytes; `get_logger` looks a cached logger's methods
+up once. The renderer is structlog's JSONRenderer (json.dumps' bytes: ", " and ": ", non-ASCII escaped), which
+operators' filters and this project's tests match as text; orjson, faster, writes other bytes.
 """
 
 from __future__ import annotations
@@ -23,17 +22,14 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
-import json.encoder
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
-import structlog.contextvars
 from aiohttp.http_exceptions import HttpProcessingError
-from structlog.processors import _json_fallback_handler
 
 # The handler `configure` put on the root logger, replaced when it is called again (tests reconfigure).
 _library_handler: logging.Handler | None = None
@@ -63,11 +59,11 @@ def configure(
     # In JSON a traceback becomes the "exception" string; the console renderer draws it itself.
     tracebacks: list[structlog.typing.Processor]
     if render_json:
-        renderer, tracebacks = _JsonRenderer(), [_format_exc_info]
+        renderer, tracebacks = structlog.processors.JSONRenderer(), [_format_exc_info]
     else:
         renderer, tracebacks = structlog.dev.ConsoleRenderer(), []
     shared: list[structlog.typing.Processor] = [
-        _merge_contextvars,
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _IsoUtcTimestamp(),
     ]
@@ -124,20 +120,6 @@ class _PinnedLogger:
         return value
 
 
-def _merge_contextvars(
-    logger: structlog.typing.WrappedLogger, name: str, event_dict: structlog.typing.EventDict
-) -> structlog.typing.EventDict:
-    """structlog's `merge_contextvars`, which walks every variable of the context (asyncio's, grpc's, redis-py's)
-    looking for the ones `bind_contextvars` made, skipped while it has never made one (always, in this service)."""
-    if _BOUND_CONTEXTVARS is not None and not _BOUND_CONTEXTVARS:
-        return event_dict
-    return structlog.contextvars.merge_contextvars(logger, name, event_dict)
-
-
-# Every variable `bind_contextvars` creates, by name (structlog's own registry; the full walk without it).
-_BOUND_CONTEXTVARS: Mapping[str, object] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-
-
 class _IsoUtcTimestamp:
     """`structlog.processors.TimeStamper(fmt="iso", utc=True)`: the same `timestamp` text from the same clock, with
     the date and the time of day formatted once per second instead of on every line."""
@@ -172,35 +154,6 @@ def _format_exc_info(
     if "exc_info" in event_dict:
         return structlog.processors.format_exc_info(logger, name, event_dict)
     return event_dict
-
-
-# The C encoder json.JSONEncoder writes with (not in the type stubs).
-_C_MAKE_ENCODER: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
-
-
-class _JsonRenderer:
-    """`structlog.processors.JSONRenderer()`, which is `json.dumps(event_dict, default=<structlog's fallback>)`:
-    the same text from the same C encoder, made here without the `JSONEncoder` and the Python calls around it that
-    `json.dumps` goes through for every line with a `default` (a third of its cost).
-
-    The encoder is made per line, with its own record of the containers being written (which is how it refuses a
-    circular one with ValueError, as json.dumps does): threads log through the same renderer (libraries' records).
-    """
-
-    def __init__(self) -> None:
-        self._stock = structlog.processors.JSONRenderer()
-
-    def __call__(
-        self, logger: structlog.typing.WrappedLogger, name: str, event_dict: structlog.typing.EventDict
-    ) -> str:
-        if _C_MAKE_ENCODER is None:  # a Python without the C accelerator
-            return str(self._stock(logger, name, event_dict))
-        # As json.JSONEncoder(default=...).iterencode(o, _one_shot=True) makes it: ensure_ascii, ", " and ": ", no
-        # sorting, no skipped keys, NaN allowed (JSONEncoder's defaults).
-        encoder = _C_MAKE_ENCODER(
-            {}, _json_fallback_handler, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
-        )
-        return "".join(encoder(event_dict, 0))
 
 
 class _Fields:

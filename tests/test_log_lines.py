@@ -298,16 +298,9 @@ def test_the_console_renderer_is_structlogs(restore_logging: None) -> None:
     assert len(processors) == 4
 
 
-def test_the_shortcuts_rest_on_what_this_structlog_and_python_have() -> None:
-    """The context walk is skipped on structlog's own registry of bound variables, and lines are written by json's
-    C encoder: a structlog or a Python without them would still log the same, at the stock cost, so this says so."""
-    assert logs._BOUND_CONTEXTVARS is structlog.contextvars._CONTEXT_VARS
-    assert logs._C_MAKE_ENCODER is not None
-
-
 # --- the real service ---------------------------------------------------------------------------------------------
 
-#: Keys of an RPC line, in order, as the service wrote them before this renderer (`server.rpc.RpcRuntime._finish`).
+#: Keys of an RPC line, in order, as the service writes them (`server.rpc.RpcRuntime._finish`).
 RPC_KEYS_OK = ["method", "code", "duration_ms", "user", "project_id", "principal", "event", "level", "timestamp"]
 
 
