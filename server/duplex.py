@@ -1,7 +1,9 @@
 """What a bidirectional RPC goes through (`duplex_rpc`), as `server.rpc.rpc` and `stream_rpc` do for the others.
 
 The API key and its scope are checked from the call's metadata before any message is read: a caller without them
-learns nothing about how its bytes parse. Then the first message is read and decoded (bytes that are not the
+learns nothing about how its bytes parse. A caller that has them gets the response headers at once, before any
+message is read (the Python client waits for them before its first write: `entitlements.client._cache_stream.
+accepted`). Then the first message is read and decoded (bytes that are not the
 method's request type are INVALID_ARGUMENT, "request: is not a valid ..."), and its `project_id` resolved
 (`server.validation.resolve_project`). The handler gets the first request decoded, the caller's later messages as
 an async iterator of decoded requests (one that does not decode raises InvalidArgument, which ends the stream
@@ -59,6 +61,10 @@ def duplex_rpc(
             try:
                 principal = runtime.authorize(context, scope)
                 call.principal = principal.name
+                # The response headers now tell the caller its key is accepted: a client may wait for them before
+                # writing, since grpc.aio reports a write that crossed the service's refusal as INTERNAL in place of
+                # the refusal (grpc/grpc#36066).
+                await context.send_initial_metadata(())
                 raw = await anext(aiter(requests), None)
                 if raw is None:
                     raise InvalidArgument("request", "the stream was closed before its first message")

@@ -705,9 +705,12 @@ async def test_dedup_key_is_kept_for_the_configured_window(
 
 @pytest.mark.slow
 async def test_same_order_paid_fifty_times_at_once_is_stored_once(
-    gateway: Gateway, http: aiohttp.ClientSession, redis_client: aioredis.Redis
+    gateway_factory: GatewayFactory, http: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
     """Fifty concurrent deliveries of one order_paid: all 204, exactly one stream entry."""
+    # Redis's bound as deployed (2 s): fifty writes at once on a loaded machine outlast the tests' usual 0.5 s, and a
+    # 503 (Xsolla retries it) is not what this test is about.
+    gateway = await gateway_factory(redis_timeout_s=2.0, durability_timeout_ms=1000)
     body = fixture("order_paid_combined")
     answers = await asyncio.gather(*(send(http, gateway.url, body, PROJECT_SECRET) for _ in range(50)))
     assert [answer.status for answer in answers] == [204] * 50

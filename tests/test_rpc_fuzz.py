@@ -499,6 +499,10 @@ async def test_key_bound_to_a_project_reaches_no_other(
     before = await store_state(service, redis_client, method)
     outcome = await raw.call(method, payload, bearer(BOUND_KEY), timeout_s=2.0)
     if project_id > 0 and project_id != OTHER_PROJECT:
+        if outcome.code == StatusCode.DEADLINE_EXCEEDED:
+            # A loaded machine can hold even a refusal past 2 s (a deadline that stays short for the streams the
+            # service accepts): asked again with room, it must be the refusal, and nothing written either time.
+            outcome = await raw.call(method, payload, bearer(BOUND_KEY), timeout_s=20.0)
         assert outcome.code == StatusCode.PERMISSION_DENIED, outcome
         assert outcome.details == f"API key 'bound' is not bound to project {project_id}", outcome
     else:

@@ -52,6 +52,11 @@ class RawChannel:
                 # stays open as a real watcher's does.
                 bidi = self._channel.stream_stream(path, request_serializer=None, response_deserializer=None)
                 call = bidi(metadata=metadata, timeout=timeout_s)  # type: ignore[call-arg]  # grpc-stubs: the iterator may be left out, then write()
+                # As the Python client does: written once the service accepted the key, or a refusal crossing the
+                # write would read INTERNAL (grpc/grpc#36066).
+                await call.initial_metadata()
+                if call.done():
+                    return Outcome(await call.code(), await call.details() or "")
                 await call.write(payload)
             else:
                 stream = self._channel.unary_stream(path, request_serializer=None, response_deserializer=None)

@@ -15,7 +15,7 @@ from grpc import aio
 
 from entitlements.client._base import _closed_under_call, _task_is_cancelling
 from entitlements.client._cache_state import MAX_PLAYERS_PER_MESSAGE
-from entitlements.client._cache_stream import batches
+from entitlements.client._cache_stream import accepted, batches
 from entitlements.errors import EntitlementsError, translate_rpc_error
 from entitlements.v1 import entitlements_pb2 as pb
 
@@ -43,9 +43,11 @@ class AsyncWatchStream:
         self._opening = asyncio.get_running_loop().create_task(self._open(opening))
 
     async def _open(self, opening: list[pb.WatchEntitlementsRequest]) -> None:
-        with contextlib.suppress(EntitlementsError, asyncio.InvalidStateError):
+        if not await accepted(self._call):
+            return  # refused: iteration raises the call's error
+        with contextlib.suppress(EntitlementsError):
             for message in opening:
-                await self._send(message)
+                await self._write(message)
 
     def __aiter__(self) -> Self:
         return self
@@ -92,11 +94,20 @@ class AsyncWatchStream:
             await self._send(pb.WatchEntitlementsRequest(remove_user_ids=ids[start : start + MAX_PLAYERS_PER_MESSAGE]))
 
     async def _send(self, message: pb.WatchEntitlementsRequest) -> None:
+        await asyncio.wait({self._opening})  # the opening messages go first
         async with self._writing:
-            try:
-                await self._call.write(message)
-            except grpc.RpcError as exc:
-                raise translate_rpc_error(exc) from exc
+            await self._write(message)
+
+    async def _write(self, message: pb.WatchEntitlementsRequest) -> None:
+        try:
+            await self._call.write(message)
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc) from exc
+        except asyncio.InvalidStateError:
+            # The call has ended (or was half-closed): its status says why.
+            code, details = await self._call.code(), await self._call.details()
+            ended = aio.AioRpcError(code, aio.Metadata(), aio.Metadata(), details, None)
+            raise translate_rpc_error(ended) from None
 
     def cancel(self) -> None:
         """Cancels the call, if still running; iteration then stops. Idempotent."""

@@ -6,6 +6,7 @@ and the public life cycle on top; the rules are in its module docstring.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
@@ -230,6 +231,8 @@ class _CacheStream:
     ) -> None:
         # A failed write means the stream broke: the reader sees why, and the next stream asks again for whatever
         # this one had not answered yet.
+        if not await accepted(call):
+            return
         try:
             while True:
                 await call.write(await outbox.get())
@@ -345,6 +348,25 @@ class _CacheStream:
                 "without their snapshot)",
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             ) from None
+
+
+#: How long a stream's first write waits for the service to accept the stream (see `accepted`).
+ACCEPT_WAIT_S = 2.0
+
+
+async def accepted(call: aio.StreamStreamCall[pb.WatchEntitlementsRequest, pb.WatchEntitlementsResponse]) -> bool:
+    """Waits until the service has accepted the stream, before its first message is written; False when the service
+    ended the call instead (a refused key: the call's status says why).
+
+    The service sends its response headers as soon as it has checked the API key. A message written after the service
+    ended the call makes grpc.aio report INTERNAL "Internal error from Core" in place of the service's status
+    (grpc/grpc#36066), which would make a refused key look like a transient failure. A service that sends its
+    headers only with its first answer (an older one) is written to anyway after `ACCEPT_WAIT_S`.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ACCEPT_WAIT_S):
+            await call.initial_metadata()
+    return not call.done()
 
 
 def batches(user_ids: list[str], *, snapshot: bool) -> list[pb.WatchEntitlementsRequest]:
