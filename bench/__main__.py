@@ -137,7 +137,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         choices=("python", "native"),
         default=None,
-        help="after the runs, sample the service with py-spy under CheckEntitlement load (see bench.profiling)",
+        help="after the runs, sample the service with py-spy under the load of --profile-rpc (see bench.profiling)",
+    )
+    core.add_argument(
+        "--profile-rpc",
+        choices=("CheckEntitlement", "CheckEntitlements", "Grant"),
+        default="CheckEntitlement",
+        help="the RPC driven while --profile samples (default CheckEntitlement)",
     )
     hooks = parser.add_argument_group("gateway and consumer")
     hooks.add_argument(
@@ -299,7 +305,7 @@ def _core_on(
         _print(line.describe())
         results.extra["log_line"] = {**dataclasses.asdict(line), "speedup": round(line.speedup, 3)}
         if args.profile is not None and benchmark.use_h2load:
-            results.extra["profile"] = benchmark.profile(args.profile)
+            results.extra["profile"] = benchmark.profile(args.profile, args.profile_rpc)
         elif args.profile is not None:
             _print("--profile needs h2load to drive the load; skipped")
         results.setup["core"] = benchmark.setup()

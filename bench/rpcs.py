@@ -304,8 +304,10 @@ class RpcBenchmark:
         note = "the service and its Valkey share the server core; bare figures from the first row"
         self.comparisons.append(Comparison(scenario, run, main_check.bare, note))
 
-    def profile(self, mode: str) -> dict[str, Any]:
-        """Samples the service with py-spy during one more CheckEntitlement run; returns and prints the summary."""
+    def profile(self, mode: str, method: str = "CheckEntitlement") -> dict[str, Any]:
+        """Samples the service with py-spy during one more run of `method` (CheckEntitlement or CheckEntitlements
+        by h2load, Grant by the Python generator: a new idempotency key per call); returns and prints the summary,
+        with the service's CPU per call over the run, so that each share reads as µs per call."""
         raw = self.workdir / "profile.txt"
         sampler = profiling.start(
             self.service.pid,
@@ -315,25 +317,52 @@ class RpcBenchmark:
             output=raw,
         )
         try:
-            run = h2load.run(
-                scenario="profile",
-                server="service",
-                url=f"http://{self.endpoints.target}{SERVICE_PATH}CheckEntitlement",
-                body=h2load.grpc_frame(dataset.check_request()),
-                headers=self.auth,
-                load=self.load,
-                warmup_s=1.0,
-                duration_s=self.args.duration_s,
-                cores=self.placement.load,
-                workdir=self.workdir,
-            )
+            busy = BusyWindow(time.time() + 1.2, time.time() + self.args.duration_s, pid=self.service.pid)
+            if method == "Grant":
+                run = loadgen.run(
+                    scenario="profile",
+                    server="service",
+                    target=self.endpoints.target,
+                    method=method,
+                    processes=self.args.processes,
+                    concurrency=self.args.concurrency,
+                    users=self.args.users,
+                    warmup_s=1.0,
+                    duration_s=self.args.duration_s - loadgen.START_MARGIN_S,
+                    cores=self.placement.load,
+                    api_key=self.api_key,
+                    run_id=f"{self._stamp}-profile",
+                    cwd=ROOT,
+                )
+            else:
+                request = (
+                    dataset.batch_check_request(dataset.BATCH_PAIRS)
+                    if method == "CheckEntitlements"
+                    else dataset.check_request()
+                )
+                run = h2load.run(
+                    scenario="profile",
+                    server="service",
+                    url=f"http://{self.endpoints.target}{SERVICE_PATH}{method}",
+                    body=h2load.grpc_frame(request),
+                    headers=self.auth,
+                    load=self.load,
+                    warmup_s=1.0,
+                    duration_s=self.args.duration_s,
+                    cores=self.placement.load,
+                    workdir=self.workdir,
+                )
+            busy.result()
             sampler.process.communicate(timeout=30)
         finally:
             sampler.stop(grace_s=2)
         summary = profiling.summarize(raw)
         summary["mode"] = mode
+        summary["method"] = method
         summary["qps_while_sampling"] = round(run.qps)
-        _print(f"\nprofile ({mode}) of the service under CheckEntitlement load, {run.qps:,.0f} QPS while sampling:")
+        if busy.process_busy is not None and run.qps > 0:
+            summary["cpu_us_per_call"] = round(busy.process_busy / run.qps * 1e6, 1)
+        _print(f"\nprofile ({mode}) of the service under {method} load, {run.qps:,.0f} QPS while sampling:")
         _print(profiling.render(summary))
         return summary
 
