@@ -5,7 +5,9 @@ A write is a `ScriptCall` (a Lua script of `server/lua/`, its keys and arguments
 batch's calls grouped by the node that holds their keys (one group on a single Redis; on a cluster one per
 primary), each group on one connection as `EVALSHA ...` in the given order followed by one wait (`WAITAOF 1 0` or
 `WAIT <n>`), so that the wait covers every write before it on that connection. Calls on one player's keys share a
-slot, hence a group and a connection: they run in the order given. Groups run concurrently.
+slot, hence a group and a connection: they run in the order given. Groups run concurrently. On a single server the
+groups go out on the store's pipelined write connections (`server.store.pipelined.PipelinedWrites`: no redis-py
+pipeline per write), elsewhere as a redis-py pipeline (`core.durability.on_one_connection`).
 
 Every reply comes back per call, never raised: the script's result, its domain error (`server.errors`), or
 `StoreUnavailable` (the group's connection failed or timed out; `NotDurable` when the group's wait fell short).
@@ -32,6 +34,7 @@ from core.durability import NO_WAIT, Durability, DurabilitySource, on_one_connec
 from core.errors import NotDurable, StoreUnavailable
 from core.layout import LayoutGate
 from server.store.feed_writes import FeedPart
+from server.store.pipelined import pipelined_writes
 from server.store.replies import script_error
 
 #: Told of every durability wait: the mode, the seconds of the writes and their wait, and whether they were durable.
@@ -78,6 +81,7 @@ class ScriptWriter:
         self._layout = layout
         self._durability = durability
         self._on_wait = on_wait
+        self._pipelined = pipelined_writes(redis)
         # Scripts loaded by this writer (on every primary). A batch's scripts are loaded before it is sent: a
         # script missing from the middle of a pipeline while loaded for its later calls (another task loading it
         # meanwhile) would let a player's later event run before an earlier one, resent after it.
@@ -123,7 +127,10 @@ class ScriptWriter:
                     replies[i] = failure
                 return replies
             sent = [[todo[j] for j in group] for group in groups]
-            results = await asyncio.gather(*(self._send(calls, group, durability) for group in sent))
+            if len(sent) == 1:  # a single server, or one node: no task to gather
+                results = [await self._send(calls, sent[0], durability)]
+            else:
+                results = await asyncio.gather(*(self._send(calls, group, durability) for group in sent))
             again: list[int] = []
             for group, group_replies in zip(sent, results, strict=True):
                 for i, reply in zip(group, group_replies, strict=True):
@@ -167,7 +174,11 @@ class ScriptWriter:
         timeout_s = self._timeout_s + (durability.timeout_ms / 1000 if durability.waits else 0)
         started = time.perf_counter()
         try:
-            replies = await bounded(on_one_connection(self._redis, calls[group[0]].keys[0], commands), timeout_s)
+            if self._pipelined is not None:
+                sending = self._pipelined.send(commands, waits=durability.waits, timeout_s=timeout_s)
+                replies = await bounded(sending, timeout_s, self_bounded=True)
+            else:
+                replies = await bounded(on_one_connection(self._redis, calls[group[0]].keys[0], commands), timeout_s)
         except StoreUnavailable as exc:
             return [exc] * len(group)
         except redis_errors.ResponseError as exc:  # not a reply of one command: the whole round trip was refused
