@@ -50,12 +50,18 @@ def fill_entitlement(message: pb.Entitlement, user_id: str, sku: str, stored: St
     message.sku = sku
     message.kind = kind  # type: ignore[assignment]  # stored kinds are the enum's values
     message.quantity = quantity
-    message.granted_at.seconds, message.granted_at.nanos = granted_at // 1000, granted_at % 1000 * 1_000_000
-    message.updated_at.seconds, message.updated_at.nanos = updated_at // 1000, updated_at % 1000 * 1_000_000
+    # Each access of a sub-message builds a Python object for it (upb): one per timestamp, its two fields set on it
+    # (CheckEntitlements fills 100 or more of these per call).
+    at = message.granted_at
+    at.seconds, at.nanos = granted_at // 1000, granted_at % 1000 * 1_000_000
+    at = message.updated_at
+    at.seconds, at.nanos = updated_at // 1000, updated_at % 1000 * 1_000_000
     if expires_at is not None:
-        message.expires_at.seconds, message.expires_at.nanos = expires_at // 1000, expires_at % 1000 * 1_000_000
+        at = message.expires_at
+        at.seconds, at.nanos = expires_at // 1000, expires_at % 1000 * 1_000_000
     if period_ms is not None:
-        message.period.seconds, message.period.nanos = period_ms // 1000, period_ms % 1000 * 1_000_000
+        period = message.period
+        period.seconds, period.nanos = period_ms // 1000, period_ms % 1000 * 1_000_000
     active = quantity > 0 and (expires_at is None or now_ms < expires_at)  # as EntitlementRecord.active
     message.active = active
     return active

@@ -21,7 +21,7 @@ from entitlements.v1 import entitlements_pb2_grpc as pb_grpc
 from server.app import Service
 from server.auth import hash_key, parse_api_keys
 from server.embedded import EmbeddedRedis
-from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore, GrantCommand
+from server.store import CONSUMABLE, PERMANENT, TIME_LIMITED, EntitlementStore, GrantCommand, pipelined
 from tests.helpers.services import PROJECT, READER_KEY, WRITER_KEY, ServiceFactory, sample, served, store_changes
 from tests.helpers.stores import StoreUnderTest, node_infos
 
@@ -62,19 +62,28 @@ async def grant(stub: pb_grpc.EntitlementServiceAsyncStub, user_id: str, sku: st
 
 @pytest.fixture
 def sent_batches() -> Iterator[list[int]]:
-    """Records every write of packed commands to a Redis socket: one per round trip (a pipeline is one write)."""
+    """Records every write of packed commands to a Redis socket, by redis-py or on the store's pipelined connections
+    (`server.store.pipelined`): one per round trip (a pipeline is one write)."""
     sends: list[int] = []
     original = redis_connection.AbstractConnection.send_packed_command
+    original_flush = pipelined._Replies.flush
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
         sends.append(1)
         await original(self, command, check_health)
 
+    def counting_flush(self: Any) -> None:
+        if self.outbox and not self.lost:
+            sends.append(1)
+        original_flush(self)
+
     redis_connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    pipelined._Replies.flush = counting_flush  # type: ignore[method-assign]
     try:
         yield sends
     finally:
         redis_connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+        pipelined._Replies.flush = original_flush  # type: ignore[method-assign]
 
 
 async def hmget_calls(redis: RedisClient) -> int:
@@ -241,3 +250,13 @@ async def test_redis_down_is_unavailable_then_served_again(
     await embedded_server.start()
     answer = await stub.CheckEntitlements(checks(("p", "gold")), metadata=bearer(READER_KEY), timeout=5)
     assert answer.results[0].entitlement.quantity == 2
+
+
+async def test_pairs_are_read_again_after_redis_forgot_the_read_script(
+    store: EntitlementStore, redis_client: RedisClient
+) -> None:
+    """A read script Redis no longer holds (a restart, SCRIPT FLUSH) is loaded again and the pairs answered."""
+    await store.grant(GrantCommand(PROJECT, "p", "gold", 0, 3, 0, "k1"), "test")
+    assert [s and s[1] for s in await store.get_many(PROJECT, [("p", "gold"), ("q", "gold")])] == [3, None]
+    await redis_client.script_flush()
+    assert [s and s[1] for s in await store.get_many(PROJECT, [("p", "gold"), ("q", "gold")])] == [3, None]

@@ -5,6 +5,7 @@ while one is in flight go together in the next pipeline, so CheckEntitlement's r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions as redis_errors
@@ -107,8 +108,17 @@ class ReadBatcher:
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
+#: Sends one command and returns its reply (`server.store.pipelined.PipelinedReads.command`).
+Command = Callable[[tuple[Any, ...]], Awaitable[Any]]
+
+
 async def read_pairs(
-    redis: RedisClient, script: AsyncScript, project_id: int, pairs: list[tuple[str, str]]
+    redis: RedisClient,
+    script: AsyncScript,
+    project_id: int,
+    pairs: list[tuple[str, str]],
+    *,
+    command: Command | None = None,
 ) -> list[StoredFields | None]:
     """What is stored of each (user_id, sku) pair in `project_id`, in their order (None: not held).
 
@@ -120,7 +130,9 @@ async def read_pairs(
     as one round trip per node holding any of the players, concurrently. Either way each answer is as of one moment
     of that player; a pair that repeats is decoded once.
 
-    The skus must be identifiers (`core.limits`: no control character), as validated requests' are.
+    The skus must be identifiers (`core.limits`: no control character), as validated requests' are. `command`, on
+    a single server, sends the script's EVALSHA on the store's pipelined read connection instead of through
+    redis-py's client (a script not loaded, after a restart of Redis, is loaded and the read sent again).
 
     Raises:
         redis.exceptions.RedisError: Redis failed the read or one of its commands.
@@ -140,8 +152,18 @@ async def read_pairs(
         values = [None if raw is None else stored_fields(raw) for reply in replies for raw in reply]
     else:
         keys = [items_key(project_id, user_id) for user_id in skus_by_user]
-        reply = await script(keys=keys, args=["\n".join(skus) for skus in skus_by_user.values()])
+        args = ["\n".join(skus) for skus in skus_by_user.values()]
+        if command is None:
+            reply = await script(keys=keys, args=args)
+        else:
+            try:
+                reply = await command(("EVALSHA", script.sha, len(keys), *keys, *args))
+            except redis_errors.NoScriptError:
+                await script.registered_client.script_load(script.script)
+                reply = await command(("EVALSHA", script.sha, len(keys), *keys, *args))
         values = [None if fields is None else tuple(fields) for fields in reply]
+    if len(values) == len(pairs) == len(skus_by_user):  # no player named twice: the values are in the pairs' order
+        return values
     found: dict[tuple[str, str], StoredFields | None] = {}
     position = 0
     for user_id, skus in skus_by_user.items():

@@ -6,15 +6,15 @@ an update, and a replayed key never applies twice. Every method takes the projec
 two projects is two players. All of one player's keys in a project share a hash tag (`core.keys`), so the same
 scripts run unchanged on Redis Cluster.
 
-Single reads are pipelined on one connection (`server.store.pipelined`; on a cluster they share round trips,
-`server.store.batcher`), CheckEntitlements' pairs are read at once (`read_pairs`). Listings read one page through
-the player's indexes (`server/lua/index.lua`, kept by every write script), one script per page: their work is
-bounded by the page, not the history; a player written before the indexes is indexed on its first listing.
+Single reads and CheckEntitlements' pairs (read at once: `read_pairs`) go pipelined on one connection on a single
+server (`server.store.pipelined`; on a cluster single reads share round trips, `server.store.batcher`). Listings
+read one page through the player's indexes (`server/lua/index.lua`, kept by every write script), one script per
+page: their work is bounded by the page, not the history; a player written before the indexes is indexed first.
 
 Every write counts once durable as `ENTITLEMENTS_WRITE_DURABILITY` decided (`server.durability`): the script and
-its WAIT/WAITAOF go on one connection to the player's node in one round trip (`server.store.writes`); a wait that
-falls short raises `NotDurable` (the write stays; its retry, a replay, writes and waits again). The consumer acks,
-and Grant and Revoke answer, only after that; the consumer's writes run a batch at a time (`write_many`).
+its WAIT/WAITAOF go on one connection to the player's node in one round trip (`server.store.writes`; pipelined on a
+single server); a wait that falls short raises `NotDurable` (the write stays; its retry, a replay, writes and
+waits again). The consumer acks, and Grant and Revoke answer, only after that; the consumer writes in batches.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from server.feed.relay import FeedRelay
 from server.store.batcher import read_pairs
 from server.store.feed_writes import FeedPart, FeedWrites, grant_part, order_part
 from server.store.pages import EntitlementPage, SubscriptionPage, lex_after
-from server.store.pipelined import single_reads
+from server.store.pipelined import PipelinedReads, single_reads
 from server.store.records import (
     MAX_CONSUMABLE_TOTAL,
     MAX_EXPIRES_AT_MS,
@@ -108,6 +108,7 @@ class EntitlementStore:
         self._event_ledger: AsyncScript = self._script("kinds.lua", "event_ledger.lua")
         self._check_pairs: AsyncScript = self._script("check_pairs.lua")
         self._reads = single_reads(redis, timeout_s)
+        self._reads_by = self._reads.command if isinstance(self._reads, PipelinedReads) else None
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
         """Applies a grant atomically, or replays the result stored under its idempotency key.
@@ -162,7 +163,7 @@ class EntitlementStore:
 
     async def get_many(self, project_id: int, pairs: list[tuple[str, str]]) -> list[StoredFields | None]:
         """What is stored (or None) of each (user_id, sku) pair, in order (`server.store.batcher.read_pairs`)."""
-        return await self._run(read_pairs(self._redis, self._check_pairs, project_id, pairs))
+        return await self._run(read_pairs(self._redis, self._check_pairs, project_id, pairs, command=self._reads_by))
 
     async def list_page(
         self, project_id: int, user_id: str, after_sku: str | None, page_size: int, *, include_expired: bool
@@ -435,8 +436,7 @@ class EntitlementStore:
     async def _run(self, operation: Awaitable[T], *, self_bounded: bool = False) -> T:
         """Awaits a Redis operation within the store timeout, translating Redis errors to domain errors.
 
-        `self_bounded`: the operation enforces the timeout itself (the read batcher does, once per round trip
-        rather than once per read).
+        `self_bounded`: the operation enforces the timeout itself (the read batcher does, once per round trip).
         """
         if self._layout is not None and not self._layout.passed:
             try:
