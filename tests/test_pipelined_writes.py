@@ -20,15 +20,15 @@ from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.store import EntitlementStore, GrantCommand, GrantResult
 from tests.helpers.services import PROJECT
-from tests.helpers.stores import StoreUnderTest
 
 DURABLE = Durability("local", timeout_ms=2000, reason="test")
 
 
 @pytest.fixture
-async def service_client(redis_server: StoreUnderTest) -> AsyncIterator[RedisClient]:
-    """A client built as the service builds its own (blocking pool of 8 connections, hiredis packing)."""
-    client = connect(redis_server.url, cluster=False, timeout_s=1.0, max_connections=8)
+async def service_client(embedded_server: EmbeddedRedis) -> AsyncIterator[RedisClient]:
+    """A client built as the service builds its own (blocking pool of 8 connections, hiredis packing) on the single
+    server (on a cluster the writes are redis-py pipelines: these tests run on the single server only)."""
+    client = connect(embedded_server.url, cluster=False, timeout_s=1.0, max_connections=8)
     yield client
     await client.aclose()
 
@@ -174,10 +174,10 @@ async def test_callers_that_give_up_leave_every_other_answer_in_place(
         assert result.entitlement.quantity in ((i + 1) + 1, 1)  # the first grant applied (cancelled late) or not
 
 
-async def test_a_pool_of_two_connections_still_serves_many_durable_writes(redis_server: StoreUnderTest) -> None:
+async def test_a_pool_of_two_connections_still_serves_many_durable_writes(embedded_server: EmbeddedRedis) -> None:
     """With one write connection allowed, concurrent durable grants queue behind each other's waits and all
     answer, each its own."""
-    client = connect(redis_server.url, cluster=False, timeout_s=2.0, max_connections=2)
+    client = connect(embedded_server.url, cluster=False, timeout_s=2.0, max_connections=2)
     try:
         store = durable_store(client, timeout_s=2.0)
         results = await asyncio.gather(*(store.grant(grant(f"p{i}", f"k{i}"), "test") for i in range(20)))
