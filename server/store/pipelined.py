@@ -211,11 +211,6 @@ class PipelinedWrites:
         self._open: list[tuple[Any, _Replies]] = []
         self._opening = asyncio.Lock()
 
-    @property
-    def connections(self) -> int:
-        """How many connections the writes hold now (their use not ended)."""
-        return sum(1 for _, replies in self._open if not replies.lost)
-
     async def send(self, commands: Sequence[tuple[Any, ...]], *, waits: bool, timeout_s: float) -> list[Any]:
         """Sends `commands` in order on one connection, in one write; `waits`: the last one is a durability wait.
 
@@ -225,9 +220,13 @@ class PipelinedWrites:
         Raises:
             TimeoutError: not every reply came within `timeout_s` (connecting included): the connection is closed,
                 and whatever of the group Redis ran stays run.
-            redis.exceptions.RedisError: the connection failed (the caller bounds and translates).
+            redis.exceptions.RedisError: the connection failed (the caller bounds and translates); `DataError`
+                for an argument Redis cannot take (None, a bool), as redis-py's packing says.
         """
-        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        try:
+            packed = b"".join([hiredis.pack_command(command) for command in commands])
+        except TypeError as exc:
+            raise redis_errors.DataError(f"Invalid input of type: {exc}") from exc
         replies: _Replies | None = None
         try:
             async with asyncio.timeout(timeout_s):
