@@ -13,7 +13,13 @@ from dataclasses import dataclass, field, replace
 
 from google.protobuf.duration_pb2 import Duration
 
-from core.limits import CONTROL_CHARACTERS, MAX_GRANT_QUANTITY, identifier_problem, quantity_problem
+from core.limits import (
+    CONTROL_CHARACTERS,
+    MAX_GRANT_QUANTITY,
+    all_identifiers,
+    identifier_problem,
+    quantity_problem,
+)
 from core.logs import user_ref
 from core.projects import Projects, project_id_problem
 from entitlements.v1 import entitlements_pb2 as pb
@@ -218,15 +224,12 @@ def check_pairs(request: pb.CheckEntitlementsRequest) -> list[tuple[str, str]]:
     if len(checks) > MAX_CHECKS:
         raise InvalidArgument("checks", f"must hold at most {MAX_CHECKS:,} pairs, not {len(checks):,}")
     pairs = [(check.user_id, check.sku) for check in checks]
-    # A batch names the same players and skus many times (a lobby, a shop page): each value is checked once.
-    valid: set[str] = set()
-    for index, (user_id, sku) in enumerate(pairs):
-        if user_id not in valid:
+    # A batch names the same players and skus many times (a lobby, a shop page): each value is checked once, all of
+    # them together; only a batch with a bad one is walked in order to name the first.
+    if not all_identifiers({value for pair in pairs for value in pair}):
+        for index, (user_id, sku) in enumerate(pairs):
             identifier(f"checks[{index}].user_id", user_id)
-            valid.add(user_id)
-        if sku not in valid:
             identifier(f"checks[{index}].sku", sku)
-            valid.add(sku)
     return pairs
 
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES, identifier_problem, quantity_problem
+from core.limits import MAX_CONSUMABLE_TOTAL, MAX_ID_BYTES, all_identifiers, identifier_problem, quantity_problem
 from core.projects import Projects
 from entitlements import AsyncEntitlementsClient
 from providers.xsolla import WebhookSettings
@@ -138,3 +138,19 @@ async def test_the_gateway_acknowledges_exactly_what_the_service_can_apply(
         assert answer.status == 204, answer.body
     else:
         assert (answer.status, answer.json()["error"]["code"]) == (400, "INVALID_PARAMETER"), answer.body
+
+
+_TRICKY = st.one_of(
+    st.text(max_size=70),
+    st.text(
+        alphabet=st.sampled_from(["a", "é", "€", "😀", "\x00", "\x7f", "\x9f", "\ud800", "\udc00", " "]), max_size=8
+    ),
+    st.sampled_from(["", "a" * 256, "a" * 257, "é" * 128, "é" * 129, "😀" * 64, "😀" * 65, "\ud800", "ok\x85"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.lists(_TRICKY, max_size=6))
+def test_a_batch_of_identifiers_passes_exactly_when_each_one_does(values: list[str]) -> None:
+    """`all_identifiers` (CheckEntitlements' one check for all its ids) agrees with `identifier_problem` on each."""
+    assert all_identifiers(values) == all(identifier_problem(value) is None for value in values)
