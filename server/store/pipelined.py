@@ -89,7 +89,9 @@ class _Replies(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(redis_errors.ConnectionError("connection to Redis lost"))
-        self._replaced.connection_lost(exc)
+        # The callers heard the error; redis-py's protocol hears of a close, so that its close future holds no
+        # exception nobody retrieves (asyncio would log "Future exception was never retrieved" for a reset peer).
+        self._replaced.connection_lost(None)
 
     def fail(self, error: Exception) -> None:
         """Ends the connection's use: every caller still owed a reply fails with `error`, and the connection closes."""
@@ -166,11 +168,14 @@ class PipelinedReads:
                 `NoScriptError`), or the connection.
         """
         replies = self._replies
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout_at(deadline):
                 if replies is None or replies.lost:
                     replies = await self._open()
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                    _check(deadline)
+                future: asyncio.Future[Any] = loop.create_future()
                 replies.waiting.append(future)
                 replies.send(hiredis.pack_command(command))
                 return await future
@@ -228,10 +233,15 @@ class PipelinedWrites:
         except TypeError as exc:
             raise redis_errors.DataError(f"Invalid input of type: {exc}") from exc
         replies: _Replies | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
-                replies = self._free() or await self._another()
-                group = _Group(asyncio.get_running_loop().create_future(), len(commands))
+            async with asyncio.timeout_at(deadline):
+                replies = self._free()
+                if replies is None:
+                    replies = await self._another()
+                    _check(deadline)
+                group = _Group(loop.create_future(), len(commands))
                 replies.waiting.extend([group] * len(commands))
                 replies.send(packed)
                 if waits:
@@ -254,7 +264,11 @@ class PipelinedWrites:
         return None
 
     async def _another(self) -> _Replies:
-        """A connection for a group when none is free: a new one, or at the limit the least busy."""
+        """A connection for a group when none is free: a new one, or at the limit the least busy. While another
+        caller is opening one, the least busy open one: one caller at a time waits for a connect (which a Redis that
+        does not answer makes last its whole timeout)."""
+        if self._opening.locked() and any(not replies.lost for _, replies in self._open):
+            return self._least_busy()
         async with self._opening:
             lost = [entry for entry in self._open if entry[1].lost]
             if lost:
@@ -268,7 +282,18 @@ class PipelinedWrites:
                 entry = await _take_connection(self._pool)
                 self._open.append(entry)
                 return entry[1]
-            return min((replies for _, replies in self._open), key=lambda replies: replies.waits)
+            return self._least_busy()
+
+    def _least_busy(self) -> _Replies:
+        return min((replies for _, replies in self._open if not replies.lost), key=lambda replies: replies.waits)
+
+
+def _check(deadline: float) -> None:
+    """Raises TimeoutError when `deadline` (the loop's clock) has passed. After a connect: redis-py connects under
+    Python 3.11's `asyncio.wait_for`, which can swallow the cancellation of an enclosing timeout, and the call would
+    then wait for its reply with no deadline left."""
+    if asyncio.get_running_loop().time() >= deadline:
+        raise TimeoutError
 
 
 def _plain(redis: RedisClient) -> bool:
