@@ -26,6 +26,7 @@ from entitlements import (
     ServerError,
     StaleError,
 )
+from entitlements.client._cache_stream import ACCEPT_WAIT_S
 from entitlements.v1 import entitlements_pb2 as pb
 from tests.helpers.waiting import eventually
 from tests.helpers.watch_script import (
@@ -272,10 +273,11 @@ async def test_an_error_no_reopening_cures_stops_the_cache(
 
 
 async def test_entering_raises_the_error_that_stopped_the_cache(harness: Harness) -> None:
-    """A key the service refuses fails the `async with` itself."""
+    """A key the service refuses for the project fails the `async with` itself."""
     cache = harness.cache(["p1"])
     entering = asyncio.create_task(cache.__aenter__())
     stream = await harness.script.next_stream()
+    await stream.request()  # the project is in the first message: the service refuses once it has read it
     stream.fail(grpc.StatusCode.PERMISSION_DENIED)
     with pytest.raises(Exception, match="PERMISSION_DENIED"):
         await asyncio.wait_for(entering, 20)
@@ -368,6 +370,27 @@ async def test_bad_players_are_refused_before_anything_is_sent(harness: Harness)
         assert stream.requests.empty()
     finally:
         await cache.close()
+
+
+async def test_a_service_that_sends_its_headers_only_with_its_first_answer_is_written_to_after_a_wait() -> None:
+    """The cache writes its first message once the service accepted the stream (its response headers); a service
+    of an earlier version sends them only with its first answer, which waits for that message: the cache writes
+    anyway after `ACCEPT_WAIT_S` and fills as usual."""
+    script = WatchScript(early_headers=False)
+    async with scripted_server(script) as target, AsyncEntitlementsClient(target, api_key="k", project_id=7) as client:
+        cache = client.entitlement_cache(["p1"], policy=FAST)
+        entering = asyncio.create_task(cache.__aenter__())
+        stream = await script.next_stream()
+        started = time.monotonic()
+        first = await stream.request()
+        assert time.monotonic() - started >= ACCEPT_WAIT_S * 0.9
+        assert list(first.add_user_ids) == ["p1"]
+        stream.send(snapshot("p1", 0), heartbeat("h0"))
+        try:
+            assert await asyncio.wait_for(entering, 20) is cache
+            assert not cache.check("p1", "sword").active
+        finally:
+            await cache.close()
 
 
 async def test_the_blocking_client_has_the_same_cache_on_a_thread() -> None:

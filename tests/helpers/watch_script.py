@@ -47,11 +47,14 @@ class ScriptedStream:
 
 
 class WatchScript:
-    """The servicer: hands each new stream to the test through `next_stream()`."""
+    """The servicer: hands each new stream to the test through `next_stream()`. Like the service, it sends its
+    response headers as soon as a stream opens; with `early_headers=False`, only with its first message (as a
+    service of an earlier version did)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, early_headers: bool = True) -> None:
         self.streams: asyncio.Queue[ScriptedStream] = asyncio.Queue()
         self.opened = 0
+        self._early_headers = early_headers
 
     async def next_stream(self, timeout_s: float = 20.0) -> ScriptedStream:
         async with asyncio.timeout(timeout_s):
@@ -63,6 +66,8 @@ class WatchScript:
         stream = ScriptedStream()
         stream.metadata = dict(context.invocation_metadata() or ())
         self.opened += 1
+        if self._early_headers:
+            await context.send_initial_metadata(())
 
         async def pump() -> None:
             async for request in requests:
