@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -29,7 +30,7 @@ from server.watch.settings import WatchSettings
 from tests.helpers.services import PROJECT, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest
 from tests.helpers.waiting import eventually
-from tests.helpers.watch import Feed, Watcher, watch_channel
+from tests.helpers.watch import Feed, Watcher, watch_channel, watch_service_settings
 
 ENDED = "entitlements_watch_streams_ended_total"
 DELAY_S = 5.0
@@ -47,6 +48,12 @@ async def ended_with(service: Service, before: dict[str, float], **expected: int
     await eventually(lambda: ended(service) == wanted, what=f"streams ended {expected}")
 
 
+@pytest.fixture
+async def service(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> Service:
+    """The service on the test's Redis, with the watch tests' Redis bound (`watch_service_settings`)."""
+    return await service_factory(**watch_service_settings(redis_server))
+
+
 async def test_every_end_reason_and_the_oldest_intent_are_exported_at_zero(service: Service) -> None:
     """A fresh service exports every end reason and the oldest intent's age at 0, so that a rate or an alert sees
     the first stream that ends."""
@@ -60,7 +67,7 @@ async def test_streams_ended_by_their_caller_a_cursor_or_an_invalid_message(
 ) -> None:
     """A stream its caller cancels is `caller`; a cursor of another store `out_of_range`; an invalid later message
     `invalid_argument`; a stream refused at ENTITLEMENTS_WATCH_MAX_STREAMS is counted as refused, not as ended."""
-    service = await service_factory(**redis_server.settings, watch=WatchSettings(max_streams=2))
+    service = await service_factory(**watch_service_settings(redis_server), watch=WatchSettings(max_streams=2))
     before = ended(service)
     async with watch_channel(service) as channel:
         first = Watcher(channel)
@@ -99,7 +106,7 @@ async def test_a_slow_reader_is_counted_fell_behind(
     service_factory: ServiceFactory, redis_server: StoreUnderTest, redis_client: RedisClient
 ) -> None:
     """A caller that stops reading is ended as `fell_behind` once ENTITLEMENTS_WATCH_MAX_QUEUED changes wait."""
-    service = await service_factory(**redis_server.settings, watch=WatchSettings(max_queued=100))
+    service = await service_factory(**watch_service_settings(redis_server), watch=WatchSettings(max_queued=100))
     before = ended(service)
     async with watch_channel(service, small_window=True) as channel:
         watcher = Watcher(channel)

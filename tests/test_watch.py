@@ -20,9 +20,15 @@ from server.watch.cursor import Cursor, parse_id
 from server.watch.settings import WatchSettings
 from tests.helpers.services import PROJECT, ServiceFactory, sample
 from tests.helpers.stores import StoreUnderTest, node_infos
-from tests.helpers.watch import Feed, Watcher, versions, watch_channel
+from tests.helpers.watch import Feed, Watcher, versions, watch_channel, watch_service_settings
 
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
+
+
+@pytest.fixture
+async def service(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> Service:
+    """The service on the test's Redis, with the watch tests' Redis bound (`watch_service_settings`)."""
+    return await service_factory(**watch_service_settings(redis_server))
 
 
 @pytest.fixture
@@ -99,7 +105,7 @@ async def test_resume_across_a_restart_has_no_gap_and_no_duplicate(
 ) -> None:
     """A stream reopened with the last cursor received, on a new service, gets exactly the changes that followed,
     those committed while no service ran included."""
-    service = await service_factory(**redis_server.settings)
+    service = await service_factory(**watch_service_settings(redis_server))
     players = [f"player-{index}" for index in range(6)]
     async with watch_channel(service) as channel:
         watcher = Watcher(channel)
@@ -114,7 +120,7 @@ async def test_resume_across_a_restart_has_no_gap_and_no_duplicate(
     await service.stop(grace_s=0)
     for player in players:
         await feed.grants(player, 2)
-    restarted = await service_factory(**redis_server.settings)
+    restarted = await service_factory(**watch_service_settings(redis_server))
     async with watch_channel(restarted) as channel:
         watcher = Watcher(channel)
         await watcher.send(cursor=cursor, add_user_ids=players)
@@ -280,7 +286,7 @@ async def test_streams_share_one_read_loop(
 async def test_limits(service_factory: ServiceFactory, redis_server: StoreUnderTest) -> None:
     """Past ENTITLEMENTS_WATCH_MAX_STREAMS a stream is RESOURCE_EXHAUSTED; more than 10,000 ids in a message, a
     later message setting a first-only field, or a bad id are INVALID_ARGUMENT naming the field."""
-    service = await service_factory(**redis_server.settings, watch=WatchSettings(max_streams=2))
+    service = await service_factory(**watch_service_settings(redis_server), watch=WatchSettings(max_streams=2))
     async with watch_channel(service) as channel:
         open_ = [Watcher(channel) for _ in range(2)]
         for watcher in open_:
@@ -320,7 +326,7 @@ async def test_a_stream_that_is_not_read_is_ended_and_resumes(
     """A caller that stops reading does not make the replica hold its changes without bound: past
     ENTITLEMENTS_WATCH_MAX_QUEUED the stream ends UNAVAILABLE, and reopening it with the last cursor received
     catches up with no gap and no duplicate."""
-    service = await service_factory(**redis_server.settings, watch=WatchSettings(max_queued=100))
+    service = await service_factory(**watch_service_settings(redis_server), watch=WatchSettings(max_queued=100))
     async with watch_channel(service, small_window=True) as channel:
         watcher = Watcher(channel)
         await watcher.send(add_user_ids=["hog"])
