@@ -108,8 +108,11 @@ class LayoutGate:
             raise StoreUnavailable(f"the store is refused: {exc}") from exc
 
 
-async def check_layout(redis: RedisClient) -> None:
+async def check_layout(redis: RedisClient, *, mark: bool = True) -> None:
     """Marks an empty store with the current layout, accepts one marked with it, refuses any other.
+
+    `mark`: False for a caller that only reads (an operator's listing, a dry run): an unmarked store that holds
+    no layout-1 keys is accepted as it is, and nothing is written.
 
     Raises:
         LayoutMismatch: the store holds layout-1 keys, another version, or an interrupted migration; or it is a
@@ -142,6 +145,8 @@ async def check_layout(redis: RedisClient) -> None:
             f"{LAYOUT_VERSION}: stop the service and the gateway, then run `{_COMMAND}` to move its data into "
             "that project"
         )
+    if not mark:
+        return
     await redis.set(LAYOUT_KEY, str(LAYOUT_VERSION), nx=True)
     # Another process may have marked it meanwhile, with another version in a mixed roll-out: check again.
     if reply_text(await redis.get(LAYOUT_KEY) or b"") != str(LAYOUT_VERSION):

@@ -5,6 +5,7 @@ commands with a message that says what to do, and `migrate-layout` moves it into
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -16,14 +17,19 @@ import redis.asyncio as aioredis
 from core import layout
 from core.keys import LAYOUT_KEY, PROJECTS_KEY, EventKeys, UserKeys
 from core.layout import LayoutMismatch, check_layout, migrate_layout
+from core.projects import Projects
 from server.app import Service
+from server.commands.events import dead_letters_command, events_status
+from server.commands.ledger import ledger_command
+from server.commands.reconcile import reconcile_status
+from server.config import Settings
 from server.embedded import EmbeddedRedis
 from server.errors import StoreUnavailable
 from server.store import GrantCommand
 from tests.helpers.events import consumer_settings, drained, order_event, store_of
 from tests.helpers.gateway import gateway_settings, running_gateway
 from tests.helpers.services import PROJECT, ServiceFactory, base_settings
-from tests.helpers.stores import StoreUnderTest, all_keys
+from tests.helpers.stores import StoreUnderTest, all_keys, key_count
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLD = '{"k":1,"q":7,"g":1767225600000,"u":1767225600000}'
@@ -61,6 +67,34 @@ async def test_an_empty_store_is_marked_and_a_marked_one_accepted(redis_client: 
     await check_layout(redis_client)
     assert await redis_client.get(LAYOUT_KEY) == b"2"
     await check_layout(redis_client)
+    assert await redis_client.get(LAYOUT_KEY) == b"2"
+
+
+async def test_a_check_that_must_not_write_accepts_an_empty_store_and_leaves_it_empty(
+    redis_client: aioredis.Redis,
+) -> None:
+    """`mark=False` (read-only operator commands, a dry run) accepts an empty store without marking it, and still
+    refuses a layout-1 one."""
+    await check_layout(redis_client, mark=False)
+    assert await key_count(redis_client) == 0
+    await write_layout_1(redis_client)
+    with pytest.raises(LayoutMismatch, match="migrate-layout --project"):
+        await check_layout(redis_client, mark=False)
+
+
+async def test_read_only_operator_commands_leave_an_empty_store_empty(
+    redis_server: StoreUnderTest, redis_client: aioredis.Redis
+) -> None:
+    """The ledger, `events status`, `dead-letters list` and `reconcile status` read a store no process has used
+    yet and write nothing into it, not even the layout's mark; `dead-letters discard` writes, so it marks it."""
+    settings = Settings(**redis_server.settings, projects=Projects.single(PROJECT))
+    out = io.StringIO()
+    assert await ledger_command(settings, PROJECT, "nobody", 10, out=out) == 0
+    assert await events_status(settings, PROJECT, out=out) == 0
+    assert await dead_letters_command(settings, PROJECT, "list", None, out=out) == 0
+    assert await reconcile_status(settings, PROJECT, out=out) == 0
+    assert await key_count(redis_client) == 0
+    assert await dead_letters_command(settings, PROJECT, "discard", None, out=out) == 0
     assert await redis_client.get(LAYOUT_KEY) == b"2"
 
 

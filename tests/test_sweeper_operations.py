@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from core.keys import EventKeys, sweeper_lease_key
+from core.keys import LAYOUT_KEY, EventKeys, sweeper_lease_key
 from providers import xsolla as xsolla_provider
 from server.__main__ import main
 from server.commands.reconcile import reconcile_command, reconcile_status
@@ -186,6 +186,8 @@ async def test_reconcile_dry_run_prints_the_table_and_changes_nothing_then_a_run
     paid = [await pay(shop, f"buyer-{n}") for n in range(3)]
     shop.order_search.include_user_id = False
     settings = operator_settings(redis_server)
+    # As on a store no process has marked yet: the dry run must not mark it either.
+    await redis_client.delete(LAYOUT_KEY)
     before = await key_count(redis_client)
     status, table = await run(settings, shop, dry_run=True)
     assert status == 0

@@ -37,12 +37,14 @@ class CommandError(Exception):
 
 
 @contextlib.asynccontextmanager
-async def operator_redis(settings: Settings, *, check: bool = True) -> AsyncIterator[RedisClient]:
+async def operator_redis(settings: Settings, *, check: bool = True, writes: bool = True) -> AsyncIterator[RedisClient]:
     """A Redis client for a one-off operator command: REDIS_URL; else the store of the service running on the data
     directory; else a private embedded store started for the command (said on stderr), stopped when it ends.
 
     Args:
         check: refuse a store of another key layout (`core.layout.check_layout`), as the service does.
+        writes: False for a command that only reads: an empty store is checked but not marked with the layout, so
+            the command leaves the store exactly as it found it.
 
     Raises:
         LayoutMismatch: `check` and the store has another key layout.
@@ -57,7 +59,7 @@ async def operator_redis(settings: Settings, *, check: bool = True) -> AsyncIter
     )
     try:
         if check:
-            await check_layout(redis)
+            await check_layout(redis, mark=writes)
         yield redis
     finally:
         await redis.aclose()

@@ -33,7 +33,7 @@ async def dead_letters_command(
         count: list at most this many per partition.
     """
     out = out or sys.stdout
-    async with operator_redis(settings) as redis:
+    async with operator_redis(settings, writes=action != "list") as redis:
         letters = DeadLetters(redis, settings.event_partitions)
         if action == "list":
             for letter in await letters.read(project_id, count):
@@ -62,7 +62,7 @@ async def events_status(settings: Settings, project_id: int, *, out: TextIO | No
     """Prints, per partition of a project, the event stream's length, the consumer group's pending and undelivered
     entries, its consumers, and the dead letters waiting, as JSON lines."""
     out = out or sys.stdout
-    async with operator_redis(settings) as redis:
+    async with operator_redis(settings, writes=False) as redis:
         letters = DeadLetters(redis, settings.event_partitions)
         for keys in letters.keys_of(project_id):
             row: dict[str, Any] = {

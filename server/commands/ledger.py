@@ -30,7 +30,7 @@ async def ledger_command(
     `LedgerLine` as an object). Returns the exit status (0; a player with no ledger is said on stderr)."""
     out = out or sys.stdout
     lines: list[LedgerLine] = []
-    async with operator_redis(settings) as redis:
+    async with operator_redis(settings, writes=False) as redis:
         store = EntitlementStore(redis, timeout_s=settings.redis_timeout_s, idempotency_ttl_ms=1)
         token = ""
         while len(lines) < limit:

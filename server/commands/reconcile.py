@@ -83,7 +83,7 @@ async def reconcile_command(
                 file=sys.stderr,
             )
             return 2
-        async with operator_redis(settings) as redis:
+        async with operator_redis(settings, writes=not dry_run) as redis:
             catalogs = Catalogs(
                 redis,
                 settings.projects,
@@ -149,7 +149,7 @@ async def reconcile_status(settings: Settings, project_id: int, *, out: TextIO |
     """Prints a project's sweep progress, its lease, and the orders reported; returns the exit status."""
     out = out or sys.stdout
     try:
-        async with operator_redis(settings) as redis:
+        async with operator_redis(settings, writes=False) as redis:
             records = SweepRecords(redis, timeout_s=settings.redis_timeout_s)
             progress = await records.progress(project_id)
             holder = await SweeperLease(
