@@ -192,7 +192,8 @@ async def test_the_oldest_stale_intent_is_reported_until_the_repair_clears_it(re
 
 async def test_an_intent_the_repair_cannot_clear_keeps_aging_and_is_logged(redis_client: RedisClient) -> None:
     """A player whose ledger lost an entry (removed by hand: the gap cannot be filled) keeps its intent: each pass
-    reports it older, logs `feed_intent_overdue` with its partition past a minute, and relays nothing of it."""
+    reports it older, logs `feed_intent_overdue` with its partition past a minute, and relays nothing of it, until
+    an operator takes the runbook's step."""
     metrics = FeedMetrics(CollectorRegistry())
     relay = _relay(redis_client, metrics)
     store = EntitlementStore(redis_client, timeout_s=2.0, idempotency_ttl_ms=60_000)  # writes without the feed
@@ -215,7 +216,19 @@ async def test_an_intent_the_repair_cannot_clear_keeps_aging_and_is_logged(redis
         (overdue,) = [line for line in logs if line["event"] == "feed_intent_overdue"]
         assert (overdue["project_id"], overdue["partition"], overdue["age_s"]) == (PROJECT, partition_of("eve"), 90.0)
         assert any(line["event"] == "feed_gap_unfillable" for line in logs)
-        assert await redis_client.zcard(FeedKeys(PROJECT, partition_of("eve")).pending) == 1
+        keys = FeedKeys(PROJECT, partition_of("eve"))
+        assert await redis_client.zcard(keys.pending) == 1
+
+        # The runbook's step (docs/OPERATIONS.md, "Feed changes not relayed"): let the feed jump over the missing
+        # version. The next pass relays the rest and removes the intent (it reports what it found before relaying),
+        # and the pass after it finds nothing.
+        await redis_client.hset(keys.relayed, "eve", 1)
+        assert await repair.repair(now=now + 65_000) == 1
+        assert await redis_client.zcard(keys.pending) == 0
+        assert await repair.repair(now=now + 70_000) == 0
+        assert (_age(metrics), metrics.pending._value.get()) == (0.0, 0.0)
+        entries: Any = await redis_client.xrange(keys.stream)
+        assert [(fields[b"u"], fields[b"v"]) for _, fields in entries] == [(b"eve", b"2")]
     finally:
         await relay.close(1.0)
 
