@@ -6,7 +6,6 @@ Every read is bounded by the Redis timeout and fails as `StoreUnavailable` (UNAV
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ log = structlog.get_logger("server.watch")
 #: Players whose snapshots go in one pipeline.
 SNAPSHOT_BATCH = 500
 _SNAPSHOT_SOURCE = scripts.lua_source("server", "player_snapshot.lua")
+_RANGE_SOURCE = scripts.lua_source("server", "feed_range.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +132,18 @@ class FeedHistory:
         reply = await bounded(
             self._range(keys=[keys.stream], args=[format_id(after), format_id(until), count]), self._timeout_s
         )
-        last_id, deleted, first, length, added, entries = reply
-        state = PartitionState(parse_id(last_id), parse_id(deleted), parse_id(first), int(length), int(added))
-        changes, last = parse_entries(keys.partition, entries or [])
-        return state, changes, last
+        changes, last = parse_entries(keys.partition, reply[5] or [])
+        return _state(reply), changes, last
 
     async def states(self, project_id: int) -> list[PartitionState]:
-        """The state of every partition of the project's feed, in partition order."""
-        replies = await asyncio.gather(*(self.read(keys, ZERO, ZERO, 0) for keys in feed_keys(project_id)))
-        return [state for state, _, _ in replies]
+        """The state of every partition of the project's feed, in partition order: one pipeline (one round trip per
+        node on a cluster) rather than a call per partition, each on a connection of its own."""
+        pipe = self._redis.pipeline(transaction=False)
+        for keys in feed_keys(project_id):
+            # The source rather than its digest: a pipeline cannot load a script that a node lacks (a fresh node, a
+            # failover), and every partition of a cluster may sit on a node that never ran it.
+            pipe.eval(_RANGE_SOURCE, 1, keys.stream, format_id(ZERO), format_id(ZERO), 0)
+        return [_state(reply) for reply in await bounded(pipe.execute(), self._timeout_s)]
 
     async def check_cursor(self, cursor: Cursor) -> None:
         """Refuses a cursor that cannot resume without a gap: of another store (feed id), or older than the history
@@ -171,6 +174,12 @@ class FeedHistory:
                 records = tuple(EntitlementRecord.decode(user_id, sku.decode(), raw) for sku, raw in pairs)
                 found.append(Snapshot(user_id, records, int(_text(version))))
         return found
+
+
+def _state(reply: Sequence[Any]) -> PartitionState:
+    """A partition's state from a `feed_range.lua` reply."""
+    last_id, deleted, first, length, added = reply[:5]
+    return PartitionState(parse_id(last_id), parse_id(deleted), parse_id(first), int(length), int(added))
 
 
 def check_position(state: PartitionState, position: StreamId) -> None:
