@@ -326,4 +326,4 @@ def test_bad_durability_settings_are_refused(values: dict[str, str], message: st
 def test_hand_built_settings_are_checked_too() -> None:
     """Settings built in code are checked at start like those read from the environment."""
     with pytest.raises(ConfigError, match="GATEWAY_DURABILITY_TIMEOUT_MS"):
-        replace(gateway_settings(), durability_timeout_ms=600).check()
+        replace(gateway_settings(redis_timeout_s=0.5), durability_timeout_ms=600).check()

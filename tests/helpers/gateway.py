@@ -59,11 +59,13 @@ def signed(body: bytes, secret: str = SECRET) -> str:
 
 
 def gateway_settings(**overrides: Any) -> GatewaySettings:
-    """Settings for a test gateway: free ports, short timeouts (the durability wait below the Redis timeout)."""
+    """Settings for a test gateway: free ports, the deployed Redis bound (2 s: a gateway's first append on a cluster
+    opens its connections inside it, which a loaded machine can hold past a shorter one), short other timeouts (the
+    durability wait below the Redis timeout)."""
     settings = GatewaySettings(
         port=0,
         metrics_port=0,
-        redis_timeout_s=0.5,
+        redis_timeout_s=2.0,
         durability_timeout_ms=400,
         request_timeout_s=5.0,
         shutdown_grace_s=1.0,
