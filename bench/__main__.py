@@ -69,6 +69,7 @@ from bench import (
     failover,
     gateway,
     history,
+    host,
     latency,
     log_line,
     report,
@@ -542,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Results(setup=_setup(args, placement))
     store = "a local Redis Cluster" if args.cluster else "one Valkey"
     _print(f"cores: {placement.describe()}; parts: {','.join(args.only)}; store: {store}")
+    # How fast the host runs (`bench.host`): absolute figures of different days are comparable only with this.
+    loop_at_start, cpu_at_start = host.loop_ns(placement.server), host.CpuTimes.read()
+    _print(host.describe(loop_at_start))
     with signals_interrupt(), tempfile.TemporaryDirectory(prefix="ent-bench-") as tmp:
         try:
             for part in args.only:
@@ -556,8 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print("interrupted: every child process is stopped; nothing written")
             return 130
     results.setup["load_average_at_end"] = os.getloadavg()
+    loop_at_end = host.loop_ns(placement.server)
+    steal = host.CpuTimes.read().steal_share_since(cpu_at_start)
+    results.setup["host_loop_ns"] = {"start": loop_at_start, "end": loop_at_end}
+    results.setup["steal_share"] = steal
     results.setup["seconds"] = round(time.monotonic() - started)
     _print_tables(results)
+    _print("\n" + host.describe(loop_at_start, loop_at_end, steal))
     report.write_json(args.output, results.setup, results.comparisons, results.document())
     _print(f"\nresults written to {args.output}; the whole benchmark took {time.monotonic() - started:.0f} s")
     return 0
