@@ -447,9 +447,9 @@ def _processes(args: argparse.Namespace, placement: Placement, workdir: Path, re
             say=_print,
         )
     except BaseException:
-        for processes in (1, 2):
-            _print(f"--- last lines of the {processes}-process service's log ---")
-            _print(tail(workdir / f"processes-{processes}" / "service.log"))
+        for name in ("one", "pair", "group"):
+            _print(f"--- last lines of the service's log ({name}) ---")
+            _print(tail(workdir / f"processes-{name}" / "service.log"))
         raise
     finally:
         for child in reversed(children):

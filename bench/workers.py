@@ -3,26 +3,32 @@
 
 This machine's two cores cannot show two processes serving twice the calls of one: the load generator needs one
 core, so both workers of the group share the server core. What a second process changes is measured instead: the
-CPU each call costs. If a call costs a worker of a group as much CPU as it costs a single process, then on a host
-with a core per worker the group serves N times the calls; the part reports that projection, 2 x (calls per
-CPU-second of the group) / (calls per CPU-second of one process), against the goal of 1.6 (a call may cost a
-worker no more than 1/0.8 of what it costs one process).
+CPU each call costs. Two processes sharing one core pay for it (each switch between them cools the caches the other
+had warmed), which a host with a core per worker does not; so the group is compared with a pair of independent
+single services sharing the core the same way, each carrying half the load, as each worker does. If a call costs a
+worker of the group as much CPU as it costs a process of the pair, the group adds nothing to what two processes
+cost, and on a host with a core per worker it serves twice the calls of one. The part reports that projection,
+2 x (the group's calls per CPU-second) / (the pair's), against the goal of 1.6 (a call may cost a worker no more
+than 1/0.8 of what it costs a process of the pair), and beside it the group against one process alone on the core
+(which includes the cost of sharing the core).
 
 How it is measured:
 
-- both services run at once, each with its own embedded Valkey and data set, started on the server core (0) under
-  taskset with every process they start (the group's parent and workers); their Valkeys are moved to the load core
-  (1), as in the core part, so that the server core's CPU is the service's Python processes alone;
-- the same h2load load (`LOAD`: 16 connections, so that the kernel's SO_REUSEPORT hash spreads them over both
-  workers; 2 calls in flight on each, 32 in all as in the core part) on the load core, against each service in
-  the order one, two, two, one, each run a warm-up and half the measured time (halves merged, so a drift of the
-  shared machine's speed shifts both alike);
-- around each run (warm-up included, for both counts alike): the calls each process answered OK, from its own
+- the three services run at once (one process; a second one, its pair; the group), each with its own embedded
+  Valkey and data set, started on the server core (0) under taskset with every process they start (the group's
+  parent and workers); their Valkeys are moved to the load core (1), as in the core part, so that the server
+  core's CPU is the services' Python processes alone;
+- h2load on the load core: `LOAD` (16 connections, 2 calls in flight on each, 32 in all as in the core part)
+  against one process alone and against the group (16 connections, so that the kernel's SO_REUSEPORT hash spreads
+  them over both workers); half of it against each process of the pair at once (two h2loads). The runs go in the
+  order one, pair, group, group, pair, one, each a warm-up and half the measured time (halves merged, so a drift
+  of the shared machine's speed shifts all alike);
+- around each run (warm-up included, for every count alike): the calls each process answered OK, from its own
   `entitlements_rpc_requests_total{method="CheckEntitlement",code="OK"}` (the group's workers serve one endpoint
-  each), and the CPU time of each of the service's processes (the group's parent too), from the per-thread
+  each), and the CPU time of each of the services' processes (the group's parent too), from the per-thread
   schedstat of /proc (`bench.usage.cpu_seconds`; nanoseconds, not the 10 ms ticks of /proc/<pid>/stat). The CPU
   the processes spend with no load (per second, over `IDLE_S` before the runs) is reported beside: it is counted
-  in the calls' CPU, against the group, which has two of everything that polls.
+  in the calls' CPU, against the group, which has a parent besides its two of everything that polls.
 """
 
 from __future__ import annotations
@@ -31,18 +37,22 @@ import asyncio
 import dataclasses
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import counters, dataset, h2load
 from bench.cores import pin_process
 from bench.processes import Child, descendants
+from bench.report import Run
 from bench.servers import Placement, start_service
 from bench.usage import cpu_seconds
 
 METHOD = "CheckEntitlement"
 SERVICE_PATH = "/entitlements.v1.EntitlementService/"
 LOAD = h2load.Load(16, 2)
+#: Each process of the pair's load: half of `LOAD`, as each worker of the group carries.
+HALF_LOAD = h2load.Load(LOAD.clients // 2, LOAD.streams)
 #: The window over which each service's idle CPU is measured before the runs.
 IDLE_S = 3.0
 #: The goal: the group's calls per CPU-second at least this share of one process's (2 workers: 1.6x).
@@ -53,6 +63,7 @@ GOAL_EFFICIENCY = 0.8
 class Measured:
     """One configuration's totals over its runs."""
 
+    name: str
     processes: int
     calls: int = 0
     cpu_s: float = 0.0
@@ -80,18 +91,24 @@ class ProcessesResult:
     """The part's figures: one process, two, and the ratio of their calls per CPU-second."""
 
     one: Measured
+    pair: Measured
     two: Measured
     load: str
 
     @property
     def efficiency(self) -> float:
-        """The group's calls per CPU-second over one process's."""
-        return self.two.calls_per_cpu_s / self.one.calls_per_cpu_s
+        """The group's calls per CPU-second over the pair's: what the group adds to two processes sharing a core."""
+        return self.two.calls_per_cpu_s / self.pair.calls_per_cpu_s
 
     @property
     def projected(self) -> float:
         """Two processes' throughput over one's on a host with a core for each: 2 x `efficiency`."""
         return 2 * self.efficiency
+
+    @property
+    def efficiency_against_one(self) -> float:
+        """The group's calls per CPU-second over one process's alone on the core (sharing the core included)."""
+        return self.two.calls_per_cpu_s / self.one.calls_per_cpu_s
 
     def document(self) -> dict[str, object]:
         def figures(measured: Measured) -> dict[str, object]:
@@ -105,28 +122,31 @@ class ProcessesResult:
         return {
             "load": self.load,
             "one": figures(self.one),
+            "pair": figures(self.pair),
             "two": figures(self.two),
             "efficiency": round(self.efficiency, 3),
             "projected_two_core_ratio": round(self.projected, 3),
+            "efficiency_against_one": round(self.efficiency_against_one, 3),
             "goal": 2 * GOAL_EFFICIENCY,
         }
 
 
 def processes_table(result: ProcessesResult) -> str:
     rows = [
-        f"CheckEntitlement, {result.load}: calls per CPU-second of the service's processes",
-        f"{'processes':>9}  {'calls':>9}  {'CPU s':>7}  {'µs CPU/call':>11}  {'calls/CPU-s':>11}  {'QPS':>8}  "
+        f"CheckEntitlement, {result.load} in all: calls per CPU-second of the service's processes",
+        f"{'processes':<31}  {'calls':>9}  {'CPU s':>7}  {'µs CPU/call':>11}  {'calls/CPU-s':>11}  {'QPS':>8}  "
         f"{'idle CPU':>8}  split",
     ]
-    for measured in (result.one, result.two):
+    for measured in (result.one, result.pair, result.two):
         rows.append(
-            f"{measured.processes:>9}  {measured.calls:>9,}  {measured.cpu_s:>7.2f}  {measured.cpu_us_per_call:>11.1f}"
+            f"{measured.name:<31}  {measured.calls:>9,}  {measured.cpu_s:>7.2f}  {measured.cpu_us_per_call:>11.1f}"
             f"  {measured.calls_per_cpu_s:>11,.0f}  {measured.qps:>8,.0f}  {measured.idle_cpu_per_s:>8.1%}"
             f"  {measured.by_worker}"
         )
     rows.append(
-        f"two processes: {result.efficiency:.2f} of one's calls per CPU-second -> {result.projected:.2f}x one's "
-        f"throughput with a core each (goal >= {2 * GOAL_EFFICIENCY:.1f}x)"
+        f"the group: {result.efficiency:.2f} of the pair's calls per CPU-second -> {result.projected:.2f}x one "
+        f"process's throughput with a core each (goal >= {2 * GOAL_EFFICIENCY:.1f}x); "
+        f"{result.efficiency_against_one:.2f} of one process alone on the core"
     )
     return "\n".join(rows)
 
@@ -171,7 +191,7 @@ class _Service:
         return [counters.read(url).get((METHOD, "OK"), 0.0) for url in self.metrics_urls]
 
 
-def _start(processes: int, placement: Placement, workdir: Path, api_key: str, log_level: str) -> _Service:
+def _start(processes: int, placement: Placement, workdir: Path, api_key: str, log_level: str, name: str) -> _Service:
     metrics_port = _consecutive_free_ports(processes + 1)
     # Valkey is moved here, not by start_service: in a group the first descendant is a worker, not Valkey.
     child, endpoints = start_service(
@@ -180,7 +200,7 @@ def _start(processes: int, placement: Placement, workdir: Path, api_key: str, lo
         api_key,
         log_level=log_level,
         extra_env={"ENTITLEMENTS_PROCESSES": str(processes), "ENTITLEMENTS_METRICS_PORT": str(metrics_port)},
-        name=f"service ({processes} process{'es' if processes > 1 else ''})",
+        name=name,
     )
     family = descendants(child.pid)
     valkeys = [pid for pid in family if "valkey-server" in _command(pid) or "redis-server" in _command(pid)]
@@ -208,47 +228,76 @@ def run_processes(
     children: list[Child],
     say: Callable[[str], None],
 ) -> ProcessesResult:
-    """Measures CheckEntitlement on one service process and on a group of two (see the module docstring)."""
-    services: dict[int, _Service] = {}
-    for processes in (1, 2):
-        home = workdir / f"processes-{processes}"
+    """Measures CheckEntitlement on one service process, on a pair of them and on a group of two (see the module
+    docstring)."""
+    started_services: dict[str, _Service] = {}
+    for name, processes in (("one", 1), ("pair", 1), ("group", 2)):
+        home = workdir / f"processes-{name}"
         home.mkdir()
-        service = _start(processes, placement, home, api_key, log_level)
+        label = {"one": "service (1 process)", "pair": "its pair (1 process)", "group": "service (2 processes)"}
+        service = _start(processes, placement, home, api_key, log_level, label[name])
         children.append(service.child)
-        services[processes] = service
+        started_services[name] = service
         asyncio.run(dataset.populate(service.target, api_key, users))
         say(f"  {service.child.name}: {service.target}, pids {service.pids}, data for {users} players written")
-    body = h2load.grpc_frame(dataset.check_request())
-    totals = {n: Measured(n, by_worker=[0] * n) for n in (1, 2)}
-    for processes, service in services.items():
-        before, started = service.cpu_s(), time.monotonic()
+    one, pair, group = started_services["one"], started_services["pair"], started_services["group"]
+    # Each configuration: the services it measures, each with its load.
+    configs: dict[str, list[tuple[_Service, h2load.Load]]] = {
+        "one": [(one, LOAD)],
+        "pair": [(one, HALF_LOAD), (pair, HALF_LOAD)],
+        "two": [(group, LOAD)],
+    }
+    totals = {
+        "one": Measured("1 process alone", 1, by_worker=[0]),
+        "pair": Measured("2 single processes, a half each", 2, by_worker=[0, 0]),
+        "two": Measured("a group of 2 (PROCESSES=2)", 2, by_worker=[0, 0]),
+    }
+    for name, config in configs.items():
+        services = [service for service, _ in config]
+        before, started = sum(s.cpu_s() for s in services), time.monotonic()
         time.sleep(IDLE_S)
-        totals[processes].idle_cpu_per_s = (service.cpu_s() - before) / (time.monotonic() - started)
-    order: Sequence[int] = (1, 2, 2, 1)
-    for processes in order:
-        service, measured = services[processes], totals[processes]
-        calls_before, cpu_before, started = service.answered(), service.cpu_s(), time.monotonic()
-        run = h2load.run(
-            scenario=f"processes-{processes}",
+        totals[name].idle_cpu_per_s = (sum(s.cpu_s() for s in services) - before) / (time.monotonic() - started)
+    body = h2load.grpc_frame(dataset.check_request())
+
+    def _load(scenario: str, service: _Service, load: h2load.Load) -> Run:
+        return h2load.run(
+            scenario=scenario,
             server="service",
             url=f"http://{service.target}{SERVICE_PATH}{METHOD}",
             body=body,
             headers=[("authorization", f"Bearer {api_key}")],
-            load=LOAD,
+            load=load,
             warmup_s=warmup_s,
             duration_s=duration_s / 2,
             cores=placement.load,
             workdir=workdir,
         )
-        wall_s, cpu_s = time.monotonic() - started, service.cpu_s() - cpu_before
-        answered = [int(after - before) for after, before in zip(service.answered(), calls_before, strict=True)]
+
+    for name in ("one", "pair", "two", "two", "pair", "one"):
+        config, measured = configs[name], totals[name]
+        services = [service for service, _ in config]
+        calls_before = [service.answered() for service in services]
+        cpu_before, started = sum(s.cpu_s() for s in services), time.monotonic()
+        with ThreadPoolExecutor(len(config)) as pool:
+            runs = list(
+                pool.map(
+                    lambda args: _load(*args),
+                    [(f"processes-{name}-{n}", service, load) for n, (service, load) in enumerate(config)],
+                )
+            )
+        wall_s, cpu_s = time.monotonic() - started, sum(s.cpu_s() for s in services) - cpu_before
+        answered = [
+            int(after - before)
+            for service, counts in zip(services, calls_before, strict=True)
+            for after, before in zip(service.answered(), counts, strict=True)
+        ]
         measured.calls += sum(answered)
         measured.cpu_s += cpu_s
         measured.wall_s += wall_s
-        measured.failed += run.failed
+        measured.failed += sum(run.failed for run in runs)
         measured.by_worker = [a + b for a, b in zip(measured.by_worker, answered, strict=True)]
         say(
-            f"  {processes} process{'es' if processes > 1 else ''}: {sum(answered):,} calls OK (by process "
-            f"{answered}), {cpu_s:.2f} CPU s, {cpu_s / max(sum(answered), 1) * 1e6:.1f} µs CPU per call"
+            f"  {measured.name}: {sum(answered):,} calls OK (by process {answered}), {cpu_s:.2f} CPU s, "
+            f"{cpu_s / max(sum(answered), 1) * 1e6:.1f} µs CPU per call"
         )
-    return ProcessesResult(totals[1], totals[2], LOAD.describe())
+    return ProcessesResult(totals["one"], totals["pair"], totals["two"], LOAD.describe())
