@@ -141,7 +141,7 @@ async def catalog_command(
         print("configuration error: name the project with --project", file=sys.stderr)
         return 2
     failed = False
-    async with operator_redis(settings) as redis:
+    async with operator_redis(settings, writes=action == "refresh") as redis:
         catalogs = Catalogs(
             redis,
             projects,

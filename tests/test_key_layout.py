@@ -18,6 +18,8 @@ from core import layout
 from core.keys import LAYOUT_KEY, PROJECTS_KEY, EventKeys, UserKeys
 from core.layout import LayoutMismatch, check_layout, migrate_layout
 from core.projects import Projects
+from providers.xsolla import CatalogSettings
+from server.__main__ import catalog_command
 from server.app import Service
 from server.commands.events import dead_letters_command, events_status
 from server.commands.ledger import ledger_command
@@ -85,14 +87,16 @@ async def test_a_check_that_must_not_write_accepts_an_empty_store_and_leaves_it_
 async def test_read_only_operator_commands_leave_an_empty_store_empty(
     redis_server: StoreUnderTest, redis_client: aioredis.Redis
 ) -> None:
-    """The ledger, `events status`, `dead-letters list` and `reconcile status` read a store no process has used
-    yet and write nothing into it, not even the layout's mark; `dead-letters discard` writes, so it marks it."""
+    """The ledger, `events status`, `dead-letters list`, `reconcile status` and `catalog show` read a store no
+    process has used yet and write nothing into it, not even the layout's mark; `dead-letters discard` writes, so
+    it marks it."""
     settings = Settings(**redis_server.settings, projects=Projects.single(PROJECT))
     out = io.StringIO()
     assert await ledger_command(settings, PROJECT, "nobody", 10, out=out) == 0
     assert await events_status(settings, PROJECT, out=out) == 0
     assert await dead_letters_command(settings, PROJECT, "list", None, out=out) == 0
     assert await reconcile_status(settings, PROJECT, out=out) == 0
+    assert await catalog_command(settings, CatalogSettings(), "show", PROJECT, out=out) == 0
     assert await key_count(redis_client) == 0
     assert await dead_letters_command(settings, PROJECT, "discard", None, out=out) == 0
     assert await redis_client.get(LAYOUT_KEY) == b"2"
