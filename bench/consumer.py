@@ -5,10 +5,9 @@ event streams (as the gateway does, through `EventLog`), then starts the real se
 consumer takes to apply and acknowledge all of them. The baseline, measured in the same run on another set of
 as many events, applies them straight through `Fulfillment.apply` with one worker per partition (the consumer's
 own concurrency): same Lua scripts and change feed, order index and status publication, without the stream read,
-claim and XACK,
-one event at a time (one round trip and one durability wait each). The consumer applies what each read returns as
-one batch (one round trip and one wait per node for its writes), so the ratio is what the stream costs less what
-the batches save; `durability_waits` counts the consumer's waits.
+claim and XACK, one event at a time (one round trip and one durability wait each). The consumer applies what each
+read returns as one batch (one round trip and one wait per node for its writes), so the ratio is what the stream
+costs less what the batches save; `durability_waits` counts the consumer's waits.
 
     result = asyncio.run(measure_consumer_throughput(events=5000))
     result.events_per_s, result.baseline_events_per_s, result.ratio

@@ -231,11 +231,14 @@ def run_processes(
     """Measures CheckEntitlement on one service process, on a pair of them and on a group of two (see the module
     docstring)."""
     started_services: dict[str, _Service] = {}
-    for name, processes in (("one", 1), ("pair", 1), ("group", 2)):
+    for name, processes, label in (
+        ("one", 1, "service (1 process)"),
+        ("pair", 1, "its pair (1 process)"),
+        ("group", 2, "service (2 processes)"),
+    ):
         home = workdir / f"processes-{name}"
         home.mkdir()
-        label = {"one": "service (1 process)", "pair": "its pair (1 process)", "group": "service (2 processes)"}
-        service = _start(processes, placement, home, api_key, log_level, label[name])
+        service = _start(processes, placement, home, api_key, log_level, label)
         children.append(service.child)
         started_services[name] = service
         asyncio.run(dataset.populate(service.target, api_key, users))
@@ -278,13 +281,9 @@ def run_processes(
         services = [service for service, _ in config]
         calls_before = [service.answered() for service in services]
         cpu_before, started = sum(s.cpu_s() for s in services), time.monotonic()
-        with ThreadPoolExecutor(len(config)) as pool:
-            runs = list(
-                pool.map(
-                    lambda args: _load(*args),
-                    [(f"processes-{name}-{n}", service, load) for n, (service, load) in enumerate(config)],
-                )
-            )
+        with ThreadPoolExecutor(len(config)) as pool:  # the pair's two loads at once
+            scenarios = [f"processes-{name}-{n}" for n in range(len(config))]
+            runs = list(pool.map(_load, scenarios, services, [load for _, load in config]))
         wall_s, cpu_s = time.monotonic() - started, sum(s.cpu_s() for s in services) - cpu_before
         answered = [
             int(after - before)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import hiredis
 import redis.asyncio as aioredis
@@ -296,7 +296,7 @@ def _check(deadline: float) -> None:
         raise TimeoutError
 
 
-def _plain(redis: RedisClient) -> bool:
+def _plain(redis: RedisClient) -> TypeGuard[aioredis.Redis]:
     """Whether `redis` is a single server over a plain TCP or unix socket with RESP2 (what `_Replies` speaks)."""
     if not isinstance(redis, aioredis.Redis):
         return False
@@ -310,7 +310,6 @@ def single_reads(redis: RedisClient, timeout_s: float) -> PipelinedReads | ReadB
     """How the store reads single entitlements: `PipelinedReads` on a single server reached over a plain TCP or
     unix socket with RESP2, `ReadBatcher` otherwise (a cluster, TLS, RESP3)."""
     if _plain(redis):
-        assert isinstance(redis, aioredis.Redis)
         return PipelinedReads(redis, timeout_s)
     return ReadBatcher(redis, timeout_s)
 
@@ -320,6 +319,5 @@ def pipelined_writes(redis: RedisClient) -> PipelinedWrites | None:
     pool's connections (at least one); None elsewhere (redis-py's pipelines: `core.durability`)."""
     if not _plain(redis):
         return None
-    assert isinstance(redis, aioredis.Redis)
     pool_size = getattr(redis.connection_pool, "max_connections", 4) or 4
     return PipelinedWrites(redis, max_connections=max(1, pool_size // 2))
